@@ -1,0 +1,239 @@
+//! The node file (`skyhost run node.toml`): TOML, checked strictly, and every
+//! error names the file, the line and the key.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A node's configuration, as read from its node file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Scheduler threads; absent means one per core.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Log filter (`info`, `debug`, `skyhost=trace`, ...).
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// Directories searched, in order, for `<module>.wasm`.
+    #[serde(default)]
+    pub module_paths: Vec<PathBuf>,
+    /// Where compiled modules are cached; absent means the user cache directory.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// The service started with the node.
+    #[serde(default)]
+    pub bootstrap: Option<Bootstrap>,
+    /// Limits every service runs under.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// The first service of a node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bootstrap {
+    /// Module name, looked up as `<module>.wasm` in the module paths.
+    pub module: String,
+    /// Arguments handed to its `init`, as text.
+    #[serde(default)]
+    pub args: String,
+}
+
+/// Limits enforced on each service, at the point where the cost is paid.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Linear memory per service, in MiB (ResourceLimiter).
+    pub memory_mb: u64,
+    /// CPU time one message may take before its service is stopped, in ms.
+    pub cpu_budget_ms: u64,
+    /// Time a service runs before it yields to others, in µs (epoch tick).
+    pub time_slice_us: u64,
+    /// Messages a mailbox holds before senders get `Overloaded`; 0 = unbounded.
+    pub mailbox_limit: usize,
+    /// Largest payload a service may send, in bytes.
+    pub max_payload: usize,
+    /// Most services alive at once (sizes the instance pool).
+    pub max_services: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mb: 64,
+            cpu_budget_ms: 5_000,
+            time_slice_us: 1_000,
+            mailbox_limit: 0,
+            max_payload: 64 << 20,
+            max_services: 100_000,
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            threads: None,
+            log_level: default_log_level(),
+            module_paths: Vec::new(),
+            cache_dir: None,
+            bootstrap: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_string()
+}
+
+/// A node file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The node file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file is not valid, or a key is unknown or has the wrong type.
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        /// The node file.
+        path: PathBuf,
+        /// 1-based line of the offending key or value (0 if unknown).
+        line: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+impl NodeConfig {
+    /// Reads and checks a node file; relative module paths and cache directory
+    /// are taken relative to the file's directory.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, line and key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut config = Self::parse(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in &mut config.module_paths {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(dir) = &mut config.cache_dir
+            && dir.is_relative()
+        {
+            *dir = base.join(&*dir);
+        }
+        Ok(config)
+    }
+
+    /// Parses node-file text; `path` only names the file in errors.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the line and key.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: NodeConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line,
+                message: e.message().to_string(),
+            }
+        })?;
+        config.check(text, path)?;
+        Ok(config)
+    }
+
+    fn check(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            line: find_key_line(text, key),
+            message: format!("key `{key}`: {message}"),
+        };
+        if self.threads == Some(0) {
+            return Err(invalid("threads", "must be at least 1".into()));
+        }
+        let l = &self.limits;
+        if l.memory_mb == 0 || l.memory_mb > 4096 {
+            return Err(invalid("memory_mb", "must be 1..=4096".into()));
+        }
+        if l.time_slice_us == 0 {
+            return Err(invalid("time_slice_us", "must be at least 1".into()));
+        }
+        if l.cpu_budget_ms == 0 {
+            return Err(invalid("cpu_budget_ms", "must be at least 1".into()));
+        }
+        if l.max_services == 0 || l.max_services > Address::MAX_LOCAL {
+            return Err(invalid("max_services", format!("must be 1..={}", Address::MAX_LOCAL)));
+        }
+        if let Some(b) = &self.bootstrap
+            && b.module.is_empty()
+        {
+            return Err(invalid("module", "must name a module".into()));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return Err(invalid("log_level", format!("`{}` is not a log filter", self.log_level)));
+        }
+        Ok(())
+    }
+}
+
+use crate::runtime::Address;
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+/// The line where `key = ...` is first written, for errors found after parsing.
+fn find_key_line(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map_or(0, |i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::parse(text, Path::new("node.toml"))
+    }
+
+    #[test]
+    fn defaults_fill_an_empty_file() {
+        let c = parse("").expect("empty file is valid");
+        assert_eq!(c.limits.memory_mb, 64);
+        assert!(c.bootstrap.is_none());
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let err = parse("threads = 2\n\n[limits]\nmemory_mbs = 3\n").expect_err("unknown key");
+        let s = err.to_string();
+        assert!(s.starts_with("node.toml:4:"), "{s}");
+        assert!(s.contains("memory_mbs"), "{s}");
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let s = parse("threads = \"two\"\n").expect_err("wrong type").to_string();
+        assert!(s.starts_with("node.toml:1:"), "{s}");
+    }
+
+    #[test]
+    fn out_of_range_value_names_line_and_key() {
+        let s = parse("[limits]\n\nmemory_mb = 0\n").expect_err("zero memory").to_string();
+        assert!(s.starts_with("node.toml:3:") && s.contains("memory_mb"), "{s}");
+    }
+}

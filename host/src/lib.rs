@@ -1,0 +1,28 @@
+//! skyhost: Skynet's service model on WebAssembly components.
+//!
+//! A node runs services: WebAssembly components (the `service` world in
+//! `wit/`) with their own address, mailbox and sessions. This crate is the
+//! host: it compiles and instantiates the components, routes their
+//! messages, ends every session with a reply or an error, and keeps a
+//! misbehaving service (trap, spin, unbounded memory) from hurting others.
+//!
+//! ```text
+//!  guest import ──> Message ──> Kernel::deliver ──> mailbox ──> service task ──> dispatch
+//!  (runtime.send/call/respond)      (address table)               (batch ≤ 64)     (guest)
+//! ```
+//!
+//! It is not (yet) distributed: harbor, cluster and multicast build on the
+//! same `Message` and `Kernel::deliver`.
+
+pub mod config;
+pub mod runtime;
+pub mod wasm;
+
+pub use config::NodeConfig;
+pub use runtime::{Address, CallError, Client, ErrorCause, Message, Node, SendError, SpawnError};
+
+/// Where the build put the bundled services (`services/` built for
+/// `wasm32-wasip2`), unless it was built with `SKYHOST_SKIP_GUESTS`.
+pub fn bundled_modules() -> Option<std::path::PathBuf> {
+    option_env!("SKYHOST_GUEST_DIR").map(std::path::PathBuf::from)
+}

@@ -1,0 +1,80 @@
+//! The `skyhost` command: run a node from its node file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use skyhost::{Node, NodeConfig};
+
+/// skyhost: Skynet's service model on WebAssembly components.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: start its bootstrap service and serve until SIGINT or SIGTERM.
+    Run {
+        /// The node file (TOML).
+        node_file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { node_file } => run(&node_file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skyhost: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(node_file: &std::path::Path) -> anyhow::Result<()> {
+    let config = NodeConfig::load(node_file)?;
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log_level.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("log filter")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.threads {
+        runtime.worker_threads(threads);
+    }
+    let runtime = runtime.enable_all().thread_name("skyhost-worker").build()?;
+    runtime.block_on(async {
+        let node = Node::start(&config)?;
+        if let Some(boot) = &config.bootstrap {
+            let address = node
+                .spawn(&boot.module, boot.args.as_bytes())
+                .await
+                .with_context(|| format!("bootstrap service `{}`", boot.module))?;
+            tracing::info!(%address, module = %boot.module, "bootstrap service started");
+        }
+        tracing::info!(pid = std::process::id(), "node running; SIGINT or SIGTERM stops it");
+        wait_for_signal().await?;
+        tracing::info!("stopping");
+        node.shutdown().await;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

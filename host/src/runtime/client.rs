@@ -1,0 +1,125 @@
+//! A host endpoint: an address in the node's table whose messages go to
+//! host code instead of a guest. Tests, benchmarks and the CLI use it to
+//! call and send to services.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Address, CallError, Kernel, Message, SendError, ServiceHandle, kind};
+
+type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Message>>>>;
+
+/// A host endpoint with its own address. Responses to its calls go to the
+/// waiting caller; every other message arrives through [`Client::recv`].
+///
+/// Dropping the client removes its address; calls to it then fail with
+/// unknown address.
+pub struct Client {
+    kernel: Arc<Kernel>,
+    handle: Arc<ServiceHandle>,
+    next_session: AtomicU32,
+    pending: Pending,
+    events: mpsc::UnboundedReceiver<Message>,
+}
+
+impl Client {
+    pub(crate) fn new(kernel: Arc<Kernel>) -> Self {
+        let (handle, mut rx) = kernel.insert_service("host".into());
+        let pending: Pending = Arc::default();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let router_pending = pending.clone();
+        let router_handle = handle.clone();
+        kernel.tasks.spawn(async move {
+            while let Some(m) = rx.recv().await {
+                router_handle.mailbox.taken(1);
+                if m.kind == kind::SYSTEM && m.source == router_handle.address {
+                    break;
+                }
+                if matches!(m.kind, kind::RESPONSE | kind::ERROR) {
+                    let waiter =
+                        router_pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&m.session);
+                    if let Some(tx) = waiter {
+                        let _ = tx.send(m);
+                        continue;
+                    }
+                }
+                let _ = events_tx.send(m);
+            }
+        });
+        Client { kernel, handle, next_session: AtomicU32::new(1), pending, events }
+    }
+
+    /// This endpoint's address.
+    pub fn address(&self) -> Address {
+        self.handle.address
+    }
+
+    /// Sends a message; `session` 0 wants no reply.
+    ///
+    /// # Errors
+    /// When the target is unknown or its mailbox is full.
+    pub fn send(&self, dest: Address, kind: u8, session: u32, payload: Vec<u8>) -> Result<(), SendError> {
+        self.kernel.deliver(dest, Message { kind, source: self.address(), session, payload })
+    }
+
+    /// Calls `dest` and waits for its response.
+    ///
+    /// # Errors
+    /// [`CallError`] with the cause the session ended with.
+    pub async fn call(&self, dest: Address, payload: Vec<u8>) -> Result<Vec<u8>, CallError> {
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(session, tx);
+        let m = Message { kind: kind::REQUEST, source: self.address(), session, payload };
+        if let Err(e) = self.kernel.deliver(dest, m) {
+            self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&session);
+            return Err(e.into());
+        }
+        let reply = rx.await.map_err(|_| CallError::NodeStopped)?;
+        if reply.kind == kind::ERROR {
+            return Err(CallError::from_error_payload(&reply.payload));
+        }
+        Ok(reply.payload)
+    }
+
+    /// [`call`](Self::call) with a deadline; a late reply is dropped.
+    ///
+    /// # Errors
+    /// [`CallError::Timeout`] when no answer came in time.
+    pub async fn call_timeout(
+        &self,
+        dest: Address,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        tokio::time::timeout(timeout, self.call(dest, payload)).await.unwrap_or(Err(CallError::Timeout))
+    }
+
+    /// The next message that is not a response to one of this client's calls
+    /// (requests, text, exit notices).
+    pub async fn recv(&mut self) -> Option<Message> {
+        self.events.recv().await
+    }
+
+    /// Be told with an `exit` message (through [`recv`](Self::recv)) when
+    /// `target` ends.
+    pub fn monitor(&self, target: Address) {
+        self.kernel.monitor(self.address(), target);
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.kernel.remove_service(&self.handle);
+        let _ = self.handle.mailbox.tx.send(Message {
+            kind: kind::SYSTEM,
+            source: self.handle.address,
+            session: 0,
+            payload: Vec::new(),
+        });
+    }
+}

@@ -1,0 +1,511 @@
+//! The service runtime: the address table, mailboxes, names, timers, spawn,
+//! kill, exit notices, and the scheduler that runs services on tokio.
+//!
+//! Flow: a guest import (or a host [`Client`]) builds a [`Message`] and calls
+//! [`Kernel::deliver`], which finds the target's [`ServiceHandle`] in the
+//! address table and pushes the message into its mailbox. Each service is
+//! one tokio task ([`service::run`]) that owns the receiving end of its
+//! mailbox and its wasm [`Instance`](crate::wasm::Instance); it takes a
+//! bounded batch of messages, hands them to the guest's `dispatch`, and
+//! yields after a full batch so a flooded service cannot starve others.
+//!
+//! Ownership: the runtime owns the service (address, mailbox, names,
+//! monitors, and the sessions it owes); the instance is a replaceable part.
+//! Every session ends: when a service ends, each request it received and did
+//! not answer, and each request still queued, gets an `error` message naming
+//! the cause (exited, trapped, killed).
+
+mod address;
+mod client;
+mod message;
+pub(crate) mod service;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use address::{Address, HarborId};
+pub use client::Client;
+pub use message::{CallError, ErrorCause, Message, SendError, Session, kind};
+
+use crate::config::{Limits, NodeConfig};
+use crate::wasm::{ModuleError, WasmRuntime};
+
+/// The longest a name may be, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Why a name could not be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Empty, too long, or only a dot.
+    #[error("invalid name `{0}`")]
+    Invalid(String),
+    /// Another service holds it.
+    #[error("name `{name}` is held by {holder}")]
+    Taken {
+        /// The name.
+        name: String,
+        /// Who holds it.
+        holder: Address,
+    },
+}
+
+/// Why a service could not be started.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpawnError {
+    /// The module could not be found or compiled.
+    #[error(transparent)]
+    Module(#[from] ModuleError),
+    /// The node already runs as many services as its limit allows.
+    #[error("node is at its limit of {0} services")]
+    TooMany(u32),
+    /// The instance could not be created.
+    #[error("module `{module}`: instantiation failed: {error}")]
+    Instantiate {
+        /// The module.
+        module: String,
+        /// What wasmtime said.
+        error: String,
+    },
+    /// The guest's `init` returned an error or trapped.
+    #[error("module `{module}`: init failed: {reason}")]
+    Init {
+        /// The module.
+        module: String,
+        /// The guest's error, or the trap.
+        reason: String,
+    },
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    Stopped,
+}
+
+/// Whom to tell that a spawn finished.
+pub(crate) enum Ready {
+    /// A service waiting on a session.
+    Session { to: Address, session: Session },
+    /// A host caller.
+    Host(oneshot::Sender<Result<Address, SpawnError>>),
+}
+
+impl Ready {
+    fn succeed(self, kernel: &Kernel, address: Address) {
+        match self {
+            Ready::Session { to, session } => {
+                let payload = address.0.to_le_bytes().to_vec();
+                let m = Message { kind: kind::RESPONSE, source: address, session, payload };
+                let _ = kernel.deliver(to, m);
+            }
+            Ready::Host(tx) => {
+                let _ = tx.send(Ok(address));
+            }
+        }
+    }
+
+    fn fail(self, kernel: &Kernel, error: SpawnError) {
+        match self {
+            Ready::Session { to, session } => {
+                let m = Message::error(to, session, ErrorCause::SpawnFailed, &error.to_string());
+                let _ = kernel.deliver(to, m);
+            }
+            Ready::Host(tx) => {
+                let _ = tx.send(Err(error));
+            }
+        }
+    }
+}
+
+/// A mailbox's sending side, with its length for limits and warnings.
+///
+/// The queue itself is unbounded, as in Skynet (a guest's `send` never
+/// blocks); past `limit` (when set) an enqueue fails with `Overloaded`, and
+/// each time the length passes a threshold (1024, then doubling) a warning
+/// is logged.
+pub(crate) struct Mailbox {
+    tx: mpsc::UnboundedSender<Message>,
+    len: AtomicUsize,
+    warn_at: AtomicUsize,
+}
+
+const MAILBOX_WARN: usize = 1024;
+
+impl Mailbox {
+    fn new() -> (Self, mpsc::UnboundedReceiver<Message>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mailbox =
+            Mailbox { tx, len: AtomicUsize::new(0), warn_at: AtomicUsize::new(MAILBOX_WARN) };
+        (mailbox, rx)
+    }
+
+    /// Messages queued and not yet taken by the service.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Called by the service when it took `n` messages.
+    pub fn taken(&self, n: usize) {
+        self.len.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// A service's entry in the address table.
+pub(crate) struct ServiceHandle {
+    pub address: Address,
+    /// The module it runs; "host" for a host [`Client`].
+    pub module: Arc<str>,
+    pub mailbox: Mailbox,
+    /// Set by `kill`; the service stops at its next time slice or message.
+    pub killed: AtomicBool,
+    watch: Mutex<Watch>,
+}
+
+/// What changes over a service's life and must be read once at its end.
+#[derive(Default)]
+struct Watch {
+    monitors: Vec<Address>,
+    names: Vec<String>,
+    dead: bool,
+}
+
+impl ServiceHandle {
+    fn watch(&self) -> std::sync::MutexGuard<'_, Watch> {
+        self.watch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The shared core of one node.
+pub(crate) struct Kernel {
+    pub harbor: HarborId,
+    pub limits: Limits,
+    pub wasm: WasmRuntime,
+    pub started: Instant,
+    services: papaya::HashMap<u32, Arc<ServiceHandle>>,
+    next_local: AtomicU32,
+    /// Live wasm services (host clients not counted).
+    live: AtomicUsize,
+    names: Mutex<HashMap<String, Address>>,
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+impl Kernel {
+    /// Enqueues `message` for `dest`.
+    ///
+    /// # Errors
+    /// `UnknownAddress` when no such service is alive here; `Overloaded`
+    /// when its mailbox is at its limit.
+    pub fn deliver(&self, dest: Address, message: Message) -> Result<(), SendError> {
+        let services = self.services.pin();
+        let Some(handle) = services.get(&dest.local()) else {
+            return Err(SendError::UnknownAddress(dest));
+        };
+        if handle.address != dest {
+            return Err(SendError::UnknownAddress(dest));
+        }
+        let mailbox = &handle.mailbox;
+        let limit = self.limits.mailbox_limit;
+        let len = mailbox.len.fetch_add(1, Ordering::Relaxed) + 1;
+        if limit != 0 && len > limit {
+            mailbox.len.fetch_sub(1, Ordering::Relaxed);
+            return Err(SendError::Overloaded(dest));
+        }
+        if mailbox.tx.send(message).is_err() {
+            mailbox.len.fetch_sub(1, Ordering::Relaxed);
+            return Err(SendError::UnknownAddress(dest));
+        }
+        let warn_at = mailbox.warn_at.load(Ordering::Relaxed);
+        if len >= warn_at
+            && mailbox
+                .warn_at
+                .compare_exchange(warn_at, warn_at * 2, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(service = %dest, queued = len, "mailbox is growing");
+        }
+        Ok(())
+    }
+
+    /// Puts a new handle in the address table under a free local id.
+    fn insert_service(&self, module: Arc<str>) -> (Arc<ServiceHandle>, mpsc::UnboundedReceiver<Message>) {
+        let services = self.services.pin();
+        loop {
+            let local = self.next_local.fetch_add(1, Ordering::Relaxed) % Address::MAX_LOCAL + 1;
+            if services.contains_key(&local) {
+                continue;
+            }
+            let (mailbox, rx) = Mailbox::new();
+            let handle = Arc::new(ServiceHandle {
+                address: Address::new(local, self.harbor),
+                module: module.clone(),
+                mailbox,
+                killed: AtomicBool::new(false),
+                watch: Mutex::new(Watch::default()),
+            });
+            if services.try_insert(local, handle.clone()).is_ok() {
+                return (handle, rx);
+            }
+        }
+    }
+
+    /// Takes a service out of the table and out of every name, and returns
+    /// the services that asked to be told of its end.
+    fn remove_service(&self, handle: &ServiceHandle) -> Vec<Address> {
+        let services = self.services.pin();
+        services.remove_if(&handle.address.local(), |_, h| h.address == handle.address).ok();
+        let (monitors, names) = {
+            let mut w = handle.watch();
+            w.dead = true;
+            (std::mem::take(&mut w.monitors), std::mem::take(&mut w.names))
+        };
+        if !names.is_empty() {
+            let mut table = self.names.lock().unwrap_or_else(|e| e.into_inner());
+            for n in names {
+                if table.get(&n) == Some(&handle.address) {
+                    table.remove(&n);
+                }
+            }
+        }
+        monitors
+    }
+
+    /// Starts a service; `ready` hears when its `init` has returned.
+    pub fn spawn_detached(self: &Arc<Self>, module: String, args: Vec<u8>, ready: Ready) {
+        let kernel = self.clone();
+        self.tasks.spawn(async move { kernel.spawn(module, args, ready).await });
+    }
+
+    async fn spawn(self: Arc<Self>, module: String, args: Vec<u8>, ready: Ready) {
+        if self.shutdown.is_cancelled() {
+            return ready.fail(&self, SpawnError::Stopped);
+        }
+        let max = self.limits.max_services;
+        if self.live.fetch_add(1, Ordering::AcqRel) >= max as usize {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+            return ready.fail(&self, SpawnError::TooMany(max));
+        }
+        let module = match self.wasm.module(&module).await {
+            Ok(m) => m,
+            Err(e) => {
+                self.live.fetch_sub(1, Ordering::AcqRel);
+                return ready.fail(&self, e.into());
+            }
+        };
+        let (handle, rx) = self.insert_service(module.name.clone());
+        service::run(self, handle, rx, module, args, ready).await;
+    }
+
+    /// Stops `target`; false if there is no such service.
+    pub fn kill(&self, target: Address) -> bool {
+        let services = self.services.pin();
+        let Some(handle) = services.get(&target.local()).filter(|h| h.address == target) else {
+            return false;
+        };
+        handle.killed.store(true, Ordering::Release);
+        // Wakes the service if it is idle; the flag wins over queued messages.
+        let wake = Message { kind: kind::SYSTEM, source: target, session: 0, payload: Vec::new() };
+        handle.mailbox.len.fetch_add(1, Ordering::Relaxed);
+        if handle.mailbox.tx.send(wake).is_err() {
+            handle.mailbox.len.fetch_sub(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Registers `name` for the service behind `handle`.
+    pub fn register_name(&self, name: &str, handle: &ServiceHandle) -> Result<(), NameError> {
+        if name.is_empty() || name == "." || name.len() > MAX_NAME_LEN {
+            return Err(NameError::Invalid(name.to_string()));
+        }
+        let mut table = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&holder) = table.get(name) {
+            if holder == handle.address {
+                return Ok(());
+            }
+            return Err(NameError::Taken { name: name.to_string(), holder });
+        }
+        let mut w = handle.watch();
+        if w.dead {
+            return Err(NameError::Invalid(name.to_string()));
+        }
+        table.insert(name.to_string(), handle.address);
+        w.names.push(name.to_string());
+        Ok(())
+    }
+
+    /// Removes `name` if the service behind `handle` holds it.
+    pub fn unregister_name(&self, name: &str, handle: &ServiceHandle) {
+        let mut table = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if table.get(name) == Some(&handle.address) {
+            table.remove(name);
+            handle.watch().names.retain(|n| n != name);
+        }
+    }
+
+    /// The address holding `name`.
+    pub fn query_name(&self, name: &str) -> Option<Address> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied()
+    }
+
+    /// Tells `watcher` with an `exit` message when `target` ends (at once if
+    /// it is not alive).
+    pub fn monitor(&self, watcher: Address, target: Address) {
+        let services = self.services.pin();
+        if let Some(handle) = services.get(&target.local()).filter(|h| h.address == target) {
+            let mut w = handle.watch();
+            if !w.dead {
+                w.monitors.push(watcher);
+                return;
+            }
+        }
+        drop(services);
+        let _ = self.deliver(watcher, exit_notice(target, "no such service"));
+    }
+
+    /// Stops telling `watcher` about `target`.
+    pub fn demonitor(&self, watcher: Address, target: Address) {
+        let services = self.services.pin();
+        if let Some(handle) = services.get(&target.local()).filter(|h| h.address == target) {
+            let mut w = handle.watch();
+            if let Some(i) = w.monitors.iter().position(|&a| a == watcher) {
+                w.monitors.swap_remove(i);
+            }
+        }
+    }
+
+    /// Delivers a `response` for `session` to `dest` after `ms` milliseconds.
+    pub fn start_timer(self: &Arc<Self>, dest: Address, session: Session, ms: u32) {
+        let kernel = self.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(ms.into())) => {
+                    let m = Message { kind: kind::RESPONSE, source: dest, session, payload: Vec::new() };
+                    let _ = kernel.deliver(dest, m);
+                }
+                () = kernel.shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// The `exit` message a monitor receives.
+fn exit_notice(target: Address, reason: &str) -> Message {
+    Message { kind: kind::EXIT, source: target, session: 0, payload: reason.as_bytes().to_vec() }
+}
+
+/// A running node: its services, names and timers.
+///
+/// Cloning a `Node` gives another handle to the same node.
+#[derive(Clone)]
+pub struct Node {
+    kernel: Arc<Kernel>,
+}
+
+impl Node {
+    /// Starts a node (without its bootstrap service) on the current tokio runtime.
+    ///
+    /// # Errors
+    /// When the wasm engine cannot be built for these limits.
+    pub fn start(config: &NodeConfig) -> Result<Node, NodeError> {
+        let wasm = WasmRuntime::new(
+            &config.limits,
+            config.module_paths.clone(),
+            config.cache_dir.clone().or_else(default_cache_dir),
+        )
+        .map_err(|e| NodeError::Engine(format!("{e:#}")))?;
+        let kernel = Arc::new(Kernel {
+            harbor: HarborId(0),
+            limits: config.limits.clone(),
+            wasm,
+            started: Instant::now(),
+            services: papaya::HashMap::new(),
+            next_local: AtomicU32::new(0),
+            live: AtomicUsize::new(0),
+            names: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        });
+        Ok(Node { kernel })
+    }
+
+    /// Starts a service of `module` and waits until its `init` returned.
+    ///
+    /// # Errors
+    /// [`SpawnError`] naming the module and what went wrong.
+    pub async fn spawn(&self, module: &str, args: &[u8]) -> Result<Address, SpawnError> {
+        let (tx, rx) = oneshot::channel();
+        self.kernel.spawn_detached(module.to_string(), args.to_vec(), Ready::Host(tx));
+        rx.await.unwrap_or(Err(SpawnError::Stopped))
+    }
+
+    /// A host endpoint with its own address, to call and send to services.
+    pub fn client(&self) -> Client {
+        Client::new(self.kernel.clone())
+    }
+
+    /// Stops a service; false if there is no such service.
+    pub fn kill(&self, address: Address) -> bool {
+        self.kernel.kill(address)
+    }
+
+    /// The address holding `name`.
+    pub fn query(&self, name: &str) -> Option<Address> {
+        self.kernel.query_name(name)
+    }
+
+    /// Live wasm services on this node.
+    pub fn service_count(&self) -> usize {
+        self.kernel.live.load(Ordering::Acquire)
+    }
+
+    /// Every live service with the module it runs, in address order.
+    pub fn services(&self) -> Vec<(Address, String)> {
+        let services = self.kernel.services.pin();
+        let mut list: Vec<(Address, String)> = services
+            .values()
+            .filter(|h| &*h.module != "host")
+            .map(|h| (h.address, h.module.to_string()))
+            .collect();
+        list.sort();
+        list
+    }
+
+    /// Messages waiting in a service's mailbox, if it is alive.
+    pub fn mailbox_len(&self, address: Address) -> Option<usize> {
+        let services = self.kernel.services.pin();
+        services.get(&address.local()).filter(|h| h.address == address).map(|h| h.mailbox.len())
+    }
+
+    /// Stops every service (their pending sessions end with an error) and
+    /// waits for every task of the node to finish.
+    pub async fn shutdown(&self) {
+        self.kernel.shutdown.cancel();
+        let addresses: Vec<Address> =
+            self.kernel.services.pin().values().map(|h| h.address).collect();
+        for a in addresses {
+            self.kernel.kill(a);
+        }
+        self.kernel.tasks.close();
+        self.kernel.tasks.wait().await;
+    }
+}
+
+/// The user cache directory for compiled modules, if one can be found.
+fn default_cache_dir() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
+    Some(base.join("skyhost").join("modules"))
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The wasm engine could not be built (for example the instance pool
+    /// could not reserve its address space).
+    #[error("wasm engine: {0}")]
+    Engine(String),
+}

@@ -1,0 +1,175 @@
+//! One service's task: instantiate, `init`, then take batches from the
+//! mailbox and hand them to `dispatch` until the service exits, traps or is
+//! killed; then end every session it leaves behind.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::Instrument;
+
+use super::{ErrorCause, Kernel, Message, Ready, ServiceHandle, SpawnError, exit_notice, kind};
+use crate::wasm::{Instance, Module, describe_failure};
+
+/// Most messages handed to one `dispatch` call; after a full batch the
+/// service yields so others on its thread get a turn.
+pub(crate) const MAX_BATCH: usize = 64;
+
+/// How a service ended.
+struct End {
+    cause: ErrorCause,
+    reason: String,
+}
+
+impl End {
+    fn exited() -> Self {
+        End { cause: ErrorCause::Exited, reason: "exited".into() }
+    }
+
+    fn killed() -> Self {
+        End { cause: ErrorCause::Killed, reason: "killed".into() }
+    }
+}
+
+/// Runs the service behind `handle` from instantiation to its end.
+pub(crate) async fn run(
+    kernel: Arc<Kernel>,
+    handle: Arc<ServiceHandle>,
+    mut rx: UnboundedReceiver<Message>,
+    module: Arc<Module>,
+    args: Vec<u8>,
+    ready: Ready,
+) {
+    let span = tracing::info_span!("service", address = %handle.address, module = %module.name);
+    async move {
+        let module_name = module.name.to_string();
+        let mut instance = match Instance::new(&kernel, &handle, &module).await {
+            Ok(i) => i,
+            Err(e) => {
+                let error = format!("{e:#}");
+                let end = End { cause: ErrorCause::Exited, reason: error.clone() };
+                finish(&kernel, &handle, rx, Vec::new(), end);
+                ready.fail(&kernel, SpawnError::Instantiate { module: module_name, error });
+                return;
+            }
+        };
+        let end = match instance.init(&args).await {
+            Ok(Ok(())) => {
+                ready.succeed(&kernel, handle.address);
+                if instance.exit_requested() {
+                    End::exited()
+                } else {
+                    serve(&handle, &mut instance, &mut rx).await
+                }
+            }
+            Ok(Err(reason)) => {
+                let end = End { cause: ErrorCause::Exited, reason: format!("init failed: {reason}") };
+                ready.fail(&kernel, SpawnError::Init { module: module_name, reason });
+                end
+            }
+            Err(e) => {
+                let (cause, reason) = describe_failure(&e);
+                ready.fail(&kernel, SpawnError::Init { module: module_name, reason: reason.clone() });
+                End { cause, reason }
+            }
+        };
+        let owed = instance.take_owed();
+        drop(instance);
+        finish(&kernel, &handle, rx, owed, end);
+    }
+    .instrument(span)
+    .await
+}
+
+/// Takes batches from the mailbox into `dispatch` until the service ends.
+async fn serve(
+    handle: &ServiceHandle,
+    instance: &mut Instance,
+    rx: &mut UnboundedReceiver<Message>,
+) -> End {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let Some(first) = rx.recv().await else {
+            return End::exited();
+        };
+        if handle.killed.load(Ordering::Acquire) {
+            handle.mailbox.taken(1);
+            requeue_lost(first, handle);
+            return End::killed();
+        }
+        push_unless_wake(&mut batch, first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(m) => push_unless_wake(&mut batch, m),
+                Err(_) => break,
+            }
+        }
+        let full = batch.len() == MAX_BATCH;
+        handle.mailbox.taken(batch.len());
+        if batch.is_empty() {
+            continue;
+        }
+        if let Err(e) = instance.dispatch(&mut batch).await {
+            let (cause, reason) = describe_failure(&e);
+            return End { cause, reason };
+        }
+        if instance.exit_requested() {
+            return End::exited();
+        }
+        if handle.killed.load(Ordering::Acquire) {
+            return End::killed();
+        }
+        if full {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// `kill`'s wake-up message carries nothing for the guest.
+fn push_unless_wake(batch: &mut Vec<Message>, m: Message) {
+    if m.kind != kind::SYSTEM {
+        batch.push(m);
+    }
+}
+
+/// A message taken off the queue when the kill was seen: its caller still
+/// needs an answer, which `finish` gives to everything left in the queue.
+fn requeue_lost(m: Message, handle: &ServiceHandle) {
+    if m.wants_reply() {
+        let _ = handle.mailbox.tx.send(m);
+    }
+}
+
+/// Ends a service: out of the table and its names, every request it owes
+/// or still has queued answered with an error, monitors told, logged.
+fn finish(
+    kernel: &Kernel,
+    handle: &ServiceHandle,
+    mut rx: UnboundedReceiver<Message>,
+    owed: Vec<(super::Address, u32)>,
+    end: End,
+) {
+    let address = handle.address;
+    let monitors = kernel.remove_service(handle);
+    rx.close();
+    let mut failed = 0usize;
+    while let Ok(m) = rx.try_recv() {
+        if m.wants_reply() {
+            let _ = kernel.deliver(m.source, Message::error(address, m.session, end.cause, &end.reason));
+            failed += 1;
+        }
+    }
+    for (caller, session) in owed {
+        let _ = kernel.deliver(caller, Message::error(address, session, end.cause, &end.reason));
+        failed += 1;
+    }
+    for watcher in monitors {
+        let _ = kernel.deliver(watcher, exit_notice(address, &end.reason));
+    }
+    kernel.live.fetch_sub(1, Ordering::AcqRel);
+    match end.cause {
+        ErrorCause::Exited => tracing::debug!(failed_sessions = failed, "service ended: {}", end.reason),
+        ErrorCause::Killed => tracing::info!(failed_sessions = failed, "service ended: {}", end.reason),
+        _ => tracing::warn!(failed_sessions = failed, "service stopped: {}", end.reason),
+    }
+}

@@ -1,0 +1,289 @@
+//! Wasm hosting: one `Engine` per node, each module compiled once (and cached
+//! on disk by its hash), kept as an `InstancePre`, and instantiated per
+//! service into its own `Store` from the pooling allocator.
+//!
+//! What each type is for:
+//! - [`WasmRuntime`]: the engine, the linker with every host import, the
+//!   module table and the epoch ticker that drives time slices.
+//! - [`Module`]: one compiled module, ready to instantiate.
+//! - [`Instance`]: one service's `Store` and its bound exports. The runtime
+//!   owns the service; an `Instance` is the replaceable part of it.
+//! - [`state::ServiceState`]: the store's data: the host imports' view of
+//!   the service (address, sessions it owes, limits).
+
+pub mod bindings;
+mod cache;
+pub(crate) mod state;
+mod stdio;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::OnceCell;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+use crate::config::Limits;
+use crate::runtime::{Kernel, Message, ServiceHandle};
+use bindings::skyhost::service::types::Message as WitMessage;
+use bindings::{Service, ServicePre};
+use state::ServiceState;
+
+pub use state::Stop;
+
+/// Why a module could not be made ready to run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ModuleError {
+    /// The name could escape the module paths or is empty.
+    #[error("invalid module name `{0}`: use letters, digits, `-` and `_`")]
+    InvalidName(String),
+    /// No `<name>.wasm` in any module path.
+    #[error("module `{module}` not found; searched {}", display_paths(searched))]
+    NotFound {
+        /// The module asked for.
+        module: String,
+        /// Every file that was tried.
+        searched: Vec<PathBuf>,
+    },
+    /// The file could not be read.
+    #[error("module `{module}`: reading {path}: {error}")]
+    Read {
+        /// The module asked for.
+        module: String,
+        /// Its file.
+        path: PathBuf,
+        /// What the OS said.
+        error: String,
+    },
+    /// The file is not a valid component, or does not fit the `service` world.
+    #[error("module `{module}` ({path}) cannot be used: {error}")]
+    Invalid {
+        /// The module asked for.
+        module: String,
+        /// Its file.
+        path: PathBuf,
+        /// What wasmtime said.
+        error: String,
+    },
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return "no module paths (set `module_paths` in the node file)".into();
+    }
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// The wasm side of a node.
+pub(crate) struct WasmRuntime {
+    engine: Engine,
+    linker: Linker<ServiceState>,
+    module_paths: Vec<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    modules: Mutex<HashMap<String, Arc<OnceCell<Arc<Module>>>>>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+/// One compiled module, ready to instantiate.
+pub(crate) struct Module {
+    /// The name it is spawned by.
+    pub name: Arc<str>,
+    pre: ServicePre<ServiceState>,
+}
+
+impl WasmRuntime {
+    /// Builds the engine for these limits and starts its epoch ticker.
+    pub fn new(
+        limits: &Limits,
+        module_paths: Vec<PathBuf>,
+        cache_dir: Option<PathBuf>,
+    ) -> wasmtime::Result<Self> {
+        let memory_bytes = limits.memory_mb << 20;
+        let services = limits.max_services;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(services)
+            // A Rust wasm32-wasip2 component holds a few core instances,
+            // memories and tables (the adapter's among them).
+            .total_core_instances(services.saturating_mul(4))
+            .total_memories(services.saturating_mul(2))
+            .total_tables(services.saturating_mul(4))
+            .total_stacks(services)
+            .max_memory_size(usize::try_from(memory_bytes).unwrap_or(usize::MAX));
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .memory_reservation(memory_bytes)
+            .memory_guard_size(64 << 10)
+            .memory_init_cow(true)
+            .max_wasm_stack(512 << 10)
+            .async_stack_size(1 << 20)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Service::add_to_linker::<_, HasSelf<ServiceState>>(&mut linker, |s| s)?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let tick = Duration::from_micros(limits.time_slice_us);
+        let (engine2, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("skyhost-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine2.increment_epoch();
+                }
+            })
+            .map_err(wasmtime::Error::new)?;
+        Ok(WasmRuntime {
+            engine,
+            linker,
+            module_paths,
+            cache_dir,
+            modules: Mutex::new(HashMap::new()),
+            ticker_stop,
+        })
+    }
+
+    /// The module named `name`, compiled on first use (off the scheduler
+    /// threads) and shared after.
+    pub async fn module(&self, name: &str) -> Result<Arc<Module>, ModuleError> {
+        if name.is_empty()
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ModuleError::InvalidName(name.to_string()));
+        }
+        let cell = {
+            let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+            modules.entry(name.to_string()).or_default().clone()
+        };
+        cell.get_or_try_init(|| self.load(name)).await.cloned()
+    }
+
+    async fn load(&self, name: &str) -> Result<Arc<Module>, ModuleError> {
+        let searched: Vec<PathBuf> =
+            self.module_paths.iter().map(|dir| dir.join(format!("{name}.wasm"))).collect();
+        let Some(path) = searched.iter().find(|p| p.is_file()).cloned() else {
+            return Err(ModuleError::NotFound { module: name.to_string(), searched });
+        };
+        let engine = self.engine.clone();
+        let cache_dir = self.cache_dir.clone();
+        let file = path.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&file).map_err(|e| (true, e.to_string()))?;
+            cache::load_or_compile(&engine, &bytes, cache_dir.as_deref())
+                .map_err(|e| (false, format!("{e:#}")))
+        })
+        .await
+        .map_err(|e| (false, e.to_string()))
+        .and_then(|r| r);
+        let component = compiled.map_err(|(read, error)| {
+            let (module, path) = (name.to_string(), path.clone());
+            if read {
+                ModuleError::Read { module, path, error }
+            } else {
+                ModuleError::Invalid { module, path, error }
+            }
+        })?;
+        let invalid = |error: String| ModuleError::Invalid {
+            module: name.to_string(),
+            path: path.clone(),
+            error,
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(ServicePre::new)
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        tracing::debug!(module = name, path = %path.display(), "module ready");
+        Ok(Arc::new(Module { name: name.into(), pre }))
+    }
+
+}
+
+impl Drop for WasmRuntime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One service's instance: its `Store` and bound exports.
+pub(crate) struct Instance {
+    store: Store<ServiceState>,
+    exports: Service,
+    batch: Vec<WitMessage>,
+}
+
+impl Instance {
+    /// Instantiates `module` for the service behind `handle`.
+    pub async fn new(
+        kernel: &Arc<Kernel>,
+        handle: &Arc<ServiceHandle>,
+        module: &Module,
+    ) -> wasmtime::Result<Self> {
+        let mut store = Store::new(&kernel.wasm.engine, ServiceState::new(kernel, handle));
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_callback(state::on_epoch_deadline);
+        store.set_epoch_deadline(1);
+        let exports = module.pre.instantiate_async(&mut store).await?;
+        Ok(Instance { store, exports, batch: Vec::new() })
+    }
+
+    /// Runs the guest's `init`.
+    pub async fn init(&mut self, args: &[u8]) -> wasmtime::Result<Result<(), String>> {
+        self.store.data_mut().start_work(1);
+        self.store.set_epoch_deadline(1);
+        self.exports.call_init(&mut self.store, args).await
+    }
+
+    /// Hands a batch of messages to the guest's `dispatch`; requests in it
+    /// are owed a reply from then on.
+    pub async fn dispatch(&mut self, messages: &mut Vec<Message>) -> wasmtime::Result<()> {
+        let state = self.store.data_mut();
+        state.start_work(messages.len());
+        self.batch.clear();
+        for m in messages.drain(..) {
+            if m.wants_reply() {
+                state.owe(m.source, m.session);
+            }
+            self.batch.push(WitMessage {
+                kind: m.kind,
+                source: m.source.0,
+                session: m.session,
+                payload: m.payload,
+            });
+        }
+        self.store.set_epoch_deadline(1);
+        self.exports.call_dispatch(&mut self.store, &self.batch).await
+    }
+
+    /// Whether the guest called `exit`.
+    pub fn exit_requested(&self) -> bool {
+        self.store.data().exit_requested()
+    }
+
+    /// Sessions the guest received and has not answered.
+    pub fn take_owed(&mut self) -> Vec<(crate::runtime::Address, u32)> {
+        self.store.data_mut().take_owed()
+    }
+}
+
+/// A readable reason for a failed guest call: our own stop reasons, a wasm
+/// trap, or whatever wasmtime reported.
+pub(crate) fn describe_failure(error: &wasmtime::Error) -> (crate::runtime::ErrorCause, String) {
+    use crate::runtime::ErrorCause;
+    if let Some(stop) = error.downcast_ref::<Stop>() {
+        let cause = match stop {
+            Stop::Killed => ErrorCause::Killed,
+            _ => ErrorCause::Trapped,
+        };
+        return (cause, stop.to_string());
+    }
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        return (ErrorCause::Trapped, format!("wasm trap: {trap}"));
+    }
+    (ErrorCause::Trapped, format!("{error:#}"))
+}

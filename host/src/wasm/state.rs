@@ -1,0 +1,288 @@
+//! The data of a service's `Store`: what the host imports see and change.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use wasmtime::{StoreContextMut, UpdateDeadline};
+use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::skyhost::service::{runtime, types};
+use super::stdio::{LogOutput, Stream};
+use crate::runtime::{Address, ErrorCause, Kernel, Message, SendError, ServiceHandle, kind};
+
+/// Why the host stopped a guest: raised as a trap from a host callback.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Stop {
+    /// Someone killed the service.
+    #[error("killed")]
+    Killed,
+    /// One message took more CPU time than the budget.
+    #[error("cpu budget of {0} ms per message exceeded")]
+    CpuBudget(u64),
+    /// The guest asked for more linear memory than its limit.
+    #[error("memory limit of {limit} bytes exceeded (asked for {desired})")]
+    MemoryLimit {
+        /// The limit.
+        limit: usize,
+        /// What the guest asked for.
+        desired: usize,
+    },
+}
+
+/// Keeps a service's linear memory under its limit.
+pub(crate) struct MemoryLimiter {
+    limit: usize,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            return Err(wasmtime::Error::new(Stop::MemoryLimit { limit: self.limit, desired }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// A service as its host imports see it.
+pub(crate) struct ServiceState {
+    kernel: Arc<Kernel>,
+    handle: Arc<ServiceHandle>,
+    address: Address,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    next_session: u32,
+    /// Requests delivered and not answered yet: (caller, session).
+    owed: HashSet<(Address, u32)>,
+    exit_requested: bool,
+    /// Epoch ticks this piece of work has run, and how many it may run.
+    slices_used: u64,
+    slice_budget: u64,
+}
+
+impl ServiceState {
+    pub fn new(kernel: &Arc<Kernel>, handle: &Arc<ServiceHandle>) -> Self {
+        let address = handle.address;
+        // Nothing is granted by default: no files, no environment, no sockets.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(LogOutput { address, stream: Stream::Stdout })
+            .stderr(LogOutput { address, stream: Stream::Stderr })
+            .build();
+        let limits = &kernel.limits;
+        ServiceState {
+            kernel: kernel.clone(),
+            handle: handle.clone(),
+            address,
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                limit: usize::try_from(limits.memory_mb << 20).unwrap_or(usize::MAX),
+            },
+            next_session: 0,
+            owed: HashSet::new(),
+            exit_requested: false,
+            slices_used: 0,
+            slice_budget: 1,
+        }
+    }
+
+    /// Starts the CPU budget for a piece of work of `messages` messages.
+    pub fn start_work(&mut self, messages: usize) {
+        let l = &self.kernel.limits;
+        let per_message = (l.cpu_budget_ms * 1000).div_ceil(l.time_slice_us).max(1);
+        self.slices_used = 0;
+        self.slice_budget = per_message.saturating_mul(messages.max(1) as u64);
+    }
+
+    pub fn owe(&mut self, caller: Address, session: u32) {
+        self.owed.insert((caller, session));
+    }
+
+    pub fn take_owed(&mut self) -> Vec<(Address, u32)> {
+        self.owed.drain().collect()
+    }
+
+    pub fn exit_requested(&self) -> bool {
+        self.exit_requested
+    }
+
+    fn fresh_session(&mut self) -> u32 {
+        self.next_session = self.next_session.wrapping_add(1);
+        if self.next_session == 0 {
+            self.next_session = 1;
+        }
+        self.next_session
+    }
+
+    fn deliver(&self, dest: u32, message: Message) -> Result<(), types::SendError> {
+        self.kernel.deliver(Address(dest), message).map_err(|e| match e {
+            SendError::UnknownAddress(_) => types::SendError::UnknownAddress,
+            SendError::Overloaded(_) => types::SendError::Overloaded,
+            SendError::TooLarge { .. } => types::SendError::TooLarge,
+            SendError::ReservedKind(_) => types::SendError::ReservedKind,
+        })
+    }
+
+    fn check_size(&self, payload: &[u8]) -> Result<(), types::SendError> {
+        if payload.len() > self.kernel.limits.max_payload {
+            return Err(types::SendError::TooLarge);
+        }
+        Ok(())
+    }
+}
+
+/// Called by wasmtime when a service's time slice ends: stop it if it was
+/// killed or ran past its CPU budget, else let others run and continue.
+pub(crate) fn on_epoch_deadline(
+    mut ctx: StoreContextMut<'_, ServiceState>,
+) -> wasmtime::Result<UpdateDeadline> {
+    let state = ctx.data_mut();
+    if state.handle.killed.load(Ordering::Acquire) {
+        return Err(wasmtime::Error::new(Stop::Killed));
+    }
+    state.slices_used += 1;
+    if state.slices_used > state.slice_budget {
+        return Err(wasmtime::Error::new(Stop::CpuBudget(state.kernel.limits.cpu_budget_ms)));
+    }
+    Ok(UpdateDeadline::Yield(1))
+}
+
+impl WasiView for ServiceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl types::Host for ServiceState {}
+
+impl runtime::Host for ServiceState {
+    fn self_address(&mut self) -> u32 {
+        self.address.0
+    }
+
+    fn send(
+        &mut self,
+        dest: u32,
+        kind: u8,
+        session: u32,
+        payload: Vec<u8>,
+    ) -> Result<(), types::SendError> {
+        if kind::is_reserved(kind) {
+            return Err(types::SendError::ReservedKind);
+        }
+        self.check_size(&payload)?;
+        self.deliver(dest, Message { kind, source: self.address, session, payload })
+    }
+
+    fn call(&mut self, dest: u32, payload: Vec<u8>) -> Result<u32, types::SendError> {
+        self.check_size(&payload)?;
+        let session = self.fresh_session();
+        let message = Message { kind: kind::REQUEST, source: self.address, session, payload };
+        self.deliver(dest, message).map(|()| session)
+    }
+
+    fn respond(
+        &mut self,
+        dest: u32,
+        session: u32,
+        reply: Result<Vec<u8>, String>,
+    ) -> Result<(), types::SendError> {
+        self.owed.remove(&(Address(dest), session));
+        let message = match reply {
+            Ok(payload) => {
+                self.check_size(&payload)?;
+                Message { kind: kind::RESPONSE, source: self.address, session, payload }
+            }
+            Err(text) => Message::error(self.address, session, ErrorCause::Service, &text),
+        };
+        self.deliver(dest, message)
+    }
+
+    fn new_session(&mut self) -> u32 {
+        self.fresh_session()
+    }
+
+    fn register(&mut self, name: String) -> Result<(), types::NameError> {
+        self.kernel.register_name(&name, &self.handle).map_err(|e| match e {
+            crate::runtime::NameError::Invalid(_) => types::NameError::Invalid,
+            crate::runtime::NameError::Taken { .. } => types::NameError::Taken,
+        })
+    }
+
+    fn unregister(&mut self, name: String) {
+        self.kernel.unregister_name(&name, &self.handle);
+    }
+
+    fn query(&mut self, name: String) -> Option<u32> {
+        self.kernel.query_name(&name).map(|a| a.0)
+    }
+
+    fn spawn(&mut self, module: String, args: Vec<u8>) -> u32 {
+        let session = self.fresh_session();
+        let ready = crate::runtime::Ready::Session { to: self.address, session };
+        self.kernel.spawn_detached(module, args, ready);
+        session
+    }
+
+    fn exit(&mut self) {
+        self.exit_requested = true;
+    }
+
+    fn kill(&mut self, target: u32) -> bool {
+        if target == self.address.0 {
+            self.exit_requested = true;
+            return true;
+        }
+        self.kernel.kill(Address(target))
+    }
+
+    fn timeout(&mut self, ms: u32) -> u32 {
+        let session = self.fresh_session();
+        self.kernel.start_timer(self.address, session, ms);
+        session
+    }
+
+    fn monitor(&mut self, target: u32) {
+        self.kernel.monitor(self.address, Address(target));
+    }
+
+    fn demonitor(&mut self, target: u32) {
+        self.kernel.demonitor(self.address, Address(target));
+    }
+
+    fn now(&mut self) -> u64 {
+        u64::try_from(self.kernel.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn wall_time(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn log(&mut self, level: types::LogLevel, message: String) {
+        let service = self.address;
+        match level {
+            types::LogLevel::Trace => tracing::trace!(target: "skyhost::guest", %service, "{message}"),
+            types::LogLevel::Debug => tracing::debug!(target: "skyhost::guest", %service, "{message}"),
+            types::LogLevel::Info => tracing::info!(target: "skyhost::guest", %service, "{message}"),
+            types::LogLevel::Warn => tracing::warn!(target: "skyhost::guest", %service, "{message}"),
+            types::LogLevel::Error => tracing::error!(target: "skyhost::guest", %service, "{message}"),
+        }
+    }
+}

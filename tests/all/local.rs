@@ -1,0 +1,273 @@
+//! One node, real wasm services: calls, sessions, failures, timers, spawn.
+
+use std::time::Duration;
+
+use rand::Rng;
+use skyhost::{Address, CallError, ErrorCause};
+use crate::support::{Command, DEADLINE, Reply, TestNode, TrapKind, test_config, within};
+
+fn failed_with(result: Result<Reply, CallError>, cause: ErrorCause) -> String {
+    match result {
+        Err(CallError::Failed { cause: c, detail }) if c == cause => detail,
+        other => panic!("expected an error with cause {cause:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_round_trip() -> anyhow::Result<()> {
+    let t = TestNode::start()?;
+    let echo = t.spawn("echo").await?;
+    let reply = within(t.client.call(echo, b"hello".to_vec())).await??;
+    assert_eq!(reply, b"hello");
+    t.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_calls_from_ten_services() -> anyhow::Result<()> {
+    let t = TestNode::start()?;
+    let echo = t.spawn("echo").await?;
+    let mut callers = Vec::new();
+    for _ in 0..10 {
+        callers.push(t.spawn("testkit").await?);
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    let client = std::sync::Arc::new(t.client);
+    for (c, &caller) in callers.iter().enumerate() {
+        for i in 0..100u32 {
+            let client = client.clone();
+            let payload = format!("{c}-{i}").into_bytes();
+            calls.spawn(async move {
+                let command = Command::Call { target: echo.0, command: Box::new(Command::Echo(payload.clone())) };
+                let reply = crate::support::command_via(&client, caller, &command).await;
+                (payload, reply)
+            });
+        }
+    }
+    let mut answered = 0;
+    while let Some(joined) = within(calls.join_next()).await? {
+        let (payload, reply) = joined?;
+        assert_eq!(reply, Ok(Reply::Bytes(payload)));
+        answered += 1;
+    }
+    assert_eq!(answered, 1_000);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_calls_do_not_deadlock() -> anyhow::Result<()> {
+    let t = TestNode::start()?;
+    let a = t.spawn("testkit").await?;
+    let b = t.spawn("testkit").await?;
+    // A calls B; B, while handling it, calls A; A answers while it waits on B.
+    let inner = Command::Call { target: a.0, command: Box::new(Command::Echo(b"ab".to_vec())) };
+    let outer = Command::Call { target: b.0, command: Box::new(inner) };
+    assert_eq!(t.command(a, &outer).await, Ok(Reply::Bytes(b"ab".to_vec())));
+    // And both at once, in opposite directions.
+    let to_b = Command::Call { target: b.0, command: Box::new(Command::Echo(b"1".to_vec())) };
+    let to_a = Command::Call { target: a.0, command: Box::new(Command::Echo(b"2".to_vec())) };
+    let (r1, r2) = tokio::join!(t.command(a, &to_b), t.command(b, &to_a));
+    assert_eq!(r1, Ok(Reply::Bytes(b"1".to_vec())));
+    assert_eq!(r2, Ok(Reply::Bytes(b"2".to_vec())));
+    t.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_unknown_or_exited_services_fail_at_once() -> anyhow::Result<()> {
+    let t = TestNode::start()?;
+    let unknown = Address(0x00ff_ff00);
+    match within(t.client.call(unknown, vec![])).await? {
+        Err(e) => assert_eq!(e.cause(), Some(ErrorCause::UnknownAddress), "{e}"),
+        Ok(r) => panic!("call to an unknown address answered {r:?}"),
+    }
+    let k = t.spawn("testkit").await?;
+    t.client.monitor(k);
+    assert_eq!(t.command(k, &Command::Exit { answer: true }).await, Ok(Reply::Unit));
+    let mut client = t.client;
+    let notice = within(client.recv()).await?.expect("exit notice");
+    assert_eq!((notice.kind, notice.source), (skyhost::runtime::kind::EXIT, k));
+    match within(client.call(k, vec![])).await? {
+        Err(e) => assert_eq!(e.cause(), Some(ErrorCause::UnknownAddress), "{e}"),
+        Ok(r) => panic!("call to an exited service answered {r:?}"),
+    }
+    // A service that exits without answering: its caller gets an error.
+    let k2 = within(t.node.spawn("testkit", &[])).await??;
+    let r = crate::support::command_via(&client, k2, &Command::Exit { answer: false }).await;
+    failed_with(r, ErrorCause::Exited);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trapping_service_fails_its_caller_and_the_node_serves_on() -> anyhow::Result<()> {
+    let mut config = test_config();
+    config.limits.memory_mb = 32;
+    let t = TestNode::with_config(config)?;
+    let echo = t.spawn("echo").await?;
+    for (kind, expect) in [
+        (TrapKind::Unreachable, "unreachable"),
+        (TrapKind::Panic, "unreachable"),
+        (TrapKind::OutOfBounds, "out of bounds"),
+        (TrapKind::StackOverflow, ""),
+        (TrapKind::AllocForever, "memory limit"),
+    ] {
+        let k = t.spawn("testkit").await?;
+        let detail = failed_with(t.command(k, &Command::Trap(kind.clone())).await, ErrorCause::Trapped);
+        assert!(detail.contains(expect), "{kind:?}: {detail}");
+        assert!(t.node.services().iter().all(|(a, _)| *a != k), "{kind:?}: trapped service still listed");
+        assert_eq!(within(t.client.call(echo, b"alive".to_vec())).await??, b"alive", "after {kind:?}");
+    }
+    t.stop().await;
+    Ok(())
+}
+
+/// One scheduler thread: the spinning service must yield at its time slice
+/// for the echo service to answer at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_spinning_service_is_preempted_then_stopped_at_its_budget() -> anyhow::Result<()> {
+    let mut config = test_config();
+    config.limits.cpu_budget_ms = 1_500;
+    let t = TestNode::with_config(config)?;
+    let echo = t.spawn("echo").await?;
+    let spinner = t.spawn("testkit").await?;
+    let client = std::sync::Arc::new(t.client);
+    let spin = {
+        let client = client.clone();
+        tokio::spawn(async move { crate::support::command_via(&client, spinner, &Command::Spin).await })
+    };
+    for i in 0..20u32 {
+        let ping = i.to_le_bytes().to_vec();
+        assert_eq!(within(client.call(echo, ping.clone())).await??, ping);
+    }
+    assert!(!spin.is_finished(), "the spinner ended before its budget");
+    let detail = failed_with(within(spin).await??, ErrorCause::Trapped);
+    assert!(detail.contains("cpu budget"), "{detail}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_service_fails_every_queued_caller() -> anyhow::Result<()> {
+    let t = TestNode::start()?;
+    let k = t.spawn("testkit").await?;
+    let client = std::sync::Arc::new(t.client);
+    let mut calls = tokio::task::JoinSet::new();
+    // The first call keeps the service busy, so the others stay queued.
+    for i in 0..21 {
+        let client = client.clone();
+        let command = if i == 0 { Command::Spin } else { Command::Echo(vec![i]) };
+        calls.spawn(async move { crate::support::command_via(&client, k, &command).await });
+        if i == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while t.node.mailbox_len(k).unwrap_or(0) < 20 {
+        assert!(tokio::time::Instant::now() < deadline, "calls never queued");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(t.node.kill(k));
+    let mut failed = 0;
+    while let Some(joined) = within(calls.join_next()).await? {
+        failed_with(joined?, ErrorCause::Killed);
+        failed += 1;
+    }
+    assert_eq!(failed, 21);
+    assert!(!t.node.kill(k), "killed twice");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_fire_in_deadline_order() -> anyhow::Result<()> {
+    let t = TestNode::start()?;
+    let k = t.spawn("testkit").await?;
+    let mut rng = rand::rng();
+    let deadlines: Vec<u32> = (0..100).map(|_| rng.random_range(1..300)).collect();
+    let Reply::Order(order) = t.command(k, &Command::Timers(deadlines.clone())).await? else {
+        panic!("Timers answers with an order");
+    };
+    let mut seen = order.clone();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..100).collect::<Vec<u32>>(), "every timer fired once");
+    let fired: Vec<u32> = order.iter().map(|&i| deadlines[i as usize]).collect();
+    assert!(fired.windows(2).all(|w| w[0] <= w[1]), "timers fired out of deadline order: {fired:?}");
+    t.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_spawned_services_exit_and_the_count_returns() -> anyhow::Result<()> {
+    let t = TestNode::start()?;
+    let spawner = t.spawn("testkit").await?;
+    let before = t.node.service_count();
+    let Reply::Addresses(spawned) =
+        t.command(spawner, &Command::SpawnMany { module: "testkit".into(), n: 1_000 }).await?
+    else {
+        panic!("SpawnMany answers with addresses");
+    };
+    assert_eq!(spawned.len(), 1_000);
+    assert_eq!(t.node.service_count(), before + 1_000);
+    let client = std::sync::Arc::new(t.client);
+    let mut exits = tokio::task::JoinSet::new();
+    for &a in &spawned {
+        client.monitor(Address(a));
+        let client = client.clone();
+        exits.spawn(async move { crate::support::command_via(&client, Address(a), &Command::Exit { answer: true }).await });
+    }
+    while let Some(joined) = within(exits.join_next()).await? {
+        assert_eq!(joined?, Ok(Reply::Unit));
+    }
+    let mut client = std::sync::Arc::into_inner(client).expect("calls done");
+    let mut exited = std::collections::HashSet::new();
+    while exited.len() < 1_000 {
+        let m = within(client.recv()).await?.expect("exit notice");
+        assert_eq!(m.kind, skyhost::runtime::kind::EXIT);
+        exited.insert(m.source.0);
+    }
+    assert_eq!(t.node.service_count(), before);
+    t.node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_mib_payload_round_trips() -> anyhow::Result<()> {
+    let t = TestNode::start()?;
+    let echo = t.spawn("echo").await?;
+    let mut payload = vec![0u8; 1 << 20];
+    rand::rng().fill(&mut payload[..]);
+    let reply = within(t.client.call(echo, payload.clone())).await??;
+    assert!(reply == payload, "1 MiB payload came back changed");
+    t.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_resolve_and_go_with_their_service() -> anyhow::Result<()> {
+    let t = TestNode::start()?;
+    let k = t.spawn("testkit").await?;
+    assert_eq!(t.command(k, &Command::Register(".db".into())).await, Ok(Reply::Unit));
+    assert_eq!(t.node.query(".db"), Some(k));
+    let other = t.spawn("testkit").await?;
+    assert_eq!(t.command(other, &Command::Query(".db".into())).await, Ok(Reply::MaybeAddress(Some(k.0))));
+    assert!(matches!(t.command(other, &Command::Register(".db".into())).await, Ok(Reply::Failed(_))));
+    assert_eq!(t.command(k, &Command::Exit { answer: true }).await, Ok(Reply::Unit));
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while t.node.query(".db").is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "name outlived its service");
+        tokio::task::yield_now().await;
+    }
+    t.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_module_names_the_paths_searched() -> anyhow::Result<()> {
+    let t = TestNode::start()?;
+    let err = within(t.node.spawn("no-such-module", &[])).await?.expect_err("spawn must fail");
+    let text = err.to_string();
+    assert!(text.contains("no-such-module") && text.contains("no-such-module.wasm"), "{text}");
+    let k = t.spawn("testkit").await?;
+    let r = t.command(k, &Command::Spawn { module: "no-such-module".into(), args: vec![] }).await;
+    assert!(matches!(&r, Ok(Reply::Failed(e)) if e.contains("not found")), "{r:?}");
+    t.stop().await;
+    Ok(())
+}

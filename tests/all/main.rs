@@ -1,0 +1,5 @@
+//! skyhost's integration tests: one binary of modules, so the machine links once.
+
+mod cli;
+mod local;
+mod support;

@@ -1,0 +1,129 @@
+//! The protocol of the `testkit` service.
+//!
+//! Host integration tests `call` a testkit service with a [`Command`] encoded
+//! by postcard and decode its answer as a [`Reply`]. Postcard encodes enum
+//! variants by their index, so the variant order here is part of the
+//! protocol: add new variants at the end only.
+//!
+//! Addresses are raw `u32` (`(local_id << 8) | harbor_id`) so this crate
+//! depends on serde alone.
+
+use serde::{Deserialize, Serialize};
+
+/// What a test asks a testkit service to do (the payload of a request).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Answer `Reply::Bytes` with the same bytes.
+    Echo(Vec<u8>),
+    /// Call `target` with `command` and answer with the target's `Reply`; a
+    /// failed call answers `Reply::Failed` with the error's text.
+    Call {
+        /// The service to call.
+        target: u32,
+        /// What to ask it.
+        command: Box<Command>,
+    },
+    /// Die in the given way; never answers.
+    Trap(TrapKind),
+    /// Spawn `module` with raw `args`; answer `Reply::Address` or `Reply::Failed`.
+    Spawn {
+        /// The module name (file stem of its `.wasm`).
+        module: String,
+        /// The raw `init` arguments.
+        args: Vec<u8>,
+    },
+    /// Sleep `ms` on a host timer, then answer `Reply::Bytes(payload)`.
+    SleepThenEcho {
+        /// How long to sleep, in milliseconds.
+        ms: u32,
+        /// What to answer afterwards.
+        payload: Vec<u8>,
+    },
+    /// Register this service under a name; answer `Reply::Unit` or `Reply::Failed`.
+    Register(String),
+    /// Look a name up; answer `Reply::MaybeAddress`.
+    Query(String),
+    /// Exit. With `answer`, reply `Reply::Unit` first; without, the caller
+    /// gets the host's "exited" error.
+    Exit {
+        /// Whether to answer before exiting.
+        answer: bool,
+    },
+    /// Start one timer per entry (ms); when all fired, answer `Reply::Order`
+    /// with the entries' indices in firing order.
+    Timers(Vec<u32>),
+    /// Monitor an address; answer `Reply::Unit`.
+    Monitor(u32),
+    /// Answer `Reply::Addresses` with the sources of the exit notices
+    /// received so far, in order.
+    ExitNotices,
+    /// Answer `Reply::Count` with the number of non-request messages
+    /// received so far.
+    Count,
+    /// Call `target` `n` times in sequence with `Command::Echo(payload)`,
+    /// checking each answer; answer `Reply::Unit` or `Reply::Failed`.
+    CallLoop {
+        /// The service to call (a testkit).
+        target: u32,
+        /// How many calls.
+        n: u32,
+        /// The payload to echo.
+        payload: Vec<u8>,
+    },
+    /// Send `payload` (raw bytes, kind text) to `target` `n` times; answer
+    /// `Reply::Unit` or `Reply::Failed` with the first error.
+    SendLoop {
+        /// The service to send to.
+        target: u32,
+        /// How many sends.
+        n: u32,
+        /// The raw payload of each send.
+        payload: Vec<u8>,
+    },
+    /// Spawn `n` services of `module` concurrently (empty args); answer
+    /// `Reply::Addresses` (in spawn order) or `Reply::Failed`.
+    SpawnMany {
+        /// The module name.
+        module: String,
+        /// How many services.
+        n: u32,
+    },
+    /// Spin forever without yielding; never answers (for preemption tests).
+    Spin,
+}
+
+/// How a testkit service dies for `Command::Trap`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrapKind {
+    /// Execute wasm `unreachable`.
+    Unreachable,
+    /// `panic!` (aborts: a trap on wasm32-wasip2).
+    Panic,
+    /// Read far beyond linear memory.
+    OutOfBounds,
+    /// Recurse until the stack is exhausted.
+    StackOverflow,
+    /// Allocate and touch 1 MiB blocks until memory runs out.
+    AllocForever,
+}
+
+/// A testkit service's answer (the payload of its response).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Done, nothing to report.
+    Unit,
+    /// Some bytes.
+    Bytes(Vec<u8>),
+    /// A service's address.
+    Address(u32),
+    /// A name lookup's result.
+    MaybeAddress(Option<u32>),
+    /// Indices in the order their events happened.
+    Order(Vec<u32>),
+    /// Several addresses.
+    Addresses(Vec<u32>),
+    /// A count.
+    Count(u64),
+    /// The command failed; the text says why.
+    Failed(String),
+}
