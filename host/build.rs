@@ -7,7 +7,10 @@ use std::process::Command;
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest_dir.parent().expect("host/ is inside the workspace").to_path_buf();
+    let root = manifest_dir
+        .parent()
+        .expect("host/ is inside the workspace")
+        .to_path_buf();
     for dir in ["services", "guest-sdk", "wit", "tests/proto"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
@@ -20,7 +23,13 @@ fn main() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root.join("services"))
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
         .arg(&target_dir);
     // Settings meant for the host build must not leak into the guest build.
     for var in [
@@ -45,7 +54,10 @@ fn main() {
         }
     }
     let status = cmd.status().expect("running cargo for the wasm services");
-    assert!(status.success(), "building the wasm services in services/ failed");
+    assert!(
+        status.success(),
+        "building the wasm services in services/ failed"
+    );
     println!(
         "cargo:rustc-env=SKYHOST_GUEST_DIR={}",
         target_dir.join("wasm32-wasip2").join("release").display()
@@ -71,6 +83,8 @@ fn ensure_wasm_target() {
     if let Ok(toolchain) = std::env::var("RUSTUP_TOOLCHAIN") {
         cmd.args(["--toolchain", &toolchain]);
     }
-    let status = cmd.status().expect("running rustup to add the wasm32-wasip2 target");
+    let status = cmd
+        .status()
+        .expect("running rustup to add the wasm32-wasip2 target");
     assert!(status.success(), "`rustup target add wasm32-wasip2` failed");
 }

@@ -66,7 +66,7 @@ impl Default for Limits {
             time_slice_us: 1_000,
             mailbox_limit: 0,
             max_payload: 64 << 20,
-            max_services: 100_000,
+            max_services: 10_000,
         }
     }
 }
@@ -118,8 +118,10 @@ impl NodeConfig {
     /// # Errors
     /// [`ConfigError`] naming the file, line and key.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let mut config = Self::parse(&text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in &mut config.module_paths {
@@ -172,7 +174,10 @@ impl NodeConfig {
             return Err(invalid("cpu_budget_ms", "must be at least 1".into()));
         }
         if l.max_services == 0 || l.max_services > Address::MAX_LOCAL {
-            return Err(invalid("max_services", format!("must be 1..={}", Address::MAX_LOCAL)));
+            return Err(invalid(
+                "max_services",
+                format!("must be 1..={}", Address::MAX_LOCAL),
+            ));
         }
         if let Some(b) = &self.bootstrap
             && b.module.is_empty()
@@ -180,7 +185,10 @@ impl NodeConfig {
             return Err(invalid("module", "must name a module".into()));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
-            return Err(invalid("log_level", format!("`{}` is not a log filter", self.log_level)));
+            return Err(invalid(
+                "log_level",
+                format!("`{}` is not a log filter", self.log_level),
+            ));
         }
         Ok(())
     }
@@ -189,7 +197,11 @@ impl NodeConfig {
 use crate::runtime::Address;
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// The line where `key = ...` is first written, for errors found after parsing.
@@ -197,7 +209,8 @@ fn find_key_line(text: &str, key: &str) -> usize {
     text.lines()
         .position(|l| {
             let l = l.trim_start();
-            l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
         })
         .map_or(0, |i| i + 1)
 }
@@ -227,13 +240,20 @@ mod tests {
 
     #[test]
     fn wrong_type_names_line() {
-        let s = parse("threads = \"two\"\n").expect_err("wrong type").to_string();
+        let s = parse("threads = \"two\"\n")
+            .expect_err("wrong type")
+            .to_string();
         assert!(s.starts_with("node.toml:1:"), "{s}");
     }
 
     #[test]
     fn out_of_range_value_names_line_and_key() {
-        let s = parse("[limits]\n\nmemory_mb = 0\n").expect_err("zero memory").to_string();
-        assert!(s.starts_with("node.toml:3:") && s.contains("memory_mb"), "{s}");
+        let s = parse("[limits]\n\nmemory_mb = 0\n")
+            .expect_err("zero memory")
+            .to_string();
+        assert!(
+            s.starts_with("node.toml:3:") && s.contains("memory_mb"),
+            "{s}"
+        );
     }
 }

@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use skyhost::{Node, NodeConfig};
 
+mod bench;
+
 /// skyhost: Skynet's service model on WebAssembly components.
 #[derive(Parser)]
 #[command(version, about)]
@@ -22,12 +24,21 @@ enum Command {
         /// The node file (TOML).
         node_file: PathBuf,
     },
+    /// Run the benchmarks (all, or the ids given), 3 runs each in a fresh node.
+    Bench {
+        /// Workload ids, e.g. local-call-rtt; none runs them all.
+        ids: Vec<String>,
+        /// Print one JSON object per figure.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { node_file } => run(&node_file),
+        Command::Bench { ids, json } => bench_main(&ids, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -59,13 +70,28 @@ fn run(node_file: &std::path::Path) -> anyhow::Result<()> {
                 .with_context(|| format!("bootstrap service `{}`", boot.module))?;
             tracing::info!(%address, module = %boot.module, "bootstrap service started");
         }
-        tracing::info!(pid = std::process::id(), "node running; SIGINT or SIGTERM stops it");
+        tracing::info!(
+            pid = std::process::id(),
+            "node running; SIGINT or SIGTERM stops it"
+        );
         wait_for_signal().await?;
         tracing::info!("stopping");
         node.shutdown().await;
         tracing::info!("stopped");
         anyhow::Ok(())
     })
+}
+
+fn bench_main(ids: &[String], json: bool) -> anyhow::Result<()> {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("log filter")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench::run(ids, json))
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

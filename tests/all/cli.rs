@@ -23,10 +23,17 @@ fn write_node_file(dir: &Path, text: &str) -> std::path::PathBuf {
 fn a_bad_node_file_names_file_line_and_key() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = write_node_file(dir.path(), "threads = 2\n\n[limits]\nmemory_mbs = 64\n");
-    let out = skyhost().arg("run").arg(&path).output().expect("run skyhost");
+    let out = skyhost()
+        .arg("run")
+        .arg(&path)
+        .output()
+        .expect("run skyhost");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("{}:4:", path.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:4:", path.display())),
+        "{stderr}"
+    );
     assert!(stderr.contains("memory_mbs"), "{stderr}");
 }
 
@@ -38,10 +45,20 @@ fn an_unknown_bootstrap_module_fails_the_node_with_the_paths_searched() {
         guest_dir().display().to_string()
     );
     let path = write_node_file(dir.path(), &text);
-    let out = skyhost().arg("run").arg(&path).output().expect("run skyhost");
-    assert!(!out.status.success(), "node with a missing bootstrap module must exit non-zero");
+    let out = skyhost()
+        .arg("run")
+        .arg(&path)
+        .output()
+        .expect("run skyhost");
+    assert!(
+        !out.status.success(),
+        "node with a missing bootstrap module must exit non-zero"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("nope.wasm") && stderr.contains("not found"), "{stderr}");
+    assert!(
+        stderr.contains("nope.wasm") && stderr.contains("not found"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -78,16 +95,19 @@ fn the_demo_node_runs_and_stops_cleanly_on_sigint() {
     wait_for("bootstrap service started");
     // The demo's own log lines: calls answered through its echo services.
     wait_for("skyhost::guest");
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success());
     wait_for("stopped");
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let exit = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "skyhost did not exit after SIGINT");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
+    let (exit_tx, exited) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = exit_tx.send(child.wait());
+    });
+    let exit = exited
+        .recv_timeout(DEADLINE)
+        .expect("skyhost exits after SIGINT")
+        .expect("wait for skyhost");
     assert!(exit.success(), "skyhost exited with {exit}");
 }

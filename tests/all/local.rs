@@ -1,10 +1,8 @@
 //! One node, real wasm services: calls, sessions, failures, timers, spawn.
 
-use std::time::Duration;
-
+use crate::support::{Command, DEADLINE, Reply, TestNode, TrapKind, test_config, within};
 use rand::Rng;
 use skyhost::{Address, CallError, ErrorCause};
-use crate::support::{Command, DEADLINE, Reply, TestNode, TrapKind, test_config, within};
 
 fn failed_with(result: Result<Reply, CallError>, cause: ErrorCause) -> String {
     match result {
@@ -26,7 +24,7 @@ async fn echo_round_trip() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_calls_from_ten_services() -> anyhow::Result<()> {
     let t = TestNode::start()?;
-    let echo = t.spawn("echo").await?;
+    let server = t.spawn("testkit").await?;
     let mut callers = Vec::new();
     for _ in 0..10 {
         callers.push(t.spawn("testkit").await?);
@@ -38,7 +36,10 @@ async fn thousand_concurrent_calls_from_ten_services() -> anyhow::Result<()> {
             let client = client.clone();
             let payload = format!("{c}-{i}").into_bytes();
             calls.spawn(async move {
-                let command = Command::Call { target: echo.0, command: Box::new(Command::Echo(payload.clone())) };
+                let command = Command::Call {
+                    target: server.0,
+                    command: Box::new(Command::Echo(payload.clone())),
+                };
                 let reply = crate::support::command_via(&client, caller, &command).await;
                 (payload, reply)
             });
@@ -51,6 +52,7 @@ async fn thousand_concurrent_calls_from_ten_services() -> anyhow::Result<()> {
         answered += 1;
     }
     assert_eq!(answered, 1_000);
+    within(t.node.shutdown()).await?;
     Ok(())
 }
 
@@ -60,12 +62,24 @@ async fn mutual_calls_do_not_deadlock() -> anyhow::Result<()> {
     let a = t.spawn("testkit").await?;
     let b = t.spawn("testkit").await?;
     // A calls B; B, while handling it, calls A; A answers while it waits on B.
-    let inner = Command::Call { target: a.0, command: Box::new(Command::Echo(b"ab".to_vec())) };
-    let outer = Command::Call { target: b.0, command: Box::new(inner) };
+    let inner = Command::Call {
+        target: a.0,
+        command: Box::new(Command::Echo(b"ab".to_vec())),
+    };
+    let outer = Command::Call {
+        target: b.0,
+        command: Box::new(inner),
+    };
     assert_eq!(t.command(a, &outer).await, Ok(Reply::Bytes(b"ab".to_vec())));
     // And both at once, in opposite directions.
-    let to_b = Command::Call { target: b.0, command: Box::new(Command::Echo(b"1".to_vec())) };
-    let to_a = Command::Call { target: a.0, command: Box::new(Command::Echo(b"2".to_vec())) };
+    let to_b = Command::Call {
+        target: b.0,
+        command: Box::new(Command::Echo(b"1".to_vec())),
+    };
+    let to_a = Command::Call {
+        target: a.0,
+        command: Box::new(Command::Echo(b"2".to_vec())),
+    };
     let (r1, r2) = tokio::join!(t.command(a, &to_b), t.command(b, &to_a));
     assert_eq!(r1, Ok(Reply::Bytes(b"1".to_vec())));
     assert_eq!(r2, Ok(Reply::Bytes(b"2".to_vec())));
@@ -83,10 +97,16 @@ async fn calls_to_unknown_or_exited_services_fail_at_once() -> anyhow::Result<()
     }
     let k = t.spawn("testkit").await?;
     t.client.monitor(k);
-    assert_eq!(t.command(k, &Command::Exit { answer: true }).await, Ok(Reply::Unit));
+    assert_eq!(
+        t.command(k, &Command::Exit { answer: true }).await,
+        Ok(Reply::Unit)
+    );
     let mut client = t.client;
     let notice = within(client.recv()).await?.expect("exit notice");
-    assert_eq!((notice.kind, notice.source), (skyhost::runtime::kind::EXIT, k));
+    assert_eq!(
+        (notice.kind, notice.source),
+        (skyhost::runtime::kind::EXIT, k)
+    );
     match within(client.call(k, vec![])).await? {
         Err(e) => assert_eq!(e.cause(), Some(ErrorCause::UnknownAddress), "{e}"),
         Ok(r) => panic!("call to an exited service answered {r:?}"),
@@ -95,6 +115,7 @@ async fn calls_to_unknown_or_exited_services_fail_at_once() -> anyhow::Result<()
     let k2 = within(t.node.spawn("testkit", &[])).await??;
     let r = crate::support::command_via(&client, k2, &Command::Exit { answer: false }).await;
     failed_with(r, ErrorCause::Exited);
+    within(t.node.shutdown()).await?;
     Ok(())
 }
 
@@ -112,10 +133,20 @@ async fn a_trapping_service_fails_its_caller_and_the_node_serves_on() -> anyhow:
         (TrapKind::AllocForever, "memory limit"),
     ] {
         let k = t.spawn("testkit").await?;
-        let detail = failed_with(t.command(k, &Command::Trap(kind.clone())).await, ErrorCause::Trapped);
+        let detail = failed_with(
+            t.command(k, &Command::Trap(kind)).await,
+            ErrorCause::Trapped,
+        );
         assert!(detail.contains(expect), "{kind:?}: {detail}");
-        assert!(t.node.services().iter().all(|(a, _)| *a != k), "{kind:?}: trapped service still listed");
-        assert_eq!(within(t.client.call(echo, b"alive".to_vec())).await??, b"alive", "after {kind:?}");
+        assert!(
+            t.node.services().iter().all(|(a, _)| *a != k),
+            "{kind:?}: trapped service still listed"
+        );
+        assert_eq!(
+            within(t.client.call(echo, b"alive".to_vec())).await??,
+            b"alive",
+            "after {kind:?}"
+        );
     }
     t.stop().await;
     Ok(())
@@ -133,7 +164,9 @@ async fn a_spinning_service_is_preempted_then_stopped_at_its_budget() -> anyhow:
     let client = std::sync::Arc::new(t.client);
     let spin = {
         let client = client.clone();
-        tokio::spawn(async move { crate::support::command_via(&client, spinner, &Command::Spin).await })
+        tokio::spawn(
+            async move { crate::support::command_via(&client, spinner, &Command::Spin).await },
+        )
     };
     for i in 0..20u32 {
         let ping = i.to_le_bytes().to_vec();
@@ -142,6 +175,7 @@ async fn a_spinning_service_is_preempted_then_stopped_at_its_budget() -> anyhow:
     assert!(!spin.is_finished(), "the spinner ended before its budget");
     let detail = failed_with(within(spin).await??, ErrorCause::Trapped);
     assert!(detail.contains("cpu budget"), "{detail}");
+    within(t.node.shutdown()).await?;
     Ok(())
 }
 
@@ -149,30 +183,48 @@ async fn a_spinning_service_is_preempted_then_stopped_at_its_budget() -> anyhow:
 async fn a_killed_service_fails_every_queued_caller() -> anyhow::Result<()> {
     let t = TestNode::start()?;
     let k = t.spawn("testkit").await?;
-    let client = std::sync::Arc::new(t.client);
     let mut calls = tokio::task::JoinSet::new();
-    // The first call keeps the service busy, so the others stay queued.
-    for i in 0..21 {
-        let client = client.clone();
-        let command = if i == 0 { Command::Spin } else { Command::Echo(vec![i]) };
-        calls.spawn(async move { crate::support::command_via(&client, k, &command).await });
-        if i == 0 {
-            tokio::task::yield_now().await;
+    let wait_for_mailbox = |len: usize| {
+        let node = t.node.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + DEADLINE;
+            while node.mailbox_len(k) != Some(len) {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "mailbox never reached {len}"
+                );
+                tokio::task::yield_now().await;
+            }
         }
+    };
+    let start = |command: Command| {
+        let call = t
+            .client
+            .start_call(k, postcard::to_allocvec(&command).expect("encode"));
+        call.expect("request enqueued")
+    };
+    // The first call keeps the service busy; once it has been taken, the
+    // others stay queued behind it.
+    calls.spawn(start(Command::Spin));
+    wait_for_mailbox(0).await;
+    for i in 1..=20 {
+        calls.spawn(start(Command::Echo(vec![i])));
     }
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while t.node.mailbox_len(k).unwrap_or(0) < 20 {
-        assert!(tokio::time::Instant::now() < deadline, "calls never queued");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    wait_for_mailbox(20).await;
     assert!(t.node.kill(k));
     let mut failed = 0;
     while let Some(joined) = within(calls.join_next()).await? {
-        failed_with(joined?, ErrorCause::Killed);
-        failed += 1;
+        match joined? {
+            Err(CallError::Failed {
+                cause: ErrorCause::Killed,
+                ..
+            }) => failed += 1,
+            other => panic!("expected a Killed error, got {other:?}"),
+        }
     }
     assert_eq!(failed, 21);
     assert!(!t.node.kill(k), "killed twice");
+    t.stop().await;
     Ok(())
 }
 
@@ -187,9 +239,16 @@ async fn timers_fire_in_deadline_order() -> anyhow::Result<()> {
     };
     let mut seen = order.clone();
     seen.sort_unstable();
-    assert_eq!(seen, (0..100).collect::<Vec<u32>>(), "every timer fired once");
+    assert_eq!(
+        seen,
+        (0..100).collect::<Vec<u32>>(),
+        "every timer fired once"
+    );
     let fired: Vec<u32> = order.iter().map(|&i| deadlines[i as usize]).collect();
-    assert!(fired.windows(2).all(|w| w[0] <= w[1]), "timers fired out of deadline order: {fired:?}");
+    assert!(
+        fired.windows(2).all(|w| w[0] <= w[1]),
+        "timers fired out of deadline order: {fired:?}"
+    );
     t.stop().await;
     Ok(())
 }
@@ -199,8 +258,15 @@ async fn a_thousand_spawned_services_exit_and_the_count_returns() -> anyhow::Res
     let t = TestNode::start()?;
     let spawner = t.spawn("testkit").await?;
     let before = t.node.service_count();
-    let Reply::Addresses(spawned) =
-        t.command(spawner, &Command::SpawnMany { module: "testkit".into(), n: 1_000 }).await?
+    let Reply::Addresses(spawned) = t
+        .command(
+            spawner,
+            &Command::SpawnMany {
+                module: "testkit".into(),
+                n: 1_000,
+            },
+        )
+        .await?
     else {
         panic!("SpawnMany answers with addresses");
     };
@@ -211,7 +277,9 @@ async fn a_thousand_spawned_services_exit_and_the_count_returns() -> anyhow::Res
     for &a in &spawned {
         client.monitor(Address(a));
         let client = client.clone();
-        exits.spawn(async move { crate::support::command_via(&client, Address(a), &Command::Exit { answer: true }).await });
+        exits.spawn(async move {
+            crate::support::command_via(&client, Address(a), &Command::Exit { answer: true }).await
+        });
     }
     while let Some(joined) = within(exits.join_next()).await? {
         assert_eq!(joined?, Ok(Reply::Unit));
@@ -224,7 +292,7 @@ async fn a_thousand_spawned_services_exit_and_the_count_returns() -> anyhow::Res
         exited.insert(m.source.0);
     }
     assert_eq!(t.node.service_count(), before);
-    t.node.shutdown().await;
+    within(t.node.shutdown()).await?;
     Ok(())
 }
 
@@ -244,15 +312,30 @@ async fn a_one_mib_payload_round_trips() -> anyhow::Result<()> {
 async fn names_resolve_and_go_with_their_service() -> anyhow::Result<()> {
     let t = TestNode::start()?;
     let k = t.spawn("testkit").await?;
-    assert_eq!(t.command(k, &Command::Register(".db".into())).await, Ok(Reply::Unit));
+    assert_eq!(
+        t.command(k, &Command::Register(".db".into())).await,
+        Ok(Reply::Unit)
+    );
     assert_eq!(t.node.query(".db"), Some(k));
     let other = t.spawn("testkit").await?;
-    assert_eq!(t.command(other, &Command::Query(".db".into())).await, Ok(Reply::MaybeAddress(Some(k.0))));
-    assert!(matches!(t.command(other, &Command::Register(".db".into())).await, Ok(Reply::Failed(_))));
-    assert_eq!(t.command(k, &Command::Exit { answer: true }).await, Ok(Reply::Unit));
+    assert_eq!(
+        t.command(other, &Command::Query(".db".into())).await,
+        Ok(Reply::MaybeAddress(Some(k.0)))
+    );
+    assert!(matches!(
+        t.command(other, &Command::Register(".db".into())).await,
+        Ok(Reply::Failed(_))
+    ));
+    assert_eq!(
+        t.command(k, &Command::Exit { answer: true }).await,
+        Ok(Reply::Unit)
+    );
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while t.node.query(".db").is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "name outlived its service");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "name outlived its service"
+        );
         tokio::task::yield_now().await;
     }
     t.stop().await;
@@ -262,12 +345,28 @@ async fn names_resolve_and_go_with_their_service() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_module_names_the_paths_searched() -> anyhow::Result<()> {
     let t = TestNode::start()?;
-    let err = within(t.node.spawn("no-such-module", &[])).await?.expect_err("spawn must fail");
+    let err = within(t.node.spawn("no-such-module", &[]))
+        .await?
+        .expect_err("spawn must fail");
     let text = err.to_string();
-    assert!(text.contains("no-such-module") && text.contains("no-such-module.wasm"), "{text}");
+    assert!(
+        text.contains("no-such-module") && text.contains("no-such-module.wasm"),
+        "{text}"
+    );
     let k = t.spawn("testkit").await?;
-    let r = t.command(k, &Command::Spawn { module: "no-such-module".into(), args: vec![] }).await;
-    assert!(matches!(&r, Ok(Reply::Failed(e)) if e.contains("not found")), "{r:?}");
+    let r = t
+        .command(
+            k,
+            &Command::Spawn {
+                module: "no-such-module".into(),
+                args: vec![],
+            },
+        )
+        .await;
+    assert!(
+        matches!(&r, Ok(Reply::Failed(e)) if e.contains("not found")),
+        "{r:?}"
+    );
     t.stop().await;
     Ok(())
 }

@@ -27,7 +27,10 @@ pub fn test_config() -> NodeConfig {
     NodeConfig {
         module_paths: vec![guest_dir()],
         cache_dir: Some(cache_dir()),
-        limits: Limits { max_services: 4_096, ..Limits::default() },
+        limits: Limits {
+            max_services: 4_096,
+            ..Limits::default()
+        },
         ..NodeConfig::default()
     }
 }
@@ -35,7 +38,10 @@ pub fn test_config() -> NodeConfig {
 /// Logs to the test's output when `RUST_LOG` is set.
 pub fn init_logs() {
     if let Ok(filter) = std::env::var("RUST_LOG") {
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
     }
 }
 
@@ -63,7 +69,9 @@ impl TestNode {
 
     /// Spawns a service and waits for its `init`.
     pub async fn spawn(&self, module: &str) -> anyhow::Result<Address> {
-        within(self.node.spawn(module, &[])).await?.with_context(|| format!("spawn {module}"))
+        within(self.node.spawn(module, &[]))
+            .await?
+            .with_context(|| format!("spawn {module}"))
     }
 
     /// Calls a `testkit` service with `command` and decodes its reply.
@@ -74,12 +82,18 @@ impl TestNode {
     /// Stops the node and waits for all its tasks.
     pub async fn stop(self) {
         drop(self.client);
-        within(self.node.shutdown()).await.expect("node shut down in time");
+        within(self.node.shutdown())
+            .await
+            .expect("node shut down in time");
     }
 }
 
 /// Calls a `testkit` service from `client` and decodes the reply.
-pub async fn command_via(client: &Client, target: Address, command: &Command) -> Result<Reply, CallError> {
+pub async fn command_via(
+    client: &Client,
+    target: Address,
+    command: &Command,
+) -> Result<Reply, CallError> {
     let payload = postcard::to_allocvec(command).expect("commands encode");
     let reply = client.call_timeout(target, payload, DEADLINE).await?;
     Ok(postcard::from_bytes(&reply).expect("testkit replies decode"))

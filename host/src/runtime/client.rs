@@ -40,8 +40,10 @@ impl Client {
                     break;
                 }
                 if matches!(m.kind, kind::RESPONSE | kind::ERROR) {
-                    let waiter =
-                        router_pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&m.session);
+                    let waiter = router_pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&m.session);
                     if let Some(tx) = waiter {
                         let _ = tx.send(m);
                         continue;
@@ -50,7 +52,13 @@ impl Client {
                 let _ = events_tx.send(m);
             }
         });
-        Client { kernel, handle, next_session: AtomicU32::new(1), pending, events }
+        Client {
+            kernel,
+            handle,
+            next_session: AtomicU32::new(1),
+            pending,
+            events,
+        }
     }
 
     /// This endpoint's address.
@@ -62,8 +70,22 @@ impl Client {
     ///
     /// # Errors
     /// When the target is unknown or its mailbox is full.
-    pub fn send(&self, dest: Address, kind: u8, session: u32, payload: Vec<u8>) -> Result<(), SendError> {
-        self.kernel.deliver(dest, Message { kind, source: self.address(), session, payload })
+    pub fn send(
+        &self,
+        dest: Address,
+        kind: u8,
+        session: u32,
+        payload: Vec<u8>,
+    ) -> Result<(), SendError> {
+        self.kernel.deliver(
+            dest,
+            Message {
+                kind,
+                source: self.address(),
+                session,
+                payload,
+            },
+        )
     }
 
     /// Calls `dest` and waits for its response.
@@ -71,19 +93,45 @@ impl Client {
     /// # Errors
     /// [`CallError`] with the cause the session ended with.
     pub async fn call(&self, dest: Address, payload: Vec<u8>) -> Result<Vec<u8>, CallError> {
+        self.start_call(dest, payload)?.await
+    }
+
+    /// Sends a request now and returns a future for its response, so the
+    /// request is in the target's mailbox when this returns.
+    ///
+    /// # Errors
+    /// [`SendError`] when the request could not be enqueued.
+    pub fn start_call(
+        &self,
+        dest: Address,
+        payload: Vec<u8>,
+    ) -> Result<impl Future<Output = Result<Vec<u8>, CallError>> + Send + 'static, SendError> {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(session, tx);
-        let m = Message { kind: kind::REQUEST, source: self.address(), session, payload };
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(session, tx);
+        let m = Message {
+            kind: kind::REQUEST,
+            source: self.address(),
+            session,
+            payload,
+        };
         if let Err(e) = self.kernel.deliver(dest, m) {
-            self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&session);
-            return Err(e.into());
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&session);
+            return Err(e);
         }
-        let reply = rx.await.map_err(|_| CallError::NodeStopped)?;
-        if reply.kind == kind::ERROR {
-            return Err(CallError::from_error_payload(&reply.payload));
-        }
-        Ok(reply.payload)
+        Ok(async move {
+            let reply = rx.await.map_err(|_| CallError::NodeStopped)?;
+            if reply.kind == kind::ERROR {
+                return Err(CallError::from_error_payload(&reply.payload));
+            }
+            Ok(reply.payload)
+        })
     }
 
     /// [`call`](Self::call) with a deadline; a late reply is dropped.
@@ -96,7 +144,9 @@ impl Client {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, CallError> {
-        tokio::time::timeout(timeout, self.call(dest, payload)).await.unwrap_or(Err(CallError::Timeout))
+        tokio::time::timeout(timeout, self.call(dest, payload))
+            .await
+            .unwrap_or(Err(CallError::Timeout))
     }
 
     /// The next message that is not a response to one of this client's calls

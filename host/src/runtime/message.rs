@@ -49,7 +49,12 @@ impl Message {
         let mut payload = Vec::with_capacity(1 + detail.len());
         payload.push(cause as u8);
         payload.extend_from_slice(detail.as_bytes());
-        Message { kind: kind::ERROR, source, session, payload }
+        Message {
+            kind: kind::ERROR,
+            source,
+            session,
+            payload,
+        }
     }
 
     /// Whether this message wants a response.
@@ -183,9 +188,15 @@ mod tests {
         assert_eq!(m.kind, kind::ERROR);
         assert_eq!(
             CallError::from_error_payload(&m.payload),
-            CallError::Failed { cause: ErrorCause::Trapped, detail: "unreachable".into() }
+            CallError::Failed {
+                cause: ErrorCause::Trapped,
+                detail: "unreachable".into()
+            }
         );
-        assert_eq!(CallError::from_error_payload(&[]).cause(), Some(ErrorCause::Service));
+        assert_eq!(
+            CallError::from_error_payload(&[]).cause(),
+            Some(ErrorCause::Service)
+        );
     }
 
     #[test]

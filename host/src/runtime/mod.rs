@@ -19,6 +19,7 @@ mod address;
 mod client;
 mod message;
 pub(crate) mod service;
+mod timer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -98,7 +99,12 @@ impl Ready {
         match self {
             Ready::Session { to, session } => {
                 let payload = address.0.to_le_bytes().to_vec();
-                let m = Message { kind: kind::RESPONSE, source: address, session, payload };
+                let m = Message {
+                    kind: kind::RESPONSE,
+                    source: address,
+                    session,
+                    payload,
+                };
                 let _ = kernel.deliver(to, m);
             }
             Ready::Host(tx) => {
@@ -137,8 +143,11 @@ const MAILBOX_WARN: usize = 1024;
 impl Mailbox {
     fn new() -> (Self, mpsc::UnboundedReceiver<Message>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mailbox =
-            Mailbox { tx, len: AtomicUsize::new(0), warn_at: AtomicUsize::new(MAILBOX_WARN) };
+        let mailbox = Mailbox {
+            tx,
+            len: AtomicUsize::new(0),
+            warn_at: AtomicUsize::new(MAILBOX_WARN),
+        };
         (mailbox, rx)
     }
 
@@ -189,6 +198,7 @@ pub(crate) struct Kernel {
     /// Live wasm services (host clients not counted).
     live: AtomicUsize,
     names: Mutex<HashMap<String, Address>>,
+    timers: timer::Timers,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -231,7 +241,10 @@ impl Kernel {
     }
 
     /// Puts a new handle in the address table under a free local id.
-    fn insert_service(&self, module: Arc<str>) -> (Arc<ServiceHandle>, mpsc::UnboundedReceiver<Message>) {
+    fn insert_service(
+        &self,
+        module: Arc<str>,
+    ) -> (Arc<ServiceHandle>, mpsc::UnboundedReceiver<Message>) {
         let services = self.services.pin();
         loop {
             let local = self.next_local.fetch_add(1, Ordering::Relaxed) % Address::MAX_LOCAL + 1;
@@ -256,11 +269,16 @@ impl Kernel {
     /// the services that asked to be told of its end.
     fn remove_service(&self, handle: &ServiceHandle) -> Vec<Address> {
         let services = self.services.pin();
-        services.remove_if(&handle.address.local(), |_, h| h.address == handle.address).ok();
+        services
+            .remove_if(&handle.address.local(), |_, h| h.address == handle.address)
+            .ok();
         let (monitors, names) = {
             let mut w = handle.watch();
             w.dead = true;
-            (std::mem::take(&mut w.monitors), std::mem::take(&mut w.names))
+            (
+                std::mem::take(&mut w.monitors),
+                std::mem::take(&mut w.names),
+            )
         };
         if !names.is_empty() {
             let mut table = self.names.lock().unwrap_or_else(|e| e.into_inner());
@@ -276,7 +294,8 @@ impl Kernel {
     /// Starts a service; `ready` hears when its `init` has returned.
     pub fn spawn_detached(self: &Arc<Self>, module: String, args: Vec<u8>, ready: Ready) {
         let kernel = self.clone();
-        self.tasks.spawn(async move { kernel.spawn(module, args, ready).await });
+        self.tasks
+            .spawn(async move { kernel.spawn(module, args, ready).await });
     }
 
     async fn spawn(self: Arc<Self>, module: String, args: Vec<u8>, ready: Ready) {
@@ -302,12 +321,20 @@ impl Kernel {
     /// Stops `target`; false if there is no such service.
     pub fn kill(&self, target: Address) -> bool {
         let services = self.services.pin();
-        let Some(handle) = services.get(&target.local()).filter(|h| h.address == target) else {
+        let Some(handle) = services
+            .get(&target.local())
+            .filter(|h| h.address == target)
+        else {
             return false;
         };
         handle.killed.store(true, Ordering::Release);
         // Wakes the service if it is idle; the flag wins over queued messages.
-        let wake = Message { kind: kind::SYSTEM, source: target, session: 0, payload: Vec::new() };
+        let wake = Message {
+            kind: kind::SYSTEM,
+            source: target,
+            session: 0,
+            payload: Vec::new(),
+        };
         handle.mailbox.len.fetch_add(1, Ordering::Relaxed);
         if handle.mailbox.tx.send(wake).is_err() {
             handle.mailbox.len.fetch_sub(1, Ordering::Relaxed);
@@ -325,7 +352,10 @@ impl Kernel {
             if holder == handle.address {
                 return Ok(());
             }
-            return Err(NameError::Taken { name: name.to_string(), holder });
+            return Err(NameError::Taken {
+                name: name.to_string(),
+                holder,
+            });
         }
         let mut w = handle.watch();
         if w.dead {
@@ -347,14 +377,21 @@ impl Kernel {
 
     /// The address holding `name`.
     pub fn query_name(&self, name: &str) -> Option<Address> {
-        self.names.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied()
+        self.names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied()
     }
 
     /// Tells `watcher` with an `exit` message when `target` ends (at once if
     /// it is not alive).
     pub fn monitor(&self, watcher: Address, target: Address) {
         let services = self.services.pin();
-        if let Some(handle) = services.get(&target.local()).filter(|h| h.address == target) {
+        if let Some(handle) = services
+            .get(&target.local())
+            .filter(|h| h.address == target)
+        {
             let mut w = handle.watch();
             if !w.dead {
                 w.monitors.push(watcher);
@@ -368,7 +405,10 @@ impl Kernel {
     /// Stops telling `watcher` about `target`.
     pub fn demonitor(&self, watcher: Address, target: Address) {
         let services = self.services.pin();
-        if let Some(handle) = services.get(&target.local()).filter(|h| h.address == target) {
+        if let Some(handle) = services
+            .get(&target.local())
+            .filter(|h| h.address == target)
+        {
             let mut w = handle.watch();
             if let Some(i) = w.monitors.iter().position(|&a| a == watcher) {
                 w.monitors.swap_remove(i);
@@ -376,24 +416,27 @@ impl Kernel {
         }
     }
 
-    /// Delivers a `response` for `session` to `dest` after `ms` milliseconds.
-    pub fn start_timer(self: &Arc<Self>, dest: Address, session: Session, ms: u32) {
-        let kernel = self.clone();
-        self.tasks.spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(ms.into())) => {
-                    let m = Message { kind: kind::RESPONSE, source: dest, session, payload: Vec::new() };
-                    let _ = kernel.deliver(dest, m);
-                }
-                () = kernel.shutdown.cancelled() => {}
-            }
-        });
+    /// Delivers a `response` for `session` to `dest` `ms` milliseconds after `from`.
+    pub fn start_timer(
+        &self,
+        from: tokio::time::Instant,
+        dest: Address,
+        session: Session,
+        ms: u32,
+    ) {
+        self.timers
+            .start(from + Duration::from_millis(ms.into()), dest, session);
     }
 }
 
 /// The `exit` message a monitor receives.
 fn exit_notice(target: Address, reason: &str) -> Message {
-    Message { kind: kind::EXIT, source: target, session: 0, payload: reason.as_bytes().to_vec() }
+    Message {
+        kind: kind::EXIT,
+        source: target,
+        session: 0,
+        payload: reason.as_bytes().to_vec(),
+    }
 }
 
 /// A running node: its services, names and timers.
@@ -407,6 +450,9 @@ pub struct Node {
 impl Node {
     /// Starts a node (without its bootstrap service) on the current tokio runtime.
     ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
     /// # Errors
     /// When the wasm engine cannot be built for these limits.
     pub fn start(config: &NodeConfig) -> Result<Node, NodeError> {
@@ -416,6 +462,7 @@ impl Node {
             config.cache_dir.clone().or_else(default_cache_dir),
         )
         .map_err(|e| NodeError::Engine(format!("{e:#}")))?;
+        let (timers, timer_rx) = timer::Timers::new();
         let kernel = Arc::new(Kernel {
             harbor: HarborId(0),
             limits: config.limits.clone(),
@@ -425,9 +472,12 @@ impl Node {
             next_local: AtomicU32::new(0),
             live: AtomicUsize::new(0),
             names: Mutex::new(HashMap::new()),
+            timers,
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         });
+        let timer_task = timer::run(Arc::downgrade(&kernel), timer_rx, kernel.shutdown.clone());
+        kernel.tasks.spawn(timer_task);
         Ok(Node { kernel })
     }
 
@@ -437,7 +487,8 @@ impl Node {
     /// [`SpawnError`] naming the module and what went wrong.
     pub async fn spawn(&self, module: &str, args: &[u8]) -> Result<Address, SpawnError> {
         let (tx, rx) = oneshot::channel();
-        self.kernel.spawn_detached(module.to_string(), args.to_vec(), Ready::Host(tx));
+        self.kernel
+            .spawn_detached(module.to_string(), args.to_vec(), Ready::Host(tx));
         rx.await.unwrap_or(Err(SpawnError::Stopped))
     }
 
@@ -476,15 +527,23 @@ impl Node {
     /// Messages waiting in a service's mailbox, if it is alive.
     pub fn mailbox_len(&self, address: Address) -> Option<usize> {
         let services = self.kernel.services.pin();
-        services.get(&address.local()).filter(|h| h.address == address).map(|h| h.mailbox.len())
+        services
+            .get(&address.local())
+            .filter(|h| h.address == address)
+            .map(|h| h.mailbox.len())
     }
 
     /// Stops every service (their pending sessions end with an error) and
     /// waits for every task of the node to finish.
     pub async fn shutdown(&self) {
         self.kernel.shutdown.cancel();
-        let addresses: Vec<Address> =
-            self.kernel.services.pin().values().map(|h| h.address).collect();
+        let addresses: Vec<Address> = self
+            .kernel
+            .services
+            .pin()
+            .values()
+            .map(|h| h.address)
+            .collect();
         for a in addresses {
             self.kernel.kill(a);
         }

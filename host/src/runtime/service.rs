@@ -23,11 +23,17 @@ struct End {
 
 impl End {
     fn exited() -> Self {
-        End { cause: ErrorCause::Exited, reason: "exited".into() }
+        End {
+            cause: ErrorCause::Exited,
+            reason: "exited".into(),
+        }
     }
 
     fn killed() -> Self {
-        End { cause: ErrorCause::Killed, reason: "killed".into() }
+        End {
+            cause: ErrorCause::Killed,
+            reason: "killed".into(),
+        }
     }
 }
 
@@ -47,9 +53,18 @@ pub(crate) async fn run(
             Ok(i) => i,
             Err(e) => {
                 let error = format!("{e:#}");
-                let end = End { cause: ErrorCause::Exited, reason: error.clone() };
+                let end = End {
+                    cause: ErrorCause::Exited,
+                    reason: error.clone(),
+                };
                 finish(&kernel, &handle, rx, Vec::new(), end);
-                ready.fail(&kernel, SpawnError::Instantiate { module: module_name, error });
+                ready.fail(
+                    &kernel,
+                    SpawnError::Instantiate {
+                        module: module_name,
+                        error,
+                    },
+                );
                 return;
             }
         };
@@ -63,13 +78,28 @@ pub(crate) async fn run(
                 }
             }
             Ok(Err(reason)) => {
-                let end = End { cause: ErrorCause::Exited, reason: format!("init failed: {reason}") };
-                ready.fail(&kernel, SpawnError::Init { module: module_name, reason });
+                let end = End {
+                    cause: ErrorCause::Exited,
+                    reason: format!("init failed: {reason}"),
+                };
+                ready.fail(
+                    &kernel,
+                    SpawnError::Init {
+                        module: module_name,
+                        reason,
+                    },
+                );
                 end
             }
             Err(e) => {
                 let (cause, reason) = describe_failure(&e);
-                ready.fail(&kernel, SpawnError::Init { module: module_name, reason: reason.clone() });
+                ready.fail(
+                    &kernel,
+                    SpawnError::Init {
+                        module: module_name,
+                        reason: reason.clone(),
+                    },
+                );
                 End { cause, reason }
             }
         };
@@ -155,12 +185,18 @@ fn finish(
     let mut failed = 0usize;
     while let Ok(m) = rx.try_recv() {
         if m.wants_reply() {
-            let _ = kernel.deliver(m.source, Message::error(address, m.session, end.cause, &end.reason));
+            let _ = kernel.deliver(
+                m.source,
+                Message::error(address, m.session, end.cause, &end.reason),
+            );
             failed += 1;
         }
     }
     for (caller, session) in owed {
-        let _ = kernel.deliver(caller, Message::error(address, session, end.cause, &end.reason));
+        let _ = kernel.deliver(
+            caller,
+            Message::error(address, session, end.cause, &end.reason),
+        );
         failed += 1;
     }
     for watcher in monitors {
@@ -168,8 +204,12 @@ fn finish(
     }
     kernel.live.fetch_sub(1, Ordering::AcqRel);
     match end.cause {
-        ErrorCause::Exited => tracing::debug!(failed_sessions = failed, "service ended: {}", end.reason),
-        ErrorCause::Killed => tracing::info!(failed_sessions = failed, "service ended: {}", end.reason),
+        ErrorCause::Exited => {
+            tracing::debug!(failed_sessions = failed, "service ended: {}", end.reason)
+        }
+        ErrorCause::Killed => {
+            tracing::info!(failed_sessions = failed, "service ended: {}", end.reason)
+        }
         _ => tracing::warn!(failed_sessions = failed, "service stopped: {}", end.reason),
     }
 }

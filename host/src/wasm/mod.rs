@@ -74,7 +74,11 @@ fn display_paths(paths: &[PathBuf]) -> String {
     if paths.is_empty() {
         return "no module paths (set `module_paths` in the node file)".into();
     }
-    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The wasm side of a node.
@@ -103,6 +107,7 @@ impl WasmRuntime {
     ) -> wasmtime::Result<Self> {
         let memory_bytes = limits.memory_mb << 20;
         let services = limits.max_services;
+        check_map_count(services)?;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(services)
             // A Rust wasm32-wasip2 component holds a few core instances,
@@ -152,7 +157,9 @@ impl WasmRuntime {
     /// threads) and shared after.
     pub async fn module(&self, name: &str) -> Result<Arc<Module>, ModuleError> {
         if name.is_empty()
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return Err(ModuleError::InvalidName(name.to_string()));
         }
@@ -164,10 +171,16 @@ impl WasmRuntime {
     }
 
     async fn load(&self, name: &str) -> Result<Arc<Module>, ModuleError> {
-        let searched: Vec<PathBuf> =
-            self.module_paths.iter().map(|dir| dir.join(format!("{name}.wasm"))).collect();
+        let searched: Vec<PathBuf> = self
+            .module_paths
+            .iter()
+            .map(|dir| dir.join(format!("{name}.wasm")))
+            .collect();
         let Some(path) = searched.iter().find(|p| p.is_file()).cloned() else {
-            return Err(ModuleError::NotFound { module: name.to_string(), searched });
+            return Err(ModuleError::NotFound {
+                module: name.to_string(),
+                searched,
+            });
         };
         let engine = self.engine.clone();
         let cache_dir = self.cache_dir.clone();
@@ -183,9 +196,17 @@ impl WasmRuntime {
         let component = compiled.map_err(|(read, error)| {
             let (module, path) = (name.to_string(), path.clone());
             if read {
-                ModuleError::Read { module, path, error }
+                ModuleError::Read {
+                    module,
+                    path,
+                    error,
+                }
             } else {
-                ModuleError::Invalid { module, path, error }
+                ModuleError::Invalid {
+                    module,
+                    path,
+                    error,
+                }
             }
         })?;
         let invalid = |error: String| ModuleError::Invalid {
@@ -199,15 +220,43 @@ impl WasmRuntime {
             .and_then(ServicePre::new)
             .map_err(|e| invalid(format!("{e:#}")))?;
         tracing::debug!(module = name, path = %path.display(), "module ready");
-        Ok(Arc::new(Module { name: name.into(), pre }))
+        Ok(Arc::new(Module {
+            name: name.into(),
+            pre,
+        }))
     }
-
 }
 
 impl Drop for WasmRuntime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Kernel memory maps the instance pool needs per service: a fiber stack and
+/// its guard, linear memories, copy-on-write images.
+const MAPS_PER_SERVICE: u64 = 6;
+
+/// Fails with a clear message when `vm.max_map_count` is too low for the
+/// pool, instead of letting the pool fail later with a bare ENOMEM.
+fn check_map_count(services: u32) -> wasmtime::Result<()> {
+    let Ok(text) = std::fs::read_to_string("/proc/sys/vm/max_map_count") else {
+        return Ok(());
+    };
+    let Ok(max_maps) = text.trim().parse::<u64>() else {
+        return Ok(());
+    };
+    let needed = u64::from(services) * MAPS_PER_SERVICE + 4_096;
+    if needed > max_maps {
+        let allowed = max_maps.saturating_sub(4_096) / MAPS_PER_SERVICE;
+        wasmtime::bail!(
+            "max_services = {services} needs about {needed} memory maps but vm.max_map_count is \
+             {max_maps}, enough for about {allowed} services; lower max_services or raise the \
+             limit (as root: sysctl -w vm.max_map_count={})",
+            needed.next_power_of_two()
+        );
+    }
+    Ok(())
 }
 
 /// One service's instance: its `Store` and bound exports.
@@ -229,7 +278,11 @@ impl Instance {
         store.epoch_deadline_callback(state::on_epoch_deadline);
         store.set_epoch_deadline(1);
         let exports = module.pre.instantiate_async(&mut store).await?;
-        Ok(Instance { store, exports, batch: Vec::new() })
+        Ok(Instance {
+            store,
+            exports,
+            batch: Vec::new(),
+        })
     }
 
     /// Runs the guest's `init`.
@@ -257,7 +310,9 @@ impl Instance {
             });
         }
         self.store.set_epoch_deadline(1);
-        self.exports.call_dispatch(&mut self.store, &self.batch).await
+        self.exports
+            .call_dispatch(&mut self.store, &self.batch)
+            .await
     }
 
     /// Whether the guest called `exit`.

@@ -43,7 +43,10 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.limit {
-            return Err(wasmtime::Error::new(Stop::MemoryLimit { limit: self.limit, desired }));
+            return Err(wasmtime::Error::new(Stop::MemoryLimit {
+                limit: self.limit,
+                desired,
+            }));
         }
         Ok(true)
     }
@@ -73,6 +76,9 @@ pub(crate) struct ServiceState {
     /// Epoch ticks this piece of work has run, and how many it may run.
     slices_used: u64,
     slice_budget: u64,
+    /// When the current piece of work started: the "now" its timers count from,
+    /// so timers set together fire in deadline order.
+    work_started: tokio::time::Instant,
 }
 
 impl ServiceState {
@@ -80,8 +86,12 @@ impl ServiceState {
         let address = handle.address;
         // Nothing is granted by default: no files, no environment, no sockets.
         let wasi = WasiCtxBuilder::new()
-            .stdout(LogOutput { address, stream: Stream::Stdout })
-            .stderr(LogOutput { address, stream: Stream::Stderr })
+            .stdout(LogOutput {
+                stream: Stream::Stdout,
+            })
+            .stderr(LogOutput {
+                stream: Stream::Stderr,
+            })
             .build();
         let limits = &kernel.limits;
         ServiceState {
@@ -98,6 +108,7 @@ impl ServiceState {
             exit_requested: false,
             slices_used: 0,
             slice_budget: 1,
+            work_started: tokio::time::Instant::now(),
         }
     }
 
@@ -106,6 +117,7 @@ impl ServiceState {
         let l = &self.kernel.limits;
         let per_message = (l.cpu_budget_ms * 1000).div_ceil(l.time_slice_us).max(1);
         self.slices_used = 0;
+        self.work_started = tokio::time::Instant::now();
         self.slice_budget = per_message.saturating_mul(messages.max(1) as u64);
     }
 
@@ -130,12 +142,14 @@ impl ServiceState {
     }
 
     fn deliver(&self, dest: u32, message: Message) -> Result<(), types::SendError> {
-        self.kernel.deliver(Address(dest), message).map_err(|e| match e {
-            SendError::UnknownAddress(_) => types::SendError::UnknownAddress,
-            SendError::Overloaded(_) => types::SendError::Overloaded,
-            SendError::TooLarge { .. } => types::SendError::TooLarge,
-            SendError::ReservedKind(_) => types::SendError::ReservedKind,
-        })
+        self.kernel
+            .deliver(Address(dest), message)
+            .map_err(|e| match e {
+                SendError::UnknownAddress(_) => types::SendError::UnknownAddress,
+                SendError::Overloaded(_) => types::SendError::Overloaded,
+                SendError::TooLarge { .. } => types::SendError::TooLarge,
+                SendError::ReservedKind(_) => types::SendError::ReservedKind,
+            })
     }
 
     fn check_size(&self, payload: &[u8]) -> Result<(), types::SendError> {
@@ -157,14 +171,19 @@ pub(crate) fn on_epoch_deadline(
     }
     state.slices_used += 1;
     if state.slices_used > state.slice_budget {
-        return Err(wasmtime::Error::new(Stop::CpuBudget(state.kernel.limits.cpu_budget_ms)));
+        return Err(wasmtime::Error::new(Stop::CpuBudget(
+            state.kernel.limits.cpu_budget_ms,
+        )));
     }
     Ok(UpdateDeadline::Yield(1))
 }
 
 impl WasiView for ServiceState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -186,13 +205,26 @@ impl runtime::Host for ServiceState {
             return Err(types::SendError::ReservedKind);
         }
         self.check_size(&payload)?;
-        self.deliver(dest, Message { kind, source: self.address, session, payload })
+        self.deliver(
+            dest,
+            Message {
+                kind,
+                source: self.address,
+                session,
+                payload,
+            },
+        )
     }
 
     fn call(&mut self, dest: u32, payload: Vec<u8>) -> Result<u32, types::SendError> {
         self.check_size(&payload)?;
         let session = self.fresh_session();
-        let message = Message { kind: kind::REQUEST, source: self.address, session, payload };
+        let message = Message {
+            kind: kind::REQUEST,
+            source: self.address,
+            session,
+            payload,
+        };
         self.deliver(dest, message).map(|()| session)
     }
 
@@ -206,7 +238,12 @@ impl runtime::Host for ServiceState {
         let message = match reply {
             Ok(payload) => {
                 self.check_size(&payload)?;
-                Message { kind: kind::RESPONSE, source: self.address, session, payload }
+                Message {
+                    kind: kind::RESPONSE,
+                    source: self.address,
+                    session,
+                    payload,
+                }
             }
             Err(text) => Message::error(self.address, session, ErrorCause::Service, &text),
         };
@@ -218,10 +255,12 @@ impl runtime::Host for ServiceState {
     }
 
     fn register(&mut self, name: String) -> Result<(), types::NameError> {
-        self.kernel.register_name(&name, &self.handle).map_err(|e| match e {
-            crate::runtime::NameError::Invalid(_) => types::NameError::Invalid,
-            crate::runtime::NameError::Taken { .. } => types::NameError::Taken,
-        })
+        self.kernel
+            .register_name(&name, &self.handle)
+            .map_err(|e| match e {
+                crate::runtime::NameError::Invalid(_) => types::NameError::Invalid,
+                crate::runtime::NameError::Taken { .. } => types::NameError::Taken,
+            })
     }
 
     fn unregister(&mut self, name: String) {
@@ -234,7 +273,10 @@ impl runtime::Host for ServiceState {
 
     fn spawn(&mut self, module: String, args: Vec<u8>) -> u32 {
         let session = self.fresh_session();
-        let ready = crate::runtime::Ready::Session { to: self.address, session };
+        let ready = crate::runtime::Ready::Session {
+            to: self.address,
+            session,
+        };
         self.kernel.spawn_detached(module, args, ready);
         session
     }
@@ -253,7 +295,8 @@ impl runtime::Host for ServiceState {
 
     fn timeout(&mut self, ms: u32) -> u32 {
         let session = self.fresh_session();
-        self.kernel.start_timer(self.address, session, ms);
+        self.kernel
+            .start_timer(self.work_started, self.address, session, ms);
         session
     }
 
@@ -276,13 +319,23 @@ impl runtime::Host for ServiceState {
     }
 
     fn log(&mut self, level: types::LogLevel, message: String) {
-        let service = self.address;
+        // The service's span names its address.
         match level {
-            types::LogLevel::Trace => tracing::trace!(target: "skyhost::guest", %service, "{message}"),
-            types::LogLevel::Debug => tracing::debug!(target: "skyhost::guest", %service, "{message}"),
-            types::LogLevel::Info => tracing::info!(target: "skyhost::guest", %service, "{message}"),
-            types::LogLevel::Warn => tracing::warn!(target: "skyhost::guest", %service, "{message}"),
-            types::LogLevel::Error => tracing::error!(target: "skyhost::guest", %service, "{message}"),
+            types::LogLevel::Trace => {
+                tracing::trace!(target: "skyhost::guest", "{message}")
+            }
+            types::LogLevel::Debug => {
+                tracing::debug!(target: "skyhost::guest", "{message}")
+            }
+            types::LogLevel::Info => {
+                tracing::info!(target: "skyhost::guest", "{message}")
+            }
+            types::LogLevel::Warn => {
+                tracing::warn!(target: "skyhost::guest", "{message}")
+            }
+            types::LogLevel::Error => {
+                tracing::error!(target: "skyhost::guest", "{message}")
+            }
         }
     }
 }

@@ -1,4 +1,5 @@
-//! A guest's stdout and stderr, turned into log lines tagged with its address.
+//! A guest's stdout and stderr, turned into log lines in the service's span
+//! (which names its address).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -7,8 +8,6 @@ use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
-
-use crate::runtime::Address;
 
 /// A partial line longer than this is logged as it is, so a guest cannot grow
 /// host memory by never writing a newline.
@@ -24,7 +23,6 @@ pub(crate) enum Stream {
 /// The stdout or stderr of one service.
 #[derive(Debug, Clone)]
 pub(crate) struct LogOutput {
-    pub address: Address,
     pub stream: Stream,
 }
 
@@ -52,7 +50,10 @@ struct LineLogger {
 
 impl LineLogger {
     fn new(out: LogOutput) -> Self {
-        LineLogger { out, partial: Vec::new() }
+        LineLogger {
+            out,
+            partial: Vec::new(),
+        }
     }
 
     fn write_bytes(&mut self, mut bytes: &[u8]) {
@@ -70,10 +71,10 @@ impl LineLogger {
     fn emit(&mut self) {
         let line = String::from_utf8_lossy(&self.partial);
         let line = line.trim_end_matches('\r');
-        let service = self.out.address;
+        // The service's span names its address.
         match self.out.stream {
-            Stream::Stdout => tracing::info!(target: "skyhost::guest", %service, "{line}"),
-            Stream::Stderr => tracing::warn!(target: "skyhost::guest", %service, "{line}"),
+            Stream::Stdout => tracing::info!(target: "skyhost::guest", "{line}"),
+            Stream::Stderr => tracing::warn!(target: "skyhost::guest", "{line}"),
         }
         self.partial.clear();
     }

@@ -1,0 +1,214 @@
+//! A fake host for native unit tests: the same functions as the imports,
+//! recording each effect in a thread-local instead of leaving the guest.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use crate::sys::{LogLevel, RawNameError, RawSendError};
+
+/// Something the service asked of the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Effect {
+    Send {
+        dest: u32,
+        kind: u8,
+        session: u32,
+        payload: Vec<u8>,
+    },
+    Call {
+        dest: u32,
+        session: u32,
+        payload: Vec<u8>,
+    },
+    Respond {
+        dest: u32,
+        session: u32,
+        reply: Result<Vec<u8>, String>,
+    },
+    Timeout {
+        session: u32,
+        ms: u32,
+    },
+    Spawn {
+        session: u32,
+        module: String,
+        args: Vec<u8>,
+    },
+    Exit,
+    Kill(u32),
+    Monitor(u32),
+    Demonitor(u32),
+}
+
+/// The fake host's state for the current thread (one service per thread).
+pub(crate) struct FakeHost {
+    pub(crate) address: u32,
+    pub(crate) next_session: u32,
+    pub(crate) effects: Vec<Effect>,
+    pub(crate) names: HashMap<String, u32>,
+    pub(crate) logs: Vec<(LogLevel, String)>,
+    /// Services that exist, for `call`/`send` (unknown addresses fail at once).
+    pub(crate) known: Vec<u32>,
+}
+
+impl Default for FakeHost {
+    fn default() -> Self {
+        FakeHost {
+            address: 0x100 | 1,
+            next_session: 1,
+            effects: Vec::new(),
+            names: HashMap::new(),
+            logs: Vec::new(),
+            known: Vec::new(),
+        }
+    }
+}
+
+thread_local! {
+    static HOST: RefCell<FakeHost> = RefCell::new(FakeHost::default());
+}
+
+/// Runs `f` with this thread's fake host.
+pub(crate) fn host<R>(f: impl FnOnce(&mut FakeHost) -> R) -> R {
+    HOST.with(|h| f(&mut h.borrow_mut()))
+}
+
+/// Takes the effects recorded so far.
+pub(crate) fn take_effects() -> Vec<Effect> {
+    host(|h| std::mem::take(&mut h.effects))
+}
+
+fn record(effect: Effect) {
+    // Drops that run while a test thread ends find no host; ignore them.
+    let _ = HOST.try_with(|h| h.borrow_mut().effects.push(effect));
+}
+
+fn fresh_session(h: &mut FakeHost) -> u32 {
+    let s = h.next_session;
+    h.next_session += 1;
+    s
+}
+
+fn check_dest(h: &FakeHost, dest: u32) -> Result<(), RawSendError> {
+    if h.known.is_empty() || h.known.contains(&dest) {
+        Ok(())
+    } else {
+        Err(RawSendError::UnknownAddress)
+    }
+}
+
+pub(crate) fn self_address() -> u32 {
+    host(|h| h.address)
+}
+
+pub(crate) fn send(dest: u32, kind: u8, session: u32, payload: &[u8]) -> Result<(), RawSendError> {
+    if matches!(kind, 1..=4 | 7) {
+        return Err(RawSendError::ReservedKind);
+    }
+    host(|h| check_dest(h, dest))?;
+    record(Effect::Send {
+        dest,
+        kind,
+        session,
+        payload: payload.to_vec(),
+    });
+    Ok(())
+}
+
+pub(crate) fn call(dest: u32, payload: &[u8]) -> Result<u32, RawSendError> {
+    let session = host(|h| {
+        check_dest(h, dest)?;
+        Ok(fresh_session(h))
+    })?;
+    record(Effect::Call {
+        dest,
+        session,
+        payload: payload.to_vec(),
+    });
+    Ok(session)
+}
+
+pub(crate) fn respond(
+    dest: u32,
+    session: u32,
+    reply: Result<&[u8], &str>,
+) -> Result<(), RawSendError> {
+    let reply = reply.map(<[u8]>::to_vec).map_err(str::to_owned);
+    record(Effect::Respond {
+        dest,
+        session,
+        reply,
+    });
+    Ok(())
+}
+
+pub(crate) fn new_session() -> u32 {
+    host(fresh_session)
+}
+
+pub(crate) fn register(name: &str) -> Result<(), RawNameError> {
+    host(|h| {
+        if name.is_empty() {
+            return Err(RawNameError::Invalid);
+        }
+        if h.names.contains_key(name) {
+            return Err(RawNameError::Taken);
+        }
+        let address = h.address;
+        h.names.insert(name.to_owned(), address);
+        Ok(())
+    })
+}
+
+pub(crate) fn unregister(name: &str) {
+    host(|h| h.names.remove(name));
+}
+
+pub(crate) fn query(name: &str) -> Option<u32> {
+    host(|h| h.names.get(name).copied())
+}
+
+pub(crate) fn spawn(module: &str, args: &[u8]) -> u32 {
+    let session = host(fresh_session);
+    record(Effect::Spawn {
+        session,
+        module: module.to_owned(),
+        args: args.to_vec(),
+    });
+    session
+}
+
+pub(crate) fn exit() {
+    record(Effect::Exit);
+}
+
+pub(crate) fn kill(target: u32) -> bool {
+    record(Effect::Kill(target));
+    true
+}
+
+pub(crate) fn timeout(ms: u32) -> u32 {
+    let session = host(fresh_session);
+    record(Effect::Timeout { session, ms });
+    session
+}
+
+pub(crate) fn monitor(target: u32) {
+    record(Effect::Monitor(target));
+}
+
+pub(crate) fn demonitor(target: u32) {
+    record(Effect::Demonitor(target));
+}
+
+pub(crate) fn now() -> u64 {
+    0
+}
+
+pub(crate) fn wall_time() -> u64 {
+    0
+}
+
+pub(crate) fn log(level: LogLevel, message: &str) {
+    let _ = HOST.try_with(|h| h.borrow_mut().logs.push((level, message.to_owned())));
+}

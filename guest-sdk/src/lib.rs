@@ -1,0 +1,141 @@
+//! Write skyhost services in Rust.
+//!
+//! A skyhost service is a WebAssembly component that exports `init` and
+//! `dispatch` and imports the node's `runtime` interface (`wit/service.wit`).
+//! This crate hides that raw interface behind:
+//!
+//! - a [`Service`] trait: `init` returns the state, `handle` takes each message;
+//! - typed messages (serde + postcard) and raw-byte variants of everything;
+//! - async [`call`], [`sleep`], [`spawn`] and friends, run by a small
+//!   single-threaded executor inside the guest, so a handler can wait for a
+//!   reply while other messages are handled (Skynet's coroutines);
+//! - [`export_service!`], which writes the component's exports.
+//!
+//! It is not a general async runtime: there is no I/O reactor and no threads.
+//! Everything that waits is a host *session* (a call, a timer, a spawn), and
+//! a task only wakes when the answer to its session arrives.
+//!
+//! ```text
+//!  host ── dispatch([msg, …]) ─▶ runtime ──┬─ response/error for a waited session
+//!                                          │     └─▶ wake the task awaiting it
+//!                                          └─ request/text/exit/user kinds
+//!                                                └─▶ new task: Service::handle(msg)
+//!  tasks ── call/send/sleep/spawn ─▶ host imports (return at once; answers come
+//!                                     back later through dispatch)
+//! ```
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::cell::Cell;
+//! use std::rc::Rc;
+//! use skyhost_sdk::{Message, Reply, Service, call, export_service, info};
+//!
+//! struct Counter {
+//!     hits: Cell<u64>,
+//! }
+//!
+//! impl Service for Counter {
+//!     fn init(_args: Vec<u8>) -> Result<Self, String> {
+//!         Ok(Counter { hits: Cell::new(0) })
+//!     }
+//!
+//!     async fn handle(self: Rc<Self>, msg: Message) -> Reply {
+//!         self.hits.set(self.hits.get() + 1);
+//!         if !msg.is_request() {
+//!             return Reply::none();
+//!         }
+//!         // Ask `.store` (another service) and answer with what it said.
+//!         let Some(store) = skyhost_sdk::query(".store") else {
+//!             return Reply::error("no .store");
+//!         };
+//!         match call::<u64, String>(store, &self.hits.get()).await {
+//!             Ok(text) => Reply::value(&text),
+//!             Err(e) => {
+//!                 info!("store failed: {e}");
+//!                 Reply::error(e.to_string())
+//!             }
+//!         }
+//!     }
+//! }
+//!
+//! export_service!(Counter);
+//! ```
+//!
+//! Build services with `cargo build --target wasm32-wasip2 --release`; the
+//! `.wasm` a `cdylib` produces is a component the host loads by file stem.
+
+#![warn(missing_docs)]
+
+/// The raw bindings `wit-bindgen` generated for `wit/service.wit`.
+#[doc(hidden)]
+#[allow(missing_docs, clippy::undocumented_unsafe_blocks, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "service",
+        pub_export_macro: true,
+        default_bindings_module: "skyhost_sdk::bindings",
+    });
+}
+
+mod address;
+mod error;
+mod executor;
+#[cfg(test)]
+mod fake;
+pub mod log;
+mod message;
+mod node;
+mod runtime;
+mod service;
+mod session;
+mod sys;
+#[cfg(test)]
+mod tests;
+
+pub use address::{Address, kind};
+pub use error::{CallError, DecodeError, NameError, SendError};
+pub use message::{Message, Reply, Responder};
+pub use node::{
+    call, call_raw, call_timeout, demonitor, exit, fork, kill, monitor, new_session, now, query,
+    register, self_address, send, send_raw, send_session, sleep, spawn, spawn_raw, unregister,
+    wait_session, wall_time,
+};
+pub use service::Service;
+
+/// What [`export_service!`] expands to; not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::runtime::{dispatch, init};
+}
+
+/// Exports a [`Service`] type as this component's `init` and `dispatch`.
+///
+/// Use it once, in the service's crate (a `cdylib`):
+///
+/// ```ignore
+/// skyhost_sdk::export_service!(MyService);
+/// ```
+#[macro_export]
+macro_rules! export_service {
+    ($service:ty) => {
+        const _: () = {
+            struct __SkyhostGuest;
+
+            impl $crate::bindings::Guest for __SkyhostGuest {
+                fn init(
+                    args: ::std::vec::Vec<u8>,
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    $crate::__private::init::<$service>(args)
+                }
+
+                fn dispatch(messages: ::std::vec::Vec<$crate::bindings::Message>) {
+                    $crate::__private::dispatch::<$service>(messages)
+                }
+            }
+
+    $crate::bindings::export!(__SkyhostGuest with_types_in $crate::bindings);
+        };
+    };
+}

@@ -1,0 +1,284 @@
+//! What a service can ask of its node: calls, sends, timers, spawn, names.
+//!
+//! Functions that wait return a future that is `'static`. The request (or
+//! timer, or spawn) starts when the function is called, not when the future
+//! is first polled, so `let a = call(x, &q); let b = call(y, &q);` sends both
+//! at once and in that order. Dropping the future stops waiting: a reply that
+//! comes later is dropped.
+
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::address::Address;
+use crate::error::{CallError, DecodeError, NameError, SendError};
+use crate::runtime;
+use crate::session::SessionWait;
+use crate::sys;
+
+fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, SendError> {
+    postcard::to_allocvec(value).map_err(|e| SendError::Encode(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CallError> {
+    postcard::from_bytes(bytes).map_err(|e| CallError::Decode(DecodeError::from(e)))
+}
+
+/// Milliseconds for a timer, rounded up, saturating at `u32::MAX`.
+fn timer_ms(d: Duration) -> u32 {
+    let ms = d.as_nanos().div_ceil(1_000_000);
+    u32::try_from(ms).unwrap_or(u32::MAX)
+}
+
+fn start_call(addr: Address, payload: &[u8]) -> Result<SessionWait, CallError> {
+    let session = sys::call(addr.0, payload).map_err(SendError::from)?;
+    Ok(SessionWait::open(session))
+}
+
+/// Sends `req` (postcard) as a request to `addr` and waits for the answer.
+///
+/// # Errors
+/// [`CallError`]: the request could not be sent or encoded, the target
+/// failed or answered with an error, or the answer did not decode.
+pub fn call<Req, Resp>(
+    addr: Address,
+    req: &Req,
+) -> impl Future<Output = Result<Resp, CallError>> + 'static
+where
+    Req: Serialize + ?Sized,
+    Resp: DeserializeOwned,
+{
+    let started = encode(req)
+        .map_err(CallError::from)
+        .and_then(|payload| start_call(addr, &payload));
+    async move {
+        let bytes = started?.await.into_result()?;
+        decode(&bytes)
+    }
+}
+
+/// Sends raw bytes as a request to `addr` and waits for the raw answer.
+///
+/// # Errors
+/// [`CallError`]: the request could not be sent, or the target failed or
+/// answered with an error.
+pub fn call_raw(
+    addr: Address,
+    payload: &[u8],
+) -> impl Future<Output = Result<Vec<u8>, CallError>> + 'static {
+    let started = start_call(addr, payload);
+    async move { started?.await.into_result() }
+}
+
+/// Like [`call`], but gives up after `timeout` with [`CallError::Timeout`];
+/// an answer that comes later is dropped.
+///
+/// # Errors
+/// As [`call`], plus [`CallError::Timeout`].
+pub fn call_timeout<Req, Resp>(
+    addr: Address,
+    req: &Req,
+    timeout: Duration,
+) -> impl Future<Output = Result<Resp, CallError>> + 'static
+where
+    Req: Serialize + ?Sized,
+    Resp: DeserializeOwned,
+{
+    let started = encode(req)
+        .map_err(CallError::from)
+        .and_then(|payload| start_call(addr, &payload))
+        .map(|call| (call, SessionWait::open(sys::timeout(timer_ms(timeout)))));
+    async move {
+        let (mut call, mut timer) = started?;
+        let answer = poll_fn(|cx| {
+            if let Poll::Ready(done) = Pin::new(&mut call).poll(cx) {
+                return Poll::Ready(done.into_result());
+            }
+            if Pin::new(&mut timer).poll(cx).is_ready() {
+                return Poll::Ready(Err(CallError::Timeout));
+            }
+            Poll::Pending
+        })
+        .await?;
+        decode(&answer)
+    }
+}
+
+/// Sends `value` (postcard) with `kind` to `addr`, wanting no reply.
+///
+/// # Errors
+/// [`SendError`] at once: unknown address, full mailbox, too large, reserved
+/// kind, or the value did not encode.
+pub fn send<T: Serialize + ?Sized>(addr: Address, kind: u8, value: &T) -> Result<(), SendError> {
+    send_raw(addr, kind, &encode(value)?)
+}
+
+/// Sends raw bytes with `kind` to `addr`, wanting no reply.
+///
+/// # Errors
+/// [`SendError`] at once: unknown address, full mailbox, too large, or
+/// reserved kind.
+pub fn send_raw(addr: Address, kind: u8, payload: &[u8]) -> Result<(), SendError> {
+    Ok(sys::send(addr.0, kind, 0, payload)?)
+}
+
+/// Sends raw bytes with `kind` and an explicit `session` (for protocols
+/// built on `send`; pair with [`new_session`] and [`wait_session`]).
+///
+/// # Errors
+/// As [`send_raw`].
+pub fn send_session(
+    addr: Address,
+    kind: u8,
+    session: u32,
+    payload: &[u8],
+) -> Result<(), SendError> {
+    Ok(sys::send(addr.0, kind, session, payload)?)
+}
+
+/// A fresh session number, for protocols built on [`send_session`].
+pub fn new_session() -> u32 {
+    sys::new_session()
+}
+
+/// Waits for the `response` or `error` that ends `session`. Call it before
+/// the current handler returns control: an answer that arrives while nobody
+/// waits is dropped.
+///
+/// # Errors
+/// The `error` message's cause, as a [`CallError`].
+pub fn wait_session(session: u32) -> impl Future<Output = Result<Vec<u8>, CallError>> + 'static {
+    let wait = SessionWait::open(session);
+    async move { wait.await.into_result() }
+}
+
+/// Waits at least `duration` (a host timer; rounded up to milliseconds).
+pub fn sleep(duration: Duration) -> impl Future<Output = ()> + 'static {
+    let timer = SessionWait::open(sys::timeout(timer_ms(duration)));
+    async move {
+        timer.await;
+    }
+}
+
+/// Starts a service from `module` with `args` (postcard) and waits until its
+/// `init` succeeded.
+///
+/// # Errors
+/// [`CallError::SpawnFailed`] (no such module, `init` failed, …), or
+/// [`CallError::Encode`] if `args` did not encode.
+pub fn spawn<A: Serialize + ?Sized>(
+    module: &str,
+    args: &A,
+) -> impl Future<Output = Result<Address, CallError>> + 'static {
+    let started = encode(args)
+        .map_err(CallError::from)
+        .map(|args| start_spawn(module, &args));
+    async move { finish_spawn(started?).await }
+}
+
+/// Starts a service from `module` with raw `args` bytes and waits until its
+/// `init` succeeded.
+///
+/// # Errors
+/// [`CallError::SpawnFailed`]: no such module, or its `init` failed.
+pub fn spawn_raw(
+    module: &str,
+    args: &[u8],
+) -> impl Future<Output = Result<Address, CallError>> + 'static {
+    finish_spawn(start_spawn(module, args))
+}
+
+fn start_spawn(module: &str, args: &[u8]) -> SessionWait {
+    SessionWait::open(sys::spawn(module, args))
+}
+
+async fn finish_spawn(wait: SessionWait) -> Result<Address, CallError> {
+    let bytes = wait.await.into_result()?;
+    let raw: [u8; 4] = bytes.as_slice().try_into().map_err(|_| {
+        CallError::Decode(DecodeError::new(format!(
+            "spawn answered {} bytes, not a 4-byte address",
+            bytes.len()
+        )))
+    })?;
+    Ok(Address(u32::from_le_bytes(raw)))
+}
+
+/// Runs `future` as a new task of this service (Skynet's `skynet.fork`). It
+/// first runs once the current task yields or ends.
+pub fn fork(future: impl Future<Output = ()> + 'static) {
+    runtime::spawn_task(Box::pin(future));
+}
+
+/// Gives this service a name; names starting with `.` are local to the node.
+///
+/// # Errors
+/// [`NameError::Invalid`] or [`NameError::Taken`].
+pub fn register(name: &str) -> Result<(), NameError> {
+    Ok(sys::register(name)?)
+}
+
+/// Removes a name this service holds.
+pub fn unregister(name: &str) {
+    sys::unregister(name);
+}
+
+/// The address holding `name`, if any.
+pub fn query(name: &str) -> Option<Address> {
+    sys::query(name).map(Address)
+}
+
+/// This service's own address.
+pub fn self_address() -> Address {
+    Address(sys::self_address())
+}
+
+/// Ends this service once the current `dispatch` returns. Requests it has not
+/// answered get [`CallError::Exited`] from the host; the SDK stops sending
+/// its own "returned without answering" errors.
+pub fn exit() {
+    runtime::set_exiting();
+    sys::exit();
+}
+
+/// Stops another service at once. False if there is no such service.
+pub fn kill(addr: Address) -> bool {
+    sys::kill(addr.0)
+}
+
+/// Be told with an `exit` message (source = `addr`) when `addr` ends; at once
+/// if it does not exist.
+pub fn monitor(addr: Address) {
+    sys::monitor(addr.0);
+}
+
+/// Stops watching `addr`.
+pub fn demonitor(addr: Address) {
+    sys::demonitor(addr.0);
+}
+
+/// Monotonic time since the node started.
+pub fn now() -> Duration {
+    Duration::from_micros(sys::now())
+}
+
+/// Wall-clock time since the Unix epoch (millisecond precision).
+pub fn wall_time() -> Duration {
+    Duration::from_millis(sys::wall_time())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_ms_rounds_up_and_saturates() {
+        assert_eq!(timer_ms(Duration::ZERO), 0);
+        assert_eq!(timer_ms(Duration::from_micros(1)), 1);
+        assert_eq!(timer_ms(Duration::from_millis(500)), 500);
+        assert_eq!(timer_ms(Duration::from_secs(u64::MAX)), u32::MAX);
+    }
+}

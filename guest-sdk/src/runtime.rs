@@ -1,0 +1,140 @@
+//! The in-guest runtime: one executor, one session table, one service.
+//!
+//! It lives in a thread-local (a guest is single-threaded). The exports go
+//! through [`init`] and [`dispatch`]:
+//!
+//! ```text
+//! host ── dispatch(batch) ──▶ for each message, in order:
+//!            response/error, session waited on ──▶ complete session, wake task
+//!            response/error, unknown session     ──▶ dropped
+//!            anything else                       ──▶ new task: handle(msg), then reply
+//!          then run every ready task until all are parked on sessions
+//! ```
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use crate::address::{Address, kind};
+use crate::executor::{Executor, LocalFuture};
+use crate::message::{Message, Reply};
+use crate::service::Service;
+use crate::session::{Completion, Sessions};
+use crate::sys;
+
+type Handler = Rc<dyn Fn(Message) -> LocalFuture<Reply>>;
+
+/// Everything the SDK keeps for the running service.
+#[derive(Default)]
+pub(crate) struct Runtime {
+    pub(crate) exec: Executor,
+    pub(crate) sessions: Sessions,
+    handler: RefCell<Option<Handler>>,
+    exiting: Cell<bool>,
+}
+
+thread_local! {
+    static RUNTIME: Runtime = Runtime::default();
+}
+
+/// Runs `f` with this service's runtime.
+pub(crate) fn with<R>(f: impl FnOnce(&Runtime) -> R) -> R {
+    RUNTIME.with(f)
+}
+
+/// Like [`with`], but does nothing once the thread-local is gone (drops that
+/// run while a native test thread ends).
+pub(crate) fn try_with(f: impl FnOnce(&Runtime)) {
+    let _ = RUNTIME.try_with(f);
+}
+
+/// Whether `exit` was called: the host answers open requests from now on.
+pub(crate) fn exiting() -> bool {
+    RUNTIME.try_with(|rt| rt.exiting.get()).unwrap_or(true)
+}
+
+/// Marks the service as exiting.
+pub(crate) fn set_exiting() {
+    with(|rt| rt.exiting.set(true));
+}
+
+/// Adds a task; it first runs once the current message is done.
+pub(crate) fn spawn_task(future: LocalFuture<()>) {
+    with(|rt| rt.exec.spawn(future));
+}
+
+/// The `init` export: builds the service, starts its `start` task, and runs
+/// whatever became ready.
+#[doc(hidden)]
+pub fn init<S: Service>(args: Vec<u8>) -> Result<(), String> {
+    let state = Rc::new(S::init(args)?);
+    let for_handler = Rc::clone(&state);
+    let handler: Handler = Rc::new(move |msg| Box::pin(S::handle(Rc::clone(&for_handler), msg)));
+    with(|rt| *rt.handler.borrow_mut() = Some(handler));
+    spawn_task(Box::pin(S::start(state)));
+    with(|rt| rt.exec.run_ready());
+    Ok(())
+}
+
+/// The `dispatch` export: delivers each message in order, running ready
+/// tasks after each one.
+#[doc(hidden)]
+pub fn dispatch<S: Service>(messages: Vec<crate::bindings::Message>) {
+    for raw in messages {
+        deliver(raw);
+        with(|rt| rt.exec.run_ready());
+    }
+}
+
+fn deliver(raw: crate::bindings::Message) {
+    if raw.kind == kind::RESPONSE || raw.kind == kind::ERROR {
+        let completion = Completion {
+            kind: raw.kind,
+            payload: raw.payload,
+        };
+        // An answer nobody waits for (a late reply after a timeout, a
+        // cancelled task) is dropped.
+        with(|rt| rt.sessions.complete(raw.session, completion));
+        return;
+    }
+    let msg = Message::new(raw.kind, Address(raw.source), raw.session, raw.payload);
+    let Some(handler) = with(|rt| rt.handler.borrow().clone()) else {
+        if msg.is_request() {
+            let _ = sys::respond(msg.source.0, msg.session, Err("service is not initialized"));
+        }
+        return;
+    };
+    spawn_task(Box::pin(handle_one(handler, msg)));
+}
+
+/// One message's task: run the handler, then answer a request.
+async fn handle_one(handler: Handler, msg: Message) {
+    let request = msg
+        .claim_flag()
+        .map(|claimed| (msg.source, msg.session, claimed));
+    let reply = handler(msg).await;
+    let Some((source, session, claimed)) = request else {
+        return;
+    };
+    if claimed.get() {
+        if reply != Reply::Deferred {
+            crate::warn!(
+                "reply to {source} session {session} ignored: the handler took the responder"
+            );
+        }
+        return;
+    }
+    let answer = match &reply {
+        Reply::Bytes(bytes) => Ok(bytes.as_slice()),
+        Reply::Error(text) => Err(text.as_str()),
+        Reply::Deferred if exiting() => return,
+        Reply::Deferred => Err("returned without answering"),
+    };
+    // The caller may be gone; there is no one left to tell.
+    let _ = sys::respond(source.0, session, answer);
+}
+
+/// Counts for tests: live tasks and open sessions.
+#[cfg(test)]
+pub(crate) fn stats() -> (usize, usize) {
+    with(|rt| (rt.exec.live_tasks(), rt.sessions.len()))
+}

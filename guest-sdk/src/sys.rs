@@ -1,0 +1,21 @@
+//! The seam between the SDK and the host's imports.
+//!
+//! Normally these are the imports `wit-bindgen` generated. Under `cfg(test)`
+//! they are a thread-local fake host (see `fake`) that records what the
+//! service did, so the executor and session logic run in native unit tests.
+
+pub(crate) use crate::bindings::skyhost::service::types::{
+    LogLevel, NameError as RawNameError, SendError as RawSendError,
+};
+
+#[cfg(not(test))]
+pub(crate) use crate::bindings::skyhost::service::runtime::{
+    call, demonitor, exit, kill, log, monitor, new_session, now, query, register, respond,
+    self_address, send, spawn, timeout, unregister, wall_time,
+};
+
+#[cfg(test)]
+pub(crate) use crate::fake::{
+    call, demonitor, exit, kill, log, monitor, new_session, now, query, register, respond,
+    self_address, send, spawn, timeout, unregister, wall_time,
+};

@@ -1,0 +1,567 @@
+//! Runtime tests against the fake host: messages in through `dispatch`,
+//! effects (calls, answers, timers) out through the fake imports.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bindings;
+use crate::fake::{self, Effect};
+use crate::runtime;
+use crate::{
+    Address, Message, Reply, Responder, Service, call, call_timeout, exit, fork, kind, sleep,
+    spawn_raw,
+};
+
+/// What the test service does with a message (requests and text alike).
+#[derive(Serialize, Deserialize, Debug)]
+enum Cmd {
+    /// Call `target` with `value` (u32) and answer what it answered (u32).
+    Relay { target: u32, value: u32 },
+    /// Call `a` and `b` at once, answer the sum of their answers.
+    Two { a: u32, b: u32 },
+    /// Take the responder and keep it.
+    Hold,
+    /// (text) Drop the held responder.
+    Release,
+    /// (text) Answer the held responder with this value.
+    AnswerHeld(u32),
+    /// Return `Reply::none()` without taking the responder.
+    Nothing,
+    /// Exit without answering.
+    Exit,
+    /// Call `target` with a timeout.
+    Timed { target: u32, ms: u32 },
+    /// Call `peer` with `Hello` and answer what it said.
+    Ask { peer: u32 },
+    /// Answer a greeting naming this service.
+    Hello,
+    /// Fork a task that sleeps, then answer from it through the responder.
+    SleepThenAnswer(u32),
+    /// Spawn module "m" and answer its address.
+    Spawn,
+}
+
+thread_local! {
+    /// How many times `Probe::handle` ran on this thread.
+    static HANDLED: Cell<u32> = const { Cell::new(0) };
+}
+
+fn handled() -> u32 {
+    HANDLED.with(Cell::get)
+}
+
+/// A service driven by [`Cmd`]; counts every `handle` in [`HANDLED`].
+struct Probe {
+    held: RefCell<Option<Responder>>,
+}
+
+impl Service for Probe {
+    fn init(args: Vec<u8>) -> Result<Self, String> {
+        if args == b"fail" {
+            return Err("asked to fail".into());
+        }
+        Ok(Probe {
+            held: RefCell::new(None),
+        })
+    }
+
+    async fn handle(self: Rc<Self>, mut msg: Message) -> Reply {
+        HANDLED.with(|h| h.set(h.get() + 1));
+        let cmd: Cmd = match msg.decode() {
+            Ok(cmd) => cmd,
+            Err(e) => return Reply::error(e.to_string()),
+        };
+        match cmd {
+            Cmd::Relay { target, value } => match call::<u32, u32>(Address(target), &value).await {
+                Ok(v) => Reply::value(&v),
+                Err(e) => Reply::error(e.to_string()),
+            },
+            Cmd::Two { a, b } => {
+                let first = call::<u32, u32>(Address(a), &1);
+                let second = call::<u32, u32>(Address(b), &2);
+                match (first.await, second.await) {
+                    (Ok(x), Ok(y)) => Reply::value(&(x + y)),
+                    (Err(e), _) | (_, Err(e)) => Reply::error(e.to_string()),
+                }
+            }
+            Cmd::Hold => {
+                *self.held.borrow_mut() = msg.take_responder();
+                assert!(msg.take_responder().is_none(), "a responder is taken once");
+                Reply::none()
+            }
+            Cmd::Release => {
+                drop(self.held.borrow_mut().take());
+                Reply::none()
+            }
+            Cmd::AnswerHeld(v) => {
+                if let Some(r) = self.held.borrow_mut().take() {
+                    r.ok(&v).expect("fake host accepts");
+                }
+                Reply::none()
+            }
+            Cmd::Nothing => Reply::none(),
+            Cmd::Exit => {
+                exit();
+                Reply::none()
+            }
+            Cmd::Timed { target, ms } => {
+                let r =
+                    call_timeout::<u32, u32>(Address(target), &0, Duration::from_millis(ms.into()));
+                match r.await {
+                    Ok(v) => Reply::value(&v),
+                    Err(e) => Reply::error(e.to_string()),
+                }
+            }
+            Cmd::Ask { peer } => match call::<Cmd, String>(Address(peer), &Cmd::Hello).await {
+                Ok(s) => Reply::value(&format!("{} heard: {s}", crate::self_address())),
+                Err(e) => Reply::error(e.to_string()),
+            },
+            Cmd::Hello => Reply::value(&format!("hello from {}", crate::self_address())),
+            Cmd::SleepThenAnswer(ms) => {
+                let responder = msg.take_responder();
+                fork(async move {
+                    sleep(Duration::from_millis(ms.into())).await;
+                    if let Some(r) = responder {
+                        r.ok_bytes(b"slept").expect("fake host accepts");
+                    }
+                });
+                Reply::none()
+            }
+            Cmd::Spawn => match spawn_raw("m", b"args").await {
+                Ok(a) => Reply::value(&a.0),
+                Err(e) => Reply::error(e.to_string()),
+            },
+        }
+    }
+}
+
+const CALLER: u32 = 0x0000_0201;
+const TARGET: u32 = 0x0000_0301;
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).expect("encodes")
+}
+
+fn raw(kind: u8, source: u32, session: u32, payload: Vec<u8>) -> bindings::Message {
+    bindings::Message {
+        kind,
+        source,
+        session,
+        payload,
+    }
+}
+
+fn request(session: u32, cmd: &Cmd) -> bindings::Message {
+    raw(kind::REQUEST, CALLER, session, enc(cmd))
+}
+
+fn text(cmd: &Cmd) -> bindings::Message {
+    raw(kind::TEXT, CALLER, 0, enc(cmd))
+}
+
+fn response(session: u32, payload: Vec<u8>) -> bindings::Message {
+    raw(kind::RESPONSE, TARGET, session, payload)
+}
+
+fn error(session: u32, cause: u8) -> bindings::Message {
+    raw(kind::ERROR, TARGET, session, vec![cause])
+}
+
+fn start() {
+    runtime::init::<Probe>(Vec::new()).expect("init");
+    assert!(fake::take_effects().is_empty());
+}
+
+fn deliver(messages: Vec<bindings::Message>) -> Vec<Effect> {
+    runtime::dispatch::<Probe>(messages);
+    fake::take_effects()
+}
+
+fn answered(session: u32, reply: Result<Vec<u8>, &str>) -> Effect {
+    Effect::Respond {
+        dest: CALLER,
+        session,
+        reply: reply.map_err(str::to_owned),
+    }
+}
+
+fn called(session: u32, value: u32) -> Effect {
+    Effect::Call {
+        dest: TARGET,
+        session,
+        payload: enc(&value),
+    }
+}
+
+#[test]
+fn init_errors_fail_the_service() {
+    assert_eq!(
+        runtime::init::<Probe>(b"fail".to_vec()),
+        Err("asked to fail".into())
+    );
+}
+
+#[test]
+fn sessions_complete_out_of_order() {
+    start();
+    let effects = deliver(vec![
+        request(
+            7,
+            &Cmd::Relay {
+                target: TARGET,
+                value: 1,
+            },
+        ),
+        request(
+            8,
+            &Cmd::Relay {
+                target: TARGET,
+                value: 2,
+            },
+        ),
+    ]);
+    assert_eq!(effects, vec![called(1, 1), called(2, 2)]);
+    assert_eq!(runtime::stats(), (2, 2));
+
+    // The second call's answer comes first: it must reach the second request.
+    assert_eq!(
+        deliver(vec![response(2, enc(&20u32))]),
+        vec![answered(8, Ok(enc(&20u32)))]
+    );
+    assert_eq!(
+        deliver(vec![response(1, enc(&10u32))]),
+        vec![answered(7, Ok(enc(&10u32)))]
+    );
+    assert_eq!(runtime::stats(), (0, 0));
+}
+
+#[test]
+fn one_task_awaits_two_calls() {
+    start();
+    let effects = deliver(vec![request(
+        3,
+        &Cmd::Two {
+            a: TARGET,
+            b: TARGET,
+        },
+    )]);
+    assert_eq!(
+        effects,
+        vec![called(1, 1), called(2, 2)],
+        "both calls leave at once"
+    );
+    assert!(
+        deliver(vec![response(2, enc(&5u32))]).is_empty(),
+        "still waits on the first"
+    );
+    assert_eq!(
+        deliver(vec![response(1, enc(&3u32))]),
+        vec![answered(3, Ok(enc(&8u32)))]
+    );
+
+    // The first fails, the second still is awaited; the answer is the error.
+    deliver(vec![request(
+        4,
+        &Cmd::Two {
+            a: TARGET,
+            b: TARGET,
+        },
+    )]);
+    assert!(
+        deliver(vec![error(3, 3)]).is_empty(),
+        "still waits on the second"
+    );
+    assert_eq!(
+        deliver(vec![response(4, enc(&1u32))]),
+        vec![answered(4, Err("target trapped"))]
+    );
+    assert_eq!(runtime::stats(), (0, 0));
+}
+
+#[test]
+fn a_batch_is_handled_in_order_within_one_dispatch() {
+    start();
+    let effects = deliver(vec![
+        request(
+            1,
+            &Cmd::Relay {
+                target: TARGET,
+                value: 9,
+            },
+        ),
+        response(1, enc(&90u32)),
+        request(2, &Cmd::Hello),
+    ]);
+    assert_eq!(
+        effects,
+        vec![
+            called(1, 9),
+            answered(1, Ok(enc(&90u32))),
+            answered(2, Ok(enc(&"hello from :00000101".to_owned()))),
+        ]
+    );
+}
+
+#[test]
+fn a_dropped_responder_answers_with_an_error() {
+    start();
+    assert!(
+        deliver(vec![request(9, &Cmd::Hold)]).is_empty(),
+        "held: no answer yet"
+    );
+    assert_eq!(
+        deliver(vec![text(&Cmd::Release)]),
+        vec![answered(9, Err("dropped without reply"))]
+    );
+
+    assert!(deliver(vec![request(10, &Cmd::Hold)]).is_empty());
+    assert_eq!(
+        deliver(vec![text(&Cmd::AnswerHeld(42))]),
+        vec![answered(10, Ok(enc(&42u32)))]
+    );
+}
+
+#[test]
+fn returning_none_without_answering_sends_an_error() {
+    start();
+    assert_eq!(
+        deliver(vec![request(5, &Cmd::Nothing)]),
+        vec![answered(5, Err("returned without answering"))]
+    );
+    // Not a request: nothing to answer.
+    assert!(deliver(vec![text(&Cmd::Nothing)]).is_empty());
+}
+
+#[test]
+fn after_exit_the_sdk_leaves_answers_to_the_host() {
+    start();
+    assert!(deliver(vec![request(1, &Cmd::Hold)]).is_empty());
+    assert_eq!(deliver(vec![request(2, &Cmd::Exit)]), vec![Effect::Exit]);
+    assert!(
+        deliver(vec![text(&Cmd::Release)]).is_empty(),
+        "no dropped-responder error"
+    );
+}
+
+#[test]
+fn call_timeout_times_out_and_drops_the_late_reply() {
+    start();
+    let effects = deliver(vec![request(
+        1,
+        &Cmd::Timed {
+            target: TARGET,
+            ms: 50,
+        },
+    )]);
+    assert_eq!(
+        effects,
+        vec![called(1, 0), Effect::Timeout { session: 2, ms: 50 }]
+    );
+    // The timer fires first (a response from ourselves).
+    let timer = raw(kind::RESPONSE, 0x101, 2, Vec::new());
+    assert_eq!(deliver(vec![timer]), vec![answered(1, Err("timed out"))]);
+    assert_eq!(runtime::stats(), (0, 0), "the call's session was closed");
+    assert!(
+        deliver(vec![response(1, enc(&7u32))]).is_empty(),
+        "late reply dropped"
+    );
+    assert_eq!(handled(), 1, "the late reply did not reach handle");
+
+    // When the answer wins, the timer's later response is dropped.
+    deliver(vec![request(
+        2,
+        &Cmd::Timed {
+            target: TARGET,
+            ms: 50,
+        },
+    )]);
+    assert_eq!(
+        deliver(vec![response(3, enc(&7u32))]),
+        vec![answered(2, Ok(enc(&7u32)))]
+    );
+    assert!(deliver(vec![raw(kind::RESPONSE, 0x101, 4, Vec::new())]).is_empty());
+    assert_eq!(runtime::stats(), (0, 0));
+}
+
+#[test]
+fn answers_for_unknown_sessions_never_reach_handle() {
+    start();
+    assert!(deliver(vec![response(99, vec![1]), error(98, 1)]).is_empty());
+    assert_eq!(handled(), 0, "answers nobody waits for are dropped");
+    // Other kinds do reach handle: an exit notice with a bad payload is
+    // handled (decode fails; it is not a request, so nothing is sent).
+    assert!(deliver(vec![raw(kind::EXIT, TARGET, 0, b"gone".to_vec())]).is_empty());
+    assert_eq!(handled(), 1);
+}
+
+#[test]
+fn a_send_error_fails_the_call_at_once() {
+    start();
+    fake::host(|h| h.known = vec![TARGET]);
+    assert_eq!(
+        deliver(vec![request(
+            1,
+            &Cmd::Relay {
+                target: 0x999,
+                value: 1
+            }
+        )]),
+        vec![answered(1, Err("send failed: unknown address"))]
+    );
+    assert_eq!(runtime::stats(), (0, 0));
+}
+
+#[test]
+fn forked_task_answers_after_its_timer() {
+    start();
+    let effects = deliver(vec![request(6, &Cmd::SleepThenAnswer(20))]);
+    assert_eq!(effects, vec![Effect::Timeout { session: 1, ms: 20 }]);
+    assert_eq!(
+        runtime::stats(),
+        (1, 1),
+        "the handler ended; its fork waits"
+    );
+    assert_eq!(
+        deliver(vec![raw(kind::RESPONSE, 0x101, 1, Vec::new())]),
+        vec![answered(6, Ok(b"slept".to_vec()))]
+    );
+}
+
+#[test]
+fn spawn_reads_the_address_or_the_failure() {
+    start();
+    let effects = deliver(vec![request(1, &Cmd::Spawn), request(2, &Cmd::Spawn)]);
+    assert_eq!(
+        effects,
+        vec![
+            Effect::Spawn {
+                session: 1,
+                module: "m".into(),
+                args: b"args".to_vec()
+            },
+            Effect::Spawn {
+                session: 2,
+                module: "m".into(),
+                args: b"args".to_vec()
+            },
+        ]
+    );
+    let addr = 0x0000_0a01u32;
+    assert_eq!(
+        deliver(vec![response(1, addr.to_le_bytes().to_vec())]),
+        vec![answered(1, Ok(enc(&addr)))]
+    );
+    let mut failed = vec![7];
+    failed.extend_from_slice(b"no such module");
+    assert_eq!(
+        deliver(vec![raw(kind::ERROR, 0, 2, failed)]),
+        vec![answered(2, Err("spawn failed: no such module"))]
+    );
+}
+
+/// One service on its own thread (its own runtime and fake host), driven
+/// batch by batch.
+struct Node {
+    address: u32,
+    batches: mpsc::Sender<Vec<bindings::Message>>,
+    effects: mpsc::Receiver<Vec<Effect>>,
+}
+
+impl Node {
+    fn start(address: u32) -> Node {
+        let (batches, batch_rx) = mpsc::channel::<Vec<bindings::Message>>();
+        let (effect_tx, effects) = mpsc::channel();
+        std::thread::spawn(move || {
+            fake::host(|h| h.address = address);
+            runtime::init::<Probe>(Vec::new()).expect("init");
+            while let Ok(batch) = batch_rx.recv() {
+                runtime::dispatch::<Probe>(batch);
+                if effect_tx.send(fake::take_effects()).is_err() {
+                    break;
+                }
+            }
+        });
+        Node {
+            address,
+            batches,
+            effects,
+        }
+    }
+
+    fn dispatch(&self, batch: Vec<bindings::Message>) -> Vec<Effect> {
+        self.batches.send(batch).expect("node thread alive");
+        self.effects
+            .recv_timeout(Duration::from_secs(5))
+            .expect("node answered")
+    }
+}
+
+#[test]
+fn a_calls_b_while_b_calls_a() {
+    let a = Node::start(0x0000_0101);
+    let b = Node::start(0x0000_0201);
+    let outside = 0x0000_0901;
+    let mut queue: VecDeque<(u32, bindings::Message)> = VecDeque::from([
+        (
+            a.address,
+            raw(
+                kind::REQUEST,
+                outside,
+                1,
+                enc(&Cmd::Ask { peer: b.address }),
+            ),
+        ),
+        (
+            b.address,
+            raw(
+                kind::REQUEST,
+                outside,
+                2,
+                enc(&Cmd::Ask { peer: a.address }),
+            ),
+        ),
+    ]);
+    let mut finals = Vec::new();
+    for _step in 0..100 {
+        let Some((dest, msg)) = queue.pop_front() else {
+            break;
+        };
+        let node = if dest == a.address { &a } else { &b };
+        for effect in node.dispatch(vec![msg]) {
+            let (to, m) = match effect {
+                Effect::Call {
+                    dest,
+                    session,
+                    payload,
+                } => (dest, raw(kind::REQUEST, node.address, session, payload)),
+                Effect::Respond {
+                    dest,
+                    session,
+                    reply: Ok(p),
+                } => (dest, raw(kind::RESPONSE, node.address, session, p)),
+                other => panic!("unexpected effect {other:?}"),
+            };
+            if to == outside {
+                finals.push((
+                    m.session,
+                    postcard::from_bytes::<String>(&m.payload).expect("string"),
+                ));
+            } else {
+                queue.push_back((to, m));
+            }
+        }
+    }
+    finals.sort();
+    assert_eq!(
+        finals,
+        vec![
+            (1, ":00000101 heard: hello from :00000201".to_owned()),
+            (2, ":00000201 heard: hello from :00000101".to_owned()),
+        ]
+    );
+}

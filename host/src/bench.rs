@@ -1,0 +1,390 @@
+//! `skyhost bench`: the end-to-end workloads, each run 3 times in a fresh
+//! node after a warm-up, reported as min / median / max.
+//!
+//! Every message crosses the wasm boundary as a real service's would: the
+//! workloads are driven by the bundled `testkit` and `echo` services, and
+//! the payloads are copied and decoded for real.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use skyhost::config::Limits;
+use skyhost::{Address, Client, Node, NodeConfig};
+use skyhost_test_proto::{Command, Reply};
+
+/// A workload's measurement: one run against a fresh node.
+type RunFn = fn(
+    &BenchNode,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<f64>> + '_>>;
+
+/// One workload's id, unit and what it measures.
+struct Workload {
+    id: &'static str,
+    unit: &'static str,
+    run: RunFn,
+}
+
+const RUNS: usize = 3;
+
+fn workloads() -> Vec<Workload> {
+    vec![
+        Workload {
+            id: "tcp-floor",
+            unit: "µs",
+            run: |_| Box::pin(tcp_floor()),
+        },
+        Workload {
+            id: "local-oneway",
+            unit: "msgs/s",
+            run: |n| Box::pin(local_oneway(n, 2_000_000)),
+        },
+        Workload {
+            id: "local-call-rtt",
+            unit: "µs",
+            run: |n| Box::pin(local_call_rtt(n, 300_000)),
+        },
+        Workload {
+            id: "local-concurrent",
+            unit: "calls/s",
+            run: |n| Box::pin(local_concurrent(n, 100, 10_000)),
+        },
+        Workload {
+            id: "spawn",
+            unit: "µs per service",
+            run: |n| Box::pin(spawn(n, 10_000)),
+        },
+        Workload {
+            id: "rss-per-service",
+            unit: "KiB",
+            run: |n| Box::pin(rss_per_service(n, 10_000)),
+        },
+        Workload {
+            id: "ping-under-spin",
+            unit: "µs median",
+            run: |n| Box::pin(ping_under_spin(n, 16, 2_000)),
+        },
+    ]
+}
+
+/// A fresh node with a client, for one run of one workload.
+struct BenchNode {
+    node: Node,
+    client: Client,
+}
+
+impl BenchNode {
+    fn start(limits: Limits) -> anyhow::Result<Self> {
+        let dir = skyhost::bundled_modules().context("this build has no bundled services")?;
+        let config = NodeConfig {
+            module_paths: vec![dir],
+            limits,
+            ..NodeConfig::default()
+        };
+        let node = Node::start(&config)?;
+        let client = node.client();
+        Ok(BenchNode { node, client })
+    }
+
+    async fn spawn(&self, module: &str) -> anyhow::Result<Address> {
+        Ok(self.node.spawn(module, &[]).await?)
+    }
+
+    async fn command(&self, target: Address, command: &Command) -> anyhow::Result<Reply> {
+        command_via(&self.client, target, command).await
+    }
+}
+
+/// Calls a testkit service and decodes its reply; `Failed` is an error.
+async fn command_via(client: &Client, target: Address, command: &Command) -> anyhow::Result<Reply> {
+    let reply = client.call(target, postcard::to_allocvec(command)?).await?;
+    match postcard::from_bytes(&reply)? {
+        Reply::Failed(e) => bail!("testkit: {e}"),
+        r => Ok(r),
+    }
+}
+
+/// Runs the workloads named in `ids` (all when empty) and prints each figure.
+pub async fn run(ids: &[String], json: bool) -> anyhow::Result<()> {
+    let all = workloads();
+    for id in ids {
+        if !all.iter().any(|w| w.id == id) {
+            let known: Vec<&str> = all.iter().map(|w| w.id).collect();
+            bail!("unknown benchmark `{id}`; known: {}", known.join(", "));
+        }
+    }
+    if !json {
+        println!(
+            "{:<20} {:>14} {:>14} {:>14}  unit",
+            "id", "min", "median", "max"
+        );
+    }
+    for w in all
+        .iter()
+        .filter(|w| ids.is_empty() || ids.iter().any(|i| i == w.id))
+    {
+        let mut values = Vec::with_capacity(RUNS);
+        for _ in 0..RUNS {
+            let node = BenchNode::start(Limits {
+                max_services: 20_000,
+                cpu_budget_ms: 600_000,
+                ..Limits::default()
+            })?;
+            let value = (w.run)(&node)
+                .await
+                .with_context(|| format!("benchmark {}", w.id))?;
+            node.node.shutdown().await;
+            values.push(value);
+        }
+        values.sort_by(f64::total_cmp);
+        let (min, median, max) = (values[0], values[RUNS / 2], values[RUNS - 1]);
+        if json {
+            println!(
+                "{{\"id\": \"{}\", \"unit\": \"{}\", \"min\": {min:.3}, \"median\": {median:.3}, \"max\": {max:.3}, \"n\": {RUNS}}}",
+                w.id, w.unit
+            );
+        } else {
+            println!(
+                "{:<20} {min:>14.2} {median:>14.2} {max:>14.2}  {}",
+                w.id, w.unit
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Two threads ping-pong 16 bytes over loopback TCP with blocking reads:
+/// the floor every cross-node round trip is read against.
+async fn tcp_floor() -> anyhow::Result<f64> {
+    tokio::task::spawn_blocking(|| -> anyhow::Result<f64> {
+        const ROUNDS: usize = 50_000;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let server = std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut s, _) = listener.accept()?;
+            s.set_nodelay(true)?;
+            let mut buf = [0u8; 16];
+            for _ in 0..ROUNDS {
+                s.read_exact(&mut buf)?;
+                s.write_all(&buf)?;
+            }
+            Ok(())
+        });
+        let mut c = TcpStream::connect(addr)?;
+        c.set_nodelay(true)?;
+        let mut buf = [7u8; 16];
+        let start = Instant::now();
+        for _ in 0..ROUNDS {
+            c.write_all(&buf)?;
+            c.read_exact(&mut buf)?;
+        }
+        let elapsed = start.elapsed();
+        server
+            .join()
+            .map_err(|_| anyhow::anyhow!("tcp server thread panicked"))??;
+        Ok(elapsed.as_secs_f64() * 1e6 / ROUNDS as f64)
+    })
+    .await?
+}
+
+/// One sender service sends `n` 16-byte messages to one receiver service;
+/// the clock stops when the receiver has handled the last one.
+async fn local_oneway(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    let sink = b.spawn("testkit").await?;
+    let sender = b.spawn("testkit").await?;
+    let payload = vec![0u8; 16];
+    b.command(
+        sender,
+        &Command::SendLoop {
+            target: sink.0,
+            n: 1_000,
+            payload: payload.clone(),
+        },
+    )
+    .await?;
+    wait_count(b, sink, 1_000).await?;
+    let start = Instant::now();
+    b.command(
+        sender,
+        &Command::SendLoop {
+            target: sink.0,
+            n,
+            payload,
+        },
+    )
+    .await?;
+    wait_count(b, sink, 1_000 + u64::from(n)).await?;
+    Ok(f64::from(n) / start.elapsed().as_secs_f64())
+}
+
+async fn wait_count(b: &BenchNode, sink: Address, n: u64) -> anyhow::Result<()> {
+    loop {
+        match b.command(sink, &Command::Count).await? {
+            Reply::Count(c) if c >= n => return Ok(()),
+            Reply::Count(_) => tokio::time::sleep(Duration::from_micros(200)).await,
+            r => bail!("Count answered {r:?}"),
+        }
+    }
+}
+
+/// One caller service makes `n` sequential calls to one echo service.
+async fn local_call_rtt(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    let echo = b.spawn("echo").await?;
+    let caller = b.spawn("testkit").await?;
+    let payload = vec![0u8; 16];
+    b.command(
+        caller,
+        &Command::CallLoop {
+            target: echo.0,
+            n: 10_000,
+            payload: payload.clone(),
+        },
+    )
+    .await?;
+    let start = Instant::now();
+    b.command(
+        caller,
+        &Command::CallLoop {
+            target: echo.0,
+            n,
+            payload,
+        },
+    )
+    .await?;
+    Ok(start.elapsed().as_secs_f64() * 1e6 / f64::from(n))
+}
+
+/// `callers` services each make `per_caller` sequential calls to one echo service.
+async fn local_concurrent(b: &BenchNode, callers: u32, per_caller: u32) -> anyhow::Result<f64> {
+    let echo = b.spawn("echo").await?;
+    let mut addrs = Vec::new();
+    for _ in 0..callers {
+        addrs.push(b.spawn("testkit").await?);
+    }
+    let payload = vec![0u8; 16];
+    let start = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for c in addrs {
+        let client = b.node.client();
+        let command = Command::CallLoop {
+            target: echo.0,
+            n: per_caller,
+            payload: payload.clone(),
+        };
+        calls.spawn(async move { command_via(&client, c, &command).await });
+    }
+    while let Some(r) = calls.join_next().await {
+        r??;
+    }
+    Ok(f64::from(callers * per_caller) / start.elapsed().as_secs_f64())
+}
+
+/// A service spawns `n` echo services; each spawn ends when the new
+/// service's `init` has returned ("ready").
+async fn spawn(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    let spawner = b.spawn("testkit").await?;
+    b.command(
+        spawner,
+        &Command::SpawnMany {
+            module: "echo".into(),
+            n: 100,
+        },
+    )
+    .await?;
+    let start = Instant::now();
+    let Reply::Addresses(a) = b
+        .command(
+            spawner,
+            &Command::SpawnMany {
+                module: "echo".into(),
+                n,
+            },
+        )
+        .await?
+    else {
+        bail!("SpawnMany answered something else");
+    };
+    let elapsed = start.elapsed();
+    anyhow::ensure!(a.len() == n as usize, "spawned {} of {n}", a.len());
+    Ok(elapsed.as_secs_f64() * 1e6 / f64::from(n))
+}
+
+/// Resident memory growth per idle live echo service, at `n` services.
+async fn rss_per_service(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    let spawner = b.spawn("testkit").await?;
+    b.command(
+        spawner,
+        &Command::SpawnMany {
+            module: "echo".into(),
+            n: 10,
+        },
+    )
+    .await?;
+    let before = rss_kib()?;
+    let Reply::Addresses(a) = b
+        .command(
+            spawner,
+            &Command::SpawnMany {
+                module: "echo".into(),
+                n,
+            },
+        )
+        .await?
+    else {
+        bail!("SpawnMany answered something else");
+    };
+    // Every service has answered a call, so its instance has run.
+    for &addr in &a {
+        b.client.call(Address(addr), vec![1]).await?;
+    }
+    let after = rss_kib()?;
+    Ok((after - before) / f64::from(n))
+}
+
+fn rss_kib() -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    let kib: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?;
+    Ok(kib)
+}
+
+/// The host pings an echo service `pings` times while `spinners` services
+/// spin; the figure is the median round trip (the worst is logged).
+async fn ping_under_spin(b: &BenchNode, spinners: u32, pings: usize) -> anyhow::Result<f64> {
+    let echo = b.spawn("echo").await?;
+    let mut spinning = Vec::new();
+    let mut spins = tokio::task::JoinSet::new();
+    for _ in 0..spinners {
+        let s = b.spawn("testkit").await?;
+        let client = b.node.client();
+        spins.spawn(async move { command_via(&client, s, &Command::Spin).await });
+        spinning.push(s);
+    }
+    let mut times = Vec::with_capacity(pings);
+    for _ in 0..pings {
+        let start = Instant::now();
+        b.client.call(echo, vec![0u8; 16]).await?;
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    for s in spinning {
+        b.node.kill(s);
+    }
+    while let Some(r) = spins.join_next().await {
+        anyhow::ensure!(r?.is_err(), "a spinner answered");
+    }
+    times.sort_by(f64::total_cmp);
+    eprintln!(
+        "ping-under-spin: worst {:.1} µs, p99 {:.1} µs",
+        times[times.len() - 1],
+        times[times.len() * 99 / 100]
+    );
+    Ok(times[times.len() / 2])
+}

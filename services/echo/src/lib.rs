@@ -1,0 +1,33 @@
+//! `echo`: answers every request with its payload unchanged.
+//!
+//! The payload is not decoded, so any protocol can use it, and the module
+//! stays small (it is the module spawn benchmarks start). Non-request
+//! messages are ignored. If spawned with non-empty args, they are a name
+//! (utf-8) the service registers itself under, e.g. `.echo`.
+
+use std::rc::Rc;
+
+use skyhost_sdk::{Message, Reply, Service, export_service, register};
+
+/// The echo service; it has no state.
+struct Echo;
+
+impl Service for Echo {
+    fn init(args: Vec<u8>) -> Result<Self, String> {
+        if !args.is_empty() {
+            let name = String::from_utf8(args).map_err(|_| "echo: name is not utf-8")?;
+            register(&name).map_err(|e| format!("echo: register {name}: {e}"))?;
+        }
+        Ok(Echo)
+    }
+
+    async fn handle(self: Rc<Self>, msg: Message) -> Reply {
+        if msg.is_request() {
+            Reply::Bytes(msg.payload)
+        } else {
+            Reply::none()
+        }
+    }
+}
+
+export_service!(Echo);

@@ -1,0 +1,226 @@
+//! `testkit`: does what host integration tests ask.
+//!
+//! Requests carry a [`Command`] (postcard); answers are a [`Answer`]
+//! (`skyhost_test_proto::Reply`). Text and other non-request messages are
+//! counted, and exit notices remembered, for `Count` and `ExitNotices`.
+
+use std::cell::{Cell, RefCell};
+use std::hint::black_box;
+use std::rc::Rc;
+use std::time::Duration;
+
+use skyhost_sdk::{
+    Address, Message, Reply, Service, call, exit, export_service, kind, monitor, query, register,
+    send_raw, sleep, spawn_raw,
+};
+use skyhost_test_proto::{Command, Reply as Answer, TrapKind};
+
+/// Counters the commands read back.
+struct Testkit {
+    /// Non-request messages received so far.
+    counted: Cell<u64>,
+    /// Sources of the exit notices received so far, in order.
+    exits: RefCell<Vec<u32>>,
+}
+
+impl Service for Testkit {
+    fn init(_args: Vec<u8>) -> Result<Self, String> {
+        Ok(Testkit {
+            counted: Cell::new(0),
+            exits: RefCell::new(Vec::new()),
+        })
+    }
+
+    async fn handle(self: Rc<Self>, mut msg: Message) -> Reply {
+        if !msg.is_request() {
+            self.counted.set(self.counted.get() + 1);
+            if msg.kind == kind::EXIT {
+                self.exits.borrow_mut().push(msg.source.0);
+            }
+            return Reply::none();
+        }
+        let command: Command = match msg.decode() {
+            Ok(command) => command,
+            Err(e) => return Reply::error(format!("testkit: bad command: {e}")),
+        };
+        match command {
+            Command::Exit { answer } => {
+                if answer && let Some(responder) = msg.take_responder() {
+                    // The caller may be gone; we exit either way.
+                    let _ = responder.ok(&Answer::Unit);
+                }
+                // Without an answer the host tells the caller we exited.
+                exit();
+                Reply::none()
+            }
+            Command::Timers(delays) => {
+                match msg.take_responder() {
+                    Some(responder) => start_timers(&delays, responder),
+                    None => return Reply::error("testkit: Timers needs a request"),
+                }
+                Reply::none()
+            }
+            command => Reply::value(&run(&self, command).await),
+        }
+    }
+}
+
+/// Runs a command that answers when it returns.
+async fn run(kit: &Testkit, command: Command) -> Answer {
+    match command {
+        Command::Echo(bytes) => Answer::Bytes(bytes),
+        Command::Call { target, command } => {
+            match call::<Command, Answer>(Address(target), &*command).await {
+                Ok(answer) => answer,
+                Err(e) => Answer::Failed(e.to_string()),
+            }
+        }
+        Command::Trap(how) => trap(how),
+        Command::Spawn { module, args } => match spawn_raw(&module, &args).await {
+            Ok(address) => Answer::Address(address.0),
+            Err(e) => Answer::Failed(e.to_string()),
+        },
+        Command::SleepThenEcho { ms, payload } => {
+            sleep(Duration::from_millis(ms.into())).await;
+            Answer::Bytes(payload)
+        }
+        Command::Register(name) => match register(&name) {
+            Ok(()) => Answer::Unit,
+            Err(e) => Answer::Failed(format!("register {name}: {e}")),
+        },
+        Command::Query(name) => Answer::MaybeAddress(query(&name).map(|a| a.0)),
+        Command::Monitor(target) => {
+            monitor(Address(target));
+            Answer::Unit
+        }
+        Command::ExitNotices => Answer::Addresses(kit.exits.borrow().clone()),
+        Command::Count => Answer::Count(kit.counted.get()),
+        Command::CallLoop { target, n, payload } => call_loop(Address(target), n, payload).await,
+        Command::SendLoop { target, n, payload } => {
+            for i in 0..n {
+                if let Err(e) = send_raw(Address(target), kind::TEXT, &payload) {
+                    return Answer::Failed(format!("send {i} of {n}: {e}"));
+                }
+            }
+            Answer::Unit
+        }
+        Command::SpawnMany { module, n } => {
+            // Every spawn starts here, before the first await: they run
+            // concurrently on the host and are collected in spawn order.
+            let spawns: Vec<_> = (0..n).map(|_| spawn_raw(&module, &[])).collect();
+            let mut addresses = Vec::with_capacity(spawns.len());
+            for (i, spawn) in spawns.into_iter().enumerate() {
+                match spawn.await {
+                    Ok(address) => addresses.push(address.0),
+                    Err(e) => return Answer::Failed(format!("spawn {i} of {n}: {e}")),
+                }
+            }
+            Answer::Addresses(addresses)
+        }
+        Command::Spin => spin(),
+        Command::Exit { .. } | Command::Timers(_) => {
+            Answer::Failed("testkit: handled before run".into())
+        }
+    }
+}
+
+/// `n` sequential calls of `Echo(payload)`, each answer checked.
+async fn call_loop(target: Address, n: u32, payload: Vec<u8>) -> Answer {
+    let command = Command::Echo(payload);
+    let Command::Echo(expected) = &command else {
+        unreachable!("built just above")
+    };
+    for i in 0..n {
+        match call::<Command, Answer>(target, &command).await {
+            Ok(Answer::Bytes(bytes)) if bytes == *expected => {}
+            Ok(other) => return Answer::Failed(format!("call {i} of {n}: answered {other:?}")),
+            Err(e) => return Answer::Failed(format!("call {i} of {n}: {e}")),
+        }
+    }
+    Answer::Unit
+}
+
+/// One forked task per timer; the last to fire answers with the order.
+fn start_timers(delays: &[u32], responder: skyhost_sdk::Responder) {
+    let total = delays.len();
+    if total == 0 {
+        let _ = responder.ok(&Answer::Order(Vec::new()));
+        return;
+    }
+    let state = Rc::new(RefCell::new((Vec::with_capacity(total), Some(responder))));
+    for (index, &ms) in (0u32..).zip(delays) {
+        // The timer starts now, so all timers start in index order.
+        let timer = sleep(Duration::from_millis(ms.into()));
+        let state = Rc::clone(&state);
+        skyhost_sdk::fork(async move {
+            timer.await;
+            let mut state = state.borrow_mut();
+            state.0.push(index);
+            if state.0.len() == total
+                && let Some(responder) = state.1.take()
+            {
+                let _ = responder.ok(&Answer::Order(state.0.clone()));
+            }
+        });
+    }
+}
+
+/// Dies the way `how` says; never returns.
+fn trap(how: TrapKind) -> ! {
+    match how {
+        TrapKind::Unreachable => unreachable_instruction(),
+        TrapKind::Panic => panic!("testkit: asked to panic"),
+        TrapKind::OutOfBounds => {
+            let address = black_box(0xFFFF_FFF0_usize) as *const u64;
+            // SAFETY: this is NOT a valid read and is meant to trap: on
+            // wasm32 the 8 bytes at 0xFFFF_FFF0 end past 4 GiB, beyond any
+            // linear memory, so the load traps before a value exists.
+            let value = unsafe { std::ptr::read_volatile(address) };
+            panic!("testkit: out-of-bounds read returned {value}")
+        }
+        TrapKind::StackOverflow => {
+            let depth = recurse(black_box(0));
+            panic!("testkit: recursion ended at {depth}")
+        }
+        TrapKind::AllocForever => {
+            let mut kept: Vec<Vec<u8>> = Vec::new();
+            loop {
+                let mut block = vec![0u8; 1 << 20];
+                for byte in block.iter_mut().step_by(4096) {
+                    *byte = 1;
+                }
+                kept.push(black_box(block));
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+fn unreachable_instruction() -> ! {
+    core::arch::wasm32::unreachable()
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn unreachable_instruction() -> ! {
+    std::process::abort()
+}
+
+/// Non-tail recursion with a frame the optimizer must keep.
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    let frame = black_box([depth; 32]);
+    if black_box(depth) == u64::MAX {
+        return frame[0];
+    }
+    recurse(depth + 1).wrapping_add(frame[7])
+}
+
+/// Spins forever without yielding to the host.
+fn spin() -> ! {
+    let mut n = 0u64;
+    loop {
+        n = black_box(n.wrapping_add(1));
+    }
+}
+
+export_service!(Testkit);
