@@ -61,6 +61,11 @@ fn workloads() -> Vec<Workload> {
             run: |n| Box::pin(rss_per_service(n, 10_000)),
         },
         Workload {
+            id: "max-services",
+            unit: "count",
+            run: |n| Box::pin(max_services(n, 100_000)),
+        },
+        Workload {
             id: "ping-under-spin",
             unit: "µs median",
             run: |n| Box::pin(ping_under_spin(n, 16, 2_000)),
@@ -126,8 +131,13 @@ pub async fn run(ids: &[String], json: bool) -> anyhow::Result<()> {
     {
         let mut values = Vec::with_capacity(RUNS);
         for _ in 0..RUNS {
+            let max_services = if w.id == "max-services" {
+                pool_size_for_max_services()
+            } else {
+                pool_size(20_000)
+            };
             let node = BenchNode::start(Limits {
-                max_services: 20_000,
+                max_services,
                 cpu_budget_ms: 600_000,
                 ..Limits::default()
             })?;
@@ -228,9 +238,9 @@ async fn wait_count(b: &BenchNode, sink: Address, n: u64) -> anyhow::Result<()> 
     }
 }
 
-/// One caller service makes `n` sequential calls to one echo service.
+/// One caller service makes `n` sequential `Echo` calls to one testkit service.
 async fn local_call_rtt(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
-    let echo = b.spawn("echo").await?;
+    let echo = b.spawn("testkit").await?;
     let caller = b.spawn("testkit").await?;
     let payload = vec![0u8; 16];
     b.command(
@@ -255,9 +265,9 @@ async fn local_call_rtt(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
     Ok(start.elapsed().as_secs_f64() * 1e6 / f64::from(n))
 }
 
-/// `callers` services each make `per_caller` sequential calls to one echo service.
+/// `callers` services each make `per_caller` sequential `Echo` calls to one testkit service.
 async fn local_concurrent(b: &BenchNode, callers: u32, per_caller: u32) -> anyhow::Result<f64> {
-    let echo = b.spawn("echo").await?;
+    let echo = b.spawn("testkit").await?;
     let mut addrs = Vec::new();
     for _ in 0..callers {
         addrs.push(b.spawn("testkit").await?);
@@ -387,4 +397,64 @@ async fn ping_under_spin(b: &BenchNode, spinners: u32, pings: usize) -> anyhow::
         times[times.len() * 99 / 100]
     );
     Ok(times[times.len() / 2])
+}
+
+/// Spawns echo services in batches until `target` live or a spawn fails;
+/// the figure is how many were alive at once (each answered a call).
+async fn max_services(b: &BenchNode, target: u32) -> anyhow::Result<f64> {
+    let spawner = b.spawn("testkit").await?;
+    let mut alive: Vec<u32> = Vec::new();
+    let rss_before = rss_kib()?;
+    while (alive.len() as u32) < target {
+        let n = 1_000.min(target - alive.len() as u32);
+        match b
+            .command(
+                spawner,
+                &Command::SpawnMany {
+                    module: "echo".into(),
+                    n,
+                },
+            )
+            .await
+        {
+            Ok(Reply::Addresses(a)) => alive.extend(a),
+            Ok(r) => bail!("SpawnMany answered {r:?}"),
+            Err(e) => {
+                eprintln!("max-services: stopped at {} services: {e:#}", alive.len());
+                break;
+            }
+        }
+    }
+    for &a in &alive {
+        b.client.call(Address(a), vec![1]).await?;
+    }
+    eprintln!(
+        "max-services: {} alive, RSS grew {:.0} MiB",
+        alive.len(),
+        (rss_kib()? - rss_before) / 1024.0
+    );
+    Ok(alive.len() as f64)
+}
+
+/// The pool for `max-services`: 100,000 plus the spawner, or what
+/// `vm.max_map_count` allows (the node refuses a pool the kernel cannot map).
+fn pool_size_for_max_services() -> u32 {
+    const WANTED: u32 = 100_010;
+    if let Some((allowed, maps)) = skyhost::wasm::services_allowed_by_map_count()
+        && allowed < u64::from(WANTED)
+    {
+        eprintln!(
+            "max-services: vm.max_map_count = {maps} allows about {allowed} services; \
+             raise it (sysctl -w vm.max_map_count=1048576) to try 100,000"
+        );
+    }
+    pool_size(WANTED)
+}
+
+/// `wanted` services, or fewer where `vm.max_map_count` cannot map them.
+fn pool_size(wanted: u32) -> u32 {
+    match skyhost::wasm::services_allowed_by_map_count() {
+        Some((allowed, _)) => u32::try_from(allowed.min(u64::from(wanted))).unwrap_or(wanted),
+        None => wanted,
+    }
 }

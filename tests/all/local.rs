@@ -370,3 +370,38 @@ async fn unknown_module_names_the_paths_searched() -> anyhow::Result<()> {
     t.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_modules_are_cached_on_disk_and_reused() -> anyhow::Result<()> {
+    let cache = tempfile::tempdir()?;
+    let mut config = test_config();
+    config.cache_dir = Some(cache.path().to_path_buf());
+    let cached = || -> anyhow::Result<Vec<(std::path::PathBuf, std::time::SystemTime)>> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(cache.path())? {
+            let entry = entry?;
+            files.push((entry.path(), entry.metadata()?.modified()?));
+        }
+        Ok(files)
+    };
+    let first = TestNode::with_config(config.clone())?;
+    first.spawn("echo").await?;
+    first.spawn("echo").await?;
+    first.stop().await;
+    let after_first = cached()?;
+    assert_eq!(
+        after_first.len(),
+        1,
+        "one compiled module for echo: {after_first:?}"
+    );
+    // A restarted node reads the cached file instead of compiling again.
+    let second = TestNode::with_config(config)?;
+    let echo = second.spawn("echo").await?;
+    assert_eq!(
+        within(second.client.call(echo, b"x".to_vec())).await??,
+        b"x"
+    );
+    second.stop().await;
+    assert_eq!(cached()?, after_first, "the cache file was rewritten");
+    Ok(())
+}

@@ -237,18 +237,28 @@ impl Drop for WasmRuntime {
 /// its guard, linear memories, copy-on-write images.
 const MAPS_PER_SERVICE: u64 = 6;
 
+/// Memory maps kept free for everything but the instance pool.
+const MAPS_RESERVED: u64 = 4_096;
+
+/// How many services the kernel's `vm.max_map_count` leaves room for, and
+/// that limit; `None` where it cannot be read.
+pub fn services_allowed_by_map_count() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok()?;
+    let max_maps = text.trim().parse::<u64>().ok()?;
+    Some((
+        max_maps.saturating_sub(MAPS_RESERVED) / MAPS_PER_SERVICE,
+        max_maps,
+    ))
+}
+
 /// Fails with a clear message when `vm.max_map_count` is too low for the
 /// pool, instead of letting the pool fail later with a bare ENOMEM.
 fn check_map_count(services: u32) -> wasmtime::Result<()> {
-    let Ok(text) = std::fs::read_to_string("/proc/sys/vm/max_map_count") else {
+    let Some((allowed, max_maps)) = services_allowed_by_map_count() else {
         return Ok(());
     };
-    let Ok(max_maps) = text.trim().parse::<u64>() else {
-        return Ok(());
-    };
-    let needed = u64::from(services) * MAPS_PER_SERVICE + 4_096;
-    if needed > max_maps {
-        let allowed = max_maps.saturating_sub(4_096) / MAPS_PER_SERVICE;
+    if u64::from(services) > allowed {
+        let needed = u64::from(services) * MAPS_PER_SERVICE + MAPS_RESERVED;
         wasmtime::bail!(
             "max_services = {services} needs about {needed} memory maps but vm.max_map_count is \
              {max_maps}, enough for about {allowed} services; lower max_services or raise the \
