@@ -31,6 +31,9 @@ enum Command {
         /// Print one JSON object per figure.
         #[arg(long)]
         json: bool,
+        /// Scheduler threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
     },
 }
 
@@ -38,7 +41,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { node_file } => run(&node_file),
-        Command::Bench { ids, json } => bench_main(&ids, json),
+        Command::Bench { ids, json, threads } => bench_main(&ids, json, threads),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,17 +85,21 @@ fn run(node_file: &std::path::Path) -> anyhow::Result<()> {
     })
 }
 
-fn bench_main(ids: &[String], json: bool) -> anyhow::Result<()> {
+fn bench_main(ids: &[String], json: bool, threads: Option<usize>) -> anyhow::Result<()> {
     // Mailbox warnings are expected under load; RUST_LOG shows them.
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("log filter")?)
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        runtime.worker_threads(threads);
+    }
+    runtime
         .enable_all()
-        .build()?;
-    runtime.block_on(bench::run(ids, json))
+        .build()?
+        .block_on(bench::run(ids, json))
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

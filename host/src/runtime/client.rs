@@ -33,9 +33,11 @@ impl Client {
         let (events_tx, events) = mpsc::unbounded_channel();
         let router_pending = pending.clone();
         let router_handle = handle.clone();
+        let router_kernel = kernel.clone();
         kernel.tasks.spawn(async move {
             while let Some(m) = rx.recv().await {
                 router_handle.mailbox.taken(1);
+                router_handle.mailbox.picked_up(&router_kernel);
                 if m.kind == kind::SYSTEM && m.source == router_handle.address {
                     break;
                 }
@@ -165,6 +167,7 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         self.kernel.remove_service(&self.handle);
+        self.handle.mailbox.close(&self.kernel);
         let _ = self.handle.mailbox.tx.send(Message {
             kind: kind::SYSTEM,
             source: self.handle.address,

@@ -18,6 +18,7 @@
 mod address;
 mod client;
 mod message;
+mod sched;
 pub(crate) mod service;
 mod timer;
 
@@ -136,6 +137,10 @@ pub(crate) struct Mailbox {
     tx: mpsc::UnboundedSender<Message>,
     len: AtomicUsize,
     warn_at: AtomicUsize,
+    /// Has messages its service has not picked up (see [`sched`]).
+    ready: AtomicBool,
+    /// The service has ended; nothing will pick messages up any more.
+    closed: AtomicBool,
 }
 
 const MAILBOX_WARN: usize = 1024;
@@ -147,6 +152,8 @@ impl Mailbox {
             tx,
             len: AtomicUsize::new(0),
             warn_at: AtomicUsize::new(MAILBOX_WARN),
+            ready: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         };
         (mailbox, rx)
     }
@@ -159,6 +166,17 @@ impl Mailbox {
     /// Called by the service when it took `n` messages.
     pub fn taken(&self, n: usize) {
         self.len.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Called by the service when it picks up its messages.
+    pub fn picked_up(&self, kernel: &Kernel) {
+        kernel.sched.clear_ready(&self.ready);
+    }
+
+    /// Called when the service has ended.
+    pub fn close(&self, kernel: &Kernel) {
+        self.closed.store(true, Ordering::SeqCst);
+        kernel.sched.clear_ready(&self.ready);
     }
 }
 
@@ -199,6 +217,7 @@ pub(crate) struct Kernel {
     live: AtomicUsize,
     names: Mutex<HashMap<String, Address>>,
     timers: timer::Timers,
+    pub sched: Arc<sched::Scheduler>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -227,6 +246,14 @@ impl Kernel {
         if mailbox.tx.send(message).is_err() {
             mailbox.len.fetch_sub(1, Ordering::Relaxed);
             return Err(SendError::UnknownAddress(dest));
+        }
+        if len == 1 && self.sched.mark_ready(&mailbox.ready) {
+            self.wasm.interrupt_running();
+        }
+        if mailbox.closed.load(Ordering::SeqCst) {
+            // The service ended while this message went in: its end has
+            // answered the message, and no one will clear the mark.
+            mailbox.picked_up(self);
         }
         let warn_at = mailbox.warn_at.load(Ordering::Relaxed);
         if len >= warn_at
@@ -473,6 +500,7 @@ impl Node {
             live: AtomicUsize::new(0),
             names: Mutex::new(HashMap::new()),
             timers,
+            sched: Arc::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         });

@@ -74,7 +74,7 @@ pub(crate) async fn run(
                 if instance.exit_requested() {
                     End::exited()
                 } else {
-                    serve(&handle, &mut instance, &mut rx).await
+                    serve(&kernel, &handle, &mut instance, &mut rx).await
                 }
             }
             Ok(Err(reason)) => {
@@ -113,6 +113,7 @@ pub(crate) async fn run(
 
 /// Takes batches from the mailbox into `dispatch` until the service ends.
 async fn serve(
+    kernel: &Kernel,
     handle: &ServiceHandle,
     instance: &mut Instance,
     rx: &mut UnboundedReceiver<Message>,
@@ -122,6 +123,7 @@ async fn serve(
         let Some(first) = rx.recv().await else {
             return End::exited();
         };
+        handle.mailbox.picked_up(kernel);
         if handle.killed.load(Ordering::Acquire) {
             handle.mailbox.taken(1);
             requeue_lost(first, handle);
@@ -182,6 +184,7 @@ fn finish(
     let address = handle.address;
     let monitors = kernel.remove_service(handle);
     rx.close();
+    handle.mailbox.close(kernel);
     let mut failed = 0usize;
     while let Ok(m) = rx.try_recv() {
         if m.wants_reply() {

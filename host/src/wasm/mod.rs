@@ -227,6 +227,14 @@ impl WasmRuntime {
     }
 }
 
+impl WasmRuntime {
+    /// Makes every running guest reach its epoch deadline now, so a hog
+    /// yields to services that just became ready.
+    pub fn interrupt_running(&self) {
+        self.engine.increment_epoch();
+    }
+}
+
 impl Drop for WasmRuntime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
@@ -299,7 +307,9 @@ impl Instance {
     pub async fn init(&mut self, args: &[u8]) -> wasmtime::Result<Result<(), String>> {
         self.store.data_mut().start_work(1);
         self.store.set_epoch_deadline(1);
-        self.exports.call_init(&mut self.store, args).await
+        let result = self.exports.call_init(&mut self.store, args).await;
+        self.store.data_mut().end_work();
+        result
     }
 
     /// Hands a batch of messages to the guest's `dispatch`; requests in it
@@ -320,9 +330,12 @@ impl Instance {
             });
         }
         self.store.set_epoch_deadline(1);
-        self.exports
+        let result = self
+            .exports
             .call_dispatch(&mut self.store, &self.batch)
-            .await
+            .await;
+        self.store.data_mut().end_work();
+        result
     }
 
     /// Whether the guest called `exit`.

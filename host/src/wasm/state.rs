@@ -1,8 +1,9 @@
 //! The data of a service's `Store`: what the host imports see and change.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use wasmtime::{StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -73,9 +74,13 @@ pub(crate) struct ServiceState {
     /// Requests delivered and not answered yet: (caller, session).
     owed: HashSet<(Address, u32)>,
     exit_requested: bool,
-    /// Epoch ticks this piece of work has run, and how many it may run.
-    slices_used: u64,
-    slice_budget: u64,
+    /// CPU time this piece of work has used, and how much it may use.
+    cpu_used: Duration,
+    cpu_budget: Duration,
+    /// When the guest last started or resumed running.
+    resumed_at: Arc<Mutex<Instant>>,
+    /// Whether this piece of work has run past a whole time slice.
+    hog: bool,
     /// When the current piece of work started: the "now" its timers count from,
     /// so timers set together fire in deadline order.
     work_started: tokio::time::Instant,
@@ -106,19 +111,30 @@ impl ServiceState {
             next_session: 0,
             owed: HashSet::new(),
             exit_requested: false,
-            slices_used: 0,
-            slice_budget: 1,
+            cpu_used: Duration::ZERO,
+            // Instantiation runs under one message's budget.
+            cpu_budget: Duration::from_millis(limits.cpu_budget_ms),
+            resumed_at: Arc::new(Mutex::new(Instant::now())),
+            hog: false,
             work_started: tokio::time::Instant::now(),
         }
     }
 
     /// Starts the CPU budget for a piece of work of `messages` messages.
     pub fn start_work(&mut self, messages: usize) {
-        let l = &self.kernel.limits;
-        let per_message = (l.cpu_budget_ms * 1000).div_ceil(l.time_slice_us).max(1);
-        self.slices_used = 0;
+        let per_message = Duration::from_millis(self.kernel.limits.cpu_budget_ms);
+        self.cpu_used = Duration::ZERO;
+        self.cpu_budget =
+            per_message.saturating_mul(u32::try_from(messages.max(1)).unwrap_or(u32::MAX));
         self.work_started = tokio::time::Instant::now();
-        self.slice_budget = per_message.saturating_mul(messages.max(1) as u64);
+        *lock(&self.resumed_at) = self.work_started.into_std();
+    }
+
+    /// The piece of work returned or trapped.
+    pub fn end_work(&mut self) {
+        if std::mem::take(&mut self.hog) {
+            self.kernel.sched.hog_ended();
+        }
     }
 
     pub fn owe(&mut self, caller: Address, session: u32) {
@@ -160,8 +176,10 @@ impl ServiceState {
     }
 }
 
-/// Called by wasmtime when a service's time slice ends: stop it if it was
-/// killed or ran past its CPU budget, else let others run and continue.
+/// Called by wasmtime when a running guest reaches its epoch deadline (each
+/// tick, or at once when a service became ready while hogs run): stop it if
+/// it was killed or ran past its CPU budget; let it run on if it has not yet
+/// used a whole slice; else it is a hog: yield, fresh work first.
 pub(crate) fn on_epoch_deadline(
     mut ctx: StoreContextMut<'_, ServiceState>,
 ) -> wasmtime::Result<UpdateDeadline> {
@@ -169,13 +187,35 @@ pub(crate) fn on_epoch_deadline(
     if state.handle.killed.load(Ordering::Acquire) {
         return Err(wasmtime::Error::new(Stop::Killed));
     }
-    state.slices_used += 1;
-    if state.slices_used > state.slice_budget {
+    let now = Instant::now();
+    let ran = now.saturating_duration_since(std::mem::replace(&mut *lock(&state.resumed_at), now));
+    state.cpu_used += ran;
+    if state.cpu_used > state.cpu_budget {
         return Err(wasmtime::Error::new(Stop::CpuBudget(
             state.kernel.limits.cpu_budget_ms,
         )));
     }
-    Ok(UpdateDeadline::Yield(1))
+    let slice = Duration::from_micros(state.kernel.limits.time_slice_us);
+    if !state.hog {
+        if state.cpu_used < slice {
+            return Ok(UpdateDeadline::Continue(1));
+        }
+        state.hog = true;
+        state.kernel.sched.hog_started();
+    }
+    let sched = state.kernel.sched.clone();
+    let resumed_at = state.resumed_at.clone();
+    Ok(UpdateDeadline::YieldCustom(
+        1,
+        Box::pin(async move {
+            sched.hog_yield(slice).await;
+            *lock(&resumed_at) = Instant::now();
+        }),
+    ))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl WasiView for ServiceState {
