@@ -223,6 +223,15 @@ pub(crate) struct Kernel {
 }
 
 impl Kernel {
+    /// Runs `f` on the live service at `address`, if there is one.
+    fn with_service<R>(&self, address: Address, f: impl FnOnce(&ServiceHandle) -> R) -> Option<R> {
+        let services = self.services.pin();
+        services
+            .get(&address.local())
+            .filter(|h| h.address == address)
+            .map(|h| f(h))
+    }
+
     /// Enqueues `message` for `dest`.
     ///
     /// # Errors
@@ -347,26 +356,21 @@ impl Kernel {
 
     /// Stops `target`; false if there is no such service.
     pub fn kill(&self, target: Address) -> bool {
-        let services = self.services.pin();
-        let Some(handle) = services
-            .get(&target.local())
-            .filter(|h| h.address == target)
-        else {
-            return false;
-        };
-        handle.killed.store(true, Ordering::Release);
-        // Wakes the service if it is idle; the flag wins over queued messages.
-        let wake = Message {
-            kind: kind::SYSTEM,
-            source: target,
-            session: 0,
-            payload: Vec::new(),
-        };
-        handle.mailbox.len.fetch_add(1, Ordering::Relaxed);
-        if handle.mailbox.tx.send(wake).is_err() {
-            handle.mailbox.len.fetch_sub(1, Ordering::Relaxed);
-        }
-        true
+        self.with_service(target, |handle| {
+            handle.killed.store(true, Ordering::Release);
+            // Wakes the service if it is idle; the flag wins over queued messages.
+            let wake = Message {
+                kind: kind::SYSTEM,
+                source: target,
+                session: 0,
+                payload: Vec::new(),
+            };
+            handle.mailbox.len.fetch_add(1, Ordering::Relaxed);
+            if handle.mailbox.tx.send(wake).is_err() {
+                handle.mailbox.len.fetch_sub(1, Ordering::Relaxed);
+            }
+        })
+        .is_some()
     }
 
     /// Registers `name` for the service behind `handle`.
@@ -414,33 +418,26 @@ impl Kernel {
     /// Tells `watcher` with an `exit` message when `target` ends (at once if
     /// it is not alive).
     pub fn monitor(&self, watcher: Address, target: Address) {
-        let services = self.services.pin();
-        if let Some(handle) = services
-            .get(&target.local())
-            .filter(|h| h.address == target)
-        {
+        let watching = self.with_service(target, |handle| {
             let mut w = handle.watch();
             if !w.dead {
                 w.monitors.push(watcher);
-                return;
             }
+            !w.dead
+        });
+        if watching != Some(true) {
+            let _ = self.deliver(watcher, exit_notice(target, "no such service"));
         }
-        drop(services);
-        let _ = self.deliver(watcher, exit_notice(target, "no such service"));
     }
 
     /// Stops telling `watcher` about `target`.
     pub fn demonitor(&self, watcher: Address, target: Address) {
-        let services = self.services.pin();
-        if let Some(handle) = services
-            .get(&target.local())
-            .filter(|h| h.address == target)
-        {
+        self.with_service(target, |handle| {
             let mut w = handle.watch();
             if let Some(i) = w.monitors.iter().position(|&a| a == watcher) {
                 w.monitors.swap_remove(i);
             }
-        }
+        });
     }
 
     /// Delivers a `response` for `session` to `dest` `ms` milliseconds after `from`.
@@ -554,11 +551,7 @@ impl Node {
 
     /// Messages waiting in a service's mailbox, if it is alive.
     pub fn mailbox_len(&self, address: Address) -> Option<usize> {
-        let services = self.kernel.services.pin();
-        services
-            .get(&address.local())
-            .filter(|h| h.address == address)
-            .map(|h| h.mailbox.len())
+        self.kernel.with_service(address, |h| h.mailbox.len())
     }
 
     /// Stops every service (their pending sessions end with an error) and
