@@ -437,19 +437,19 @@ async fn max_services(b: &BenchNode, target: u32) -> anyhow::Result<f64> {
     Ok(b.node.service_count().saturating_sub(1) as f64)
 }
 
-/// The pool for `max-services`: 100,000 plus the spawner, or what
-/// `vm.max_map_count` allows (the node refuses a pool the kernel cannot map).
+/// The pool for `max-services`: automatic (100,000, or what
+/// `vm.max_map_count` allows), saying so when the map count is the limit.
 fn pool_size_for_max_services() -> u32 {
-    const WANTED: u32 = 100_010;
     if let Some((allowed, maps)) = skyhost::wasm::services_allowed_by_map_count()
-        && allowed < u64::from(WANTED)
+        && allowed < u64::from(skyhost::config::DEFAULT_MAX_SERVICES)
     {
         eprintln!(
             "max-services: vm.max_map_count = {maps} allows about {allowed} services; \
              raise it (sysctl -w vm.max_map_count=1048576) to try 100,000"
         );
     }
-    pool_size(WANTED)
+    // Automatic: 100,000, or what the map count allows.
+    0
 }
 
 /// `wanted` services, or fewer where `vm.max_map_count` cannot map them.

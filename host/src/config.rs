@@ -54,7 +54,8 @@ pub struct Limits {
     pub mailbox_limit: usize,
     /// Largest payload a service may send, in bytes.
     pub max_payload: usize,
-    /// Most services alive at once (sizes the instance pool).
+    /// Most services alive at once (sizes the instance pool); 0 means
+    /// 100,000, or fewer if the kernel's `vm.max_map_count` cannot map them.
     pub max_services: u32,
 }
 
@@ -66,8 +67,33 @@ impl Default for Limits {
             time_slice_us: 1_000,
             mailbox_limit: 0,
             max_payload: 64 << 20,
-            max_services: 10_000,
+            max_services: 0,
         }
+    }
+}
+
+/// The pool size `max_services = 0` asks for, where the kernel allows it.
+pub const DEFAULT_MAX_SERVICES: u32 = 100_000;
+
+impl Limits {
+    /// These limits with `max_services` resolved: 0 becomes
+    /// [`DEFAULT_MAX_SERVICES`], or what `vm.max_map_count` leaves room for.
+    pub fn resolved(&self) -> Limits {
+        let mut limits = self.clone();
+        if limits.max_services == 0 {
+            limits.max_services = match crate::wasm::services_allowed_by_map_count() {
+                Some((allowed, max_maps)) if allowed < u64::from(DEFAULT_MAX_SERVICES) => {
+                    tracing::warn!(
+                        "vm.max_map_count = {max_maps} leaves room for about {allowed} services; \
+                         sizing the node for that many (to allow {DEFAULT_MAX_SERVICES}, as root: \
+                         sysctl -w vm.max_map_count=1048576)"
+                    );
+                    u32::try_from(allowed.max(1)).unwrap_or(DEFAULT_MAX_SERVICES)
+                }
+                _ => DEFAULT_MAX_SERVICES,
+            };
+        }
+        limits
     }
 }
 
@@ -173,10 +199,10 @@ impl NodeConfig {
         if l.cpu_budget_ms == 0 {
             return Err(invalid("cpu_budget_ms", "must be at least 1".into()));
         }
-        if l.max_services == 0 || l.max_services > Address::MAX_LOCAL {
+        if l.max_services > Address::MAX_LOCAL {
             return Err(invalid(
                 "max_services",
-                format!("must be 1..={}", Address::MAX_LOCAL),
+                format!("must be 0 (automatic) or 1..={}", Address::MAX_LOCAL),
             ));
         }
         if let Some(b) = &self.bootstrap

@@ -480,8 +480,9 @@ impl Node {
     /// # Errors
     /// When the wasm engine cannot be built for these limits.
     pub fn start(config: &NodeConfig) -> Result<Node, NodeError> {
+        let limits = config.limits.resolved();
         let wasm = WasmRuntime::new(
-            &config.limits,
+            &limits,
             config.module_paths.clone(),
             config.cache_dir.clone().or_else(default_cache_dir),
         )
@@ -489,7 +490,7 @@ impl Node {
         let (timers, timer_rx) = timer::Timers::new();
         let kernel = Arc::new(Kernel {
             harbor: HarborId(0),
-            limits: config.limits.clone(),
+            limits,
             wasm,
             started: Instant::now(),
             services: papaya::HashMap::new(),
