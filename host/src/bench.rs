@@ -428,8 +428,9 @@ async fn max_services(b: &BenchNode, target: u32) -> anyhow::Result<f64> {
     for &a in &alive {
         b.client.call(Address(a), vec![1]).await?;
     }
+    let maps = std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count());
     eprintln!(
-        "max-services: {} alive, RSS grew {:.0} MiB",
+        "max-services: {} alive, RSS grew {:.0} MiB, {maps} memory maps",
         alive.len(),
         (rss_kib()? - rss_before) / 1024.0
     );
