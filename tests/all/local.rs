@@ -405,3 +405,29 @@ async fn compiled_modules_are_cached_on_disk_and_reused() -> anyhow::Result<()> 
     assert_eq!(cached()?, after_first, "the cache file was rewritten");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_node_has_no_service_marked_ready() -> anyhow::Result<()> {
+    let t = TestNode::start()?;
+    let sinks = [t.spawn("testkit").await?, t.spawn("testkit").await?];
+    // Many empty-to-non-empty mailbox transitions, racing the services'
+    // pick-ups; every mark must be cleared once the messages are handled.
+    for round in 0..200u64 {
+        for &sink in &sinks {
+            t.client
+                .send(sink, skyhost::runtime::kind::TEXT, 0, vec![1])?;
+        }
+        if round % 50 == 49 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for &sink in &sinks {
+        assert_eq!(
+            t.command(sink, &Command::Count).await,
+            Ok(Reply::Count(200))
+        );
+    }
+    assert_eq!(t.node.ready_services(), 0, "a service stayed marked ready");
+    t.stop().await;
+    Ok(())
+}

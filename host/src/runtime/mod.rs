@@ -252,11 +252,15 @@ impl Kernel {
             mailbox.len.fetch_sub(1, Ordering::Relaxed);
             return Err(SendError::Overloaded(dest));
         }
+        // Marked before the message is visible, so the service's pick-up,
+        // which follows it, always clears the mark.
+        let interrupt = len == 1 && self.sched.mark_ready(&mailbox.ready);
         if mailbox.tx.send(message).is_err() {
             mailbox.len.fetch_sub(1, Ordering::Relaxed);
+            mailbox.picked_up(self);
             return Err(SendError::UnknownAddress(dest));
         }
-        if len == 1 && self.sched.mark_ready(&mailbox.ready) {
+        if interrupt {
             self.wasm.interrupt_running();
         }
         if mailbox.closed.load(Ordering::SeqCst) {
@@ -548,6 +552,12 @@ impl Node {
             .collect();
         list.sort();
         list
+    }
+
+    /// Services whose mailbox has messages their task has not picked up yet
+    /// (a scheduling hint; 0 on an idle node).
+    pub fn ready_services(&self) -> usize {
+        self.kernel.sched.waiting()
     }
 
     /// Messages waiting in a service's mailbox, if it is alive.

@@ -57,7 +57,12 @@ impl Scheduler {
 
     /// Whether any service is waiting to be picked up.
     pub fn has_waiting(&self) -> bool {
-        self.waiting.load(Ordering::Acquire) > 0
+        self.waiting() > 0
+    }
+
+    /// How many services have messages their task has not picked up.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
     }
 
     /// A dispatch became a hog.
