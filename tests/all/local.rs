@@ -412,19 +412,20 @@ async fn an_idle_node_has_no_service_marked_ready() -> anyhow::Result<()> {
     let sinks = [t.spawn("testkit").await?, t.spawn("testkit").await?];
     // Many empty-to-non-empty mailbox transitions, racing the services'
     // pick-ups; every mark must be cleared once the messages are handled.
-    for round in 0..200u64 {
+    const ROUNDS: u64 = 2_000;
+    for round in 0..ROUNDS {
         for &sink in &sinks {
             t.client
                 .send(sink, skyhost::runtime::kind::TEXT, 0, vec![1])?;
         }
-        if round % 50 == 49 {
+        if round % 4 == 3 {
             tokio::task::yield_now().await;
         }
     }
     for &sink in &sinks {
         assert_eq!(
             t.command(sink, &Command::Count).await,
-            Ok(Reply::Count(200))
+            Ok(Reply::Count(ROUNDS))
         );
     }
     assert_eq!(t.node.ready_services(), 0, "a service stayed marked ready");
