@@ -39,6 +39,14 @@ fn start_call(addr: Address, payload: &[u8]) -> Result<SessionWait, CallError> {
     Ok(SessionWait::open(session))
 }
 
+/// Encodes `req` and sends it as a request now.
+fn start_typed_call<Req: Serialize + ?Sized>(
+    addr: Address,
+    req: &Req,
+) -> Result<SessionWait, CallError> {
+    start_call(addr, &encode(req)?)
+}
+
 /// Sends `req` (postcard) as a request to `addr` and waits for the answer.
 ///
 /// # Errors
@@ -52,9 +60,7 @@ where
     Req: Serialize + ?Sized,
     Resp: DeserializeOwned,
 {
-    let started = encode(req)
-        .map_err(CallError::from)
-        .and_then(|payload| start_call(addr, &payload));
+    let started = start_typed_call(addr, req);
     async move {
         let bytes = started?.await.into_result()?;
         decode(&bytes)
@@ -88,9 +94,7 @@ where
     Req: Serialize + ?Sized,
     Resp: DeserializeOwned,
 {
-    let started = encode(req)
-        .map_err(CallError::from)
-        .and_then(|payload| start_call(addr, &payload))
+    let started = start_typed_call(addr, req)
         .map(|call| (call, SessionWait::open(sys::timeout(timer_ms(timeout)))));
     async move {
         let (mut call, mut timer) = started?;
