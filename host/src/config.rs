@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::runtime::Address;
+
 /// A node's configuration, as read from its node file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,8 +221,6 @@ impl NodeConfig {
         Ok(())
     }
 }
-
-use crate::runtime::Address;
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())]

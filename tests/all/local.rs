@@ -432,3 +432,14 @@ async fn an_idle_node_has_no_service_marked_ready() -> anyhow::Result<()> {
     t.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_first_service_answers() -> anyhow::Result<()> {
+    let t = TestNode::start()?;
+    let hello = t.spawn("hello").await?;
+    assert_eq!(t.node.query(".hello"), Some(hello));
+    let reply = within(t.client.call(hello, postcard::to_allocvec("skyhost")?)).await??;
+    assert_eq!(postcard::from_bytes::<String>(&reply)?, "hello, skyhost");
+    t.stop().await;
+    Ok(())
+}

@@ -168,11 +168,6 @@ impl Drop for Client {
     fn drop(&mut self) {
         self.kernel.remove_service(&self.handle);
         self.handle.mailbox.close(&self.kernel);
-        let _ = self.handle.mailbox.tx.send(Message {
-            kind: kind::SYSTEM,
-            source: self.handle.address,
-            session: 0,
-            payload: Vec::new(),
-        });
+        self.handle.mailbox.wake(self.handle.address);
     }
 }

@@ -173,6 +173,21 @@ impl Mailbox {
         kernel.sched.clear_ready(&self.ready);
     }
 
+    /// Wakes the service through its queue without counting against its
+    /// limit: `kill` and a dropped [`Client`] use it; the service drops it.
+    pub fn wake(&self, address: Address) {
+        let wake = Message {
+            kind: kind::SYSTEM,
+            source: address,
+            session: 0,
+            payload: Vec::new(),
+        };
+        self.len.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(wake).is_err() {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Called when the service has ended.
     pub fn close(&self, kernel: &Kernel) {
         self.closed.store(true, Ordering::SeqCst);
@@ -223,6 +238,11 @@ pub(crate) struct Kernel {
 }
 
 impl Kernel {
+    /// Monotonic time since the node started, in nanoseconds.
+    pub fn nanos_since_start(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// Runs `f` on the live service at `address`, if there is one.
     fn with_service<R>(&self, address: Address, f: impl FnOnce(&ServiceHandle) -> R) -> Option<R> {
         let services = self.services.pin();
@@ -238,13 +258,13 @@ impl Kernel {
     /// `UnknownAddress` when no such service is alive here; `Overloaded`
     /// when its mailbox is at its limit.
     pub fn deliver(&self, dest: Address, message: Message) -> Result<(), SendError> {
-        let services = self.services.pin();
-        let Some(handle) = services.get(&dest.local()) else {
-            return Err(SendError::UnknownAddress(dest));
-        };
-        if handle.address != dest {
-            return Err(SendError::UnknownAddress(dest));
-        }
+        self.with_service(dest, |handle| self.enqueue(handle, message))
+            .unwrap_or(Err(SendError::UnknownAddress(dest)))
+    }
+
+    /// Pushes `message` into the mailbox of the service behind `handle`.
+    fn enqueue(&self, handle: &ServiceHandle, message: Message) -> Result<(), SendError> {
+        let dest = handle.address;
         let mailbox = &handle.mailbox;
         let limit = self.limits.mailbox_limit;
         let len = mailbox.len.fetch_add(1, Ordering::Relaxed) + 1;
@@ -363,16 +383,7 @@ impl Kernel {
         self.with_service(target, |handle| {
             handle.killed.store(true, Ordering::Release);
             // Wakes the service if it is idle; the flag wins over queued messages.
-            let wake = Message {
-                kind: kind::SYSTEM,
-                source: target,
-                session: 0,
-                payload: Vec::new(),
-            };
-            handle.mailbox.len.fetch_add(1, Ordering::Relaxed);
-            if handle.mailbox.tx.send(wake).is_err() {
-                handle.mailbox.len.fetch_sub(1, Ordering::Relaxed);
-            }
+            handle.mailbox.wake(target);
         })
         .is_some()
     }

@@ -126,7 +126,10 @@ async fn serve(
         handle.mailbox.picked_up(kernel);
         if handle.killed.load(Ordering::Acquire) {
             handle.mailbox.taken(1);
-            requeue_lost(first, handle);
+            // Taken off the queue but never dispatched: still owed an answer.
+            if first.wants_reply() {
+                instance.owe(first.source, first.session);
+            }
             return End::killed();
         }
         push_unless_wake(&mut batch, first);
@@ -161,14 +164,6 @@ async fn serve(
 fn push_unless_wake(batch: &mut Vec<Message>, m: Message) {
     if m.kind != kind::SYSTEM {
         batch.push(m);
-    }
-}
-
-/// A message taken off the queue when the kill was seen: its caller still
-/// needs an answer, which `finish` gives to everything left in the queue.
-fn requeue_lost(m: Message, handle: &ServiceHandle) {
-    if m.wants_reply() {
-        let _ = handle.mailbox.tx.send(m);
     }
 }
 

@@ -341,6 +341,11 @@ impl Instance {
         result
     }
 
+    /// Records a request the service took and must answer (or fail).
+    pub fn owe(&mut self, caller: crate::runtime::Address, session: u32) {
+        self.store.data_mut().owe(caller, session);
+    }
+
     /// Whether the guest called `exit`.
     pub fn exit_requested(&self) -> bool {
         self.store.data().exit_requested()

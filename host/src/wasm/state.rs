@@ -1,9 +1,10 @@
 //! The data of a service's `Store`: what the host imports see and change.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmtime::{StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -78,7 +79,9 @@ pub(crate) struct ServiceState {
     cpu_used: Duration,
     cpu_budget: Duration,
     /// When the guest last started or resumed running.
-    resumed_at: Arc<Mutex<Instant>>,
+    /// (Nanoseconds since the node started; shared with the hog's yield,
+    /// which sets it when the guest resumes.)
+    resumed_at: Arc<AtomicU64>,
     /// Whether this piece of work has run past a whole time slice.
     hog: bool,
     /// When the current piece of work started: the "now" its timers count from,
@@ -114,7 +117,7 @@ impl ServiceState {
             cpu_used: Duration::ZERO,
             // Instantiation runs under one message's budget.
             cpu_budget: Duration::from_millis(limits.cpu_budget_ms),
-            resumed_at: Arc::new(Mutex::new(Instant::now())),
+            resumed_at: Arc::new(AtomicU64::new(kernel.nanos_since_start())),
             hog: false,
             work_started: tokio::time::Instant::now(),
         }
@@ -127,7 +130,8 @@ impl ServiceState {
         self.cpu_budget =
             per_message.saturating_mul(u32::try_from(messages.max(1)).unwrap_or(u32::MAX));
         self.work_started = tokio::time::Instant::now();
-        *lock(&self.resumed_at) = self.work_started.into_std();
+        self.resumed_at
+            .store(self.kernel.nanos_since_start(), Ordering::Relaxed);
     }
 
     /// The piece of work returned or trapped.
@@ -187,8 +191,9 @@ pub(crate) fn on_epoch_deadline(
     if state.handle.killed.load(Ordering::Acquire) {
         return Err(wasmtime::Error::new(Stop::Killed));
     }
-    let now = Instant::now();
-    let ran = now.saturating_duration_since(std::mem::replace(&mut *lock(&state.resumed_at), now));
+    let now = state.kernel.nanos_since_start();
+    let ran =
+        Duration::from_nanos(now.saturating_sub(state.resumed_at.swap(now, Ordering::Relaxed)));
     state.cpu_used += ran;
     if state.cpu_used > state.cpu_budget {
         return Err(wasmtime::Error::new(Stop::CpuBudget(
@@ -203,19 +208,15 @@ pub(crate) fn on_epoch_deadline(
         state.hog = true;
         state.kernel.sched.hog_started();
     }
-    let sched = state.kernel.sched.clone();
+    let kernel = state.kernel.clone();
     let resumed_at = state.resumed_at.clone();
     Ok(UpdateDeadline::YieldCustom(
         1,
         Box::pin(async move {
-            sched.hog_yield(slice).await;
-            *lock(&resumed_at) = Instant::now();
+            kernel.sched.clone().hog_yield(slice).await;
+            resumed_at.store(kernel.nanos_since_start(), Ordering::Relaxed);
         }),
     ))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl WasiView for ServiceState {
@@ -349,7 +350,7 @@ impl runtime::Host for ServiceState {
     }
 
     fn now(&mut self) -> u64 {
-        u64::try_from(self.kernel.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+        self.kernel.nanos_since_start() / 1_000
     }
 
     fn wall_time(&mut self) -> u64 {
