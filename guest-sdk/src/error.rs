@@ -15,6 +15,8 @@ pub enum SendError {
     TooLarge,
     /// The kind is reserved for the host; answer sessions with a `Responder`.
     ReservedKind,
+    /// The target's node (another harbor id) is not connected.
+    NodeDown,
     /// The value did not encode with postcard (the detail says why).
     Encode(String),
 }
@@ -26,6 +28,7 @@ impl From<sys::RawSendError> for SendError {
             sys::RawSendError::Overloaded => SendError::Overloaded,
             sys::RawSendError::TooLarge => SendError::TooLarge,
             sys::RawSendError::ReservedKind => SendError::ReservedKind,
+            sys::RawSendError::NodeDown => SendError::NodeDown,
         }
     }
 }
@@ -37,6 +40,7 @@ impl fmt::Display for SendError {
             SendError::Overloaded => f.write_str("target's mailbox is full"),
             SendError::TooLarge => f.write_str("payload too large"),
             SendError::ReservedKind => f.write_str("kind is reserved for the host"),
+            SendError::NodeDown => f.write_str("target's node is down"),
             SendError::Encode(detail) => write!(f, "message did not encode: {detail}"),
         }
     }
@@ -51,6 +55,8 @@ pub enum NameError {
     Invalid,
     /// Another service holds it.
     Taken,
+    /// A global name, and the harbor master is unreachable.
+    Unavailable,
 }
 
 impl From<sys::RawNameError> for NameError {
@@ -58,6 +64,7 @@ impl From<sys::RawNameError> for NameError {
         match raw {
             sys::RawNameError::Invalid => NameError::Invalid,
             sys::RawNameError::Taken => NameError::Taken,
+            sys::RawNameError::Unavailable => NameError::Unavailable,
         }
     }
 }
@@ -67,6 +74,7 @@ impl fmt::Display for NameError {
         match self {
             NameError::Invalid => f.write_str("invalid name"),
             NameError::Taken => f.write_str("name is taken"),
+            NameError::Unavailable => f.write_str("the harbor master is unreachable"),
         }
     }
 }

@@ -38,6 +38,11 @@ pub(crate) enum Effect {
     Kill(u32),
     Monitor(u32),
     Demonitor(u32),
+    /// A harbor request: what was asked, and its session.
+    Harbor {
+        session: u32,
+        request: String,
+    },
 }
 
 /// The fake host's state for the current thread (one service per thread).
@@ -211,4 +216,39 @@ pub(crate) fn wall_time() -> u64 {
 
 pub(crate) fn log(level: LogLevel, message: &str) {
     let _ = HOST.try_with(|h| h.borrow_mut().logs.push((level, message.to_owned())));
+}
+
+/// The fake `harbor` interface: each request records its session.
+pub(crate) mod harbor {
+    use super::{Effect, fresh_session, host, record};
+
+    fn ask(request: String) -> u32 {
+        let session = host(fresh_session);
+        record(Effect::Harbor { session, request });
+        session
+    }
+
+    pub(crate) fn id() -> u8 {
+        host(|h| (h.address & 0xff) as u8)
+    }
+
+    pub(crate) fn globalname(name: &str, target: u32) -> u32 {
+        ask(format!("globalname {name} {target}"))
+    }
+
+    pub(crate) fn queryname(name: &str, timeout_ms: u32) -> u32 {
+        ask(format!("queryname {name} {timeout_ms}"))
+    }
+
+    pub(crate) fn connect(id: u8) -> u32 {
+        ask(format!("connect {id}"))
+    }
+
+    pub(crate) fn link(id: u8) -> u32 {
+        ask(format!("link {id}"))
+    }
+
+    pub(crate) fn linkmaster() -> u32 {
+        ask("linkmaster".to_string())
+    }
 }

@@ -84,6 +84,7 @@ mod error;
 mod executor;
 #[cfg(test)]
 mod fake;
+pub mod harbor;
 pub mod log;
 mod message;
 mod node;

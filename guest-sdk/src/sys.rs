@@ -14,6 +14,12 @@ pub(crate) use crate::bindings::skyhost::service::runtime::{
     self_address, send, spawn, timeout, unregister, wall_time,
 };
 
+#[cfg(not(test))]
+pub(crate) use crate::bindings::skyhost::service::harbor;
+
+#[cfg(test)]
+pub(crate) use crate::fake::harbor;
+
 #[cfg(test)]
 pub(crate) use crate::fake::{
     call, demonitor, exit, kill, log, monitor, new_session, now, query, register, respond,

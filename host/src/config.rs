@@ -29,6 +29,73 @@ pub struct NodeConfig {
     /// Limits every service runs under.
     #[serde(default)]
     pub limits: Limits,
+    /// Membership of a harbor (several nodes, one address space); absent
+    /// for a single node.
+    #[serde(default)]
+    pub harbor: Option<HarborConfig>,
+}
+
+/// The `[harbor]` table: this node's harbor id, where it accepts links from
+/// other nodes, and where the master is (or that this node runs it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HarborConfig {
+    /// This node's harbor id, 1..=255 (the low 8 bits of its addresses).
+    pub id: u8,
+    /// Where this node accepts links from other nodes; port 0 picks one.
+    #[serde(default = "default_listen")]
+    pub address: String,
+    /// The master to join (`host:port`).
+    #[serde(default)]
+    pub master: Option<String>,
+    /// Run the master in this node, listening here (`host:port`, port 0 picks one).
+    #[serde(default)]
+    pub standalone: Option<String>,
+    /// The secret shared by every node of the harbor.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// A file holding the shared secret (trailing newline ignored).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Send a heartbeat after this long without traffic, in ms.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A link silent for this long is down, in ms.
+    #[serde(default = "default_dead_after_ms")]
+    pub dead_after_ms: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:0".to_string()
+}
+
+fn default_heartbeat_ms() -> u64 {
+    1_000
+}
+
+fn default_dead_after_ms() -> u64 {
+    5_000
+}
+
+impl HarborConfig {
+    /// A harbor member with the default address and timeouts.
+    pub fn new(id: u8, secret: &str) -> Self {
+        HarborConfig {
+            id,
+            address: default_listen(),
+            master: None,
+            standalone: None,
+            secret: Some(secret.to_string()),
+            secret_file: None,
+            heartbeat_ms: default_heartbeat_ms(),
+            dead_after_ms: default_dead_after_ms(),
+        }
+    }
+
+    /// The shared secret's bytes (read from `secret_file` at load).
+    pub fn secret_bytes(&self) -> Vec<u8> {
+        self.secret.clone().unwrap_or_default().into_bytes()
+    }
 }
 
 /// The first service of a node.
@@ -108,6 +175,7 @@ impl Default for NodeConfig {
             cache_dir: None,
             bootstrap: None,
             limits: Limits::default(),
+            harbor: None,
         }
     }
 }
@@ -162,6 +230,17 @@ impl NodeConfig {
         {
             *dir = base.join(&*dir);
         }
+        if let Some(h) = &mut config.harbor
+            && let Some(file) = &h.secret_file
+        {
+            let file = base.join(file);
+            let secret = std::fs::read_to_string(&file).map_err(|e| ConfigError::Invalid {
+                path: path.to_owned(),
+                line: find_key_line(&text, "secret_file"),
+                message: format!("key `secret_file`: {}: {e}", file.display()),
+            })?;
+            h.secret = Some(secret.trim_end_matches(['\n', '\r']).to_string());
+        }
         Ok(config)
     }
 
@@ -211,6 +290,51 @@ impl NodeConfig {
             && b.module.is_empty()
         {
             return Err(invalid("module", "must name a module".into()));
+        }
+        if let Some(h) = &self.harbor {
+            if h.id == 0 {
+                return Err(invalid("id", "harbor id must be 1..=255".into()));
+            }
+            match (&h.master, &h.standalone) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "standalone",
+                        "give either `master` or `standalone`, not both".into(),
+                    ));
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        "id",
+                        "[harbor] needs `master = \"host:port\"` or `standalone = \"host:port\"`"
+                            .into(),
+                    ));
+                }
+                _ => {}
+            }
+            match (&h.secret, &h.secret_file) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "secret_file",
+                        "give either `secret` or `secret_file`, not both".into(),
+                    ));
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        "id",
+                        "[harbor] needs `secret` or `secret_file`".into(),
+                    ));
+                }
+                (Some(s), None) if s.is_empty() => {
+                    return Err(invalid("secret", "must not be empty".into()));
+                }
+                _ => {}
+            }
+            if h.heartbeat_ms == 0 || h.dead_after_ms <= h.heartbeat_ms {
+                return Err(invalid(
+                    "dead_after_ms",
+                    "must be larger than heartbeat_ms, which must be at least 1".into(),
+                ));
+            }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return Err(invalid(

@@ -11,11 +11,14 @@
 //!  (runtime.send/call/respond)      (address table)               (batch ≤ 64)     (guest)
 //! ```
 //!
-//! It is not (yet) distributed: harbor, cluster and multicast build on the
-//! same `Message` and `Kernel::deliver`.
+//! Harbor nodes share one address space: a message for another node's
+//! address leaves through `harbor` and `transport` and arrives at that
+//! node's `Kernel::deliver`. Cluster and multicast build on the same path.
 
 pub mod config;
+pub mod harbor;
 pub mod runtime;
+pub mod transport;
 pub mod wasm;
 
 pub use config::NodeConfig;

@@ -1,5 +1,6 @@
 //! The `skyhost` command: run a node from its node file.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -58,6 +59,7 @@ fn run(node_file: &std::path::Path) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("log filter")?)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = config.threads {
@@ -65,7 +67,7 @@ fn run(node_file: &std::path::Path) -> anyhow::Result<()> {
     }
     let runtime = runtime.enable_all().thread_name("skyhost-worker").build()?;
     runtime.block_on(async {
-        let node = Node::start(&config)?;
+        let node = Node::launch(&config).await?;
         if let Some(boot) = &config.bootstrap {
             let address = node
                 .spawn(&boot.module, boot.args.as_bytes())
@@ -91,6 +93,7 @@ fn bench_main(ids: &[String], json: bool, threads: Option<usize>) -> anyhow::Res
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("log filter")?)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = threads {

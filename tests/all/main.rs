@@ -1,5 +1,6 @@
 //! skyhost's integration tests: one binary of modules, so the machine links once.
 
 mod cli;
+mod harbor;
 mod local;
 mod support;

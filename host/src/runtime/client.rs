@@ -136,6 +136,46 @@ impl Client {
         })
     }
 
+    /// The address of global `name` on this node's harbor, waiting until it
+    /// exists, at most `timeout`.
+    ///
+    /// # Errors
+    /// `Timeout` when it did not appear in time; `NodeDown` when the master
+    /// is unreachable or the node is not in a harbor.
+    pub async fn queryname(&self, name: &str, timeout: Duration) -> Result<Address, CallError> {
+        let Some(harbor) = self.kernel.remote.get() else {
+            return Err(CallError::Failed {
+                cause: super::ErrorCause::NodeDown,
+                detail: "this node is not in a harbor".into(),
+            });
+        };
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(session, tx);
+        let ms = u32::try_from(timeout.as_millis().max(1)).unwrap_or(u32::MAX);
+        let waiter = crate::harbor::Waiter {
+            to: self.address(),
+            session,
+        };
+        harbor.queryname(name, ms, waiter);
+        let reply = rx.await.map_err(|_| CallError::NodeStopped)?;
+        if reply.kind == kind::ERROR {
+            return Err(CallError::from_error_payload(&reply.payload));
+        }
+        let raw: [u8; 4] = reply
+            .payload
+            .as_slice()
+            .try_into()
+            .map_err(|_| CallError::Failed {
+                cause: super::ErrorCause::Service,
+                detail: "queryname answered something that is not an address".into(),
+            })?;
+        Ok(Address(u32::from_le_bytes(raw)))
+    }
+
     /// [`call`](Self::call) with a deadline; a late reply is dropped.
     ///
     /// # Errors

@@ -124,6 +124,9 @@ pub enum SendError {
     /// The kind is reserved for the host.
     #[error("message kind {0} is reserved for the host")]
     ReservedKind(u8),
+    /// The target's node is not connected.
+    #[error("the node of {0} is down")]
+    NodeDown(Address),
 }
 
 impl SendError {
@@ -132,6 +135,7 @@ impl SendError {
         match self {
             SendError::UnknownAddress(_) => ErrorCause::UnknownAddress,
             SendError::Overloaded(_) => ErrorCause::Overloaded,
+            SendError::NodeDown(_) => ErrorCause::NodeDown,
             SendError::TooLarge { .. } | SendError::ReservedKind(_) => ErrorCause::Service,
         }
     }

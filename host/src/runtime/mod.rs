@@ -24,7 +24,7 @@ mod timer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -36,6 +36,7 @@ pub use client::Client;
 pub use message::{CallError, ErrorCause, Message, SendError, Session, kind};
 
 use crate::config::{Limits, NodeConfig};
+use crate::harbor::{GlobalNameError, Harbor};
 use crate::wasm::{ModuleError, WasmRuntime};
 
 /// The longest a name may be, in bytes.
@@ -55,6 +56,9 @@ pub enum NameError {
         /// Who holds it.
         holder: Address,
     },
+    /// A global name, and the harbor master is unreachable.
+    #[error("global name `{0}`: the harbor master is unreachable")]
+    Unavailable(String),
 }
 
 /// Why a service could not be started.
@@ -232,6 +236,8 @@ pub(crate) struct Kernel {
     live: AtomicUsize,
     names: Mutex<HashMap<String, Address>>,
     timers: timer::Timers,
+    /// The link to the other nodes, on a harbor node.
+    pub remote: OnceLock<Arc<Harbor>>,
     pub sched: Arc<sched::Scheduler>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
@@ -258,8 +264,22 @@ impl Kernel {
     /// `UnknownAddress` when no such service is alive here; `Overloaded`
     /// when its mailbox is at its limit.
     pub fn deliver(&self, dest: Address, message: Message) -> Result<(), SendError> {
+        if dest.harbor() != self.harbor
+            && let Some(harbor) = self.remote.get()
+        {
+            return harbor.forward(dest, message);
+        }
         self.with_service(dest, |handle| self.enqueue(handle, message))
             .unwrap_or(Err(SendError::UnknownAddress(dest)))
+    }
+
+    /// The harbor, when `name` is global and this node is in one.
+    fn global(&self, name: &str) -> Option<&Arc<Harbor>> {
+        if name.starts_with('.') {
+            None
+        } else {
+            self.remote.get()
+        }
     }
 
     /// Pushes `message` into the mailbox of the service behind `handle`.
@@ -343,7 +363,9 @@ impl Kernel {
         if !names.is_empty() {
             let mut table = self.names.lock().unwrap_or_else(|e| e.into_inner());
             for n in names {
-                if table.get(&n) == Some(&handle.address) {
+                if let Some(harbor) = self.global(&n) {
+                    harbor.unregister(&n, handle.address);
+                } else if table.get(&n) == Some(&handle.address) {
                     table.remove(&n);
                 }
             }
@@ -375,6 +397,11 @@ impl Kernel {
             }
         };
         let (handle, rx) = self.insert_service(module.name.clone());
+        if self.shutdown.is_cancelled() {
+            // Shutdown's sweep may have missed it: it went in after the sweep.
+            handle.killed.store(true, Ordering::Release);
+            handle.mailbox.wake(handle.address);
+        }
         service::run(self, handle, rx, module, args, ready).await;
     }
 
@@ -392,6 +419,20 @@ impl Kernel {
     pub fn register_name(&self, name: &str, handle: &ServiceHandle) -> Result<(), NameError> {
         if name.is_empty() || name == "." || name.len() > MAX_NAME_LEN {
             return Err(NameError::Invalid(name.to_string()));
+        }
+        if let Some(harbor) = self.global(name) {
+            let mut w = handle.watch();
+            if w.dead {
+                return Err(NameError::Invalid(name.to_string()));
+            }
+            harbor.register(name, handle.address).map_err(|e| match e {
+                GlobalNameError::Taken { name, holder } => NameError::Taken { name, holder },
+                GlobalNameError::Unavailable => NameError::Unavailable(name.to_string()),
+            })?;
+            if !w.names.iter().any(|n| n == name) {
+                w.names.push(name.to_string());
+            }
+            return Ok(());
         }
         let mut table = self.names.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(&holder) = table.get(name) {
@@ -412,8 +453,49 @@ impl Kernel {
         Ok(())
     }
 
+    /// Registers global `name` for the local service `target` through the
+    /// master; `waiter` hears the master's answer. The name goes when
+    /// `target` ends.
+    pub fn register_global_confirmed(
+        &self,
+        harbor: &Harbor,
+        name: &str,
+        target: Address,
+        waiter: crate::harbor::Waiter,
+    ) {
+        let recorded = self.with_service(target, |handle| {
+            let mut w = handle.watch();
+            if w.dead {
+                return false;
+            }
+            if !w.names.iter().any(|n| n == name) {
+                w.names.push(name.to_string());
+            }
+            true
+        });
+        if recorded != Some(true) {
+            let m = Message::error(
+                waiter.to,
+                waiter.session,
+                ErrorCause::UnknownAddress,
+                &format!("global name `{name}`: {target} is not a live service of this node"),
+            );
+            let _ = self.deliver(waiter.to, m);
+            return;
+        }
+        harbor.register_confirmed(name, target, waiter);
+    }
+
     /// Removes `name` if the service behind `handle` holds it.
     pub fn unregister_name(&self, name: &str, handle: &ServiceHandle) {
+        if let Some(harbor) = self.global(name) {
+            let mut w = handle.watch();
+            if let Some(i) = w.names.iter().position(|n| n == name) {
+                w.names.swap_remove(i);
+                harbor.unregister(name, handle.address);
+            }
+            return;
+        }
         let mut table = self.names.lock().unwrap_or_else(|e| e.into_inner());
         if table.get(name) == Some(&handle.address) {
             table.remove(name);
@@ -423,6 +505,9 @@ impl Kernel {
 
     /// The address holding `name`.
     pub fn query_name(&self, name: &str) -> Option<Address> {
+        if let Some(harbor) = self.global(name) {
+            return harbor.query(name);
+        }
         self.names
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -495,6 +580,41 @@ impl Node {
     /// # Errors
     /// When the wasm engine cannot be built for these limits.
     pub fn start(config: &NodeConfig) -> Result<Node, NodeError> {
+        if let Some(h) = &config.harbor {
+            return Err(NodeError::Harbor(format!(
+                "harbor {}: a harbor node starts with Node::launch",
+                h.id
+            )));
+        }
+        Self::build(config)
+    }
+
+    /// Starts a node, and on a harbor node binds its listeners, starts the
+    /// master when `standalone`, and joins the harbor before returning.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    ///
+    /// # Errors
+    /// When the wasm engine cannot be built, a listener cannot be bound, or
+    /// the master refuses the join (its reason names the id and holder).
+    pub async fn launch(config: &NodeConfig) -> Result<Node, NodeError> {
+        let node = Self::build(config)?;
+        if let Some(h) = &config.harbor {
+            match Harbor::start(&node.kernel, h).await {
+                Ok(harbor) => {
+                    let _ = node.kernel.remote.set(harbor);
+                }
+                Err(e) => {
+                    node.shutdown().await;
+                    return Err(NodeError::Harbor(e.to_string()));
+                }
+            }
+        }
+        Ok(node)
+    }
+
+    fn build(config: &NodeConfig) -> Result<Node, NodeError> {
         let limits = config.limits.resolved();
         let wasm = WasmRuntime::new(
             &limits,
@@ -504,7 +624,7 @@ impl Node {
         .map_err(|e| NodeError::Engine(format!("{e:#}")))?;
         let (timers, timer_rx) = timer::Timers::new();
         let kernel = Arc::new(Kernel {
-            harbor: HarborId(0),
+            harbor: HarborId(config.harbor.as_ref().map_or(0, |h| h.id)),
             limits,
             wasm,
             started: Instant::now(),
@@ -513,6 +633,7 @@ impl Node {
             live: AtomicUsize::new(0),
             names: Mutex::new(HashMap::new()),
             timers,
+            remote: OnceLock::new(),
             sched: Arc::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
@@ -576,9 +697,47 @@ impl Node {
         self.kernel.with_service(address, |h| h.mailbox.len())
     }
 
+    /// This node's harbor id (0 for a single node).
+    pub fn harbor_id(&self) -> HarborId {
+        self.kernel.harbor
+    }
+
+    /// Where this harbor node accepts links from other nodes.
+    pub fn harbor_listen(&self) -> Option<std::net::SocketAddr> {
+        self.kernel.remote.get().map(|h| h.listen)
+    }
+
+    /// The master this harbor node joined (the bound address when it runs
+    /// the master itself).
+    pub fn master_address(&self) -> Option<String> {
+        self.kernel.remote.get().map(|h| h.master_address.clone())
+    }
+
+    /// The harbor ids this node has a live link to, in order.
+    pub fn connected(&self) -> Vec<u8> {
+        self.kernel
+            .remote
+            .get()
+            .map(|h| h.connected())
+            .unwrap_or_default()
+    }
+
+    /// Whether this harbor node's link to the master is up.
+    pub fn master_up(&self) -> bool {
+        self.kernel.remote.get().is_some_and(|h| h.master_up())
+    }
+
+    /// Messages dropped because their node was down, since start.
+    pub fn dropped_to_down_nodes(&self) -> u64 {
+        self.kernel.remote.get().map_or(0, |h| h.dropped())
+    }
+
     /// Stops every service (their pending sessions end with an error) and
     /// waits for every task of the node to finish.
     pub async fn shutdown(&self) {
+        if let Some(harbor) = self.kernel.remote.get() {
+            harbor.stop().await;
+        }
         self.kernel.shutdown.cancel();
         let addresses: Vec<Address> = self
             .kernel
@@ -610,4 +769,7 @@ pub enum NodeError {
     /// could not reserve its address space).
     #[error("wasm engine: {0}")]
     Engine(String),
+    /// The node could not join its harbor.
+    #[error("{0}")]
+    Harbor(String),
 }

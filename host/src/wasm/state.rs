@@ -9,7 +9,7 @@ use std::time::Duration;
 use wasmtime::{StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::skyhost::service::{runtime, types};
+use super::bindings::skyhost::service::{harbor, runtime, types};
 use super::stdio::{LogOutput, Stream};
 use crate::runtime::{Address, ErrorCause, Kernel, Message, SendError, ServiceHandle, kind};
 
@@ -169,6 +169,7 @@ impl ServiceState {
                 SendError::Overloaded(_) => types::SendError::Overloaded,
                 SendError::TooLarge { .. } => types::SendError::TooLarge,
                 SendError::ReservedKind(_) => types::SendError::ReservedKind,
+                SendError::NodeDown(_) => types::SendError::NodeDown,
             })
     }
 
@@ -301,6 +302,7 @@ impl runtime::Host for ServiceState {
             .map_err(|e| match e {
                 crate::runtime::NameError::Invalid(_) => types::NameError::Invalid,
                 crate::runtime::NameError::Taken { .. } => types::NameError::Taken,
+                crate::runtime::NameError::Unavailable(_) => types::NameError::Unavailable,
             })
     }
 
@@ -378,5 +380,80 @@ impl runtime::Host for ServiceState {
                 tracing::error!(target: "skyhost::guest", "{message}")
             }
         }
+    }
+}
+
+impl ServiceState {
+    /// A fresh session that `answer` ends: with the harbor when this node
+    /// has one, or at once with `alone` as an `error` on a single node.
+    fn harbor_session(
+        &mut self,
+        alone: &str,
+        answer: impl FnOnce(&std::sync::Arc<crate::harbor::Harbor>, crate::harbor::Waiter),
+    ) -> u32 {
+        let session = self.fresh_session();
+        let waiter = crate::harbor::Waiter {
+            to: self.address,
+            session,
+        };
+        match self.kernel.remote.get() {
+            Some(h) => answer(h, waiter),
+            None => {
+                let m = Message::error(self.address, session, ErrorCause::NodeDown, alone);
+                let _ = self.kernel.deliver(self.address, m);
+            }
+        }
+        session
+    }
+}
+
+const NOT_IN_A_HARBOR: &str = "this node is not in a harbor";
+
+impl harbor::Host for ServiceState {
+    fn id(&mut self) -> u8 {
+        self.kernel.harbor.0
+    }
+
+    fn globalname(&mut self, name: String, target: u32) -> u32 {
+        let target = Address(target);
+        let kernel = self.kernel.clone();
+        self.harbor_session(NOT_IN_A_HARBOR, move |h, waiter| {
+            if name.starts_with('.') || name.is_empty() || name.len() > crate::runtime::MAX_NAME_LEN
+            {
+                let m = Message::error(
+                    waiter.to,
+                    waiter.session,
+                    ErrorCause::Service,
+                    &format!("`{name}` is not a global name"),
+                );
+                let _ = kernel.deliver(waiter.to, m);
+                return;
+            }
+            kernel.register_global_confirmed(h, &name, target, waiter);
+        })
+    }
+
+    fn queryname(&mut self, name: String, timeout_ms: u32) -> u32 {
+        self.harbor_session(NOT_IN_A_HARBOR, |h, waiter| {
+            h.queryname(&name, timeout_ms, waiter)
+        })
+    }
+
+    fn connect(&mut self, id: u8) -> u32 {
+        self.harbor_session(NOT_IN_A_HARBOR, |h, waiter| {
+            h.watch(crate::harbor::Watch::Connect(id), waiter);
+        })
+    }
+
+    fn link(&mut self, id: u8) -> u32 {
+        self.harbor_session(NOT_IN_A_HARBOR, |h, waiter| {
+            h.watch(crate::harbor::Watch::Link(id), waiter);
+        })
+    }
+
+    fn linkmaster(&mut self) -> u32 {
+        self.harbor_session(NOT_IN_A_HARBOR, |h, waiter| {
+            h.watch(crate::harbor::Watch::LinkMaster, waiter);
+        })
     }
 }

@@ -10,8 +10,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use skyhost_sdk::{
-    Address, Message, Reply, Service, call, exit, export_service, kind, monitor, query, register,
-    send_raw, sleep, spawn_raw,
+    Address, Message, Reply, Service, call, exit, export_service, harbor, kind, monitor, query,
+    register, self_address, send_raw, sleep, spawn_raw,
 };
 use skyhost_test_proto::{Command, Reply as Answer, TrapKind};
 
@@ -24,7 +24,16 @@ struct Testkit {
 }
 
 impl Service for Testkit {
-    fn init(_args: Vec<u8>) -> Result<Self, String> {
+    fn init(args: Vec<u8>) -> Result<Self, String> {
+        // `name=<n>` registers a name at start (global on a harbor node
+        // when it has no leading dot), so tests can find services that a
+        // node file started.
+        let args = String::from_utf8_lossy(&args);
+        for word in args.split_whitespace() {
+            if let Some(name) = word.strip_prefix("name=") {
+                register(name).map_err(|e| format!("register {name}: {e}"))?;
+            }
+        }
         Ok(Testkit {
             counted: Cell::new(0),
             exits: RefCell::new(Vec::new()),
@@ -118,6 +127,29 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
             Answer::Addresses(addresses)
         }
         Command::Spin => spin(),
+        Command::GlobalName(name) => match harbor::globalname(&name, self_address()).await {
+            Ok(()) => Answer::Unit,
+            Err(e) => Answer::Failed(format!("globalname {name}: {e}")),
+        },
+        Command::QueryName { name, timeout_ms } => {
+            let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into()));
+            match harbor::queryname(&name, timeout).await {
+                Ok(address) => Answer::Address(address.0),
+                Err(e) => Answer::Failed(format!("queryname {name}: {e}")),
+            }
+        }
+        Command::HarborId => Answer::Count(harbor::id().into()),
+        Command::HarborWait { what, id } => {
+            let done = match what {
+                0 => harbor::connect(id).await,
+                1 => harbor::link(id).await,
+                _ => harbor::linkmaster().await,
+            };
+            match done {
+                Ok(()) => Answer::Unit,
+                Err(e) => Answer::Failed(format!("harbor wait {what} {id}: {e}")),
+            }
+        }
         Command::Exit { .. } | Command::Timers(_) => {
             Answer::Failed("testkit: handled before run".into())
         }

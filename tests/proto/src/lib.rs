@@ -90,6 +90,27 @@ pub enum Command {
     },
     /// Spin forever without yielding; never answers (for preemption tests).
     Spin,
+    /// Register a global name for this service through the harbor master
+    /// and wait for its answer. Answers `Unit` or `Failed`.
+    GlobalName(String),
+    /// Wait for a global name (at most `timeout_ms`, 0 = no limit).
+    /// Answers `Address` or `Failed`.
+    QueryName {
+        /// The name.
+        name: String,
+        /// How long to wait.
+        timeout_ms: u32,
+    },
+    /// This node's harbor id. Answers `Count`.
+    HarborId,
+    /// Wait for a harbor event: 0 = id connected, 1 = id disconnected,
+    /// 2 = master link down. Answers `Unit` or `Failed`.
+    HarborWait {
+        /// Which event.
+        what: u8,
+        /// The harbor id it is about.
+        id: u8,
+    },
 }
 
 /// How a testkit service dies for `Command::Trap`.

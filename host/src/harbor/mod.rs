@@ -1,0 +1,1133 @@
+//! Harbor: up to 255 nodes sharing one 32-bit address space.
+//!
+//! ```text
+//!            master (directory + global names)
+//!           /        |         \          one master link per node (node dials)
+//!      node 1 ─── node 2 ─── node 3       one peer link per pair (higher id dials lower)
+//! ```
+//!
+//! The low 8 bits of an address name its node. [`Kernel::deliver`] hands a
+//! message for another harbor id to [`Harbor::forward`], which puts it on
+//! that node's [`Peer`] channel; the peer's task owns the connection and
+//! writes it out through the transport. On the other side the peer's
+//! [`LinkHandler`] delivers it into the local mailbox. A guest sees no
+//! difference except latency.
+//!
+//! Who owns what:
+//! - [`Harbor`] (one per harbor node, held by its [`Kernel`]): the peer
+//!   table (256 slots), the directory the master sent, the global-name
+//!   replica, waiting `queryname`s and up/down watchers.
+//! - [`Peer`] (one per other node): the sending side of its queue and the
+//!   requests in flight to it. One task per peer owns the receiving side
+//!   and the connection, dials (or waits to be dialled), and on a drop
+//!   fails every request in flight with `NodeDown`.
+//! - [`master::Master`]: directory and global names, in a standalone node
+//!   or on its own; it tells every node of joins, leaves and names.
+//!
+//! Every session ends: a request to a node that is down fails at once
+//! (`node-down`), a request in flight when its link drops gets an `error`
+//! with cause `NodeDown`, and a `queryname` ends with the address, its
+//! caller's timeout, or an error when the master is unreachable.
+
+pub mod master;
+pub mod proto;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use backon::BackoffBuilder;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::HarborConfig;
+use crate::runtime::{Address, ErrorCause, HarborId, Kernel, Message, SendError, Session, kind};
+use crate::transport::{Connection, Envelope, LinkConfig, LinkHandler, Outgoing};
+use proto::{Control, MASTER_PROTOCOL, PEER_PROTOCOL};
+
+/// Why a harbor node could not start or a harbor request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HarborError {
+    /// A listener could not be bound.
+    #[error("harbor {id}: cannot listen on {address}: {source}")]
+    Listen {
+        /// This node's harbor id.
+        id: u8,
+        /// The address asked for.
+        address: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The master could not be reached or refused the join.
+    #[error("harbor {id}: joining the master at {master}: {reason}")]
+    Join {
+        /// This node's harbor id.
+        id: u8,
+        /// The master's address.
+        master: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The settings every link of a harbor node is made with.
+#[derive(Clone)]
+struct LinkSettings {
+    secret: Arc<[u8]>,
+    heartbeat: Duration,
+    dead_after: Duration,
+    max_payload: usize,
+}
+
+impl LinkSettings {
+    fn config(&self, protocol: &str, name: String) -> LinkConfig {
+        let mut c = LinkConfig::new(protocol, name, self.secret.clone());
+        c.heartbeat = self.heartbeat;
+        c.dead_after = self.dead_after;
+        c.max_payload = self.max_payload;
+        c
+    }
+}
+
+/// Who waits for an answer from the harbor: a session of a service (or a
+/// host client, which has an address too).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Waiter {
+    pub to: Address,
+    pub session: Session,
+}
+
+impl Waiter {
+    fn respond(self, kernel: &Kernel, source: Address, payload: Vec<u8>) {
+        let m = Message {
+            kind: kind::RESPONSE,
+            source,
+            session: self.session,
+            payload,
+        };
+        let _ = kernel.deliver(self.to, m);
+    }
+
+    fn fail(self, kernel: &Kernel, cause: ErrorCause, detail: &str) {
+        let _ = kernel.deliver(
+            self.to,
+            Message::error(self.to, self.session, cause, detail),
+        );
+    }
+}
+
+/// What a watcher waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Watch {
+    /// Harbor id N is connected.
+    Connect(u8),
+    /// Harbor id N is disconnected.
+    Link(u8),
+    /// The link to the master is down.
+    LinkMaster,
+}
+
+/// The replica of the global names, and who waits on them.
+#[derive(Default)]
+struct Names {
+    /// Every global name, as the master last told.
+    table: HashMap<String, Address>,
+    /// Names held by this node's services (registered again after the
+    /// master comes back).
+    own: HashMap<String, Address>,
+    /// `queryname`s waiting for a name to appear, with their ids.
+    waiting: HashMap<String, Vec<(u64, Waiter)>>,
+    /// `globalname` requests waiting for the master's answer.
+    registering: HashMap<u32, Waiter>,
+    next_id: u64,
+}
+
+/// One other node of the harbor, as seen from here.
+pub(crate) struct Peer {
+    id: u8,
+    tx: mpsc::UnboundedSender<Outgoing<Control>>,
+    incoming: mpsc::UnboundedSender<Connection<Control>>,
+    inflight: Mutex<Inflight>,
+    up: AtomicBool,
+    /// Cancelled when the master says the node is gone.
+    gone: CancellationToken,
+}
+
+/// Requests sent to a peer and not answered yet: `(caller, session)`.
+#[derive(Default)]
+struct Inflight {
+    closed: bool,
+    calls: HashSet<(u32, u32)>,
+}
+
+impl Peer {
+    fn inflight(&self) -> MutexGuard<'_, Inflight> {
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The harbor side of one node.
+pub(crate) struct Harbor {
+    pub id: HarborId,
+    kernel: Weak<Kernel>,
+    links: LinkSettings,
+    /// Where this node accepts peer links.
+    pub listen: SocketAddr,
+    /// The master's address.
+    pub master_address: String,
+    peers: Vec<ArcSwapOption<Peer>>,
+    /// Serializes peer creation so there is one task per peer.
+    peer_lock: Mutex<()>,
+    /// The master's link, while it is up.
+    master_tx: Mutex<Option<mpsc::UnboundedSender<Outgoing<Control>>>>,
+    names: Mutex<Names>,
+    watchers: Mutex<Vec<(Watch, Waiter)>>,
+    next_request: AtomicU32,
+    dropped: AtomicU64,
+    cancel: CancellationToken,
+    /// The master this node runs, when it is `standalone`.
+    master: Mutex<Option<master::Master>>,
+}
+
+impl Harbor {
+    /// Binds the listeners, starts the master when standalone, joins the
+    /// master and starts the peer links.
+    ///
+    /// # Errors
+    /// [`HarborError`] when a listener cannot be bound or the join fails.
+    pub(crate) async fn start(
+        kernel: &Arc<Kernel>,
+        config: &HarborConfig,
+    ) -> Result<Arc<Harbor>, HarborError> {
+        let id = config.id;
+        let links = LinkSettings {
+            secret: config.secret_bytes().into(),
+            heartbeat: Duration::from_millis(config.heartbeat_ms),
+            dead_after: Duration::from_millis(config.dead_after_ms),
+            max_payload: kernel.limits.max_payload,
+        };
+        let cancel = kernel.shutdown.child_token();
+        let mut running_master = None;
+        let master_address = match (&config.master, &config.standalone) {
+            (_, Some(listen)) => {
+                let m = master::Master::start(
+                    listen,
+                    links.secret.clone(),
+                    links.heartbeat,
+                    links.dead_after,
+                )
+                .await
+                .map_err(|source| HarborError::Listen {
+                    id,
+                    address: listen.clone(),
+                    source,
+                })?;
+                let address = m.address().to_string();
+                running_master = Some(m);
+                address
+            }
+            (Some(master), None) => master.clone(),
+            (None, None) => {
+                return Err(HarborError::Join {
+                    id,
+                    master: String::new(),
+                    reason: "neither `master` nor `standalone` is set".into(),
+                });
+            }
+        };
+        let listener =
+            TcpListener::bind(&config.address)
+                .await
+                .map_err(|source| HarborError::Listen {
+                    id,
+                    address: config.address.clone(),
+                    source,
+                })?;
+        let listen = listener
+            .local_addr()
+            .map_err(|source| HarborError::Listen {
+                id,
+                address: config.address.clone(),
+                source,
+            })?;
+        tracing::info!(harbor = id, address = %listen, "harbor listening");
+        let harbor = Arc::new(Harbor {
+            id: HarborId(id),
+            kernel: Arc::downgrade(kernel),
+            links,
+            listen,
+            master_address,
+            peers: (0..256).map(|_| ArcSwapOption::empty()).collect(),
+            peer_lock: Mutex::new(()),
+            master_tx: Mutex::new(None),
+            names: Mutex::new(Names::default()),
+            watchers: Mutex::new(Vec::new()),
+            next_request: AtomicU32::new(1),
+            dropped: AtomicU64::new(0),
+            cancel,
+            master: Mutex::new(running_master),
+        });
+        let join_failed = |reason: String| HarborError::Join {
+            id,
+            master: harbor.master_address.clone(),
+            reason,
+        };
+        let span = tracing::info_span!("harbor", id);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        kernel
+            .tasks
+            .spawn(master_loop(harbor.clone(), ready_tx).instrument(span.clone()));
+        let joined = match tokio::time::timeout(harbor.links.dead_after * 2, ready_rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("node stopped".to_string()),
+            Err(_) => Err(format!(
+                "no answer within {:?}",
+                harbor.links.dead_after * 2
+            )),
+        };
+        if let Err(reason) = joined {
+            harbor.stop().await;
+            return Err(join_failed(reason));
+        }
+        kernel
+            .tasks
+            .spawn(accept_loop(harbor.clone(), listener).instrument(span));
+        Ok(harbor)
+    }
+
+    fn kernel(&self) -> Option<Arc<Kernel>> {
+        self.kernel.upgrade()
+    }
+
+    fn name(&self) -> String {
+        self.id.0.to_string()
+    }
+
+    /// Sends `message` to `dest` on another node.
+    ///
+    /// # Errors
+    /// `NodeDown` when no link to its node exists.
+    pub fn forward(&self, dest: Address, message: Message) -> Result<(), SendError> {
+        let harbor = dest.harbor().0;
+        let slot = self.peers[usize::from(harbor)].load();
+        let Some(peer) = slot.as_deref() else {
+            self.count_dropped(harbor, 1);
+            return Err(SendError::NodeDown(dest));
+        };
+        let envelope = Envelope {
+            dest: dest.0,
+            source: message.source.0,
+            session: message.session,
+            kind: message.kind,
+            tenant: 0,
+        };
+        let item = Outgoing::Message(envelope, message.payload);
+        if message.kind == kind::REQUEST && message.session != 0 {
+            let mut inflight = peer.inflight();
+            if inflight.closed {
+                return Err(SendError::NodeDown(dest));
+            }
+            inflight.calls.insert((message.source.0, message.session));
+            if peer.tx.send(item).is_err() {
+                inflight.calls.remove(&(message.source.0, message.session));
+                return Err(SendError::NodeDown(dest));
+            }
+        } else if peer.tx.send(item).is_err() {
+            self.count_dropped(harbor, 1);
+            return Err(SendError::NodeDown(dest));
+        }
+        Ok(())
+    }
+
+    fn count_dropped(&self, harbor: u8, n: u64) {
+        let before = self.dropped.fetch_add(n, Ordering::Relaxed);
+        let after = before + n;
+        // Logged at 1, 2, 4, 8, ... so a flood to a dead node stays readable.
+        if (before + 1).next_power_of_two() <= after || before == 0 {
+            tracing::warn!(
+                harbor,
+                dropped_total = after,
+                "messages to a node that is down were dropped"
+            );
+        }
+    }
+
+    /// Messages dropped because their node was down, since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The harbor ids this node has a live link to.
+    pub fn connected(&self) -> Vec<u8> {
+        (1..=255u8)
+            .filter(|&i| {
+                self.peers[usize::from(i)]
+                    .load()
+                    .as_deref()
+                    .is_some_and(|p| p.up.load(Ordering::Acquire))
+            })
+            .collect()
+    }
+
+    /// Whether the link to the master is up.
+    pub fn master_up(&self) -> bool {
+        self.master_tx().is_some()
+    }
+
+    fn master_tx(&self) -> Option<mpsc::UnboundedSender<Outgoing<Control>>> {
+        self.master_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn names(&self) -> MutexGuard<'_, Names> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a global name without waiting for the master's answer.
+    ///
+    /// # Errors
+    /// `Taken` if another service holds it; `Unavailable` when the master
+    /// is unreachable.
+    pub fn register(&self, name: &str, address: Address) -> Result<(), GlobalNameError> {
+        self.claim(name, address)?;
+        self.send_master(Control::Register {
+            request: 0,
+            name: name.to_string(),
+            address: address.0,
+        })
+    }
+
+    /// Registers a global name; `waiter` gets the master's answer.
+    pub fn register_confirmed(&self, name: &str, address: Address, waiter: Waiter) {
+        let Some(kernel) = self.kernel() else { return };
+        if let Err(e) = self.claim(name, address) {
+            let cause = match e {
+                GlobalNameError::Taken { .. } => ErrorCause::Service,
+                GlobalNameError::Unavailable => ErrorCause::NodeDown,
+            };
+            return waiter.fail(&kernel, cause, &e.to_string());
+        }
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed).max(1);
+        self.names().registering.insert(request, waiter);
+        let sent = self.send_master(Control::Register {
+            request,
+            name: name.to_string(),
+            address: address.0,
+        });
+        if let Err(e) = sent
+            && let Some(w) = self.names().registering.remove(&request)
+        {
+            w.fail(&kernel, ErrorCause::NodeDown, &e.to_string());
+        }
+    }
+
+    /// Checks a global name is free (or ours) and records it as ours.
+    fn claim(&self, name: &str, address: Address) -> Result<(), GlobalNameError> {
+        if !self.master_up() {
+            return Err(GlobalNameError::Unavailable);
+        }
+        let mut names = self.names();
+        if let Some(&holder) = names.table.get(name)
+            && holder != address
+        {
+            return Err(GlobalNameError::Taken {
+                name: name.to_string(),
+                holder,
+            });
+        }
+        names.own.insert(name.to_string(), address);
+        names.table.insert(name.to_string(), address);
+        Ok(())
+    }
+
+    /// Drops a global name held by `address`.
+    pub fn unregister(&self, name: &str, address: Address) {
+        {
+            let mut names = self.names();
+            if names.own.get(name) == Some(&address) {
+                names.own.remove(name);
+            }
+            if names.table.get(name) == Some(&address) {
+                names.table.remove(name);
+            }
+        }
+        let _ = self.send_master(Control::Unregister {
+            name: name.to_string(),
+            address: address.0,
+        });
+    }
+
+    fn send_master(&self, control: Control) -> Result<(), GlobalNameError> {
+        match self.master_tx() {
+            Some(tx) if tx.send(Outgoing::Control(control)).is_ok() => Ok(()),
+            _ => Err(GlobalNameError::Unavailable),
+        }
+    }
+
+    /// The address holding a global name, as this node knows it now.
+    pub fn query(&self, name: &str) -> Option<Address> {
+        self.names().table.get(name).copied()
+    }
+
+    /// Answers `waiter` with the address of `name` (4 bytes, little-endian)
+    /// once it exists, or an error after `timeout_ms` (0: wait as long as
+    /// the master is reachable) or when the master is unreachable.
+    pub fn queryname(self: &Arc<Self>, name: &str, timeout_ms: u32, waiter: Waiter) {
+        let Some(kernel) = self.kernel() else { return };
+        let id = {
+            let mut names = self.names();
+            if let Some(&a) = names.table.get(name) {
+                drop(names);
+                return waiter.respond(&kernel, a, a.0.to_le_bytes().to_vec());
+            }
+            if !self.master_up() {
+                drop(names);
+                return waiter.fail(
+                    &kernel,
+                    ErrorCause::NodeDown,
+                    &format!("global name `{name}`: the harbor master is unreachable"),
+                );
+            }
+            names.next_id += 1;
+            let id = names.next_id;
+            names
+                .waiting
+                .entry(name.to_string())
+                .or_default()
+                .push((id, waiter));
+            id
+        };
+        if timeout_ms > 0 {
+            let harbor = Arc::downgrade(self);
+            let name = name.to_string();
+            let cancel = self.cancel.clone();
+            kernel.tasks.spawn(async move {
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_millis(timeout_ms.into())) => {
+                        if let Some(h) = harbor.upgrade() {
+                            h.expire_query(&name, id, timeout_ms);
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    fn expire_query(&self, name: &str, id: u64, timeout_ms: u32) {
+        let waiter = {
+            let mut names = self.names();
+            let Some(list) = names.waiting.get_mut(name) else {
+                return;
+            };
+            let Some(i) = list.iter().position(|(i, _)| *i == id) else {
+                return;
+            };
+            let (_, w) = list.swap_remove(i);
+            if list.is_empty() {
+                names.waiting.remove(name);
+            }
+            w
+        };
+        if let Some(kernel) = self.kernel() {
+            waiter.fail(
+                &kernel,
+                ErrorCause::Timeout,
+                &format!("global name `{name}` did not appear within {timeout_ms} ms"),
+            );
+        }
+    }
+
+    /// Tells `waiter` when `watch` holds (at once if it holds now).
+    pub fn watch(&self, watch: Watch, waiter: Waiter) {
+        let Some(kernel) = self.kernel() else { return };
+        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        if self.watch_holds(watch) {
+            drop(watchers);
+            return waiter.respond(&kernel, waiter.to, Vec::new());
+        }
+        watchers.push((watch, waiter));
+    }
+
+    fn watch_holds(&self, watch: Watch) -> bool {
+        match watch {
+            Watch::Connect(id) => self.peer_up(id),
+            Watch::Link(id) => !self.peer_up(id),
+            Watch::LinkMaster => !self.master_up(),
+        }
+    }
+
+    fn peer_up(&self, id: u8) -> bool {
+        self.peers[usize::from(id)]
+            .load()
+            .as_deref()
+            .is_some_and(|p| p.up.load(Ordering::Acquire))
+    }
+
+    /// Answers every watcher whose condition holds now.
+    fn fire_watchers(&self) {
+        let Some(kernel) = self.kernel() else { return };
+        let fired: Vec<Waiter> = {
+            let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+            let mut fired = Vec::new();
+            watchers.retain(|&(w, waiter)| {
+                let holds = self.watch_holds(w);
+                if holds {
+                    fired.push(waiter);
+                }
+                !holds
+            });
+            fired
+        };
+        for w in fired {
+            w.respond(&kernel, w.to, Vec::new());
+        }
+    }
+
+    /// The peer for harbor `id`, made (with its task) if it does not exist.
+    fn ensure_peer(self: &Arc<Self>, id: u8, address: Option<String>) -> Option<Arc<Peer>> {
+        if id == 0 || id == self.id.0 {
+            return None;
+        }
+        let _guard = self.peer_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = &self.peers[usize::from(id)];
+        if let Some(p) = slot.load_full() {
+            return Some(p);
+        }
+        let kernel = self.kernel()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (incoming, incoming_rx) = mpsc::unbounded_channel();
+        let peer = Arc::new(Peer {
+            id,
+            tx,
+            incoming,
+            inflight: Mutex::new(Inflight::default()),
+            up: AtomicBool::new(false),
+            gone: self.cancel.child_token(),
+        });
+        slot.store(Some(peer.clone()));
+        // The higher id dials, so each pair has one link.
+        let dial = if id < self.id.0 { address } else { None };
+        let task = peer_task(self.clone(), peer.clone(), rx, incoming_rx, dial);
+        kernel.tasks.spawn(task.instrument(tracing::info_span!(
+            "harbor",
+            id = self.id.0,
+            peer = id
+        )));
+        Some(peer)
+    }
+
+    /// Forgets harbor `id`: its link closes and its names go.
+    fn remove_peer(&self, id: u8) {
+        if let Some(peer) = self.peers[usize::from(id)].swap(None) {
+            peer.gone.cancel();
+        }
+        let gone: Vec<String> = {
+            let mut names = self.names();
+            let gone: Vec<String> = names
+                .table
+                .iter()
+                .filter(|(_, a)| a.harbor().0 == id)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in &gone {
+                names.table.remove(n);
+            }
+            gone
+        };
+        if !gone.is_empty() {
+            tracing::info!(
+                peer = id,
+                names = gone.len(),
+                "global names of a node that left removed"
+            );
+        }
+        self.fire_watchers();
+    }
+
+    /// Fails every request in flight to `peer` and drops what is queued
+    /// for it. With `close`, nothing more can be sent to it.
+    fn fail_inflight(
+        &self,
+        peer: &Peer,
+        rx: &mut mpsc::UnboundedReceiver<Outgoing<Control>>,
+        close: bool,
+        why: &str,
+    ) {
+        let (calls, dropped) = {
+            let mut inflight = peer.inflight();
+            inflight.closed |= close;
+            let calls = std::mem::take(&mut inflight.calls);
+            // Drained under the lock: a request queued after this point is
+            // in the next set, never dropped unanswered.
+            let mut dropped = 0;
+            while let Ok(item) = rx.try_recv() {
+                if let Outgoing::Message(e, _) = item
+                    && !(e.kind == kind::REQUEST && e.session != 0)
+                {
+                    dropped += 1;
+                }
+            }
+            (calls, dropped)
+        };
+        if dropped > 0 {
+            self.count_dropped(peer.id, dropped);
+        }
+        let Some(kernel) = self.kernel() else { return };
+        if !calls.is_empty() {
+            tracing::warn!(
+                peer = peer.id,
+                calls = calls.len(),
+                "failing calls in flight: {why}"
+            );
+        }
+        let detail = format!("harbor {} is down: {why}", peer.id);
+        for (caller, session) in calls {
+            let caller = Address(caller);
+            let _ = kernel.deliver(
+                caller,
+                Message::error(caller, session, ErrorCause::NodeDown, &detail),
+            );
+        }
+    }
+
+    /// Connects to the master, joins, and returns the link for its loop.
+    async fn join(&self) -> Result<Connection<Control>, String> {
+        let config = self.links.config(MASTER_PROTOCOL, self.name());
+        let mut conn = Connection::connect(&self.master_address, config)
+            .await
+            .map_err(|e| e.to_string())?;
+        conn.send_control(Control::Join {
+            id: self.id.0,
+            address: self.listen.to_string(),
+        });
+        Ok(conn)
+    }
+
+    /// Applies the master's answer to a join.
+    fn apply_joined(self: &Arc<Self>, nodes: Vec<(u8, String)>, names: Vec<(String, u32)>) {
+        let present: HashSet<u8> = nodes.iter().map(|(id, _)| *id).collect();
+        for id in 1..=255u8 {
+            if id != self.id.0
+                && !present.contains(&id)
+                && self.peers[usize::from(id)].load().is_some()
+            {
+                self.remove_peer(id);
+            }
+        }
+        for (id, address) in nodes {
+            self.ensure_peer(id, Some(address));
+        }
+        let own: Vec<(String, Address)> = {
+            let mut replica = self.names();
+            replica.table = names.into_iter().map(|(n, a)| (n, Address(a))).collect();
+            let own: Vec<(String, Address)> =
+                replica.own.iter().map(|(n, a)| (n.clone(), *a)).collect();
+            for (n, a) in &own {
+                replica.table.insert(n.clone(), *a);
+            }
+            own
+        };
+        for (name, address) in own {
+            let _ = self.send_master(Control::Register {
+                request: 0,
+                name,
+                address: address.0,
+            });
+        }
+        self.wake_queries();
+    }
+
+    /// Answers the `queryname`s whose name now exists.
+    fn wake_queries(&self) {
+        let Some(kernel) = self.kernel() else { return };
+        let ready: Vec<(Address, Waiter)> = {
+            let mut names = self.names();
+            let found: Vec<String> = names
+                .waiting
+                .keys()
+                .filter(|n| names.table.contains_key(*n))
+                .cloned()
+                .collect();
+            let mut ready = Vec::new();
+            for n in found {
+                let a = names.table[&n];
+                for (_, w) in names.waiting.remove(&n).unwrap_or_default() {
+                    ready.push((a, w));
+                }
+            }
+            ready
+        };
+        for (a, w) in ready {
+            w.respond(&kernel, a, a.0.to_le_bytes().to_vec());
+        }
+    }
+
+    /// The master link dropped: waiting queries and registrations fail.
+    fn master_lost(&self, why: &str) {
+        *self.master_tx.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let (queries, registrations) = {
+            let mut names = self.names();
+            let q: Vec<Waiter> = names
+                .waiting
+                .drain()
+                .flat_map(|(_, v)| v)
+                .map(|(_, w)| w)
+                .collect();
+            let r: Vec<Waiter> = names.registering.drain().map(|(_, w)| w).collect();
+            (q, r)
+        };
+        if let Some(kernel) = self.kernel() {
+            let detail = format!("the harbor master is unreachable: {why}");
+            for w in queries.into_iter().chain(registrations) {
+                w.fail(&kernel, ErrorCause::NodeDown, &detail);
+            }
+        }
+        self.fire_watchers();
+    }
+
+    /// Stops the master this node runs, if any.
+    pub async fn stop(&self) {
+        self.cancel.cancel();
+        let master = self.master.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(m) = master {
+            m.stop().await;
+        }
+    }
+}
+
+/// Why a global name could not be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GlobalNameError {
+    /// Another service holds it.
+    #[error("global name `{name}` is held by {holder}")]
+    Taken {
+        /// The name.
+        name: String,
+        /// Its holder.
+        holder: Address,
+    },
+    /// The master cannot be reached.
+    #[error("the harbor master is unreachable")]
+    Unavailable,
+}
+
+/// Accepts links from other nodes and hands each to its peer's task.
+async fn accept_loop(harbor: Arc<Harbor>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            () = harbor.cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, from) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("accepting a peer link: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let h = harbor.clone();
+        let config = harbor.links.config(PEER_PROTOCOL, harbor.name());
+        let task = async move {
+            let conn = match Connection::<Control>::accept(stream, config).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%from, "peer link refused: {e}");
+                    return;
+                }
+            };
+            let claimed = conn.peer().map(|p| p.name.clone()).unwrap_or_default();
+            match claimed.parse::<u8>() {
+                Ok(id) if id != 0 && id != h.id.0 => {
+                    if let Some(peer) = h.ensure_peer(id, None) {
+                        let _ = peer.incoming.send(conn);
+                    }
+                }
+                _ => {
+                    tracing::warn!(%from, name = %claimed, "peer link from a node that is not a harbor id; closed")
+                }
+            }
+        };
+        if let Some(kernel) = harbor.kernel() {
+            kernel.tasks.spawn(task.in_current_span());
+        }
+    }
+}
+
+/// Owns one peer's queue and connection for the peer's whole life.
+async fn peer_task(
+    harbor: Arc<Harbor>,
+    peer: Arc<Peer>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing<Control>>,
+    mut incoming: mpsc::UnboundedReceiver<Connection<Control>>,
+    dial: Option<String>,
+) {
+    let mut backoff = retry_delays();
+    let mut next: Option<Connection<Control>> = None;
+    loop {
+        let conn = match next.take() {
+            Some(c) => c,
+            None => {
+                let attempt = async {
+                    match &dial {
+                        Some(address) => {
+                            let config = harbor.links.config(PEER_PROTOCOL, harbor.name());
+                            Connection::connect(address, config)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = peer.gone.cancelled() => break,
+                    c = incoming.recv() => match c {
+                        Some(c) => c,
+                        None => break,
+                    },
+                    r = attempt => match r {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::debug!("dialling harbor {}: {e}", peer.id);
+                            harbor.fail_inflight(&peer, &mut rx, false, &format!("cannot connect: {e}"));
+                            let delay = backoff.next().unwrap_or(Duration::from_secs(1));
+                            tokio::select! {
+                                () = peer.gone.cancelled() => break,
+                                () = tokio::time::sleep(delay) => {}
+                            }
+                            continue;
+                        }
+                    },
+                    () = tokio::time::sleep(harbor.links.dead_after) => {
+                        harbor.fail_inflight(&peer, &mut rx, false, "no link made in time");
+                        continue;
+                    }
+                }
+            }
+        };
+        backoff = retry_delays();
+        tracing::info!(peer = peer.id, address = ?conn.peer_address(), "peer link up");
+        peer.up.store(true, Ordering::Release);
+        harbor.fire_watchers();
+        let Some(kernel) = harbor.kernel() else { break };
+        let mut handler = PeerHandler {
+            kernel,
+            peer: peer.clone(),
+        };
+        let why = tokio::select! {
+            r = conn.run(&mut rx, &mut handler, &peer.gone) => match r {
+                Ok(()) => "closed".to_string(),
+                Err(e) => e.to_string(),
+            },
+            c = incoming.recv() => {
+                next = c;
+                "replaced by a new link".to_string()
+            }
+        };
+        peer.up.store(false, Ordering::Release);
+        if !peer.gone.is_cancelled() {
+            tracing::warn!(peer = peer.id, "peer link down: {why}");
+        }
+        harbor.fail_inflight(&peer, &mut rx, false, &why);
+        harbor.fire_watchers();
+    }
+    peer.up.store(false, Ordering::Release);
+    harbor.fail_inflight(&peer, &mut rx, true, "the node left the harbor");
+    harbor.fire_watchers();
+}
+
+/// Reconnection delays: 50 ms doubling to 1 s, with jitter, for ever.
+fn retry_delays() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(1))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Delivers what a peer sends into this node.
+struct PeerHandler {
+    kernel: Arc<Kernel>,
+    peer: Arc<Peer>,
+}
+
+impl LinkHandler<Control> for PeerHandler {
+    fn on_message(&mut self, e: Envelope, payload: Vec<u8>) {
+        if matches!(e.kind, kind::RESPONSE | kind::ERROR) {
+            self.peer.inflight().calls.remove(&(e.dest, e.session));
+        }
+        let dest = Address(e.dest);
+        let source = Address(e.source);
+        let message = Message {
+            kind: e.kind,
+            source,
+            session: e.session,
+            payload,
+        };
+        let wants_reply = message.wants_reply();
+        if dest.harbor() != self.kernel.harbor {
+            tracing::debug!(%dest, "message for another harbor id dropped (no relaying)");
+            return;
+        }
+        if let Err(err) = self.kernel.deliver(dest, message) {
+            if wants_reply {
+                let reply = Message::error(dest, e.session, err.cause(), &err.to_string());
+                let _ = self.kernel.deliver(source, reply);
+            } else {
+                tracing::debug!(%dest, %source, "message from harbor {} not delivered: {err}", self.peer.id);
+            }
+        }
+    }
+
+    fn on_control(&mut self, control: Control) -> Result<(), String> {
+        Err(format!(
+            "unexpected control message on a peer link: {control:?}"
+        ))
+    }
+}
+
+/// Keeps the link to the master: joins again after a drop, with backoff.
+/// `ready` hears how the first join went; a first join that fails ends
+/// the loop (the node does not start).
+async fn master_loop(harbor: Arc<Harbor>, ready: oneshot::Sender<Result<(), String>>) {
+    let mut backoff = retry_delays();
+    let mut ready = Some(ready);
+    loop {
+        let conn = tokio::select! {
+            () = harbor.cancel.cancelled() => return,
+            c = harbor.join() => c,
+        };
+        let result = match conn {
+            Ok(conn) => {
+                let (tx, mut rx) = mpsc::unbounded_channel();
+                let mut handler = MasterHandler {
+                    harbor: harbor.clone(),
+                    tx: Some(tx),
+                    ready: ready.take(),
+                };
+                let result = conn.run(&mut rx, &mut handler, &harbor.cancel).await;
+                ready = handler.ready.take();
+                if handler.tx.is_none() {
+                    // It had joined: the drop is news.
+                    backoff = retry_delays();
+                    let why = match &result {
+                        Ok(()) => "closed".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    if !harbor.cancel.is_cancelled() {
+                        tracing::warn!(master = %harbor.master_address, "link to the harbor master down: {why}");
+                    }
+                    harbor.master_lost(&why);
+                }
+                result.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e),
+        };
+        if harbor.cancel.is_cancelled() {
+            return;
+        }
+        if let Some(tx) = ready.take() {
+            let _ = tx.send(Err(match result {
+                Ok(()) => "the master closed the link".to_string(),
+                Err(e) => e,
+            }));
+            return;
+        }
+        if let Err(e) = result {
+            tracing::debug!("joining the master again: {e}");
+        }
+        let delay = backoff.next().unwrap_or(Duration::from_secs(1));
+        tokio::select! {
+            () = harbor.cancel.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Applies what the master says.
+struct MasterHandler {
+    harbor: Arc<Harbor>,
+    /// Handed to the harbor once the join is accepted.
+    tx: Option<mpsc::UnboundedSender<Outgoing<Control>>>,
+    /// Told when the node's first join is accepted.
+    ready: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+impl LinkHandler<Control> for MasterHandler {
+    fn on_message(&mut self, e: Envelope, _payload: Vec<u8>) {
+        tracing::warn!(dest = e.dest, "service message on the master link dropped");
+    }
+
+    fn on_control(&mut self, control: Control) -> Result<(), String> {
+        let h = &self.harbor;
+        match control {
+            Control::Joined { nodes, names } => {
+                tracing::info!(master = %h.master_address, nodes = nodes.len(), "joined the harbor");
+                if let Some(tx) = self.tx.take() {
+                    *h.master_tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+                }
+                h.apply_joined(nodes, names);
+                h.fire_watchers();
+                if let Some(ready) = self.ready.take() {
+                    let _ = ready.send(Ok(()));
+                }
+            }
+            Control::JoinRefused { reason } => {
+                tracing::error!(master = %h.master_address, "join refused: {reason}");
+                return Err(reason);
+            }
+            Control::NodeUp { id, address } => {
+                tracing::info!(peer = id, %address, "node joined the harbor");
+                h.ensure_peer(id, Some(address));
+            }
+            Control::NodeDown { id } => {
+                tracing::info!(peer = id, "node left the harbor");
+                h.remove_peer(id);
+            }
+            Control::Name { name, address } => {
+                h.names().table.insert(name, Address(address));
+                h.wake_queries();
+            }
+            Control::NameGone { name } => {
+                h.names().table.remove(&name);
+            }
+            Control::Registered {
+                request,
+                name,
+                result,
+            } => {
+                if let Err(e) = &result {
+                    tracing::warn!(%name, "global name refused by the master: {e}");
+                    let mut names = h.names();
+                    if let Some(mine) = names.own.remove(&name)
+                        && names.table.get(&name) == Some(&mine)
+                    {
+                        names.table.remove(&name);
+                    }
+                }
+                let waiter = h.names().registering.remove(&request);
+                if let (Some(w), Some(kernel)) = (waiter, h.kernel()) {
+                    match result {
+                        Ok(()) => w.respond(&kernel, w.to, Vec::new()),
+                        Err(e) => w.fail(&kernel, ErrorCause::Service, &e),
+                    }
+                }
+            }
+            other => {
+                return Err(format!(
+                    "unexpected control message from the master: {other:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,83 @@
+//! The harbor's control messages, carried as `Frame::Control` on the
+//! transport (node ↔ master, and node ↔ node).
+
+use serde::{Deserialize, Serialize};
+
+/// The transport protocol name of a node's link to the master.
+pub const MASTER_PROTOCOL: &str = "skyhost-harbor-master";
+/// The transport protocol name of a link between two harbor nodes.
+pub const PEER_PROTOCOL: &str = "skyhost-harbor";
+
+/// A control message of the harbor protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// Node → master: take me into the directory.
+    Join {
+        /// The node's harbor id.
+        id: u8,
+        /// Where the node accepts links from other nodes.
+        address: String,
+    },
+    /// Master → node: you are in; here is everyone else and every global name.
+    Joined {
+        /// The other nodes: harbor id and link address.
+        nodes: Vec<(u8, String)>,
+        /// The global names and their addresses.
+        names: Vec<(String, u32)>,
+    },
+    /// Master → node: the join is refused (the id is in use); the link closes.
+    JoinRefused {
+        /// Why, naming the id and its holder.
+        reason: String,
+    },
+    /// Master → nodes: a node joined.
+    NodeUp {
+        /// Its harbor id.
+        id: u8,
+        /// Where it accepts links.
+        address: String,
+    },
+    /// Master → nodes: a node left (its link to the master dropped).
+    NodeDown {
+        /// Its harbor id.
+        id: u8,
+    },
+    /// Node → master: register a global name; `request` 0 wants no answer.
+    Register {
+        /// The request number the answer carries.
+        request: u32,
+        /// The name.
+        name: String,
+        /// The service it names.
+        address: u32,
+    },
+    /// Master → node: the answer to a `Register`.
+    Registered {
+        /// The request it answers (0 for a registration that wanted no
+        /// answer and was refused).
+        request: u32,
+        /// The name.
+        name: String,
+        /// `Err` names the holder of a taken name.
+        result: Result<(), String>,
+    },
+    /// Node → master: drop a global name if `address` holds it.
+    Unregister {
+        /// The name.
+        name: String,
+        /// The service that held it.
+        address: u32,
+    },
+    /// Master → nodes: a global name now names `address`.
+    Name {
+        /// The name.
+        name: String,
+        /// Its service.
+        address: u32,
+    },
+    /// Master → nodes: a global name is gone.
+    NameGone {
+        /// The name.
+        name: String,
+    },
+}

@@ -1,0 +1,256 @@
+//! The tokio side of a link: one task per connection moves bytes between a
+//! `TcpStream` and its sans-io [`Link`], takes what to send from a channel,
+//! and hands what arrives to a [`LinkHandler`].
+
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Envelope, Link, LinkConfig, LinkError, LinkEvent, PeerInfo, Role};
+
+/// How many bytes the driver gathers before each write: small messages
+/// sent close together share one `write` (and one TCP segment).
+const WRITE_BATCH: usize = 256 * 1024;
+/// How much the driver asks the socket for at once.
+const READ_CHUNK: usize = 64 * 1024;
+/// Outgoing items taken off the channel per wake-up.
+const RECV_BATCH: usize = 512;
+
+/// Something to send on a link.
+#[derive(Debug)]
+pub enum Outgoing<C> {
+    /// A service message.
+    Message(Envelope, Vec<u8>),
+    /// A message of the layer's own protocol.
+    Control(C),
+}
+
+/// What a layer (harbor, cluster) does with what arrives on a link.
+pub trait LinkHandler<C> {
+    /// A service message arrived.
+    fn on_message(&mut self, envelope: Envelope, payload: Vec<u8>);
+    /// A control message arrived; an `Err` closes the link with that reason
+    /// (control messages the handler queued first are still sent).
+    fn on_control(&mut self, control: C) -> Result<(), String>;
+}
+
+/// How a connection ended or failed to start.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The socket failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The peer broke the protocol, failed the handshake, or went silent.
+    #[error("{0}")]
+    Link(#[from] LinkError),
+    /// The peer closed the connection.
+    #[error("connection closed by peer")]
+    Closed,
+    /// The handshake did not finish in time.
+    #[error("handshake not finished within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// Our layer refused what the peer sent.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A connection whose handshake is done: the socket, its link state, and
+/// bytes already read past the handshake.
+pub struct Connection<C> {
+    stream: TcpStream,
+    link: Link<C>,
+    inbuf: BytesMut,
+    outbuf: BytesMut,
+}
+
+impl<C: Serialize + DeserializeOwned> Connection<C> {
+    /// Connects to `address` and completes the handshake as the client.
+    ///
+    /// # Errors
+    /// The socket's error, or the handshake's (refused, wrong secret, timeout).
+    pub async fn connect(address: &str, config: LinkConfig) -> Result<Self, DriverError> {
+        let stream = TcpStream::connect(address).await?;
+        Self::handshake(stream, Role::Client, config).await
+    }
+
+    /// Completes the handshake on an accepted socket as the server.
+    ///
+    /// # Errors
+    /// The socket's error, or the handshake's (refused, wrong secret, timeout).
+    pub async fn accept(stream: TcpStream, config: LinkConfig) -> Result<Self, DriverError> {
+        Self::handshake(stream, Role::Server, config).await
+    }
+
+    async fn handshake(
+        stream: TcpStream,
+        role: Role,
+        config: LinkConfig,
+    ) -> Result<Self, DriverError> {
+        stream.set_nodelay(true)?;
+        let deadline = config.dead_after;
+        let nonce: [u8; 32] = rand::random();
+        let mut conn = Connection {
+            stream,
+            link: Link::new(role, config, std::time::Instant::now(), nonce),
+            inbuf: BytesMut::with_capacity(READ_CHUNK),
+            outbuf: BytesMut::new(),
+        };
+        match tokio::time::timeout(deadline, conn.shake()).await {
+            Ok(Ok(())) => Ok(conn),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(DriverError::HandshakeTimeout(deadline)),
+        }
+    }
+
+    async fn shake(&mut self) -> Result<(), DriverError> {
+        loop {
+            self.link
+                .poll_transmit(std::time::Instant::now(), &mut self.outbuf, WRITE_BATCH);
+            if !self.outbuf.is_empty() {
+                self.stream.write_all(&self.outbuf).await?;
+                self.outbuf.clear();
+            }
+            if self.link.is_up() {
+                return Ok(());
+            }
+            self.inbuf.reserve(READ_CHUNK);
+            if self.stream.read_buf(&mut self.inbuf).await? == 0 {
+                return Err(DriverError::Closed);
+            }
+            if let Err(e) = self
+                .link
+                .handle_bytes(std::time::Instant::now(), &mut self.inbuf)
+            {
+                self.say_goodbye().await;
+                return Err(e.into());
+            }
+        }
+    }
+
+    /// Writes what the link has to say after an error (a `Refused` frame),
+    /// without waiting long for a peer that does not read.
+    async fn say_goodbye(&mut self) {
+        self.outbuf.clear();
+        self.link
+            .poll_transmit(std::time::Instant::now(), &mut self.outbuf, WRITE_BATCH);
+        if !self.outbuf.is_empty() {
+            let write = self.stream.write_all(&self.outbuf);
+            let _ = tokio::time::timeout(Duration::from_millis(200), write).await;
+        }
+    }
+
+    /// The peer, as it named itself in the handshake.
+    pub fn peer(&self) -> Option<&PeerInfo> {
+        self.link.peer()
+    }
+
+    /// The peer's socket address.
+    pub fn peer_address(&self) -> Option<std::net::SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
+
+    /// Queues a control message to go out first once [`run`](Self::run) starts.
+    pub fn send_control(&mut self, control: C) {
+        self.link.send_control(control);
+    }
+
+    /// Carries messages both ways until the peer closes, the link fails,
+    /// `outgoing` is closed, or `cancel` fires.
+    ///
+    /// What is still in `outgoing` when it returns stays there, so the
+    /// owner can answer it (fail the requests) or send it on a new
+    /// connection.
+    ///
+    /// # Errors
+    /// Why the connection ended, unless it was closed on purpose.
+    pub async fn run<H: LinkHandler<C>>(
+        mut self,
+        outgoing: &mut mpsc::UnboundedReceiver<Outgoing<C>>,
+        handler: &mut H,
+        cancel: &CancellationToken,
+    ) -> Result<(), DriverError> {
+        let result = self.pump(outgoing, handler, cancel).await;
+        if let Err(DriverError::Refused(_)) = &result {
+            // The handler's last words (why it refused) go out before the close.
+            while let Ok(item) = outgoing.try_recv() {
+                if let Outgoing::Control(c) = item {
+                    self.link.send_control(c);
+                }
+            }
+        }
+        if matches!(result, Err(DriverError::Link(_) | DriverError::Refused(_))) {
+            self.say_goodbye().await;
+        }
+        result
+    }
+
+    async fn pump<H: LinkHandler<C>>(
+        &mut self,
+        outgoing: &mut mpsc::UnboundedReceiver<Outgoing<C>>,
+        handler: &mut H,
+        cancel: &CancellationToken,
+    ) -> Result<(), DriverError> {
+        let mut batch = Vec::with_capacity(RECV_BATCH);
+        let (mut reader, mut writer) = self.stream.split();
+        loop {
+            while let Some(event) = self.link.poll_event() {
+                match event {
+                    LinkEvent::Message { envelope, payload } => {
+                        handler.on_message(envelope, payload);
+                    }
+                    LinkEvent::Control(c) => handler.on_control(c).map_err(DriverError::Refused)?,
+                    LinkEvent::Up(_) => {}
+                }
+            }
+            if self.outbuf.len() < WRITE_BATCH && self.link.has_transmit() {
+                self.link
+                    .poll_transmit(std::time::Instant::now(), &mut self.outbuf, WRITE_BATCH);
+            }
+            let timeout = self.link.poll_timeout().map(tokio::time::Instant::from_std);
+            self.inbuf.reserve(READ_CHUNK);
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Ok(()),
+                written = writer.write(&self.outbuf), if !self.outbuf.is_empty() => {
+                    let n = written?;
+                    self.outbuf.advance(n);
+                }
+                read = reader.read_buf(&mut self.inbuf) => {
+                    if read? == 0 {
+                        return Err(DriverError::Closed);
+                    }
+                    self.link.handle_bytes(std::time::Instant::now(), &mut self.inbuf)?;
+                }
+                n = outgoing.recv_many(&mut batch, RECV_BATCH), if self.outbuf.len() < WRITE_BATCH => {
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    for item in batch.drain(..) {
+                        match item {
+                            Outgoing::Message(envelope, payload) => {
+                                self.link.send_message(envelope, payload);
+                            }
+                            Outgoing::Control(c) => self.link.send_control(c),
+                        }
+                    }
+                }
+                () = sleep_until(timeout), if timeout.is_some() => {
+                    self.link.handle_timeout(std::time::Instant::now())?;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
