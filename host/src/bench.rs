@@ -23,6 +23,8 @@ type RunFn = fn(
 struct Workload {
     id: &'static str,
     unit: &'static str,
+    /// Runs on two harbor nodes (1 and 2) linked over loopback.
+    harbor: bool,
     run: RunFn,
 }
 
@@ -33,63 +35,133 @@ fn workloads() -> Vec<Workload> {
         Workload {
             id: "tcp-floor",
             unit: "µs",
+            harbor: false,
             run: |_| Box::pin(tcp_floor()),
         },
         Workload {
             id: "local-oneway",
             unit: "msgs/s",
+            harbor: false,
             run: |n| Box::pin(local_oneway(n, 2_000_000)),
         },
         Workload {
             id: "local-call-rtt",
             unit: "µs",
+            harbor: false,
             run: |n| Box::pin(local_call_rtt(n, 300_000)),
         },
         Workload {
             id: "local-concurrent",
             unit: "calls/s",
+            harbor: false,
             run: |n| Box::pin(local_concurrent(n, 100, 10_000)),
         },
         Workload {
             id: "spawn",
             unit: "µs per service",
+            harbor: false,
             run: |n| Box::pin(spawn(n, 10_000)),
         },
         Workload {
             id: "rss-per-service",
             unit: "KiB",
+            harbor: false,
             run: |n| Box::pin(rss_per_service(n, 10_000)),
         },
         Workload {
             id: "max-services",
             unit: "count",
+            harbor: false,
             run: |n| Box::pin(max_services(n, 100_000)),
         },
         Workload {
             id: "ping-under-spin",
             unit: "µs median",
+            harbor: false,
             run: |n| Box::pin(ping_under_spin(n, 16, 2_000)),
+        },
+        Workload {
+            id: "harbor-call-rtt",
+            unit: "µs",
+            harbor: true,
+            run: |n| Box::pin(harbor_call_rtt(n, 50_000)),
+        },
+        Workload {
+            id: "harbor-oneway",
+            unit: "msgs/s",
+            harbor: true,
+            run: |n| Box::pin(harbor_oneway(n, 500_000)),
+        },
+        Workload {
+            id: "harbor-concurrent",
+            unit: "calls/s",
+            harbor: true,
+            run: |n| Box::pin(harbor_concurrent(n, 100, 1_000)),
         },
     ]
 }
 
-/// A fresh node with a client, for one run of one workload.
+/// A fresh node with a client, for one run of one workload; for harbor
+/// workloads it is harbor 1 (running the master) and `peer` is harbor 2.
 struct BenchNode {
     node: Node,
     client: Client,
+    peer: Option<Node>,
 }
 
 impl BenchNode {
-    fn start(limits: Limits) -> anyhow::Result<Self> {
+    fn config(limits: Limits) -> anyhow::Result<NodeConfig> {
         let dir = skyhost::bundled_modules().context("this build has no bundled services")?;
-        let config = NodeConfig {
+        Ok(NodeConfig {
             module_paths: vec![dir],
             limits,
             ..NodeConfig::default()
-        };
-        let node = Node::start(&config)?;
+        })
+    }
+
+    fn start(limits: Limits) -> anyhow::Result<Self> {
+        let node = Node::start(&Self::config(limits)?)?;
         let client = node.client();
-        Ok(BenchNode { node, client })
+        Ok(BenchNode {
+            node,
+            client,
+            peer: None,
+        })
+    }
+
+    /// Harbor 1 (standalone) and harbor 2, in this process, over loopback.
+    async fn start_harbor(limits: Limits) -> anyhow::Result<Self> {
+        const SECRET: &str = "bench";
+        let mut first = Self::config(limits.clone())?;
+        let mut harbor = skyhost::config::HarborConfig::new(1, SECRET);
+        harbor.standalone = Some("127.0.0.1:0".into());
+        first.harbor = Some(harbor);
+        let node = Node::launch(&first).await?;
+        let master = node.master_address().context("master address")?;
+        let mut second = Self::config(limits)?;
+        let mut harbor = skyhost::config::HarborConfig::new(2, SECRET);
+        harbor.master = Some(master);
+        second.harbor = Some(harbor);
+        let peer = Node::launch(&second).await?;
+        let client = node.client();
+        Ok(BenchNode {
+            node,
+            client,
+            peer: Some(peer),
+        })
+    }
+
+    /// Spawns on harbor 2.
+    async fn spawn_remote(&self, module: &str) -> anyhow::Result<Address> {
+        let peer = self.peer.as_ref().context("not a harbor workload")?;
+        Ok(peer.spawn(module, &[]).await?)
+    }
+
+    async fn stop(&self) {
+        if let Some(peer) = &self.peer {
+            peer.shutdown().await;
+        }
+        self.node.shutdown().await;
     }
 
     async fn spawn(&self, module: &str) -> anyhow::Result<Address> {
@@ -136,15 +208,20 @@ pub async fn run(ids: &[String], json: bool) -> anyhow::Result<()> {
             } else {
                 pool_size(20_000)
             };
-            let node = BenchNode::start(Limits {
+            let limits = Limits {
                 max_services,
                 cpu_budget_ms: 600_000,
                 ..Limits::default()
-            })?;
+            };
+            let node = if w.harbor {
+                BenchNode::start_harbor(limits).await?
+            } else {
+                BenchNode::start(limits)?
+            };
             let value = (w.run)(&node)
                 .await
                 .with_context(|| format!("benchmark {}", w.id))?;
-            node.node.shutdown().await;
+            node.stop().await;
             values.push(value);
         }
         values.sort_by(f64::total_cmp);
@@ -203,6 +280,17 @@ async fn tcp_floor() -> anyhow::Result<f64> {
 async fn local_oneway(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
     let sink = b.spawn("testkit").await?;
     let sender = b.spawn("testkit").await?;
+    oneway(b, sender, sink, n).await
+}
+
+/// `local-oneway` with the receiver on harbor 2.
+async fn harbor_oneway(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    let sink = b.spawn_remote("testkit").await?;
+    let sender = b.spawn("testkit").await?;
+    oneway(b, sender, sink, n).await
+}
+
+async fn oneway(b: &BenchNode, sender: Address, sink: Address, n: u32) -> anyhow::Result<f64> {
     let payload = vec![0u8; 16];
     b.command(
         sender,
@@ -242,6 +330,17 @@ async fn wait_count(b: &BenchNode, sink: Address, n: u64) -> anyhow::Result<()> 
 async fn local_call_rtt(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
     let echo = b.spawn("testkit").await?;
     let caller = b.spawn("testkit").await?;
+    call_rtt(b, caller, echo, n).await
+}
+
+/// `local-call-rtt` with the server on harbor 2.
+async fn harbor_call_rtt(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    let echo = b.spawn_remote("testkit").await?;
+    let caller = b.spawn("testkit").await?;
+    call_rtt(b, caller, echo, n).await
+}
+
+async fn call_rtt(b: &BenchNode, caller: Address, echo: Address, n: u32) -> anyhow::Result<f64> {
     let payload = vec![0u8; 16];
     b.command(
         caller,
@@ -268,6 +367,21 @@ async fn local_call_rtt(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
 /// `callers` services each make `per_caller` sequential `Echo` calls to one testkit service.
 async fn local_concurrent(b: &BenchNode, callers: u32, per_caller: u32) -> anyhow::Result<f64> {
     let echo = b.spawn("testkit").await?;
+    concurrent(b, echo, callers, per_caller).await
+}
+
+/// `local-concurrent` with the server on harbor 2.
+async fn harbor_concurrent(b: &BenchNode, callers: u32, per_caller: u32) -> anyhow::Result<f64> {
+    let echo = b.spawn_remote("testkit").await?;
+    concurrent(b, echo, callers, per_caller).await
+}
+
+async fn concurrent(
+    b: &BenchNode,
+    echo: Address,
+    callers: u32,
+    per_caller: u32,
+) -> anyhow::Result<f64> {
     let mut addrs = Vec::new();
     for _ in 0..callers {
         addrs.push(b.spawn("testkit").await?);

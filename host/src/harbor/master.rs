@@ -214,8 +214,15 @@ impl LinkHandler<Control> for NodeHandler {
                 .iter()
                 .map(|(&i, m)| (i, m.address.clone()))
                 .collect();
-            let names = d.names.iter().map(|(n, &a)| (n.clone(), a)).collect();
-            self.reply(Control::Joined { nodes, names });
+            // Names follow one frame each: thousands of them would not fit
+            // in one control frame.
+            self.reply(Control::Joined { nodes });
+            for (name, &address) in &d.names {
+                self.reply(Control::Name {
+                    name: name.clone(),
+                    address,
+                });
+            }
             d.broadcast(
                 id,
                 &Control::NodeUp {

@@ -712,7 +712,7 @@ impl Harbor {
     }
 
     /// Applies the master's answer to a join.
-    fn apply_joined(self: &Arc<Self>, nodes: Vec<(u8, String)>, names: Vec<(String, u32)>) {
+    fn apply_joined(self: &Arc<Self>, nodes: Vec<(u8, String)>) {
         let present: HashSet<u8> = nodes.iter().map(|(id, _)| *id).collect();
         for id in 1..=255u8 {
             if id != self.id.0
@@ -727,7 +727,8 @@ impl Harbor {
         }
         let own: Vec<(String, Address)> = {
             let mut replica = self.names();
-            replica.table = names.into_iter().map(|(n, a)| (n, Address(a))).collect();
+            // The master sends its names next, one `Name` each.
+            replica.table.clear();
             let own: Vec<(String, Address)> =
                 replica.own.iter().map(|(n, a)| (n.clone(), *a)).collect();
             for (n, a) in &own {
@@ -1070,12 +1071,12 @@ impl LinkHandler<Control> for MasterHandler {
     fn on_control(&mut self, control: Control) -> Result<(), String> {
         let h = &self.harbor;
         match control {
-            Control::Joined { nodes, names } => {
+            Control::Joined { nodes } => {
                 tracing::info!(master = %h.master_address, nodes = nodes.len(), "joined the harbor");
                 if let Some(tx) = self.tx.take() {
                     *h.master_tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
                 }
-                h.apply_joined(nodes, names);
+                h.apply_joined(nodes);
                 h.fire_watchers();
                 if let Some(ready) = self.ready.take() {
                     let _ = ready.send(Ok(()));

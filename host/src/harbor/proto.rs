@@ -18,12 +18,11 @@ pub enum Control {
         /// Where the node accepts links from other nodes.
         address: String,
     },
-    /// Master → node: you are in; here is everyone else and every global name.
+    /// Master → node: you are in; here is everyone else. Every global name
+    /// follows as a `Name` message.
     Joined {
         /// The other nodes: harbor id and link address.
         nodes: Vec<(u8, String)>,
-        /// The global names and their addresses.
-        names: Vec<(String, u32)>,
     },
     /// Master → node: the join is refused (the id is in use); the link closes.
     JoinRefused {

@@ -136,7 +136,8 @@ impl<C: Serialize + DeserializeOwned> Connection<C> {
     /// Writes what the link has to say after an error (a `Refused` frame),
     /// without waiting long for a peer that does not read.
     async fn say_goodbye(&mut self) {
-        self.outbuf.clear();
+        // What is left of a partly written frame goes first, so the peer
+        // reads the refusal as a whole frame.
         self.link
             .poll_transmit(std::time::Instant::now(), &mut self.outbuf, WRITE_BATCH);
         if !self.outbuf.is_empty() {

@@ -609,6 +609,26 @@ impl<C: Serialize + DeserializeOwned> Link<C> {
         }
     }
 
+    /// Ends the link on purpose (shutdown, or the layer above refusing the
+    /// peer): if it is up, the small frames already queued (messages ≤
+    /// chunk_size, controls) still go out, then `Refused { reason }`; large
+    /// payloads not fully sent are dropped. Afterwards the link is dead:
+    /// write what [`poll_transmit`](Self::poll_transmit) yields, then close
+    /// the socket. Does nothing on a dead link.
+    pub fn close(&mut self, reason: impl Into<String>) {
+        if self.state == State::Dead {
+            return;
+        }
+        if self.state == State::Up {
+            let small = std::mem::take(&mut self.small);
+            self.urgent.extend_from_slice(&small);
+        }
+        let reason = reason.into();
+        tracing::debug!(role = ?self.role, state = self.state_name(), "link closed: {reason}");
+        encode_or_log(&Frame::<C>::Refused { reason }, &mut self.urgent);
+        self.drop_all();
+    }
+
     /// Bytes waiting to be written once Up (for stats and bounds): encoded
     /// small frames plus the unsent part of large payloads.
     pub fn queued_bytes(&self) -> usize {
@@ -821,13 +841,18 @@ impl<C: Serialize + DeserializeOwned> Link<C> {
         if let Some(reason) = err.refusal() {
             encode_or_log(&Frame::<C>::Refused { reason }, &mut self.urgent);
         }
+        self.drop_all();
+        err
+    }
+
+    /// Marks the link dead and frees everything queued but `urgent`.
+    fn drop_all(&mut self) {
         self.state = State::Dead;
         self.small = BytesMut::new();
         self.active.clear();
         self.waiting.clear();
         self.large_bytes = 0;
         self.incoming.clear();
-        err
     }
 }
 
@@ -1631,6 +1656,50 @@ mod tests {
         assert_eq!(
             transmit(&mut pair.client, t0 + Duration::from_secs(2)),
             vec![Frame::Ping(0)]
+        );
+    }
+
+    #[test]
+    fn close_sends_queued_small_frames_then_refused() {
+        let mut pair = Pair::connected();
+        pair.server
+            .send_control(TestControl::Query("last words".into()));
+        pair.server.send_message(env(1), vec![1; 10]);
+        pair.server.send_message(env(2), vec![2; 1 << 20]);
+        pair.server.close("shutting down");
+        pair.server.close("twice");
+        assert!(pair.server.is_closed() && pair.server.has_transmit());
+        assert_eq!(pair.server.poll_timeout(), None);
+        pair.drive();
+        assert_eq!(
+            pair.client_events,
+            vec![
+                LinkEvent::Control(TestControl::Query("last words".into())),
+                LinkEvent::Message {
+                    envelope: env(1),
+                    payload: vec![1; 10]
+                },
+            ]
+        );
+        assert_eq!(
+            pair.client_err,
+            Some(LinkError::Refused {
+                reason: "shutting down".into()
+            })
+        );
+        assert!(!pair.server.has_transmit());
+    }
+
+    #[test]
+    fn close_during_handshake_refuses() {
+        let now = Instant::now();
+        let mut client = TestLink::new(Role::Client, config("alpha", b"k"), now, [1; 32]);
+        client.send_message(env(1), vec![1]);
+        client.close("going away");
+        let frames = transmit(&mut client, now);
+        assert!(
+            matches!(&frames[..], [Frame::Hello { .. }, Frame::Refused { reason }] if reason == "going away"),
+            "{frames:?}"
         );
     }
 
