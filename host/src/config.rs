@@ -397,6 +397,37 @@ mod tests {
     }
 
     #[test]
+    fn a_harbor_table_is_checked() {
+        let ok = parse("[harbor]\nid = 2\nmaster = \"127.0.0.1:7000\"\nsecret = \"s\"\n")
+            .expect("valid harbor table");
+        let h = ok.harbor.expect("harbor");
+        assert_eq!((h.id, h.address.as_str()), (2, "127.0.0.1:0"));
+        let both =
+            parse("[harbor]\nid = 2\nmaster = \"a:1\"\nstandalone = \"b:2\"\nsecret = \"s\"\n")
+                .expect_err("master and standalone")
+                .to_string();
+        assert!(
+            both.starts_with("node.toml:4:") && both.contains("standalone"),
+            "{both}"
+        );
+        let zero = parse("[harbor]\nid = 0\nmaster = \"a:1\"\nsecret = \"s\"\n")
+            .expect_err("id 0")
+            .to_string();
+        assert!(
+            zero.starts_with("node.toml:2:") && zero.contains("1..=255"),
+            "{zero}"
+        );
+        let big = parse("[harbor]\nid = 256\nmaster = \"a:1\"\nsecret = \"s\"\n")
+            .expect_err("id 256")
+            .to_string();
+        assert!(big.starts_with("node.toml:2:"), "{big}");
+        let no_secret = parse("[harbor]\nid = 1\nstandalone = \"a:1\"\n")
+            .expect_err("no secret")
+            .to_string();
+        assert!(no_secret.contains("secret"), "{no_secret}");
+    }
+
+    #[test]
     fn out_of_range_value_names_line_and_key() {
         let s = parse("[limits]\n\nmemory_mb = 0\n")
             .expect_err("zero memory")

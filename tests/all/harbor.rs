@@ -498,3 +498,75 @@ async fn three_real_processes_share_one_address_space() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_hear_when_nodes_and_the_master_come_and_go() -> anyhow::Result<()> {
+    let n1 = launch(1, None).await?;
+    let master = n1.node.master_address().context("master address")?;
+    let n2 = launch(2, Some(&master)).await?;
+    let kit2 = n2.spawn("testkit").await?;
+    let wait = |what: u8, id: u8| {
+        let client = n2.node.client();
+        tokio::spawn(
+            async move { command_via(&client, kit2, &Command::HarborWait { what, id }).await },
+        )
+    };
+    // Harbor 3 is not there yet: `connect` waits, `link` answers at once.
+    let connected = wait(0, 3);
+    assert_eq!(within(wait(1, 3)).await???, Reply::Unit);
+    let n3 = launch(3, Some(&master)).await?;
+    assert_eq!(within(connected).await???, Reply::Unit);
+    // Now `link` waits for it to go, and `linkmaster` for the master.
+    let disconnected = wait(1, 3);
+    let master_lost = wait(2, 0);
+    eventually("link 2-3 up", || n2.node.connected().contains(&3)).await?;
+    assert!(!disconnected.is_finished() && !master_lost.is_finished());
+    n3.stop().await;
+    assert_eq!(within(disconnected).await???, Reply::Unit);
+    assert!(!master_lost.is_finished());
+    n1.stop().await;
+    assert_eq!(within(master_lost).await???, Reply::Unit);
+    n2.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_monitors_services_on_other_nodes() -> anyhow::Result<()> {
+    let (n1, n2, n3, _) = three_nodes().await?;
+    let watcher = n2.spawn("testkit").await?;
+    let killed = n3.spawn("testkit").await?;
+    let lost_with_node = n3.spawn("testkit").await?;
+    for target in [killed, lost_with_node] {
+        assert_eq!(
+            n2.command(watcher, &Command::Monitor(target.0)).await?,
+            Reply::Unit
+        );
+    }
+    // The Monitor went ahead of this call on the same link, so it is in place.
+    assert_eq!(
+        n2.command(killed, &Command::HarborId).await?,
+        Reply::Count(3)
+    );
+    assert!(n3.node.kill(killed));
+    let notices = |t: &TestNode| {
+        let client = t.node.client();
+        async move { command_via(&client, watcher, &Command::ExitNotices).await }
+    };
+    let start = Instant::now();
+    while notices(&n2).await? != Reply::Addresses(vec![killed.0]) {
+        anyhow::ensure!(start.elapsed() < DEADLINE, "no exit notice for {killed}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    n3.stop().await;
+    let expected = Reply::Addresses(vec![killed.0, lost_with_node.0]);
+    while notices(&n2).await? != expected {
+        anyhow::ensure!(
+            start.elapsed() < DEADLINE,
+            "no exit notice for {lost_with_node}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    n2.stop().await;
+    n1.stop().await;
+    Ok(())
+}

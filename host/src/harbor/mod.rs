@@ -153,6 +153,8 @@ pub(crate) struct Peer {
     tx: mpsc::UnboundedSender<Outgoing<Control>>,
     incoming: mpsc::UnboundedSender<Connection<Control>>,
     inflight: Mutex<Inflight>,
+    /// `(watcher here, target there)` monitors across this link.
+    monitors: Mutex<HashSet<(u32, u32)>>,
     up: AtomicBool,
     /// Cancelled when the master says the node is gone.
     gone: CancellationToken,
@@ -342,6 +344,39 @@ impl Harbor {
             return Err(SendError::NodeDown(dest));
         }
         Ok(())
+    }
+
+    /// Tells `watcher` when `target`, on another node, ends; at once if
+    /// its node is down.
+    pub fn monitor(&self, watcher: Address, target: Address) {
+        let harbor = target.harbor().0;
+        let slot = self.peers[usize::from(harbor)].load();
+        let sent = slot.as_deref().is_some_and(|peer| {
+            lock(&peer.monitors).insert((watcher.0, target.0));
+            let control = Control::Monitor {
+                watcher: watcher.0,
+                target: target.0,
+            };
+            peer.tx.send(Outgoing::Control(control)).is_ok()
+        });
+        if !sent && let Some(kernel) = self.kernel() {
+            let reason = format!("harbor {harbor} is down");
+            let _ = kernel.deliver(watcher, crate::runtime::exit_notice(target, &reason));
+        }
+    }
+
+    /// Stops a [`monitor`](Self::monitor).
+    pub fn demonitor(&self, watcher: Address, target: Address) {
+        let slot = self.peers[usize::from(target.harbor().0)].load();
+        if let Some(peer) = slot.as_deref()
+            && lock(&peer.monitors).remove(&(watcher.0, target.0))
+        {
+            let control = Control::Demonitor {
+                watcher: watcher.0,
+                target: target.0,
+            };
+            let _ = peer.tx.send(Outgoing::Control(control));
+        }
     }
 
     fn count_dropped(&self, harbor: u8, n: u64) {
@@ -609,6 +644,7 @@ impl Harbor {
             tx,
             incoming,
             inflight: Mutex::new(Inflight::default()),
+            monitors: Mutex::new(HashSet::new()),
             up: AtomicBool::new(false),
             gone: self.cancel.child_token(),
         });
@@ -681,6 +717,12 @@ impl Harbor {
             self.count_dropped(peer.id, dropped);
         }
         let Some(kernel) = self.kernel() else { return };
+        let monitors = std::mem::take(&mut *lock(&peer.monitors));
+        for (watcher, target) in monitors {
+            let reason = format!("harbor {} is down: {why}", peer.id);
+            let notice = crate::runtime::exit_notice(Address(target), &reason);
+            let _ = kernel.deliver(Address(watcher), notice);
+        }
         if !calls.is_empty() {
             tracing::warn!(
                 peer = peer.id,
@@ -802,6 +844,11 @@ impl Harbor {
             m.stop().await;
         }
     }
+}
+
+/// Locks a mutex, going on if a panicking thread poisoned it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Why a global name could not be registered.
@@ -963,8 +1010,14 @@ struct PeerHandler {
 
 impl LinkHandler<Control> for PeerHandler {
     fn on_message(&mut self, e: Envelope, payload: Vec<u8>) {
-        if matches!(e.kind, kind::RESPONSE | kind::ERROR) {
-            self.peer.inflight().calls.remove(&(e.dest, e.session));
+        match e.kind {
+            kind::RESPONSE | kind::ERROR => {
+                self.peer.inflight().calls.remove(&(e.dest, e.session));
+            }
+            kind::EXIT => {
+                lock(&self.peer.monitors).remove(&(e.dest, e.source));
+            }
+            _ => {}
         }
         let dest = Address(e.dest);
         let source = Address(e.source);
@@ -990,9 +1043,21 @@ impl LinkHandler<Control> for PeerHandler {
     }
 
     fn on_control(&mut self, control: Control) -> Result<(), String> {
-        Err(format!(
-            "unexpected control message on a peer link: {control:?}"
-        ))
+        let local = |a: u32| Address(a).harbor() == self.kernel.harbor;
+        match control {
+            Control::Monitor { watcher, target } if local(target) => {
+                self.kernel.monitor(Address(watcher), Address(target));
+            }
+            Control::Demonitor { watcher, target } if local(target) => {
+                self.kernel.demonitor(Address(watcher), Address(target));
+            }
+            other => {
+                return Err(format!(
+                    "unexpected control message on a peer link: {other:?}"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -79,4 +79,19 @@ pub enum Control {
         /// The name.
         name: String,
     },
+    /// Node → node: tell `watcher` with an `exit` message when `target`
+    /// (a service of the receiving node) ends.
+    Monitor {
+        /// The service to tell, on the sending node.
+        watcher: u32,
+        /// The service watched.
+        target: u32,
+    },
+    /// Node → node: stop a `Monitor`.
+    Demonitor {
+        /// The service that watched.
+        watcher: u32,
+        /// The service watched.
+        target: u32,
+    },
 }

@@ -518,6 +518,11 @@ impl Kernel {
     /// Tells `watcher` with an `exit` message when `target` ends (at once if
     /// it is not alive).
     pub fn monitor(&self, watcher: Address, target: Address) {
+        if target.harbor() != self.harbor
+            && let Some(harbor) = self.remote.get()
+        {
+            return harbor.monitor(watcher, target);
+        }
         let watching = self.with_service(target, |handle| {
             let mut w = handle.watch();
             if !w.dead {
@@ -532,6 +537,11 @@ impl Kernel {
 
     /// Stops telling `watcher` about `target`.
     pub fn demonitor(&self, watcher: Address, target: Address) {
+        if target.harbor() != self.harbor
+            && let Some(harbor) = self.remote.get()
+        {
+            return harbor.demonitor(watcher, target);
+        }
         self.with_service(target, |handle| {
             let mut w = handle.watch();
             if let Some(i) = w.monitors.iter().position(|&a| a == watcher) {
@@ -554,7 +564,7 @@ impl Kernel {
 }
 
 /// The `exit` message a monitor receives.
-fn exit_notice(target: Address, reason: &str) -> Message {
+pub(crate) fn exit_notice(target: Address, reason: &str) -> Message {
     Message {
         kind: kind::EXIT,
         source: target,

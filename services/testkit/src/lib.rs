@@ -104,7 +104,12 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
         }
         Command::ExitNotices => Answer::Addresses(kit.exits.borrow().clone()),
         Command::Count => Answer::Count(kit.counted.get()),
-        Command::CallLoop { target, n, payload } => call_loop(Address(target), n, payload).await,
+        Command::CallLoop { target, n, payload } => {
+            call_loop(Address(target), n, payload, false).await
+        }
+        Command::CallLoopTimed { target, n, payload } => {
+            call_loop(Address(target), n, payload, true).await
+        }
         Command::SendLoop { target, n, payload } => {
             for i in 0..n {
                 if let Err(e) = send_raw(Address(target), kind::TEXT, &payload) {
@@ -156,20 +161,31 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
     }
 }
 
-/// `n` sequential calls of `Echo(payload)`, each answer checked.
-async fn call_loop(target: Address, n: u32, payload: Vec<u8>) -> Answer {
+/// `n` sequential calls of `Echo(payload)`, each answer checked; `timed`
+/// answers each round trip in µs.
+async fn call_loop(target: Address, n: u32, payload: Vec<u8>, timed: bool) -> Answer {
     let command = Command::Echo(payload);
     let Command::Echo(expected) = &command else {
         unreachable!("built just above")
     };
+    let mut times = Vec::with_capacity(if timed { n as usize } else { 0 });
     for i in 0..n {
+        let start = timed.then(skyhost_sdk::now);
         match call::<Command, Answer>(target, &command).await {
             Ok(Answer::Bytes(bytes)) if bytes == *expected => {}
             Ok(other) => return Answer::Failed(format!("call {i} of {n}: answered {other:?}")),
             Err(e) => return Answer::Failed(format!("call {i} of {n}: {e}")),
         }
+        if let Some(start) = start {
+            let micros = (skyhost_sdk::now() - start).as_micros();
+            times.push(u32::try_from(micros).unwrap_or(u32::MAX));
+        }
     }
-    Answer::Unit
+    if timed {
+        Answer::Order(times)
+    } else {
+        Answer::Unit
+    }
 }
 
 /// One forked task per timer; the last to fire answers with the order.

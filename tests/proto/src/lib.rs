@@ -111,6 +111,16 @@ pub enum Command {
         /// The harbor id it is about.
         id: u8,
     },
+    /// `CallLoop`, timing each call with the host clock. Answers `Order`
+    /// with each round trip in µs.
+    CallLoopTimed {
+        /// The testkit service called.
+        target: u32,
+        /// How many calls.
+        n: u32,
+        /// The payload echoed.
+        payload: Vec<u8>,
+    },
 }
 
 /// How a testkit service dies for `Command::Trap`.
