@@ -64,8 +64,9 @@ impl Wake for TaskWaker {
 
 /// One place in the slab.
 enum Slot {
-    /// Free; its index is on the free list.
-    Vacant,
+    /// Free; its index is on the free list. Keeps the last task's waker
+    /// when nothing else holds it, so the next task here reuses it.
+    Vacant(Option<Arc<TaskWaker>>),
     /// A task that is not being polled right now.
     Parked {
         future: LocalFuture<()>,
@@ -86,22 +87,63 @@ pub(crate) struct Executor {
 impl Executor {
     /// Adds a task and queues it for its first poll. Returns its id.
     pub(crate) fn spawn(&self, future: LocalFuture<()>) -> usize {
+        let (id, waker) = self.vacant_slot();
+        waker.wake_by_ref();
+        self.slots.borrow_mut()[id] = Slot::Parked { future, waker };
+        id
+    }
+
+    /// Adds a task and polls it at once, before any task already queued:
+    /// a handler that finishes without waiting never touches the ready
+    /// queue (most messages). Returns its id.
+    pub(crate) fn spawn_now(&self, mut future: LocalFuture<()>) -> usize {
+        let (id, waker) = self.vacant_slot();
+        self.slots.borrow_mut()[id] = Slot::Running;
+        let done = {
+            let task_waker = Waker::from(Arc::clone(&waker));
+            let mut cx = Context::from_waker(&task_waker);
+            future.as_mut().poll(&mut cx).is_ready()
+        };
+        self.settle(id, future, waker, done);
+        id
+    }
+
+    /// A free slot and a waker for it (the slot's old one when only the
+    /// slot held it: no stale wake can then reach the new task).
+    fn vacant_slot(&self) -> (usize, Arc<TaskWaker>) {
         let mut slots = self.slots.borrow_mut();
         let id = match self.free.borrow_mut().pop() {
             Some(id) => id,
             None => {
-                slots.push(Slot::Vacant);
+                slots.push(Slot::Vacant(None));
                 slots.len() - 1
             }
         };
-        let waker = Arc::new(TaskWaker {
-            id,
-            queued: AtomicBool::new(false),
-            ready: Arc::clone(&self.ready),
+        let kept = match std::mem::replace(&mut slots[id], Slot::Vacant(None)) {
+            Slot::Vacant(Some(w)) if Arc::strong_count(&w) == 1 => Some(w),
+            _ => None,
+        };
+        let waker = kept.unwrap_or_else(|| {
+            Arc::new(TaskWaker {
+                id,
+                queued: AtomicBool::new(false),
+                ready: Arc::clone(&self.ready),
+            })
         });
-        waker.wake_by_ref();
-        slots[id] = Slot::Parked { future, waker };
-        id
+        waker.queued.store(false, Ordering::Release);
+        (id, waker)
+    }
+
+    /// Puts a polled task back, or frees its slot when it finished.
+    fn settle(&self, id: usize, future: LocalFuture<()>, waker: Arc<TaskWaker>, done: bool) {
+        let mut slots = self.slots.borrow_mut();
+        if done {
+            drop(future);
+            slots[id] = Slot::Vacant(Some(waker));
+            self.free.borrow_mut().push(id);
+        } else {
+            slots[id] = Slot::Parked { future, waker };
+        }
     }
 
     /// Polls woken tasks until none is ready. Tasks may spawn or wake tasks
@@ -130,13 +172,9 @@ impl Executor {
             let mut cx = Context::from_waker(&task_waker);
             polls += 1;
             let done = future.as_mut().poll(&mut cx).is_ready();
-            let mut slots = self.slots.borrow_mut();
-            if done {
-                slots[id] = Slot::Vacant;
-                self.free.borrow_mut().push(id);
-            } else {
-                slots[id] = Slot::Parked { future, waker };
-            }
+            drop(cx);
+            drop(task_waker);
+            self.settle(id, future, waker, done);
         }
         polls
     }
@@ -147,7 +185,7 @@ impl Executor {
         self.slots
             .borrow()
             .iter()
-            .filter(|s| !matches!(s, Slot::Vacant))
+            .filter(|s| !matches!(s, Slot::Vacant(_)))
             .count()
     }
 }
@@ -254,6 +292,27 @@ mod tests {
         assert_eq!(id, 0);
         exec.run_ready();
         assert_eq!(exec.live_tasks(), 0);
+    }
+
+    #[test]
+    fn spawn_now_runs_at_once_and_parks_what_waits() {
+        let exec = Executor::default();
+        let hits = Rc::new(Cell::new(0));
+        let h = Rc::clone(&hits);
+        exec.spawn_now(Box::pin(async move { h.set(h.get() + 1) }));
+        assert_eq!((hits.get(), exec.live_tasks()), (1, 0));
+        assert_eq!(exec.run_ready(), 0, "a finished task is not queued");
+        let gate = Rc::new(Gate::default());
+        let (g, h) = (Rc::clone(&gate), Rc::clone(&hits));
+        let id = exec.spawn_now(Box::pin(async move {
+            let v = g.wait().await;
+            h.set(h.get() + v);
+        }));
+        assert_eq!(id, 0, "the finished task's slot is reused");
+        assert_eq!(exec.live_tasks(), 1);
+        gate.open(10);
+        assert_eq!(exec.run_ready(), 1);
+        assert_eq!((hits.get(), exec.live_tasks()), (11, 0));
     }
 
     #[test]
