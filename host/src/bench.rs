@@ -261,12 +261,24 @@ async fn tcp_floor() -> anyhow::Result<f64> {
         let mut c = TcpStream::connect(addr)?;
         c.set_nodelay(true)?;
         let mut buf = [7u8; 16];
+        let mut worst = Duration::ZERO;
+        let mut times = Vec::with_capacity(ROUNDS);
         let start = Instant::now();
         for _ in 0..ROUNDS {
+            let round = Instant::now();
             c.write_all(&buf)?;
             c.read_exact(&mut buf)?;
+            let took = round.elapsed();
+            worst = worst.max(took);
+            times.push(took);
         }
         let elapsed = start.elapsed();
+        times.sort_unstable();
+        eprintln!(
+            "tcp-floor: worst {} µs, p99 {} µs",
+            worst.as_micros(),
+            times[ROUNDS * 99 / 100].as_micros()
+        );
         server
             .join()
             .map_err(|_| anyhow::anyhow!("tcp server thread panicked"))??;
