@@ -168,12 +168,14 @@ impl Executor {
             };
             // Clear before polling: a wake during the poll queues it again.
             waker.queued.store(false, Ordering::Release);
-            let task_waker = Waker::from(Arc::clone(&waker));
-            let mut cx = Context::from_waker(&task_waker);
             polls += 1;
-            let done = future.as_mut().poll(&mut cx).is_ready();
-            drop(cx);
-            drop(task_waker);
+            let done = {
+                // Dropped before `settle`, so a finished task's waker is
+                // held by its slot alone and can be reused.
+                let task_waker = Waker::from(Arc::clone(&waker));
+                let mut cx = Context::from_waker(&task_waker);
+                future.as_mut().poll(&mut cx).is_ready()
+            };
             self.settle(id, future, waker, done);
         }
         polls
