@@ -252,3 +252,51 @@ pub(crate) mod harbor {
         ask("linkmaster".to_string())
     }
 }
+
+/// The fake `cluster` interface: requests record their session.
+pub(crate) mod cluster {
+    use super::{Effect, fresh_session, host, record};
+
+    pub(crate) use crate::bindings::skyhost::service::cluster::Service;
+
+    fn ask(request: String) -> u32 {
+        let session = host(fresh_session);
+        record(Effect::Harbor { session, request });
+        session
+    }
+
+    pub(crate) fn node_name() -> String {
+        "fake".to_string()
+    }
+
+    pub(crate) fn open(at: &str) -> Result<String, String> {
+        Ok(at.to_string())
+    }
+
+    pub(crate) fn call(node: &str, service: &Service, payload: &[u8], timeout_ms: u32) -> u32 {
+        ask(format!(
+            "cluster call {node} {service:?} {} {timeout_ms}",
+            payload.len()
+        ))
+    }
+
+    pub(crate) fn send(_node: &str, _service: &Service, _payload: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+
+    pub(crate) fn proxy(_node: &str, _service: &Service) -> u32 {
+        0x200
+    }
+
+    pub(crate) fn register(_name: &str, _target: u32) {}
+
+    pub(crate) fn unregister(_name: &str) {}
+
+    pub(crate) fn query(node: &str, name: &str) -> u32 {
+        ask(format!("cluster query {node} {name}"))
+    }
+
+    pub(crate) fn reload(_config: &str) -> Result<(), String> {
+        Ok(())
+    }
+}

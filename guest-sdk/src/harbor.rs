@@ -1,7 +1,9 @@
 //! Skynet's harbor: the nodes sharing this address space and the global
-//! names the master keeps. Each function waits on a session, so the
-//! service keeps handling other messages meanwhile.
+//! names the master keeps. Each function starts its request when called
+//! and returns a future for the answer, so the service keeps handling
+//! other messages meanwhile.
 
+use std::future::Future;
 use std::time::Duration;
 
 use crate::session::SessionWait;
@@ -20,11 +22,11 @@ pub fn id() -> u8 {
 /// [`CallError::ServiceError`] naming the holder when the name is taken;
 /// [`CallError::NodeDown`] when the master is unreachable or this node is
 /// not in a harbor.
-pub async fn globalname(name: &str, target: Address) -> Result<(), CallError> {
-    SessionWait::open(sys::harbor::globalname(name, target.0))
-        .await
-        .into_result()
-        .map(drop)
+pub fn globalname(
+    name: &str,
+    target: Address,
+) -> impl Future<Output = Result<(), CallError>> + 'static {
+    wait(sys::harbor::globalname(name, target.0))
 }
 
 /// The address of global `name`, waiting until it exists (Skynet's
@@ -33,46 +35,51 @@ pub async fn globalname(name: &str, target: Address) -> Result<(), CallError> {
 /// # Errors
 /// [`CallError::Timeout`] when the name did not appear in time;
 /// [`CallError::NodeDown`] when the master is unreachable.
-pub async fn queryname(name: &str, timeout: Option<Duration>) -> Result<Address, CallError> {
-    let ms = timeout.map_or(0, |t| {
-        u32::try_from(t.as_millis().max(1)).unwrap_or(u32::MAX)
-    });
-    let bytes = SessionWait::open(sys::harbor::queryname(name, ms))
-        .await
-        .into_result()?;
-    let raw: [u8; 4] = bytes.as_slice().try_into().map_err(|_| {
-        CallError::Decode(DecodeError::new(format!(
-            "queryname answered {} bytes, not a 4-byte address",
-            bytes.len()
-        )))
-    })?;
-    Ok(Address(u32::from_le_bytes(raw)))
+pub fn queryname(
+    name: &str,
+    timeout: Option<Duration>,
+) -> impl Future<Output = Result<Address, CallError>> + 'static {
+    let ms = timeout.map_or(0, |t| crate::node::timer_ms(t).max(1));
+    let wait = SessionWait::open(sys::harbor::queryname(name, ms));
+    async move { address_answer(wait.await.into_result()?, "queryname") }
 }
 
 /// Returns once harbor id `id` is connected (at once if it is).
 ///
 /// # Errors
 /// [`CallError::NodeDown`] when this node is not in a harbor.
-pub async fn connect(id: u8) -> Result<(), CallError> {
-    wait(sys::harbor::connect(id)).await
+pub fn connect(id: u8) -> impl Future<Output = Result<(), CallError>> + 'static {
+    wait(sys::harbor::connect(id))
 }
 
 /// Returns once harbor id `id` disconnects (at once if it is not connected).
 ///
 /// # Errors
 /// [`CallError::NodeDown`] when this node is not in a harbor.
-pub async fn link(id: u8) -> Result<(), CallError> {
-    wait(sys::harbor::link(id)).await
+pub fn link(id: u8) -> impl Future<Output = Result<(), CallError>> + 'static {
+    wait(sys::harbor::link(id))
 }
 
 /// Returns once the link to the master drops (at once if it is down).
 ///
 /// # Errors
 /// [`CallError::NodeDown`] when this node is not in a harbor.
-pub async fn linkmaster() -> Result<(), CallError> {
-    wait(sys::harbor::linkmaster()).await
+pub fn linkmaster() -> impl Future<Output = Result<(), CallError>> + 'static {
+    wait(sys::harbor::linkmaster())
 }
 
-async fn wait(session: u32) -> Result<(), CallError> {
-    SessionWait::open(session).await.into_result().map(drop)
+fn wait(session: u32) -> impl Future<Output = Result<(), CallError>> + 'static {
+    let wait = SessionWait::open(session);
+    async move { wait.await.into_result().map(drop) }
+}
+
+/// Reads a 4-byte little-endian address that `what` answered.
+pub(crate) fn address_answer(bytes: Vec<u8>, what: &str) -> Result<Address, CallError> {
+    let raw: [u8; 4] = bytes.as_slice().try_into().map_err(|_| {
+        CallError::Decode(DecodeError::new(format!(
+            "{what} answered {} bytes, not a 4-byte address",
+            bytes.len()
+        )))
+    })?;
+    Ok(Address(u32::from_le_bytes(raw)))
 }

@@ -80,6 +80,7 @@ pub mod bindings {
 }
 
 mod address;
+pub mod cluster;
 mod error;
 mod executor;
 #[cfg(test)]

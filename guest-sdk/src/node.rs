@@ -20,16 +20,16 @@ use crate::runtime;
 use crate::session::SessionWait;
 use crate::sys;
 
-fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, SendError> {
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, SendError> {
     postcard::to_allocvec(value).map_err(|e| SendError::Encode(e.to_string()))
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CallError> {
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CallError> {
     postcard::from_bytes(bytes).map_err(|e| CallError::Decode(DecodeError::from(e)))
 }
 
 /// Milliseconds for a timer, rounded up, saturating at `u32::MAX`.
-fn timer_ms(d: Duration) -> u32 {
+pub(crate) fn timer_ms(d: Duration) -> u32 {
     let ms = d.as_nanos().div_ceil(1_000_000);
     u32::try_from(ms).unwrap_or(u32::MAX)
 }

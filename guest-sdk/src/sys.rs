@@ -15,10 +15,10 @@ pub(crate) use crate::bindings::skyhost::service::runtime::{
 };
 
 #[cfg(not(test))]
-pub(crate) use crate::bindings::skyhost::service::harbor;
+pub(crate) use crate::bindings::skyhost::service::{cluster, harbor};
 
 #[cfg(test)]
-pub(crate) use crate::fake::harbor;
+pub(crate) use crate::fake::{cluster, harbor};
 
 #[cfg(test)]
 pub(crate) use crate::fake::{

@@ -33,6 +33,81 @@ pub struct NodeConfig {
     /// for a single node.
     #[serde(default)]
     pub harbor: Option<HarborConfig>,
+    /// Membership of a cluster (named nodes calling each other by name);
+    /// absent when the node is in none.
+    #[serde(default)]
+    pub cluster: Option<ClusterNodeConfig>,
+}
+
+/// The `[cluster]` table: this node's name, the cluster config file, and
+/// how its links behave.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterNodeConfig {
+    /// This node's name in the cluster.
+    pub name: String,
+    /// The cluster config (Skynet's clustername format, or TOML); watched
+    /// and reloaded when it changes. Absent: an empty table, filled by
+    /// `cluster.reload`.
+    #[serde(default)]
+    pub config: Option<PathBuf>,
+    /// Listen for other nodes at start: a node name from the cluster
+    /// config, `host:port` (port 0 picks one), or a port. Absent: a service
+    /// calls `cluster.open`.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// The secret shared by every node of the cluster.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// A file holding the shared secret (trailing newline ignored).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Compress payloads (lz4) longer than `compress_threshold`.
+    #[serde(default)]
+    pub compression: bool,
+    /// Payload length above which compression applies, in bytes.
+    #[serde(default = "default_compress_threshold")]
+    pub compress_threshold: usize,
+    /// Messages queued for a peer that is down before new ones are refused.
+    #[serde(default = "default_queue_limit")]
+    pub queue_limit: usize,
+    /// Send a heartbeat after this long without traffic, in ms.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A link silent for this long is down and its calls fail, in ms.
+    #[serde(default = "default_dead_after_ms")]
+    pub dead_after_ms: u64,
+}
+
+fn default_compress_threshold() -> usize {
+    1024
+}
+
+fn default_queue_limit() -> usize {
+    10_000
+}
+
+impl ClusterNodeConfig {
+    /// A cluster member with the default settings.
+    pub fn new(name: &str, secret: &str) -> Self {
+        ClusterNodeConfig {
+            name: name.to_string(),
+            config: None,
+            listen: None,
+            secret: Some(secret.to_string()),
+            secret_file: None,
+            compression: false,
+            compress_threshold: default_compress_threshold(),
+            queue_limit: default_queue_limit(),
+            heartbeat_ms: default_heartbeat_ms(),
+            dead_after_ms: default_dead_after_ms(),
+        }
+    }
+
+    /// The shared secret's bytes (read from `secret_file` at load).
+    pub fn secret_bytes(&self) -> Vec<u8> {
+        self.secret.clone().unwrap_or_default().into_bytes()
+    }
 }
 
 /// The `[harbor]` table: this node's harbor id, where it accepts links from
@@ -176,6 +251,7 @@ impl Default for NodeConfig {
             bootstrap: None,
             limits: Limits::default(),
             harbor: None,
+            cluster: None,
         }
     }
 }
@@ -230,16 +306,30 @@ impl NodeConfig {
         {
             *dir = base.join(&*dir);
         }
+        let read_secret = |file: &Path| {
+            let file = base.join(file);
+            std::fs::read_to_string(&file)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    line: find_key_line(&text, "secret_file"),
+                    message: format!("key `secret_file`: {}: {e}", file.display()),
+                })
+        };
         if let Some(h) = &mut config.harbor
             && let Some(file) = &h.secret_file
         {
-            let file = base.join(file);
-            let secret = std::fs::read_to_string(&file).map_err(|e| ConfigError::Invalid {
-                path: path.to_owned(),
-                line: find_key_line(&text, "secret_file"),
-                message: format!("key `secret_file`: {}: {e}", file.display()),
-            })?;
-            h.secret = Some(secret.trim_end_matches(['\n', '\r']).to_string());
+            h.secret = Some(read_secret(file)?);
+        }
+        if let Some(c) = &mut config.cluster {
+            if let Some(file) = &c.secret_file {
+                c.secret = Some(read_secret(file)?);
+            }
+            if let Some(conf) = &mut c.config
+                && conf.is_relative()
+            {
+                *conf = base.join(&*conf);
+            }
         }
         Ok(config)
     }
@@ -330,6 +420,35 @@ impl NodeConfig {
                 _ => {}
             }
             if h.heartbeat_ms == 0 || h.dead_after_ms <= h.heartbeat_ms {
+                return Err(invalid(
+                    "dead_after_ms",
+                    "must be larger than heartbeat_ms, which must be at least 1".into(),
+                ));
+            }
+        }
+        if let Some(c) = &self.cluster {
+            if c.name.is_empty() {
+                return Err(invalid("name", "the cluster node needs a name".into()));
+            }
+            match (&c.secret, &c.secret_file) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "secret_file",
+                        "give either `secret` or `secret_file`, not both".into(),
+                    ));
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        "name",
+                        "[cluster] needs `secret` or `secret_file`".into(),
+                    ));
+                }
+                (Some(s), None) if s.is_empty() => {
+                    return Err(invalid("secret", "must not be empty".into()));
+                }
+                _ => {}
+            }
+            if c.heartbeat_ms == 0 || c.dead_after_ms <= c.heartbeat_ms {
                 return Err(invalid(
                     "dead_after_ms",
                     "must be larger than heartbeat_ms, which must be at least 1".into(),

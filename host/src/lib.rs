@@ -15,6 +15,7 @@
 //! address leaves through `harbor` and `transport` and arrives at that
 //! node's `Kernel::deliver`. Cluster and multicast build on the same path.
 
+pub mod cluster;
 pub mod config;
 pub mod harbor;
 pub mod runtime;

@@ -1,6 +1,7 @@
 //! skyhost's integration tests: one binary of modules, so the machine links once.
 
 mod cli;
+mod cluster;
 mod harbor;
 mod local;
 mod support;

@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use serde::{Deserialize, Serialize};
 use skyhost::transport::codec::FrameDecoder;
-use skyhost::transport::{Frame, Link, LinkConfig, Role};
+use skyhost::transport::{Envelope, Frame, Link, LinkConfig, Role};
 
 /// A stand-in for a layer's control protocol.
 #[derive(Debug, Serialize, Deserialize)]
@@ -82,7 +82,7 @@ fuzz_target!(|data: &[u8]| {
     'pieces: for piece in pieces(data) {
         input.extend_from_slice(piece);
         loop {
-            match decoder.decode::<Control>(&mut input) {
+            match decoder.decode::<Control, Envelope>(&mut input) {
                 Ok(Some(frame)) => {
                     let _: Frame<Control> = frame;
                 }

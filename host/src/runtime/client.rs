@@ -136,6 +136,29 @@ impl Client {
         })
     }
 
+    /// Opens a session of this client, lets `start` hand it to whoever will
+    /// answer it, and waits for the `response` (or `error`).
+    async fn await_session(
+        &self,
+        start: impl FnOnce(crate::harbor::Waiter),
+    ) -> Result<Vec<u8>, CallError> {
+        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(session, tx);
+        start(crate::harbor::Waiter {
+            to: self.address(),
+            session,
+        });
+        let reply = rx.await.map_err(|_| CallError::NodeStopped)?;
+        if reply.kind == kind::ERROR {
+            return Err(CallError::from_error_payload(&reply.payload));
+        }
+        Ok(reply.payload)
+    }
+
     /// The address of global `name` on this node's harbor, waiting until it
     /// exists, at most `timeout`.
     ///
@@ -143,37 +166,49 @@ impl Client {
     /// `Timeout` when it did not appear in time; `NodeDown` when the master
     /// is unreachable or the node is not in a harbor.
     pub async fn queryname(&self, name: &str, timeout: Duration) -> Result<Address, CallError> {
-        let Some(harbor) = self.kernel.remote.get() else {
-            return Err(CallError::Failed {
-                cause: super::ErrorCause::NodeDown,
-                detail: "this node is not in a harbor".into(),
-            });
-        };
-        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(session, tx);
+        let harbor = self.kernel.remote.get().ok_or_else(|| not_in("a harbor"))?;
         let ms = u32::try_from(timeout.as_millis().max(1)).unwrap_or(u32::MAX);
-        let waiter = crate::harbor::Waiter {
-            to: self.address(),
-            session,
-        };
-        harbor.queryname(name, ms, waiter);
-        let reply = rx.await.map_err(|_| CallError::NodeStopped)?;
-        if reply.kind == kind::ERROR {
-            return Err(CallError::from_error_payload(&reply.payload));
-        }
-        let raw: [u8; 4] = reply
-            .payload
-            .as_slice()
-            .try_into()
-            .map_err(|_| CallError::Failed {
-                cause: super::ErrorCause::Service,
-                detail: "queryname answered something that is not an address".into(),
-            })?;
-        Ok(Address(u32::from_le_bytes(raw)))
+        let bytes = self
+            .await_session(|waiter| harbor.queryname(name, ms, waiter))
+            .await?;
+        to_address(&bytes)
+    }
+
+    /// Calls `target` on cluster node `node` (`timeout` ends it if no answer
+    /// came; `None` waits as long as the link lives).
+    ///
+    /// # Errors
+    /// [`CallError`] with the cause the session ended with.
+    pub async fn cluster_call(
+        &self,
+        node: &str,
+        target: crate::cluster::proto::Target,
+        payload: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<u8>, CallError> {
+        let cluster = self
+            .kernel
+            .cluster
+            .get()
+            .ok_or_else(|| not_in("a cluster"))?;
+        self.await_session(|waiter| cluster.call(node, target, payload, waiter, timeout))
+            .await
+    }
+
+    /// The address cluster node `node` registered as `name`.
+    ///
+    /// # Errors
+    /// `UnknownAddress` when it has no such name, or how the link failed.
+    pub async fn cluster_query(&self, node: &str, name: &str) -> Result<Address, CallError> {
+        let cluster = self
+            .kernel
+            .cluster
+            .get()
+            .ok_or_else(|| not_in("a cluster"))?;
+        let bytes = self
+            .await_session(|waiter| cluster.query(node, name.to_string(), waiter))
+            .await?;
+        to_address(&bytes)
     }
 
     /// [`call`](Self::call) with a deadline; a late reply is dropped.
@@ -210,4 +245,19 @@ impl Drop for Client {
         self.handle.mailbox.close(&self.kernel);
         self.handle.mailbox.wake(self.handle.address);
     }
+}
+
+fn not_in(what: &str) -> CallError {
+    CallError::Failed {
+        cause: super::ErrorCause::NodeDown,
+        detail: format!("this node is not in {what}"),
+    }
+}
+
+fn to_address(bytes: &[u8]) -> Result<Address, CallError> {
+    let raw: [u8; 4] = bytes.try_into().map_err(|_| CallError::Failed {
+        cause: super::ErrorCause::Service,
+        detail: format!("answered {} bytes, not a 4-byte address", bytes.len()),
+    })?;
+    Ok(Address(u32::from_le_bytes(raw)))
 }

@@ -17,6 +17,7 @@
 
 mod address;
 mod client;
+pub(crate) mod endpoint;
 mod message;
 mod sched;
 pub(crate) mod service;
@@ -238,6 +239,8 @@ pub(crate) struct Kernel {
     timers: timer::Timers,
     /// The link to the other nodes, on a harbor node.
     pub remote: OnceLock<Arc<Harbor>>,
+    /// The cluster side, on a node in a cluster.
+    pub cluster: OnceLock<Arc<crate::cluster::Cluster>>,
     pub sched: Arc<sched::Scheduler>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
@@ -590,11 +593,10 @@ impl Node {
     /// # Errors
     /// When the wasm engine cannot be built for these limits.
     pub fn start(config: &NodeConfig) -> Result<Node, NodeError> {
-        if let Some(h) = &config.harbor {
-            return Err(NodeError::Harbor(format!(
-                "harbor {}: a harbor node starts with Node::launch",
-                h.id
-            )));
+        if config.harbor.is_some() || config.cluster.is_some() {
+            return Err(NodeError::Harbor(
+                "a harbor or cluster node starts with Node::launch".into(),
+            ));
         }
         Self::build(config)
     }
@@ -621,6 +623,17 @@ impl Node {
                 }
             }
         }
+        if let Some(c) = &config.cluster {
+            match crate::cluster::Cluster::start(&node.kernel, c).await {
+                Ok(cluster) => {
+                    let _ = node.kernel.cluster.set(cluster);
+                }
+                Err(e) => {
+                    node.shutdown().await;
+                    return Err(NodeError::Cluster(e));
+                }
+            }
+        }
         Ok(node)
     }
 
@@ -644,6 +657,7 @@ impl Node {
             names: Mutex::new(HashMap::new()),
             timers,
             remote: OnceLock::new(),
+            cluster: OnceLock::new(),
             sched: Arc::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
@@ -737,6 +751,35 @@ impl Node {
         self.kernel.remote.get().is_some_and(|h| h.master_up())
     }
 
+    /// Where this cluster node accepts links from other nodes.
+    pub fn cluster_listening(&self) -> Vec<std::net::SocketAddr> {
+        self.kernel
+            .cluster
+            .get()
+            .map(|c| c.listening())
+            .unwrap_or_default()
+    }
+
+    /// Replaces this node's cluster config with `text` (as `cluster.reload`).
+    ///
+    /// # Errors
+    /// The config's error (line and key), or when the node is in no cluster.
+    pub fn cluster_reload(&self, text: &str) -> Result<(), String> {
+        let cluster = self
+            .kernel
+            .cluster
+            .get()
+            .ok_or("this node is not in a cluster")?;
+        cluster.reload(text).map_err(|e| e.to_string())
+    }
+
+    /// Makes `target` known to other cluster nodes as `name`.
+    pub fn cluster_register(&self, name: &str, target: Address) {
+        if let Some(c) = self.kernel.cluster.get() {
+            c.register(name, target);
+        }
+    }
+
     /// Messages dropped because their node was down, since start.
     pub fn dropped_to_down_nodes(&self) -> u64 {
         self.kernel.remote.get().map_or(0, |h| h.dropped())
@@ -782,4 +825,7 @@ pub enum NodeError {
     /// The node could not join its harbor.
     #[error("{0}")]
     Harbor(String),
+    /// The node's cluster side could not start (bad cluster config, listener).
+    #[error("{0}")]
+    Cluster(String),
 }

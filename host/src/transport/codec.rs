@@ -10,7 +10,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::frame::{Envelope, Frame, FrameRef};
+use super::frame::{Frame, FrameRef};
 
 /// Size of the length prefix before each frame.
 pub const LEN_PREFIX: usize = 4;
@@ -45,17 +45,20 @@ pub enum CodecError {
 /// the frame is serialized straight into `out`.
 ///
 /// # Errors
-/// [`CodecError::Malformed`] if postcard cannot serialize `C` (never for the
-/// frames of this crate), and [`CodecError::TooLarge`] for a body of 4 GiB or
+/// [`CodecError::Malformed`] if postcard cannot serialize `C` or `H` (never
+/// for the frames of this crate), and [`CodecError::TooLarge`] for a body of 4 GiB or
 /// more; `out` is left as it was.
-pub fn encode_frame<C: Serialize>(frame: &Frame<C>, out: &mut BytesMut) -> Result<(), CodecError> {
+pub fn encode_frame<C: Serialize, H: Serialize>(
+    frame: &Frame<C, H>,
+    out: &mut BytesMut,
+) -> Result<(), CodecError> {
     encode_value(frame, out)
 }
 
 /// Appends a `Message` frame borrowing its payload (same bytes as
 /// [`encode_frame`] of the equivalent [`Frame::Message`]).
-pub(super) fn encode_message(
-    envelope: &Envelope,
+pub(super) fn encode_message<H: Serialize>(
+    envelope: &H,
     payload: &[u8],
     out: &mut BytesMut,
 ) -> Result<(), CodecError> {
@@ -63,9 +66,9 @@ pub(super) fn encode_message(
 }
 
 /// Appends a `ChunkStart` frame borrowing its part.
-pub(super) fn encode_chunk_start(
+pub(super) fn encode_chunk_start<H: Serialize>(
     stream: u32,
-    envelope: &Envelope,
+    envelope: &H,
     total: u32,
     part: &[u8],
     out: &mut BytesMut,
@@ -83,7 +86,9 @@ pub(super) fn encode_chunk_start(
 
 /// Appends a `Chunk` frame borrowing its part.
 pub(super) fn encode_chunk(stream: u32, part: &[u8], out: &mut BytesMut) -> Result<(), CodecError> {
-    encode_value(&FrameRef::Chunk { stream, part }, out)
+    // A `Chunk` carries no header: any `H` gives the same bytes.
+    let frame: FrameRef<'_, ()> = FrameRef::Chunk { stream, part };
+    encode_value(&frame, out)
 }
 
 /// Reads the length prefix of the frame at the front of `buf`, if complete.
@@ -165,10 +170,10 @@ impl FrameDecoder {
     /// is in (nothing consumed); [`CodecError::Malformed`] or
     /// [`CodecError::TrailingBytes`] for a body postcard rejects (the frame
     /// is consumed). Either way the stream cannot be trusted any more.
-    pub fn decode<C: DeserializeOwned>(
+    pub fn decode<C: DeserializeOwned, H: DeserializeOwned>(
         &mut self,
         input: &mut BytesMut,
-    ) -> Result<Option<Frame<C>>, CodecError> {
+    ) -> Result<Option<Frame<C, H>>, CodecError> {
         let Some(len) = peek_len(input) else {
             return Ok(None);
         };
@@ -183,7 +188,7 @@ impl FrameDecoder {
             input.reserve(end - input.len());
             return Ok(None);
         }
-        let decoded = postcard::take_from_bytes::<Frame<C>>(&input[LEN_PREFIX..end]);
+        let decoded = postcard::take_from_bytes::<Frame<C, H>>(&input[LEN_PREFIX..end]);
         let result = match decoded {
             Ok((frame, [])) => Ok(Some(frame)),
             Ok((_, rest)) => Err(CodecError::TrailingBytes {
@@ -200,6 +205,7 @@ impl FrameDecoder {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(super) mod tests {
+    use super::super::frame::Envelope;
     use super::*;
     use proptest::collection::vec;
     use proptest::prelude::*;
@@ -305,7 +311,7 @@ pub(super) mod tests {
         fn round_trip(frame in arb_frame()) {
             let mut buf = encode_all(std::slice::from_ref(&frame));
             let mut dec = FrameDecoder::new(MAX);
-            prop_assert_eq!(dec.decode::<TestControl>(&mut buf).unwrap(), Some(frame));
+            prop_assert_eq!(dec.decode::<TestControl, Envelope>(&mut buf).unwrap(), Some(frame));
             prop_assert!(buf.is_empty());
         }
 
@@ -368,7 +374,7 @@ pub(super) mod tests {
         let mut dec = FrameDecoder::new(100);
         let mut input = BytesMut::from(&101u32.to_le_bytes()[..]);
         assert_eq!(
-            dec.decode::<TestControl>(&mut input),
+            dec.decode::<TestControl, Envelope>(&mut input),
             Err(CodecError::TooLarge { len: 101, max: 100 })
         );
         assert_eq!(input.len(), 4, "nothing consumed");
@@ -380,7 +386,7 @@ pub(super) mod tests {
         let mut input = all.split_to(all.len() - 1);
         let before = input.clone();
         assert_eq!(
-            FrameDecoder::new(MAX).decode::<TestControl>(&mut input),
+            FrameDecoder::new(MAX).decode::<TestControl, Envelope>(&mut input),
             Ok(None)
         );
         assert_eq!(input, before);
@@ -394,7 +400,7 @@ pub(super) mod tests {
         buf.extend_from_slice(&body);
         buf.extend_from_slice(&[0, 0]);
         let err = FrameDecoder::new(MAX)
-            .decode::<TestControl>(&mut buf)
+            .decode::<TestControl, Envelope>(&mut buf)
             .unwrap_err();
         assert_eq!(
             err,
@@ -410,12 +416,12 @@ pub(super) mod tests {
     fn empty_and_unknown_variant_bodies_are_malformed() {
         let mut buf = BytesMut::from(&[0u8, 0, 0, 0][..]);
         assert!(matches!(
-            FrameDecoder::new(MAX).decode::<TestControl>(&mut buf),
+            FrameDecoder::new(MAX).decode::<TestControl, Envelope>(&mut buf),
             Err(CodecError::Malformed(_))
         ));
         let mut buf = BytesMut::from(&[1u8, 0, 0, 0, 42][..]);
         assert!(matches!(
-            FrameDecoder::new(MAX).decode::<TestControl>(&mut buf),
+            FrameDecoder::new(MAX).decode::<TestControl, Envelope>(&mut buf),
             Err(CodecError::Malformed(_))
         ));
     }
@@ -471,7 +477,7 @@ pub(super) mod tests {
         let mut rest = buf.split_off(3);
         assert_eq!(
             FrameDecoder::new(MAX)
-                .decode::<TestControl>(&mut rest)
+                .decode::<TestControl, Envelope>(&mut rest)
                 .unwrap(),
             Some(Frame::Pong(9))
         );

@@ -24,17 +24,17 @@ const RECV_BATCH: usize = 512;
 
 /// Something to send on a link.
 #[derive(Debug)]
-pub enum Outgoing<C> {
-    /// A service message.
-    Message(Envelope, Vec<u8>),
+pub enum Outgoing<C, H = Envelope> {
+    /// A service message: its header and payload.
+    Message(H, Vec<u8>),
     /// A message of the layer's own protocol.
     Control(C),
 }
 
 /// What a layer (harbor, cluster) does with what arrives on a link.
-pub trait LinkHandler<C> {
+pub trait LinkHandler<C, H = Envelope> {
     /// A service message arrived.
-    fn on_message(&mut self, envelope: Envelope, payload: Vec<u8>);
+    fn on_message(&mut self, header: H, payload: Vec<u8>);
     /// A control message arrived; an `Err` closes the link with that reason
     /// (control messages the handler queued first are still sent).
     fn on_control(&mut self, control: C) -> Result<(), String>;
@@ -62,14 +62,18 @@ pub enum DriverError {
 
 /// A connection whose handshake is done: the socket, its link state, and
 /// bytes already read past the handshake.
-pub struct Connection<C> {
+pub struct Connection<C, H = Envelope> {
     stream: TcpStream,
-    link: Link<C>,
+    link: Link<C, H>,
     inbuf: BytesMut,
     outbuf: BytesMut,
 }
 
-impl<C: Serialize + DeserializeOwned> Connection<C> {
+impl<C, H> Connection<C, H>
+where
+    C: Serialize + DeserializeOwned,
+    H: Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
     /// Connects to `address` and completes the handshake as the client.
     ///
     /// # Errors
@@ -161,6 +165,11 @@ impl<C: Serialize + DeserializeOwned> Connection<C> {
         self.link.send_control(control);
     }
 
+    /// Queues a message or control to go out once [`run`](Self::run) starts.
+    pub fn send(&mut self, item: Outgoing<C, H>) {
+        push(&mut self.link, item);
+    }
+
     /// Carries messages both ways until the peer closes, the link fails,
     /// `outgoing` is closed, or `cancel` fires.
     ///
@@ -170,10 +179,10 @@ impl<C: Serialize + DeserializeOwned> Connection<C> {
     ///
     /// # Errors
     /// Why the connection ended, unless it was closed on purpose.
-    pub async fn run<H: LinkHandler<C>>(
+    pub async fn run<L: LinkHandler<C, H>>(
         mut self,
-        outgoing: &mut mpsc::UnboundedReceiver<Outgoing<C>>,
-        handler: &mut H,
+        outgoing: &mut mpsc::UnboundedReceiver<Outgoing<C, H>>,
+        handler: &mut L,
         cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
         let result = self.pump(outgoing, handler, cancel).await;
@@ -191,10 +200,10 @@ impl<C: Serialize + DeserializeOwned> Connection<C> {
         result
     }
 
-    async fn pump<H: LinkHandler<C>>(
+    async fn pump<L: LinkHandler<C, H>>(
         &mut self,
-        outgoing: &mut mpsc::UnboundedReceiver<Outgoing<C>>,
-        handler: &mut H,
+        outgoing: &mut mpsc::UnboundedReceiver<Outgoing<C, H>>,
+        handler: &mut L,
         cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
         let mut batch = Vec::with_capacity(RECV_BATCH);
@@ -233,12 +242,7 @@ impl<C: Serialize + DeserializeOwned> Connection<C> {
                         return Ok(());
                     }
                     for item in batch.drain(..) {
-                        match item {
-                            Outgoing::Message(envelope, payload) => {
-                                self.link.send_message(envelope, payload);
-                            }
-                            Outgoing::Control(c) => self.link.send_control(c),
-                        }
+                        push(&mut self.link, item);
                     }
                 }
                 () = sleep_until(timeout), if timeout.is_some() => {
@@ -246,6 +250,18 @@ impl<C: Serialize + DeserializeOwned> Connection<C> {
                 }
             }
         }
+    }
+}
+
+/// Queues an outgoing item on a link.
+fn push<C, H>(link: &mut Link<C, H>, item: Outgoing<C, H>)
+where
+    C: Serialize + DeserializeOwned,
+    H: Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    match item {
+        Outgoing::Message(header, payload) => link.send_message(header, payload),
+        Outgoing::Control(c) => link.send_control(c),
     }
 }
 

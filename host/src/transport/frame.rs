@@ -1,4 +1,5 @@
-//! Wire types of the node-to-node transport: [`Frame`] and [`Envelope`].
+//! Wire types of the node-to-node transport: [`Frame`] and [`Envelope`],
+//! its default message header.
 //!
 //! A frame is serialized with postcard; enum variants are encoded by their
 //! index, so **the order of [`Frame`]'s variants is part of the wire
@@ -11,7 +12,8 @@ use serde::{Deserialize, Serialize};
 /// speak the same one.
 pub const PROTOCOL_VERSION: u16 = 1;
 
-/// Header of one service message between nodes.
+/// Header of one service message between nodes: harbor's, and the default
+/// `H` of [`Frame`] and [`super::Link`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Envelope {
     /// Address of the service the message is for.
@@ -26,13 +28,13 @@ pub struct Envelope {
     pub tenant: u32,
 }
 
-/// One frame on the wire; `C` is the layer's own control protocol (harbor,
-/// cluster), opaque here.
+/// One frame on the wire; `C` is the layer's own control protocol and `H`
+/// the header of its service messages (harbor, cluster), both opaque here.
 ///
 /// The handshake frames (`Hello` to `Welcome`) are described in
 /// [`super::handshake`]; the data frames are only valid once the link is up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Frame<C> {
+pub enum Frame<C, H = Envelope> {
     /// Client to server: opens the handshake.
     Hello {
         /// The client's [`PROTOCOL_VERSION`].
@@ -71,7 +73,7 @@ pub enum Frame<C> {
     /// A whole service message.
     Message {
         /// Message header.
-        envelope: Envelope,
+        envelope: H,
         /// Message body.
         #[serde(with = "byte_vec")]
         payload: Vec<u8>,
@@ -81,7 +83,7 @@ pub enum Frame<C> {
         /// Stream id, fresh among the sender's open streams.
         stream: u32,
         /// Header of the reassembled message.
-        envelope: Envelope,
+        envelope: H,
         /// Length of the whole payload.
         total: u32,
         /// The first bytes of the payload.
@@ -104,7 +106,7 @@ pub enum Frame<C> {
     Pong(u64),
 }
 
-impl<C> Frame<C> {
+impl<C, H> Frame<C, H> {
     /// The variant's name, for errors and logs.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -129,7 +131,7 @@ impl<C> Frame<C> {
 /// Variant indices must match [`Frame`]'s (the placeholders stand for the
 /// handshake variants); a test checks that both encode alike.
 #[derive(Serialize)]
-pub(super) enum FrameRef<'a> {
+pub(super) enum FrameRef<'a, H = Envelope> {
     /// Stands for `Frame::Hello`.
     _Hello,
     /// Stands for `Frame::Challenge`.
@@ -142,14 +144,14 @@ pub(super) enum FrameRef<'a> {
     _Refused,
     /// Same wire form as `Frame::Message`.
     Message {
-        envelope: &'a Envelope,
+        envelope: &'a H,
         #[serde(with = "byte_vec")]
         payload: &'a [u8],
     },
     /// Same wire form as `Frame::ChunkStart`.
     ChunkStart {
         stream: u32,
-        envelope: &'a Envelope,
+        envelope: &'a H,
         total: u32,
         #[serde(with = "byte_vec")]
         part: &'a [u8],

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::frame::{Frame, PROTOCOL_VERSION};
+use super::frame::{Envelope, Frame, PROTOCOL_VERSION};
 use super::link::{PeerInfo, Role};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -112,9 +112,9 @@ impl HandshakeError {
 
 /// What to do after the handshake took a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step<C> {
+pub struct Step<C, H = Envelope> {
     /// Frame to send to the peer, if any.
-    pub reply: Option<Frame<C>>,
+    pub reply: Option<Frame<C, H>>,
     /// Set when the handshake is complete: who the peer is.
     pub done: Option<PeerInfo>,
 }
@@ -208,7 +208,7 @@ impl Handshake {
     }
 
     /// The first frame to send: `Hello` for a client (once), `None` for a server.
-    pub fn start<C>(&mut self) -> Option<Frame<C>> {
+    pub fn start<C, H>(&mut self) -> Option<Frame<C, H>> {
         if self.state != State::ClientStart {
             return None;
         }
@@ -238,7 +238,7 @@ impl Handshake {
     /// to tell the peer. A `Refused` frame gives [`HandshakeError::Refused`];
     /// a frame other than the expected one gives
     /// [`HandshakeError::Unexpected`].
-    pub fn handle<C>(&mut self, frame: Frame<C>) -> Result<Step<C>, HandshakeError> {
+    pub fn handle<C, H>(&mut self, frame: Frame<C, H>) -> Result<Step<C, H>, HandshakeError> {
         let result = self.advance(frame);
         if result.is_err() {
             self.state = State::Failed;
@@ -246,7 +246,7 @@ impl Handshake {
         result
     }
 
-    fn advance<C>(&mut self, frame: Frame<C>) -> Result<Step<C>, HandshakeError> {
+    fn advance<C, H>(&mut self, frame: Frame<C, H>) -> Result<Step<C, H>, HandshakeError> {
         match (self.state, frame) {
             (_, Frame::Refused { reason }) => Err(HandshakeError::Refused { reason }),
             (
@@ -462,7 +462,7 @@ mod tests {
     fn right_secret_completes_both_ways() {
         let (mut c, mut s) = pair(b"sesame", b"sesame");
         let hello: F = c.start().unwrap();
-        assert!(c.start::<()>().is_none(), "Hello only once");
+        assert!(c.start::<(), Envelope>().is_none(), "Hello only once");
         let challenge = s.handle(hello).unwrap().reply.unwrap();
         let proof = c.handle(challenge).unwrap().reply.unwrap();
         let Step { reply, done } = s.handle(proof).unwrap();
@@ -488,7 +488,11 @@ mod tests {
     #[test]
     fn wrong_secret_is_refused_without_leaking() {
         let (mut c, mut s) = pair(b"sesame", b"open");
-        let challenge = s.handle::<()>(c.start().unwrap()).unwrap().reply.unwrap();
+        let challenge = s
+            .handle::<(), Envelope>(c.start().unwrap())
+            .unwrap()
+            .reply
+            .unwrap();
         let proof = c.handle(challenge).unwrap().reply.unwrap();
         let err = s.handle(proof).unwrap_err();
         assert_eq!(
@@ -508,7 +512,11 @@ mod tests {
     #[test]
     fn tampered_welcome_fails_the_server() {
         let (mut c, mut s) = pair(b"sesame", b"sesame");
-        let challenge = s.handle::<()>(c.start().unwrap()).unwrap().reply.unwrap();
+        let challenge = s
+            .handle::<(), Envelope>(c.start().unwrap())
+            .unwrap()
+            .reply
+            .unwrap();
         let proof = c.handle(challenge).unwrap().reply.unwrap();
         let Some(Frame::Welcome { mut mac }) = s.handle(proof).unwrap().reply else {
             panic!("no Welcome")
@@ -530,7 +538,11 @@ mod tests {
     #[test]
     fn replayed_client_proof_is_not_a_welcome() {
         let (mut c, mut s) = pair(b"sesame", b"sesame");
-        let challenge = s.handle::<()>(c.start().unwrap()).unwrap().reply.unwrap();
+        let challenge = s
+            .handle::<(), Envelope>(c.start().unwrap())
+            .unwrap()
+            .reply
+            .unwrap();
         let Some(Frame::Proof { mac }) = c.handle(challenge).unwrap().reply else {
             panic!("no Proof")
         };

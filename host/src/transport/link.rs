@@ -44,8 +44,10 @@ use super::handshake::{Handshake, HandshakeError};
 pub const MAX_STREAMS: usize = 8;
 
 /// Upper bound of a data frame's bytes besides its payload part (variant,
-/// stream, envelope, total, part length); `chunk_size` is kept this far
-/// below `max_frame`.
+/// stream, an [`Envelope`]-sized header, total, part length); `chunk_size`
+/// is kept this far below `max_frame`. A message whose larger header would
+/// push its frame over `max_frame` is sent chunked, with a shorter first
+/// part (see `encode_start`).
 const FRAME_OVERHEAD: usize = 64;
 
 /// Largest buffer preallocated for reassembly on the strength of a peer's
@@ -134,15 +136,15 @@ pub struct PeerInfo {
     pub version: u16,
 }
 
-/// What the link has for the layer above.
+/// What the link has for the layer above; `C` and `H` as in [`Link`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LinkEvent<C> {
+pub enum LinkEvent<C, H = Envelope> {
     /// The handshake is done; data flows.
     Up(PeerInfo),
     /// A service message, whole or reassembled from chunks.
     Message {
         /// Message header.
-        envelope: Envelope,
+        envelope: H,
         /// Message body.
         payload: Vec<u8>,
     },
@@ -279,24 +281,29 @@ enum State {
 }
 
 /// A large payload being sent, chunk by chunk.
-struct Outgoing {
+struct Outgoing<H> {
     stream: u32,
-    envelope: Envelope,
+    envelope: H,
     total: u32,
     payload: Vec<u8>,
     sent: usize,
+    /// Whether the `ChunkStart` went out (it may carry no payload bytes).
+    started: bool,
 }
 
 /// A large payload being reassembled.
-struct Incoming {
-    envelope: Envelope,
+struct Incoming<H> {
+    envelope: H,
     total: usize,
     buf: Vec<u8>,
 }
 
 /// One node-to-node link: handshake, framing, chunking and heartbeat, with
 /// no I/O (see the module doc).
-pub struct Link<C> {
+///
+/// `C` is the layer's control protocol, `H` the header of its service
+/// messages ([`Envelope`] for harbor); both travel as postcard.
+pub struct Link<C, H = Envelope> {
     role: Role,
     config: LinkConfig,
     /// `config.chunk_size`, kept within 1 ..= `max_frame - FRAME_OVERHEAD`.
@@ -311,14 +318,14 @@ pub struct Link<C> {
     /// written only once Up.
     small: BytesMut,
     /// Large payloads in progress (at most `MAX_STREAMS`), round robin.
-    active: VecDeque<Outgoing>,
+    active: VecDeque<Outgoing<H>>,
     /// Large payloads waiting for a place in `active`, in order.
-    waiting: VecDeque<Outgoing>,
+    waiting: VecDeque<Outgoing<H>>,
     /// Unsent payload bytes in `active` and `waiting`.
     large_bytes: usize,
     next_stream: u32,
-    incoming: HashMap<u32, Incoming>,
-    events: VecDeque<LinkEvent<C>>,
+    incoming: HashMap<u32, Incoming<H>>,
+    events: VecDeque<LinkEvent<C, H>>,
     started: Instant,
     last_sent: Instant,
     last_recv: Instant,
@@ -326,7 +333,7 @@ pub struct Link<C> {
     pongs: u64,
 }
 
-impl<C> fmt::Debug for Link<C> {
+impl<C, H> fmt::Debug for Link<C, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Link")
             .field("role", &self.role)
@@ -339,7 +346,7 @@ impl<C> fmt::Debug for Link<C> {
     }
 }
 
-impl<C> Link<C> {
+impl<C, H> Link<C, H> {
     fn state_name(&self) -> &'static str {
         match self.state {
             State::Handshaking => self.handshake.state(),
@@ -349,7 +356,11 @@ impl<C> Link<C> {
     }
 }
 
-impl<C: Serialize + DeserializeOwned> Link<C> {
+impl<C, H> Link<C, H>
+where
+    C: Serialize + DeserializeOwned,
+    H: Serialize + DeserializeOwned + Clone + fmt::Debug,
+{
     /// A link at the start of its handshake; a client queues its `Hello` at
     /// once. `nonce` must be fresh and random (the driver draws it).
     pub fn new(role: Role, config: LinkConfig, now: Instant, nonce: [u8; 32]) -> Self {
@@ -370,7 +381,7 @@ impl<C: Serialize + DeserializeOwned> Link<C> {
             nonce,
         );
         let mut urgent = BytesMut::new();
-        if let Some(hello) = handshake.start::<C>() {
+        if let Some(hello) = handshake.start::<C, H>() {
             encode_or_log(&hello, &mut urgent);
         }
         Link {
@@ -437,7 +448,7 @@ impl<C: Serialize + DeserializeOwned> Link<C> {
             self.last_recv = now;
         }
         loop {
-            let frame = match self.decoder.decode::<C>(input) {
+            let frame = match self.decoder.decode::<C, H>(input) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(self.fail(e.into())),
@@ -449,32 +460,40 @@ impl<C: Serialize + DeserializeOwned> Link<C> {
     }
 
     /// The next event, if any.
-    pub fn poll_event(&mut self) -> Option<LinkEvent<C>> {
+    pub fn poll_event(&mut self) -> Option<LinkEvent<C, H>> {
         self.events.pop_front()
     }
 
     /// Queue a service message. Allowed before Up: queued data is only
     /// transmitted after the handshake completes. Payloads > chunk_size
-    /// become ChunkStart + Chunks with a fresh stream id.
+    /// become ChunkStart + Chunks with a fresh stream id; so does a smaller
+    /// one whose header is too large for the whole message to fit in
+    /// `max_frame`.
     ///
     /// A payload above `max_payload` (which the peer would refuse) is
     /// dropped with an error log; so is anything sent on a dead link.
-    pub fn send_message(&mut self, envelope: Envelope, payload: Vec<u8>) {
+    pub fn send_message(&mut self, envelope: H, payload: Vec<u8>) {
         if self.state == State::Dead {
-            tracing::debug!(dest = envelope.dest, "message dropped: link closed");
+            tracing::debug!(?envelope, "message dropped: link closed");
             return;
         }
         if payload.len() <= self.chunk_size {
-            if let Err(e) = codec::encode_message(&envelope, &payload, &mut self.small) {
-                tracing::error!(dest = envelope.dest, "cannot encode message: {e}");
+            let start = self.small.len();
+            match codec::encode_message(&envelope, &payload, &mut self.small) {
+                Ok(()) if self.small.len() - start <= LEN_PREFIX + self.config.max_frame => return,
+                // Too large for one frame (a large header): chunk it below.
+                Ok(()) => self.small.truncate(start),
+                Err(e) => {
+                    tracing::error!(?envelope, "cannot encode message: {e}");
+                    return;
+                }
             }
-            return;
         }
         let total = match u32::try_from(payload.len()) {
             Ok(total) if payload.len() <= self.config.max_payload => total,
             _ => {
                 tracing::error!(
-                    dest = envelope.dest,
+                    ?envelope,
                     len = payload.len(),
                     max_payload = self.config.max_payload,
                     "message dropped: payload larger than max_payload"
@@ -491,6 +510,7 @@ impl<C: Serialize + DeserializeOwned> Link<C> {
             total,
             payload,
             sent: 0,
+            started: false,
         });
         self.promote();
     }
@@ -505,7 +525,7 @@ impl<C: Serialize + DeserializeOwned> Link<C> {
             return;
         }
         let start = self.small.len();
-        encode_or_log(&Frame::Control(control), &mut self.small);
+        encode_or_log(&Frame::<C, H>::Control(control), &mut self.small);
         let len = self.small.len() - start;
         if len > LEN_PREFIX + self.config.max_frame {
             self.small.truncate(start);
@@ -600,7 +620,7 @@ impl<C: Serialize + DeserializeOwned> Link<C> {
                 if now.saturating_duration_since(self.last_sent) >= self.config.heartbeat
                     && !self.has_transmit()
                 {
-                    let ping = Frame::<C>::Ping(self.next_ping);
+                    let ping = Frame::<C, H>::Ping(self.next_ping);
                     self.next_ping = self.next_ping.wrapping_add(1);
                     encode_or_log(&ping, &mut self.small);
                 }
@@ -625,7 +645,7 @@ impl<C: Serialize + DeserializeOwned> Link<C> {
         }
         let reason = reason.into();
         tracing::debug!(role = ?self.role, state = self.state_name(), "link closed: {reason}");
-        encode_or_log(&Frame::<C>::Refused { reason }, &mut self.urgent);
+        encode_or_log(&Frame::<C, H>::Refused { reason }, &mut self.urgent);
         self.drop_all();
     }
 
@@ -636,7 +656,7 @@ impl<C: Serialize + DeserializeOwned> Link<C> {
     }
 
     /// Handles one frame; an error here is made final by the caller.
-    fn on_frame(&mut self, frame: Frame<C>) -> Result<(), LinkError> {
+    fn on_frame(&mut self, frame: Frame<C, H>) -> Result<(), LinkError> {
         match self.state {
             State::Dead => Err(LinkError::Closed),
             State::Handshaking => {
@@ -670,7 +690,7 @@ impl<C: Serialize + DeserializeOwned> Link<C> {
                     Ok(())
                 }
                 Frame::Ping(n) => {
-                    encode_or_log(&Frame::<C>::Pong(n), &mut self.small);
+                    encode_or_log(&Frame::<C, H>::Pong(n), &mut self.small);
                     Ok(())
                 }
                 Frame::Pong(_) => {
@@ -689,7 +709,7 @@ impl<C: Serialize + DeserializeOwned> Link<C> {
     fn chunk_start(
         &mut self,
         stream: u32,
-        envelope: Envelope,
+        envelope: H,
         total: u32,
         part: Vec<u8>,
     ) -> Result<(), LinkError> {
@@ -797,25 +817,28 @@ impl<C: Serialize + DeserializeOwned> Link<C> {
             let Some(mut o) = self.active.pop_front() else {
                 return;
             };
-            let end = (o.sent + self.chunk_size).min(o.payload.len());
-            let part = &o.payload[o.sent..end];
-            let written = if o.sent == 0 {
-                codec::encode_chunk_start(o.stream, &o.envelope, o.total, part, out)
+            let written = if !o.started {
+                encode_start(&o, self.chunk_size, self.config.max_frame, out)
             } else {
-                codec::encode_chunk(o.stream, part, out)
+                let end = (o.sent + self.chunk_size).min(o.payload.len());
+                codec::encode_chunk(o.stream, &o.payload[o.sent..end], out).map(|()| end)
             };
-            if let Err(e) = written {
-                tracing::error!(
-                    stream = o.stream,
-                    dest = o.envelope.dest,
-                    "large message dropped: cannot encode chunk: {e}"
-                );
-                self.large_bytes -= o.payload.len() - o.sent;
-                self.promote();
-                continue;
-            }
+            let end = match written {
+                Ok(end) => end,
+                Err(e) => {
+                    tracing::error!(
+                        stream = o.stream,
+                        envelope = ?o.envelope,
+                        "large message dropped: cannot encode chunk: {e}"
+                    );
+                    self.large_bytes -= o.payload.len() - o.sent;
+                    self.promote();
+                    continue;
+                }
+            };
             self.large_bytes -= end - o.sent;
             o.sent = end;
+            o.started = true;
             if o.sent < o.payload.len() {
                 self.active.push_back(o);
             } else {
@@ -839,7 +862,7 @@ impl<C: Serialize + DeserializeOwned> Link<C> {
     fn fail(&mut self, err: LinkError) -> LinkError {
         tracing::debug!(role = ?self.role, state = self.state_name(), "link failed: {err}");
         if let Some(reason) = err.refusal() {
-            encode_or_log(&Frame::<C>::Refused { reason }, &mut self.urgent);
+            encode_or_log(&Frame::<C, H>::Refused { reason }, &mut self.urgent);
         }
         self.drop_all();
         err
@@ -856,9 +879,44 @@ impl<C: Serialize + DeserializeOwned> Link<C> {
     }
 }
 
+/// Appends the `ChunkStart` of `o` with the first `chunk_size` bytes of its
+/// payload, or fewer when its header leaves less room in `max_frame`; returns
+/// how many payload bytes it carries.
+///
+/// # Errors
+/// [`CodecError::TooLarge`] if even an empty part does not fit (the header
+/// alone is too large), or an encoding error; `out` is left as it was.
+fn encode_start<H: Serialize>(
+    o: &Outgoing<H>,
+    chunk_size: usize,
+    max_frame: usize,
+    out: &mut BytesMut,
+) -> Result<usize, CodecError> {
+    let start = out.len();
+    let mut len = chunk_size.min(o.payload.len());
+    codec::encode_chunk_start(o.stream, &o.envelope, o.total, &o.payload[..len], out)?;
+    let frame = out.len() - start - LEN_PREFIX;
+    if frame <= max_frame {
+        return Ok(len);
+    }
+    // A part shorter by the excess shrinks the frame at least as much.
+    out.truncate(start);
+    len -= (frame - max_frame).min(len);
+    codec::encode_chunk_start(o.stream, &o.envelope, o.total, &o.payload[..len], out)?;
+    let frame = out.len() - start - LEN_PREFIX;
+    if frame > max_frame {
+        out.truncate(start);
+        return Err(CodecError::TooLarge {
+            len: frame,
+            max: max_frame,
+        });
+    }
+    Ok(len)
+}
+
 /// Encodes one of our own frames; postcard into a `BytesMut` cannot really
 /// fail, so a failure is logged and the frame dropped.
-fn encode_or_log<C: Serialize>(frame: &Frame<C>, out: &mut BytesMut) {
+fn encode_or_log<C: Serialize, H: Serialize>(frame: &Frame<C, H>, out: &mut BytesMut) {
     if let Err(e) = codec::encode_frame(frame, out) {
         tracing::error!(frame = frame.kind(), "cannot encode frame, dropped: {e}");
     }
@@ -892,14 +950,14 @@ mod tests {
 
     /// Two links joined in memory; a side that fails stops reading but its
     /// last words (`Refused`) still reach the other side.
-    struct Pair {
-        client: TestLink,
-        server: TestLink,
+    struct Pair<H = Envelope> {
+        client: Link<TestControl, H>,
+        server: Link<TestControl, H>,
         now: Instant,
         /// Bytes per `poll_transmit`.
         limit: usize,
-        client_events: Vec<LinkEvent<TestControl>>,
-        server_events: Vec<LinkEvent<TestControl>>,
+        client_events: Vec<LinkEvent<TestControl, H>>,
+        server_events: Vec<LinkEvent<TestControl, H>>,
         client_err: Option<LinkError>,
         server_err: Option<LinkError>,
         /// Lose everything the server writes.
@@ -908,6 +966,20 @@ mod tests {
 
     impl Pair {
         fn new(client: LinkConfig, server: LinkConfig) -> Self {
+            Pair::with_header(client, server)
+        }
+
+        fn connected() -> Self {
+            Pair::connected_with_header(config("alpha", b"sesame"), config("beta", b"sesame"))
+        }
+    }
+
+    impl<H> Pair<H>
+    where
+        H: Serialize + DeserializeOwned + Clone + fmt::Debug,
+    {
+        /// Like `new`, with message header `H`.
+        fn with_header(client: LinkConfig, server: LinkConfig) -> Self {
             let now = Instant::now();
             Pair {
                 client: Link::new(Role::Client, client, now, [1; 32]),
@@ -922,8 +994,9 @@ mod tests {
             }
         }
 
-        fn connected() -> Self {
-            let mut pair = Pair::new(config("alpha", b"sesame"), config("beta", b"sesame"));
+        /// Like `connected`, with message header `H` and these configs.
+        fn connected_with_header(client: LinkConfig, server: LinkConfig) -> Self {
+            let mut pair = Pair::with_header(client, server);
             pair.drive();
             assert!(
                 pair.client.is_up() && pair.server.is_up(),
@@ -1475,6 +1548,127 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// A message header other than `Envelope`: not `Copy`, with a heap field.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+    struct Target {
+        name: String,
+        compressed: bool,
+    }
+
+    fn target(name: &str, compressed: bool) -> Target {
+        Target {
+            name: name.into(),
+            compressed,
+        }
+    }
+
+    #[test]
+    fn another_header_type_round_trips_whole_and_chunked() {
+        let mut pair = Pair::<Target>::connected_with_header(
+            config("alpha", b"sesame"),
+            config("beta", b"sesame"),
+        );
+        let big = big_payload(200_000);
+        pair.client
+            .send_message(target("db.primary", true), big.clone());
+        pair.client
+            .send_message(target("", false), b"small".to_vec());
+        pair.client.send_control(TestControl::Bye);
+        pair.server
+            .send_message(target(&"x".repeat(1000), true), vec![9; 70_000]);
+
+        // The first transmit holds the small frames, then the ChunkStart
+        // carrying the header, then Chunks.
+        let mut wire = BytesMut::new();
+        pair.client.poll_transmit(pair.now, &mut wire, 100_000);
+        let mut copy = wire.clone();
+        let mut dec = FrameDecoder::new(usize::MAX);
+        let mut frames: Vec<Frame<TestControl, Target>> = Vec::new();
+        while let Some(f) = dec.decode(&mut copy).unwrap() {
+            frames.push(f);
+        }
+        let kinds: Vec<_> = frames.iter().map(Frame::kind).collect();
+        assert_eq!(kinds, ["Message", "Control", "ChunkStart", "Chunk"]);
+        assert!(
+            matches!(&frames[2], Frame::ChunkStart { envelope, total: 200_000, .. }
+                if *envelope == target("db.primary", true)),
+            "{:?}",
+            frames[2].kind()
+        );
+        pair.server.handle_bytes(pair.now, &mut wire).unwrap();
+        pair.drive();
+
+        assert_eq!((&pair.client_err, &pair.server_err), (&None, &None));
+        assert_eq!(
+            pair.server_events,
+            vec![
+                LinkEvent::Message {
+                    envelope: target("", false),
+                    payload: b"small".to_vec()
+                },
+                LinkEvent::Control(TestControl::Bye),
+                LinkEvent::Message {
+                    envelope: target("db.primary", true),
+                    payload: big
+                },
+            ]
+        );
+        assert_eq!(
+            pair.client_events,
+            vec![LinkEvent::Message {
+                envelope: target(&"x".repeat(1000), true),
+                payload: vec![9; 70_000]
+            }]
+        );
+        assert_eq!(pair.client.queued_bytes() + pair.server.queued_bytes(), 0);
+        assert!(pair.client.incoming.is_empty() && pair.server.incoming.is_empty());
+    }
+
+    #[test]
+    fn large_headers_are_chunked_to_fit_max_frame() {
+        let tight = |name: &str| {
+            let mut config = config(name, b"sesame");
+            config.chunk_size = 1000;
+            config.max_frame = 1100;
+            config
+        };
+        let mut pair = Pair::<Target>::connected_with_header(tight("alpha"), tight("beta"));
+        let long = |c: char, n: usize| target(&c.to_string().repeat(n), false);
+        // Within chunk_size, but header and payload exceed max_frame.
+        pair.client.send_message(long('a', 300), big_payload(900));
+        // Chunked anyway; the header shortens the ChunkStart's part.
+        pair.client.send_message(long('b', 300), big_payload(5000));
+        // The header leaves room for no payload at all in the ChunkStart
+        // (1 + 1 + 2 + 1092 + 1 + 2 + 1 = 1100 bytes): every byte goes in Chunks.
+        pair.client.send_message(long('e', 1092), big_payload(3000));
+        // The header alone exceeds max_frame: dropped, the link stays up.
+        pair.client.send_message(long('c', 2000), vec![1; 10]);
+        pair.client.send_message(long('d', 1), vec![2; 10]);
+        pair.drive();
+
+        assert_eq!((&pair.client_err, &pair.server_err), (&None, &None));
+        assert!(pair.client.is_up() && pair.server.is_up());
+        let mut got: Vec<_> = pair
+            .server_events
+            .drain(..)
+            .map(|e| match e {
+                LinkEvent::Message { envelope, payload } => (envelope, payload),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        got.sort_by_key(|(_, p)| p.len());
+        assert_eq!(
+            got,
+            vec![
+                (long('d', 1), vec![2; 10]),
+                (long('a', 300), big_payload(900)),
+                (long('e', 1092), big_payload(3000)),
+                (long('b', 300), big_payload(5000)),
+            ]
+        );
+        assert_eq!(pair.client.queued_bytes(), 0);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use wasmtime::{StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::skyhost::service::{harbor, runtime, types};
+use super::bindings::skyhost::service::{cluster, harbor, runtime, types};
 use super::stdio::{LogOutput, Stream};
 use crate::runtime::{Address, ErrorCause, Kernel, Message, SendError, ServiceHandle, kind};
 
@@ -455,5 +455,128 @@ impl harbor::Host for ServiceState {
         self.harbor_session(NOT_IN_A_HARBOR, |h, waiter| {
             h.watch(crate::harbor::Watch::LinkMaster, waiter);
         })
+    }
+}
+
+const NOT_IN_A_CLUSTER: &str = "this node is not in a cluster";
+
+impl From<cluster::Service> for crate::cluster::proto::Target {
+    fn from(s: cluster::Service) -> Self {
+        match s {
+            cluster::Service::Name(n) => crate::cluster::proto::Target::Name(n),
+            cluster::Service::Address(a) => crate::cluster::proto::Target::Address(a),
+        }
+    }
+}
+
+impl ServiceState {
+    /// A fresh session for a cluster request; on a node without a cluster
+    /// it ends at once with an error.
+    fn cluster_session(
+        &mut self,
+        ask: impl FnOnce(&std::sync::Arc<crate::cluster::Cluster>, crate::harbor::Waiter),
+    ) -> u32 {
+        let session = self.fresh_session();
+        let waiter = crate::harbor::Waiter {
+            to: self.address,
+            session,
+        };
+        match self.kernel.cluster.get() {
+            Some(c) => ask(c, waiter),
+            None => {
+                let m = Message::error(
+                    self.address,
+                    session,
+                    ErrorCause::NodeDown,
+                    NOT_IN_A_CLUSTER,
+                );
+                let _ = self.kernel.deliver(self.address, m);
+            }
+        }
+        session
+    }
+}
+
+impl cluster::Host for ServiceState {
+    fn node_name(&mut self) -> String {
+        self.kernel
+            .cluster
+            .get()
+            .map(|c| c.name.clone())
+            .unwrap_or_default()
+    }
+
+    fn open(&mut self, at: String) -> Result<String, String> {
+        let cluster = self.kernel.cluster.get().ok_or(NOT_IN_A_CLUSTER)?;
+        cluster.open(&at).map(|a| a.to_string())
+    }
+
+    fn call(
+        &mut self,
+        node: String,
+        service: cluster::Service,
+        payload: Vec<u8>,
+        timeout_ms: u32,
+    ) -> u32 {
+        let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into()));
+        let too_large = self.check_size(&payload).is_err();
+        let limit = self.kernel.limits.max_payload;
+        let kernel = self.kernel.clone();
+        self.cluster_session(|c, waiter| {
+            if too_large {
+                let detail = format!("payload larger than the limit of {limit} bytes");
+                let m = Message::error(waiter.to, waiter.session, ErrorCause::Service, &detail);
+                let _ = kernel.deliver(waiter.to, m);
+                return;
+            }
+            c.call(&node, service.into(), payload, waiter, timeout);
+        })
+    }
+
+    fn send(
+        &mut self,
+        node: String,
+        service: cluster::Service,
+        payload: Vec<u8>,
+    ) -> Result<(), String> {
+        if self.check_size(&payload).is_err() {
+            return Err(format!(
+                "payload larger than the limit of {} bytes",
+                self.kernel.limits.max_payload
+            ));
+        }
+        let cluster = self.kernel.cluster.get().ok_or(NOT_IN_A_CLUSTER)?;
+        cluster
+            .send(&node, service.into(), payload)
+            .map_err(|e| e.to_string())
+    }
+
+    fn proxy(&mut self, node: String, service: cluster::Service) -> u32 {
+        self.kernel
+            .cluster
+            .get()
+            .and_then(|c| c.proxy(&node, service.into()))
+            .map_or(0, |a| a.0)
+    }
+
+    fn register(&mut self, name: String, target: u32) {
+        if let Some(c) = self.kernel.cluster.get() {
+            c.register(&name, Address(target));
+        }
+    }
+
+    fn unregister(&mut self, name: String) {
+        if let Some(c) = self.kernel.cluster.get() {
+            c.unregister(&name);
+        }
+    }
+
+    fn query(&mut self, node: String, name: String) -> u32 {
+        self.cluster_session(|c, waiter| c.query(&node, name, waiter))
+    }
+
+    fn reload(&mut self, config: String) -> Result<(), String> {
+        let cluster = self.kernel.cluster.get().ok_or(NOT_IN_A_CLUSTER)?;
+        cluster.reload(&config).map_err(|e| e.to_string())
     }
 }

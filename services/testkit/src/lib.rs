@@ -10,10 +10,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use skyhost_sdk::{
-    Address, Message, Reply, Service, call, exit, export_service, harbor, kind, monitor, query,
-    register, self_address, send_raw, sleep, spawn_raw,
+    Address, Message, Reply, Service, call, cluster, exit, export_service, harbor, kind, monitor,
+    query, register, self_address, send_raw, sleep, spawn_raw,
 };
-use skyhost_test_proto::{Command, Reply as Answer, TrapKind};
+use skyhost_test_proto::{ClusterTarget, Command, Reply as Answer, TrapKind};
 
 /// Counters the commands read back.
 struct Testkit {
@@ -32,6 +32,9 @@ impl Service for Testkit {
         for word in args.split_whitespace() {
             if let Some(name) = word.strip_prefix("name=") {
                 register(name).map_err(|e| format!("register {name}: {e}"))?;
+            }
+            if let Some(name) = word.strip_prefix("cluster=") {
+                cluster::register(name, self_address());
             }
         }
         Ok(Testkit {
@@ -155,9 +158,107 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
                 Err(e) => Answer::Failed(format!("harbor wait {what} {id}: {e}")),
             }
         }
+        Command::ClusterCall {
+            node,
+            target,
+            command,
+            timeout_ms,
+        } => {
+            let payload = match postcard::to_allocvec(&*command) {
+                Ok(p) => p,
+                Err(e) => return Answer::Failed(format!("encode: {e}")),
+            };
+            let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into()));
+            match cluster::call_raw(&node, service(target), &payload, timeout).await {
+                Ok(bytes) => postcard::from_bytes(&bytes)
+                    .unwrap_or_else(|e| Answer::Failed(format!("decode: {e}"))),
+                Err(e) => Answer::Failed(format!("cluster call {node}: {e}")),
+            }
+        }
+        Command::ClusterSend {
+            node,
+            target,
+            payload,
+        } => match cluster::send_raw(&node, service(target), &payload) {
+            Ok(()) => Answer::Unit,
+            Err(e) => Answer::Failed(format!("cluster send {node}: {e}")),
+        },
+        Command::ClusterProxy { node, target } => {
+            Answer::Address(cluster::proxy(&node, service(target)).0)
+        }
+        Command::ClusterRegister(name) => {
+            cluster::register(&name, self_address());
+            Answer::Unit
+        }
+        Command::ClusterQuery { node, name } => match cluster::query(&node, &name).await {
+            Ok(a) => Answer::Address(a.0),
+            Err(e) => Answer::Failed(format!("cluster query {node} {name}: {e}")),
+        },
+        Command::ClusterReload(text) => match cluster::reload(&text) {
+            Ok(()) => Answer::Unit,
+            Err(e) => Answer::Failed(format!("cluster reload: {e}")),
+        },
+        Command::ClusterCallLoop {
+            node,
+            target,
+            n,
+            payload,
+            timed,
+        } => cluster_call_loop(&node, service(target), n, payload, timed).await,
+        Command::ClusterSendLoop {
+            node,
+            target,
+            n,
+            payload,
+        } => {
+            let target = service(target);
+            for i in 0..n {
+                if let Err(e) = cluster::send_raw(&node, target.clone(), &payload) {
+                    return Answer::Failed(format!("cluster send {i} of {n}: {e}"));
+                }
+            }
+            Answer::Unit
+        }
         Command::Exit { .. } | Command::Timers(_) => {
             Answer::Failed("testkit: handled before run".into())
         }
+    }
+}
+
+fn service(target: ClusterTarget) -> cluster::Service {
+    match target {
+        ClusterTarget::Name(n) => cluster::Service::Name(n),
+        ClusterTarget::Address(a) => cluster::Service::Address(Address(a)),
+    }
+}
+
+/// `n` sequential cluster calls of `Echo(payload)`, each answer checked;
+/// `timed` answers each round trip in µs.
+async fn cluster_call_loop(
+    node: &str,
+    target: cluster::Service,
+    n: u32,
+    payload: Vec<u8>,
+    timed: bool,
+) -> Answer {
+    let command = Command::Echo(payload.clone());
+    let mut times = Vec::new();
+    for i in 0..n {
+        let start = timed.then(skyhost_sdk::now);
+        match cluster::call::<Command, Answer>(node, target.clone(), &command).await {
+            Ok(Answer::Bytes(bytes)) if bytes == payload => {}
+            Ok(other) => return Answer::Failed(format!("call {i} of {n}: answered {other:?}")),
+            Err(e) => return Answer::Failed(format!("call {i} of {n}: {e}")),
+        }
+        if let Some(start) = start {
+            let micros = (skyhost_sdk::now() - start).as_micros();
+            times.push(u32::try_from(micros).unwrap_or(u32::MAX));
+        }
+    }
+    if timed {
+        Answer::Order(times)
+    } else {
+        Answer::Unit
     }
 }
 

@@ -121,6 +121,80 @@ pub enum Command {
         /// The payload echoed.
         payload: Vec<u8>,
     },
+    /// Call `target` on cluster node `node` with `command` (0: no
+    /// timeout). Answers what the remote testkit answered, or `Failed`.
+    ClusterCall {
+        /// The cluster node.
+        node: String,
+        /// The service there.
+        target: ClusterTarget,
+        /// What to ask it.
+        command: Box<Command>,
+        /// The call's own timeout.
+        timeout_ms: u32,
+    },
+    /// Send `Echo(payload)` to `target` on `node` as text. Answers `Unit`
+    /// or `Failed`.
+    ClusterSend {
+        /// The cluster node.
+        node: String,
+        /// The service there.
+        target: ClusterTarget,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+    /// A proxy for `target` on `node`. Answers `Address`.
+    ClusterProxy {
+        /// The cluster node.
+        node: String,
+        /// The service there.
+        target: ClusterTarget,
+    },
+    /// Register this service in the cluster as `name`. Answers `Unit`.
+    ClusterRegister(String),
+    /// The address `node` registered as `name`. Answers `Address` or `Failed`.
+    ClusterQuery {
+        /// The cluster node.
+        node: String,
+        /// The name.
+        name: String,
+    },
+    /// Replace the cluster config. Answers `Unit` or `Failed`.
+    ClusterReload(String),
+    /// `n` sequential cluster calls of `Echo(payload)`; `timed` answers
+    /// `Order` with each round trip in µs, else `Unit`.
+    ClusterCallLoop {
+        /// The cluster node.
+        node: String,
+        /// The service there.
+        target: ClusterTarget,
+        /// How many calls.
+        n: u32,
+        /// The payload echoed.
+        payload: Vec<u8>,
+        /// Time each call.
+        timed: bool,
+    },
+    /// `n` cluster sends of `payload` to `target` on `node`. Answers `Unit`.
+    ClusterSendLoop {
+        /// The cluster node.
+        node: String,
+        /// The service there.
+        target: ClusterTarget,
+        /// How many sends.
+        n: u32,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+}
+
+/// A service on a cluster node: by name or by address there.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum ClusterTarget {
+    /// A name the node resolves.
+    Name(String),
+    /// An address on that node.
+    Address(u32),
 }
 
 /// How a testkit service dies for `Command::Trap`.

@@ -1,0 +1,159 @@
+//! Skynet's cluster: call services on other nodes by node name and service
+//! name (or address). Functions that wait start their request when called
+//! and return a future for the answer.
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::node::{decode, encode};
+use crate::session::SessionWait;
+use crate::{Address, CallError, sys};
+
+/// A service on another node: a name it registered (or one of its own
+/// names), or an address on that node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// A name the other node resolves.
+    Name(String),
+    /// An address on the other node.
+    Address(Address),
+}
+
+impl From<&str> for Service {
+    fn from(name: &str) -> Self {
+        Service::Name(name.to_string())
+    }
+}
+
+impl From<Address> for Service {
+    fn from(address: Address) -> Self {
+        Service::Address(address)
+    }
+}
+
+impl Service {
+    fn raw(&self) -> sys::cluster::Service {
+        match self {
+            Service::Name(n) => sys::cluster::Service::Name(n.clone()),
+            Service::Address(a) => sys::cluster::Service::Address(a.0),
+        }
+    }
+}
+
+/// This node's name in the cluster ("" when it is in none).
+pub fn node_name() -> String {
+    sys::cluster::node_name()
+}
+
+/// Listens for other nodes: a node name from the cluster config,
+/// `host:port` (port 0 picks one), or a port. Returns the bound address.
+///
+/// # Errors
+/// The node is in no cluster, the name is unknown, or the address cannot
+/// be bound.
+pub fn open(at: &str) -> Result<String, String> {
+    sys::cluster::open(at)
+}
+
+/// Calls `service` on `node` with `req` (postcard) and waits for the answer.
+///
+/// # Errors
+/// [`CallError`]: the node is offline or down, the service failed or does
+/// not exist there, or the answer did not decode.
+pub fn call<Req, Resp>(
+    node: &str,
+    service: impl Into<Service>,
+    req: &Req,
+) -> impl Future<Output = Result<Resp, CallError>> + 'static
+where
+    Req: Serialize + ?Sized,
+    Resp: DeserializeOwned,
+{
+    let started = encode(req)
+        .map_err(CallError::from)
+        .map(|payload| start(node, &service.into(), &payload, None));
+    async move {
+        let bytes = started?.await.into_result()?;
+        decode(&bytes)
+    }
+}
+
+/// Calls with raw bytes; `timeout` ends the call with
+/// [`CallError::Timeout`] (the host keeps the deadline).
+///
+/// # Errors
+/// As [`call`], plus [`CallError::Timeout`].
+pub fn call_raw(
+    node: &str,
+    service: impl Into<Service>,
+    payload: &[u8],
+    timeout: Option<Duration>,
+) -> impl Future<Output = Result<Vec<u8>, CallError>> + 'static {
+    let wait = start(node, &service.into(), payload, timeout);
+    async move { wait.await.into_result() }
+}
+
+fn start(node: &str, service: &Service, payload: &[u8], timeout: Option<Duration>) -> SessionWait {
+    let ms = timeout.map_or(0, |t| crate::node::timer_ms(t).max(1));
+    SessionWait::open(sys::cluster::call(node, &service.raw(), payload, ms))
+}
+
+/// Sends `value` (postcard) to `service` on `node`; it arrives as a `text`
+/// message.
+///
+/// # Errors
+/// At once: the node is offline, unknown (with `__nowaiting`), or down with
+/// its queue full, or the value did not encode.
+pub fn send<T: Serialize + ?Sized>(
+    node: &str,
+    service: impl Into<Service>,
+    value: &T,
+) -> Result<(), String> {
+    let payload = encode(value).map_err(|e| e.to_string())?;
+    send_raw(node, service, &payload)
+}
+
+/// Sends raw bytes to `service` on `node`.
+///
+/// # Errors
+/// As [`send`].
+pub fn send_raw(node: &str, service: impl Into<Service>, payload: &[u8]) -> Result<(), String> {
+    sys::cluster::send(node, &service.into().raw(), payload)
+}
+
+/// A local address whose requests and text messages go to `service` on
+/// `node`; answers come back to the caller.
+pub fn proxy(node: &str, service: impl Into<Service>) -> Address {
+    Address(sys::cluster::proxy(node, &service.into().raw()))
+}
+
+/// Makes `target` known to other nodes as `name` (their `query` and calls
+/// by name find it).
+pub fn register(name: &str, target: Address) {
+    sys::cluster::register(name, target.0);
+}
+
+/// Forgets a registered name.
+pub fn unregister(name: &str) {
+    sys::cluster::unregister(name);
+}
+
+/// The address `node` registered as `name`.
+///
+/// # Errors
+/// [`CallError::UnknownAddress`] when it has none, or how the link failed.
+pub fn query(node: &str, name: &str) -> impl Future<Output = Result<Address, CallError>> + 'static {
+    let wait = SessionWait::open(sys::cluster::query(node, name));
+    async move { crate::harbor::address_answer(wait.await.into_result()?, "cluster query") }
+}
+
+/// Replaces the cluster config with `config` (the cluster file's format).
+///
+/// # Errors
+/// The config's error, naming the line and key.
+pub fn reload(config: &str) -> Result<(), String> {
+    sys::cluster::reload(config)
+}

@@ -1,0 +1,216 @@
+//! The receiving side of a cluster link (Skynet's clusteragent): one per
+//! inbound connection, with a host address of its own. A request from the
+//! peer becomes a local call from that address; the answer that comes back
+//! to it goes out as the peer's `Response`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::proto::{Control, Header, Target};
+use super::{Cluster, Settings, lock};
+use crate::runtime::endpoint::HostEndpoint;
+use crate::runtime::{Address, Kernel, Message, kind};
+use crate::transport::{Connection, LinkHandler, Outgoing};
+
+type Item = Outgoing<Control, Header>;
+
+/// Accepts cluster links and serves each with an agent.
+pub(super) async fn accept_loop(cluster: Arc<Cluster>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            () = cluster.cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, from) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("accepting a cluster link: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(kernel) = cluster.kernel() else {
+            return;
+        };
+        let serve = serve(cluster.clone(), kernel.clone(), stream, from);
+        kernel.tasks.spawn(serve.in_current_span());
+    }
+}
+
+/// Local sessions of the agent's calls -> the peer's link sessions.
+type Sessions = Arc<Mutex<HashMap<u32, u32>>>;
+
+async fn serve(
+    cluster: Arc<Cluster>,
+    kernel: Arc<Kernel>,
+    stream: tokio::net::TcpStream,
+    from: std::net::SocketAddr,
+) {
+    let config = cluster.settings.link(&cluster.name);
+    let conn = match Connection::<Control, Header>::accept(stream, config).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(%from, "cluster link refused: {e}");
+            return;
+        }
+    };
+    let peer = conn.peer().map(|p| p.name.clone()).unwrap_or_default();
+    let mut endpoint = HostEndpoint::new(&kernel, "cluster-agent");
+    let agent = endpoint.address();
+    tracing::info!(%peer, %from, %agent, "cluster link accepted");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let sessions: Sessions = Arc::default();
+    let mut handler = AgentHandler {
+        kernel: kernel.clone(),
+        cluster: cluster.clone(),
+        agent,
+        tx: tx.clone(),
+        sessions: sessions.clone(),
+        next: 0,
+    };
+    let answers = forward_answers(&mut endpoint, &tx, &sessions, &cluster.settings);
+    let result = tokio::select! {
+        r = conn.run(&mut rx, &mut handler, &cluster.cancel) => r,
+        () = answers => Ok(()),
+    };
+    match result {
+        Ok(()) => tracing::info!(%peer, "cluster link closed"),
+        Err(e) => tracing::warn!(%peer, %from, "cluster link closed: {e}"),
+    }
+}
+
+/// Sends each answer that reaches the agent back to the peer.
+async fn forward_answers(
+    endpoint: &mut HostEndpoint,
+    tx: &mpsc::UnboundedSender<Item>,
+    sessions: &Sessions,
+    settings: &Settings,
+) {
+    while let Some(m) = endpoint.recv().await {
+        if !matches!(m.kind, kind::RESPONSE | kind::ERROR) {
+            continue;
+        }
+        let Some(session) = lock(sessions).remove(&m.session) else {
+            continue;
+        };
+        let item = if m.kind == kind::RESPONSE {
+            let (payload, compressed) = settings.pack(m.payload);
+            Outgoing::Message(
+                Header::Response {
+                    session,
+                    compressed,
+                },
+                payload,
+            )
+        } else {
+            let cause = m.payload.first().copied().unwrap_or(0);
+            let detail = m.payload.get(1..).unwrap_or_default().to_vec();
+            Outgoing::Message(Header::Error { session, cause }, detail)
+        };
+        if tx.send(item).is_err() {
+            return;
+        }
+    }
+}
+
+/// Delivers what the peer sends into this node.
+struct AgentHandler {
+    kernel: Arc<Kernel>,
+    cluster: Arc<Cluster>,
+    agent: Address,
+    tx: mpsc::UnboundedSender<Item>,
+    sessions: Sessions,
+    next: u32,
+}
+
+impl AgentHandler {
+    fn refuse(&self, session: u32, cause: crate::runtime::ErrorCause, detail: String) {
+        let header = Header::Error {
+            session,
+            cause: cause as u8,
+        };
+        let _ = self.tx.send(Outgoing::Message(header, detail.into_bytes()));
+    }
+
+    fn local_session(&mut self) -> u32 {
+        self.next = self.next.wrapping_add(1).max(1);
+        self.next
+    }
+
+    fn target(&self, target: &Target) -> Result<Address, String> {
+        self.cluster.resolve(target).ok_or_else(|| {
+            format!(
+                "no service `{target}` on cluster node `{}`",
+                self.cluster.name
+            )
+        })
+    }
+}
+
+impl LinkHandler<Control, Header> for AgentHandler {
+    fn on_message(&mut self, header: Header, payload: Vec<u8>) {
+        match header {
+            Header::Request {
+                session,
+                target,
+                compressed,
+            } => {
+                let dest = match self.target(&target) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        return self.refuse(session, crate::runtime::ErrorCause::UnknownAddress, e);
+                    }
+                };
+                let payload = match self.cluster.settings.unpack(payload, compressed) {
+                    Ok(p) => p,
+                    Err(e) => return self.refuse(session, crate::runtime::ErrorCause::Service, e),
+                };
+                let local = self.local_session();
+                lock(&self.sessions).insert(local, session);
+                let m = Message {
+                    kind: kind::REQUEST,
+                    source: self.agent,
+                    session: local,
+                    payload,
+                };
+                if let Err(e) = self.kernel.deliver(dest, m) {
+                    lock(&self.sessions).remove(&local);
+                    self.refuse(session, e.cause(), format!("{target}: {e}"));
+                }
+            }
+            Header::Push { target, compressed } => {
+                let delivered = self.target(&target).and_then(|dest| {
+                    let payload = self.cluster.settings.unpack(payload, compressed)?;
+                    let m = Message {
+                        kind: kind::TEXT,
+                        source: self.agent,
+                        session: 0,
+                        payload,
+                    };
+                    self.kernel.deliver(dest, m).map_err(|e| e.to_string())
+                });
+                if let Err(e) = delivered {
+                    tracing::debug!("cluster send to `{target}` dropped: {e}");
+                }
+            }
+            other => tracing::warn!("unexpected {other:?} on an inbound cluster link"),
+        }
+    }
+
+    fn on_control(&mut self, control: Control) -> Result<(), String> {
+        match control {
+            Control::Query { request, name } => {
+                let address = lock(&self.cluster.names).get(&name).map(|a| a.0);
+                let answer = Control::QueryResult { request, address };
+                let _ = self.tx.send(Outgoing::Control(answer));
+                Ok(())
+            }
+            other => Err(format!("unexpected {other:?} on an inbound cluster link")),
+        }
+    }
+}

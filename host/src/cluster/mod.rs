@@ -1,0 +1,618 @@
+//! Cluster: independent nodes, named in a cluster config, that call each
+//! other's services by node name and service name or address.
+//!
+//! ```text
+//!  guest: cluster.call("db", "store", payload)
+//!    -> Cluster::submit     table lookup: unknown (wait for a reload, or fail with
+//!                           __nowaiting), offline (fail), or an address
+//!    -> Sender ("db")       one outbound link per peer, made on first use; the call
+//!                           gets a link session; requests queue while it connects
+//!    -> transport           Frame<Control, Header>: Request {session, target}
+//!  node "db": agent         one per inbound link, a host address of its own: it
+//!                           delivers the request to `store` as a local call and
+//!                           sends the answer back as Response {session}
+//!    -> Sender              the link session's waiter gets the response (or an error)
+//! ```
+//!
+//! Who owns what (as Skynet's clustersender / clusteragent / clusterproxy):
+//! - [`Cluster`] (one per node, in its `Kernel`): the table, the senders,
+//!   calls parked for nodes not in the table yet, the names registered
+//!   for discovery, and the listeners.
+//! - [`sender::Sender`]: one peer's queue, its calls in flight and its
+//!   queries; one task owns the connection, reconnects with backoff on the
+//!   next use, and fails every call in flight when the link drops.
+//! - [`agent`]: one inbound connection and its host address.
+//! - proxies: a host address whose messages go to one remote service.
+
+pub mod config;
+pub mod proto;
+mod sender;
+
+mod agent;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::ClusterNodeConfig;
+use crate::harbor::Waiter;
+use crate::runtime::endpoint::HostEndpoint;
+use crate::runtime::{Address, ErrorCause, Kernel, Message, kind};
+use crate::transport::LinkConfig;
+pub use config::{ClusterConfigError, ClusterTable, NodeAddress};
+use proto::Target;
+use sender::Sender;
+
+/// Why a cluster operation failed at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct ClusterError {
+    /// The cause a waiting caller sees.
+    pub cause: ErrorCause,
+    /// What went wrong, naming the node.
+    pub detail: String,
+}
+
+impl ClusterError {
+    fn new(cause: ErrorCause, detail: impl Into<String>) -> Self {
+        ClusterError {
+            cause,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Something to do on a node: what waits in a sender's queue, or for a
+/// reload that adds an unknown node.
+pub(crate) enum Job {
+    /// A call; `waiter` gets the response or an error.
+    Call {
+        target: Target,
+        payload: Vec<u8>,
+        waiter: Waiter,
+        timeout: Option<Duration>,
+    },
+    /// A send.
+    Send { target: Target, payload: Vec<u8> },
+    /// A name lookup; `waiter` gets the address (4 bytes, little-endian).
+    Query { name: String, waiter: Waiter },
+}
+
+impl Job {
+    /// Ends the job's session with an error (a send has none: it is counted).
+    fn fail(self, kernel: &Kernel, error: &ClusterError) {
+        match self {
+            Job::Call { waiter, .. } | Job::Query { waiter, .. } => {
+                fail(kernel, waiter, error.cause, &error.detail);
+            }
+            Job::Send { .. } => {
+                tracing::debug!("cluster send dropped: {}", error.detail);
+            }
+        }
+    }
+}
+
+/// Answers `waiter` with an `error` message.
+fn fail(kernel: &Kernel, waiter: Waiter, cause: ErrorCause, detail: &str) {
+    let _ = kernel.deliver(
+        waiter.to,
+        Message::error(Address(0), waiter.session, cause, detail),
+    );
+}
+
+/// Answers `waiter` with a `response`; cluster answers come from address 0
+/// (the caller matches them by session).
+fn respond(kernel: &Kernel, waiter: Waiter, payload: Vec<u8>) {
+    let m = Message {
+        kind: kind::RESPONSE,
+        source: Address(0),
+        session: waiter.session,
+        payload,
+    };
+    let _ = kernel.deliver(waiter.to, m);
+}
+
+/// The settings every cluster link is made with.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    secret: Arc<[u8]>,
+    heartbeat: Duration,
+    dead_after: Duration,
+    max_payload: usize,
+    /// Payloads longer than this are lz4-compressed; `None`: never.
+    compress_above: Option<usize>,
+    /// Messages queued for a peer that is down, before new ones are refused.
+    queue_limit: usize,
+}
+
+impl Settings {
+    fn link(&self, name: &str) -> LinkConfig {
+        let mut c = LinkConfig::new(proto::PROTOCOL, name, self.secret.clone());
+        c.heartbeat = self.heartbeat;
+        c.dead_after = self.dead_after;
+        c.max_payload = self.max_payload;
+        c
+    }
+
+    /// The payload as sent, and whether it was compressed.
+    fn pack(&self, payload: Vec<u8>) -> (Vec<u8>, bool) {
+        match self.compress_above {
+            Some(at) if payload.len() > at => {
+                let packed = lz4_flex::compress_prepend_size(&payload);
+                if packed.len() < payload.len() {
+                    (packed, true)
+                } else {
+                    (payload, false)
+                }
+            }
+            _ => (payload, false),
+        }
+    }
+
+    /// The payload as received.
+    fn unpack(&self, payload: Vec<u8>, compressed: bool) -> Result<Vec<u8>, String> {
+        if !compressed {
+            return Ok(payload);
+        }
+        let size = payload
+            .get(..4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map_or(0, |b| u32::from_le_bytes(b) as usize);
+        if size > self.max_payload {
+            return Err(format!(
+                "compressed payload claims {size} bytes, more than the limit of {}",
+                self.max_payload
+            ));
+        }
+        lz4_flex::decompress_size_prepended(&payload).map_err(|e| format!("bad lz4 payload: {e}"))
+    }
+}
+
+/// The cluster side of one node.
+pub(crate) struct Cluster {
+    kernel: Weak<Kernel>,
+    /// This node's name in the cluster.
+    pub name: String,
+    settings: Settings,
+    table: Mutex<Arc<ClusterTable>>,
+    senders: Mutex<HashMap<String, Arc<Sender>>>,
+    /// Jobs for nodes not in the table, by node, with an id for timeouts.
+    waiting: Mutex<HashMap<String, Vec<(u64, Job)>>>,
+    next_waiting: AtomicU64,
+    /// Names registered with `cluster.register`, for other nodes' queries.
+    names: Mutex<HashMap<String, Address>>,
+    listening: Mutex<Vec<SocketAddr>>,
+    cancel: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Cluster {
+    /// Loads the cluster config, opens the listener if the node file asks
+    /// for one, and starts watching the config file.
+    ///
+    /// # Errors
+    /// A bad cluster config (file, line, key) or a listener that cannot be bound.
+    pub(crate) async fn start(
+        kernel: &Arc<Kernel>,
+        config: &ClusterNodeConfig,
+    ) -> Result<Arc<Cluster>, String> {
+        let table = match &config.config {
+            Some(path) => ClusterTable::load(path).map_err(|e| e.to_string())?,
+            None => ClusterTable::default(),
+        };
+        let cluster = Arc::new(Cluster {
+            kernel: Arc::downgrade(kernel),
+            name: config.name.clone(),
+            settings: Settings {
+                secret: config.secret_bytes().into(),
+                heartbeat: Duration::from_millis(config.heartbeat_ms),
+                dead_after: Duration::from_millis(config.dead_after_ms),
+                max_payload: kernel.limits.max_payload,
+                compress_above: config.compression.then_some(config.compress_threshold),
+                queue_limit: config.queue_limit,
+            },
+            table: Mutex::new(Arc::new(table)),
+            senders: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::new()),
+            next_waiting: AtomicU64::new(1),
+            names: Mutex::new(HashMap::new()),
+            listening: Mutex::new(Vec::new()),
+            cancel: kernel.shutdown.child_token(),
+        });
+        if let Some(at) = &config.listen {
+            cluster.open(at)?;
+        }
+        if let Some(path) = &config.config {
+            watch::start(&cluster, path.clone())
+                .map_err(|e| format!("cluster config {}: cannot watch it: {e}", path.display()))?;
+        }
+        Ok(cluster)
+    }
+
+    fn kernel(&self) -> Option<Arc<Kernel>> {
+        self.kernel.upgrade()
+    }
+
+    /// The table now in force.
+    pub fn table(&self) -> Arc<ClusterTable> {
+        lock(&self.table).clone()
+    }
+
+    /// Where this node accepts cluster links.
+    pub fn listening(&self) -> Vec<SocketAddr> {
+        lock(&self.listening).clone()
+    }
+
+    /// Listens for other nodes: `at` is a node name from the table, a
+    /// `host:port`, or a bare port (all interfaces). Returns the bound address.
+    ///
+    /// # Errors
+    /// An unknown or offline name, or an address that cannot be bound.
+    pub fn open(self: &Arc<Self>, at: &str) -> Result<SocketAddr, String> {
+        let address = match self.table().get(at) {
+            Some(NodeAddress::At(a)) => a.clone(),
+            Some(NodeAddress::Offline) => {
+                return Err(format!(
+                    "cluster open: node `{at}` is offline (false) in the config"
+                ));
+            }
+            None if at.parse::<u16>().is_ok() => format!("0.0.0.0:{at}"),
+            None if at.contains(':') => at.to_string(),
+            None => {
+                return Err(format!(
+                    "cluster open: `{at}` is not a node in the cluster config"
+                ));
+            }
+        };
+        // Bound with std (binding does not wait), so a guest import can
+        // open without awaiting.
+        let listener = std::net::TcpListener::bind(&address)
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                TcpListener::from_std(l)
+            })
+            .map_err(|e| format!("cluster open: cannot listen on {address}: {e}"))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| format!("cluster open: {address}: {e}"))?;
+        tracing::info!(node = %self.name, address = %bound, "cluster listening");
+        lock(&self.listening).push(bound);
+        if let Some(kernel) = self.kernel() {
+            let span = tracing::info_span!("cluster", node = %self.name);
+            kernel
+                .tasks
+                .spawn(agent::accept_loop(self.clone(), listener).instrument(span));
+        }
+        Ok(bound)
+    }
+
+    /// Starts a call to `target` on `node`; `waiter` hears how it ends.
+    pub fn call(
+        self: &Arc<Self>,
+        node: &str,
+        target: Target,
+        payload: Vec<u8>,
+        waiter: Waiter,
+        timeout: Option<Duration>,
+    ) {
+        let job = Job::Call {
+            target,
+            payload,
+            waiter,
+            timeout,
+        };
+        self.submit(node, job);
+    }
+
+    /// Sends to `target` on `node` without waiting for an answer.
+    ///
+    /// # Errors
+    /// When the node is offline, unknown with `__nowaiting`, or down with
+    /// its queue full.
+    pub fn send(
+        self: &Arc<Self>,
+        node: &str,
+        target: Target,
+        payload: Vec<u8>,
+    ) -> Result<(), ClusterError> {
+        self.route(node, Job::Send { target, payload })
+            .map_err(|(_, e)| e)
+    }
+
+    /// Asks `node` for the address of a name it registered; `waiter` gets
+    /// it (4 bytes, little-endian) or an error.
+    pub fn query(self: &Arc<Self>, node: &str, name: String, waiter: Waiter) {
+        if node == self.name {
+            let Some(kernel) = self.kernel() else { return };
+            return match self.resolve(&Target::Name(name.clone())) {
+                Some(a) => respond(&kernel, waiter, a.0.to_le_bytes().to_vec()),
+                None => fail(
+                    &kernel,
+                    waiter,
+                    ErrorCause::UnknownAddress,
+                    &format!("no name `{name}` on node `{node}`"),
+                ),
+            };
+        }
+        self.submit(node, Job::Query { name, waiter });
+    }
+
+    /// Routes a job, failing its session when it cannot go.
+    fn submit(self: &Arc<Self>, node: &str, job: Job) {
+        if let Err((job, error)) = self.route(node, job)
+            && let Some(kernel) = self.kernel()
+        {
+            job.fail(&kernel, &error);
+        }
+    }
+
+    /// Hands a job to its node's sender, or parks it until a reload adds
+    /// the node; gives it back with the error when it cannot go.
+    fn route(self: &Arc<Self>, node: &str, job: Job) -> Result<(), (Job, ClusterError)> {
+        let table = self.table();
+        match table.get(node) {
+            Some(NodeAddress::At(address)) => {
+                let sender = self.sender(node, address);
+                sender.submit(&self.settings, job)
+            }
+            Some(NodeAddress::Offline) => Err((
+                job,
+                ClusterError::new(
+                    ErrorCause::NodeDown,
+                    format!("cluster node `{node}` is offline (false in the cluster config)"),
+                ),
+            )),
+            None if table.nowaiting => Err((
+                job,
+                ClusterError::new(
+                    ErrorCause::UnknownAddress,
+                    format!("cluster node `{node}` is not in the cluster config"),
+                ),
+            )),
+            None => {
+                self.park(node, job);
+                Ok(())
+            }
+        }
+    }
+
+    /// Keeps a job for a node not in the table until a reload adds it (or
+    /// its call's timeout ends it).
+    fn park(self: &Arc<Self>, node: &str, job: Job) {
+        let id = self.next_waiting.fetch_add(1, Ordering::Relaxed);
+        let timeout = match &job {
+            Job::Call { timeout, .. } => *timeout,
+            _ => None,
+        };
+        tracing::debug!(node, "cluster node not in the config: waiting for a reload");
+        lock(&self.waiting)
+            .entry(node.to_string())
+            .or_default()
+            .push((id, job));
+        if let (Some(t), Some(kernel)) = (timeout, self.kernel()) {
+            let me = Arc::downgrade(self);
+            let node = node.to_string();
+            let cancel = self.cancel.clone();
+            kernel.tasks.spawn(async move {
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    () = tokio::time::sleep(t) => if let Some(c) = me.upgrade() {
+                        c.expire_parked(&node, id, t);
+                    }
+                }
+            });
+        }
+    }
+
+    fn expire_parked(&self, node: &str, id: u64, after: Duration) {
+        let job = {
+            let mut waiting = lock(&self.waiting);
+            let Some(list) = waiting.get_mut(node) else {
+                return;
+            };
+            let Some(i) = list.iter().position(|(j, _)| *j == id) else {
+                return;
+            };
+            list.remove(i).1
+        };
+        if let Some(kernel) = self.kernel() {
+            let detail =
+                format!("cluster node `{node}` did not appear in the config within {after:?}");
+            job.fail(&kernel, &ClusterError::new(ErrorCause::Timeout, detail));
+        }
+    }
+
+    /// The sender for `node`, made (with its task) on first use.
+    fn sender(self: &Arc<Self>, node: &str, address: &str) -> Arc<Sender> {
+        let mut senders = lock(&self.senders);
+        if let Some(s) = senders.get(node) {
+            return s.clone();
+        }
+        let (sender, rx) = Sender::new(
+            node,
+            address,
+            self.cancel.child_token(),
+            self.kernel.clone(),
+        );
+        senders.insert(node.to_string(), sender.clone());
+        if let Some(kernel) = self.kernel() {
+            let span = tracing::info_span!("cluster", node = %self.name, peer = node);
+            kernel
+                .tasks
+                .spawn(sender::run(self.clone(), sender.clone(), rx).instrument(span));
+        }
+        sender
+    }
+
+    /// Applies a new table: moved nodes get new links, removed or offline
+    /// nodes fail what they carry, and parked jobs for added nodes go.
+    pub fn apply(self: &Arc<Self>, table: ClusterTable) {
+        let table = Arc::new(table);
+        *lock(&self.table) = table.clone();
+        let senders: Vec<(String, Arc<Sender>)> = lock(&self.senders)
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        for (node, sender) in senders {
+            match table.get(&node) {
+                Some(NodeAddress::At(address)) => sender.retarget(address),
+                other => {
+                    lock(&self.senders).remove(&node);
+                    let why = if other.is_some() {
+                        format!(
+                            "cluster node `{node}` is now offline (false in the cluster config)"
+                        )
+                    } else {
+                        format!("cluster node `{node}` was removed from the cluster config")
+                    };
+                    sender.close(&why);
+                }
+            }
+        }
+        let ready: Vec<(String, Vec<(u64, Job)>)> = {
+            let mut waiting = lock(&self.waiting);
+            let nodes: Vec<String> = waiting
+                .keys()
+                .filter(|n| table.get(n).is_some() || table.nowaiting)
+                .cloned()
+                .collect();
+            nodes
+                .into_iter()
+                .filter_map(|n| waiting.remove(&n).map(|jobs| (n, jobs)))
+                .collect()
+        };
+        for (node, jobs) in ready {
+            for (_, job) in jobs {
+                self.submit(&node, job);
+            }
+        }
+    }
+
+    /// Parses `text` as a cluster config and applies it.
+    ///
+    /// # Errors
+    /// The parse error, naming the line and key.
+    pub fn reload(self: &Arc<Self>, text: &str) -> Result<(), ClusterConfigError> {
+        let table = ClusterTable::parse(text, std::path::Path::new("<reload>"))?;
+        tracing::info!(nodes = table.nodes.len(), "cluster config reloaded");
+        self.apply(table);
+        Ok(())
+    }
+
+    /// Registers `name` for `address`, for other nodes' `query` and calls by name.
+    pub fn register(&self, name: &str, address: Address) {
+        lock(&self.names).insert(name.to_string(), address);
+    }
+
+    /// Drops a registered name.
+    pub fn unregister(&self, name: &str) {
+        lock(&self.names).remove(name);
+    }
+
+    /// The local address a target names: an address as it is, a name
+    /// registered with `cluster.register`, else the node's own names.
+    fn resolve(&self, target: &Target) -> Option<Address> {
+        match target {
+            Target::Address(a) => Some(Address(*a)),
+            Target::Name(n) => {
+                let registered = lock(&self.names).get(n).copied();
+                registered.or_else(|| self.kernel().and_then(|k| k.query_name(n)))
+            }
+        }
+    }
+
+    /// A local address whose requests and sends go to `target` on `node`.
+    pub fn proxy(self: &Arc<Self>, node: &str, target: Target) -> Option<Address> {
+        let kernel = self.kernel()?;
+        let mut endpoint = HostEndpoint::new(&kernel, "cluster-proxy");
+        let address = endpoint.address();
+        let cluster = self.clone();
+        let node = node.to_string();
+        let span = tracing::info_span!("cluster-proxy", %address, node = %node, target = %target);
+        kernel.tasks.spawn(
+            async move {
+                while let Some(m) = endpoint.recv().await {
+                    if m.wants_reply() {
+                        let waiter = Waiter {
+                            to: m.source,
+                            session: m.session,
+                        };
+                        cluster.call(&node, target.clone(), m.payload, waiter, None);
+                    } else if m.kind == kind::TEXT || m.kind >= kind::USER {
+                        if let Err(e) = cluster.send(&node, target.clone(), m.payload) {
+                            tracing::debug!("proxy send dropped: {e}");
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Some(address)
+    }
+}
+
+/// Watches the cluster config file and reloads it when it changes.
+mod watch {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use notify::{RecursiveMode, Watcher};
+    use tokio::sync::mpsc;
+
+    use super::{Cluster, ClusterTable};
+
+    /// Starts watching `path` (its directory, so a replaced file is seen).
+    pub(super) fn start(cluster: &Arc<Cluster>, path: PathBuf) -> notify::Result<()> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let file = path.file_name().map(|f| f.to_owned());
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if let Ok(e) = event
+                    && e.paths.iter().any(|p| p.file_name() == file.as_deref())
+                {
+                    let _ = tx.send(());
+                }
+            })?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+        let Some(kernel) = cluster.kernel() else {
+            return Ok(());
+        };
+        let weak = Arc::downgrade(cluster);
+        let cancel = cluster.cancel.clone();
+        kernel.tasks.spawn(async move {
+            let _watcher = watcher;
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    e = rx.recv() => if e.is_none() { return },
+                }
+                // Editors write in several steps: settle, then read once.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                while rx.try_recv().is_ok() {}
+                let Some(cluster) = weak.upgrade() else { return };
+                match ClusterTable::load(&path) {
+                    Ok(table) => {
+                        tracing::info!(file = %path.display(), nodes = table.nodes.len(), "cluster config reloaded");
+                        cluster.apply(table);
+                    }
+                    Err(e) => tracing::error!("cluster config not reloaded, the old one stays: {e}"),
+                }
+            }
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,81 @@
+//! The cluster's wire: the header of each message on a cluster link, and
+//! its control messages. Carried by the transport (`Frame<Control, Header>`).
+
+use serde::{Deserialize, Serialize};
+
+/// The transport protocol name of a cluster link.
+pub const PROTOCOL: &str = "skyhost-cluster";
+
+/// A service on the receiving node: by address, or by a name registered
+/// with `cluster.register` (or a local `.name`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Target {
+    /// An address on the receiving node.
+    Address(u32),
+    /// A name the receiving node resolves.
+    Name(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Address(a) => write!(f, "{}", crate::runtime::Address(*a)),
+            Target::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+/// The header of one message on a cluster link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Header {
+    /// A call; the answer carries the same `session` (the link's own
+    /// number, not the caller's).
+    Request {
+        /// The link's session number.
+        session: u32,
+        /// Whom it is for.
+        target: Target,
+        /// The payload is lz4-compressed.
+        compressed: bool,
+    },
+    /// A send: no answer.
+    Push {
+        /// Whom it is for.
+        target: Target,
+        /// The payload is lz4-compressed.
+        compressed: bool,
+    },
+    /// The answer to a `Request`.
+    Response {
+        /// The request's link session.
+        session: u32,
+        /// The payload is lz4-compressed.
+        compressed: bool,
+    },
+    /// A `Request` failed; the payload is the detail text.
+    Error {
+        /// The request's link session.
+        session: u32,
+        /// The error cause byte (as in `types.error-cause`).
+        cause: u8,
+    },
+}
+
+/// A control message on a cluster link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// Caller → node: which address does `name` have there?
+    Query {
+        /// Matched by the answer.
+        request: u32,
+        /// The name.
+        name: String,
+    },
+    /// Node → caller: the answer to a `Query`.
+    QueryResult {
+        /// The query it answers.
+        request: u32,
+        /// The address, if the name is registered.
+        address: Option<u32>,
+    },
+}

@@ -1,0 +1,385 @@
+//! One outbound link to a peer (Skynet's clustersender): made on first
+//! use, re-made with backoff on the next use after a drop.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::proto::{Control, Header};
+use super::{Cluster, ClusterError, Job, Settings, fail, respond};
+use crate::harbor::Waiter;
+use crate::runtime::{ErrorCause, Kernel};
+use crate::transport::{Connection, LinkHandler, Outgoing};
+
+type Item = Outgoing<Control, Header>;
+
+/// What waits for an answer from the peer, by link session.
+#[derive(Default)]
+struct Waiting {
+    calls: HashMap<u32, Waiter>,
+    queries: HashMap<u32, (String, Waiter)>,
+    next: u32,
+    /// Items submitted since the link was last up (bounded while it is down).
+    queued_while_down: usize,
+    closed: Option<String>,
+}
+
+impl Waiting {
+    fn session(&mut self) -> u32 {
+        self.next = self.next.wrapping_add(1).max(1);
+        self.next
+    }
+}
+
+/// One peer of this node.
+pub(crate) struct Sender {
+    node: String,
+    address: Mutex<String>,
+    tx: mpsc::UnboundedSender<Item>,
+    waiting: Mutex<Waiting>,
+    up: AtomicBool,
+    /// Told when the table gives the peer a new address.
+    retarget: Notify,
+    gone: CancellationToken,
+    kernel: std::sync::Weak<Kernel>,
+}
+
+impl Sender {
+    pub(super) fn new(
+        node: &str,
+        address: &str,
+        gone: CancellationToken,
+        kernel: std::sync::Weak<Kernel>,
+    ) -> (Arc<Sender>, mpsc::UnboundedReceiver<Item>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sender = Arc::new(Sender {
+            node: node.to_string(),
+            address: Mutex::new(address.to_string()),
+            tx,
+            waiting: Mutex::new(Waiting::default()),
+            up: AtomicBool::new(false),
+            retarget: Notify::new(),
+            gone,
+            kernel,
+        });
+        (sender, rx)
+    }
+
+    fn waiting(&self) -> MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn address(&self) -> String {
+        self.address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Queues a job on the link; gives it back when the peer is down and
+    /// its queue is full, or the sender was closed.
+    pub(super) fn submit(
+        self: &Arc<Self>,
+        settings: &Settings,
+        job: Job,
+    ) -> Result<(), (Job, ClusterError)> {
+        let mut w = self.waiting();
+        if let Some(why) = &w.closed {
+            let e = ClusterError::new(ErrorCause::NodeDown, why.clone());
+            return Err((job, e));
+        }
+        if !self.up.load(Ordering::Acquire) {
+            if w.queued_while_down >= settings.queue_limit {
+                let e = ClusterError::new(
+                    ErrorCause::Overloaded,
+                    format!(
+                        "cluster node `{}` is down and {} messages already wait for it",
+                        self.node, w.queued_while_down
+                    ),
+                );
+                return Err((job, e));
+            }
+            w.queued_while_down += 1;
+        }
+        let item = match job {
+            Job::Call {
+                target,
+                payload,
+                waiter,
+                timeout,
+            } => {
+                let session = w.session();
+                w.calls.insert(session, waiter);
+                if let Some(t) = timeout {
+                    self.expire_later(session, t);
+                }
+                let (payload, compressed) = settings.pack(payload);
+                Outgoing::Message(
+                    Header::Request {
+                        session,
+                        target,
+                        compressed,
+                    },
+                    payload,
+                )
+            }
+            Job::Send { target, payload } => {
+                let (payload, compressed) = settings.pack(payload);
+                Outgoing::Message(Header::Push { target, compressed }, payload)
+            }
+            Job::Query { name, waiter } => {
+                let request = w.session();
+                w.queries.insert(request, (name.clone(), waiter));
+                Outgoing::Control(Control::Query { request, name })
+            }
+        };
+        // Sent under the lock: a drop that drains the queue sees it, or
+        // it goes in after the drain and waits for the next link.
+        let _ = self.tx.send(item);
+        Ok(())
+    }
+
+    /// Ends a call with `Timeout` after `t` unless it was answered.
+    fn expire_later(self: &Arc<Self>, session: u32, t: Duration) {
+        let me = Arc::downgrade(self);
+        let gone = self.gone.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = gone.cancelled() => {}
+                () = tokio::time::sleep(t) => if let Some(s) = me.upgrade() {
+                    s.expire(session, t);
+                }
+            }
+        });
+    }
+
+    fn expire(&self, session: u32, t: Duration) {
+        let waiter = self.waiting().calls.remove(&session);
+        if let (Some(w), Some(kernel)) = (waiter, self.kernel.upgrade()) {
+            fail(
+                &kernel,
+                w,
+                ErrorCause::Timeout,
+                &format!("cluster call to `{}` not answered within {t:?}", self.node),
+            );
+        }
+    }
+
+    /// Points the sender at a new address (a reload moved the peer).
+    pub(super) fn retarget(&self, address: &str) {
+        let mut current = self.address.lock().unwrap_or_else(|e| e.into_inner());
+        if *current != address {
+            tracing::info!(peer = %self.node, from = %*current, to = address, "cluster node moved");
+            *current = address.to_string();
+            drop(current);
+            self.retarget.notify_one();
+        }
+    }
+
+    /// Closes the sender for good: what it carries fails with `why`.
+    pub(super) fn close(&self, why: &str) {
+        self.waiting().closed = Some(why.to_string());
+        self.gone.cancel();
+    }
+}
+
+/// Reconnection delays: 20 ms doubling to 2 s, with jitter, for ever.
+fn retry_delays() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+impl Sender {
+    /// After a link dropped or could not be made: fails every call and
+    /// query waiting on it, and keeps the sends still queued (up to the
+    /// queue limit) for the next link.
+    fn drop_link(
+        &self,
+        rx: &mut mpsc::UnboundedReceiver<Item>,
+        held: VecDeque<Item>,
+        why: &str,
+        keep: usize,
+    ) -> VecDeque<Item> {
+        let (calls, queries, kept, dropped) = {
+            let mut w = self.waiting();
+            let calls = std::mem::take(&mut w.calls);
+            let queries = std::mem::take(&mut w.queries);
+            let mut kept = VecDeque::new();
+            let mut dropped = 0usize;
+            // Drained under the lock, so nothing submitted after this is lost.
+            let queued = std::iter::from_fn(|| rx.try_recv().ok());
+            for item in held.into_iter().chain(queued) {
+                if let Outgoing::Message(Header::Push { .. }, _) = &item {
+                    if kept.len() < keep {
+                        kept.push_back(item);
+                    } else {
+                        dropped += 1;
+                    }
+                }
+            }
+            w.queued_while_down = kept.len();
+            (calls, queries, kept, dropped)
+        };
+        if dropped > 0 {
+            tracing::warn!(peer = %self.node, dropped, "cluster sends dropped: {why}");
+        }
+        let Some(kernel) = self.kernel.upgrade() else {
+            return kept;
+        };
+        if !calls.is_empty() {
+            tracing::warn!(peer = %self.node, calls = calls.len(), "failing cluster calls: {why}");
+        }
+        let detail = format!("cluster node `{}`: {why}", self.node);
+        for (_, w) in calls {
+            fail(&kernel, w, ErrorCause::NodeDown, &detail);
+        }
+        for (_, (_, w)) in queries {
+            fail(&kernel, w, ErrorCause::NodeDown, &detail);
+        }
+        kept
+    }
+}
+
+/// Owns the peer's queue and connection for the sender's whole life.
+pub(super) async fn run(
+    cluster: Arc<Cluster>,
+    sender: Arc<Sender>,
+    mut rx: mpsc::UnboundedReceiver<Item>,
+) {
+    let limit = cluster.settings.queue_limit;
+    let mut backoff = retry_delays();
+    let mut held: VecDeque<Item> = VecDeque::new();
+    loop {
+        if held.is_empty() {
+            // Lazy: no link until there is something to carry.
+            tokio::select! {
+                () = sender.gone.cancelled() => break,
+                item = rx.recv() => match item {
+                    Some(item) => held.push_back(item),
+                    None => break,
+                },
+            }
+        }
+        let address = sender.address();
+        let config = cluster.settings.link(&cluster.name);
+        let attempt = tokio::select! {
+            () = sender.gone.cancelled() => break,
+            () = sender.retarget.notified() => continue,
+            c = Connection::<Control, Header>::connect(&address, config) => c,
+        };
+        let why = match attempt {
+            Ok(mut conn) => {
+                backoff = retry_delays();
+                sender.waiting().queued_while_down = 0;
+                sender.up.store(true, Ordering::Release);
+                tracing::info!(peer = %sender.node, %address, "cluster link up");
+                for item in held.drain(..) {
+                    conn.send(item);
+                }
+                let Some(kernel) = cluster.kernel() else {
+                    break;
+                };
+                let mut handler = SenderHandler {
+                    kernel,
+                    sender: sender.clone(),
+                    settings: cluster.settings.clone(),
+                };
+                let why = tokio::select! {
+                    r = conn.run(&mut rx, &mut handler, &sender.gone) => match r {
+                        Ok(()) => "link closed".to_string(),
+                        Err(e) => format!("link to {address} down: {e}"),
+                    },
+                    () = sender.retarget.notified() => "the node moved to a new address".to_string(),
+                };
+                sender.up.store(false, Ordering::Release);
+                if !sender.gone.is_cancelled() {
+                    tracing::warn!(peer = %sender.node, "cluster {why}");
+                }
+                why
+            }
+            Err(e) => {
+                let why = format!("cannot connect to {address}: {e}");
+                tracing::debug!(peer = %sender.node, "{why}");
+                let delay = backoff.next().unwrap_or(Duration::from_secs(1));
+                held = sender.drop_link(&mut rx, std::mem::take(&mut held), &why, limit);
+                tokio::select! {
+                    () = sender.gone.cancelled() => break,
+                    () = sender.retarget.notified() => {}
+                    () = tokio::time::sleep(delay) => {}
+                }
+                continue;
+            }
+        };
+        held = sender.drop_link(&mut rx, std::mem::take(&mut held), &why, limit);
+    }
+    let why = sender
+        .waiting()
+        .closed
+        .clone()
+        .unwrap_or_else(|| "the node is stopping".to_string());
+    sender.waiting().closed = Some(why.clone());
+    sender.drop_link(&mut rx, held, &why, 0);
+}
+
+/// Hands the peer's answers to the callers waiting for them.
+struct SenderHandler {
+    kernel: Arc<Kernel>,
+    sender: Arc<Sender>,
+    settings: Settings,
+}
+
+impl LinkHandler<Control, Header> for SenderHandler {
+    fn on_message(&mut self, header: Header, payload: Vec<u8>) {
+        let take = |session| self.sender.waiting().calls.remove(&session);
+        match header {
+            Header::Response {
+                session,
+                compressed,
+            } => {
+                let Some(waiter) = take(session) else { return };
+                match self.settings.unpack(payload, compressed) {
+                    Ok(payload) => respond(&self.kernel, waiter, payload),
+                    Err(e) => fail(&self.kernel, waiter, ErrorCause::Service, &e),
+                }
+            }
+            Header::Error { session, cause } => {
+                let Some(waiter) = take(session) else { return };
+                let detail = String::from_utf8_lossy(&payload);
+                fail(&self.kernel, waiter, ErrorCause::from_byte(cause), &detail);
+            }
+            other => {
+                tracing::warn!(peer = %self.sender.node, "unexpected {other:?} on an outbound cluster link");
+            }
+        }
+    }
+
+    fn on_control(&mut self, control: Control) -> Result<(), String> {
+        match control {
+            Control::QueryResult { request, address } => {
+                let Some((name, waiter)) = self.sender.waiting().queries.remove(&request) else {
+                    return Ok(());
+                };
+                match address {
+                    Some(a) => respond(&self.kernel, waiter, a.to_le_bytes().to_vec()),
+                    None => fail(
+                        &self.kernel,
+                        waiter,
+                        ErrorCause::UnknownAddress,
+                        &format!("no name `{name}` on cluster node `{}`", self.sender.node),
+                    ),
+                }
+                Ok(())
+            }
+            other => Err(format!("unexpected {other:?} on an outbound cluster link")),
+        }
+    }
+}

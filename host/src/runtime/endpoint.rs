@@ -1,0 +1,55 @@
+//! An address served by host code instead of a guest: cluster agents and
+//! proxies, and host clients. It is in the address table like a service,
+//! so anything can send to it; its messages arrive through [`recv`].
+//!
+//! [`recv`]: HostEndpoint::recv
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::{Address, Kernel, Message, ServiceHandle, kind};
+
+/// A host-served address and its mailbox. Dropping it removes the address;
+/// `kill` on the address ends [`recv`](Self::recv).
+pub(crate) struct HostEndpoint {
+    kernel: Arc<Kernel>,
+    handle: Arc<ServiceHandle>,
+    rx: mpsc::UnboundedReceiver<Message>,
+}
+
+impl HostEndpoint {
+    /// Puts a new address in the table; `module` names its kind in listings
+    /// (`host`, `cluster-agent`, `cluster-proxy`).
+    pub fn new(kernel: &Arc<Kernel>, module: &str) -> Self {
+        let (handle, rx) = kernel.insert_service(module.into());
+        HostEndpoint {
+            kernel: kernel.clone(),
+            handle,
+            rx,
+        }
+    }
+
+    /// Its address.
+    pub fn address(&self) -> Address {
+        self.handle.address
+    }
+
+    /// The next message; `None` once it was killed or the node stops.
+    pub async fn recv(&mut self) -> Option<Message> {
+        let m = self.rx.recv().await?;
+        self.handle.mailbox.taken(1);
+        self.handle.mailbox.picked_up(&self.kernel);
+        if m.kind == kind::SYSTEM && m.source == self.handle.address {
+            return None;
+        }
+        Some(m)
+    }
+}
+
+impl Drop for HostEndpoint {
+    fn drop(&mut self) {
+        self.kernel.remove_service(&self.handle);
+        self.handle.mailbox.close(&self.kernel);
+    }
+}

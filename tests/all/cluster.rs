@@ -1,0 +1,457 @@
+//! Cluster nodes: in this process over loopback, and real `skyhost` processes.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use skyhost::cluster::proto::Target;
+use skyhost::config::ClusterNodeConfig;
+use skyhost::{CallError, ErrorCause, Node};
+use skyhost_test_proto::ClusterTarget;
+
+use crate::support::{Command, DEADLINE, Proc, Reply, TestNode, log_field, test_config, within};
+
+const SECRET: &str = "cluster test secret";
+
+/// A node in a cluster, listening on an OS-picked port, reading `config`.
+async fn launch(name: &str, config: Option<&Path>, compression: bool) -> anyhow::Result<TestNode> {
+    let mut cluster = ClusterNodeConfig::new(name, SECRET);
+    cluster.listen = Some("127.0.0.1:0".into());
+    cluster.config = config.map(Path::to_path_buf);
+    cluster.compression = compression;
+    cluster.heartbeat_ms = 200;
+    cluster.dead_after_ms = 1_000;
+    let mut node_config = test_config();
+    node_config.cluster = Some(cluster);
+    node_config.limits.max_services = 256;
+    let node = within(Node::launch(&node_config))
+        .await?
+        .with_context(|| format!("launch cluster node {name}"))?;
+    let client = node.client();
+    Ok(TestNode { node, client })
+}
+
+fn listen_of(t: &TestNode) -> String {
+    t.node.cluster_listening()[0].to_string()
+}
+
+/// A cluster config naming each node at its address.
+fn table(nodes: &[(&str, &TestNode)]) -> String {
+    nodes
+        .iter()
+        .map(|(n, t)| format!("{n} = \"{}\"\n", listen_of(t)))
+        .collect()
+}
+
+fn by_name(name: &str) -> Target {
+    Target::Name(name.into())
+}
+
+fn echo(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    Ok(postcard::to_allocvec(&Command::Echo(bytes.to_vec()))?)
+}
+
+fn reply(bytes: &[u8]) -> anyhow::Result<Reply> {
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+fn failed_with<T: std::fmt::Debug>(result: Result<T, CallError>, cause: ErrorCause) -> String {
+    match result {
+        Err(CallError::Failed { cause: c, detail }) if c == cause => detail,
+        other => panic!("expected an error with cause {cause:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_send_proxy_register_and_query_between_three_nodes() -> anyhow::Result<()> {
+    let a = launch("a", None, false).await?;
+    let b = launch("b", None, false).await?;
+    let c = launch("c", None, true).await?;
+    let text = table(&[("a", &a), ("b", &b), ("c", &c)]);
+    for t in [&a, &b, &c] {
+        t.node.cluster_reload(&text).map_err(anyhow::Error::msg)?;
+    }
+    let kit_b = b.spawn("testkit").await?;
+    let kit_c = c.spawn("testkit").await?;
+    assert_eq!(
+        b.command(kit_b, &Command::ClusterRegister("store".into()))
+            .await?,
+        Reply::Unit
+    );
+    c.node.cluster_register("kitc", kit_c);
+
+    // From the host of a: by name and by address.
+    let by_name_reply = a
+        .client
+        .cluster_call("b", by_name("store"), echo(b"n")?, None)
+        .await?;
+    assert_eq!(reply(&by_name_reply)?, Reply::Bytes(b"n".to_vec()));
+    let found = a.client.cluster_query("c", "kitc").await?;
+    assert_eq!(found, kit_c);
+    let by_addr = a
+        .client
+        .cluster_call("c", Target::Address(kit_c.0), echo(b"a")?, None)
+        .await?;
+    assert_eq!(reply(&by_addr)?, Reply::Bytes(b"a".to_vec()));
+    let missing = a.client.cluster_query("c", "nobody").await;
+    failed_with(missing, ErrorCause::UnknownAddress);
+    let unknown = a
+        .client
+        .cluster_call("b", by_name("nobody"), echo(b"x")?, None)
+        .await;
+    assert!(failed_with(unknown, ErrorCause::UnknownAddress).contains("nobody"));
+
+    // From a service on a: call, query, send, proxy.
+    let kit_a = a.spawn("testkit").await?;
+    let via = Command::ClusterCall {
+        node: "c".into(),
+        target: ClusterTarget::Name("kitc".into()),
+        command: Box::new(Command::Echo(vec![7; 5000])),
+        timeout_ms: 5_000,
+    };
+    assert_eq!(a.command(kit_a, &via).await?, Reply::Bytes(vec![7; 5000]));
+    let q = Command::ClusterQuery {
+        node: "b".into(),
+        name: "store".into(),
+    };
+    assert_eq!(a.command(kit_a, &q).await?, Reply::Address(kit_b.0));
+    let before = match b.command(kit_b, &Command::Count).await? {
+        Reply::Count(n) => n,
+        r => anyhow::bail!("Count answered {r:?}"),
+    };
+    let send = Command::ClusterSend {
+        node: "b".into(),
+        target: ClusterTarget::Address(kit_b.0),
+        payload: b"hello".to_vec(),
+    };
+    assert_eq!(a.command(kit_a, &send).await?, Reply::Unit);
+    let start = Instant::now();
+    while b.command(kit_b, &Command::Count).await? != Reply::Count(before + 1) {
+        anyhow::ensure!(
+            start.elapsed() < DEADLINE,
+            "the cluster send did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let proxy = Command::ClusterProxy {
+        node: "c".into(),
+        target: ClusterTarget::Name("kitc".into()),
+    };
+    let Reply::Address(proxy) = a.command(kit_a, &proxy).await? else {
+        anyhow::bail!("no proxy address");
+    };
+    let through = Command::Call {
+        target: proxy,
+        command: Box::new(Command::HarborId),
+    };
+    // The proxy is a local address of node a; the answer comes from c's service.
+    assert_eq!(skyhost::Address(proxy).harbor().0, 0);
+    assert_eq!(a.command(kit_a, &through).await?, Reply::Count(0));
+
+    for t in [c, b, a] {
+        t.stop().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_nodes_wait_for_a_reload_and_offline_nodes_fail_at_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("cluster.conf");
+    std::fs::write(&file, "-- nothing yet\n")?;
+    let a = launch("a", Some(&file), false).await?;
+    let b = launch("b", None, false).await?;
+    let kit_b = b.spawn("testkit").await?;
+    b.node.cluster_register("kit", kit_b);
+
+    // Not in the config: the call waits...
+    let waiting = {
+        let client = a.node.client();
+        let payload = echo(b"later")?;
+        tokio::spawn(async move {
+            client
+                .cluster_call("b", by_name("kit"), payload, None)
+                .await
+        })
+    };
+    // ...and a call with its own timeout ends with Timeout.
+    let timed = a
+        .client
+        .cluster_call(
+            "b",
+            by_name("kit"),
+            echo(b"t")?,
+            Some(Duration::from_millis(100)),
+        )
+        .await;
+    failed_with(timed, ErrorCause::Timeout);
+    assert!(!waiting.is_finished());
+    // Rewriting the file (watched) lets the waiting call go.
+    std::fs::write(&file, format!("-- now\nb = \"{}\"\n", listen_of(&b)))?;
+    let answered = within(waiting).await???;
+    assert_eq!(reply(&answered)?, Reply::Bytes(b"later".to_vec()));
+
+    // `false`: fails at once, naming the node; `__nowaiting`: unknown fails at once.
+    a.node
+        .cluster_reload("b = false\n__nowaiting = true\n")
+        .map_err(anyhow::Error::msg)?;
+    let offline = a
+        .client
+        .cluster_call("b", by_name("kit"), echo(b"x")?, None)
+        .await;
+    assert!(failed_with(offline, ErrorCause::NodeDown).contains("`b`"));
+    let unknown = a
+        .client
+        .cluster_call("zed", by_name("kit"), echo(b"x")?, None)
+        .await;
+    assert!(failed_with(unknown, ErrorCause::UnknownAddress).contains("`zed`"));
+    b.stop().await;
+    a.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_mib_crosses_compressed_or_not_while_small_calls_answer() -> anyhow::Result<()> {
+    for compression in [false, true] {
+        let a = launch("a", None, compression).await?;
+        let b = launch("b", None, compression).await?;
+        a.node
+            .cluster_reload(&table(&[("b", &b)]))
+            .map_err(anyhow::Error::msg)?;
+        let big_echo = b.spawn("echo").await?;
+        let small_echo = b.spawn("echo").await?;
+        b.node.cluster_register("big", big_echo);
+        b.node.cluster_register("small", small_echo);
+        // Compressible but not trivial: a repeating pattern with a counter.
+        let big: Vec<u8> = (0..16u32 << 20).map(|i| ((i / 7) % 251) as u8).collect();
+        let big_call = a
+            .client
+            .cluster_call("b", by_name("big"), big.clone(), None);
+        let mut big_call = Box::pin(big_call);
+        let mut small = 0;
+        let back = loop {
+            tokio::select! {
+                r = &mut big_call => break r?,
+                r = a.client.cluster_call("b", by_name("small"), b"s".to_vec(), None) => {
+                    assert_eq!(r?, b"s");
+                    small += 1;
+                }
+            }
+        };
+        drop(big_call);
+        assert!(
+            back == big,
+            "16 MiB came back intact (compression {compression})"
+        );
+        println!("compression {compression}: {small} small calls answered beside 16 MiB");
+        assert!(small > 0);
+        b.stop().await;
+        a.stop().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_frame_closes_only_its_own_cluster_link() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = launch("a", None, false).await?;
+    let b = launch("b", None, false).await?;
+    a.node
+        .cluster_reload(&table(&[("b", &b)]))
+        .map_err(anyhow::Error::msg)?;
+    let kit_b = b.spawn("testkit").await?;
+    b.node.cluster_register("kit", kit_b);
+    assert!(
+        a.client
+            .cluster_call("b", by_name("kit"), echo(b"1")?, None)
+            .await
+            .is_ok()
+    );
+    let mut bad = tokio::net::TcpStream::connect(listen_of(&b)).await?;
+    bad.write_all(&[
+        0x10, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ])
+    .await?;
+    let mut rest = Vec::new();
+    let _ = within(bad.read_to_end(&mut rest)).await?;
+    let again = a
+        .client
+        .cluster_call("b", by_name("kit"), echo(b"2")?, None)
+        .await?;
+    assert_eq!(reply(&again)?, Reply::Bytes(b"2".to_vec()));
+    b.stop().await;
+    a.stop().await;
+    Ok(())
+}
+
+/// A node file for a real cluster process with a `testkit` bootstrap that
+/// registers itself as `kit` in the cluster.
+fn node_file(dir: &Path, name: &str, cluster_file: &Path, listen: &str) -> PathBuf {
+    let text = format!(
+        "module_paths = [{modules:?}]\ncache_dir = {cache:?}\nlog_level = \"info\"\n\n\
+         [bootstrap]\nmodule = \"testkit\"\nargs = \"cluster=kit\"\n\n\
+         [limits]\nmax_services = 256\n\n\
+         [cluster]\nname = {name:?}\nconfig = {config:?}\nlisten = {listen:?}\nsecret = {SECRET:?}\n\
+         heartbeat_ms = 200\ndead_after_ms = 1000\n",
+        modules = crate::support::guest_dir().display().to_string(),
+        cache = crate::support::cache_dir().display().to_string(),
+        config = cluster_file.display().to_string(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write node file");
+    path
+}
+
+fn start_proc(file: &Path) -> (Proc, String) {
+    let mut p = Proc::start([Path::new("run"), file]);
+    let line = p.wait_for("cluster listening");
+    let address = log_field(&line, "address").expect("listen address in the log");
+    p.wait_for("bootstrap service started");
+    (p, address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_processes_survive_kill_stop_and_restart_of_a_peer() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let conf = dir.path().join("cluster.conf");
+    std::fs::write(&conf, "-- filled in below\n")?;
+    let (mut p1, addr1) = start_proc(&node_file(dir.path(), "one", &conf, "127.0.0.1:0"));
+    let (mut p2, addr2) = start_proc(&node_file(dir.path(), "two", &conf, "127.0.0.1:0"));
+    // This test process is node "here"; it reads the same file.
+    let here = launch("here", Some(&conf), false).await?;
+    std::fs::write(
+        &conf,
+        format!(
+            "one = \"{addr1}\"\ntwo = \"{addr2}\"\nhere = \"{}\"\n",
+            listen_of(&here)
+        ),
+    )?;
+    p1.wait_for("cluster config reloaded");
+    p2.wait_for("cluster config reloaded");
+    let call = |node: &'static str, cmd: Command| {
+        let client = here.node.client();
+        async move {
+            let payload = postcard::to_allocvec(&cmd)?;
+            let r = client
+                .cluster_call(node, by_name("kit"), payload, None)
+                .await?;
+            anyhow::Ok(reply(&r)?)
+        }
+    };
+    // Wait until the file change has reached this node too.
+    let start = Instant::now();
+    while call("one", Command::HarborId).await.is_err() {
+        anyhow::ensure!(start.elapsed() < DEADLINE, "node one never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Service on one calls service on two, by name.
+    let via = Command::ClusterCall {
+        node: "two".into(),
+        target: ClusterTarget::Name("kit".into()),
+        command: Box::new(Command::Echo(b"1 to 2".to_vec())),
+        timeout_ms: 0,
+    };
+    assert_eq!(call("one", via).await?, Reply::Bytes(b"1 to 2".to_vec()));
+
+    // kill -9 of two with 1,000 calls in flight: each ends with an error
+    // within 1 s, exactly once.
+    let slow = postcard::to_allocvec(&Command::SleepThenEcho {
+        ms: 60_000,
+        payload: Vec::new(),
+    })?;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..1_000 {
+        let client = here.node.client();
+        let payload = slow.clone();
+        calls.spawn(async move {
+            client
+                .cluster_call("two", by_name("kit"), payload, None)
+                .await
+        });
+    }
+    // The calls are on the link once a later call to the same node is answered.
+    assert_eq!(call("two", Command::HarborId).await?, Reply::Count(0));
+    let killed = Instant::now();
+    p2.signal("KILL");
+    let _ = p2.wait_exit();
+    let mut ended = 0;
+    while let Some(r) = tokio::time::timeout(Duration::from_secs(1), calls.join_next())
+        .await
+        .context("a call still hung 1 s after kill -9")?
+    {
+        let detail = failed_with(r?, ErrorCause::NodeDown);
+        assert!(detail.contains("`two`"), "{detail}");
+        ended += 1;
+    }
+    assert_eq!(ended, 1_000);
+    println!("1,000 calls ended {:?} after kill -9", killed.elapsed());
+    // Restarted on the same address: the next call is answered, no config change.
+    let file2 = node_file(dir.path(), "two", &conf, &addr2);
+    let (mut p2, _) = start_proc(&file2);
+    let start = Instant::now();
+    loop {
+        match call("two", Command::Echo(b"back".to_vec())).await {
+            Ok(r) => {
+                assert_eq!(r, Reply::Bytes(b"back".to_vec()));
+                break;
+            }
+            Err(e) => anyhow::ensure!(start.elapsed() < DEADLINE, "two never came back: {e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // SIGSTOP: a call in flight fails at the heartbeat deadline; SIGCONT: traffic resumes.
+    let hung = {
+        let client = here.node.client();
+        let payload = postcard::to_allocvec(&Command::Echo(b"frozen".to_vec()))?;
+        p2.signal("STOP");
+        tokio::spawn(async move {
+            client
+                .cluster_call("two", by_name("kit"), payload, None)
+                .await
+        })
+    };
+    let stopped = Instant::now();
+    let r = within(hung).await??;
+    failed_with(r, ErrorCause::NodeDown);
+    println!(
+        "a call to a stopped peer failed after {:?}",
+        stopped.elapsed()
+    );
+    p2.signal("CONT");
+    let start = Instant::now();
+    loop {
+        match call("two", Command::Echo(b"thawed".to_vec())).await {
+            Ok(r) => {
+                assert_eq!(r, Reply::Bytes(b"thawed".to_vec()));
+                break;
+            }
+            Err(e) => anyhow::ensure!(
+                start.elapsed() < DEADLINE,
+                "two never answered again: {e:#}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    here.stop().await;
+    for p in [&mut p2, &mut p1] {
+        p.signal("INT");
+        assert!(p.wait_exit().success(), "{}", p.log());
+    }
+    Ok(())
+}
+
+#[test]
+fn a_bad_cluster_file_stops_the_node_naming_the_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conf = dir.path().join("cluster.conf");
+    std::fs::write(&conf, "a = \"127.0.0.1:1\"\n-- fine\nb = 42\n").expect("write");
+    let file = node_file(dir.path(), "a", &conf, "127.0.0.1:0");
+    let mut p = Proc::start([Path::new("run"), &file]);
+    assert!(!p.wait_exit().success());
+    let log = p.log();
+    assert!(
+        log.contains(&format!("{}:3:", conf.display())) && log.contains("`b`"),
+        "{log}"
+    );
+}
