@@ -547,10 +547,10 @@ impl Cluster {
                             session: m.session,
                         };
                         cluster.call(&node, target.clone(), m.payload, waiter, None);
-                    } else if m.kind == kind::TEXT || m.kind >= kind::USER {
-                        if let Err(e) = cluster.send(&node, target.clone(), m.payload) {
-                            tracing::debug!("proxy send dropped: {e}");
-                        }
+                    } else if (m.kind == kind::TEXT || m.kind >= kind::USER)
+                        && let Err(e) = cluster.send(&node, target.clone(), m.payload)
+                    {
+                        tracing::debug!("proxy send dropped: {e}");
                     }
                 }
             }
