@@ -23,80 +23,109 @@ type RunFn = fn(
 struct Workload {
     id: &'static str,
     unit: &'static str,
-    /// Runs on two harbor nodes (1 and 2) linked over loopback.
-    harbor: bool,
+    /// The nodes it runs on.
+    topology: Topology,
     run: RunFn,
 }
 
 const RUNS: usize = 3;
+
+/// The nodes a workload runs on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    /// One node.
+    Single,
+    /// Harbor 1 (running the master) and harbor 2, linked over loopback.
+    Harbor,
+    /// Cluster nodes `a` and `b`, linked over loopback.
+    Cluster,
+}
 
 fn workloads() -> Vec<Workload> {
     vec![
         Workload {
             id: "tcp-floor",
             unit: "µs",
-            harbor: false,
+            topology: Topology::Single,
             run: |_| Box::pin(tcp_floor()),
         },
         Workload {
             id: "local-oneway",
             unit: "msgs/s",
-            harbor: false,
+            topology: Topology::Single,
             run: |n| Box::pin(local_oneway(n, 2_000_000)),
         },
         Workload {
             id: "local-call-rtt",
             unit: "µs",
-            harbor: false,
+            topology: Topology::Single,
             run: |n| Box::pin(local_call_rtt(n, 300_000)),
         },
         Workload {
             id: "local-concurrent",
             unit: "calls/s",
-            harbor: false,
+            topology: Topology::Single,
             run: |n| Box::pin(local_concurrent(n, 100, 10_000)),
         },
         Workload {
             id: "spawn",
             unit: "µs per service",
-            harbor: false,
+            topology: Topology::Single,
             run: |n| Box::pin(spawn(n, 10_000)),
         },
         Workload {
             id: "rss-per-service",
             unit: "KiB",
-            harbor: false,
+            topology: Topology::Single,
             run: |n| Box::pin(rss_per_service(n, 10_000)),
         },
         Workload {
             id: "max-services",
             unit: "count",
-            harbor: false,
+            topology: Topology::Single,
             run: |n| Box::pin(max_services(n, 100_000)),
         },
         Workload {
             id: "ping-under-spin",
             unit: "µs median",
-            harbor: false,
+            topology: Topology::Single,
             run: |n| Box::pin(ping_under_spin(n, 16, 2_000)),
         },
         Workload {
             id: "harbor-call-rtt",
             unit: "µs",
-            harbor: true,
+            topology: Topology::Harbor,
             run: |n| Box::pin(harbor_call_rtt(n, 50_000)),
         },
         Workload {
             id: "harbor-oneway",
             unit: "msgs/s",
-            harbor: true,
+            topology: Topology::Harbor,
             run: |n| Box::pin(harbor_oneway(n, 500_000)),
         },
         Workload {
             id: "harbor-concurrent",
             unit: "calls/s",
-            harbor: true,
+            topology: Topology::Harbor,
             run: |n| Box::pin(harbor_concurrent(n, 100, 1_000)),
+        },
+        Workload {
+            id: "cluster-call-rtt",
+            unit: "µs",
+            topology: Topology::Cluster,
+            run: |n| Box::pin(cluster_call_rtt(n, 50_000)),
+        },
+        Workload {
+            id: "cluster-oneway",
+            unit: "msgs/s",
+            topology: Topology::Cluster,
+            run: |n| Box::pin(cluster_oneway(n, 500_000)),
+        },
+        Workload {
+            id: "cluster-concurrent",
+            unit: "calls/s",
+            topology: Topology::Cluster,
+            run: |n| Box::pin(cluster_concurrent(n, 100, 1_000)),
         },
     ]
 }
@@ -107,6 +136,8 @@ struct BenchNode {
     node: Node,
     client: Client,
     peer: Option<Node>,
+    /// A client on the peer node.
+    peer_client: Option<Client>,
 }
 
 impl BenchNode {
@@ -126,6 +157,7 @@ impl BenchNode {
             node,
             client,
             peer: None,
+            peer_client: None,
         })
     }
 
@@ -147,7 +179,30 @@ impl BenchNode {
         Ok(BenchNode {
             node,
             client,
+            peer_client: Some(peer.client()),
             peer: Some(peer),
+        })
+    }
+
+    /// Cluster nodes `a` (this one) and `b`, in this process, over loopback.
+    async fn start_cluster(limits: Limits) -> anyhow::Result<Self> {
+        let mut nodes = Vec::new();
+        for name in ["a", "b"] {
+            let mut config = Self::config(limits.clone())?;
+            let mut cluster = skyhost::config::ClusterNodeConfig::new(name, "bench");
+            cluster.listen = Some("127.0.0.1:0".into());
+            config.cluster = Some(cluster);
+            nodes.push(Node::launch(&config).await?);
+        }
+        let b = nodes.pop().context("node b")?;
+        let a = nodes.pop().context("node a")?;
+        let table = format!("b = \"{}\"\n", b.cluster_listening()[0]);
+        a.cluster_reload(&table).map_err(anyhow::Error::msg)?;
+        Ok(BenchNode {
+            client: a.client(),
+            node: a,
+            peer_client: Some(b.client()),
+            peer: Some(b),
         })
     }
 
@@ -157,7 +212,9 @@ impl BenchNode {
         Ok(peer.spawn(module, &[]).await?)
     }
 
-    async fn stop(&self) {
+    async fn stop(self) {
+        drop(self.peer_client);
+        drop(self.client);
         if let Some(peer) = &self.peer {
             peer.shutdown().await;
         }
@@ -213,10 +270,10 @@ pub async fn run(ids: &[String], json: bool) -> anyhow::Result<()> {
                 cpu_budget_ms: 600_000,
                 ..Limits::default()
             };
-            let node = if w.harbor {
-                BenchNode::start_harbor(limits).await?
-            } else {
-                BenchNode::start(limits)?
+            let node = match w.topology {
+                Topology::Single => BenchNode::start(limits)?,
+                Topology::Harbor => BenchNode::start_harbor(limits).await?,
+                Topology::Cluster => BenchNode::start_cluster(limits).await?,
             };
             let value = (w.run)(&node)
                 .await
@@ -303,34 +360,42 @@ async fn harbor_oneway(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
 }
 
 async fn oneway(b: &BenchNode, sender: Address, sink: Address, n: u32) -> anyhow::Result<f64> {
-    let payload = vec![0u8; 16];
-    b.command(
-        sender,
-        &Command::SendLoop {
-            target: sink.0,
-            n: 1_000,
-            payload: payload.clone(),
-        },
-    )
-    .await?;
-    wait_count(b, sink, 1_000).await?;
+    let counter = if sink.harbor() == b.node.harbor_id() {
+        &b.client
+    } else {
+        b.peer_client
+            .as_ref()
+            .context("no client on the sink's node")?
+    };
+    let send = |n: u32| Command::SendLoop {
+        target: sink.0,
+        n,
+        payload: vec![0u8; 16],
+    };
+    send_and_count(b, sender, counter, sink, n, send).await
+}
+
+/// Warms up with 1,000 messages, then times `n`: from the first send to the
+/// sink having counted the last.
+async fn send_and_count(
+    b: &BenchNode,
+    sender: Address,
+    counter: &Client,
+    sink: Address,
+    n: u32,
+    send: impl Fn(u32) -> Command,
+) -> anyhow::Result<f64> {
+    b.command(sender, &send(1_000)).await?;
+    wait_count(counter, sink, 1_000).await?;
     let start = Instant::now();
-    b.command(
-        sender,
-        &Command::SendLoop {
-            target: sink.0,
-            n,
-            payload,
-        },
-    )
-    .await?;
-    wait_count(b, sink, 1_000 + u64::from(n)).await?;
+    b.command(sender, &send(n)).await?;
+    wait_count(counter, sink, 1_000 + u64::from(n)).await?;
     Ok(f64::from(n) / start.elapsed().as_secs_f64())
 }
 
-async fn wait_count(b: &BenchNode, sink: Address, n: u64) -> anyhow::Result<()> {
+async fn wait_count(client: &Client, sink: Address, n: u64) -> anyhow::Result<()> {
     loop {
-        match b.command(sink, &Command::Count).await? {
+        match command_via(client, sink, &Command::Count).await? {
             Reply::Count(c) if c >= n => return Ok(()),
             Reply::Count(_) => tokio::time::sleep(Duration::from_micros(200)).await,
             r => bail!("Count answered {r:?}"),
@@ -415,20 +480,31 @@ async fn concurrent(
     callers: u32,
     per_caller: u32,
 ) -> anyhow::Result<f64> {
+    let command = Command::CallLoop {
+        target: echo.0,
+        n: per_caller,
+        payload: vec![0u8; 16],
+    };
+    callers_loop(b, callers, per_caller, &command).await
+}
+
+/// `callers` testkit services on this node each run `command` (a loop of
+/// `per_caller` calls) at once; the figure is calls per second.
+async fn callers_loop(
+    b: &BenchNode,
+    callers: u32,
+    per_caller: u32,
+    command: &Command,
+) -> anyhow::Result<f64> {
     let mut addrs = Vec::new();
     for _ in 0..callers {
         addrs.push(b.spawn("testkit").await?);
     }
-    let payload = vec![0u8; 16];
     let start = Instant::now();
     let mut calls = tokio::task::JoinSet::new();
     for c in addrs {
         let client = b.node.client();
-        let command = Command::CallLoop {
-            target: echo.0,
-            n: per_caller,
-            payload: payload.clone(),
-        };
+        let command = command.clone();
         calls.spawn(async move { command_via(&client, c, &command).await });
     }
     while let Some(r) = calls.join_next().await {
@@ -606,4 +682,73 @@ fn pool_size(wanted: u32) -> u32 {
         Some((allowed, _)) => u32::try_from(allowed.min(u64::from(wanted))).unwrap_or(wanted),
         None => wanted,
     }
+}
+
+/// Registers a fresh testkit service on cluster node `b` as `name`.
+async fn cluster_service(b: &BenchNode, name: &str) -> anyhow::Result<Address> {
+    let peer = b.peer.as_ref().context("not a cluster workload")?;
+    let kit = peer.spawn("testkit", &[]).await?;
+    peer.cluster_register(name, kit);
+    Ok(kit)
+}
+
+fn cluster_echo_loop(n: u32, timed: bool) -> Command {
+    Command::ClusterCallLoop {
+        node: "b".into(),
+        target: skyhost_test_proto::ClusterTarget::Name("echo".into()),
+        n,
+        payload: vec![0u8; 16],
+        timed,
+    }
+}
+
+/// Sequential cluster calls by name from a service on `a` to one on `b`,
+/// each timed by the caller: the figure is the median.
+async fn cluster_call_rtt(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    cluster_service(b, "echo").await?;
+    let caller = b.spawn("testkit").await?;
+    b.command(caller, &cluster_echo_loop(2_000, false)).await?;
+    let Reply::Order(mut times) = b.command(caller, &cluster_echo_loop(n, true)).await? else {
+        bail!("ClusterCallLoop answered something else");
+    };
+    anyhow::ensure!(
+        times.len() == n as usize,
+        "timed {} of {n} calls",
+        times.len()
+    );
+    times.sort_unstable();
+    eprintln!(
+        "cluster-call-rtt: worst {} µs, p99 {} µs",
+        times[times.len() - 1],
+        times[times.len() * 99 / 100]
+    );
+    Ok(f64::from(times[times.len() / 2]))
+}
+
+/// A service on `a` sends `n` 16-byte messages by name to a service on `b`;
+/// the clock stops when the receiver has counted the last.
+async fn cluster_oneway(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    let sink = cluster_service(b, "sink").await?;
+    let sender = b.spawn("testkit").await?;
+    let counter = b.peer_client.as_ref().context("no client on b")?;
+    let send = |n: u32| Command::ClusterSendLoop {
+        node: "b".into(),
+        target: skyhost_test_proto::ClusterTarget::Name("sink".into()),
+        n,
+        payload: vec![0u8; 16],
+    };
+    send_and_count(b, sender, counter, sink, n, send).await
+}
+
+/// `callers` services on `a` each make `per_caller` sequential cluster
+/// calls to one service on `b`.
+async fn cluster_concurrent(b: &BenchNode, callers: u32, per_caller: u32) -> anyhow::Result<f64> {
+    cluster_service(b, "echo").await?;
+    callers_loop(
+        b,
+        callers,
+        per_caller,
+        &cluster_echo_loop(per_caller, false),
+    )
+    .await
 }

@@ -9,7 +9,9 @@ use skyhost::config::ClusterNodeConfig;
 use skyhost::{CallError, ErrorCause, Node};
 use skyhost_test_proto::ClusterTarget;
 
-use crate::support::{Command, DEADLINE, Proc, Reply, TestNode, log_field, test_config, within};
+use crate::support::{
+    Command, DEADLINE, Proc, Reply, TestNode, command_via, log_field, test_config, within,
+};
 
 const SECRET: &str = "cluster test secret";
 
@@ -454,4 +456,139 @@ fn a_bad_cluster_file_stops_the_node_naming_the_line() {
         log.contains(&format!("{}:3:", conf.display())) && log.contains("`b`"),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_moves_removes_and_bounds_what_waits() -> anyhow::Result<()> {
+    let a = launch("a", None, false).await?;
+    let b = launch("b", None, false).await?;
+    let b2 = launch("b2", None, false).await?;
+    for t in [&b, &b2] {
+        let kit = t.spawn("testkit").await?;
+        t.node.cluster_register("kit", kit);
+    }
+    a.node
+        .cluster_reload(&table(&[("b", &b)]))
+        .map_err(anyhow::Error::msg)?;
+    let ask_port = |client: skyhost::Client| async move {
+        client
+            .cluster_call("b", by_name("kit"), echo(b"where")?, Some(DEADLINE))
+            .await
+            .map_err(anyhow::Error::from)
+    };
+    ask_port(a.node.client()).await?;
+    // A call with its own timeout ends with Timeout while the link lives.
+    let slow = postcard::to_allocvec(&Command::SleepThenEcho {
+        ms: 10_000,
+        payload: Vec::new(),
+    })?;
+    let timed = a
+        .client
+        .cluster_call(
+            "b",
+            by_name("kit"),
+            slow.clone(),
+            Some(Duration::from_millis(100)),
+        )
+        .await;
+    failed_with(timed, ErrorCause::Timeout);
+
+    // The address changes: new traffic goes to b2's address.
+    let pending = a
+        .client
+        .cluster_call("b", by_name("kit"), slow.clone(), None);
+    a.node
+        .cluster_reload(&format!("b = \"{}\"\n", listen_of(&b2)))
+        .map_err(anyhow::Error::msg)?;
+    let moved = within(pending).await?;
+    assert!(failed_with(moved, ErrorCause::NodeDown).contains("moved"));
+    // With the old node gone, an answer can only come from the new address.
+    b.stop().await;
+    ask_port(a.node.client()).await?;
+
+    // Removed from the config: its pending calls fail.
+    let pending = a.client.cluster_call("b", by_name("kit"), slow, None);
+    a.node
+        .cluster_reload("__nowaiting = true\n")
+        .map_err(anyhow::Error::msg)?;
+    let removed = within(pending).await?;
+    assert!(failed_with(removed, ErrorCause::NodeDown).contains("removed"));
+    for t in [b2, a] {
+        t.stop().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_to_a_down_peer_queue_up_to_a_bound() -> anyhow::Result<()> {
+    let mut cluster = ClusterNodeConfig::new("a", SECRET);
+    cluster.queue_limit = 5;
+    let mut config = test_config();
+    config.cluster = Some(cluster);
+    let a = within(Node::launch(&config)).await??;
+    // A port nobody listens on: bind one, note it, close it.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    a.cluster_reload(&format!("down = \"{dead}\"\n"))
+        .map_err(anyhow::Error::msg)?;
+    let client = a.client();
+    let kit = a.spawn("testkit", &[]).await?;
+    let send = Command::ClusterSendLoop {
+        node: "down".into(),
+        target: ClusterTarget::Name("kit".into()),
+        n: 5,
+        payload: b"q".to_vec(),
+    };
+    assert_eq!(command_via(&client, kit, &send).await?, Reply::Unit);
+    let one_more = Command::ClusterSend {
+        node: "down".into(),
+        target: ClusterTarget::Name("kit".into()),
+        payload: b"q".to_vec(),
+    };
+    let refused = command_via(&client, kit, &one_more).await?;
+    assert!(
+        matches!(&refused, Reply::Failed(e) if e.contains("down") && e.contains("5 messages")),
+        "{refused:?}"
+    );
+    // A call to it fails (no link can be made) instead of hanging.
+    let call = client
+        .cluster_call("down", by_name("kit"), echo(b"x")?, None)
+        .await;
+    failed_with(call, ErrorCause::NodeDown);
+    drop(client);
+    within(a.shutdown()).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_can_be_in_a_harbor_and_a_cluster_at_once() -> anyhow::Result<()> {
+    let mut both = test_config();
+    let mut harbor = skyhost::config::HarborConfig::new(1, SECRET);
+    harbor.standalone = Some("127.0.0.1:0".into());
+    both.harbor = Some(harbor);
+    let mut cluster = ClusterNodeConfig::new("both", SECRET);
+    cluster.listen = Some("127.0.0.1:0".into());
+    both.cluster = Some(cluster);
+    both.limits.max_services = 256;
+    let node = within(Node::launch(&both)).await??;
+    let other = launch("other", None, false).await?;
+    let kit = node.spawn("testkit", &[]).await?;
+    assert_eq!(kit.harbor().0, 1, "a harbor address");
+    node.cluster_register("kit", kit);
+    other
+        .node
+        .cluster_reload(&format!("both = \"{}\"\n", node.cluster_listening()[0]))
+        .map_err(anyhow::Error::msg)?;
+    let r = other
+        .client
+        .cluster_call(
+            "both",
+            by_name("kit"),
+            postcard::to_allocvec(&Command::HarborId)?,
+            None,
+        )
+        .await?;
+    assert_eq!(reply(&r)?, Reply::Count(1));
+    other.stop().await;
+    within(node.shutdown()).await?;
+    Ok(())
 }

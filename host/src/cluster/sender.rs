@@ -24,7 +24,7 @@ struct Waiting {
     calls: HashMap<u32, Waiter>,
     queries: HashMap<u32, (String, Waiter)>,
     next: u32,
-    /// Items submitted since the link was last up (bounded while it is down).
+    /// Sends submitted since the link was last up (bounded while it is down).
     queued_while_down: usize,
     closed: Option<String>,
 }
@@ -93,7 +93,9 @@ impl Sender {
             let e = ClusterError::new(ErrorCause::NodeDown, why.clone());
             return Err((job, e));
         }
-        if !self.up.load(Ordering::Acquire) {
+        // Sends are what a down peer keeps (calls fail when no link can
+        // be made), so the bound counts sends.
+        if matches!(job, Job::Send { .. }) && !self.up.load(Ordering::Acquire) {
             if w.queued_while_down >= settings.queue_limit {
                 let e = ClusterError::new(
                     ErrorCause::Overloaded,
@@ -301,9 +303,11 @@ pub(super) async fn run(
                     () = sender.retarget.notified() => "the node moved to a new address".to_string(),
                 };
                 sender.up.store(false, Ordering::Release);
-                if !sender.gone.is_cancelled() {
-                    tracing::warn!(peer = %sender.node, "cluster {why}");
+                if sender.gone.is_cancelled() {
+                    // Closed on purpose: what it carried fails for that reason.
+                    break;
                 }
+                tracing::warn!(peer = %sender.node, "cluster {why}");
                 why
             }
             Err(e) => {

@@ -136,27 +136,32 @@ impl Client {
         })
     }
 
-    /// Opens a session of this client, lets `start` hand it to whoever will
-    /// answer it, and waits for the `response` (or `error`).
-    async fn await_session(
+    /// Opens a session of this client: whoever gets the waiter answers it;
+    /// the future waits for the `response` (or `error`).
+    fn open_session(
         &self,
-        start: impl FnOnce(crate::harbor::Waiter),
-    ) -> Result<Vec<u8>, CallError> {
+    ) -> (
+        crate::harbor::Waiter,
+        impl Future<Output = Result<Vec<u8>, CallError>> + Send + 'static + use<>,
+    ) {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(session, tx);
-        start(crate::harbor::Waiter {
+        let waiter = crate::harbor::Waiter {
             to: self.address(),
             session,
-        });
-        let reply = rx.await.map_err(|_| CallError::NodeStopped)?;
-        if reply.kind == kind::ERROR {
-            return Err(CallError::from_error_payload(&reply.payload));
-        }
-        Ok(reply.payload)
+        };
+        let answer = async move {
+            let reply = rx.await.map_err(|_| CallError::NodeStopped)?;
+            if reply.kind == kind::ERROR {
+                return Err(CallError::from_error_payload(&reply.payload));
+            }
+            Ok(reply.payload)
+        };
+        (waiter, answer)
     }
 
     /// The address of global `name` on this node's harbor, waiting until it
@@ -168,31 +173,36 @@ impl Client {
     pub async fn queryname(&self, name: &str, timeout: Duration) -> Result<Address, CallError> {
         let harbor = self.kernel.remote.get().ok_or_else(|| not_in("a harbor"))?;
         let ms = u32::try_from(timeout.as_millis().max(1)).unwrap_or(u32::MAX);
-        let bytes = self
-            .await_session(|waiter| harbor.queryname(name, ms, waiter))
-            .await?;
+        let (waiter, answer) = self.open_session();
+        harbor.queryname(name, ms, waiter);
+        let bytes = answer.await?;
         to_address(&bytes)
     }
 
     /// Calls `target` on cluster node `node` (`timeout` ends it if no answer
-    /// came; `None` waits as long as the link lives).
+    /// came; `None` waits as long as the link lives). The call starts now;
+    /// the future waits for its answer.
     ///
     /// # Errors
     /// [`CallError`] with the cause the session ended with.
-    pub async fn cluster_call(
+    pub fn cluster_call(
         &self,
         node: &str,
         target: crate::cluster::proto::Target,
         payload: Vec<u8>,
         timeout: Option<Duration>,
-    ) -> Result<Vec<u8>, CallError> {
-        let cluster = self
-            .kernel
-            .cluster
-            .get()
-            .ok_or_else(|| not_in("a cluster"))?;
-        self.await_session(|waiter| cluster.call(node, target, payload, waiter, timeout))
-            .await
+    ) -> impl Future<Output = Result<Vec<u8>, CallError>> + Send + 'static + use<> {
+        let started = self.kernel.cluster.get().map(|cluster| {
+            let (waiter, answer) = self.open_session();
+            cluster.call(node, target, payload, waiter, timeout);
+            answer
+        });
+        async move {
+            match started {
+                Some(answer) => answer.await,
+                None => Err(not_in("a cluster")),
+            }
+        }
     }
 
     /// The address cluster node `node` registered as `name`.
@@ -205,9 +215,9 @@ impl Client {
             .cluster
             .get()
             .ok_or_else(|| not_in("a cluster"))?;
-        let bytes = self
-            .await_session(|waiter| cluster.query(node, name.to_string(), waiter))
-            .await?;
+        let (waiter, answer) = self.open_session();
+        cluster.query(node, name.to_string(), waiter);
+        let bytes = answer.await?;
         to_address(&bytes)
     }
 
