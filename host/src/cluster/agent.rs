@@ -73,11 +73,20 @@ async fn serve(
         sessions: sessions.clone(),
         next: 0,
     };
-    let answers = forward_answers(&mut endpoint, &tx, &sessions, &cluster.settings);
-    let result = tokio::select! {
-        r = conn.run(&mut rx, &mut handler, &cluster.cancel) => r,
-        () = answers => Ok(()),
-    };
+    // Its own task: an answer then wakes the link's task once, from
+    // outside, instead of the link's task waking itself.
+    let settings = cluster.settings.clone();
+    let answers_tx = tx.clone();
+    let answer_sessions = sessions.clone();
+    let answers = kernel.tasks.spawn(
+        async move {
+            forward_answers(&mut endpoint, &answers_tx, &answer_sessions, &settings).await;
+        }
+        .in_current_span(),
+    );
+    drop(tx);
+    let result = conn.run(&mut rx, &mut handler, &cluster.cancel).await;
+    answers.abort();
     match result {
         Ok(()) => tracing::info!(%peer, "cluster link closed"),
         Err(e) => tracing::warn!(%peer, %from, "cluster link closed: {e}"),
