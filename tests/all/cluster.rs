@@ -354,6 +354,51 @@ async fn real_processes_survive_kill_stop_and_restart_of_a_peer() -> anyhow::Res
         timeout_ms: 0,
     };
     assert_eq!(call("one", via).await?, Reply::Bytes(b"1 to 2".to_vec()));
+    // Query, then by address; a proxy on one for two's service; a send from
+    // one to two, counted there.
+    let kit2 = here.client.cluster_query("two", "kit").await?;
+    let by_address = Command::ClusterCall {
+        node: "two".into(),
+        target: ClusterTarget::Address(kit2.0),
+        command: Box::new(Command::Echo(b"by address".to_vec())),
+        timeout_ms: 0,
+    };
+    assert_eq!(
+        call("one", by_address).await?,
+        Reply::Bytes(b"by address".to_vec())
+    );
+    let proxy = Command::ClusterProxy {
+        node: "two".into(),
+        target: ClusterTarget::Name("kit".into()),
+    };
+    let Reply::Address(proxy) = call("one", proxy).await? else {
+        anyhow::bail!("no proxy");
+    };
+    let through = Command::Call {
+        target: proxy,
+        command: Box::new(Command::Echo(b"via proxy".to_vec())),
+    };
+    assert_eq!(
+        call("one", through).await?,
+        Reply::Bytes(b"via proxy".to_vec())
+    );
+    let Reply::Count(before) = call("two", Command::Count).await? else {
+        anyhow::bail!("no count");
+    };
+    let send = Command::ClusterSend {
+        node: "two".into(),
+        target: ClusterTarget::Name("kit".into()),
+        payload: b"hi".to_vec(),
+    };
+    assert_eq!(call("one", send).await?, Reply::Unit);
+    let start = Instant::now();
+    while call("two", Command::Count).await? != Reply::Count(before + 1) {
+        anyhow::ensure!(
+            start.elapsed() < DEADLINE,
+            "the send from one never reached two"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 
     // kill -9 of two with 1,000 calls in flight: each ends with an error
     // within 1 s, exactly once.

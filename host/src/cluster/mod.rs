@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -180,8 +181,11 @@ pub(crate) struct Cluster {
     /// This node's name in the cluster.
     pub name: String,
     settings: Settings,
-    table: Mutex<Arc<ClusterTable>>,
-    senders: Mutex<HashMap<String, Arc<Sender>>>,
+    /// Read on every message, replaced whole on reload.
+    table: ArcSwap<ClusterTable>,
+    /// Read on every message without a lock; `new_sender` serializes making one.
+    senders: papaya::HashMap<String, Arc<Sender>>,
+    new_sender: Mutex<()>,
     /// Jobs for nodes not in the table, by node, with an id for timeouts.
     waiting: Mutex<HashMap<String, Vec<(u64, Job)>>>,
     next_waiting: AtomicU64,
@@ -220,8 +224,9 @@ impl Cluster {
                 compress_above: config.compression.then_some(config.compress_threshold),
                 queue_limit: config.queue_limit,
             },
-            table: Mutex::new(Arc::new(table)),
-            senders: Mutex::new(HashMap::new()),
+            table: ArcSwap::from_pointee(table),
+            senders: papaya::HashMap::new(),
+            new_sender: Mutex::new(()),
             waiting: Mutex::new(HashMap::new()),
             next_waiting: AtomicU64::new(1),
             names: Mutex::new(HashMap::new()),
@@ -244,7 +249,7 @@ impl Cluster {
 
     /// The table now in force.
     pub fn table(&self) -> Arc<ClusterTable> {
-        lock(&self.table).clone()
+        self.table.load_full()
     }
 
     /// Where this node accepts cluster links.
@@ -358,7 +363,7 @@ impl Cluster {
     /// Hands a job to its node's sender, or parks it until a reload adds
     /// the node; gives it back with the error when it cannot go.
     fn route(self: &Arc<Self>, node: &str, job: Job) -> Result<(), (Job, ClusterError)> {
-        let table = self.table();
+        let table = self.table.load();
         match table.get(node) {
             Some(NodeAddress::At(address)) => {
                 let sender = self.sender(node, address);
@@ -433,7 +438,11 @@ impl Cluster {
 
     /// The sender for `node`, made (with its task) on first use.
     fn sender(self: &Arc<Self>, node: &str, address: &str) -> Arc<Sender> {
-        let mut senders = lock(&self.senders);
+        if let Some(s) = self.senders.pin().get(node) {
+            return s.clone();
+        }
+        let _making = lock(&self.new_sender);
+        let senders = self.senders.pin();
         if let Some(s) = senders.get(node) {
             return s.clone();
         }
@@ -457,8 +466,10 @@ impl Cluster {
     /// nodes fail what they carry, and parked jobs for added nodes go.
     pub fn apply(self: &Arc<Self>, table: ClusterTable) {
         let table = Arc::new(table);
-        *lock(&self.table) = table.clone();
-        let senders: Vec<(String, Arc<Sender>)> = lock(&self.senders)
+        self.table.store(table.clone());
+        let senders: Vec<(String, Arc<Sender>)> = self
+            .senders
+            .pin()
             .iter()
             .map(|(n, s)| (n.clone(), s.clone()))
             .collect();
@@ -466,7 +477,8 @@ impl Cluster {
             match table.get(&node) {
                 Some(NodeAddress::At(address)) => sender.retarget(address),
                 other => {
-                    lock(&self.senders).remove(&node);
+                    let _making = lock(&self.new_sender);
+                    self.senders.pin().remove(&node);
                     let why = if other.is_some() {
                         format!(
                             "cluster node `{node}` is now offline (false in the cluster config)"
