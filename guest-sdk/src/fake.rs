@@ -300,3 +300,26 @@ pub(crate) mod cluster {
         Ok(())
     }
 }
+
+/// The fake `multicast` interface: channels numbered from 1, nothing sent.
+pub(crate) mod multicast {
+    pub(crate) use crate::bindings::skyhost::service::multicast::ChannelError;
+
+    pub(crate) fn new(number: Option<u32>) -> Result<u32, ChannelError> {
+        Ok(number.unwrap_or(1) << 8)
+    }
+
+    pub(crate) fn delete(_channel: u32) -> Result<(), ChannelError> {
+        Ok(())
+    }
+
+    pub(crate) fn publish(_channel: u32, _payload: &[u8]) -> Result<(), ChannelError> {
+        Ok(())
+    }
+
+    pub(crate) fn subscribe(_channel: u32) -> Result<(), ChannelError> {
+        Ok(())
+    }
+
+    pub(crate) fn unsubscribe(_channel: u32) {}
+}

@@ -88,6 +88,7 @@ mod fake;
 pub mod harbor;
 pub mod log;
 mod message;
+pub mod multicast;
 mod node;
 mod runtime;
 mod service;

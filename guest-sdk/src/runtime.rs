@@ -23,12 +23,16 @@ use crate::sys;
 
 type Handler = Rc<dyn Fn(Message) -> LocalFuture<Reply>>;
 
+/// A multicast channel's own handler.
+pub(crate) type ChannelHandler = Rc<dyn Fn(Message)>;
+
 /// Everything the SDK keeps for the running service.
 #[derive(Default)]
 pub(crate) struct Runtime {
     pub(crate) exec: Executor,
     pub(crate) sessions: Sessions,
     handler: RefCell<Option<Handler>>,
+    channels: RefCell<std::collections::HashMap<u32, ChannelHandler>>,
     exiting: Cell<bool>,
 }
 
@@ -55,6 +59,17 @@ pub(crate) fn exiting() -> bool {
 /// Marks the service as exiting.
 pub(crate) fn set_exiting() {
     with(|rt| rt.exiting.set(true));
+}
+
+/// Sets (or with `None` removes) the handler of a multicast channel.
+pub(crate) fn set_channel_handler(channel: u32, handler: Option<ChannelHandler>) {
+    with(|rt| {
+        let mut channels = rt.channels.borrow_mut();
+        match handler {
+            Some(h) => channels.insert(channel, h),
+            None => channels.remove(&channel),
+        };
+    });
 }
 
 /// Adds a task; it first runs once the current message is done.
@@ -97,6 +112,17 @@ fn deliver(raw: crate::bindings::Message) {
         return;
     }
     let msg = Message::new(raw.kind, Address(raw.source), raw.session, raw.payload);
+    if msg.kind == kind::MULTICAST {
+        let own = with(|rt| rt.channels.borrow().get(&msg.session).cloned());
+        if let Some(channel_handler) = own {
+            if msg.source.0 == 0 {
+                // The channel is gone: its handler hears it once, then goes.
+                set_channel_handler(msg.session, None);
+            }
+            channel_handler(msg);
+            return;
+        }
+    }
     let Some(handler) = with(|rt| rt.handler.borrow().clone()) else {
         if msg.is_request() {
             let _ = sys::respond(msg.source.0, msg.session, Err("service is not initialized"));

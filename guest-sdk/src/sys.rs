@@ -15,10 +15,10 @@ pub(crate) use crate::bindings::skyhost::service::runtime::{
 };
 
 #[cfg(not(test))]
-pub(crate) use crate::bindings::skyhost::service::{cluster, harbor};
+pub(crate) use crate::bindings::skyhost::service::{cluster, harbor, multicast};
 
 #[cfg(test)]
-pub(crate) use crate::fake::{cluster, harbor};
+pub(crate) use crate::fake::{cluster, harbor, multicast};
 
 #[cfg(test)]
 pub(crate) use crate::fake::{

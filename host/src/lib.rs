@@ -18,6 +18,7 @@
 pub mod cluster;
 pub mod config;
 pub mod harbor;
+pub mod multicast;
 pub mod runtime;
 pub mod transport;
 pub mod wasm;

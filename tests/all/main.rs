@@ -4,4 +4,5 @@ mod cli;
 mod cluster;
 mod harbor;
 mod local;
+mod multicast;
 mod support;

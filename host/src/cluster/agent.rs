@@ -108,7 +108,7 @@ async fn forward_answers(
             continue;
         };
         let item = if m.kind == kind::RESPONSE {
-            let (payload, compressed) = settings.pack(m.payload);
+            let (payload, compressed) = settings.pack(m.payload.into());
             Outgoing::Message(
                 Header::Response {
                     session,
@@ -185,7 +185,7 @@ impl LinkHandler<Control, Header> for AgentHandler {
                     kind: kind::REQUEST,
                     source: self.agent,
                     session: local,
-                    payload,
+                    payload: payload.into(),
                 };
                 if let Err(e) = self.kernel.deliver(dest, m) {
                     lock(&self.sessions).remove(&local);
@@ -199,7 +199,7 @@ impl LinkHandler<Control, Header> for AgentHandler {
                         kind: kind::TEXT,
                         source: self.agent,
                         session: 0,
-                        payload,
+                        payload: payload.into(),
                     };
                     self.kernel.deliver(dest, m).map_err(|e| e.to_string())
                 });

@@ -114,7 +114,7 @@ fn respond(kernel: &Kernel, waiter: Waiter, payload: Vec<u8>) {
         kind: kind::RESPONSE,
         source: Address(0),
         session: waiter.session,
-        payload,
+        payload: payload.into(),
     };
     let _ = kernel.deliver(waiter.to, m);
 }
@@ -558,9 +558,9 @@ impl Cluster {
                             to: m.source,
                             session: m.session,
                         };
-                        cluster.call(&node, target.clone(), m.payload, waiter, None);
+                        cluster.call(&node, target.clone(), m.payload.into(), waiter, None);
                     } else if (m.kind == kind::TEXT || m.kind >= kind::USER)
-                        && let Err(e) = cluster.send(&node, target.clone(), m.payload)
+                        && let Err(e) = cluster.send(&node, target.clone(), m.payload.into())
                     {
                         tracing::debug!("proxy send dropped: {e}");
                     }

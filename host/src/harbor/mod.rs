@@ -108,7 +108,7 @@ impl Waiter {
             kind: kind::RESPONSE,
             source,
             session: self.session,
-            payload,
+            payload: payload.into(),
         };
         let _ = kernel.deliver(self.to, m);
     }
@@ -328,7 +328,7 @@ impl Harbor {
             kind: message.kind,
             tenant: 0,
         };
-        let item = Outgoing::Message(envelope, message.payload);
+        let item = Outgoing::Message(envelope, message.payload.into());
         if message.kind == kind::REQUEST && message.session != 0 {
             let mut inflight = peer.inflight();
             if inflight.closed {
@@ -344,6 +344,41 @@ impl Harbor {
             return Err(SendError::NodeDown(dest));
         }
         Ok(())
+    }
+
+    /// Sends a control message to harbor `node`; false if it is not known.
+    pub fn control(&self, node: u8, control: Control) -> bool {
+        self.control_or_message(node, Outgoing::Control(control))
+    }
+
+    /// Sends a multicast message for `channel` to harbor `node` (a publish
+    /// for the channel's owner, or a delivery for its subscribers); false if
+    /// the node is not known.
+    pub fn multicast(
+        &self,
+        node: u8,
+        channel: u32,
+        source: Address,
+        payload: bytes::Bytes,
+    ) -> bool {
+        let envelope = Envelope {
+            dest: 0,
+            source: source.0,
+            session: channel,
+            kind: kind::MULTICAST,
+            tenant: 0,
+        };
+        let sent = self.control_or_message(node, Outgoing::Message(envelope, payload.into()));
+        if !sent {
+            self.count_dropped(node, 1);
+        }
+        sent
+    }
+
+    fn control_or_message(&self, node: u8, item: Outgoing<Control>) -> bool {
+        let slot = self.peers[usize::from(node)].load();
+        slot.as_deref()
+            .is_some_and(|peer| peer.tx.send(item).is_ok())
     }
 
     /// Tells `watcher` when `target`, on another node, ends; at once if
@@ -664,6 +699,9 @@ impl Harbor {
     fn remove_peer(&self, id: u8) {
         if let Some(peer) = self.peers[usize::from(id)].swap(None) {
             peer.gone.cancel();
+        }
+        if let Some(kernel) = self.kernel() {
+            kernel.multicast.node_down(id);
         }
         let gone: Vec<String> = {
             let mut names = self.names();
@@ -1017,6 +1055,14 @@ impl LinkHandler<Control> for PeerHandler {
             kind::EXIT => {
                 lock(&self.peer.monitors).remove(&(e.dest, e.source));
             }
+            kind::MULTICAST if e.dest == 0 => {
+                let source = Address(e.source);
+                let payload = payload.into();
+                self.kernel
+                    .multicast
+                    .arrived(self.peer.id, e.session, source, payload);
+                return;
+            }
             _ => {}
         }
         let dest = Address(e.dest);
@@ -1025,7 +1071,7 @@ impl LinkHandler<Control> for PeerHandler {
             kind: e.kind,
             source,
             session: e.session,
-            payload,
+            payload: payload.into(),
         };
         let wants_reply = message.wants_reply();
         if dest.harbor() != self.kernel.harbor {
@@ -1051,6 +1097,9 @@ impl LinkHandler<Control> for PeerHandler {
             Control::Demonitor { watcher, target } if local(target) => {
                 self.kernel.demonitor(Address(watcher), Address(target));
             }
+            c @ (Control::Subscribe { .. }
+            | Control::Unsubscribe { .. }
+            | Control::ChannelGone { .. }) => self.kernel.multicast.control(self.peer.id, c),
             other => {
                 return Err(format!(
                     "unexpected control message on a peer link: {other:?}"

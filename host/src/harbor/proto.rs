@@ -87,6 +87,22 @@ pub enum Control {
         /// The service watched.
         target: u32,
     },
+    /// Node → node: this node has subscribers for `channel` (made on the
+    /// receiving node); send it every publish.
+    Subscribe {
+        /// The channel.
+        channel: u32,
+    },
+    /// Node → node: this node has no subscribers for `channel` any more.
+    Unsubscribe {
+        /// The channel.
+        channel: u32,
+    },
+    /// Node → node: `channel` (made on the sending node) is gone.
+    ChannelGone {
+        /// The channel.
+        channel: u32,
+    },
     /// Node → node: stop a `Monitor`.
     Demonitor {
         /// The service that watched.

@@ -85,7 +85,7 @@ impl Client {
                 kind,
                 source: self.address(),
                 session,
-                payload,
+                payload: payload.into(),
             },
         )
     }
@@ -107,7 +107,8 @@ impl Client {
         &self,
         dest: Address,
         payload: Vec<u8>,
-    ) -> Result<impl Future<Output = Result<Vec<u8>, CallError>> + Send + 'static, SendError> {
+    ) -> Result<impl Future<Output = Result<Vec<u8>, CallError>> + Send + 'static + use<>, SendError>
+    {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending
@@ -118,7 +119,7 @@ impl Client {
             kind: kind::REQUEST,
             source: self.address(),
             session,
-            payload,
+            payload: payload.into(),
         };
         if let Err(e) = self.kernel.deliver(dest, m) {
             self.pending
@@ -132,7 +133,7 @@ impl Client {
             if reply.kind == kind::ERROR {
                 return Err(CallError::from_error_payload(&reply.payload));
             }
-            Ok(reply.payload)
+            Ok(reply.payload.into())
         })
     }
 
@@ -159,7 +160,7 @@ impl Client {
             if reply.kind == kind::ERROR {
                 return Err(CallError::from_error_payload(&reply.payload));
             }
-            Ok(reply.payload)
+            Ok(reply.payload.into())
         };
         (waiter, answer)
     }

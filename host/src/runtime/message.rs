@@ -1,5 +1,7 @@
 //! Messages, their kinds, and the ways a message or a session can fail.
 
+use bytes::Bytes;
+
 use super::Address;
 
 /// A session number; 0 means no reply is wanted.
@@ -11,7 +13,7 @@ pub mod kind {
     pub const TEXT: u8 = 0;
     /// A reply to a session.
     pub const RESPONSE: u8 = 1;
-    /// Reserved for multicast.
+    /// A publish on a subscribed channel; the session is the channel id.
     pub const MULTICAST: u8 = 2;
     /// A monitored service ended; the payload is the reason.
     pub const EXIT: u8 = 3;
@@ -39,8 +41,9 @@ pub struct Message {
     pub source: Address,
     /// The session it belongs to; 0 for none.
     pub session: Session,
-    /// The bytes, copied out of the sender.
-    pub payload: Vec<u8>,
+    /// The bytes, copied out of the sender once; shared, not copied, when
+    /// one message goes to many mailboxes (multicast).
+    pub payload: Bytes,
 }
 
 impl Message {
@@ -53,7 +56,7 @@ impl Message {
             kind: kind::ERROR,
             source,
             session,
-            payload,
+            payload: payload.into(),
         }
     }
 

@@ -109,7 +109,7 @@ impl Ready {
                     kind: kind::RESPONSE,
                     source: address,
                     session,
-                    payload,
+                    payload: payload.into(),
                 };
                 let _ = kernel.deliver(to, m);
             }
@@ -185,7 +185,7 @@ impl Mailbox {
             kind: kind::SYSTEM,
             source: address,
             session: 0,
-            payload: Vec::new(),
+            payload: Default::default(),
         };
         self.len.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(wake).is_err() {
@@ -216,6 +216,8 @@ pub(crate) struct ServiceHandle {
 struct Watch {
     monitors: Vec<Address>,
     names: Vec<String>,
+    /// Multicast channels it is subscribed to.
+    channels: Vec<u32>,
     dead: bool,
 }
 
@@ -241,6 +243,8 @@ pub(crate) struct Kernel {
     pub remote: OnceLock<Arc<Harbor>>,
     /// The cluster side, on a node in a cluster.
     pub cluster: OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Multicast channels made here, and subscribers of others'.
+    pub multicast: crate::multicast::Multicast,
     pub sched: Arc<sched::Scheduler>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
@@ -355,14 +359,18 @@ impl Kernel {
         services
             .remove_if(&handle.address.local(), |_, h| h.address == handle.address)
             .ok();
-        let (monitors, names) = {
+        let (monitors, names, channels) = {
             let mut w = handle.watch();
             w.dead = true;
             (
                 std::mem::take(&mut w.monitors),
                 std::mem::take(&mut w.names),
+                std::mem::take(&mut w.channels),
             )
         };
+        for channel in channels {
+            self.multicast.drop_subscriber(channel, handle.address);
+        }
         if !names.is_empty() {
             let mut table = self.names.lock().unwrap_or_else(|e| e.into_inner());
             for n in names {
@@ -518,6 +526,22 @@ impl Kernel {
             .copied()
     }
 
+    /// Records that `service` is subscribed to `channel`, so its end
+    /// unsubscribes it.
+    pub fn remember_channel(&self, service: Address, channel: u32) {
+        self.with_service(service, |h| {
+            let mut w = h.watch();
+            if !w.channels.contains(&channel) {
+                w.channels.push(channel);
+            }
+        });
+    }
+
+    /// Forgets that `service` is subscribed to `channel`.
+    pub fn forget_channel(&self, service: Address, channel: u32) {
+        self.with_service(service, |h| h.watch().channels.retain(|&c| c != channel));
+    }
+
     /// Tells `watcher` with an `exit` message when `target` ends (at once if
     /// it is not alive).
     pub fn monitor(&self, watcher: Address, target: Address) {
@@ -572,7 +596,7 @@ pub(crate) fn exit_notice(target: Address, reason: &str) -> Message {
         kind: kind::EXIT,
         source: target,
         session: 0,
-        payload: reason.as_bytes().to_vec(),
+        payload: reason.as_bytes().to_vec().into(),
     }
 }
 
@@ -646,8 +670,10 @@ impl Node {
         )
         .map_err(|e| NodeError::Engine(format!("{e:#}")))?;
         let (timers, timer_rx) = timer::Timers::new();
-        let kernel = Arc::new(Kernel {
-            harbor: HarborId(config.harbor.as_ref().map_or(0, |h| h.id)),
+        let harbor = HarborId(config.harbor.as_ref().map_or(0, |h| h.id));
+        let kernel = Arc::new_cyclic(|me| Kernel {
+            harbor,
+            multicast: crate::multicast::Multicast::new(me.clone(), harbor),
             limits,
             wasm,
             started: Instant::now(),
@@ -749,6 +775,11 @@ impl Node {
     /// Whether this harbor node's link to the master is up.
     pub fn master_up(&self) -> bool {
         self.kernel.remote.get().is_some_and(|h| h.master_up())
+    }
+
+    /// Subscribers on this node of a multicast channel (0 for none).
+    pub fn channel_subscribers(&self, channel: u32) -> usize {
+        self.kernel.multicast.local_subscribers(channel)
     }
 
     /// Where this cluster node accepts links from other nodes.

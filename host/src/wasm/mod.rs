@@ -329,7 +329,7 @@ impl Instance {
                 kind: m.kind,
                 source: m.source.0,
                 session: m.session,
-                payload: m.payload,
+                payload: m.payload.into(),
             });
         }
         self.store.set_epoch_deadline(1);

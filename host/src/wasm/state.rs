@@ -9,7 +9,7 @@ use std::time::Duration;
 use wasmtime::{StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::skyhost::service::{cluster, harbor, runtime, types};
+use super::bindings::skyhost::service::{cluster, harbor, multicast, runtime, types};
 use super::stdio::{LogOutput, Stream};
 use crate::runtime::{Address, ErrorCause, Kernel, Message, SendError, ServiceHandle, kind};
 
@@ -253,7 +253,7 @@ impl runtime::Host for ServiceState {
                 kind,
                 source: self.address,
                 session,
-                payload,
+                payload: payload.into(),
             },
         )
     }
@@ -265,7 +265,7 @@ impl runtime::Host for ServiceState {
             kind: kind::REQUEST,
             source: self.address,
             session,
-            payload,
+            payload: payload.into(),
         };
         self.deliver(dest, message).map(|()| session)
     }
@@ -284,7 +284,7 @@ impl runtime::Host for ServiceState {
                     kind: kind::RESPONSE,
                     source: self.address,
                     session,
-                    payload,
+                    payload: payload.into(),
                 }
             }
             Err(text) => Message::error(self.address, session, ErrorCause::Service, &text),
@@ -578,5 +578,47 @@ impl cluster::Host for ServiceState {
     fn reload(&mut self, config: String) -> Result<(), String> {
         let cluster = self.kernel.cluster.get().ok_or(NOT_IN_A_CLUSTER)?;
         cluster.reload(&config).map_err(|e| e.to_string())
+    }
+}
+
+impl From<crate::multicast::ChannelError> for multicast::ChannelError {
+    fn from(e: crate::multicast::ChannelError) -> Self {
+        use crate::multicast::ChannelError as E;
+        match e {
+            E::NoSuchChannel(_) => multicast::ChannelError::NoSuchChannel,
+            E::Exists(_) => multicast::ChannelError::Exists,
+            E::Invalid(_) => multicast::ChannelError::Invalid,
+            E::NotOwner(_) => multicast::ChannelError::NotOwner,
+            E::NodeDown(_) => multicast::ChannelError::NodeDown,
+        }
+    }
+}
+
+impl multicast::Host for ServiceState {
+    fn new(&mut self, number: Option<u32>) -> Result<u32, multicast::ChannelError> {
+        Ok(self.kernel.multicast.create(number)?)
+    }
+
+    fn delete(&mut self, channel: u32) -> Result<(), multicast::ChannelError> {
+        Ok(self.kernel.multicast.delete(channel)?)
+    }
+
+    fn publish(&mut self, channel: u32, payload: Vec<u8>) -> Result<(), multicast::ChannelError> {
+        if self.check_size(&payload).is_err() {
+            // The same limit as a send: refused before anything is copied on.
+            return Err(multicast::ChannelError::Invalid);
+        }
+        Ok(self
+            .kernel
+            .multicast
+            .publish(channel, self.address, payload.into())?)
+    }
+
+    fn subscribe(&mut self, channel: u32) -> Result<(), multicast::ChannelError> {
+        Ok(self.kernel.multicast.subscribe(channel, self.address)?)
+    }
+
+    fn unsubscribe(&mut self, channel: u32) {
+        self.kernel.multicast.unsubscribe(channel, self.address);
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use skyhost_sdk::{
     Address, Message, Reply, Service, call, cluster, exit, export_service, harbor, kind, monitor,
-    query, register, self_address, send_raw, sleep, spawn_raw,
+    multicast::Channel, query, register, self_address, send_raw, sleep, spawn_raw,
 };
 use skyhost_test_proto::{ClusterTarget, Command, Reply as Answer, TrapKind};
 
@@ -21,6 +21,8 @@ struct Testkit {
     counted: Cell<u64>,
     /// Sources of the exit notices received so far, in order.
     exits: RefCell<Vec<u32>>,
+    /// Multicast payloads received (u32 little-endian; u32::MAX: channel gone).
+    multicast: RefCell<Vec<u32>>,
 }
 
 impl Service for Testkit {
@@ -40,6 +42,7 @@ impl Service for Testkit {
         Ok(Testkit {
             counted: Cell::new(0),
             exits: RefCell::new(Vec::new()),
+            multicast: RefCell::new(Vec::new()),
         })
     }
 
@@ -48,6 +51,14 @@ impl Service for Testkit {
             self.counted.set(self.counted.get() + 1);
             if msg.kind == kind::EXIT {
                 self.exits.borrow_mut().push(msg.source.0);
+            }
+            if msg.kind == kind::MULTICAST {
+                let value = match <[u8; 4]>::try_from(msg.payload.as_slice()) {
+                    _ if msg.source.0 == 0 => u32::MAX,
+                    Ok(bytes) => u32::from_le_bytes(bytes),
+                    Err(_) => u32::MAX - 1,
+                };
+                self.multicast.borrow_mut().push(value);
             }
             return Reply::none();
         }
@@ -219,6 +230,38 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
             }
             Answer::Unit
         }
+        Command::McNew(number) => {
+            let made = match number {
+                Some(n) => Channel::with_number(n),
+                None => Channel::new(),
+            };
+            match made {
+                Ok(c) => Answer::Count(c.0.into()),
+                Err(e) => Answer::Failed(format!("multicast new: {e:?}")),
+            }
+        }
+        Command::McDelete(c) => match Channel(c).delete() {
+            Ok(()) => Answer::Unit,
+            Err(e) => Answer::Failed(format!("multicast delete: {e:?}")),
+        },
+        Command::McSubscribe(c) => match Channel(c).subscribe() {
+            Ok(()) => Answer::Unit,
+            Err(e) => Answer::Failed(format!("multicast subscribe: {e:?}")),
+        },
+        Command::McUnsubscribe(c) => {
+            Channel(c).unsubscribe();
+            Answer::Unit
+        }
+        Command::McPublishSeq { channel, tag, n } => {
+            for i in 0..n {
+                let value = (u32::from(tag) << 16) | (i & 0xffff);
+                if let Err(e) = Channel(channel).publish_raw(&value.to_le_bytes()) {
+                    return Answer::Failed(format!("multicast publish {i} of {n}: {e:?}"));
+                }
+            }
+            Answer::Unit
+        }
+        Command::McLog => Answer::Order(kit.multicast.borrow().clone()),
         Command::Exit { .. } | Command::Timers(_) => {
             Answer::Failed("testkit: handled before run".into())
         }

@@ -186,6 +186,28 @@ pub enum Command {
         /// The payload.
         payload: Vec<u8>,
     },
+    /// Make a multicast channel (with that number, or a free one).
+    /// Answers `Count` with the channel id, or `Failed`.
+    McNew(Option<u32>),
+    /// Delete a channel. Answers `Unit` or `Failed`.
+    McDelete(u32),
+    /// Subscribe to a channel. Answers `Unit` or `Failed`.
+    McSubscribe(u32),
+    /// Unsubscribe from a channel. Answers `Unit`.
+    McUnsubscribe(u32),
+    /// Publish `n` messages whose payloads are the u32 `(tag << 16) | i`,
+    /// little-endian, for i in 0..n. Answers `Unit` or `Failed`.
+    McPublishSeq {
+        /// The channel.
+        channel: u32,
+        /// The publisher's tag.
+        tag: u16,
+        /// How many.
+        n: u32,
+    },
+    /// The multicast payloads received so far, as u32 (u32::MAX for a
+    /// "channel gone" notice), in arrival order. Answers `Order`.
+    McLog,
 }
 
 /// A service on a cluster node: by name or by address there.

@@ -1,0 +1,413 @@
+//! Multicast: channels that carry one publish to many subscribers, on one
+//! node and across harbor nodes (Skynet's multicast).
+//!
+//! ```text
+//!  publish(ch) on node P ──(ch made on P)──> fan out: each local subscriber's mailbox
+//!        │                                   gets the same shared payload, and each
+//!        │                                   node with subscribers gets one copy
+//!        └──(ch made on X)──> one copy to X ──> X fans out as above (P included)
+//!  node Y, on X's copy: fans out to Y's subscribers of ch
+//! ```
+//!
+//! A channel id is `(number << 8) | harbor-id`: it names the node that made
+//! it (its *owner*), as an address does. The owner keeps the channel: its
+//! local subscribers and the harbor ids of nodes that have subscribers.
+//! Another node keeps, per channel it has subscribers for, the list of them
+//! (a *mirror*); its first subscriber subscribes the node at the owner, its
+//! last unsubscribes it. All of a publisher's messages go through the owner,
+//! so each subscriber gets them in publish order. A payload is one shared
+//! buffer per node (`Bytes`); every subscriber's mailbox holds a reference.
+//!
+//! Delivered messages are kind `multicast` with the channel id as session
+//! and the publisher as source; source 0 with an empty payload says the
+//! channel was deleted (or its owner's node went down).
+//!
+//! Who owns what: [`Multicast`] (one per node, in its `Kernel`) owns both
+//! tables. A subscribed service's handle lists its channels, so its end
+//! unsubscribes it everywhere.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, Weak};
+
+use bytes::Bytes;
+
+use crate::harbor::proto::Control;
+use crate::runtime::{Address, HarborId, Kernel, Message, kind};
+
+/// Why a channel operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    /// No such channel (never made, or deleted).
+    #[error("no multicast channel {0:#x}")]
+    NoSuchChannel(u32),
+    /// A channel with that number exists already.
+    #[error("multicast channel {0:#x} exists already")]
+    Exists(u32),
+    /// The number does not fit in 24 bits, or is 0.
+    #[error("multicast channel number {0} is not 1..2^24")]
+    Invalid(u32),
+    /// Only the node that made a channel can delete it.
+    #[error("multicast channel {0:#x} was made on another node")]
+    NotOwner(u32),
+    /// The channel's node is down.
+    #[error("the node of multicast channel {0:#x} is down")]
+    NodeDown(u32),
+}
+
+/// A channel made on this node.
+#[derive(Default)]
+struct Owned {
+    /// Local subscribers, in subscription order.
+    local: Vec<Address>,
+    /// Harbor ids of other nodes with subscribers.
+    remote: HashSet<u8>,
+}
+
+#[derive(Default)]
+struct Tables {
+    owned: HashMap<u32, Owned>,
+    /// Local subscribers of channels made on other nodes.
+    mirrors: HashMap<u32, Vec<Address>>,
+}
+
+/// The multicast side of one node.
+pub(crate) struct Multicast {
+    kernel: Weak<Kernel>,
+    harbor: HarborId,
+    next: AtomicU32,
+    tables: Mutex<Tables>,
+}
+
+/// The largest channel number (24 bits, beside the harbor id).
+const MAX_NUMBER: u32 = (1 << 24) - 1;
+
+fn owner(channel: u32) -> u8 {
+    (channel & 0xff) as u8
+}
+
+impl Multicast {
+    pub(crate) fn new(kernel: Weak<Kernel>, harbor: HarborId) -> Self {
+        Multicast {
+            kernel,
+            harbor,
+            // Fixed numbers given by services start low; automatic ones high,
+            // so they rarely meet.
+            next: AtomicU32::new(1 << 23),
+            tables: Mutex::new(Tables::default()),
+        }
+    }
+
+    fn tables(&self) -> MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_mine(&self, channel: u32) -> bool {
+        owner(channel) == self.harbor.0
+    }
+
+    /// Makes a channel: number `fixed`, or a free one.
+    ///
+    /// # Errors
+    /// `Invalid` or `Exists` for a fixed number.
+    pub fn create(&self, fixed: Option<u32>) -> Result<u32, ChannelError> {
+        let mut t = self.tables();
+        let channel = match fixed {
+            Some(n) if n == 0 || n > MAX_NUMBER => return Err(ChannelError::Invalid(n)),
+            Some(n) => {
+                let id = (n << 8) | u32::from(self.harbor.0);
+                if t.owned.contains_key(&id) {
+                    return Err(ChannelError::Exists(id));
+                }
+                id
+            }
+            None => loop {
+                let n = self.next.fetch_add(1, Ordering::Relaxed) % MAX_NUMBER + 1;
+                let id = (n << 8) | u32::from(self.harbor.0);
+                if !t.owned.contains_key(&id) {
+                    break id;
+                }
+            },
+        };
+        t.owned.insert(channel, Owned::default());
+        Ok(channel)
+    }
+
+    /// Deletes a channel made here; its subscribers (here and on other
+    /// nodes) are told.
+    ///
+    /// # Errors
+    /// `NotOwner` for a channel of another node, `NoSuchChannel`.
+    pub fn delete(&self, channel: u32) -> Result<(), ChannelError> {
+        if !self.is_mine(channel) {
+            return Err(ChannelError::NotOwner(channel));
+        }
+        let owned = self
+            .tables()
+            .owned
+            .remove(&channel)
+            .ok_or(ChannelError::NoSuchChannel(channel))?;
+        let Some(kernel) = self.kernel.upgrade() else {
+            return Ok(());
+        };
+        for sub in owned.local {
+            kernel.forget_channel(sub, channel);
+            let _ = kernel.deliver(sub, gone_notice(channel));
+        }
+        if let Some(harbor) = kernel.remote.get() {
+            for node in owned.remote {
+                harbor.control(node, Control::ChannelGone { channel });
+            }
+        }
+        Ok(())
+    }
+
+    /// Subscribes `service` (a local service) to `channel`.
+    ///
+    /// # Errors
+    /// `NoSuchChannel` for a channel of this node that does not exist;
+    /// `NodeDown` when the channel's node is not connected.
+    pub fn subscribe(&self, channel: u32, service: Address) -> Result<(), ChannelError> {
+        let kernel = self
+            .kernel
+            .upgrade()
+            .ok_or(ChannelError::NoSuchChannel(channel))?;
+        if self.is_mine(channel) {
+            let mut t = self.tables();
+            let owned = t
+                .owned
+                .get_mut(&channel)
+                .ok_or(ChannelError::NoSuchChannel(channel))?;
+            if !owned.local.contains(&service) {
+                owned.local.push(service);
+            }
+        } else {
+            let harbor = kernel
+                .remote
+                .get()
+                .ok_or(ChannelError::NoSuchChannel(channel))?;
+            let first = {
+                let mut t = self.tables();
+                let subs = t.mirrors.entry(channel).or_default();
+                if subs.contains(&service) {
+                    return Ok(());
+                }
+                subs.push(service);
+                subs.len() == 1
+            };
+            if first && !harbor.control(owner(channel), Control::Subscribe { channel }) {
+                self.drop_mirror_subscriber(channel, service);
+                return Err(ChannelError::NodeDown(channel));
+            }
+        }
+        kernel.remember_channel(service, channel);
+        Ok(())
+    }
+
+    /// Unsubscribes `service` from `channel` (nothing if it was not).
+    pub fn unsubscribe(&self, channel: u32, service: Address) {
+        if let Some(kernel) = self.kernel.upgrade() {
+            kernel.forget_channel(service, channel);
+        }
+        self.drop_subscriber(channel, service);
+    }
+
+    /// Takes `service` off `channel`'s lists (its handle is updated by the
+    /// caller).
+    pub(crate) fn drop_subscriber(&self, channel: u32, service: Address) {
+        if self.is_mine(channel) {
+            if let Some(owned) = self.tables().owned.get_mut(&channel) {
+                owned.local.retain(|&a| a != service);
+            }
+        } else {
+            self.drop_mirror_subscriber(channel, service);
+        }
+    }
+
+    fn drop_mirror_subscriber(&self, channel: u32, service: Address) {
+        let last = {
+            let mut t = self.tables();
+            let Some(subs) = t.mirrors.get_mut(&channel) else {
+                return;
+            };
+            subs.retain(|&a| a != service);
+            let last = subs.is_empty();
+            if last {
+                t.mirrors.remove(&channel);
+            }
+            last
+        };
+        if last && let Some(harbor) = self.kernel.upgrade().and_then(|k| k.remote.get().cloned()) {
+            harbor.control(owner(channel), Control::Unsubscribe { channel });
+        }
+    }
+
+    /// Publishes `payload` from `source` on `channel`.
+    ///
+    /// # Errors
+    /// `NoSuchChannel` for a channel of this node that does not exist;
+    /// `NodeDown` when the channel's node is not connected.
+    pub fn publish(
+        &self,
+        channel: u32,
+        source: Address,
+        payload: Bytes,
+    ) -> Result<(), ChannelError> {
+        if self.is_mine(channel) {
+            return self.fan_out(channel, source, payload);
+        }
+        let kernel = self
+            .kernel
+            .upgrade()
+            .ok_or(ChannelError::NoSuchChannel(channel))?;
+        let harbor = kernel
+            .remote
+            .get()
+            .ok_or(ChannelError::NoSuchChannel(channel))?;
+        if harbor.multicast(owner(channel), channel, source, payload) {
+            Ok(())
+        } else {
+            Err(ChannelError::NodeDown(channel))
+        }
+    }
+
+    /// On the owner: every local subscriber and every other node with
+    /// subscribers gets the message (the publisher's node too: its
+    /// subscribers get their copy in the same order as everyone's).
+    fn fan_out(&self, channel: u32, source: Address, payload: Bytes) -> Result<(), ChannelError> {
+        let (local, remote) = {
+            let t = self.tables();
+            let owned = t
+                .owned
+                .get(&channel)
+                .ok_or(ChannelError::NoSuchChannel(channel))?;
+            (
+                owned.local.clone(),
+                owned.remote.iter().copied().collect::<Vec<u8>>(),
+            )
+        };
+        let Some(kernel) = self.kernel.upgrade() else {
+            return Ok(());
+        };
+        if let Some(harbor) = kernel.remote.get() {
+            for node in remote {
+                harbor.multicast(node, channel, source, payload.clone());
+            }
+        }
+        deliver_all(&kernel, &local, channel, source, &payload);
+        Ok(())
+    }
+
+    /// A multicast message that arrived from harbor `from`: a publish for a
+    /// channel made here, or a delivery for this node's subscribers.
+    pub(crate) fn arrived(&self, from: u8, channel: u32, source: Address, payload: Bytes) {
+        if self.is_mine(channel) {
+            if let Err(e) = self.fan_out(channel, source, payload) {
+                tracing::debug!(harbor = from, "multicast publish dropped: {e}");
+            }
+            return;
+        }
+        let subs = self
+            .tables()
+            .mirrors
+            .get(&channel)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(kernel) = self.kernel.upgrade() {
+            deliver_all(&kernel, &subs, channel, source, &payload);
+        }
+    }
+
+    /// A control message about channels from harbor `from`.
+    pub(crate) fn control(&self, from: u8, control: Control) {
+        match control {
+            Control::Subscribe { channel } => {
+                let known = self
+                    .tables()
+                    .owned
+                    .get_mut(&channel)
+                    .map(|o| o.remote.insert(from))
+                    .is_some();
+                if !known
+                    && let Some(harbor) =
+                        self.kernel.upgrade().and_then(|k| k.remote.get().cloned())
+                {
+                    harbor.control(from, Control::ChannelGone { channel });
+                }
+            }
+            Control::Unsubscribe { channel } => {
+                if let Some(o) = self.tables().owned.get_mut(&channel) {
+                    o.remote.remove(&from);
+                }
+            }
+            Control::ChannelGone { channel } => self.mirror_gone(channel),
+            _ => {}
+        }
+    }
+
+    /// The channel of a mirror is gone (deleted, or its node down): its
+    /// subscribers here are told and forget it.
+    fn mirror_gone(&self, channel: u32) {
+        let subs = self.tables().mirrors.remove(&channel).unwrap_or_default();
+        if let Some(kernel) = self.kernel.upgrade() {
+            for sub in subs {
+                kernel.forget_channel(sub, channel);
+                let _ = kernel.deliver(sub, gone_notice(channel));
+            }
+        }
+    }
+
+    /// Harbor `node` went down: it leaves every channel made here, and the
+    /// channels it made are gone for this node's subscribers.
+    pub(crate) fn node_down(&self, node: u8) {
+        let gone: Vec<u32> = {
+            let mut t = self.tables();
+            for o in t.owned.values_mut() {
+                o.remote.remove(&node);
+            }
+            t.mirrors
+                .keys()
+                .copied()
+                .filter(|&c| owner(c) == node)
+                .collect()
+        };
+        for channel in gone {
+            self.mirror_gone(channel);
+        }
+    }
+
+    /// Subscribers on this node of `channel` (for tests and stats).
+    pub fn local_subscribers(&self, channel: u32) -> usize {
+        let t = self.tables();
+        t.owned
+            .get(&channel)
+            .map(|o| o.local.len())
+            .or_else(|| t.mirrors.get(&channel).map(Vec::len))
+            .unwrap_or(0)
+    }
+}
+
+/// Puts the same payload in each subscriber's mailbox.
+fn deliver_all(kernel: &Kernel, subs: &[Address], channel: u32, source: Address, payload: &Bytes) {
+    for &sub in subs {
+        let m = Message {
+            kind: kind::MULTICAST,
+            source,
+            session: channel,
+            payload: payload.clone(),
+        };
+        if let Err(e) = kernel.deliver(sub, m) {
+            tracing::debug!(%sub, "multicast delivery dropped: {e}");
+        }
+    }
+}
+
+/// The message that tells a subscriber its channel is gone.
+fn gone_notice(channel: u32) -> Message {
+    Message {
+        kind: kind::MULTICAST,
+        source: Address(0),
+        session: channel,
+        payload: Bytes::new(),
+    }
+}
