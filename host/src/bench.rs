@@ -110,6 +110,18 @@ fn workloads() -> Vec<Workload> {
             run: |n| Box::pin(harbor_concurrent(n, 100, 1_000)),
         },
         Workload {
+            id: "multicast-local",
+            unit: "deliveries/s",
+            topology: Topology::Single,
+            run: |n| Box::pin(multicast(n, false, 1_000, 1_000)),
+        },
+        Workload {
+            id: "multicast-harbor",
+            unit: "deliveries/s",
+            topology: Topology::Harbor,
+            run: |n| Box::pin(multicast(n, true, 1_000, 1_000)),
+        },
+        Workload {
             id: "cluster-call-rtt",
             unit: "µs",
             topology: Topology::Cluster,
@@ -751,4 +763,51 @@ async fn cluster_concurrent(b: &BenchNode, callers: u32, per_caller: u32) -> any
         &cluster_echo_loop(per_caller, false),
     )
     .await
+}
+
+/// A publisher on this node publishes `publishes` messages on a channel made
+/// here with `subscribers` subscribers (on harbor 2 when `remote`); the
+/// clock stops when every subscriber has counted every message.
+async fn multicast(
+    b: &BenchNode,
+    remote: bool,
+    subscribers: u32,
+    publishes: u32,
+) -> anyhow::Result<f64> {
+    let owner = b.spawn("testkit").await?;
+    let Reply::Count(channel) = b.command(owner, &Command::McNew(None)).await? else {
+        bail!("McNew answered something else");
+    };
+    let channel = u32::try_from(channel)?;
+    let (spawner, client) = if remote {
+        let peer = b.peer.as_ref().context("not a harbor workload")?;
+        let client = b.peer_client.as_ref().context("no client on harbor 2")?;
+        (peer.spawn("testkit", &[]).await?, client)
+    } else {
+        (b.spawn("testkit").await?, &b.client)
+    };
+    let spawn = Command::SpawnMany {
+        module: "testkit".into(),
+        n: subscribers,
+    };
+    let Reply::Addresses(subs) = command_via(client, spawner, &spawn).await? else {
+        bail!("SpawnMany answered something else");
+    };
+    for &s in &subs {
+        command_via(client, Address(s), &Command::McSubscribe(channel)).await?;
+    }
+    // The last Subscribe went to the owner before this call on the same link.
+    command_via(client, owner, &Command::HarborId).await?;
+    let publisher = b.spawn("testkit").await?;
+    let start = Instant::now();
+    let publish = Command::McPublishSeq {
+        channel,
+        tag: 1,
+        n: publishes,
+    };
+    b.command(publisher, &publish).await?;
+    for &s in &subs {
+        wait_count(client, Address(s), u64::from(publishes)).await?;
+    }
+    Ok(f64::from(subscribers) * f64::from(publishes) / start.elapsed().as_secs_f64())
 }
