@@ -396,7 +396,7 @@ fn deliver_all(kernel: &Kernel, subs: &[Address], channel: u32, source: Address,
             session: channel,
             payload: payload.clone(),
         };
-        if let Err(e) = kernel.deliver(sub, m) {
+        if let Err(e) = kernel.deliver_quiet(sub, m) {
             tracing::debug!(%sub, "multicast delivery dropped: {e}");
         }
     }

@@ -276,7 +276,19 @@ impl Kernel {
         {
             return harbor.forward(dest, message);
         }
-        self.with_service(dest, |handle| self.enqueue(handle, message))
+        self.with_service(dest, |handle| self.enqueue(handle, message, true))
+            .unwrap_or(Err(SendError::UnknownAddress(dest)))
+    }
+
+    /// Enqueues a message for a local service without interrupting running
+    /// hogs: the service runs at the next tick at the latest. A multicast
+    /// fan-out uses it, so a publisher is not made to yield once per
+    /// subscriber (its subscribers then take their messages in batches).
+    ///
+    /// # Errors
+    /// As [`deliver`](Self::deliver).
+    pub fn deliver_quiet(&self, dest: Address, message: Message) -> Result<(), SendError> {
+        self.with_service(dest, |handle| self.enqueue(handle, message, false))
             .unwrap_or(Err(SendError::UnknownAddress(dest)))
     }
 
@@ -290,7 +302,12 @@ impl Kernel {
     }
 
     /// Pushes `message` into the mailbox of the service behind `handle`.
-    fn enqueue(&self, handle: &ServiceHandle, message: Message) -> Result<(), SendError> {
+    fn enqueue(
+        &self,
+        handle: &ServiceHandle,
+        message: Message,
+        interrupt_hogs: bool,
+    ) -> Result<(), SendError> {
         let dest = handle.address;
         let mailbox = &handle.mailbox;
         let limit = self.limits.mailbox_limit;
@@ -301,7 +318,7 @@ impl Kernel {
         }
         // Marked before the message is visible, so the service's pick-up,
         // which follows it, always clears the mark.
-        let interrupt = len == 1 && self.sched.mark_ready(&mailbox.ready);
+        let interrupt = len == 1 && self.sched.mark_ready(&mailbox.ready) && interrupt_hogs;
         if mailbox.tx.send(message).is_err() {
             mailbox.len.fetch_sub(1, Ordering::Relaxed);
             mailbox.picked_up(self);
