@@ -322,4 +322,8 @@ pub(crate) mod multicast {
     }
 
     pub(crate) fn unsubscribe(_channel: u32) {}
+
+    pub(crate) fn cluster_channel(_node: &str, channel: u32) -> Result<u32, ChannelError> {
+        Ok(channel)
+    }
 }

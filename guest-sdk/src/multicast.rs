@@ -39,6 +39,15 @@ impl Channel {
         sys::multicast::new(Some(number)).map(Channel)
     }
 
+    /// The channel `id` made on cluster node `node` (its id there), as this
+    /// node knows it: subscribe to it and publish on it like a local one.
+    ///
+    /// # Errors
+    /// [`ChannelError::NodeDown`] when this node is in no cluster.
+    pub fn cluster(node: &str, id: u32) -> Result<Channel, ChannelError> {
+        sys::multicast::cluster_channel(node, id).map(Channel)
+    }
+
     /// Deletes the channel (made on this node); its subscribers are told.
     ///
     /// # Errors

@@ -289,9 +289,20 @@ async fn a_malformed_frame_closes_only_its_own_cluster_link() -> anyhow::Result<
 /// A node file for a real cluster process with a `testkit` bootstrap that
 /// registers itself as `kit` in the cluster.
 fn node_file(dir: &Path, name: &str, cluster_file: &Path, listen: &str) -> PathBuf {
+    node_file_with(dir, name, cluster_file, listen, "cluster=kit")
+}
+
+/// [`node_file`] with the bootstrap testkit's own arguments.
+fn node_file_with(
+    dir: &Path,
+    name: &str,
+    cluster_file: &Path,
+    listen: &str,
+    args: &str,
+) -> PathBuf {
     let text = format!(
         "module_paths = [{modules:?}]\ncache_dir = {cache:?}\nlog_level = \"info\"\n\n\
-         [bootstrap]\nmodule = \"testkit\"\nargs = \"cluster=kit\"\n\n\
+         [bootstrap]\nmodule = \"testkit\"\nargs = {args:?}\n\n\
          [limits]\nmax_services = 256\n\n\
          [cluster]\nname = {name:?}\nconfig = {config:?}\nlisten = {listen:?}\nsecret = {SECRET:?}\n\
          heartbeat_ms = 200\ndead_after_ms = 1000\n",
@@ -635,5 +646,130 @@ async fn a_node_can_be_in_a_harbor_and_a_cluster_at_once() -> anyhow::Result<()>
     assert_eq!(reply(&r)?, Reply::Count(1));
     other.stop().await;
     within(node.shutdown()).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_wide_channel_carries_chat_to_three_real_processes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let conf = dir.path().join("cluster.conf");
+    std::fs::write(&conf, "-- filled in below\n")?;
+    // "one" makes channel number 1 (id 1 << 8 there) at start.
+    let file1 = node_file_with(
+        dir.path(),
+        "one",
+        &conf,
+        "127.0.0.1:0",
+        "cluster=kit mc_new=1",
+    );
+    let (mut p1, a1) = start_proc(&file1);
+    let (mut p2, a2) = start_proc(&node_file(dir.path(), "two", &conf, "127.0.0.1:0"));
+    let (mut p3, a3) = start_proc(&node_file(dir.path(), "three", &conf, "127.0.0.1:0"));
+    let here = launch("here", Some(&conf), false).await?;
+    std::fs::write(
+        &conf,
+        format!(
+            "one = \"{a1}\"\ntwo = \"{a2}\"\nthree = \"{a3}\"\nhere = \"{}\"\n",
+            listen_of(&here)
+        ),
+    )?;
+    for p in [&mut p1, &mut p2, &mut p3] {
+        p.wait_for("cluster config reloaded");
+    }
+    let call = |node: &'static str, cmd: Command| {
+        let client = here.node.client();
+        async move {
+            let payload = postcard::to_allocvec(&cmd)?;
+            let r = client
+                .cluster_call(node, by_name("kit"), payload, Some(DEADLINE))
+                .await?;
+            anyhow::Ok(reply(&r)?)
+        }
+    };
+    let start = Instant::now();
+    while call("three", Command::HarborId).await.is_err() {
+        anyhow::ensure!(
+            start.elapsed() < DEADLINE,
+            "the config never reached this node"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Each node's service subscribes, on "one" directly, elsewhere through
+    // the id its node gives the channel.
+    let mut ids = Vec::new();
+    for node in ["one", "two", "three"] {
+        let Reply::Count(id) = call(
+            node,
+            Command::McCluster {
+                node: "one".into(),
+                channel: 1 << 8,
+            },
+        )
+        .await?
+        else {
+            anyhow::bail!("no channel id on {node}");
+        };
+        let id = u32::try_from(id)?;
+        assert_eq!(
+            call(node, Command::McSubscribe(id)).await?,
+            Reply::Unit,
+            "{node}"
+        );
+        ids.push(id);
+    }
+    // The subscriptions reached "one" before this call through the same links.
+    for node in ["two", "three"] {
+        let via = Command::ClusterCall {
+            node: "one".into(),
+            target: ClusterTarget::Name("kit".into()),
+            command: Box::new(Command::HarborId),
+            timeout_ms: 0,
+        };
+        assert_eq!(call(node, via).await?, Reply::Count(0));
+    }
+    // A chat line published on "two" reaches every node's subscriber.
+    let say = |tag: u16| Command::McPublishSeq {
+        channel: ids[1],
+        tag,
+        n: 1,
+    };
+    assert_eq!(call("two", say(7)).await?, Reply::Unit);
+    let line = |tag: u32| tag << 16;
+    for node in ["one", "two", "three"] {
+        let start = Instant::now();
+        loop {
+            if let Reply::Order(log) = call(node, Command::McLog).await?
+                && log == vec![line(7)]
+            {
+                break;
+            }
+            anyhow::ensure!(start.elapsed() < DEADLINE, "{node} never got the chat line");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // kill -9 of "three": the others still get the next line.
+    p3.signal("KILL");
+    let _ = p3.wait_exit();
+    assert_eq!(call("two", say(8)).await?, Reply::Unit);
+    for node in ["one", "two"] {
+        let start = Instant::now();
+        loop {
+            if let Reply::Order(log) = call(node, Command::McLog).await?
+                && log == vec![line(7), line(8)]
+            {
+                break;
+            }
+            anyhow::ensure!(
+                start.elapsed() < DEADLINE,
+                "{node} stopped getting chat after a node died"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    here.stop().await;
+    for p in [&mut p2, &mut p1] {
+        p.signal("INT");
+        assert!(p.wait_exit().success(), "{}", p.log());
+    }
     Ok(())
 }

@@ -66,6 +66,7 @@ async fn serve(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let sessions: Sessions = Arc::default();
     let mut handler = AgentHandler {
+        peer: peer.clone(),
         kernel: kernel.clone(),
         cluster: cluster.clone(),
         agent,
@@ -129,6 +130,8 @@ async fn forward_answers(
 
 /// Delivers what the peer sends into this node.
 struct AgentHandler {
+    /// The peer's cluster name.
+    peer: String,
     kernel: Arc<Kernel>,
     cluster: Arc<Cluster>,
     agent: Address,
@@ -207,6 +210,28 @@ impl LinkHandler<Control, Header> for AgentHandler {
                     tracing::debug!("cluster send to `{target}` dropped: {e}");
                 }
             }
+            Header::Multicast {
+                channel,
+                source,
+                compressed,
+            }
+            | Header::Publish {
+                channel,
+                source,
+                compressed,
+            } => {
+                let publish = matches!(header, Header::Publish { .. });
+                match self.cluster.settings.unpack(payload, compressed) {
+                    Ok(p) => self.kernel.multicast.cluster_arrived(
+                        &self.peer,
+                        channel,
+                        Address(source),
+                        p.into(),
+                        publish,
+                    ),
+                    Err(e) => tracing::warn!(peer = %self.peer, "multicast dropped: {e}"),
+                }
+            }
             other => tracing::warn!("unexpected {other:?} on an inbound cluster link"),
         }
     }
@@ -217,6 +242,12 @@ impl LinkHandler<Control, Header> for AgentHandler {
                 let address = lock(&self.cluster.names).get(&name).map(|a| a.0);
                 let answer = Control::QueryResult { request, address };
                 let _ = self.tx.send(Outgoing::Control(answer));
+                Ok(())
+            }
+            c @ (Control::Subscribe { .. }
+            | Control::Unsubscribe { .. }
+            | Control::ChannelGone { .. }) => {
+                self.kernel.multicast.cluster_control(&self.peer, c);
                 Ok(())
             }
             other => Err(format!("unexpected {other:?} on an inbound cluster link")),

@@ -45,7 +45,7 @@ use crate::config::ClusterNodeConfig;
 use crate::harbor::Waiter;
 use crate::runtime::endpoint::HostEndpoint;
 use crate::runtime::{Address, ErrorCause, Kernel, Message, kind};
-use crate::transport::LinkConfig;
+use crate::transport::{LinkConfig, Outgoing};
 pub use config::{ClusterConfigError, ClusterTable, NodeAddress};
 use proto::Target;
 use sender::Sender;
@@ -83,6 +83,9 @@ pub(crate) enum Job {
     Send { target: Target, payload: Vec<u8> },
     /// A name lookup; `waiter` gets the address (4 bytes, little-endian).
     Query { name: String, waiter: Waiter },
+    /// A ready frame with no answer to wait for (multicast), kept while
+    /// the peer is down like a send.
+    Item(Outgoing<proto::Control, proto::Header>),
 }
 
 impl Job {
@@ -92,7 +95,7 @@ impl Job {
             Job::Call { waiter, .. } | Job::Query { waiter, .. } => {
                 fail(kernel, waiter, error.cause, &error.detail);
             }
-            Job::Send { .. } => {
+            Job::Send { .. } | Job::Item(_) => {
                 tracing::debug!("cluster send dropped: {}", error.detail);
             }
         }
@@ -331,6 +334,23 @@ impl Cluster {
     ) -> Result<(), ClusterError> {
         self.route(node, Job::Send { target, payload })
             .map_err(|(_, e)| e)
+    }
+
+    /// Sends a prepared frame to `node` (multicast), queued like a send.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub fn push(
+        self: &Arc<Self>,
+        node: &str,
+        item: Outgoing<proto::Control, proto::Header>,
+    ) -> Result<(), ClusterError> {
+        self.route(node, Job::Item(item)).map_err(|(_, e)| e)
+    }
+
+    /// A multicast payload, compressed when the node compresses.
+    pub fn pack(&self, payload: Vec<u8>) -> (Vec<u8>, bool) {
+        self.settings.pack(payload)
     }
 
     /// Asks `node` for the address of a name it registered; `waiter` gets

@@ -52,6 +52,25 @@ pub enum Header {
         /// The payload is lz4-compressed.
         compressed: bool,
     },
+    /// Owner → subscribing node: a publish on `channel` (the owner's id),
+    /// for the receiving node's subscribers of it.
+    Multicast {
+        /// The channel, as the owner numbers it.
+        channel: u32,
+        /// The publisher, as its node numbers it (0: not known there).
+        source: u32,
+        /// The payload is lz4-compressed.
+        compressed: bool,
+    },
+    /// Node → owner: publish on `channel` (the owner's id).
+    Publish {
+        /// The channel, as the owner numbers it.
+        channel: u32,
+        /// The publisher on the sending node.
+        source: u32,
+        /// The payload is lz4-compressed.
+        compressed: bool,
+    },
     /// A `Request` failed; the payload is the detail text.
     Error {
         /// The request's link session.
@@ -70,6 +89,21 @@ pub enum Control {
         request: u32,
         /// The name.
         name: String,
+    },
+    /// Node → owner: the sending node has subscribers for `channel`.
+    Subscribe {
+        /// The channel, as the owner numbers it.
+        channel: u32,
+    },
+    /// Node → owner: the sending node has no subscribers for `channel` now.
+    Unsubscribe {
+        /// The channel, as the owner numbers it.
+        channel: u32,
+    },
+    /// Owner → node: `channel` was deleted.
+    ChannelGone {
+        /// The channel, as the owner numbers it.
+        channel: u32,
     },
     /// Node → caller: the answer to a `Query`.
     QueryResult {

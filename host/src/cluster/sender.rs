@@ -95,7 +95,7 @@ impl Sender {
         }
         // Sends are what a down peer keeps (calls fail when no link can
         // be made), so the bound counts sends.
-        if matches!(job, Job::Send { .. }) && !self.up.load(Ordering::Acquire) {
+        if matches!(job, Job::Send { .. } | Job::Item(_)) && !self.up.load(Ordering::Acquire) {
             if w.queued_while_down >= settings.queue_limit {
                 let e = ClusterError::new(
                     ErrorCause::Overloaded,
@@ -134,6 +134,7 @@ impl Sender {
                 let (payload, compressed) = settings.pack(payload);
                 Outgoing::Message(Header::Push { target, compressed }, payload)
             }
+            Job::Item(item) => item,
             Job::Query { name, waiter } => {
                 let request = w.session();
                 w.queries.insert(request, (name.clone(), waiter));
@@ -220,12 +221,20 @@ impl Sender {
             // Drained under the lock, so nothing submitted after this is lost.
             let queued = std::iter::from_fn(|| rx.try_recv().ok());
             for item in held.into_iter().chain(queued) {
-                if let Outgoing::Message(Header::Push { .. }, _) = &item {
-                    if kept.len() < keep {
-                        kept.push_back(item);
-                    } else {
-                        dropped += 1;
-                    }
+                // Calls and queries were failed above; everything else is
+                // kept for the next link, up to the bound.
+                let answered = matches!(
+                    &item,
+                    Outgoing::Message(Header::Request { .. }, _)
+                        | Outgoing::Control(Control::Query { .. })
+                );
+                if answered {
+                    continue;
+                }
+                if kept.len() < keep {
+                    kept.push_back(item);
+                } else {
+                    dropped += 1;
                 }
             }
             w.queued_while_down = kept.len();

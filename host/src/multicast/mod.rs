@@ -55,20 +55,27 @@ pub enum ChannelError {
     NodeDown(u32),
 }
 
-/// A channel made on this node.
+/// A channel made on this node (or this node's stand-in for a channel of
+/// another cluster node: see `bound`).
 #[derive(Default)]
 struct Owned {
     /// Local subscribers, in subscription order.
     local: Vec<Address>,
     /// Harbor ids of other nodes with subscribers.
     remote: HashSet<u8>,
+    /// Cluster nodes with subscribers.
+    cluster: HashSet<String>,
+    /// For a stand-in: the cluster node that made the channel, and its id there.
+    bound: Option<(String, u32)>,
 }
 
 #[derive(Default)]
 struct Tables {
     owned: HashMap<u32, Owned>,
-    /// Local subscribers of channels made on other nodes.
+    /// Local subscribers of channels made on other harbor nodes.
     mirrors: HashMap<u32, Vec<Address>>,
+    /// Stand-ins by (cluster node, its channel id).
+    stand_ins: HashMap<(String, u32), u32>,
 }
 
 /// The multicast side of one node.
@@ -159,7 +166,117 @@ impl Multicast {
                 harbor.control(node, Control::ChannelGone { channel });
             }
         }
+        for node in owned.cluster {
+            let gone = crate::cluster::proto::Control::ChannelGone { channel };
+            let _ = cluster_control(&kernel, &node, gone);
+        }
+        if let Some((node, id)) = owned.bound {
+            self.tables().stand_ins.remove(&(node.clone(), id));
+            let unsubscribe = crate::cluster::proto::Control::Unsubscribe { channel: id };
+            let _ = cluster_control(&kernel, &node, unsubscribe);
+        }
         Ok(())
+    }
+
+    /// A local stand-in for `channel` (its id on cluster node `node`, as
+    /// that node's `new` returned it). Local services subscribe to and
+    /// publish on the stand-in's id; on `node` itself it is the id.
+    ///
+    /// # Errors
+    /// `NodeDown` when this node is in no cluster.
+    pub fn cluster_channel(&self, node: &str, channel: u32) -> Result<u32, ChannelError> {
+        let kernel = self
+            .kernel
+            .upgrade()
+            .ok_or(ChannelError::NoSuchChannel(channel))?;
+        let Some(cluster) = kernel.cluster.get() else {
+            return Err(ChannelError::NodeDown(channel));
+        };
+        let remote = channel;
+        if node == cluster.name {
+            return Ok(remote);
+        }
+        let key = (node.to_string(), remote);
+        if let Some(&id) = self.tables().stand_ins.get(&key) {
+            return Ok(id);
+        }
+        let id = self.create(None)?;
+        let mut t = self.tables();
+        if let Some(o) = t.owned.get_mut(&id) {
+            o.bound = Some(key.clone());
+        }
+        t.stand_ins.insert(key, id);
+        Ok(id)
+    }
+
+    /// A multicast frame from cluster node `from`: a publish on a channel
+    /// made here (`publish`), or a delivery for a stand-in's subscribers.
+    pub(crate) fn cluster_arrived(
+        &self,
+        from: &str,
+        channel: u32,
+        source: Address,
+        payload: Bytes,
+        publish: bool,
+    ) {
+        if publish {
+            if let Err(e) = self.fan_out(channel, source, payload) {
+                tracing::debug!(node = from, "cluster multicast publish dropped: {e}");
+            }
+            return;
+        }
+        let (id, subs) = {
+            let t = self.tables();
+            let Some(&id) = t.stand_ins.get(&(from.to_string(), channel)) else {
+                return;
+            };
+            (
+                id,
+                t.owned
+                    .get(&id)
+                    .map(|o| o.local.clone())
+                    .unwrap_or_default(),
+            )
+        };
+        if let Some(kernel) = self.kernel.upgrade() {
+            // The source is the publisher's address on its own node.
+            deliver_all(&kernel, &subs, id, source, &payload);
+        }
+    }
+
+    /// A control message about channels from cluster node `from`.
+    pub(crate) fn cluster_control(&self, from: &str, control: crate::cluster::proto::Control) {
+        use crate::cluster::proto::Control as C;
+        match control {
+            C::Subscribe { channel } => {
+                let known = self
+                    .tables()
+                    .owned
+                    .get_mut(&channel)
+                    .map(|o| o.cluster.insert(from.to_string()))
+                    .is_some();
+                if !known && let Some(kernel) = self.kernel.upgrade() {
+                    let _ = cluster_control(&kernel, from, C::ChannelGone { channel });
+                }
+            }
+            C::Unsubscribe { channel } => {
+                if let Some(o) = self.tables().owned.get_mut(&channel) {
+                    o.cluster.remove(from);
+                }
+            }
+            C::ChannelGone { channel } => {
+                let id = self.tables().stand_ins.remove(&(from.to_string(), channel));
+                let Some(id) = id else { return };
+                let owned = self.tables().owned.remove(&id);
+                if let (Some(owned), Some(kernel)) = (owned, self.kernel.upgrade()) {
+                    for sub in owned.local {
+                        kernel.forget_channel(sub, id);
+                        let _ = kernel.deliver(sub, gone_notice(id));
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Subscribes `service` (a local service) to `channel`.
@@ -180,6 +297,17 @@ impl Multicast {
                 .ok_or(ChannelError::NoSuchChannel(channel))?;
             if !owned.local.contains(&service) {
                 owned.local.push(service);
+            }
+            let first_of_stand_in = owned.local.len() == 1 && owned.bound.is_some();
+            let bound = owned.bound.clone();
+            drop(t);
+            if first_of_stand_in && let Some((node, id)) = bound {
+                let subscribe = crate::cluster::proto::Control::Subscribe { channel: id };
+                if let Err(e) = cluster_control(&kernel, &node, subscribe) {
+                    self.drop_subscriber(channel, service);
+                    tracing::warn!(%node, "multicast subscribe not sent: {e}");
+                    return Err(ChannelError::NodeDown(channel));
+                }
             }
         } else {
             let harbor = kernel
@@ -216,8 +344,20 @@ impl Multicast {
     /// caller).
     pub(crate) fn drop_subscriber(&self, channel: u32, service: Address) {
         if self.is_mine(channel) {
-            if let Some(owned) = self.tables().owned.get_mut(&channel) {
+            let last_of_stand_in = {
+                let mut t = self.tables();
+                let Some(owned) = t.owned.get_mut(&channel) else {
+                    return;
+                };
+                let before = owned.local.len();
                 owned.local.retain(|&a| a != service);
+                (before > 0 && owned.local.is_empty())
+                    .then(|| owned.bound.clone())
+                    .flatten()
+            };
+            if let (Some((node, id)), Some(kernel)) = (last_of_stand_in, self.kernel.upgrade()) {
+                let unsubscribe = crate::cluster::proto::Control::Unsubscribe { channel: id };
+                let _ = cluster_control(&kernel, &node, unsubscribe);
             }
         } else {
             self.drop_mirror_subscriber(channel, service);
@@ -254,7 +394,32 @@ impl Multicast {
         payload: Bytes,
     ) -> Result<(), ChannelError> {
         if self.is_mine(channel) {
-            return self.fan_out(channel, source, payload);
+            let bound = self
+                .tables()
+                .owned
+                .get(&channel)
+                .and_then(|o| o.bound.clone());
+            let Some((node, id)) = bound else {
+                return self.fan_out(channel, source, payload);
+            };
+            // Through the owner, like every publisher's: one order for all.
+            let kernel = self
+                .kernel
+                .upgrade()
+                .ok_or(ChannelError::NoSuchChannel(channel))?;
+            let cluster = kernel
+                .cluster
+                .get()
+                .ok_or(ChannelError::NoSuchChannel(channel))?;
+            let (payload, compressed) = cluster.pack(payload.into());
+            let header = crate::cluster::proto::Header::Publish {
+                channel: id,
+                source: source.0,
+                compressed,
+            };
+            return cluster
+                .push(&node, crate::transport::Outgoing::Message(header, payload))
+                .map_err(|_| ChannelError::NodeDown(channel));
         }
         let kernel = self
             .kernel
@@ -275,7 +440,7 @@ impl Multicast {
     /// subscribers gets the message (the publisher's node too: its
     /// subscribers get their copy in the same order as everyone's).
     fn fan_out(&self, channel: u32, source: Address, payload: Bytes) -> Result<(), ChannelError> {
-        let (local, remote) = {
+        let (local, remote, cluster_nodes) = {
             let t = self.tables();
             let owned = t
                 .owned
@@ -284,11 +449,30 @@ impl Multicast {
             (
                 owned.local.clone(),
                 owned.remote.iter().copied().collect::<Vec<u8>>(),
+                owned.cluster.iter().cloned().collect::<Vec<String>>(),
             )
         };
         let Some(kernel) = self.kernel.upgrade() else {
             return Ok(());
         };
+        if let Some(cluster) = kernel.cluster.get() {
+            for node in cluster_nodes {
+                let (packed, compressed) = cluster.pack(payload.to_vec());
+                let header = crate::cluster::proto::Header::Multicast {
+                    channel,
+                    source: source.0,
+                    compressed,
+                };
+                let item = crate::transport::Outgoing::Message(header, packed);
+                if let Err(e) = cluster.push(&node, item) {
+                    // A node that cannot take more is dropped, not waited for.
+                    tracing::warn!(%node, channel, "multicast subscriber node dropped: {e}");
+                    if let Some(o) = self.tables().owned.get_mut(&channel) {
+                        o.cluster.remove(&node);
+                    }
+                }
+            }
+        }
         if let Some(harbor) = kernel.remote.get() {
             for node in remote {
                 harbor.multicast(node, channel, source, payload.clone());
@@ -385,6 +569,22 @@ impl Multicast {
             .or_else(|| t.mirrors.get(&channel).map(Vec::len))
             .unwrap_or(0)
     }
+}
+
+/// Sends a multicast control message to cluster node `node`.
+fn cluster_control(
+    kernel: &Kernel,
+    node: &str,
+    control: crate::cluster::proto::Control,
+) -> Result<(), crate::cluster::ClusterError> {
+    let cluster = kernel
+        .cluster
+        .get()
+        .ok_or_else(|| crate::cluster::ClusterError {
+            cause: crate::runtime::ErrorCause::NodeDown,
+            detail: "this node is not in a cluster".into(),
+        })?;
+    cluster.push(node, crate::transport::Outgoing::Control(control))
 }
 
 /// Puts the same payload in each subscriber's mailbox.

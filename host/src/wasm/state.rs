@@ -621,4 +621,12 @@ impl multicast::Host for ServiceState {
     fn unsubscribe(&mut self, channel: u32) {
         self.kernel.multicast.unsubscribe(channel, self.address);
     }
+
+    fn cluster_channel(
+        &mut self,
+        node: String,
+        channel: u32,
+    ) -> Result<u32, multicast::ChannelError> {
+        Ok(self.kernel.multicast.cluster_channel(&node, channel)?)
+    }
 }

@@ -38,6 +38,17 @@ impl Service for Testkit {
             if let Some(name) = word.strip_prefix("cluster=") {
                 cluster::register(name, self_address());
             }
+            if let Some(n) = word.strip_prefix("mc_new=") {
+                let n: u32 = n.parse().map_err(|e| format!("mc_new: {e}"))?;
+                Channel::with_number(n).map_err(|e| format!("mc_new: {e:?}"))?;
+            }
+            if let Some(spec) = word.strip_prefix("mc_join=") {
+                // node:id — subscribe to a channel made on a cluster node.
+                let (node, id) = spec.split_once(':').ok_or("mc_join=node:id")?;
+                let id: u32 = id.parse().map_err(|e| format!("mc_join: {e}"))?;
+                let channel = Channel::cluster(node, id).map_err(|e| format!("mc_join: {e:?}"))?;
+                channel.subscribe().map_err(|e| format!("mc_join: {e:?}"))?;
+            }
         }
         Ok(Testkit {
             counted: Cell::new(0),
@@ -262,6 +273,10 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
             Answer::Unit
         }
         Command::McLog => Answer::Order(kit.multicast.borrow().clone()),
+        Command::McCluster { node, channel } => match Channel::cluster(&node, channel) {
+            Ok(c) => Answer::Count(c.0.into()),
+            Err(e) => Answer::Failed(format!("multicast cluster channel: {e:?}")),
+        },
         Command::Exit { .. } | Command::Timers(_) => {
             Answer::Failed("testkit: handled before run".into())
         }

@@ -208,6 +208,14 @@ pub enum Command {
     /// The multicast payloads received so far, as u32 (u32::MAX for a
     /// "channel gone" notice), in arrival order. Answers `Order`.
     McLog,
+    /// The id this node uses for channel `channel` made on cluster node
+    /// `node`. Answers `Count` or `Failed`.
+    McCluster {
+        /// The cluster node that made it.
+        node: String,
+        /// Its id there.
+        channel: u32,
+    },
 }
 
 /// A service on a cluster node: by name or by address there.
