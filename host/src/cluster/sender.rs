@@ -47,6 +47,8 @@ pub(crate) struct Sender {
     retarget: Notify,
     gone: CancellationToken,
     kernel: std::sync::Weak<Kernel>,
+    /// Items waiting in `tx` (counted up here, down by the driver).
+    backlog: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Sender {
@@ -66,6 +68,7 @@ impl Sender {
             retarget: Notify::new(),
             gone,
             kernel,
+            backlog: Arc::default(),
         });
         (sender, rx)
     }
@@ -95,6 +98,19 @@ impl Sender {
         }
         // Sends are what a down peer keeps (calls fail when no link can
         // be made), so the bound counts sends.
+        if matches!(job, Job::Item(_))
+            && self.backlog.load(Ordering::Relaxed) >= crate::harbor::MULTICAST_BACKLOG
+        {
+            let e = ClusterError::new(
+                ErrorCause::Overloaded,
+                format!(
+                    "cluster node `{}` has {} messages waiting",
+                    self.node,
+                    crate::harbor::MULTICAST_BACKLOG
+                ),
+            );
+            return Err((job, e));
+        }
         if matches!(job, Job::Send { .. } | Job::Item(_)) && !self.up.load(Ordering::Acquire) {
             if w.queued_while_down >= settings.queue_limit {
                 let e = ClusterError::new(
@@ -143,7 +159,10 @@ impl Sender {
         };
         // Sent under the lock: a drop that drains the queue sees it, or
         // it goes in after the drain and waits for the next link.
-        let _ = self.tx.send(item);
+        self.backlog.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(item).is_err() {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -219,7 +238,14 @@ impl Sender {
             let mut kept = VecDeque::new();
             let mut dropped = 0usize;
             // Drained under the lock, so nothing submitted after this is lost.
-            let queued = std::iter::from_fn(|| rx.try_recv().ok());
+            let backlog = &self.backlog;
+            let queued = std::iter::from_fn(|| {
+                let item = rx.try_recv().ok();
+                if item.is_some() {
+                    backlog.fetch_sub(1, Ordering::Relaxed);
+                }
+                item
+            });
             for item in held.into_iter().chain(queued) {
                 // Calls and queries were failed above; everything else is
                 // kept for the next link, up to the bound.
@@ -305,7 +331,7 @@ pub(super) async fn run(
                     settings: cluster.settings.clone(),
                 };
                 let why = tokio::select! {
-                    r = conn.run(&mut rx, &mut handler, &sender.gone) => match r {
+                    r = conn.with_backlog(sender.backlog.clone()).run(&mut rx, &mut handler, &sender.gone) => match r {
                         Ok(()) => "link closed".to_string(),
                         Err(e) => format!("link to {address} down: {e}"),
                     },

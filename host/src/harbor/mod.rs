@@ -155,6 +155,8 @@ pub(crate) struct Peer {
     inflight: Mutex<Inflight>,
     /// `(watcher here, target there)` monitors across this link.
     monitors: Mutex<HashSet<(u32, u32)>>,
+    /// Items waiting in `tx` (counted up by senders, down by the driver).
+    backlog: Arc<std::sync::atomic::AtomicUsize>,
     up: AtomicBool,
     /// Cancelled when the master says the node is gone.
     gone: CancellationToken,
@@ -171,7 +173,22 @@ impl Peer {
     fn inflight(&self) -> MutexGuard<'_, Inflight> {
         self.inflight.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Queues an item for the peer's link, counting it in the backlog.
+    fn send(&self, item: Outgoing<Control>) -> bool {
+        self.backlog.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(item).is_err() {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
 }
+
+/// Multicast copies waiting for one peer's link before more are dropped
+/// (counted and logged): a slow node cannot make a publisher's memory grow
+/// without bound.
+pub const MULTICAST_BACKLOG: usize = 65_536;
 
 /// The harbor side of one node.
 pub(crate) struct Harbor {
@@ -335,11 +352,11 @@ impl Harbor {
                 return Err(SendError::NodeDown(dest));
             }
             inflight.calls.insert((message.source.0, message.session));
-            if peer.tx.send(item).is_err() {
+            if !peer.send(item) {
                 inflight.calls.remove(&(message.source.0, message.session));
                 return Err(SendError::NodeDown(dest));
             }
-        } else if peer.tx.send(item).is_err() {
+        } else if !peer.send(item) {
             self.count_dropped(harbor, 1);
             return Err(SendError::NodeDown(dest));
         }
@@ -368,7 +385,16 @@ impl Harbor {
             kind: kind::MULTICAST,
             tenant: 0,
         };
-        let sent = self.control_or_message(node, Outgoing::Message(envelope, payload.into()));
+        let slot = self.peers[usize::from(node)].load();
+        let Some(peer) = slot.as_deref() else {
+            self.count_dropped(node, 1);
+            return false;
+        };
+        if peer.backlog.load(Ordering::Relaxed) >= MULTICAST_BACKLOG {
+            self.count_dropped(node, 1);
+            return false;
+        }
+        let sent = peer.send(Outgoing::Message(envelope, payload.into()));
         if !sent {
             self.count_dropped(node, 1);
         }
@@ -377,8 +403,7 @@ impl Harbor {
 
     fn control_or_message(&self, node: u8, item: Outgoing<Control>) -> bool {
         let slot = self.peers[usize::from(node)].load();
-        slot.as_deref()
-            .is_some_and(|peer| peer.tx.send(item).is_ok())
+        slot.as_deref().is_some_and(|peer| peer.send(item))
     }
 
     /// Tells `watcher` when `target`, on another node, ends; at once if
@@ -392,7 +417,7 @@ impl Harbor {
                 watcher: watcher.0,
                 target: target.0,
             };
-            peer.tx.send(Outgoing::Control(control)).is_ok()
+            peer.send(Outgoing::Control(control))
         });
         if !sent && let Some(kernel) = self.kernel() {
             let reason = format!("harbor {harbor} is down");
@@ -410,7 +435,7 @@ impl Harbor {
                 watcher: watcher.0,
                 target: target.0,
             };
-            let _ = peer.tx.send(Outgoing::Control(control));
+            let _ = peer.send(Outgoing::Control(control));
         }
     }
 
@@ -680,6 +705,7 @@ impl Harbor {
             incoming,
             inflight: Mutex::new(Inflight::default()),
             monitors: Mutex::new(HashSet::new()),
+            backlog: Arc::default(),
             up: AtomicBool::new(false),
             gone: self.cancel.child_token(),
         });
@@ -743,6 +769,7 @@ impl Harbor {
             // in the next set, never dropped unanswered.
             let mut dropped = 0;
             while let Ok(item) = rx.try_recv() {
+                peer.backlog.fetch_sub(1, Ordering::Relaxed);
                 if let Outgoing::Message(e, _) = item
                     && !(e.kind == kind::REQUEST && e.session != 0)
                 {
@@ -1009,7 +1036,7 @@ async fn peer_task(
             peer: peer.clone(),
         };
         let why = tokio::select! {
-            r = conn.run(&mut rx, &mut handler, &peer.gone) => match r {
+            r = conn.with_backlog(peer.backlog.clone()).run(&mut rx, &mut handler, &peer.gone) => match r {
                 Ok(()) => "closed".to_string(),
                 Err(e) => e.to_string(),
             },

@@ -84,6 +84,8 @@ pub(crate) struct Multicast {
     harbor: HarborId,
     next: AtomicU32,
     tables: Mutex<Tables>,
+    /// Copies dropped for nodes whose queue was full.
+    overflow: std::sync::atomic::AtomicU64,
 }
 
 /// The largest channel number (24 bits, beside the harbor id).
@@ -102,6 +104,7 @@ impl Multicast {
             // so they rarely meet.
             next: AtomicU32::new(1 << 23),
             tables: Mutex::new(Tables::default()),
+            overflow: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -464,11 +467,18 @@ impl Multicast {
                     compressed,
                 };
                 let item = crate::transport::Outgoing::Message(header, packed);
-                if let Err(e) = cluster.push(&node, item) {
-                    // A node that cannot take more is dropped, not waited for.
-                    tracing::warn!(%node, channel, "multicast subscriber node dropped: {e}");
-                    if let Some(o) = self.tables().owned.get_mut(&channel) {
-                        o.cluster.remove(&node);
+                match cluster.push(&node, item) {
+                    Ok(()) => {}
+                    // A slow node loses this copy (counted), not its place.
+                    Err(e) if e.cause == crate::runtime::ErrorCause::Overloaded => {
+                        self.count_overflow(&node, &e);
+                    }
+                    // A node that is gone or offline leaves the channel.
+                    Err(e) => {
+                        tracing::warn!(%node, channel, "multicast subscriber node dropped: {e}");
+                        if let Some(o) = self.tables().owned.get_mut(&channel) {
+                            o.cluster.remove(&node);
+                        }
                     }
                 }
             }
@@ -558,6 +568,20 @@ impl Multicast {
         for channel in gone {
             self.mirror_gone(channel);
         }
+    }
+
+    /// Counts a copy for a cluster node that could not take more; logged
+    /// at 1, 2, 4, 8, ... so a stuck node stays readable in the log.
+    fn count_overflow(&self, node: &str, e: &crate::cluster::ClusterError) {
+        let n = self.overflow.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(%node, dropped_total = n, "multicast copies dropped: {e}");
+        }
+    }
+
+    /// Multicast copies dropped because a node's queue was full, since start.
+    pub fn overflow(&self) -> u64 {
+        self.overflow.load(Ordering::Relaxed)
     }
 
     /// Subscribers on this node of `channel` (for tests and stats).

@@ -799,6 +799,12 @@ impl Node {
         self.kernel.multicast.local_subscribers(channel)
     }
 
+    /// Multicast copies dropped because a cluster node's queue was full
+    /// (harbor nodes' count in [`dropped_to_down_nodes`](Self::dropped_to_down_nodes)).
+    pub fn multicast_overflow(&self) -> u64 {
+        self.kernel.multicast.overflow()
+    }
+
     /// Where this cluster node accepts links from other nodes.
     pub fn cluster_listening(&self) -> Vec<std::net::SocketAddr> {
         self.kernel

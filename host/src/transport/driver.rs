@@ -65,6 +65,8 @@ pub enum DriverError {
 pub struct Connection<C, H = Envelope> {
     stream: TcpStream,
     link: Link<C, H>,
+    /// Counts items waiting in the outgoing channel, when the owner keeps one.
+    backlog: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     inbuf: BytesMut,
     outbuf: BytesMut,
 }
@@ -102,6 +104,7 @@ where
         let mut conn = Connection {
             stream,
             link: Link::new(role, config, std::time::Instant::now(), nonce),
+            backlog: None,
             inbuf: BytesMut::with_capacity(READ_CHUNK),
             outbuf: BytesMut::new(),
         };
@@ -158,6 +161,15 @@ where
     /// The peer's socket address.
     pub fn peer_address(&self) -> Option<std::net::SocketAddr> {
         self.stream.peer_addr().ok()
+    }
+
+    /// Keeps `backlog` down by each item [`run`](Self::run) takes off the
+    /// outgoing channel; the senders count it up, so together it is the
+    /// number of items waiting (a bound for senders that must not queue
+    /// without limit).
+    pub fn with_backlog(mut self, backlog: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        self.backlog = Some(backlog);
+        self
     }
 
     /// Queues a control message to go out first once [`run`](Self::run) starts.
@@ -240,6 +252,9 @@ where
                 n = outgoing.recv_many(&mut batch, RECV_BATCH), if self.outbuf.len() < WRITE_BATCH => {
                     if n == 0 {
                         return Ok(());
+                    }
+                    if let Some(b) = &self.backlog {
+                        b.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
                     }
                     for item in batch.drain(..) {
                         push(&mut self.link, item);
