@@ -565,3 +565,45 @@ fn a_calls_b_while_b_calls_a() {
         ]
     );
 }
+
+#[test]
+fn a_channel_with_its_own_handler_gets_its_publishes_and_the_rest_go_to_handle() {
+    start();
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let channel = crate::multicast::Channel(0x0500);
+    let log = Rc::clone(&seen);
+    channel
+        .subscribe_with(move |m| log.borrow_mut().push((m.source.0, m.payload)))
+        .expect("subscribed");
+    let before = handled();
+    let publish = |source, payload: &[u8]| raw(kind::MULTICAST, source, 0x0500, payload.to_vec());
+    deliver(vec![publish(CALLER, b"a"), publish(CALLER, b"b")]);
+    assert_eq!(
+        *seen.borrow(),
+        vec![(CALLER, b"a".to_vec()), (CALLER, b"b".to_vec())]
+    );
+    assert_eq!(
+        handled(),
+        before,
+        "handle did not see the channel's publishes"
+    );
+    // Another channel's publish goes to handle.
+    deliver(vec![raw(
+        kind::MULTICAST,
+        CALLER,
+        0x0600,
+        enc(&Cmd::Nothing),
+    )]);
+    assert_eq!(handled(), before + 1);
+    // "Gone" reaches the handler once, then the handler is dropped.
+    deliver(vec![publish(0, b"")]);
+    assert_eq!(seen.borrow().last(), Some(&(0, Vec::new())));
+    deliver(vec![raw(
+        kind::MULTICAST,
+        CALLER,
+        0x0500,
+        enc(&Cmd::Nothing),
+    )]);
+    assert_eq!(seen.borrow().len(), 3, "no handler after the channel went");
+    assert_eq!(handled(), before + 2);
+}
