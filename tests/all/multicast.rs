@@ -165,6 +165,11 @@ async fn unsubscribe_exit_and_delete_end_deliveries_and_leave_nothing() -> anyho
             Reply::Unit
         );
     }
+    // Node 2's Subscribe went to node 1 ahead of this call on the same link.
+    assert_eq!(
+        n2.command(owner, &Command::HarborId).await?,
+        Reply::Count(1)
+    );
     let publish = |n| Command::McPublishSeq { channel, tag: 0, n };
     assert_eq!(n1.command(owner, &publish(1)).await?, Reply::Unit);
     log_with(&n1, a, 1).await?;
@@ -238,6 +243,15 @@ async fn a_node_going_down_leaves_its_channels_and_subscriptions() -> anyhow::Re
     assert_eq!(
         n3.command(s3, &Command::McSubscribe(on1)).await?,
         Reply::Unit
+    );
+    // The Subscribes went to node 1 ahead of these calls on the same links.
+    assert_eq!(
+        n2.command(owner, &Command::HarborId).await?,
+        Reply::Count(1)
+    );
+    assert_eq!(
+        n3.command(owner, &Command::HarborId).await?,
+        Reply::Count(1)
     );
     n3.stop().await;
     // 2's subscription to 3's channel ends with a notice.
