@@ -86,6 +86,12 @@ pub(crate) struct Multicast {
     tables: Mutex<Tables>,
     /// Copies dropped for nodes whose queue was full.
     overflow: std::sync::atomic::AtomicU64,
+    /// Publishes made on this node for its own channels, fanned out by one
+    /// task in publish order: the publisher's import returns at once, so
+    /// a publisher never runs its subscribers' deliveries on its own time
+    /// (and its subscribers then take their messages in batches).
+    fan_out: tokio::sync::mpsc::UnboundedSender<(u32, Address, Bytes)>,
+    fan_out_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(u32, Address, Bytes)>>>,
 }
 
 /// The largest channel number (24 bits, beside the harbor id).
@@ -97,9 +103,12 @@ fn owner(channel: u32) -> u8 {
 
 impl Multicast {
     pub(crate) fn new(kernel: Weak<Kernel>, harbor: HarborId) -> Self {
+        let (fan_out, fan_out_rx) = tokio::sync::mpsc::unbounded_channel();
         Multicast {
             kernel,
             harbor,
+            fan_out,
+            fan_out_rx: Mutex::new(Some(fan_out_rx)),
             // Fixed numbers given by services start low; automatic ones high,
             // so they rarely meet.
             next: AtomicU32::new(1 << 23),
@@ -403,7 +412,12 @@ impl Multicast {
                 .get(&channel)
                 .and_then(|o| o.bound.clone());
             let Some((node, id)) = bound else {
-                return self.fan_out(channel, source, payload);
+                if !self.tables().owned.contains_key(&channel) {
+                    return Err(ChannelError::NoSuchChannel(channel));
+                }
+                // A channel deleted before its turn drops the publish.
+                let _ = self.fan_out.send((channel, source, payload));
+                return Ok(());
             };
             // Through the owner, like every publisher's: one order for all.
             let kernel = self
@@ -584,6 +598,30 @@ impl Multicast {
         self.overflow.load(Ordering::Relaxed)
     }
 
+    /// The task that fans out this node's own publishes, in order; started
+    /// once with the node.
+    pub(crate) fn fan_out_task(&self) -> Option<impl Future<Output = ()> + Send + 'static + use<>> {
+        let mut rx = self
+            .fan_out_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        let kernel = self.kernel.clone();
+        Some(async move {
+            let mut batch = Vec::with_capacity(256);
+            while rx.recv_many(&mut batch, 256).await > 0 {
+                let Some(kernel) = kernel.upgrade() else {
+                    return;
+                };
+                for (channel, source, payload) in batch.drain(..) {
+                    if let Err(e) = kernel.multicast.fan_out(channel, source, payload) {
+                        tracing::debug!("multicast publish dropped: {e}");
+                    }
+                }
+            }
+        })
+    }
+
     /// Subscribers on this node of `channel` (for tests and stats).
     pub fn local_subscribers(&self, channel: u32) -> usize {
         let t = self.tables();
@@ -620,7 +658,7 @@ fn deliver_all(kernel: &Kernel, subs: &[Address], channel: u32, source: Address,
             session: channel,
             payload: payload.clone(),
         };
-        if let Err(e) = kernel.deliver_quiet(sub, m) {
+        if let Err(e) = kernel.deliver(sub, m) {
             tracing::debug!(%sub, "multicast delivery dropped: {e}");
         }
     }

@@ -276,19 +276,7 @@ impl Kernel {
         {
             return harbor.forward(dest, message);
         }
-        self.with_service(dest, |handle| self.enqueue(handle, message, true))
-            .unwrap_or(Err(SendError::UnknownAddress(dest)))
-    }
-
-    /// Enqueues a message for a local service without interrupting running
-    /// hogs: the service runs at the next tick at the latest. A multicast
-    /// fan-out uses it, so a publisher is not made to yield once per
-    /// subscriber (its subscribers then take their messages in batches).
-    ///
-    /// # Errors
-    /// As [`deliver`](Self::deliver).
-    pub fn deliver_quiet(&self, dest: Address, message: Message) -> Result<(), SendError> {
-        self.with_service(dest, |handle| self.enqueue(handle, message, false))
+        self.with_service(dest, |handle| self.enqueue(handle, message))
             .unwrap_or(Err(SendError::UnknownAddress(dest)))
     }
 
@@ -302,12 +290,7 @@ impl Kernel {
     }
 
     /// Pushes `message` into the mailbox of the service behind `handle`.
-    fn enqueue(
-        &self,
-        handle: &ServiceHandle,
-        message: Message,
-        interrupt_hogs: bool,
-    ) -> Result<(), SendError> {
+    fn enqueue(&self, handle: &ServiceHandle, message: Message) -> Result<(), SendError> {
         let dest = handle.address;
         let mailbox = &handle.mailbox;
         let limit = self.limits.mailbox_limit;
@@ -318,7 +301,7 @@ impl Kernel {
         }
         // Marked before the message is visible, so the service's pick-up,
         // which follows it, always clears the mark.
-        let interrupt = len == 1 && self.sched.mark_ready(&mailbox.ready) && interrupt_hogs;
+        let interrupt = len == 1 && self.sched.mark_ready(&mailbox.ready);
         if mailbox.tx.send(message).is_err() {
             mailbox.len.fetch_sub(1, Ordering::Relaxed);
             mailbox.picked_up(self);
@@ -707,6 +690,15 @@ impl Node {
         });
         let timer_task = timer::run(Arc::downgrade(&kernel), timer_rx, kernel.shutdown.clone());
         kernel.tasks.spawn(timer_task);
+        if let Some(fan_out) = kernel.multicast.fan_out_task() {
+            let stop = kernel.shutdown.clone();
+            kernel.tasks.spawn(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = fan_out => {}
+                }
+            });
+        }
         Ok(Node { kernel })
     }
 
