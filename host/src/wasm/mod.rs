@@ -28,7 +28,21 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use crate::config::Limits;
 use crate::runtime::{Kernel, Message, ServiceHandle};
-use bindings::skyhost::service::types::Message as WitMessage;
+/// The WIT `message` record with a shared payload: a multicast payload is
+/// one buffer per node and is copied only into each guest's memory, never
+/// into a per-subscriber buffer first (the generated bindings would take an
+/// owned `Vec<u8>`).
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[component(record)]
+struct WitMessage {
+    kind: u8,
+    source: u32,
+    session: u32,
+    payload: bytes::Bytes,
+}
+
+/// The `dispatch` export's Rust signature.
+type DispatchParams<'a> = (&'a [WitMessage],);
 use bindings::{Service, ServicePre};
 use state::ServiceState;
 
@@ -284,6 +298,8 @@ fn check_map_count(services: u32) -> wasmtime::Result<()> {
 pub(crate) struct Instance {
     store: Store<ServiceState>,
     exports: Service,
+    /// The `dispatch` export, type-checked against [`DispatchParams`].
+    dispatch: wasmtime::component::Func,
     batch: Vec<WitMessage>,
 }
 
@@ -298,10 +314,20 @@ impl Instance {
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(state::on_epoch_deadline);
         store.set_epoch_deadline(1);
-        let exports = module.pre.instantiate_async(&mut store).await?;
+        let instance = module
+            .pre
+            .instance_pre()
+            .instantiate_async(&mut store)
+            .await?;
+        let exports = Service::new(&mut store, &instance)?;
+        let dispatch = instance
+            .get_func(&mut store, "dispatch")
+            .ok_or_else(|| wasmtime::format_err!("the component exports no `dispatch`"))?;
+        dispatch.typed::<DispatchParams<'_>, ()>(&store)?;
         Ok(Instance {
             store,
             exports,
+            dispatch,
             batch: Vec::new(),
         })
     }
@@ -329,14 +355,18 @@ impl Instance {
                 kind: m.kind,
                 source: m.source.0,
                 session: m.session,
-                payload: m.payload.into(),
+                payload: m.payload,
             });
         }
         self.store.set_epoch_deadline(1);
-        let result = self
-            .exports
-            .call_dispatch(&mut self.store, &self.batch)
-            .await;
+        // SAFETY: `dispatch` was type-checked against `DispatchParams` and
+        // `()` when the instance was made, in the same store.
+        let typed = unsafe {
+            wasmtime::component::TypedFunc::<DispatchParams<'_>, ()>::new_unchecked(self.dispatch)
+        };
+        let result = typed.call_async(&mut self.store, (&self.batch,)).await;
+        // Shared payloads go back to their other holders now, not at the next batch.
+        self.batch.clear();
         self.store.data_mut().end_work();
         result
     }
