@@ -268,3 +268,53 @@ async fn a_node_going_down_leaves_its_channels_and_subscriptions() -> anyhow::Re
     n1.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_subscriber_node_never_blocks_a_publisher() -> anyhow::Result<()> {
+    use crate::support::{Proc, cache_dir, guest_dir};
+    let n1 = harbor_node(1, None).await?;
+    let master = n1.node.master_address().context("master")?;
+    let owner = n1.spawn("testkit").await?;
+    let Reply::Count(channel) = n1.command(owner, &Command::McNew(None)).await? else {
+        anyhow::bail!("no channel");
+    };
+    // A real node 2 whose bootstrap service subscribes at start.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("node2.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "module_paths = [{:?}]\ncache_dir = {:?}\n[bootstrap]\nmodule = \"testkit\"\n\
+             args = \"name=kit2 mc_sub={channel}\"\n[limits]\nmax_services = 64\n\
+             [harbor]\nid = 2\nmaster = {master:?}\nsecret = \"multicast test\"\n",
+            guest_dir().display().to_string(),
+            cache_dir().display().to_string(),
+        ),
+    )?;
+    let mut p2 = Proc::start([std::path::Path::new("run"), &file]);
+    p2.wait_for("bootstrap service started");
+    let kit2 = n1.client.queryname("kit2", DEADLINE).await?;
+    // The Subscribe came over the same link before this answer.
+    assert_eq!(n1.command(kit2, &Command::HarborId).await?, Reply::Count(2));
+    p2.signal("STOP");
+    // 128 MiB of publishes for a node that reads nothing: the publisher
+    // finishes; what cannot wait is dropped and counted.
+    let publisher = n1.spawn("testkit").await?;
+    let big = Command::McPublishBig {
+        channel: u32::try_from(channel)?,
+        n: 2_048,
+        size: 64 << 10,
+    };
+    let started = Instant::now();
+    assert_eq!(n1.command(publisher, &big).await?, Reply::Unit);
+    println!("2,048 publishes of 64 KiB took {:?}", started.elapsed());
+    let start = Instant::now();
+    while n1.node.dropped_to_down_nodes() == 0 {
+        anyhow::ensure!(start.elapsed() < DEADLINE, "nothing was counted as dropped");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    p2.signal("CONT");
+    drop(p2);
+    n1.stop().await;
+    Ok(())
+}

@@ -47,7 +47,7 @@ pub(crate) struct Sender {
     retarget: Notify,
     gone: CancellationToken,
     kernel: std::sync::Weak<Kernel>,
-    /// Items waiting in `tx` (counted up here, down by the driver).
+    /// Weight (bytes) waiting in `tx` (counted up here, down by the driver).
     backlog: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -104,9 +104,9 @@ impl Sender {
             let e = ClusterError::new(
                 ErrorCause::Overloaded,
                 format!(
-                    "cluster node `{}` has {} messages waiting",
+                    "cluster node `{}` has {} bytes waiting",
                     self.node,
-                    crate::harbor::MULTICAST_BACKLOG
+                    self.backlog.load(Ordering::Relaxed)
                 ),
             );
             return Err((job, e));
@@ -159,9 +159,10 @@ impl Sender {
         };
         // Sent under the lock: a drop that drains the queue sees it, or
         // it goes in after the drain and waits for the next link.
-        self.backlog.fetch_add(1, Ordering::Relaxed);
+        let weight = item.weight();
+        self.backlog.fetch_add(weight, Ordering::Relaxed);
         if self.tx.send(item).is_err() {
-            self.backlog.fetch_sub(1, Ordering::Relaxed);
+            self.backlog.fetch_sub(weight, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -241,8 +242,8 @@ impl Sender {
             let backlog = &self.backlog;
             let queued = std::iter::from_fn(|| {
                 let item = rx.try_recv().ok();
-                if item.is_some() {
-                    backlog.fetch_sub(1, Ordering::Relaxed);
+                if let Some(i) = &item {
+                    backlog.fetch_sub(i.weight(), Ordering::Relaxed);
                 }
                 item
             });

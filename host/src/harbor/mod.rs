@@ -155,7 +155,7 @@ pub(crate) struct Peer {
     inflight: Mutex<Inflight>,
     /// `(watcher here, target there)` monitors across this link.
     monitors: Mutex<HashSet<(u32, u32)>>,
-    /// Items waiting in `tx` (counted up by senders, down by the driver).
+    /// Weight (bytes) waiting in `tx` (counted up by senders, down by the driver).
     backlog: Arc<std::sync::atomic::AtomicUsize>,
     up: AtomicBool,
     /// Cancelled when the master says the node is gone.
@@ -176,19 +176,20 @@ impl Peer {
 
     /// Queues an item for the peer's link, counting it in the backlog.
     fn send(&self, item: Outgoing<Control>) -> bool {
-        self.backlog.fetch_add(1, Ordering::Relaxed);
+        let weight = item.weight();
+        self.backlog.fetch_add(weight, Ordering::Relaxed);
         if self.tx.send(item).is_err() {
-            self.backlog.fetch_sub(1, Ordering::Relaxed);
+            self.backlog.fetch_sub(weight, Ordering::Relaxed);
             return false;
         }
         true
     }
 }
 
-/// Multicast copies waiting for one peer's link before more are dropped
-/// (counted and logged): a slow node cannot make a publisher's memory grow
-/// without bound.
-pub const MULTICAST_BACKLOG: usize = 65_536;
+/// Bytes waiting for one peer's link (payloads and a small overhead per
+/// message) past which multicast copies for it are dropped, counted and
+/// logged: a slow node cannot make a publisher's node grow without bound.
+pub const MULTICAST_BACKLOG: usize = 64 << 20;
 
 /// The harbor side of one node.
 pub(crate) struct Harbor {
@@ -769,7 +770,7 @@ impl Harbor {
             // in the next set, never dropped unanswered.
             let mut dropped = 0;
             while let Ok(item) = rx.try_recv() {
-                peer.backlog.fetch_sub(1, Ordering::Relaxed);
+                peer.backlog.fetch_sub(item.weight(), Ordering::Relaxed);
                 if let Outgoing::Message(e, _) = item
                     && !(e.kind == kind::REQUEST && e.session != 0)
                 {

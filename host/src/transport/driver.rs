@@ -31,6 +31,16 @@ pub enum Outgoing<C, H = Envelope> {
     Control(C),
 }
 
+impl<C, H> Outgoing<C, H> {
+    /// What this item weighs in a backlog: its payload and a fixed overhead.
+    pub fn weight(&self) -> usize {
+        match self {
+            Outgoing::Message(_, payload) => 64 + payload.len(),
+            Outgoing::Control(_) => 64,
+        }
+    }
+}
+
 /// What a layer (harbor, cluster) does with what arrives on a link.
 pub trait LinkHandler<C, H = Envelope> {
     /// A service message arrived.
@@ -163,10 +173,10 @@ where
         self.stream.peer_addr().ok()
     }
 
-    /// Keeps `backlog` down by each item [`run`](Self::run) takes off the
-    /// outgoing channel; the senders count it up, so together it is the
-    /// number of items waiting (a bound for senders that must not queue
-    /// without limit).
+    /// Keeps `backlog` down by the [`weight`](Outgoing::weight) of each item
+    /// [`run`](Self::run) takes off the outgoing channel; the senders count
+    /// it up, so together it is the weight waiting (a bound for senders
+    /// that must not queue without limit).
     pub fn with_backlog(mut self, backlog: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Self {
         self.backlog = Some(backlog);
         self
@@ -253,10 +263,10 @@ where
                     if n == 0 {
                         return Ok(());
                     }
-                    if let Some(b) = &self.backlog {
-                        b.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
-                    }
                     for item in batch.drain(..) {
+                        if let Some(b) = &self.backlog {
+                            b.fetch_sub(item.weight(), std::sync::atomic::Ordering::Relaxed);
+                        }
                         push(&mut self.link, item);
                     }
                 }

@@ -42,6 +42,12 @@ impl Service for Testkit {
                 let n: u32 = n.parse().map_err(|e| format!("mc_new: {e}"))?;
                 Channel::with_number(n).map_err(|e| format!("mc_new: {e:?}"))?;
             }
+            if let Some(id) = word.strip_prefix("mc_sub=") {
+                let id: u32 = id.parse().map_err(|e| format!("mc_sub: {e}"))?;
+                Channel(id)
+                    .subscribe()
+                    .map_err(|e| format!("mc_sub: {e:?}"))?;
+            }
             if let Some(spec) = word.strip_prefix("mc_join=") {
                 // node:id — subscribe to a channel made on a cluster node.
                 let (node, id) = spec.split_once(':').ok_or("mc_join=node:id")?;
@@ -273,6 +279,15 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
             Answer::Unit
         }
         Command::McLog => Answer::Order(kit.multicast.borrow().clone()),
+        Command::McPublishBig { channel, n, size } => {
+            let payload = vec![7u8; size as usize];
+            for i in 0..n {
+                if let Err(e) = Channel(channel).publish_raw(&payload) {
+                    return Answer::Failed(format!("multicast publish {i} of {n}: {e:?}"));
+                }
+            }
+            Answer::Unit
+        }
         Command::McCluster { node, channel } => match Channel::cluster(&node, channel) {
             Ok(c) => Answer::Count(c.0.into()),
             Err(e) => Answer::Failed(format!("multicast cluster channel: {e:?}")),

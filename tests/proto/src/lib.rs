@@ -216,6 +216,15 @@ pub enum Command {
         /// Its id there.
         channel: u32,
     },
+    /// Publish `n` payloads of `size` bytes. Answers `Unit` or `Failed`.
+    McPublishBig {
+        /// The channel.
+        channel: u32,
+        /// How many.
+        n: u32,
+        /// Bytes in each.
+        size: u32,
+    },
 }
 
 /// A service on a cluster node: by name or by address there.
