@@ -401,59 +401,29 @@ impl NodeConfig {
                 }
                 _ => {}
             }
-            match (&h.secret, &h.secret_file) {
-                (Some(_), Some(_)) => {
-                    return Err(invalid(
-                        "secret_file",
-                        "give either `secret` or `secret_file`, not both".into(),
-                    ));
-                }
-                (None, None) => {
-                    return Err(invalid(
-                        "id",
-                        "[harbor] needs `secret` or `secret_file`".into(),
-                    ));
-                }
-                (Some(s), None) if s.is_empty() => {
-                    return Err(invalid("secret", "must not be empty".into()));
-                }
-                _ => {}
-            }
-            if h.heartbeat_ms == 0 || h.dead_after_ms <= h.heartbeat_ms {
-                return Err(invalid(
-                    "dead_after_ms",
-                    "must be larger than heartbeat_ms, which must be at least 1".into(),
-                ));
-            }
+            check_link(
+                "harbor",
+                "id",
+                &h.secret,
+                &h.secret_file,
+                h.heartbeat_ms,
+                h.dead_after_ms,
+            )
+            .map_err(|(key, message)| invalid(key, message))?;
         }
         if let Some(c) = &self.cluster {
             if c.name.is_empty() {
                 return Err(invalid("name", "the cluster node needs a name".into()));
             }
-            match (&c.secret, &c.secret_file) {
-                (Some(_), Some(_)) => {
-                    return Err(invalid(
-                        "secret_file",
-                        "give either `secret` or `secret_file`, not both".into(),
-                    ));
-                }
-                (None, None) => {
-                    return Err(invalid(
-                        "name",
-                        "[cluster] needs `secret` or `secret_file`".into(),
-                    ));
-                }
-                (Some(s), None) if s.is_empty() => {
-                    return Err(invalid("secret", "must not be empty".into()));
-                }
-                _ => {}
-            }
-            if c.heartbeat_ms == 0 || c.dead_after_ms <= c.heartbeat_ms {
-                return Err(invalid(
-                    "dead_after_ms",
-                    "must be larger than heartbeat_ms, which must be at least 1".into(),
-                ));
-            }
+            check_link(
+                "cluster",
+                "name",
+                &c.secret,
+                &c.secret_file,
+                c.heartbeat_ms,
+                c.dead_after_ms,
+            )
+            .map_err(|(key, message)| invalid(key, message))?;
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return Err(invalid(
@@ -463,6 +433,45 @@ impl NodeConfig {
         }
         Ok(())
     }
+}
+
+/// Checks the keys every table of links has (`[harbor]`, `[cluster]`):
+/// exactly one of `secret` and `secret_file`, and a silence deadline longer
+/// than the heartbeat. An error names the key (`table_key` when the
+/// missing key has no line of its own) and what is wrong.
+fn check_link(
+    table: &str,
+    table_key: &'static str,
+    secret: &Option<String>,
+    secret_file: &Option<PathBuf>,
+    heartbeat_ms: u64,
+    dead_after_ms: u64,
+) -> Result<(), (&'static str, String)> {
+    match (secret, secret_file) {
+        (Some(_), Some(_)) => {
+            return Err((
+                "secret_file",
+                "give either `secret` or `secret_file`, not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err((
+                table_key,
+                format!("[{table}] needs `secret` or `secret_file`"),
+            ));
+        }
+        (Some(s), None) if s.is_empty() => {
+            return Err(("secret", "must not be empty".into()));
+        }
+        _ => {}
+    }
+    if heartbeat_ms == 0 || dead_after_ms <= heartbeat_ms {
+        return Err((
+            "dead_after_ms",
+            "must be larger than heartbeat_ms, which must be at least 1".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

@@ -128,13 +128,7 @@ impl Client {
                 .remove(&session);
             return Err(e);
         }
-        Ok(async move {
-            let reply = rx.await.map_err(|_| CallError::NodeStopped)?;
-            if reply.kind == kind::ERROR {
-                return Err(CallError::from_error_payload(&reply.payload));
-            }
-            Ok(reply.payload.into())
-        })
+        Ok(answer(rx))
     }
 
     /// Opens a session of this client: whoever gets the waiter answers it;
@@ -155,14 +149,7 @@ impl Client {
             to: self.address(),
             session,
         };
-        let answer = async move {
-            let reply = rx.await.map_err(|_| CallError::NodeStopped)?;
-            if reply.kind == kind::ERROR {
-                return Err(CallError::from_error_payload(&reply.payload));
-            }
-            Ok(reply.payload.into())
-        };
-        (waiter, answer)
+        (waiter, answer(rx))
     }
 
     /// The address of global `name` on this node's harbor, waiting until it
@@ -271,4 +258,13 @@ fn to_address(bytes: &[u8]) -> Result<Address, CallError> {
         detail: format!("answered {} bytes, not a 4-byte address", bytes.len()),
     })?;
     Ok(Address(u32::from_le_bytes(raw)))
+}
+
+/// Waits for the `response` (or `error`) that ends a session of a client.
+async fn answer(rx: oneshot::Receiver<Message>) -> Result<Vec<u8>, CallError> {
+    let reply = rx.await.map_err(|_| CallError::NodeStopped)?;
+    if reply.kind == kind::ERROR {
+        return Err(CallError::from_error_payload(&reply.payload));
+    }
+    Ok(reply.payload.into())
 }
