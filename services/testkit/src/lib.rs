@@ -315,34 +315,38 @@ async fn cluster_call_loop(
     timed: bool,
 ) -> Answer {
     let command = Command::Echo(payload.clone());
-    echo_loop(n, &payload, timed, || {
-        cluster::call::<Command, Answer>(node, target.clone(), &command)
-    })
-    .await
+    let mut times = Vec::new();
+    for i in 0..n {
+        let start = timed.then(skyhost_sdk::now);
+        match cluster::call::<Command, Answer>(node, target.clone(), &command).await {
+            Ok(Answer::Bytes(bytes)) if bytes == payload => {}
+            Ok(other) => return Answer::Failed(format!("call {i} of {n}: answered {other:?}")),
+            Err(e) => return Answer::Failed(format!("call {i} of {n}: {e}")),
+        }
+        if let Some(start) = start {
+            let micros = (skyhost_sdk::now() - start).as_micros();
+            times.push(u32::try_from(micros).unwrap_or(u32::MAX));
+        }
+    }
+    if timed {
+        Answer::Order(times)
+    } else {
+        Answer::Unit
+    }
 }
 
 /// `n` sequential calls of `Echo(payload)`, each answer checked; `timed`
 /// answers each round trip in µs.
 async fn call_loop(target: Address, n: u32, payload: Vec<u8>, timed: bool) -> Answer {
-    let command = Command::Echo(payload.clone());
-    echo_loop(n, &payload, timed, || {
-        call::<Command, Answer>(target, &command)
-    })
-    .await
-}
-
-/// Runs `call` `n` times in sequence, checking each answer echoes
-/// `expected`; `timed` answers each round trip in µs, else `Unit`.
-async fn echo_loop<F, Fut>(n: u32, expected: &[u8], timed: bool, mut call: F) -> Answer
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Answer, skyhost_sdk::CallError>>,
-{
+    let command = Command::Echo(payload);
+    let Command::Echo(expected) = &command else {
+        unreachable!("built just above")
+    };
     let mut times = Vec::with_capacity(if timed { n as usize } else { 0 });
     for i in 0..n {
         let start = timed.then(skyhost_sdk::now);
-        match call().await {
-            Ok(Answer::Bytes(bytes)) if bytes == expected => {}
+        match call::<Command, Answer>(target, &command).await {
+            Ok(Answer::Bytes(bytes)) if bytes == *expected => {}
             Ok(other) => return Answer::Failed(format!("call {i} of {n}: answered {other:?}")),
             Err(e) => return Answer::Failed(format!("call {i} of {n}: {e}")),
         }
