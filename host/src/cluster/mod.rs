@@ -383,6 +383,11 @@ impl Cluster {
     /// Hands a job to its node's sender, or parks it until a reload adds
     /// the node; gives it back with the error when it cannot go.
     fn route(self: &Arc<Self>, node: &str, job: Job) -> Result<(), (Job, ClusterError)> {
+        // A sender exists only for a node the table has at an address
+        // (`apply` closes the others), so it is the table's answer too.
+        if let Some(sender) = self.senders.pin().get(node) {
+            return sender.submit(&self.settings, job);
+        }
         let table = self.table.load();
         match table.get(node) {
             Some(NodeAddress::At(address)) => {

@@ -91,6 +91,35 @@ impl Sender {
         settings: &Settings,
         job: Job,
     ) -> Result<(), (Job, ClusterError)> {
+        // A send on a live link needs no lock: nothing waits for it.
+        if let Job::Send { target, payload } = job {
+            if self.up.load(Ordering::Acquire) && !self.gone.is_cancelled() {
+                let (payload, compressed) = settings.pack(payload);
+                self.queue(Outgoing::Message(
+                    Header::Push { target, compressed },
+                    payload,
+                ));
+                return Ok(());
+            }
+            return self.submit_locked(settings, Job::Send { target, payload });
+        }
+        self.submit_locked(settings, job)
+    }
+
+    /// Queues an item for the link, counting it in the backlog.
+    fn queue(&self, item: Item) {
+        let weight = item.weight();
+        self.backlog.fetch_add(weight, Ordering::Relaxed);
+        if self.tx.send(item).is_err() {
+            self.backlog.fetch_sub(weight, Ordering::Relaxed);
+        }
+    }
+
+    fn submit_locked(
+        self: &Arc<Self>,
+        settings: &Settings,
+        job: Job,
+    ) -> Result<(), (Job, ClusterError)> {
         let mut w = self.waiting();
         if let Some(why) = &w.closed {
             let e = ClusterError::new(ErrorCause::NodeDown, why.clone());
@@ -159,11 +188,7 @@ impl Sender {
         };
         // Sent under the lock: a drop that drains the queue sees it, or
         // it goes in after the drain and waits for the next link.
-        let weight = item.weight();
-        self.backlog.fetch_add(weight, Ordering::Relaxed);
-        if self.tx.send(item).is_err() {
-            self.backlog.fetch_sub(weight, Ordering::Relaxed);
-        }
+        self.queue(item);
         Ok(())
     }
 
