@@ -187,6 +187,15 @@ impl BenchNode {
         harbor.master = Some(master);
         second.harbor = Some(harbor);
         let peer = Node::launch(&second).await?;
+        // Harbor 1 hears of harbor 2 a moment after the join: wait for the link.
+        let start = Instant::now();
+        while !node.connected().contains(&2) {
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(10),
+                "harbor 1 never linked to 2"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         let client = node.client();
         Ok(BenchNode {
             node,

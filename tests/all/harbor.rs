@@ -42,6 +42,7 @@ async fn three_nodes() -> anyhow::Result<(TestNode, TestNode, TestNode, String)>
     let master = n1.node.master_address().context("master address")?;
     let n2 = launch(2, Some(&master)).await?;
     let n3 = launch(3, Some(&master)).await?;
+    crate::support::wait_for_mesh(&[&n1, &n2, &n3]).await?;
     Ok((n1, n2, n3, master))
 }
 

@@ -69,6 +69,7 @@ async fn a_thousand_subscribers_on_two_harbor_nodes_get_every_publish_once_in_or
     let n1 = harbor_node(1, None).await?;
     let master = n1.node.master_address().context("master")?;
     let n2 = harbor_node(2, Some(&master)).await?;
+    crate::support::wait_for_mesh(&[&n1, &n2]).await?;
     let owner = n1.spawn("testkit").await?;
     let Reply::Count(channel) = n1.command(owner, &Command::McNew(None)).await? else {
         anyhow::bail!("no channel");
@@ -146,6 +147,7 @@ async fn unsubscribe_exit_and_delete_end_deliveries_and_leave_nothing() -> anyho
     let n1 = harbor_node(1, None).await?;
     let master = n1.node.master_address().context("master")?;
     let n2 = harbor_node(2, Some(&master)).await?;
+    crate::support::wait_for_mesh(&[&n1, &n2]).await?;
     let owner = n1.spawn("testkit").await?;
     let Reply::Count(channel) = n1.command(owner, &Command::McNew(Some(7))).await? else {
         anyhow::bail!("no channel");
@@ -224,6 +226,7 @@ async fn a_node_going_down_leaves_its_channels_and_subscriptions() -> anyhow::Re
     let master = n1.node.master_address().context("master")?;
     let n2 = harbor_node(2, Some(&master)).await?;
     let n3 = harbor_node(3, Some(&master)).await?;
+    crate::support::wait_for_mesh(&[&n1, &n2, &n3]).await?;
     // A channel on 1 with subscribers on 2 and 3; a channel on 3 with one on 2.
     let owner = n1.spawn("testkit").await?;
     let Reply::Count(on1) = n1.command(owner, &Command::McNew(None)).await? else {

@@ -226,3 +226,28 @@ pub fn log_field(line: &str, key: &str) -> Option<String> {
     let rest = &line[start..];
     Some(rest.split_whitespace().next().unwrap_or("").to_string())
 }
+
+/// Waits (up to [`DEADLINE`]) until every node of a harbor has a live link
+/// to every other: a join returns once the master took it, and the others
+/// link to the new node a moment later.
+pub async fn wait_for_mesh(nodes: &[&TestNode]) -> anyhow::Result<()> {
+    let ids: Vec<u8> = nodes.iter().map(|t| t.node.harbor_id().0).collect();
+    let start = std::time::Instant::now();
+    loop {
+        let meshed = nodes.iter().all(|t| {
+            let me = t.node.harbor_id().0;
+            let mut others: Vec<u8> = ids.iter().copied().filter(|&i| i != me).collect();
+            others.sort_unstable();
+            let connected = t.node.connected();
+            others.iter().all(|o| connected.contains(o))
+        });
+        if meshed {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            start.elapsed() < DEADLINE,
+            "harbor {ids:?}: no full mesh within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
