@@ -1,7 +1,8 @@
 //! Write skyhost services in Rust.
 //!
 //! A skyhost service is a WebAssembly component that exports `init` and
-//! `dispatch` and imports the node's `runtime` interface (`wit/service.wit`).
+//! `dispatch` and imports the node's `runtime`, `harbor`, `cluster` and
+//! `multicast` interfaces (`wit/service.wit`).
 //! This crate hides that raw interface behind:
 //!
 //! - a [`Service`] trait: `init` returns the state, `handle` takes each message;
@@ -9,7 +10,10 @@
 //! - async [`call`], [`sleep`], [`spawn`] and friends, run by a small
 //!   single-threaded executor inside the guest, so a handler can wait for a
 //!   reply while other messages are handled (Skynet's coroutines);
-//! - [`export_service!`], which writes the component's exports.
+//! - [`export_service!`], which writes the component's exports;
+//! - the distributed layer: [`harbor`] (global names, node up/down),
+//!   [`cluster`] (calls to named nodes, proxies, discovery) and
+//!   [`multicast`] (channels, with a handler per channel if wanted).
 //!
 //! It is not a general async runtime: there is no I/O reactor and no threads.
 //! Everything that waits is a host *session* (a call, a timer, a spawn), and
