@@ -15,13 +15,13 @@
 //! ```
 //!
 //! Who owns what (as Skynet's clustersender / clusteragent / clusterproxy):
-//! - [`Cluster`] (one per node, in its `Kernel`): the table, the senders,
+//! - `Cluster` (one per node, in its `Kernel`): the table, the senders,
 //!   calls parked for nodes not in the table yet, the names registered
 //!   for discovery, and the listeners.
-//! - [`sender::Sender`]: one peer's queue, its calls in flight and its
+//! - `sender::Sender`: one peer's queue, its calls in flight and its
 //!   queries; one task owns the connection, reconnects with backoff on the
 //!   next use, and fails every call in flight when the link drops.
-//! - [`agent`]: one inbound connection and its host address.
+//! - `agent`: one inbound connection and its host address.
 //! - proxies: a host address whose messages go to one remote service.
 
 pub mod config;

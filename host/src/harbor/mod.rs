@@ -6,18 +6,18 @@
 //!      node 1 ─── node 2 ─── node 3       one peer link per pair (higher id dials lower)
 //! ```
 //!
-//! The low 8 bits of an address name its node. [`Kernel::deliver`] hands a
-//! message for another harbor id to [`Harbor::forward`], which puts it on
-//! that node's [`Peer`] channel; the peer's task owns the connection and
+//! The low 8 bits of an address name its node. `Kernel::deliver` hands a
+//! message for another harbor id to `Harbor::forward`, which puts it on
+//! that node's `Peer` channel; the peer's task owns the connection and
 //! writes it out through the transport. On the other side the peer's
 //! [`LinkHandler`] delivers it into the local mailbox. A guest sees no
 //! difference except latency.
 //!
 //! Who owns what:
-//! - [`Harbor`] (one per harbor node, held by its [`Kernel`]): the peer
+//! - `Harbor` (one per harbor node, held by its `Kernel`): the peer
 //!   table (256 slots), the directory the master sent, the global-name
 //!   replica, waiting `queryname`s and up/down watchers.
-//! - [`Peer`] (one per other node): the sending side of its queue and the
+//! - `Peer` (one per other node): the sending side of its queue and the
 //!   requests in flight to it. One task per peer owns the receiving side
 //!   and the connection, dials (or waits to be dialled), and on a drop
 //!   fails every request in flight with `NodeDown`.

@@ -22,7 +22,7 @@
 //! and the publisher as source; source 0 with an empty payload says the
 //! channel was deleted (or its owner's node went down).
 //!
-//! Who owns what: [`Multicast`] (one per node, in its `Kernel`) owns both
+//! Who owns what: `Multicast` (one per node, in its `Kernel`) owns both
 //! tables. A subscribed service's handle lists its channels, so its end
 //! unsubscribes it everywhere.
 

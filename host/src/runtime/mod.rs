@@ -2,10 +2,10 @@
 //! kill, exit notices, and the scheduler that runs services on tokio.
 //!
 //! Flow: a guest import (or a host [`Client`]) builds a [`Message`] and calls
-//! [`Kernel::deliver`], which finds the target's [`ServiceHandle`] in the
+//! `Kernel::deliver`, which finds the target's `ServiceHandle` in the
 //! address table and pushes the message into its mailbox. Each service is
-//! one tokio task ([`service::run`]) that owns the receiving end of its
-//! mailbox and its wasm [`Instance`](crate::wasm::Instance); it takes a
+//! one tokio task (`service::run`) that owns the receiving end of its
+//! mailbox and its wasm `Instance`; it takes a
 //! bounded batch of messages, hands them to the guest's `dispatch`, and
 //! yields after a full batch so a flooded service cannot starve others.
 //!

@@ -3,12 +3,12 @@
 //! service into its own `Store` from the pooling allocator.
 //!
 //! What each type is for:
-//! - [`WasmRuntime`]: the engine, the linker with every host import, the
+//! - `WasmRuntime`: the engine, the linker with every host import, the
 //!   module table and the epoch ticker that drives time slices.
-//! - [`Module`]: one compiled module, ready to instantiate.
-//! - [`Instance`]: one service's `Store` and its bound exports. The runtime
+//! - `Module`: one compiled module, ready to instantiate.
+//! - `Instance`: one service's `Store` and its bound exports. The runtime
 //!   owns the service; an `Instance` is the replaceable part of it.
-//! - [`state::ServiceState`]: the store's data: the host imports' view of
+//! - `state::ServiceState`: the store's data: the host imports' view of
 //!   the service (address, sessions it owes, limits).
 
 pub mod bindings;
