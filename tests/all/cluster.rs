@@ -773,3 +773,23 @@ async fn a_cluster_wide_channel_carries_chat_to_three_real_processes() -> anyhow
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_names_in_the_config_are_resolved() -> anyhow::Result<()> {
+    let a = launch("a", None, false).await?;
+    let b = launch("b", None, false).await?;
+    let kit = b.spawn("testkit").await?;
+    b.node.cluster_register("kit", kit);
+    let port = b.node.cluster_listening()[0].port();
+    a.node
+        .cluster_reload(&format!("b = \"localhost:{port}\"\n"))
+        .map_err(anyhow::Error::msg)?;
+    let r = a
+        .client
+        .cluster_call("b", by_name("kit"), echo(b"by name")?, None)
+        .await?;
+    assert_eq!(reply(&r)?, Reply::Bytes(b"by name".to_vec()));
+    b.stop().await;
+    a.stop().await;
+    Ok(())
+}
