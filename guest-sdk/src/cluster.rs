@@ -147,7 +147,7 @@ pub fn unregister(name: &str) {
 /// [`CallError::UnknownAddress`] when it has none, or how the link failed.
 pub fn query(node: &str, name: &str) -> impl Future<Output = Result<Address, CallError>> + 'static {
     let wait = SessionWait::open(sys::cluster::query(node, name));
-    async move { crate::harbor::address_answer(wait.await.into_result()?, "cluster query") }
+    async move { crate::node::address_answer(wait.await.into_result()?, "cluster query") }
 }
 
 /// Replaces the cluster config with `config` (the cluster file's format).

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::session::SessionWait;
-use crate::{Address, CallError, DecodeError, sys};
+use crate::{Address, CallError, sys};
 
 /// This node's harbor id (the low 8 bits of its addresses); 0 when the node
 /// is not in a harbor.
@@ -41,7 +41,7 @@ pub fn queryname(
 ) -> impl Future<Output = Result<Address, CallError>> + 'static {
     let ms = timeout.map_or(0, |t| crate::node::timer_ms(t).max(1));
     let wait = SessionWait::open(sys::harbor::queryname(name, ms));
-    async move { address_answer(wait.await.into_result()?, "queryname") }
+    async move { crate::node::address_answer(wait.await.into_result()?, "queryname") }
 }
 
 /// Returns once harbor id `id` is connected (at once if it is).
@@ -71,15 +71,4 @@ pub fn linkmaster() -> impl Future<Output = Result<(), CallError>> + 'static {
 fn wait(session: u32) -> impl Future<Output = Result<(), CallError>> + 'static {
     let wait = SessionWait::open(session);
     async move { wait.await.into_result().map(drop) }
-}
-
-/// Reads a 4-byte little-endian address that `what` answered.
-pub(crate) fn address_answer(bytes: Vec<u8>, what: &str) -> Result<Address, CallError> {
-    let raw: [u8; 4] = bytes.as_slice().try_into().map_err(|_| {
-        CallError::Decode(DecodeError::new(format!(
-            "{what} answered {} bytes, not a 4-byte address",
-            bytes.len()
-        )))
-    })?;
-    Ok(Address(u32::from_le_bytes(raw)))
 }

@@ -201,10 +201,14 @@ fn start_spawn(module: &str, args: &[u8]) -> SessionWait {
 }
 
 async fn finish_spawn(wait: SessionWait) -> Result<Address, CallError> {
-    let bytes = wait.await.into_result()?;
+    address_answer(wait.await.into_result()?, "spawn")
+}
+
+/// Reads a 4-byte little-endian address that `what` answered.
+pub(crate) fn address_answer(bytes: Vec<u8>, what: &str) -> Result<Address, CallError> {
     let raw: [u8; 4] = bytes.as_slice().try_into().map_err(|_| {
         CallError::Decode(DecodeError::new(format!(
-            "spawn answered {} bytes, not a 4-byte address",
+            "{what} answered {} bytes, not a 4-byte address",
             bytes.len()
         )))
     })?;

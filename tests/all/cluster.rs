@@ -142,13 +142,20 @@ async fn call_send_proxy_register_and_query_between_three_nodes() -> anyhow::Res
     let Reply::Address(proxy) = a.command(kit_a, &proxy).await? else {
         anyhow::bail!("no proxy address");
     };
+    // A call to the proxy (a local address of node a) runs on c's service:
+    // the name it registers appears on node c.
+    let listed = a.node.services();
+    assert!(
+        listed.contains(&(skyhost::Address(proxy), "cluster-proxy".into())),
+        "{listed:?}"
+    );
     let through = Command::Call {
         target: proxy,
-        command: Box::new(Command::HarborId),
+        command: Box::new(Command::Register(".proxied".into())),
     };
-    // The proxy is a local address of node a; the answer comes from c's service.
-    assert_eq!(skyhost::Address(proxy).harbor().0, 0);
-    assert_eq!(a.command(kit_a, &through).await?, Reply::Count(0));
+    assert_eq!(a.command(kit_a, &through).await?, Reply::Unit);
+    assert_eq!(c.node.query(".proxied"), Some(kit_c));
+    assert_eq!(a.node.query(".proxied"), None);
 
     for t in [c, b, a] {
         t.stop().await;

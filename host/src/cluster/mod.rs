@@ -42,9 +42,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::ClusterNodeConfig;
-use crate::harbor::Waiter;
+use crate::runtime::Waiter;
 use crate::runtime::endpoint::HostEndpoint;
-use crate::runtime::{Address, ErrorCause, Kernel, Message, kind};
+use crate::runtime::{Address, ErrorCause, Kernel, kind};
 use crate::transport::{LinkConfig, Outgoing};
 pub use config::{ClusterConfigError, ClusterTable, NodeAddress};
 use proto::Target;
@@ -93,7 +93,7 @@ impl Job {
     fn fail(self, kernel: &Kernel, error: &ClusterError) {
         match self {
             Job::Call { waiter, .. } | Job::Query { waiter, .. } => {
-                fail(kernel, waiter, error.cause, &error.detail);
+                waiter.fail(kernel, error.cause, &error.detail);
             }
             Job::Send { .. } | Job::Item(_) => {
                 tracing::debug!("cluster send dropped: {}", error.detail);
@@ -102,24 +102,10 @@ impl Job {
     }
 }
 
-/// Answers `waiter` with an `error` message.
-fn fail(kernel: &Kernel, waiter: Waiter, cause: ErrorCause, detail: &str) {
-    let _ = kernel.deliver(
-        waiter.to,
-        Message::error(Address(0), waiter.session, cause, detail),
-    );
-}
-
 /// Answers `waiter` with a `response`; cluster answers come from address 0
 /// (the caller matches them by session).
 fn respond(kernel: &Kernel, waiter: Waiter, payload: Vec<u8>) {
-    let m = Message {
-        kind: kind::RESPONSE,
-        source: Address(0),
-        session: waiter.session,
-        payload: payload.into(),
-    };
-    let _ = kernel.deliver(waiter.to, m);
+    waiter.respond(kernel, Address(0), payload);
 }
 
 /// The settings every cluster link is made with.
@@ -360,9 +346,8 @@ impl Cluster {
             let Some(kernel) = self.kernel() else { return };
             return match self.resolve(&Target::Name(name.clone())) {
                 Some(a) => respond(&kernel, waiter, a.0.to_le_bytes().to_vec()),
-                None => fail(
+                None => waiter.fail(
                     &kernel,
-                    waiter,
                     ErrorCause::UnknownAddress,
                     &format!("no name `{name}` on node `{node}`"),
                 ),

@@ -11,8 +11,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::proto::{Control, Header};
-use super::{Cluster, ClusterError, Job, Settings, fail, respond};
-use crate::harbor::Waiter;
+use super::{Cluster, ClusterError, Job, Settings, respond};
+use crate::runtime::Waiter;
 use crate::runtime::{ErrorCause, Kernel};
 use crate::transport::{Connection, LinkHandler, Outgoing};
 
@@ -209,9 +209,8 @@ impl Sender {
     fn expire(&self, session: u32, t: Duration) {
         let waiter = self.waiting().calls.remove(&session);
         if let (Some(w), Some(kernel)) = (waiter, self.kernel.upgrade()) {
-            fail(
+            w.fail(
                 &kernel,
-                w,
                 ErrorCause::Timeout,
                 &format!("cluster call to `{}` not answered within {t:?}", self.node),
             );
@@ -303,10 +302,10 @@ impl Sender {
         }
         let detail = format!("cluster node `{}`: {why}", self.node);
         for (_, w) in calls {
-            fail(&kernel, w, ErrorCause::NodeDown, &detail);
+            w.fail(&kernel, ErrorCause::NodeDown, &detail);
         }
         for (_, (_, w)) in queries {
-            fail(&kernel, w, ErrorCause::NodeDown, &detail);
+            w.fail(&kernel, ErrorCause::NodeDown, &detail);
         }
         kept
     }
@@ -413,13 +412,13 @@ impl LinkHandler<Control, Header> for SenderHandler {
                 let Some(waiter) = take(session) else { return };
                 match self.settings.unpack(payload, compressed) {
                     Ok(payload) => respond(&self.kernel, waiter, payload),
-                    Err(e) => fail(&self.kernel, waiter, ErrorCause::Service, &e),
+                    Err(e) => waiter.fail(&self.kernel, ErrorCause::Service, &e),
                 }
             }
             Header::Error { session, cause } => {
                 let Some(waiter) = take(session) else { return };
                 let detail = String::from_utf8_lossy(&payload);
-                fail(&self.kernel, waiter, ErrorCause::from_byte(cause), &detail);
+                waiter.fail(&self.kernel, ErrorCause::from_byte(cause), &detail);
             }
             other => {
                 tracing::warn!(peer = %self.sender.node, "unexpected {other:?} on an outbound cluster link");
@@ -435,9 +434,8 @@ impl LinkHandler<Control, Header> for SenderHandler {
                 };
                 match address {
                     Some(a) => respond(&self.kernel, waiter, a.to_le_bytes().to_vec()),
-                    None => fail(
+                    None => waiter.fail(
                         &self.kernel,
-                        waiter,
                         ErrorCause::UnknownAddress,
                         &format!("no name `{name}` on cluster node `{}`", self.sender.node),
                     ),

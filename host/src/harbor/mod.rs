@@ -46,7 +46,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::HarborConfig;
-use crate::runtime::{Address, ErrorCause, HarborId, Kernel, Message, SendError, Session, kind};
+pub(crate) use crate::runtime::Waiter;
+use crate::runtime::{Address, ErrorCause, HarborId, Kernel, Message, SendError, kind};
 use crate::transport::{Connection, Envelope, LinkConfig, LinkHandler, Outgoing};
 use proto::{Control, MASTER_PROTOCOL, PEER_PROTOCOL};
 
@@ -91,33 +92,6 @@ impl LinkSettings {
         c.dead_after = self.dead_after;
         c.max_payload = self.max_payload;
         c
-    }
-}
-
-/// Who waits for an answer from the harbor: a session of a service (or a
-/// host client, which has an address too).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Waiter {
-    pub to: Address,
-    pub session: Session,
-}
-
-impl Waiter {
-    fn respond(self, kernel: &Kernel, source: Address, payload: Vec<u8>) {
-        let m = Message {
-            kind: kind::RESPONSE,
-            source,
-            session: self.session,
-            payload: payload.into(),
-        };
-        let _ = kernel.deliver(self.to, m);
-    }
-
-    fn fail(self, kernel: &Kernel, cause: ErrorCause, detail: &str) {
-        let _ = kernel.deliver(
-            self.to,
-            Message::error(self.to, self.session, cause, detail),
-        );
     }
 }
 
@@ -443,8 +417,9 @@ impl Harbor {
     fn count_dropped(&self, harbor: u8, n: u64) {
         let before = self.dropped.fetch_add(n, Ordering::Relaxed);
         let after = before + n;
-        // Logged at 1, 2, 4, 8, ... so a flood to a dead node stays readable.
-        if (before + 1).next_power_of_two() <= after || before == 0 {
+        // Logged each time the total passes a power of two, so a flood to
+        // a dead node stays readable.
+        if before.leading_zeros() != after.leading_zeros() {
             tracing::warn!(
                 harbor,
                 dropped_total = after,

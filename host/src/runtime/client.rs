@@ -28,19 +28,13 @@ pub struct Client {
 
 impl Client {
     pub(crate) fn new(kernel: Arc<Kernel>) -> Self {
-        let (handle, mut rx) = kernel.insert_service("host".into());
+        let mut endpoint = super::endpoint::HostEndpoint::new(&kernel, "host");
+        let handle = endpoint.handle();
         let pending: Pending = Arc::default();
         let (events_tx, events) = mpsc::unbounded_channel();
         let router_pending = pending.clone();
-        let router_handle = handle.clone();
-        let router_kernel = kernel.clone();
         kernel.tasks.spawn(async move {
-            while let Some(m) = rx.recv().await {
-                router_handle.mailbox.taken(1);
-                router_handle.mailbox.picked_up(&router_kernel);
-                if m.kind == kind::SYSTEM && m.source == router_handle.address {
-                    break;
-                }
+            while let Some(m) = endpoint.recv().await {
                 if matches!(m.kind, kind::RESPONSE | kind::ERROR) {
                     let waiter = router_pending
                         .lock()
@@ -109,26 +103,21 @@ impl Client {
         payload: Vec<u8>,
     ) -> Result<impl Future<Output = Result<Vec<u8>, CallError>> + Send + 'static + use<>, SendError>
     {
-        let session = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(session, tx);
+        let (waiter, answer) = self.open_session();
         let m = Message {
             kind: kind::REQUEST,
             source: self.address(),
-            session,
+            session: waiter.session,
             payload: payload.into(),
         };
         if let Err(e) = self.kernel.deliver(dest, m) {
             self.pending
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(&session);
+                .remove(&waiter.session);
             return Err(e);
         }
-        Ok(answer(rx))
+        Ok(answer)
     }
 
     /// Opens a session of this client: whoever gets the waiter answers it;
@@ -136,7 +125,7 @@ impl Client {
     fn open_session(
         &self,
     ) -> (
-        crate::harbor::Waiter,
+        crate::runtime::Waiter,
         impl Future<Output = Result<Vec<u8>, CallError>> + Send + 'static + use<>,
     ) {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
@@ -145,7 +134,7 @@ impl Client {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(session, tx);
-        let waiter = crate::harbor::Waiter {
+        let waiter = crate::runtime::Waiter {
             to: self.address(),
             session,
         };
@@ -239,9 +228,7 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        self.kernel.remove_service(&self.handle);
-        self.handle.mailbox.close(&self.kernel);
-        self.handle.mailbox.wake(self.handle.address);
+        super::endpoint::close(&self.kernel, &self.handle);
     }
 }
 

@@ -3,6 +3,7 @@
 //! so anything can send to it; its messages arrive through [`recv`].
 //!
 //! [`recv`]: HostEndpoint::recv
+//! [`close`]: close
 
 use std::sync::Arc;
 
@@ -35,6 +36,11 @@ impl HostEndpoint {
         self.handle.address
     }
 
+    /// The endpoint's table entry, for [`close`] from elsewhere.
+    pub fn handle(&self) -> Arc<ServiceHandle> {
+        self.handle.clone()
+    }
+
     /// The next message; `None` once it was killed or the node stops.
     pub async fn recv(&mut self) -> Option<Message> {
         let m = self.rx.recv().await?;
@@ -49,7 +55,15 @@ impl HostEndpoint {
 
 impl Drop for HostEndpoint {
     fn drop(&mut self) {
-        self.kernel.remove_service(&self.handle);
-        self.handle.mailbox.close(&self.kernel);
+        close(&self.kernel, &self.handle);
     }
+}
+
+/// Takes an endpoint's address out of the table at once (sends to it fail
+/// as unknown from now on) and ends its [`HostEndpoint::recv`]. Closing
+/// twice is harmless.
+pub(crate) fn close(kernel: &Kernel, handle: &ServiceHandle) {
+    kernel.remove_service(handle);
+    handle.mailbox.close(kernel);
+    handle.mailbox.wake(handle.address);
 }

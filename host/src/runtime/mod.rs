@@ -92,10 +92,37 @@ pub enum SpawnError {
     Stopped,
 }
 
+/// A session the host answers for someone (spawn, harbor, cluster): the
+/// service (or host client, which has an address too) and its session.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Waiter {
+    pub to: Address,
+    pub session: Session,
+}
+
+impl Waiter {
+    /// Ends the session with a `response` from `source`.
+    pub fn respond(self, kernel: &Kernel, source: Address, payload: Vec<u8>) {
+        let m = Message {
+            kind: kind::RESPONSE,
+            source,
+            session: self.session,
+            payload: payload.into(),
+        };
+        let _ = kernel.deliver(self.to, m);
+    }
+
+    /// Ends the session with an `error` (from address 0: the host answered).
+    pub fn fail(self, kernel: &Kernel, cause: ErrorCause, detail: &str) {
+        let m = Message::error(Address(0), self.session, cause, detail);
+        let _ = kernel.deliver(self.to, m);
+    }
+}
+
 /// Whom to tell that a spawn finished.
 pub(crate) enum Ready {
     /// A service waiting on a session.
-    Session { to: Address, session: Session },
+    Session(Waiter),
     /// A host caller.
     Host(oneshot::Sender<Result<Address, SpawnError>>),
 }
@@ -103,15 +130,8 @@ pub(crate) enum Ready {
 impl Ready {
     fn succeed(self, kernel: &Kernel, address: Address) {
         match self {
-            Ready::Session { to, session } => {
-                let payload = address.0.to_le_bytes().to_vec();
-                let m = Message {
-                    kind: kind::RESPONSE,
-                    source: address,
-                    session,
-                    payload: payload.into(),
-                };
-                let _ = kernel.deliver(to, m);
+            Ready::Session(waiter) => {
+                waiter.respond(kernel, address, address.0.to_le_bytes().to_vec());
             }
             Ready::Host(tx) => {
                 let _ = tx.send(Ok(address));
@@ -121,9 +141,8 @@ impl Ready {
 
     fn fail(self, kernel: &Kernel, error: SpawnError) {
         match self {
-            Ready::Session { to, session } => {
-                let m = Message::error(to, session, ErrorCause::SpawnFailed, &error.to_string());
-                let _ = kernel.deliver(to, m);
+            Ready::Session(waiter) => {
+                waiter.fail(kernel, ErrorCause::SpawnFailed, &error.to_string());
             }
             Ready::Host(tx) => {
                 let _ = tx.send(Err(error));
@@ -472,7 +491,7 @@ impl Kernel {
         harbor: &Harbor,
         name: &str,
         target: Address,
-        waiter: crate::harbor::Waiter,
+        waiter: crate::runtime::Waiter,
     ) {
         let recorded = self.with_service(target, |handle| {
             let mut w = handle.watch();
@@ -485,14 +504,9 @@ impl Kernel {
             true
         });
         if recorded != Some(true) {
-            let m = Message::error(
-                waiter.to,
-                waiter.session,
-                ErrorCause::UnknownAddress,
-                &format!("global name `{name}`: {target} is not a live service of this node"),
-            );
-            let _ = self.deliver(waiter.to, m);
-            return;
+            let detail =
+                format!("global name `{name}`: {target} is not a live service of this node");
+            return waiter.fail(self, ErrorCause::UnknownAddress, &detail);
         }
         harbor.register_confirmed(name, target, waiter);
     }

@@ -316,10 +316,10 @@ impl runtime::Host for ServiceState {
 
     fn spawn(&mut self, module: String, args: Vec<u8>) -> u32 {
         let session = self.fresh_session();
-        let ready = crate::runtime::Ready::Session {
+        let ready = crate::runtime::Ready::Session(crate::runtime::Waiter {
             to: self.address,
             session,
-        };
+        });
         self.kernel.spawn_detached(module, args, ready);
         session
     }
@@ -384,26 +384,34 @@ impl runtime::Host for ServiceState {
 }
 
 impl ServiceState {
-    /// A fresh session that `answer` ends: with the harbor when this node
-    /// has one, or at once with `alone` as an `error` on a single node.
+    /// A fresh session answered by a part of the node (harbor, cluster):
+    /// `ask` hands it on when the part is there, else it ends at once with
+    /// a `NodeDown` error saying `absent`.
+    fn part_session<P>(
+        &mut self,
+        part: Option<&std::sync::Arc<P>>,
+        absent: &str,
+        ask: impl FnOnce(&std::sync::Arc<P>, crate::runtime::Waiter),
+    ) -> u32 {
+        let waiter = crate::runtime::Waiter {
+            to: self.address,
+            session: self.fresh_session(),
+        };
+        match part {
+            Some(p) => ask(p, waiter),
+            None => waiter.fail(&self.kernel, ErrorCause::NodeDown, absent),
+        }
+        waiter.session
+    }
+
+    /// [`part_session`](Self::part_session) for the harbor.
     fn harbor_session(
         &mut self,
-        alone: &str,
-        answer: impl FnOnce(&std::sync::Arc<crate::harbor::Harbor>, crate::harbor::Waiter),
+        absent: &str,
+        ask: impl FnOnce(&std::sync::Arc<crate::harbor::Harbor>, crate::runtime::Waiter),
     ) -> u32 {
-        let session = self.fresh_session();
-        let waiter = crate::harbor::Waiter {
-            to: self.address,
-            session,
-        };
-        match self.kernel.remote.get() {
-            Some(h) => answer(h, waiter),
-            None => {
-                let m = Message::error(self.address, session, ErrorCause::NodeDown, alone);
-                let _ = self.kernel.deliver(self.address, m);
-            }
-        }
-        session
+        let kernel = self.kernel.clone();
+        self.part_session(kernel.remote.get(), absent, ask)
     }
 }
 
@@ -420,14 +428,8 @@ impl harbor::Host for ServiceState {
         self.harbor_session(NOT_IN_A_HARBOR, move |h, waiter| {
             if name.starts_with('.') || name.is_empty() || name.len() > crate::runtime::MAX_NAME_LEN
             {
-                let m = Message::error(
-                    waiter.to,
-                    waiter.session,
-                    ErrorCause::Service,
-                    &format!("`{name}` is not a global name"),
-                );
-                let _ = kernel.deliver(waiter.to, m);
-                return;
+                let detail = format!("`{name}` is not a global name");
+                return waiter.fail(&kernel, ErrorCause::Service, &detail);
             }
             kernel.register_global_confirmed(h, &name, target, waiter);
         })
@@ -470,30 +472,13 @@ impl From<cluster::Service> for crate::cluster::proto::Target {
 }
 
 impl ServiceState {
-    /// A fresh session for a cluster request; on a node without a cluster
-    /// it ends at once with an error.
+    /// [`part_session`](Self::part_session) for the cluster.
     fn cluster_session(
         &mut self,
-        ask: impl FnOnce(&std::sync::Arc<crate::cluster::Cluster>, crate::harbor::Waiter),
+        ask: impl FnOnce(&std::sync::Arc<crate::cluster::Cluster>, crate::runtime::Waiter),
     ) -> u32 {
-        let session = self.fresh_session();
-        let waiter = crate::harbor::Waiter {
-            to: self.address,
-            session,
-        };
-        match self.kernel.cluster.get() {
-            Some(c) => ask(c, waiter),
-            None => {
-                let m = Message::error(
-                    self.address,
-                    session,
-                    ErrorCause::NodeDown,
-                    NOT_IN_A_CLUSTER,
-                );
-                let _ = self.kernel.deliver(self.address, m);
-            }
-        }
-        session
+        let kernel = self.kernel.clone();
+        self.part_session(kernel.cluster.get(), NOT_IN_A_CLUSTER, ask)
     }
 }
 
@@ -525,9 +510,7 @@ impl cluster::Host for ServiceState {
         self.cluster_session(|c, waiter| {
             if too_large {
                 let detail = format!("payload larger than the limit of {limit} bytes");
-                let m = Message::error(waiter.to, waiter.session, ErrorCause::Service, &detail);
-                let _ = kernel.deliver(waiter.to, m);
-                return;
+                return waiter.fail(&kernel, ErrorCause::Service, &detail);
             }
             c.call(&node, service.into(), payload, waiter, timeout);
         })
