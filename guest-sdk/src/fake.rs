@@ -106,6 +106,10 @@ pub(crate) fn self_address() -> u32 {
     host(|h| h.address)
 }
 
+pub(crate) fn tenant() -> String {
+    "system".to_string()
+}
+
 pub(crate) fn send(dest: u32, kind: u8, session: u32, payload: &[u8]) -> Result<(), RawSendError> {
     if matches!(kind, 1..=4 | 7) {
         return Err(RawSendError::ReservedKind);

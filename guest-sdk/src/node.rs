@@ -244,6 +244,13 @@ pub fn self_address() -> Address {
     Address(sys::self_address())
 }
 
+/// The name of this service's tenant (`system` for the node's own). A
+/// service reaches only its own tenant's services, names and channels, and
+/// the entries other tenants grant it (`query("other-tenant/entry")`).
+pub fn tenant() -> String {
+    sys::tenant()
+}
+
 /// Ends this service once the current `dispatch` returns. Requests it has not
 /// answered get [`CallError::Exited`] from the host; the SDK stops sending
 /// its own "returned without answering" errors.

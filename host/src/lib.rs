@@ -24,7 +24,10 @@ pub mod transport;
 pub mod wasm;
 
 pub use config::NodeConfig;
-pub use runtime::{Address, CallError, Client, ErrorCause, Message, Node, SendError, SpawnError};
+pub use runtime::{
+    Address, CallError, Client, ErrorCause, Message, Node, SendError, SpawnError, TenantError,
+    TenantId, TenantStats, kind,
+};
 
 /// Where the build put the bundled services (`services/` built for
 /// `wasm32-wasip2`), unless it was built with `SKYHOST_SKIP_GUESTS`.

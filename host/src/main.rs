@@ -75,6 +75,10 @@ fn run(node_file: &std::path::Path) -> anyhow::Result<()> {
                 .with_context(|| format!("bootstrap service `{}`", boot.module))?;
             tracing::info!(%address, module = %boot.module, "bootstrap service started");
         }
+        for tenant in &config.tenants {
+            let started = node.start_tenant(&tenant.name).await?;
+            tracing::info!(tenant = %tenant.name, services = ?started, "tenant started");
+        }
         tracing::info!(
             pid = std::process::id(),
             "node running; SIGINT or SIGTERM stops it"

@@ -6,3 +6,4 @@ mod harbor;
 mod local;
 mod multicast;
 mod support;
+mod tenants;

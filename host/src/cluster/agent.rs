@@ -14,7 +14,7 @@ use tracing::Instrument;
 use super::proto::{Control, Header, Target};
 use super::{Cluster, Settings, lock};
 use crate::runtime::endpoint::HostEndpoint;
-use crate::runtime::{Address, Kernel, Message, kind};
+use crate::runtime::{Address, Kernel, Message, TenantId, kind};
 use crate::transport::{Connection, LinkHandler, Outgoing};
 
 type Item = Outgoing<Control, Header>;
@@ -60,7 +60,7 @@ async fn serve(
         }
     };
     let peer = conn.peer().map(|p| p.name.clone()).unwrap_or_default();
-    let mut endpoint = HostEndpoint::new(&kernel, "cluster-agent");
+    let mut endpoint = HostEndpoint::new(&kernel, "cluster-agent", kernel.host_tenant.clone());
     let agent = endpoint.address();
     tracing::info!(%peer, %from, %agent, "cluster link accepted");
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -154,8 +154,8 @@ impl AgentHandler {
         self.next
     }
 
-    fn target(&self, target: &Target) -> Result<Address, String> {
-        self.cluster.resolve(target).ok_or_else(|| {
+    fn target(&self, tenant: TenantId, target: &Target) -> Result<Address, String> {
+        self.cluster.resolve(tenant, target).ok_or_else(|| {
             format!(
                 "no service `{target}` on cluster node `{}`",
                 self.cluster.name
@@ -169,10 +169,12 @@ impl LinkHandler<Control, Header> for AgentHandler {
         match header {
             Header::Request {
                 session,
+                tenant,
                 target,
                 compressed,
             } => {
-                let dest = match self.target(&target) {
+                let tenant = TenantId(tenant);
+                let dest = match self.target(tenant, &target) {
                     Ok(a) => a,
                     Err(e) => {
                         return self.refuse(session, crate::runtime::ErrorCause::UnknownAddress, e);
@@ -188,6 +190,7 @@ impl LinkHandler<Control, Header> for AgentHandler {
                     kind: kind::REQUEST,
                     source: self.agent,
                     session: local,
+                    tenant,
                     payload: payload.into(),
                 };
                 if let Err(e) = self.kernel.deliver(dest, m) {
@@ -195,13 +198,19 @@ impl LinkHandler<Control, Header> for AgentHandler {
                     self.refuse(session, e.cause(), format!("{target}: {e}"));
                 }
             }
-            Header::Push { target, compressed } => {
-                let delivered = self.target(&target).and_then(|dest| {
+            Header::Push {
+                tenant,
+                target,
+                compressed,
+            } => {
+                let tenant = TenantId(tenant);
+                let delivered = self.target(tenant, &target).and_then(|dest| {
                     let payload = self.cluster.settings.unpack(payload, compressed)?;
                     let m = Message {
                         kind: kind::TEXT,
                         source: self.agent,
                         session: 0,
+                        tenant,
                         payload: payload.into(),
                     };
                     self.kernel.deliver(dest, m).map_err(|e| e.to_string())
@@ -211,11 +220,13 @@ impl LinkHandler<Control, Header> for AgentHandler {
                 }
             }
             Header::Multicast {
+                tenant,
                 channel,
                 source,
                 compressed,
             }
             | Header::Publish {
+                tenant,
                 channel,
                 source,
                 compressed,
@@ -224,6 +235,7 @@ impl LinkHandler<Control, Header> for AgentHandler {
                 match self.cluster.settings.unpack(payload, compressed) {
                     Ok(p) => self.kernel.multicast.cluster_arrived(
                         &self.peer,
+                        TenantId(tenant),
                         channel,
                         Address(source),
                         p.into(),

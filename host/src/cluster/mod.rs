@@ -44,7 +44,8 @@ use tracing::Instrument;
 use crate::config::ClusterNodeConfig;
 use crate::runtime::Waiter;
 use crate::runtime::endpoint::HostEndpoint;
-use crate::runtime::{Address, ErrorCause, Kernel, kind};
+use crate::runtime::tenant::Tenant;
+use crate::runtime::{Address, ErrorCause, Kernel, TenantId, kind};
 use crate::transport::{LinkConfig, Outgoing};
 pub use config::{ClusterConfigError, ClusterTable, NodeAddress};
 use proto::Target;
@@ -74,13 +75,18 @@ impl ClusterError {
 pub(crate) enum Job {
     /// A call; `waiter` gets the response or an error.
     Call {
+        tenant: TenantId,
         target: Target,
         payload: Vec<u8>,
         waiter: Waiter,
         timeout: Option<Duration>,
     },
     /// A send.
-    Send { target: Target, payload: Vec<u8> },
+    Send {
+        tenant: TenantId,
+        target: Target,
+        payload: Vec<u8>,
+    },
     /// A name lookup; `waiter` gets the address (4 bytes, little-endian).
     Query { name: String, waiter: Waiter },
     /// A ready frame with no answer to wait for (multicast), kept while
@@ -292,6 +298,7 @@ impl Cluster {
     /// Starts a call to `target` on `node`; `waiter` hears how it ends.
     pub fn call(
         self: &Arc<Self>,
+        tenant: TenantId,
         node: &str,
         target: Target,
         payload: Vec<u8>,
@@ -299,6 +306,7 @@ impl Cluster {
         timeout: Option<Duration>,
     ) {
         let job = Job::Call {
+            tenant,
             target,
             payload,
             waiter,
@@ -314,12 +322,17 @@ impl Cluster {
     /// its queue full.
     pub fn send(
         self: &Arc<Self>,
+        tenant: TenantId,
         node: &str,
         target: Target,
         payload: Vec<u8>,
     ) -> Result<(), ClusterError> {
-        self.route(node, Job::Send { target, payload })
-            .map_err(|(_, e)| e)
+        let job = Job::Send {
+            tenant,
+            target,
+            payload,
+        };
+        self.route(node, job).map_err(|(_, e)| e)
     }
 
     /// Sends a prepared frame to `node` (multicast), queued like a send.
@@ -341,10 +354,10 @@ impl Cluster {
 
     /// Asks `node` for the address of a name it registered; `waiter` gets
     /// it (4 bytes, little-endian) or an error.
-    pub fn query(self: &Arc<Self>, node: &str, name: String, waiter: Waiter) {
+    pub fn query(self: &Arc<Self>, tenant: TenantId, node: &str, name: String, waiter: Waiter) {
         if node == self.name {
             let Some(kernel) = self.kernel() else { return };
-            return match self.resolve(&Target::Name(name.clone())) {
+            return match self.resolve(tenant, &Target::Name(name.clone())) {
                 Some(a) => respond(&kernel, waiter, a.0.to_le_bytes().to_vec()),
                 None => waiter.fail(
                     &kernel,
@@ -353,6 +366,8 @@ impl Cluster {
                 ),
             };
         }
+        // The peer looks the name up in the caller's tenant's namespace.
+        let name = crate::runtime::scoped(tenant, &name).into_owned();
         self.submit(node, Job::Query { name, waiter });
     }
 
@@ -531,31 +546,41 @@ impl Cluster {
     }
 
     /// Registers `name` for `address`, for other nodes' `query` and calls by name.
-    pub fn register(&self, name: &str, address: Address) {
-        lock(&self.names).insert(name.to_string(), address);
+    /// Names are per tenant (`tenant`'s namespace).
+    pub fn register(&self, tenant: TenantId, name: &str, address: Address) {
+        lock(&self.names).insert(crate::runtime::scoped(tenant, name).into_owned(), address);
     }
 
-    /// Drops a registered name.
-    pub fn unregister(&self, name: &str) {
-        lock(&self.names).remove(name);
+    /// Drops a name `tenant` registered.
+    pub fn unregister(&self, tenant: TenantId, name: &str) {
+        lock(&self.names).remove(&*crate::runtime::scoped(tenant, name));
     }
 
     /// The local address a target names: an address as it is, a name
     /// registered with `cluster.register`, else the node's own names.
-    fn resolve(&self, target: &Target) -> Option<Address> {
+    fn resolve(&self, tenant: TenantId, target: &Target) -> Option<Address> {
         match target {
             Target::Address(a) => Some(Address(*a)),
             Target::Name(n) => {
-                let registered = lock(&self.names).get(n).copied();
-                registered.or_else(|| self.kernel().and_then(|k| k.query_name(n)))
+                let key = crate::runtime::scoped(tenant, n);
+                let registered = lock(&self.names).get(&*key).copied();
+                registered.or_else(|| self.kernel().and_then(|k| k.query_name(tenant, n)))
             }
         }
     }
 
     /// A local address whose requests and sends go to `target` on `node`.
-    pub fn proxy(self: &Arc<Self>, node: &str, target: Target) -> Option<Address> {
+    /// It belongs to `tenant`: only its services can use it, and what it
+    /// forwards travels as `tenant`'s.
+    pub fn proxy(
+        self: &Arc<Self>,
+        tenant: &Arc<Tenant>,
+        node: &str,
+        target: Target,
+    ) -> Option<Address> {
         let kernel = self.kernel()?;
-        let mut endpoint = HostEndpoint::new(&kernel, "cluster-proxy");
+        let mut endpoint = HostEndpoint::new(&kernel, "cluster-proxy", tenant.clone());
+        let tenant = tenant.id;
         let address = endpoint.address();
         let cluster = self.clone();
         let node = node.to_string();
@@ -568,9 +593,11 @@ impl Cluster {
                             to: m.source,
                             session: m.session,
                         };
-                        cluster.call(&node, target.clone(), m.payload.into(), waiter, None);
+                        let payload = m.payload.into();
+                        cluster.call(tenant, &node, target.clone(), payload, waiter, None);
                     } else if (m.kind == kind::TEXT || m.kind >= kind::USER)
-                        && let Err(e) = cluster.send(&node, target.clone(), m.payload.into())
+                        && let Err(e) =
+                            cluster.send(tenant, &node, target.clone(), m.payload.into())
                     {
                         tracing::debug!("proxy send dropped: {e}");
                     }

@@ -31,6 +31,8 @@ pub enum Header {
     /// A call; the answer carries the same `session` (the link's own
     /// number, not the caller's).
     Request {
+        /// The caller's tenant; the target must be of the same tenant.
+        tenant: u32,
         /// The link's session number.
         session: u32,
         /// Whom it is for.
@@ -40,6 +42,8 @@ pub enum Header {
     },
     /// A send: no answer.
     Push {
+        /// The sender's tenant; the target must be of the same tenant.
+        tenant: u32,
         /// Whom it is for.
         target: Target,
         /// The payload is lz4-compressed.
@@ -55,6 +59,8 @@ pub enum Header {
     /// Owner → subscribing node: a publish on `channel` (the owner's id),
     /// for the receiving node's subscribers of it.
     Multicast {
+        /// The tenant the channel belongs to.
+        tenant: u32,
         /// The channel, as the owner numbers it.
         channel: u32,
         /// The publisher, as its node numbers it (0: not known there).
@@ -64,6 +70,8 @@ pub enum Header {
     },
     /// Node → owner: publish on `channel` (the owner's id).
     Publish {
+        /// The tenant the channel belongs to.
+        tenant: u32,
         /// The channel, as the owner numbers it.
         channel: u32,
         /// The publisher on the sending node.
@@ -92,16 +100,22 @@ pub enum Control {
     },
     /// Node → owner: the sending node has subscribers for `channel`.
     Subscribe {
+        /// The tenant the channel belongs to.
+        tenant: u32,
         /// The channel, as the owner numbers it.
         channel: u32,
     },
     /// Node → owner: the sending node has no subscribers for `channel` now.
     Unsubscribe {
+        /// The tenant the channel belongs to.
+        tenant: u32,
         /// The channel, as the owner numbers it.
         channel: u32,
     },
     /// Owner → node: `channel` was deleted.
     ChannelGone {
+        /// The tenant the channel belongs to.
+        tenant: u32,
         /// The channel, as the owner numbers it.
         channel: u32,
     },

@@ -92,16 +92,28 @@ impl Sender {
         job: Job,
     ) -> Result<(), (Job, ClusterError)> {
         // A send on a live link needs no lock: nothing waits for it.
-        if let Job::Send { target, payload } = job {
+        if let Job::Send {
+            tenant,
+            target,
+            payload,
+        } = job
+        {
             if self.up.load(Ordering::Acquire) && !self.gone.is_cancelled() {
                 let (payload, compressed) = settings.pack(payload);
-                self.queue(Outgoing::Message(
-                    Header::Push { target, compressed },
-                    payload,
-                ));
+                let header = Header::Push {
+                    tenant: tenant.0,
+                    target,
+                    compressed,
+                };
+                self.queue(Outgoing::Message(header, payload));
                 return Ok(());
             }
-            return self.submit_locked(settings, Job::Send { target, payload });
+            let job = Job::Send {
+                tenant,
+                target,
+                payload,
+            };
+            return self.submit_locked(settings, job);
         }
         self.submit_locked(settings, job)
     }
@@ -155,6 +167,7 @@ impl Sender {
         }
         let item = match job {
             Job::Call {
+                tenant,
                 target,
                 payload,
                 waiter,
@@ -169,15 +182,25 @@ impl Sender {
                 Outgoing::Message(
                     Header::Request {
                         session,
+                        tenant: tenant.0,
                         target,
                         compressed,
                     },
                     payload,
                 )
             }
-            Job::Send { target, payload } => {
+            Job::Send {
+                tenant,
+                target,
+                payload,
+            } => {
                 let (payload, compressed) = settings.pack(payload);
-                Outgoing::Message(Header::Push { target, compressed }, payload)
+                let header = Header::Push {
+                    tenant: tenant.0,
+                    target,
+                    compressed,
+                };
+                Outgoing::Message(header, payload)
             }
             Job::Item(item) => item,
             Job::Query { name, waiter } => {

@@ -47,7 +47,7 @@ use tracing::Instrument;
 
 use crate::config::HarborConfig;
 pub(crate) use crate::runtime::Waiter;
-use crate::runtime::{Address, ErrorCause, HarborId, Kernel, Message, SendError, kind};
+use crate::runtime::{Address, ErrorCause, HarborId, Kernel, Message, SendError, TenantId, kind};
 use crate::transport::{Connection, Envelope, LinkConfig, LinkHandler, Outgoing};
 use proto::{Control, MASTER_PROTOCOL, PEER_PROTOCOL};
 
@@ -318,7 +318,7 @@ impl Harbor {
             source: message.source.0,
             session: message.session,
             kind: message.kind,
-            tenant: 0,
+            tenant: message.tenant.0,
         };
         let item = Outgoing::Message(envelope, message.payload.into());
         if message.kind == kind::REQUEST && message.session != 0 {
@@ -349,7 +349,7 @@ impl Harbor {
     pub fn multicast(
         &self,
         node: u8,
-        channel: u32,
+        (tenant, channel): (TenantId, u32),
         source: Address,
         payload: bytes::Bytes,
     ) -> bool {
@@ -358,7 +358,7 @@ impl Harbor {
             source: source.0,
             session: channel,
             kind: kind::MULTICAST,
-            tenant: 0,
+            tenant: tenant.0,
         };
         let slot = self.peers[usize::from(node)].load();
         let Some(peer) = slot.as_deref() else {
@@ -383,12 +383,13 @@ impl Harbor {
 
     /// Tells `watcher` when `target`, on another node, ends; at once if
     /// its node is down.
-    pub fn monitor(&self, watcher: Address, target: Address) {
+    pub fn monitor(&self, tenant: TenantId, watcher: Address, target: Address) {
         let harbor = target.harbor().0;
         let slot = self.peers[usize::from(harbor)].load();
         let sent = slot.as_deref().is_some_and(|peer| {
             lock(&peer.monitors).insert((watcher.0, target.0));
             let control = Control::Monitor {
+                tenant: tenant.0,
                 watcher: watcher.0,
                 target: target.0,
             };
@@ -1061,9 +1062,10 @@ impl LinkHandler<Control> for PeerHandler {
             kind::MULTICAST if e.dest == 0 => {
                 let source = Address(e.source);
                 let payload = payload.into();
+                let key = (TenantId(e.tenant), e.session);
                 self.kernel
                     .multicast
-                    .arrived(self.peer.id, e.session, source, payload);
+                    .arrived(self.peer.id, key, source, payload);
                 return;
             }
             _ => {}
@@ -1074,6 +1076,7 @@ impl LinkHandler<Control> for PeerHandler {
             kind: e.kind,
             source,
             session: e.session,
+            tenant: TenantId(e.tenant),
             payload: payload.into(),
         };
         let wants_reply = message.wants_reply();
@@ -1094,8 +1097,14 @@ impl LinkHandler<Control> for PeerHandler {
     fn on_control(&mut self, control: Control) -> Result<(), String> {
         let local = |a: u32| Address(a).harbor() == self.kernel.harbor;
         match control {
-            Control::Monitor { watcher, target } if local(target) => {
-                self.kernel.monitor(Address(watcher), Address(target));
+            Control::Monitor {
+                tenant,
+                watcher,
+                target,
+            } if local(target) => {
+                let tenant = TenantId(tenant);
+                self.kernel
+                    .monitor(tenant, Address(watcher), Address(target));
             }
             Control::Demonitor { watcher, target } if local(target) => {
                 self.kernel.demonitor(Address(watcher), Address(target));

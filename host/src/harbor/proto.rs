@@ -82,6 +82,8 @@ pub enum Control {
     /// Node → node: tell `watcher` with an `exit` message when `target`
     /// (a service of the receiving node) ends.
     Monitor {
+        /// The watcher's tenant; a target of another tenant is unknown.
+        tenant: u32,
         /// The service to tell, on the sending node.
         watcher: u32,
         /// The service watched.
@@ -90,16 +92,22 @@ pub enum Control {
     /// Node → node: this node has subscribers for `channel` (made on the
     /// receiving node); send it every publish.
     Subscribe {
+        /// The tenant the channel belongs to.
+        tenant: u32,
         /// The channel.
         channel: u32,
     },
     /// Node → node: this node has no subscribers for `channel` any more.
     Unsubscribe {
+        /// The tenant the channel belongs to.
+        tenant: u32,
         /// The channel.
         channel: u32,
     },
     /// Node → node: `channel` (made on the sending node) is gone.
     ChannelGone {
+        /// The tenant the channel belongs to.
+        tenant: u32,
         /// The channel.
         channel: u32,
     },

@@ -33,7 +33,11 @@ use std::sync::{Mutex, MutexGuard, Weak};
 use bytes::Bytes;
 
 use crate::harbor::proto::Control;
-use crate::runtime::{Address, HarborId, Kernel, Message, kind};
+use crate::runtime::{Address, HarborId, Kernel, Message, TenantId, kind};
+
+/// A channel within its tenant: each tenant has its own channels, so two
+/// tenants' channels with one number are two channels.
+type Key = (TenantId, u32);
 
 /// Why a channel operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,11 +75,11 @@ struct Owned {
 
 #[derive(Default)]
 struct Tables {
-    owned: HashMap<u32, Owned>,
+    owned: HashMap<Key, Owned>,
     /// Local subscribers of channels made on other harbor nodes.
-    mirrors: HashMap<u32, Vec<Address>>,
-    /// Stand-ins by (cluster node, its channel id).
-    stand_ins: HashMap<(String, u32), u32>,
+    mirrors: HashMap<Key, Vec<Address>>,
+    /// Stand-ins by (cluster node, tenant, its channel id).
+    stand_ins: HashMap<(String, TenantId, u32), u32>,
 }
 
 /// The multicast side of one node.
@@ -90,8 +94,8 @@ pub(crate) struct Multicast {
     /// task in publish order: the publisher's import returns at once, so
     /// a publisher never runs its subscribers' deliveries on its own time
     /// (and its subscribers then take their messages in batches).
-    fan_out: tokio::sync::mpsc::UnboundedSender<(u32, Address, Bytes)>,
-    fan_out_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(u32, Address, Bytes)>>>,
+    fan_out: tokio::sync::mpsc::UnboundedSender<(Key, Address, Bytes)>,
+    fan_out_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Key, Address, Bytes)>>>,
 }
 
 /// The largest channel number (24 bits, beside the harbor id).
@@ -129,13 +133,13 @@ impl Multicast {
     ///
     /// # Errors
     /// `Invalid` or `Exists` for a fixed number.
-    pub fn create(&self, fixed: Option<u32>) -> Result<u32, ChannelError> {
+    pub fn create(&self, tenant: TenantId, fixed: Option<u32>) -> Result<u32, ChannelError> {
         let mut t = self.tables();
         let channel = match fixed {
             Some(n) if n == 0 || n > MAX_NUMBER => return Err(ChannelError::Invalid(n)),
             Some(n) => {
                 let id = (n << 8) | u32::from(self.harbor.0);
-                if t.owned.contains_key(&id) {
+                if t.owned.contains_key(&(tenant, id)) {
                     return Err(ChannelError::Exists(id));
                 }
                 id
@@ -143,12 +147,12 @@ impl Multicast {
             None => loop {
                 let n = self.next.fetch_add(1, Ordering::Relaxed) % MAX_NUMBER + 1;
                 let id = (n << 8) | u32::from(self.harbor.0);
-                if !t.owned.contains_key(&id) {
+                if !t.owned.contains_key(&(tenant, id)) {
                     break id;
                 }
             },
         };
-        t.owned.insert(channel, Owned::default());
+        t.owned.insert((tenant, channel), Owned::default());
         Ok(channel)
     }
 
@@ -157,34 +161,38 @@ impl Multicast {
     ///
     /// # Errors
     /// `NotOwner` for a channel of another node, `NoSuchChannel`.
-    pub fn delete(&self, channel: u32) -> Result<(), ChannelError> {
+    pub fn delete(&self, tenant: TenantId, channel: u32) -> Result<(), ChannelError> {
         if !self.is_mine(channel) {
             return Err(ChannelError::NotOwner(channel));
         }
         let owned = self
             .tables()
             .owned
-            .remove(&channel)
+            .remove(&(tenant, channel))
             .ok_or(ChannelError::NoSuchChannel(channel))?;
         let Some(kernel) = self.kernel.upgrade() else {
             return Ok(());
         };
         for sub in owned.local {
             kernel.forget_channel(sub, channel);
-            let _ = kernel.deliver(sub, gone_notice(channel));
+            let _ = kernel.deliver(sub, gone_notice(tenant, channel));
         }
+        let t = tenant.0;
         if let Some(harbor) = kernel.remote.get() {
             for node in owned.remote {
-                harbor.control(node, Control::ChannelGone { channel });
+                harbor.control(node, Control::ChannelGone { tenant: t, channel });
             }
         }
         for node in owned.cluster {
-            let gone = crate::cluster::proto::Control::ChannelGone { channel };
+            let gone = crate::cluster::proto::Control::ChannelGone { tenant: t, channel };
             let _ = cluster_control(&kernel, &node, gone);
         }
         if let Some((node, id)) = owned.bound {
-            self.tables().stand_ins.remove(&(node.clone(), id));
-            let unsubscribe = crate::cluster::proto::Control::Unsubscribe { channel: id };
+            self.tables().stand_ins.remove(&(node.clone(), tenant, id));
+            let unsubscribe = crate::cluster::proto::Control::Unsubscribe {
+                tenant: t,
+                channel: id,
+            };
             let _ = cluster_control(&kernel, &node, unsubscribe);
         }
         Ok(())
@@ -196,7 +204,12 @@ impl Multicast {
     ///
     /// # Errors
     /// `NodeDown` when this node is in no cluster.
-    pub fn cluster_channel(&self, node: &str, channel: u32) -> Result<u32, ChannelError> {
+    pub fn cluster_channel(
+        &self,
+        tenant: TenantId,
+        node: &str,
+        channel: u32,
+    ) -> Result<u32, ChannelError> {
         let kernel = self
             .kernel
             .upgrade()
@@ -208,14 +221,14 @@ impl Multicast {
         if node == cluster.name {
             return Ok(remote);
         }
-        let key = (node.to_string(), remote);
+        let key = (node.to_string(), tenant, remote);
         if let Some(&id) = self.tables().stand_ins.get(&key) {
             return Ok(id);
         }
-        let id = self.create(None)?;
+        let id = self.create(tenant, None)?;
         let mut t = self.tables();
-        if let Some(o) = t.owned.get_mut(&id) {
-            o.bound = Some(key.clone());
+        if let Some(o) = t.owned.get_mut(&(tenant, id)) {
+            o.bound = Some((key.0.clone(), key.2));
         }
         t.stand_ins.insert(key, id);
         Ok(id)
@@ -226,33 +239,34 @@ impl Multicast {
     pub(crate) fn cluster_arrived(
         &self,
         from: &str,
+        tenant: TenantId,
         channel: u32,
         source: Address,
         payload: Bytes,
         publish: bool,
     ) {
         if publish {
-            if let Err(e) = self.fan_out(channel, source, payload) {
+            if let Err(e) = self.fan_out((tenant, channel), source, payload) {
                 tracing::debug!(node = from, "cluster multicast publish dropped: {e}");
             }
             return;
         }
         let (id, subs) = {
             let t = self.tables();
-            let Some(&id) = t.stand_ins.get(&(from.to_string(), channel)) else {
+            let Some(&id) = t.stand_ins.get(&(from.to_string(), tenant, channel)) else {
                 return;
             };
             (
                 id,
                 t.owned
-                    .get(&id)
+                    .get(&(tenant, id))
                     .map(|o| o.local.clone())
                     .unwrap_or_default(),
             )
         };
         if let Some(kernel) = self.kernel.upgrade() {
             // The source is the publisher's address on its own node.
-            deliver_all(&kernel, &subs, id, source, &payload);
+            deliver_all(&kernel, &subs, (tenant, id), source, &payload);
         }
     }
 
@@ -260,30 +274,33 @@ impl Multicast {
     pub(crate) fn cluster_control(&self, from: &str, control: crate::cluster::proto::Control) {
         use crate::cluster::proto::Control as C;
         match control {
-            C::Subscribe { channel } => {
+            C::Subscribe { tenant, channel } => {
                 let known = self
                     .tables()
                     .owned
-                    .get_mut(&channel)
+                    .get_mut(&(TenantId(tenant), channel))
                     .map(|o| o.cluster.insert(from.to_string()))
                     .is_some();
                 if !known && let Some(kernel) = self.kernel.upgrade() {
-                    let _ = cluster_control(&kernel, from, C::ChannelGone { channel });
+                    let gone = C::ChannelGone { tenant, channel };
+                    let _ = cluster_control(&kernel, from, gone);
                 }
             }
-            C::Unsubscribe { channel } => {
-                if let Some(o) = self.tables().owned.get_mut(&channel) {
+            C::Unsubscribe { tenant, channel } => {
+                if let Some(o) = self.tables().owned.get_mut(&(TenantId(tenant), channel)) {
                     o.cluster.remove(from);
                 }
             }
-            C::ChannelGone { channel } => {
-                let id = self.tables().stand_ins.remove(&(from.to_string(), channel));
+            C::ChannelGone { tenant, channel } => {
+                let tenant = TenantId(tenant);
+                let key = (from.to_string(), tenant, channel);
+                let id = self.tables().stand_ins.remove(&key);
                 let Some(id) = id else { return };
-                let owned = self.tables().owned.remove(&id);
+                let owned = self.tables().owned.remove(&(tenant, id));
                 if let (Some(owned), Some(kernel)) = (owned, self.kernel.upgrade()) {
                     for sub in owned.local {
                         kernel.forget_channel(sub, id);
-                        let _ = kernel.deliver(sub, gone_notice(id));
+                        let _ = kernel.deliver(sub, gone_notice(tenant, id));
                     }
                 }
             }
@@ -296,7 +313,12 @@ impl Multicast {
     /// # Errors
     /// `NoSuchChannel` for a channel of this node that does not exist;
     /// `NodeDown` when the channel's node is not connected.
-    pub fn subscribe(&self, channel: u32, service: Address) -> Result<(), ChannelError> {
+    pub fn subscribe(
+        &self,
+        tenant: TenantId,
+        channel: u32,
+        service: Address,
+    ) -> Result<(), ChannelError> {
         let kernel = self
             .kernel
             .upgrade()
@@ -305,7 +327,7 @@ impl Multicast {
             let mut t = self.tables();
             let owned = t
                 .owned
-                .get_mut(&channel)
+                .get_mut(&(tenant, channel))
                 .ok_or(ChannelError::NoSuchChannel(channel))?;
             if !owned.local.contains(&service) {
                 owned.local.push(service);
@@ -314,9 +336,12 @@ impl Multicast {
             let bound = owned.bound.clone();
             drop(t);
             if first_of_stand_in && let Some((node, id)) = bound {
-                let subscribe = crate::cluster::proto::Control::Subscribe { channel: id };
+                let subscribe = crate::cluster::proto::Control::Subscribe {
+                    tenant: tenant.0,
+                    channel: id,
+                };
                 if let Err(e) = cluster_control(&kernel, &node, subscribe) {
-                    self.drop_subscriber(channel, service);
+                    self.drop_subscriber(tenant, channel, service);
                     tracing::warn!(%node, "multicast subscribe not sent: {e}");
                     return Err(ChannelError::NodeDown(channel));
                 }
@@ -328,15 +353,19 @@ impl Multicast {
                 .ok_or(ChannelError::NoSuchChannel(channel))?;
             let first = {
                 let mut t = self.tables();
-                let subs = t.mirrors.entry(channel).or_default();
+                let subs = t.mirrors.entry((tenant, channel)).or_default();
                 if subs.contains(&service) {
                     return Ok(());
                 }
                 subs.push(service);
                 subs.len() == 1
             };
-            if first && !harbor.control(owner(channel), Control::Subscribe { channel }) {
-                self.drop_mirror_subscriber(channel, service);
+            let subscribe = Control::Subscribe {
+                tenant: tenant.0,
+                channel,
+            };
+            if first && !harbor.control(owner(channel), subscribe) {
+                self.drop_mirror_subscriber((tenant, channel), service);
                 return Err(ChannelError::NodeDown(channel));
             }
         }
@@ -345,20 +374,20 @@ impl Multicast {
     }
 
     /// Unsubscribes `service` from `channel` (nothing if it was not).
-    pub fn unsubscribe(&self, channel: u32, service: Address) {
+    pub fn unsubscribe(&self, tenant: TenantId, channel: u32, service: Address) {
         if let Some(kernel) = self.kernel.upgrade() {
             kernel.forget_channel(service, channel);
         }
-        self.drop_subscriber(channel, service);
+        self.drop_subscriber(tenant, channel, service);
     }
 
     /// Takes `service` off `channel`'s lists (its handle is updated by the
     /// caller).
-    pub(crate) fn drop_subscriber(&self, channel: u32, service: Address) {
+    pub(crate) fn drop_subscriber(&self, tenant: TenantId, channel: u32, service: Address) {
         if self.is_mine(channel) {
             let last_of_stand_in = {
                 let mut t = self.tables();
-                let Some(owned) = t.owned.get_mut(&channel) else {
+                let Some(owned) = t.owned.get_mut(&(tenant, channel)) else {
                     return;
                 };
                 let before = owned.local.len();
@@ -368,29 +397,37 @@ impl Multicast {
                     .flatten()
             };
             if let (Some((node, id)), Some(kernel)) = (last_of_stand_in, self.kernel.upgrade()) {
-                let unsubscribe = crate::cluster::proto::Control::Unsubscribe { channel: id };
+                let unsubscribe = crate::cluster::proto::Control::Unsubscribe {
+                    tenant: tenant.0,
+                    channel: id,
+                };
                 let _ = cluster_control(&kernel, &node, unsubscribe);
             }
         } else {
-            self.drop_mirror_subscriber(channel, service);
+            self.drop_mirror_subscriber((tenant, channel), service);
         }
     }
 
-    fn drop_mirror_subscriber(&self, channel: u32, service: Address) {
+    fn drop_mirror_subscriber(&self, key: Key, service: Address) {
         let last = {
             let mut t = self.tables();
-            let Some(subs) = t.mirrors.get_mut(&channel) else {
+            let Some(subs) = t.mirrors.get_mut(&key) else {
                 return;
             };
             subs.retain(|&a| a != service);
             let last = subs.is_empty();
             if last {
-                t.mirrors.remove(&channel);
+                t.mirrors.remove(&key);
             }
             last
         };
         if last && let Some(harbor) = self.kernel.upgrade().and_then(|k| k.remote.get().cloned()) {
-            harbor.control(owner(channel), Control::Unsubscribe { channel });
+            let (tenant, channel) = key;
+            let unsubscribe = Control::Unsubscribe {
+                tenant: tenant.0,
+                channel,
+            };
+            harbor.control(owner(channel), unsubscribe);
         }
     }
 
@@ -401,22 +438,20 @@ impl Multicast {
     /// `NodeDown` when the channel's node is not connected.
     pub fn publish(
         &self,
+        tenant: TenantId,
         channel: u32,
         source: Address,
         payload: Bytes,
     ) -> Result<(), ChannelError> {
+        let key = (tenant, channel);
         if self.is_mine(channel) {
-            let bound = self
-                .tables()
-                .owned
-                .get(&channel)
-                .and_then(|o| o.bound.clone());
+            let bound = self.tables().owned.get(&key).and_then(|o| o.bound.clone());
             let Some((node, id)) = bound else {
-                if !self.tables().owned.contains_key(&channel) {
+                if !self.tables().owned.contains_key(&key) {
                     return Err(ChannelError::NoSuchChannel(channel));
                 }
                 // A channel deleted before its turn drops the publish.
-                let _ = self.fan_out.send((channel, source, payload));
+                let _ = self.fan_out.send((key, source, payload));
                 return Ok(());
             };
             // Through the owner, like every publisher's: one order for all.
@@ -430,6 +465,7 @@ impl Multicast {
                 .ok_or(ChannelError::NoSuchChannel(channel))?;
             let (payload, compressed) = cluster.pack(payload.into());
             let header = crate::cluster::proto::Header::Publish {
+                tenant: tenant.0,
                 channel: id,
                 source: source.0,
                 compressed,
@@ -446,7 +482,7 @@ impl Multicast {
             .remote
             .get()
             .ok_or(ChannelError::NoSuchChannel(channel))?;
-        if harbor.multicast(owner(channel), channel, source, payload) {
+        if harbor.multicast(owner(channel), key, source, payload) {
             Ok(())
         } else {
             Err(ChannelError::NodeDown(channel))
@@ -456,12 +492,13 @@ impl Multicast {
     /// On the owner: every local subscriber and every other node with
     /// subscribers gets the message (the publisher's node too: its
     /// subscribers get their copy in the same order as everyone's).
-    fn fan_out(&self, channel: u32, source: Address, payload: Bytes) -> Result<(), ChannelError> {
+    fn fan_out(&self, key: Key, source: Address, payload: Bytes) -> Result<(), ChannelError> {
+        let (tenant, channel) = key;
         let (local, remote, cluster_nodes) = {
             let t = self.tables();
             let owned = t
                 .owned
-                .get(&channel)
+                .get(&key)
                 .ok_or(ChannelError::NoSuchChannel(channel))?;
             (
                 owned.local.clone(),
@@ -476,6 +513,7 @@ impl Multicast {
             for node in cluster_nodes {
                 let (packed, compressed) = cluster.pack(payload.to_vec());
                 let header = crate::cluster::proto::Header::Multicast {
+                    tenant: tenant.0,
                     channel,
                     source: source.0,
                     compressed,
@@ -490,7 +528,7 @@ impl Multicast {
                     // A node that is gone or offline leaves the channel.
                     Err(e) => {
                         tracing::warn!(%node, channel, "multicast subscriber node dropped: {e}");
-                        if let Some(o) = self.tables().owned.get_mut(&channel) {
+                        if let Some(o) = self.tables().owned.get_mut(&key) {
                             o.cluster.remove(&node);
                         }
                     }
@@ -499,68 +537,65 @@ impl Multicast {
         }
         if let Some(harbor) = kernel.remote.get() {
             for node in remote {
-                harbor.multicast(node, channel, source, payload.clone());
+                harbor.multicast(node, key, source, payload.clone());
             }
         }
-        deliver_all(&kernel, &local, channel, source, &payload);
+        deliver_all(&kernel, &local, key, source, &payload);
         Ok(())
     }
 
     /// A multicast message that arrived from harbor `from`: a publish for a
     /// channel made here, or a delivery for this node's subscribers.
-    pub(crate) fn arrived(&self, from: u8, channel: u32, source: Address, payload: Bytes) {
-        if self.is_mine(channel) {
-            if let Err(e) = self.fan_out(channel, source, payload) {
+    pub(crate) fn arrived(&self, from: u8, key: Key, source: Address, payload: Bytes) {
+        if self.is_mine(key.1) {
+            if let Err(e) = self.fan_out(key, source, payload) {
                 tracing::debug!(harbor = from, "multicast publish dropped: {e}");
             }
             return;
         }
-        let subs = self
-            .tables()
-            .mirrors
-            .get(&channel)
-            .cloned()
-            .unwrap_or_default();
+        let subs = self.tables().mirrors.get(&key).cloned().unwrap_or_default();
         if let Some(kernel) = self.kernel.upgrade() {
-            deliver_all(&kernel, &subs, channel, source, &payload);
+            deliver_all(&kernel, &subs, key, source, &payload);
         }
     }
 
     /// A control message about channels from harbor `from`.
     pub(crate) fn control(&self, from: u8, control: Control) {
         match control {
-            Control::Subscribe { channel } => {
+            Control::Subscribe { tenant, channel } => {
                 let known = self
                     .tables()
                     .owned
-                    .get_mut(&channel)
+                    .get_mut(&(TenantId(tenant), channel))
                     .map(|o| o.remote.insert(from))
                     .is_some();
                 if !known
                     && let Some(harbor) =
                         self.kernel.upgrade().and_then(|k| k.remote.get().cloned())
                 {
-                    harbor.control(from, Control::ChannelGone { channel });
+                    harbor.control(from, Control::ChannelGone { tenant, channel });
                 }
             }
-            Control::Unsubscribe { channel } => {
-                if let Some(o) = self.tables().owned.get_mut(&channel) {
+            Control::Unsubscribe { tenant, channel } => {
+                if let Some(o) = self.tables().owned.get_mut(&(TenantId(tenant), channel)) {
                     o.remote.remove(&from);
                 }
             }
-            Control::ChannelGone { channel } => self.mirror_gone(channel),
+            Control::ChannelGone { tenant, channel } => {
+                self.mirror_gone((TenantId(tenant), channel));
+            }
             _ => {}
         }
     }
 
     /// The channel of a mirror is gone (deleted, or its node down): its
     /// subscribers here are told and forget it.
-    fn mirror_gone(&self, channel: u32) {
-        let subs = self.tables().mirrors.remove(&channel).unwrap_or_default();
+    fn mirror_gone(&self, key: Key) {
+        let subs = self.tables().mirrors.remove(&key).unwrap_or_default();
         if let Some(kernel) = self.kernel.upgrade() {
             for sub in subs {
-                kernel.forget_channel(sub, channel);
-                let _ = kernel.deliver(sub, gone_notice(channel));
+                kernel.forget_channel(sub, key.1);
+                let _ = kernel.deliver(sub, gone_notice(key.0, key.1));
             }
         }
     }
@@ -568,7 +603,7 @@ impl Multicast {
     /// Harbor `node` went down: it leaves every channel made here, and the
     /// channels it made are gone for this node's subscribers.
     pub(crate) fn node_down(&self, node: u8) {
-        let gone: Vec<u32> = {
+        let gone: Vec<Key> = {
             let mut t = self.tables();
             for o in t.owned.values_mut() {
                 o.remote.remove(&node);
@@ -576,7 +611,7 @@ impl Multicast {
             t.mirrors
                 .keys()
                 .copied()
-                .filter(|&c| owner(c) == node)
+                .filter(|&(_, c)| owner(c) == node)
                 .collect()
         };
         for channel in gone {
@@ -613,8 +648,8 @@ impl Multicast {
                 let Some(kernel) = kernel.upgrade() else {
                     return;
                 };
-                for (channel, source, payload) in batch.drain(..) {
-                    if let Err(e) = kernel.multicast.fan_out(channel, source, payload) {
+                for (key, source, payload) in batch.drain(..) {
+                    if let Err(e) = kernel.multicast.fan_out(key, source, payload) {
                         tracing::debug!("multicast publish dropped: {e}");
                     }
                 }
@@ -622,13 +657,14 @@ impl Multicast {
         })
     }
 
-    /// Subscribers on this node of `channel` (for tests and stats).
-    pub fn local_subscribers(&self, channel: u32) -> usize {
+    /// Subscribers on this node of `channel` of `tenant` (for tests and stats).
+    pub fn local_subscribers(&self, tenant: TenantId, channel: u32) -> usize {
         let t = self.tables();
+        let key = (tenant, channel);
         t.owned
-            .get(&channel)
+            .get(&key)
             .map(|o| o.local.len())
-            .or_else(|| t.mirrors.get(&channel).map(Vec::len))
+            .or_else(|| t.mirrors.get(&key).map(Vec::len))
             .unwrap_or(0)
     }
 }
@@ -650,12 +686,14 @@ fn cluster_control(
 }
 
 /// Puts the same payload in each subscriber's mailbox.
-fn deliver_all(kernel: &Kernel, subs: &[Address], channel: u32, source: Address, payload: &Bytes) {
+fn deliver_all(kernel: &Kernel, subs: &[Address], key: Key, source: Address, payload: &Bytes) {
+    let (tenant, channel) = key;
     for &sub in subs {
         let m = Message {
             kind: kind::MULTICAST,
             source,
             session: channel,
+            tenant,
             payload: payload.clone(),
         };
         if let Err(e) = kernel.deliver(sub, m) {
@@ -665,11 +703,12 @@ fn deliver_all(kernel: &Kernel, subs: &[Address], channel: u32, source: Address,
 }
 
 /// The message that tells a subscriber its channel is gone.
-fn gone_notice(channel: u32) -> Message {
+fn gone_notice(tenant: TenantId, channel: u32) -> Message {
     Message {
         kind: kind::MULTICAST,
         source: Address(0),
         session: channel,
+        tenant,
         payload: Bytes::new(),
     }
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Address, CallError, Kernel, Message, SendError, ServiceHandle, kind};
+use super::{
+    Address, CallError, Kernel, Message, SendError, ServiceHandle, Tenant, TenantId, kind,
+};
 
 type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Message>>>>;
 
@@ -21,14 +23,17 @@ type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Message>>>>;
 pub struct Client {
     kernel: Arc<Kernel>,
     handle: Arc<ServiceHandle>,
+    /// The tenant it acts as.
+    tenant: TenantId,
     next_session: AtomicU32,
     pending: Pending,
     events: mpsc::UnboundedReceiver<Message>,
 }
 
 impl Client {
-    pub(crate) fn new(kernel: Arc<Kernel>) -> Self {
-        let mut endpoint = super::endpoint::HostEndpoint::new(&kernel, "host");
+    pub(crate) fn new(kernel: Arc<Kernel>, tenant: Arc<Tenant>) -> Self {
+        let id = tenant.id;
+        let mut endpoint = super::endpoint::HostEndpoint::new(&kernel, "host", tenant);
         let handle = endpoint.handle();
         let pending: Pending = Arc::default();
         let (events_tx, events) = mpsc::unbounded_channel();
@@ -47,10 +52,16 @@ impl Client {
                 }
                 let _ = events_tx.send(m);
             }
+            // Killed: calls still waiting end now (as `NodeStopped`).
+            router_pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
         });
         Client {
             kernel,
             handle,
+            tenant: id,
             next_session: AtomicU32::new(1),
             pending,
             events,
@@ -79,6 +90,7 @@ impl Client {
                 kind,
                 source: self.address(),
                 session,
+                tenant: self.tenant,
                 payload: payload.into(),
             },
         )
@@ -108,6 +120,7 @@ impl Client {
             kind: kind::REQUEST,
             source: self.address(),
             session: waiter.session,
+            tenant: self.tenant,
             payload: payload.into(),
         };
         if let Err(e) = self.kernel.deliver(dest, m) {
@@ -151,7 +164,7 @@ impl Client {
         let harbor = self.kernel.remote.get().ok_or_else(|| not_in("a harbor"))?;
         let ms = u32::try_from(timeout.as_millis().max(1)).unwrap_or(u32::MAX);
         let (waiter, answer) = self.open_session();
-        harbor.queryname(name, ms, waiter);
+        harbor.queryname(&super::scoped(self.tenant, name), ms, waiter);
         let bytes = answer.await?;
         to_address(&bytes)
     }
@@ -171,7 +184,7 @@ impl Client {
     ) -> impl Future<Output = Result<Vec<u8>, CallError>> + Send + 'static + use<> {
         let started = self.kernel.cluster.get().map(|cluster| {
             let (waiter, answer) = self.open_session();
-            cluster.call(node, target, payload, waiter, timeout);
+            cluster.call(self.tenant, node, target, payload, waiter, timeout);
             answer
         });
         async move {
@@ -193,7 +206,7 @@ impl Client {
             .get()
             .ok_or_else(|| not_in("a cluster"))?;
         let (waiter, answer) = self.open_session();
-        cluster.query(node, name.to_string(), waiter);
+        cluster.query(self.tenant, node, name.to_string(), waiter);
         let bytes = answer.await?;
         to_address(&bytes)
     }
@@ -222,7 +235,7 @@ impl Client {
     /// Be told with an `exit` message (through [`recv`](Self::recv)) when
     /// `target` ends.
     pub fn monitor(&self, target: Address) {
-        self.kernel.monitor(self.address(), target);
+        self.kernel.monitor(self.tenant, self.address(), target);
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::{Address, Kernel, Message, ServiceHandle, kind};
+use super::{Address, Kernel, Message, ServiceHandle, Tenant, kind};
 
 /// A host-served address and its mailbox. Dropping it removes the address;
 /// `kill` on the address ends [`recv`](Self::recv).
@@ -21,9 +21,10 @@ pub(crate) struct HostEndpoint {
 
 impl HostEndpoint {
     /// Puts a new address in the table; `module` names its kind in listings
-    /// (`host`, `cluster-agent`, `cluster-proxy`).
-    pub fn new(kernel: &Arc<Kernel>, module: &str) -> Self {
-        let (handle, rx) = kernel.insert_service(module.into());
+    /// (`host`, `cluster-agent`, `cluster-proxy`). It takes messages of
+    /// `tenant` only (`kernel.host_tenant`: of every tenant).
+    pub fn new(kernel: &Arc<Kernel>, module: &str, tenant: Arc<Tenant>) -> Self {
+        let (handle, rx) = kernel.insert_service(module.into(), tenant);
         HostEndpoint {
             kernel: kernel.clone(),
             handle,

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use super::Address;
+use super::{Address, TenantId};
 
 /// A session number; 0 means no reply is wanted.
 pub type Session = u32;
@@ -41,6 +41,10 @@ pub struct Message {
     pub source: Address,
     /// The session it belongs to; 0 for none.
     pub session: Session,
+    /// The sender's tenant, set by the host ([`TenantId::HOST`] for what
+    /// the host itself sends): a service takes messages of its own tenant
+    /// only.
+    pub tenant: TenantId,
     /// The bytes, copied out of the sender once; shared, not copied, when
     /// one message goes to many mailboxes (multicast).
     pub payload: Bytes,
@@ -56,6 +60,7 @@ impl Message {
             kind: kind::ERROR,
             source,
             session,
+            tenant: TenantId::HOST,
             payload: payload.into(),
         }
     }

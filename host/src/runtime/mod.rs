@@ -21,6 +21,7 @@ pub(crate) mod endpoint;
 mod message;
 mod sched;
 pub(crate) mod service;
+pub(crate) mod tenant;
 mod timer;
 
 use std::collections::HashMap;
@@ -35,8 +36,11 @@ use tokio_util::task::TaskTracker;
 pub use address::{Address, HarborId};
 pub use client::Client;
 pub use message::{CallError, ErrorCause, Message, SendError, Session, kind};
+pub use tenant::{SYSTEM_TENANT, TenantId, TenantStats};
 
-use crate::config::{Limits, NodeConfig};
+use tenant::Tenant;
+
+use crate::config::{Limits, NodeConfig, TenantConfig};
 use crate::harbor::{GlobalNameError, Harbor};
 use crate::wasm::{ModuleError, WasmRuntime};
 
@@ -71,6 +75,20 @@ pub enum SpawnError {
     /// The node already runs as many services as its limit allows.
     #[error("node is at its limit of {0} services")]
     TooMany(u32),
+    /// The tenant already runs as many services as its quota allows.
+    #[error("tenant `{tenant}` is at its limit of {limit} services")]
+    TenantServices {
+        /// The tenant.
+        tenant: String,
+        /// Its `max_services`.
+        limit: u32,
+    },
+    /// The tenant spawned faster than its `spawn_rate`.
+    #[error("tenant `{0}` is spawning faster than its spawn_rate")]
+    SpawnRate(String),
+    /// No such tenant on this node (or it is being removed).
+    #[error("no tenant `{0}` on this node")]
+    NoTenant(String),
     /// The instance could not be created.
     #[error("module `{module}`: instantiation failed: {error}")]
     Instantiate {
@@ -107,6 +125,7 @@ impl Waiter {
             kind: kind::RESPONSE,
             source,
             session: self.session,
+            tenant: TenantId::HOST,
             payload: payload.into(),
         };
         let _ = kernel.deliver(self.to, m);
@@ -204,6 +223,7 @@ impl Mailbox {
             kind: kind::SYSTEM,
             source: address,
             session: 0,
+            tenant: TenantId::HOST,
             payload: Default::default(),
         };
         self.len.fetch_add(1, Ordering::Relaxed);
@@ -224,6 +244,8 @@ pub(crate) struct ServiceHandle {
     pub address: Address,
     /// The module it runs; "host" for a host [`Client`].
     pub module: Arc<str>,
+    /// Its tenant, fixed at spawn.
+    pub tenant: Arc<Tenant>,
     pub mailbox: Mailbox,
     /// Set by `kill`; the service stops at its next time slice or message.
     pub killed: AtomicBool,
@@ -256,7 +278,12 @@ pub(crate) struct Kernel {
     next_local: AtomicU32,
     /// Live wasm services (host clients not counted).
     live: AtomicUsize,
+    /// Names local to this node, each tenant's under its own key (see [`scoped`]).
     names: Mutex<HashMap<String, Address>>,
+    /// The tenants of this node, `system` among them.
+    tenants: papaya::HashMap<TenantId, Arc<Tenant>>,
+    /// The tenant of host endpoints, which take messages of every tenant.
+    pub host_tenant: Arc<Tenant>,
     timers: timer::Timers,
     /// The link to the other nodes, on a harbor node.
     pub remote: OnceLock<Arc<Harbor>>,
@@ -295,8 +322,60 @@ impl Kernel {
         {
             return harbor.forward(dest, message);
         }
-        self.with_service(dest, |handle| self.enqueue(handle, message))
-            .unwrap_or(Err(SendError::UnknownAddress(dest)))
+        self.with_service(dest, |handle| {
+            if handle.tenant.id != message.tenant
+                && message.tenant != TenantId::HOST
+                && handle.tenant.id != TenantId::HOST
+                && !self.through_grant(handle, &message)
+            {
+                // Exactly what an unknown address answers: no oracle.
+                return Err(SendError::UnknownAddress(dest));
+            }
+            self.enqueue(handle, message)
+        })
+        .unwrap_or(Err(SendError::UnknownAddress(dest)))
+    }
+
+    /// Whether `message`, from another tenant than the target's, is a
+    /// request through a grant: the sender's tenant may call an entry that
+    /// the target's tenant exports, and that entry names the target now.
+    fn through_grant(&self, target: &ServiceHandle, message: &Message) -> bool {
+        if message.kind != kind::REQUEST {
+            return false;
+        }
+        let Some(caller) = self.tenant(message.tenant) else {
+            return false;
+        };
+        let owner = &target.tenant;
+        let granted = caller.grants.iter().any(|(t, entry)| {
+            *t == owner.id
+                && owner
+                    .exports
+                    .get(entry)
+                    .is_some_and(|name| self.query_name(owner.id, name) == Some(target.address))
+        });
+        if granted {
+            caller.counters.grant_calls.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                from = %message.source,
+                to = %target.address,
+                caller = %caller.name,
+                owner = %owner.name,
+                "call through a grant"
+            );
+        }
+        granted
+    }
+
+    /// The tenant with this id, if this node has it.
+    pub fn tenant(&self, id: TenantId) -> Option<Arc<Tenant>> {
+        self.tenants.pin().get(&id).cloned()
+    }
+
+    /// The tenant named `name`, if this node has it and it is not being removed.
+    pub fn tenant_named(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.tenant(TenantId::of(name))
+            .filter(|t| &*t.name == name && !t.removed.load(Ordering::Acquire))
     }
 
     /// The harbor, when `name` is global and this node is in one.
@@ -312,10 +391,11 @@ impl Kernel {
     fn enqueue(&self, handle: &ServiceHandle, message: Message) -> Result<(), SendError> {
         let dest = handle.address;
         let mailbox = &handle.mailbox;
-        let limit = self.limits.mailbox_limit;
+        let limit = handle.tenant.quotas.mailbox_limit;
         let len = mailbox.len.fetch_add(1, Ordering::Relaxed) + 1;
         if limit != 0 && len > limit {
             mailbox.len.fetch_sub(1, Ordering::Relaxed);
+            handle.tenant.refused();
             return Err(SendError::Overloaded(dest));
         }
         // Marked before the message is visible, so the service's pick-up,
@@ -350,6 +430,7 @@ impl Kernel {
     fn insert_service(
         &self,
         module: Arc<str>,
+        tenant: Arc<Tenant>,
     ) -> (Arc<ServiceHandle>, mpsc::UnboundedReceiver<Message>) {
         let services = self.services.pin();
         loop {
@@ -361,6 +442,7 @@ impl Kernel {
             let handle = Arc::new(ServiceHandle {
                 address: Address::new(local, self.harbor),
                 module: module.clone(),
+                tenant: tenant.clone(),
                 mailbox,
                 killed: AtomicBool::new(false),
                 watch: Mutex::new(Watch::default()),
@@ -388,15 +470,17 @@ impl Kernel {
             )
         };
         for channel in channels {
-            self.multicast.drop_subscriber(channel, handle.address);
+            self.multicast
+                .drop_subscriber(handle.tenant.id, channel, handle.address);
         }
         if !names.is_empty() {
             let mut table = self.names.lock().unwrap_or_else(|e| e.into_inner());
             for n in names {
+                let key = scoped(handle.tenant.id, &n);
                 if let Some(harbor) = self.global(&n) {
-                    harbor.unregister(&n, handle.address);
-                } else if table.get(&n) == Some(&handle.address) {
-                    table.remove(&n);
+                    harbor.unregister(&key, handle.address);
+                } else if table.get(&*key) == Some(&handle.address) {
+                    table.remove(&*key);
                 }
             }
         }
@@ -404,30 +488,59 @@ impl Kernel {
     }
 
     /// Starts a service; `ready` hears when its `init` has returned.
-    pub fn spawn_detached(self: &Arc<Self>, module: String, args: Vec<u8>, ready: Ready) {
+    pub fn spawn_detached(
+        self: &Arc<Self>,
+        tenant: Arc<Tenant>,
+        module: String,
+        args: Vec<u8>,
+        ready: Ready,
+    ) {
         let kernel = self.clone();
         self.tasks
-            .spawn(async move { kernel.spawn(module, args, ready).await });
+            .spawn(async move { kernel.spawn(tenant, module, args, ready).await });
     }
 
-    async fn spawn(self: Arc<Self>, module: String, args: Vec<u8>, ready: Ready) {
+    async fn spawn(
+        self: Arc<Self>,
+        tenant: Arc<Tenant>,
+        module: String,
+        args: Vec<u8>,
+        ready: Ready,
+    ) {
         if self.shutdown.is_cancelled() {
             return ready.fail(&self, SpawnError::Stopped);
+        }
+        if tenant.removed.load(Ordering::Acquire) {
+            return ready.fail(&self, SpawnError::NoTenant(tenant.name.to_string()));
+        }
+        if !tenant.take_spawn() {
+            tenant.refused();
+            return ready.fail(&self, SpawnError::SpawnRate(tenant.name.to_string()));
         }
         let max = self.limits.max_services;
         if self.live.fetch_add(1, Ordering::AcqRel) >= max as usize {
             self.live.fetch_sub(1, Ordering::AcqRel);
             return ready.fail(&self, SpawnError::TooMany(max));
         }
-        let module = match self.wasm.module(&module).await {
+        let quota = tenant.quotas.max_services;
+        if tenant.counters.live.fetch_add(1, Ordering::AcqRel) >= quota as usize {
+            self.service_gone(&tenant);
+            tenant.refused();
+            let error = SpawnError::TenantServices {
+                tenant: tenant.name.to_string(),
+                limit: quota,
+            };
+            return ready.fail(&self, error);
+        }
+        let module = match self.wasm.module(&tenant, &module).await {
             Ok(m) => m,
             Err(e) => {
-                self.live.fetch_sub(1, Ordering::AcqRel);
+                self.service_gone(&tenant);
                 return ready.fail(&self, e.into());
             }
         };
-        let (handle, rx) = self.insert_service(module.name.clone());
-        if self.shutdown.is_cancelled() {
+        let (handle, rx) = self.insert_service(module.name.clone(), tenant);
+        if self.shutdown.is_cancelled() || handle.tenant.removed.load(Ordering::Acquire) {
             // Shutdown's sweep may have missed it: it went in after the sweep.
             handle.killed.store(true, Ordering::Release);
             handle.mailbox.wake(handle.address);
@@ -435,28 +548,46 @@ impl Kernel {
         service::run(self, handle, rx, module, args, ready).await;
     }
 
-    /// Stops `target`; false if there is no such service.
-    pub fn kill(&self, target: Address) -> bool {
+    /// A service counted in the node's and `tenant`'s live services ended
+    /// (or never started).
+    fn service_gone(&self, tenant: &Tenant) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+        if tenant.counters.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            tenant.all_ended.notify_waiters();
+        }
+    }
+
+    /// Stops `target` if `by` may see it (`HOST` sees every tenant);
+    /// false if there is no such service.
+    pub fn kill(&self, by: TenantId, target: Address) -> bool {
         self.with_service(target, |handle| {
+            if !visible(by, handle) {
+                return false;
+            }
             handle.killed.store(true, Ordering::Release);
             // Wakes the service if it is idle; the flag wins over queued messages.
             handle.mailbox.wake(target);
+            true
         })
-        .is_some()
+        .unwrap_or(false)
     }
 
     /// Registers `name` for the service behind `handle`.
     pub fn register_name(&self, name: &str, handle: &ServiceHandle) -> Result<(), NameError> {
-        if name.is_empty() || name == "." || name.len() > MAX_NAME_LEN {
+        if !is_name(name) {
             return Err(NameError::Invalid(name.to_string()));
         }
+        let key = scoped(handle.tenant.id, name);
         if let Some(harbor) = self.global(name) {
             let mut w = handle.watch();
             if w.dead {
                 return Err(NameError::Invalid(name.to_string()));
             }
-            harbor.register(name, handle.address).map_err(|e| match e {
-                GlobalNameError::Taken { name, holder } => NameError::Taken { name, holder },
+            harbor.register(&key, handle.address).map_err(|e| match e {
+                GlobalNameError::Taken { holder, .. } => NameError::Taken {
+                    name: name.to_string(),
+                    holder,
+                },
                 GlobalNameError::Unavailable => NameError::Unavailable(name.to_string()),
             })?;
             if !w.names.iter().any(|n| n == name) {
@@ -465,7 +596,7 @@ impl Kernel {
             return Ok(());
         }
         let mut table = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&holder) = table.get(name) {
+        if let Some(&holder) = table.get(&*key) {
             if holder == handle.address {
                 return Ok(());
             }
@@ -478,7 +609,7 @@ impl Kernel {
         if w.dead {
             return Err(NameError::Invalid(name.to_string()));
         }
-        table.insert(name.to_string(), handle.address);
+        table.insert(key.into_owned(), handle.address);
         w.names.push(name.to_string());
         Ok(())
     }
@@ -488,6 +619,7 @@ impl Kernel {
     /// `target` ends.
     pub fn register_global_confirmed(
         &self,
+        tenant: TenantId,
         harbor: &Harbor,
         name: &str,
         target: Address,
@@ -495,7 +627,7 @@ impl Kernel {
     ) {
         let recorded = self.with_service(target, |handle| {
             let mut w = handle.watch();
-            if w.dead {
+            if w.dead || !visible(tenant, handle) {
                 return false;
             }
             if !w.names.iter().any(|n| n == name) {
@@ -508,36 +640,52 @@ impl Kernel {
                 format!("global name `{name}`: {target} is not a live service of this node");
             return waiter.fail(self, ErrorCause::UnknownAddress, &detail);
         }
-        harbor.register_confirmed(name, target, waiter);
+        harbor.register_confirmed(&scoped(tenant, name), target, waiter);
     }
 
     /// Removes `name` if the service behind `handle` holds it.
     pub fn unregister_name(&self, name: &str, handle: &ServiceHandle) {
+        let key = scoped(handle.tenant.id, name);
         if let Some(harbor) = self.global(name) {
             let mut w = handle.watch();
             if let Some(i) = w.names.iter().position(|n| n == name) {
                 w.names.swap_remove(i);
-                harbor.unregister(name, handle.address);
+                harbor.unregister(&key, handle.address);
             }
             return;
         }
         let mut table = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        if table.get(name) == Some(&handle.address) {
-            table.remove(name);
+        if table.get(&*key) == Some(&handle.address) {
+            table.remove(&*key);
             handle.watch().names.retain(|n| n != name);
         }
     }
 
-    /// The address holding `name`.
-    pub fn query_name(&self, name: &str) -> Option<Address> {
+    /// The address holding `name` in `tenant`'s namespace.
+    pub fn query_name(&self, tenant: TenantId, name: &str) -> Option<Address> {
+        let key = scoped(tenant, name);
         if let Some(harbor) = self.global(name) {
-            return harbor.query(name);
+            return harbor.query(&key);
         }
         self.names
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(name)
+            .get(&*key)
             .copied()
+    }
+
+    /// What a service of `tenant` finds under `name`: a name of its own
+    /// tenant, or `other-tenant/entry` for an entry it was granted.
+    pub fn resolve(&self, tenant: TenantId, name: &str) -> Option<Address> {
+        let Some((owner, entry)) = name.split_once('/') else {
+            return self.query_name(tenant, name);
+        };
+        let caller = self.tenant(tenant)?;
+        let owner = self.tenant_named(owner)?;
+        if !caller.granted(owner.id, entry) {
+            return None;
+        }
+        self.query_name(owner.id, owner.exports.get(entry)?)
     }
 
     /// Records that `service` is subscribed to `channel`, so its end
@@ -558,14 +706,17 @@ impl Kernel {
 
     /// Tells `watcher` with an `exit` message when `target` ends (at once if
     /// it is not alive).
-    pub fn monitor(&self, watcher: Address, target: Address) {
+    pub fn monitor(&self, tenant: TenantId, watcher: Address, target: Address) {
         if target.harbor() != self.harbor
             && let Some(harbor) = self.remote.get()
         {
-            return harbor.monitor(watcher, target);
+            return harbor.monitor(tenant, watcher, target);
         }
         let watching = self.with_service(target, |handle| {
             let mut w = handle.watch();
+            if !visible(tenant, handle) {
+                return false;
+            }
             if !w.dead {
                 w.monitors.push(watcher);
             }
@@ -610,7 +761,31 @@ pub(crate) fn exit_notice(target: Address, reason: &str) -> Message {
         kind: kind::EXIT,
         source: target,
         session: 0,
+        tenant: TenantId::HOST,
         payload: reason.as_bytes().to_vec().into(),
+    }
+}
+
+/// Whether a service of tenant `by` may see the service behind `handle`
+/// (the host sees every tenant).
+pub(crate) fn visible(by: TenantId, handle: &ServiceHandle) -> bool {
+    by == TenantId::HOST || by == handle.tenant.id
+}
+
+/// Whether `name` can be registered: 1 to [`MAX_NAME_LEN`] bytes, not only
+/// a dot, and no `/` (which names another tenant's granted entry).
+pub(crate) fn is_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name.len() <= MAX_NAME_LEN && !name.contains('/')
+}
+
+/// The key of `name` in `tenant`'s namespace: the name itself for
+/// `system`, else the tenant id, `/` and the name (no name has a `/`, so
+/// no tenant can reach another's key).
+pub(crate) fn scoped(tenant: TenantId, name: &str) -> std::borrow::Cow<'_, str> {
+    if tenant == TenantId::SYSTEM {
+        std::borrow::Cow::Borrowed(name)
+    } else {
+        std::borrow::Cow::Owned(format!("{tenant}/{name}"))
     }
 }
 
@@ -677,17 +852,24 @@ impl Node {
 
     fn build(config: &NodeConfig) -> Result<Node, NodeError> {
         let limits = config.limits.resolved();
-        let wasm = WasmRuntime::new(
-            &limits,
-            config.module_paths.clone(),
-            config.cache_dir.clone().or_else(default_cache_dir),
-        )
-        .map_err(|e| NodeError::Engine(format!("{e:#}")))?;
+        let wasm = WasmRuntime::new(&limits, config.cache_dir.clone().or_else(default_cache_dir))
+            .map_err(|e| NodeError::Engine(format!("{e:#}")))?;
+        let tenants = papaya::HashMap::new();
+        {
+            let table = tenants.pin();
+            table.insert(TenantId::SYSTEM, Arc::new(Tenant::system(config, &limits)));
+            for t in &config.tenants {
+                let tenant = Tenant::new(t, &limits);
+                check_tenant_id(&tenant, &table)?;
+                table.insert(tenant.id, Arc::new(tenant));
+            }
+        }
         let (timers, timer_rx) = timer::Timers::new();
         let harbor = HarborId(config.harbor.as_ref().map_or(0, |h| h.id));
         let kernel = Arc::new_cyclic(|me| Kernel {
             harbor,
             multicast: crate::multicast::Multicast::new(me.clone(), harbor),
+            host_tenant: Arc::new(Tenant::host(&limits)),
             limits,
             wasm,
             started: Instant::now(),
@@ -695,6 +877,7 @@ impl Node {
             next_local: AtomicU32::new(0),
             live: AtomicUsize::new(0),
             names: Mutex::new(HashMap::new()),
+            tenants,
             timers,
             remote: OnceLock::new(),
             cluster: OnceLock::new(),
@@ -721,25 +904,162 @@ impl Node {
     /// # Errors
     /// [`SpawnError`] naming the module and what went wrong.
     pub async fn spawn(&self, module: &str, args: &[u8]) -> Result<Address, SpawnError> {
+        self.spawn_in(SYSTEM_TENANT, module, args).await
+    }
+
+    /// Starts a service of `tenant`'s `module` and waits until its `init` returned.
+    ///
+    /// # Errors
+    /// [`SpawnError`] naming the module (or tenant) and what went wrong.
+    pub async fn spawn_in(
+        &self,
+        tenant: &str,
+        module: &str,
+        args: &[u8],
+    ) -> Result<Address, SpawnError> {
+        let t = self
+            .kernel
+            .tenant_named(tenant)
+            .ok_or_else(|| SpawnError::NoTenant(tenant.to_string()))?;
         let (tx, rx) = oneshot::channel();
         self.kernel
-            .spawn_detached(module.to_string(), args.to_vec(), Ready::Host(tx));
+            .spawn_detached(t, module.to_string(), args.to_vec(), Ready::Host(tx));
         rx.await.unwrap_or(Err(SpawnError::Stopped))
     }
 
-    /// A host endpoint with its own address, to call and send to services.
+    /// A host endpoint of the `system` tenant with its own address, to call
+    /// and send to services.
     pub fn client(&self) -> Client {
-        Client::new(self.kernel.clone())
+        let system = self
+            .kernel
+            .tenant(TenantId::SYSTEM)
+            .unwrap_or_else(|| self.kernel.host_tenant.clone());
+        Client::new(self.kernel.clone(), system)
     }
 
-    /// Stops a service; false if there is no such service.
+    /// A host endpoint that calls and sends as a service of `tenant` would
+    /// (and sees only that tenant); `None` if there is no such tenant.
+    pub fn client_in(&self, tenant: &str) -> Option<Client> {
+        let t = self.kernel.tenant_named(tenant)?;
+        Some(Client::new(self.kernel.clone(), t))
+    }
+
+    /// Stops a service of any tenant; false if there is no such service.
     pub fn kill(&self, address: Address) -> bool {
-        self.kernel.kill(address)
+        self.kernel.kill(TenantId::HOST, address)
     }
 
-    /// The address holding `name`.
+    /// The address holding `name` in the `system` tenant.
     pub fn query(&self, name: &str) -> Option<Address> {
-        self.kernel.query_name(name)
+        self.kernel.query_name(TenantId::SYSTEM, name)
+    }
+
+    /// The address holding `name` in `tenant` (`other/entry` for a granted entry).
+    pub fn query_in(&self, tenant: &str, name: &str) -> Option<Address> {
+        let t = self.kernel.tenant_named(tenant)?;
+        self.kernel.resolve(t.id, name)
+    }
+
+    /// Adds a tenant to the running node and starts its bootstrap services,
+    /// in order; returns their addresses.
+    ///
+    /// # Errors
+    /// When a tenant of that name (or id) exists, or a bootstrap service
+    /// fails to start (the tenant stays, with the services that started).
+    pub async fn apply_tenant(&self, config: &TenantConfig) -> Result<Vec<Address>, TenantError> {
+        let tenant = Tenant::new(config, &self.kernel.limits);
+        {
+            let table = self.kernel.tenants.pin();
+            if table.contains_key(&tenant.id) {
+                return Err(TenantError::Exists(config.name.clone()));
+            }
+            check_tenant_id(&tenant, &table).map_err(|e| TenantError::Invalid(e.to_string()))?;
+            table.insert(tenant.id, Arc::new(tenant));
+        }
+        tracing::info!(tenant = %config.name, "tenant applied");
+        self.start_tenant(&config.name).await
+    }
+
+    /// Starts the bootstrap services of a tenant declared in the node file.
+    ///
+    /// # Errors
+    /// When there is no such tenant or one of them fails to start.
+    pub async fn start_tenant(&self, name: &str) -> Result<Vec<Address>, TenantError> {
+        let tenant = self
+            .kernel
+            .tenant_named(name)
+            .ok_or_else(|| TenantError::NoSuchTenant(name.to_string()))?;
+        let mut started = Vec::new();
+        for b in &tenant.bootstrap {
+            let address = self
+                .spawn_in(name, &b.module, b.args.as_bytes())
+                .await
+                .map_err(|e| TenantError::Bootstrap(name.to_string(), e))?;
+            started.push(address);
+        }
+        Ok(started)
+    }
+
+    /// Removes a tenant: no new services, every one of its services is
+    /// stopped (each session pending on them ends with an error), and its
+    /// names and modules go. Returns once its last service has ended.
+    ///
+    /// # Errors
+    /// When there is no such tenant, or it is `system`.
+    pub async fn remove_tenant(&self, name: &str) -> Result<(), TenantError> {
+        if name == SYSTEM_TENANT {
+            return Err(TenantError::Invalid("`system` cannot be removed".into()));
+        }
+        let tenant = self
+            .kernel
+            .tenant_named(name)
+            .ok_or_else(|| TenantError::NoSuchTenant(name.to_string()))?;
+        tenant.removed.store(true, Ordering::Release);
+        loop {
+            let ended = tenant.all_ended.notified();
+            let services: Vec<Address> = self
+                .kernel
+                .services
+                .pin()
+                .values()
+                .filter(|h| h.tenant.id == tenant.id && &*h.module != "host")
+                .map(|h| h.address)
+                .collect();
+            // Its proxies stop too (host clients stay, to hear how their
+            // calls ended), but only services count.
+            for a in services {
+                self.kernel.kill(TenantId::HOST, a);
+            }
+            if tenant.counters.live.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            ended.await;
+        }
+        self.kernel.tenants.pin().remove(&tenant.id);
+        self.kernel.wasm.forget_tenant(tenant.id);
+        tracing::info!(tenant = %name, "tenant removed");
+        Ok(())
+    }
+
+    /// The name of the tenant of the service (or host endpoint) at `address`.
+    pub fn tenant_of(&self, address: Address) -> Option<String> {
+        self.kernel
+            .with_service(address, |h| h.tenant.name.to_string())
+    }
+
+    /// Each tenant's accounting, `system` first, then by name.
+    pub fn tenant_stats(&self) -> Vec<TenantStats> {
+        let mut list: Vec<TenantStats> = self
+            .kernel
+            .tenants
+            .pin()
+            .values()
+            .map(|t| t.stats())
+            .collect();
+        list.sort_by(|a, b| {
+            (a.name != SYSTEM_TENANT, &a.name).cmp(&(b.name != SYSTEM_TENANT, &b.name))
+        });
+        list
     }
 
     /// Live wasm services on this node.
@@ -802,7 +1122,9 @@ impl Node {
 
     /// Subscribers on this node of a multicast channel (0 for none).
     pub fn channel_subscribers(&self, channel: u32) -> usize {
-        self.kernel.multicast.local_subscribers(channel)
+        self.kernel
+            .multicast
+            .local_subscribers(TenantId::SYSTEM, channel)
     }
 
     /// Multicast copies dropped because a cluster node's queue was full
@@ -836,7 +1158,7 @@ impl Node {
     /// Makes `target` known to other cluster nodes as `name`.
     pub fn cluster_register(&self, name: &str, target: Address) {
         if let Some(c) = self.kernel.cluster.get() {
-            c.register(name, target);
+            c.register(TenantId::SYSTEM, name, target);
         }
     }
 
@@ -860,7 +1182,7 @@ impl Node {
             .map(|h| h.address)
             .collect();
         for a in addresses {
-            self.kernel.kill(a);
+            self.kernel.kill(TenantId::HOST, a);
         }
         self.kernel.tasks.close();
         self.kernel.tasks.wait().await;
@@ -888,4 +1210,55 @@ pub enum NodeError {
     /// The node's cluster side could not start (bad cluster config, listener).
     #[error("{0}")]
     Cluster(String),
+    /// A tenant of the node file cannot be used.
+    #[error("{0}")]
+    Tenant(#[from] TenantError),
+}
+
+/// Why a tenant could not be applied or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantError {
+    /// A tenant of that name is on the node already.
+    #[error("tenant `{0}` exists already")]
+    Exists(String),
+    /// No tenant of that name on the node.
+    #[error("no tenant `{0}` on this node")]
+    NoSuchTenant(String),
+    /// The tenant cannot be used as declared.
+    #[error("{0}")]
+    Invalid(String),
+    /// A bootstrap service failed to start.
+    #[error("tenant `{0}`: bootstrap failed: {1}")]
+    Bootstrap(String, SpawnError),
+}
+
+/// Refuses a tenant whose id is reserved or taken by another name.
+fn check_tenant_id(
+    tenant: &Tenant,
+    table: &papaya::HashMapRef<
+        '_,
+        TenantId,
+        Arc<Tenant>,
+        std::collections::hash_map::RandomState,
+        papaya::LocalGuard<'_>,
+    >,
+) -> Result<(), TenantError> {
+    if tenant.id == TenantId::SYSTEM || tenant.id == TenantId::HOST {
+        return Err(TenantError::Invalid(format!(
+            "tenant `{}`: its id {} is reserved; choose another name",
+            tenant.name, tenant.id
+        )));
+    }
+    if let Some(other) = table.get(&tenant.id) {
+        let message = if other.name == tenant.name {
+            format!("tenant `{}` is declared twice", tenant.name)
+        } else {
+            format!(
+                "tenant `{}` has the same id as `{}`; choose another name",
+                tenant.name, other.name
+            )
+        };
+        return Err(TenantError::Invalid(message));
+    }
+    Ok(())
 }

@@ -14,13 +14,33 @@
 //! - a hog's yield waits (bounded by `HOG_MAX_WAIT` slices) until nothing is
 //!   waiting, so the ready services run first on both threads.
 //!
+//!
+//! Across tenants, hogs share the threads by weight (weighted fair
+//! queueing on CPU time): each tenant with running hogs has a virtual time,
+//! its hogs' CPU time divided by its weight. A hog whose tenant is more than
+//! a slice ahead of the least-advanced other busy tenant waits at its yield
+//! (bounded, like the wait for ready services) while the others catch up.
+//! A tenant that becomes busy starts at the others' virtual time, so idling
+//! earns it no burst.
+//!
 //! The counts are hints for scheduling only; nothing else depends on them.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+
+use super::tenant::Tenant;
+
+/// A tenant's place in the fair share of the threads.
+#[derive(Debug, Default)]
+pub(crate) struct Share {
+    /// CPU time of its hogs divided by its weight, in ns.
+    vtime: AtomicU64,
+    /// Its services running past a whole slice now.
+    hogs: AtomicUsize,
+}
 
 /// How many slices a hog waits at most for ready services before it runs
 /// again anyway, so a flood of fresh work cannot starve it.
@@ -35,6 +55,10 @@ pub(crate) struct Scheduler {
     hogs: AtomicUsize,
     /// Woken when `waiting` drops to zero.
     idle: Notify,
+    /// Tenants with hogs running.
+    busy: Mutex<Vec<Arc<Tenant>>>,
+    /// Woken when a busy tenant's virtual time moves or it stops being busy.
+    turn: Notify,
 }
 
 impl Scheduler {
@@ -65,27 +89,74 @@ impl Scheduler {
         self.waiting.load(Ordering::Acquire)
     }
 
-    /// A dispatch became a hog.
-    pub fn hog_started(&self) {
+    /// A dispatch of a service of `tenant` became a hog.
+    pub fn hog_started(&self, tenant: &Arc<Tenant>) {
         self.hogs.fetch_add(1, Ordering::AcqRel);
+        if tenant.share.hogs.fetch_add(1, Ordering::AcqRel) == 0 {
+            let mut busy = self.busy();
+            if let Some(floor) = busy
+                .iter()
+                .map(|t| t.share.vtime.load(Ordering::Acquire))
+                .min()
+            {
+                tenant.share.vtime.fetch_max(floor, Ordering::AcqRel);
+            }
+            busy.push(tenant.clone());
+        }
     }
 
     /// A hog's dispatch ended.
-    pub fn hog_ended(&self) {
+    pub fn hog_ended(&self, tenant: &Tenant) {
         self.hogs.fetch_sub(1, Ordering::AcqRel);
+        if tenant.share.hogs.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.busy().retain(|t| t.id != tenant.id);
+            self.turn.notify_waiters();
+        }
     }
 
-    /// What a hog awaits when it yields: one turn for others, then until no
-    /// service is waiting (at most `HOG_MAX_WAIT` slices).
-    pub async fn hog_yield(self: Arc<Self>, slice: Duration) {
+    /// Charges `tenant` for `ran` of a hog's CPU time.
+    pub fn charge(&self, tenant: &Tenant, ran: Duration) {
+        let ns = u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX);
+        let weight = u64::from(tenant.quotas.weight.max(1));
+        tenant.share.vtime.fetch_add(ns / weight, Ordering::AcqRel);
+        self.turn.notify_waiters();
+    }
+
+    fn busy(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Tenant>>> {
+        self.busy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `tenant` is more than `slice` of virtual time ahead of
+    /// another busy tenant.
+    fn ahead(&self, tenant: &Tenant, slice: Duration) -> bool {
+        let mine = tenant.share.vtime.load(Ordering::Acquire);
+        let slack = u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX);
+        self.busy().iter().any(|t| {
+            t.id != tenant.id && t.share.vtime.load(Ordering::Acquire).saturating_add(slack) < mine
+        })
+    }
+
+    /// What a hog of `tenant` awaits when it yields: one turn for others,
+    /// then until no service is waiting and its tenant is not ahead of its
+    /// share (at most `HOG_MAX_WAIT` slices).
+    pub async fn hog_yield(self: Arc<Self>, tenant: Arc<Tenant>, slice: Duration) {
         YieldOnce(false).await;
         let deadline = tokio::time::Instant::now() + slice * HOG_MAX_WAIT;
         loop {
             let idle = self.idle.notified();
-            if !self.has_waiting() {
+            let turn = self.turn.notified();
+            let waiting = self.has_waiting();
+            if !waiting && !self.ahead(&tenant, slice) {
                 return;
             }
-            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+            let woken = async {
+                if waiting {
+                    idle.await;
+                } else {
+                    turn.await;
+                }
+            };
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
                 return;
             }
         }
@@ -118,16 +189,24 @@ impl std::future::Future for YieldOnce {
 mod tests {
     use super::*;
 
+    fn tenant(name: &str, weight: u32) -> Arc<Tenant> {
+        let config: crate::config::TenantConfig =
+            toml::from_str(&format!("name = \"{name}\"\n[limits]\nweight = {weight}\n"))
+                .expect("tenant table");
+        Arc::new(Tenant::new(&config, &crate::config::Limits::default()))
+    }
+
     #[test]
     fn ready_marks_pair_up_and_only_hogs_interrupt() {
         let s = Scheduler::default();
+        let t = tenant("t", 1);
         let (a, b) = (AtomicBool::new(false), AtomicBool::new(false));
         assert!(!s.mark_ready(&a), "no hogs: nothing to interrupt");
         assert!(
             !s.mark_ready(&a),
             "a second mark of the same service is not counted"
         );
-        s.hog_started();
+        s.hog_started(&t);
         assert!(s.mark_ready(&b));
         assert!(s.has_waiting());
         s.clear_ready(&a);
@@ -135,21 +214,22 @@ mod tests {
         assert!(s.has_waiting(), "b still waits");
         s.clear_ready(&b);
         assert!(!s.has_waiting());
-        s.hog_ended();
+        s.hog_ended(&t);
         assert!(!s.mark_ready(&a));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_hog_waits_for_ready_services_but_not_forever() {
         let s = Arc::new(Scheduler::default());
+        let t = tenant("t", 1);
         let ready = AtomicBool::new(false);
         s.mark_ready(&ready);
         let slice = Duration::from_millis(1);
         let started = tokio::time::Instant::now();
-        s.clone().hog_yield(slice).await;
+        s.clone().hog_yield(t.clone(), slice).await;
         assert_eq!(started.elapsed(), slice * HOG_MAX_WAIT, "bounded wait");
 
-        let waiter = tokio::spawn(s.clone().hog_yield(slice));
+        let waiter = tokio::spawn(s.clone().hog_yield(t, slice));
         tokio::task::yield_now().await;
         s.clear_ready(&ready);
         waiter.await.expect("hog resumed");
@@ -157,5 +237,35 @@ mod tests {
             started.elapsed() < slice * (HOG_MAX_WAIT + 1),
             "woken when nothing waited"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_ahead_of_its_weighted_share_waits_for_the_others() {
+        let s = Arc::new(Scheduler::default());
+        let (light, heavy) = (tenant("light", 1), tenant("heavy", 3));
+        let slice = Duration::from_millis(1);
+        s.hog_started(&light);
+        s.hog_started(&heavy);
+        // Three slices each: light is 3 slices of virtual time in, heavy 1.
+        s.charge(&light, slice * 3);
+        s.charge(&heavy, slice * 3);
+        assert!(s.ahead(&light, slice));
+        assert!(!s.ahead(&heavy, slice));
+
+        let started = tokio::time::Instant::now();
+        let waiter = tokio::spawn(s.clone().hog_yield(light.clone(), slice));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "light waits while heavy catches up");
+        s.charge(&heavy, slice * 6);
+        waiter.await.expect("light resumed");
+        assert!(started.elapsed() < slice, "resumed when heavy caught up");
+
+        // A tenant that turns busy starts level with the others.
+        let late = tenant("late", 1);
+        s.hog_started(&late);
+        assert!(!s.ahead(&light, slice) && !s.ahead(&late, slice));
+        s.hog_ended(&heavy);
+        s.hog_ended(&light);
+        assert!(!s.ahead(&late, slice), "alone, nobody is ahead");
     }
 }

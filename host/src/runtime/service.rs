@@ -128,7 +128,7 @@ async fn serve(
             handle.mailbox.taken(1);
             // Taken off the queue but never dispatched: still owed an answer.
             if first.wants_reply() {
-                instance.owe(first.source, first.session);
+                instance.owe(first.source, first.session, first.tenant);
             }
             return End::killed();
         }
@@ -200,7 +200,7 @@ fn finish(
     for watcher in monitors {
         let _ = kernel.deliver(watcher, exit_notice(address, &end.reason));
     }
-    kernel.live.fetch_sub(1, Ordering::AcqRel);
+    kernel.service_gone(&handle.tenant);
     match end.cause {
         ErrorCause::Exited => {
             tracing::debug!(failed_sessions = failed, "service ended: {}", end.reason)

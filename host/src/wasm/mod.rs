@@ -13,6 +13,7 @@
 
 pub mod bindings;
 mod cache;
+mod grants;
 pub(crate) mod state;
 mod stdio;
 
@@ -27,7 +28,8 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 use crate::config::Limits;
-use crate::runtime::{Kernel, Message, ServiceHandle};
+use crate::runtime::tenant::Tenant;
+use crate::runtime::{Kernel, Message, ServiceHandle, TenantId};
 /// The WIT `message` record with a shared payload: a multicast payload is
 /// one buffer per node and is copied only into each guest's memory, never
 /// into a per-subscriber buffer first (the generated bindings would take an
@@ -99,11 +101,14 @@ fn display_paths(paths: &[PathBuf]) -> String {
 pub(crate) struct WasmRuntime {
     engine: Engine,
     linker: Linker<ServiceState>,
-    module_paths: Vec<PathBuf>,
     cache_dir: Option<PathBuf>,
-    modules: Mutex<HashMap<String, Arc<OnceCell<Arc<Module>>>>>,
+    /// Each tenant's modules by name: a tenant loads only from its own paths.
+    modules: Mutex<HashMap<(TenantId, String), ModuleCell>>,
     ticker_stop: Arc<AtomicBool>,
 }
+
+/// A module compiled once, by whoever asks first.
+type ModuleCell = Arc<OnceCell<Arc<Module>>>;
 
 /// One compiled module, ready to instantiate.
 pub(crate) struct Module {
@@ -114,11 +119,7 @@ pub(crate) struct Module {
 
 impl WasmRuntime {
     /// Builds the engine for these limits and starts its epoch ticker.
-    pub fn new(
-        limits: &Limits,
-        module_paths: Vec<PathBuf>,
-        cache_dir: Option<PathBuf>,
-    ) -> wasmtime::Result<Self> {
+    pub fn new(limits: &Limits, cache_dir: Option<PathBuf>) -> wasmtime::Result<Self> {
         let memory_bytes = limits.memory_mb << 20;
         let services = limits.max_services;
         check_map_count(services)?;
@@ -168,16 +169,15 @@ impl WasmRuntime {
         Ok(WasmRuntime {
             engine,
             linker,
-            module_paths,
             cache_dir,
             modules: Mutex::new(HashMap::new()),
             ticker_stop,
         })
     }
 
-    /// The module named `name`, compiled on first use (off the scheduler
-    /// threads) and shared after.
-    pub async fn module(&self, name: &str) -> Result<Arc<Module>, ModuleError> {
+    /// `tenant`'s module named `name`, from its module paths, compiled on
+    /// first use (off the scheduler threads) and shared after.
+    pub async fn module(&self, tenant: &Tenant, name: &str) -> Result<Arc<Module>, ModuleError> {
         if name.is_empty()
             || !name
                 .bytes()
@@ -187,14 +187,26 @@ impl WasmRuntime {
         }
         let cell = {
             let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-            modules.entry(name.to_string()).or_default().clone()
+            modules
+                .entry((tenant.id, name.to_string()))
+                .or_default()
+                .clone()
         };
-        cell.get_or_try_init(|| self.load(name)).await.cloned()
+        cell.get_or_try_init(|| self.load(&tenant.module_paths, name))
+            .await
+            .cloned()
     }
 
-    async fn load(&self, name: &str) -> Result<Arc<Module>, ModuleError> {
-        let searched: Vec<PathBuf> = self
-            .module_paths
+    /// Forgets `tenant`'s modules (it was removed; live instances keep theirs).
+    pub fn forget_tenant(&self, tenant: TenantId) {
+        self.modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(t, _), _| *t != tenant);
+    }
+
+    async fn load(&self, module_paths: &[PathBuf], name: &str) -> Result<Arc<Module>, ModuleError> {
+        let searched: Vec<PathBuf> = module_paths
             .iter()
             .map(|dir| dir.join(format!("{name}.wasm")))
             .collect();
@@ -316,7 +328,7 @@ impl Instance {
         handle: &Arc<ServiceHandle>,
         module: &Module,
     ) -> wasmtime::Result<Self> {
-        let mut store = Store::new(&kernel.wasm.engine, ServiceState::new(kernel, handle));
+        let mut store = Store::new(&kernel.wasm.engine, ServiceState::new(kernel, handle)?);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(state::on_epoch_deadline);
         store.set_epoch_deadline(1);
@@ -352,10 +364,11 @@ impl Instance {
     pub async fn dispatch(&mut self, messages: &mut Vec<Message>) -> wasmtime::Result<()> {
         let state = self.store.data_mut();
         state.start_work(messages.len());
+        state.took(messages.len());
         self.batch.clear();
         for m in messages.drain(..) {
             if m.wants_reply() {
-                state.owe(m.source, m.session);
+                state.owe(m.source, m.session, m.tenant);
             }
             self.batch.push(WitMessage {
                 kind: m.kind,
@@ -378,8 +391,8 @@ impl Instance {
     }
 
     /// Records a request the service took and must answer (or fail).
-    pub fn owe(&mut self, caller: crate::runtime::Address, session: u32) {
-        self.store.data_mut().owe(caller, session);
+    pub fn owe(&mut self, caller: crate::runtime::Address, session: u32, tenant: TenantId) {
+        self.store.data_mut().owe(caller, session, tenant);
     }
 
     /// Whether the guest called `exit`.

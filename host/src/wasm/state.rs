@@ -1,17 +1,19 @@
 //! The data of a service's `Store`: what the host imports see and change.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use wasmtime::{StoreContextMut, UpdateDeadline};
-use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::skyhost::service::{cluster, harbor, multicast, runtime, types};
-use super::stdio::{LogOutput, Stream};
-use crate::runtime::{Address, ErrorCause, Kernel, Message, SendError, ServiceHandle, kind};
+use crate::runtime::tenant::Tenant;
+use crate::runtime::{
+    Address, ErrorCause, Kernel, Message, SendError, ServiceHandle, TenantId, kind,
+};
 
 /// Why the host stopped a guest: raised as a trap from a host callback.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,26 +32,61 @@ pub enum Stop {
         /// What the guest asked for.
         desired: usize,
     },
+    /// The guest's growth would take its tenant past the tenant's total.
+    #[error("tenant `{tenant}`: total memory limit of {limit} bytes reached")]
+    TenantMemory {
+        /// The tenant.
+        tenant: String,
+        /// Its `total_memory_mb` in bytes.
+        limit: usize,
+    },
 }
 
-/// Keeps a service's linear memory under its limit.
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.tenant
+            .counters
+            .memory
+            .fetch_sub(self.held, Ordering::AcqRel);
+    }
+}
+
+/// Keeps a service's linear memory under its limit, and its tenant's
+/// memory under the tenant's total.
 pub(crate) struct MemoryLimiter {
     limit: usize,
+    tenant: Arc<Tenant>,
+    /// Bytes of linear memory this service holds, counted in its tenant's.
+    held: usize,
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.limit {
+            self.tenant.refused();
             return Err(wasmtime::Error::new(Stop::MemoryLimit {
                 limit: self.limit,
                 desired,
             }));
         }
+        let grow = desired.saturating_sub(current);
+        let total = &self.tenant.counters.memory;
+        let before = total.fetch_add(grow, Ordering::AcqRel);
+        let quota = self.tenant.quotas.total_memory;
+        if before.saturating_add(grow) > quota {
+            total.fetch_sub(grow, Ordering::AcqRel);
+            self.tenant.refused();
+            return Err(wasmtime::Error::new(Stop::TenantMemory {
+                tenant: self.tenant.name.to_string(),
+                limit: quota,
+            }));
+        }
+        self.held += grow;
         Ok(true)
     }
 
@@ -68,12 +105,18 @@ pub(crate) struct ServiceState {
     kernel: Arc<Kernel>,
     handle: Arc<ServiceHandle>,
     address: Address,
+    /// Its tenant's id, stamped on everything it sends.
+    tenant: TenantId,
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     next_session: u32,
-    /// Requests delivered and not answered yet: (caller, session).
-    owed: HashSet<(Address, u32)>,
+    /// Requests delivered and not answered yet: (caller, session) and the
+    /// caller's tenant, which the answer carries back.
+    owed: HashMap<(Address, u32), TenantId>,
+    /// Messages taken and sent since the counts last went to the tenant.
+    taken: u64,
+    sent: u64,
     exit_requested: bool,
     /// CPU time this piece of work has used, and how much it may use.
     cpu_used: Duration,
@@ -90,42 +133,44 @@ pub(crate) struct ServiceState {
 }
 
 impl ServiceState {
-    pub fn new(kernel: &Arc<Kernel>, handle: &Arc<ServiceHandle>) -> Self {
+    /// The state of the service behind `handle`, with the WASI its tenant
+    /// grants.
+    ///
+    /// # Errors
+    /// When a directory its tenant grants cannot be opened.
+    pub fn new(kernel: &Arc<Kernel>, handle: &Arc<ServiceHandle>) -> wasmtime::Result<Self> {
         let address = handle.address;
-        // Nothing is granted by default: no files, no environment, no sockets.
-        let wasi = WasiCtxBuilder::new()
-            .stdout(LogOutput {
-                stream: Stream::Stdout,
-            })
-            .stderr(LogOutput {
-                stream: Stream::Stderr,
-            })
-            .build();
-        let limits = &kernel.limits;
-        ServiceState {
+        let tenant = &handle.tenant;
+        let wasi = super::grants::wasi_for(tenant)?;
+        Ok(ServiceState {
             kernel: kernel.clone(),
             handle: handle.clone(),
             address,
+            tenant: tenant.id,
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
-                limit: usize::try_from(limits.memory_mb << 20).unwrap_or(usize::MAX),
+                limit: tenant.quotas.memory,
+                tenant: tenant.clone(),
+                held: 0,
             },
             next_session: 0,
-            owed: HashSet::new(),
+            owed: HashMap::new(),
+            taken: 0,
+            sent: 0,
             exit_requested: false,
             cpu_used: Duration::ZERO,
             // Instantiation runs under one message's budget.
-            cpu_budget: Duration::from_millis(limits.cpu_budget_ms),
+            cpu_budget: Duration::from_millis(tenant.quotas.cpu_budget_ms),
             resumed_at: Arc::new(AtomicU64::new(kernel.nanos_since_start())),
             hog: false,
             work_started: tokio::time::Instant::now(),
-        }
+        })
     }
 
     /// Starts the CPU budget for a piece of work of `messages` messages.
     pub fn start_work(&mut self, messages: usize) {
-        let per_message = Duration::from_millis(self.kernel.limits.cpu_budget_ms);
+        let per_message = Duration::from_millis(self.handle.tenant.quotas.cpu_budget_ms);
         self.cpu_used = Duration::ZERO;
         self.cpu_budget =
             per_message.saturating_mul(u32::try_from(messages.max(1)).unwrap_or(u32::MAX));
@@ -134,19 +179,36 @@ impl ServiceState {
             .store(self.kernel.nanos_since_start(), Ordering::Relaxed);
     }
 
-    /// The piece of work returned or trapped.
+    /// The piece of work returned or trapped: its CPU time and message
+    /// counts go to the tenant (once per batch, not per message).
     pub fn end_work(&mut self) {
         if std::mem::take(&mut self.hog) {
-            self.kernel.sched.hog_ended();
+            self.kernel.sched.hog_ended(&self.handle.tenant);
         }
+        // Since the last epoch deadline, which counted what ran before it.
+        let now = self.kernel.nanos_since_start();
+        let ran = now.saturating_sub(self.resumed_at.load(Ordering::Relaxed));
+        let c = &self.handle.tenant.counters;
+        c.cpu_nanos.fetch_add(ran, Ordering::Relaxed);
+        c.messages_in
+            .fetch_add(std::mem::take(&mut self.taken), Ordering::Relaxed);
+        c.messages_out
+            .fetch_add(std::mem::take(&mut self.sent), Ordering::Relaxed);
     }
 
-    pub fn owe(&mut self, caller: Address, session: u32) {
-        self.owed.insert((caller, session));
+    /// Records a request taken from the mailbox: it is owed an answer, which
+    /// carries the caller's tenant back.
+    pub fn owe(&mut self, caller: Address, session: u32, tenant: TenantId) {
+        self.owed.insert((caller, session), tenant);
+    }
+
+    /// Counts `n` messages taken into a dispatch.
+    pub fn took(&mut self, n: usize) {
+        self.taken += n as u64;
     }
 
     pub fn take_owed(&mut self) -> Vec<(Address, u32)> {
-        self.owed.drain().collect()
+        self.owed.drain().map(|(k, _)| k).collect()
     }
 
     pub fn exit_requested(&self) -> bool {
@@ -161,7 +223,8 @@ impl ServiceState {
         self.next_session
     }
 
-    fn deliver(&self, dest: u32, message: Message) -> Result<(), types::SendError> {
+    fn deliver(&mut self, dest: u32, message: Message) -> Result<(), types::SendError> {
+        self.sent += 1;
         self.kernel
             .deliver(Address(dest), message)
             .map_err(|e| match e {
@@ -174,7 +237,8 @@ impl ServiceState {
     }
 
     fn check_size(&self, payload: &[u8]) -> Result<(), types::SendError> {
-        if payload.len() > self.kernel.limits.max_payload {
+        if payload.len() > self.handle.tenant.quotas.max_payload {
+            self.handle.tenant.refused();
             return Err(types::SendError::TooLarge);
         }
         Ok(())
@@ -196,9 +260,17 @@ pub(crate) fn on_epoch_deadline(
     let ran =
         Duration::from_nanos(now.saturating_sub(state.resumed_at.swap(now, Ordering::Relaxed)));
     state.cpu_used += ran;
+    let tenant = &state.handle.tenant;
+    tenant.counters.cpu_nanos.fetch_add(
+        u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+    if state.hog {
+        state.kernel.sched.charge(tenant, ran);
+    }
     if state.cpu_used > state.cpu_budget {
         return Err(wasmtime::Error::new(Stop::CpuBudget(
-            state.kernel.limits.cpu_budget_ms,
+            state.handle.tenant.quotas.cpu_budget_ms,
         )));
     }
     let slice = Duration::from_micros(state.kernel.limits.time_slice_us);
@@ -207,14 +279,19 @@ pub(crate) fn on_epoch_deadline(
             return Ok(UpdateDeadline::Continue(1));
         }
         state.hog = true;
-        state.kernel.sched.hog_started();
+        state.kernel.sched.hog_started(&state.handle.tenant);
+        state
+            .kernel
+            .sched
+            .charge(&state.handle.tenant, state.cpu_used);
     }
     let kernel = state.kernel.clone();
+    let tenant = state.handle.tenant.clone();
     let resumed_at = state.resumed_at.clone();
     Ok(UpdateDeadline::YieldCustom(
         1,
         Box::pin(async move {
-            kernel.sched.clone().hog_yield(slice).await;
+            kernel.sched.clone().hog_yield(tenant, slice).await;
             resumed_at.store(kernel.nanos_since_start(), Ordering::Relaxed);
         }),
     ))
@@ -236,6 +313,10 @@ impl runtime::Host for ServiceState {
         self.address.0
     }
 
+    fn tenant(&mut self) -> String {
+        self.handle.tenant.name.to_string()
+    }
+
     fn send(
         &mut self,
         dest: u32,
@@ -253,6 +334,7 @@ impl runtime::Host for ServiceState {
                 kind,
                 source: self.address,
                 session,
+                tenant: self.tenant,
                 payload: payload.into(),
             },
         )
@@ -265,6 +347,7 @@ impl runtime::Host for ServiceState {
             kind: kind::REQUEST,
             source: self.address,
             session,
+            tenant: self.tenant,
             payload: payload.into(),
         };
         self.deliver(dest, message).map(|()| session)
@@ -276,7 +359,12 @@ impl runtime::Host for ServiceState {
         session: u32,
         reply: Result<Vec<u8>, String>,
     ) -> Result<(), types::SendError> {
-        self.owed.remove(&(Address(dest), session));
+        // An answer to a session it owes goes back to the caller's tenant
+        // (a call through a grant); any other reaches its own tenant only.
+        let tenant = self
+            .owed
+            .remove(&(Address(dest), session))
+            .unwrap_or(self.tenant);
         let message = match reply {
             Ok(payload) => {
                 self.check_size(&payload)?;
@@ -284,10 +372,14 @@ impl runtime::Host for ServiceState {
                     kind: kind::RESPONSE,
                     source: self.address,
                     session,
+                    tenant,
                     payload: payload.into(),
                 }
             }
-            Err(text) => Message::error(self.address, session, ErrorCause::Service, &text),
+            Err(text) => Message {
+                tenant,
+                ..Message::error(self.address, session, ErrorCause::Service, &text)
+            },
         };
         self.deliver(dest, message)
     }
@@ -311,7 +403,7 @@ impl runtime::Host for ServiceState {
     }
 
     fn query(&mut self, name: String) -> Option<u32> {
-        self.kernel.query_name(&name).map(|a| a.0)
+        self.kernel.resolve(self.tenant, &name).map(|a| a.0)
     }
 
     fn spawn(&mut self, module: String, args: Vec<u8>) -> u32 {
@@ -320,7 +412,8 @@ impl runtime::Host for ServiceState {
             to: self.address,
             session,
         });
-        self.kernel.spawn_detached(module, args, ready);
+        self.kernel
+            .spawn_detached(self.handle.tenant.clone(), module, args, ready);
         session
     }
 
@@ -333,7 +426,7 @@ impl runtime::Host for ServiceState {
             self.exit_requested = true;
             return true;
         }
-        self.kernel.kill(Address(target))
+        self.kernel.kill(self.tenant, Address(target))
     }
 
     fn timeout(&mut self, ms: u32) -> u32 {
@@ -344,7 +437,8 @@ impl runtime::Host for ServiceState {
     }
 
     fn monitor(&mut self, target: u32) {
-        self.kernel.monitor(self.address, Address(target));
+        self.kernel
+            .monitor(self.tenant, self.address, Address(target));
     }
 
     fn demonitor(&mut self, target: u32) {
@@ -425,19 +519,20 @@ impl harbor::Host for ServiceState {
     fn globalname(&mut self, name: String, target: u32) -> u32 {
         let target = Address(target);
         let kernel = self.kernel.clone();
+        let tenant = self.tenant;
         self.harbor_session(NOT_IN_A_HARBOR, move |h, waiter| {
-            if name.starts_with('.') || name.is_empty() || name.len() > crate::runtime::MAX_NAME_LEN
-            {
+            if name.starts_with('.') || !crate::runtime::is_name(&name) {
                 let detail = format!("`{name}` is not a global name");
                 return waiter.fail(&kernel, ErrorCause::Service, &detail);
             }
-            kernel.register_global_confirmed(h, &name, target, waiter);
+            kernel.register_global_confirmed(tenant, h, &name, target, waiter);
         })
     }
 
     fn queryname(&mut self, name: String, timeout_ms: u32) -> u32 {
+        let key = crate::runtime::scoped(self.tenant, &name).into_owned();
         self.harbor_session(NOT_IN_A_HARBOR, |h, waiter| {
-            h.queryname(&name, timeout_ms, waiter)
+            h.queryname(&key, timeout_ms, waiter)
         })
     }
 
@@ -505,14 +600,15 @@ impl cluster::Host for ServiceState {
     ) -> u32 {
         let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into()));
         let too_large = self.check_size(&payload).is_err();
-        let limit = self.kernel.limits.max_payload;
+        let limit = self.handle.tenant.quotas.max_payload;
         let kernel = self.kernel.clone();
+        let tenant = self.tenant;
         self.cluster_session(|c, waiter| {
             if too_large {
                 let detail = format!("payload larger than the limit of {limit} bytes");
                 return waiter.fail(&kernel, ErrorCause::Service, &detail);
             }
-            c.call(&node, service.into(), payload, waiter, timeout);
+            c.call(tenant, &node, service.into(), payload, waiter, timeout);
         })
     }
 
@@ -525,12 +621,12 @@ impl cluster::Host for ServiceState {
         if self.check_size(&payload).is_err() {
             return Err(format!(
                 "payload larger than the limit of {} bytes",
-                self.kernel.limits.max_payload
+                self.handle.tenant.quotas.max_payload
             ));
         }
         let cluster = self.kernel.cluster.get().ok_or(NOT_IN_A_CLUSTER)?;
         cluster
-            .send(&node, service.into(), payload)
+            .send(self.tenant, &node, service.into(), payload)
             .map_err(|e| e.to_string())
     }
 
@@ -538,24 +634,25 @@ impl cluster::Host for ServiceState {
         self.kernel
             .cluster
             .get()
-            .and_then(|c| c.proxy(&node, service.into()))
+            .and_then(|c| c.proxy(&self.handle.tenant, &node, service.into()))
             .map_or(0, |a| a.0)
     }
 
     fn register(&mut self, name: String, target: u32) {
         if let Some(c) = self.kernel.cluster.get() {
-            c.register(&name, Address(target));
+            c.register(self.tenant, &name, Address(target));
         }
     }
 
     fn unregister(&mut self, name: String) {
         if let Some(c) = self.kernel.cluster.get() {
-            c.unregister(&name);
+            c.unregister(self.tenant, &name);
         }
     }
 
     fn query(&mut self, node: String, name: String) -> u32 {
-        self.cluster_session(|c, waiter| c.query(&node, name, waiter))
+        let tenant = self.tenant;
+        self.cluster_session(|c, waiter| c.query(tenant, &node, name, waiter))
     }
 
     fn reload(&mut self, config: String) -> Result<(), String> {
@@ -579,11 +676,11 @@ impl From<crate::multicast::ChannelError> for multicast::ChannelError {
 
 impl multicast::Host for ServiceState {
     fn new(&mut self, number: Option<u32>) -> Result<u32, multicast::ChannelError> {
-        Ok(self.kernel.multicast.create(number)?)
+        Ok(self.kernel.multicast.create(self.tenant, number)?)
     }
 
     fn delete(&mut self, channel: u32) -> Result<(), multicast::ChannelError> {
-        Ok(self.kernel.multicast.delete(channel)?)
+        Ok(self.kernel.multicast.delete(self.tenant, channel)?)
     }
 
     fn publish(&mut self, channel: u32, payload: Vec<u8>) -> Result<(), multicast::ChannelError> {
@@ -594,15 +691,20 @@ impl multicast::Host for ServiceState {
         Ok(self
             .kernel
             .multicast
-            .publish(channel, self.address, payload.into())?)
+            .publish(self.tenant, channel, self.address, payload.into())?)
     }
 
     fn subscribe(&mut self, channel: u32) -> Result<(), multicast::ChannelError> {
-        Ok(self.kernel.multicast.subscribe(channel, self.address)?)
+        Ok(self
+            .kernel
+            .multicast
+            .subscribe(self.tenant, channel, self.address)?)
     }
 
     fn unsubscribe(&mut self, channel: u32) {
-        self.kernel.multicast.unsubscribe(channel, self.address);
+        self.kernel
+            .multicast
+            .unsubscribe(self.tenant, channel, self.address);
     }
 
     fn cluster_channel(
@@ -610,6 +712,9 @@ impl multicast::Host for ServiceState {
         node: String,
         channel: u32,
     ) -> Result<u32, multicast::ChannelError> {
-        Ok(self.kernel.multicast.cluster_channel(&node, channel)?)
+        Ok(self
+            .kernel
+            .multicast
+            .cluster_channel(self.tenant, &node, channel)?)
     }
 }

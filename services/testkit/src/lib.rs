@@ -23,6 +23,8 @@ struct Testkit {
     exits: RefCell<Vec<u32>>,
     /// Multicast payloads received (u32 little-endian; u32::MAX: channel gone).
     multicast: RefCell<Vec<u32>>,
+    /// Memory kept for `Hold`.
+    held: RefCell<Vec<Vec<u8>>>,
 }
 
 impl Service for Testkit {
@@ -60,6 +62,7 @@ impl Service for Testkit {
             counted: Cell::new(0),
             exits: RefCell::new(Vec::new()),
             multicast: RefCell::new(Vec::new()),
+            held: RefCell::new(Vec::new()),
         })
     }
 
@@ -292,6 +295,26 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
             Ok(c) => Answer::Count(c.0.into()),
             Err(e) => Answer::Failed(format!("multicast cluster channel: {e:?}")),
         },
+        Command::Kill(target) => Answer::Count(u64::from(skyhost_sdk::kill(Address(target)))),
+        Command::Tenant => Answer::Bytes(skyhost_sdk::tenant().into_bytes()),
+        Command::ReadFile(path) => match std::fs::read(&path) {
+            Ok(bytes) => Answer::Bytes(bytes),
+            Err(e) => Answer::Failed(format!("read {path}: {e}")),
+        },
+        Command::WriteFile { path, data } => match std::fs::write(&path, data) {
+            Ok(()) => Answer::Unit,
+            Err(e) => Answer::Failed(format!("write {path}: {e}")),
+        },
+        Command::Hold(mib) => {
+            let block = vec![1u8; (mib as usize) << 20];
+            kit.held.borrow_mut().push(black_box(block));
+            Answer::Unit
+        }
+        Command::TcpConnect(to) => match std::net::TcpStream::connect(&to) {
+            Ok(_) => Answer::Unit,
+            Err(e) => Answer::Failed(format!("connect {to}: {e}")),
+        },
+        Command::Env(key) => Answer::Bytes(std::env::var(&key).unwrap_or_default().into_bytes()),
         Command::Exit { .. } | Command::Timers(_) => {
             Answer::Failed("testkit: handled before run".into())
         }

@@ -225,6 +225,27 @@ pub enum Command {
         /// Bytes in each.
         size: u32,
     },
+    /// Kill a service; answers `Count(1)` if it was found, `Count(0)` if not.
+    Kill(u32),
+    /// Answers `Bytes` with the name of this service's tenant.
+    Tenant,
+    /// Read a file (WASI); answers `Bytes` or `Failed` with the error.
+    ReadFile(String),
+    /// Write (create or replace) a file; answers `Unit` or `Failed`.
+    WriteFile {
+        /// Its path.
+        path: String,
+        /// Its new contents.
+        data: Vec<u8>,
+    },
+    /// Allocate `n` MiB, touch it and keep it; answers `Unit` (or the
+    /// service is stopped at its memory limit).
+    Hold(u32),
+    /// Open a TCP connection to `host:port` and close it; answers `Unit`
+    /// or `Failed` with the error.
+    TcpConnect(String),
+    /// An environment variable; answers `Bytes` (empty when unset).
+    Env(String),
 }
 
 /// A service on a cluster node: by name or by address there.

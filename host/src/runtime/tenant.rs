@@ -1,0 +1,277 @@
+//! Tenants: the unit of isolation. Every service belongs to one, fixed at
+//! spawn; a service can reach only services, names and channels of its own
+//! tenant, and other tenants' exported entries its tenant was granted.
+//!
+//! - [`TenantId`] travels in every [`Message`](super::Message) (set by the
+//!   host, never by a guest) and in every harbor and cluster frame; the
+//!   receiving `Kernel::deliver` compares it with the target's tenant and
+//!   answers a mismatch exactly like an unknown address.
+//! - [`Tenant`] (in the kernel's tenant table, shared by its services'
+//!   handles) holds what the tenant file declared, resolved against the
+//!   node's limits, and its counters.
+//! - Messages the host makes itself (errors ending a session, timers, exit
+//!   notices, spawn answers) carry [`TenantId::HOST`] and reach anyone: the
+//!   host addresses them only to whoever is owed them.
+
+use std::collections::HashMap;
+use std::hash::Hasher;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use crate::config::{Bootstrap, DirGrant, Limits, TenantConfig};
+
+/// The node's own tenant's name.
+pub const SYSTEM_TENANT: &str = "system";
+
+/// A tenant's number: 0 for `system`, else derived from its name, so every
+/// node of a harbor or cluster agrees on it without a registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct TenantId(pub u32);
+
+impl TenantId {
+    /// The node's own tenant.
+    pub const SYSTEM: TenantId = TenantId(0);
+    /// Messages made by the host itself; delivered to any tenant.
+    pub const HOST: TenantId = TenantId(u32::MAX);
+
+    /// The id of the tenant named `name`: 32 bits of its FNV-1a hash.
+    pub fn of(name: &str) -> TenantId {
+        if name == SYSTEM_TENANT {
+            return TenantId::SYSTEM;
+        }
+        let mut h = fnv::FnvHasher::default();
+        h.write(name.as_bytes());
+        let h = h.finish();
+        #[allow(clippy::cast_possible_truncation)] // folding 64 bits into 32
+        TenantId((h ^ (h >> 32)) as u32)
+    }
+}
+
+impl std::fmt::Display for TenantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:08x}", self.0)
+    }
+}
+
+/// A tenant's quotas, resolved against the node's limits.
+#[derive(Debug, Clone)]
+pub(crate) struct Quotas {
+    /// Linear memory per service, in bytes.
+    pub memory: usize,
+    /// Linear memory of all its services, in bytes; `usize::MAX` for none.
+    pub total_memory: usize,
+    pub max_services: u32,
+    pub cpu_budget_ms: u64,
+    pub weight: u32,
+    /// 0 = unbounded.
+    pub mailbox_limit: usize,
+    pub max_payload: usize,
+}
+
+impl Quotas {
+    fn resolve(t: &crate::config::TenantLimits, node: &Limits) -> Self {
+        let mib = |m: u64| usize::try_from(m << 20).unwrap_or(usize::MAX);
+        Quotas {
+            memory: mib(t.memory_mb.unwrap_or(node.memory_mb).min(node.memory_mb)),
+            total_memory: t.total_memory_mb.map_or(usize::MAX, mib),
+            max_services: t.max_services.unwrap_or(node.max_services),
+            cpu_budget_ms: t.cpu_budget_ms.unwrap_or(node.cpu_budget_ms),
+            weight: t.weight.unwrap_or(1),
+            mailbox_limit: t.mailbox_limit.unwrap_or(node.mailbox_limit),
+            max_payload: t.max_payload.unwrap_or(node.max_payload),
+        }
+    }
+}
+
+/// What a tenant has used and been refused, since it was applied.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub live: AtomicUsize,
+    /// Bytes of linear memory its services hold.
+    pub memory: AtomicUsize,
+    pub cpu_nanos: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    /// Requests refused by a quota (spawn, memory, mailbox, payload).
+    pub refusals: AtomicU64,
+    /// Calls its services made through grants.
+    pub grant_calls: AtomicU64,
+}
+
+/// A snapshot of one tenant's accounting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantStats {
+    /// Its name.
+    pub name: String,
+    /// Live services.
+    pub services: usize,
+    /// Linear memory its services hold, in bytes.
+    pub memory_bytes: usize,
+    /// CPU time its services used handling messages, in microseconds.
+    pub cpu_us: u64,
+    /// Messages its services took.
+    pub messages_in: u64,
+    /// Messages its services sent (sends, calls, answers).
+    pub messages_out: u64,
+    /// Requests refused by one of its quotas.
+    pub refusals: u64,
+    /// Calls its services made to other tenants through grants.
+    pub grant_calls: u64,
+}
+
+/// One tenant on this node.
+pub(crate) struct Tenant {
+    pub id: TenantId,
+    pub name: Arc<str>,
+    pub quotas: Quotas,
+    pub module_paths: Vec<PathBuf>,
+    /// `(tenant, entry)` pairs it may call.
+    pub grants: Vec<(TenantId, String)>,
+    /// Entry name → the name of one of its services.
+    pub exports: HashMap<String, String>,
+    pub dirs: Vec<DirGrant>,
+    pub env: Vec<(String, String)>,
+    pub tcp_connect: Vec<String>,
+    pub bootstrap: Vec<Bootstrap>,
+    pub counters: Counters,
+    spawn_limiter: Option<governor::DefaultDirectRateLimiter>,
+    /// Set when the tenant is being removed: no new services.
+    pub removed: AtomicBool,
+    /// Woken when its last service ends.
+    pub all_ended: tokio::sync::Notify,
+    /// Its place in the fair share of the scheduler threads.
+    pub share: super::sched::Share,
+}
+
+impl Tenant {
+    /// The node's own tenant, from the node file's top level.
+    pub fn system(node: &crate::config::NodeConfig, limits: &Limits) -> Self {
+        let mut t = Self::new(
+            &TenantConfig {
+                name: SYSTEM_TENANT.into(),
+                module_paths: node.module_paths.clone(),
+                limits: Default::default(),
+                grants: Vec::new(),
+                exports: Default::default(),
+                dirs: Vec::new(),
+                env: Default::default(),
+                tcp_connect: Vec::new(),
+                bootstrap: Vec::new(),
+            },
+            limits,
+        );
+        t.id = TenantId::SYSTEM;
+        t
+    }
+
+    /// The pseudo-tenant of host endpoints (clients, cluster agents): it
+    /// takes messages of any tenant, since those endpoints serve them all.
+    pub fn host(limits: &Limits) -> Self {
+        let mut t = Self::system(&crate::config::NodeConfig::default(), limits);
+        t.id = TenantId::HOST;
+        t.name = "host".into();
+        t
+    }
+
+    /// A tenant as its file declares it, under the node's limits.
+    pub fn new(config: &TenantConfig, node: &Limits) -> Self {
+        let spawn_limiter = config
+            .limits
+            .spawn_rate
+            .and_then(NonZeroU32::new)
+            .map(|rate| governor::RateLimiter::direct(governor::Quota::per_second(rate)));
+        Tenant {
+            id: TenantId::of(&config.name),
+            name: config.name.as_str().into(),
+            quotas: Quotas::resolve(&config.limits, node),
+            module_paths: config.module_paths.clone(),
+            grants: config
+                .grants
+                .iter()
+                .filter_map(|g| g.split_once('/'))
+                .map(|(t, e)| (TenantId::of(t), e.to_string()))
+                .collect(),
+            exports: config
+                .exports
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            dirs: config.dirs.clone(),
+            env: config
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            tcp_connect: config.tcp_connect.clone(),
+            bootstrap: config.bootstrap.clone(),
+            counters: Counters::default(),
+            spawn_limiter,
+            removed: AtomicBool::new(false),
+            all_ended: tokio::sync::Notify::new(),
+            share: Default::default(),
+        }
+    }
+
+    /// Whether the spawn rate allows one more spawn now (and takes it).
+    pub fn take_spawn(&self) -> bool {
+        self.spawn_limiter
+            .as_ref()
+            .is_none_or(|l| l.check().is_ok())
+    }
+
+    /// Counts a refusal by one of its quotas.
+    pub fn refused(&self) {
+        self.counters.refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether it may call `entry` of tenant `owner`.
+    pub fn granted(&self, owner: TenantId, entry: &str) -> bool {
+        self.grants.iter().any(|(t, e)| *t == owner && e == entry)
+    }
+
+    /// Its accounting now.
+    pub fn stats(&self) -> TenantStats {
+        let c = &self.counters;
+        TenantStats {
+            name: self.name.to_string(),
+            services: c.live.load(Ordering::Acquire),
+            memory_bytes: c.memory.load(Ordering::Relaxed),
+            cpu_us: c.cpu_nanos.load(Ordering::Relaxed) / 1_000,
+            messages_in: c.messages_in.load(Ordering::Relaxed),
+            messages_out: c.messages_out.load(Ordering::Relaxed),
+            refusals: c.refusals.load(Ordering::Relaxed),
+            grant_calls: c.grant_calls.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_system_is_zero() {
+        assert_eq!(TenantId::of("system"), TenantId::SYSTEM);
+        assert_eq!(TenantId::of("alpha"), TenantId::of("alpha"));
+        assert_ne!(TenantId::of("alpha"), TenantId::of("beta"));
+        assert_ne!(TenantId::of("alpha"), TenantId::HOST);
+    }
+
+    #[test]
+    fn quotas_take_the_node_values_they_do_not_set() {
+        let node = Limits::default();
+        let q = Quotas::resolve(
+            &crate::config::TenantLimits {
+                memory_mb: Some(8),
+                ..Default::default()
+            },
+            &node,
+        );
+        assert_eq!(q.memory, 8 << 20);
+        assert_eq!(q.total_memory, usize::MAX);
+        assert_eq!(q.max_payload, node.max_payload);
+        assert_eq!(q.weight, 1);
+    }
+}
