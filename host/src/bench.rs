@@ -39,7 +39,13 @@ enum Topology {
     Harbor,
     /// Cluster nodes `a` and `b`, linked over loopback.
     Cluster,
+    /// One node with 100 tenants (`t0`..`t99`); the workload's services
+    /// and client are in `t0`.
+    Tenants,
 }
+
+/// Tenants configured for [`Topology::Tenants`].
+const BENCH_TENANTS: usize = 100;
 
 fn workloads() -> Vec<Workload> {
     vec![
@@ -139,6 +145,18 @@ fn workloads() -> Vec<Workload> {
             topology: Topology::Cluster,
             run: |n| Box::pin(cluster_concurrent(n, 100, 1_000)),
         },
+        Workload {
+            id: "tenant-overhead",
+            unit: "ratio (100 tenants / 1)",
+            topology: Topology::Tenants,
+            run: |n| Box::pin(tenant_overhead(n, 100_000, 1_000_000)),
+        },
+        Workload {
+            id: "tenant-fairness",
+            unit: "µs median",
+            topology: Topology::Tenants,
+            run: |n| Box::pin(tenant_fairness(n, 16, 2_000)),
+        },
     ]
 }
 
@@ -147,6 +165,9 @@ fn workloads() -> Vec<Workload> {
 struct BenchNode {
     node: Node,
     client: Client,
+    /// The tenant its services are spawned in.
+    tenant: String,
+    limits: Limits,
     peer: Option<Node>,
     /// A client on the peer node.
     peer_client: Option<Client>,
@@ -163,11 +184,38 @@ impl BenchNode {
     }
 
     fn start(limits: Limits) -> anyhow::Result<Self> {
-        let node = Node::start(&Self::config(limits)?)?;
+        let node = Node::start(&Self::config(limits.clone())?)?;
         let client = node.client();
         Ok(BenchNode {
             node,
             client,
+            tenant: skyhost::runtime::SYSTEM_TENANT.into(),
+            limits,
+            peer: None,
+            peer_client: None,
+        })
+    }
+
+    /// One node with [`BENCH_TENANTS`] tenants; services and client in `t0`.
+    fn start_tenants(limits: Limits) -> anyhow::Result<Self> {
+        let mut config = Self::config(limits.clone())?;
+        for i in 0..BENCH_TENANTS {
+            let text = format!("name = \"t{i}\"\n");
+            let mut tenant = skyhost::config::TenantConfig::parse(
+                &text,
+                std::path::Path::new("bench"),
+                &limits,
+            )?;
+            tenant.module_paths.clone_from(&config.module_paths);
+            config.tenants.push(tenant);
+        }
+        let node = Node::start(&config)?;
+        let client = node.client_in("t0").context("tenant t0")?;
+        Ok(BenchNode {
+            node,
+            client,
+            tenant: "t0".into(),
+            limits,
             peer: None,
             peer_client: None,
         })
@@ -200,6 +248,8 @@ impl BenchNode {
         Ok(BenchNode {
             node,
             client,
+            tenant: skyhost::runtime::SYSTEM_TENANT.into(),
+            limits: Limits::default(),
             peer_client: Some(peer.client()),
             peer: Some(peer),
         })
@@ -221,6 +271,8 @@ impl BenchNode {
         a.cluster_reload(&table).map_err(anyhow::Error::msg)?;
         Ok(BenchNode {
             client: a.client(),
+            tenant: skyhost::runtime::SYSTEM_TENANT.into(),
+            limits: Limits::default(),
             node: a,
             peer_client: Some(b.client()),
             peer: Some(b),
@@ -243,7 +295,7 @@ impl BenchNode {
     }
 
     async fn spawn(&self, module: &str) -> anyhow::Result<Address> {
-        Ok(self.node.spawn(module, &[]).await?)
+        Ok(self.node.spawn_in(&self.tenant, module, &[]).await?)
     }
 
     async fn command(&self, target: Address, command: &Command) -> anyhow::Result<Reply> {
@@ -295,6 +347,7 @@ pub async fn run(ids: &[String], json: bool) -> anyhow::Result<()> {
                 Topology::Single => BenchNode::start(limits)?,
                 Topology::Harbor => BenchNode::start_harbor(limits).await?,
                 Topology::Cluster => BenchNode::start_cluster(limits).await?,
+                Topology::Tenants => BenchNode::start_tenants(limits)?,
             };
             let value = (w.run)(&node)
                 .await
@@ -819,4 +872,92 @@ async fn multicast(
         wait_count(client, Address(s), u64::from(publishes)).await?;
     }
     Ok(f64::from(subscribers) * f64::from(publishes) / start.elapsed().as_secs_f64())
+}
+
+/// `local-call-rtt` (`calls`) and `local-oneway` (`messages`) in tenant
+/// `t0` of a node with 100 tenants, against the same in a fresh node with
+/// only `system` (measured before and after, and averaged); the figure is
+/// the worse of the two ratios (time per call, time per message).
+async fn tenant_overhead(b: &BenchNode, calls: u32, messages: u32) -> anyhow::Result<f64> {
+    let mut base_rtt = 0.0;
+    let mut base_rate = 0.0;
+    for _ in 0..2 {
+        let single = BenchNode::start(b.limits.clone())?;
+        base_rtt += local_call_rtt(&single, calls).await? / 2.0;
+        base_rate += local_oneway(&single, messages).await? / 2.0;
+        single.stop().await;
+    }
+    let rtt = local_call_rtt(b, calls).await?;
+    let rate = local_oneway(b, messages).await?;
+    let (rtt_ratio, rate_ratio) = (rtt / base_rtt, base_rate / rate);
+    eprintln!(
+        "tenant-overhead: call {rtt:.2} µs vs {base_rtt:.2} ({rtt_ratio:.3}), \
+         oneway {rate:.0} vs {base_rate:.0} msgs/s ({rate_ratio:.3})"
+    );
+    Ok(rtt_ratio.max(rate_ratio))
+}
+
+/// Tenant `t1`'s ping round trip (host client of `t1` to its echo) while
+/// tenant `t0` spins `spinners` services and floods one of its mailboxes;
+/// the figure is the median, the worst and the idle median are logged.
+async fn tenant_fairness(b: &BenchNode, spinners: u32, pings: usize) -> anyhow::Result<f64> {
+    let quiet = b.node.client_in("t1").context("tenant t1")?;
+    let echo = b.node.spawn_in("t1", "echo", &[]).await?;
+    let ping = |n: usize| {
+        let (quiet, echo) = (&quiet, echo);
+        async move {
+            let mut times = Vec::with_capacity(n);
+            for _ in 0..n {
+                let start = Instant::now();
+                quiet.call(echo, vec![0u8; 16]).await?;
+                times.push(start.elapsed().as_secs_f64() * 1e6);
+            }
+            times.sort_by(f64::total_cmp);
+            anyhow::Ok(times)
+        }
+    };
+    let idle = ping(pings).await?;
+    let mut spinning = Vec::new();
+    let spin = postcard::to_allocvec(&Command::Spin)?;
+    for _ in 0..spinners {
+        let s = b.spawn("testkit").await?;
+        b.client.send(s, skyhost::kind::REQUEST, 1, spin.clone())?;
+        spinning.push(s);
+    }
+    // The flood: a host client of `t0` keeps one of its mailboxes full
+    // (at most 10,000 queued) while the pings run.
+    let sink = b.spawn("testkit").await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let flood = {
+        let (node, stop) = (b.node.clone(), stop.clone());
+        let noisy = node.client_in("t0").context("tenant t0")?;
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            while !stop.is_cancelled() {
+                while node.mailbox_len(sink).unwrap_or(0) < 10_000 {
+                    if noisy.send(sink, 0, 0, vec![0u8; 16]).is_ok() {
+                        sent += 1;
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+            sent
+        })
+    };
+    let times = ping(pings).await;
+    stop.cancel();
+    let flooded = flood.await?;
+    let times = times?;
+    for s in spinning {
+        b.node.kill(s);
+    }
+    eprintln!("tenant-fairness: {flooded} messages flooded into tenant t0");
+    eprintln!(
+        "tenant-fairness: idle median {:.1} µs; under load median {:.1} µs, p99 {:.1} µs, worst {:.1} µs",
+        idle[idle.len() / 2],
+        times[times.len() / 2],
+        times[times.len() * 99 / 100],
+        times[times.len() - 1]
+    );
+    Ok(times[times.len() / 2])
 }

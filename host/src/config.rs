@@ -41,6 +41,40 @@ pub struct NodeConfig {
     /// `module_paths`, `limits` and `bootstrap`).
     #[serde(default, rename = "tenant")]
     pub tenants: Vec<TenantConfig>,
+    /// The control address (`skyhost ctl`, `skyhost tenant`); off when absent.
+    #[serde(default)]
+    pub control: Option<ControlConfig>,
+}
+
+/// The `[control]` table: where the node takes operator commands, and the
+/// secret they must present.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// `host:port` to listen on (port 0 picks one; the bound address is logged).
+    #[serde(default = "default_control")]
+    pub address: String,
+    /// The secret a client sends first (`auth <secret>`).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// A file holding the secret (trailing newline ignored).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+fn default_control() -> String {
+    "127.0.0.1:0".to_string()
+}
+
+impl ControlConfig {
+    /// A control address on 127.0.0.1 with a port the OS picks.
+    pub fn new(secret: &str) -> Self {
+        ControlConfig {
+            address: default_control(),
+            secret: Some(secret.to_string()),
+            secret_file: None,
+        }
+    }
 }
 
 /// One tenant: a `[[tenant]]` table in the node file, or a tenant file
@@ -334,6 +368,7 @@ impl Default for NodeConfig {
             harbor: None,
             cluster: None,
             tenants: Vec::new(),
+            control: None,
         }
     }
 }
@@ -415,6 +450,11 @@ impl NodeConfig {
         }
         for t in &mut config.tenants {
             t.resolve_paths(base);
+        }
+        if let Some(c) = &mut config.control
+            && let Some(file) = &c.secret_file
+        {
+            c.secret = Some(read_secret(file)?);
         }
         Ok(config)
     }
@@ -509,6 +549,26 @@ impl NodeConfig {
                 c.dead_after_ms,
             )
             .map_err(|(key, message)| invalid(key, message))?;
+        }
+        if let Some(c) = &self.control {
+            match (&c.secret, &c.secret_file) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "secret_file",
+                        "give either `secret` or `secret_file`, not both".into(),
+                    ));
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        "address",
+                        "[control] needs `secret` or `secret_file`".into(),
+                    ));
+                }
+                (Some(s), None) if s.is_empty() => {
+                    return Err(invalid("secret", "must not be empty".into()));
+                }
+                _ => {}
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for t in &self.tenants {

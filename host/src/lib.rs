@@ -17,6 +17,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod harbor;
 pub mod multicast;
 pub mod runtime;

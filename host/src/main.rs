@@ -36,6 +36,49 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Run one command on a running node's control address and print its
+    /// answer; exits non-zero when the node answers an error.
+    Ctl {
+        #[command(flatten)]
+        to: ControlArgs,
+        /// The command and its arguments (`help` lists them).
+        #[arg(required = true, trailing_var_arg = true)]
+        command: Vec<String>,
+    },
+    /// Apply or remove a tenant on a running node.
+    Tenant {
+        #[command(subcommand)]
+        action: TenantAction,
+    },
+}
+
+/// Where a node's control address is and how to authenticate.
+#[derive(clap::Args)]
+struct ControlArgs {
+    /// The node's control address (`host:port`, from its `[control]` table).
+    #[arg(long, short = 'c', env = "SKYHOST_CONTROL")]
+    control: String,
+    /// A file holding the control secret (else `SKYHOST_SECRET`).
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum TenantAction {
+    /// Apply a tenant file: the tenant is added and its bootstrap services start.
+    Apply {
+        /// The tenant file (TOML: the keys of a `[[tenant]]` table).
+        file: PathBuf,
+        #[command(flatten)]
+        to: ControlArgs,
+    },
+    /// Remove a tenant: its services stop and its pending sessions end with an error.
+    Remove {
+        /// The tenant's name.
+        name: String,
+        #[command(flatten)]
+        to: ControlArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,6 +86,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { node_file } => run(&node_file),
         Command::Bench { ids, json, threads } => bench_main(&ids, json, threads),
+        Command::Ctl { to, command } => ctl(&to, &command.join(" ")),
+        Command::Tenant {
+            action: TenantAction::Apply { file, to },
+        } => std::path::absolute(&file)
+            .with_context(|| format!("{}", file.display()))
+            .and_then(|file| ctl(&to, &format!("tenant apply {}", file.display()))),
+        Command::Tenant {
+            action: TenantAction::Remove { name, to },
+        } => ctl(&to, &format!("tenant remove {name}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -50,6 +102,34 @@ fn main() -> ExitCode {
             eprintln!("skyhost: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Sends `command` to a node's control address and prints the answer.
+fn ctl(to: &ControlArgs, command: &str) -> anyhow::Result<()> {
+    let secret = match &to.secret_file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("secret file {}", f.display()))?
+            .trim_end_matches(['\n', '\r'])
+            .to_string(),
+        None => {
+            std::env::var("SKYHOST_SECRET").context("give --secret-file or set SKYHOST_SECRET")?
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answer = runtime
+        .block_on(skyhost::control::request(&to.control, &secret, command))
+        .with_context(|| format!("control address {}", to.control))?;
+    match answer {
+        skyhost::control::proto::Answer::Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+            Ok(())
+        }
+        skyhost::control::proto::Answer::Error(e) => anyhow::bail!("{e}"),
     }
 }
 

@@ -638,3 +638,272 @@ async fn busy_tenants_share_the_threads_by_weight() -> anyhow::Result<()> {
     t.stop().await;
     Ok(())
 }
+
+/// Runs `skyhost <args>`; returns whether it succeeded and its stdout and stderr.
+fn skyhost_cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skyhost"))
+        .args(args)
+        .env_remove("SKYHOST_SECRET")
+        .env_remove("SKYHOST_CONTROL")
+        .output()
+        .expect("run skyhost");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn tenant_apply_and_remove_go_through_the_control_address_of_a_real_node() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = dir.path().join("control.secret");
+    std::fs::write(&secret, "open sesame\n").expect("secret");
+    let node = dir.path().join("node.toml");
+    std::fs::write(
+        &node,
+        format!(
+            "module_paths = [{modules:?}]\ncache_dir = {cache:?}\nlog_level = \"info\"\n\n\
+             [limits]\nmax_services = 256\n\n\
+             [control]\naddress = \"127.0.0.1:0\"\nsecret_file = \"control.secret\"\n",
+            modules = guest_dir().display().to_string(),
+            cache = cache_dir().display().to_string(),
+        ),
+    )
+    .expect("node file");
+    let bootstrap = "[[bootstrap]]\nmodule = \"testkit\"\n".repeat(20);
+    let tenant_file = dir.path().join("blue.toml");
+    std::fs::write(
+        &tenant_file,
+        format!(
+            "name = \"blue\"\nmodule_paths = [{:?}]\n\n{bootstrap}",
+            guest_dir().display().to_string()
+        ),
+    )
+    .expect("tenant file");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "name = \"red\"\n[limits]\nweight = 0\n").expect("bad file");
+
+    let mut p = Proc::start([Path::new("run"), &node]);
+    let line = p.wait_for("control listening");
+    let control = log_field(&line, "address").expect("control address in the log");
+    let secret = secret.to_str().expect("utf-8 path");
+    let file = tenant_file.to_str().expect("utf-8 path");
+    let apply = [
+        "tenant",
+        "apply",
+        file,
+        "--control",
+        &control,
+        "--secret-file",
+        secret,
+    ];
+    let remove = [
+        "tenant",
+        "remove",
+        "blue",
+        "--control",
+        &control,
+        "--secret-file",
+        secret,
+    ];
+    let tenants = [
+        "ctl",
+        "--control",
+        &control,
+        "--secret-file",
+        secret,
+        "tenants",
+    ];
+
+    // Once to warm the node up (module loaded, pool slots touched).
+    for step in [&apply, &remove] {
+        let (ok, out) = skyhost_cli(step);
+        assert!(ok, "{step:?}: {out}");
+    }
+    let before = rss_kib(p.id());
+
+    let (ok, out) = skyhost_cli(&apply);
+    assert!(ok, "{out}");
+    assert_eq!(out.matches("started").count(), 20, "{out}");
+    let (ok, out) = skyhost_cli(&tenants);
+    assert!(ok && out.contains("blue services=20"), "{out}");
+    let (ok, out) = skyhost_cli(&apply);
+    assert!(!ok && out.contains("exists already"), "{out}");
+
+    let (ok, out) = skyhost_cli(&remove);
+    assert!(ok, "{out}");
+    let (ok, out) = skyhost_cli(&tenants);
+    assert!(ok && !out.contains("blue"), "{out}");
+    let after = rss_kib(p.id());
+    eprintln!("node RSS before apply {before} KiB, after remove {after} KiB");
+    assert!(
+        after <= before + before / 10,
+        "RSS {after} KiB after remove vs {before} KiB before"
+    );
+
+    // Errors name their cause; a wrong secret is refused.
+    let bad = bad.to_str().expect("utf-8 path");
+    let (ok, out) = skyhost_cli(&[
+        "tenant",
+        "apply",
+        bad,
+        "--control",
+        &control,
+        "--secret-file",
+        secret,
+    ]);
+    assert!(
+        !ok && out.contains("bad.toml:3:") && out.contains("weight"),
+        "{out}"
+    );
+    let (ok, out) = skyhost_cli(&[
+        "tenant",
+        "remove",
+        "nobody",
+        "--control",
+        &control,
+        "--secret-file",
+        secret,
+    ]);
+    assert!(!ok && out.contains("no tenant `nobody`"), "{out}");
+    let wrong = dir.path().join("wrong.secret");
+    std::fs::write(&wrong, "guess").expect("secret");
+    let (ok, out) = skyhost_cli(&[
+        "ctl",
+        "--control",
+        &control,
+        "--secret-file",
+        wrong.to_str().expect("utf-8 path"),
+        "tenants",
+    ]);
+    assert!(!ok && out.contains("not authenticated"), "{out}");
+    p.signal("INT");
+    assert!(p.wait_exit().success());
+}
+
+/// A real node (harbor 1 running the master, and cluster node `one`) with
+/// tenants `alpha` and `beta`, each with a `testkit` named `kit` in the
+/// harbor and in the cluster; the test process joins as harbor 2 and
+/// cluster node `two` with `alpha`, `beta` and `gamma` (only here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_harbor_and_cluster_nodes_a_tenant_reaches_only_itself() -> anyhow::Result<()> {
+    use anyhow::Context;
+    use skyhost::cluster::proto::Target;
+    const SECRET: &str = "tenant test secret";
+    let dir = tempfile::tempdir()?;
+    let modules = guest_dir().display().to_string();
+    let kit = "[[tenant.bootstrap]]\nmodule = \"testkit\"\nargs = \"name=kit cluster=kit\"\n";
+    let file = dir.path().join("one.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "module_paths = [{modules:?}]\ncache_dir = {cache:?}\nlog_level = \"info\"\n\n\
+             [limits]\nmax_services = 256\n\n\
+             [harbor]\nid = 1\nstandalone = \"127.0.0.1:0\"\nsecret = {SECRET:?}\n\n\
+             [cluster]\nname = \"one\"\nlisten = \"127.0.0.1:0\"\nsecret = {SECRET:?}\n\n\
+             [[tenant]]\nname = \"alpha\"\nmodule_paths = [{modules:?}]\n{kit}\n\
+             [[tenant]]\nname = \"beta\"\nmodule_paths = [{modules:?}]\n{kit}",
+            cache = cache_dir().display().to_string(),
+        ),
+    )?;
+    let mut p = Proc::start([Path::new("run"), &file]);
+    let master = log_field(&p.wait_for("harbor master listening"), "address").context("master")?;
+    let one = log_field(&p.wait_for("cluster listening"), "address").context("cluster")?;
+    p.wait_for("tenant=beta");
+
+    let mut config = test_config();
+    let mut harbor = skyhost::config::HarborConfig::new(2, SECRET);
+    harbor.master = Some(master);
+    config.harbor = Some(harbor);
+    config.cluster = Some(skyhost::config::ClusterNodeConfig::new("two", SECRET));
+    config.tenants = vec![
+        tenant("alpha", vec![guest_dir()]),
+        tenant("beta", vec![guest_dir()]),
+        tenant("gamma", vec![guest_dir()]),
+    ];
+    let node = within(skyhost::Node::launch(&config)).await??;
+    node.cluster_reload(&format!("one = {one:?}\n"))
+        .map_err(anyhow::Error::msg)?;
+    let client = |t: &str| node.client_in(t).expect("tenant on node two");
+    let (alpha, beta, gamma) = (client("alpha"), client("beta"), client("gamma"));
+
+    // Harbor: each tenant's global `kit` is its own; another's is unknown.
+    let a1 = alpha.queryname("kit", DEADLINE).await?;
+    let b1 = beta.queryname("kit", DEADLINE).await?;
+    assert_ne!(a1, b1);
+    assert_eq!(a1.harbor().0, 1);
+    assert_eq!(
+        command_via(&alpha, a1, &Command::Tenant).await?,
+        Reply::Bytes(b"alpha".to_vec())
+    );
+    assert_eq!(
+        command_via(&beta, b1, &Command::Tenant).await?,
+        Reply::Bytes(b"beta".to_vec())
+    );
+    let err = command_via(&alpha, b1, &Command::Tenant)
+        .await
+        .expect_err("alpha cannot reach beta's kit");
+    assert_eq!(err.cause(), Some(ErrorCause::UnknownAddress), "{err}");
+    let err = command_via(&gamma, a1, &Command::Tenant)
+        .await
+        .expect_err("gamma has no services on harbor 1");
+    assert_eq!(err.cause(), Some(ErrorCause::UnknownAddress), "{err}");
+    let missing = gamma
+        .queryname("kit", std::time::Duration::from_millis(200))
+        .await;
+    assert!(missing.is_err(), "gamma has no `kit`: {missing:?}");
+    // A service of alpha on this node is sealed the same way.
+    let a2 = node.spawn_in("alpha", "testkit", &[]).await?;
+    let via = |target: Address| Command::Call {
+        target: target.0,
+        command: Box::new(Command::Tenant),
+    };
+    assert_eq!(
+        command_via(&alpha, a2, &via(a1)).await?,
+        Reply::Bytes(b"alpha".to_vec())
+    );
+    failed(command_via(&alpha, a2, &via(b1)).await?);
+
+    // Cluster: by name each tenant reaches its own `kit`; by address only its own.
+    let ask = |c: &skyhost::Client, target: Target| {
+        let payload = postcard::to_allocvec(&Command::Tenant).expect("encodes");
+        c.cluster_call("one", target, payload, Some(DEADLINE))
+    };
+    let reply = |bytes: Vec<u8>| -> Reply { postcard::from_bytes(&bytes).expect("decodes") };
+    assert_eq!(
+        reply(ask(&alpha, Target::Name("kit".into())).await?),
+        Reply::Bytes(b"alpha".to_vec())
+    );
+    assert_eq!(
+        reply(ask(&beta, Target::Name("kit".into())).await?),
+        Reply::Bytes(b"beta".to_vec())
+    );
+    let err = ask(&gamma, Target::Name("kit".into()))
+        .await
+        .expect_err("gamma has no `kit` on one");
+    assert_eq!(err.cause(), Some(ErrorCause::UnknownAddress), "{err}");
+    let err = ask(&alpha, Target::Address(b1.0))
+        .await
+        .expect_err("beta's address is unknown to alpha");
+    assert_eq!(err.cause(), Some(ErrorCause::UnknownAddress), "{err}");
+    assert_eq!(alpha.cluster_query("one", "kit").await?, a1);
+    assert_eq!(beta.cluster_query("one", "kit").await?, b1);
+    assert!(gamma.cluster_query("one", "kit").await.is_err());
+
+    drop((alpha, beta, gamma));
+    within(node.shutdown()).await?;
+    p.signal("INT");
+    assert!(p.wait_exit().success());
+    Ok(())
+}

@@ -291,6 +291,8 @@ pub(crate) struct Kernel {
     pub cluster: OnceLock<Arc<crate::cluster::Cluster>>,
     /// Multicast channels made here, and subscribers of others'.
     pub multicast: crate::multicast::Multicast,
+    /// Where the control listener is bound, when the node has one.
+    pub control: OnceLock<std::net::SocketAddr>,
     pub sched: Arc<sched::Scheduler>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
@@ -806,9 +808,9 @@ impl Node {
     /// # Errors
     /// When the wasm engine cannot be built for these limits.
     pub fn start(config: &NodeConfig) -> Result<Node, NodeError> {
-        if config.harbor.is_some() || config.cluster.is_some() {
+        if config.harbor.is_some() || config.cluster.is_some() || config.control.is_some() {
             return Err(NodeError::Harbor(
-                "a harbor or cluster node starts with Node::launch".into(),
+                "a harbor, cluster or control node starts with Node::launch".into(),
             ));
         }
         Self::build(config)
@@ -833,6 +835,17 @@ impl Node {
                 Err(e) => {
                     node.shutdown().await;
                     return Err(NodeError::Harbor(e.to_string()));
+                }
+            }
+        }
+        if let Some(c) = &config.control {
+            match crate::control::start(&node, c).await {
+                Ok(bound) => {
+                    let _ = node.kernel.control.set(bound);
+                }
+                Err(e) => {
+                    node.shutdown().await;
+                    return Err(NodeError::Control(format!("control {}: {e}", c.address)));
                 }
             }
         }
@@ -881,6 +894,7 @@ impl Node {
             timers,
             remote: OnceLock::new(),
             cluster: OnceLock::new(),
+            control: OnceLock::new(),
             sched: Arc::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
@@ -1039,6 +1053,22 @@ impl Node {
         self.kernel.wasm.forget_tenant(tenant.id);
         tracing::info!(tenant = %name, "tenant removed");
         Ok(())
+    }
+
+    /// Where this node takes control commands, if it opened a control address.
+    pub fn control_address(&self) -> Option<std::net::SocketAddr> {
+        self.kernel.control.get().copied()
+    }
+
+    /// The node's limits (each tenant's quotas start from them).
+    pub fn limits(&self) -> &Limits {
+        &self.kernel.limits
+    }
+
+    /// The node's task tracker and shutdown token, for host tasks that must
+    /// end with the node.
+    pub(crate) fn task_tracker(&self) -> (TaskTracker, CancellationToken) {
+        (self.kernel.tasks.clone(), self.kernel.shutdown.clone())
     }
 
     /// The name of the tenant of the service (or host endpoint) at `address`.
@@ -1213,6 +1243,9 @@ pub enum NodeError {
     /// A tenant of the node file cannot be used.
     #[error("{0}")]
     Tenant(#[from] TenantError),
+    /// The control address could not be opened.
+    #[error("{0}")]
+    Control(String),
 }
 
 /// Why a tenant could not be applied or removed.

@@ -1,0 +1,213 @@
+//! The node's control address: an authenticated line protocol for
+//! operators and scripts (`skyhost tenant apply|remove`, `skyhost ctl`).
+//!
+//! Flow: `[control]` in the node file opens a TCP listener (127.0.0.1 by
+//! default, off unless set). Each connection is one task: it reads lines
+//! (at most [`proto::MAX_LINE`] bytes), parses them with [`proto::Request`],
+//! runs them against the [`Node`] and writes [`proto::Answer`]s. The first
+//! line must be `auth <secret>` with the node's control secret; anything
+//! else closes the connection. The handlers run on host tasks, not in a
+//! guest service, so a flooded node still answers.
+
+pub mod proto;
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
+
+use crate::config::{ControlConfig, TenantConfig};
+use crate::runtime::Node;
+use proto::{Answer, Request};
+
+/// Opens the control listener of `node`; connections are served until the
+/// node shuts down.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub(crate) async fn start(node: &Node, config: &ControlConfig) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(&config.address).await?;
+    let bound = listener.local_addr()?;
+    tracing::info!(address = %bound, "control listening");
+    let secret: std::sync::Arc<str> = config.secret.clone().unwrap_or_default().into();
+    let node = node.clone();
+    let (tasks, stop) = node.task_tracker();
+    let spawner = tasks.clone();
+    tasks.spawn(
+        async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = stop.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                match accepted {
+                    Ok((stream, from)) => {
+                        let (node, secret, stop) = (node.clone(), secret.clone(), stop.clone());
+                        let span = tracing::info_span!("control", %from);
+                        spawner.spawn(
+                            async move {
+                                tokio::select! {
+                                    () = stop.cancelled() => {}
+                                    r = serve(&node, &secret, stream) => if let Err(e) = r {
+                                        tracing::debug!("control connection ended: {e}");
+                                    },
+                                }
+                            }
+                            .instrument(span),
+                        );
+                    }
+                    Err(e) => tracing::warn!("control accept failed: {e}"),
+                }
+            }
+        }
+        .in_current_span(),
+    );
+    Ok(bound)
+}
+
+/// Serves one connection until it quits, fails to authenticate, sends a
+/// line that is too long, or closes.
+async fn serve(node: &Node, secret: &str, stream: TcpStream) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    let mut line = Vec::new();
+    let mut json = false;
+    let mut authenticated = false;
+    loop {
+        line.clear();
+        let n = tokio::io::AsyncReadExt::take(&mut lines, proto::MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.len() > proto::MAX_LINE {
+            let answer = Answer::Error(format!("line longer than {} bytes", proto::MAX_LINE));
+            write.write_all(answer.encode(json).as_bytes()).await?;
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&line);
+        let request = Request::parse(&text);
+        if !authenticated {
+            let ok = matches!(&request, Ok(Request::Auth(s)) if same_secret(s, secret));
+            let answer = if ok {
+                Answer::Ok(Vec::new())
+            } else {
+                tracing::warn!("control connection refused: not authenticated");
+                Answer::Error("not authenticated: send `auth <secret>` first".into())
+            };
+            write.write_all(answer.encode(json).as_bytes()).await?;
+            if !ok {
+                return Ok(());
+            }
+            authenticated = true;
+            continue;
+        }
+        let answer = match request {
+            Err(e) => Answer::Error(e.to_string()),
+            Ok(Request::Quit) => return Ok(()),
+            Ok(Request::Json) => {
+                json = true;
+                Answer::Ok(Vec::new())
+            }
+            Ok(r) => run(node, r).await,
+        };
+        write.write_all(answer.encode(json).as_bytes()).await?;
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(given: &str, secret: &str) -> bool {
+    use hmac::Mac;
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"skyhost-control") else {
+        return false;
+    };
+    mac.update(secret.as_bytes());
+    let expected = mac.finalize().into_bytes();
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"skyhost-control") else {
+        return false;
+    };
+    mac.update(given.as_bytes());
+    !secret.is_empty() && mac.verify_slice(&expected).is_ok()
+}
+
+/// Runs one authenticated request.
+async fn run(node: &Node, request: Request) -> Answer {
+    match request {
+        Request::Help => Answer::Ok(proto::HELP.iter().map(|s| (*s).to_string()).collect()),
+        Request::Tenants => Answer::Ok(
+            node.tenant_stats()
+                .into_iter()
+                .map(|s| {
+                    format!(
+                        "{} services={} memory={} cpu_us={} in={} out={} refusals={} grant_calls={}",
+                        s.name,
+                        s.services,
+                        s.memory_bytes,
+                        s.cpu_us,
+                        s.messages_in,
+                        s.messages_out,
+                        s.refusals,
+                        s.grant_calls
+                    )
+                })
+                .collect(),
+        ),
+        Request::TenantApply(path) => {
+            let config = match TenantConfig::load(std::path::Path::new(&path), node.limits()) {
+                Ok(c) => c,
+                Err(e) => return Answer::Error(e.to_string()),
+            };
+            match node.apply_tenant(&config).await {
+                Ok(started) => Answer::Ok(
+                    started
+                        .into_iter()
+                        .map(|a| format!("started {a}"))
+                        .collect(),
+                ),
+                Err(e) => Answer::Error(e.to_string()),
+            }
+        }
+        Request::TenantRemove(name) => match node.remove_tenant(&name).await {
+            Ok(()) => Answer::Ok(vec![format!("removed {name}")]),
+            Err(e) => Answer::Error(e.to_string()),
+        },
+        Request::Auth(_) => Answer::Ok(Vec::new()),
+        Request::Json | Request::Quit => Answer::Ok(Vec::new()),
+    }
+}
+
+/// Connects to a control address, authenticates, runs `command` and
+/// returns its answer (the `skyhost ctl` and `skyhost tenant` client).
+///
+/// # Errors
+/// When the node cannot be reached or closes the connection early.
+pub async fn request(address: &str, secret: &str, command: &str) -> std::io::Result<Answer> {
+    let stream = TcpStream::connect(address).await?;
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let answer = async |lines: &mut tokio::io::Lines<BufReader<_>>| {
+        let mut got = Vec::new();
+        loop {
+            let Some(line) = lines.next_line().await? else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the node closed the control connection",
+                ));
+            };
+            got.push(line);
+            if let Some(a) = Answer::decode_text(&got) {
+                return Ok(a);
+            }
+        }
+    };
+    write
+        .write_all(format!("auth {secret}\n").as_bytes())
+        .await?;
+    if let Answer::Error(e) = answer(&mut lines).await? {
+        return Ok(Answer::Error(e));
+    }
+    write.write_all(format!("{command}\n").as_bytes()).await?;
+    answer(&mut lines).await
+}

@@ -1,0 +1,257 @@
+//! The control protocol, sans-io: one command per line in, an answer out.
+//!
+//! ```text
+//! > auth <secret>              first line of every connection
+//! < ok
+//! > tenant apply /abs/tenant.toml
+//! < started :00000a00
+//! < ok
+//! > tenant remove blue
+//! < error: no tenant `blue` on this node
+//! ```
+//!
+//! A text answer is its lines, then `ok` or `error: <why>` (so `nc` can
+//! drive it). After `json`, each answer is one JSON object per line:
+//! `{"ok": true, "lines": [...]}` or `{"ok": false, "error": "..."}`.
+
+use serde::Serialize;
+
+/// The longest command line accepted, in bytes.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// One command of the control protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `auth <secret>`: must come first.
+    Auth(String),
+    /// `help`: the commands.
+    Help,
+    /// `json`: answer in JSON from now on.
+    Json,
+    /// `quit`: close the connection.
+    Quit,
+    /// `tenants`: each tenant's accounting.
+    Tenants,
+    /// `tenant apply <path>`: apply the tenant file at `path` (on the node's machine).
+    TenantApply(String),
+    /// `tenant remove <name>`: remove a tenant.
+    TenantRemove(String),
+}
+
+/// Why a line is not a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Nothing on the line.
+    #[error("empty command (try `help`)")]
+    Empty,
+    /// No such command.
+    #[error("unknown command `{0}` (try `help`)")]
+    Unknown(String),
+    /// The command needs an argument it did not get, or got too many.
+    #[error("usage: {0}")]
+    Usage(&'static str),
+}
+
+/// The commands and what they do, as `help` prints them.
+pub const HELP: &[&str] = &[
+    "auth <secret>            authenticate (first line)",
+    "tenants                  each tenant: services, memory, CPU, messages, refusals",
+    "tenant apply <path>      apply a tenant file and start its bootstrap services",
+    "tenant remove <name>     stop a tenant's services and remove it",
+    "json                     answer in JSON from now on",
+    "help                     this list",
+    "quit                     close the connection",
+];
+
+impl Request {
+    /// Parses one line (without its line ending).
+    ///
+    /// # Errors
+    /// [`ParseError`] naming what is wrong.
+    pub fn parse(line: &str) -> Result<Request, ParseError> {
+        let line = line.trim();
+        let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let rest = rest.trim();
+        let none = |r: Request, usage| {
+            if rest.is_empty() {
+                Ok(r)
+            } else {
+                Err(ParseError::Usage(usage))
+            }
+        };
+        match word {
+            "" => Err(ParseError::Empty),
+            // The secret is the rest of the line: it may hold spaces.
+            "auth" if !rest.is_empty() => Ok(Request::Auth(rest.to_string())),
+            "auth" => Err(ParseError::Usage("auth <secret>")),
+            "help" => none(Request::Help, "help"),
+            "json" => none(Request::Json, "json"),
+            "quit" | "exit" => none(Request::Quit, "quit"),
+            "tenants" => none(Request::Tenants, "tenants"),
+            "tenant" => {
+                let (sub, arg) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+                let arg = arg.trim();
+                let usage = "tenant apply <path> | tenant remove <name>";
+                if arg.is_empty() {
+                    return Err(ParseError::Usage(usage));
+                }
+                match sub {
+                    "apply" => Ok(Request::TenantApply(arg.to_string())),
+                    "remove" if !arg.contains(char::is_whitespace) => {
+                        Ok(Request::TenantRemove(arg.to_string()))
+                    }
+                    _ => Err(ParseError::Usage(usage)),
+                }
+            }
+            other => Err(ParseError::Unknown(other.to_string())),
+        }
+    }
+}
+
+/// An answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// It worked; what it printed.
+    Ok(Vec<String>),
+    /// It failed, and why.
+    Error(String),
+}
+
+#[derive(Serialize)]
+struct JsonAnswer<'a> {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lines: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+impl Answer {
+    /// The bytes sent for this answer: text lines ending in `ok` or
+    /// `error: ...`, or one JSON line.
+    pub fn encode(&self, json: bool) -> String {
+        if json {
+            let a = match self {
+                Answer::Ok(lines) => JsonAnswer {
+                    ok: true,
+                    lines: Some(lines),
+                    error: None,
+                },
+                Answer::Error(e) => JsonAnswer {
+                    ok: false,
+                    lines: None,
+                    error: Some(e),
+                },
+            };
+            let mut s = serde_json::to_string(&a).unwrap_or_else(|_| "{\"ok\":false}".into());
+            s.push('\n');
+            return s;
+        }
+        let mut s = String::new();
+        match self {
+            Answer::Ok(lines) => {
+                for l in lines {
+                    // A line that reads like an end marker (or starts with
+                    // the indent itself) is indented by one space.
+                    if l == "ok" || l.starts_with("error:") || l.starts_with(' ') {
+                        s.push(' ');
+                    }
+                    s.push_str(l);
+                    s.push('\n');
+                }
+                s.push_str("ok\n");
+            }
+            Answer::Error(e) => {
+                s.push_str("error: ");
+                s.push_str(&e.replace('\n', " "));
+                s.push('\n');
+            }
+        }
+        s
+    }
+
+    /// Reads a text answer back from its lines (for the `ctl` client):
+    /// `None` until the closing `ok` or `error:` line has been seen.
+    pub fn decode_text(lines: &[String]) -> Option<Answer> {
+        let last = lines.last()?;
+        let body = || {
+            lines[..lines.len() - 1]
+                .iter()
+                .map(|l| l.strip_prefix(' ').unwrap_or(l).to_string())
+                .collect()
+        };
+        if last == "ok" {
+            Some(Answer::Ok(body()))
+        } else {
+            last.strip_prefix("error: ")
+                .map(|e| Answer::Error(e.to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn commands_parse_with_their_arguments() {
+        assert_eq!(
+            Request::parse("auth open sesame"),
+            Ok(Request::Auth("open sesame".into()))
+        );
+        assert_eq!(Request::parse("  tenants "), Ok(Request::Tenants));
+        assert_eq!(
+            Request::parse("tenant apply /etc/sky/blue tenant.toml"),
+            Ok(Request::TenantApply("/etc/sky/blue tenant.toml".into()))
+        );
+        assert_eq!(
+            Request::parse("tenant remove blue"),
+            Ok(Request::TenantRemove("blue".into()))
+        );
+        assert_eq!(Request::parse(""), Err(ParseError::Empty));
+        assert!(matches!(
+            Request::parse("tenant remove"),
+            Err(ParseError::Usage(_))
+        ));
+        assert!(matches!(
+            Request::parse("tenants now"),
+            Err(ParseError::Usage(_))
+        ));
+        assert_eq!(
+            Request::parse("reboot"),
+            Err(ParseError::Unknown("reboot".into()))
+        );
+    }
+
+    #[test]
+    fn text_answers_end_with_ok_or_error() {
+        let ok = Answer::Ok(vec!["a".into(), "ok".into()]);
+        assert_eq!(ok.encode(false), "a\n ok\nok\n");
+        let err = Answer::Error("bad\nthing".into());
+        assert_eq!(err.encode(false), "error: bad thing\n");
+        assert_eq!(
+            err.encode(true),
+            "{\"ok\":false,\"error\":\"bad\\nthing\"}\n"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_line_parses_or_fails_cleanly(line in ".{0,200}") {
+            let _ = Request::parse(&line);
+        }
+
+        #[test]
+        fn text_answers_decode_to_what_was_encoded(
+            lines in proptest::collection::vec("[^\n\r]{0,40}", 0..8),
+            error in "[^\n\r]{1,40}",
+        ) {
+            for answer in [Answer::Ok(lines.clone()), Answer::Error(error.clone())] {
+                let text = answer.encode(false);
+                let read: Vec<String> = text.lines().map(str::to_string).collect();
+                prop_assert_eq!(Answer::decode_text(&read), Some(answer));
+            }
+        }
+    }
+}
