@@ -868,6 +868,72 @@ mod tests {
     }
 
     #[test]
+    fn tenant_tables_parse_and_their_errors_name_line_and_key() {
+        let ok = parse(
+            "[[tenant]]\nname = \"blue\"\ngrants = [\"green/db\"]\n[tenant.limits]\nmemory_mb = 8\n\n\
+             [[tenant]]\nname = \"green\"\n[tenant.exports]\ndb = \".db\"\n\
+             [[tenant.bootstrap]]\nmodule = \"db\"\n",
+        )
+        .expect("two tenants");
+        assert_eq!(ok.tenants.len(), 2);
+        assert_eq!(ok.tenants[0].limits.memory_mb, Some(8));
+        assert_eq!(ok.tenants[1].bootstrap[0].module, "db");
+
+        let err = |text: &str| parse(text).expect_err("invalid").to_string();
+        let twice = err("[[tenant]]\nname = \"a\"\n\n[[tenant]]\nname = \"a\"\n");
+        assert!(
+            twice.starts_with("node.toml:2:") && twice.contains("twice"),
+            "{twice}"
+        );
+        let system = err("[[tenant]]\nname = \"system\"\n");
+        assert!(system.starts_with("node.toml:2:"), "{system}");
+        let memory = err(
+            "[limits]\nmemory_mb = 16\n\n[[tenant]]\nname = \"a\"\n\n[[tenant]]\nname = \"b\"\n\
+             [tenant.limits]\nmemory_mb = 32\n",
+        );
+        assert!(
+            memory.starts_with("node.toml:10:") && memory.contains("tenant `b`: key `memory_mb`"),
+            "{memory}"
+        );
+        let grant = err("[[tenant]]\nname = \"a\"\ngrants = [\"nobody\"]\n");
+        assert!(
+            grant.starts_with("node.toml:3:") && grant.contains("tenant/entry"),
+            "{grant}"
+        );
+        let unknown = err("[[tenant]]\nname = \"a\"\nmodules = []\n");
+        assert!(
+            unknown.starts_with("node.toml:3:") && unknown.contains("modules"),
+            "{unknown}"
+        );
+        let tenant_file = TenantConfig::parse(
+            "name = \"a\"\n\n[limits]\nspawn_rate = 0\n",
+            Path::new("a.toml"),
+            &Limits::default(),
+        )
+        .expect_err("zero rate")
+        .to_string();
+        assert!(tenant_file.starts_with("a.toml:4:"), "{tenant_file}");
+    }
+
+    #[test]
+    fn the_readme_tenant_file_is_valid() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("# blue.toml")
+            .expect("the README's tenant file");
+        let end = start + readme[start..].find("```").expect("its end");
+        let tenant = TenantConfig::parse(
+            &readme[start..end],
+            Path::new("blue.toml"),
+            &Limits::default(),
+        )
+        .expect("the README's tenant file parses");
+        assert_eq!(tenant.name, "blue");
+        assert_eq!(tenant.exports.get("api").map(String::as_str), Some(".api"));
+        assert!(tenant.dirs[0].read_only && tenant.bootstrap.len() == 1);
+    }
+
+    #[test]
     fn out_of_range_value_names_line_and_key() {
         let s = parse("[limits]\n\nmemory_mb = 0\n")
             .expect_err("zero memory")

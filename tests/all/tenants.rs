@@ -138,6 +138,19 @@ async fn another_tenants_services_look_unknown_and_names_are_per_tenant() -> any
         .await,
     );
     assert!(spawned.contains("not found"), "{spawned}");
+    let Reply::Address(child) = ask(
+        &t,
+        a1,
+        Command::Spawn {
+            module: "testkit".into(),
+            args: vec![],
+        },
+    )
+    .await
+    else {
+        panic!("alpha spawns its own module");
+    };
+    assert_eq!(t.node.tenant_of(Address(child)).as_deref(), Some("alpha"));
 
     // `.db` and `db` in each tenant are their own.
     for (svc, name) in [(a1, ".db"), (b1, ".db"), (a2, "db"), (b1, "db")] {
@@ -183,6 +196,11 @@ async fn another_tenants_services_look_unknown_and_names_are_per_tenant() -> any
     };
     assert_eq!(ca, cb);
     let channel = u32::try_from(ca)?;
+    let Reply::Count(only_b) = ask(&t, b1, Command::McNew(Some(6))).await else {
+        panic!("beta's channel 6");
+    };
+    let text = failed(ask(&t, a1, Command::McSubscribe(u32::try_from(only_b)?)).await);
+    assert!(text.contains("no-such-channel"), "{text}");
     ask(&t, a2, Command::McSubscribe(channel)).await;
     ask(&t, b1, Command::McSubscribe(channel)).await;
     let publish = |tag| Command::McPublishSeq { channel, tag, n: 3 };
@@ -379,6 +397,13 @@ async fn each_quota_refuses_its_tenant_with_a_clear_error_and_spares_the_others(
                 ..Default::default()
             },
         ),
+        limited(
+            "brief",
+            TenantLimits {
+                cpu_budget_ms: Some(50),
+                ..Default::default()
+            },
+        ),
         tenant("other", vec![guest_dir()]),
     ])?;
     let other = spawn_in(&t, "other", "testkit").await;
@@ -454,6 +479,13 @@ async fn each_quota_refuses_its_tenant_with_a_clear_error_and_spares_the_others(
     let text = failed(ask(&t, peer, big).await);
     assert!(text.to_lowercase().contains("large"), "{text}");
     t.node.kill(busy);
+
+    // CPU budget per message.
+    let brief = spawn_in(&t, "brief", "testkit").await;
+    let err = try_ask(&t, brief, &Command::Spin)
+        .await
+        .expect_err("stopped at its CPU budget");
+    assert!(err.to_string().contains("cpu budget of 50 ms"), "{err}");
 
     // Spawn rate.
     spawn_in(&t, "slow", "testkit").await;
@@ -803,7 +835,8 @@ async fn across_harbor_and_cluster_nodes_a_tenant_reaches_only_itself() -> anyho
     const SECRET: &str = "tenant test secret";
     let dir = tempfile::tempdir()?;
     let modules = guest_dir().display().to_string();
-    let kit = "[[tenant.bootstrap]]\nmodule = \"testkit\"\nargs = \"name=kit cluster=kit\"\n";
+    let kit =
+        "[[tenant.bootstrap]]\nmodule = \"testkit\"\nargs = \"name=kit cluster=kit mc_new=7\"\n";
     let file = dir.path().join("one.toml");
     std::fs::write(
         &file,
@@ -874,6 +907,35 @@ async fn across_harbor_and_cluster_nodes_a_tenant_reaches_only_itself() -> anyho
         Reply::Bytes(b"alpha".to_vec())
     );
     failed(command_via(&alpha, a2, &via(b1)).await?);
+
+    // Channel 7 of harbor 1 is alpha's for alpha and beta's for beta.
+    let channel = (7 << 8) | 1;
+    let b2 = node.spawn_in("beta", "testkit", &[]).await?;
+    for (c, s) in [(&alpha, a2), (&beta, b2)] {
+        assert_eq!(
+            command_via(c, s, &Command::McSubscribe(channel)).await?,
+            Reply::Unit
+        );
+        // The subscription reached harbor 1 before anything is published.
+        command_via(c, s, &via(if s == a2 { a1 } else { b1 })).await?;
+    }
+    let publish = |tag| Command::McPublishSeq { channel, tag, n: 2 };
+    assert_eq!(command_via(&alpha, a2, &publish(1)).await?, Reply::Unit);
+    assert_eq!(command_via(&beta, b2, &publish(2)).await?, Reply::Unit);
+    for (c, s, tag) in [(&alpha, a2, 1u32), (&beta, b2, 2)] {
+        let log = within(async {
+            loop {
+                if let Ok(Reply::Order(log)) = command_via(c, s, &Command::McLog).await
+                    && log.len() >= 2
+                {
+                    return log;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await?;
+        assert_eq!(log, vec![tag << 16, (tag << 16) | 1], "{tag}");
+    }
 
     // Cluster: by name each tenant reaches its own `kit`; by address only its own.
     let ask = |c: &skyhost::Client, target: Target| {
