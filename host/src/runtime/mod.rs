@@ -246,6 +246,8 @@ pub(crate) struct ServiceHandle {
     pub module: Arc<str>,
     /// Its tenant, fixed at spawn.
     pub tenant: Arc<Tenant>,
+    /// What it has used (messages, CPU time).
+    pub usage: tenant::Usage,
     pub mailbox: Mailbox,
     /// Set by `kill`; the service stops at its next time slice or message.
     pub killed: AtomicBool,
@@ -445,6 +447,7 @@ impl Kernel {
                 address: Address::new(local, self.harbor),
                 module: module.clone(),
                 tenant: tenant.clone(),
+                usage: tenant::Usage::default(),
                 mailbox,
                 killed: AtomicBool::new(false),
                 watch: Mutex::new(Watch::default()),
@@ -459,9 +462,12 @@ impl Kernel {
     /// the services that asked to be told of its end.
     fn remove_service(&self, handle: &ServiceHandle) -> Vec<Address> {
         let services = self.services.pin();
-        services
+        let removed = services
             .remove_if(&handle.address.local(), |_, h| h.address == handle.address)
-            .ok();
+            .is_ok_and(|r| r.is_some());
+        if removed {
+            handle.tenant.counters.retired.absorb(&handle.usage);
+        }
         let (monitors, names, channels) = {
             let mut w = handle.watch();
             w.dead = true;
@@ -1079,12 +1085,17 @@ impl Node {
 
     /// Each tenant's accounting, `system` first, then by name.
     pub fn tenant_stats(&self) -> Vec<TenantStats> {
+        let mut live: HashMap<TenantId, tenant::Usage> = HashMap::new();
+        for h in self.kernel.services.pin().values() {
+            live.entry(h.tenant.id).or_default().absorb(&h.usage);
+        }
+        let none = tenant::Usage::default();
         let mut list: Vec<TenantStats> = self
             .kernel
             .tenants
             .pin()
             .values()
-            .map(|t| t.stats())
+            .map(|t| t.stats(live.get(&t.id).unwrap_or(&none)))
             .collect();
         list.sort_by(|a, b| {
             (a.name != SYSTEM_TENANT, &a.name).cmp(&(b.name != SYSTEM_TENANT, &b.name))

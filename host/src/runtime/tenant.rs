@@ -85,15 +85,39 @@ impl Quotas {
     }
 }
 
+/// What one service has used: written by the service's own task only (so
+/// no two threads share the cache line on the message path), summed per
+/// tenant when stats are read. Aligned to its own cache line: senders
+/// write the mailbox counters beside it in the service's handle.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub(crate) struct Usage {
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub cpu_nanos: AtomicU64,
+}
+
+impl Usage {
+    /// Adds `other`'s counts to these.
+    pub fn absorb(&self, other: &Usage) {
+        for (mine, theirs) in [
+            (&self.messages_in, &other.messages_in),
+            (&self.messages_out, &other.messages_out),
+            (&self.cpu_nanos, &other.cpu_nanos),
+        ] {
+            mine.fetch_add(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+}
+
 /// What a tenant has used and been refused, since it was applied.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub live: AtomicUsize,
     /// Bytes of linear memory its services hold.
     pub memory: AtomicUsize,
-    pub cpu_nanos: AtomicU64,
-    pub messages_in: AtomicU64,
-    pub messages_out: AtomicU64,
+    /// What its ended services used (live ones keep their own [`Usage`]).
+    pub retired: Usage,
     /// Requests refused by a quota (spawn, memory, mailbox, payload).
     pub refusals: AtomicU64,
     /// Calls its services made through grants.
@@ -231,16 +255,20 @@ impl Tenant {
         self.grants.iter().any(|(t, e)| *t == owner && e == entry)
     }
 
-    /// Its accounting now.
-    pub fn stats(&self) -> TenantStats {
+    /// Its accounting now; `live` is the usage of its live services.
+    pub fn stats(&self, live: &Usage) -> TenantStats {
         let c = &self.counters;
+        let total = Usage::default();
+        total.absorb(&c.retired);
+        total.absorb(live);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         TenantStats {
             name: self.name.to_string(),
             services: c.live.load(Ordering::Acquire),
             memory_bytes: c.memory.load(Ordering::Relaxed),
-            cpu_us: c.cpu_nanos.load(Ordering::Relaxed) / 1_000,
-            messages_in: c.messages_in.load(Ordering::Relaxed),
-            messages_out: c.messages_out.load(Ordering::Relaxed),
+            cpu_us: get(&total.cpu_nanos) / 1_000,
+            messages_in: get(&total.messages_in),
+            messages_out: get(&total.messages_out),
             refusals: c.refusals.load(Ordering::Relaxed),
             grant_calls: c.grant_calls.load(Ordering::Relaxed),
         }

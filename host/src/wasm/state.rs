@@ -174,9 +174,16 @@ impl ServiceState {
         self.cpu_used = Duration::ZERO;
         self.cpu_budget =
             per_message.saturating_mul(u32::try_from(messages.max(1)).unwrap_or(u32::MAX));
-        self.work_started = tokio::time::Instant::now();
-        self.resumed_at
-            .store(self.kernel.nanos_since_start(), Ordering::Relaxed);
+        // One clock read for both: the timers' "now" and the CPU clock.
+        let now = tokio::time::Instant::now();
+        self.work_started = now;
+        let since_start = now
+            .into_std()
+            .saturating_duration_since(self.kernel.started);
+        self.resumed_at.store(
+            u64::try_from(since_start.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// The piece of work returned or trapped: its CPU time and message
@@ -188,11 +195,11 @@ impl ServiceState {
         // Since the last epoch deadline, which counted what ran before it.
         let now = self.kernel.nanos_since_start();
         let ran = now.saturating_sub(self.resumed_at.load(Ordering::Relaxed));
-        let c = &self.handle.tenant.counters;
-        c.cpu_nanos.fetch_add(ran, Ordering::Relaxed);
-        c.messages_in
+        let u = &self.handle.usage;
+        u.cpu_nanos.fetch_add(ran, Ordering::Relaxed);
+        u.messages_in
             .fetch_add(std::mem::take(&mut self.taken), Ordering::Relaxed);
-        c.messages_out
+        u.messages_out
             .fetch_add(std::mem::take(&mut self.sent), Ordering::Relaxed);
     }
 
@@ -261,7 +268,7 @@ pub(crate) fn on_epoch_deadline(
         Duration::from_nanos(now.saturating_sub(state.resumed_at.swap(now, Ordering::Relaxed)));
     state.cpu_used += ran;
     let tenant = &state.handle.tenant;
-    tenant.counters.cpu_nanos.fetch_add(
+    state.handle.usage.cpu_nanos.fetch_add(
         u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX),
         Ordering::Relaxed,
     );
