@@ -26,8 +26,8 @@ pub mod wasm;
 
 pub use config::NodeConfig;
 pub use runtime::{
-    Address, CallError, Client, ErrorCause, Message, Node, SendError, SpawnError, TenantError,
-    TenantId, TenantStats, kind,
+    Address, CallError, Client, ErrorCause, Message, Node, SendError, ServiceInfo, SpawnError,
+    TenantError, TenantId, TenantStats, kind,
 };
 
 /// Where the build put the bundled services (`services/` built for

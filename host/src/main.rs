@@ -45,6 +45,12 @@ enum Command {
         #[arg(required = true, trailing_var_arg = true)]
         command: Vec<String>,
     },
+    /// An interactive console on a running node's control address, with
+    /// line editing and history (`help` lists the commands).
+    Console {
+        #[command(flatten)]
+        to: ControlArgs,
+    },
     /// Apply or remove a tenant on a running node.
     Tenant {
         #[command(subcommand)]
@@ -87,6 +93,7 @@ fn main() -> ExitCode {
         Command::Run { node_file } => run(&node_file),
         Command::Bench { ids, json, threads } => bench_main(&ids, json, threads),
         Command::Ctl { to, command } => ctl(&to, &command.join(" ")),
+        Command::Console { to } => console(&to),
         Command::Tenant {
             action: TenantAction::Apply { file, to },
         } => std::path::absolute(&file)
@@ -105,17 +112,66 @@ fn main() -> ExitCode {
     }
 }
 
-/// Sends `command` to a node's control address and prints the answer.
-fn ctl(to: &ControlArgs, command: &str) -> anyhow::Result<()> {
-    let secret = match &to.secret_file {
-        Some(f) => std::fs::read_to_string(f)
+/// The control secret from `--secret-file` or `SKYHOST_SECRET`.
+fn control_secret(to: &ControlArgs) -> anyhow::Result<String> {
+    match &to.secret_file {
+        Some(f) => Ok(std::fs::read_to_string(f)
             .with_context(|| format!("secret file {}", f.display()))?
             .trim_end_matches(['\n', '\r'])
-            .to_string(),
-        None => {
-            std::env::var("SKYHOST_SECRET").context("give --secret-file or set SKYHOST_SECRET")?
+            .to_string()),
+        None => std::env::var("SKYHOST_SECRET").context("give --secret-file or set SKYHOST_SECRET"),
+    }
+}
+
+/// Reads commands with line editing and history (`~/.skyhost_history`),
+/// runs each on the node and prints its answer, until end of input or `quit`.
+fn console(to: &ControlArgs) -> anyhow::Result<()> {
+    use rustyline::error::ReadlineError;
+    use skyhost::control::proto::Answer;
+    let secret = control_secret(to)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut client = runtime
+        .block_on(skyhost::control::ControlClient::connect(
+            &to.control,
+            &secret,
+        ))
+        .with_context(|| format!("control address {}", to.control))?;
+    let mut editor = rustyline::DefaultEditor::new()?;
+    let history = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".skyhost_history"));
+    if let Some(h) = &history {
+        let _ = editor.load_history(h);
+    }
+    println!("connected to {}; `help` lists the commands", to.control);
+    loop {
+        let line = match editor.readline(&format!("{}> ", to.control)) {
+            Ok(l) => l,
+            Err(ReadlineError::Interrupted | ReadlineError::Eof) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
         }
-    };
+        let _ = editor.add_history_entry(line);
+        if matches!(line, "quit" | "exit") {
+            break;
+        }
+        match runtime.block_on(client.run(line))? {
+            Answer::Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+            Answer::Error(e) => eprintln!("error: {e}"),
+        }
+    }
+    if let Some(h) = &history {
+        let _ = editor.save_history(h);
+    }
+    Ok(())
+}
+
+/// Sends `command` to a node's control address and prints the answer.
+fn ctl(to: &ControlArgs, command: &str) -> anyhow::Result<()> {
+    let secret = control_secret(to)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -2,6 +2,7 @@
 
 mod cli;
 mod cluster;
+mod console;
 mod harbor;
 mod local;
 mod multicast;

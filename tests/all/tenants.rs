@@ -770,6 +770,30 @@ fn tenant_apply_and_remove_go_through_the_control_address_of_a_real_node() {
     assert_eq!(out.matches("started").count(), 20, "{out}");
     let (ok, out) = skyhost_cli(&tenants);
     assert!(ok && out.contains("blue services=20"), "{out}");
+    // The interactive console reads the same commands from its input.
+    let console = std::process::Command::new(env!("CARGO_BIN_EXE_skyhost"))
+        .args(["console", "--control", &control, "--secret-file", secret])
+        .env("HOME", dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the console");
+    use std::io::Write;
+    console
+        .stdin
+        .as_ref()
+        .expect("piped stdin")
+        .write_all(b"tenants\nnonsense\nquit\n")
+        .expect("console input");
+    let out = console.wait_with_output().expect("console ends");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("blue services=20"), "{stdout}");
+    assert!(stderr.contains("unknown command `nonsense`"), "{stderr}");
     let (ok, out) = skyhost_cli(&apply);
     assert!(!ok && out.contains("exists already"), "{out}");
 

@@ -132,6 +132,9 @@ fn same_secret(given: &str, secret: &str) -> bool {
     !secret.is_empty() && mac.verify_slice(&expected).is_ok()
 }
 
+/// How long `ping` waits for a service to pick its message up.
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs one authenticated request.
 async fn run(node: &Node, request: Request) -> Answer {
     match request {
@@ -173,24 +176,112 @@ async fn run(node: &Node, request: Request) -> Answer {
             Ok(()) => Answer::Ok(vec![format!("removed {name}")]),
             Err(e) => Answer::Error(e.to_string()),
         },
+        Request::List => Answer::Ok(
+            node.service_infos()
+                .into_iter()
+                .map(|i| {
+                    format!(
+                        "{} {} tenant={} names={} mailbox={} {}",
+                        i.address,
+                        i.module,
+                        i.tenant,
+                        if i.names.is_empty() { "-".to_string() } else { i.names.join(",") },
+                        i.mailbox,
+                        i.state
+                    )
+                })
+                .collect(),
+        ),
+        Request::Stat(address) => match node.service_info(address) {
+            Some(i) => Answer::Ok(vec![
+                format!("address {}", i.address),
+                format!("module {}", i.module),
+                format!("tenant {}", i.tenant),
+                format!("state {}", i.state),
+                format!("messages_in {}", i.messages_in),
+                format!("messages_out {}", i.messages_out),
+                format!("cpu_us {}", i.cpu_us),
+                format!("mailbox {}", i.mailbox),
+                format!("mailbox_peak {}", i.mailbox_peak),
+                format!("memory {}", i.memory_bytes),
+                format!("age_ms {}", i.age.as_millis()),
+            ]),
+            None => Answer::Error(format!("no service {address}")),
+        },
+        Request::Mem => {
+            let mut infos = node.service_infos();
+            infos.sort_by_key(|i| std::cmp::Reverse(i.memory_bytes));
+            let total: usize = infos.iter().map(|i| i.memory_bytes).sum();
+            let mut lines: Vec<String> = infos
+                .iter()
+                .filter(|i| i.memory_bytes > 0)
+                .map(|i| format!("{} {} {} KiB", i.address, i.module, i.memory_bytes >> 10))
+                .collect();
+            lines.push(format!("total {} KiB in {} services", total >> 10, lines.len()));
+            Answer::Ok(lines)
+        }
+        Request::Kill(address) => {
+            if node.kill(address) {
+                Answer::Ok(vec![format!("killed {address}")])
+            } else {
+                Answer::Error(format!("no service {address}"))
+            }
+        }
+        Request::Spawn {
+            tenant,
+            module,
+            args,
+        } => match node.spawn_in(&tenant, &module, args.as_bytes()).await {
+            Ok(a) => Answer::Ok(vec![format!("started {a}")]),
+            Err(e) => Answer::Error(e.to_string()),
+        },
+        Request::Ping(address) => match node.ping(address, PING_TIMEOUT).await {
+            Ok(took) => Answer::Ok(vec![format!("pong from {address} in {} µs", took.as_micros())]),
+            Err(e) => Answer::Error(format!("ping {address}: {e}")),
+        },
         Request::Auth(_) => Answer::Ok(Vec::new()),
         Request::Json | Request::Quit => Answer::Ok(Vec::new()),
     }
 }
 
-/// Connects to a control address, authenticates, runs `command` and
-/// returns its answer (the `skyhost ctl` and `skyhost tenant` client).
-///
-/// # Errors
-/// When the node cannot be reached or closes the connection early.
-pub async fn request(address: &str, secret: &str, command: &str) -> std::io::Result<Answer> {
-    let stream = TcpStream::connect(address).await?;
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    let answer = async |lines: &mut tokio::io::Lines<BufReader<_>>| {
+/// A client of a node's control address: one authenticated connection,
+/// one command at a time (`skyhost ctl`, `skyhost tenant`, `skyhost console`).
+pub struct ControlClient {
+    write: tokio::net::tcp::OwnedWriteHalf,
+    lines: tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
+}
+
+impl ControlClient {
+    /// Connects and authenticates with `secret`.
+    ///
+    /// # Errors
+    /// When the node cannot be reached, or refuses the secret (the error
+    /// says so).
+    pub async fn connect(address: &str, secret: &str) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(address).await?;
+        let (read, write) = stream.into_split();
+        let mut client = ControlClient {
+            write,
+            lines: BufReader::new(read).lines(),
+        };
+        if let Answer::Error(e) = client.run(&format!("auth {secret}")).await? {
+            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, e));
+        }
+        Ok(client)
+    }
+
+    /// Runs one command and reads its answer.
+    ///
+    /// # Errors
+    /// When the connection fails or the node closes it before answering.
+    pub async fn run(&mut self, command: &str) -> std::io::Result<Answer> {
+        let command = command.replace(['\n', '\r'], " ");
+        self.write
+            .write_all(format!("{command}\n").as_bytes())
+            .await?;
         let mut got = Vec::new();
         loop {
-            let Some(line) = lines.next_line().await? else {
+            let Some(line) = self.lines.next_line().await? else {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     "the node closed the control connection",
@@ -201,13 +292,20 @@ pub async fn request(address: &str, secret: &str, command: &str) -> std::io::Res
                 return Ok(a);
             }
         }
-    };
-    write
-        .write_all(format!("auth {secret}\n").as_bytes())
-        .await?;
-    if let Answer::Error(e) = answer(&mut lines).await? {
-        return Ok(Answer::Error(e));
     }
-    write.write_all(format!("{command}\n").as_bytes()).await?;
-    answer(&mut lines).await
+}
+
+/// Connects to a control address, authenticates, runs `command` and
+/// returns its answer; a refused secret is an [`Answer::Error`].
+///
+/// # Errors
+/// When the node cannot be reached or closes the connection early.
+pub async fn request(address: &str, secret: &str, command: &str) -> std::io::Result<Answer> {
+    match ControlClient::connect(address, secret).await {
+        Ok(mut c) => c.run(command).await,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Ok(Answer::Error(e.to_string()))
+        }
+        Err(e) => Err(e),
+    }
 }

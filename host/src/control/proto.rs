@@ -16,6 +16,8 @@
 
 use serde::Serialize;
 
+use crate::runtime::Address;
+
 /// The longest command line accepted, in bytes.
 pub const MAX_LINE: usize = 64 * 1024;
 
@@ -36,6 +38,25 @@ pub enum Request {
     TenantApply(String),
     /// `tenant remove <name>`: remove a tenant.
     TenantRemove(String),
+    /// `list`: every service: address, module, tenant, names, mailbox, state.
+    List,
+    /// `stat <addr>`: one service's counters.
+    Stat(Address),
+    /// `mem`: memory per service (largest first) and in all.
+    Mem,
+    /// `kill <addr>`: stop a service.
+    Kill(Address),
+    /// `spawn [tenant/]<module> [args...]`: start a service.
+    Spawn {
+        /// The tenant (`system` when not given).
+        tenant: String,
+        /// The module.
+        module: String,
+        /// Its `init` arguments (the rest of the line).
+        args: String,
+    },
+    /// `ping <addr>`: how long the service takes to pick up a message.
+    Ping(Address),
 }
 
 /// Why a line is not a command.
@@ -55,6 +76,12 @@ pub enum ParseError {
 /// The commands and what they do, as `help` prints them.
 pub const HELP: &[&str] = &[
     "auth <secret>            authenticate (first line)",
+    "list                     every service: address, module, tenant, names, mailbox, state",
+    "stat <addr>              one service: messages, CPU, mailbox and peak, memory, age",
+    "mem                      linear memory per service, largest first, and in all",
+    "kill <addr>              stop a service (its pending sessions end with an error)",
+    "spawn [tenant/]<module> [args]  start a service",
+    "ping <addr>              how long a service takes to pick up a message",
     "tenants                  each tenant: services, memory, CPU, messages, refusals",
     "tenant apply <path>      apply a tenant file and start its bootstrap services",
     "tenant remove <name>     stop a tenant's services and remove it",
@@ -88,6 +115,23 @@ impl Request {
             "json" => none(Request::Json, "json"),
             "quit" | "exit" => none(Request::Quit, "quit"),
             "tenants" => none(Request::Tenants, "tenants"),
+            "list" => none(Request::List, "list"),
+            "mem" => none(Request::Mem, "mem"),
+            "stat" => address(rest, "stat <addr>").map(Request::Stat),
+            "kill" => address(rest, "kill <addr>").map(Request::Kill),
+            "ping" => address(rest, "ping <addr>").map(Request::Ping),
+            "spawn" => {
+                let (target, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+                let (tenant, module) = target.split_once('/').unwrap_or(("system", target));
+                if module.is_empty() || tenant.is_empty() {
+                    return Err(ParseError::Usage("spawn [tenant/]<module> [args]"));
+                }
+                Ok(Request::Spawn {
+                    tenant: tenant.to_string(),
+                    module: module.to_string(),
+                    args: args.trim().to_string(),
+                })
+            }
             "tenant" => {
                 let (sub, arg) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
                 let arg = arg.trim();
@@ -106,6 +150,14 @@ impl Request {
             other => Err(ParseError::Unknown(other.to_string())),
         }
     }
+}
+
+/// The one argument of `usage` as an address (`:0000010a` or decimal).
+fn address(rest: &str, usage: &'static str) -> Result<Address, ParseError> {
+    if rest.is_empty() || rest.contains(char::is_whitespace) {
+        return Err(ParseError::Usage(usage));
+    }
+    rest.parse().map_err(|_| ParseError::Usage(usage))
 }
 
 /// An answer to one request.
@@ -208,6 +260,34 @@ mod tests {
         assert_eq!(
             Request::parse("tenant remove blue"),
             Ok(Request::TenantRemove("blue".into()))
+        );
+        assert_eq!(
+            Request::parse("stat :00000a00"),
+            Ok(Request::Stat(Address(0xa00)))
+        );
+        assert_eq!(
+            Request::parse("kill 2560"),
+            Ok(Request::Kill(Address(2560)))
+        );
+        assert!(matches!(
+            Request::parse("ping :zz"),
+            Err(ParseError::Usage(_))
+        ));
+        assert_eq!(
+            Request::parse("spawn blue/echo a b"),
+            Ok(Request::Spawn {
+                tenant: "blue".into(),
+                module: "echo".into(),
+                args: "a b".into()
+            })
+        );
+        assert_eq!(
+            Request::parse("spawn echo"),
+            Ok(Request::Spawn {
+                tenant: "system".into(),
+                module: "echo".into(),
+                args: String::new()
+            })
         );
         assert_eq!(Request::parse(""), Err(ParseError::Empty));
         assert!(matches!(

@@ -170,6 +170,35 @@ impl Ready {
     }
 }
 
+/// A snapshot of one service, for the console (`list`, `stat`, `mem`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Its address.
+    pub address: Address,
+    /// The module it runs (`host`, `cluster-agent`, `cluster-proxy` for host endpoints).
+    pub module: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// The names it holds.
+    pub names: Vec<String>,
+    /// Messages queued now.
+    pub mailbox: usize,
+    /// The most messages ever queued at once.
+    pub mailbox_peak: usize,
+    /// Messages it took.
+    pub messages_in: u64,
+    /// Messages it sent (sends, calls, answers).
+    pub messages_out: u64,
+    /// CPU time it used handling messages, in microseconds.
+    pub cpu_us: u64,
+    /// Linear memory it holds, in bytes.
+    pub memory_bytes: usize,
+    /// Time since it was spawned.
+    pub age: Duration,
+    /// `running` (in a dispatch), `ready` (messages not picked up yet) or `idle`.
+    pub state: &'static str,
+}
+
 /// A mailbox's sending side, with its length for limits and warnings.
 ///
 /// The queue itself is unbounded, as in Skynet (a guest's `send` never
@@ -179,6 +208,8 @@ impl Ready {
 pub(crate) struct Mailbox {
     tx: mpsc::UnboundedSender<Message>,
     len: AtomicUsize,
+    /// The most messages queued at once.
+    peak: AtomicUsize,
     warn_at: AtomicUsize,
     /// Has messages its service has not picked up (see [`sched`]).
     ready: AtomicBool,
@@ -194,6 +225,7 @@ impl Mailbox {
         let mailbox = Mailbox {
             tx,
             len: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
             warn_at: AtomicUsize::new(MAILBOX_WARN),
             ready: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -246,8 +278,10 @@ pub(crate) struct ServiceHandle {
     pub module: Arc<str>,
     /// Its tenant, fixed at spawn.
     pub tenant: Arc<Tenant>,
-    /// What it has used (messages, CPU time).
+    /// What it has used (messages, CPU time, memory).
     pub usage: tenant::Usage,
+    /// When it was spawned.
+    pub started: Instant,
     pub mailbox: Mailbox,
     /// Set by `kill`; the service stops at its next time slice or message.
     pub killed: AtomicBool,
@@ -267,6 +301,32 @@ struct Watch {
 impl ServiceHandle {
     fn watch(&self) -> std::sync::MutexGuard<'_, Watch> {
         self.watch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the console shows of it.
+    fn info(&self) -> ServiceInfo {
+        let u = &self.usage;
+        let state = if u.running.load(Ordering::Relaxed) {
+            "running"
+        } else if self.mailbox.ready.load(Ordering::Relaxed) {
+            "ready"
+        } else {
+            "idle"
+        };
+        ServiceInfo {
+            address: self.address,
+            module: self.module.to_string(),
+            tenant: self.tenant.name.to_string(),
+            names: self.watch().names.clone(),
+            mailbox: self.mailbox.len(),
+            mailbox_peak: self.mailbox.peak.load(Ordering::Relaxed),
+            messages_in: u.messages_in.load(Ordering::Relaxed),
+            messages_out: u.messages_out.load(Ordering::Relaxed),
+            cpu_us: u.cpu_nanos.load(Ordering::Relaxed) / 1_000,
+            memory_bytes: u.memory.load(Ordering::Relaxed),
+            age: self.started.elapsed(),
+            state,
+        }
     }
 }
 
@@ -402,6 +462,9 @@ impl Kernel {
             handle.tenant.refused();
             return Err(SendError::Overloaded(dest));
         }
+        if len > mailbox.peak.load(Ordering::Relaxed) {
+            mailbox.peak.fetch_max(len, Ordering::Relaxed);
+        }
         // Marked before the message is visible, so the service's pick-up,
         // which follows it, always clears the mark.
         let interrupt = len == 1 && self.sched.mark_ready(&mailbox.ready);
@@ -448,6 +511,7 @@ impl Kernel {
                 module: module.clone(),
                 tenant: tenant.clone(),
                 usage: tenant::Usage::default(),
+                started: Instant::now(),
                 mailbox,
                 killed: AtomicBool::new(false),
                 watch: Mutex::new(Watch::default()),
@@ -1106,6 +1170,56 @@ impl Node {
     /// Live wasm services on this node.
     pub fn service_count(&self) -> usize {
         self.kernel.live.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of the service (or host endpoint) at `address`.
+    pub fn service_info(&self, address: Address) -> Option<ServiceInfo> {
+        self.kernel.with_service(address, ServiceHandle::info)
+    }
+
+    /// A snapshot of every service and host endpoint, in address order.
+    pub fn service_infos(&self) -> Vec<ServiceInfo> {
+        let mut list: Vec<ServiceInfo> = self
+            .kernel
+            .services
+            .pin()
+            .values()
+            .map(|h| h.info())
+            .collect();
+        list.sort_by_key(|i| i.address);
+        list
+    }
+
+    /// How long `target` takes to pick up a message the host sends it
+    /// (answered by the runtime, not the guest, so it works on any service).
+    ///
+    /// # Errors
+    /// `UnknownAddress` for no such service; `Timeout` when it did not pick
+    /// the ping up within `timeout` (it is busy in a long dispatch, or its
+    /// mailbox is long).
+    pub async fn ping(&self, target: Address, timeout: Duration) -> Result<Duration, CallError> {
+        let mut endpoint =
+            endpoint::HostEndpoint::new(&self.kernel, "host", self.kernel.host_tenant.clone());
+        let ping = Message {
+            kind: kind::SYSTEM,
+            source: endpoint.address(),
+            session: 1,
+            tenant: TenantId::HOST,
+            payload: Default::default(),
+        };
+        let start = Instant::now();
+        self.kernel.deliver(target, ping)?;
+        let pong = async {
+            while let Some(m) = endpoint.recv().await {
+                if m.kind == kind::RESPONSE && m.session == 1 && m.source == target {
+                    return Ok(start.elapsed());
+                }
+            }
+            Err(CallError::NodeStopped)
+        };
+        tokio::time::timeout(timeout, pong)
+            .await
+            .unwrap_or(Err(CallError::Timeout))
     }
 
     /// Every live service with the module it runs, in address order.

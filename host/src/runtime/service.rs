@@ -132,10 +132,10 @@ async fn serve(
             }
             return End::killed();
         }
-        push_unless_wake(&mut batch, first);
+        push_unless_wake(kernel, handle, &mut batch, first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(m) => push_unless_wake(&mut batch, m),
+                Ok(m) => push_unless_wake(kernel, handle, &mut batch, m),
                 Err(_) => break,
             }
         }
@@ -160,10 +160,21 @@ async fn serve(
     }
 }
 
-/// `kill`'s wake-up message carries nothing for the guest.
-fn push_unless_wake(batch: &mut Vec<Message>, m: Message) {
+/// `kill`'s wake-up message carries nothing for the guest; a host ping (a
+/// `system` message with a session) is answered here, when the service
+/// picks it up, without entering the guest.
+fn push_unless_wake(kernel: &Kernel, handle: &ServiceHandle, batch: &mut Vec<Message>, m: Message) {
     if m.kind != kind::SYSTEM {
         batch.push(m);
+    } else if m.session != 0 {
+        let pong = Message {
+            kind: kind::RESPONSE,
+            source: handle.address,
+            session: m.session,
+            tenant: super::TenantId::HOST,
+            payload: Default::default(),
+        };
+        let _ = kernel.deliver(m.source, pong);
     }
 }
 

@@ -56,6 +56,7 @@ impl Drop for MemoryLimiter {
 pub(crate) struct MemoryLimiter {
     limit: usize,
     tenant: Arc<Tenant>,
+    handle: Arc<ServiceHandle>,
     /// Bytes of linear memory this service holds, counted in its tenant's.
     held: usize,
 }
@@ -87,6 +88,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             }));
         }
         self.held += grow;
+        self.handle.usage.memory.store(self.held, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -152,6 +154,7 @@ impl ServiceState {
             limiter: MemoryLimiter {
                 limit: tenant.quotas.memory,
                 tenant: tenant.clone(),
+                handle: handle.clone(),
                 held: 0,
             },
             next_session: 0,
@@ -172,6 +175,7 @@ impl ServiceState {
     pub fn start_work(&mut self, messages: usize) {
         let per_message = Duration::from_millis(self.handle.tenant.quotas.cpu_budget_ms);
         self.cpu_used = Duration::ZERO;
+        self.handle.usage.running.store(true, Ordering::Relaxed);
         self.cpu_budget =
             per_message.saturating_mul(u32::try_from(messages.max(1)).unwrap_or(u32::MAX));
         // One clock read for both: the timers' "now" and the CPU clock.
@@ -196,6 +200,7 @@ impl ServiceState {
         let now = self.kernel.nanos_since_start();
         let ran = now.saturating_sub(self.resumed_at.load(Ordering::Relaxed));
         let u = &self.handle.usage;
+        u.running.store(false, Ordering::Relaxed);
         u.cpu_nanos.fetch_add(ran, Ordering::Relaxed);
         u.messages_in
             .fetch_add(std::mem::take(&mut self.taken), Ordering::Relaxed);
