@@ -67,6 +67,19 @@ fn the_demo_node_runs_and_stops_cleanly_on_sigint() {
     // The demo's own log line once its calls through its echo services
     // were answered.
     node.wait_for("demo: done");
+    // The README's console steps, on the demo node.
+    let line = node.wait_for("control listening");
+    let control = crate::support::log_field(&line, "address").expect("control address");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skyhost"))
+        .args(["ctl", "-c", &control, "list"])
+        .env("SKYHOST_SECRET", "demo")
+        .output()
+        .expect("run skyhost ctl");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && listed.contains(" demo tenant=system"),
+        "{listed}"
+    );
     node.signal("INT");
     node.wait_for("stopped");
     let exit = node.wait_exit();
