@@ -592,6 +592,22 @@ impl NodeConfig {
 }
 
 impl TenantConfig {
+    /// A tenant that loads modules from `module_paths`, with the node's
+    /// limits and nothing granted.
+    pub fn new(name: &str, module_paths: Vec<PathBuf>) -> Self {
+        TenantConfig {
+            name: name.to_string(),
+            module_paths,
+            limits: TenantLimits::default(),
+            grants: Vec::new(),
+            exports: Default::default(),
+            dirs: Vec::new(),
+            env: Default::default(),
+            tcp_connect: Vec::new(),
+            bootstrap: Vec::new(),
+        }
+    }
+
     /// Reads and checks a tenant file (the keys of one `[[tenant]]` table at
     /// top level); relative paths are taken relative to the file.
     /// `node_limits` are the limits of the node it will run on.

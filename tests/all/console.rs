@@ -97,6 +97,12 @@ async fn the_console_answers_within_100_ms_while_services_spin_and_a_mailbox_is_
     .await?;
     assert!(matches!(again, Answer::Ok(_) | Answer::Error(_)));
 
+    let (netstat, _) = ask(&control, "netstat").await;
+    assert_eq!(
+        lines(netstat),
+        Vec::<String>::new(),
+        "a single node has no links"
+    );
     let (mem, _) = ask(&control, "mem").await;
     let mem = lines(mem);
     assert!(

@@ -20,17 +20,7 @@ fn module_dir(root: &Path, name: &str, modules: &[&str]) -> PathBuf {
 }
 
 fn tenant(name: &str, module_paths: Vec<PathBuf>) -> TenantConfig {
-    TenantConfig {
-        name: name.into(),
-        module_paths,
-        limits: TenantLimits::default(),
-        grants: Vec::new(),
-        exports: Default::default(),
-        dirs: Vec::new(),
-        env: Default::default(),
-        tcp_connect: Vec::new(),
-        bootstrap: Vec::new(),
-    }
+    TenantConfig::new(name, module_paths)
 }
 
 /// A node with `tenants` besides `system`.
@@ -986,6 +976,24 @@ async fn across_harbor_and_cluster_nodes_a_tenant_reaches_only_itself() -> anyho
     assert_eq!(alpha.cluster_query("one", "kit").await?, a1);
     assert_eq!(beta.cluster_query("one", "kit").await?, b1);
     assert!(gamma.cluster_query("one", "kit").await.is_err());
+
+    // What netstat shows of this node's links.
+    let links = node.links();
+    let harbor = links
+        .iter()
+        .find(|l| l.kind == "harbor" && l.peer == "1")
+        .context("the link to harbor 1")?;
+    assert!(
+        harbor.up && harbor.bytes_in > 0 && harbor.bytes_out > 0 && harbor.frames_in > 0,
+        "{harbor:?}"
+    );
+    assert_eq!(harbor.connections, 1, "{harbor:?}");
+    let out = links
+        .iter()
+        .find(|l| l.kind == "cluster-out" && l.peer == "one")
+        .context("the link to cluster node one")?;
+    assert!(out.up && out.bytes_out > 0 && out.frames_in > 0, "{out:?}");
+    assert_eq!(out.address, one);
 
     drop((alpha, beta, gamma));
     within(node.shutdown()).await?;

@@ -86,7 +86,13 @@ async fn serve(
         .in_current_span(),
     );
     drop(tx);
-    let result = conn.run(&mut rx, &mut handler, &cluster.cancel).await;
+    let stats = Arc::new(crate::transport::LinkStats::default());
+    lock(&cluster.inbound).push((peer.clone(), from, stats.clone()));
+    let result = conn
+        .with_stats(stats.clone())
+        .run(&mut rx, &mut handler, &cluster.cancel)
+        .await;
+    lock(&cluster.inbound).retain(|(_, _, s)| !Arc::ptr_eq(s, &stats));
     answers.abort();
     match result {
         Ok(()) => tracing::info!(%peer, "cluster link closed"),

@@ -186,6 +186,8 @@ pub(crate) struct Cluster {
     next_waiting: AtomicU64,
     /// Names registered with `cluster.register`, for other nodes' queries.
     names: Mutex<HashMap<String, Address>>,
+    /// Links from other nodes now open: their name, address and counters.
+    pub(crate) inbound: Mutex<Vec<(String, SocketAddr, Arc<crate::transport::LinkStats>)>>,
     listening: Mutex<Vec<SocketAddr>>,
     cancel: CancellationToken,
 }
@@ -225,6 +227,7 @@ impl Cluster {
             waiting: Mutex::new(HashMap::new()),
             next_waiting: AtomicU64::new(1),
             names: Mutex::new(HashMap::new()),
+            inbound: Mutex::new(Vec::new()),
             listening: Mutex::new(Vec::new()),
             cancel: kernel.shutdown.child_token(),
         });
@@ -543,6 +546,16 @@ impl Cluster {
         tracing::info!(nodes = table.nodes.len(), "cluster config reloaded");
         self.apply(table);
         Ok(())
+    }
+
+    /// The `netstat` rows of this node's cluster links: to the nodes it
+    /// calls, and from the nodes that call it.
+    pub fn links(&self) -> Vec<crate::transport::LinkInfo> {
+        let mut links: Vec<_> = self.senders.pin().values().map(|s| s.link_info()).collect();
+        links.extend(lock(&self.inbound).iter().map(|(peer, from, stats)| {
+            stats.info("cluster-in", peer.clone(), from.to_string(), 0)
+        }));
+        links
     }
 
     /// Registers `name` for `address`, for other nodes' `query` and calls by name.

@@ -49,6 +49,8 @@ pub(crate) struct Sender {
     kernel: std::sync::Weak<Kernel>,
     /// Weight (bytes) waiting in `tx` (counted up here, down by the driver).
     backlog: Arc<std::sync::atomic::AtomicUsize>,
+    /// What its connections carried.
+    stats: Arc<crate::transport::LinkStats>,
 }
 
 impl Sender {
@@ -69,8 +71,16 @@ impl Sender {
             gone,
             kernel,
             backlog: Arc::default(),
+            stats: Arc::default(),
         });
         (sender, rx)
+    }
+
+    /// Its `netstat` row.
+    pub(super) fn link_info(&self) -> crate::transport::LinkInfo {
+        let queued = self.backlog.load(Ordering::Relaxed);
+        self.stats
+            .info("cluster-out", self.node.clone(), self.address(), queued)
     }
 
     fn waiting(&self) -> MutexGuard<'_, Waiting> {
@@ -379,7 +389,7 @@ pub(super) async fn run(
                     settings: cluster.settings.clone(),
                 };
                 let why = tokio::select! {
-                    r = conn.with_backlog(sender.backlog.clone()).run(&mut rx, &mut handler, &sender.gone) => match r {
+                    r = conn.with_backlog(sender.backlog.clone()).with_stats(sender.stats.clone()).run(&mut rx, &mut handler, &sender.gone) => match r {
                         Ok(()) => "link closed".to_string(),
                         Err(e) => format!("link to {address} down: {e}"),
                     },

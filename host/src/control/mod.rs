@@ -239,6 +239,26 @@ async fn run(node: &Node, request: Request) -> Answer {
             Ok(took) => Answer::Ok(vec![format!("pong from {address} in {} µs", took.as_micros())]),
             Err(e) => Answer::Error(format!("ping {address}: {e}")),
         },
+        Request::Netstat => Answer::Ok(
+            node.links()
+                .into_iter()
+                .map(|l| {
+                    format!(
+                        "{} {} {} {} in={} out={} frames_in={} queued={} connections={} rtt_us={}",
+                        l.kind,
+                        l.peer,
+                        if l.address.is_empty() { "-" } else { &l.address },
+                        if l.up { "up" } else { "down" },
+                        l.bytes_in,
+                        l.bytes_out,
+                        l.frames_in,
+                        l.queued_bytes,
+                        l.connections,
+                        l.rtt_us.map_or("-".to_string(), |r| r.to_string())
+                    )
+                })
+                .collect(),
+        ),
         Request::Auth(_) => Answer::Ok(Vec::new()),
         Request::Json | Request::Quit => Answer::Ok(Vec::new()),
     }

@@ -57,6 +57,8 @@ pub enum Request {
     },
     /// `ping <addr>`: how long the service takes to pick up a message.
     Ping(Address),
+    /// `netstat`: harbor and cluster links.
+    Netstat,
 }
 
 /// Why a line is not a command.
@@ -82,6 +84,7 @@ pub const HELP: &[&str] = &[
     "kill <addr>              stop a service (its pending sessions end with an error)",
     "spawn [tenant/]<module> [args]  start a service",
     "ping <addr>              how long a service takes to pick up a message",
+    "netstat                  harbor and cluster links: peer, state, bytes, frames, queued, RTT",
     "tenants                  each tenant: services, memory, CPU, messages, refusals",
     "tenant apply <path>      apply a tenant file and start its bootstrap services",
     "tenant remove <name>     stop a tenant's services and remove it",
@@ -117,6 +120,7 @@ impl Request {
             "tenants" => none(Request::Tenants, "tenants"),
             "list" => none(Request::List, "list"),
             "mem" => none(Request::Mem, "mem"),
+            "netstat" => none(Request::Netstat, "netstat"),
             "stat" => address(rest, "stat <addr>").map(Request::Stat),
             "kill" => address(rest, "kill <addr>").map(Request::Kill),
             "ping" => address(rest, "ping <addr>").map(Request::Ping),

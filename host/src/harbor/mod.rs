@@ -132,6 +132,10 @@ pub(crate) struct Peer {
     /// Weight (bytes) waiting in `tx` (counted up by senders, down by the driver).
     backlog: Arc<std::sync::atomic::AtomicUsize>,
     up: AtomicBool,
+    /// What its connections carried.
+    stats: Arc<crate::transport::LinkStats>,
+    /// Where it accepts links (from the master's directory).
+    address: Mutex<Option<String>>,
     /// Cancelled when the master says the node is gone.
     gone: CancellationToken,
 }
@@ -446,6 +450,18 @@ impl Harbor {
             .collect()
     }
 
+    /// The `netstat` rows of this node's links to other harbor nodes.
+    pub fn links(&self) -> Vec<crate::transport::LinkInfo> {
+        (1..=255u8)
+            .filter_map(|i| self.peers[usize::from(i)].load_full())
+            .map(|p| {
+                let address = lock(&p.address).clone().unwrap_or_default();
+                let queued = p.backlog.load(Ordering::Relaxed);
+                p.stats.info("harbor", p.id.to_string(), address, queued)
+            })
+            .collect()
+    }
+
     /// Whether the link to the master is up.
     pub fn master_up(&self) -> bool {
         self.master_tx().is_some()
@@ -671,6 +687,9 @@ impl Harbor {
         let _guard = self.peer_lock.lock().unwrap_or_else(|e| e.into_inner());
         let slot = &self.peers[usize::from(id)];
         if let Some(p) = slot.load_full() {
+            if address.is_some() {
+                *lock(&p.address) = address;
+            }
             return Some(p);
         }
         let kernel = self.kernel()?;
@@ -684,6 +703,8 @@ impl Harbor {
             monitors: Mutex::new(HashSet::new()),
             backlog: Arc::default(),
             up: AtomicBool::new(false),
+            stats: Arc::default(),
+            address: Mutex::new(address.clone()),
             gone: self.cancel.child_token(),
         });
         slot.store(Some(peer.clone()));
@@ -1013,7 +1034,7 @@ async fn peer_task(
             peer: peer.clone(),
         };
         let why = tokio::select! {
-            r = conn.with_backlog(peer.backlog.clone()).run(&mut rx, &mut handler, &peer.gone) => match r {
+            r = conn.with_backlog(peer.backlog.clone()).with_stats(peer.stats.clone()).run(&mut rx, &mut handler, &peer.gone) => match r {
                 Ok(()) => "closed".to_string(),
                 Err(e) => e.to_string(),
             },

@@ -1172,6 +1172,20 @@ impl Node {
         self.kernel.live.load(Ordering::Acquire)
     }
 
+    /// This node's harbor and cluster links, as `netstat` shows them.
+    pub fn links(&self) -> Vec<crate::transport::LinkInfo> {
+        let mut links = self
+            .kernel
+            .remote
+            .get()
+            .map(|h| h.links())
+            .unwrap_or_default();
+        if let Some(c) = self.kernel.cluster.get() {
+            links.extend(c.links());
+        }
+        links
+    }
+
     /// A snapshot of the service (or host endpoint) at `address`.
     pub fn service_info(&self, address: Address) -> Option<ServiceInfo> {
         self.kernel.with_service(address, ServiceHandle::info)

@@ -176,20 +176,8 @@ pub(crate) struct Tenant {
 impl Tenant {
     /// The node's own tenant, from the node file's top level.
     pub fn system(node: &crate::config::NodeConfig, limits: &Limits) -> Self {
-        let mut t = Self::new(
-            &TenantConfig {
-                name: SYSTEM_TENANT.into(),
-                module_paths: node.module_paths.clone(),
-                limits: Default::default(),
-                grants: Vec::new(),
-                exports: Default::default(),
-                dirs: Vec::new(),
-                env: Default::default(),
-                tcp_connect: Vec::new(),
-                bootstrap: Vec::new(),
-            },
-            limits,
-        );
+        let config = TenantConfig::new(SYSTEM_TENANT, node.module_paths.clone());
+        let mut t = Self::new(&config, limits);
         t.id = TenantId::SYSTEM;
         t
     }

@@ -70,6 +70,75 @@ pub enum DriverError {
     Refused(String),
 }
 
+/// What a connection has carried, shared with whoever reports on it
+/// (`netstat`); the driver keeps it current.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Whether a connection is running now.
+    pub up: std::sync::atomic::AtomicBool,
+    /// Bytes read from the socket.
+    pub bytes_in: std::sync::atomic::AtomicU64,
+    /// Bytes written to the socket.
+    pub bytes_out: std::sync::atomic::AtomicU64,
+    /// Frames received.
+    pub frames_in: std::sync::atomic::AtomicU64,
+    /// Connections made (more than one: it reconnected).
+    pub connections: std::sync::atomic::AtomicU64,
+    /// The last heartbeat's round trip in µs (0: none measured yet).
+    pub rtt_us: std::sync::atomic::AtomicU64,
+}
+
+/// One link as `netstat` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// `harbor`, `cluster-out` (to a node this one calls) or `cluster-in`.
+    pub kind: &'static str,
+    /// The peer: a harbor id or a cluster node name.
+    pub peer: String,
+    /// Where it is (for outbound links, where it is dialled).
+    pub address: String,
+    /// Whether a connection is running now.
+    pub up: bool,
+    /// Bytes read and written.
+    pub bytes_in: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
+    /// Frames received.
+    pub frames_in: u64,
+    /// Bytes waiting to be sent.
+    pub queued_bytes: usize,
+    /// Connections made so far.
+    pub connections: u64,
+    /// The last heartbeat round trip, in µs.
+    pub rtt_us: Option<u64>,
+}
+
+impl LinkStats {
+    /// The `netstat` row of this link.
+    pub fn info(
+        &self,
+        kind: &'static str,
+        peer: String,
+        address: String,
+        queued_bytes: usize,
+    ) -> LinkInfo {
+        use std::sync::atomic::Ordering::Relaxed;
+        let rtt = self.rtt_us.load(Relaxed);
+        LinkInfo {
+            kind,
+            peer,
+            address,
+            up: self.up.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            frames_in: self.frames_in.load(Relaxed),
+            queued_bytes,
+            connections: self.connections.load(Relaxed),
+            rtt_us: (rtt > 0).then_some(rtt),
+        }
+    }
+}
+
 /// A connection whose handshake is done: the socket, its link state, and
 /// bytes already read past the handshake.
 pub struct Connection<C, H = Envelope> {
@@ -77,6 +146,8 @@ pub struct Connection<C, H = Envelope> {
     link: Link<C, H>,
     /// Counts items waiting in the outgoing channel, when the owner keeps one.
     backlog: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    /// Kept current while it runs, when the owner keeps them.
+    stats: Option<std::sync::Arc<LinkStats>>,
     inbuf: BytesMut,
     outbuf: BytesMut,
 }
@@ -115,6 +186,7 @@ where
             stream,
             link: Link::new(role, config, std::time::Instant::now(), nonce),
             backlog: None,
+            stats: None,
             inbuf: BytesMut::with_capacity(READ_CHUNK),
             outbuf: BytesMut::new(),
         };
@@ -182,6 +254,13 @@ where
         self
     }
 
+    /// Keeps `stats` current while the connection runs.
+    #[must_use]
+    pub fn with_stats(mut self, stats: std::sync::Arc<LinkStats>) -> Self {
+        self.stats = Some(stats);
+        self
+    }
+
     /// Queues a control message to go out first once [`run`](Self::run) starts.
     pub fn send_control(&mut self, control: C) {
         self.link.send_control(control);
@@ -207,7 +286,15 @@ where
         handler: &mut L,
         cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
+        use std::sync::atomic::Ordering;
+        if let Some(s) = &self.stats {
+            s.up.store(true, Ordering::Relaxed);
+            s.connections.fetch_add(1, Ordering::Relaxed);
+        }
         let result = self.pump(outgoing, handler, cancel).await;
+        if let Some(s) = &self.stats {
+            s.up.store(false, Ordering::Relaxed);
+        }
         if let Err(DriverError::Refused(_)) = &result {
             // The handler's last words (why it refused) go out before the close.
             while let Ok(item) = outgoing.try_recv() {
@@ -229,6 +316,7 @@ where
         cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
         let mut batch = Vec::with_capacity(RECV_BATCH);
+        let mut frames_counted = self.link.frames_in();
         let (mut reader, mut writer) = self.stream.split();
         loop {
             while let Some(event) = self.link.poll_event() {
@@ -252,12 +340,27 @@ where
                 written = writer.write(&self.outbuf), if !self.outbuf.is_empty() => {
                     let n = written?;
                     self.outbuf.advance(n);
+                    if let Some(s) = &self.stats {
+                        s.bytes_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
                 read = reader.read_buf(&mut self.inbuf) => {
-                    if read? == 0 {
+                    let n = read?;
+                    if n == 0 {
                         return Err(DriverError::Closed);
                     }
                     self.link.handle_bytes(std::time::Instant::now(), &mut self.inbuf)?;
+                    if let Some(s) = &self.stats {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        s.bytes_in.fetch_add(n as u64, Relaxed);
+                        let frames = self.link.frames_in();
+                        s.frames_in.fetch_add(frames - frames_counted, Relaxed);
+                        frames_counted = frames;
+                        if let Some(rtt) = self.link.rtt() {
+                            let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+                            s.rtt_us.store(us, Relaxed);
+                        }
+                    }
                 }
                 n = outgoing.recv_many(&mut batch, RECV_BATCH), if self.outbuf.len() < WRITE_BATCH => {
                     if n == 0 {

@@ -331,6 +331,12 @@ pub struct Link<C, H = Envelope> {
     last_recv: Instant,
     next_ping: u64,
     pongs: u64,
+    /// The last Ping queued: its number and when.
+    ping_sent: Option<(u64, Instant)>,
+    /// The round trip of the last answered Ping.
+    rtt: Option<std::time::Duration>,
+    /// Frames decoded since the link was made.
+    frames_in: u64,
 }
 
 impl<C, H> fmt::Debug for Link<C, H> {
@@ -405,7 +411,21 @@ where
             last_recv: now,
             next_ping: 0,
             pongs: 0,
+            ping_sent: None,
+            rtt: None,
+            frames_in: 0,
         }
+    }
+
+    /// The round trip of the last heartbeat answered (heartbeats go only
+    /// on a link that was quiet for a heartbeat interval).
+    pub fn rtt(&self) -> Option<std::time::Duration> {
+        self.rtt
+    }
+
+    /// Frames received since the link was made.
+    pub fn frames_in(&self) -> u64 {
+        self.frames_in
     }
 
     /// Which end this is.
@@ -453,6 +473,14 @@ where
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(self.fail(e.into())),
             };
+            self.frames_in += 1;
+            if let Frame::Pong(n) = &frame
+                && let Some((sent, at)) = self.ping_sent
+                && sent == *n
+            {
+                self.rtt = Some(now.saturating_duration_since(at));
+                self.ping_sent = None;
+            }
             if let Err(e) = self.on_frame(frame) {
                 return Err(self.fail(e));
             }
@@ -621,6 +649,7 @@ where
                     && !self.has_transmit()
                 {
                     let ping = Frame::<C, H>::Ping(self.next_ping);
+                    self.ping_sent = Some((self.next_ping, now));
                     self.next_ping = self.next_ping.wrapping_add(1);
                     encode_or_log(&ping, &mut self.small);
                 }
@@ -1691,6 +1720,8 @@ mod tests {
             pair.client.pongs,
             pair.server.pongs
         );
+        assert!(pair.client.rtt().is_some() && pair.server.rtt().is_some());
+        assert!(pair.client.frames_in() >= 10, "{}", pair.client.frames_in());
         assert!(pair.client_events.is_empty() && pair.server_events.is_empty());
     }
 

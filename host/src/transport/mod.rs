@@ -20,6 +20,6 @@ pub mod frame;
 pub mod handshake;
 pub mod link;
 
-pub use driver::{Connection, DriverError, LinkHandler, Outgoing};
+pub use driver::{Connection, DriverError, LinkHandler, LinkInfo, LinkStats, Outgoing};
 pub use frame::{Envelope, Frame};
 pub use link::{Link, LinkConfig, LinkError, LinkEvent, PeerInfo, Role};
