@@ -758,6 +758,24 @@ fn tenant_apply_and_remove_go_through_the_control_address_of_a_real_node() {
     let (ok, out) = skyhost_cli(&apply);
     assert!(ok, "{out}");
     assert_eq!(out.matches("started").count(), 20, "{out}");
+    // Trace one of them: the ping that reaches it is logged.
+    let first = out
+        .lines()
+        .find_map(|l| l.strip_prefix("started "))
+        .expect("a started service")
+        .to_string();
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl", "--control", &control, "--secret-file", secret];
+        all.extend_from_slice(args);
+        skyhost_cli(&all)
+    };
+    let (ok, out) = ctl(&["trace", &first, "on"]);
+    assert!(ok && out.contains(&format!("trace {first} on")), "{out}");
+    let (ok, out) = ctl(&["ping", &first]);
+    assert!(ok && out.contains("pong"), "{out}");
+    let line = p.wait_for("trace direction=\"in\"");
+    assert!(line.contains("kind=4"), "{line}");
+    assert!(ctl(&["trace", &first, "off"]).0);
     let (ok, out) = skyhost_cli(&tenants);
     assert!(ok && out.contains("blue services=20"), "{out}");
     // The interactive console reads the same commands from its input.

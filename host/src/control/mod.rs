@@ -259,6 +259,14 @@ async fn run(node: &Node, request: Request) -> Answer {
                 })
                 .collect(),
         ),
+        Request::Trace(address, on) => {
+            if node.trace(address, on) {
+                let state = if on { "on" } else { "off" };
+                Answer::Ok(vec![format!("trace {address} {state}")])
+            } else {
+                Answer::Error(format!("no service {address}"))
+            }
+        }
         Request::Auth(_) => Answer::Ok(Vec::new()),
         Request::Json | Request::Quit => Answer::Ok(Vec::new()),
     }

@@ -59,6 +59,8 @@ pub enum Request {
     Ping(Address),
     /// `netstat`: harbor and cluster links.
     Netstat,
+    /// `trace <addr> on|off`: log each message in and out of a service.
+    Trace(Address, bool),
 }
 
 /// Why a line is not a command.
@@ -85,6 +87,7 @@ pub const HELP: &[&str] = &[
     "spawn [tenant/]<module> [args]  start a service",
     "ping <addr>              how long a service takes to pick up a message",
     "netstat                  harbor and cluster links: peer, state, bytes, frames, queued, RTT",
+    "trace <addr> on|off      log each message in and out (source, kind, session, size, time)",
     "tenants                  each tenant: services, memory, CPU, messages, refusals",
     "tenant apply <path>      apply a tenant file and start its bootstrap services",
     "tenant remove <name>     stop a tenant's services and remove it",
@@ -121,6 +124,18 @@ impl Request {
             "list" => none(Request::List, "list"),
             "mem" => none(Request::Mem, "mem"),
             "netstat" => none(Request::Netstat, "netstat"),
+            "trace" => {
+                let usage = "trace <addr> on|off";
+                let (addr, switch) = rest
+                    .split_once(char::is_whitespace)
+                    .ok_or(ParseError::Usage(usage))?;
+                let on = match switch.trim() {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(ParseError::Usage(usage)),
+                };
+                Ok(Request::Trace(address(addr, usage)?, on))
+            }
             "stat" => address(rest, "stat <addr>").map(Request::Stat),
             "kill" => address(rest, "kill <addr>").map(Request::Kill),
             "ping" => address(rest, "ping <addr>").map(Request::Ping),
@@ -293,6 +308,14 @@ mod tests {
                 args: String::new()
             })
         );
+        assert_eq!(
+            Request::parse("trace :00000100 on"),
+            Ok(Request::Trace(Address(0x100), true))
+        );
+        assert!(matches!(
+            Request::parse("trace :00000100 maybe"),
+            Err(ParseError::Usage(_))
+        ));
         assert_eq!(Request::parse(""), Err(ParseError::Empty));
         assert!(matches!(
             Request::parse("tenant remove"),

@@ -1172,6 +1172,15 @@ impl Node {
         self.kernel.live.load(Ordering::Acquire)
     }
 
+    /// Logs (target `skyhost::trace`, level info) each message the service
+    /// at `address` takes and sends, and how long each batch took; false if
+    /// there is no such service.
+    pub fn trace(&self, address: Address, on: bool) -> bool {
+        self.kernel
+            .with_service(address, |h| h.usage.traced.store(on, Ordering::Relaxed))
+            .is_some()
+    }
+
     /// This node's harbor and cluster links, as `netstat` shows them.
     pub fn links(&self) -> Vec<crate::transport::LinkInfo> {
         let mut links = self

@@ -144,7 +144,22 @@ async fn serve(
         if batch.is_empty() {
             continue;
         }
-        if let Err(e) = instance.dispatch(&mut batch).await {
+        let traced = handle.usage.traced.load(Ordering::Relaxed).then(|| {
+            for m in &batch {
+                trace_message("in", m.source, m);
+            }
+            std::time::Instant::now()
+        });
+        let result = instance.dispatch(&mut batch).await;
+        if let Some(start) = traced {
+            tracing::info!(
+                target: "skyhost::trace",
+                handled_us = start.elapsed().as_micros(),
+                ok = result.is_ok(),
+                "trace batch handled"
+            );
+        }
+        if let Err(e) = result {
             let (cause, reason) = describe_failure(&e);
             return End { cause, reason };
         }
@@ -160,6 +175,20 @@ async fn serve(
     }
 }
 
+/// Logs one message of a traced service: `peer` is where it came from
+/// (`in`) or where it goes (`out`).
+pub(crate) fn trace_message(direction: &str, peer: super::Address, m: &Message) {
+    tracing::info!(
+        target: "skyhost::trace",
+        direction,
+        %peer,
+        kind = m.kind,
+        session = m.session,
+        size = m.payload.len(),
+        "trace"
+    );
+}
+
 /// `kill`'s wake-up message carries nothing for the guest; a host ping (a
 /// `system` message with a session) is answered here, when the service
 /// picks it up, without entering the guest.
@@ -167,6 +196,9 @@ fn push_unless_wake(kernel: &Kernel, handle: &ServiceHandle, batch: &mut Vec<Mes
     if m.kind != kind::SYSTEM {
         batch.push(m);
     } else if m.session != 0 {
+        if handle.usage.traced.load(Ordering::Relaxed) {
+            trace_message("in", m.source, &m);
+        }
         let pong = Message {
             kind: kind::RESPONSE,
             source: handle.address,

@@ -99,6 +99,8 @@ pub(crate) struct Usage {
     pub memory: AtomicUsize,
     /// In a dispatch now.
     pub running: AtomicBool,
+    /// Each message in and out is logged (`trace <addr> on`).
+    pub traced: AtomicBool,
 }
 
 impl Usage {

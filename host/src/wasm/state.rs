@@ -237,6 +237,9 @@ impl ServiceState {
 
     fn deliver(&mut self, dest: u32, message: Message) -> Result<(), types::SendError> {
         self.sent += 1;
+        if self.handle.usage.traced.load(Ordering::Relaxed) {
+            crate::runtime::service::trace_message("out", Address(dest), &message);
+        }
         self.kernel
             .deliver(Address(dest), message)
             .map_err(|e| match e {
