@@ -97,6 +97,23 @@ async fn the_console_answers_within_100_ms_while_services_spin_and_a_mailbox_is_
     .await?;
     assert!(matches!(again, Answer::Ok(_) | Answer::Error(_)));
 
+    // A service waiting on a timer shows the session it waits on.
+    let sleep = Command::SleepThenEcho {
+        ms: 60_000,
+        payload: vec![],
+    };
+    let _pending = client.start_call(idle, postcard::to_allocvec(&sleep)?)?;
+    within(async {
+        loop {
+            let (stat, _) = ask(&control, &format!("stat {idle}")).await;
+            if lines(stat).contains(&"awaiting 1".to_string()) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await?;
+
     let (netstat, _) = ask(&control, "netstat").await;
     assert_eq!(
         lines(netstat),

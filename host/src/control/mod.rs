@@ -204,6 +204,7 @@ async fn run(node: &Node, request: Request) -> Answer {
                 format!("mailbox {}", i.mailbox),
                 format!("mailbox_peak {}", i.mailbox_peak),
                 format!("memory {}", i.memory_bytes),
+                format!("awaiting {}", i.awaiting),
                 format!("age_ms {}", i.age.as_millis()),
             ]),
             None => Answer::Error(format!("no service {address}")),

@@ -193,6 +193,9 @@ pub struct ServiceInfo {
     pub cpu_us: u64,
     /// Linear memory it holds, in bytes.
     pub memory_bytes: usize,
+    /// Sessions it opened and waits on (calls, spawns, timers), as of its
+    /// last dispatch.
+    pub awaiting: usize,
     /// Time since it was spawned.
     pub age: Duration,
     /// `running` (in a dispatch), `ready` (messages not picked up yet) or `idle`.
@@ -324,6 +327,7 @@ impl ServiceHandle {
             messages_out: u.messages_out.load(Ordering::Relaxed),
             cpu_us: u.cpu_nanos.load(Ordering::Relaxed) / 1_000,
             memory_bytes: u.memory.load(Ordering::Relaxed),
+            awaiting: u.awaiting.load(Ordering::Relaxed),
             age: self.started.elapsed(),
             state,
         }

@@ -101,6 +101,8 @@ pub(crate) struct Usage {
     pub running: AtomicBool,
     /// Each message in and out is logged (`trace <addr> on`).
     pub traced: AtomicBool,
+    /// Sessions it opened and waits on, as of its last dispatch.
+    pub awaiting: AtomicUsize,
 }
 
 impl Usage {

@@ -29,7 +29,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use crate::config::Limits;
 use crate::runtime::tenant::Tenant;
-use crate::runtime::{Kernel, Message, ServiceHandle, TenantId};
+use crate::runtime::{Kernel, Message, ServiceHandle, TenantId, kind};
 /// The WIT `message` record with a shared payload: a multicast payload is
 /// one buffer per node and is copied only into each guest's memory, never
 /// into a per-subscriber buffer first (the generated bindings would take an
@@ -369,6 +369,8 @@ impl Instance {
         for m in messages.drain(..) {
             if m.wants_reply() {
                 state.owe(m.source, m.session, m.tenant);
+            } else if matches!(m.kind, kind::RESPONSE | kind::ERROR) {
+                state.answered(m.session);
             }
             self.batch.push(WitMessage {
                 kind: m.kind,

@@ -1,6 +1,6 @@
 //! The data of a service's `Store`: what the host imports see and change.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -119,6 +119,9 @@ pub(crate) struct ServiceState {
     /// Messages taken and sent since the counts last went to the tenant.
     taken: u64,
     sent: u64,
+    /// Sessions it opened and waits on (calls, spawns, timers, harbor and
+    /// cluster requests): one `response` or `error` ends each.
+    awaiting: HashSet<u32, std::hash::BuildHasherDefault<fnv::FnvHasher>>,
     exit_requested: bool,
     /// CPU time this piece of work has used, and how much it may use.
     cpu_used: Duration,
@@ -161,6 +164,7 @@ impl ServiceState {
             owed: HashMap::new(),
             taken: 0,
             sent: 0,
+            awaiting: HashSet::default(),
             exit_requested: false,
             cpu_used: Duration::ZERO,
             // Instantiation runs under one message's budget.
@@ -206,6 +210,7 @@ impl ServiceState {
             .fetch_add(std::mem::take(&mut self.taken), Ordering::Relaxed);
         u.messages_out
             .fetch_add(std::mem::take(&mut self.sent), Ordering::Relaxed);
+        u.awaiting.store(self.awaiting.len(), Ordering::Relaxed);
     }
 
     /// Records a request taken from the mailbox: it is owed an answer, which
@@ -225,6 +230,18 @@ impl ServiceState {
 
     pub fn exit_requested(&self) -> bool {
         self.exit_requested
+    }
+
+    /// A fresh session the service will wait on.
+    fn awaited_session(&mut self) -> u32 {
+        let session = self.fresh_session();
+        self.awaiting.insert(session);
+        session
+    }
+
+    /// An answer (`response` or `error`) for `session` was taken.
+    pub fn answered(&mut self, session: u32) {
+        self.awaiting.remove(&session);
     }
 
     fn fresh_session(&mut self) -> u32 {
@@ -357,7 +374,7 @@ impl runtime::Host for ServiceState {
 
     fn call(&mut self, dest: u32, payload: Vec<u8>) -> Result<u32, types::SendError> {
         self.check_size(&payload)?;
-        let session = self.fresh_session();
+        let session = self.awaited_session();
         let message = Message {
             kind: kind::REQUEST,
             source: self.address,
@@ -365,7 +382,11 @@ impl runtime::Host for ServiceState {
             tenant: self.tenant,
             payload: payload.into(),
         };
-        self.deliver(dest, message).map(|()| session)
+        let sent = self.deliver(dest, message);
+        if sent.is_err() {
+            self.answered(session);
+        }
+        sent.map(|()| session)
     }
 
     fn respond(
@@ -422,7 +443,7 @@ impl runtime::Host for ServiceState {
     }
 
     fn spawn(&mut self, module: String, args: Vec<u8>) -> u32 {
-        let session = self.fresh_session();
+        let session = self.awaited_session();
         let ready = crate::runtime::Ready::Session(crate::runtime::Waiter {
             to: self.address,
             session,
@@ -445,7 +466,7 @@ impl runtime::Host for ServiceState {
     }
 
     fn timeout(&mut self, ms: u32) -> u32 {
-        let session = self.fresh_session();
+        let session = self.awaited_session();
         self.kernel
             .start_timer(self.work_started, self.address, session, ms);
         session
@@ -504,7 +525,7 @@ impl ServiceState {
     ) -> u32 {
         let waiter = crate::runtime::Waiter {
             to: self.address,
-            session: self.fresh_session(),
+            session: self.awaited_session(),
         };
         match part {
             Some(p) => ask(p, waiter),
