@@ -127,14 +127,14 @@ pub(crate) struct ServiceState {
     cpu_used: Duration,
     cpu_budget: Duration,
     /// When the guest last started or resumed running.
-    /// (Nanoseconds since the node started; shared with the hog's yield,
-    /// which sets it when the guest resumes.)
+    /// (A `Kernel::ticks` reading; shared with the hog's yield, which sets
+    /// it when the guest resumes.)
     resumed_at: Arc<AtomicU64>,
     /// Whether this piece of work has run past a whole time slice.
     hog: bool,
     /// When the current piece of work started: the "now" its timers count from,
     /// so timers set together fire in deadline order.
-    work_started: tokio::time::Instant,
+    work_started: Option<tokio::time::Instant>,
 }
 
 impl ServiceState {
@@ -169,9 +169,9 @@ impl ServiceState {
             cpu_used: Duration::ZERO,
             // Instantiation runs under one message's budget.
             cpu_budget: Duration::from_millis(tenant.quotas.cpu_budget_ms),
-            resumed_at: Arc::new(AtomicU64::new(kernel.nanos_since_start())),
+            resumed_at: Arc::new(AtomicU64::new(kernel.ticks())),
             hog: false,
-            work_started: tokio::time::Instant::now(),
+            work_started: None,
         })
     }
 
@@ -182,16 +182,10 @@ impl ServiceState {
         self.handle.usage.running.store(true, Ordering::Relaxed);
         self.cpu_budget =
             per_message.saturating_mul(u32::try_from(messages.max(1)).unwrap_or(u32::MAX));
-        // One clock read for both: the timers' "now" and the CPU clock.
-        let now = tokio::time::Instant::now();
-        self.work_started = now;
-        let since_start = now
-            .into_std()
-            .saturating_duration_since(self.kernel.started);
-        self.resumed_at.store(
-            u64::try_from(since_start.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        // Read when its first timer is set: most work sets none.
+        self.work_started = None;
+        self.resumed_at
+            .store(self.kernel.ticks(), Ordering::Relaxed);
     }
 
     /// The piece of work returned or trapped: its CPU time and message
@@ -201,8 +195,10 @@ impl ServiceState {
             self.kernel.sched.hog_ended(&self.handle.tenant);
         }
         // Since the last epoch deadline, which counted what ran before it.
-        let now = self.kernel.nanos_since_start();
-        let ran = now.saturating_sub(self.resumed_at.load(Ordering::Relaxed));
+        let ran = self
+            .kernel
+            .ticks_between(self.resumed_at.load(Ordering::Relaxed), self.kernel.ticks());
+        let ran = u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX);
         let u = &self.handle.usage;
         u.running.store(false, Ordering::Relaxed);
         u.cpu_nanos.fetch_add(ran, Ordering::Relaxed);
@@ -288,9 +284,10 @@ pub(crate) fn on_epoch_deadline(
     if state.handle.killed.load(Ordering::Acquire) {
         return Err(wasmtime::Error::new(Stop::Killed));
     }
-    let now = state.kernel.nanos_since_start();
-    let ran =
-        Duration::from_nanos(now.saturating_sub(state.resumed_at.swap(now, Ordering::Relaxed)));
+    let now = state.kernel.ticks();
+    let ran = state
+        .kernel
+        .ticks_between(state.resumed_at.swap(now, Ordering::Relaxed), now);
     state.cpu_used += ran;
     let tenant = &state.handle.tenant;
     state.handle.usage.cpu_nanos.fetch_add(
@@ -324,7 +321,7 @@ pub(crate) fn on_epoch_deadline(
         1,
         Box::pin(async move {
             kernel.sched.clone().hog_yield(tenant, slice).await;
-            resumed_at.store(kernel.nanos_since_start(), Ordering::Relaxed);
+            resumed_at.store(kernel.ticks(), Ordering::Relaxed);
         }),
     ))
 }
@@ -467,8 +464,12 @@ impl runtime::Host for ServiceState {
 
     fn timeout(&mut self, ms: u32) -> u32 {
         let session = self.awaited_session();
-        self.kernel
-            .start_timer(self.work_started, self.address, session, ms);
+        // Timers set in one piece of work count from one "now", so they fire
+        // in deadline order.
+        let from = *self
+            .work_started
+            .get_or_insert_with(tokio::time::Instant::now);
+        self.kernel.start_timer(from, self.address, session, ms);
         session
     }
 
