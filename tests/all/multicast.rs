@@ -48,19 +48,7 @@ async fn log_of(t: &TestNode, kit: Address) -> anyhow::Result<Vec<u32>> {
 
 /// Waits until `kit`'s multicast log has `n` entries and returns it.
 async fn log_with(t: &TestNode, kit: Address, n: usize) -> anyhow::Result<Vec<u32>> {
-    let start = Instant::now();
-    loop {
-        let log = log_of(t, kit).await?;
-        if log.len() >= n {
-            return Ok(log);
-        }
-        anyhow::ensure!(
-            start.elapsed() < DEADLINE,
-            "{kit} got {} of {n} multicast messages",
-            log.len()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    crate::support::multicast_log(&t.client, kit, n).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,6 +99,27 @@ pub async fn command_via(
     Ok(postcard::from_bytes(&reply).expect("testkit replies decode"))
 }
 
+/// Waits (up to [`DEADLINE`]) until the `testkit` at `kit` has logged `n`
+/// multicast payloads (`Command::McLog`), asking through `client`.
+pub async fn multicast_log(client: &Client, kit: Address, n: usize) -> anyhow::Result<Vec<u32>> {
+    let start = std::time::Instant::now();
+    loop {
+        let log = match command_via(client, kit, &Command::McLog).await? {
+            Reply::Order(v) => v,
+            r => bail!("McLog answered {r:?}"),
+        };
+        if log.len() >= n {
+            return Ok(log);
+        }
+        anyhow::ensure!(
+            start.elapsed() < DEADLINE,
+            "{kit} got {} of {n} multicast messages",
+            log.len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Awaits `f`, failing the test if it takes longer than [`DEADLINE`].
 pub async fn within<F: std::future::IntoFuture>(f: F) -> anyhow::Result<F::Output> {
     match tokio::time::timeout(DEADLINE, f).await {

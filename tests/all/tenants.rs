@@ -196,29 +196,13 @@ async fn another_tenants_services_look_unknown_and_names_are_per_tenant() -> any
     let publish = |tag| Command::McPublishSeq { channel, tag, n: 3 };
     assert_eq!(ask(&t, a1, publish(1)).await, Reply::Unit);
     assert_eq!(ask(&t, b1, publish(2)).await, Reply::Unit);
-    let a_seen = wait_log(&t, a2, 3).await;
-    let b_seen = wait_log(&t, b1, 3).await;
+    let a_seen = multicast_log(&t.node.client_in("alpha").expect("alpha"), a2, 3).await?;
+    let b_seen = multicast_log(&t.node.client_in("beta").expect("beta"), b1, 3).await?;
     assert_eq!(a_seen, vec![1 << 16, (1 << 16) | 1, (1 << 16) | 2]);
     assert_eq!(b_seen, vec![2 << 16, (2 << 16) | 1, (2 << 16) | 2]);
 
     t.stop().await;
     Ok(())
-}
-
-/// Waits until `service` has logged `n` multicast payloads; returns them.
-async fn wait_log(t: &TestNode, service: Address, n: usize) -> Vec<u32> {
-    within(async {
-        loop {
-            if let Reply::Order(log) = ask(t, service, Command::McLog).await
-                && log.len() >= n
-            {
-                return log;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("multicast payloads arrive")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -955,17 +939,7 @@ async fn across_harbor_and_cluster_nodes_a_tenant_reaches_only_itself() -> anyho
     assert_eq!(command_via(&alpha, a2, &publish(1)).await?, Reply::Unit);
     assert_eq!(command_via(&beta, b2, &publish(2)).await?, Reply::Unit);
     for (c, s, tag) in [(&alpha, a2, 1u32), (&beta, b2, 2)] {
-        let log = within(async {
-            loop {
-                if let Ok(Reply::Order(log)) = command_via(c, s, &Command::McLog).await
-                    && log.len() >= 2
-                {
-                    return log;
-                }
-                tokio::task::yield_now().await;
-            }
-        })
-        .await?;
+        let log = multicast_log(c, s, 2).await?;
         assert_eq!(log, vec![tag << 16, (tag << 16) | 1], "{tag}");
     }
 

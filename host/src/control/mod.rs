@@ -268,8 +268,9 @@ async fn run(node: &Node, request: Request) -> Answer {
                 Answer::Error(format!("no service {address}"))
             }
         }
-        Request::Auth(_) => Answer::Ok(Vec::new()),
-        Request::Json | Request::Quit => Answer::Ok(Vec::new()),
+        // A second `auth` changes nothing; `json` and `quit` act on the
+        // connection and are handled by `serve` before this.
+        Request::Auth(_) | Request::Json | Request::Quit => Answer::Ok(Vec::new()),
     }
 }
 
