@@ -77,7 +77,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "service",
+        world: "stateful-service",
         pub_export_macro: true,
         default_bindings_module: "skyhost_sdk::bindings",
     });
@@ -109,24 +109,36 @@ pub use node::{
     register, self_address, send, send_raw, send_session, sleep, spawn, spawn_raw, tenant,
     unregister, wait_session, wall_time,
 };
-pub use service::Service;
+pub use service::{Service, Stateful};
 
 /// What [`export_service!`] expands to; not a stable API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::runtime::{dispatch, init};
+    pub use crate::runtime::{
+        dispatch, init, load_no_state, load_state, save_no_state, save_state,
+    };
 }
 
-/// Exports a [`Service`] type as this component's `init` and `dispatch`.
+/// Exports a [`Service`] type as this component's `init`, `dispatch` and
+/// `state` interface.
 ///
 /// Use it once, in the service's crate (a `cdylib`):
 ///
 /// ```ignore
-/// skyhost_sdk::export_service!(MyService);
+/// skyhost_sdk::export_service!(MyService);            // upgrades start from `init`
+/// skyhost_sdk::export_service!(MyService, stateful);  // state kept: see `Stateful`
 /// ```
 #[macro_export]
 macro_rules! export_service {
     ($service:ty) => {
+        $crate::export_service!(@with $service, $crate::__private::save_no_state(),
+            |bytes| $crate::__private::load_no_state(bytes));
+    };
+    ($service:ty, stateful) => {
+        $crate::export_service!(@with $service, $crate::__private::save_state::<$service>(),
+            |bytes| $crate::__private::load_state::<$service>(bytes));
+    };
+    (@with $service:ty, $save:expr, $load:expr) => {
         const _: () = {
             struct __SkyhostGuest;
 
@@ -139,6 +151,19 @@ macro_rules! export_service {
 
                 fn dispatch(messages: ::std::vec::Vec<$crate::bindings::Message>) {
                     $crate::__private::dispatch::<$service>(messages)
+                }
+            }
+
+            impl $crate::bindings::exports::skyhost::service::state::Guest for __SkyhostGuest {
+                fn save_state() -> ::std::vec::Vec<u8> {
+                    $save
+                }
+
+                fn load_state(
+                    state: ::std::vec::Vec<u8>,
+                ) -> ::core::result::Result<(), ::std::string::String> {
+                    let load: fn(::std::vec::Vec<u8>) -> ::core::result::Result<(), ::std::string::String> = $load;
+                    load(state)
                 }
             }
 

@@ -17,7 +17,7 @@ use std::rc::Rc;
 use crate::address::{Address, kind};
 use crate::executor::{Executor, LocalFuture};
 use crate::message::{Message, Reply};
-use crate::service::Service;
+use crate::service::{Service, Stateful};
 use crate::session::{Completion, Sessions};
 use crate::sys;
 
@@ -32,6 +32,8 @@ pub(crate) struct Runtime {
     pub(crate) exec: Executor,
     pub(crate) sessions: Sessions,
     handler: RefCell<Option<Handler>>,
+    /// The service's state, for `save-state` (an `Rc<S>`).
+    service: RefCell<Option<Rc<dyn std::any::Any>>>,
     channels: RefCell<std::collections::HashMap<u32, ChannelHandler>>,
     exiting: Cell<bool>,
 }
@@ -81,13 +83,79 @@ pub(crate) fn spawn_task(future: LocalFuture<()>) {
 /// whatever became ready.
 #[doc(hidden)]
 pub fn init<S: Service>(args: Vec<u8>) -> Result<(), String> {
-    let state = Rc::new(S::init(args)?);
-    let for_handler = Rc::clone(&state);
-    let handler: Handler = Rc::new(move |msg| Box::pin(S::handle(Rc::clone(&for_handler), msg)));
-    with(|rt| *rt.handler.borrow_mut() = Some(handler));
+    let state = install(S::init(args)?);
     spawn_task(Box::pin(S::start(state)));
     with(|rt| rt.exec.run_ready());
     Ok(())
+}
+
+/// Makes `service` the one that handles messages.
+fn install<S: Service>(service: S) -> Rc<S> {
+    let state = Rc::new(service);
+    let for_handler = Rc::clone(&state);
+    let handler: Handler = Rc::new(move |msg| Box::pin(S::handle(Rc::clone(&for_handler), msg)));
+    let any: Rc<dyn std::any::Any> = state.clone();
+    with(|rt| {
+        *rt.handler.borrow_mut() = Some(handler);
+        *rt.service.borrow_mut() = Some(any);
+    });
+    state
+}
+
+/// First byte of a saved state: its encoding (postcard of `S::State`).
+/// It also keeps a saved state from ever being empty, which the host reads
+/// as "nothing saved".
+const STATE_POSTCARD: u8 = 1;
+
+/// The `save-state` export of a [`Stateful`] service.
+#[doc(hidden)]
+pub fn save_state<S: Stateful>() -> Vec<u8> {
+    let service = with(|rt| rt.service.borrow().clone());
+    let Some(service) = service.and_then(|s| s.downcast::<S>().ok()) else {
+        return Vec::new();
+    };
+    let bytes = vec![STATE_POSTCARD];
+    match postcard::to_extend(&service.save(), bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            crate::error!("save-state: encoding the state failed: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// The `load-state` export of a [`Stateful`] service: builds it from what
+/// its previous version saved, in place of `init` (`start` does not run).
+///
+/// # Errors
+/// When the bytes are not a state of this version (say so in the upgrade's
+/// report), or [`Stateful::restore`] refuses it.
+#[doc(hidden)]
+pub fn load_state<S: Stateful>(bytes: Vec<u8>) -> Result<(), String> {
+    let Some((&STATE_POSTCARD, body)) = bytes.split_first() else {
+        return Err("the saved state is not in the SDK's format".into());
+    };
+    let state: S::State = postcard::from_bytes(body)
+        .map_err(|e| format!("the saved state does not decode as this version's state: {e}"))?;
+    install(S::restore(state)?);
+    with(|rt| rt.exec.run_ready());
+    Ok(())
+}
+
+/// The `save-state` export of a service that keeps no state: nothing, so
+/// its next version starts from `init`.
+#[doc(hidden)]
+pub fn save_no_state() -> Vec<u8> {
+    Vec::new()
+}
+
+/// The `load-state` export of a service that keeps no state.
+///
+/// # Errors
+/// Always: the previous version saved a state this one cannot take.
+#[doc(hidden)]
+pub fn load_no_state(_bytes: Vec<u8>) -> Result<(), String> {
+    Err("this version keeps no state (it does not implement skyhost_sdk::Stateful)".into())
 }
 
 /// The `dispatch` export: delivers each message in order, running ready

@@ -3,6 +3,9 @@
 use std::future::Future;
 use std::rc::Rc;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use crate::message::{Message, Reply};
 
 /// A skyhost service: state built by `init`, behaviour in `handle`.
@@ -34,4 +37,32 @@ pub trait Service: Sized + 'static {
     fn start(self: Rc<Self>) -> impl Future<Output = ()> + 'static {
         std::future::ready(())
     }
+}
+
+/// A service whose state survives an upgrade of its module (`upgrade` on
+/// the node's control address).
+///
+/// The running version's [`save`](Stateful::save) is encoded with postcard
+/// and handed to the new version's [`restore`](Stateful::restore), which
+/// builds the service in place of `init` (`start` does not run again).
+/// The host upgrades only between messages, while the service waits on no
+/// call, spawn or timer of its own, so no task is lost. Postcard is not
+/// self-describing: when a new version changes `State`, keep the old shape
+/// decodable (an enum of versions, say). A state that does not decode fails
+/// the upgrade and the old version carries on.
+///
+/// Register the type with `export_service!(MyService, stateful)`.
+pub trait Stateful: Service {
+    /// What crosses from one version to the next.
+    type State: Serialize + DeserializeOwned;
+
+    /// The state to hand to the next version; must not change the service.
+    fn save(&self) -> Self::State;
+
+    /// Builds the service from the previous version's state.
+    ///
+    /// # Errors
+    /// Whatever text explains why the state cannot be taken over; the
+    /// upgrade is cancelled and the old version carries on.
+    fn restore(state: Self::State) -> Result<Self, String>;
 }

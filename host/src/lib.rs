@@ -27,7 +27,7 @@ pub mod wasm;
 pub use config::NodeConfig;
 pub use runtime::{
     Address, CallError, Client, ErrorCause, Message, Node, SendError, ServiceInfo, SpawnError,
-    TenantError, TenantId, TenantStats, kind,
+    TenantError, TenantId, TenantStats, UpgradeError, UpgradeReport, Upgraded, kind,
 };
 
 /// Where the build put the bundled services (`services/` built for

@@ -8,3 +8,4 @@ mod local;
 mod multicast;
 mod support;
 mod tenants;
+mod upgrade;

@@ -205,6 +205,7 @@ async fn run(node: &Node, request: Request) -> Answer {
                 format!("mailbox_peak {}", i.mailbox_peak),
                 format!("memory {}", i.memory_bytes),
                 format!("awaiting {}", i.awaiting),
+                format!("upgrades {}", i.upgrades),
                 format!("age_ms {}", i.age.as_millis()),
             ]),
             None => Answer::Error(format!("no service {address}")),
@@ -260,6 +261,17 @@ async fn run(node: &Node, request: Request) -> Answer {
                 })
                 .collect(),
         ),
+        Request::Upgrade {
+            target,
+            path,
+            wait_ms,
+        } => {
+            let wait = std::time::Duration::from_millis(wait_ms);
+            match node.upgrade(&target, std::path::Path::new(&path), wait).await {
+                Ok(reports) => upgrade_answer(&target, &reports),
+                Err(e) => Answer::Error(format!("upgrade {target}: {e}")),
+            }
+        }
         Request::Trace(address, on) => {
             if node.trace(address, on) {
                 let state = if on { "on" } else { "off" };
@@ -272,6 +284,35 @@ async fn run(node: &Node, request: Request) -> Answer {
         // connection and are handled by `serve` before this.
         Request::Auth(_) | Request::Json | Request::Quit => Answer::Ok(Vec::new()),
     }
+}
+
+/// One line per upgraded service; an error answer (with every line) when
+/// any of them failed.
+fn upgrade_answer(target: &str, reports: &[crate::runtime::UpgradeReport]) -> Answer {
+    let lines: Vec<String> = reports
+        .iter()
+        .map(|r| match &r.result {
+            Ok(u) => format!(
+                "upgraded {} pause_us={} waited_ms={} state={} queued={}",
+                r.address,
+                u.pause.as_micros(),
+                u.waited.as_millis(),
+                u.state_bytes
+                    .map_or("init".to_string(), |b| format!("{b}B")),
+                u.queued
+            ),
+            Err(e) => format!("failed {}: {e}", r.address),
+        })
+        .collect();
+    if reports.is_empty() {
+        return Answer::Ok(vec![format!(
+            "no live instance of {target}; new spawns get the new version"
+        )]);
+    }
+    if reports.iter().any(|r| r.result.is_err()) {
+        return Answer::Error(lines.join("; "));
+    }
+    Answer::Ok(lines)
 }
 
 /// A client of a node's control address: one authenticated connection,

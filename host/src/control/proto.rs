@@ -61,7 +61,20 @@ pub enum Request {
     Netstat,
     /// `trace <addr> on|off`: log each message in and out of a service.
     Trace(Address, bool),
+    /// `upgrade <addr|[tenant/]name|[tenant/]module> <path.wasm> [wait_ms]`:
+    /// replace the module of a service, or of every instance of a module.
+    Upgrade {
+        /// What to upgrade (see `Node::upgrade`).
+        target: String,
+        /// The new component, on the node's machine.
+        path: String,
+        /// How long each service may take to finish its own sessions.
+        wait_ms: u64,
+    },
 }
+
+/// How long `upgrade` lets a service finish its own sessions by default.
+pub const UPGRADE_WAIT_MS: u64 = 5_000;
 
 /// Why a line is not a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,6 +101,7 @@ pub const HELP: &[&str] = &[
     "ping <addr>              how long a service takes to pick up a message",
     "netstat                  harbor and cluster links: peer, state, bytes, frames, queued, RTT",
     "trace <addr> on|off      log each message in and out (source, kind, session, size, time)",
+    "upgrade <addr|name|module> <path.wasm> [wait_ms]  replace a service's module, keeping its state",
     "tenants                  each tenant: services, memory, CPU, messages, refusals",
     "tenant apply <path>      apply a tenant file and start its bootstrap services",
     "tenant remove <name>     stop a tenant's services and remove it",
@@ -135,6 +149,25 @@ impl Request {
                     _ => return Err(ParseError::Usage(usage)),
                 };
                 Ok(Request::Trace(address(addr, usage)?, on))
+            }
+            "upgrade" => {
+                let usage = "upgrade <addr|[tenant/]name|[tenant/]module> <path.wasm> [wait_ms]";
+                let (target, rest) = rest
+                    .split_once(char::is_whitespace)
+                    .ok_or(ParseError::Usage(usage))?;
+                let rest = rest.trim();
+                let (path, wait_ms) = match rest.rsplit_once(char::is_whitespace) {
+                    Some((path, ms)) if ms.bytes().all(|b| b.is_ascii_digit()) => (
+                        path.trim(),
+                        ms.parse().map_err(|_| ParseError::Usage(usage))?,
+                    ),
+                    _ => (rest, UPGRADE_WAIT_MS),
+                };
+                Ok(Request::Upgrade {
+                    target: target.to_string(),
+                    path: path.to_string(),
+                    wait_ms,
+                })
             }
             "stat" => address(rest, "stat <addr>").map(Request::Stat),
             "kill" => address(rest, "kill <addr>").map(Request::Kill),
@@ -314,6 +347,26 @@ mod tests {
         );
         assert!(matches!(
             Request::parse("trace :00000100 maybe"),
+            Err(ParseError::Usage(_))
+        ));
+        assert_eq!(
+            Request::parse("upgrade blue/counter /srv/new counter.wasm 250"),
+            Ok(Request::Upgrade {
+                target: "blue/counter".into(),
+                path: "/srv/new counter.wasm".into(),
+                wait_ms: 250
+            })
+        );
+        assert_eq!(
+            Request::parse("upgrade :00000100 v2.wasm"),
+            Ok(Request::Upgrade {
+                target: ":00000100".into(),
+                path: "v2.wasm".into(),
+                wait_ms: UPGRADE_WAIT_MS
+            })
+        );
+        assert!(matches!(
+            Request::parse("upgrade counter"),
             Err(ParseError::Usage(_))
         ));
         assert_eq!(Request::parse(""), Err(ParseError::Empty));

@@ -24,7 +24,7 @@ impl HostEndpoint {
     /// (`host`, `cluster-agent`, `cluster-proxy`). It takes messages of
     /// `tenant` only (`kernel.host_tenant`: of every tenant).
     pub fn new(kernel: &Arc<Kernel>, module: &str, tenant: Arc<Tenant>) -> Self {
-        let (handle, rx) = kernel.insert_service(module.into(), tenant);
+        let (handle, rx) = kernel.insert_service(module.into(), tenant, false);
         HostEndpoint {
             kernel: kernel.clone(),
             handle,

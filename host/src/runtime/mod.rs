@@ -23,6 +23,7 @@ mod sched;
 pub(crate) mod service;
 pub(crate) mod tenant;
 mod timer;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -37,6 +38,7 @@ pub use address::{Address, HarborId};
 pub use client::Client;
 pub use message::{CallError, ErrorCause, Message, SendError, Session, kind};
 pub use tenant::{SYSTEM_TENANT, TenantId, TenantStats};
+pub use upgrade::{UpgradeError, UpgradeReport, Upgraded};
 
 use tenant::Tenant;
 
@@ -198,6 +200,8 @@ pub struct ServiceInfo {
     pub awaiting: usize,
     /// Time since it was spawned.
     pub age: Duration,
+    /// How many times its module was replaced (`upgrade`).
+    pub upgrades: u32,
     /// `running` (in a dispatch), `ready` (messages not picked up yet) or `idle`.
     pub state: &'static str,
 }
@@ -288,6 +292,12 @@ pub(crate) struct ServiceHandle {
     pub mailbox: Mailbox,
     /// Set by `kill`; the service stops at its next time slice or message.
     pub killed: AtomicBool,
+    /// Runs a wasm module (false for host endpoints).
+    pub guest: bool,
+    /// An upgrade its task has not picked up yet, and a flag the task reads
+    /// after each batch (cheaper than the lock).
+    upgrade: Mutex<Option<upgrade::UpgradeOrder>>,
+    upgrade_pending: AtomicBool,
     watch: Mutex<Watch>,
 }
 
@@ -302,6 +312,21 @@ struct Watch {
 }
 
 impl ServiceHandle {
+    /// The upgrade ordered for this service, if any.
+    fn take_upgrade(&self) -> Option<upgrade::UpgradeOrder> {
+        if !self.upgrade_pending.swap(false, Ordering::Acquire) {
+            return None;
+        }
+        self.upgrade
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    fn is_host_endpoint(&self) -> bool {
+        !self.guest
+    }
+
     fn watch(&self) -> std::sync::MutexGuard<'_, Watch> {
         self.watch.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -329,6 +354,7 @@ impl ServiceHandle {
             memory_bytes: u.memory.load(Ordering::Relaxed),
             awaiting: u.awaiting.load(Ordering::Relaxed),
             age: self.started.elapsed(),
+            upgrades: u.upgrades.load(Ordering::Relaxed),
             state,
         }
     }
@@ -516,6 +542,7 @@ impl Kernel {
         &self,
         module: Arc<str>,
         tenant: Arc<Tenant>,
+        guest: bool,
     ) -> (Arc<ServiceHandle>, mpsc::UnboundedReceiver<Message>) {
         let services = self.services.pin();
         loop {
@@ -532,6 +559,9 @@ impl Kernel {
                 started: Instant::now(),
                 mailbox,
                 killed: AtomicBool::new(false),
+                guest,
+                upgrade: Mutex::new(None),
+                upgrade_pending: AtomicBool::new(false),
                 watch: Mutex::new(Watch::default()),
             });
             if services.try_insert(local, handle.clone()).is_ok() {
@@ -629,7 +659,7 @@ impl Kernel {
                 return ready.fail(&self, e.into());
             }
         };
-        let (handle, rx) = self.insert_service(module.name.clone(), tenant);
+        let (handle, rx) = self.insert_service(module.name.clone(), tenant, true);
         if self.shutdown.is_cancelled() || handle.tenant.removed.load(Ordering::Acquire) {
             // Shutdown's sweep may have missed it: it went in after the sweep.
             handle.killed.store(true, Ordering::Release);

@@ -2,13 +2,16 @@
 //! mailbox and hand them to `dispatch` until the service exits, traps or is
 //! killed; then end every session it leaves behind.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::Instrument;
 
-use super::{ErrorCause, Kernel, Message, Ready, ServiceHandle, SpawnError, exit_notice, kind};
+use super::{
+    ErrorCause, Kernel, Message, Ready, ServiceHandle, SpawnError, exit_notice, kind, upgrade,
+};
 use crate::wasm::{Instance, Module, describe_failure};
 
 /// Most messages handed to one `dispatch` call; after a full batch the
@@ -16,20 +19,20 @@ use crate::wasm::{Instance, Module, describe_failure};
 pub(crate) const MAX_BATCH: usize = 64;
 
 /// How a service ended.
-struct End {
-    cause: ErrorCause,
-    reason: String,
+pub(super) struct End {
+    pub cause: ErrorCause,
+    pub reason: String,
 }
 
 impl End {
-    fn exited() -> Self {
+    pub fn exited() -> Self {
         End {
             cause: ErrorCause::Exited,
             reason: "exited".into(),
         }
     }
 
-    fn killed() -> Self {
+    pub fn killed() -> Self {
         End {
             cause: ErrorCause::Killed,
             reason: "killed".into(),
@@ -74,7 +77,7 @@ pub(crate) async fn run(
                 if instance.exit_requested() {
                     End::exited()
                 } else {
-                    serve(&kernel, &handle, &mut instance, &mut rx).await
+                    serve(&kernel, &handle, &mut instance, &mut rx, &args).await
                 }
             }
             Ok(Err(reason)) => {
@@ -113,35 +116,59 @@ pub(crate) async fn run(
 
 /// Takes batches from the mailbox into `dispatch` until the service ends.
 async fn serve(
-    kernel: &Kernel,
-    handle: &ServiceHandle,
+    kernel: &Arc<Kernel>,
+    handle: &Arc<ServiceHandle>,
     instance: &mut Instance,
     rx: &mut UnboundedReceiver<Message>,
+    args: &[u8],
 ) -> End {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // Messages an upgrade kept aside: older than anything in the mailbox.
+    let mut aside: VecDeque<Message> = VecDeque::new();
     loop {
-        let Some(first) = rx.recv().await else {
-            return End::exited();
+        let first = match aside.pop_front() {
+            Some(m) => m,
+            None => match rx.recv().await {
+                Some(m) => m,
+                None => return End::exited(),
+            },
         };
         handle.mailbox.picked_up(kernel);
         if handle.killed.load(Ordering::Acquire) {
-            handle.mailbox.taken(1);
             // Taken off the queue but never dispatched: still owed an answer.
-            if first.wants_reply() {
-                instance.owe(first.source, first.session, first.tenant);
+            for m in std::iter::once(first).chain(aside.drain(..)) {
+                handle.mailbox.taken(1);
+                if m.wants_reply() {
+                    instance.owe(m.source, m.session, m.tenant);
+                }
             }
             return End::killed();
         }
+        let mut taken = 1;
         push_unless_wake(kernel, handle, &mut batch, first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(m) => push_unless_wake(kernel, handle, &mut batch, m),
-                Err(_) => break,
-            }
+        while taken < MAX_BATCH {
+            let next = match aside.pop_front() {
+                Some(m) => m,
+                None => match rx.try_recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+            };
+            taken += 1;
+            push_unless_wake(kernel, handle, &mut batch, next);
         }
-        let full = batch.len() == MAX_BATCH;
-        handle.mailbox.taken(batch.len());
+        let full = taken == MAX_BATCH;
+        handle.mailbox.taken(taken);
         if batch.is_empty() {
+            if let Some(order) = handle.take_upgrade() {
+                match upgrade::perform(kernel, handle, instance, rx, args, order).await {
+                    Ok(kept) => aside = kept,
+                    Err((end, kept)) => {
+                        owe_all(instance, kept);
+                        return end;
+                    }
+                }
+            }
             continue;
         }
         let traced = handle.usage.traced.load(Ordering::Relaxed).then(|| {
@@ -169,8 +196,27 @@ async fn serve(
         if handle.killed.load(Ordering::Acquire) {
             return End::killed();
         }
+        if let Some(order) = handle.take_upgrade() {
+            match upgrade::perform(kernel, handle, instance, rx, args, order).await {
+                Ok(kept) => aside = kept,
+                Err((end, kept)) => {
+                    owe_all(instance, kept);
+                    return end;
+                }
+            }
+        }
         if full {
             tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Messages taken off the mailbox and never dispatched: their requests are
+/// still owed an answer when the service ends.
+fn owe_all(instance: &mut Instance, kept: VecDeque<Message>) {
+    for m in kept {
+        if m.wants_reply() {
+            instance.owe(m.source, m.session, m.tenant);
         }
     }
 }
@@ -195,7 +241,14 @@ pub(crate) fn trace_message(direction: &str, peer: super::Address, m: &Message) 
 fn push_unless_wake(kernel: &Kernel, handle: &ServiceHandle, batch: &mut Vec<Message>, m: Message) {
     if m.kind != kind::SYSTEM {
         batch.push(m);
-    } else if m.session != 0 {
+    } else {
+        answer_ping(kernel, handle, m);
+    }
+}
+
+/// Answers a host ping (a `system` message with a session); drops a wake-up.
+pub(super) fn answer_ping(kernel: &Kernel, handle: &ServiceHandle, m: Message) {
+    if m.session != 0 {
         if handle.usage.traced.load(Ordering::Relaxed) {
             trace_message("in", m.source, &m);
         }

@@ -103,6 +103,8 @@ pub(crate) struct Usage {
     pub traced: AtomicBool,
     /// Sessions it opened and waits on, as of its last dispatch.
     pub awaiting: AtomicUsize,
+    /// Times its module was replaced.
+    pub upgrades: std::sync::atomic::AtomicU32,
 }
 
 impl Usage {

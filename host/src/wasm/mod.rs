@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::OnceCell;
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{ComponentExportIndex, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 use crate::config::Limits;
@@ -115,6 +115,29 @@ pub(crate) struct Module {
     /// The name it is spawned by.
     pub name: Arc<str>,
     pre: ServicePre<ServiceState>,
+    /// Its `state` exports, when it has them (WIT `stateful-service`).
+    state: Option<StateExports>,
+}
+
+/// The export of the WIT `state` interface.
+const STATE_INTERFACE: &str = "skyhost:service/state@0.1.0";
+
+/// Where a module's `save-state` and `load-state` are, found once per module;
+/// their types are checked when an upgrade uses them.
+#[derive(Clone, Copy)]
+struct StateExports {
+    save: ComponentExportIndex,
+    load: ComponentExportIndex,
+}
+
+impl StateExports {
+    fn of(component: &wasmtime::component::Component) -> Option<Self> {
+        let interface = component.get_export_index(None, STATE_INTERFACE)?;
+        Some(StateExports {
+            save: component.get_export_index(Some(&interface), "save-state")?,
+            load: component.get_export_index(Some(&interface), "load-state")?,
+        })
+    }
 }
 
 impl WasmRuntime {
@@ -197,6 +220,15 @@ impl WasmRuntime {
             .cloned()
     }
 
+    /// Whether `tenant`'s module `name` has been loaded.
+    pub fn has_module(&self, tenant: TenantId, name: &str) -> bool {
+        self.modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(tenant, name.to_string()))
+            .is_some_and(|cell| cell.initialized())
+    }
+
     /// Forgets `tenant`'s modules (it was removed; live instances keep theirs).
     pub fn forget_tenant(&self, tenant: TenantId) {
         self.modules
@@ -216,6 +248,13 @@ impl WasmRuntime {
                 searched,
             });
         };
+        self.compile(name, path).await
+    }
+
+    /// Compiles the component at `path` as module `name`, off the scheduler
+    /// threads (through the disk cache). Nothing is cached in memory: an
+    /// upgrade compiles its new version with this and then installs it.
+    pub async fn compile(&self, name: &str, path: PathBuf) -> Result<Arc<Module>, ModuleError> {
         let engine = self.engine.clone();
         let cache_dir = self.cache_dir.clone();
         let file = path.clone();
@@ -254,10 +293,22 @@ impl WasmRuntime {
             .and_then(ServicePre::new)
             .map_err(|e| invalid(format!("{e:#}")))?;
         tracing::debug!(module = name, path = %path.display(), "module ready");
+        let state = StateExports::of(pre.instance_pre().component());
         Ok(Arc::new(Module {
             name: name.into(),
             pre,
+            state,
         }))
+    }
+
+    /// Makes `module` the version of `tenant`'s module `name` that new
+    /// spawns get (an upgrade of every instance of it).
+    pub fn install(&self, tenant: TenantId, name: &str, module: Arc<Module>) {
+        let cell = Arc::new(OnceCell::new_with(Some(module)));
+        self.modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((tenant, name.to_string()), cell);
     }
 }
 
@@ -319,6 +370,9 @@ pub(crate) struct Instance {
     /// The `dispatch` export, type-checked against [`DispatchParams`].
     dispatch: wasmtime::component::Func,
     batch: Vec<WitMessage>,
+    /// For the `state` exports, looked up only when an upgrade needs them.
+    instance: wasmtime::component::Instance,
+    state: Option<StateExports>,
 }
 
 impl Instance {
@@ -347,6 +401,8 @@ impl Instance {
             exports,
             dispatch,
             batch: Vec::new(),
+            instance,
+            state: module.state,
         })
     }
 
@@ -395,6 +451,60 @@ impl Instance {
     /// Records a request the service took and must answer (or fail).
     pub fn owe(&mut self, caller: crate::runtime::Address, session: u32, tenant: TenantId) {
         self.store.data_mut().owe(caller, session, tenant);
+    }
+
+    /// The state the guest hands to its next version (`save-state`); `None`
+    /// when its module has no `state` exports or it saved nothing.
+    pub async fn save_state(&mut self) -> wasmtime::Result<Option<Vec<u8>>> {
+        let Some(exports) = self.state else {
+            return Ok(None);
+        };
+        let save = self
+            .instance
+            .get_typed_func::<(), (Vec<u8>,)>(&mut self.store, &exports.save)?;
+        self.store.data_mut().start_work(1);
+        self.store.set_epoch_deadline(1);
+        let result = save.call_async(&mut self.store, ()).await;
+        self.store.data_mut().end_work();
+        let (bytes,) = result?;
+        Ok((!bytes.is_empty()).then_some(bytes))
+    }
+
+    /// Whether the module can take over a saved state (`load-state`).
+    pub fn loads_state(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// Runs the guest's `load-state` with what its previous version saved.
+    pub async fn load_state(&mut self, state: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+        let Some(exports) = self.state else {
+            return Ok(Err("the module has no `load-state`".into()));
+        };
+        let load = self
+            .instance
+            .get_typed_func::<(Vec<u8>,), (Result<(), String>,)>(&mut self.store, &exports.load)?;
+        self.store.data_mut().start_work(1);
+        self.store.set_epoch_deadline(1);
+        let result = load.call_async(&mut self.store, (state,)).await;
+        self.store.data_mut().end_work();
+        Ok(result?.0)
+    }
+
+    /// Moves what outlives an instance (requests owed, the session counter)
+    /// from `self` to `next`, the service's next version.
+    pub fn hand_over(&mut self, next: &mut Instance) {
+        self.store.data_mut().hand_over(next.store.data_mut());
+    }
+
+    /// Sessions the service opened and still waits on.
+    pub fn awaiting(&self) -> usize {
+        self.store.data().awaiting_len()
+    }
+
+    /// Whether the service waits on `session` (its answer may be dispatched
+    /// while an upgrade waits for the service to be quiescent).
+    pub fn awaits(&self, session: u32) -> bool {
+        self.store.data().awaits(session)
     }
 
     /// Whether the guest called `exit`.

@@ -228,6 +228,22 @@ impl ServiceState {
         self.exit_requested
     }
 
+    /// Moves the requests owed and the session counter to `next`, the
+    /// store of the service's next version (or back, when it failed).
+    pub fn hand_over(&mut self, next: &mut ServiceState) {
+        next.owed.extend(self.owed.drain());
+        next.next_session = self.next_session;
+        next.awaiting.extend(self.awaiting.drain());
+    }
+
+    pub fn awaiting_len(&self) -> usize {
+        self.awaiting.len()
+    }
+
+    pub fn awaits(&self, session: u32) -> bool {
+        self.awaiting.contains(&session)
+    }
+
     /// A fresh session the service will wait on.
     fn awaited_session(&mut self) -> u32 {
         let session = self.fresh_session();
