@@ -152,6 +152,18 @@ fn workloads() -> Vec<Workload> {
             run: |n| Box::pin(tenant_overhead(n, 100_000, 1_000_000)),
         },
         Workload {
+            id: "upgrade-pause",
+            unit: "µs median",
+            topology: Topology::Single,
+            run: |n| Box::pin(upgrade_pause(n, 100)),
+        },
+        Workload {
+            id: "upgrade-throughput",
+            unit: "ratio (upgraded / not)",
+            topology: Topology::Single,
+            run: |n| Box::pin(upgrade_throughput(n, 3_000_000)),
+        },
+        Workload {
             id: "tenant-fairness",
             unit: "µs median",
             topology: Topology::Tenants,
@@ -960,4 +972,99 @@ async fn tenant_fairness(b: &BenchNode, spinners: u32, pings: usize) -> anyhow::
         times[times.len() - 1]
     );
     Ok(times[times.len() / 2])
+}
+
+/// The `counter` service's two versions, alternately.
+fn counter_version(i: usize) -> anyhow::Result<std::path::PathBuf> {
+    let dir = skyhost::bundled_modules().context("this build has no bundled services")?;
+    Ok(dir.join(if i % 2 == 0 {
+        "counter_v2.wasm"
+    } else {
+        "counter.wasm"
+    }))
+}
+
+/// Upgrades one `counter` `n` times between its two versions; the figure is
+/// the median time it handled no message (saving its state, instantiating
+/// the new version, loading the state); the worst is logged. The new
+/// module is compiled (from the disk cache) before each upgrade starts.
+async fn upgrade_pause(b: &BenchNode, n: usize) -> anyhow::Result<f64> {
+    let counter = b.spawn("counter").await?;
+    let target = counter.to_string();
+    let mut pauses = Vec::with_capacity(n);
+    for i in 0..n {
+        let reports = b
+            .node
+            .upgrade(&target, &counter_version(i)?, Duration::from_secs(5))
+            .await?;
+        let upgraded = reports
+            .into_iter()
+            .next()
+            .context("one report")?
+            .result?;
+        pauses.push(upgraded.pause.as_secs_f64() * 1e6);
+    }
+    pauses.sort_by(f64::total_cmp);
+    eprintln!(
+        "upgrade-pause: worst {:.1} µs of {n}",
+        pauses[pauses.len() - 1]
+    );
+    Ok(pauses[pauses.len() / 2])
+}
+
+/// A testkit sends `messages` to a `counter`, once untouched and once while
+/// the counter is upgraded every 100 ms; the figure is the second rate
+/// over the first.
+async fn upgrade_throughput(b: &BenchNode, messages: u32) -> anyhow::Result<f64> {
+    let mut rates = Vec::with_capacity(2);
+    for upgrading in [false, true] {
+        let counter = b.spawn("counter").await?;
+        let sender = b.spawn("testkit").await?;
+        let target = counter.to_string();
+        let send = postcard::to_allocvec(&Command::SendLoop {
+            target: counter.0,
+            n: messages,
+            payload: vec![9, 1, 0, 0, 0],
+        })?;
+        let start = Instant::now();
+        let sending = {
+            let client = b.node.client();
+            tokio::spawn(async move { client.call(sender, send).await })
+        };
+        let mut upgrades = 0;
+        let mut next_upgrade = start + Duration::from_millis(100);
+        loop {
+            let got = b.client.call(counter, b"g".to_vec()).await?;
+            let total = got
+                .get(1..9)
+                .and_then(|t| <[u8; 8]>::try_from(t).ok())
+                .map(u64::from_le_bytes)
+                .context("counter answer")?;
+            if total >= u64::from(messages) {
+                break;
+            }
+            if upgrading && Instant::now() >= next_upgrade {
+                let reports = b
+                    .node
+                    .upgrade(&target, &counter_version(upgrades)?, Duration::from_secs(5))
+                    .await?;
+                for r in reports {
+                    r.result?;
+                }
+                upgrades += 1;
+                next_upgrade += Duration::from_millis(100);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let rate = f64::from(messages) / start.elapsed().as_secs_f64();
+        sending.await??;
+        if upgrading {
+            eprintln!(
+                "upgrade-throughput: {:.0} msgs/s never upgraded, {rate:.0} msgs/s with {upgrades} upgrades",
+                rates[0]
+            );
+        }
+        rates.push(rate);
+    }
+    Ok(rates[1] / rates[0])
 }

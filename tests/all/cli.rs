@@ -80,6 +80,23 @@ fn the_demo_node_runs_and_stops_cleanly_on_sigint() {
         out.status.success() && listed.contains(" demo tenant=system"),
         "{listed}"
     );
+    // The README's upgrade step: the demo swapped for its rebuilt module,
+    // its counts carried over.
+    let demo_wasm = crate::support::guest_dir().join("demo.wasm");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skyhost"))
+        .args(["ctl", "-c", &control, "upgrade", ".demo"])
+        .arg(&demo_wasm)
+        .env("SKYHOST_SECRET", "demo")
+        .output()
+        .expect("run skyhost ctl");
+    let upgraded = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && upgraded.starts_with("upgraded :"),
+        "{upgraded} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = node.wait_for("demo: upgraded");
+    assert!(line.contains("9 calls answered; 3/3 ticks"), "{line}");
     node.signal("INT");
     node.wait_for("stopped");
     let exit = node.wait_exit();

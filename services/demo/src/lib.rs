@@ -4,14 +4,19 @@
 //! registers itself as `.demo`, then at the same time calls each echo a few
 //! times (a forked task) and ticks a 500 ms timer three times. Then it keeps
 //! running and answers every request with a one-line text status (utf-8).
+//!
+//! It keeps its status across upgrades (a [`Stateful`] service): rebuild it
+//! and `upgrade .demo <demo.wasm>` on the console, and the new version
+//! carries on from the same counts.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use skyhost_sdk::{
-    Address, Message, Reply, Service, call_raw, export_service, fork, info, now, query, register,
-    self_address, sleep, spawn_raw, warn,
+    Address, Message, Reply, Service, Stateful, call_raw, export_service, fork, info, now, query,
+    register, self_address, sleep, spawn_raw, warn,
 };
 
 /// How many echo services the demo starts.
@@ -26,7 +31,16 @@ struct Demo {
     echoes: RefCell<Vec<Address>>,
     calls: Cell<u32>,
     ticks: Cell<u32>,
-    phase: Cell<&'static str>,
+    phase: RefCell<String>,
+}
+
+/// What the demo carries across an upgrade.
+#[derive(Serialize, Deserialize)]
+struct DemoState {
+    echoes: Vec<u32>,
+    calls: u32,
+    ticks: u32,
+    phase: String,
 }
 
 impl Service for Demo {
@@ -36,13 +50,13 @@ impl Service for Demo {
             echoes: RefCell::new(Vec::new()),
             calls: Cell::new(0),
             ticks: Cell::new(0),
-            phase: Cell::new("starting"),
+            phase: RefCell::new("starting".into()),
         })
     }
 
     async fn start(self: Rc<Self>) {
         info!("demo: spawning {ECHOES} echo services");
-        self.phase.set("spawning");
+        self.set_phase("spawning");
         for i in 0..ECHOES {
             let args: &[u8] = if i == 0 { b".echo" } else { b"" };
             match spawn_raw("echo", args).await {
@@ -62,7 +76,7 @@ impl Service for Demo {
             None => warn!("demo: nobody holds .echo"),
         }
 
-        self.phase.set("calling and ticking");
+        self.set_phase("calling and ticking");
         info!("demo: calling each echo {CALLS_PER_ECHO} times while a timer ticks");
         fork(Rc::clone(&self).call_echoes());
         for tick in 1..=TICKS {
@@ -70,7 +84,7 @@ impl Service for Demo {
             self.ticks.set(tick);
             info!("demo: tick {tick}/{TICKS} at {} ms", now().as_millis());
         }
-        self.phase.set("idle");
+        self.set_phase("idle");
         info!("demo: done; still running, answers requests with its status (try calling .demo)");
     }
 
@@ -83,7 +97,35 @@ impl Service for Demo {
     }
 }
 
+impl Stateful for Demo {
+    type State = DemoState;
+
+    fn save(&self) -> DemoState {
+        DemoState {
+            echoes: self.echoes.borrow().iter().map(|a| a.0).collect(),
+            calls: self.calls.get(),
+            ticks: self.ticks.get(),
+            phase: self.phase.borrow().clone(),
+        }
+    }
+
+    fn restore(state: DemoState) -> Result<Self, String> {
+        let demo = Demo {
+            echoes: RefCell::new(state.echoes.into_iter().map(Address).collect()),
+            calls: Cell::new(state.calls),
+            ticks: Cell::new(state.ticks),
+            phase: RefCell::new(state.phase),
+        };
+        info!("demo: upgraded; carried over: {}", demo.status());
+        Ok(demo)
+    }
+}
+
 impl Demo {
+    fn set_phase(&self, phase: &str) {
+        *self.phase.borrow_mut() = phase.to_string();
+    }
+
     /// Calls every echo a few times, logging each round trip.
     async fn call_echoes(self: Rc<Self>) {
         let echoes = self.echoes.borrow().clone();
@@ -113,7 +155,7 @@ impl Demo {
         format!(
             "demo {}: {}; echoes [{}]; {} calls answered; {}/{TICKS} ticks",
             self_address(),
-            self.phase.get(),
+            self.phase.borrow(),
             echoes.join(", "),
             self.calls.get(),
             self.ticks.get(),
@@ -121,4 +163,4 @@ impl Demo {
     }
 }
 
-export_service!(Demo);
+export_service!(Demo, stateful);
