@@ -1031,8 +1031,32 @@ async fn upgrade_throughput(b: &BenchNode, messages: u32) -> anyhow::Result<f64>
             let client = b.node.client();
             tokio::spawn(async move { client.call(sender, send).await })
         };
-        let mut upgrades = 0;
-        let mut next_upgrade = start + Duration::from_millis(100);
+        let stop = tokio_util::sync::CancellationToken::new();
+        // Upgrades on their own task, every 100 ms from the first send.
+        let upgrader = {
+            let (node, stop) = (b.node.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut upgrades = 0;
+                let mut tick = tokio::time::interval_at(
+                    tokio::time::Instant::now() + Duration::from_millis(100),
+                    Duration::from_millis(100),
+                );
+                while upgrading {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let reports = node
+                        .upgrade(&target, &counter_version(upgrades)?, Duration::from_secs(5))
+                        .await?;
+                    for r in reports {
+                        r.result?;
+                    }
+                    upgrades += 1;
+                }
+                anyhow::Ok(upgrades)
+            })
+        };
         loop {
             let got = b.client.call(counter, b"g".to_vec()).await?;
             let total = got
@@ -1043,20 +1067,11 @@ async fn upgrade_throughput(b: &BenchNode, messages: u32) -> anyhow::Result<f64>
             if total >= u64::from(messages) {
                 break;
             }
-            if upgrading && Instant::now() >= next_upgrade {
-                let reports = b
-                    .node
-                    .upgrade(&target, &counter_version(upgrades)?, Duration::from_secs(5))
-                    .await?;
-                for r in reports {
-                    r.result?;
-                }
-                upgrades += 1;
-                next_upgrade += Duration::from_millis(100);
-            }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let rate = f64::from(messages) / start.elapsed().as_secs_f64();
+        stop.cancel();
+        let upgrades = upgrader.await??;
         sending.await??;
         if upgrading {
             eprintln!(
