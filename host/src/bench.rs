@@ -977,7 +977,7 @@ async fn tenant_fairness(b: &BenchNode, spinners: u32, pings: usize) -> anyhow::
 /// The `counter` service's two versions, alternately.
 fn counter_version(i: usize) -> anyhow::Result<std::path::PathBuf> {
     let dir = skyhost::bundled_modules().context("this build has no bundled services")?;
-    Ok(dir.join(if i % 2 == 0 {
+    Ok(dir.join(if i.is_multiple_of(2) {
         "counter_v2.wasm"
     } else {
         "counter.wasm"
@@ -997,11 +997,7 @@ async fn upgrade_pause(b: &BenchNode, n: usize) -> anyhow::Result<f64> {
             .node
             .upgrade(&target, &counter_version(i)?, Duration::from_secs(5))
             .await?;
-        let upgraded = reports
-            .into_iter()
-            .next()
-            .context("one report")?
-            .result?;
+        let upgraded = reports.into_iter().next().context("one report")?.result?;
         pauses.push(upgraded.pause.as_secs_f64() * 1e6);
     }
     pauses.sort_by(f64::total_cmp);
@@ -1037,11 +1033,14 @@ async fn upgrade_throughput(b: &BenchNode, messages: u32) -> anyhow::Result<f64>
             let (node, stop) = (b.node.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut upgrades = 0;
+                if !upgrading {
+                    return anyhow::Ok(upgrades);
+                }
                 let mut tick = tokio::time::interval_at(
                     tokio::time::Instant::now() + Duration::from_millis(100),
                     Duration::from_millis(100),
                 );
-                while upgrading {
+                loop {
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = tick.tick() => {}

@@ -44,6 +44,27 @@ pub struct NodeConfig {
     /// The control address (`skyhost ctl`, `skyhost tenant`); off when absent.
     #[serde(default)]
     pub control: Option<ControlConfig>,
+    /// The Prometheus endpoint (`GET /metrics`); off when absent.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// The `[metrics]` table: where the node serves `GET /metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` to listen on (port 0 picks one; the bound address is logged).
+    #[serde(default = "default_control")]
+    pub address: String,
+}
+
+impl Default for MetricsConfig {
+    /// 127.0.0.1 with a port the OS picks.
+    fn default() -> Self {
+        MetricsConfig {
+            address: default_control(),
+        }
+    }
 }
 
 /// The `[control]` table: where the node takes operator commands, and the
@@ -369,6 +390,7 @@ impl Default for NodeConfig {
             cluster: None,
             tenants: Vec::new(),
             control: None,
+            metrics: None,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod harbor;
+pub mod metrics;
 pub mod multicast;
 pub mod runtime;
 pub mod transport;

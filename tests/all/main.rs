@@ -5,6 +5,7 @@ mod cluster;
 mod console;
 mod harbor;
 mod local;
+mod metrics;
 mod multicast;
 mod support;
 mod tenants;

@@ -272,3 +272,61 @@ pub async fn wait_for_mesh(nodes: &[&TestNode]) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A command-line tool a test needs, from `PATH`, or else from its Debian
+/// package, downloaded once (no root, nothing installed system-wide) and
+/// unpacked under the target directory, where later runs find it.
+pub fn debian_tool(tool: &str, package: &str) -> anyhow::Result<PathBuf> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if let Ok(path) = which(tool) {
+        return Ok(path);
+    }
+    let tools = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tools");
+    let root = tools.join(package);
+    let unpacked = root.join("usr/bin").join(tool);
+    if unpacked.is_file() {
+        return Ok(unpacked);
+    }
+    let debs = tools.join("debs");
+    std::fs::create_dir_all(&debs)?;
+    let download = || {
+        std::process::Command::new("apt-get")
+            .args(["download", "-q", package])
+            .current_dir(&debs)
+            .status()
+    };
+    if !download()?.success() {
+        // A fresh machine may have no package lists yet.
+        let updated = std::process::Command::new("apt-get")
+            .args(["update", "-q"])
+            .status()?;
+        anyhow::ensure!(updated.success(), "apt-get update failed");
+        anyhow::ensure!(download()?.success(), "apt-get download {package} failed");
+    }
+    let deb = std::fs::read_dir(&debs)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
+        })
+        .with_context(|| format!("no {package}_*.deb in {}", debs.display()))?;
+    let status = std::process::Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .status()?;
+    anyhow::ensure!(status.success(), "dpkg-deb -x {} failed", deb.display());
+    anyhow::ensure!(unpacked.is_file(), "{package} has no usr/bin/{tool}");
+    Ok(unpacked)
+}
+
+/// `tool`'s path on `PATH`.
+fn which(tool: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").context("no PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(tool))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{tool} not on PATH"))
+}

@@ -986,6 +986,33 @@ async fn across_harbor_and_cluster_nodes_a_tenant_reaches_only_itself() -> anyho
         .context("the link to cluster node one")?;
     assert!(out.up && out.bytes_out > 0 && out.frames_in > 0, "{out:?}");
     assert_eq!(out.address, one);
+    // And what `/metrics` shows of them.
+    let text = skyhost::metrics::render(&node);
+    for (series, at_least) in [
+        (r#"skyhost_link_up{link="harbor",peer="1"}"#, 1.0),
+        (
+            r#"skyhost_link_connections_total{link="harbor",peer="1"}"#,
+            1.0,
+        ),
+        (r#"skyhost_link_up{link="cluster-out",peer="one"}"#, 1.0),
+        (
+            r#"skyhost_link_sent_bytes_total{link="cluster-out",peer="one"}"#,
+            out.bytes_out as f64,
+        ),
+        (r#"skyhost_tenant_services{tenant="alpha"}"#, 1.0),
+    ] {
+        let value = text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        });
+        assert!(
+            value.is_some_and(|v| v >= at_least),
+            "{series}: {value:?}\n{text}"
+        );
+    }
+    crate::metrics::promtool_check(&text)?;
 
     drop((alpha, beta, gamma));
     within(node.shutdown()).await?;

@@ -372,6 +372,8 @@ pub(crate) struct Kernel {
     next_local: AtomicU32,
     /// Live wasm services (host clients not counted).
     live: AtomicUsize,
+    /// Services ended, by `StopReason::index`.
+    pub stops: [std::sync::atomic::AtomicU64; crate::wasm::StopReason::ALL.len()],
     /// Names local to this node, each tenant's under its own key (see [`scoped`]).
     names: Mutex<HashMap<String, Address>>,
     /// The tenants of this node, `system` among them.
@@ -387,6 +389,8 @@ pub(crate) struct Kernel {
     pub multicast: crate::multicast::Multicast,
     /// Where the control listener is bound, when the node has one.
     pub control: OnceLock<std::net::SocketAddr>,
+    /// Where `/metrics` is served, when the node serves it.
+    pub metrics: OnceLock<std::net::SocketAddr>,
     pub sched: Arc<sched::Scheduler>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
@@ -926,9 +930,13 @@ impl Node {
     /// # Errors
     /// When the wasm engine cannot be built for these limits.
     pub fn start(config: &NodeConfig) -> Result<Node, NodeError> {
-        if config.harbor.is_some() || config.cluster.is_some() || config.control.is_some() {
+        if config.harbor.is_some()
+            || config.cluster.is_some()
+            || config.control.is_some()
+            || config.metrics.is_some()
+        {
             return Err(NodeError::Harbor(
-                "a harbor, cluster or control node starts with Node::launch".into(),
+                "a harbor, cluster, control or metrics node starts with Node::launch".into(),
             ));
         }
         Self::build(config)
@@ -964,6 +972,17 @@ impl Node {
                 Err(e) => {
                     node.shutdown().await;
                     return Err(NodeError::Control(format!("control {}: {e}", c.address)));
+                }
+            }
+        }
+        if let Some(m) = &config.metrics {
+            match crate::metrics::start(&node, m).await {
+                Ok(bound) => {
+                    let _ = node.kernel.metrics.set(bound);
+                }
+                Err(e) => {
+                    node.shutdown().await;
+                    return Err(NodeError::Control(format!("metrics {}: {e}", m.address)));
                 }
             }
         }
@@ -1014,6 +1033,8 @@ impl Node {
             remote: OnceLock::new(),
             cluster: OnceLock::new(),
             control: OnceLock::new(),
+            metrics: OnceLock::new(),
+            stops: Default::default(),
             sched: Arc::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
@@ -1172,6 +1193,19 @@ impl Node {
         self.kernel.wasm.forget_tenant(tenant.id);
         tracing::info!(tenant = %name, "tenant removed");
         Ok(())
+    }
+
+    /// Where this node serves `GET /metrics`, if it does.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.kernel.metrics.get().copied()
+    }
+
+    /// Services ended for the reason at `index` in `StopReason::ALL`.
+    pub(crate) fn stops(&self, index: usize) -> u64 {
+        self.kernel
+            .stops
+            .get(index)
+            .map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
     /// Where this node takes control commands, if it opened a control address.

@@ -12,7 +12,7 @@ use tracing::Instrument;
 use super::{
     ErrorCause, Kernel, Message, Ready, ServiceHandle, SpawnError, exit_notice, kind, upgrade,
 };
-use crate::wasm::{Instance, Module, describe_failure};
+use crate::wasm::{Instance, Module, StopReason, describe_failure};
 
 /// Most messages handed to one `dispatch` call; after a full batch the
 /// service yields so others on its thread get a turn.
@@ -22,6 +22,8 @@ pub(crate) const MAX_BATCH: usize = 64;
 pub(super) struct End {
     pub cause: ErrorCause,
     pub reason: String,
+    /// Its class for the node's stop counters (`StopReason`).
+    pub class: StopReason,
 }
 
 impl End {
@@ -29,6 +31,7 @@ impl End {
         End {
             cause: ErrorCause::Exited,
             reason: "exited".into(),
+            class: StopReason::Exited,
         }
     }
 
@@ -36,6 +39,26 @@ impl End {
         End {
             cause: ErrorCause::Killed,
             reason: "killed".into(),
+            class: StopReason::Killed,
+        }
+    }
+
+    /// A guest call that trapped or was stopped by the host.
+    pub fn failed(error: &wasmtime::Error) -> Self {
+        let (cause, reason) = describe_failure(error);
+        End {
+            cause,
+            reason,
+            class: StopReason::of(error),
+        }
+    }
+
+    /// Instantiation or `init` did not succeed.
+    fn not_started(reason: String) -> Self {
+        End {
+            cause: ErrorCause::Exited,
+            reason,
+            class: StopReason::NotStarted,
         }
     }
 }
@@ -56,10 +79,7 @@ pub(crate) async fn run(
             Ok(i) => i,
             Err(e) => {
                 let error = format!("{e:#}");
-                let end = End {
-                    cause: ErrorCause::Exited,
-                    reason: error.clone(),
-                };
+                let end = End::not_started(error.clone());
                 finish(&kernel, &handle, rx, Vec::new(), end);
                 ready.fail(
                     &kernel,
@@ -81,10 +101,7 @@ pub(crate) async fn run(
                 }
             }
             Ok(Err(reason)) => {
-                let end = End {
-                    cause: ErrorCause::Exited,
-                    reason: format!("init failed: {reason}"),
-                };
+                let end = End::not_started(format!("init failed: {reason}"));
                 ready.fail(
                     &kernel,
                     SpawnError::Init {
@@ -95,15 +112,15 @@ pub(crate) async fn run(
                 end
             }
             Err(e) => {
-                let (cause, reason) = describe_failure(&e);
+                let end = End::failed(&e);
                 ready.fail(
                     &kernel,
                     SpawnError::Init {
                         module: module_name,
-                        reason: reason.clone(),
+                        reason: end.reason.clone(),
                     },
                 );
-                End { cause, reason }
+                end
             }
         };
         let owed = instance.take_owed();
@@ -187,8 +204,7 @@ async fn serve(
             );
         }
         if let Err(e) = result {
-            let (cause, reason) = describe_failure(&e);
-            return End { cause, reason };
+            return End::failed(&e);
         }
         if instance.exit_requested() {
             return End::exited();
@@ -273,6 +289,7 @@ fn finish(
     end: End,
 ) {
     let address = handle.address;
+    kernel.stops[end.class.index()].fetch_add(1, Ordering::Relaxed);
     let monitors = kernel.remove_service(handle);
     rx.close();
     handle.mailbox.close(kernel);

@@ -105,16 +105,60 @@ pub(crate) struct Usage {
     pub awaiting: AtomicUsize,
     /// Times its module was replaced.
     pub upgrades: std::sync::atomic::AtomicU32,
+    /// Messages taken, by [`kind_slot`].
+    pub kinds: [AtomicU64; KIND_LABELS.len()],
+    /// `error` messages taken (sessions that ended in an error), by cause byte.
+    pub errors: [AtomicU64; ERROR_LABELS.len()],
 }
+
+/// The message kinds `/metrics` counts apart, in [`kind_slot`] order.
+pub(crate) const KIND_LABELS: [&str; 9] = [
+    "text",
+    "response",
+    "multicast",
+    "exit",
+    "system",
+    "error",
+    "request",
+    "user",
+    "other",
+];
+
+/// The slot of `kind` in [`KIND_LABELS`].
+pub(crate) fn kind_slot(kind: u8) -> usize {
+    match kind {
+        0..=4 => usize::from(kind),
+        7 => 5,
+        10 => 6,
+        16.. => 7,
+        _ => 8,
+    }
+}
+
+/// The causes of an `error` message (its payload's byte 0, `ErrorCause`).
+pub(crate) const ERROR_LABELS: [&str; 9] = [
+    "service_error",
+    "unknown_address",
+    "exited",
+    "trapped",
+    "killed",
+    "timeout",
+    "overloaded",
+    "spawn_failed",
+    "node_down",
+];
 
 impl Usage {
     /// Adds `other`'s counts to these.
     pub fn absorb(&self, other: &Usage) {
-        for (mine, theirs) in [
+        let pairs = [
             (&self.messages_in, &other.messages_in),
             (&self.messages_out, &other.messages_out),
             (&self.cpu_nanos, &other.cpu_nanos),
-        ] {
+        ];
+        let kinds = self.kinds.iter().zip(&other.kinds);
+        let errors = self.errors.iter().zip(&other.errors);
+        for (mine, theirs) in pairs.into_iter().chain(kinds).chain(errors) {
             mine.fetch_add(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
         }
     }
@@ -153,6 +197,11 @@ pub struct TenantStats {
     pub refusals: u64,
     /// Calls its services made to other tenants through grants.
     pub grant_calls: u64,
+    /// Messages its services took, by kind (`text`, `response`, ...).
+    pub messages_by_kind: Vec<(&'static str, u64)>,
+    /// `error` messages its services took (sessions they opened that
+    /// ended in an error), by cause (`timeout`, `node_down`, ...).
+    pub errors_by_cause: Vec<(&'static str, u64)>,
 }
 
 /// One tenant on this node.
@@ -269,6 +318,14 @@ impl Tenant {
             messages_out: get(&total.messages_out),
             refusals: c.refusals.load(Ordering::Relaxed),
             grant_calls: c.grant_calls.load(Ordering::Relaxed),
+            messages_by_kind: KIND_LABELS
+                .into_iter()
+                .zip(total.kinds.iter().map(get))
+                .collect(),
+            errors_by_cause: ERROR_LABELS
+                .into_iter()
+                .zip(total.errors.iter().map(get))
+                .collect(),
         }
     }
 }

@@ -253,11 +253,12 @@ pub(crate) async fn perform(
     let saved = match instance.save_state().await {
         Ok(saved) => saved,
         Err(e) => {
-            let (cause, reason) = describe_failure(&e);
-            let _ = order
-                .reply
-                .send(Err(UpgradeError::Ended(format!("save-state: {reason}"))));
-            return Err((End { cause, reason }, side));
+            let end = End::failed(&e);
+            let _ = order.reply.send(Err(UpgradeError::Ended(format!(
+                "save-state: {}",
+                end.reason
+            ))));
+            return Err((end, side));
         }
     };
     match swap(kernel, handle, instance, &order.module, saved, args).await {
@@ -336,10 +337,10 @@ async fn quiesce(
             handle.mailbox.taken(1);
             answers.push(message);
             if let Err(e) = instance.dispatch(&mut answers).await {
-                let (cause, reason) = describe_failure(&e);
+                let end = End::failed(&e);
                 return Err(Unquiet {
-                    error: UpgradeError::Ended(reason.clone()),
-                    end: Some(End { cause, reason }),
+                    error: UpgradeError::Ended(end.reason.clone()),
+                    end: Some(end),
                 });
             }
             if instance.exit_requested() {

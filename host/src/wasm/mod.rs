@@ -423,6 +423,7 @@ impl Instance {
         state.took(messages.len());
         self.batch.clear();
         for m in messages.drain(..) {
+            state.count_kind(m.kind, &m.payload);
             if m.wants_reply() {
                 state.owe(m.source, m.session, m.tenant);
             } else if matches!(m.kind, kind::RESPONSE | kind::ERROR) {
@@ -515,6 +516,72 @@ impl Instance {
     /// Sessions the guest received and has not answered.
     pub fn take_owed(&mut self) -> Vec<(crate::runtime::Address, u32)> {
         self.store.data_mut().take_owed()
+    }
+}
+
+/// Why a service ended, as the node's stop counters (`/metrics`) class it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopReason {
+    /// It called `exit`, or its mailbox closed.
+    Exited,
+    /// Someone killed it.
+    Killed,
+    /// Its instantiation or `init` failed.
+    NotStarted,
+    /// A wasm trap (unreachable, out-of-bounds access, stack overflow, ...).
+    Trap,
+    /// A message ran past the CPU budget.
+    CpuBudget,
+    /// Its linear memory hit its limit.
+    MemoryLimit,
+    /// Its tenant's total memory limit was reached.
+    TenantMemory,
+    /// Any other error from a guest call.
+    Error,
+}
+
+impl StopReason {
+    /// Every reason, in the order of [`StopReason::index`].
+    pub const ALL: [StopReason; 8] = [
+        StopReason::Exited,
+        StopReason::Killed,
+        StopReason::NotStarted,
+        StopReason::Trap,
+        StopReason::CpuBudget,
+        StopReason::MemoryLimit,
+        StopReason::TenantMemory,
+        StopReason::Error,
+    ];
+
+    /// Its position in [`StopReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its label in `/metrics`.
+    pub fn label(self) -> &'static str {
+        match self {
+            StopReason::Exited => "exited",
+            StopReason::Killed => "killed",
+            StopReason::NotStarted => "not_started",
+            StopReason::Trap => "trap",
+            StopReason::CpuBudget => "cpu_budget",
+            StopReason::MemoryLimit => "memory_limit",
+            StopReason::TenantMemory => "tenant_memory",
+            StopReason::Error => "error",
+        }
+    }
+
+    /// The class of a failed guest call.
+    pub fn of(error: &wasmtime::Error) -> Self {
+        match error.downcast_ref::<Stop>() {
+            Some(Stop::Killed) => StopReason::Killed,
+            Some(Stop::CpuBudget(_)) => StopReason::CpuBudget,
+            Some(Stop::MemoryLimit { .. }) => StopReason::MemoryLimit,
+            Some(Stop::TenantMemory { .. }) => StopReason::TenantMemory,
+            None if error.downcast_ref::<wasmtime::Trap>().is_some() => StopReason::Trap,
+            None => StopReason::Error,
+        }
     }
 }
 

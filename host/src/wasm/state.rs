@@ -10,7 +10,7 @@ use wasmtime::{StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::skyhost::service::{cluster, harbor, multicast, runtime, types};
-use crate::runtime::tenant::Tenant;
+use crate::runtime::tenant::{ERROR_LABELS, KIND_LABELS, Tenant, kind_slot};
 use crate::runtime::{
     Address, ErrorCause, Kernel, Message, SendError, ServiceHandle, TenantId, kind,
 };
@@ -119,6 +119,9 @@ pub(crate) struct ServiceState {
     /// Messages taken and sent since the counts last went to the tenant.
     taken: u64,
     sent: u64,
+    /// Messages taken by kind slot, and errors by cause, since the last flush.
+    kinds: [u64; KIND_LABELS.len()],
+    errors: [u64; ERROR_LABELS.len()],
     /// Sessions it opened and waits on (calls, spawns, timers, harbor and
     /// cluster requests): one `response` or `error` ends each.
     awaiting: HashSet<u32, std::hash::BuildHasherDefault<fnv::FnvHasher>>,
@@ -164,6 +167,8 @@ impl ServiceState {
             owed: HashMap::new(),
             taken: 0,
             sent: 0,
+            kinds: [0; KIND_LABELS.len()],
+            errors: [0; ERROR_LABELS.len()],
             awaiting: HashSet::default(),
             exit_requested: false,
             cpu_used: Duration::ZERO,
@@ -207,6 +212,20 @@ impl ServiceState {
         u.messages_out
             .fetch_add(std::mem::take(&mut self.sent), Ordering::Relaxed);
         u.awaiting.store(self.awaiting.len(), Ordering::Relaxed);
+        flush(&mut self.kinds, &u.kinds);
+        flush(&mut self.errors, &u.errors);
+    }
+
+    /// Counts a message taken into a dispatch by its kind (and an error
+    /// by its cause), for `/metrics`.
+    pub fn count_kind(&mut self, kind: u8, payload: &[u8]) {
+        self.kinds[kind_slot(kind)] += 1;
+        if kind == kind::ERROR {
+            let cause = payload.first().map_or(0, |&b| usize::from(b));
+            if let Some(n) = self.errors.get_mut(cause) {
+                *n += 1;
+            }
+        }
     }
 
     /// Records a request taken from the mailbox: it is owed an answer, which
@@ -286,6 +305,15 @@ impl ServiceState {
             return Err(types::SendError::TooLarge);
         }
         Ok(())
+    }
+}
+
+/// Adds the non-zero local counts to the shared counters and clears them.
+fn flush<const N: usize>(local: &mut [u64; N], shared: &[AtomicU64; N]) {
+    for (n, total) in local.iter_mut().zip(shared) {
+        if *n != 0 {
+            total.fetch_add(std::mem::take(n), Ordering::Relaxed);
+        }
     }
 }
 
