@@ -106,8 +106,8 @@ pub use error::{CallError, DecodeError, NameError, SendError};
 pub use message::{Message, Reply, Responder};
 pub use node::{
     call, call_raw, call_timeout, demonitor, exit, fork, kill, monitor, new_session, now, query,
-    register, self_address, send, send_raw, send_session, sleep, spawn, spawn_raw, tenant,
-    unregister, wait_session, wall_time,
+    register, self_address, send, send_raw, send_session, sleep, spawn, spawn_raw, start_trace,
+    tenant, unregister, wait_session, wall_time,
 };
 pub use service::{Service, Stateful};
 

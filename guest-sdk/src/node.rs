@@ -251,6 +251,14 @@ pub fn tenant() -> String {
     sys::tenant()
 }
 
+/// Traces the request being handled: from here on, what this handler (and
+/// anything else running in this dispatch) sends, calls and answers
+/// carries one trace id, through other services and across nodes, and each
+/// hop is logged with it (log target `skyhost::trace`). Returns the id.
+pub fn start_trace() -> u64 {
+    sys::start_trace()
+}
+
 /// Ends this service once the current `dispatch` returns. Requests it has not
 /// answered get [`CallError::Exited`] from the host; the SDK stops sending
 /// its own "returned without answering" errors.

@@ -11,7 +11,7 @@ pub(crate) use crate::bindings::skyhost::service::types::{
 #[cfg(not(test))]
 pub(crate) use crate::bindings::skyhost::service::runtime::{
     call, demonitor, exit, kill, log, monitor, new_session, now, query, register, respond,
-    self_address, send, spawn, tenant, timeout, unregister, wall_time,
+    self_address, send, spawn, start_trace, tenant, timeout, unregister, wall_time,
 };
 
 #[cfg(not(test))]
@@ -23,5 +23,5 @@ pub(crate) use crate::fake::{cluster, harbor, multicast};
 #[cfg(test)]
 pub(crate) use crate::fake::{
     call, demonitor, exit, kill, log, monitor, new_session, now, query, register, respond,
-    self_address, send, spawn, tenant, timeout, unregister, wall_time,
+    self_address, send, spawn, start_trace, tenant, timeout, unregister, wall_time,
 };

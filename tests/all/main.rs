@@ -9,4 +9,5 @@ mod metrics;
 mod multicast;
 mod support;
 mod tenants;
+mod tracing;
 mod upgrade;

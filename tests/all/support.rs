@@ -228,6 +228,13 @@ impl Proc {
         }
     }
 
+    /// Reads the stderr lines that have arrived, without waiting.
+    pub fn read_available(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+    }
+
     /// All stderr read so far, one string.
     pub fn log(&self) -> String {
         self.seen.join("\n")

@@ -757,7 +757,7 @@ fn tenant_apply_and_remove_go_through_the_control_address_of_a_real_node() {
     assert!(ok && out.contains(&format!("trace {first} on")), "{out}");
     let (ok, out) = ctl(&["ping", &first]);
     assert!(ok && out.contains("pong"), "{out}");
-    let line = p.wait_for("trace direction=\"in\"");
+    let line = p.wait_for("direction=\"in\" peer=");
     assert!(line.contains("kind=4"), "{line}");
     assert!(ctl(&["trace", &first, "off"]).0);
     let (ok, out) = skyhost_cli(&tenants);

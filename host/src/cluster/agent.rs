@@ -120,13 +120,21 @@ async fn forward_answers(
                 Header::Response {
                     session,
                     compressed,
+                    trace: m.trace,
                 },
                 payload,
             )
         } else {
             let cause = m.payload.first().copied().unwrap_or(0);
             let detail = m.payload.get(1..).unwrap_or_default().to_vec();
-            Outgoing::Message(Header::Error { session, cause }, detail)
+            Outgoing::Message(
+                Header::Error {
+                    session,
+                    cause,
+                    trace: m.trace,
+                },
+                detail,
+            )
         };
         if tx.send(item).is_err() {
             return;
@@ -151,6 +159,7 @@ impl AgentHandler {
         let header = Header::Error {
             session,
             cause: cause as u8,
+            trace: 0,
         };
         let _ = self.tx.send(Outgoing::Message(header, detail.into_bytes()));
     }
@@ -178,7 +187,9 @@ impl LinkHandler<Control, Header> for AgentHandler {
                 tenant,
                 target,
                 compressed,
+                trace,
             } => {
+                trace_in(trace, &target, session);
                 let tenant = TenantId(tenant);
                 let dest = match self.target(tenant, &target) {
                     Ok(a) => a,
@@ -198,6 +209,7 @@ impl LinkHandler<Control, Header> for AgentHandler {
                     session: local,
                     tenant,
                     payload: payload.into(),
+                    trace,
                 };
                 if let Err(e) = self.kernel.deliver(dest, m) {
                     lock(&self.sessions).remove(&local);
@@ -208,7 +220,9 @@ impl LinkHandler<Control, Header> for AgentHandler {
                 tenant,
                 target,
                 compressed,
+                trace,
             } => {
+                trace_in(trace, &target, 0);
                 let tenant = TenantId(tenant);
                 let delivered = self.target(tenant, &target).and_then(|dest| {
                     let payload = self.cluster.settings.unpack(payload, compressed)?;
@@ -218,6 +232,7 @@ impl LinkHandler<Control, Header> for AgentHandler {
                         session: 0,
                         tenant,
                         payload: payload.into(),
+                        trace,
                     };
                     self.kernel.deliver(dest, m).map_err(|e| e.to_string())
                 });
@@ -270,5 +285,18 @@ impl LinkHandler<Control, Header> for AgentHandler {
             }
             other => Err(format!("unexpected {other:?} on an inbound cluster link")),
         }
+    }
+}
+
+/// Logs a traced request or send arriving from a peer node.
+fn trace_in(trace: u64, target: &Target, session: u32) {
+    if trace != 0 {
+        tracing::info!(
+            target: "skyhost::trace",
+            trace = format_args!("{trace:016x}"),
+            %target,
+            session,
+            "trace cluster in"
+        );
     }
 }

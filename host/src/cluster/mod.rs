@@ -72,10 +72,27 @@ impl ClusterError {
 
 /// Something to do on a node: what waits in a sender's queue, or for a
 /// reload that adds an unknown node.
+/// Who a cluster call or send is from: the tenant it is accounted to and
+/// the trace id it carries (0: none).
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    /// The caller's tenant; the target must be of the same tenant.
+    pub tenant: TenantId,
+    /// The trace id of the logical request it is part of.
+    pub trace: u64,
+}
+
+impl Origin {
+    /// An untraced call or send of `tenant`.
+    pub fn of(tenant: TenantId) -> Self {
+        Origin { tenant, trace: 0 }
+    }
+}
+
 pub(crate) enum Job {
     /// A call; `waiter` gets the response or an error.
     Call {
-        tenant: TenantId,
+        origin: Origin,
         target: Target,
         payload: Vec<u8>,
         waiter: Waiter,
@@ -83,7 +100,7 @@ pub(crate) enum Job {
     },
     /// A send.
     Send {
-        tenant: TenantId,
+        origin: Origin,
         target: Target,
         payload: Vec<u8>,
     },
@@ -301,7 +318,7 @@ impl Cluster {
     /// Starts a call to `target` on `node`; `waiter` hears how it ends.
     pub fn call(
         self: &Arc<Self>,
-        tenant: TenantId,
+        origin: Origin,
         node: &str,
         target: Target,
         payload: Vec<u8>,
@@ -309,7 +326,7 @@ impl Cluster {
         timeout: Option<Duration>,
     ) {
         let job = Job::Call {
-            tenant,
+            origin,
             target,
             payload,
             waiter,
@@ -325,13 +342,13 @@ impl Cluster {
     /// its queue full.
     pub fn send(
         self: &Arc<Self>,
-        tenant: TenantId,
+        origin: Origin,
         node: &str,
         target: Target,
         payload: Vec<u8>,
     ) -> Result<(), ClusterError> {
         let job = Job::Send {
-            tenant,
+            origin,
             target,
             payload,
         };
@@ -607,10 +624,21 @@ impl Cluster {
                             session: m.session,
                         };
                         let payload = m.payload.into();
-                        cluster.call(tenant, &node, target.clone(), payload, waiter, None);
+                        let origin = Origin {
+                            tenant,
+                            trace: m.trace,
+                        };
+                        cluster.call(origin, &node, target.clone(), payload, waiter, None);
                     } else if (m.kind == kind::TEXT || m.kind >= kind::USER)
-                        && let Err(e) =
-                            cluster.send(tenant, &node, target.clone(), m.payload.into())
+                        && let Err(e) = cluster.send(
+                            Origin {
+                                tenant,
+                                trace: m.trace,
+                            },
+                            &node,
+                            target.clone(),
+                            m.payload.into(),
+                        )
                     {
                         tracing::debug!("proxy send dropped: {e}");
                     }

@@ -39,6 +39,8 @@ pub enum Header {
         target: Target,
         /// The payload is lz4-compressed.
         compressed: bool,
+        /// Trace id of the logical request (0: none).
+        trace: u64,
     },
     /// A send: no answer.
     Push {
@@ -48,6 +50,8 @@ pub enum Header {
         target: Target,
         /// The payload is lz4-compressed.
         compressed: bool,
+        /// Trace id of the logical request (0: none).
+        trace: u64,
     },
     /// The answer to a `Request`.
     Response {
@@ -55,6 +59,8 @@ pub enum Header {
         session: u32,
         /// The payload is lz4-compressed.
         compressed: bool,
+        /// Trace id of the logical request (0: none).
+        trace: u64,
     },
     /// Owner → subscribing node: a publish on `channel` (the owner's id),
     /// for the receiving node's subscribers of it.
@@ -85,6 +91,8 @@ pub enum Header {
         session: u32,
         /// The error cause byte (as in `types.error-cause`).
         cause: u8,
+        /// Trace id of the logical request (0: none).
+        trace: u64,
     },
 }
 

@@ -103,7 +103,7 @@ impl Sender {
     ) -> Result<(), (Job, ClusterError)> {
         // A send on a live link needs no lock: nothing waits for it.
         if let Job::Send {
-            tenant,
+            origin,
             target,
             payload,
         } = job
@@ -111,15 +111,16 @@ impl Sender {
             if self.up.load(Ordering::Acquire) && !self.gone.is_cancelled() {
                 let (payload, compressed) = settings.pack(payload);
                 let header = Header::Push {
-                    tenant: tenant.0,
+                    tenant: origin.tenant.0,
                     target,
                     compressed,
+                    trace: origin.trace,
                 };
                 self.queue(Outgoing::Message(header, payload));
                 return Ok(());
             }
             let job = Job::Send {
-                tenant,
+                origin,
                 target,
                 payload,
             };
@@ -177,7 +178,7 @@ impl Sender {
         }
         let item = match job {
             Job::Call {
-                tenant,
+                origin,
                 target,
                 payload,
                 waiter,
@@ -192,23 +193,25 @@ impl Sender {
                 Outgoing::Message(
                     Header::Request {
                         session,
-                        tenant: tenant.0,
+                        tenant: origin.tenant.0,
                         target,
                         compressed,
+                        trace: origin.trace,
                     },
                     payload,
                 )
             }
             Job::Send {
-                tenant,
+                origin,
                 target,
                 payload,
             } => {
                 let (payload, compressed) = settings.pack(payload);
                 let header = Header::Push {
-                    tenant: tenant.0,
+                    tenant: origin.tenant.0,
                     target,
                     compressed,
+                    trace: origin.trace,
                 };
                 Outgoing::Message(header, payload)
             }
@@ -441,14 +444,20 @@ impl LinkHandler<Control, Header> for SenderHandler {
             Header::Response {
                 session,
                 compressed,
+                trace,
             } => {
                 let Some(waiter) = take(session) else { return };
                 match self.settings.unpack(payload, compressed) {
-                    Ok(payload) => respond(&self.kernel, waiter, payload),
+                    Ok(payload) => waiter.respond_traced(
+                        &self.kernel,
+                        crate::runtime::Address(0),
+                        payload,
+                        trace,
+                    ),
                     Err(e) => waiter.fail(&self.kernel, ErrorCause::Service, &e),
                 }
             }
-            Header::Error { session, cause } => {
+            Header::Error { session, cause, .. } => {
                 let Some(waiter) = take(session) else { return };
                 let detail = String::from_utf8_lossy(&payload);
                 waiter.fail(&self.kernel, ErrorCause::from_byte(cause), &detail);

@@ -323,6 +323,7 @@ impl Harbor {
             session: message.session,
             kind: message.kind,
             tenant: message.tenant.0,
+            trace: message.trace,
         };
         let item = Outgoing::Message(envelope, message.payload.into());
         if message.kind == kind::REQUEST && message.session != 0 {
@@ -363,6 +364,7 @@ impl Harbor {
             session: channel,
             kind: kind::MULTICAST,
             tenant: tenant.0,
+            trace: 0,
         };
         let slot = self.peers[usize::from(node)].load();
         let Some(peer) = slot.as_deref() else {
@@ -1099,7 +1101,19 @@ impl LinkHandler<Control> for PeerHandler {
             session: e.session,
             tenant: TenantId(e.tenant),
             payload: payload.into(),
+            trace: e.trace,
         };
+        if e.trace != 0 {
+            tracing::info!(
+                target: "skyhost::trace",
+                trace = format_args!("{:016x}", e.trace),
+                %source,
+                %dest,
+                kind = e.kind,
+                session = e.session,
+                "trace harbor in"
+            );
+        }
         let wants_reply = message.wants_reply();
         if dest.harbor() != self.kernel.harbor {
             tracing::debug!(%dest, "message for another harbor id dropped (no relaying)");

@@ -695,6 +695,7 @@ fn deliver_all(kernel: &Kernel, subs: &[Address], key: Key, source: Address, pay
             session: channel,
             tenant,
             payload: payload.clone(),
+            trace: 0,
         };
         if let Err(e) = kernel.deliver(sub, m) {
             tracing::debug!(%sub, "multicast delivery dropped: {e}");
@@ -710,5 +711,6 @@ fn gone_notice(tenant: TenantId, channel: u32) -> Message {
         session: channel,
         tenant,
         payload: Bytes::new(),
+        trace: 0,
     }
 }

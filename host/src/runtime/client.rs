@@ -92,6 +92,7 @@ impl Client {
                 session,
                 tenant: self.tenant,
                 payload: payload.into(),
+                trace: 0,
             },
         )
     }
@@ -122,6 +123,7 @@ impl Client {
             session: waiter.session,
             tenant: self.tenant,
             payload: payload.into(),
+            trace: 0,
         };
         if let Err(e) = self.kernel.deliver(dest, m) {
             self.pending
@@ -184,7 +186,8 @@ impl Client {
     ) -> impl Future<Output = Result<Vec<u8>, CallError>> + Send + 'static + use<> {
         let started = self.kernel.cluster.get().map(|cluster| {
             let (waiter, answer) = self.open_session();
-            cluster.call(self.tenant, node, target, payload, waiter, timeout);
+            let origin = crate::cluster::Origin::of(self.tenant);
+            cluster.call(origin, node, target, payload, waiter, timeout);
             answer
         });
         async move {

@@ -48,6 +48,10 @@ pub struct Message {
     /// The bytes, copied out of the sender once; shared, not copied, when
     /// one message goes to many mailboxes (multicast).
     pub payload: Bytes,
+    /// The trace id of the logical request it is part of (0: none): set by
+    /// `trace <addr> on` or a guest's `start-trace`, carried by everything
+    /// sent while a traced message is handled, and across nodes.
+    pub trace: u64,
 }
 
 impl Message {
@@ -62,6 +66,7 @@ impl Message {
             session,
             tenant: TenantId::HOST,
             payload: payload.into(),
+            trace: 0,
         }
     }
 

@@ -123,12 +123,18 @@ pub(crate) struct Waiter {
 impl Waiter {
     /// Ends the session with a `response` from `source`.
     pub fn respond(self, kernel: &Kernel, source: Address, payload: Vec<u8>) {
+        self.respond_traced(kernel, source, payload, 0);
+    }
+
+    /// Ends the session with a `response` that carries a trace id.
+    pub fn respond_traced(self, kernel: &Kernel, source: Address, payload: Vec<u8>, trace: u64) {
         let m = Message {
             kind: kind::RESPONSE,
             source,
             session: self.session,
             tenant: TenantId::HOST,
             payload: payload.into(),
+            trace,
         };
         let _ = kernel.deliver(self.to, m);
     }
@@ -264,6 +270,7 @@ impl Mailbox {
             session: 0,
             tenant: TenantId::HOST,
             payload: Default::default(),
+            trace: 0,
         };
         self.len.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(wake).is_err() {
@@ -421,6 +428,11 @@ impl Kernel {
             .get(&address.local())
             .filter(|h| h.address == address)
             .map(|h| f(h))
+    }
+
+    /// A new trace id (never 0).
+    pub fn fresh_trace(&self) -> u64 {
+        rand::random::<u64>().max(1)
     }
 
     /// Enqueues `message` for `dest`.
@@ -887,6 +899,7 @@ pub(crate) fn exit_notice(target: Address, reason: &str) -> Message {
         session: 0,
         tenant: TenantId::HOST,
         payload: reason.as_bytes().to_vec().into(),
+        trace: 0,
     }
 }
 
@@ -1312,6 +1325,7 @@ impl Node {
             session: 1,
             tenant: TenantId::HOST,
             payload: Default::default(),
+            trace: 0,
         };
         let start = Instant::now();
         self.kernel.deliver(target, ping)?;

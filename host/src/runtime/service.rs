@@ -162,8 +162,13 @@ async fn serve(
             return End::killed();
         }
         let mut taken = 1;
+        let traced = handle.usage.traced.load(Ordering::Relaxed);
+        let first = with_trace(kernel, traced, first);
+        // A traced message is handled alone, so what the guest sends while
+        // handling it carries its trace id.
+        let alone = first.trace != 0;
         push_unless_wake(kernel, handle, &mut batch, first);
-        while taken < MAX_BATCH {
+        while !alone && taken < MAX_BATCH {
             let next = match aside.pop_front() {
                 Some(m) => m,
                 None => match rx.try_recv() {
@@ -171,6 +176,10 @@ async fn serve(
                     Err(_) => break,
                 },
             };
+            if next.trace != 0 || (traced && next.kind != kind::SYSTEM) {
+                aside.push_front(next);
+                break;
+            }
             taken += 1;
             push_unless_wake(kernel, handle, &mut batch, next);
         }
@@ -188,7 +197,7 @@ async fn serve(
             }
             continue;
         }
-        let traced = handle.usage.traced.load(Ordering::Relaxed).then(|| {
+        let traced = (traced || batch[0].trace != 0).then(|| {
             for m in &batch {
                 trace_message("in", m.source, m);
             }
@@ -227,6 +236,15 @@ async fn serve(
     }
 }
 
+/// `m`, with a fresh trace id when its service is traced (`trace <addr>
+/// on`) and it has none: where a traced request starts.
+fn with_trace(kernel: &Kernel, traced: bool, mut m: Message) -> Message {
+    if traced && m.trace == 0 && m.kind != kind::SYSTEM {
+        m.trace = kernel.fresh_trace();
+    }
+    m
+}
+
 /// Messages taken off the mailbox and never dispatched: their requests are
 /// still owed an answer when the service ends.
 fn owe_all(instance: &mut Instance, kept: VecDeque<Message>) {
@@ -242,6 +260,7 @@ fn owe_all(instance: &mut Instance, kept: VecDeque<Message>) {
 pub(crate) fn trace_message(direction: &str, peer: super::Address, m: &Message) {
     tracing::info!(
         target: "skyhost::trace",
+        trace = format_args!("{:016x}", m.trace),
         direction,
         %peer,
         kind = m.kind,
@@ -274,6 +293,7 @@ pub(super) fn answer_ping(kernel: &Kernel, handle: &ServiceHandle, m: Message) {
             session: m.session,
             tenant: super::TenantId::HOST,
             payload: Default::default(),
+            trace: 0,
         };
         let _ = kernel.deliver(m.source, pong);
     }

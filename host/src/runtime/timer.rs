@@ -63,7 +63,7 @@ pub(crate) async fn run(
                 let now = Instant::now();
                 while heap.peek().is_some_and(|Reverse(t)| t.deadline <= now) {
                     let Some(Reverse(t)) = heap.pop() else { break };
-                    let m = Message { kind: kind::RESPONSE, source: t.dest, session: t.session, tenant: crate::runtime::TenantId::HOST, payload: Default::default() };
+                    let m = Message { kind: kind::RESPONSE, source: t.dest, session: t.session, tenant: crate::runtime::TenantId::HOST, payload: Default::default(), trace: 0 };
                     let _ = kernel.deliver(t.dest, m);
                 }
             }

@@ -225,13 +225,15 @@ pub(super) mod tests {
             any::<u32>(),
             any::<u8>(),
             any::<u32>(),
+            any::<u64>(),
         )
-            .prop_map(|(dest, source, session, kind, tenant)| Envelope {
+            .prop_map(|(dest, source, session, kind, tenant, trace)| Envelope {
                 dest,
                 source,
                 session,
                 kind,
                 tenant,
+                trace,
             })
     }
 
@@ -434,6 +436,7 @@ pub(super) mod tests {
             session: 3,
             kind: 4,
             tenant: 5,
+            trace: 6,
         };
         let mut a = BytesMut::new();
         let mut b = BytesMut::new();

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the wire protocol, exchanged in the handshake; both ends must
 /// speak the same one.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Header of one service message between nodes: harbor's, and the default
 /// `H` of [`Frame`] and [`super::Link`].
@@ -26,6 +26,8 @@ pub struct Envelope {
     pub kind: u8,
     /// Tenant the message is accounted to.
     pub tenant: u32,
+    /// Trace id of the logical request it belongs to (0: none).
+    pub trace: u64,
 }
 
 /// One frame on the wire; `C` is the layer's own control protocol and `H`
@@ -221,6 +223,7 @@ mod tests {
             session: 300,
             kind: 2,
             tenant: u32::MAX,
+            trace: u64::MAX,
         }
     }
 

@@ -565,16 +565,16 @@ mod tests {
         let err = s.handle(hello).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "peer alpha speaks protocol version 7, expected 1"
+            "peer alpha speaks protocol version 7, expected 2"
         );
         assert_eq!(
             err.refusal().as_deref(),
-            Some("protocol version 7, expected 1")
+            Some("protocol version 7, expected 2")
         );
 
         let (_, mut s) = pair(b"k", b"k");
         let hello = F::Hello {
-            version: 1,
+            version: PROTOCOL_VERSION,
             protocol: "skyhost-cluster".into(),
             name: "alpha".into(),
             nonce: [0; 32],

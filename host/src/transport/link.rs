@@ -974,6 +974,7 @@ mod tests {
             session,
             kind: 1,
             tenant: 3,
+            trace: 0,
         }
     }
 
@@ -1183,17 +1184,17 @@ mod tests {
             LinkError::Version {
                 peer: "alpha".into(),
                 version: 9,
-                expected: 1
+                expected: PROTOCOL_VERSION
             }
         );
         assert_eq!(
             err.to_string(),
-            "peer alpha speaks protocol version 9, expected 1"
+            "peer alpha speaks protocol version 9, expected 2"
         );
         assert_eq!(
             transmit(&mut server, now),
             vec![Frame::Refused {
-                reason: "protocol version 9, expected 1".into()
+                reason: "protocol version 9, expected 2".into()
             }]
         );
         assert!(!server.has_transmit());

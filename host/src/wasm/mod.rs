@@ -421,6 +421,8 @@ impl Instance {
         let state = self.store.data_mut();
         state.start_work(messages.len());
         state.took(messages.len());
+        // A traced message is always dispatched alone (see the service loop).
+        state.set_trace(messages.first().map_or(0, |m| m.trace));
         self.batch.clear();
         for m in messages.drain(..) {
             state.count_kind(m.kind, &m.payload);

@@ -122,6 +122,9 @@ pub(crate) struct ServiceState {
     /// Messages taken by kind slot, and errors by cause, since the last flush.
     kinds: [u64; KIND_LABELS.len()],
     errors: [u64; ERROR_LABELS.len()],
+    /// The trace id of the message being handled (0: none), carried by
+    /// everything the guest sends while it handles it.
+    current_trace: u64,
     /// Sessions it opened and waits on (calls, spawns, timers, harbor and
     /// cluster requests): one `response` or `error` ends each.
     awaiting: HashSet<u32, std::hash::BuildHasherDefault<fnv::FnvHasher>>,
@@ -169,6 +172,7 @@ impl ServiceState {
             sent: 0,
             kinds: [0; KIND_LABELS.len()],
             errors: [0; ERROR_LABELS.len()],
+            current_trace: 0,
             awaiting: HashSet::default(),
             exit_requested: false,
             cpu_used: Duration::ZERO,
@@ -234,6 +238,11 @@ impl ServiceState {
         self.owed.insert((caller, session), tenant);
     }
 
+    /// The trace id of the message about to be handled (0: none).
+    pub fn set_trace(&mut self, trace: u64) {
+        self.current_trace = trace;
+    }
+
     /// Counts `n` messages taken into a dispatch.
     pub fn took(&mut self, n: usize) {
         self.taken += n as u64;
@@ -285,7 +294,7 @@ impl ServiceState {
 
     fn deliver(&mut self, dest: u32, message: Message) -> Result<(), types::SendError> {
         self.sent += 1;
-        if self.handle.usage.traced.load(Ordering::Relaxed) {
+        if message.trace != 0 || self.handle.usage.traced.load(Ordering::Relaxed) {
             crate::runtime::service::trace_message("out", Address(dest), &message);
         }
         self.kernel
@@ -297,6 +306,25 @@ impl ServiceState {
                 SendError::ReservedKind(_) => types::SendError::ReservedKind,
                 SendError::NodeDown(_) => types::SendError::NodeDown,
             })
+    }
+
+    /// Logs a cluster call or send of a traced service or request.
+    fn trace_cluster_out(&self, node: &str, service: &cluster::Service, size: usize) {
+        if self.current_trace != 0 || self.handle.usage.traced.load(Ordering::Relaxed) {
+            let target = match service {
+                cluster::Service::Name(n) => n.clone(),
+                cluster::Service::Address(a) => Address(*a).to_string(),
+            };
+            tracing::info!(
+                target: "skyhost::trace",
+                trace = format_args!("{:016x}", self.current_trace),
+                direction = "out",
+                node,
+                %target,
+                size,
+                "trace cluster"
+            );
+        }
     }
 
     fn check_size(&self, payload: &[u8]) -> Result<(), types::SendError> {
@@ -409,6 +437,7 @@ impl runtime::Host for ServiceState {
                 session,
                 tenant: self.tenant,
                 payload: payload.into(),
+                trace: self.current_trace,
             },
         )
     }
@@ -422,6 +451,7 @@ impl runtime::Host for ServiceState {
             session,
             tenant: self.tenant,
             payload: payload.into(),
+            trace: self.current_trace,
         };
         let sent = self.deliver(dest, message);
         if sent.is_err() {
@@ -451,14 +481,28 @@ impl runtime::Host for ServiceState {
                     session,
                     tenant,
                     payload: payload.into(),
+                    trace: self.current_trace,
                 }
             }
             Err(text) => Message {
                 tenant,
+                trace: self.current_trace,
                 ..Message::error(self.address, session, ErrorCause::Service, &text)
             },
         };
         self.deliver(dest, message)
+    }
+
+    fn start_trace(&mut self) -> u64 {
+        if self.current_trace == 0 {
+            self.current_trace = self.kernel.fresh_trace();
+            tracing::info!(
+                target: "skyhost::trace",
+                trace = format_args!("{:016x}", self.current_trace),
+                "trace started"
+            );
+        }
+        self.current_trace
     }
 
     fn new_session(&mut self) -> u32 {
@@ -683,13 +727,17 @@ impl cluster::Host for ServiceState {
         let too_large = self.check_size(&payload).is_err();
         let limit = self.handle.tenant.quotas.max_payload;
         let kernel = self.kernel.clone();
-        let tenant = self.tenant;
+        let origin = crate::cluster::Origin {
+            tenant: self.tenant,
+            trace: self.current_trace,
+        };
+        self.trace_cluster_out(&node, &service, payload.len());
         self.cluster_session(|c, waiter| {
             if too_large {
                 let detail = format!("payload larger than the limit of {limit} bytes");
                 return waiter.fail(&kernel, ErrorCause::Service, &detail);
             }
-            c.call(tenant, &node, service.into(), payload, waiter, timeout);
+            c.call(origin, &node, service.into(), payload, waiter, timeout);
         })
     }
 
@@ -705,9 +753,18 @@ impl cluster::Host for ServiceState {
                 self.handle.tenant.quotas.max_payload
             ));
         }
+        self.trace_cluster_out(&node, &service, payload.len());
         let cluster = self.kernel.cluster.get().ok_or(NOT_IN_A_CLUSTER)?;
         cluster
-            .send(self.tenant, &node, service.into(), payload)
+            .send(
+                crate::cluster::Origin {
+                    tenant: self.tenant,
+                    trace: self.current_trace,
+                },
+                &node,
+                service.into(),
+                payload,
+            )
             .map_err(|e| e.to_string())
     }
 
