@@ -885,9 +885,14 @@ impl Kernel {
         dest: Address,
         session: Session,
         ms: u32,
+        trace: u64,
     ) {
-        self.timers
-            .start(from + Duration::from_millis(ms.into()), dest, session);
+        self.timers.start(
+            from + Duration::from_millis(ms.into()),
+            dest,
+            session,
+            trace,
+        );
     }
 }
 

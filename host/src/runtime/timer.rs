@@ -18,31 +18,36 @@ struct Timer {
     seq: u64,
     dest: Address,
     session: Session,
+    /// The trace id of the dispatch that set it, carried by its `response`.
+    trace: u64,
 }
+
+/// What the timer task is asked to hold: deadline, service, session, trace id.
+type Order = (Instant, Address, Session, u64);
 
 /// The sending side of the node's timer task.
 pub(crate) struct Timers {
-    tx: mpsc::UnboundedSender<(Instant, Address, Session)>,
+    tx: mpsc::UnboundedSender<Order>,
 }
 
 impl Timers {
     /// Creates the timer channel; [`run`] serves its other end.
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<(Instant, Address, Session)>) {
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<Order>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (Timers { tx }, rx)
     }
 
-    /// Delivers a `response` with `session` to `dest` at `deadline`.
-    pub fn start(&self, deadline: Instant, dest: Address, session: Session) {
+    /// Delivers a `response` with `session` (and `trace`) to `dest` at `deadline`.
+    pub fn start(&self, deadline: Instant, dest: Address, session: Session, trace: u64) {
         // Fails only once the node is shutting down, when no timer matters.
-        let _ = self.tx.send((deadline, dest, session));
+        let _ = self.tx.send((deadline, dest, session, trace));
     }
 }
 
 /// Serves the timers until the node shuts down (or is dropped).
 pub(crate) async fn run(
     kernel: Weak<Kernel>,
-    mut rx: mpsc::UnboundedReceiver<(Instant, Address, Session)>,
+    mut rx: mpsc::UnboundedReceiver<Order>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut heap: BinaryHeap<Reverse<Timer>> = BinaryHeap::new();
@@ -52,9 +57,9 @@ pub(crate) async fn run(
         tokio::select! {
             () = shutdown.cancelled() => return,
             new = rx.recv() => match new {
-                Some((deadline, dest, session)) => {
+                Some((deadline, dest, session, trace)) => {
                     seq += 1;
-                    heap.push(Reverse(Timer { deadline, seq, dest, session }));
+                    heap.push(Reverse(Timer { deadline, seq, dest, session, trace }));
                 }
                 None => return,
             },
@@ -63,7 +68,7 @@ pub(crate) async fn run(
                 let now = Instant::now();
                 while heap.peek().is_some_and(|Reverse(t)| t.deadline <= now) {
                     let Some(Reverse(t)) = heap.pop() else { break };
-                    let m = Message { kind: kind::RESPONSE, source: t.dest, session: t.session, tenant: crate::runtime::TenantId::HOST, payload: Default::default(), trace: 0 };
+                    let m = Message { kind: kind::RESPONSE, source: t.dest, session: t.session, tenant: crate::runtime::TenantId::HOST, payload: Default::default(), trace: t.trace };
                     let _ = kernel.deliver(t.dest, m);
                 }
             }

@@ -557,7 +557,8 @@ impl runtime::Host for ServiceState {
         let from = *self
             .work_started
             .get_or_insert_with(tokio::time::Instant::now);
-        self.kernel.start_timer(from, self.address, session, ms);
+        self.kernel
+            .start_timer(from, self.address, session, ms, self.current_trace);
         session
     }
 
