@@ -131,6 +131,22 @@ async fn a_traced_call_across_nodes_shows_one_trace_id_in_both_logs() -> anyhow:
     ensure!(b_in(&mut b, "trace cluster in") == 2, "{}", b.log());
     ensure!(b_in(&mut b, "direction=\"in\"") == 2, "{}", b.log());
 
+    // A guest starts a trace itself: its answer goes out with the id.
+    ensure!(a.trace(caller, false));
+    let started = match command_via(&client, caller, &Command::StartTrace).await? {
+        Reply::Count(id) => format!("{id:016x}"),
+        r => bail!("StartTrace answered {r:?}"),
+    };
+    let a_log = captured.text();
+    ensure!(
+        trace_ids(&a_log, "trace started").contains(&started),
+        "{started}:\n{a_log}"
+    );
+    ensure!(
+        trace_ids(&a_log, "direction=\"out\"").contains(&started),
+        "{started}:\n{a_log}"
+    );
+
     drop(client);
     within(a.shutdown()).await?;
     b.signal("INT");

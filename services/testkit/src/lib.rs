@@ -297,6 +297,7 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
         },
         Command::Kill(target) => Answer::Count(u64::from(skyhost_sdk::kill(Address(target)))),
         Command::Tenant => Answer::Bytes(skyhost_sdk::tenant().into_bytes()),
+        Command::StartTrace => Answer::Count(skyhost_sdk::start_trace()),
         Command::ReadFile(path) => match std::fs::read(&path) {
             Ok(bytes) => Answer::Bytes(bytes),
             Err(e) => Answer::Failed(format!("read {path}: {e}")),

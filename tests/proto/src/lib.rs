@@ -246,6 +246,9 @@ pub enum Command {
     TcpConnect(String),
     /// An environment variable; answers `Bytes` (empty when unset).
     Env(String),
+    /// Start a trace (`start_trace`) on this request; answers `Count`
+    /// with the trace id (the answer itself carries it).
+    StartTrace,
 }
 
 /// A service on a cluster node: by name or by address there.
