@@ -186,14 +186,10 @@ async fn serve(
         let full = taken == MAX_BATCH;
         handle.mailbox.taken(taken);
         if batch.is_empty() {
-            if let Some(order) = handle.take_upgrade() {
-                match upgrade::perform(kernel, handle, instance, rx, args, order).await {
-                    Ok(kept) => aside = kept,
-                    Err((end, kept)) => {
-                        owe_all(instance, kept);
-                        return end;
-                    }
-                }
+            if let Some(end) =
+                upgrade_if_ordered(kernel, handle, instance, rx, args, &mut aside).await
+            {
+                return end;
             }
             continue;
         }
@@ -221,14 +217,9 @@ async fn serve(
         if handle.killed.load(Ordering::Acquire) {
             return End::killed();
         }
-        if let Some(order) = handle.take_upgrade() {
-            match upgrade::perform(kernel, handle, instance, rx, args, order).await {
-                Ok(kept) => aside = kept,
-                Err((end, kept)) => {
-                    owe_all(instance, kept);
-                    return end;
-                }
-            }
+        if let Some(end) = upgrade_if_ordered(kernel, handle, instance, rx, args, &mut aside).await
+        {
+            return end;
         }
         if full {
             tokio::task::yield_now().await;
@@ -243,6 +234,31 @@ fn with_trace(kernel: &Kernel, traced: bool, mut m: Message) -> Message {
         m.trace = kernel.fresh_trace();
     }
     m
+}
+
+/// Runs the upgrade ordered for this service, if any (between two batches).
+/// The messages it kept aside go after those already in `aside` (older);
+/// `Some` when the service must end.
+async fn upgrade_if_ordered(
+    kernel: &Arc<Kernel>,
+    handle: &Arc<ServiceHandle>,
+    instance: &mut Instance,
+    rx: &mut UnboundedReceiver<Message>,
+    args: &[u8],
+    aside: &mut VecDeque<Message>,
+) -> Option<End> {
+    let order = handle.take_upgrade()?;
+    match upgrade::perform(kernel, handle, instance, rx, args, order).await {
+        Ok(kept) => {
+            aside.extend(kept);
+            None
+        }
+        Err((end, kept)) => {
+            aside.extend(kept);
+            owe_all(instance, std::mem::take(aside));
+            Some(end)
+        }
+    }
 }
 
 /// Messages taken off the mailbox and never dispatched: their requests are
