@@ -10,6 +10,11 @@ use skyhost::{Node, NodeConfig};
 
 mod bench;
 
+/// mimalloc instead of glibc's allocator: messages, frames and guest calls
+/// allocate and free small buffers on every thread (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// skyhost: Skynet's service model on WebAssembly components.
 #[derive(Parser)]
 #[command(version, about)]
