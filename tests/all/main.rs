@@ -2,6 +2,7 @@
 
 mod cli;
 mod cluster;
+mod conformance;
 mod console;
 mod harbor;
 mod local;

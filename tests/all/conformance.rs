@@ -1,0 +1,126 @@
+//! The language-neutral conformance suite (docs/languages.md): the same
+//! behaviours, checked the same way, against each language's `conform`
+//! service.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use skyhost::{Address, ErrorCause};
+
+use crate::support::*;
+
+/// A request: the opcode and its arguments.
+fn op(code: u8, args: &[u8]) -> Vec<u8> {
+    let mut payload = vec![code];
+    payload.extend_from_slice(args);
+    payload
+}
+
+/// An address argument followed by `rest`.
+fn at(address: Address, rest: &[u8]) -> Vec<u8> {
+    let mut args = address.0.to_le_bytes().to_vec();
+    args.extend_from_slice(rest);
+    args
+}
+
+/// Runs the whole suite against the service module `module`.
+async fn conformance(module: &str) -> anyhow::Result<()> {
+    let node = TestNode::start()?;
+    let service = node.spawn(module).await?;
+    let ask = |payload: Vec<u8>| node.client.call_timeout(service, payload, DEADLINE);
+
+    // Echo: empty, one byte, 1 MiB, byte for byte.
+    for size in [0usize, 1, 1 << 20] {
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let back = ask(op(b'e', &data)).await.context("echo")?;
+        ensure!(
+            back == data,
+            "{module}: echo of {size} bytes came back different"
+        );
+    }
+
+    // Send: a testkit counts the text message.
+    let kit = node.spawn("testkit").await?;
+    ensure!(ask(op(b's', &at(kit, b"hi"))).await?.is_empty());
+    let start = Instant::now();
+    while node.command(kit, &Command::Count).await? != Reply::Count(1) {
+        ensure!(
+            start.elapsed() < DEADLINE,
+            "{module}: the send never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // A call that waits 300 ms at the callee; meanwhile the service answers an echo.
+    let slow = postcard::to_allocvec(&Command::SleepThenEcho {
+        ms: 300,
+        payload: b"late".to_vec(),
+    })?;
+    let called = Instant::now();
+    let pending = node.client.start_call(service, op(b'c', &at(kit, &slow)))?;
+    let between = ask(op(b'e', b"between")).await?;
+    ensure!(between == b"between");
+    ensure!(
+        called.elapsed() < Duration::from_millis(300),
+        "{module}: the echo waited for the call ({:?})",
+        called.elapsed()
+    );
+    let answer = within(pending).await??;
+    let answer: Reply = postcard::from_bytes(&answer)?;
+    ensure!(answer == Reply::Bytes(b"late".to_vec()), "{answer:?}");
+
+    // Register and query.
+    let name = format!(".conform-{module}");
+    ensure!(ask(op(b'r', name.as_bytes())).await?.is_empty());
+    ensure!(node.node.query(&name) == Some(service));
+    ensure!(ask(op(b'q', name.as_bytes())).await? == service.0.to_le_bytes());
+    ensure!(ask(op(b'q', b".nobody")).await?.is_empty());
+
+    // A timer.
+    let start = Instant::now();
+    ensure!(ask(op(b't', &50u32.to_le_bytes())).await?.is_empty());
+    ensure!(start.elapsed() >= Duration::from_millis(50));
+
+    // Spawn another module; it answers.
+    let spawned = ask(op(b'p', b"echo")).await?;
+    let spawned = Address(u32::from_le_bytes(
+        spawned.as_slice().try_into().context("an address")?,
+    ));
+    ensure!(node.client.call(spawned, b"ping".to_vec()).await? == b"ping");
+    let failed = ask(op(b'p', b"no-such-module"))
+        .await
+        .expect_err("no module");
+    ensure!(failed.to_string().contains("cause=7"), "{failed}");
+
+    // The unknown-address error reaches the guest by its WIT name.
+    let nobody = Address(0x00ff_ff00);
+    ensure!(ask(op(b'u', &at(nobody, b""))).await? == b"unknown-address");
+
+    // A call to a service that traps ends with the trapped cause.
+    let victim = node.spawn(module).await?;
+    let failed = ask(op(b'c', &at(victim, b"x"))).await.expect_err("trapped");
+    ensure!(failed.to_string().contains("cause=3"), "{module}: {failed}");
+    ensure!(node.node.service_info(victim).is_none());
+
+    // An exit notice for a monitored service.
+    let short = node.spawn("testkit").await?;
+    ensure!(ask(op(b'm', &at(short, b""))).await?.is_empty());
+    node.command(short, &Command::Exit { answer: true }).await?;
+    let start = Instant::now();
+    while ask(op(b'n', b"")).await? != short.0.to_le_bytes() {
+        ensure!(start.elapsed() < DEADLINE, "{module}: no exit notice");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Its own trap: its caller gets the trapped error, the node goes on.
+    let err = ask(op(b'x', b"")).await.expect_err("a trap");
+    ensure!(err.cause() == Some(ErrorCause::Trapped), "{module}: {err}");
+    ensure!(node.client.call(spawned, b"after".to_vec()).await? == b"after");
+    node.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_service_conforms() -> anyhow::Result<()> {
+    conformance("conform").await
+}
