@@ -5,12 +5,19 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "build/c_guests.rs"]
+mod c_guests;
+
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir
         .parent()
         .expect("host/ is inside the workspace")
         .to_path_buf();
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("build").display()
+    );
     for dir in ["services", "guest-sdk", "wit", "tests/proto"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
@@ -57,6 +64,11 @@ fn main() {
     assert!(
         status.success(),
         "building the wasm services in services/ failed"
+    );
+    c_guests::build(
+        &root,
+        &target_dir.join("c"),
+        &target_dir.join("wasm32-wasip2").join("release"),
     );
     println!(
         "cargo:rustc-env=SKYHOST_GUEST_DIR={}",

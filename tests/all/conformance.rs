@@ -124,3 +124,25 @@ async fn conformance(module: &str) -> anyhow::Result<()> {
 async fn the_rust_service_conforms() -> anyhow::Result<()> {
     conformance("conform").await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_c_service_conforms() -> anyhow::Result<()> {
+    conformance("conform_c").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_c_first_service_and_echo_answer() -> anyhow::Result<()> {
+    let node = TestNode::start()?;
+    let hello = node.spawn("hello_c").await?;
+    ensure!(node.node.query(".hello_c") == Some(hello));
+    let reply = within(node.client.call(hello, b"skyhost".to_vec())).await??;
+    ensure!(
+        reply == b"hello, skyhost",
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    let echo = node.spawn("echo_c").await?;
+    ensure!(within(node.client.call(echo, vec![7; 1000])).await?? == vec![7; 1000]);
+    node.stop().await;
+    Ok(())
+}

@@ -1,0 +1,155 @@
+/*
+ * skyhost.c: the session table and the exports behind skyhost.h.
+ *
+ * The exports `init` and `dispatch` come here; dispatch hands each answer
+ * to a session this service waits on to its callback, and everything else
+ * to sky_handle. Sessions waited on are few at a time, so a small array is
+ * searched (swap-remove on answer).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "service.h"
+#include "skyhost.h"
+
+typedef struct {
+    uint32_t session;
+    sky_answer_fn fn;
+    void *ctx;
+} waiting;
+
+static waiting *waits;
+static size_t waits_len, waits_cap;
+
+static void wait_for(uint32_t session, sky_answer_fn fn, void *ctx) {
+    if (waits_len == waits_cap) {
+        size_t cap = waits_cap ? waits_cap * 2 : 16;
+        waiting *grown = realloc(waits, cap * sizeof *grown);
+        if (!grown) {
+            abort();
+        }
+        waits = grown;
+        waits_cap = cap;
+    }
+    waits[waits_len++] = (waiting){session, fn, ctx};
+}
+
+/* Runs the callback waiting on `msg->session`; false if none waits. */
+static bool answer(const sky_msg *msg) {
+    for (size_t i = 0; i < waits_len; i++) {
+        if (waits[i].session == msg->session) {
+            waiting w = waits[i];
+            waits[i] = waits[--waits_len];
+            w.fn(w.ctx, msg);
+            return true;
+        }
+    }
+    return false;
+}
+
+static service_list_u8_t bytes(const void *data, size_t len) {
+    return (service_list_u8_t){(uint8_t *)data, len};
+}
+
+static service_string_t text(const char *s) {
+    return (service_string_t){(uint8_t *)s, strlen(s)};
+}
+
+bool exports_service_init(service_list_u8_t *args, service_string_t *err) {
+    const char *error = NULL;
+    int failed = sky_init(args->ptr, args->len, &error);
+    service_list_u8_free(args);
+    if (failed) {
+        service_string_dup(err, error ? error : "init failed");
+        return false;
+    }
+    return true;
+}
+
+void exports_service_dispatch(service_list_message_t *messages) {
+    for (size_t i = 0; i < messages->len; i++) {
+        service_message_t *m = &messages->ptr[i];
+        sky_msg msg = {m->kind, m->source, m->session, m->payload.ptr, m->payload.len};
+        bool is_answer = m->kind == SKY_RESPONSE || m->kind == SKY_ERROR;
+        if (!is_answer || !answer(&msg)) {
+            sky_handle(&msg);
+        }
+    }
+    service_list_message_free(messages);
+}
+
+sky_addr sky_self(void) { return skyhost_service_runtime_self_address(); }
+
+int sky_send(sky_addr dest, uint8_t kind, const void *data, size_t len) {
+    service_list_u8_t payload = bytes(data, len);
+    skyhost_service_runtime_send_error_t err;
+    if (skyhost_service_runtime_send(dest, kind, 0, &payload, &err)) {
+        return SKY_OK;
+    }
+    return 1 + err;
+}
+
+int sky_call(sky_addr dest, const void *data, size_t len, sky_answer_fn fn, void *ctx) {
+    service_list_u8_t payload = bytes(data, len);
+    uint32_t session;
+    skyhost_service_runtime_send_error_t err;
+    if (!skyhost_service_runtime_call(dest, &payload, &session, &err)) {
+        return 1 + err;
+    }
+    wait_for(session, fn, ctx);
+    return SKY_OK;
+}
+
+int sky_respond(sky_addr dest, uint32_t session, const void *data, size_t len) {
+    skyhost_service_runtime_result_list_u8_string_t reply = {.is_err = false};
+    reply.val.ok = bytes(data, len);
+    skyhost_service_runtime_send_error_t err;
+    return skyhost_service_runtime_respond(dest, session, &reply, &err) ? SKY_OK : 1 + err;
+}
+
+int sky_respond_error(sky_addr dest, uint32_t session, const char *detail) {
+    skyhost_service_runtime_result_list_u8_string_t reply = {.is_err = true};
+    reply.val.err = text(detail);
+    skyhost_service_runtime_send_error_t err;
+    return skyhost_service_runtime_respond(dest, session, &reply, &err) ? SKY_OK : 1 + err;
+}
+
+void sky_timeout(uint32_t ms, sky_answer_fn fn, void *ctx) {
+    wait_for(skyhost_service_runtime_timeout(ms), fn, ctx);
+}
+
+void sky_spawn(const char *module, const void *args, size_t len, sky_answer_fn fn, void *ctx) {
+    service_string_t name = text(module);
+    service_list_u8_t a = bytes(args, len);
+    wait_for(skyhost_service_runtime_spawn(&name, &a), fn, ctx);
+}
+
+int sky_register(const char *name) {
+    service_string_t n = text(name);
+    skyhost_service_runtime_name_error_t err;
+    return skyhost_service_runtime_register(&n, &err) ? SKY_OK : 1 + err;
+}
+
+bool sky_query(const char *name, sky_addr *out) {
+    service_string_t n = text(name);
+    return skyhost_service_runtime_query(&n, out);
+}
+
+void sky_monitor(sky_addr target) { skyhost_service_runtime_monitor(target); }
+
+void sky_log(const char *line) {
+    service_string_t s = text(line);
+    skyhost_service_runtime_log(SKYHOST_SERVICE_TYPES_LOG_LEVEL_INFO, &s);
+}
+
+const char *sky_send_error_name(int error) {
+    switch (error) {
+    case SKY_OK: return "ok";
+    case SKY_UNKNOWN_ADDRESS: return "unknown-address";
+    case SKY_OVERLOADED: return "overloaded";
+    case SKY_TOO_LARGE: return "too-large";
+    case SKY_RESERVED_KIND: return "reserved-kind";
+    case SKY_NODE_DOWN: return "node-down";
+    default: return "unknown";
+    }
+}
