@@ -7,6 +7,8 @@ use std::process::Command;
 
 #[path = "build/c_guests.rs"]
 mod c_guests;
+#[path = "build/js_guests.rs"]
+mod js_guests;
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -65,11 +67,9 @@ fn main() {
         status.success(),
         "building the wasm services in services/ failed"
     );
-    c_guests::build(
-        &root,
-        &target_dir.join("c"),
-        &target_dir.join("wasm32-wasip2").join("release"),
-    );
+    let guests = target_dir.join("wasm32-wasip2").join("release");
+    c_guests::build(&root, &target_dir.join("c"), &guests);
+    js_guests::build(&root, &target_dir.join("js"), &guests);
     println!(
         "cargo:rustc-env=SKYHOST_GUEST_DIR={}",
         target_dir.join("wasm32-wasip2").join("release").display()
@@ -99,4 +99,68 @@ fn ensure_wasm_target() {
         .status()
         .expect("running rustup to add the wasm32-wasip2 target");
     assert!(status.success(), "`rustup target add wasm32-wasip2` failed");
+}
+
+/// The files in `dir` ending in `.<extension>`, sorted.
+fn files_with_extension(dir: &Path, extension: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == extension))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Whether `target` exists and is newer than every one of `inputs`.
+fn up_to_date(target: &Path, inputs: &[PathBuf]) -> bool {
+    let Some(built) = modified(target) else {
+        return false;
+    };
+    inputs
+        .iter()
+        .all(|i| modified(i).is_some_and(|m| m < built))
+}
+
+/// Installs, with apt-get, the Debian package of each file that is missing
+/// (`(file, package)` pairs); needs root on a machine without them.
+fn ensure_packages(needed: &[(&str, &str)]) {
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(file, _)| !Path::new(file).exists())
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    println!(
+        "cargo:warning=installing {} for the guest services",
+        missing.join(" ")
+    );
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend(&missing);
+    if !apt(&install) {
+        // A fresh machine may have no package lists yet.
+        assert!(
+            apt(&["update", "-q"]) && apt(&install),
+            "could not install {} with apt-get (run as root, or install them)",
+            missing.join(" ")
+        );
+    }
+}
+
+/// When `path` was last written.
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }

@@ -4,7 +4,7 @@
 //! module, then `wit-component` with the WASI preview-1 reactor adapter.
 //! Installs clang, lld and wasi-libc with apt-get when they are missing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use wit_bindgen_core::wit_parser::Resolve;
@@ -22,18 +22,11 @@ const TOOLCHAIN: &[(&str, &str)] = &[
 
 /// Builds every `services/c/*.c` into `<out>/<stem>.wasm`.
 pub fn build(root: &Path, work: &Path, out: &Path) {
-    let sources: Vec<PathBuf> = std::fs::read_dir(root.join("services/c"))
-        .map(|dir| {
-            dir.filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "c"))
-                .collect()
-        })
-        .unwrap_or_default();
+    let sources = super::files_with_extension(&root.join("services/c"), "c");
     if sources.is_empty() {
         return;
     }
-    ensure_toolchain();
+    super::ensure_packages(TOOLCHAIN);
     let bindings = work.join("bindings");
     generate_bindings(&root.join("wit"), &bindings);
     std::fs::create_dir_all(out).expect("creating the guest output directory");
@@ -47,40 +40,6 @@ pub fn build(root: &Path, work: &Path, out: &Path) {
         let component = componentize(&core);
         std::fs::write(out.join(format!("{stem}.wasm")), component)
             .expect("writing a C service component");
-    }
-}
-
-/// Installs the Debian packages of whatever is missing (needs root).
-fn ensure_toolchain() {
-    let missing: Vec<&str> = TOOLCHAIN
-        .iter()
-        .filter(|(file, _)| !Path::new(file).exists())
-        .map(|(_, package)| *package)
-        .collect();
-    if missing.is_empty() {
-        return;
-    }
-    println!(
-        "cargo:warning=installing {} for the C services",
-        missing.join(" ")
-    );
-    let install = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
-    args.extend(&missing);
-    if !install(&args) {
-        // A fresh machine may have no package lists yet.
-        assert!(
-            install(&["update", "-q"]) && install(&args),
-            "could not install {} with apt-get (the C services need them; run as root \
-             or install them)",
-            missing.join(" ")
-        );
     }
 }
 

@@ -26,7 +26,10 @@ fn at(address: Address, rest: &[u8]) -> Vec<u8> {
 /// Runs the whole suite against the service module `module`.
 async fn conformance(module: &str) -> anyhow::Result<()> {
     let node = TestNode::start()?;
-    let service = node.spawn(module).await?;
+    // The first spawn compiles the module (slow for a large one).
+    let service = tokio::time::timeout(COMPILE_DEADLINE, node.node.spawn(module, &[]))
+        .await
+        .with_context(|| format!("compiling {module}"))??;
     let ask = |payload: Vec<u8>| node.client.call_timeout(service, payload, DEADLINE);
 
     // Echo: empty, one byte, 1 MiB, byte for byte.
@@ -130,19 +133,43 @@ async fn the_c_service_conforms() -> anyhow::Result<()> {
     conformance("conform_c").await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_c_first_service_and_echo_answer() -> anyhow::Result<()> {
+/// A language's first service (`hello_<lang>`: the README's) and echo answer.
+async fn first_service_and_echo(lang: &str) -> anyhow::Result<()> {
     let node = TestNode::start()?;
-    let hello = node.spawn("hello_c").await?;
-    ensure!(node.node.query(".hello_c") == Some(hello));
+    let spawn = |module: String| {
+        let node = &node.node;
+        async move {
+            tokio::time::timeout(COMPILE_DEADLINE, node.spawn(&module, &[]))
+                .await
+                .with_context(|| format!("compiling {module}"))?
+                .map_err(anyhow::Error::from)
+        }
+    };
+    let hello = spawn(format!("hello_{lang}")).await?;
+    ensure!(node.node.query(&format!(".hello_{lang}")) == Some(hello));
     let reply = within(node.client.call(hello, b"skyhost".to_vec())).await??;
     ensure!(
         reply == b"hello, skyhost",
         "{}",
         String::from_utf8_lossy(&reply)
     );
-    let echo = node.spawn("echo_c").await?;
+    let echo = spawn(format!("echo_{lang}")).await?;
     ensure!(within(node.client.call(echo, vec![7; 1000])).await?? == vec![7; 1000]);
     node.stop().await;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_c_first_service_and_echo_answer() -> anyhow::Result<()> {
+    first_service_and_echo("c").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_first_service_and_echo_answer() -> anyhow::Result<()> {
+    first_service_and_echo("js").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_service_conforms() -> anyhow::Result<()> {
+    conformance("conform_js").await
 }

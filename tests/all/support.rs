@@ -120,6 +120,11 @@ pub async fn multicast_log(client: &Client, kit: Address, n: usize) -> anyhow::R
     }
 }
 
+/// How long a test waits for the first spawn of a large module (a
+/// JavaScript or Python component of 10-40 MB), which compiles it (later
+/// spawns and test runs load it from the module cache).
+pub const COMPILE_DEADLINE: Duration = Duration::from_secs(300);
+
 /// Awaits `f`, failing the test if it takes longer than [`DEADLINE`].
 pub async fn within<F: std::future::IntoFuture>(f: F) -> anyhow::Result<F::Output> {
     match tokio::time::timeout(DEADLINE, f).await {

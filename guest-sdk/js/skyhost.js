@@ -1,0 +1,148 @@
+// skyhost.js: write skyhost services in JavaScript.
+//
+// The build puts this module in front of a service's source (one ES module),
+// so the service calls these functions directly and registers itself with
+// `service({ init, handle })`. Everything that waits (`call`, `sleep`,
+// `spawn`) returns a Promise that settles when the answer to its session
+// arrives; other messages are handled meanwhile.
+//
+// A handler returns the reply (a Uint8Array, or a Promise of one) for a
+// request; a rejected Promise answers with an error; a synchronous throw
+// traps the service, as a panic would in Rust.
+import * as runtime from 'skyhost:service/runtime@0.1.0';
+
+export const kind = { text: 0, response: 1, multicast: 2, exit: 3, error: 7, request: 10, user: 16 };
+
+/** A session that ended in an `error` message: `cause` is its byte 0. */
+export class CallError extends Error {
+  constructor(cause, detail) {
+    super(`cause=${cause}${detail ? `: ${detail}` : ''}`);
+    this.cause = cause;
+    this.detail = detail;
+  }
+}
+
+/** A send the host refused: `reason` is the WIT send-error name. */
+export class SendError extends Error {
+  constructor(reason) {
+    super(`send=${reason}`);
+    this.reason = reason;
+  }
+}
+
+const waiting = new Map();
+let definition = { handle: () => undefined };
+const decoder = new TextDecoder();
+
+function sendError(e) {
+  return new SendError(e && e.payload !== undefined ? e.payload : String(e));
+}
+
+function wait(session) {
+  return new Promise((resolve, reject) => waiting.set(session, { resolve, reject }));
+}
+
+/** Registers the service: `init(args)` (optional) and `handle(message)`. */
+export function service(def) {
+  definition = def;
+}
+
+/** Sends `payload` (a Uint8Array) to `dest`; throws a SendError if refused. */
+export function send(dest, payload, messageKind = kind.text) {
+  try {
+    runtime.send(dest, messageKind, 0, payload);
+  } catch (e) {
+    throw sendError(e);
+  }
+}
+
+/** Calls `dest`; resolves with the reply bytes, rejects with CallError or SendError. */
+export function call(dest, payload) {
+  let session;
+  try {
+    session = runtime.call(dest, payload);
+  } catch (e) {
+    return Promise.reject(sendError(e));
+  }
+  return wait(session);
+}
+
+/** Resolves after `ms` milliseconds (a host timer). */
+export function sleep(ms) {
+  return wait(runtime.timeout(ms));
+}
+
+/** Spawns `module`; resolves with its address once its init succeeded. */
+export async function spawn(module, args = new Uint8Array()) {
+  const bytes = await wait(runtime.spawn(module, args));
+  return new DataView(bytes.buffer, bytes.byteOffset, 4).getUint32(0, true);
+}
+
+/** Gives this service a name; throws with the name-error if refused. */
+export function register(name) {
+  runtime.register(name);
+}
+
+/** The address holding `name`, or undefined. */
+export function query(name) {
+  return runtime.query(name);
+}
+
+/** Be told with an `exit` message when `target` ends. */
+export function monitor(target) {
+  runtime.monitor(target);
+}
+
+/** This service's address. */
+export function self() {
+  return runtime.selfAddress();
+}
+
+/** Writes an info log line. */
+export function log(text) {
+  runtime.log('info', String(text));
+}
+
+export function init(args) {
+  if (definition.init) {
+    definition.init(args);
+  }
+}
+
+export function dispatch(messages) {
+  for (const m of messages) {
+    if (m.kind === kind.response || m.kind === kind.error) {
+      const w = waiting.get(m.session);
+      if (w) {
+        waiting.delete(m.session);
+        if (m.kind === kind.response) {
+          w.resolve(m.payload);
+        } else {
+          w.reject(new CallError(m.payload[0], decoder.decode(m.payload.subarray(1))));
+        }
+        continue;
+      }
+    }
+    handle(m);
+  }
+}
+
+function handle(m) {
+  const wantsReply = m.kind === kind.request && m.session !== 0;
+  const reply = definition.handle(m);
+  if (!wantsReply) {
+    return;
+  }
+  Promise.resolve(reply).then(
+    (bytes) => respond(m, { tag: 'ok', val: bytes ?? new Uint8Array() }),
+    (e) => respond(m, { tag: 'err', val: String(e && e.message !== undefined ? e.message : e) }),
+  );
+}
+
+function respond(m, result) {
+  try {
+    runtime.respond(m.source, m.session, result);
+  } catch (_) {
+    // The caller is gone; nobody is left to tell.
+  }
+}

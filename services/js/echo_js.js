@@ -1,0 +1,6 @@
+// echo_js: answers every request with its payload unchanged (JavaScript).
+service({
+  handle(m) {
+    return m.payload;
+  },
+});
