@@ -9,6 +9,8 @@ use std::process::Command;
 mod c_guests;
 #[path = "build/js_guests.rs"]
 mod js_guests;
+#[path = "build/py_guests.rs"]
+mod py_guests;
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -70,6 +72,7 @@ fn main() {
     let guests = target_dir.join("wasm32-wasip2").join("release");
     c_guests::build(&root, &target_dir.join("c"), &guests);
     js_guests::build(&root, &target_dir.join("js"), &guests);
+    py_guests::build(&root, &target_dir.join("python"), &guests);
     println!(
         "cargo:rustc-env=SKYHOST_GUEST_DIR={}",
         target_dir.join("wasm32-wasip2").join("release").display()

@@ -173,3 +173,33 @@ async fn the_javascript_first_service_and_echo_answer() -> anyhow::Result<()> {
 async fn the_javascript_service_conforms() -> anyhow::Result<()> {
     conformance("conform_js").await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_service_conforms() -> anyhow::Result<()> {
+    conformance("conform_py").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_first_service_and_echo_answer() -> anyhow::Result<()> {
+    first_service_and_echo("py").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawning_100_python_services_compiles_the_module_once() -> anyhow::Result<()> {
+    let node = TestNode::start()?;
+    let before = node.node.modules_compiled();
+    let first = tokio::time::timeout(COMPILE_DEADLINE, node.node.spawn("echo_py", &[]))
+        .await
+        .context("compiling echo_py")??;
+    let mut services = vec![first];
+    for _ in 1..100 {
+        services.push(node.spawn("echo_py").await?);
+    }
+    ensure!(node.node.modules_compiled() == before + 1);
+    for (i, &s) in services.iter().enumerate() {
+        let payload = (i as u32).to_le_bytes().to_vec();
+        ensure!(within(node.client.call(s, payload.clone())).await?? == payload);
+    }
+    node.stop().await;
+    Ok(())
+}

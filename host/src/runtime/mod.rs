@@ -1213,6 +1213,12 @@ impl Node {
         Ok(())
     }
 
+    /// Modules this node compiled (or loaded from its disk cache) so far:
+    /// each module is made ready once, whatever the number of its instances.
+    pub fn modules_compiled(&self) -> u64 {
+        self.kernel.wasm.compiled()
+    }
+
     /// Where this node serves `GET /metrics`, if it does.
     pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
         self.kernel.metrics.get().copied()

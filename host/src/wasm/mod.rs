@@ -104,6 +104,8 @@ pub(crate) struct WasmRuntime {
     cache_dir: Option<PathBuf>,
     /// Each tenant's modules by name: a tenant loads only from its own paths.
     modules: Mutex<HashMap<(TenantId, String), ModuleCell>>,
+    /// Modules compiled (or loaded from the disk cache) so far.
+    compiled: std::sync::atomic::AtomicU64,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -194,6 +196,7 @@ impl WasmRuntime {
             linker,
             cache_dir,
             modules: Mutex::new(HashMap::new()),
+            compiled: Default::default(),
             ticker_stop,
         })
     }
@@ -218,6 +221,11 @@ impl WasmRuntime {
         cell.get_or_try_init(|| self.load(&tenant.module_paths, name))
             .await
             .cloned()
+    }
+
+    /// Modules compiled (or loaded from the disk cache) since the node started.
+    pub fn compiled(&self) -> u64 {
+        self.compiled.load(Ordering::Relaxed)
     }
 
     /// Whether `tenant`'s module `name` has been loaded.
@@ -255,6 +263,7 @@ impl WasmRuntime {
     /// threads (through the disk cache). Nothing is cached in memory: an
     /// upgrade compiles its new version with this and then installs it.
     pub async fn compile(&self, name: &str, path: PathBuf) -> Result<Arc<Module>, ModuleError> {
+        self.compiled.fetch_add(1, Ordering::Relaxed);
         let engine = self.engine.clone();
         let cache_dir = self.cache_dir.clone();
         let file = path.clone();

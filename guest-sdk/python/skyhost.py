@@ -1,0 +1,175 @@
+"""skyhost: write skyhost services in Python.
+
+A service is a module that calls ``skyhost.service(handle, init=None)``:
+``handle(message)`` is an ``async def`` that returns the reply (``bytes``)
+to a request; ``await skyhost.call(...)``, ``await skyhost.sleep(...)`` and
+``await skyhost.spawn(...)`` wait for the answer to a session while other
+messages are handled. An ``Exception`` raised by a handler answers the
+request with an error; ``skyhost.Trap`` (or any ``BaseException`` that is not
+an ``Exception``) traps the service, as a panic would in Rust.
+
+The build (componentize-py) makes the module a component of the ``service``
+world; this file provides the ``WitWorld`` class it exports.
+"""
+
+from typing import Awaitable, Callable, Optional
+
+import wit_world
+from componentize_py_types import Err, Ok
+from wit_world.imports import runtime, types
+
+TEXT, RESPONSE, MULTICAST, EXIT, ERROR, REQUEST, USER = 0, 1, 2, 3, 7, 10, 16
+
+Message = types.Message
+
+
+class CallError(Exception):
+    """A session that ended in an ``error`` message; ``cause`` is its byte 0."""
+
+    def __init__(self, cause: int, detail: str):
+        super().__init__(f"cause={cause}" + (f": {detail}" if detail else ""))
+        self.cause = cause
+        self.detail = detail
+
+
+class SendError(Exception):
+    """A send the host refused; ``reason`` is the WIT send-error name."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"send={reason}")
+        self.reason = reason
+
+
+class Trap(BaseException):
+    """Raised by a handler to trap the service."""
+
+
+class _Session:
+    """What a coroutine awaits: the answer to one host session."""
+
+    def __init__(self, session: int):
+        self.session = session
+
+    def __await__(self):
+        answer = yield self
+        return answer
+
+
+_waiting = {}
+_handle: Callable[[Message], Awaitable[Optional[bytes]]] = None
+_init: Optional[Callable[[bytes], None]] = None
+
+
+def service(handle, init=None):
+    """Registers the service's ``async def handle(message)`` and ``init(args)``."""
+    global _handle, _init
+    _handle, _init = handle, init
+
+
+def _send_error(e: Err) -> SendError:
+    return SendError(e.value.name.lower().replace("_", "-"))
+
+
+def send(dest: int, payload: bytes, kind: int = TEXT) -> None:
+    """Sends ``payload`` to ``dest``; raises ``SendError`` if refused."""
+    try:
+        runtime.send(dest, kind, 0, payload)
+    except Err as e:
+        raise _send_error(e) from None
+
+
+def call(dest: int, payload: bytes) -> Awaitable[bytes]:
+    """Calls ``dest``; the answer's bytes, or ``CallError``/``SendError``."""
+    try:
+        return _Session(runtime.call(dest, payload))
+    except Err as e:
+        raise _send_error(e) from None
+
+
+def sleep(ms: int) -> Awaitable[bytes]:
+    """Resumes after ``ms`` milliseconds (a host timer)."""
+    return _Session(runtime.timeout(ms))
+
+
+async def spawn(module: str, args: bytes = b"") -> int:
+    """Starts a service of ``module``; its address once its init succeeded."""
+    answer = await _Session(runtime.spawn(module, args))
+    return int.from_bytes(answer[:4], "little")
+
+
+def register(name: str) -> None:
+    """Gives this service a name; raises ``Err`` with the name error."""
+    runtime.register(name)
+
+
+def query(name: str) -> Optional[int]:
+    """The address holding ``name``, or None."""
+    return runtime.query(name)
+
+
+def monitor(target: int) -> None:
+    """Be told with an ``EXIT`` message when ``target`` ends."""
+    runtime.monitor(target)
+
+
+def self_address() -> int:
+    """This service's address."""
+    return runtime.self_address()
+
+
+def log(text: str) -> None:
+    """Writes an info log line."""
+    runtime.log(types.LogLevel.INFO, str(text))
+
+
+def _step(coroutine, value=None, error=None) -> None:
+    """Runs ``coroutine`` until it waits on a session (or ends)."""
+    try:
+        waited = coroutine.throw(error) if error else coroutine.send(value)
+    except StopIteration:
+        return
+    _waiting[waited.session] = coroutine
+
+
+async def _serve(message: Message) -> None:
+    wants_reply = message.kind == REQUEST and message.session != 0
+    try:
+        reply = await _handle(message)
+    except Exception as e:
+        if wants_reply:
+            _respond(message, Err(str(e)))
+        return
+    if wants_reply:
+        _respond(message, Ok(bytes(reply or b"")))
+
+
+def _respond(message: Message, result) -> None:
+    try:
+        runtime.respond(message.source, message.session, result)
+    except Err:
+        pass  # The caller is gone; nobody is left to tell.
+
+
+class WitWorld(wit_world.WitWorld):
+    """The component's exports: ``init`` and ``dispatch``."""
+
+    def init(self, args: bytes) -> None:
+        if _init is not None:
+            try:
+                _init(args)
+            except Exception as e:
+                raise Err(str(e)) from None
+
+    def dispatch(self, messages) -> None:
+        for m in messages:
+            if m.kind in (RESPONSE, ERROR):
+                waiter = _waiting.pop(m.session, None)
+                if waiter is not None:
+                    if m.kind == RESPONSE:
+                        _step(waiter, m.payload)
+                    else:
+                        detail = m.payload[1:].decode("utf-8", "replace")
+                        cause = m.payload[0] if m.payload else 255
+                        _step(waiter, error=CallError(cause, detail))
+                    continue
+            _step(_serve(m))
