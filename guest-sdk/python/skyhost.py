@@ -12,7 +12,8 @@ The build (componentize-py) makes the module a component of the ``service``
 world; this file provides the ``WitWorld`` class it exports.
 """
 
-from typing import Awaitable, Callable, Optional
+import json
+from typing import Any, Awaitable, Callable, Optional
 
 import wit_world
 from componentize_py_types import Err, Ok
@@ -95,6 +96,22 @@ async def spawn(module: str, args: bytes = b"") -> int:
     """Starts a service of ``module``; its address once its init succeeded."""
     answer = await _Session(runtime.spawn(module, args))
     return int.from_bytes(answer[:4], "little")
+
+
+async def call_json(dest: int, value: Any) -> Any:
+    """Calls ``dest`` with ``value`` as JSON and decodes its JSON answer: the
+    encoding every skyhost SDK speaks (Rust: ``skyhost_sdk::json``)."""
+    return json.loads(await call(dest, json.dumps(value).encode()))
+
+
+def from_json(message: Message) -> Any:
+    """The JSON value in a message's payload."""
+    return json.loads(message.payload)
+
+
+def to_json(value: Any) -> bytes:
+    """``value`` as a JSON payload (an answer, or a send)."""
+    return json.dumps(value).encode()
 
 
 def register(name: str) -> None:

@@ -90,6 +90,7 @@ mod executor;
 #[cfg(test)]
 mod fake;
 pub mod harbor;
+pub mod json;
 pub mod log;
 mod message;
 pub mod multicast;

@@ -34,7 +34,7 @@ pub(crate) fn timer_ms(d: Duration) -> u32 {
     u32::try_from(ms).unwrap_or(u32::MAX)
 }
 
-fn start_call(addr: Address, payload: &[u8]) -> Result<SessionWait, CallError> {
+pub(crate) fn start_call(addr: Address, payload: &[u8]) -> Result<SessionWait, CallError> {
     let session = sys::call(addr.0, payload).map_err(SendError::from)?;
     Ok(SessionWait::open(session))
 }

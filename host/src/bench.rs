@@ -47,8 +47,34 @@ enum Topology {
 /// Tenants configured for [`Topology::Tenants`].
 const BENCH_TENANTS: usize = 100;
 
+/// The three `lang-<language>-*` rows for the echo service `module`.
+macro_rules! language_rows {
+    ($lang:literal, $module:literal) => {
+        [
+            Workload {
+                id: concat!("lang-", $lang, "-call-rtt"),
+                unit: "µs",
+                topology: Topology::Single,
+                run: |n| Box::pin(call_rtt_of(n, $module, 20_000)),
+            },
+            Workload {
+                id: concat!("lang-", $lang, "-spawn"),
+                unit: "µs per service",
+                topology: Topology::Single,
+                run: |n| Box::pin(spawn_of(n, $module, 10, 200)),
+            },
+            Workload {
+                id: concat!("lang-", $lang, "-rss"),
+                unit: "KiB",
+                topology: Topology::Single,
+                run: |n| Box::pin(rss_of(n, $module, 100)),
+            },
+        ]
+    };
+}
+
 fn workloads() -> Vec<Workload> {
-    vec![
+    let mut all = vec![
         Workload {
             id: "tcp-floor",
             unit: "µs",
@@ -169,7 +195,12 @@ fn workloads() -> Vec<Workload> {
             topology: Topology::Tenants,
             run: |n| Box::pin(tenant_fairness(n, 16, 2_000)),
         },
-    ]
+    ];
+    all.extend(language_rows!("rust", "echo"));
+    all.extend(language_rows!("c", "echo_c"));
+    all.extend(language_rows!("js", "echo_js"));
+    all.extend(language_rows!("python", "echo_py"));
+    all
 }
 
 /// A fresh node with a client, for one run of one workload; for harbor
@@ -602,26 +633,20 @@ async fn callers_loop(
 /// A service spawns `n` echo services; each spawn ends when the new
 /// service's `init` has returned ("ready").
 async fn spawn(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    spawn_of(b, "echo", 100, n).await
+}
+
+/// Microseconds per service to spawn `n` of `module` at once (after
+/// `warm` of them, which compile and warm it), from a testkit.
+async fn spawn_of(b: &BenchNode, module: &str, warm: u32, n: u32) -> anyhow::Result<f64> {
     let spawner = b.spawn("testkit").await?;
-    b.command(
-        spawner,
-        &Command::SpawnMany {
-            module: "echo".into(),
-            n: 100,
-        },
-    )
-    .await?;
+    let many = |n| Command::SpawnMany {
+        module: module.into(),
+        n,
+    };
+    b.command(spawner, &many(warm)).await?;
     let start = Instant::now();
-    let Reply::Addresses(a) = b
-        .command(
-            spawner,
-            &Command::SpawnMany {
-                module: "echo".into(),
-                n,
-            },
-        )
-        .await?
-    else {
+    let Reply::Addresses(a) = b.command(spawner, &many(n)).await? else {
         bail!("SpawnMany answered something else");
     };
     let elapsed = start.elapsed();
@@ -631,26 +656,20 @@ async fn spawn(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
 
 /// Resident memory growth per idle live echo service, at `n` services.
 async fn rss_per_service(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    rss_of(b, "echo", n).await
+}
+
+/// Resident memory growth (KiB) per live service at `n` services of
+/// `module`, each having answered a call.
+async fn rss_of(b: &BenchNode, module: &str, n: u32) -> anyhow::Result<f64> {
     let spawner = b.spawn("testkit").await?;
-    b.command(
-        spawner,
-        &Command::SpawnMany {
-            module: "echo".into(),
-            n: 10,
-        },
-    )
-    .await?;
+    let many = |n| Command::SpawnMany {
+        module: module.into(),
+        n,
+    };
+    b.command(spawner, &many(10)).await?;
     let before = rss_kib()?;
-    let Reply::Addresses(a) = b
-        .command(
-            spawner,
-            &Command::SpawnMany {
-                module: "echo".into(),
-                n,
-            },
-        )
-        .await?
-    else {
+    let Reply::Addresses(a) = b.command(spawner, &many(n)).await? else {
         bail!("SpawnMany answered something else");
     };
     // Every service has answered a call, so its instance has run.
@@ -659,6 +678,20 @@ async fn rss_per_service(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
     }
     let after = rss_kib()?;
     Ok((after - before) / f64::from(n))
+}
+
+/// Round trip (µs) of `n` sequential calls from a host client to a service
+/// of `module` (an echo), after a warm-up.
+async fn call_rtt_of(b: &BenchNode, module: &str, n: u32) -> anyhow::Result<f64> {
+    let echo = b.spawn(module).await?;
+    for _ in 0..1_000 {
+        b.client.call(echo, vec![0u8; 16]).await?;
+    }
+    let start = Instant::now();
+    for _ in 0..n {
+        b.client.call(echo, vec![0u8; 16]).await?;
+    }
+    Ok(start.elapsed().as_secs_f64() * 1e6 / f64::from(n))
 }
 
 fn rss_kib() -> anyhow::Result<f64> {

@@ -203,3 +203,34 @@ async fn spawning_100_python_services_compiles_the_module_once() -> anyhow::Resu
     node.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_and_a_rust_service_call_each_other_with_json() -> anyhow::Result<()> {
+    let node = TestNode::start()?;
+    let rust = node.spawn("adder").await?;
+    let python = tokio::time::timeout(COMPILE_DEADLINE, node.node.spawn("adder_py", &[]))
+        .await
+        .context("compiling adder_py")??;
+    let ask = |to: Address, request: serde_json::Value| {
+        let client = &node.client;
+        async move {
+            let bytes = serde_json::to_vec(&request)?;
+            let answer = within(client.call(to, bytes)).await??;
+            anyhow::Ok(serde_json::from_slice::<serde_json::Value>(&answer)?)
+        }
+    };
+    // Python asks Rust.
+    let answer = ask(python, serde_json::json!({"a": 2, "b": 3, "via": rust.0})).await?;
+    ensure!(
+        answer == serde_json::json!({"sum": 5, "by": "rust", "through": "python"}),
+        "{answer}"
+    );
+    // Rust asks Python.
+    let answer = ask(rust, serde_json::json!({"a": -7, "b": 10, "via": python.0})).await?;
+    ensure!(
+        answer == serde_json::json!({"sum": 3, "by": "python", "through": "rust"}),
+        "{answer}"
+    );
+    node.stop().await;
+    Ok(())
+}
