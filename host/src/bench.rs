@@ -680,17 +680,24 @@ async fn rss_of(b: &BenchNode, module: &str, n: u32) -> anyhow::Result<f64> {
     Ok((after - before) / f64::from(n))
 }
 
-/// Round trip (µs) of `n` sequential calls from a host client to a service
-/// of `module` (an echo), after a warm-up.
+/// Round trip (µs) of `n` sequential calls from a testkit service to a
+/// service of `module` (an echo: the payload comes back as it went), after
+/// a warm-up; as `local-call-rtt`, service to service.
 async fn call_rtt_of(b: &BenchNode, module: &str, n: u32) -> anyhow::Result<f64> {
     let echo = b.spawn(module).await?;
-    for _ in 0..1_000 {
-        b.client.call(echo, vec![0u8; 16]).await?;
-    }
+    let caller = b.spawn("testkit").await?;
+    let calls = |n| Command::RawCallLoop {
+        target: echo.0,
+        n,
+        payload: vec![7u8; 16],
+    };
+    let check = |r: Reply| match r {
+        Reply::Unit => Ok(()),
+        r => Err(anyhow::anyhow!("RawCallLoop answered {r:?}")),
+    };
+    check(b.command(caller, &calls(1_000)).await?)?;
     let start = Instant::now();
-    for _ in 0..n {
-        b.client.call(echo, vec![0u8; 16]).await?;
-    }
+    check(b.command(caller, &calls(n)).await?)?;
     Ok(start.elapsed().as_secs_f64() * 1e6 / f64::from(n))
 }
 

@@ -298,6 +298,16 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
         Command::Kill(target) => Answer::Count(u64::from(skyhost_sdk::kill(Address(target)))),
         Command::Tenant => Answer::Bytes(skyhost_sdk::tenant().into_bytes()),
         Command::StartTrace => Answer::Count(skyhost_sdk::start_trace()),
+        Command::RawCallLoop { target, n, payload } => {
+            for i in 0..n {
+                match skyhost_sdk::call_raw(Address(target), &payload).await {
+                    Ok(bytes) if bytes == payload => {}
+                    Ok(_) => return Answer::Failed(format!("call {i} of {n}: other bytes")),
+                    Err(e) => return Answer::Failed(format!("call {i} of {n}: {e}")),
+                }
+            }
+            Answer::Unit
+        }
         Command::ReadFile(path) => match std::fs::read(&path) {
             Ok(bytes) => Answer::Bytes(bytes),
             Err(e) => Answer::Failed(format!("read {path}: {e}")),

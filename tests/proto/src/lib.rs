@@ -249,6 +249,17 @@ pub enum Command {
     /// Start a trace (`start_trace`) on this request; answers `Count`
     /// with the trace id (the answer itself carries it).
     StartTrace,
+    /// Call `target` `n` times in sequence with the raw `payload` (for echo
+    /// services in any language), checking each answer is the same bytes;
+    /// answer `Reply::Unit` or `Reply::Failed`.
+    RawCallLoop {
+        /// The service to call (an echo).
+        target: u32,
+        /// How many calls.
+        n: u32,
+        /// The raw payload echoed.
+        payload: Vec<u8>,
+    },
 }
 
 /// A service on a cluster node: by name or by address there.
