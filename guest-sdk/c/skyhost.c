@@ -47,6 +47,14 @@ static bool answer(const sky_msg *msg) {
     return false;
 }
 
+/* The init of a service that has none of its own. */
+__attribute__((weak)) int sky_init(const uint8_t *args, size_t len, const char **error) {
+    (void)args;
+    (void)len;
+    (void)error;
+    return 0;
+}
+
 static service_list_u8_t bytes(const void *data, size_t len) {
     return (service_list_u8_t){(uint8_t *)data, len};
 }

@@ -57,7 +57,8 @@ typedef struct {
 typedef void (*sky_answer_fn)(void *ctx, const sky_msg *answer);
 
 /* Implemented by the service. sky_init gets the spawn arguments; return 0,
- * or non-zero with *error set to a static text to fail the spawn. */
+ * or non-zero with *error set to a static text to fail the spawn (optional:
+ * without one the service starts with nothing to do). */
 int sky_init(const uint8_t *args, size_t len, const char **error);
 /* Every message that is not the answer to a session this service waits on. */
 void sky_handle(const sky_msg *msg);

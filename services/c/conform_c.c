@@ -56,13 +56,6 @@ static char *string(const uint8_t *args, size_t len) {
     return s;
 }
 
-int sky_init(const uint8_t *args, size_t len, const char **error) {
-    (void)args;
-    (void)len;
-    (void)error;
-    return 0;
-}
-
 void sky_handle(const sky_msg *m) {
     if (m->kind == SKY_EXIT) {
         uint8_t *grown = realloc(exits, exits_len + 4);
