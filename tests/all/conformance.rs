@@ -26,10 +26,7 @@ fn at(address: Address, rest: &[u8]) -> Vec<u8> {
 /// Runs the whole suite against the service module `module`.
 async fn conformance(module: &str) -> anyhow::Result<()> {
     let node = TestNode::start()?;
-    // The first spawn compiles the module (slow for a large one).
-    let service = tokio::time::timeout(COMPILE_DEADLINE, node.node.spawn(module, &[]))
-        .await
-        .with_context(|| format!("compiling {module}"))??;
+    let service = node.spawn_compiling(module).await?;
     let ask = |payload: Vec<u8>| node.client.call_timeout(service, payload, DEADLINE);
 
     // Echo: empty, one byte, 1 MiB, byte for byte.
@@ -136,16 +133,7 @@ async fn the_c_service_conforms() -> anyhow::Result<()> {
 /// A language's first service (`hello_<lang>`: the README's) and echo answer.
 async fn first_service_and_echo(lang: &str) -> anyhow::Result<()> {
     let node = TestNode::start()?;
-    let spawn = |module: String| {
-        let node = &node.node;
-        async move {
-            tokio::time::timeout(COMPILE_DEADLINE, node.spawn(&module, &[]))
-                .await
-                .with_context(|| format!("compiling {module}"))?
-                .map_err(anyhow::Error::from)
-        }
-    };
-    let hello = spawn(format!("hello_{lang}")).await?;
+    let hello = node.spawn_compiling(&format!("hello_{lang}")).await?;
     ensure!(node.node.query(&format!(".hello_{lang}")) == Some(hello));
     let reply = within(node.client.call(hello, b"skyhost".to_vec())).await??;
     ensure!(
@@ -153,7 +141,7 @@ async fn first_service_and_echo(lang: &str) -> anyhow::Result<()> {
         "{}",
         String::from_utf8_lossy(&reply)
     );
-    let echo = spawn(format!("echo_{lang}")).await?;
+    let echo = node.spawn_compiling(&format!("echo_{lang}")).await?;
     ensure!(within(node.client.call(echo, vec![7; 1000])).await?? == vec![7; 1000]);
     node.stop().await;
     Ok(())
@@ -188,9 +176,7 @@ async fn the_python_first_service_and_echo_answer() -> anyhow::Result<()> {
 async fn spawning_100_python_services_compiles_the_module_once() -> anyhow::Result<()> {
     let node = TestNode::start()?;
     let before = node.node.modules_compiled();
-    let first = tokio::time::timeout(COMPILE_DEADLINE, node.node.spawn("echo_py", &[]))
-        .await
-        .context("compiling echo_py")??;
+    let first = node.spawn_compiling("echo_py").await?;
     let mut services = vec![first];
     for _ in 1..100 {
         services.push(node.spawn("echo_py").await?);
@@ -208,9 +194,7 @@ async fn spawning_100_python_services_compiles_the_module_once() -> anyhow::Resu
 async fn a_python_and_a_rust_service_call_each_other_with_json() -> anyhow::Result<()> {
     let node = TestNode::start()?;
     let rust = node.spawn("adder").await?;
-    let python = tokio::time::timeout(COMPILE_DEADLINE, node.node.spawn("adder_py", &[]))
-        .await
-        .context("compiling adder_py")??;
+    let python = node.spawn_compiling("adder_py").await?;
     let ask = |to: Address, request: serde_json::Value| {
         let client = &node.client;
         async move {

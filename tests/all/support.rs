@@ -74,6 +74,15 @@ impl TestNode {
             .with_context(|| format!("spawn {module}"))
     }
 
+    /// Spawns a service whose first spawn may compile a large module (up
+    /// to [`COMPILE_DEADLINE`]).
+    pub async fn spawn_compiling(&self, module: &str) -> anyhow::Result<Address> {
+        tokio::time::timeout(COMPILE_DEADLINE, self.node.spawn(module, &[]))
+            .await
+            .with_context(|| format!("compiling {module}"))?
+            .with_context(|| format!("spawn {module}"))
+    }
+
     /// Calls a `testkit` service with `command` and decodes its reply.
     pub async fn command(&self, target: Address, command: &Command) -> Result<Reply, CallError> {
         command_via(&self.client, target, command).await

@@ -422,6 +422,15 @@ impl Kernel {
     }
 
     /// Runs `f` on the live service at `address`, if there is one.
+    /// The handle of the live service (or host endpoint) at `address`.
+    fn service(&self, address: Address) -> Option<Arc<ServiceHandle>> {
+        self.services
+            .pin()
+            .get(&address.local())
+            .filter(|h| h.address == address)
+            .cloned()
+    }
+
     fn with_service<R>(&self, address: Address, f: impl FnOnce(&ServiceHandle) -> R) -> Option<R> {
         let services = self.services.pin();
         services

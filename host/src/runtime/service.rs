@@ -193,14 +193,14 @@ async fn serve(
             }
             continue;
         }
-        let traced = (traced || batch[0].trace != 0).then(|| {
+        let logged_since = (traced || batch[0].trace != 0).then(|| {
             for m in &batch {
                 trace_message("in", m.source, m);
             }
             std::time::Instant::now()
         });
         let result = instance.dispatch(&mut batch).await;
-        if let Some(start) = traced {
+        if let Some(start) = logged_since {
             tracing::info!(
                 target: "skyhost::trace",
                 handled_us = start.elapsed().as_micros(),

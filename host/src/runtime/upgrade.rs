@@ -129,14 +129,7 @@ impl Node {
         let kernel = &self.kernel;
         let no_target = || UpgradeError::NoTarget(target.to_string());
         let (handles, install) = if let Ok(address) = target.parse::<Address>() {
-            let handle = kernel
-                .services
-                .pin()
-                .get(&address.local())
-                .filter(|h| h.address == address)
-                .cloned()
-                .ok_or_else(no_target)?;
-            (vec![handle], None)
+            (vec![kernel.service(address).ok_or_else(no_target)?], None)
         } else {
             let (tenant, x) = match target.split_once('/') {
                 Some((t, x)) => (kernel.tenant_named(t).ok_or_else(no_target)?, x),
@@ -146,13 +139,7 @@ impl Node {
                 ),
             };
             if let Some(address) = kernel.query_name(tenant.id, x) {
-                let handle = kernel
-                    .services
-                    .pin()
-                    .get(&address.local())
-                    .cloned()
-                    .ok_or_else(no_target)?;
-                (vec![handle], None)
+                (vec![kernel.service(address).ok_or_else(no_target)?], None)
             } else {
                 let mut handles: Vec<Arc<ServiceHandle>> = kernel
                     .services
