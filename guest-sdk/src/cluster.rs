@@ -150,6 +150,27 @@ pub fn query(node: &str, name: &str) -> impl Future<Output = Result<Address, Cal
     async move { crate::node::address_answer(wait.await.into_result()?, "cluster query") }
 }
 
+/// Which node serves `name` cluster-wide, and its address there: asks
+/// discovery (etcd), so the caller need not know the node (`query` with no node).
+///
+/// # Errors
+/// [`CallError::UnknownAddress`] when no node registered it (or this node
+/// has no discovery), [`CallError::NodeDown`] when etcd is unreachable.
+pub fn find(name: &str) -> impl Future<Output = Result<(String, Address), CallError>> + 'static {
+    let wait = SessionWait::open(sys::cluster::query("", name));
+    async move {
+        let mut bytes = wait.await.into_result()?;
+        let node = bytes.split_off(4.min(bytes.len()));
+        let address = crate::node::address_answer(bytes, "cluster find")?;
+        let node = String::from_utf8(node).map_err(|_| {
+            CallError::Decode(crate::error::DecodeError::new(
+                "cluster find: the node name is not UTF-8",
+            ))
+        })?;
+        Ok((node, address))
+    }
+}
+
 /// Replaces the cluster config with `config` (the cluster file's format).
 ///
 /// # Errors

@@ -335,3 +335,34 @@ pub(crate) mod multicast {
         Ok(channel)
     }
 }
+
+/// The fake `groups` interface: no members; calls start a session.
+pub(crate) mod groups {
+    pub(crate) use crate::bindings::skyhost::service::groups::{Member, Policy};
+
+    use super::{Effect, fresh_session, host, record};
+
+    fn ask(request: String) -> u32 {
+        let session = host(fresh_session);
+        record(Effect::Harbor { session, request });
+        session
+    }
+
+    pub(crate) fn join(_group: &str, _member: u32, _policy: Policy) -> Result<(), String> {
+        Ok(())
+    }
+
+    pub(crate) fn leave(_group: &str, _member: u32) {}
+
+    pub(crate) fn members(_group: &str) -> Vec<Member> {
+        Vec::new()
+    }
+
+    pub(crate) fn call(group: &str, key: &[u8], payload: &[u8], timeout_ms: u32) -> u32 {
+        ask(format!(
+            "group call {group} {} {} {timeout_ms}",
+            key.len(),
+            payload.len()
+        ))
+    }
+}

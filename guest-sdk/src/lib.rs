@@ -89,6 +89,7 @@ mod error;
 mod executor;
 #[cfg(test)]
 mod fake;
+pub mod group;
 pub mod harbor;
 pub mod json;
 pub mod log;

@@ -15,10 +15,10 @@ pub(crate) use crate::bindings::skyhost::service::runtime::{
 };
 
 #[cfg(not(test))]
-pub(crate) use crate::bindings::skyhost::service::{cluster, harbor, multicast};
+pub(crate) use crate::bindings::skyhost::service::{cluster, groups, harbor, multicast};
 
 #[cfg(test)]
-pub(crate) use crate::fake::{cluster, harbor, multicast};
+pub(crate) use crate::fake::{cluster, groups, harbor, multicast};
 
 #[cfg(test)]
 pub(crate) use crate::fake::{

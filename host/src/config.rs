@@ -213,6 +213,23 @@ pub struct ClusterNodeConfig {
     /// A link silent for this long is down and its calls fail, in ms.
     #[serde(default = "default_dead_after_ms")]
     pub dead_after_ms: u64,
+    /// Where the cluster table comes from instead of `config`:
+    /// `etcd://host:port[,host:port...]/prefix`. The node publishes itself
+    /// there (it needs `listen`) and follows every other node's entry.
+    #[serde(default)]
+    pub discovery: Option<String>,
+    /// The `host:port` other nodes reach this one at, as published by
+    /// discovery. Absent: the listen address (an unspecified IP becomes 127.0.0.1).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// The lifetime of this node's discovery entry, in seconds: it is kept
+    /// alive while the node runs and goes this long after the node dies.
+    #[serde(default = "default_lease_ttl_s")]
+    pub lease_ttl_s: u64,
+}
+
+fn default_lease_ttl_s() -> u64 {
+    5
 }
 
 fn default_compress_threshold() -> usize {
@@ -237,6 +254,9 @@ impl ClusterNodeConfig {
             queue_limit: default_queue_limit(),
             heartbeat_ms: default_heartbeat_ms(),
             dead_after_ms: default_dead_after_ms(),
+            discovery: None,
+            advertise: None,
+            lease_ttl_s: default_lease_ttl_s(),
         }
     }
 
@@ -571,6 +591,25 @@ impl NodeConfig {
                 c.dead_after_ms,
             )
             .map_err(|(key, message)| invalid(key, message))?;
+            if let Some(url) = &c.discovery {
+                if c.config.is_some() {
+                    return Err(invalid(
+                        "discovery",
+                        "give either `config` or `discovery`, not both".into(),
+                    ));
+                }
+                if c.listen.is_none() {
+                    return Err(invalid(
+                        "discovery",
+                        "a node found through discovery needs `listen`".into(),
+                    ));
+                }
+                crate::cluster::discovery::EtcdUrl::parse(url)
+                    .map_err(|e| invalid("discovery", e))?;
+                if c.lease_ttl_s < 2 {
+                    return Err(invalid("lease_ttl_s", "must be at least 2".into()));
+                }
+            }
         }
         if let Some(c) = &self.control {
             match (&c.secret, &c.secret_file) {

@@ -8,7 +8,9 @@ use skyhost::harbor::master::Master;
 use skyhost::{Address, CallError, ErrorCause, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Command, DEADLINE, Reply, TestNode, command_via, test_config, within};
+use crate::support::{
+    Command, DEADLINE, Reply, TestNode, command_via, eventually, test_config, within,
+};
 
 const SECRET: &str = "harbor test secret";
 
@@ -44,19 +46,6 @@ async fn three_nodes() -> anyhow::Result<(TestNode, TestNode, TestNode, String)>
     let n3 = launch(3, Some(&master)).await?;
     crate::support::wait_for_mesh(&[&n1, &n2, &n3]).await?;
     Ok((n1, n2, n3, master))
-}
-
-/// Waits until `check` holds, polling; fails naming `what`.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while !check() {
-        anyhow::ensure!(
-            start.elapsed() < DEADLINE,
-            "{what}: not within {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(())
 }
 
 fn failed_with<T: std::fmt::Debug>(result: Result<T, CallError>, cause: ErrorCause) -> String {

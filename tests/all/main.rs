@@ -4,6 +4,8 @@ mod cli;
 mod cluster;
 mod conformance;
 mod console;
+mod discovery;
+mod groups;
 mod harbor;
 mod local;
 mod metrics;

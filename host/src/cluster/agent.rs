@@ -65,7 +65,11 @@ async fn serve(
     tracing::info!(%peer, %from, %agent, "cluster link accepted");
     let (tx, mut rx) = mpsc::unbounded_channel();
     let sessions: Sessions = Arc::default();
+    let link = cluster
+        .next_link
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut handler = AgentHandler {
+        link,
         peer: peer.clone(),
         kernel: kernel.clone(),
         cluster: cluster.clone(),
@@ -93,6 +97,7 @@ async fn serve(
         .run(&mut rx, &mut handler, &cluster.cancel)
         .await;
     lock(&cluster.inbound).retain(|(_, _, s)| !Arc::ptr_eq(s, &stats));
+    cluster.groups.link_closed(&peer, link);
     answers.abort();
     match result {
         Ok(()) => tracing::info!(%peer, "cluster link closed"),
@@ -144,6 +149,8 @@ async fn forward_answers(
 
 /// Delivers what the peer sends into this node.
 struct AgentHandler {
+    /// This link's number (for group rosters).
+    link: u64,
     /// The peer's cluster name.
     peer: String,
     kernel: Arc<Kernel>,
@@ -281,6 +288,12 @@ impl LinkHandler<Control, Header> for AgentHandler {
             | Control::Unsubscribe { .. }
             | Control::ChannelGone { .. }) => {
                 self.kernel.multicast.cluster_control(&self.peer, c);
+                Ok(())
+            }
+            c @ (Control::GroupJoin { .. }
+            | Control::GroupLeave { .. }
+            | Control::GroupSync { .. }) => {
+                self.cluster.groups.peer_said(&self.peer, self.link, c);
                 Ok(())
             }
             other => Err(format!("unexpected {other:?} on an inbound cluster link")),

@@ -21,6 +21,9 @@ pub enum NodeAddress {
     At(String),
     /// Set to `false`: offline; calls fail at once naming it.
     Offline,
+    /// Was published by discovery and went (its lease expired, or it
+    /// stopped): calls fail at once naming it, until it returns.
+    Departed,
 }
 
 /// A parsed cluster config.

@@ -25,6 +25,9 @@
 //! - proxies: a host address whose messages go to one remote service.
 
 pub mod config;
+pub mod discovery;
+mod group_calls;
+pub mod groups;
 pub mod proto;
 mod sender;
 
@@ -33,7 +36,7 @@ mod agent;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -206,6 +209,14 @@ pub(crate) struct Cluster {
     /// Links from other nodes now open: their name, address and counters.
     pub(crate) inbound: Mutex<Vec<(String, SocketAddr, Arc<crate::transport::LinkStats>)>>,
     listening: Mutex<Vec<SocketAddr>>,
+    /// Where the table comes from when it is not a file: etcd.
+    discovery: OnceLock<Arc<discovery::Discovery>>,
+    /// Group members of every node, and how calls pick among them.
+    groups: groups::Groups,
+    /// Made on the first counted or timed group call.
+    relay: OnceLock<Arc<group_calls::Relay>>,
+    /// Numbers inbound links, so a group roster is dropped only with its own link.
+    next_link: AtomicU64,
     cancel: CancellationToken,
 }
 
@@ -246,10 +257,32 @@ impl Cluster {
             names: Mutex::new(HashMap::new()),
             inbound: Mutex::new(Vec::new()),
             listening: Mutex::new(Vec::new()),
+            discovery: OnceLock::new(),
+            groups: groups::Groups::new(&config.name),
+            relay: OnceLock::new(),
+            next_link: AtomicU64::new(1),
             cancel: kernel.shutdown.child_token(),
         });
-        if let Some(at) = &config.listen {
-            cluster.open(at)?;
+        let bound = match &config.listen {
+            Some(at) => Some(cluster.open(at)?),
+            None => None,
+        };
+        if let (Some(url), Some(bound)) = (&config.discovery, bound) {
+            let url = discovery::EtcdUrl::parse(url).map_err(|e| format!("discovery: {e}"))?;
+            let advertise = config.advertise.clone().unwrap_or_else(|| {
+                let mut at = bound;
+                if at.ip().is_unspecified() {
+                    tracing::warn!(
+                        "discovery: listening on {bound}, publishing 127.0.0.1; set `advertise` for other hosts"
+                    );
+                    at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                at.to_string()
+            });
+            let ttl = Duration::from_secs(config.lease_ttl_s);
+            let _ = cluster
+                .discovery
+                .set(discovery::Discovery::start(&cluster, url, advertise, ttl));
         }
         if let Some(path) = &config.config {
             watch::start(&cluster, path.clone())
@@ -280,7 +313,7 @@ impl Cluster {
     pub fn open(self: &Arc<Self>, at: &str) -> Result<SocketAddr, String> {
         let address = match self.table().get(at) {
             Some(NodeAddress::At(a)) => a.clone(),
-            Some(NodeAddress::Offline) => {
+            Some(NodeAddress::Offline | NodeAddress::Departed) => {
                 return Err(format!(
                     "cluster open: node `{at}` is offline (false) in the config"
                 ));
@@ -373,8 +406,13 @@ impl Cluster {
     }
 
     /// Asks `node` for the address of a name it registered; `waiter` gets
-    /// it (4 bytes, little-endian) or an error.
+    /// it (4 bytes, little-endian) or an error. With `node` empty, asks
+    /// discovery which node registered it: the answer is the address
+    /// followed by that node's name.
     pub fn query(self: &Arc<Self>, tenant: TenantId, node: &str, name: String, waiter: Waiter) {
+        if node.is_empty() {
+            return self.find(tenant, name, waiter);
+        }
         if node == self.name {
             let Some(kernel) = self.kernel() else { return };
             return match self.resolve(tenant, &Target::Name(name.clone())) {
@@ -389,6 +427,35 @@ impl Cluster {
         // The peer looks the name up in the caller's tenant's namespace.
         let name = crate::runtime::scoped(tenant, &name).into_owned();
         self.submit(node, Job::Query { name, waiter });
+    }
+
+    /// Answers `waiter` with the address and node of `name` (in `tenant`'s
+    /// namespace) as discovery publishes it, or an error.
+    fn find(self: &Arc<Self>, tenant: TenantId, name: String, waiter: Waiter) {
+        let Some(kernel) = self.kernel() else { return };
+        let Some(discovery) = self.discovery.get().cloned() else {
+            let detail = format!(
+                "cluster query of `{name}` without a node needs discovery (etcd) in the node file"
+            );
+            return waiter.fail(&kernel, ErrorCause::UnknownAddress, &detail);
+        };
+        let scoped = crate::runtime::scoped(tenant, &name).into_owned();
+        let k = kernel.clone();
+        kernel.tasks.spawn(async move {
+            match discovery.find(&scoped).await {
+                Ok(Some(entry)) => {
+                    let mut answer = entry.address.to_le_bytes().to_vec();
+                    answer.extend_from_slice(entry.node.as_bytes());
+                    respond(&k, waiter, answer);
+                }
+                Ok(None) => waiter.fail(
+                    &k,
+                    ErrorCause::UnknownAddress,
+                    &format!("no node registered `{name}` in the cluster"),
+                ),
+                Err(e) => waiter.fail(&k, ErrorCause::NodeDown, &e),
+            }
+        });
     }
 
     /// Routes a job, failing its session when it cannot go.
@@ -419,6 +486,13 @@ impl Cluster {
                 ClusterError::new(
                     ErrorCause::NodeDown,
                     format!("cluster node `{node}` is offline (false in the cluster config)"),
+                ),
+            )),
+            Some(NodeAddress::Departed) => Err((
+                job,
+                ClusterError::new(
+                    ErrorCause::NodeDown,
+                    format!("cluster node `{node}` left the cluster (its discovery entry went)"),
                 ),
             )),
             None if table.nowaiting => Err((
@@ -524,12 +598,18 @@ impl Cluster {
                 other => {
                     let _making = lock(&self.new_sender);
                     self.senders.pin().remove(&node);
-                    let why = if other.is_some() {
-                        format!(
+                    let why = match other {
+                        Some(NodeAddress::Departed) => {
+                            format!(
+                                "cluster node `{node}` left the cluster (its discovery entry went)"
+                            )
+                        }
+                        Some(_) => format!(
                             "cluster node `{node}` is now offline (false in the cluster config)"
-                        )
-                    } else {
-                        format!("cluster node `{node}` was removed from the cluster config")
+                        ),
+                        None => {
+                            format!("cluster node `{node}` was removed from the cluster config")
+                        }
                     };
                     sender.close(&why);
                 }
@@ -552,6 +632,7 @@ impl Cluster {
                 self.submit(&node, job);
             }
         }
+        self.groups_follow_table();
     }
 
     /// Parses `text` as a cluster config and applies it.
@@ -577,13 +658,22 @@ impl Cluster {
 
     /// Registers `name` for `address`, for other nodes' `query` and calls by name.
     /// Names are per tenant (`tenant`'s namespace).
+    /// With discovery, the name is published cluster-wide too.
     pub fn register(&self, tenant: TenantId, name: &str, address: Address) {
-        lock(&self.names).insert(crate::runtime::scoped(tenant, name).into_owned(), address);
+        let scoped = crate::runtime::scoped(tenant, name).into_owned();
+        lock(&self.names).insert(scoped.clone(), address);
+        if let Some(d) = self.discovery.get() {
+            d.name_changed(discovery::NameChange::Put(scoped, address));
+        }
     }
 
     /// Drops a name `tenant` registered.
     pub fn unregister(&self, tenant: TenantId, name: &str) {
-        lock(&self.names).remove(&*crate::runtime::scoped(tenant, name));
+        let scoped = crate::runtime::scoped(tenant, name).into_owned();
+        lock(&self.names).remove(&scoped);
+        if let Some(d) = self.discovery.get() {
+            d.name_changed(discovery::NameChange::Delete(scoped));
+        }
     }
 
     /// The local address a target names: an address as it is, a name

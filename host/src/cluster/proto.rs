@@ -134,4 +134,54 @@ pub enum Control {
         /// The address, if the name is registered.
         address: Option<u32>,
     },
+    /// Node → peer: a service of the sending node joined a group.
+    GroupJoin {
+        /// The group's tenant.
+        tenant: u32,
+        /// The group.
+        group: String,
+        /// How callers pick among the group's members.
+        policy: Policy,
+        /// The member, on the sending node.
+        address: u32,
+    },
+    /// Node → peer: a service of the sending node left a group (or ended).
+    GroupLeave {
+        /// The group's tenant.
+        tenant: u32,
+        /// The group.
+        group: String,
+        /// The member, on the sending node.
+        address: u32,
+    },
+    /// Node → peer, first on each link: every group member of the sending
+    /// node, replacing what the peer held for it.
+    GroupSync {
+        /// The members.
+        members: Vec<GroupMember>,
+    },
+}
+
+/// How a group's callers pick a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Policy {
+    /// Each member in turn (a cursor per caller node).
+    RoundRobin,
+    /// The member a consistent-hash ring gives the call's key.
+    ConsistentHash,
+    /// The member with the fewest calls in flight from the caller's node.
+    LeastPending,
+}
+
+/// One group member in a [`Control::GroupSync`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    /// The group's tenant.
+    pub tenant: u32,
+    /// The group.
+    pub group: String,
+    /// How callers pick among the group's members.
+    pub policy: Policy,
+    /// The member, on the sending node.
+    pub address: u32,
 }

@@ -380,6 +380,11 @@ pub(super) async fn run(
                 sender.waiting().queued_while_down = 0;
                 sender.up.store(true, Ordering::Release);
                 tracing::info!(peer = %sender.node, %address, "cluster link up");
+                // The peer learns this node's group members first on every link.
+                if let Some(sync) = cluster.groups.sync() {
+                    held.retain(|i| !matches!(i, Outgoing::Control(Control::GroupSync { .. })));
+                    conn.send(Outgoing::Control(sync));
+                }
                 for item in held.drain(..) {
                     conn.send(item);
                 }
@@ -420,6 +425,13 @@ pub(super) async fn run(
             }
         };
         held = sender.drop_link(&mut rx, std::mem::take(&mut held), &why, limit);
+        // A node with group members links again at once, so the peer
+        // learns them back (the sync goes first on the new link).
+        if held.is_empty()
+            && let Some(sync) = cluster.groups.sync()
+        {
+            held.push_back(Outgoing::Control(sync));
+        }
     }
     let why = sender
         .waiting()

@@ -214,6 +214,76 @@ impl Client {
         to_address(&bytes)
     }
 
+    /// Which node serves `name` cluster-wide (registered with
+    /// `cluster.register` on a node found through discovery), and its address there.
+    ///
+    /// # Errors
+    /// `UnknownAddress` when no node registered it or the node has no
+    /// discovery; `NodeDown` when etcd cannot be reached.
+    pub async fn cluster_find(&self, name: &str) -> Result<(String, Address), CallError> {
+        let cluster = self
+            .kernel
+            .cluster
+            .get()
+            .ok_or_else(|| not_in("a cluster"))?;
+        let (waiter, answer) = self.open_session();
+        cluster.query(self.tenant, "", name.to_string(), waiter);
+        let bytes = answer.await?;
+        let (address, node) = bytes.split_at(4.min(bytes.len()));
+        let node = String::from_utf8(node.to_vec()).map_err(|_| CallError::Failed {
+            cause: super::ErrorCause::Service,
+            detail: "the node name in the answer is not UTF-8".into(),
+        })?;
+        Ok((node, to_address(address)?))
+    }
+
+    /// Calls a member of cluster group `group` picked by its policy (`key`
+    /// for consistent hashing).
+    ///
+    /// # Errors
+    /// `UnknownAddress` when the group has no member, else how the call failed.
+    pub async fn group_call(
+        &self,
+        group: &str,
+        key: &[u8],
+        payload: Vec<u8>,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<u8>, CallError> {
+        let cluster = self
+            .kernel
+            .cluster
+            .get()
+            .ok_or_else(|| not_in("a cluster"))?;
+        let (waiter, answer) = self.open_session();
+        let origin = crate::cluster::Origin::of(self.tenant);
+        cluster.call_group(origin, group, key, payload, waiter, timeout);
+        answer.await
+    }
+
+    /// `member` (a service of this client's tenant on this node) joins
+    /// cluster group `group`, balanced by `policy`.
+    ///
+    /// # Errors
+    /// When the node is in no cluster or `member` is not such a service.
+    pub fn group_join(
+        &self,
+        group: &str,
+        member: Address,
+        policy: crate::cluster::proto::Policy,
+    ) -> Result<(), String> {
+        let cluster = self.kernel.cluster.get().ok_or("not in a cluster")?;
+        cluster.join_group(self.tenant, group, member, policy)
+    }
+
+    /// Every member of cluster group `group` this node knows.
+    pub fn group_members(&self, group: &str) -> Vec<crate::cluster::groups::Member> {
+        self.kernel
+            .cluster
+            .get()
+            .map(|c| c.group_members(self.tenant, group))
+            .unwrap_or_default()
+    }
+
     /// [`call`](Self::call) with a deadline; a late reply is dropped.
     ///
     /// # Errors

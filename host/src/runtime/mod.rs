@@ -315,6 +315,8 @@ struct Watch {
     names: Vec<String>,
     /// Multicast channels it is subscribed to.
     channels: Vec<u32>,
+    /// Cluster groups it joined.
+    groups: Vec<String>,
     dead: bool,
 }
 
@@ -605,15 +607,21 @@ impl Kernel {
         if removed {
             handle.tenant.counters.retired.absorb(&handle.usage);
         }
-        let (monitors, names, channels) = {
+        let (monitors, names, channels, groups) = {
             let mut w = handle.watch();
             w.dead = true;
             (
                 std::mem::take(&mut w.monitors),
                 std::mem::take(&mut w.names),
                 std::mem::take(&mut w.channels),
+                std::mem::take(&mut w.groups),
             )
         };
+        if let Some(cluster) = self.cluster.get() {
+            for group in groups {
+                cluster.leave_group(handle.tenant.id, &group, handle.address);
+            }
+        }
         for channel in channels {
             self.multicast
                 .drop_subscriber(handle.tenant.id, channel, handle.address);
@@ -842,6 +850,27 @@ impl Kernel {
                 w.channels.push(channel);
             }
         });
+    }
+
+    /// Records that `service` (of `tenant`) joined `group`, so its end
+    /// makes it leave; false when it has ended or is another tenant's.
+    pub(crate) fn remember_group(&self, service: Address, tenant: TenantId, group: &str) -> bool {
+        self.with_service(service, |h| {
+            let mut w = h.watch();
+            if w.dead || h.tenant.id != tenant {
+                return false;
+            }
+            if !w.groups.iter().any(|g| g == group) {
+                w.groups.push(group.to_string());
+            }
+            true
+        })
+        .unwrap_or(false)
+    }
+
+    /// Forgets that `service` is in `group`.
+    pub(crate) fn forget_group(&self, service: Address, group: &str) {
+        self.with_service(service, |h| h.watch().groups.retain(|g| g != group));
     }
 
     /// Forgets that `service` is subscribed to `channel`.
@@ -1435,6 +1464,12 @@ impl Node {
             .get()
             .map(|c| c.listening())
             .unwrap_or_default()
+    }
+
+    /// The cluster table now in force (from the cluster file, a reload or
+    /// discovery), or `None` when the node is in no cluster.
+    pub fn cluster_table(&self) -> Option<Arc<crate::cluster::ClusterTable>> {
+        self.kernel.cluster.get().map(|c| c.table())
     }
 
     /// Replaces this node's cluster config with `text` (as `cluster.reload`).

@@ -9,7 +9,7 @@ use std::time::Duration;
 use wasmtime::{StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::skyhost::service::{cluster, harbor, multicast, runtime, types};
+use super::bindings::skyhost::service::{cluster, groups, harbor, multicast, runtime, types};
 use crate::runtime::tenant::{ERROR_LABELS, KIND_LABELS, Tenant, kind_slot};
 use crate::runtime::{
     Address, ErrorCause, Kernel, Message, SendError, ServiceHandle, TenantId, kind,
@@ -855,5 +855,59 @@ impl multicast::Host for ServiceState {
             .kernel
             .multicast
             .cluster_channel(self.tenant, &node, channel)?)
+    }
+}
+
+impl From<groups::Policy> for crate::cluster::proto::Policy {
+    fn from(p: groups::Policy) -> Self {
+        match p {
+            groups::Policy::RoundRobin => Self::RoundRobin,
+            groups::Policy::ConsistentHash => Self::ConsistentHash,
+            groups::Policy::LeastPending => Self::LeastPending,
+        }
+    }
+}
+
+impl groups::Host for ServiceState {
+    fn join(&mut self, group: String, member: u32, policy: groups::Policy) -> Result<(), String> {
+        let cluster = self.kernel.cluster.get().ok_or(NOT_IN_A_CLUSTER)?;
+        cluster.join_group(self.tenant, &group, Address(member), policy.into())
+    }
+
+    fn leave(&mut self, group: String, member: u32) {
+        if let Some(c) = self.kernel.cluster.get() {
+            c.leave_group(self.tenant, &group, Address(member));
+        }
+    }
+
+    fn members(&mut self, group: String) -> Vec<groups::Member> {
+        let Some(c) = self.kernel.cluster.get() else {
+            return Vec::new();
+        };
+        c.group_members(self.tenant, &group)
+            .into_iter()
+            .map(|m| groups::Member {
+                node: m.node,
+                address: m.address.0,
+            })
+            .collect()
+    }
+
+    fn call(&mut self, group: String, key: Vec<u8>, payload: Vec<u8>, timeout_ms: u32) -> u32 {
+        let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into()));
+        let too_large = self.check_size(&payload).is_err();
+        let limit = self.handle.tenant.quotas.max_payload;
+        let kernel = self.kernel.clone();
+        let origin = crate::cluster::Origin {
+            tenant: self.tenant,
+            trace: self.current_trace,
+        };
+        self.cluster_session(|c, waiter| {
+            if too_large {
+                let detail = format!("payload larger than the limit of {limit} bytes");
+                return waiter.fail(&kernel, ErrorCause::Service, &detail);
+            }
+            c.call_group(origin, &group, &key, payload, waiter, timeout);
+        })
     }
 }

@@ -10,8 +10,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use skyhost_sdk::{
-    Address, Message, Reply, Service, call, cluster, exit, export_service, harbor, kind, monitor,
-    multicast::Channel, query, register, self_address, send_raw, sleep, spawn_raw,
+    Address, Message, Reply, Service, call, cluster, exit, export_service,
+    group::{self, Policy},
+    harbor, kind, monitor,
+    multicast::Channel,
+    query, register, self_address, send_raw, sleep, spawn_raw,
 };
 use skyhost_test_proto::{ClusterTarget, Command, Reply as Answer, TrapKind};
 
@@ -304,6 +307,60 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
                     Ok(bytes) if bytes == payload => {}
                     Ok(_) => return Answer::Failed(format!("call {i} of {n}: other bytes")),
                     Err(e) => return Answer::Failed(format!("call {i} of {n}: {e}")),
+                }
+            }
+            Answer::Unit
+        }
+        Command::GroupJoin {
+            group: name,
+            policy,
+        } => {
+            let policy = match policy {
+                0 => Policy::RoundRobin,
+                1 => Policy::ConsistentHash,
+                _ => Policy::LeastPending,
+            };
+            match group::join(&name, self_address(), policy) {
+                Ok(()) => Answer::Unit,
+                Err(e) => Answer::Failed(format!("join {name}: {e}")),
+            }
+        }
+        Command::GroupLeave(name) => {
+            group::leave(&name, self_address());
+            Answer::Unit
+        }
+        Command::GroupCall {
+            group: name,
+            key,
+            command,
+            timeout_ms,
+        } => {
+            let payload = match postcard::to_allocvec(&*command) {
+                Ok(p) => p,
+                Err(e) => return Answer::Failed(format!("encode: {e}")),
+            };
+            let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into()));
+            match group::call_raw(&name, &key, &payload, timeout).await {
+                Ok(bytes) => postcard::from_bytes(&bytes)
+                    .unwrap_or_else(|e| Answer::Failed(format!("decode: {e}"))),
+                Err(e) => Answer::Failed(format!("group call {name}: {e}")),
+            }
+        }
+        Command::WhoAmI => {
+            Answer::Bytes(format!("{}/{}", cluster::node_name(), self_address().0).into_bytes())
+        }
+        Command::GroupCallLoop {
+            group: name,
+            n,
+            payload,
+        } => {
+            let echo = match postcard::to_allocvec(&Command::Echo(payload)) {
+                Ok(p) => p,
+                Err(e) => return Answer::Failed(format!("encode: {e}")),
+            };
+            for i in 0..n {
+                if let Err(e) = group::call_raw(&name, &i.to_le_bytes(), &echo, None).await {
+                    return Answer::Failed(format!("group call {i} of {n}: {e}"));
                 }
             }
             Answer::Unit

@@ -260,6 +260,40 @@ pub enum Command {
         /// The raw payload echoed.
         payload: Vec<u8>,
     },
+    /// This service joins cluster group `group` (`policy`: 0 round robin,
+    /// 1 consistent hash, 2 least pending). Answers `Unit` or `Failed`.
+    GroupJoin {
+        /// The group.
+        group: String,
+        /// Its policy.
+        policy: u8,
+    },
+    /// This service leaves `group`. Answers `Unit`.
+    GroupLeave(String),
+    /// Call a member of `group` (picked with `key`) with `command`; answers
+    /// the member's `Reply`, or `Failed` with the error's text.
+    GroupCall {
+        /// The group.
+        group: String,
+        /// The key consistent hashing picks by.
+        key: Vec<u8>,
+        /// What to ask the member.
+        command: Box<Command>,
+        /// 0: no timeout.
+        timeout_ms: u32,
+    },
+    /// Answers `Bytes` with `<cluster node name>/<address>` of this service.
+    WhoAmI,
+    /// `n` sequential group calls of `Echo(payload)`, the i-th with key i
+    /// (little-endian). Answers `Unit` or `Failed`.
+    GroupCallLoop {
+        /// The group.
+        group: String,
+        /// How many calls.
+        n: u32,
+        /// The payload echoed.
+        payload: Vec<u8>,
+    },
 }
 
 /// A service on a cluster node: by name or by address there.
