@@ -226,6 +226,53 @@ pub struct ClusterNodeConfig {
     /// alive while the node runs and goes this long after the node dies.
     #[serde(default = "default_lease_ttl_s")]
     pub lease_ttl_s: u64,
+    /// With discovery: the node other nodes' calls to this one go to while
+    /// it fails their health checks (a cluster file says it per node).
+    #[serde(default)]
+    pub backup: Option<String>,
+    /// Health checks of the other nodes and of group members. Absent: only
+    /// nodes that have a backup are checked, with the default settings.
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+}
+
+/// The `[cluster.health]` table: how often and how patiently other nodes
+/// and group members are checked, and after how many failures in a row one
+/// is taken out (it is put back when it answers again).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Time between two rounds of checks, in ms.
+    #[serde(default = "default_health_interval_ms")]
+    pub interval_ms: u64,
+    /// How long a check waits for its answer, in ms.
+    #[serde(default = "default_health_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Failed checks in a row that take a node or member out.
+    #[serde(default = "default_health_failures")]
+    pub failures: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_ms: default_health_interval_ms(),
+            timeout_ms: default_health_timeout_ms(),
+            failures: default_health_failures(),
+        }
+    }
+}
+
+fn default_health_interval_ms() -> u64 {
+    1_000
+}
+
+fn default_health_timeout_ms() -> u64 {
+    500
+}
+
+fn default_health_failures() -> u32 {
+    3
 }
 
 fn default_lease_ttl_s() -> u64 {
@@ -257,6 +304,8 @@ impl ClusterNodeConfig {
             discovery: None,
             advertise: None,
             lease_ttl_s: default_lease_ttl_s(),
+            backup: None,
+            health: None,
         }
     }
 
@@ -608,6 +657,15 @@ impl NodeConfig {
                     .map_err(|e| invalid("discovery", e))?;
                 if c.lease_ttl_s < 2 {
                     return Err(invalid("lease_ttl_s", "must be at least 2".into()));
+                }
+            }
+            if let Some(h) = &c.health {
+                if h.interval_ms == 0 || h.timeout_ms == 0 || h.failures == 0 {
+                    return Err(invalid(
+                        "interval_ms",
+                        "[cluster.health] interval_ms, timeout_ms and failures must be at least 1"
+                            .into(),
+                    ));
                 }
             }
         }

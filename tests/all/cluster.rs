@@ -309,7 +309,7 @@ fn node_file(dir: &Path, name: &str, cluster_file: &Path, listen: &str) -> PathB
 }
 
 /// [`node_file`] with the bootstrap testkit's own arguments.
-fn node_file_with(
+pub(crate) fn node_file_with(
     dir: &Path,
     name: &str,
     cluster_file: &Path,
@@ -331,7 +331,8 @@ fn node_file_with(
     path
 }
 
-fn start_proc(file: &Path) -> (Proc, String) {
+/// Starts a real node from `file`; returns it and its cluster address.
+pub(crate) fn start_proc(file: &Path) -> (Proc, String) {
     let mut p = Proc::start([Path::new("run"), file]);
     let line = p.wait_for("cluster listening");
     let address = log_field(&line, "address").expect("listen address in the log");

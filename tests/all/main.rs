@@ -7,6 +7,7 @@ mod console;
 mod discovery;
 mod groups;
 mod harbor;
+mod health;
 mod local;
 mod metrics;
 mod multicast;

@@ -290,6 +290,36 @@ impl LinkHandler<Control, Header> for AgentHandler {
                 self.kernel.multicast.cluster_control(&self.peer, c);
                 Ok(())
             }
+            Control::Ping { session, address } => {
+                if address == 0 {
+                    let pong = Header::Response {
+                        session,
+                        compressed: false,
+                        trace: 0,
+                    };
+                    let _ = self.tx.send(Outgoing::Message(pong, Vec::new()));
+                    return Ok(());
+                }
+                let local = self.local_session();
+                lock(&self.sessions).insert(local, session);
+                let ping = Message {
+                    kind: kind::SYSTEM,
+                    source: self.agent,
+                    session: local,
+                    tenant: TenantId::HOST,
+                    payload: Default::default(),
+                    trace: 0,
+                };
+                if let Err(e) = self.kernel.deliver(Address(address), ping) {
+                    lock(&self.sessions).remove(&local);
+                    self.refuse(
+                        session,
+                        e.cause(),
+                        format!("ping {}: {e}", Address(address)),
+                    );
+                }
+                Ok(())
+            }
             c @ (Control::GroupJoin { .. }
             | Control::GroupLeave { .. }
             | Control::GroupSync { .. }) => {

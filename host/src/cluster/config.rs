@@ -34,6 +34,9 @@ pub struct ClusterTable {
     /// `__nowaiting = true`: a call to a node not in the table fails at
     /// once instead of waiting for a reload that adds it.
     pub nowaiting: bool,
+    /// Node → the node its calls go to while it fails its health checks
+    /// (`game1 = { address = "...", backup = "game1b" }`).
+    pub backups: BTreeMap<String, String>,
 }
 
 /// A cluster config that could not be used.
@@ -103,11 +106,52 @@ impl ClusterTable {
                     })?;
                     out.nodes.insert(name.to_string(), NodeAddress::At(address));
                 }
+                (name, toml::Value::Table(mut t)) => {
+                    let address = match t.remove("address") {
+                        Some(toml::Value::String(a)) => a,
+                        _ => {
+                            return Err(error(
+                                line,
+                                format!("key `{name}`: needs `address = \"host:port\"`"),
+                            ));
+                        }
+                    };
+                    check_address(&address).map_err(|why| {
+                        error(
+                            line,
+                            format!("key `{name}`: `{address}` is not host:port ({why})"),
+                        )
+                    })?;
+                    match t.remove("backup") {
+                        Some(toml::Value::String(b)) => {
+                            out.backups.insert(name.to_string(), b);
+                        }
+                        None => {}
+                        Some(v) => {
+                            return Err(error(
+                                line,
+                                format!(
+                                    "key `{name}.backup`: expected a node name, found {}",
+                                    v.type_str()
+                                ),
+                            ));
+                        }
+                    }
+                    if let Some(other) = t.keys().next() {
+                        return Err(error(
+                            line,
+                            format!(
+                                "key `{name}.{other}`: unknown (a node takes `address` and `backup`)"
+                            ),
+                        ));
+                    }
+                    out.nodes.insert(name.to_string(), NodeAddress::At(address));
+                }
                 (name, v) => {
                     return Err(error(
                         line,
                         format!(
-                            "key `{name}`: expected \"host:port\" or false, found {}",
+                            "key `{name}`: expected \"host:port\", false or {{ address, backup }}, found {}",
                             v.type_str()
                         ),
                     ));
@@ -247,5 +291,23 @@ mod tests {
         assert_eq!(e.line, 2, "{e}");
         let e = parse("__nowaiting = 1\n").expect_err("not a bool");
         assert!(e.message.contains("__nowaiting"), "{e}");
+        let e = parse("a = \"h:1\"\ng = { address = \"h:2\", bakup = \"a\" }\n")
+            .expect_err("a misspelt key");
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("`g.bakup`"), "{e}");
+    }
+
+    #[test]
+    fn a_node_can_name_its_backup() {
+        let t = parse(
+            "game1 = { address = \"127.0.0.1:7001\", backup = \"game1b\" }\n\
+             game1b = \"127.0.0.1:7002\"\n",
+        )
+        .expect("parses");
+        assert_eq!(
+            t.get("game1"),
+            Some(&NodeAddress::At("127.0.0.1:7001".into()))
+        );
+        assert_eq!(t.backups.get("game1").map(String::as_str), Some("game1b"));
     }
 }

@@ -92,6 +92,9 @@ impl EtcdUrl {
 struct NodeEntry {
     /// Where other nodes reach its cluster listener.
     address: String,
+    /// The node its calls go to while it fails its health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    backup: Option<String>,
 }
 
 /// Which node serves a name registered cluster-wide, and at which address.
@@ -138,13 +141,17 @@ impl Discovery {
         cluster: &Arc<Cluster>,
         url: EtcdUrl,
         advertise: String,
+        backup: Option<String>,
         ttl: Duration,
     ) -> Arc<Discovery> {
         let (names, rx) = mpsc::unbounded_channel();
         let discovery = Arc::new(Discovery {
             url,
             node: cluster.name.clone(),
-            entry: NodeEntry { address: advertise },
+            entry: NodeEntry {
+                address: advertise,
+                backup,
+            },
             ttl,
             client: Mutex::new(None),
             names,
@@ -239,14 +246,14 @@ async fn run(
 /// The nodes etcd shows now, and those that were there and went.
 #[derive(Default)]
 struct View {
-    members: BTreeMap<String, String>,
+    members: BTreeMap<String, NodeEntry>,
     departed: BTreeSet<String>,
 }
 
 impl View {
-    fn join(&mut self, node: String, address: String) {
+    fn join(&mut self, node: String, entry: NodeEntry) {
         self.departed.remove(&node);
-        self.members.insert(node, address);
+        self.members.insert(node, entry);
     }
 
     fn leave(&mut self, node: &str) {
@@ -256,7 +263,7 @@ impl View {
     }
 
     /// Replaces the members with a fresh read; those missing from it went.
-    fn resync(&mut self, fresh: BTreeMap<String, String>) {
+    fn resync(&mut self, fresh: BTreeMap<String, NodeEntry>) {
         let gone: Vec<String> = self
             .members
             .keys()
@@ -279,21 +286,27 @@ impl View {
         nodes.extend(
             self.members
                 .iter()
-                .map(|(n, a)| (n.clone(), NodeAddress::At(a.clone()))),
+                .map(|(n, e)| (n.clone(), NodeAddress::At(e.address.clone()))),
         );
+        let backups = self
+            .members
+            .iter()
+            .filter_map(|(n, e)| Some((n.clone(), e.backup.clone()?)))
+            .collect();
         ClusterTable {
             nodes,
             nowaiting: false,
+            backups,
         }
     }
 }
 
 /// The node name of a key under `<prefix>/nodes/`, and its entry.
-fn member(url: &EtcdUrl, key: &[u8], value: &[u8]) -> Option<(String, String)> {
+fn member(url: &EtcdUrl, key: &[u8], value: &[u8]) -> Option<(String, NodeEntry)> {
     let key = std::str::from_utf8(key).ok()?;
     let node = key.strip_prefix(&url.nodes())?;
     match serde_json::from_slice::<NodeEntry>(value) {
-        Ok(entry) => Some((node.to_string(), entry.address)),
+        Ok(entry) => Some((node.to_string(), entry)),
         Err(e) => {
             tracing::warn!(
                 key,
@@ -417,8 +430,8 @@ fn follow(url: &EtcdUrl, view: &mut View, response: &WatchResponse) -> Result<()
         let Some(kv) = event.kv() else { continue };
         match event.event_type() {
             EventType::Put => {
-                if let Some((node, address)) = member(url, kv.key(), kv.value()) {
-                    view.join(node, address);
+                if let Some((node, entry)) = member(url, kv.key(), kv.value()) {
+                    view.join(node, entry);
                 }
             }
             EventType::Delete => {
@@ -474,12 +487,16 @@ mod tests {
 
     #[test]
     fn a_node_that_goes_stays_as_departed_until_it_returns() {
+        let at = |address: &str| NodeEntry {
+            address: address.into(),
+            backup: None,
+        };
         let mut v = View::default();
-        v.join("a".into(), "h:1".into());
-        v.join("b".into(), "h:2".into());
+        v.join("a".into(), at("h:1"));
+        v.join("b".into(), at("h:2"));
         v.leave("b");
         assert_eq!(v.table().get("b"), Some(&NodeAddress::Departed));
-        v.resync(BTreeMap::from([("b".to_string(), "h:3".to_string())]));
+        v.resync(BTreeMap::from([("b".to_string(), at("h:3"))]));
         assert_eq!(v.table().get("a"), Some(&NodeAddress::Departed));
         assert_eq!(v.table().get("b"), Some(&NodeAddress::At("h:3".into())));
         v.leave("never-seen");

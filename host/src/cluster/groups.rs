@@ -21,7 +21,7 @@
 //! and local calls with a timeout, go through the node's group relay, a
 //! host endpoint that sees each answer).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashring::HashRing;
@@ -80,6 +80,8 @@ struct State {
     local: Roster,
     /// Each peer's members, with the id of the link they came on.
     remote: HashMap<String, (u64, Roster)>,
+    /// Members taken out by health checks until they answer again.
+    out: HashSet<Member>,
     views: HashMap<GroupKey, View>,
 }
 
@@ -225,7 +227,52 @@ impl Groups {
         }
     }
 
-    /// Every member of `group` this node knows, sorted by node and address.
+    /// Takes `member` out of every pick (`out`), or puts it back; true
+    /// when that changed anything.
+    pub fn set_out(&self, member: &Member, out: bool) -> bool {
+        let mut s = self.state();
+        let changed = if out {
+            s.out.insert(member.clone())
+        } else {
+            s.out.remove(member)
+        };
+        if changed {
+            s.version += 1;
+        }
+        changed
+    }
+
+    /// Puts back every member taken out that `still` no longer holds for.
+    pub fn keep_out_only(&self, still: impl Fn(&Member) -> bool) {
+        let mut s = self.state();
+        let before = s.out.len();
+        s.out.retain(|m| still(m));
+        if s.out.len() != before {
+            s.version += 1;
+        }
+    }
+
+    /// Every member of every group, in service or not, for health checks.
+    pub fn all_members(&self) -> Vec<Member> {
+        let s = self.state();
+        let mut all: Vec<Member> = std::iter::once((self.node.as_str(), &s.local))
+            .chain(s.remote.iter().map(|(n, (_, r))| (n.as_str(), r)))
+            .flat_map(|(node, roster)| {
+                roster.values().flat_map(move |e| {
+                    e.addresses.iter().map(move |&a| Member {
+                        node: node.to_string(),
+                        address: Address(a),
+                    })
+                })
+            })
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// Every member of `group` in service that this node knows (not taken
+    /// out by health checks), sorted by node and address.
     pub fn members(&self, tenant: TenantId, group: &str) -> Vec<Member> {
         let mut s = self.state();
         let key = (tenant, group.to_string());
@@ -244,10 +291,17 @@ impl Groups {
             let mut first: Option<(&str, Policy)> = None;
             for (node, roster) in rosters {
                 if let Some(entry) = roster.get(key) {
-                    members.extend(entry.addresses.iter().map(|&a| Member {
-                        node: node.to_string(),
-                        address: Address(a),
-                    }));
+                    let out = &s.out;
+                    members.extend(
+                        entry
+                            .addresses
+                            .iter()
+                            .map(|&a| Member {
+                                node: node.to_string(),
+                                address: Address(a),
+                            })
+                            .filter(|m| !out.contains(m)),
+                    );
                     // Every node takes the policy of the first node by name.
                     if first.is_none_or(|(n, _)| node < n) {
                         first = Some((node, entry.policy));

@@ -28,6 +28,7 @@ pub mod config;
 pub mod discovery;
 mod group_calls;
 pub mod groups;
+mod health;
 pub mod proto;
 mod sender;
 
@@ -109,6 +110,13 @@ pub(crate) enum Job {
     },
     /// A name lookup; `waiter` gets the address (4 bytes, little-endian).
     Query { name: String, waiter: Waiter },
+    /// A health check of `address` on the node (0: the node itself);
+    /// `waiter` gets an empty response, or an error.
+    Ping {
+        address: u32,
+        waiter: Waiter,
+        timeout: Duration,
+    },
     /// A ready frame with no answer to wait for (multicast), kept while
     /// the peer is down like a send.
     Item(Outgoing<proto::Control, proto::Header>),
@@ -118,7 +126,7 @@ impl Job {
     /// Ends the job's session with an error (a send has none: it is counted).
     fn fail(self, kernel: &Kernel, error: &ClusterError) {
         match self {
-            Job::Call { waiter, .. } | Job::Query { waiter, .. } => {
+            Job::Call { waiter, .. } | Job::Query { waiter, .. } | Job::Ping { waiter, .. } => {
                 waiter.fail(kernel, error.cause, &error.detail);
             }
             Job::Send { .. } | Job::Item(_) => {
@@ -217,6 +225,8 @@ pub(crate) struct Cluster {
     relay: OnceLock<Arc<group_calls::Relay>>,
     /// Numbers inbound links, so a group roster is dropped only with its own link.
     next_link: AtomicU64,
+    /// Nodes that fail their health checks.
+    nodes_out: health::NodesOut,
     cancel: CancellationToken,
 }
 
@@ -261,6 +271,7 @@ impl Cluster {
             groups: groups::Groups::new(&config.name),
             relay: OnceLock::new(),
             next_link: AtomicU64::new(1),
+            nodes_out: health::NodesOut::default(),
             cancel: kernel.shutdown.child_token(),
         });
         let bound = match &config.listen {
@@ -280,10 +291,15 @@ impl Cluster {
                 at.to_string()
             });
             let ttl = Duration::from_secs(config.lease_ttl_s);
-            let _ = cluster
-                .discovery
-                .set(discovery::Discovery::start(&cluster, url, advertise, ttl));
+            let _ = cluster.discovery.set(discovery::Discovery::start(
+                &cluster,
+                url,
+                advertise,
+                config.backup.clone(),
+                ttl,
+            ));
         }
+        health::start(&cluster, kernel, config.health.clone());
         if let Some(path) = &config.config {
             watch::start(&cluster, path.clone())
                 .map_err(|e| format!("cluster config {}: cannot watch it: {e}", path.display()))?;
@@ -467,9 +483,32 @@ impl Cluster {
         }
     }
 
+    /// Hands a job to its node's sender, or to its backup's while the node
+    /// is taken out by health checks; gives it back with the error when it
+    /// cannot go.
+    fn route(self: &Arc<Self>, node: &str, job: Job) -> Result<(), (Job, ClusterError)> {
+        if self.nodes_out.contains(node) {
+            let table = self.table.load();
+            return match table.backups.get(node) {
+                Some(backup) if !self.nodes_out.contains(backup) => {
+                    tracing::debug!(node, backup, "to the backup of a node taken out");
+                    self.route_to_link(backup, job)
+                }
+                _ => Err((
+                    job,
+                    ClusterError::new(
+                        ErrorCause::NodeDown,
+                        format!("cluster node `{node}` is taken out: it fails its health checks"),
+                    ),
+                )),
+            };
+        }
+        self.route_to_link(node, job)
+    }
+
     /// Hands a job to its node's sender, or parks it until a reload adds
     /// the node; gives it back with the error when it cannot go.
-    fn route(self: &Arc<Self>, node: &str, job: Job) -> Result<(), (Job, ClusterError)> {
+    fn route_to_link(self: &Arc<Self>, node: &str, job: Job) -> Result<(), (Job, ClusterError)> {
         // A sender exists only for a node the table has at an address
         // (`apply` closes the others), so it is the table's answer too.
         if let Some(sender) = self.senders.pin().get(node) {

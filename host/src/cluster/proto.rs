@@ -160,6 +160,15 @@ pub enum Control {
         /// The members.
         members: Vec<GroupMember>,
     },
+    /// Caller → node: a health check of `address` there (0: the node
+    /// itself), answered by its runtime, not its guest, as a `Response`
+    /// (or `Error`) with this link session.
+    Ping {
+        /// The link session the answer carries.
+        session: u32,
+        /// The service checked; 0 for the node.
+        address: u32,
+    },
 }
 
 /// How a group's callers pick a member.

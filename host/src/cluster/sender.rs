@@ -221,6 +221,16 @@ impl Sender {
                 w.queries.insert(request, (name.clone(), waiter));
                 Outgoing::Control(Control::Query { request, name })
             }
+            Job::Ping {
+                address,
+                waiter,
+                timeout,
+            } => {
+                let session = w.session();
+                w.calls.insert(session, waiter);
+                self.expire_later(session, timeout);
+                Outgoing::Control(Control::Ping { session, address })
+            }
         };
         // Sent under the lock: a drop that drains the queue sees it, or
         // it goes in after the drain and waits for the next link.
@@ -313,7 +323,7 @@ impl Sender {
                 let answered = matches!(
                     &item,
                     Outgoing::Message(Header::Request { .. }, _)
-                        | Outgoing::Control(Control::Query { .. })
+                        | Outgoing::Control(Control::Query { .. } | Control::Ping { .. })
                 );
                 if answered {
                     continue;

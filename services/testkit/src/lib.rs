@@ -43,6 +43,10 @@ impl Service for Testkit {
             if let Some(name) = word.strip_prefix("cluster=") {
                 cluster::register(name, self_address());
             }
+            if let Some(name) = word.strip_prefix("group=") {
+                group::join(name, self_address(), Policy::RoundRobin)
+                    .map_err(|e| format!("join {name}: {e}"))?;
+            }
             if let Some(n) = word.strip_prefix("mc_new=") {
                 let n: u32 = n.parse().map_err(|e| format!("mc_new: {e}"))?;
                 Channel::with_number(n).map_err(|e| format!("mc_new: {e:?}"))?;
