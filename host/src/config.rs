@@ -659,14 +659,14 @@ impl NodeConfig {
                     return Err(invalid("lease_ttl_s", "must be at least 2".into()));
                 }
             }
-            if let Some(h) = &c.health {
-                if h.interval_ms == 0 || h.timeout_ms == 0 || h.failures == 0 {
-                    return Err(invalid(
-                        "interval_ms",
-                        "[cluster.health] interval_ms, timeout_ms and failures must be at least 1"
-                            .into(),
-                    ));
-                }
+            if let Some(h) = &c.health
+                && (h.interval_ms == 0 || h.timeout_ms == 0 || h.failures == 0)
+            {
+                return Err(invalid(
+                    "interval_ms",
+                    "[cluster.health] interval_ms, timeout_ms and failures must be at least 1"
+                        .into(),
+                ));
             }
         }
         if let Some(c) = &self.control {
