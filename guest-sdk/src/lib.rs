@@ -84,6 +84,7 @@ pub mod bindings {
 }
 
 mod address;
+pub mod batch;
 pub mod cluster;
 mod error;
 mod executor;

@@ -18,6 +18,7 @@
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod fleet;
 pub mod harbor;
 pub mod metrics;
 pub mod multicast;

@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -29,6 +30,16 @@ enum Command {
     Run {
         /// The node file (TOML).
         node_file: PathBuf,
+        /// Once the node runs (listeners bound, bootstrap started), write
+        /// its pid and addresses here as JSON (what `fleet up` waits for).
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Start, stop or show a fleet: every node of the node types in a
+    /// fleet file, each its own process on this machine.
+    Fleet {
+        #[command(subcommand)]
+        action: FleetAction,
     },
     /// Run the benchmarks (all, or the ids given), 3 runs each in a fresh node.
     Bench {
@@ -60,6 +71,26 @@ enum Command {
     Tenant {
         #[command(subcommand)]
         action: TenantAction,
+    },
+}
+
+/// What to do with a fleet.
+#[derive(Subcommand)]
+enum FleetAction {
+    /// Start every node, wait until each runs, print the table.
+    Up {
+        /// The fleet file (TOML).
+        file: PathBuf,
+    },
+    /// Stop every node the last `up` started.
+    Down {
+        /// The fleet file (TOML).
+        file: PathBuf,
+    },
+    /// Show the nodes the last `up` started and whether they run.
+    Status {
+        /// The fleet file (TOML).
+        file: PathBuf,
     },
 }
 
@@ -95,7 +126,11 @@ enum TenantAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { node_file } => run(&node_file),
+        Command::Run {
+            node_file,
+            ready_file,
+        } => run(&node_file, ready_file.as_deref()),
+        Command::Fleet { action } => fleet(action),
         Command::Bench { ids, json, threads } => bench_main(&ids, json, threads),
         Command::Ctl { to, command } => ctl(&to, &command.join(" ")),
         Command::Console { to } => console(&to),
@@ -194,7 +229,43 @@ fn ctl(to: &ControlArgs, command: &str) -> anyhow::Result<()> {
     }
 }
 
-fn run(node_file: &std::path::Path) -> anyhow::Result<()> {
+fn fleet(action: FleetAction) -> anyhow::Result<()> {
+    use skyhost::fleet;
+    match action {
+        FleetAction::Up { file } => {
+            let exe = std::env::current_exe().context("the skyhost binary's path")?;
+            let instances = fleet::up(&file, &exe, Duration::from_secs(60))?;
+            print!("{}", fleet::table(&instances));
+        }
+        FleetAction::Down { file } => {
+            for name in fleet::down(&file, Duration::from_secs(10))? {
+                println!("stopped {name}");
+            }
+        }
+        FleetAction::Status { file } => print!("{}", fleet::table(&fleet::load_state(&file)?)),
+    }
+    Ok(())
+}
+
+/// Writes the ready file `fleet up` waits for (whole, by rename).
+fn write_ready(node: &Node, path: &std::path::Path) -> anyhow::Result<()> {
+    let ready = skyhost::fleet::Ready {
+        pid: std::process::id(),
+        cluster: node
+            .cluster_listening()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        control: node.control_address().map(|a| a.to_string()),
+        metrics: node.metrics_address().map(|a| a.to_string()),
+    };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&ready)?)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("ready file {}", path.display()))
+}
+
+fn run(node_file: &std::path::Path, ready_file: Option<&std::path::Path>) -> anyhow::Result<()> {
     let config = NodeConfig::load(node_file)?;
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log_level.clone());
     tracing_subscriber::fmt()
@@ -219,6 +290,9 @@ fn run(node_file: &std::path::Path) -> anyhow::Result<()> {
         for tenant in &config.tenants {
             let started = node.start_tenant(&tenant.name).await?;
             tracing::info!(tenant = %tenant.name, services = ?started, "tenant started");
+        }
+        if let Some(path) = ready_file {
+            write_ready(&node, path)?;
         }
         tracing::info!(
             pid = std::process::id(),

@@ -5,6 +5,7 @@ mod cluster;
 mod conformance;
 mod console;
 mod discovery;
+mod game;
 mod groups;
 mod harbor;
 mod health;

@@ -459,3 +459,12 @@ pub async fn eventually(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::
     }
     Ok(())
 }
+
+/// Sends SIGKILL to process `pid` (one a test started through another program).
+pub fn kill_pid(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -KILL {pid} failed");
+}

@@ -1,0 +1,487 @@
+//! Node types and fleet start (seed §6.3): `skyhost fleet up | down | status
+//! <fleet.toml>` runs every node of a fleet as its own process on this machine.
+//!
+//! ```toml
+//! etcd = "etcd://127.0.0.1:2379/game"   # optional: fills {etcd} in the templates
+//! [[type]]
+//! name = "game"
+//! template = "game.toml"                # a node file with {placeholders}
+//! instances = 2                         # game1, game2
+//! ```
+//!
+//! `up`: each instance `<type><i>` (from 1) gets its template with `{name}`,
+//! `{type}`, `{index}`, `{port}` (a port free now), `{etcd}`, `{dir}` (the
+//! fleet file's directory), `{state}` (a directory of the node's own in the
+//! run directory, kept across runs) and the file's `[vars]` filled in,
+//! written to the run directory
+//! (`.fleet-<stem>` beside the fleet file) as `<name>.toml`; it runs as
+//! `skyhost run <name>.toml --ready-file <name>.ready` in a process group
+//! of its own (a terminal's Ctrl-C does not reach it), logging to
+//! `<name>.log`. `up` waits until every node has written its ready file
+//! (launched, listeners bound, bootstrap service started); if one exits or
+//! is late, every node started is stopped and its log's end is shown.
+//! The state file (`fleet.state`, JSON) lists name, type, pid and addresses;
+//! `down` stops those still running (SIGTERM, then SIGKILL after a grace
+//! period) and removes it; `status` shows which are alive.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// A fleet file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFile {
+    /// Discovery URL put in the templates' `{etcd}`.
+    #[serde(default)]
+    pub etcd: Option<String>,
+    /// More placeholders for the templates; their values may use the
+    /// built-in ones (`{dir}`, ...).
+    #[serde(default)]
+    pub vars: std::collections::BTreeMap<String, String>,
+    /// The node types, started in this order.
+    #[serde(rename = "type")]
+    pub types: Vec<NodeType>,
+}
+
+/// One node type of a fleet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeType {
+    /// The type's name (`login`, `game`, ...); instances are `<name><i>`.
+    pub name: String,
+    /// Its node file template, relative to the fleet file.
+    pub template: PathBuf,
+    /// How many instances.
+    #[serde(default = "one")]
+    pub instances: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What a node writes to its ready file once it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ready {
+    /// Its process id.
+    pub pid: u32,
+    /// Where it accepts cluster links.
+    #[serde(default)]
+    pub cluster: Vec<String>,
+    /// Its control address.
+    #[serde(default)]
+    pub control: Option<String>,
+    /// Its metrics address.
+    #[serde(default)]
+    pub metrics: Option<String>,
+}
+
+/// One node of a running fleet, as the state file records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Its cluster name.
+    pub name: String,
+    /// Its node type.
+    pub kind: String,
+    /// What it reported when ready.
+    pub ready: Ready,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+/// Why a fleet command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The fleet file or a template could not be read or parsed.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A node did not start.
+    #[error("node `{name}` did not start: {why}\n--- end of {log}:\n{tail}")]
+    NodeFailed {
+        /// The node.
+        name: String,
+        /// Why.
+        why: String,
+        /// Its log file.
+        log: String,
+        /// The end of its log.
+        tail: String,
+    },
+    /// A process or file operation failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+fn file_error(path: &Path, message: impl std::fmt::Display) -> FleetError {
+    FleetError::File {
+        path: path.to_owned(),
+        message: message.to_string(),
+    }
+}
+
+impl FleetFile {
+    /// Reads and checks a fleet file.
+    ///
+    /// # Errors
+    /// [`FleetError::File`] naming the file, and the line and key where TOML says.
+    pub fn load(path: &Path) -> Result<FleetFile, FleetError> {
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
+        let fleet: FleetFile = toml::from_str(&text).map_err(|e| {
+            let line = e.span().map_or(0, |s| {
+                text[..s.start.min(text.len())].matches('\n').count() + 1
+            });
+            file_error(
+                path,
+                format_args!("line {line}: {}", e.message().trim_end()),
+            )
+        })?;
+        let mut names = std::collections::HashSet::new();
+        for t in &fleet.types {
+            if t.name.is_empty()
+                || !t
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-')
+            {
+                return Err(file_error(
+                    path,
+                    format_args!("type `{}`: a name is letters, digits and -", t.name),
+                ));
+            }
+            if !names.insert(t.name.clone()) {
+                return Err(file_error(
+                    path,
+                    format_args!("type `{}` is listed twice", t.name),
+                ));
+            }
+        }
+        Ok(fleet)
+    }
+}
+
+/// The run directory of the fleet file `path`.
+pub fn run_dir(path: &Path) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "fleet".into(), |s| s.to_string_lossy().into_owned());
+    path.parent()
+        .unwrap_or(Path::new("."))
+        .join(format!(".fleet-{stem}"))
+}
+
+fn state_file(path: &Path) -> PathBuf {
+    run_dir(path).join("fleet.state")
+}
+
+/// Fills a template's placeholders.
+fn render(template: &str, values: &[(&str, &str)]) -> String {
+    values
+        .iter()
+        .fold(template.to_string(), |text, (key, value)| {
+            text.replace(&format!("{{{key}}}"), value)
+        })
+}
+
+fn free_port() -> Result<u16, FleetError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| FleetError::Io(format!("picking a free port: {e}")))
+}
+
+/// The last lines of a log file.
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// A node process started by `up`, until it is ready.
+struct Starting {
+    name: String,
+    kind: String,
+    child: std::process::Child,
+    ready_file: PathBuf,
+    log: PathBuf,
+}
+
+/// Starts every node of the fleet in `path` with the `skyhost` binary
+/// `exe`, waits until each is ready (up to `deadline` in all) and records
+/// the state. Returns the instances, in start order.
+///
+/// # Errors
+/// A bad fleet file or template, a fleet already up, or a node that did
+/// not start (every node started is stopped again).
+pub fn up(path: &Path, exe: &Path, deadline: Duration) -> Result<Vec<Instance>, FleetError> {
+    let fleet = FleetFile::load(path)?;
+    let dir = std::path::absolute(run_dir(path)).map_err(|e| file_error(path, e))?;
+    let state = state_file(path);
+    if state.exists() && alive(&load_state(path)?).next().is_some() {
+        return Err(file_error(
+            &state,
+            "the fleet is up already (`skyhost fleet down` first)",
+        ));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| file_error(&dir, e))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let base_text = std::path::absolute(base)
+        .unwrap_or_else(|_| base.to_owned())
+        .display()
+        .to_string();
+    let mut starting: Vec<Starting> = Vec::new();
+    let result = (|| {
+        for t in &fleet.types {
+            let template_path = base.join(&t.template);
+            let template = std::fs::read_to_string(&template_path)
+                .map_err(|e| file_error(&template_path, e))?;
+            for i in 1..=t.instances {
+                let name = format!("{}{i}", t.name);
+                let port = free_port()?.to_string();
+                let index = i.to_string();
+                let state_dir = dir.join(&name);
+                std::fs::create_dir_all(&state_dir).map_err(|e| file_error(&state_dir, e))?;
+                let state_text = state_dir.display().to_string();
+                let vars: Vec<(&str, &str)> = fleet
+                    .vars
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                // The vars first: their values may hold built-in placeholders.
+                let text = render(
+                    &render(&template, &vars),
+                    &[
+                        ("name", &name),
+                        ("type", &t.name),
+                        ("index", &index),
+                        ("port", &port),
+                        ("etcd", fleet.etcd.as_deref().unwrap_or("")),
+                        ("dir", &base_text),
+                        ("state", &state_text),
+                    ],
+                );
+                let node_file = dir.join(format!("{name}.toml"));
+                std::fs::write(&node_file, text).map_err(|e| file_error(&node_file, e))?;
+                let ready_file = dir.join(format!("{name}.ready"));
+                let _ = std::fs::remove_file(&ready_file);
+                let log = dir.join(format!("{name}.log"));
+                let out = std::fs::File::create(&log).map_err(|e| file_error(&log, e))?;
+                let err = out.try_clone().map_err(|e| file_error(&log, e))?;
+                let child = {
+                    use std::os::unix::process::CommandExt;
+                    std::process::Command::new(exe)
+                        .arg("run")
+                        .arg(&node_file)
+                        .arg("--ready-file")
+                        .arg(&ready_file)
+                        .stdin(std::process::Stdio::null())
+                        .stdout(out)
+                        .stderr(err)
+                        .process_group(0)
+                        .spawn()
+                        .map_err(|e| FleetError::Io(format!("starting {}: {e}", exe.display())))?
+                };
+                starting.push(Starting {
+                    name,
+                    kind: t.name.clone(),
+                    child,
+                    ready_file,
+                    log,
+                });
+            }
+        }
+        wait_ready(&mut starting, deadline)
+    })();
+    match result {
+        Ok(instances) => {
+            let text = serde_json::to_string_pretty(&instances)
+                .map_err(|e| FleetError::Io(e.to_string()))?;
+            std::fs::write(&state, text).map_err(|e| file_error(&state, e))?;
+            Ok(instances)
+        }
+        Err(e) => {
+            for s in &mut starting {
+                let _ = s.child.kill();
+                let _ = s.child.wait();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Waits until every starting node wrote its ready file.
+fn wait_ready(starting: &mut [Starting], deadline: Duration) -> Result<Vec<Instance>, FleetError> {
+    let until = Instant::now() + deadline;
+    let mut ready: Vec<Option<Ready>> = vec![None; starting.len()];
+    while ready.iter().any(Option::is_none) {
+        for (s, r) in starting.iter_mut().zip(ready.iter_mut()) {
+            if r.is_some() {
+                continue;
+            }
+            if let Some(status) = s
+                .child
+                .try_wait()
+                .map_err(|e| FleetError::Io(e.to_string()))?
+            {
+                return Err(FleetError::NodeFailed {
+                    name: s.name.clone(),
+                    why: format!("it exited ({status})"),
+                    log: s.log.display().to_string(),
+                    tail: tail(&s.log),
+                });
+            }
+            if let Ok(text) = std::fs::read_to_string(&s.ready_file)
+                && let Ok(report) = serde_json::from_str::<Ready>(&text)
+            {
+                *r = Some(report);
+            }
+        }
+        if Instant::now() > until
+            && let Some(i) = ready.iter().position(Option::is_none)
+        {
+            return Err(FleetError::NodeFailed {
+                name: starting[i].name.clone(),
+                why: format!("not ready within {deadline:?}"),
+                log: starting[i].log.display().to_string(),
+                tail: tail(&starting[i].log),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(starting
+        .iter()
+        .zip(ready)
+        .filter_map(|(s, r)| {
+            Some(Instance {
+                name: s.name.clone(),
+                kind: s.kind.clone(),
+                ready: r?,
+                log: s.log.clone(),
+            })
+        })
+        .collect())
+}
+
+/// The instances recorded by the last `up` of the fleet in `path`.
+///
+/// # Errors
+/// When there is no state file (the fleet is not up) or it is unreadable.
+pub fn load_state(path: &Path) -> Result<Vec<Instance>, FleetError> {
+    let state = state_file(path);
+    let text = std::fs::read_to_string(&state)
+        .map_err(|e| file_error(&state, format_args!("{e} (is the fleet up?)")))?;
+    serde_json::from_str(&text).map_err(|e| file_error(&state, e))
+}
+
+/// Whether `pid` is a live `skyhost` process (not a reused pid).
+pub fn is_running(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        c.split(|&b| b == 0).next().is_some_and(|argv0| {
+            Path::new(std::str::from_utf8(argv0).unwrap_or(""))
+                .file_name()
+                .is_some_and(|n| n == "skyhost")
+        })
+    }) && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+    })
+}
+
+fn alive(instances: &[Instance]) -> impl Iterator<Item = &Instance> {
+    instances.iter().filter(|i| is_running(i.ready.pid))
+}
+
+fn signal(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+/// Stops every running node of the fleet in `path` (SIGTERM, then SIGKILL
+/// after `grace`) and removes the state file. Returns the names stopped.
+///
+/// # Errors
+/// When the fleet is not up.
+pub fn down(path: &Path, grace: Duration) -> Result<Vec<String>, FleetError> {
+    let instances = load_state(path)?;
+    let running: Vec<&Instance> = alive(&instances).collect();
+    for i in &running {
+        signal(i.ready.pid, rustix::process::Signal::TERM);
+    }
+    let until = Instant::now() + grace;
+    while running.iter().any(|i| is_running(i.ready.pid)) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in &running {
+        if is_running(i.ready.pid) {
+            signal(i.ready.pid, rustix::process::Signal::KILL);
+        }
+    }
+    let state = state_file(path);
+    std::fs::remove_file(&state).map_err(|e| file_error(&state, e))?;
+    Ok(running.iter().map(|i| i.name.clone()).collect())
+}
+
+/// The fleet's table: name, type, pid, whether it runs, its addresses.
+pub fn table(instances: &[Instance]) -> String {
+    let mut out = format!(
+        "{:<12} {:<8} {:>8} {:<7} {:<22} {}\n",
+        "NAME", "TYPE", "PID", "STATE", "CLUSTER", "CONTROL"
+    );
+    for i in instances {
+        let state = if is_running(i.ready.pid) {
+            "up"
+        } else {
+            "down"
+        };
+        out.push_str(&format!(
+            "{:<12} {:<8} {:>8} {:<7} {:<22} {}\n",
+            i.name,
+            i.kind,
+            i.ready.pid,
+            state,
+            i.ready.cluster.join(","),
+            i.ready.control.as_deref().unwrap_or("-"),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_are_filled_and_fleet_files_checked() {
+        let text = render(
+            "name = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\n",
+            &[("name", "game2"), ("port", "7002")],
+        );
+        assert_eq!(text, "name = \"game2\"\nlisten = \"127.0.0.1:7002\"\n");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("f.toml");
+        std::fs::write(
+            &path,
+            "[[type]]\nname = \"game\"\ntemplate = \"g.toml\"\ninstances = 2\n",
+        )
+        .expect("write");
+        let fleet = FleetFile::load(&path).expect("loads");
+        assert_eq!(fleet.types[0].instances, 2);
+        std::fs::write(&path, "[[type]]\nname = \"game\"\ntemplat = \"g.toml\"\n").expect("write");
+        let e = FleetFile::load(&path).expect_err("a misspelt key");
+        assert!(
+            e.to_string().contains("line 3") && e.to_string().contains("templat"),
+            "{e}"
+        );
+    }
+}
