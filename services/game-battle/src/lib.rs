@@ -33,7 +33,7 @@ impl Service for Battle {
         sleep(Duration::from_millis(5)).await;
         let mut seed = fight.uid.to_le_bytes().to_vec();
         seed.extend_from_slice(&skyhost_sdk::now().as_nanos().to_le_bytes());
-        let won = fnv1a(&seed) % 3 != 0;
+        let won = !fnv1a(&seed).is_multiple_of(3);
         let xp = if won { 10 + u64::from(fight.level) } else { 2 };
         Reply::value(&Outcome {
             won,
