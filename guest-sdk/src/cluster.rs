@@ -2,6 +2,7 @@
 //! name (or address). Functions that wait start their request when called
 //! and return a future for the answer.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::time::Duration;
 
@@ -177,4 +178,52 @@ pub fn find(name: &str) -> impl Future<Output = Result<(String, Address), CallEr
 /// The config's error, naming the line and key.
 pub fn reload(config: &str) -> Result<(), String> {
     sys::cluster::reload(config)
+}
+
+/// A service registered cluster-wide, found through discovery on first use
+/// and remembered until a call to it fails as if it moved.
+pub struct Located {
+    name: &'static str,
+    at: RefCell<Option<(String, Address)>>,
+}
+
+impl Located {
+    /// The service registered as `name`.
+    pub const fn new(name: &'static str) -> Self {
+        Located {
+            name,
+            at: RefCell::new(None),
+        }
+    }
+
+    /// Its node and address.
+    ///
+    /// # Errors
+    /// When no node registered it, or discovery cannot be reached.
+    pub async fn at(&self) -> Result<(String, Address), CallError> {
+        if let Some(at) = self.at.borrow().clone() {
+            return Ok(at);
+        }
+        let found = find(self.name).await?;
+        *self.at.borrow_mut() = Some(found.clone());
+        Ok(found)
+    }
+
+    /// Calls it with `req` (postcard) and decodes the answer.
+    ///
+    /// # Errors
+    /// As [`call`]; a node that is down or an address that is gone
+    /// makes the next call look it up again.
+    pub async fn call<Req, Resp>(&self, req: &Req) -> Result<Resp, CallError>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        let (node, address) = self.at().await?;
+        let answer = call(&node, address, req).await;
+        if matches!(answer, Err(CallError::NodeDown | CallError::UnknownAddress)) {
+            self.at.borrow_mut().take();
+        }
+        answer
+    }
 }

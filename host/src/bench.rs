@@ -14,6 +14,8 @@ use skyhost::config::Limits;
 use skyhost::{Address, Client, Node, NodeConfig};
 use skyhost_test_proto::{Command, Reply};
 
+mod game;
+
 /// A workload's measurement: one run against a fresh node.
 type RunFn = fn(
     &BenchNode,
@@ -172,6 +174,30 @@ fn workloads() -> Vec<Workload> {
             run: |n| Box::pin(cluster_concurrent(n, 100, 1_000)),
         },
         Workload {
+            id: "group-call",
+            unit: "ratio (group / direct)",
+            topology: Topology::Cluster,
+            run: |n| Box::pin(group_call(n, 20_000)),
+        },
+        Workload {
+            id: "game-logins",
+            unit: "logins/s",
+            topology: Topology::Single,
+            run: |_| Box::pin(game::logins(10_000)),
+        },
+        Workload {
+            id: "game-chat-fanout",
+            unit: "ms (P50, to all)",
+            topology: Topology::Single,
+            run: |_| Box::pin(game::chat_fanout(1_000, 100)),
+        },
+        Workload {
+            id: "game-battle-rtt",
+            unit: "ms (median)",
+            topology: Topology::Single,
+            run: |_| Box::pin(game::battle_rtt(100, 1_000)),
+        },
+        Workload {
             id: "tenant-overhead",
             unit: "ratio (100 tenants / 1)",
             topology: Topology::Tenants,
@@ -310,8 +336,13 @@ impl BenchNode {
         }
         let b = nodes.pop().context("node b")?;
         let a = nodes.pop().context("node a")?;
-        let table = format!("b = \"{}\"\n", b.cluster_listening()[0]);
+        let table = format!(
+            "a = \"{}\"\nb = \"{}\"\n",
+            a.cluster_listening()[0],
+            b.cluster_listening()[0]
+        );
         a.cluster_reload(&table).map_err(anyhow::Error::msg)?;
+        b.cluster_reload(&table).map_err(anyhow::Error::msg)?;
         Ok(BenchNode {
             client: a.client(),
             tenant: skyhost::runtime::SYSTEM_TENANT.into(),
@@ -877,6 +908,47 @@ async fn cluster_concurrent(b: &BenchNode, callers: u32, per_caller: u32) -> any
         &cluster_echo_loop(per_caller, false),
     )
     .await
+}
+
+/// Calls per second through `call_group` (3 members on `b`, round robin)
+/// over calls per second straight to one service on `b`, `n` each, from a
+/// service on `a`.
+async fn group_call(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    let peer = b.peer.as_ref().context("not a cluster workload")?;
+    let peer_client = b.peer_client.as_ref().context("no client on b")?;
+    for _ in 0..3 {
+        let member = peer.spawn("testkit", &[]).await?;
+        let join = Command::GroupJoin {
+            group: "bench".into(),
+            policy: 0,
+        };
+        command_via(peer_client, member, &join).await?;
+    }
+    cluster_service(b, "echo").await?;
+    let start = Instant::now();
+    while b.client.group_members("bench").len() < 3 {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "the members never reached a"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let caller = b.spawn("testkit").await?;
+    let grouped = |n: u32| Command::GroupCallLoop {
+        group: "bench".into(),
+        n,
+        payload: vec![0u8; 16],
+    };
+    b.command(caller, &grouped(1_000)).await?;
+    b.command(caller, &cluster_echo_loop(1_000, false)).await?;
+    let start = Instant::now();
+    b.command(caller, &grouped(n)).await?;
+    let through_group = f64::from(n) / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    b.command(caller, &cluster_echo_loop(n, false)).await?;
+    let direct = f64::from(n) / start.elapsed().as_secs_f64();
+    eprintln!("group-call: {through_group:.0} calls/s through the group, {direct:.0} direct");
+    Ok(through_group / direct)
 }
 
 /// A publisher on this node publishes `publishes` messages on a channel made

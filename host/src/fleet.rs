@@ -166,6 +166,53 @@ impl FleetFile {
     }
 }
 
+/// Copies the fleet file `from`, and the other `.toml` files beside it
+/// (its templates), into the directory `to`, with the copy's `etcd` and
+/// `[vars]` entries set as given. Returns the copy's fleet file.
+///
+/// # Errors
+/// When a file cannot be read, parsed or written.
+pub fn copy_with(
+    from: &Path,
+    to: &Path,
+    etcd: Option<&str>,
+    vars: &[(&str, &str)],
+) -> Result<PathBuf, FleetError> {
+    let dir = from.parent().unwrap_or(Path::new("."));
+    for entry in std::fs::read_dir(dir).map_err(|e| file_error(dir, e))? {
+        let path = entry.map_err(|e| file_error(dir, e))?.path();
+        if path.extension().is_some_and(|e| e == "toml")
+            && let Some(name) = path.file_name()
+        {
+            std::fs::copy(&path, to.join(name)).map_err(|e| file_error(&path, e))?;
+        }
+    }
+    let text = std::fs::read_to_string(from).map_err(|e| file_error(from, e))?;
+    let mut fleet: toml::Table = toml::from_str(&text).map_err(|e| file_error(from, e))?;
+    if let Some(url) = etcd {
+        fleet.insert("etcd".into(), url.into());
+    }
+    if !vars.is_empty() {
+        let table = fleet
+            .entry("vars")
+            .or_insert_with(|| toml::Table::new().into());
+        if let Some(table) = table.as_table_mut() {
+            for (k, v) in vars {
+                table.insert((*k).into(), (*v).into());
+            }
+        }
+    }
+    let copy = to.join(from.file_name().unwrap_or("fleet.toml".as_ref()));
+    let text = toml::to_string(&fleet).map_err(|e| file_error(from, e))?;
+    std::fs::write(&copy, text).map_err(|e| file_error(&copy, e))?;
+    Ok(copy)
+}
+
+/// The example game's fleet file in this source tree.
+pub fn example_game() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/game/fleet.toml")
+}
+
 /// The run directory of the fleet file `path`.
 pub fn run_dir(path: &Path) -> PathBuf {
     let stem = path

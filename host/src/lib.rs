@@ -23,6 +23,7 @@ pub mod harbor;
 pub mod metrics;
 pub mod multicast;
 pub mod runtime;
+pub mod tools;
 pub mod transport;
 pub mod wasm;
 

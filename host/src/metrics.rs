@@ -103,6 +103,17 @@ pub fn render(node: &Node) -> String {
         &[],
         node.service_count() as f64,
     );
+    if let Some((nodes, members)) = node.cluster_taken_out() {
+        for (what, n) in [("node", nodes), ("group_member", members)] {
+            m.gauge(
+                "skyhost_cluster_taken_out",
+                "Cluster nodes and group members this node's health checks hold out now",
+                Unit::Count,
+                &[("what", what)],
+                n as f64,
+            );
+        }
+    }
     for (i, reason) in StopReason::ALL.iter().enumerate() {
         m.counter(
             "skyhost_service_stops_total",

@@ -11,9 +11,7 @@ use skyhost::config::ClusterNodeConfig;
 use skyhost::{CallError, ErrorCause, Node};
 use skyhost_test_proto::ClusterTarget;
 
-use crate::support::{
-    Command, DEADLINE, Etcd, Proc, Reply, TestNode, eventually, test_config, within,
-};
+use crate::support::{Command, DEADLINE, Proc, Reply, TestNode, eventually, test_config, within};
 
 const SECRET: &str = "discovery test secret";
 
@@ -109,7 +107,7 @@ async fn until_answers(t: &TestNode, node: &str, service: &str) -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_find_each_other_through_etcd_and_follow_joins_deaths_and_outages()
 -> anyhow::Result<()> {
-    let mut etcd = Etcd::start()?;
+    let mut etcd = crate::support::etcd()?;
     let url = etcd.url("skyhost-test");
     let dir = tempfile::tempdir()?;
 

@@ -14,97 +14,21 @@ use skyhost::cluster::proto::Target;
 use skyhost::config::{ClusterNodeConfig, TenantConfig};
 use skyhost::{Client, Node};
 
-use crate::support::{DEADLINE, Etcd, Proc, eventually, test_config, within};
+use crate::support::{DEADLINE, Proc, eventually, test_config, within};
 
-/// The game's messages, as the services define them (services/game-proto).
-mod proto {
-    use serde::{Deserialize, Serialize};
-
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    pub struct Record {
-        pub uid: u64,
-        pub name: String,
-        pub password_hash: u64,
-        pub level: u32,
-        pub xp: u64,
-        pub battles: u32,
-        pub team: Option<String>,
-    }
-
-    #[derive(Debug, Serialize)]
-    pub enum DataRequest {
-        Load(u64),
-    }
-
-    #[derive(Debug, Serialize)]
-    pub enum LoginRequest {
-        Register {
-            uid: u64,
-            name: String,
-            password: String,
-        },
-        Login {
-            uid: u64,
-            password: String,
-        },
-    }
-
-    #[derive(Debug, Clone, Deserialize)]
-    pub struct Entered {
-        pub node: String,
-        pub player: u32,
-    }
-
-    #[derive(Debug, Serialize)]
-    pub enum PlayerRequest {
-        Chat { id: u64, text: String },
-        ChatLog,
-        JoinTeam(String),
-        Fight,
-        Record,
-    }
-
-    #[derive(Debug, Clone, Deserialize)]
-    pub struct Outcome {
-        pub won: bool,
-        pub xp: u64,
-        pub node: String,
-    }
-}
-
-use proto::{DataRequest, Entered, LoginRequest, Outcome, PlayerRequest, Record};
+use game_proto::{DataRequest, Entered, LoginRequest, Outcome, PlayerRequest, Record};
 
 const PLAYERS: u64 = 1_000;
 
 /// The example fleet, copied with this test's etcd and module directory.
 fn fleet_file(dir: &Path, etcd: &str) -> anyhow::Result<PathBuf> {
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/game");
-    for entry in std::fs::read_dir(&examples)? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            let name = path.file_name().context("file name")?;
-            std::fs::copy(&path, dir.join(name))?;
-        }
-    }
-    let fleet = dir.join("fleet.toml");
-    let text = std::fs::read_to_string(&fleet)?;
-    let etcd_line = "etcd = \"etcd://127.0.0.1:2379/skyhost-game\"";
-    let modules_line = "modules = \"{dir}/../../target/wasm/wasm32-wasip2/release\"";
-    ensure!(
-        text.contains(etcd_line) && text.contains(modules_line),
-        "{text}"
-    );
-    let text = text
-        .replace(etcd_line, &format!("etcd = {etcd:?}"))
-        .replace(
-            modules_line,
-            &format!(
-                "modules = {:?}",
-                crate::support::guest_dir().display().to_string()
-            ),
-        );
-    std::fs::write(&fleet, text)?;
-    Ok(fleet)
+    let modules = crate::support::guest_dir().display().to_string();
+    Ok(skyhost::fleet::copy_with(
+        &skyhost::fleet::example_game(),
+        dir,
+        Some(etcd),
+        &[("modules", &modules)],
+    )?)
 }
 
 /// Runs `skyhost fleet <action> <file>` to its end; its stdout.
@@ -194,7 +118,7 @@ fn pid_of(status: &str, name: &str) -> anyhow::Result<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_game_runs_on_a_fleet_and_survives_a_battle_node_and_a_data_restart()
 -> anyhow::Result<()> {
-    let etcd = Etcd::start()?;
+    let etcd = crate::support::etcd()?;
     let url = etcd.url("game-test");
     let dir = tempfile::tempdir()?;
     let file = fleet_file(dir.path(), &url)?;

@@ -111,10 +111,20 @@ async fn health_checks_take_out_and_put_back_members_and_nodes_with_failover_to_
     eventually("the stopped node's member is taken out", in_group(1)).await?;
     assert_eq!(here.client.group_members("g")[0].node, "here");
     answered_by(&here, "game1", "game1b").await?;
+    assert_eq!(here.node.cluster_taken_out(), Some((1, 1)));
+    let metrics = skyhost::metrics::render(&here.node);
+    assert!(
+        metrics.contains("skyhost_cluster_taken_out{what=\"node\"} 1"),
+        "{metrics}"
+    );
     // game1 back: its member is put back, its calls are its own again.
     game1.signal("CONT");
     eventually("the member is put back", in_group(2)).await?;
     answered_by(&here, "game1", "game1").await?;
+    eventually("nothing held out", || {
+        here.node.cluster_taken_out() == Some((0, 0))
+    })
+    .await?;
 
     // A node with no backup that is taken out fails its calls at once.
     game1b.signal("STOP");

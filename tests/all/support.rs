@@ -295,156 +295,21 @@ pub async fn wait_for_mesh(nodes: &[&TestNode]) -> anyhow::Result<()> {
 }
 
 /// A command-line tool a test needs, from `PATH`, or else from its Debian
-/// package, downloaded once (no root, nothing installed system-wide) and
-/// unpacked under the target directory, where later runs find it.
+/// package, unpacked once under the target directory.
 pub fn debian_tool(tool: &str, package: &str) -> anyhow::Result<PathBuf> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    if let Ok(path) = which(tool) {
-        return Ok(path);
-    }
     let tools = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tools");
-    let root = tools.join(package);
-    let unpacked = root.join("usr/bin").join(tool);
-    if unpacked.is_file() {
-        return Ok(unpacked);
-    }
-    let debs = tools.join("debs");
-    std::fs::create_dir_all(&debs)?;
-    let download = || {
-        std::process::Command::new("apt-get")
-            .args(["download", "-q", package])
-            .current_dir(&debs)
-            .status()
-    };
-    if !download()?.success() {
-        // A fresh machine may have no package lists yet.
-        let updated = std::process::Command::new("apt-get")
-            .args(["update", "-q"])
-            .status()?;
-        anyhow::ensure!(updated.success(), "apt-get update failed");
-        anyhow::ensure!(download()?.success(), "apt-get download {package} failed");
-    }
-    let deb = std::fs::read_dir(&debs)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
-        })
-        .with_context(|| format!("no {package}_*.deb in {}", debs.display()))?;
-    let status = std::process::Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(&root)
-        .status()?;
-    anyhow::ensure!(status.success(), "dpkg-deb -x {} failed", deb.display());
-    anyhow::ensure!(unpacked.is_file(), "{package} has no usr/bin/{tool}");
-    Ok(unpacked)
+    Ok(skyhost::tools::debian_tool(tool, package, &tools)?)
 }
 
-/// `tool`'s path on `PATH`.
-fn which(tool: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::var_os("PATH").context("no PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(tool))
-        .find(|p| p.is_file())
-        .with_context(|| format!("{tool} not on PATH"))
-}
-
-/// A real etcd server for one test (Debian's `etcd-server`, fetched by
-/// [`debian_tool`] when missing), on ports the OS picked, with its data in a
-/// temporary directory; killed when dropped.
-pub struct Etcd {
-    child: Option<std::process::Child>,
-    client_port: u16,
-    peer_port: u16,
-    data: tempfile::TempDir,
-}
-
-impl Etcd {
-    /// Starts etcd and waits until it serves clients.
-    pub fn start() -> anyhow::Result<Etcd> {
-        let free_port = || -> anyhow::Result<u16> {
-            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port())
-        };
-        let mut etcd = Etcd {
-            child: None,
-            client_port: free_port()?,
-            peer_port: free_port()?,
-            data: tempfile::tempdir()?,
-        };
-        etcd.restart()?;
-        Ok(etcd)
-    }
-
-    /// `etcd://127.0.0.1:port/prefix`, for a node file's `discovery`.
-    pub fn url(&self, prefix: &str) -> String {
-        format!("etcd://127.0.0.1:{}/{prefix}", self.client_port)
-    }
-
-    /// Stops the server (SIGKILL), keeping its data for [`restart`](Self::restart).
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the server again on the same ports and data, and waits until
-    /// it serves clients.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        use std::io::{BufRead, BufReader};
-        self.stop();
-        let binary = debian_tool("etcd", "etcd-server")?;
-        let client = format!("http://127.0.0.1:{}", self.client_port);
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut child = std::process::Command::new(binary)
-            .arg("--name=test")
-            .arg(format!("--data-dir={}", self.data.path().display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .context("start etcd")?;
-        let stderr = child.stderr.take().context("etcd stderr")?;
-        self.child = Some(child);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut ready = Some(tx);
-            let mut seen = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("ready to serve client requests")
-                    && let Some(tx) = ready.take()
-                {
-                    let _ = tx.send(Ok(()));
-                }
-                if ready.is_some() {
-                    seen.push(line);
-                }
-            }
-            if let Some(tx) = ready {
-                let _ = tx.send(Err(seen.join("\n")));
-            }
-        });
-        match rx.recv_timeout(DEADLINE) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(log)) => bail!("etcd exited before serving:\n{log}"),
-            Err(_) => bail!("etcd did not serve within {DEADLINE:?}"),
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// Starts a real etcd for one test (Debian's `etcd-server`, fetched when
+/// missing), on ports the OS picked; it stops when dropped.
+pub fn etcd() -> anyhow::Result<skyhost::tools::Etcd> {
+    Ok(skyhost::tools::Etcd::start(debian_tool(
+        "etcd",
+        "etcd-server",
+    )?)?)
 }
 
 /// Waits (up to [`DEADLINE`]) until `ready` holds, checking every 10 ms.

@@ -242,6 +242,11 @@ impl Groups {
         changed
     }
 
+    /// How many members are taken out now.
+    pub fn out_count(&self) -> usize {
+        self.state().out.len()
+    }
+
     /// Puts back every member taken out that `still` no longer holds for.
     pub fn keep_out_only(&self, still: impl Fn(&Member) -> bool) {
         let mut s = self.state();

@@ -143,6 +143,11 @@ async fn run(
 }
 
 impl Cluster {
+    /// How many nodes and group members are taken out now.
+    pub fn taken_out(&self) -> (usize, usize) {
+        (self.nodes_out.out.load().len(), self.groups.out_count())
+    }
+
     /// What a round checks.
     fn health_targets(&self, everything: bool) -> Vec<Checked> {
         let table = self.table();

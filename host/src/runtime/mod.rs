@@ -1472,6 +1472,12 @@ impl Node {
         self.kernel.cluster.get().map(|c| c.table())
     }
 
+    /// How many cluster nodes and group members the health checks hold
+    /// out now, or `None` when the node is in no cluster.
+    pub fn cluster_taken_out(&self) -> Option<(usize, usize)> {
+        self.kernel.cluster.get().map(|c| c.taken_out())
+    }
+
     /// Replaces this node's cluster config with `text` (as `cluster.reload`).
     ///
     /// # Errors

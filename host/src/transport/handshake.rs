@@ -565,11 +565,11 @@ mod tests {
         let err = s.handle(hello).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "peer alpha speaks protocol version 7, expected 2"
+            format!("peer alpha speaks protocol version 7, expected {PROTOCOL_VERSION}")
         );
         assert_eq!(
             err.refusal().as_deref(),
-            Some("protocol version 7, expected 2")
+            Some(format!("protocol version 7, expected {PROTOCOL_VERSION}").as_str())
         );
 
         let (_, mut s) = pair(b"k", b"k");

@@ -1189,12 +1189,12 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "peer alpha speaks protocol version 9, expected 2"
+            format!("peer alpha speaks protocol version 9, expected {PROTOCOL_VERSION}")
         );
         assert_eq!(
             transmit(&mut server, now),
             vec![Frame::Refused {
-                reason: "protocol version 9, expected 2".into()
+                reason: format!("protocol version 9, expected {PROTOCOL_VERSION}")
             }]
         );
         assert!(!server.has_transmit());

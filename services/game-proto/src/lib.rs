@@ -12,11 +12,7 @@
 //!                                                └ batched Save ─> data
 //! ```
 
-use std::cell::RefCell;
-
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use skyhost_sdk::{Address, CallError, cluster};
 
 /// The group of the game nodes' player managers (consistent hash of uid).
 pub const GAME_GROUP: &str = "game";
@@ -189,52 +185,4 @@ pub enum TeamRequest {
     },
     /// The members of `team`; answers `Vec<u64>`.
     Members(String),
-}
-
-/// A service registered cluster-wide, found through discovery on first use
-/// and remembered until a call to it fails as if it moved.
-pub struct Located {
-    name: &'static str,
-    at: RefCell<Option<(String, Address)>>,
-}
-
-impl Located {
-    /// The service registered as `name`.
-    pub const fn new(name: &'static str) -> Self {
-        Located {
-            name,
-            at: RefCell::new(None),
-        }
-    }
-
-    /// Its node and address.
-    ///
-    /// # Errors
-    /// When no node registered it, or discovery cannot be reached.
-    pub async fn at(&self) -> Result<(String, Address), CallError> {
-        if let Some(at) = self.at.borrow().clone() {
-            return Ok(at);
-        }
-        let found = cluster::find(self.name).await?;
-        *self.at.borrow_mut() = Some(found.clone());
-        Ok(found)
-    }
-
-    /// Calls it with `req` (postcard) and decodes the answer.
-    ///
-    /// # Errors
-    /// As [`cluster::call`]; a node that is down or an address that is gone
-    /// makes the next call look it up again.
-    pub async fn call<Req, Resp>(&self, req: &Req) -> Result<Resp, CallError>
-    where
-        Req: Serialize + ?Sized,
-        Resp: DeserializeOwned,
-    {
-        let (node, address) = self.at().await?;
-        let answer = cluster::call(&node, address, req).await;
-        if matches!(answer, Err(CallError::NodeDown | CallError::UnknownAddress)) {
-            self.at.borrow_mut().take();
-        }
-        answer
-    }
 }

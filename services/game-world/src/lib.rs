@@ -15,14 +15,14 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use game_proto::{
-    BATTLE_GROUP, CHAT, ChatLine, DATA, DataRequest, Entered, Fight, GAME_GROUP, Located,
-    ManagerRequest, Outcome, PlayerArgs, PlayerRequest, Record, TEAM, TeamRequest,
+    BATTLE_GROUP, CHAT, ChatLine, DATA, DataRequest, Entered, Fight, GAME_GROUP, ManagerRequest,
+    Outcome, PlayerArgs, PlayerRequest, Record, TEAM, TeamRequest,
 };
+use skyhost_sdk::cluster::Located;
 use skyhost_sdk::group::{self, Policy};
 use skyhost_sdk::multicast::Channel;
 use skyhost_sdk::{
     Address, Message, Reply, Service, cluster, export_service, kind, monitor, self_address, spawn,
-    wall_time,
 };
 
 /// How long a battle may take before the player gives up on it.
@@ -112,8 +112,12 @@ impl Manager {
     }
 }
 
+/// Wall-clock µs, from WASI's clock (the runtime's `wall_time` counts ms),
+/// so a chat line's delay across nodes of one machine is measured finely.
 fn now_us() -> u64 {
-    u64::try_from(wall_time().as_micros()).unwrap_or(u64::MAX)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 impl Player {
