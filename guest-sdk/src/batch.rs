@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::cluster::Service;
-use crate::node::{decode, encode};
+use crate::node::encode;
 use crate::{
     CallError, DecodeError, Responder, fork, new_session, self_address, sleep, wait_session,
 };
@@ -84,18 +84,13 @@ impl Batcher {
     pub fn call<Req, Resp>(
         &self,
         req: &Req,
-    ) -> impl Future<Output = Result<Resp, CallError>> + 'static
+    ) -> impl Future<Output = Result<Resp, CallError>> + 'static + use<Req, Resp>
     where
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let started = encode(req)
-            .map_err(CallError::from)
-            .map(|p| self.call_raw(p));
-        async move {
-            let bytes = started?.await?;
-            decode(&bytes)
-        }
+        let started = encode(req).map_err(CallError::from);
+        crate::node::typed(started.map(|payload| self.call_raw(payload)))
     }
 
     /// Calls with raw bytes in the next batch.
@@ -105,7 +100,7 @@ impl Batcher {
     pub fn call_raw(
         &self,
         payload: Vec<u8>,
-    ) -> impl Future<Output = Result<Vec<u8>, CallError>> + 'static {
+    ) -> impl Future<Output = Result<Vec<u8>, CallError>> + 'static + use<> {
         let session = new_session();
         let answer = wait_session(session);
         let full = {

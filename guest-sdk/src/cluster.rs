@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::node::{decode, encode};
+use crate::node::encode;
 use crate::session::SessionWait;
 use crate::{Address, CallError, sys};
 
@@ -73,13 +73,8 @@ where
     Req: Serialize + ?Sized,
     Resp: DeserializeOwned,
 {
-    let started = encode(req)
-        .map_err(CallError::from)
-        .map(|payload| start(node, &service.into(), &payload, None));
-    async move {
-        let bytes = started?.await.into_result()?;
-        decode(&bytes)
-    }
+    let started = encode(req).map_err(CallError::from);
+    crate::node::typed(started.map(|payload| call_raw(node, service, &payload, None)))
 }
 
 /// Calls with raw bytes; `timeout` ends the call with
@@ -87,12 +82,12 @@ where
 ///
 /// # Errors
 /// As [`call`], plus [`CallError::Timeout`].
-pub fn call_raw(
+pub fn call_raw<S: Into<Service>>(
     node: &str,
-    service: impl Into<Service>,
+    service: S,
     payload: &[u8],
     timeout: Option<Duration>,
-) -> impl Future<Output = Result<Vec<u8>, CallError>> + 'static {
+) -> impl Future<Output = Result<Vec<u8>, CallError>> + 'static + use<S> {
     let wait = start(node, &service.into(), payload, timeout);
     async move { wait.await.into_result() }
 }

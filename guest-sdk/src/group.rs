@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::node::{decode, encode};
+use crate::node::encode;
 use crate::session::SessionWait;
 use crate::{Address, CallError, sys};
 
@@ -82,18 +82,13 @@ pub fn call<Req, Resp>(
     group: &str,
     key: &[u8],
     req: &Req,
-) -> impl Future<Output = Result<Resp, CallError>> + 'static
+) -> impl Future<Output = Result<Resp, CallError>> + 'static + use<Req, Resp>
 where
     Req: Serialize + ?Sized,
     Resp: DeserializeOwned,
 {
-    let started = encode(req)
-        .map_err(CallError::from)
-        .map(|payload| start(group, key, &payload, None));
-    async move {
-        let bytes = started?.await.into_result()?;
-        decode(&bytes)
-    }
+    let started = encode(req).map_err(CallError::from);
+    crate::node::typed(started.map(|payload| call_raw(group, key, &payload, None)))
 }
 
 /// Calls with raw bytes; `timeout` ends the call with [`CallError::Timeout`].
@@ -105,7 +100,7 @@ pub fn call_raw(
     key: &[u8],
     payload: &[u8],
     timeout: Option<Duration>,
-) -> impl Future<Output = Result<Vec<u8>, CallError>> + 'static {
+) -> impl Future<Output = Result<Vec<u8>, CallError>> + 'static + use<> {
     let wait = start(group, key, payload, timeout);
     async move { wait.await.into_result() }
 }

@@ -28,6 +28,22 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CallError> 
     postcard::from_bytes(bytes).map_err(|e| CallError::Decode(DecodeError::from(e)))
 }
 
+/// The answer of a call already started with the encoded request (or the
+/// encoding's error), decoded: the shape of every typed call (cluster,
+/// group, batch).
+// Not an `async fn`: the explicit `'static` lets callers promise a
+// `'static` future without asking `Resp: 'static`.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn typed<Resp, Fut>(
+    started: Result<Fut, CallError>,
+) -> impl Future<Output = Result<Resp, CallError>> + 'static + use<Resp, Fut>
+where
+    Resp: DeserializeOwned,
+    Fut: Future<Output = Result<Vec<u8>, CallError>> + 'static,
+{
+    async move { decode(&started?.await?) }
+}
+
 /// Milliseconds for a timer, rounded up, saturating at `u32::MAX`.
 pub(crate) fn timer_ms(d: Duration) -> u32 {
     let ms = d.as_nanos().div_ceil(1_000_000);

@@ -44,6 +44,9 @@ enum Cmd {
     SleepThenAnswer(u32),
     /// Spawn module "m" and answer its address.
     Spawn,
+    /// Call service `TARGET` on cluster node "db" with 1..=n through one
+    /// batcher, all at once; answer the sum of the answers.
+    Batched(u32),
 }
 
 thread_local! {
@@ -131,6 +134,18 @@ impl Service for Probe {
                     }
                 });
                 Reply::none()
+            }
+            Cmd::Batched(n) => {
+                let batcher = crate::batch::Batcher::new("db", Address(TARGET));
+                let calls: Vec<_> = (1..=n).map(|i| batcher.call::<u32, u32>(&i)).collect();
+                let mut sum = 0;
+                for call in calls {
+                    match call.await {
+                        Ok(v) => sum += v,
+                        Err(e) => return Reply::error(e.to_string()),
+                    }
+                }
+                Reply::value(&sum)
             }
             Cmd::Spawn => match spawn_raw("m", b"args").await {
                 Ok(a) => Reply::value(&a.0),
@@ -606,4 +621,61 @@ fn a_channel_with_its_own_handler_gets_its_publishes_and_the_rest_go_to_handle()
     )]);
     assert_eq!(seen.borrow().len(), 3, "no handler after the channel went");
     assert_eq!(handled(), before + 2);
+}
+
+#[test]
+fn batched_calls_leave_as_one_request_and_each_caller_gets_its_answer() {
+    start();
+    let me = crate::self_address().0;
+    // Three calls queue (sessions 1-3); the batch window's timer is session 4.
+    let effects = deliver(vec![request(7, &Cmd::Batched(3))]);
+    assert_eq!(effects, vec![Effect::Timeout { session: 4, ms: 1 }]);
+    // The window ends: one cluster call carries all three.
+    let effects = deliver(vec![raw(kind::RESPONSE, 0, 4, Vec::new())]);
+    let [
+        Effect::Harbor {
+            session: 5,
+            request,
+        },
+    ] = effects.as_slice()
+    else {
+        panic!("one cluster call, not {effects:?}");
+    };
+    assert!(request.starts_with("cluster call db"), "{request}");
+    let request = [
+        b"SKB1".as_slice(),
+        &enc(&vec![enc(&1u32), enc(&2u32), enc(&3u32)]),
+    ]
+    .concat();
+    let batch = crate::batch::serve(&request, |call| async move {
+        let v: u32 = postcard::from_bytes(&call).map_err(|e| e.to_string())?;
+        Ok(enc(&(v * 10)))
+    });
+    let answer = ready_now(batch).expect("a batch");
+    // Its answer is split: each caller's session gets its own.
+    let effects = deliver(vec![response(5, answer)]);
+    let to_self = |session, v: u32| Effect::Respond {
+        dest: me,
+        session,
+        reply: Ok(enc(&v)),
+    };
+    assert_eq!(
+        effects,
+        vec![to_self(1, 10), to_self(2, 20), to_self(3, 30)]
+    );
+    let back: Vec<bindings::Message> = [(1, 10u32), (2, 20), (3, 30)]
+        .into_iter()
+        .map(|(s, v)| raw(kind::RESPONSE, me, s, enc(&v)))
+        .collect();
+    assert_eq!(deliver(back), vec![answered(7, Ok(enc(&60u32)))]);
+}
+
+/// Runs a future that never waits (the batch server with a ready handler).
+fn ready_now<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => panic!("the future waited"),
+    }
 }

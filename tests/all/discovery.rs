@@ -4,14 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use skyhost::cluster::NodeAddress;
 use skyhost::cluster::proto::Target;
-use skyhost::config::ClusterNodeConfig;
-use skyhost::{CallError, ErrorCause, Node};
+use skyhost::{CallError, ErrorCause};
 use skyhost_test_proto::ClusterTarget;
 
-use crate::support::{Command, DEADLINE, Proc, Reply, TestNode, eventually, test_config, within};
+use crate::support::{Command, DEADLINE, Proc, Reply, TestNode, eventually};
 
 const SECRET: &str = "discovery test secret";
 
@@ -20,19 +18,11 @@ const LEASE_TTL_S: u64 = 2;
 
 /// A node in this process found through `url`.
 async fn launch(name: &str, url: &str) -> anyhow::Result<TestNode> {
-    let mut cluster = ClusterNodeConfig::new(name, SECRET);
-    cluster.listen = Some("127.0.0.1:0".into());
-    cluster.discovery = Some(url.into());
-    cluster.lease_ttl_s = LEASE_TTL_S;
-    cluster.heartbeat_ms = 200;
-    cluster.dead_after_ms = 1_000;
-    let mut config = test_config();
-    config.cluster = Some(cluster);
-    let node = within(Node::launch(&config))
-        .await?
-        .with_context(|| format!("launch {name}"))?;
-    let client = node.client();
-    Ok(TestNode { node, client })
+    crate::support::cluster_node(name, SECRET, |c| {
+        c.discovery = Some(url.into());
+        c.lease_ttl_s = LEASE_TTL_S;
+    })
+    .await
 }
 
 /// A node file for a real process found through `url`, whose bootstrap

@@ -4,26 +4,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::Context;
-use skyhost::config::ClusterNodeConfig;
-use skyhost::{Address, CallError, ErrorCause, Node};
+use skyhost::{Address, CallError, ErrorCause};
 
-use crate::support::{Command, Reply, TestNode, eventually, test_config, within};
+use crate::support::{Command, Reply, TestNode, eventually};
 
 const SECRET: &str = "groups test secret";
 
 async fn launch(name: &str) -> anyhow::Result<TestNode> {
-    let mut cluster = ClusterNodeConfig::new(name, SECRET);
-    cluster.listen = Some("127.0.0.1:0".into());
-    cluster.heartbeat_ms = 200;
-    cluster.dead_after_ms = 1_000;
-    let mut config = test_config();
-    config.cluster = Some(cluster);
-    let node = within(Node::launch(&config))
-        .await?
-        .with_context(|| format!("launch {name}"))?;
-    let client = node.client();
-    Ok(TestNode { node, client })
+    crate::support::cluster_node(name, SECRET, |_| {}).await
 }
 
 /// Nodes that know each other by a reloaded table.

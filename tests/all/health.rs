@@ -4,13 +4,12 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use skyhost::cluster::proto::{Policy, Target};
-use skyhost::config::{ClusterNodeConfig, HealthConfig};
-use skyhost::{CallError, ErrorCause, Node};
+use skyhost::config::HealthConfig;
+use skyhost::{CallError, ErrorCause};
 
 use crate::cluster::{node_file_with, start_proc};
-use crate::support::{Command, Reply, TestNode, eventually, test_config, within};
+use crate::support::{Command, Reply, TestNode, eventually};
 
 /// The cluster tests' secret (the node files of `cluster` use it).
 const SECRET: &str = "cluster test secret";
@@ -70,25 +69,16 @@ async fn health_checks_take_out_and_put_back_members_and_nodes_with_failover_to_
     ));
     // This node checks every 100 ms; two failures take out. Its links wait
     // long for silence, so only the checks take anything out.
-    let mut cluster = ClusterNodeConfig::new("here", SECRET);
-    cluster.listen = Some(listen.into());
-    cluster.config = Some(conf.clone());
-    cluster.heartbeat_ms = 200;
-    cluster.dead_after_ms = 60_000;
-    cluster.health = Some(HealthConfig {
-        interval_ms: 100,
-        timeout_ms: 100,
-        failures: 2,
-    });
-    let mut config = test_config();
-    config.cluster = Some(cluster);
-    let node = within(Node::launch(&config))
-        .await?
-        .context("launch here")?;
-    let here = TestNode {
-        client: node.client(),
-        node,
-    };
+    let here = crate::support::cluster_node("here", SECRET, |c| {
+        c.config = Some(conf.clone());
+        c.dead_after_ms = 60_000;
+        c.health = Some(HealthConfig {
+            interval_ms: 100,
+            timeout_ms: 100,
+            failures: 2,
+        });
+    })
+    .await?;
     let mine = here.spawn("testkit").await?;
     here.client
         .group_join("g", mine, Policy::RoundRobin)

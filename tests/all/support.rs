@@ -142,6 +142,27 @@ pub async fn within<F: std::future::IntoFuture>(f: F) -> anyhow::Result<F::Outpu
     }
 }
 
+/// A cluster node in this process, listening on a port the OS picks, with
+/// a 200 ms heartbeat and a 1 s silence deadline; `edit` sets the rest.
+pub async fn cluster_node(
+    name: &str,
+    secret: &str,
+    edit: impl FnOnce(&mut skyhost::config::ClusterNodeConfig),
+) -> anyhow::Result<TestNode> {
+    let mut cluster = skyhost::config::ClusterNodeConfig::new(name, secret);
+    cluster.listen = Some("127.0.0.1:0".into());
+    cluster.heartbeat_ms = 200;
+    cluster.dead_after_ms = 1_000;
+    edit(&mut cluster);
+    let mut config = test_config();
+    config.cluster = Some(cluster);
+    let node = within(Node::launch(&config))
+        .await?
+        .with_context(|| format!("launch cluster node {name}"))?;
+    let client = node.client();
+    Ok(TestNode { node, client })
+}
+
 /// A real `skyhost` process, its stderr read line by line; killed when dropped.
 pub struct Proc {
     child: std::process::Child,

@@ -137,6 +137,22 @@ impl Client {
 
     /// Opens a session of this client: whoever gets the waiter answers it;
     /// the future waits for the `response` (or `error`).
+    /// Opens a session and hands its waiter to `ask` with the node's
+    /// cluster side; the future is the session's answer.
+    fn cluster_session(
+        &self,
+        ask: impl FnOnce(&std::sync::Arc<crate::cluster::Cluster>, crate::runtime::Waiter),
+    ) -> Result<impl Future<Output = Result<Vec<u8>, CallError>>, CallError> {
+        let cluster = self
+            .kernel
+            .cluster
+            .get()
+            .ok_or_else(|| not_in("a cluster"))?;
+        let (waiter, answer) = self.open_session();
+        ask(cluster, waiter);
+        Ok(answer)
+    }
+
     fn open_session(
         &self,
     ) -> (
@@ -203,14 +219,9 @@ impl Client {
     /// # Errors
     /// `UnknownAddress` when it has no such name, or how the link failed.
     pub async fn cluster_query(&self, node: &str, name: &str) -> Result<Address, CallError> {
-        let cluster = self
-            .kernel
-            .cluster
-            .get()
-            .ok_or_else(|| not_in("a cluster"))?;
-        let (waiter, answer) = self.open_session();
-        cluster.query(self.tenant, node, name.to_string(), waiter);
-        let bytes = answer.await?;
+        let bytes = self
+            .cluster_session(|c, waiter| c.query(self.tenant, node, name.to_string(), waiter))?
+            .await?;
         to_address(&bytes)
     }
 
@@ -221,14 +232,9 @@ impl Client {
     /// `UnknownAddress` when no node registered it or the node has no
     /// discovery; `NodeDown` when etcd cannot be reached.
     pub async fn cluster_find(&self, name: &str) -> Result<(String, Address), CallError> {
-        let cluster = self
-            .kernel
-            .cluster
-            .get()
-            .ok_or_else(|| not_in("a cluster"))?;
-        let (waiter, answer) = self.open_session();
-        cluster.query(self.tenant, "", name.to_string(), waiter);
-        let bytes = answer.await?;
+        let bytes = self
+            .cluster_session(|c, waiter| c.query(self.tenant, "", name.to_string(), waiter))?
+            .await?;
         let (address, node) = bytes.split_at(4.min(bytes.len()));
         let node = String::from_utf8(node.to_vec()).map_err(|_| CallError::Failed {
             cause: super::ErrorCause::Service,
@@ -249,15 +255,11 @@ impl Client {
         payload: Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<Vec<u8>, CallError> {
-        let cluster = self
-            .kernel
-            .cluster
-            .get()
-            .ok_or_else(|| not_in("a cluster"))?;
-        let (waiter, answer) = self.open_session();
         let origin = crate::cluster::Origin::of(self.tenant);
-        cluster.call_group(origin, group, key, payload, waiter, timeout);
-        answer.await
+        self.cluster_session(|c, waiter| {
+            c.call_group(origin, group, key, payload, waiter, timeout);
+        })?
+        .await
     }
 
     /// `member` (a service of this client's tenant on this node) joins

@@ -703,6 +703,40 @@ impl ServiceState {
     }
 }
 
+impl ServiceState {
+    /// A cluster session for a request carrying `payload`: answered at once
+    /// with an error when the payload is over the tenant's limit, else
+    /// `ask` starts it with the caller's origin, timeout (0: none) and payload.
+    fn cluster_request(
+        &mut self,
+        payload: Vec<u8>,
+        timeout_ms: u32,
+        ask: impl FnOnce(
+            &std::sync::Arc<crate::cluster::Cluster>,
+            crate::cluster::Origin,
+            crate::runtime::Waiter,
+            Option<Duration>,
+            Vec<u8>,
+        ),
+    ) -> u32 {
+        let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into()));
+        let too_large = self.check_size(&payload).is_err();
+        let limit = self.handle.tenant.quotas.max_payload;
+        let kernel = self.kernel.clone();
+        let origin = crate::cluster::Origin {
+            tenant: self.tenant,
+            trace: self.current_trace,
+        };
+        self.cluster_session(|c, waiter| {
+            if too_large {
+                let detail = format!("payload larger than the limit of {limit} bytes");
+                return waiter.fail(&kernel, ErrorCause::Service, &detail);
+            }
+            ask(c, origin, waiter, timeout, payload);
+        })
+    }
+}
+
 impl cluster::Host for ServiceState {
     fn node_name(&mut self) -> String {
         self.kernel
@@ -724,22 +758,14 @@ impl cluster::Host for ServiceState {
         payload: Vec<u8>,
         timeout_ms: u32,
     ) -> u32 {
-        let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into()));
-        let too_large = self.check_size(&payload).is_err();
-        let limit = self.handle.tenant.quotas.max_payload;
-        let kernel = self.kernel.clone();
-        let origin = crate::cluster::Origin {
-            tenant: self.tenant,
-            trace: self.current_trace,
-        };
         self.trace_cluster_out(&node, &service, payload.len());
-        self.cluster_session(|c, waiter| {
-            if too_large {
-                let detail = format!("payload larger than the limit of {limit} bytes");
-                return waiter.fail(&kernel, ErrorCause::Service, &detail);
-            }
-            c.call(origin, &node, service.into(), payload, waiter, timeout);
-        })
+        self.cluster_request(
+            payload,
+            timeout_ms,
+            |c, origin, waiter, timeout, payload| {
+                c.call(origin, &node, service.into(), payload, waiter, timeout);
+            },
+        )
     }
 
     fn send(
@@ -894,20 +920,12 @@ impl groups::Host for ServiceState {
     }
 
     fn call(&mut self, group: String, key: Vec<u8>, payload: Vec<u8>, timeout_ms: u32) -> u32 {
-        let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into()));
-        let too_large = self.check_size(&payload).is_err();
-        let limit = self.handle.tenant.quotas.max_payload;
-        let kernel = self.kernel.clone();
-        let origin = crate::cluster::Origin {
-            tenant: self.tenant,
-            trace: self.current_trace,
-        };
-        self.cluster_session(|c, waiter| {
-            if too_large {
-                let detail = format!("payload larger than the limit of {limit} bytes");
-                return waiter.fail(&kernel, ErrorCause::Service, &detail);
-            }
-            c.call_group(origin, &group, &key, payload, waiter, timeout);
-        })
+        self.cluster_request(
+            payload,
+            timeout_ms,
+            |c, origin, waiter, timeout, payload| {
+                c.call_group(origin, &group, &key, payload, waiter, timeout);
+            },
+        )
     }
 }

@@ -202,16 +202,11 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
             command,
             timeout_ms,
         } => {
-            let payload = match postcard::to_allocvec(&*command) {
-                Ok(p) => p,
-                Err(e) => return Answer::Failed(format!("encode: {e}")),
-            };
-            let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into()));
-            match cluster::call_raw(&node, service(target), &payload, timeout).await {
-                Ok(bytes) => postcard::from_bytes(&bytes)
-                    .unwrap_or_else(|e| Answer::Failed(format!("decode: {e}"))),
-                Err(e) => Answer::Failed(format!("cluster call {node}: {e}")),
-            }
+            let what = format!("cluster call {node}");
+            forward(&command, &what, |payload| {
+                cluster::call_raw(&node, service(target), &payload, timeout_of(timeout_ms))
+            })
+            .await
         }
         Command::ClusterSend {
             node,
@@ -339,16 +334,11 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
             command,
             timeout_ms,
         } => {
-            let payload = match postcard::to_allocvec(&*command) {
-                Ok(p) => p,
-                Err(e) => return Answer::Failed(format!("encode: {e}")),
-            };
-            let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into()));
-            match group::call_raw(&name, &key, &payload, timeout).await {
-                Ok(bytes) => postcard::from_bytes(&bytes)
-                    .unwrap_or_else(|e| Answer::Failed(format!("decode: {e}"))),
-                Err(e) => Answer::Failed(format!("group call {name}: {e}")),
-            }
+            let what = format!("group call {name}");
+            forward(&command, &what, |payload| {
+                group::call_raw(&name, &key, &payload, timeout_of(timeout_ms))
+            })
+            .await
         }
         Command::WhoAmI => {
             Answer::Bytes(format!("{}/{}", cluster::node_name(), self_address().0).into_bytes())
@@ -537,6 +527,29 @@ fn spin() -> ! {
     let mut n = 0u64;
     loop {
         n = black_box(n.wrapping_add(1));
+    }
+}
+
+/// A timeout in ms, 0 meaning none.
+fn timeout_of(ms: u32) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms.into()))
+}
+
+/// Sends `command` (postcard) through `call` and answers with the reply it
+/// brings back, or with what went wrong (`what` names the call).
+async fn forward<Fut>(command: &Command, what: &str, call: impl FnOnce(Vec<u8>) -> Fut) -> Answer
+where
+    Fut: Future<Output = Result<Vec<u8>, skyhost_sdk::CallError>>,
+{
+    let payload = match postcard::to_allocvec(command) {
+        Ok(p) => p,
+        Err(e) => return Answer::Failed(format!("encode: {e}")),
+    };
+    match call(payload).await {
+        Ok(bytes) => {
+            postcard::from_bytes(&bytes).unwrap_or_else(|e| Answer::Failed(format!("decode: {e}")))
+        }
+        Err(e) => Answer::Failed(format!("{what}: {e}")),
     }
 }
 
