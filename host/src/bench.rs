@@ -389,7 +389,19 @@ async fn command_via(client: &Client, target: Address, command: &Command) -> any
 /// Runs the workloads named in `ids` (all when empty) and prints each figure.
 pub async fn run(ids: &[String], json: bool) -> anyhow::Result<()> {
     let all = workloads();
-    for id in ids {
+    // `game` stands for every row of the example game.
+    let ids: Vec<String> = ids
+        .iter()
+        .flat_map(|id| match id.as_str() {
+            "game" => all
+                .iter()
+                .filter(|w| w.id.starts_with("game-"))
+                .map(|w| w.id.to_string())
+                .collect(),
+            _ => vec![id.clone()],
+        })
+        .collect();
+    for id in &ids {
         if !all.iter().any(|w| w.id == id) {
             let known: Vec<&str> = all.iter().map(|w| w.id).collect();
             bail!("unknown benchmark `{id}`; known: {}", known.join(", "));

@@ -263,7 +263,8 @@ pub(super) async fn chat_fanout(players: u64, lines: u64) -> anyhow::Result<f64>
     measured
 }
 
-/// The round trip of a fight, in ms: driver → player (game node) → a
+/// The round trip of a fight, in ms, once every player joined a team:
+/// driver → player (game node) → a
 /// battle service (group `battle`, least pending; a battle is 5 ms of game
 /// time) → the player saves its record → driver; the median of `fights`
 /// fights, one at a time, by `players` players in turn.
@@ -272,6 +273,23 @@ pub(super) async fn battle_rtt(players: u64, fights: u64) -> anyhow::Result<f64>
     let measured = async {
         game.register(players).await?;
         let entered = game.login(players).await?;
+        // Each player joins a team first (through the cluster-wide team service).
+        let client = game.client.clone();
+        each(entered.clone(), move |at| {
+            let client = client.clone();
+            async move {
+                let team = format!("team{}", at.player % 10);
+                let joined: Result<u32, String> = ask(
+                    &client,
+                    &at.node,
+                    Target::Address(at.player),
+                    &PlayerRequest::JoinTeam(team),
+                )
+                .await?;
+                joined.map_err(anyhow::Error::msg)
+            }
+        })
+        .await?;
         let mut times = Vec::with_capacity(fights as usize);
         for i in 0..fights {
             let at = &entered[(i % players) as usize];
