@@ -27,12 +27,12 @@ async fn launch(name: &str, url: &str) -> anyhow::Result<TestNode> {
 
 /// A node file for a real process found through `url`, whose bootstrap
 /// `testkit` registers itself cluster-wide as `service`.
-fn node_file(dir: &Path, name: &str, url: &str, service: &str) -> PathBuf {
+fn node_file(dir: &Path, name: &str, url: &str, service: &str, ttl_s: u64) -> PathBuf {
     let text = format!(
         "module_paths = [{modules:?}]\ncache_dir = {cache:?}\nlog_level = \"info\"\n\n\
          [bootstrap]\nmodule = \"testkit\"\nargs = \"cluster={service}\"\n\n\
          [cluster]\nname = {name:?}\nlisten = \"127.0.0.1:0\"\nsecret = {SECRET:?}\n\
-         discovery = {url:?}\nlease_ttl_s = {LEASE_TTL_S}\nheartbeat_ms = 200\ndead_after_ms = 1000\n",
+         discovery = {url:?}\nlease_ttl_s = {ttl_s}\nheartbeat_ms = 200\ndead_after_ms = 1000\n",
         modules = crate::support::guest_dir().display().to_string(),
         cache = crate::support::cache_dir().display().to_string(),
     );
@@ -42,8 +42,8 @@ fn node_file(dir: &Path, name: &str, url: &str, service: &str) -> PathBuf {
 }
 
 /// Starts a real node and waits until it has published itself.
-fn start_proc(dir: &Path, name: &str, url: &str, service: &str) -> Proc {
-    let mut p = Proc::start([Path::new("run"), &node_file(dir, name, url, service)]);
+fn start_proc(dir: &Path, name: &str, url: &str, service: &str, ttl_s: u64) -> Proc {
+    let mut p = Proc::start([Path::new("run"), &node_file(dir, name, url, service, ttl_s)]);
     p.wait_for("bootstrap service started");
     p.wait_for("published and watching");
     p
@@ -103,8 +103,8 @@ async fn nodes_find_each_other_through_etcd_and_follow_joins_deaths_and_outages(
 
     // Three nodes, no cluster file: each finds the others.
     let here = launch("here", &url).await?;
-    let mut one = start_proc(dir.path(), "one", &url, "kit");
-    let mut two = start_proc(dir.path(), "two", &url, "kit");
+    let mut one = start_proc(dir.path(), "one", &url, "kit", 60);
+    let mut two = start_proc(dir.path(), "two", &url, "kit", LEASE_TTL_S);
     until_answers(&here, "one", "kit").await?;
     until_answers(&here, "two", "kit").await?;
     let one_to_two = Command::ClusterCall {
@@ -119,7 +119,7 @@ async fn nodes_find_each_other_through_etcd_and_follow_joins_deaths_and_outages(
     );
 
     // A fourth node joins and is called by name as soon as it has published.
-    let mut three = start_proc(dir.path(), "three", &url, "team");
+    let mut three = start_proc(dir.path(), "three", &url, "team", LEASE_TTL_S);
     let joined = until_answers(&here, "three", "team").await?;
     println!("a joining node answered {joined:?} after publishing itself");
     assert!(joined < Duration::from_secs(2), "{joined:?}");
@@ -185,7 +185,7 @@ async fn nodes_find_each_other_through_etcd_and_follow_joins_deaths_and_outages(
     // A node started meanwhile is seen once etcd is back.
     let mut four = Proc::start([
         Path::new("run"),
-        &node_file(dir.path(), "four", &url, "kit"),
+        &node_file(dir.path(), "four", &url, "kit", LEASE_TTL_S),
     ]);
     four.wait_for("bootstrap service started");
     assert!(!present(&here, "four"));
@@ -203,7 +203,8 @@ async fn nodes_find_each_other_through_etcd_and_follow_joins_deaths_and_outages(
         Reply::Bytes(b"two to four".to_vec())
     );
 
-    // A node that stops leaves at once (it revokes its lease).
+    // A node that stops leaves at once: its lease would last 60 s, but it
+    // revokes it (the deadline here is 20 s).
     one.signal("INT");
     assert!(one.wait_exit().success(), "{}", one.log());
     eventually("one leaves when it stops", || {

@@ -106,13 +106,13 @@ where
     Ok(out.into_iter().flatten().collect())
 }
 
-fn pid_of(status: &str, name: &str) -> anyhow::Result<u32> {
-    status
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .and_then(|p| p.parse().ok())
-        .with_context(|| format!("no pid of {name} in\n{status}"))
+/// The pid of fleet node `name`, from the state `fleet up` recorded.
+fn pid_of(file: &Path, name: &str) -> anyhow::Result<u32> {
+    skyhost::fleet::load_state(file)?
+        .iter()
+        .find(|i| i.name == name)
+        .map(|i| i.ready.pid)
+        .with_context(|| format!("no node {name} in the fleet's state"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,7 +299,11 @@ async fn the_game_runs_on_a_fleet_and_survives_a_battle_node_and_a_data_restart(
     // lost, or an error naming the battle), none hangs; later fights all go
     // to battle2.
     let status = fleet("status", &file)?;
-    let battle1 = pid_of(&status, "battle1")?;
+    ensure!(
+        status.lines().skip(1).all(|l| l.contains(" up ")),
+        "every node runs:\n{status}"
+    );
+    let battle1 = pid_of(&file, "battle1")?;
     let fighters: Vec<(u64, Entered)> = players.iter().take(200).cloned().collect();
     let fighting = {
         let client = client.clone();
@@ -320,7 +324,7 @@ async fn the_game_runs_on_a_fleet_and_survives_a_battle_node_and_a_data_restart(
         })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
-    crate::support::kill_pid(battle1);
+    crate::support::signal_pid(battle1, "KILL");
     let ended = within(fighting).await???;
     let failed = ended.iter().flatten().filter(|r| r.is_err()).count();
     println!(
@@ -343,13 +347,13 @@ async fn the_game_runs_on_a_fleet_and_survives_a_battle_node_and_a_data_restart(
     ensure!(after.iter().all(|o| o.node == "battle2"));
 
     // The data node, killed and started again, still has every record.
-    let data1 = pid_of(&status, "data1")?;
+    let data1 = pid_of(&file, "data1")?;
     let records_before: Vec<Record> = for_all(&players, |_, at| {
         let client = client.clone();
         async move { player(&client, &at, &PlayerRequest::Record).await }
     })
     .await?;
-    crate::support::kill_pid(data1);
+    crate::support::signal_pid(data1, "KILL");
     let data_file = skyhost::fleet::run_dir(&file).join("data1.toml");
     let mut data = Proc::start([Path::new("run"), &data_file]);
     data.wait_for("published and watching");

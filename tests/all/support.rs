@@ -233,11 +233,7 @@ impl Proc {
 
     /// Sends a signal (`INT`, `KILL`, ...) to the process.
     pub fn signal(&self, name: &str) {
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &self.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{name} failed");
+        signal_pid(self.id(), name);
     }
 
     /// Waits (up to [`DEADLINE`]) for the process to exit, reading the rest
@@ -346,11 +342,12 @@ pub async fn eventually(what: &str, mut ready: impl FnMut() -> bool) -> anyhow::
     Ok(())
 }
 
-/// Sends SIGKILL to process `pid` (one a test started through another program).
-pub fn kill_pid(pid: u32) {
+/// Sends a signal (`INT`, `KILL`, ...) to process `pid` (also one a test
+/// started through another program).
+pub fn signal_pid(pid: u32, name: &str) {
     let status = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
+        .args([&format!("-{name}"), &pid.to_string()])
         .status()
         .expect("kill");
-    assert!(status.success(), "kill -KILL {pid} failed");
+    assert!(status.success(), "kill -{name} {pid} failed");
 }

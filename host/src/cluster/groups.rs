@@ -260,8 +260,7 @@ impl Groups {
     /// Every member of every group, in service or not, for health checks.
     pub fn all_members(&self) -> Vec<Member> {
         let s = self.state();
-        let mut all: Vec<Member> = std::iter::once((self.node.as_str(), &s.local))
-            .chain(s.remote.iter().map(|(n, (_, r))| (n.as_str(), r)))
+        let mut all: Vec<Member> = rosters(&self.node, &s)
             .flat_map(|(node, roster)| {
                 roster.values().flat_map(move |e| {
                     e.addresses.iter().map(move |&a| Member {
@@ -287,39 +286,32 @@ impl Groups {
     /// Brings the view of `key` up to date and returns it.
     fn view<'s>(&self, s: &'s mut State, key: &GroupKey) -> &'s mut View {
         let version = s.version;
-        let stale = s.views.get(key).is_none_or(|v| v.version != version);
-        if stale {
+        if s.views.get(key).is_none_or(|v| v.version != version) {
             let mut members = Vec::new();
-            let mut policy = None;
-            let rosters = std::iter::once((self.node.as_str(), &s.local))
-                .chain(s.remote.iter().map(|(n, (_, r))| (n.as_str(), r)));
+            // Every node takes the policy of the first node by name.
             let mut first: Option<(&str, Policy)> = None;
-            for (node, roster) in rosters {
-                if let Some(entry) = roster.get(key) {
-                    let out = &s.out;
-                    members.extend(
-                        entry
-                            .addresses
-                            .iter()
-                            .map(|&a| Member {
-                                node: node.to_string(),
-                                address: Address(a),
-                            })
-                            .filter(|m| !out.contains(m)),
-                    );
-                    // Every node takes the policy of the first node by name.
-                    if first.is_none_or(|(n, _)| node < n) {
-                        first = Some((node, entry.policy));
-                    }
+            for (node, roster) in rosters(&self.node, s) {
+                let Some(entry) = roster.get(key) else {
+                    continue;
+                };
+                members.extend(
+                    entry
+                        .addresses
+                        .iter()
+                        .map(|&a| Member {
+                            node: node.to_string(),
+                            address: Address(a),
+                        })
+                        .filter(|m| !s.out.contains(m)),
+                );
+                if first.is_none_or(|(n, _)| node < n) {
+                    first = Some((node, entry.policy));
                 }
             }
-            if let Some((_, p)) = first {
-                policy = Some(p);
-            }
+            let policy = first.map(|(_, p)| p);
             members.sort();
             let view = s.views.entry(key.clone()).or_default();
-            let changed = *view.members != *members;
-            if changed {
+            if *view.members != *members {
                 view.ring = None;
                 view.pending.retain(|m, _| members.contains(m));
                 view.members = members.into();
@@ -327,12 +319,7 @@ impl Groups {
             view.policy = policy;
             view.version = version;
         }
-        let view = s.views.entry(key.clone()).or_default();
-        if view.members.is_empty() {
-            // Nothing to keep for a group with no members.
-            view.cursor = 0;
-        }
-        view
+        s.views.entry(key.clone()).or_default()
     }
 
     /// Picks the member of `group` a call with `key` goes to.
@@ -390,6 +377,11 @@ impl Groups {
             *n = n.saturating_sub(1);
         }
     }
+}
+
+/// Every node's roster, this node's (`me`) first.
+fn rosters<'s>(me: &'s str, s: &'s State) -> impl Iterator<Item = (&'s str, &'s Roster)> {
+    std::iter::once((me, &s.local)).chain(s.remote.iter().map(|(n, (_, r))| (n.as_str(), r)))
 }
 
 /// The ring of `members`, with [`VIRTUAL_NODES`] points each.
