@@ -302,6 +302,80 @@ async fn a_malformed_frame_closes_only_its_own_cluster_link() -> anyhow::Result<
     Ok(())
 }
 
+/// What a raw link hears back, for tests that speak the wire themselves.
+struct Heard(tokio::sync::mpsc::UnboundedSender<(skyhost::cluster::proto::Header, Vec<u8>)>);
+
+impl
+    skyhost::transport::LinkHandler<
+        skyhost::cluster::proto::Control,
+        skyhost::cluster::proto::Header,
+    > for Heard
+{
+    fn on_message(&mut self, header: skyhost::cluster::proto::Header, payload: Vec<u8>) {
+        let _ = self.0.send((header, payload));
+    }
+    fn on_control(&mut self, _: skyhost::cluster::proto::Control) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A request naming a number its link never defined is answered with an
+/// error that says so; once `Control::Name` defines it, the same number
+/// reaches the named service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interned_names_hold_once_defined_on_their_link() -> anyhow::Result<()> {
+    use skyhost::cluster::proto::{Control, Header, PROTOCOL};
+    use skyhost::transport::{Connection, LinkConfig, Outgoing};
+    let b = launch("b", None, false).await?;
+    let kit = b.spawn("testkit").await?;
+    b.node.cluster_register("kit", kit);
+    let config = LinkConfig::new(PROTOCOL, "raw", SECRET.as_bytes().into());
+    let mut conn = within(Connection::<Control, Header>::connect(
+        &listen_of(&b),
+        config,
+    ))
+    .await??;
+    let request = |session| Header::Request {
+        tenant: skyhost::runtime::TenantId::SYSTEM.0,
+        session,
+        target: Target::Interned(5),
+        compressed: false,
+        trace: 0,
+    };
+    conn.send(Outgoing::Message(request(1), echo(b"early")?));
+    conn.send(Outgoing::Control(Control::Name {
+        id: 5,
+        name: "kit".into(),
+    }));
+    conn.send(Outgoing::Message(request(2), echo(b"defined")?));
+    let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let (_out_tx, mut out) = tokio::sync::mpsc::unbounded_channel();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let stop = cancel.clone();
+    let link = tokio::spawn(async move { conn.run(&mut out, &mut Heard(heard_tx), &stop).await });
+    let mut answers = std::collections::HashMap::new();
+    while answers.len() < 2 {
+        let (header, payload) = within(heard.recv()).await?.context("link ended")?;
+        match header {
+            Header::Response { session, .. } | Header::Error { session, .. } => {
+                answers.insert(session, (header, payload));
+            }
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    let (first, detail) = &answers[&1];
+    assert!(matches!(first, Header::Error { .. }), "{first:?}");
+    let detail = String::from_utf8_lossy(detail);
+    assert!(detail.contains("name #5 was never defined"), "{detail}");
+    let (second, payload) = &answers[&2];
+    assert!(matches!(second, Header::Response { .. }), "{second:?}");
+    assert_eq!(reply(payload)?, Reply::Bytes(b"defined".to_vec()));
+    cancel.cancel();
+    let _ = within(link).await?;
+    b.stop().await;
+    Ok(())
+}
+
 /// A node file for a real cluster process with a `testkit` bootstrap that
 /// registers itself as `kit` in the cluster.
 fn node_file(dir: &Path, name: &str, cluster_file: &Path, listen: &str) -> PathBuf {

@@ -77,6 +77,7 @@ async fn serve(
         tx: tx.clone(),
         sessions: sessions.clone(),
         next: 0,
+        names: HashMap::default(),
     };
     // Its own task: an answer then wakes the link's task once, from
     // outside, instead of the link's task waking itself.
@@ -159,7 +160,12 @@ struct AgentHandler {
     tx: mpsc::UnboundedSender<Item>,
     sessions: Sessions,
     next: u32,
+    /// The names the peer interned on this link ([`Control::Name`]).
+    names: HashMap<u32, String, fnv::FnvBuildHasher>,
 }
+
+/// Most names a peer may define on one link (its senders stop at 4,096).
+const MAX_NAMES_PER_LINK: usize = 8192;
 
 impl AgentHandler {
     fn refuse(&self, session: u32, cause: crate::runtime::ErrorCause, detail: String) {
@@ -177,12 +183,45 @@ impl AgentHandler {
     }
 
     fn target(&self, tenant: TenantId, target: &Target) -> Result<Address, String> {
-        self.cluster.resolve(tenant, target).ok_or_else(|| {
+        let found = match target {
+            Target::Interned(id) => match self.names.get(id) {
+                Some(name) => self.cluster.resolve_name(tenant, name),
+                None => return Err(format!("{target} was never defined on this cluster link")),
+            },
+            other => self.cluster.resolve(tenant, other),
+        };
+        found.ok_or_else(|| {
             format!(
-                "no service `{target}` on cluster node `{}`",
+                "no service `{}` on cluster node `{}`",
+                self.shown(target),
                 self.cluster.name
             )
         })
+    }
+
+    /// Logs a traced request or send arriving from a peer node.
+    fn trace_in(&self, trace: u64, target: &Target, session: u32) {
+        if trace != 0 {
+            tracing::info!(
+                target: "skyhost::trace",
+                trace = format_args!("{trace:016x}"),
+                target = %self.shown(target),
+                session,
+                "trace cluster in"
+            );
+        }
+    }
+
+    /// How `target` reads in logs and errors: an interned name as its name.
+    fn shown(&self, target: &Target) -> String {
+        match target {
+            Target::Interned(id) => self
+                .names
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| target.to_string()),
+            other => other.to_string(),
+        }
     }
 }
 
@@ -196,7 +235,7 @@ impl LinkHandler<Control, Header> for AgentHandler {
                 compressed,
                 trace,
             } => {
-                trace_in(trace, &target, session);
+                self.trace_in(trace, &target, session);
                 let tenant = TenantId(tenant);
                 let dest = match self.target(tenant, &target) {
                     Ok(a) => a,
@@ -220,7 +259,7 @@ impl LinkHandler<Control, Header> for AgentHandler {
                 };
                 if let Err(e) = self.kernel.deliver(dest, m) {
                     lock(&self.sessions).remove(&local);
-                    self.refuse(session, e.cause(), format!("{target}: {e}"));
+                    self.refuse(session, e.cause(), format!("{}: {e}", self.shown(&target)));
                 }
             }
             Header::Push {
@@ -229,7 +268,7 @@ impl LinkHandler<Control, Header> for AgentHandler {
                 compressed,
                 trace,
             } => {
-                trace_in(trace, &target, 0);
+                self.trace_in(trace, &target, 0);
                 let tenant = TenantId(tenant);
                 let delivered = self.target(tenant, &target).and_then(|dest| {
                     let payload = self.cluster.settings.unpack(payload, compressed)?;
@@ -244,7 +283,7 @@ impl LinkHandler<Control, Header> for AgentHandler {
                     self.kernel.deliver(dest, m).map_err(|e| e.to_string())
                 });
                 if let Err(e) = delivered {
-                    tracing::debug!("cluster send to `{target}` dropped: {e}");
+                    tracing::debug!("cluster send to `{}` dropped: {e}", self.shown(&target));
                 }
             }
             Header::Multicast {
@@ -278,6 +317,15 @@ impl LinkHandler<Control, Header> for AgentHandler {
 
     fn on_control(&mut self, control: Control) -> Result<(), String> {
         match control {
+            Control::Name { id, name } => {
+                if self.names.len() >= MAX_NAMES_PER_LINK && !self.names.contains_key(&id) {
+                    return Err(format!(
+                        "more than {MAX_NAMES_PER_LINK} names defined on one link"
+                    ));
+                }
+                self.names.insert(id, name);
+                Ok(())
+            }
             Control::Query { request, name } => {
                 let address = lock(&self.cluster.names).get(&name).map(|a| a.0);
                 let answer = Control::QueryResult { request, address };
@@ -328,18 +376,5 @@ impl LinkHandler<Control, Header> for AgentHandler {
             }
             other => Err(format!("unexpected {other:?} on an inbound cluster link")),
         }
-    }
-}
-
-/// Logs a traced request or send arriving from a peer node.
-fn trace_in(trace: u64, target: &Target, session: u32) {
-    if trace != 0 {
-        tracing::info!(
-            target: "skyhost::trace",
-            trace = format_args!("{trace:016x}"),
-            %target,
-            session,
-            "trace cluster in"
-        );
     }
 }

@@ -720,12 +720,18 @@ impl Cluster {
     fn resolve(&self, tenant: TenantId, target: &Target) -> Option<Address> {
         match target {
             Target::Address(a) => Some(Address(*a)),
-            Target::Name(n) => {
-                let key = crate::runtime::scoped(tenant, n);
-                let registered = lock(&self.names).get(&*key).copied();
-                registered.or_else(|| self.kernel().and_then(|k| k.query_name(tenant, n)))
-            }
+            Target::Name(n) => self.resolve_name(tenant, n),
+            // A number means something only on the link that defined it.
+            Target::Interned(_) => None,
         }
+    }
+
+    /// The address `name` has here for `tenant`: a cluster-registered name,
+    /// else a local one.
+    fn resolve_name(&self, tenant: TenantId, name: &str) -> Option<Address> {
+        let key = crate::runtime::scoped(tenant, name);
+        let registered = lock(&self.names).get(&*key).copied();
+        registered.or_else(|| self.kernel().and_then(|k| k.query_name(tenant, name)))
     }
 
     /// A local address whose requests and sends go to `target` on `node`.

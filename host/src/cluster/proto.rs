@@ -14,6 +14,10 @@ pub enum Target {
     Address(u32),
     /// A name the receiving node resolves.
     Name(String),
+    /// A name the sender defined on this link with [`Control::Name`]: a
+    /// name sent with every message would be encoded, decoded and
+    /// allocated on every message.
+    Interned(u32),
 }
 
 impl std::fmt::Display for Target {
@@ -21,6 +25,7 @@ impl std::fmt::Display for Target {
         match self {
             Target::Address(a) => write!(f, "{}", crate::runtime::Address(*a)),
             Target::Name(n) => f.write_str(n),
+            Target::Interned(id) => write!(f, "name #{id}"),
         }
     }
 }
@@ -168,6 +173,15 @@ pub enum Control {
         session: u32,
         /// The service checked; 0 for the node.
         address: u32,
+    },
+    /// Sender → receiver: [`Target::Interned`] `id` stands for `name` on
+    /// this link from now on. Every definition goes again first on each new
+    /// link, before anything that uses it.
+    Name {
+        /// The number messages carry.
+        id: u32,
+        /// The service name it stands for.
+        name: String,
     },
 }
 

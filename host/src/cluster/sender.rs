@@ -10,13 +10,17 @@ use backon::BackoffBuilder;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::proto::{Control, Header};
+use super::proto::{Control, Header, Target};
 use super::{Cluster, ClusterError, Job, Settings, respond};
 use crate::runtime::Waiter;
 use crate::runtime::{ErrorCause, Kernel};
 use crate::transport::{Connection, LinkHandler, Outgoing};
 
 type Item = Outgoing<Control, Header>;
+
+/// Most target names one sender interns; beyond, names travel as text (a
+/// sender to ever-new names must not grow without bound).
+const MAX_INTERNED: usize = 4096;
 
 /// What waits for an answer from the peer, by link session.
 #[derive(Default)]
@@ -43,6 +47,9 @@ pub(crate) struct Sender {
     tx: mpsc::UnboundedSender<Item>,
     waiting: Mutex<Waiting>,
     up: AtomicBool,
+    /// Set by [`close`](Sender::close): the send path reads it without the
+    /// cancellation token's lock.
+    closed: AtomicBool,
     /// Told when the table gives the peer a new address.
     retarget: Notify,
     gone: CancellationToken,
@@ -51,6 +58,12 @@ pub(crate) struct Sender {
     backlog: Arc<std::sync::atomic::AtomicUsize>,
     /// What its connections carried.
     stats: Arc<crate::transport::LinkStats>,
+    /// Target names interned on this sender's links, read without a lock.
+    names: papaya::HashMap<String, u32, fnv::FnvBuildHasher>,
+    /// Held while a name is defined, and while a new link gets every
+    /// definition: a definition is then either among those or queued after
+    /// the link started, so it always precedes its first use on the wire.
+    naming: Mutex<()>,
 }
 
 impl Sender {
@@ -67,11 +80,14 @@ impl Sender {
             tx,
             waiting: Mutex::new(Waiting::default()),
             up: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             retarget: Notify::new(),
             gone,
             kernel,
             backlog: Arc::default(),
             stats: Arc::default(),
+            names: papaya::HashMap::with_hasher(fnv::FnvBuildHasher::default()),
+            naming: Mutex::new(()),
         });
         (sender, rx)
     }
@@ -108,11 +124,11 @@ impl Sender {
             payload,
         } = job
         {
-            if self.up.load(Ordering::Acquire) && !self.gone.is_cancelled() {
+            if self.up.load(Ordering::Acquire) && !self.closed.load(Ordering::Acquire) {
                 let (payload, compressed) = settings.pack(payload);
                 let header = Header::Push {
                     tenant: origin.tenant.0,
-                    target,
+                    target: self.intern(target),
                     compressed,
                     trace: origin.trace,
                 };
@@ -127,6 +143,48 @@ impl Sender {
             return self.submit_locked(settings, job);
         }
         self.submit_locked(settings, job)
+    }
+
+    /// `target` as it goes on the wire: a name as its number on this
+    /// sender's links, defined (queued ahead) on first use.
+    fn intern(&self, target: Target) -> Target {
+        let Target::Name(name) = target else {
+            return target;
+        };
+        if let Some(id) = self.names.pin().get(name.as_str()) {
+            return Target::Interned(*id);
+        }
+        let _naming = self.naming.lock().unwrap_or_else(|e| e.into_inner());
+        let names = self.names.pin();
+        if let Some(id) = names.get(name.as_str()) {
+            return Target::Interned(*id);
+        }
+        if names.len() >= MAX_INTERNED {
+            return Target::Name(name);
+        }
+        let id = u32::try_from(names.len()).unwrap_or(u32::MAX);
+        // Queued before it is visible, so every use is queued after it.
+        self.queue(Outgoing::Control(Control::Name {
+            id,
+            name: name.clone(),
+        }));
+        names.insert(name, id);
+        Target::Interned(id)
+    }
+
+    /// Every name definition, for a new link to send first.
+    fn definitions(&self) -> (std::sync::MutexGuard<'_, ()>, Vec<Control>) {
+        let naming = self.naming.lock().unwrap_or_else(|e| e.into_inner());
+        let defined = self
+            .names
+            .pin()
+            .iter()
+            .map(|(name, id)| Control::Name {
+                id: *id,
+                name: name.clone(),
+            })
+            .collect();
+        (naming, defined)
     }
 
     /// Queues an item for the link, counting it in the backlog.
@@ -194,7 +252,7 @@ impl Sender {
                     Header::Request {
                         session,
                         tenant: origin.tenant.0,
-                        target,
+                        target: self.intern(target),
                         compressed,
                         trace: origin.trace,
                     },
@@ -209,7 +267,7 @@ impl Sender {
                 let (payload, compressed) = settings.pack(payload);
                 let header = Header::Push {
                     tenant: origin.tenant.0,
-                    target,
+                    target: self.intern(target),
                     compressed,
                     trace: origin.trace,
                 };
@@ -277,6 +335,7 @@ impl Sender {
     /// Closes the sender for good: what it carries fails with `why`.
     pub(super) fn close(&self, why: &str) {
         self.waiting().closed = Some(why.to_string());
+        self.closed.store(true, Ordering::Release);
         self.gone.cancel();
     }
 }
@@ -320,12 +379,15 @@ impl Sender {
             for item in held.into_iter().chain(queued) {
                 // Calls and queries were failed above; everything else is
                 // kept for the next link, up to the bound.
-                let answered = matches!(
+                // Name definitions go again first on the next link.
+                let answered_or_resent = matches!(
                     &item,
                     Outgoing::Message(Header::Request { .. }, _)
-                        | Outgoing::Control(Control::Query { .. } | Control::Ping { .. })
+                        | Outgoing::Control(
+                            Control::Query { .. } | Control::Ping { .. } | Control::Name { .. }
+                        )
                 );
-                if answered {
+                if answered_or_resent {
                     continue;
                 }
                 if kept.len() < keep {
@@ -390,7 +452,14 @@ pub(super) async fn run(
                 sender.waiting().queued_while_down = 0;
                 sender.up.store(true, Ordering::Release);
                 tracing::info!(peer = %sender.node, %address, "cluster link up");
-                // The peer learns this node's group members first on every link.
+                // The peer learns the interned names, then this node's
+                // group members, first on every link.
+                let (naming, definitions) = sender.definitions();
+                for d in definitions {
+                    conn.send(Outgoing::Control(d));
+                }
+                drop(naming);
+                held.retain(|i| !matches!(i, Outgoing::Control(Control::Name { .. })));
                 if let Some(sync) = cluster.groups.sync() {
                     held.retain(|i| !matches!(i, Outgoing::Control(Control::GroupSync { .. })));
                     conn.send(Outgoing::Control(sync));
