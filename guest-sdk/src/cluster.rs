@@ -36,9 +36,10 @@ impl From<Address> for Service {
 }
 
 impl Service {
-    fn raw(&self) -> sys::cluster::Service {
+    /// The import's form, taking the name over (no copy per message).
+    fn into_raw(self) -> sys::cluster::Service {
         match self {
-            Service::Name(n) => sys::cluster::Service::Name(n.clone()),
+            Service::Name(n) => sys::cluster::Service::Name(n),
             Service::Address(a) => sys::cluster::Service::Address(a.0),
         }
     }
@@ -88,13 +89,13 @@ pub fn call_raw<S: Into<Service>>(
     payload: &[u8],
     timeout: Option<Duration>,
 ) -> impl Future<Output = Result<Vec<u8>, CallError>> + 'static + use<S> {
-    let wait = start(node, &service.into(), payload, timeout);
+    let wait = start(node, service.into(), payload, timeout);
     async move { wait.await.into_result() }
 }
 
-fn start(node: &str, service: &Service, payload: &[u8], timeout: Option<Duration>) -> SessionWait {
+fn start(node: &str, service: Service, payload: &[u8], timeout: Option<Duration>) -> SessionWait {
     let ms = timeout.map_or(0, |t| crate::node::timer_ms(t).max(1));
-    SessionWait::open(sys::cluster::call(node, &service.raw(), payload, ms))
+    SessionWait::open(sys::cluster::call(node, &service.into_raw(), payload, ms))
 }
 
 /// Sends `value` (postcard) to `service` on `node`; it arrives as a `text`
@@ -117,13 +118,13 @@ pub fn send<T: Serialize + ?Sized>(
 /// # Errors
 /// As [`send`].
 pub fn send_raw(node: &str, service: impl Into<Service>, payload: &[u8]) -> Result<(), String> {
-    sys::cluster::send(node, &service.into().raw(), payload)
+    sys::cluster::send(node, &service.into().into_raw(), payload)
 }
 
 /// A local address whose requests and text messages go to `service` on
 /// `node`; answers come back to the caller.
 pub fn proxy(node: &str, service: impl Into<Service>) -> Address {
-    Address(sys::cluster::proxy(node, &service.into().raw()))
+    Address(sys::cluster::proxy(node, &service.into().into_raw()))
 }
 
 /// Makes `target` known to other nodes as `name` (their `query` and calls

@@ -21,7 +21,9 @@ use crate::service::{Service, Stateful};
 use crate::session::{Completion, Sessions};
 use crate::sys;
 
-type Handler = Rc<dyn Fn(Message) -> LocalFuture<Reply>>;
+/// Makes the whole task for one message (handler and reply in one future,
+/// so one allocation per message).
+type Handler = Rc<dyn Fn(Message) -> LocalFuture<()>>;
 
 /// A multicast channel's own handler.
 pub(crate) type ChannelHandler = Rc<dyn Fn(Message)>;
@@ -93,7 +95,12 @@ pub fn init<S: Service>(args: Vec<u8>) -> Result<(), String> {
 fn install<S: Service>(service: S) -> Rc<S> {
     let state = Rc::new(service);
     let for_handler = Rc::clone(&state);
-    let handler: Handler = Rc::new(move |msg| Box::pin(S::handle(Rc::clone(&for_handler), msg)));
+    let handler: Handler = Rc::new(move |msg: Message| {
+        let request = msg
+            .claim_flag()
+            .map(|claimed| (msg.source, msg.session, claimed));
+        Box::pin(answer(request, S::handle(Rc::clone(&for_handler), msg)))
+    });
     let any: Rc<dyn std::any::Any> = state.clone();
     with(|rt| {
         *rt.handler.borrow_mut() = Some(handler);
@@ -199,15 +206,17 @@ fn deliver(raw: crate::bindings::Message) {
     };
     // Run at once: the ready queue is empty here (dispatch drains it after
     // each message), so this is the order `spawn_task` would give.
-    with(|rt| rt.exec.spawn_now(Box::pin(handle_one(handler, msg))));
+    with(|rt| rt.exec.spawn_now(handler(msg)));
 }
 
-/// One message's task: run the handler, then answer a request.
-async fn handle_one(handler: Handler, msg: Message) {
-    let request = msg
-        .claim_flag()
-        .map(|claimed| (msg.source, msg.session, claimed));
-    let reply = handler(msg).await;
+/// One message's task: await the handler's `reply`, then answer `request`
+/// (its caller, session and the flag set when the handler took the
+/// responder), if the message was one.
+async fn answer(
+    request: Option<(Address, u32, Rc<Cell<bool>>)>,
+    reply: impl Future<Output = Reply>,
+) {
+    let reply = reply.await;
     let Some((source, session, claimed)) = request else {
         return;
     };
