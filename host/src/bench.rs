@@ -762,6 +762,9 @@ fn rss_kib() -> anyhow::Result<f64> {
 /// spin; the figure is the median round trip (the worst is logged).
 async fn ping_under_spin(b: &BenchNode, spinners: u32, pings: usize) -> anyhow::Result<f64> {
     let echo = b.spawn("echo").await?;
+    // The same pings with nothing spinning: what this machine's own
+    // scheduling adds to the worst case.
+    let idle = ping_times(b, echo, pings).await?;
     let mut spinning = Vec::new();
     let mut spins = tokio::task::JoinSet::new();
     for _ in 0..spinners {
@@ -770,25 +773,33 @@ async fn ping_under_spin(b: &BenchNode, spinners: u32, pings: usize) -> anyhow::
         spins.spawn(async move { command_via(&client, s, &Command::Spin).await });
         spinning.push(s);
     }
-    let mut times = Vec::with_capacity(pings);
-    for _ in 0..pings {
-        let start = Instant::now();
-        b.client.call(echo, vec![0u8; 16]).await?;
-        times.push(start.elapsed().as_secs_f64() * 1e6);
-    }
+    let times = ping_times(b, echo, pings).await?;
     for s in spinning {
         b.node.kill(s);
     }
     while let Some(r) = spins.join_next().await {
         anyhow::ensure!(r?.is_err(), "a spinner answered");
     }
-    times.sort_by(f64::total_cmp);
+    let tail = |t: &[f64]| (t[t.len() - 1], t[t.len() * 99 / 100]);
+    let ((worst, p99), (idle_worst, idle_p99)) = (tail(&times), tail(&idle));
     eprintln!(
-        "ping-under-spin: worst {:.1} µs, p99 {:.1} µs",
-        times[times.len() - 1],
-        times[times.len() * 99 / 100]
+        "ping-under-spin: worst {worst:.1} µs, p99 {p99:.1} µs; \
+         idle: median {:.1} µs, worst {idle_worst:.1} µs, p99 {idle_p99:.1} µs",
+        idle[idle.len() / 2]
     );
     Ok(times[times.len() / 2])
+}
+
+/// Round trips (µs, sorted) of `n` sequential pings from the bench's client.
+async fn ping_times(b: &BenchNode, echo: Address, n: usize) -> anyhow::Result<Vec<f64>> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        b.client.call(echo, vec![0u8; 16]).await?;
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times)
 }
 
 /// Spawns echo services in batches until `target` live or a spawn fails;

@@ -124,8 +124,17 @@ async fn nodes_find_each_other_through_etcd_and_follow_joins_deaths_and_outages(
     println!("a joining node answered {joined:?} after publishing itself");
     assert!(joined < Duration::from_secs(2), "{joined:?}");
 
-    // The name three registered is found cluster-wide without naming the node.
-    let (node, address) = here.client.cluster_find("team").await?;
+    // The name three registered is found cluster-wide without naming the
+    // node, once its put has reached etcd (three answers calls by the name
+    // before that: it resolves its own names locally).
+    let start = Instant::now();
+    let (node, address) = loop {
+        match here.client.cluster_find("team").await {
+            Ok(found) => break found,
+            Err(e) => anyhow::ensure!(start.elapsed() < DEADLINE, "`team` never found: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(node, "three");
     let by_address = postcard::to_allocvec(&echo("found"))?;
     let r = here
