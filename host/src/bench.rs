@@ -760,11 +760,11 @@ fn rss_kib() -> anyhow::Result<f64> {
 
 /// The host pings an echo service `pings` times while `spinners` services
 /// spin; the figure is the median round trip (the worst is logged).
-async fn ping_under_spin(b: &BenchNode, spinners: u32, pings: usize) -> anyhow::Result<f64> {
-    let echo = b.spawn("echo").await?;
-    // The same pings with nothing spinning: what this machine's own
-    // scheduling adds to the worst case.
-    let idle = ping_times(b, echo, pings).await?;
+async fn ping_under_spin(b: &BenchNode, spinners: u32, pings: u32) -> anyhow::Result<f64> {
+    let target = b.spawn("testkit").await?;
+    let prober = b.spawn("testkit").await?;
+    // The same pings with nothing spinning, for comparison.
+    let idle = ping_times(b, prober, target, pings).await?;
     let mut spinning = Vec::new();
     let mut spins = tokio::task::JoinSet::new();
     for _ in 0..spinners {
@@ -773,7 +773,7 @@ async fn ping_under_spin(b: &BenchNode, spinners: u32, pings: usize) -> anyhow::
         spins.spawn(async move { command_via(&client, s, &Command::Spin).await });
         spinning.push(s);
     }
-    let times = ping_times(b, echo, pings).await?;
+    let times = ping_times(b, prober, target, pings).await?;
     for s in spinning {
         b.node.kill(s);
     }
@@ -783,21 +783,33 @@ async fn ping_under_spin(b: &BenchNode, spinners: u32, pings: usize) -> anyhow::
     let tail = |t: &[f64]| (t[t.len() - 1], t[t.len() * 99 / 100]);
     let ((worst, p99), (idle_worst, idle_p99)) = (tail(&times), tail(&idle));
     eprintln!(
-        "ping-under-spin: worst {worst:.1} µs, p99 {p99:.1} µs; \
-         idle: median {:.1} µs, worst {idle_worst:.1} µs, p99 {idle_p99:.1} µs",
+        "ping-under-spin: worst {worst:.0} µs, p99 {p99:.0} µs; \
+         idle: median {:.0} µs, worst {idle_worst:.0} µs, p99 {idle_p99:.0} µs",
         idle[idle.len() / 2]
     );
     Ok(times[times.len() / 2])
 }
 
-/// Round trips (µs, sorted) of `n` sequential pings from the bench's client.
-async fn ping_times(b: &BenchNode, echo: Address, n: usize) -> anyhow::Result<Vec<f64>> {
-    let mut times = Vec::with_capacity(n);
-    for _ in 0..n {
-        let start = Instant::now();
-        b.client.call(echo, vec![0u8; 16]).await?;
-        times.push(start.elapsed().as_secs_f64() * 1e6);
-    }
+/// Round trips (µs, sorted) of `n` sequential calls from service `prober`
+/// to service `target`, each timed by the prober: a ping as a service sees
+/// it (a client on a thread outside the node would also wait for the OS to
+/// give it a CPU that the spinning workers hold).
+async fn ping_times(
+    b: &BenchNode,
+    prober: Address,
+    target: Address,
+    n: u32,
+) -> anyhow::Result<Vec<f64>> {
+    let command = Command::CallLoopTimed {
+        target: target.0,
+        n,
+        payload: vec![0u8; 16],
+    };
+    let Reply::Order(times) = b.command(prober, &command).await? else {
+        bail!("CallLoopTimed answered something else");
+    };
+    anyhow::ensure!(times.len() == n as usize, "timed {} of {n}", times.len());
+    let mut times: Vec<f64> = times.into_iter().map(f64::from).collect();
     times.sort_by(f64::total_cmp);
     Ok(times)
 }
