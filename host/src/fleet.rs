@@ -89,6 +89,10 @@ pub struct Instance {
     pub ready: Ready,
     /// Its log file.
     pub log: PathBuf,
+    /// The ready file it was started with: its command line names it, which
+    /// tells the instance from a process that reused its pid.
+    #[serde(default)]
+    pub ready_file: PathBuf,
 }
 
 /// Why a fleet command failed.
@@ -410,6 +414,7 @@ fn wait_ready(starting: &mut [Starting], deadline: Duration) -> Result<Vec<Insta
                 kind: s.kind.clone(),
                 ready: r?,
                 log: s.log.clone(),
+                ready_file: s.ready_file.clone(),
             })
         })
         .collect())
@@ -426,23 +431,27 @@ pub fn load_state(path: &Path) -> Result<Vec<Instance>, FleetError> {
     serde_json::from_str(&text).map_err(|e| file_error(&state, e))
 }
 
-/// Whether `pid` is a live `skyhost` process (not a reused pid).
-pub fn is_running(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-        c.split(|&b| b == 0).next().is_some_and(|argv0| {
-            Path::new(std::str::from_utf8(argv0).unwrap_or(""))
-                .file_name()
-                .is_some_and(|n| n == "skyhost")
+/// Whether `instance` still runs: its pid is a live process (not a zombie)
+/// started with the instance's `--ready-file`, whatever the binary is
+/// called (a reused pid runs something else).
+pub fn is_running(instance: &Instance) -> bool {
+    let pid = instance.ready.pid;
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let mut args = cmdline.split(|&b| b == 0);
+    let ready_file = instance.ready_file.as_os_str().as_encoded_bytes();
+    let started_so = args.any(|a| a == b"--ready-file") && args.next() == Some(ready_file);
+    started_so
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
         })
-    }) && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|r| r.trim_start().starts_with('Z'))
-    })
 }
 
 fn alive(instances: &[Instance]) -> impl Iterator<Item = &Instance> {
-    instances.iter().filter(|i| is_running(i.ready.pid))
+    instances.iter().filter(|i| is_running(i))
 }
 
 fn signal(pid: u32, signal: rustix::process::Signal) {
@@ -466,11 +475,11 @@ pub fn down(path: &Path, grace: Duration) -> Result<Vec<String>, FleetError> {
         signal(i.ready.pid, rustix::process::Signal::TERM);
     }
     let until = Instant::now() + grace;
-    while running.iter().any(|i| is_running(i.ready.pid)) && Instant::now() < until {
+    while running.iter().any(|i| is_running(i)) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(20));
     }
     for i in &running {
-        if is_running(i.ready.pid) {
+        if is_running(i) {
             signal(i.ready.pid, rustix::process::Signal::KILL);
         }
     }
@@ -486,11 +495,7 @@ pub fn table(instances: &[Instance]) -> String {
         "NAME", "TYPE", "PID", "STATE", "CLUSTER", "CONTROL"
     );
     for i in instances {
-        let state = if is_running(i.ready.pid) {
-            "up"
-        } else {
-            "down"
-        };
+        let state = if is_running(i) { "up" } else { "down" };
         out.push_str(&format!(
             "{:<12} {:<8} {:>8} {:<7} {:<22} {}\n",
             i.name,
@@ -507,6 +512,44 @@ pub fn table(instances: &[Instance]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instance_runs_while_a_process_started_with_its_ready_file_lives() {
+        let ready_file = std::env::temp_dir().join("fleet-is-running-test.ready");
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; true"])
+            .arg("--ready-file")
+            .arg(&ready_file)
+            .spawn()
+            .expect("sh");
+        let instance = |pid, ready_file: &Path| Instance {
+            name: "n".into(),
+            kind: "t".into(),
+            ready: Ready {
+                pid,
+                cluster: Vec::new(),
+                control: None,
+                metrics: None,
+            },
+            log: PathBuf::new(),
+            ready_file: ready_file.to_path_buf(),
+        };
+        // The child's command line is there once it has exec'd.
+        let pid = child.id();
+        let since = Instant::now();
+        while std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty()) {
+            assert!(since.elapsed() < Duration::from_secs(5), "sh never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(is_running(&instance(pid, &ready_file)));
+        // The same pid with another instance's ready file: not that instance.
+        assert!(!is_running(&instance(pid, Path::new("/elsewhere.ready"))));
+        // A live process not started by a fleet.
+        assert!(!is_running(&instance(std::process::id(), &ready_file)));
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+        assert!(!is_running(&instance(pid, &ready_file)));
+    }
 
     #[test]
     fn templates_are_filled_and_fleet_files_checked() {
