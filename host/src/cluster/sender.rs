@@ -60,10 +60,11 @@ pub(crate) struct Sender {
     stats: Arc<crate::transport::LinkStats>,
     /// Target names interned on this sender's links, read without a lock.
     names: papaya::HashMap<String, u32, fnv::FnvBuildHasher>,
-    /// Held while a name is defined, and while a new link gets every
-    /// definition: a definition is then either among those or queued after
-    /// the link started, so it always precedes its first use on the wire.
-    naming: Mutex<()>,
+    /// How many names are defined (the next number). Held while a name is
+    /// defined and while a new link takes its copy of every definition: a
+    /// definition is then either in that copy or queued after the copy was
+    /// taken, so it always precedes its first use on the wire.
+    naming: Mutex<u32>,
 }
 
 impl Sender {
@@ -87,7 +88,7 @@ impl Sender {
             backlog: Arc::default(),
             stats: Arc::default(),
             names: papaya::HashMap::with_hasher(fnv::FnvBuildHasher::default()),
-            naming: Mutex::new(()),
+            naming: Mutex::new(0),
         });
         (sender, rx)
     }
@@ -154,15 +155,16 @@ impl Sender {
         if let Some(id) = self.names.pin().get(name.as_str()) {
             return Target::Interned(*id);
         }
-        let _naming = self.naming.lock().unwrap_or_else(|e| e.into_inner());
+        let mut defined = self.naming.lock().unwrap_or_else(|e| e.into_inner());
         let names = self.names.pin();
         if let Some(id) = names.get(name.as_str()) {
             return Target::Interned(*id);
         }
-        if names.len() >= MAX_INTERNED {
+        let id = *defined;
+        if id as usize >= MAX_INTERNED {
             return Target::Name(name);
         }
-        let id = u32::try_from(names.len()).unwrap_or(u32::MAX);
+        *defined += 1;
         // Queued before it is visible, so every use is queued after it.
         self.queue(Outgoing::Control(Control::Name {
             id,
@@ -172,19 +174,17 @@ impl Sender {
         Target::Interned(id)
     }
 
-    /// Every name definition, for a new link to send first.
-    fn definitions(&self) -> (std::sync::MutexGuard<'_, ()>, Vec<Control>) {
-        let naming = self.naming.lock().unwrap_or_else(|e| e.into_inner());
-        let defined = self
-            .names
+    /// Every name definition, for a new link to send before anything else.
+    fn definitions(&self) -> Vec<Control> {
+        let _defining = self.naming.lock().unwrap_or_else(|e| e.into_inner());
+        self.names
             .pin()
             .iter()
             .map(|(name, id)| Control::Name {
                 id: *id,
                 name: name.clone(),
             })
-            .collect();
-        (naming, defined)
+            .collect()
     }
 
     /// Queues an item for the link, counting it in the backlog.
@@ -454,11 +454,9 @@ pub(super) async fn run(
                 tracing::info!(peer = %sender.node, %address, "cluster link up");
                 // The peer learns the interned names, then this node's
                 // group members, first on every link.
-                let (naming, definitions) = sender.definitions();
-                for d in definitions {
+                for d in sender.definitions() {
                     conn.send(Outgoing::Control(d));
                 }
-                drop(naming);
                 held.retain(|i| !matches!(i, Outgoing::Control(Control::Name { .. })));
                 if let Some(sync) = cluster.groups.sync() {
                     held.retain(|i| !matches!(i, Outgoing::Control(Control::GroupSync { .. })));
