@@ -182,18 +182,20 @@ impl AgentHandler {
         self.next
     }
 
+    /// The local address `target` names: an address as it is, a name (sent
+    /// as text or as a number this link defined) as the node resolves it.
     fn target(&self, tenant: TenantId, target: &Target) -> Result<Address, String> {
-        let found = match target {
-            Target::Interned(id) => match self.names.get(id) {
-                Some(name) => self.cluster.resolve_name(tenant, name),
-                None => return Err(format!("{target} was never defined on this cluster link")),
-            },
-            other => self.cluster.resolve(tenant, other),
+        let name = match target {
+            Target::Address(a) => return Ok(Address(*a)),
+            Target::Name(name) => name,
+            Target::Interned(id) => self
+                .names
+                .get(id)
+                .ok_or_else(|| format!("{target} was never defined on this cluster link"))?,
         };
-        found.ok_or_else(|| {
+        self.cluster.resolve_name(tenant, name).ok_or_else(|| {
             format!(
-                "no service `{}` on cluster node `{}`",
-                self.shown(target),
+                "no service `{name}` on cluster node `{}`",
                 self.cluster.name
             )
         })

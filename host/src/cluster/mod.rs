@@ -431,7 +431,7 @@ impl Cluster {
         }
         if node == self.name {
             let Some(kernel) = self.kernel() else { return };
-            return match self.resolve(tenant, &Target::Name(name.clone())) {
+            return match self.resolve_name(tenant, &name) {
                 Some(a) => respond(&kernel, waiter, a.0.to_le_bytes().to_vec()),
                 None => waiter.fail(
                     &kernel,
@@ -715,19 +715,8 @@ impl Cluster {
         }
     }
 
-    /// The local address a target names: an address as it is, a name
-    /// registered with `cluster.register`, else the node's own names.
-    fn resolve(&self, tenant: TenantId, target: &Target) -> Option<Address> {
-        match target {
-            Target::Address(a) => Some(Address(*a)),
-            Target::Name(n) => self.resolve_name(tenant, n),
-            // A number means something only on the link that defined it.
-            Target::Interned(_) => None,
-        }
-    }
-
-    /// The address `name` has here for `tenant`: a cluster-registered name,
-    /// else a local one.
+    /// The address `name` has here for `tenant`: a name registered with
+    /// `cluster.register`, else the node's own names.
     fn resolve_name(&self, tenant: TenantId, name: &str) -> Option<Address> {
         let key = crate::runtime::scoped(tenant, name);
         let registered = lock(&self.names).get(&*key).copied();

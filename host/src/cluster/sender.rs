@@ -20,7 +20,7 @@ type Item = Outgoing<Control, Header>;
 
 /// Most target names one sender interns; beyond, names travel as text (a
 /// sender to ever-new names must not grow without bound).
-const MAX_INTERNED: usize = 4096;
+const MAX_INTERNED: u32 = 4096;
 
 /// What waits for an answer from the peer, by link session.
 #[derive(Default)]
@@ -161,7 +161,7 @@ impl Sender {
             return Target::Interned(*id);
         }
         let id = *defined;
-        if id as usize >= MAX_INTERNED {
+        if id >= MAX_INTERNED {
             return Target::Name(name);
         }
         *defined += 1;

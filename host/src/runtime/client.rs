@@ -135,8 +135,6 @@ impl Client {
         Ok(answer)
     }
 
-    /// Opens a session of this client: whoever gets the waiter answers it;
-    /// the future waits for the `response` (or `error`).
     /// Opens a session and hands its waiter to `ask` with the node's
     /// cluster side; the future is the session's answer.
     fn cluster_session(
@@ -153,6 +151,8 @@ impl Client {
         Ok(answer)
     }
 
+    /// Opens a session of this client: whoever gets the waiter answers it;
+    /// the future waits for the `response` (or `error`).
     fn open_session(
         &self,
     ) -> (
