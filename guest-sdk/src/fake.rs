@@ -20,6 +20,12 @@ pub(crate) enum Effect {
         session: u32,
         payload: Vec<u8>,
     },
+    /// A `call-timeout`: the call, and the host's limit on it.
+    CallTimeout {
+        dest: u32,
+        session: u32,
+        ms: u32,
+    },
     Respond {
         dest: u32,
         session: u32,
@@ -138,6 +144,12 @@ pub(crate) fn call(dest: u32, payload: &[u8]) -> Result<u32, RawSendError> {
         session,
         payload: payload.to_vec(),
     });
+    Ok(session)
+}
+
+pub(crate) fn call_timeout(dest: u32, payload: &[u8], ms: u32) -> Result<u32, RawSendError> {
+    let session = call(dest, payload)?;
+    record(Effect::CallTimeout { dest, session, ms });
     Ok(session)
 }
 

@@ -6,9 +6,7 @@
 //! at once and in that order. Dropping the future stops waiting: a reply that
 //! comes later is dropped.
 
-use std::future::{Future, poll_fn};
-use std::pin::Pin;
-use std::task::Poll;
+use std::future::Future;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -96,8 +94,9 @@ pub fn call_raw(
     async move { started?.await.into_result() }
 }
 
-/// Like [`call`], but gives up after `timeout` with [`CallError::Timeout`];
-/// an answer that comes later is dropped.
+/// Like [`call`], but gives up after `timeout` with [`CallError::Timeout`]:
+/// the host ends the session then (`call-timeout`), and drops an answer
+/// that comes later.
 ///
 /// # Errors
 /// As [`call`], plus [`CallError::Timeout`].
@@ -110,20 +109,14 @@ where
     Req: Serialize + ?Sized,
     Resp: DeserializeOwned,
 {
-    let started = start_typed_call(addr, req)
-        .map(|call| (call, SessionWait::open(sys::timeout(timer_ms(timeout)))));
+    let started = encode(req).and_then(|payload| {
+        // 0 would mean no limit: a zero timeout still times out.
+        let ms = timer_ms(timeout).max(1);
+        let session = sys::call_timeout(addr.0, &payload, ms).map_err(SendError::from)?;
+        Ok(SessionWait::open(session))
+    });
     async move {
-        let (mut call, mut timer) = started?;
-        let answer = poll_fn(|cx| {
-            if let Poll::Ready(done) = Pin::new(&mut call).poll(cx) {
-                return Poll::Ready(done.into_result());
-            }
-            if Pin::new(&mut timer).poll(cx).is_ready() {
-                return Poll::Ready(Err(CallError::Timeout));
-            }
-            Poll::Pending
-        })
-        .await?;
+        let answer = started?.await.into_result()?;
         decode(&answer)
     }
 }

@@ -10,8 +10,8 @@ pub(crate) use crate::bindings::skyhost::service::types::{
 
 #[cfg(not(test))]
 pub(crate) use crate::bindings::skyhost::service::runtime::{
-    call, demonitor, exit, kill, log, monitor, new_session, now, query, register, respond,
-    self_address, send, spawn, start_trace, tenant, timeout, unregister, wall_time,
+    call, call_timeout, demonitor, exit, kill, log, monitor, new_session, now, query, register,
+    respond, self_address, send, spawn, start_trace, tenant, timeout, unregister, wall_time,
 };
 
 #[cfg(not(test))]
@@ -22,6 +22,6 @@ pub(crate) use crate::fake::{cluster, groups, harbor, multicast};
 
 #[cfg(test)]
 pub(crate) use crate::fake::{
-    call, demonitor, exit, kill, log, monitor, new_session, now, query, register, respond,
-    self_address, send, spawn, start_trace, tenant, timeout, unregister, wall_time,
+    call, call_timeout, demonitor, exit, kill, log, monitor, new_session, now, query, register,
+    respond, self_address, send, spawn, start_trace, tenant, timeout, unregister, wall_time,
 };

@@ -364,42 +364,39 @@ fn after_exit_the_sdk_leaves_answers_to_the_host() {
 }
 
 #[test]
-fn call_timeout_times_out_and_drops_the_late_reply() {
+fn call_timeout_asks_the_host_to_end_the_session() {
     start();
-    let effects = deliver(vec![request(
-        1,
-        &Cmd::Timed {
-            target: TARGET,
-            ms: 50,
-        },
-    )]);
+    let timed = |caller| {
+        request(
+            caller,
+            &Cmd::Timed {
+                target: TARGET,
+                ms: 50,
+            },
+        )
+    };
     assert_eq!(
-        effects,
-        vec![called(1, 0), Effect::Timeout { session: 2, ms: 50 }]
+        deliver(vec![timed(1)]),
+        vec![
+            called(1, 0),
+            Effect::CallTimeout {
+                dest: TARGET,
+                session: 1,
+                ms: 50
+            }
+        ]
     );
-    // The timer fires first (a response from ourselves).
-    let timer = raw(kind::RESPONSE, 0x101, 2, Vec::new());
-    assert_eq!(deliver(vec![timer]), vec![answered(1, Err("timed out"))]);
+    // The host ends it with a timeout error from address 0.
+    let expired = raw(kind::ERROR, 0, 1, vec![5]);
+    assert_eq!(deliver(vec![expired]), vec![answered(1, Err("timed out"))]);
     assert_eq!(runtime::stats(), (0, 0), "the call's session was closed");
-    assert!(
-        deliver(vec![response(1, enc(&7u32))]).is_empty(),
-        "late reply dropped"
-    );
-    assert_eq!(handled(), 1, "the late reply did not reach handle");
 
-    // When the answer wins, the timer's later response is dropped.
-    deliver(vec![request(
-        2,
-        &Cmd::Timed {
-            target: TARGET,
-            ms: 50,
-        },
-    )]);
+    // An answer in time is the answer.
+    deliver(vec![timed(2)]);
     assert_eq!(
-        deliver(vec![response(3, enc(&7u32))]),
+        deliver(vec![response(2, enc(&7u32))]),
         vec![answered(2, Ok(enc(&7u32)))]
     );
-    assert!(deliver(vec![raw(kind::RESPONSE, 0x101, 4, Vec::new())]).is_empty());
     assert_eq!(runtime::stats(), (0, 0));
 }
 

@@ -861,7 +861,8 @@ fn pool_size_for_max_services() -> u32 {
     {
         eprintln!(
             "max-services: vm.max_map_count = {maps} allows about {allowed} services; \
-             raise it (sysctl -w vm.max_map_count=1048576) to try 100,000"
+             raise it (sysctl -w vm.max_map_count={}) to try 100,000",
+            skyhost::wasm::map_count_for(skyhost::config::DEFAULT_MAX_SERVICES)
         );
     }
     // Automatic: 100,000, or what the map count allows.

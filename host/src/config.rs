@@ -435,7 +435,8 @@ impl Limits {
                     tracing::warn!(
                         "vm.max_map_count = {max_maps} leaves room for about {allowed} services; \
                          sizing the node for that many (to allow {DEFAULT_MAX_SERVICES}, as root: \
-                         sysctl -w vm.max_map_count=1048576)"
+                         sysctl -w vm.max_map_count={})",
+                        crate::wasm::map_count_for(DEFAULT_MAX_SERVICES)
                     );
                     u32::try_from(allowed.max(1)).unwrap_or(DEFAULT_MAX_SERVICES)
                 }

@@ -29,8 +29,8 @@ pub mod wasm;
 
 pub use config::NodeConfig;
 pub use runtime::{
-    Address, CallError, Client, ErrorCause, Message, Node, SendError, ServiceInfo, SpawnError,
-    TenantError, TenantId, TenantStats, UpgradeError, UpgradeReport, Upgraded, kind,
+    Address, CallError, Client, ErrorCause, LateAt, Message, Node, SendError, ServiceInfo,
+    SpawnError, TenantError, TenantId, TenantStats, UpgradeError, UpgradeReport, Upgraded, kind,
 };
 
 /// Where the build put the bundled services (`services/` built for

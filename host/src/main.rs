@@ -209,6 +209,27 @@ fn console(to: &ControlArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints `text` and a newline on stdout. A reader that has gone (`| head`)
+/// ends the output quietly, as it does for other command-line tools.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_all(text.as_bytes())
+        .and_then(|()| {
+            if text.is_empty() {
+                Ok(())
+            } else {
+                out.write_all(b"\n")
+            }
+        })
+        .and_then(|()| out.flush());
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
 /// Sends `command` to a node's control address and prints the answer.
 fn ctl(to: &ControlArgs, command: &str) -> anyhow::Result<()> {
     let secret = control_secret(to)?;
@@ -219,12 +240,7 @@ fn ctl(to: &ControlArgs, command: &str) -> anyhow::Result<()> {
         .block_on(skyhost::control::request(&to.control, &secret, command))
         .with_context(|| format!("control address {}", to.control))?;
     match answer {
-        skyhost::control::proto::Answer::Ok(lines) => {
-            for l in lines {
-                println!("{l}");
-            }
-            Ok(())
-        }
+        skyhost::control::proto::Answer::Ok(lines) => print_out(&lines.join("\n")),
         skyhost::control::proto::Answer::Error(e) => anyhow::bail!("{e}"),
     }
 }
@@ -235,14 +251,16 @@ fn fleet(action: FleetAction) -> anyhow::Result<()> {
         FleetAction::Up { file } => {
             let exe = std::env::current_exe().context("the skyhost binary's path")?;
             let instances = fleet::up(&file, &exe, Duration::from_secs(60))?;
-            print!("{}", fleet::table(&instances));
+            print_out(fleet::table(&instances).trim_end())?;
         }
         FleetAction::Down { file } => {
             for name in fleet::down(&file, Duration::from_secs(10))? {
                 println!("stopped {name}");
             }
         }
-        FleetAction::Status { file } => print!("{}", fleet::table(&fleet::load_state(&file)?)),
+        FleetAction::Status { file } => {
+            print_out(fleet::table(&fleet::load_state(&file)?).trim_end())?
+        }
     }
     Ok(())
 }

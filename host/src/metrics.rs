@@ -122,6 +122,22 @@ pub fn render(node: &Node) -> String {
             node.stops(i),
         );
     }
+    for at in crate::runtime::LateAt::ALL {
+        m.counter(
+            "skyhost_late_answers_total",
+            "Answers dropped because their session had already ended (a reply after \
+             the caller's timeout or node-down error), by where they were dropped",
+            &[("at", at.label())],
+            node.late_answers(at),
+        );
+    }
+    m.counter(
+        "skyhost_cluster_sends_undelivered_total",
+        "Cluster sends from other nodes dropped here: no service by the name or \
+         address they gave, or it refused them (a send has no answer to carry an error back)",
+        &[],
+        node.cluster_sends_undelivered(),
+    );
     let infos = node.service_infos();
     for t in node.tenant_stats() {
         let tenant = t.name.as_str();

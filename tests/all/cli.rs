@@ -60,6 +60,29 @@ fn an_unknown_bootstrap_module_fails_the_node_with_the_paths_searched() {
 }
 
 #[test]
+fn a_core_module_is_refused_with_how_to_make_a_component() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The smallest valid core module: magic and version 1.
+    std::fs::write(dir.path().join("core.wasm"), b"\0asm\x01\0\0\0").expect("write module");
+    let text = format!(
+        "module_paths = [{:?}]\n[bootstrap]\nmodule = \"core\"\n",
+        dir.path().display().to_string()
+    );
+    let path = write_node_file(dir.path(), &text);
+    let out = skyhost()
+        .arg("run")
+        .arg(&path)
+        .output()
+        .expect("run skyhost");
+    assert!(!out.status.success(), "a core module must not start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("core wasm module") && stderr.contains("wasm32-wasip2"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_demo_node_runs_and_stops_cleanly_on_sigint() {
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo.toml");
     let mut node = Proc::start([Path::new("run"), &demo]);
@@ -79,6 +102,22 @@ fn the_demo_node_runs_and_stops_cleanly_on_sigint() {
     assert!(
         out.status.success() && listed.contains(" demo tenant=system"),
         "{listed}"
+    );
+    // A reader that went away (`| head`) ends the output quietly.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skyhost"))
+        .args(["ctl", "-c", &control, "list"])
+        .env("SKYHOST_SECRET", "demo")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run skyhost ctl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.is_empty(),
+        "{:?}: {stderr}",
+        out.status
     );
     // The README's upgrade step: the demo swapped for its rebuilt module,
     // its counts carried over.

@@ -884,3 +884,54 @@ async fn host_names_in_the_config_are_resolved() -> anyhow::Result<()> {
     a.stop().await;
     Ok(())
 }
+
+/// Replaces `path` with `text` in one step (a rename), as deploy tools do.
+fn replace_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Reading the watched cluster file (a `cat`, a second node starting on
+/// it) or rewriting the same text changes nothing; a change of content
+/// reloads it once. Skynet's own options are taken as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_file_reloads_on_a_change_of_content_only() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let conf = dir.path().join("cluster.conf");
+    std::fs::write(
+        &conf,
+        "-- as Skynet users write it\n__nowaiting = false\n__cache = true\n",
+    )?;
+    let (mut p1, addr1) = start_proc(&node_file(dir.path(), "one", &conf, "127.0.0.1:0"));
+    p1.wait_for("`__cache` is not one skyhost knows; ignored");
+    let one = format!("__cache = true\none = \"{addr1}\"\n");
+    replace_file(&conf, &one)?;
+    p1.wait_for("nodes=1");
+    for _ in 0..50 {
+        std::fs::read(&conf)?;
+    }
+    let (mut p2, _) = start_proc(&node_file(dir.path(), "two", &conf, "127.0.0.1:0"));
+    replace_file(&conf, &one)?;
+    // A reload follows its event by ~30 ms; a storm goes on for ever.
+    p1.assert_quiet("cluster config reloaded", Duration::from_millis(500));
+    replace_file(&conf, &format!("{one}three = \"127.0.0.1:9\"\n"))?;
+    p1.wait_for("nodes=2");
+    let reloads = p1
+        .seen
+        .iter()
+        .filter(|l| l.contains("cluster config reloaded"))
+        .count();
+    assert_eq!(
+        reloads,
+        2,
+        "one reload per change of content:\n{}",
+        p1.log()
+    );
+    for p in [&mut p2, &mut p1] {
+        p.signal("INT");
+        assert!(p.wait_exit().success(), "{}", p.log());
+    }
+    Ok(())
+}

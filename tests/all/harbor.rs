@@ -371,6 +371,105 @@ fn harbor_node_file(
     path
 }
 
+/// A harbor node stopped (SIGSTOP) with calls in flight: at `dead_after_ms`
+/// every call ends with node-down; when the node runs again (SIGCONT) and
+/// answers them, each answer is late and dropped, never a second end of a
+/// session that has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_from_a_node_that_was_declared_down_are_dropped_as_late() -> anyhow::Result<()> {
+    use crate::support::Proc;
+    use skyhost::LateAt;
+    let dir = tempfile::tempdir()?;
+    let t = launch(1, None).await?;
+    let master = t.node.master_address().context("master address")?;
+    let file2 = harbor_node_file(dir.path(), 2, Some(&master), SECRET, "kit2");
+    let mut p2 = Proc::start([std::path::Path::new("run"), &file2]);
+    p2.wait_for("bootstrap service started");
+    let kit2 = t.client.queryname("kit2", DEADLINE).await?;
+    let caller = t.spawn("testkit").await?;
+    // Answered well after the node is declared down (dead_after_ms is 2 s)
+    // and running again, so the answers cross a new link.
+    let slow = Command::SleepThenEcho {
+        ms: 6_000,
+        payload: b"late".to_vec(),
+    };
+    const CALLS: u64 = 40;
+    let relay = Command::Call {
+        target: kit2.0,
+        command: Box::new(slow.clone()),
+    };
+    let mut direct = Vec::new();
+    let mut relayed = Vec::new();
+    for _ in 0..CALLS / 2 {
+        direct.push(t.client.start_call(kit2, postcard::to_allocvec(&slow)?)?);
+        relayed.push(
+            t.client
+                .start_call(caller, postcard::to_allocvec(&relay)?)?,
+        );
+    }
+    // The caller has made its calls once it answers what was queued after them.
+    assert_eq!(
+        t.command(caller, &Command::HarborId).await?,
+        Reply::Count(1)
+    );
+    let responses = || {
+        let stats = t.node.tenant_stats();
+        let system = stats.iter().find(|s| s.name == "system");
+        system
+            .and_then(|s| s.messages_by_kind.iter().find(|(k, _)| *k == "response"))
+            .map_or(0, |(_, n)| *n)
+    };
+    let before = responses();
+    p2.signal("STOP");
+    for call in direct {
+        let r = within(call).await?;
+        assert_eq!(r.err().and_then(|e| e.cause()), Some(ErrorCause::NodeDown));
+    }
+    for call in relayed {
+        let reply: Reply = postcard::from_bytes(&within(call).await??)?;
+        assert!(
+            matches!(&reply, Reply::Failed(e) if e.contains("down")),
+            "{reply:?}"
+        );
+    }
+    p2.signal("CONT");
+    eventually("every late answer dropped at the harbor link", || {
+        t.node.late_answers(LateAt::Harbor) == CALLS
+    })
+    .await?;
+    // None reached the calling service: its sessions had ended.
+    assert_eq!(responses(), before, "a late answer was dispatched");
+    // The node is back and answers new calls.
+    let echo = Command::Call {
+        target: kit2.0,
+        command: Box::new(Command::Echo(b"back".to_vec())),
+    };
+    eventually_ok(|| t.command(caller, &echo), Reply::Bytes(b"back".to_vec())).await?;
+    t.stop().await;
+    p2.signal("INT");
+    assert!(p2.wait_exit().success(), "{}", p2.log());
+    Ok(())
+}
+
+/// Retries `ask` until it answers `want` (the peer may still be relinking).
+async fn eventually_ok<F, Fut>(mut ask: F, want: Reply) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Reply, CallError>>,
+{
+    let start = Instant::now();
+    loop {
+        match ask().await {
+            Ok(r) if r == want => return Ok(()),
+            other => anyhow::ensure!(
+                start.elapsed() < DEADLINE,
+                "still {other:?} after {DEADLINE:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_real_processes_share_one_address_space() -> anyhow::Result<()> {
     use crate::support::{Proc, log_field};

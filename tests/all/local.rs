@@ -443,3 +443,92 @@ async fn the_readme_first_service_answers() -> anyhow::Result<()> {
     t.stop().await;
     Ok(())
 }
+
+/// A runaway service with requests queued behind it is stopped at its CPU
+/// budget, not at the budget times the batch it took them in. One thread
+/// for the test and the node: the requests are all queued before the
+/// service runs, so it takes them in one batch.
+#[tokio::test(flavor = "current_thread")]
+async fn a_runaway_is_stopped_at_its_budget_whatever_is_queued_behind_it() -> anyhow::Result<()> {
+    const BUDGET_MS: u64 = 200;
+    const QUEUED: usize = 16;
+    let mut config = test_config();
+    config.limits.cpu_budget_ms = BUDGET_MS;
+    let t = TestNode::with_config(config)?;
+    let spinner = t.spawn("testkit").await?;
+    let cpu_before = system_cpu_us(&t);
+    let spin = postcard::to_allocvec(&Command::Spin)?;
+    let calls: Vec<_> = (0..QUEUED)
+        .map(|_| t.client.start_call(spinner, spin.clone()))
+        .collect::<Result<_, _>>()?;
+    for call in calls {
+        let detail = match within(call).await? {
+            Err(CallError::Failed { cause, detail }) => {
+                assert_eq!(cause, ErrorCause::Trapped, "{detail}");
+                detail
+            }
+            other => panic!("expected the spinner to be stopped, got {other:?}"),
+        };
+        assert!(detail.contains("cpu budget of 200 ms"), "{detail}");
+    }
+    // The CPU time it ran (running time, as the budget counts it) is one
+    // budget and a tick; 16 budgets before the budget stopped counting
+    // per batch.
+    let ran_ms = (system_cpu_us(&t) - cpu_before) / 1_000;
+    assert!(
+        ran_ms < 3 * BUDGET_MS,
+        "the runaway ran {ran_ms} ms against a budget of {BUDGET_MS} ms"
+    );
+    t.stop().await;
+    Ok(())
+}
+
+/// CPU time the system tenant's services have run, in µs.
+fn system_cpu_us(t: &TestNode) -> u64 {
+    t.node
+        .tenant_stats()
+        .iter()
+        .find(|s| s.name == "system")
+        .map_or(0, |s| s.cpu_us)
+}
+
+/// `call-timeout`: the host ends the call at its deadline, and drops the
+/// answer that comes after; an answer in time ends it, and the deadline's
+/// own error is dropped without being counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_call_ends_once_and_its_late_answer_is_dropped() -> anyhow::Result<()> {
+    use skyhost::LateAt;
+    let t = TestNode::start()?;
+    let caller = t.spawn("testkit").await?;
+    let callee = t.spawn("testkit").await?;
+    let within_ms = |command: Command, timeout_ms| Command::CallWithin {
+        target: callee.0,
+        command: Box::new(command),
+        timeout_ms,
+    };
+    // In time: the answer; its deadline (100 ms on) ends nothing.
+    let echo = within_ms(Command::Echo(b"in time".to_vec()), 100);
+    assert_eq!(
+        t.command(caller, &echo).await?,
+        Reply::Bytes(b"in time".to_vec())
+    );
+    // Too late: the host's timeout, after the first deadline passed.
+    let slow = Command::SleepThenEcho {
+        ms: 1_000,
+        payload: b"late".to_vec(),
+    };
+    let reply = t.command(caller, &within_ms(slow, 400)).await?;
+    assert_eq!(reply, Reply::Failed("timed out".into()));
+    assert_eq!(
+        t.node.late_answers(LateAt::Service),
+        0,
+        "an expired deadline of an answered call was counted as a late answer"
+    );
+    // The callee answers at 1 s: dropped and counted, never dispatched.
+    crate::support::eventually("the late answer dropped", || {
+        t.node.late_answers(LateAt::Service) == 1
+    })
+    .await?;
+    t.stop().await;
+    Ok(())
+}

@@ -231,6 +231,28 @@ impl Proc {
         }
     }
 
+    /// Reads stderr for `window` and fails if a line containing `needle`
+    /// arrives: for what must not happen (a window, since an absence has no
+    /// event to wait on).
+    pub fn assert_quiet(&mut self, needle: &str, window: Duration) {
+        let end = std::time::Instant::now() + window;
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let bad = line.contains(needle);
+                    self.seen.push(line);
+                    assert!(
+                        !bad,
+                        "unexpected {needle:?}; saw:\n{}",
+                        self.seen.join("\n")
+                    );
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Sends a signal (`INT`, `KILL`, ...) to the process.
     pub fn signal(&self, name: &str) {
         signal_pid(self.id(), name);

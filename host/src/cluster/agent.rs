@@ -285,7 +285,8 @@ impl LinkHandler<Control, Header> for AgentHandler {
                     self.kernel.deliver(dest, m).map_err(|e| e.to_string())
                 });
                 if let Err(e) = delivered {
-                    tracing::debug!("cluster send to `{}` dropped: {e}", self.shown(&target));
+                    let shown = self.shown(&target);
+                    self.cluster.send_undelivered(&self.peer, &shown, &e);
                 }
             }
             Header::Multicast {

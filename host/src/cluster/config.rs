@@ -7,6 +7,7 @@
 //! game1 = "game1.example:2529"   -- host names are resolved when a link is made
 //! battle = false                 -- offline: calls to it fail at once
 //! __nowaiting = true             -- calls to unknown nodes fail instead of waiting
+//! __cache = true                 -- any other `__` option: accepted, warned, ignored
 //! ```
 //! and the same as TOML (`#` comments, any TOML syntax for these keys).
 //! Errors name the file, the line and the key.
@@ -37,6 +38,10 @@ pub struct ClusterTable {
     /// Node → the node its calls go to while it fails its health checks
     /// (`game1 = { address = "...", backup = "game1b" }`).
     pub backups: BTreeMap<String, String>,
+    /// Options (`__` keys) skyhost does not use, each as `file:line: key`:
+    /// Skynet takes any `__` key as an option, so a file written for it may
+    /// carry some. They are ignored with a warning, not refused.
+    pub unknown_options: Vec<String>,
 }
 
 /// A cluster config that could not be used.
@@ -93,6 +98,10 @@ impl ClusterTable {
                             v.type_str()
                         ),
                     ));
+                }
+                (option, _) if option.starts_with("__") => {
+                    out.unknown_options
+                        .push(format!("{}:{line}: `{option}`", path.display()));
                 }
                 (name, toml::Value::Boolean(false)) => {
                     out.nodes.insert(name.to_string(), NodeAddress::Offline);
@@ -159,6 +168,13 @@ impl ClusterTable {
             }
         }
         Ok(out)
+    }
+
+    /// Logs a warning for each option it ignores.
+    pub fn warn_unknown_options(&self) {
+        for at in &self.unknown_options {
+            tracing::warn!("cluster config option {at} is not one skyhost knows; ignored");
+        }
     }
 
     /// The address of `node`, as the table says.
@@ -233,6 +249,23 @@ fn key_line(text: &str, key: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skynet_options_are_taken_and_unknown_ones_kept_aside() {
+        let text = "-- Skynet's own example\n__nowaiting = true\n__cache = true\n\
+                    __timeout = 300\ndb = \"127.0.0.1:2528\"\n";
+        let t = parse(text).expect("Skynet's file is accepted");
+        assert!(t.nowaiting);
+        assert_eq!(
+            t.nodes.get("db"),
+            Some(&NodeAddress::At("127.0.0.1:2528".into()))
+        );
+        assert!(!t.nodes.contains_key("__cache"));
+        assert_eq!(
+            t.unknown_options,
+            ["cluster.conf:3: `__cache`", "cluster.conf:4: `__timeout`"]
+        );
+    }
 
     fn parse(text: &str) -> Result<ClusterTable, ClusterConfigError> {
         ClusterTable::parse(text, Path::new("cluster.conf"))

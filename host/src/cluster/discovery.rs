@@ -295,8 +295,8 @@ impl View {
             .collect();
         ClusterTable {
             nodes,
-            nowaiting: false,
             backups,
+            ..ClusterTable::default()
         }
     }
 }

@@ -227,7 +227,43 @@ pub(crate) struct Cluster {
     next_link: AtomicU64,
     /// Nodes that fail their health checks.
     nodes_out: health::NodesOut,
+    /// Sends from other nodes that found no service here.
+    undelivered: Undelivered,
     cancel: CancellationToken,
+}
+
+/// Counts the cluster sends that reached this node for a service it does
+/// not have (a send has no answer to carry the error back), and logs them
+/// at most once a second, so a sender's typo shows without flooding the log.
+#[derive(Default)]
+struct Undelivered {
+    total: AtomicU64,
+    /// When the last line was logged, and how many went unlogged since.
+    logged: Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+impl Undelivered {
+    fn count(&self, from: &str, target: &str, why: &str) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        let mut logged = lock(&self.logged);
+        match &mut *logged {
+            Some((at, unlogged)) if now.duration_since(*at) < Duration::from_secs(1) => {
+                *unlogged += 1;
+            }
+            _ => {
+                let unlogged = logged.map_or(0, |(_, n)| n);
+                *logged = Some((now, 0));
+                drop(logged);
+                tracing::warn!(
+                    from,
+                    target,
+                    also_dropped_since_last_line = unlogged,
+                    "cluster send dropped: {why}"
+                );
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -248,6 +284,7 @@ impl Cluster {
             Some(path) => ClusterTable::load(path).map_err(|e| e.to_string())?,
             None => ClusterTable::default(),
         };
+        table.warn_unknown_options();
         let cluster = Arc::new(Cluster {
             kernel: Arc::downgrade(kernel),
             name: config.name.clone(),
@@ -272,6 +309,7 @@ impl Cluster {
             relay: OnceLock::new(),
             next_link: AtomicU64::new(1),
             nodes_out: health::NodesOut::default(),
+            undelivered: Undelivered::default(),
             cancel: kernel.shutdown.child_token(),
         });
         let bound = match &config.listen {
@@ -674,6 +712,17 @@ impl Cluster {
         self.groups_follow_table();
     }
 
+    /// Counts (and logs, at most once a second) a send from node `from` for
+    /// `target`, a service this node does not have.
+    pub(crate) fn send_undelivered(&self, from: &str, target: &str, why: &str) {
+        self.undelivered.count(from, target, why);
+    }
+
+    /// Sends from other nodes dropped for want of their service, since start.
+    pub fn sends_undelivered(&self) -> u64 {
+        self.undelivered.total.load(Ordering::Relaxed)
+    }
+
     /// Parses `text` as a cluster config and applies it.
     ///
     /// # Errors
@@ -681,6 +730,7 @@ impl Cluster {
     pub fn reload(self: &Arc<Self>, text: &str) -> Result<(), ClusterConfigError> {
         let table = ClusterTable::parse(text, std::path::Path::new("<reload>"))?;
         tracing::info!(nodes = table.nodes.len(), "cluster config reloaded");
+        table.warn_unknown_options();
         self.apply(table);
         Ok(())
     }
@@ -783,7 +833,7 @@ mod watch {
     use notify::{RecursiveMode, Watcher};
     use tokio::sync::mpsc;
 
-    use super::{Cluster, ClusterTable};
+    use super::{Cluster, ClusterConfigError, ClusterTable};
 
     /// Starts watching `path` (its directory, so a replaced file is seen).
     pub(super) fn start(cluster: &Arc<Cluster>, path: PathBuf) -> notify::Result<()> {
@@ -791,7 +841,10 @@ mod watch {
         let file = path.file_name().map(|f| f.to_owned());
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Reads (an `open`, our own reload's among them) are no
+                // change: reacting to them made every read trigger a reload.
                 if let Ok(e) = event
+                    && !e.kind.is_access()
                     && e.paths.iter().any(|p| p.file_name() == file.as_deref())
                 {
                     let _ = tx.send(());
@@ -807,6 +860,10 @@ mod watch {
         };
         let weak = Arc::downgrade(cluster);
         let cancel = cluster.cancel.clone();
+        // What the node runs with now: a reload happens when the content
+        // differs from it (a `touch`, a rewrite with the same text, a file
+        // replaced by an identical copy change nothing).
+        let mut current = std::fs::read(&path).ok();
         kernel.tasks.spawn(async move {
             let _watcher = watcher;
             loop {
@@ -818,9 +875,26 @@ mod watch {
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 while rx.try_recv().is_ok() {}
                 let Some(cluster) = weak.upgrade() else { return };
-                match ClusterTable::load(&path) {
+                let text = match std::fs::read(&path) {
+                    Ok(text) if current.as_ref() == Some(&text) => continue,
+                    Ok(text) => text,
+                    Err(e) => {
+                        tracing::error!(file = %path.display(), "cluster config not reloaded, the old one stays: {e}");
+                        continue;
+                    }
+                };
+                let parsed = String::from_utf8(text.clone())
+                    .map_err(|e| ClusterConfigError {
+                        path: path.clone(),
+                        line: 0,
+                        message: format!("not UTF-8 text: {e}"),
+                    })
+                    .and_then(|t| ClusterTable::parse(&t, &path));
+                current = Some(text);
+                match parsed {
                     Ok(table) => {
                         tracing::info!(file = %path.display(), nodes = table.nodes.len(), "cluster config reloaded");
+                        table.warn_unknown_options();
                         cluster.apply(table);
                     }
                     Err(e) => tracing::error!("cluster config not reloaded, the old one stays: {e}"),

@@ -528,7 +528,16 @@ struct SenderHandler {
 
 impl LinkHandler<Control, Header> for SenderHandler {
     fn on_message(&mut self, header: Header, payload: Vec<u8>) {
-        let take = |session| self.sender.waiting().calls.remove(&session);
+        // A call that timed out or failed is gone from the table: its
+        // answer is late, dropped and counted.
+        let take = |session| {
+            let waiter = self.sender.waiting().calls.remove(&session);
+            if waiter.is_none() {
+                self.kernel
+                    .count_late_answer(crate::runtime::LateAt::Cluster);
+            }
+            waiter
+        };
         match header {
             Header::Response {
                 session,
@@ -561,6 +570,8 @@ impl LinkHandler<Control, Header> for SenderHandler {
         match control {
             Control::QueryResult { request, address } => {
                 let Some((name, waiter)) = self.sender.waiting().queries.remove(&request) else {
+                    self.kernel
+                        .count_late_answer(crate::runtime::LateAt::Cluster);
                     return Ok(());
                 };
                 match address {

@@ -88,6 +88,12 @@ pub enum ParseError {
     /// The command needs an argument it did not get, or got too many.
     #[error("usage: {0}")]
     Usage(&'static str),
+    /// `spawn` was given a path (or a file name) where a module name goes.
+    #[error(
+        "`{0}` is not a module name: spawn takes `[tenant/]module`, the name of a module in \
+         the tenant's module paths (letters, digits, `-` and `_`; `echo` for echo.wasm), not a path"
+    )]
+    NotAModule(String),
 }
 
 /// The commands and what they do, as `help` prints them.
@@ -175,6 +181,13 @@ impl Request {
             "spawn" => {
                 let (target, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
                 let (tenant, module) = target.split_once('/').unwrap_or(("system", target));
+                let module_name = |m: &str| {
+                    m.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                };
+                if target.starts_with('/') || !module_name(module) || tenant.starts_with('.') {
+                    return Err(ParseError::NotAModule(target.to_string()));
+                }
                 if module.is_empty() || tenant.is_empty() {
                     return Err(ParseError::Usage("spawn [tenant/]<module> [args]"));
                 }
@@ -333,6 +346,17 @@ mod tests {
                 args: "a b".into()
             })
         );
+        for path in [
+            "../x",
+            "./echo",
+            "/tmp/echo.wasm",
+            "echo.wasm",
+            "blue/../echo",
+        ] {
+            let e = Request::parse(&format!("spawn {path}")).expect_err(path);
+            assert_eq!(e, ParseError::NotAModule(path.into()));
+            assert!(e.to_string().contains("not a path"), "{e}");
+        }
         assert_eq!(
             Request::parse("spawn echo"),
             Ok(Request::Spawn {

@@ -47,7 +47,10 @@ use tracing::Instrument;
 
 use crate::config::HarborConfig;
 pub(crate) use crate::runtime::Waiter;
-use crate::runtime::{Address, ErrorCause, HarborId, Kernel, Message, SendError, TenantId, kind};
+use crate::runtime::{
+    Address, ErrorCause, GUEST_SESSIONS, HarborId, Kernel, LateAt, Message, SendError, TenantId,
+    kind,
+};
 use crate::transport::{Connection, Envelope, LinkConfig, LinkHandler, Outgoing};
 use proto::{Control, MASTER_PROTOCOL, PEER_PROTOCOL};
 
@@ -140,11 +143,35 @@ pub(crate) struct Peer {
     gone: CancellationToken,
 }
 
-/// Requests sent to a peer and not answered yet: `(caller, session)`.
+/// Requests sent to a peer and not answered yet: `(caller, session)` and
+/// how many (a guest's protocol on `send` may ask several services under
+/// one session). An answer ends one; an answer for a pair not here is late
+/// (its request was failed when the link dropped) and is dropped.
 #[derive(Default)]
 struct Inflight {
     closed: bool,
-    calls: HashSet<(u32, u32)>,
+    calls: HashMap<(u32, u32), u32>,
+}
+
+impl Inflight {
+    fn open(&mut self, key: (u32, u32)) {
+        *self.calls.entry(key).or_insert(0) += 1;
+    }
+
+    /// Ends one request of `key`; false when none was in flight.
+    fn close(&mut self, key: (u32, u32)) -> bool {
+        match self.calls.get_mut(&key) {
+            None => false,
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            Some(_) => {
+                self.calls.remove(&key);
+                true
+            }
+        }
+    }
 }
 
 impl Peer {
@@ -331,9 +358,9 @@ impl Harbor {
             if inflight.closed {
                 return Err(SendError::NodeDown(dest));
             }
-            inflight.calls.insert((message.source.0, message.session));
+            inflight.open((message.source.0, message.session));
             if !peer.send(item) {
-                inflight.calls.remove(&(message.source.0, message.session));
+                inflight.close((message.source.0, message.session));
                 return Err(SendError::NodeDown(dest));
             }
         } else if !peer.send(item) {
@@ -791,17 +818,18 @@ impl Harbor {
         if !calls.is_empty() {
             tracing::warn!(
                 peer = peer.id,
-                calls = calls.len(),
+                calls = calls.values().sum::<u32>(),
                 "failing calls in flight: {why}"
             );
         }
         let detail = format!("harbor {} is down: {why}", peer.id);
-        for (caller, session) in calls {
-            let caller = Address(caller);
-            let _ = kernel.deliver(
-                caller,
-                Message::error(caller, session, ErrorCause::NodeDown, &detail),
-            );
+        for ((caller, session), n) in calls {
+            for _ in 0..n {
+                let _ = kernel.deliver(
+                    Address(caller),
+                    Message::error(Address(0), session, ErrorCause::NodeDown, &detail),
+                );
+            }
         }
     }
 
@@ -1075,10 +1103,25 @@ struct PeerHandler {
 
 impl LinkHandler<Control> for PeerHandler {
     fn on_message(&mut self, e: Envelope, payload: Vec<u8>) {
+        // An answer ends its request in flight; one with none is late (its
+        // request was failed when the link dropped). Host-import sessions
+        // only: a guest's protocol on `send` may be answered with `respond`
+        // to a message that was no request.
+        let late = matches!(e.kind, kind::RESPONSE | kind::ERROR)
+            && !self.peer.inflight().close((e.dest, e.session))
+            && e.session & GUEST_SESSIONS == 0;
+        if late {
+            self.kernel.count_late_answer(LateAt::Harbor);
+            tracing::debug!(
+                dest = %Address(e.dest),
+                source = %Address(e.source),
+                session = e.session,
+                "late answer from harbor {} dropped: its request had failed",
+                self.peer.id
+            );
+            return;
+        }
         match e.kind {
-            kind::RESPONSE | kind::ERROR => {
-                self.peer.inflight().calls.remove(&(e.dest, e.session));
-            }
             kind::EXIT => {
                 lock(&self.peer.monitors).remove(&(e.dest, e.source));
             }

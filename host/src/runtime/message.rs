@@ -4,6 +4,13 @@ use bytes::Bytes;
 
 use super::{Address, TenantId};
 
+/// The bit that marks a session from `new-session`: the guest's own, for
+/// protocols on `send`. Sessions of host imports (`call`, `timeout`,
+/// `spawn`, `harbor.*`, `cluster.*`, `groups.*`) number from 1 below it, so
+/// the host can tell an answer to an ended session of its own (dropped as
+/// late) from an answer in a guest's protocol (always passed on).
+pub const GUEST_SESSIONS: u32 = 1 << 31;
+
 /// A session number; 0 means no reply is wanted.
 pub type Session = u32;
 
@@ -73,6 +80,38 @@ impl Message {
     /// Whether this message wants a response.
     pub fn wants_reply(&self) -> bool {
         self.kind == kind::REQUEST && self.session != 0
+    }
+}
+
+/// Where a late answer (a `response` or `error` for a session that had
+/// already ended) was dropped, for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LateAt {
+    /// At the service it was for, which no longer waited on the session.
+    Service,
+    /// At the harbor link it came in on: the request had been failed
+    /// (its node was declared down) before the answer came back.
+    Harbor,
+    /// At the cluster sender: the call had timed out or failed.
+    Cluster,
+}
+
+impl LateAt {
+    /// Every place, in the order of [`index`](Self::index).
+    pub const ALL: [LateAt; 3] = [LateAt::Service, LateAt::Harbor, LateAt::Cluster];
+
+    /// Its slot in the node's counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its label in `/metrics`.
+    pub fn label(self) -> &'static str {
+        match self {
+            LateAt::Service => "service",
+            LateAt::Harbor => "harbor",
+            LateAt::Cluster => "cluster",
+        }
     }
 }
 

@@ -36,7 +36,9 @@ use tokio_util::task::TaskTracker;
 
 pub use address::{Address, HarborId};
 pub use client::Client;
-pub use message::{CallError, ErrorCause, Message, SendError, Session, kind};
+pub use message::{
+    CallError, ErrorCause, GUEST_SESSIONS, LateAt, Message, SendError, Session, kind,
+};
 pub use tenant::{SYSTEM_TENANT, TenantId, TenantStats};
 pub use upgrade::{UpgradeError, UpgradeReport, Upgraded};
 
@@ -383,6 +385,8 @@ pub(crate) struct Kernel {
     live: AtomicUsize,
     /// Services ended, by `StopReason::index`.
     pub stops: [std::sync::atomic::AtomicU64; crate::wasm::StopReason::ALL.len()],
+    /// Answers dropped because their session had ended, by [`LateAt::index`].
+    late_answers: [std::sync::atomic::AtomicU64; LateAt::ALL.len()],
     /// Names local to this node, each tenant's under its own key (see [`scoped`]).
     names: Mutex<HashMap<String, Address>>,
     /// The tenants of this node, `system` among them.
@@ -406,6 +410,11 @@ pub(crate) struct Kernel {
 }
 
 impl Kernel {
+    /// Counts an answer dropped at `at` because its session had ended.
+    pub fn count_late_answer(&self, at: LateAt) {
+        self.late_answers[at.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Monotonic time since the node started, in nanoseconds.
     pub fn nanos_since_start(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
@@ -930,6 +939,20 @@ impl Kernel {
             dest,
             session,
             trace,
+            None,
+        );
+    }
+
+    /// Ends `dest`'s call `session` with a `Timeout` error `ms` milliseconds
+    /// from now, unless its answer comes first (then the service drops the
+    /// error: its session has ended).
+    pub fn expire_call(&self, dest: Address, session: Session, ms: u32, trace: u64) {
+        self.timers.start(
+            tokio::time::Instant::now() + Duration::from_millis(ms.into()),
+            dest,
+            session,
+            trace,
+            Some(ms),
         );
     }
 }
@@ -1091,6 +1114,7 @@ impl Node {
             control: OnceLock::new(),
             metrics: OnceLock::new(),
             stops: Default::default(),
+            late_answers: Default::default(),
             sched: Arc::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
@@ -1268,6 +1292,12 @@ impl Node {
             .stops
             .get(index)
             .map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+
+    /// Answers dropped at `at` because their session had already ended
+    /// (a reply after a timeout or a node-down error), since start.
+    pub fn late_answers(&self, at: LateAt) -> u64 {
+        self.kernel.late_answers[at.index()].load(Ordering::Relaxed)
     }
 
     /// Where this node takes control commands, if it opened a control address.
@@ -1476,6 +1506,15 @@ impl Node {
     /// out now, or `None` when the node is in no cluster.
     pub fn cluster_taken_out(&self) -> Option<(usize, usize)> {
         self.kernel.cluster.get().map(|c| c.taken_out())
+    }
+
+    /// Cluster sends from other nodes dropped because the service they
+    /// named is not here, since start (0 outside a cluster).
+    pub fn cluster_sends_undelivered(&self) -> u64 {
+        self.kernel
+            .cluster
+            .get()
+            .map_or(0, |c| c.sends_undelivered())
     }
 
     /// Replaces this node's cluster config with `text` (as `cluster.reload`).

@@ -165,13 +165,15 @@ async fn serve(
             return End::killed();
         }
         let mut taken = 1;
+        // CPU budget is per dispatch: a batch is kept to what fits in it.
+        let limit = instance.affordable_batch().min(MAX_BATCH);
         let traced = handle.usage.traced.load(Ordering::Relaxed);
         let first = with_trace(kernel, traced, first);
         // A traced message is handled alone, so what the guest sends while
         // handling it carries its trace id.
         let alone = first.trace != 0;
         push_unless_wake(kernel, handle, &mut batch, first);
-        while !alone && taken < MAX_BATCH {
+        while !alone && taken < limit {
             let next = match aside.pop_front() {
                 Some(m) => m,
                 None => match rx.try_recv() {
@@ -186,7 +188,7 @@ async fn serve(
             taken += 1;
             push_unless_wake(kernel, handle, &mut batch, next);
         }
-        let full = taken == MAX_BATCH;
+        let full = taken == limit;
         handle.mailbox.taken(taken);
         if batch.is_empty() {
             if let Some(end) =

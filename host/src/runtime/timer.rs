@@ -1,6 +1,8 @@
 //! The node's timers: one task holds every pending timer in a heap and
-//! delivers each as a `response` message when its deadline passes, in
-//! deadline order (ties in the order they were set).
+//! delivers each when its deadline passes, in deadline order (ties in the
+//! order they were set): a `response` for `timeout`, or a `Timeout` error
+//! that ends a `call-timeout` (dropped as late by the service when the
+//! call's answer came first).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -18,12 +20,15 @@ struct Timer {
     seq: u64,
     dest: Address,
     session: Session,
-    /// The trace id of the dispatch that set it, carried by its `response`.
+    /// The trace id of the dispatch that set it, carried by its message.
     trace: u64,
+    /// `Some(ms)`: it ends a call not answered within `ms` with an error.
+    expires_call: Option<u32>,
 }
 
-/// What the timer task is asked to hold: deadline, service, session, trace id.
-type Order = (Instant, Address, Session, u64);
+/// What the timer task is asked to hold: deadline, service, session, trace
+/// id, and what it ends.
+type Order = (Instant, Address, Session, u64, Option<u32>);
 
 /// The sending side of the node's timer task.
 pub(crate) struct Timers {
@@ -37,10 +42,18 @@ impl Timers {
         (Timers { tx }, rx)
     }
 
-    /// Delivers a `response` with `session` (and `trace`) to `dest` at `deadline`.
-    pub fn start(&self, deadline: Instant, dest: Address, session: Session, trace: u64) {
+    /// Delivers a `response` with `session` (and `trace`) to `dest` at
+    /// `deadline`; with `expires_call`, a `Timeout` error instead.
+    pub fn start(
+        &self,
+        deadline: Instant,
+        dest: Address,
+        session: Session,
+        trace: u64,
+        expires_call: Option<u32>,
+    ) {
         // Fails only once the node is shutting down, when no timer matters.
-        let _ = self.tx.send((deadline, dest, session, trace));
+        let _ = self.tx.send((deadline, dest, session, trace, expires_call));
     }
 }
 
@@ -57,9 +70,9 @@ pub(crate) async fn run(
         tokio::select! {
             () = shutdown.cancelled() => return,
             new = rx.recv() => match new {
-                Some((deadline, dest, session, trace)) => {
+                Some((deadline, dest, session, trace, expires_call)) => {
                     seq += 1;
-                    heap.push(Reverse(Timer { deadline, seq, dest, session, trace }));
+                    heap.push(Reverse(Timer { deadline, seq, dest, session, trace, expires_call }));
                 }
                 None => return,
             },
@@ -68,11 +81,34 @@ pub(crate) async fn run(
                 let now = Instant::now();
                 while heap.peek().is_some_and(|Reverse(t)| t.deadline <= now) {
                     let Some(Reverse(t)) = heap.pop() else { break };
-                    let m = Message { kind: kind::RESPONSE, source: t.dest, session: t.session, tenant: crate::runtime::TenantId::HOST, payload: Default::default(), trace: t.trace };
-                    let _ = kernel.deliver(t.dest, m);
+                    let _ = kernel.deliver(t.dest, t.message());
                 }
             }
         }
+    }
+}
+
+impl Timer {
+    /// What it delivers when it fires.
+    fn message(&self) -> Message {
+        let mut m = match self.expires_call {
+            None => Message {
+                kind: kind::RESPONSE,
+                source: self.dest,
+                session: self.session,
+                tenant: crate::runtime::TenantId::HOST,
+                payload: Default::default(),
+                trace: 0,
+            },
+            Some(ms) => Message::error(
+                Address(0),
+                self.session,
+                super::ErrorCause::Timeout,
+                &format!("call not answered within {ms} ms"),
+            ),
+        };
+        m.trace = self.trace;
+        m
     }
 }
 

@@ -269,6 +269,9 @@ impl WasmRuntime {
         let file = path.clone();
         let compiled = tokio::task::spawn_blocking(move || {
             let bytes = std::fs::read(&file).map_err(|e| (true, e.to_string()))?;
+            if is_core_module(&bytes) {
+                return Err((false, CORE_MODULE.to_string()));
+            }
             cache::load_or_compile(&engine, &bytes, cache_dir.as_deref())
                 .map_err(|e| (false, format!("{e:#}")))
         })
@@ -354,6 +357,25 @@ pub fn services_allowed_by_map_count() -> Option<(u64, u64)> {
     ))
 }
 
+/// What a user is told who gives a core wasm module where a component goes.
+const CORE_MODULE: &str = "this is a core wasm module; a service must be a WebAssembly \
+     component of the `service` world in wit/. Build it for `wasm32-wasip2` (a Rust cdylib built \
+     for that target is a component already), or wrap a core module with \
+     `wasm-tools component new <module.wasm> --adapt wasi_snapshot_preview1.reactor.wasm -o \
+     <component.wasm>` (docs/languages.md)";
+
+/// Whether `bytes` start as a core wasm module (version 1) rather than a
+/// component (version 0x0d, layer 1).
+fn is_core_module(bytes: &[u8]) -> bool {
+    bytes.get(..8) == Some(b"\0asm\x01\0\0\0".as_slice())
+}
+
+/// The `vm.max_map_count` to suggest for `services` live services: what
+/// they need, rounded up to a power of two (524,288 for 100,000).
+pub fn map_count_for(services: u32) -> u64 {
+    (u64::from(services) * MAPS_PER_SERVICE + MAPS_RESERVED).next_power_of_two()
+}
+
 /// Fails with a clear message when `vm.max_map_count` is too low for the
 /// pool, instead of letting the pool fail later with a bare ENOMEM.
 fn check_map_count(services: u32) -> wasmtime::Result<()> {
@@ -366,7 +388,7 @@ fn check_map_count(services: u32) -> wasmtime::Result<()> {
             "max_services = {services} needs about {needed} memory maps but vm.max_map_count is \
              {max_maps}, enough for about {allowed} services; lower max_services or raise the \
              limit (as root: sysctl -w vm.max_map_count={})",
-            needed.next_power_of_two()
+            map_count_for(services)
         );
     }
     Ok(())
@@ -428,18 +450,18 @@ impl Instance {
     /// are owed a reply from then on.
     pub async fn dispatch(&mut self, messages: &mut Vec<Message>) -> wasmtime::Result<()> {
         let state = self.store.data_mut();
-        state.start_work(messages.len());
         state.took(messages.len());
         // A traced message is always dispatched alone (see the service loop).
         state.set_trace(messages.first().map_or(0, |m| m.trace));
         self.batch.clear();
         for m in messages.drain(..) {
-            state.count_kind(m.kind, &m.payload);
             if m.wants_reply() {
                 state.owe(m.source, m.session, m.tenant);
-            } else if matches!(m.kind, kind::RESPONSE | kind::ERROR) {
-                state.answered(m.session);
+            } else if matches!(m.kind, kind::RESPONSE | kind::ERROR) && !state.answered(m.session) {
+                state.late_answer(&m);
+                continue;
             }
+            state.count_kind(m.kind, &m.payload);
             self.batch.push(WitMessage {
                 kind: m.kind,
                 source: m.source.0,
@@ -447,6 +469,10 @@ impl Instance {
                 payload: m.payload,
             });
         }
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.store.data_mut().start_work(self.batch.len());
         self.store.set_epoch_deadline(1);
         // SAFETY: `dispatch` was type-checked against `DispatchParams` and
         // `()` when the instance was made, in the same store.
@@ -506,6 +532,11 @@ impl Instance {
     /// from `self` to `next`, the service's next version.
     pub fn hand_over(&mut self, next: &mut Instance) {
         self.store.data_mut().hand_over(next.store.data_mut());
+    }
+
+    /// How many messages its next batch may hold to fit its CPU budget.
+    pub fn affordable_batch(&self) -> usize {
+        self.store.data().affordable_batch()
     }
 
     /// Sessions the service opened and still waits on.

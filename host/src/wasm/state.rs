@@ -12,7 +12,8 @@ use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 use super::bindings::skyhost::service::{cluster, groups, harbor, multicast, runtime, types};
 use crate::runtime::tenant::{ERROR_LABELS, KIND_LABELS, Tenant, kind_slot};
 use crate::runtime::{
-    Address, ErrorCause, Kernel, Message, SendError, ServiceHandle, TenantId, kind,
+    Address, ErrorCause, GUEST_SESSIONS, Kernel, LateAt, Message, SendError, ServiceHandle,
+    TenantId, kind,
 };
 
 /// Why the host stopped a guest: raised as a trap from a host callback.
@@ -21,8 +22,9 @@ pub enum Stop {
     /// Someone killed the service.
     #[error("killed")]
     Killed,
-    /// One message took more CPU time than the budget.
-    #[error("cpu budget of {0} ms per message exceeded")]
+    /// One dispatch (a message, or a batch of cheap ones) took more CPU
+    /// time than the budget.
+    #[error("cpu budget of {0} ms exceeded (by one message, or one batch of cheap messages)")]
     CpuBudget(u64),
     /// The guest asked for more linear memory than its limit.
     #[error("memory limit of {limit} bytes exceeded (asked for {desired})")]
@@ -102,6 +104,11 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
     }
 }
 
+/// The number after `n` in `1..GUEST_SESSIONS`, wrapping to 1.
+fn next_in_range(n: u32) -> u32 {
+    if n + 1 >= GUEST_SESSIONS { 1 } else { n + 1 }
+}
+
 /// A service as its host imports see it.
 pub(crate) struct ServiceState {
     kernel: Arc<Kernel>,
@@ -112,7 +119,10 @@ pub(crate) struct ServiceState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
+    /// The last session a host import opened (the host range, see [`GUEST_SESSIONS`]).
     next_session: u32,
+    /// The last session `new-session` gave the guest (without the guest bit).
+    next_guest_session: u32,
     /// Requests delivered and not answered yet: (caller, session) and the
     /// caller's tenant, which the answer carries back.
     owed: HashMap<(Address, u32), TenantId>,
@@ -131,6 +141,8 @@ pub(crate) struct ServiceState {
     exit_requested: bool,
     /// CPU time this piece of work has used, and how much it may use.
     cpu_used: Duration,
+    /// Messages in this piece of work (1 for `init` and the `state` calls).
+    work_messages: usize,
     cpu_budget: Duration,
     /// When the guest last started or resumed running.
     /// (A `Kernel::ticks` reading; shared with the hog's yield, which sets
@@ -167,6 +179,7 @@ impl ServiceState {
                 held: 0,
             },
             next_session: 0,
+            next_guest_session: 0,
             owed: HashMap::new(),
             taken: 0,
             sent: 0,
@@ -176,6 +189,7 @@ impl ServiceState {
             awaiting: HashSet::default(),
             exit_requested: false,
             cpu_used: Duration::ZERO,
+            work_messages: 1,
             // Instantiation runs under one message's budget.
             cpu_budget: Duration::from_millis(tenant.quotas.cpu_budget_ms),
             resumed_at: Arc::new(AtomicU64::new(kernel.ticks())),
@@ -184,13 +198,17 @@ impl ServiceState {
         })
     }
 
-    /// Starts the CPU budget for a piece of work of `messages` messages.
+    /// Starts the CPU budget for a piece of work: one `init`, or one
+    /// `dispatch` of `messages` messages. The budget is the tenant's
+    /// `cpu_budget_ms` for the whole piece, whatever its size: a runaway
+    /// stops within its budget however much is queued behind it. The
+    /// service loop keeps a batch small enough to fit (see
+    /// [`affordable_batch`](Self::affordable_batch)).
     pub fn start_work(&mut self, messages: usize) {
-        let per_message = Duration::from_millis(self.handle.tenant.quotas.cpu_budget_ms);
         self.cpu_used = Duration::ZERO;
+        self.work_messages = messages;
         self.handle.usage.running.store(true, Ordering::Relaxed);
-        self.cpu_budget =
-            per_message.saturating_mul(u32::try_from(messages.max(1)).unwrap_or(u32::MAX));
+        self.cpu_budget = Duration::from_millis(self.handle.tenant.quotas.cpu_budget_ms);
         // Read when its first timer is set: most work sets none.
         self.work_started = None;
         self.resumed_at
@@ -207,6 +225,7 @@ impl ServiceState {
         let ran = self
             .kernel
             .ticks_between(self.resumed_at.load(Ordering::Relaxed), self.kernel.ticks());
+        self.cpu_used += ran;
         let ran = u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX);
         let u = &self.handle.usage;
         u.running.store(false, Ordering::Relaxed);
@@ -218,6 +237,20 @@ impl ServiceState {
         u.awaiting.store(self.awaiting.len(), Ordering::Relaxed);
         flush(&mut self.kinds, &u.kinds);
         flush(&mut self.errors, &u.errors);
+    }
+
+    /// How many messages the next batch may hold so that, at what the last
+    /// piece of work cost per message, it uses at most a quarter of the
+    /// budget (`usize::MAX` when that cost is too small to measure). A
+    /// service whose messages cost more than a quarter of its budget gets
+    /// them one at a time, so each has the whole budget.
+    pub fn affordable_batch(&self) -> usize {
+        let per_message = self.cpu_used.as_nanos() / self.work_messages.max(1) as u128;
+        if per_message == 0 {
+            return usize::MAX;
+        }
+        let quarter = self.cpu_budget.as_nanos() / 4;
+        usize::try_from(quarter / per_message).map_or(usize::MAX, |n| n.max(1))
     }
 
     /// Counts a message taken into a dispatch by its kind (and an error
@@ -243,6 +276,24 @@ impl ServiceState {
         self.current_trace = trace;
     }
 
+    /// Counts an answer dropped because its session had ended (except a
+    /// `call-timeout`'s own expiry, which lost its race to the answer).
+    pub fn late_answer(&mut self, m: &Message) {
+        let expiry = m.kind == kind::ERROR
+            && m.source == Address(0)
+            && m.payload.first() == Some(&(ErrorCause::Timeout as u8));
+        if expiry {
+            return;
+        }
+        self.kernel.count_late_answer(LateAt::Service);
+        tracing::debug!(
+            source = %m.source,
+            session = m.session,
+            kind = m.kind,
+            "late answer dropped: its session has ended"
+        );
+    }
+
     /// Counts `n` messages taken into a dispatch.
     pub fn took(&mut self, n: usize) {
         self.taken += n as u64;
@@ -261,6 +312,7 @@ impl ServiceState {
     pub fn hand_over(&mut self, next: &mut ServiceState) {
         next.owed.extend(self.owed.drain());
         next.next_session = self.next_session;
+        next.next_guest_session = self.next_guest_session;
         next.awaiting.extend(self.awaiting.drain());
     }
 
@@ -279,17 +331,26 @@ impl ServiceState {
         session
     }
 
-    /// An answer (`response` or `error`) for `session` was taken.
-    pub fn answered(&mut self, session: u32) {
-        self.awaiting.remove(&session);
+    /// An answer (`response` or `error`) for `session` arrived: whether it
+    /// ends a session the service waits on (and may be dispatched). A session
+    /// from a host import ends once: an answer for one that has ended (a
+    /// reply after its timeout or its node-down error, say) is late and is
+    /// dropped. Sessions from `new-session` belong to the guest's own
+    /// protocol on `send`; their answers always pass.
+    pub fn answered(&mut self, session: u32) -> bool {
+        session & GUEST_SESSIONS != 0 || session == 0 || self.awaiting.remove(&session)
     }
 
+    /// The next session of the host range (1 to `GUEST_SESSIONS - 1`).
     fn fresh_session(&mut self) -> u32 {
-        self.next_session = self.next_session.wrapping_add(1);
-        if self.next_session == 0 {
-            self.next_session = 1;
-        }
+        self.next_session = next_in_range(self.next_session);
         self.next_session
+    }
+
+    /// The next session of the guest range (`GUEST_SESSIONS | 1` up).
+    fn fresh_guest_session(&mut self) -> u32 {
+        self.next_guest_session = next_in_range(self.next_guest_session);
+        GUEST_SESSIONS | self.next_guest_session
     }
 
     fn deliver(&mut self, dest: u32, message: Message) -> Result<(), types::SendError> {
@@ -455,9 +516,23 @@ impl runtime::Host for ServiceState {
         };
         let sent = self.deliver(dest, message);
         if sent.is_err() {
-            self.answered(session);
+            self.awaiting.remove(&session);
         }
         sent.map(|()| session)
+    }
+
+    fn call_timeout(
+        &mut self,
+        dest: u32,
+        payload: Vec<u8>,
+        timeout_ms: u32,
+    ) -> Result<u32, types::SendError> {
+        let session = runtime::Host::call(self, dest, payload)?;
+        if timeout_ms > 0 {
+            self.kernel
+                .expire_call(self.address, session, timeout_ms, self.current_trace);
+        }
+        Ok(session)
     }
 
     fn respond(
@@ -506,7 +581,7 @@ impl runtime::Host for ServiceState {
     }
 
     fn new_session(&mut self) -> u32 {
-        self.fresh_session()
+        self.fresh_guest_session()
     }
 
     fn register(&mut self, name: String) -> Result<(), types::NameError> {

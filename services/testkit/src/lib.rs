@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use skyhost_sdk::{
-    Address, Message, Reply, Service, call, cluster, exit, export_service,
+    Address, Message, Reply, Service, call, call_timeout, cluster, exit, export_service,
     group::{self, Policy},
     harbor, kind, monitor,
     multicast::Channel,
@@ -121,6 +121,17 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
         Command::Echo(bytes) => Answer::Bytes(bytes),
         Command::Call { target, command } => {
             match call::<Command, Answer>(Address(target), &*command).await {
+                Ok(answer) => answer,
+                Err(e) => Answer::Failed(e.to_string()),
+            }
+        }
+        Command::CallWithin {
+            target,
+            command,
+            timeout_ms,
+        } => {
+            let within = Duration::from_millis(timeout_ms.into());
+            match call_timeout::<Command, Answer>(Address(target), &*command, within).await {
                 Ok(answer) => answer,
                 Err(e) => Answer::Failed(e.to_string()),
             }

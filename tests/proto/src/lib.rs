@@ -294,6 +294,16 @@ pub enum Command {
         /// The payload echoed.
         payload: Vec<u8>,
     },
+    /// `Call`, ended by the host after `timeout_ms` (`call-timeout`):
+    /// answers what the target answered, or `Failed` with the error's text.
+    CallWithin {
+        /// The service to call.
+        target: u32,
+        /// What to ask it.
+        command: Box<Command>,
+        /// The host's limit on the call.
+        timeout_ms: u32,
+    },
 }
 
 /// A service on a cluster node: by name or by address there.
