@@ -1,5 +1,11 @@
 //! `skyhost bench`: the end-to-end workloads, each run 3 times in a fresh
-//! node after a warm-up, reported as min / median / max.
+//! node, reported as min / median / max.
+//!
+//! A memory figure is what a user sees in a node just started: each run of
+//! a memory workload (`rss-per-service`, `lang-*-rss`) is a fresh `skyhost
+//! bench --once` process, so it never reuses memory an earlier run in the
+//! same process freed (that made `rss-per-service` read 32 KiB where a new
+//! node grows 54-58 KiB per idle echo).
 //!
 //! Every message crosses the wasm boundary as a real service's would: the
 //! workloads are driven by the bundled `testkit` and `echo` services, and
@@ -386,8 +392,45 @@ async fn command_via(client: &Client, target: Address, command: &Command) -> any
     }
 }
 
-/// Runs the workloads named in `ids` (all when empty) and prints each figure.
-pub async fn run(ids: &[String], json: bool) -> anyhow::Result<()> {
+/// Whether each run of workload `id` needs a process of its own (memory
+/// figures: see the module doc).
+fn runs_in_fresh_process(id: &str) -> bool {
+    id == "rss-per-service" || id.ends_with("-rss")
+}
+
+/// One run of workload `id` in a fresh `skyhost bench --once` process with
+/// the same threads; its figure.
+async fn run_in_fresh_process(id: &str, threads: Option<usize>) -> anyhow::Result<f64> {
+    let exe = std::env::current_exe().context("the skyhost binary's path")?;
+    let mut command = std::process::Command::new(exe);
+    command.args(["bench", "--once", id]);
+    if let Some(t) = threads {
+        command.args(["--threads", &t.to_string()]);
+    }
+    command.stderr(std::process::Stdio::inherit());
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await?
+        .with_context(|| format!("benchmark {id} in a fresh process"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "benchmark {id}: its process failed ({})",
+        out.status
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .with_context(|| format!("benchmark {id}: its process printed {text:?}"))
+}
+
+/// Runs the workloads named in `ids` (all when empty) and prints each
+/// figure. With `once`, runs the one workload in `ids` once in this process
+/// and prints its bare figure (what [`run_in_fresh_process`] reads).
+pub async fn run(
+    ids: &[String],
+    json: bool,
+    once: bool,
+    threads: Option<usize>,
+) -> anyhow::Result<()> {
     let all = workloads();
     // `game` stands for every row of the example game.
     let ids: Vec<String> = ids
@@ -407,6 +450,14 @@ pub async fn run(ids: &[String], json: bool) -> anyhow::Result<()> {
             bail!("unknown benchmark `{id}`; known: {}", known.join(", "));
         }
     }
+    if once {
+        let [id] = ids.as_slice() else {
+            bail!("--once runs exactly one workload");
+        };
+        let w = all.iter().find(|w| w.id == id).context("known workload")?;
+        println!("{}", run_once(w).await?);
+        return Ok(());
+    }
     if !json {
         println!(
             "{:<20} {:>14} {:>14} {:>14}  unit",
@@ -419,26 +470,11 @@ pub async fn run(ids: &[String], json: bool) -> anyhow::Result<()> {
     {
         let mut values = Vec::with_capacity(RUNS);
         for _ in 0..RUNS {
-            let max_services = if w.id == "max-services" {
-                pool_size_for_max_services()
+            let value = if runs_in_fresh_process(w.id) {
+                run_in_fresh_process(w.id, threads).await?
             } else {
-                pool_size(20_000)
+                run_once(w).await?
             };
-            let limits = Limits {
-                max_services,
-                cpu_budget_ms: 600_000,
-                ..Limits::default()
-            };
-            let node = match w.topology {
-                Topology::Single => BenchNode::start(limits)?,
-                Topology::Harbor => BenchNode::start_harbor(limits).await?,
-                Topology::Cluster => BenchNode::start_cluster(limits).await?,
-                Topology::Tenants => BenchNode::start_tenants(limits)?,
-            };
-            let value = (w.run)(&node)
-                .await
-                .with_context(|| format!("benchmark {}", w.id))?;
-            node.stop().await;
             values.push(value);
         }
         values.sort_by(f64::total_cmp);
@@ -456,6 +492,31 @@ pub async fn run(ids: &[String], json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One run of `w` on a fresh node (in this process); its figure.
+async fn run_once(w: &Workload) -> anyhow::Result<f64> {
+    let max_services = if w.id == "max-services" {
+        pool_size_for_max_services()
+    } else {
+        pool_size(20_000)
+    };
+    let limits = Limits {
+        max_services,
+        cpu_budget_ms: 600_000,
+        ..Limits::default()
+    };
+    let node = match w.topology {
+        Topology::Single => BenchNode::start(limits)?,
+        Topology::Harbor => BenchNode::start_harbor(limits).await?,
+        Topology::Cluster => BenchNode::start_cluster(limits).await?,
+        Topology::Tenants => BenchNode::start_tenants(limits)?,
+    };
+    let value = (w.run)(&node)
+        .await
+        .with_context(|| format!("benchmark {}", w.id))?;
+    node.stop().await;
+    Ok(value)
 }
 
 /// Two threads ping-pong 16 bytes over loopback TCP with blocking reads:

@@ -349,12 +349,16 @@ fn default_listen() -> String {
     "127.0.0.1:0".to_string()
 }
 
+/// 250 ms / 1 s: a hung peer (SIGSTOP) fails its callers within ~1 s, and
+/// a live peer whose services spin on every thread, on a machine with more
+/// runnable threads than cores, still answered each heartbeat in time
+/// (README "Heartbeats": worst ping 169 ms in that test).
 fn default_heartbeat_ms() -> u64 {
-    1_000
+    250
 }
 
 fn default_dead_after_ms() -> u64 {
-    5_000
+    1_000
 }
 
 impl HarborConfig {

@@ -51,6 +51,10 @@ enum Command {
         /// Scheduler threads (default: one per core).
         #[arg(long)]
         threads: Option<usize>,
+        /// Run the one workload named once here and print its bare figure
+        /// (how a memory workload gets a fresh process for each run).
+        #[arg(long, hide = true)]
+        once: bool,
     },
     /// Run one command on a running node's control address and print its
     /// answer; exits non-zero when the node answers an error.
@@ -131,7 +135,12 @@ fn main() -> ExitCode {
             ready_file,
         } => run(&node_file, ready_file.as_deref()),
         Command::Fleet { action } => fleet(action),
-        Command::Bench { ids, json, threads } => bench_main(&ids, json, threads),
+        Command::Bench {
+            ids,
+            json,
+            threads,
+            once,
+        } => bench_main(&ids, json, once, threads),
         Command::Ctl { to, command } => ctl(&to, &command.join(" ")),
         Command::Console { to } => console(&to),
         Command::Tenant {
@@ -324,7 +333,12 @@ fn run(node_file: &std::path::Path, ready_file: Option<&std::path::Path>) -> any
     })
 }
 
-fn bench_main(ids: &[String], json: bool, threads: Option<usize>) -> anyhow::Result<()> {
+fn bench_main(
+    ids: &[String],
+    json: bool,
+    once: bool,
+    threads: Option<usize>,
+) -> anyhow::Result<()> {
     // Mailbox warnings are expected under load; RUST_LOG shows them.
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into());
     tracing_subscriber::fmt()
@@ -339,7 +353,7 @@ fn bench_main(ids: &[String], json: bool, threads: Option<usize>) -> anyhow::Res
     runtime
         .enable_all()
         .build()?
-        .block_on(bench::run(ids, json))
+        .block_on(bench::run(ids, json, once, threads))
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

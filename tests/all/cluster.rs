@@ -17,8 +17,18 @@ const SECRET: &str = "cluster test secret";
 
 /// A node in a cluster, listening on an OS-picked port, reading `config`.
 async fn launch(name: &str, config: Option<&Path>, compression: bool) -> anyhow::Result<TestNode> {
+    launch_at(name, "127.0.0.1:0", config, compression).await
+}
+
+/// A node in a cluster, listening at `listen`, reading `config`.
+async fn launch_at(
+    name: &str,
+    listen: &str,
+    config: Option<&Path>,
+    compression: bool,
+) -> anyhow::Result<TestNode> {
     let mut cluster = ClusterNodeConfig::new(name, SECRET);
-    cluster.listen = Some("127.0.0.1:0".into());
+    cluster.listen = Some(listen.into());
     cluster.config = config.map(Path::to_path_buf);
     cluster.compression = compression;
     cluster.heartbeat_ms = 200;
@@ -135,6 +145,19 @@ async fn call_send_proxy_register_and_query_between_three_nodes() -> anyhow::Res
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // A send to a service b does not have is accepted (a send has no
+    // answer), and b counts it (and logs it, at most once a second).
+    assert_eq!(b.node.cluster_sends_undelivered(), 0);
+    let lost = Command::ClusterSend {
+        node: "b".into(),
+        target: ClusterTarget::Name("nobody".into()),
+        payload: b"lost".to_vec(),
+    };
+    assert_eq!(a.command(kit_a, &lost).await?, Reply::Unit);
+    crate::support::eventually("b counts the send it could not deliver", || {
+        b.node.cluster_sends_undelivered() == 1
+    })
+    .await?;
     let proxy = Command::ClusterProxy {
         node: "c".into(),
         target: ClusterTarget::Name("kitc".into()),
@@ -933,5 +956,42 @@ async fn the_cluster_file_reloads_on_a_change_of_content_only() -> anyhow::Resul
         p.signal("INT");
         assert!(p.wait_exit().success(), "{}", p.log());
     }
+    Ok(())
+}
+
+/// A peer that restarts is reached by the first call after it is back,
+/// however far the link's backoff grew while it was away; while it is
+/// away, calls end with node-down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_is_reached_at_once_not_after_the_backoff() -> anyhow::Result<()> {
+    let a = launch("a", None, false).await?;
+    let b = launch("b", None, false).await?;
+    let b_at = listen_of(&b);
+    a.node
+        .cluster_reload(&format!("b = \"{b_at}\"\n"))
+        .map_err(anyhow::Error::msg)?;
+    b.node.cluster_register("kit", b.spawn("testkit").await?);
+    let ask = |timeout| {
+        a.client
+            .cluster_call("b", by_name("kit"), echo(b"hi").expect("encode"), timeout)
+    };
+    assert_eq!(
+        reply(&ask(Some(DEADLINE)).await?)?,
+        Reply::Bytes(b"hi".to_vec())
+    );
+    b.stop().await;
+    // Away for a while, called now and then: every attempt to link fails
+    // and the backoff between attempts grows (to 2 s).
+    for _ in 0..10 {
+        failed_with(ask(Some(DEADLINE)).await, ErrorCause::NodeDown);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let b = launch_at("b", &b_at, None, false).await?;
+    b.node.cluster_register("kit", b.spawn("testkit").await?);
+    // Well under the backoff: the call must not wait for it.
+    let first = ask(Some(Duration::from_millis(500))).await;
+    assert_eq!(reply(&first?)?, Reply::Bytes(b"hi".to_vec()));
+    b.stop().await;
+    a.stop().await;
     Ok(())
 }

@@ -266,7 +266,7 @@ async fn a_malformed_frame_closes_only_its_own_link() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_remote_addresses_fail_and_sends_to_down_nodes_are_counted() -> anyhow::Result<()> {
+async fn unknown_remote_addresses_fail_and_sends_to_down_nodes_are_refused() -> anyhow::Result<()> {
     let (n1, n2, n3, _) = three_nodes().await?;
     let nobody = Address::new(0x77, skyhost::runtime::HarborId(3));
     let result = n2.client.call(nobody, Vec::new()).await;
@@ -277,7 +277,9 @@ async fn unknown_remote_addresses_fail_and_sends_to_down_nodes_are_counted() -> 
         matches!(sent, Err(skyhost::SendError::NodeDown(_))),
         "{sent:?}"
     );
-    assert!(n2.node.dropped_to_down_nodes() >= 1);
+    // Refused back to the sender, not dropped behind its back.
+    assert_eq!(n2.node.refused_to_down_nodes(), 1);
+    assert_eq!(n2.node.dropped_to_down_nodes(), 0);
     for n in [n3, n2, n1] {
         n.stop().await;
     }

@@ -394,7 +394,7 @@ impl Cluster {
         tracing::info!(node = %self.name, address = %bound, "cluster listening");
         lock(&self.listening).push(bound);
         if let Some(kernel) = self.kernel() {
-            let span = tracing::info_span!("cluster", node = %self.name);
+            let span = tracing::info_span!(parent: None, "cluster", node = %self.name);
             kernel
                 .tasks
                 .spawn(agent::accept_loop(self.clone(), listener).instrument(span));
@@ -650,7 +650,8 @@ impl Cluster {
         );
         senders.insert(node.to_string(), sender.clone());
         if let Some(kernel) = self.kernel() {
-            let span = tracing::info_span!("cluster", node = %self.name, peer = node);
+            // Its own span, not the one of the service whose call made it.
+            let span = tracing::info_span!(parent: None, "cluster", node = %self.name, peer = node);
             kernel
                 .tasks
                 .spawn(sender::run(self.clone(), sender.clone(), rx).instrument(span));
@@ -671,7 +672,10 @@ impl Cluster {
             .collect();
         for (node, sender) in senders {
             match table.get(&node) {
-                Some(NodeAddress::At(address)) => sender.retarget(address),
+                Some(NodeAddress::At(address)) => {
+                    sender.retarget(address);
+                    sender.retry_soon();
+                }
                 other => {
                     let _making = lock(&self.new_sender);
                     self.senders.pin().remove(&node);
@@ -788,7 +792,7 @@ impl Cluster {
         let address = endpoint.address();
         let cluster = self.clone();
         let node = node.to_string();
-        let span = tracing::info_span!("cluster-proxy", %address, node = %node, target = %target);
+        let span = tracing::info_span!(parent: None, "cluster-proxy", %address, node = %node, target = %target);
         kernel.tasks.spawn(
             async move {
                 while let Some(m) = endpoint.recv().await {

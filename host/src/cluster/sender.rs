@@ -1,10 +1,19 @@
 //! One outbound link to a peer (Skynet's clustersender): made on first
 //! use, re-made with backoff on the next use after a drop.
+//!
+//! While the peer cannot be reached, the driver retries with backoff (20 ms
+//! doubling to 2 s), but traffic does not wait for the backoff: a call,
+//! query or send arriving at least [`RETRY_GAP`] after the last failed
+//! attempt cuts the wait and is carried by a fresh attempt at once (a peer
+//! that restarted is reached on the first call), and a call arriving sooner
+//! than that fails at once with node-down, naming why the last attempt
+//! failed, instead of waiting for an attempt that would fail again.
+//! A table reload or a discovery change cuts the wait too.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
 use tokio::sync::{Notify, mpsc};
@@ -31,7 +40,14 @@ struct Waiting {
     /// Sends submitted since the link was last up (bounded while it is down).
     queued_while_down: usize,
     closed: Option<String>,
+    /// When the last attempt to link failed, and why; `None` once a link
+    /// is up.
+    unreachable: Option<(Instant, String)>,
 }
+
+/// How soon after a failed attempt to link new traffic may start another:
+/// sooner, a call fails at once (the peer was just found unreachable).
+pub(super) const RETRY_GAP: Duration = Duration::from_millis(100);
 
 impl Waiting {
     fn session(&mut self) -> u32 {
@@ -52,6 +68,8 @@ pub(crate) struct Sender {
     closed: AtomicBool,
     /// Told when the table gives the peer a new address.
     retarget: Notify,
+    /// Told to cut a backoff wait short: traffic waits, or the table changed.
+    retry_now: Notify,
     gone: CancellationToken,
     kernel: std::sync::Weak<Kernel>,
     /// Weight (bytes) waiting in `tx` (counted up here, down by the driver).
@@ -83,6 +101,7 @@ impl Sender {
             up: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             retarget: Notify::new(),
+            retry_now: Notify::new(),
             gone,
             kernel,
             backlog: Arc::default(),
@@ -234,6 +253,19 @@ impl Sender {
             }
             w.queued_while_down += 1;
         }
+        if let Some((failed_at, why)) = &w.unreachable {
+            if failed_at.elapsed() < RETRY_GAP {
+                if matches!(job, Job::Call { .. } | Job::Query { .. } | Job::Ping { .. }) {
+                    let e = ClusterError::new(
+                        ErrorCause::NodeDown,
+                        format!("cluster node `{}` is unreachable: {why}", self.node),
+                    );
+                    return Err((job, e));
+                }
+            } else {
+                self.retry_now.notify_one();
+            }
+        }
         let item = match job {
             Job::Call {
                 origin,
@@ -319,6 +351,12 @@ impl Sender {
                 &format!("cluster call to `{}` not answered within {t:?}", self.node),
             );
         }
+    }
+
+    /// Cuts a backoff wait short: the table changed (a reload, or
+    /// discovery saw the peer again), so the peer may be back.
+    pub(super) fn retry_soon(&self) {
+        self.retry_now.notify_one();
     }
 
     /// Points the sender at a new address (a reload moved the peer).
@@ -449,7 +487,11 @@ pub(super) async fn run(
         let why = match attempt {
             Ok(mut conn) => {
                 backoff = retry_delays();
-                sender.waiting().queued_while_down = 0;
+                {
+                    let mut w = sender.waiting();
+                    w.queued_while_down = 0;
+                    w.unreachable = None;
+                }
                 sender.up.store(true, Ordering::Release);
                 tracing::info!(peer = %sender.node, %address, "cluster link up");
                 // The peer learns the interned names, then this node's
@@ -492,11 +534,16 @@ pub(super) async fn run(
                 let why = format!("cannot connect to {address}: {e}");
                 tracing::debug!(peer = %sender.node, "{why}");
                 let delay = backoff.next().unwrap_or(Duration::from_secs(1));
+                sender.waiting().unreachable = Some((Instant::now(), e.to_string()));
                 held = sender.drop_link(&mut rx, std::mem::take(&mut held), &why, limit);
+                // A stale permit (traffic during the attempt) would cut this
+                // wait at once: the gap still holds between attempts.
+                tokio::time::sleep(RETRY_GAP.min(delay)).await;
                 tokio::select! {
                     () = sender.gone.cancelled() => break,
                     () = sender.retarget.notified() => {}
-                    () = tokio::time::sleep(delay) => {}
+                    () = sender.retry_now.notified() => {}
+                    () = tokio::time::sleep(delay.saturating_sub(RETRY_GAP)) => {}
                 }
                 continue;
             }

@@ -213,7 +213,11 @@ pub(crate) struct Harbor {
     names: Mutex<Names>,
     watchers: Mutex<Vec<(Watch, Waiter)>>,
     next_request: AtomicU32,
+    /// Messages for a down node dropped where no one could be told
+    /// (multicast copies, sends queued when the link dropped).
     dropped: AtomicU64,
+    /// Sends to a down node refused back to their sender.
+    refused: AtomicU64,
     cancel: CancellationToken,
     /// The master this node runs, when it is `standalone`.
     master: Mutex<Option<master::Master>>,
@@ -294,6 +298,7 @@ impl Harbor {
             watchers: Mutex::new(Vec::new()),
             next_request: AtomicU32::new(1),
             dropped: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             cancel,
             master: Mutex::new(running_master),
         });
@@ -341,7 +346,7 @@ impl Harbor {
         let harbor = dest.harbor().0;
         let slot = self.peers[usize::from(harbor)].load();
         let Some(peer) = slot.as_deref() else {
-            self.count_dropped(harbor, 1);
+            self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(SendError::NodeDown(dest));
         };
         let envelope = Envelope {
@@ -364,7 +369,7 @@ impl Harbor {
                 return Err(SendError::NodeDown(dest));
             }
         } else if !peer.send(item) {
-            self.count_dropped(harbor, 1);
+            self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(SendError::NodeDown(dest));
         }
         Ok(())
@@ -465,6 +470,12 @@ impl Harbor {
     /// Messages dropped because their node was down, since start.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Sends refused because their node was down (the sender was told,
+    /// with node-down), since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// The harbor ids this node has a live link to.

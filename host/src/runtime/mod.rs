@@ -1537,9 +1537,17 @@ impl Node {
         }
     }
 
-    /// Messages dropped because their node was down, since start.
+    /// Messages dropped because their node was down, since start: those no
+    /// sender could be told of (multicast copies, sends queued when a link
+    /// dropped).
     pub fn dropped_to_down_nodes(&self) -> u64 {
         self.kernel.remote.get().map_or(0, |h| h.dropped())
+    }
+
+    /// Sends refused because their node was down, since start: each
+    /// sender was answered with node-down.
+    pub fn refused_to_down_nodes(&self) -> u64 {
+        self.kernel.remote.get().map_or(0, |h| h.refused())
     }
 
     /// Stops every service (their pending sessions end with an error) and

@@ -72,7 +72,7 @@ pub(crate) async fn run(
     args: Vec<u8>,
     ready: Ready,
 ) {
-    let span = tracing::info_span!("service", address = %handle.address, module = %module.name);
+    let span = tracing::info_span!(parent: None, "service", address = %handle.address, module = %module.name);
     async move {
         let module_name = module.name.to_string();
         let mut instance = match Instance::new(&kernel, &handle, &module).await {
