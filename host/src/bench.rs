@@ -917,13 +917,13 @@ async fn max_services(b: &BenchNode, target: u32) -> anyhow::Result<f64> {
 /// The pool for `max-services`: automatic (100,000, or what
 /// `vm.max_map_count` allows), saying so when the map count is the limit.
 fn pool_size_for_max_services() -> u32 {
-    if let Some((allowed, maps)) = skyhost::wasm::services_allowed_by_map_count()
+    if let Some((allowed, maps)) = skyhost::config::services_allowed_by_map_count()
         && allowed < u64::from(skyhost::config::DEFAULT_MAX_SERVICES)
     {
         eprintln!(
             "max-services: vm.max_map_count = {maps} allows about {allowed} services; \
              raise it (sysctl -w vm.max_map_count={}) to try 100,000",
-            skyhost::wasm::map_count_for(skyhost::config::DEFAULT_MAX_SERVICES)
+            skyhost::config::map_count_for(skyhost::config::DEFAULT_MAX_SERVICES)
         );
     }
     // Automatic: 100,000, or what the map count allows.
@@ -932,7 +932,7 @@ fn pool_size_for_max_services() -> u32 {
 
 /// `wanted` services, or fewer where `vm.max_map_count` cannot map them.
 fn pool_size(wanted: u32) -> u32 {
-    match skyhost::wasm::services_allowed_by_map_count() {
+    match skyhost::config::services_allowed_by_map_count() {
         Some((allowed, _)) => u32::try_from(allowed.min(u64::from(wanted))).unwrap_or(wanted),
         None => wanted,
     }

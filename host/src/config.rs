@@ -428,19 +428,44 @@ impl Default for Limits {
 /// The pool size `max_services = 0` asks for, where the kernel allows it.
 pub const DEFAULT_MAX_SERVICES: u32 = 100_000;
 
+/// Kernel memory maps the instance pool needs per service: a fiber stack and
+/// its guard page (reserved for every slot at start), and the accessible and
+/// reserved parts of its linear memory; measured at about 4, plus margin.
+pub(crate) const MAPS_PER_SERVICE: u64 = 5;
+
+/// Memory maps kept free for everything but the instance pool.
+pub(crate) const MAPS_RESERVED: u64 = 4_096;
+
+/// How many services the kernel's `vm.max_map_count` leaves room for, and
+/// that limit; `None` where it cannot be read.
+pub fn services_allowed_by_map_count() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok()?;
+    let max_maps = text.trim().parse::<u64>().ok()?;
+    Some((
+        max_maps.saturating_sub(MAPS_RESERVED) / MAPS_PER_SERVICE,
+        max_maps,
+    ))
+}
+
+/// The `vm.max_map_count` to suggest for `services` live services: what
+/// they need, rounded up to a power of two (524,288 for 100,000).
+pub fn map_count_for(services: u32) -> u64 {
+    (u64::from(services) * MAPS_PER_SERVICE + MAPS_RESERVED).next_power_of_two()
+}
+
 impl Limits {
     /// These limits with `max_services` resolved: 0 becomes
     /// [`DEFAULT_MAX_SERVICES`], or what `vm.max_map_count` leaves room for.
     pub fn resolved(&self) -> Limits {
         let mut limits = self.clone();
         if limits.max_services == 0 {
-            limits.max_services = match crate::wasm::services_allowed_by_map_count() {
+            limits.max_services = match services_allowed_by_map_count() {
                 Some((allowed, max_maps)) if allowed < u64::from(DEFAULT_MAX_SERVICES) => {
                     tracing::warn!(
                         "vm.max_map_count = {max_maps} leaves room for about {allowed} services; \
                          sizing the node for that many (to allow {DEFAULT_MAX_SERVICES}, as root: \
                          sysctl -w vm.max_map_count={})",
-                        crate::wasm::map_count_for(DEFAULT_MAX_SERVICES)
+                        map_count_for(DEFAULT_MAX_SERVICES)
                     );
                     u32::try_from(allowed.max(1)).unwrap_or(DEFAULT_MAX_SERVICES)
                 }

@@ -338,25 +338,6 @@ impl Drop for WasmRuntime {
     }
 }
 
-/// Kernel memory maps the instance pool needs per service: a fiber stack and
-/// its guard page (reserved for every slot at start), and the accessible and
-/// reserved parts of its linear memory; measured at about 4, plus margin.
-const MAPS_PER_SERVICE: u64 = 5;
-
-/// Memory maps kept free for everything but the instance pool.
-const MAPS_RESERVED: u64 = 4_096;
-
-/// How many services the kernel's `vm.max_map_count` leaves room for, and
-/// that limit; `None` where it cannot be read.
-pub fn services_allowed_by_map_count() -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok()?;
-    let max_maps = text.trim().parse::<u64>().ok()?;
-    Some((
-        max_maps.saturating_sub(MAPS_RESERVED) / MAPS_PER_SERVICE,
-        max_maps,
-    ))
-}
-
 /// What a user is told who gives a core wasm module where a component goes.
 const CORE_MODULE: &str = "this is a core wasm module; a service must be a WebAssembly \
      component of the `service` world in wit/. Build it for `wasm32-wasip2` (a Rust cdylib built \
@@ -370,16 +351,11 @@ fn is_core_module(bytes: &[u8]) -> bool {
     bytes.get(..8) == Some(b"\0asm\x01\0\0\0".as_slice())
 }
 
-/// The `vm.max_map_count` to suggest for `services` live services: what
-/// they need, rounded up to a power of two (524,288 for 100,000).
-pub fn map_count_for(services: u32) -> u64 {
-    (u64::from(services) * MAPS_PER_SERVICE + MAPS_RESERVED).next_power_of_two()
-}
-
 /// Fails with a clear message when `vm.max_map_count` is too low for the
 /// pool, instead of letting the pool fail later with a bare ENOMEM.
 fn check_map_count(services: u32) -> wasmtime::Result<()> {
-    let Some((allowed, max_maps)) = services_allowed_by_map_count() else {
+    use crate::config::{MAPS_PER_SERVICE, MAPS_RESERVED, map_count_for};
+    let Some((allowed, max_maps)) = crate::config::services_allowed_by_map_count() else {
         return Ok(());
     };
     if u64::from(services) > allowed {
