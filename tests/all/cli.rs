@@ -17,17 +17,22 @@ fn write_node_file(dir: &Path, text: &str) -> std::path::PathBuf {
     path
 }
 
+/// Runs a node from `node_file`, which must fail to start; its stderr.
+fn a_node_that_fails(node_file: &Path) -> String {
+    let out = skyhost()
+        .arg("run")
+        .arg(node_file)
+        .output()
+        .expect("run skyhost");
+    assert!(!out.status.success(), "the node must exit non-zero");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_bad_node_file_names_file_line_and_key() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = write_node_file(dir.path(), "threads = 2\n\n[limits]\nmemory_mbs = 64\n");
-    let out = skyhost()
-        .arg("run")
-        .arg(&path)
-        .output()
-        .expect("run skyhost");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = a_node_that_fails(&path);
     assert!(
         stderr.contains(&format!("{}:4:", path.display())),
         "{stderr}"
@@ -42,17 +47,7 @@ fn an_unknown_bootstrap_module_fails_the_node_with_the_paths_searched() {
         "module_paths = [{:?}]\n[bootstrap]\nmodule = \"nope\"\n",
         guest_dir().display().to_string()
     );
-    let path = write_node_file(dir.path(), &text);
-    let out = skyhost()
-        .arg("run")
-        .arg(&path)
-        .output()
-        .expect("run skyhost");
-    assert!(
-        !out.status.success(),
-        "node with a missing bootstrap module must exit non-zero"
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = a_node_that_fails(&write_node_file(dir.path(), &text));
     assert!(
         stderr.contains("nope.wasm") && stderr.contains("not found"),
         "{stderr}"
@@ -68,14 +63,7 @@ fn a_core_module_is_refused_with_how_to_make_a_component() {
         "module_paths = [{:?}]\n[bootstrap]\nmodule = \"core\"\n",
         dir.path().display().to_string()
     );
-    let path = write_node_file(dir.path(), &text);
-    let out = skyhost()
-        .arg("run")
-        .arg(&path)
-        .output()
-        .expect("run skyhost");
-    assert!(!out.status.success(), "a core module must not start");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = a_node_that_fails(&write_node_file(dir.path(), &text));
     assert!(
         stderr.contains("core wasm module") && stderr.contains("wasm32-wasip2"),
         "{stderr}"

@@ -995,3 +995,32 @@ async fn a_restarted_peer_is_reached_at_once_not_after_the_backoff() -> anyhow::
     a.stop().await;
     Ok(())
 }
+
+/// A cluster call that timed out ends once: the answer that comes after is
+/// dropped at the sender and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_answer_after_the_timeout_is_dropped_and_counted() -> anyhow::Result<()> {
+    use skyhost::LateAt;
+    let a = launch("a", None, false).await?;
+    let b = launch("b", None, false).await?;
+    a.node
+        .cluster_reload(&table(&[("b", &b)]))
+        .map_err(anyhow::Error::msg)?;
+    b.node.cluster_register("kit", b.spawn("testkit").await?);
+    let slow = postcard::to_allocvec(&Command::SleepThenEcho {
+        ms: 300,
+        payload: b"late".to_vec(),
+    })?;
+    let timed = a
+        .client
+        .cluster_call("b", by_name("kit"), slow, Some(Duration::from_millis(50)))
+        .await;
+    failed_with(timed, ErrorCause::Timeout);
+    crate::support::eventually("the answer after the timeout dropped", || {
+        a.node.late_answers(LateAt::Cluster) == 1
+    })
+    .await?;
+    b.stop().await;
+    a.stop().await;
+    Ok(())
+}

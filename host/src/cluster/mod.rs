@@ -33,6 +33,7 @@ pub mod proto;
 mod sender;
 
 mod agent;
+mod client;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1347,3 +1347,22 @@ impl LinkHandler<Control> for MasterHandler {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Inflight;
+
+    /// One answer ends one request; an answer with none in flight is late.
+    #[test]
+    fn inflight_counts_requests_under_one_session() {
+        let mut inflight = Inflight::default();
+        let key = (0x0000_0102, 7);
+        assert!(!inflight.close(key), "nothing was in flight");
+        inflight.open(key);
+        inflight.open(key);
+        assert!(inflight.close(key));
+        assert!(inflight.close(key));
+        assert!(!inflight.close(key), "a third answer is late");
+        assert!(inflight.calls.is_empty());
+    }
+}

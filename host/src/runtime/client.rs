@@ -21,11 +21,13 @@ type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Message>>>>;
 /// Dropping the client removes its address; calls to it then fail with
 /// unknown address.
 pub struct Client {
-    kernel: Arc<Kernel>,
+    pub(crate) kernel: Arc<Kernel>,
     handle: Arc<ServiceHandle>,
     /// The tenant it acts as.
-    tenant: TenantId,
-    next_session: AtomicU32,
+    pub(crate) tenant: TenantId,
+    /// The next session it opens; shared with its router, which tells an
+    /// answer to a session it opened (late when no one waits) from others.
+    next_session: Arc<AtomicU32>,
     pending: Pending,
     events: mpsc::UnboundedReceiver<Message>,
 }
@@ -38,6 +40,9 @@ impl Client {
         let pending: Pending = Arc::default();
         let (events_tx, events) = mpsc::unbounded_channel();
         let router_pending = pending.clone();
+        let next_session = Arc::new(AtomicU32::new(1));
+        let opened = next_session.clone();
+        let router_kernel = kernel.clone();
         kernel.tasks.spawn(async move {
             while let Some(m) = endpoint.recv().await {
                 if matches!(m.kind, kind::RESPONSE | kind::ERROR) {
@@ -47,6 +52,12 @@ impl Client {
                         .remove(&m.session);
                     if let Some(tx) = waiter {
                         let _ = tx.send(m);
+                        continue;
+                    }
+                    // A session it opened that has ended (answered, timed
+                    // out): the answer is late, and ends nothing.
+                    if m.session != 0 && m.session < opened.load(Ordering::Relaxed) {
+                        router_kernel.count_late_answer(super::LateAt::Service);
                         continue;
                     }
                 }
@@ -62,7 +73,7 @@ impl Client {
             kernel,
             handle,
             tenant: id,
-            next_session: AtomicU32::new(1),
+            next_session,
             pending,
             events,
         }
@@ -116,6 +127,22 @@ impl Client {
         payload: Vec<u8>,
     ) -> Result<impl Future<Output = Result<Vec<u8>, CallError>> + Send + 'static + use<>, SendError>
     {
+        self.start_call_session(dest, payload)
+            .map(|(_, answer)| answer)
+    }
+
+    /// [`start_call`](Self::start_call), with the call's session.
+    fn start_call_session(
+        &self,
+        dest: Address,
+        payload: Vec<u8>,
+    ) -> Result<
+        (
+            u32,
+            impl Future<Output = Result<Vec<u8>, CallError>> + Send + 'static + use<>,
+        ),
+        SendError,
+    > {
         let (waiter, answer) = self.open_session();
         let m = Message {
             kind: kind::REQUEST,
@@ -132,28 +159,12 @@ impl Client {
                 .remove(&waiter.session);
             return Err(e);
         }
-        Ok(answer)
-    }
-
-    /// Opens a session and hands its waiter to `ask` with the node's
-    /// cluster side; the future is the session's answer.
-    fn cluster_session(
-        &self,
-        ask: impl FnOnce(&std::sync::Arc<crate::cluster::Cluster>, crate::runtime::Waiter),
-    ) -> Result<impl Future<Output = Result<Vec<u8>, CallError>>, CallError> {
-        let cluster = self
-            .kernel
-            .cluster
-            .get()
-            .ok_or_else(|| not_in("a cluster"))?;
-        let (waiter, answer) = self.open_session();
-        ask(cluster, waiter);
-        Ok(answer)
+        Ok((waiter.session, answer))
     }
 
     /// Opens a session of this client: whoever gets the waiter answers it;
     /// the future waits for the `response` (or `error`).
-    fn open_session(
+    pub(crate) fn open_session(
         &self,
     ) -> (
         crate::runtime::Waiter,
@@ -187,106 +198,8 @@ impl Client {
         to_address(&bytes)
     }
 
-    /// Calls `target` on cluster node `node` (`timeout` ends it if no answer
-    /// came; `None` waits as long as the link lives). The call starts now;
-    /// the future waits for its answer.
-    ///
-    /// # Errors
-    /// [`CallError`] with the cause the session ended with.
-    pub fn cluster_call(
-        &self,
-        node: &str,
-        target: crate::cluster::proto::Target,
-        payload: Vec<u8>,
-        timeout: Option<Duration>,
-    ) -> impl Future<Output = Result<Vec<u8>, CallError>> + Send + 'static + use<> {
-        let started = self.kernel.cluster.get().map(|cluster| {
-            let (waiter, answer) = self.open_session();
-            let origin = crate::cluster::Origin::of(self.tenant);
-            cluster.call(origin, node, target, payload, waiter, timeout);
-            answer
-        });
-        async move {
-            match started {
-                Some(answer) => answer.await,
-                None => Err(not_in("a cluster")),
-            }
-        }
-    }
-
-    /// The address cluster node `node` registered as `name`.
-    ///
-    /// # Errors
-    /// `UnknownAddress` when it has no such name, or how the link failed.
-    pub async fn cluster_query(&self, node: &str, name: &str) -> Result<Address, CallError> {
-        let bytes = self
-            .cluster_session(|c, waiter| c.query(self.tenant, node, name.to_string(), waiter))?
-            .await?;
-        to_address(&bytes)
-    }
-
-    /// Which node serves `name` cluster-wide (registered with
-    /// `cluster.register` on a node found through discovery), and its address there.
-    ///
-    /// # Errors
-    /// `UnknownAddress` when no node registered it or the node has no
-    /// discovery; `NodeDown` when etcd cannot be reached.
-    pub async fn cluster_find(&self, name: &str) -> Result<(String, Address), CallError> {
-        let bytes = self
-            .cluster_session(|c, waiter| c.query(self.tenant, "", name.to_string(), waiter))?
-            .await?;
-        let (address, node) = bytes.split_at(4.min(bytes.len()));
-        let node = String::from_utf8(node.to_vec()).map_err(|_| CallError::Failed {
-            cause: super::ErrorCause::Service,
-            detail: "the node name in the answer is not UTF-8".into(),
-        })?;
-        Ok((node, to_address(address)?))
-    }
-
-    /// Calls a member of cluster group `group` picked by its policy (`key`
-    /// for consistent hashing).
-    ///
-    /// # Errors
-    /// `UnknownAddress` when the group has no member, else how the call failed.
-    pub async fn group_call(
-        &self,
-        group: &str,
-        key: &[u8],
-        payload: Vec<u8>,
-        timeout: Option<Duration>,
-    ) -> Result<Vec<u8>, CallError> {
-        let origin = crate::cluster::Origin::of(self.tenant);
-        self.cluster_session(|c, waiter| {
-            c.call_group(origin, group, key, payload, waiter, timeout);
-        })?
-        .await
-    }
-
-    /// `member` (a service of this client's tenant on this node) joins
-    /// cluster group `group`, balanced by `policy`.
-    ///
-    /// # Errors
-    /// When the node is in no cluster or `member` is not such a service.
-    pub fn group_join(
-        &self,
-        group: &str,
-        member: Address,
-        policy: crate::cluster::proto::Policy,
-    ) -> Result<(), String> {
-        let cluster = self.kernel.cluster.get().ok_or("not in a cluster")?;
-        cluster.join_group(self.tenant, group, member, policy)
-    }
-
-    /// Every member of cluster group `group` this node knows.
-    pub fn group_members(&self, group: &str) -> Vec<crate::cluster::groups::Member> {
-        self.kernel
-            .cluster
-            .get()
-            .map(|c| c.group_members(self.tenant, group))
-            .unwrap_or_default()
-    }
-
-    /// [`call`](Self::call) with a deadline; a late reply is dropped.
+    /// [`call`](Self::call) with a deadline: the session ends then, and a
+    /// reply that comes later is dropped (and counted as late).
     ///
     /// # Errors
     /// [`CallError::Timeout`] when no answer came in time.
@@ -296,9 +209,17 @@ impl Client {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, CallError> {
-        tokio::time::timeout(timeout, self.call(dest, payload))
-            .await
-            .unwrap_or(Err(CallError::Timeout))
+        let (session, answer) = self.start_call_session(dest, payload)?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&session);
+                Err(CallError::Timeout)
+            }
+        }
     }
 
     /// The next message that is not a response to one of this client's calls
@@ -320,14 +241,16 @@ impl Drop for Client {
     }
 }
 
-fn not_in(what: &str) -> CallError {
+/// The error of a call that needs a part this node does not have.
+pub(crate) fn not_in(what: &str) -> CallError {
     CallError::Failed {
         cause: super::ErrorCause::NodeDown,
         detail: format!("this node is not in {what}"),
     }
 }
 
-fn to_address(bytes: &[u8]) -> Result<Address, CallError> {
+/// The address a 4-byte answer carries.
+pub(crate) fn to_address(bytes: &[u8]) -> Result<Address, CallError> {
     let raw: [u8; 4] = bytes.try_into().map_err(|_| CallError::Failed {
         cause: super::ErrorCause::Service,
         detail: format!("answered {} bytes, not a 4-byte address", bytes.len()),

@@ -16,9 +16,11 @@
 //! the cause (exited, trapped, killed).
 
 mod address;
-mod client;
+pub(crate) mod client;
 pub(crate) mod endpoint;
+mod mailbox;
 mod message;
+mod names;
 mod sched;
 pub(crate) mod service;
 pub(crate) mod tenant;
@@ -36,39 +38,20 @@ use tokio_util::task::TaskTracker;
 
 pub use address::{Address, HarborId};
 pub use client::Client;
+pub(crate) use mailbox::Mailbox;
 pub use message::{
     CallError, ErrorCause, GUEST_SESSIONS, LateAt, Message, SendError, Session, kind,
 };
+pub use names::{MAX_NAME_LEN, NameError};
+pub(crate) use names::{is_name, scoped};
 pub use tenant::{SYSTEM_TENANT, TenantId, TenantStats};
 pub use upgrade::{UpgradeError, UpgradeReport, Upgraded};
 
 use tenant::Tenant;
 
 use crate::config::{Limits, NodeConfig, TenantConfig};
-use crate::harbor::{GlobalNameError, Harbor};
+use crate::harbor::Harbor;
 use crate::wasm::{ModuleError, WasmRuntime};
-
-/// The longest a name may be, in bytes.
-pub const MAX_NAME_LEN: usize = 255;
-
-/// Why a name could not be registered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
-    /// Empty, too long, or only a dot.
-    #[error("invalid name `{0}`")]
-    Invalid(String),
-    /// Another service holds it.
-    #[error("name `{name}` is held by {holder}")]
-    Taken {
-        /// The name.
-        name: String,
-        /// Who holds it.
-        holder: Address,
-    },
-    /// A global name, and the harbor master is unreachable.
-    #[error("global name `{0}`: the harbor master is unreachable")]
-    Unavailable(String),
-}
 
 /// Why a service could not be started.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -212,79 +195,6 @@ pub struct ServiceInfo {
     pub upgrades: u32,
     /// `running` (in a dispatch), `ready` (messages not picked up yet) or `idle`.
     pub state: &'static str,
-}
-
-/// A mailbox's sending side, with its length for limits and warnings.
-///
-/// The queue itself is unbounded, as in Skynet (a guest's `send` never
-/// blocks); past `limit` (when set) an enqueue fails with `Overloaded`, and
-/// each time the length passes a threshold (1024, then doubling) a warning
-/// is logged.
-pub(crate) struct Mailbox {
-    tx: mpsc::UnboundedSender<Message>,
-    len: AtomicUsize,
-    /// The most messages queued at once.
-    peak: AtomicUsize,
-    warn_at: AtomicUsize,
-    /// Has messages its service has not picked up (see [`sched`]).
-    ready: AtomicBool,
-    /// The service has ended; nothing will pick messages up any more.
-    closed: AtomicBool,
-}
-
-const MAILBOX_WARN: usize = 1024;
-
-impl Mailbox {
-    fn new() -> (Self, mpsc::UnboundedReceiver<Message>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mailbox = Mailbox {
-            tx,
-            len: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
-            warn_at: AtomicUsize::new(MAILBOX_WARN),
-            ready: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-        };
-        (mailbox, rx)
-    }
-
-    /// Messages queued and not yet taken by the service.
-    pub fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
-    }
-
-    /// Called by the service when it took `n` messages.
-    pub fn taken(&self, n: usize) {
-        self.len.fetch_sub(n, Ordering::Relaxed);
-    }
-
-    /// Called by the service when it picks up its messages.
-    pub fn picked_up(&self, kernel: &Kernel) {
-        kernel.sched.clear_ready(&self.ready);
-    }
-
-    /// Wakes the service through its queue without counting against its
-    /// limit: `kill` and a dropped [`Client`] use it; the service drops it.
-    pub fn wake(&self, address: Address) {
-        let wake = Message {
-            kind: kind::SYSTEM,
-            source: address,
-            session: 0,
-            tenant: TenantId::HOST,
-            payload: Default::default(),
-            trace: 0,
-        };
-        self.len.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(wake).is_err() {
-            self.len.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Called when the service has ended.
-    pub fn close(&self, kernel: &Kernel) {
-        self.closed.store(true, Ordering::SeqCst);
-        kernel.sched.clear_ready(&self.ready);
-    }
 }
 
 /// A service's entry in the address table.
@@ -522,15 +432,6 @@ impl Kernel {
             .filter(|t| &*t.name == name && !t.removed.load(Ordering::Acquire))
     }
 
-    /// The harbor, when `name` is global and this node is in one.
-    fn global(&self, name: &str) -> Option<&Arc<Harbor>> {
-        if name.starts_with('.') {
-            None
-        } else {
-            self.remote.get()
-        }
-    }
-
     /// Pushes `message` into the mailbox of the service behind `handle`.
     fn enqueue(&self, handle: &ServiceHandle, message: Message) -> Result<(), SendError> {
         let dest = handle.address;
@@ -734,122 +635,6 @@ impl Kernel {
         .unwrap_or(false)
     }
 
-    /// Registers `name` for the service behind `handle`.
-    pub fn register_name(&self, name: &str, handle: &ServiceHandle) -> Result<(), NameError> {
-        if !is_name(name) {
-            return Err(NameError::Invalid(name.to_string()));
-        }
-        let key = scoped(handle.tenant.id, name);
-        if let Some(harbor) = self.global(name) {
-            let mut w = handle.watch();
-            if w.dead {
-                return Err(NameError::Invalid(name.to_string()));
-            }
-            harbor.register(&key, handle.address).map_err(|e| match e {
-                GlobalNameError::Taken { holder, .. } => NameError::Taken {
-                    name: name.to_string(),
-                    holder,
-                },
-                GlobalNameError::Unavailable => NameError::Unavailable(name.to_string()),
-            })?;
-            if !w.names.iter().any(|n| n == name) {
-                w.names.push(name.to_string());
-            }
-            return Ok(());
-        }
-        let mut table = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&holder) = table.get(&*key) {
-            if holder == handle.address {
-                return Ok(());
-            }
-            return Err(NameError::Taken {
-                name: name.to_string(),
-                holder,
-            });
-        }
-        let mut w = handle.watch();
-        if w.dead {
-            return Err(NameError::Invalid(name.to_string()));
-        }
-        table.insert(key.into_owned(), handle.address);
-        w.names.push(name.to_string());
-        Ok(())
-    }
-
-    /// Registers global `name` for the local service `target` through the
-    /// master; `waiter` hears the master's answer. The name goes when
-    /// `target` ends.
-    pub fn register_global_confirmed(
-        &self,
-        tenant: TenantId,
-        harbor: &Harbor,
-        name: &str,
-        target: Address,
-        waiter: crate::runtime::Waiter,
-    ) {
-        let recorded = self.with_service(target, |handle| {
-            let mut w = handle.watch();
-            if w.dead || !visible(tenant, handle) {
-                return false;
-            }
-            if !w.names.iter().any(|n| n == name) {
-                w.names.push(name.to_string());
-            }
-            true
-        });
-        if recorded != Some(true) {
-            let detail =
-                format!("global name `{name}`: {target} is not a live service of this node");
-            return waiter.fail(self, ErrorCause::UnknownAddress, &detail);
-        }
-        harbor.register_confirmed(&scoped(tenant, name), target, waiter);
-    }
-
-    /// Removes `name` if the service behind `handle` holds it.
-    pub fn unregister_name(&self, name: &str, handle: &ServiceHandle) {
-        let key = scoped(handle.tenant.id, name);
-        if let Some(harbor) = self.global(name) {
-            let mut w = handle.watch();
-            if let Some(i) = w.names.iter().position(|n| n == name) {
-                w.names.swap_remove(i);
-                harbor.unregister(&key, handle.address);
-            }
-            return;
-        }
-        let mut table = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        if table.get(&*key) == Some(&handle.address) {
-            table.remove(&*key);
-            handle.watch().names.retain(|n| n != name);
-        }
-    }
-
-    /// The address holding `name` in `tenant`'s namespace.
-    pub fn query_name(&self, tenant: TenantId, name: &str) -> Option<Address> {
-        let key = scoped(tenant, name);
-        if let Some(harbor) = self.global(name) {
-            return harbor.query(&key);
-        }
-        self.names
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&*key)
-            .copied()
-    }
-
-    /// What a service of `tenant` finds under `name`: a name of its own
-    /// tenant, or `other-tenant/entry` for an entry it was granted.
-    pub fn resolve(&self, tenant: TenantId, name: &str) -> Option<Address> {
-        let Some((owner, entry)) = name.split_once('/') else {
-            return self.query_name(tenant, name);
-        };
-        let caller = self.tenant(tenant)?;
-        let owner = self.tenant_named(owner)?;
-        if !caller.granted(owner.id, entry) {
-            return None;
-        }
-        self.query_name(owner.id, owner.exports.get(entry)?)
-    }
-
     /// Records that `service` is subscribed to `channel`, so its end
     /// unsubscribes it.
     pub fn remember_channel(&self, service: Address, channel: u32) {
@@ -973,23 +758,6 @@ pub(crate) fn exit_notice(target: Address, reason: &str) -> Message {
 /// (the host sees every tenant).
 pub(crate) fn visible(by: TenantId, handle: &ServiceHandle) -> bool {
     by == TenantId::HOST || by == handle.tenant.id
-}
-
-/// Whether `name` can be registered: 1 to [`MAX_NAME_LEN`] bytes, not only
-/// a dot, and no `/` (which names another tenant's granted entry).
-pub(crate) fn is_name(name: &str) -> bool {
-    !name.is_empty() && name != "." && name.len() <= MAX_NAME_LEN && !name.contains('/')
-}
-
-/// The key of `name` in `tenant`'s namespace: the name itself for
-/// `system`, else the tenant id, `/` and the name (no name has a `/`, so
-/// no tenant can reach another's key).
-pub(crate) fn scoped(tenant: TenantId, name: &str) -> std::borrow::Cow<'_, str> {
-    if tenant == TenantId::SYSTEM {
-        std::borrow::Cow::Borrowed(name)
-    } else {
-        std::borrow::Cow::Owned(format!("{tenant}/{name}"))
-    }
 }
 
 /// A running node: its services, names and timers.
