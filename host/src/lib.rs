@@ -22,15 +22,17 @@ pub mod fleet;
 pub mod harbor;
 pub mod metrics;
 pub mod multicast;
+pub mod node;
 pub mod runtime;
 pub mod tools;
 pub mod transport;
 pub mod wasm;
 
 pub use config::NodeConfig;
+pub use node::{Node, NodeError};
 pub use runtime::{
-    Address, CallError, Client, ErrorCause, LateAt, Message, Node, SendError, ServiceInfo,
-    SpawnError, TenantError, TenantId, TenantStats, UpgradeError, UpgradeReport, Upgraded, kind,
+    Address, CallError, Client, ErrorCause, LateAt, Message, SendError, ServiceInfo, SpawnError,
+    TenantError, TenantId, TenantStats, UpgradeError, UpgradeReport, Upgraded, kind,
 };
 
 /// Where the build put the bundled services (`services/` built for

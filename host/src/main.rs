@@ -307,6 +307,10 @@ fn run(node_file: &std::path::Path, ready_file: Option<&std::path::Path>) -> any
     let runtime = runtime.enable_all().thread_name("skyhost-worker").build()?;
     runtime.block_on(async {
         let node = Node::launch(&config).await?;
+        if let Err(e) = skyhost::control::serve(&node, &config).await {
+            node.shutdown().await;
+            return Err(e.into());
+        }
         if let Some(boot) = &config.bootstrap {
             let address = node
                 .spawn(&boot.module, boot.args.as_bytes())

@@ -22,7 +22,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use tokio::net::TcpListener;
 
 use crate::config::MetricsConfig;
-use crate::runtime::Node;
+use crate::node::Node;
 use crate::wasm::StopReason;
 
 /// The content type of Prometheus' text format.

@@ -32,6 +32,7 @@ async fn the_console_answers_within_100_ms_while_services_spin_and_a_mailbox_is_
     let mut config = test_config();
     config.control = Some(ControlConfig::new(SECRET));
     let node = within(skyhost::Node::launch(&config)).await??;
+    within(skyhost::control::serve(&node, &config)).await??;
     let control = node.control_address().expect("control address").to_string();
     let client = node.client();
     let spin = postcard::to_allocvec(&Command::Spin)?;

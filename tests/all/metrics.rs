@@ -40,6 +40,7 @@ async fn metrics_pass_promtool_and_count_what_happened() -> anyhow::Result<()> {
     config.metrics = Some(MetricsConfig::default());
     init_logs();
     let node = within(skyhost::Node::launch(&config)).await??;
+    within(skyhost::control::serve(&node, &config)).await??;
     let address = node.metrics_address().context("metrics address")?;
     let client = node.client();
     let a = within(node.spawn("testkit", &[])).await??;

@@ -260,6 +260,7 @@ async fn upgrading_a_module_from_the_console_swaps_every_instance() -> anyhow::R
     config.control = Some(ControlConfig::new(SECRET));
     init_logs();
     let launched = within(skyhost::Node::launch(&config)).await??;
+    within(skyhost::control::serve(&launched, &config)).await??;
     let node = TestNode {
         client: launched.client(),
         node: launched,

@@ -17,9 +17,36 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use crate::config::{ControlConfig, TenantConfig};
-use crate::runtime::Node;
+use crate::config::{ControlConfig, NodeConfig, TenantConfig};
+use crate::node::{Node, NodeError};
 use proto::{Answer, Request};
+
+/// Opens what a node file asks for above the node itself: its control
+/// address and its `/metrics` (the CLI's `run` does this after
+/// [`Node::launch`]).
+///
+/// # Errors
+/// When either address cannot be bound.
+pub async fn serve(node: &Node, config: &NodeConfig) -> Result<(), NodeError> {
+    let control = match &config.control {
+        Some(c) => Some(
+            start(node, c)
+                .await
+                .map_err(|e| NodeError::Control(format!("control {}: {e}", c.address)))?,
+        ),
+        None => None,
+    };
+    let metrics = match &config.metrics {
+        Some(m) => Some(
+            crate::metrics::start(node, m)
+                .await
+                .map_err(|e| NodeError::Control(format!("metrics {}: {e}", m.address)))?,
+        ),
+        None => None,
+    };
+    node.bound(control, metrics);
+    Ok(())
+}
 
 /// Opens the control listener of `node`; connections are served until the
 /// node shuts down.
@@ -49,7 +76,7 @@ pub(crate) async fn start(node: &Node, config: &ControlConfig) -> std::io::Resul
                             async move {
                                 tokio::select! {
                                     () = stop.cancelled() => {}
-                                    r = serve(&node, &secret, stream) => if let Err(e) = r {
+                                    r = serve_connection(&node, &secret, stream) => if let Err(e) = r {
                                         tracing::debug!("control connection ended: {e}");
                                     },
                                 }
@@ -68,7 +95,7 @@ pub(crate) async fn start(node: &Node, config: &ControlConfig) -> std::io::Resul
 
 /// Serves one connection until it quits, fails to authenticate, sends a
 /// line that is too long, or closes.
-async fn serve(node: &Node, secret: &str, stream: TcpStream) -> std::io::Result<()> {
+async fn serve_connection(node: &Node, secret: &str, stream: TcpStream) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     let mut line = Vec::new();

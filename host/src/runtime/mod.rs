@@ -352,7 +352,11 @@ impl Kernel {
             .cloned()
     }
 
-    fn with_service<R>(&self, address: Address, f: impl FnOnce(&ServiceHandle) -> R) -> Option<R> {
+    pub(crate) fn with_service<R>(
+        &self,
+        address: Address,
+        f: impl FnOnce(&ServiceHandle) -> R,
+    ) -> Option<R> {
         let services = self.services.pin();
         services
             .get(&address.local())
@@ -760,97 +764,18 @@ pub(crate) fn visible(by: TenantId, handle: &ServiceHandle) -> bool {
     by == TenantId::HOST || by == handle.tenant.id
 }
 
-/// A running node: its services, names and timers.
-///
-/// Cloning a `Node` gives another handle to the same node.
-#[derive(Clone)]
-pub struct Node {
-    kernel: Arc<Kernel>,
-}
-
-impl Node {
-    /// Starts a node (without its bootstrap service) on the current tokio runtime.
-    ///
-    /// # Panics
-    /// Outside a tokio runtime.
+/// What the node's facade (`node::Node`) asks of its core.
+impl Kernel {
+    /// Builds a node's core with `wasm` for its modules: its tenants (the
+    /// node file's, `system` first), timers and scheduler.
     ///
     /// # Errors
-    /// When the wasm engine cannot be built for these limits.
-    pub fn start(config: &NodeConfig) -> Result<Node, NodeError> {
-        if config.harbor.is_some()
-            || config.cluster.is_some()
-            || config.control.is_some()
-            || config.metrics.is_some()
-        {
-            return Err(NodeError::Harbor(
-                "a harbor, cluster, control or metrics node starts with Node::launch".into(),
-            ));
-        }
-        Self::build(config)
-    }
-
-    /// Starts a node, and on a harbor node binds its listeners, starts the
-    /// master when `standalone`, and joins the harbor before returning.
-    ///
-    /// # Panics
-    /// Outside a tokio runtime.
-    ///
-    /// # Errors
-    /// When the wasm engine cannot be built, a listener cannot be bound, or
-    /// the master refuses the join (its reason names the id and holder).
-    pub async fn launch(config: &NodeConfig) -> Result<Node, NodeError> {
-        let node = Self::build(config)?;
-        if let Some(h) = &config.harbor {
-            match Harbor::start(&node.kernel, h).await {
-                Ok(harbor) => {
-                    let _ = node.kernel.remote.set(harbor);
-                }
-                Err(e) => {
-                    node.shutdown().await;
-                    return Err(NodeError::Harbor(e.to_string()));
-                }
-            }
-        }
-        if let Some(c) = &config.control {
-            match crate::control::start(&node, c).await {
-                Ok(bound) => {
-                    let _ = node.kernel.control.set(bound);
-                }
-                Err(e) => {
-                    node.shutdown().await;
-                    return Err(NodeError::Control(format!("control {}: {e}", c.address)));
-                }
-            }
-        }
-        if let Some(m) = &config.metrics {
-            match crate::metrics::start(&node, m).await {
-                Ok(bound) => {
-                    let _ = node.kernel.metrics.set(bound);
-                }
-                Err(e) => {
-                    node.shutdown().await;
-                    return Err(NodeError::Control(format!("metrics {}: {e}", m.address)));
-                }
-            }
-        }
-        if let Some(c) = &config.cluster {
-            match crate::cluster::Cluster::start(&node.kernel, c).await {
-                Ok(cluster) => {
-                    let _ = node.kernel.cluster.set(cluster);
-                }
-                Err(e) => {
-                    node.shutdown().await;
-                    return Err(NodeError::Cluster(e));
-                }
-            }
-        }
-        Ok(node)
-    }
-
-    fn build(config: &NodeConfig) -> Result<Node, NodeError> {
-        let limits = config.limits.resolved();
-        let wasm = WasmRuntime::new(&limits, config.cache_dir.clone().or_else(default_cache_dir))
-            .map_err(|e| NodeError::Engine(format!("{e:#}")))?;
+    /// A tenant whose id is reserved or taken.
+    pub(crate) fn new(
+        config: &NodeConfig,
+        limits: Limits,
+        wasm: WasmRuntime,
+    ) -> Result<Arc<Kernel>, TenantError> {
         let tenants = papaya::HashMap::new();
         {
             let table = tenants.pin();
@@ -898,129 +823,41 @@ impl Node {
                 }
             });
         }
-        Ok(Node { kernel })
+        Ok(kernel)
     }
 
-    /// Starts a service of `module` and waits until its `init` returned.
+    /// Adds the tenant `config` declares.
     ///
     /// # Errors
-    /// [`SpawnError`] naming the module and what went wrong.
-    pub async fn spawn(&self, module: &str, args: &[u8]) -> Result<Address, SpawnError> {
-        self.spawn_in(SYSTEM_TENANT, module, args).await
-    }
-
-    /// Starts a service of `tenant`'s `module` and waits until its `init` returned.
-    ///
-    /// # Errors
-    /// [`SpawnError`] naming the module (or tenant) and what went wrong.
-    pub async fn spawn_in(
-        &self,
-        tenant: &str,
-        module: &str,
-        args: &[u8],
-    ) -> Result<Address, SpawnError> {
-        let t = self
-            .kernel
-            .tenant_named(tenant)
-            .ok_or_else(|| SpawnError::NoTenant(tenant.to_string()))?;
-        let (tx, rx) = oneshot::channel();
-        self.kernel
-            .spawn_detached(t, module.to_string(), args.to_vec(), Ready::Host(tx));
-        rx.await.unwrap_or(Err(SpawnError::Stopped))
-    }
-
-    /// A host endpoint of the `system` tenant with its own address, to call
-    /// and send to services.
-    pub fn client(&self) -> Client {
-        let system = self
-            .kernel
-            .tenant(TenantId::SYSTEM)
-            .unwrap_or_else(|| self.kernel.host_tenant.clone());
-        Client::new(self.kernel.clone(), system)
-    }
-
-    /// A host endpoint that calls and sends as a service of `tenant` would
-    /// (and sees only that tenant); `None` if there is no such tenant.
-    pub fn client_in(&self, tenant: &str) -> Option<Client> {
-        let t = self.kernel.tenant_named(tenant)?;
-        Some(Client::new(self.kernel.clone(), t))
-    }
-
-    /// Stops a service of any tenant; false if there is no such service.
-    pub fn kill(&self, address: Address) -> bool {
-        self.kernel.kill(TenantId::HOST, address)
-    }
-
-    /// The address holding `name` in the `system` tenant.
-    pub fn query(&self, name: &str) -> Option<Address> {
-        self.kernel.query_name(TenantId::SYSTEM, name)
-    }
-
-    /// The address holding `name` in `tenant` (`other/entry` for a granted entry).
-    pub fn query_in(&self, tenant: &str, name: &str) -> Option<Address> {
-        let t = self.kernel.tenant_named(tenant)?;
-        self.kernel.resolve(t.id, name)
-    }
-
-    /// Adds a tenant to the running node and starts its bootstrap services,
-    /// in order; returns their addresses.
-    ///
-    /// # Errors
-    /// When a tenant of that name (or id) exists, or a bootstrap service
-    /// fails to start (the tenant stays, with the services that started).
-    pub async fn apply_tenant(&self, config: &TenantConfig) -> Result<Vec<Address>, TenantError> {
-        let tenant = Tenant::new(config, &self.kernel.limits);
-        {
-            let table = self.kernel.tenants.pin();
-            if table.contains_key(&tenant.id) {
-                return Err(TenantError::Exists(config.name.clone()));
-            }
-            check_tenant_id(&tenant, &table).map_err(|e| TenantError::Invalid(e.to_string()))?;
-            table.insert(tenant.id, Arc::new(tenant));
+    /// When a tenant of that name (or id) exists.
+    pub(crate) fn add_tenant(&self, config: &TenantConfig) -> Result<(), TenantError> {
+        let tenant = Tenant::new(config, &self.limits);
+        let table = self.tenants.pin();
+        if table.contains_key(&tenant.id) {
+            return Err(TenantError::Exists(config.name.clone()));
         }
-        tracing::info!(tenant = %config.name, "tenant applied");
-        self.start_tenant(&config.name).await
+        check_tenant_id(&tenant, &table).map_err(|e| TenantError::Invalid(e.to_string()))?;
+        table.insert(tenant.id, Arc::new(tenant));
+        Ok(())
     }
 
-    /// Starts the bootstrap services of a tenant declared in the node file.
-    ///
-    /// # Errors
-    /// When there is no such tenant or one of them fails to start.
-    pub async fn start_tenant(&self, name: &str) -> Result<Vec<Address>, TenantError> {
-        let tenant = self
-            .kernel
-            .tenant_named(name)
-            .ok_or_else(|| TenantError::NoSuchTenant(name.to_string()))?;
-        let mut started = Vec::new();
-        for b in &tenant.bootstrap {
-            let address = self
-                .spawn_in(name, &b.module, b.args.as_bytes())
-                .await
-                .map_err(|e| TenantError::Bootstrap(name.to_string(), e))?;
-            started.push(address);
-        }
-        Ok(started)
-    }
-
-    /// Removes a tenant: no new services, every one of its services is
-    /// stopped (each session pending on them ends with an error), and its
-    /// names and modules go. Returns once its last service has ended.
+    /// Removes tenant `name`: no new services, every one of its services is
+    /// stopped, and its names and modules go; returns once its last service
+    /// has ended.
     ///
     /// # Errors
     /// When there is no such tenant, or it is `system`.
-    pub async fn remove_tenant(&self, name: &str) -> Result<(), TenantError> {
+    pub(crate) async fn remove_tenant(&self, name: &str) -> Result<(), TenantError> {
         if name == SYSTEM_TENANT {
             return Err(TenantError::Invalid("`system` cannot be removed".into()));
         }
         let tenant = self
-            .kernel
             .tenant_named(name)
             .ok_or_else(|| TenantError::NoSuchTenant(name.to_string()))?;
         tenant.removed.store(true, Ordering::Release);
         loop {
             let ended = tenant.all_ended.notified();
             let services: Vec<Address> = self
-                .kernel
                 .services
                 .pin()
                 .values()
@@ -1030,75 +867,31 @@ impl Node {
             // Its proxies stop too (host clients stay, to hear how their
             // calls ended), but only services count.
             for a in services {
-                self.kernel.kill(TenantId::HOST, a);
+                self.kill(TenantId::HOST, a);
             }
             if tenant.counters.live.load(Ordering::Acquire) == 0 {
                 break;
             }
             ended.await;
         }
-        self.kernel.tenants.pin().remove(&tenant.id);
-        self.kernel.wasm.forget_tenant(tenant.id);
-        tracing::info!(tenant = %name, "tenant removed");
+        self.tenants.pin().remove(&tenant.id);
+        self.wasm.forget_tenant(tenant.id);
         Ok(())
     }
 
-    /// Modules this node compiled (or loaded from its disk cache) so far:
-    /// each module is made ready once, whatever the number of its instances.
-    pub fn modules_compiled(&self) -> u64 {
-        self.kernel.wasm.compiled()
-    }
-
-    /// Where this node serves `GET /metrics`, if it does.
-    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
-        self.kernel.metrics.get().copied()
-    }
-
-    /// Services ended for the reason at `index` in `StopReason::ALL`.
-    pub(crate) fn stops(&self, index: usize) -> u64 {
-        self.kernel
-            .stops
-            .get(index)
-            .map_or(0, |n| n.load(Ordering::Relaxed))
-    }
-
-    /// Answers dropped at `at` because their session had already ended
-    /// (a reply after a timeout or a node-down error), since start.
-    pub fn late_answers(&self, at: LateAt) -> u64 {
-        self.kernel.late_answers[at.index()].load(Ordering::Relaxed)
-    }
-
-    /// Where this node takes control commands, if it opened a control address.
-    pub fn control_address(&self) -> Option<std::net::SocketAddr> {
-        self.kernel.control.get().copied()
-    }
-
-    /// The node's limits (each tenant's quotas start from them).
-    pub fn limits(&self) -> &Limits {
-        &self.kernel.limits
-    }
-
-    /// The node's task tracker and shutdown token, for host tasks that must
-    /// end with the node.
-    pub(crate) fn task_tracker(&self) -> (TaskTracker, CancellationToken) {
-        (self.kernel.tasks.clone(), self.kernel.shutdown.clone())
-    }
-
-    /// The name of the tenant of the service (or host endpoint) at `address`.
-    pub fn tenant_of(&self, address: Address) -> Option<String> {
-        self.kernel
-            .with_service(address, |h| h.tenant.name.to_string())
+    /// Answers dropped at `at` because their session had already ended.
+    pub(crate) fn late_answers(&self, at: LateAt) -> u64 {
+        self.late_answers[at.index()].load(Ordering::Relaxed)
     }
 
     /// Each tenant's accounting, `system` first, then by name.
-    pub fn tenant_stats(&self) -> Vec<TenantStats> {
+    pub(crate) fn tenant_stats(&self) -> Vec<TenantStats> {
         let mut live: HashMap<TenantId, tenant::Usage> = HashMap::new();
-        for h in self.kernel.services.pin().values() {
+        for h in self.services.pin().values() {
             live.entry(h.tenant.id).or_default().absorb(&h.usage);
         }
         let none = tenant::Usage::default();
         let mut list: Vec<TenantStats> = self
-            .kernel
             .tenants
             .pin()
             .values()
@@ -1110,88 +903,26 @@ impl Node {
         list
     }
 
-    /// Live wasm services on this node.
-    pub fn service_count(&self) -> usize {
-        self.kernel.live.load(Ordering::Acquire)
-    }
-
-    /// Logs (target `skyhost::trace`, level info) each message the service
-    /// at `address` takes and sends, and how long each batch took; false if
-    /// there is no such service.
-    pub fn trace(&self, address: Address, on: bool) -> bool {
-        self.kernel
-            .with_service(address, |h| h.usage.traced.store(on, Ordering::Relaxed))
-            .is_some()
-    }
-
-    /// This node's harbor and cluster links, as `netstat` shows them.
-    pub fn links(&self) -> Vec<crate::transport::LinkInfo> {
-        let mut links = self
-            .kernel
-            .remote
-            .get()
-            .map(|h| h.links())
-            .unwrap_or_default();
-        if let Some(c) = self.kernel.cluster.get() {
-            links.extend(c.links());
-        }
-        links
+    /// Live wasm services.
+    pub(crate) fn service_count(&self) -> usize {
+        self.live.load(Ordering::Acquire)
     }
 
     /// A snapshot of the service (or host endpoint) at `address`.
-    pub fn service_info(&self, address: Address) -> Option<ServiceInfo> {
-        self.kernel.with_service(address, ServiceHandle::info)
+    pub(crate) fn service_info(&self, address: Address) -> Option<ServiceInfo> {
+        self.with_service(address, ServiceHandle::info)
     }
 
     /// A snapshot of every service and host endpoint, in address order.
-    pub fn service_infos(&self) -> Vec<ServiceInfo> {
-        let mut list: Vec<ServiceInfo> = self
-            .kernel
-            .services
-            .pin()
-            .values()
-            .map(|h| h.info())
-            .collect();
+    pub(crate) fn service_infos(&self) -> Vec<ServiceInfo> {
+        let mut list: Vec<ServiceInfo> = self.services.pin().values().map(|h| h.info()).collect();
         list.sort_by_key(|i| i.address);
         list
     }
 
-    /// How long `target` takes to pick up a message the host sends it
-    /// (answered by the runtime, not the guest, so it works on any service).
-    ///
-    /// # Errors
-    /// `UnknownAddress` for no such service; `Timeout` when it did not pick
-    /// the ping up within `timeout` (it is busy in a long dispatch, or its
-    /// mailbox is long).
-    pub async fn ping(&self, target: Address, timeout: Duration) -> Result<Duration, CallError> {
-        let mut endpoint =
-            endpoint::HostEndpoint::new(&self.kernel, "host", self.kernel.host_tenant.clone());
-        let ping = Message {
-            kind: kind::SYSTEM,
-            source: endpoint.address(),
-            session: 1,
-            tenant: TenantId::HOST,
-            payload: Default::default(),
-            trace: 0,
-        };
-        let start = Instant::now();
-        self.kernel.deliver(target, ping)?;
-        let pong = async {
-            while let Some(m) = endpoint.recv().await {
-                if m.kind == kind::RESPONSE && m.session == 1 && m.source == target {
-                    return Ok(start.elapsed());
-                }
-            }
-            Err(CallError::NodeStopped)
-        };
-        tokio::time::timeout(timeout, pong)
-            .await
-            .unwrap_or(Err(CallError::Timeout))
-    }
-
     /// Every live service with the module it runs, in address order.
-    pub fn services(&self) -> Vec<(Address, String)> {
-        let services = self.kernel.services.pin();
+    pub(crate) fn service_list(&self) -> Vec<(Address, String)> {
+        let services = self.services.pin();
         let mut list: Vec<(Address, String)> = services
             .values()
             .filter(|h| &*h.module != "host")
@@ -1201,172 +932,14 @@ impl Node {
         list
     }
 
-    /// Services whose mailbox has messages their task has not picked up yet
-    /// (a scheduling hint; 0 on an idle node).
-    pub fn ready_services(&self) -> usize {
-        self.kernel.sched.waiting()
-    }
-
-    /// Messages waiting in a service's mailbox, if it is alive.
-    pub fn mailbox_len(&self, address: Address) -> Option<usize> {
-        self.kernel.with_service(address, |h| h.mailbox.len())
-    }
-
-    /// This node's harbor id (0 for a single node).
-    pub fn harbor_id(&self) -> HarborId {
-        self.kernel.harbor
-    }
-
-    /// Where this harbor node accepts links from other nodes.
-    pub fn harbor_listen(&self) -> Option<std::net::SocketAddr> {
-        self.kernel.remote.get().map(|h| h.listen)
-    }
-
-    /// The master this harbor node joined (the bound address when it runs
-    /// the master itself).
-    pub fn master_address(&self) -> Option<String> {
-        self.kernel.remote.get().map(|h| h.master_address.clone())
-    }
-
-    /// The harbor ids this node has a live link to, in order.
-    pub fn connected(&self) -> Vec<u8> {
-        self.kernel
-            .remote
-            .get()
-            .map(|h| h.connected())
-            .unwrap_or_default()
-    }
-
-    /// Whether this harbor node's link to the master is up.
-    pub fn master_up(&self) -> bool {
-        self.kernel.remote.get().is_some_and(|h| h.master_up())
-    }
-
-    /// Subscribers on this node of a multicast channel (0 for none).
-    pub fn channel_subscribers(&self, channel: u32) -> usize {
-        self.kernel
-            .multicast
-            .local_subscribers(TenantId::SYSTEM, channel)
-    }
-
-    /// Multicast copies dropped because a cluster node's queue was full
-    /// (harbor nodes' count in [`dropped_to_down_nodes`](Self::dropped_to_down_nodes)).
-    pub fn multicast_overflow(&self) -> u64 {
-        self.kernel.multicast.overflow()
-    }
-
-    /// Where this cluster node accepts links from other nodes.
-    pub fn cluster_listening(&self) -> Vec<std::net::SocketAddr> {
-        self.kernel
-            .cluster
-            .get()
-            .map(|c| c.listening())
-            .unwrap_or_default()
-    }
-
-    /// The cluster table now in force (from the cluster file, a reload or
-    /// discovery), or `None` when the node is in no cluster.
-    pub fn cluster_table(&self) -> Option<Arc<crate::cluster::ClusterTable>> {
-        self.kernel.cluster.get().map(|c| c.table())
-    }
-
-    /// How many cluster nodes and group members the health checks hold
-    /// out now, or `None` when the node is in no cluster.
-    pub fn cluster_taken_out(&self) -> Option<(usize, usize)> {
-        self.kernel.cluster.get().map(|c| c.taken_out())
-    }
-
-    /// Cluster sends from other nodes dropped because the service they
-    /// named is not here, since start (0 outside a cluster).
-    pub fn cluster_sends_undelivered(&self) -> u64 {
-        self.kernel
-            .cluster
-            .get()
-            .map_or(0, |c| c.sends_undelivered())
-    }
-
-    /// Replaces this node's cluster config with `text` (as `cluster.reload`).
-    ///
-    /// # Errors
-    /// The config's error (line and key), or when the node is in no cluster.
-    pub fn cluster_reload(&self, text: &str) -> Result<(), String> {
-        let cluster = self
-            .kernel
-            .cluster
-            .get()
-            .ok_or("this node is not in a cluster")?;
-        cluster.reload(text).map_err(|e| e.to_string())
-    }
-
-    /// Makes `target` known to other cluster nodes as `name`.
-    pub fn cluster_register(&self, name: &str, target: Address) {
-        if let Some(c) = self.kernel.cluster.get() {
-            c.register(TenantId::SYSTEM, name, target);
-        }
-    }
-
-    /// Messages dropped because their node was down, since start: those no
-    /// sender could be told of (multicast copies, sends queued when a link
-    /// dropped).
-    pub fn dropped_to_down_nodes(&self) -> u64 {
-        self.kernel.remote.get().map_or(0, |h| h.dropped())
-    }
-
-    /// Sends refused because their node was down, since start: each
-    /// sender was answered with node-down.
-    pub fn refused_to_down_nodes(&self) -> u64 {
-        self.kernel.remote.get().map_or(0, |h| h.refused())
-    }
-
-    /// Stops every service (their pending sessions end with an error) and
-    /// waits for every task of the node to finish.
-    pub async fn shutdown(&self) {
-        if let Some(harbor) = self.kernel.remote.get() {
-            harbor.stop().await;
-        }
-        self.kernel.shutdown.cancel();
-        let addresses: Vec<Address> = self
-            .kernel
-            .services
-            .pin()
-            .values()
-            .map(|h| h.address)
-            .collect();
+    /// Stops every service and host endpoint (their pending sessions end
+    /// with an error).
+    pub(crate) fn kill_all(&self) {
+        let addresses: Vec<Address> = self.services.pin().values().map(|h| h.address).collect();
         for a in addresses {
-            self.kernel.kill(TenantId::HOST, a);
+            self.kill(TenantId::HOST, a);
         }
-        self.kernel.tasks.close();
-        self.kernel.tasks.wait().await;
     }
-}
-
-/// The user cache directory for compiled modules, if one can be found.
-fn default_cache_dir() -> Option<std::path::PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))?;
-    Some(base.join("skyhost").join("modules"))
-}
-
-/// Why a node could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    /// The wasm engine could not be built (for example the instance pool
-    /// could not reserve its address space).
-    #[error("wasm engine: {0}")]
-    Engine(String),
-    /// The node could not join its harbor.
-    #[error("{0}")]
-    Harbor(String),
-    /// The node's cluster side could not start (bad cluster config, listener).
-    #[error("{0}")]
-    Cluster(String),
-    /// A tenant of the node file cannot be used.
-    #[error("{0}")]
-    Tenant(#[from] TenantError),
-    /// The control address could not be opened.
-    #[error("{0}")]
-    Control(String),
 }
 
 /// Why a tenant could not be applied or removed.

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc::UnboundedReceiver, oneshot};
 
 use super::service::{End, answer_ping};
-use super::{Address, Kernel, Message, Node, ServiceHandle, TenantId, kind};
+use super::{Address, Kernel, Message, ServiceHandle, TenantId, kind};
 use crate::wasm::{Instance, Module, ModuleError, describe_failure};
 
 /// An upgrade waiting for its service's task to pick it up.
@@ -108,7 +108,7 @@ pub struct UpgradeReport {
     pub result: Result<Upgraded, UpgradeError>,
 }
 
-impl Node {
+impl Kernel {
     /// Replaces the module of live services with the component at `path`.
     ///
     /// `target` is an address (`:0000010a`, any tenant), or `[tenant/]x`
@@ -120,13 +120,13 @@ impl Node {
     /// # Errors
     /// When the target names nothing or the new module does not compile;
     /// each service's own outcome is in its report.
-    pub async fn upgrade(
+    pub(crate) async fn upgrade(
         &self,
         target: &str,
         path: &Path,
         wait: Duration,
     ) -> Result<Vec<UpgradeReport>, UpgradeError> {
-        let kernel = &self.kernel;
+        let kernel = self;
         let no_target = || UpgradeError::NoTarget(target.to_string());
         let (handles, install) = if let Ok(address) = target.parse::<Address>() {
             (vec![kernel.service(address).ok_or_else(no_target)?], None)
