@@ -5,7 +5,55 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::runtime::Address;
+/// The node's own tenant's name.
+pub const SYSTEM_TENANT: &str = "system";
+
+/// The most services one node can hold: the local ids an address has room
+/// for beside its harbor id (`runtime::Address::MAX_LOCAL`, kept equal by a
+/// test there).
+pub const MAX_LOCAL_SERVICES: u32 = (1 << 24) - 1;
+
+/// A parsed `etcd://host:port[,host:port...]/prefix`: where a cluster node
+/// finds the others (`[cluster] discovery`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdUrl {
+    /// The etcd endpoints (`http://host:port`).
+    pub endpoints: Vec<String>,
+    /// The key prefix every key of this cluster is under (no trailing `/`).
+    pub prefix: String,
+}
+
+impl EtcdUrl {
+    /// Parses a discovery URL.
+    ///
+    /// # Errors
+    /// Text saying what is wrong with it.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("etcd://")
+            .ok_or_else(|| format!("`{url}` does not start with etcd://"))?;
+        let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let prefix = prefix.trim_end_matches('/');
+        if prefix.is_empty() {
+            return Err(format!(
+                "`{url}` names no key prefix (etcd://host:port/prefix)"
+            ));
+        }
+        let endpoints = hosts
+            .split(',')
+            .map(|h| match h.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                    Ok(format!("http://{h}"))
+                }
+                _ => Err(format!("`{h}` in `{url}` is not host:port")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(EtcdUrl {
+            endpoints,
+            prefix: format!("/{}", prefix.trim_start_matches('/')),
+        })
+    }
+}
 
 /// A node's configuration, as read from its node file.
 #[derive(Debug, Clone, Deserialize)]
@@ -616,10 +664,10 @@ impl NodeConfig {
         if l.cpu_budget_ms == 0 {
             return Err(invalid("cpu_budget_ms", "must be at least 1".into()));
         }
-        if l.max_services > Address::MAX_LOCAL {
+        if l.max_services > MAX_LOCAL_SERVICES {
             return Err(invalid(
                 "max_services",
-                format!("must be 0 (automatic) or 1..={}", Address::MAX_LOCAL),
+                format!("must be 0 (automatic) or 1..={MAX_LOCAL_SERVICES}"),
             ));
         }
         if let Some(b) = &self.bootstrap
@@ -683,8 +731,7 @@ impl NodeConfig {
                         "a node found through discovery needs `listen`".into(),
                     ));
                 }
-                crate::cluster::discovery::EtcdUrl::parse(url)
-                    .map_err(|e| invalid("discovery", e))?;
+                EtcdUrl::parse(url).map_err(|e| invalid("discovery", e))?;
                 if c.lease_ttl_s < 2 {
                     return Err(invalid("lease_ttl_s", "must be at least 2".into()));
                 }
@@ -839,7 +886,7 @@ impl TenantConfig {
                 "use 1 to 64 letters, digits, `-` and `_`".into(),
             ));
         }
-        if self.name == crate::runtime::SYSTEM_TENANT {
+        if self.name == SYSTEM_TENANT {
             return Err(invalid(
                 "name",
                 "`system` is the node's own tenant: set its modules and limits at top level".into(),

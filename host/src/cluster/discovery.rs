@@ -34,46 +34,10 @@ use tokio_util::sync::CancellationToken;
 use super::{Cluster, ClusterTable, NodeAddress, lock};
 use crate::runtime::Address;
 
-/// A parsed `etcd://host:port[,host:port...]/prefix`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EtcdUrl {
-    /// The etcd endpoints (`http://host:port`).
-    pub endpoints: Vec<String>,
-    /// The key prefix every key of this cluster is under (no trailing `/`).
-    pub prefix: String,
-}
+pub use crate::config::EtcdUrl;
 
+/// The keys of this cluster under the URL's prefix.
 impl EtcdUrl {
-    /// Parses a discovery URL.
-    ///
-    /// # Errors
-    /// Text saying what is wrong with it.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("etcd://")
-            .ok_or_else(|| format!("`{url}` does not start with etcd://"))?;
-        let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let prefix = prefix.trim_end_matches('/');
-        if prefix.is_empty() {
-            return Err(format!(
-                "`{url}` names no key prefix (etcd://host:port/prefix)"
-            ));
-        }
-        let endpoints = hosts
-            .split(',')
-            .map(|h| match h.rsplit_once(':') {
-                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-                    Ok(format!("http://{h}"))
-                }
-                _ => Err(format!("`{h}` in `{url}` is not host:port")),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(EtcdUrl {
-            endpoints,
-            prefix: format!("/{}", prefix.trim_start_matches('/')),
-        })
-    }
-
     fn nodes(&self) -> String {
         format!("{}/nodes/", self.prefix)
     }

@@ -67,6 +67,11 @@ mod tests {
     }
 
     #[test]
+    fn the_config_knows_how_many_local_ids_there_are() {
+        assert_eq!(crate::config::MAX_LOCAL_SERVICES, Address::MAX_LOCAL);
+    }
+
+    #[test]
     fn max_local_round_trips() {
         let a = Address::new(Address::MAX_LOCAL, HarborId(255));
         assert_eq!(a.local(), Address::MAX_LOCAL);

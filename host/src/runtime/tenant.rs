@@ -22,8 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::config::{Bootstrap, DirGrant, Limits, TenantConfig};
 
-/// The node's own tenant's name.
-pub const SYSTEM_TENANT: &str = "system";
+pub use crate::config::SYSTEM_TENANT;
 
 /// A tenant's number: 0 for `system`, else derived from its name, so every
 /// node of a harbor or cluster agrees on it without a registry.
