@@ -14,6 +14,7 @@
 pub mod bindings;
 mod cache;
 mod grants;
+mod host;
 pub(crate) mod state;
 mod stdio;
 

@@ -1,0 +1,213 @@
+//! `skyhost:service/runtime`: what a service asks of its local node.
+
+use super::super::bindings::skyhost::service::{runtime, types};
+use super::super::state::ServiceState;
+use crate::runtime::{Address, ErrorCause, Message, kind};
+
+impl runtime::Host for ServiceState {
+    fn self_address(&mut self) -> u32 {
+        self.address.0
+    }
+
+    fn tenant(&mut self) -> String {
+        self.handle.tenant.name.to_string()
+    }
+
+    fn send(
+        &mut self,
+        dest: u32,
+        kind: u8,
+        session: u32,
+        payload: Vec<u8>,
+    ) -> Result<(), types::SendError> {
+        if kind::is_reserved(kind) {
+            return Err(types::SendError::ReservedKind);
+        }
+        self.check_size(&payload)?;
+        self.deliver(
+            dest,
+            Message {
+                kind,
+                source: self.address,
+                session,
+                tenant: self.tenant,
+                payload: payload.into(),
+                trace: self.current_trace,
+            },
+        )
+    }
+
+    fn call(&mut self, dest: u32, payload: Vec<u8>) -> Result<u32, types::SendError> {
+        self.check_size(&payload)?;
+        let session = self.awaited_session();
+        let message = Message {
+            kind: kind::REQUEST,
+            source: self.address,
+            session,
+            tenant: self.tenant,
+            payload: payload.into(),
+            trace: self.current_trace,
+        };
+        let sent = self.deliver(dest, message);
+        if sent.is_err() {
+            self.awaiting.remove(&session);
+        }
+        sent.map(|()| session)
+    }
+
+    fn call_timeout(
+        &mut self,
+        dest: u32,
+        payload: Vec<u8>,
+        timeout_ms: u32,
+    ) -> Result<u32, types::SendError> {
+        let session = runtime::Host::call(self, dest, payload)?;
+        if timeout_ms > 0 {
+            self.kernel
+                .expire_call(self.address, session, timeout_ms, self.current_trace);
+        }
+        Ok(session)
+    }
+
+    fn respond(
+        &mut self,
+        dest: u32,
+        session: u32,
+        reply: Result<Vec<u8>, String>,
+    ) -> Result<(), types::SendError> {
+        // An answer to a session it owes goes back to the caller's tenant
+        // (a call through a grant); any other reaches its own tenant only.
+        let tenant = self
+            .owed
+            .remove(&(Address(dest), session))
+            .unwrap_or(self.tenant);
+        let message = match reply {
+            Ok(payload) => {
+                self.check_size(&payload)?;
+                Message {
+                    kind: kind::RESPONSE,
+                    source: self.address,
+                    session,
+                    tenant,
+                    payload: payload.into(),
+                    trace: self.current_trace,
+                }
+            }
+            Err(text) => Message {
+                tenant,
+                trace: self.current_trace,
+                ..Message::error(self.address, session, ErrorCause::Service, &text)
+            },
+        };
+        self.deliver(dest, message)
+    }
+
+    fn start_trace(&mut self) -> u64 {
+        if self.current_trace == 0 {
+            self.current_trace = self.kernel.fresh_trace();
+            tracing::info!(
+                target: "skyhost::trace",
+                trace = format_args!("{:016x}", self.current_trace),
+                "trace started"
+            );
+        }
+        self.current_trace
+    }
+
+    fn new_session(&mut self) -> u32 {
+        self.fresh_guest_session()
+    }
+
+    fn register(&mut self, name: String) -> Result<(), types::NameError> {
+        self.kernel
+            .register_name(&name, &self.handle)
+            .map_err(|e| match e {
+                crate::runtime::NameError::Invalid(_) => types::NameError::Invalid,
+                crate::runtime::NameError::Taken { .. } => types::NameError::Taken,
+                crate::runtime::NameError::Unavailable(_) => types::NameError::Unavailable,
+            })
+    }
+
+    fn unregister(&mut self, name: String) {
+        self.kernel.unregister_name(&name, &self.handle);
+    }
+
+    fn query(&mut self, name: String) -> Option<u32> {
+        self.kernel.resolve(self.tenant, &name).map(|a| a.0)
+    }
+
+    fn spawn(&mut self, module: String, args: Vec<u8>) -> u32 {
+        let session = self.awaited_session();
+        let ready = crate::runtime::Ready::Session(crate::runtime::Waiter {
+            to: self.address,
+            session,
+        });
+        self.kernel
+            .spawn_detached(self.handle.tenant.clone(), module, args, ready);
+        session
+    }
+
+    fn exit(&mut self) {
+        self.exit_requested = true;
+    }
+
+    fn kill(&mut self, target: u32) -> bool {
+        if target == self.address.0 {
+            self.exit_requested = true;
+            return true;
+        }
+        self.kernel.kill(self.tenant, Address(target))
+    }
+
+    fn timeout(&mut self, ms: u32) -> u32 {
+        let session = self.awaited_session();
+        // Timers set in one piece of work count from one "now", so they fire
+        // in deadline order.
+        let from = *self
+            .work_started
+            .get_or_insert_with(tokio::time::Instant::now);
+        self.kernel
+            .start_timer(from, self.address, session, ms, self.current_trace);
+        session
+    }
+
+    fn monitor(&mut self, target: u32) {
+        self.kernel
+            .monitor(self.tenant, self.address, Address(target));
+    }
+
+    fn demonitor(&mut self, target: u32) {
+        self.kernel.demonitor(self.address, Address(target));
+    }
+
+    fn now(&mut self) -> u64 {
+        self.kernel.nanos_since_start() / 1_000
+    }
+
+    fn wall_time(&mut self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn log(&mut self, level: types::LogLevel, message: String) {
+        // The service's span names its address.
+        match level {
+            types::LogLevel::Trace => {
+                tracing::trace!(target: "skyhost::guest", "{message}")
+            }
+            types::LogLevel::Debug => {
+                tracing::debug!(target: "skyhost::guest", "{message}")
+            }
+            types::LogLevel::Info => {
+                tracing::info!(target: "skyhost::guest", "{message}")
+            }
+            types::LogLevel::Warn => {
+                tracing::warn!(target: "skyhost::guest", "{message}")
+            }
+            types::LogLevel::Error => {
+                tracing::error!(target: "skyhost::guest", "{message}")
+            }
+        }
+    }
+}
