@@ -1,0 +1,322 @@
+//! The links to the other nodes of the harbor: one `Peer` per node (its
+//! queue, the requests in flight to it, monitors across it), the task that
+//! owns its connection (dialling, or waiting to be dialled), the listener
+//! that takes the dialled ones, and what arrives on a peer link.
+
+use super::*;
+
+/// One other node of the harbor, as seen from here.
+pub(crate) struct Peer {
+    pub(super) id: u8,
+    pub(super) tx: mpsc::UnboundedSender<Outgoing<Control>>,
+    pub(super) incoming: mpsc::UnboundedSender<Connection<Control>>,
+    pub(super) inflight: Mutex<Inflight>,
+    /// `(watcher here, target there)` monitors across this link.
+    pub(super) monitors: Mutex<HashSet<(u32, u32)>>,
+    /// Weight (bytes) waiting in `tx` (counted up by senders, down by the driver).
+    pub(super) backlog: Arc<std::sync::atomic::AtomicUsize>,
+    pub(super) up: AtomicBool,
+    /// What its connections carried.
+    pub(super) stats: Arc<crate::transport::LinkStats>,
+    /// Where it accepts links (from the master's directory).
+    pub(super) address: Mutex<Option<String>>,
+    /// Cancelled when the master says the node is gone.
+    pub(super) gone: CancellationToken,
+}
+
+/// Requests sent to a peer and not answered yet: `(caller, session)` and
+/// how many (a guest's protocol on `send` may ask several services under
+/// one session). An answer ends one; an answer for a pair not here is late
+/// (its request was failed when the link dropped) and is dropped.
+#[derive(Default)]
+pub(super) struct Inflight {
+    pub(super) closed: bool,
+    pub(super) calls: HashMap<(u32, u32), u32>,
+}
+
+impl Inflight {
+    pub(super) fn open(&mut self, key: (u32, u32)) {
+        *self.calls.entry(key).or_insert(0) += 1;
+    }
+
+    /// Ends one request of `key`; false when none was in flight.
+    pub(super) fn close(&mut self, key: (u32, u32)) -> bool {
+        match self.calls.get_mut(&key) {
+            None => false,
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            Some(_) => {
+                self.calls.remove(&key);
+                true
+            }
+        }
+    }
+}
+
+impl Peer {
+    pub(super) fn inflight(&self) -> MutexGuard<'_, Inflight> {
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an item for the peer's link, counting it in the backlog.
+    pub(super) fn send(&self, item: Outgoing<Control>) -> bool {
+        let weight = item.weight();
+        self.backlog.fetch_add(weight, Ordering::Relaxed);
+        if self.tx.send(item).is_err() {
+            self.backlog.fetch_sub(weight, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+/// Accepts links from other nodes and hands each to its peer's task.
+pub(super) async fn accept_loop(harbor: Arc<Harbor>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            () = harbor.cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, from) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("accepting a peer link: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let h = harbor.clone();
+        let config = harbor.links.config(PEER_PROTOCOL, harbor.name());
+        let task = async move {
+            let conn = match Connection::<Control>::accept(stream, config).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%from, "peer link refused: {e}");
+                    return;
+                }
+            };
+            let claimed = conn.peer().map(|p| p.name.clone()).unwrap_or_default();
+            match claimed.parse::<u8>() {
+                Ok(id) if id != 0 && id != h.id.0 => {
+                    if let Some(peer) = h.ensure_peer(id, None) {
+                        let _ = peer.incoming.send(conn);
+                    }
+                }
+                _ => {
+                    tracing::warn!(%from, name = %claimed, "peer link from a node that is not a harbor id; closed")
+                }
+            }
+        };
+        if let Some(kernel) = harbor.kernel() {
+            kernel.tasks.spawn(task.in_current_span());
+        }
+    }
+}
+
+/// Owns one peer's queue and connection for the peer's whole life.
+pub(super) async fn peer_task(
+    harbor: Arc<Harbor>,
+    peer: Arc<Peer>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing<Control>>,
+    mut incoming: mpsc::UnboundedReceiver<Connection<Control>>,
+    dial: Option<String>,
+) {
+    let mut backoff = retry_delays();
+    let mut next: Option<Connection<Control>> = None;
+    loop {
+        let conn = match next.take() {
+            Some(c) => c,
+            None => {
+                let attempt = async {
+                    match &dial {
+                        Some(address) => {
+                            let config = harbor.links.config(PEER_PROTOCOL, harbor.name());
+                            Connection::connect(address, config)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = peer.gone.cancelled() => break,
+                    c = incoming.recv() => match c {
+                        Some(c) => c,
+                        None => break,
+                    },
+                    r = attempt => match r {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::debug!("dialling harbor {}: {e}", peer.id);
+                            harbor.fail_inflight(&peer, &mut rx, false, &format!("cannot connect: {e}"));
+                            let delay = backoff.next().unwrap_or(Duration::from_secs(1));
+                            tokio::select! {
+                                () = peer.gone.cancelled() => break,
+                                () = tokio::time::sleep(delay) => {}
+                            }
+                            continue;
+                        }
+                    },
+                    () = tokio::time::sleep(harbor.links.dead_after) => {
+                        harbor.fail_inflight(&peer, &mut rx, false, "no link made in time");
+                        continue;
+                    }
+                }
+            }
+        };
+        backoff = retry_delays();
+        tracing::info!(peer = peer.id, address = ?conn.peer_address(), "peer link up");
+        peer.up.store(true, Ordering::Release);
+        harbor.fire_watchers();
+        let Some(kernel) = harbor.kernel() else { break };
+        let mut handler = PeerHandler {
+            kernel,
+            peer: peer.clone(),
+        };
+        let why = tokio::select! {
+            r = conn.with_backlog(peer.backlog.clone()).with_stats(peer.stats.clone()).run(&mut rx, &mut handler, &peer.gone) => match r {
+                Ok(()) => "closed".to_string(),
+                Err(e) => e.to_string(),
+            },
+            c = incoming.recv() => {
+                next = c;
+                "replaced by a new link".to_string()
+            }
+        };
+        peer.up.store(false, Ordering::Release);
+        if !peer.gone.is_cancelled() {
+            tracing::warn!(peer = peer.id, "peer link down: {why}");
+        }
+        harbor.fail_inflight(&peer, &mut rx, false, &why);
+        harbor.fire_watchers();
+    }
+    peer.up.store(false, Ordering::Release);
+    harbor.fail_inflight(&peer, &mut rx, true, "the node left the harbor");
+    harbor.fire_watchers();
+}
+
+/// Delivers what a peer sends into this node.
+struct PeerHandler {
+    kernel: Arc<Kernel>,
+    peer: Arc<Peer>,
+}
+
+impl LinkHandler<Control> for PeerHandler {
+    fn on_message(&mut self, e: Envelope, payload: Vec<u8>) {
+        // An answer ends its request in flight; one with none is late (its
+        // request was failed when the link dropped). Host-import sessions
+        // only: a guest's protocol on `send` may be answered with `respond`
+        // to a message that was no request.
+        let late = matches!(e.kind, kind::RESPONSE | kind::ERROR)
+            && !self.peer.inflight().close((e.dest, e.session))
+            && e.session & GUEST_SESSIONS == 0;
+        if late {
+            self.kernel.count_late_answer(LateAt::Harbor);
+            tracing::debug!(
+                dest = %Address(e.dest),
+                source = %Address(e.source),
+                session = e.session,
+                "late answer from harbor {} dropped: its request had failed",
+                self.peer.id
+            );
+            return;
+        }
+        match e.kind {
+            kind::EXIT => {
+                lock(&self.peer.monitors).remove(&(e.dest, e.source));
+            }
+            kind::MULTICAST if e.dest == 0 => {
+                let source = Address(e.source);
+                let payload = payload.into();
+                let key = (TenantId(e.tenant), e.session);
+                self.kernel
+                    .multicast
+                    .arrived(self.peer.id, key, source, payload);
+                return;
+            }
+            _ => {}
+        }
+        let dest = Address(e.dest);
+        let source = Address(e.source);
+        let message = Message {
+            kind: e.kind,
+            source,
+            session: e.session,
+            tenant: TenantId(e.tenant),
+            payload: payload.into(),
+            trace: e.trace,
+        };
+        if e.trace != 0 {
+            tracing::info!(
+                target: "skyhost::trace",
+                trace = format_args!("{:016x}", e.trace),
+                %source,
+                %dest,
+                kind = e.kind,
+                session = e.session,
+                "trace harbor in"
+            );
+        }
+        let wants_reply = message.wants_reply();
+        if dest.harbor() != self.kernel.harbor {
+            tracing::debug!(%dest, "message for another harbor id dropped (no relaying)");
+            return;
+        }
+        if let Err(err) = self.kernel.deliver(dest, message) {
+            if wants_reply {
+                let reply = Message::error(dest, e.session, err.cause(), &err.to_string());
+                let _ = self.kernel.deliver(source, reply);
+            } else {
+                tracing::debug!(%dest, %source, "message from harbor {} not delivered: {err}", self.peer.id);
+            }
+        }
+    }
+
+    fn on_control(&mut self, control: Control) -> Result<(), String> {
+        let local = |a: u32| Address(a).harbor() == self.kernel.harbor;
+        match control {
+            Control::Monitor {
+                tenant,
+                watcher,
+                target,
+            } if local(target) => {
+                let tenant = TenantId(tenant);
+                self.kernel
+                    .monitor(tenant, Address(watcher), Address(target));
+            }
+            Control::Demonitor { watcher, target } if local(target) => {
+                self.kernel.demonitor(Address(watcher), Address(target));
+            }
+            c @ (Control::Subscribe { .. }
+            | Control::Unsubscribe { .. }
+            | Control::ChannelGone { .. }) => self.kernel.multicast.control(self.peer.id, c),
+            other => {
+                return Err(format!(
+                    "unexpected control message on a peer link: {other:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Inflight;
+
+    /// One answer ends one request; an answer with none in flight is late.
+    #[test]
+    fn inflight_counts_requests_under_one_session() {
+        let mut inflight = Inflight::default();
+        let key = (0x0000_0102, 7);
+        assert!(!inflight.close(key), "nothing was in flight");
+        inflight.open(key);
+        inflight.open(key);
+        assert!(inflight.close(key));
+        assert!(inflight.close(key));
+        assert!(!inflight.close(key), "a third answer is late");
+        assert!(inflight.calls.is_empty());
+    }
+}
