@@ -56,6 +56,28 @@ pub use config::{ClusterConfigError, ClusterTable, NodeAddress};
 use proto::Target;
 use sender::Sender;
 
+/// Why a node's cluster side could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterStartError {
+    /// The cluster config file (its file, line and key).
+    #[error(transparent)]
+    Config(#[from] ClusterConfigError),
+    /// The `discovery` URL.
+    #[error("discovery: {0}")]
+    Discovery(String),
+    /// The listener named by `listen` could not be opened.
+    #[error("{0}")]
+    Listen(String),
+    /// The cluster config file cannot be watched for changes.
+    #[error("cluster config {}: cannot watch it: {source}", file.display())]
+    Watch {
+        /// The file.
+        file: std::path::PathBuf,
+        /// What the watcher said.
+        source: notify::Error,
+    },
+}
+
 /// Why a cluster operation failed at once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{detail}")]
@@ -280,9 +302,9 @@ impl Cluster {
     pub(crate) async fn start(
         kernel: &Arc<Kernel>,
         config: &ClusterNodeConfig,
-    ) -> Result<Arc<Cluster>, String> {
+    ) -> Result<Arc<Cluster>, ClusterStartError> {
         let table = match &config.config {
-            Some(path) => ClusterTable::load(path).map_err(|e| e.to_string())?,
+            Some(path) => ClusterTable::load(path)?,
             None => ClusterTable::default(),
         };
         table.warn_unknown_options();
@@ -314,11 +336,11 @@ impl Cluster {
             cancel: kernel.shutdown.child_token(),
         });
         let bound = match &config.listen {
-            Some(at) => Some(cluster.open(at)?),
+            Some(at) => Some(cluster.open(at).map_err(ClusterStartError::Listen)?),
             None => None,
         };
         if let (Some(url), Some(bound)) = (&config.discovery, bound) {
-            let url = discovery::EtcdUrl::parse(url).map_err(|e| format!("discovery: {e}"))?;
+            let url = discovery::EtcdUrl::parse(url).map_err(ClusterStartError::Discovery)?;
             let advertise = config.advertise.clone().unwrap_or_else(|| {
                 let mut at = bound;
                 if at.ip().is_unspecified() {
@@ -340,8 +362,10 @@ impl Cluster {
         }
         health::start(&cluster, kernel, config.health.clone());
         if let Some(path) = &config.config {
-            watch::start(&cluster, path.clone())
-                .map_err(|e| format!("cluster config {}: cannot watch it: {e}", path.display()))?;
+            watch::start(&cluster, path.clone()).map_err(|source| ClusterStartError::Watch {
+                file: path.clone(),
+                source,
+            })?;
         }
         Ok(cluster)
     }

@@ -29,19 +29,25 @@ use proto::{Answer, Request};
 /// When either address cannot be bound.
 pub async fn serve(node: &Node, config: &NodeConfig) -> Result<(), NodeError> {
     let control = match &config.control {
-        Some(c) => Some(
-            start(node, c)
-                .await
-                .map_err(|e| NodeError::Control(format!("control {}: {e}", c.address)))?,
-        ),
+        Some(c) => Some(start(node, c).await.map_err(|source| NodeError::Listen {
+            what: "control",
+            address: c.address.clone(),
+            source,
+        })?),
         None => None,
     };
     let metrics = match &config.metrics {
-        Some(m) => Some(
-            crate::metrics::start(node, m)
-                .await
-                .map_err(|e| NodeError::Control(format!("metrics {}: {e}", m.address)))?,
-        ),
+        Some(m) => {
+            Some(
+                crate::metrics::start(node, m)
+                    .await
+                    .map_err(|source| NodeError::Listen {
+                        what: "metrics",
+                        address: m.address.clone(),
+                        source,
+                    })?,
+            )
+        }
         None => None,
     };
     node.bound(control, metrics);

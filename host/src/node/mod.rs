@@ -38,9 +38,7 @@ impl Node {
     /// When the wasm engine cannot be built for these limits.
     pub fn start(config: &NodeConfig) -> Result<Node, NodeError> {
         if config.harbor.is_some() || config.cluster.is_some() {
-            return Err(NodeError::Harbor(
-                "a harbor or cluster node starts with Node::launch".into(),
-            ));
+            return Err(NodeError::NeedsLaunch);
         }
         Self::build(config)
     }
@@ -66,7 +64,7 @@ impl Node {
                 }
                 Err(e) => {
                     node.shutdown().await;
-                    return Err(NodeError::Harbor(e.to_string()));
+                    return Err(NodeError::Harbor(e));
                 }
             }
         }
@@ -502,16 +500,27 @@ pub enum NodeError {
     /// could not reserve its address space).
     #[error("wasm engine: {0}")]
     Engine(String),
+    /// A harbor or cluster node was started with `Node::start`.
+    #[error("a harbor or cluster node starts with Node::launch")]
+    NeedsLaunch,
     /// The node could not join its harbor.
-    #[error("{0}")]
-    Harbor(String),
-    /// The node's cluster side could not start (bad cluster config, listener).
-    #[error("{0}")]
-    Cluster(String),
+    #[error(transparent)]
+    Harbor(#[from] crate::harbor::HarborError),
+    /// The node's cluster side could not start (bad cluster config,
+    /// discovery URL, listener).
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterStartError),
     /// A tenant of the node file cannot be used.
     #[error("{0}")]
     Tenant(#[from] TenantError),
-    /// The control address could not be opened.
-    #[error("{0}")]
-    Control(String),
+    /// The control address or `/metrics` could not be bound.
+    #[error("{what} {address}: {source}")]
+    Listen {
+        /// `control` or `metrics`.
+        what: &'static str,
+        /// The address asked for.
+        address: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
 }
