@@ -103,15 +103,26 @@ impl Etcd {
     /// # Errors
     /// When it cannot start, exits, or does not serve within 20 s.
     pub fn start(binary: PathBuf) -> Result<Etcd, ToolError> {
-        let mut etcd = Etcd {
-            binary,
-            child: None,
-            client_port: free_port()?,
-            peer_port: free_port()?,
-            data: tempfile::tempdir().map_err(|e| fail(format_args!("a data directory: {e}")))?,
-        };
-        etcd.restart()?;
-        Ok(etcd)
+        // A port found free can be taken by another process before etcd
+        // binds it (tests start many servers at once): try fresh ports.
+        let mut attempts = 3;
+        loop {
+            let mut etcd = Etcd {
+                binary: binary.clone(),
+                child: None,
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                data: tempfile::tempdir()
+                    .map_err(|e| fail(format_args!("a data directory: {e}")))?,
+            };
+            match etcd.restart() {
+                Ok(()) => return Ok(etcd),
+                Err(e) if attempts > 1 && e.to_string().contains("address already in use") => {
+                    attempts -= 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// `etcd://127.0.0.1:<port>/<prefix>`, for a node file's `discovery`.

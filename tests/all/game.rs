@@ -106,6 +106,24 @@ where
     Ok(out.into_iter().flatten().collect())
 }
 
+/// Every warning and error line in the fleet's node logs under `dir`.
+fn fleet_warnings(dir: &Path) -> String {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for line in text
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            {
+                lines.push(format!("{}: {line}", path.display()));
+            }
+        }
+    }
+    lines.join("\n")
+}
+
 /// The pid of fleet node `name`, from the state `fleet up` recorded.
 fn pid_of(file: &Path, name: &str) -> anyhow::Result<u32> {
     skyhost::fleet::load_state(file)?
@@ -252,12 +270,14 @@ async fn the_game_runs_on_a_fleet_and_survives_a_battle_node_and_a_data_restart(
         }
     })
     .await?;
-    for (log, (uid, _)) in heard.iter().zip(&players) {
+    for (log, (uid, at)) in heard.iter().zip(&players) {
         let mut ids: Vec<u64> = log.iter().map(|(id, _)| *id).collect();
         ids.sort_unstable();
         ensure!(
             ids == (1..=10).collect::<Vec<u64>>(),
-            "player {uid} heard {ids:?}"
+            "player {uid} (on {}) heard {ids:?}; the fleet's warnings:\n{}",
+            at.node,
+            fleet_warnings(dir.path())
         );
     }
 

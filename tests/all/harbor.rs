@@ -390,9 +390,11 @@ async fn answers_from_a_node_that_was_declared_down_are_dropped_as_late() -> any
     let kit2 = t.client.queryname("kit2", DEADLINE).await?;
     let caller = t.spawn("testkit").await?;
     // Answered well after the node is declared down (dead_after_ms is 2 s)
-    // and running again, so the answers cross a new link.
+    // and running again, so the answers cross a new link (an answer ready
+    // at the moment it wakes could be dropped with the old link's queue:
+    // 15 s leaves room for a loaded machine).
     let slow = Command::SleepThenEcho {
-        ms: 6_000,
+        ms: 15_000,
         payload: b"late".to_vec(),
     };
     const CALLS: u64 = 40;
@@ -435,10 +437,23 @@ async fn answers_from_a_node_that_was_declared_down_are_dropped_as_late() -> any
         );
     }
     p2.signal("CONT");
-    eventually("every late answer dropped at the harbor link", || {
-        t.node.late_answers(LateAt::Harbor) == CALLS
+    let counts = || {
+        (
+            t.node.late_answers(LateAt::Harbor),
+            t.node.late_answers(LateAt::Service),
+        )
+    };
+    let dropped = eventually("every late answer dropped at the harbor link", || {
+        counts().0 == CALLS
     })
-    .await?;
+    .await;
+    p2.read_available();
+    anyhow::ensure!(
+        dropped.is_ok(),
+        "late answers (harbor, service) {:?} of {CALLS}; harbor 2's log:\n{}",
+        counts(),
+        p2.log()
+    );
     // None reached the calling service: its sessions had ended.
     assert_eq!(responses(), before, "a late answer was dispatched");
     // The node is back and answers new calls.

@@ -86,7 +86,7 @@ impl Node {
         let limits = config.limits.resolved();
         let wasm = WasmRuntime::new(&limits, config.cache_dir.clone().or_else(default_cache_dir))
             .map_err(|e| NodeError::Engine(format!("{e:#}")))?;
-        let kernel = Kernel::new(config, limits, wasm)?;
+        let kernel = Kernel::new(config, limits, Arc::new(wasm))?;
         Ok(Node { kernel })
     }
 
@@ -198,7 +198,7 @@ impl Node {
     /// Modules this node compiled (or loaded from its disk cache) so far:
     /// each module is made ready once, whatever the number of its instances.
     pub fn modules_compiled(&self) -> u64 {
-        self.kernel.wasm.compiled()
+        self.kernel.loader.compiled()
     }
 
     /// Where this node serves `GET /metrics`, if it does.

@@ -18,6 +18,7 @@
 mod address;
 pub(crate) mod client;
 pub(crate) mod endpoint;
+pub(crate) mod guest;
 mod mailbox;
 mod message;
 mod names;
@@ -38,6 +39,8 @@ use tokio_util::task::TaskTracker;
 
 pub use address::{Address, HarborId};
 pub use client::Client;
+pub(crate) use guest::{BoxFuture, Guest, GuestFailure, GuestModule, Loader};
+pub use guest::{ModuleError, StopReason};
 pub(crate) use mailbox::Mailbox;
 pub use message::{
     CallError, ErrorCause, GUEST_SESSIONS, LateAt, Message, SendError, Session, kind,
@@ -51,7 +54,6 @@ use tenant::Tenant;
 
 use crate::config::{Limits, NodeConfig, TenantConfig};
 use crate::harbor::Harbor;
-use crate::wasm::{ModuleError, WasmRuntime};
 
 /// Why a service could not be started.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -285,7 +287,8 @@ impl ServiceHandle {
 pub(crate) struct Kernel {
     pub harbor: HarborId,
     pub limits: Limits,
-    pub wasm: WasmRuntime,
+    /// Finds and runs modules (the wasm layer, wired in by the node).
+    pub loader: Arc<dyn Loader>,
     pub started: Instant,
     /// The clock services' CPU time is read from.
     cpu_clock: quanta::Clock,
@@ -294,7 +297,7 @@ pub(crate) struct Kernel {
     /// Live wasm services (host clients not counted).
     live: AtomicUsize,
     /// Services ended, by `StopReason::index`.
-    pub stops: [std::sync::atomic::AtomicU64; crate::wasm::StopReason::ALL.len()],
+    pub stops: [std::sync::atomic::AtomicU64; StopReason::ALL.len()],
     /// Answers dropped because their session had ended, by [`LateAt::index`].
     late_answers: [std::sync::atomic::AtomicU64; LateAt::ALL.len()],
     /// Names local to this node, each tenant's under its own key (see [`scoped`]).
@@ -459,7 +462,7 @@ impl Kernel {
             return Err(SendError::UnknownAddress(dest));
         }
         if interrupt {
-            self.wasm.interrupt_running();
+            self.loader.interrupt_running();
         }
         if mailbox.closed.load(Ordering::SeqCst) {
             // The service ended while this message went in: its end has
@@ -599,20 +602,20 @@ impl Kernel {
             };
             return ready.fail(&self, error);
         }
-        let module = match self.wasm.module(&tenant, &module).await {
+        let module = match self.loader.module(&tenant, &module).await {
             Ok(m) => m,
             Err(e) => {
                 self.service_gone(&tenant);
                 return ready.fail(&self, e.into());
             }
         };
-        let (handle, rx) = self.insert_service(module.name.clone(), tenant, true);
+        let (handle, rx) = self.insert_service(module.name().clone(), tenant, true);
         if self.shutdown.is_cancelled() || handle.tenant.removed.load(Ordering::Acquire) {
             // Shutdown's sweep may have missed it: it went in after the sweep.
             handle.killed.store(true, Ordering::Release);
             handle.mailbox.wake(handle.address);
         }
-        service::run(self, handle, rx, module, args, ready).await;
+        module.run(self, handle, rx, args, ready).await;
     }
 
     /// A service counted in the node's and `tenant`'s live services ended
@@ -766,7 +769,7 @@ pub(crate) fn visible(by: TenantId, handle: &ServiceHandle) -> bool {
 
 /// What the node's facade (`node::Node`) asks of its core.
 impl Kernel {
-    /// Builds a node's core with `wasm` for its modules: its tenants (the
+    /// Builds a node's core with `loader` for its modules: its tenants (the
     /// node file's, `system` first), timers and scheduler.
     ///
     /// # Errors
@@ -774,7 +777,7 @@ impl Kernel {
     pub(crate) fn new(
         config: &NodeConfig,
         limits: Limits,
-        wasm: WasmRuntime,
+        loader: Arc<dyn Loader>,
     ) -> Result<Arc<Kernel>, TenantError> {
         let tenants = papaya::HashMap::new();
         {
@@ -793,7 +796,7 @@ impl Kernel {
             multicast: crate::multicast::Multicast::new(me.clone(), harbor),
             host_tenant: Arc::new(Tenant::host(&limits)),
             limits,
-            wasm,
+            loader,
             started: Instant::now(),
             cpu_clock: quanta::Clock::new(),
             services: papaya::HashMap::new(),
@@ -875,7 +878,7 @@ impl Kernel {
             ended.await;
         }
         self.tenants.pin().remove(&tenant.id);
-        self.wasm.forget_tenant(tenant.id);
+        self.loader.forget_tenant(tenant.id);
         Ok(())
     }
 

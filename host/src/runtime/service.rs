@@ -10,9 +10,9 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::Instrument;
 
 use super::{
-    ErrorCause, Kernel, Message, Ready, ServiceHandle, SpawnError, exit_notice, kind, upgrade,
+    ErrorCause, Guest, GuestFailure, GuestModule, Kernel, Message, Ready, ServiceHandle,
+    SpawnError, StopReason, exit_notice, kind, upgrade,
 };
-use crate::wasm::{Instance, Module, StopReason, describe_failure};
 
 /// Most messages handed to one `dispatch` call; after a full batch the
 /// service yields so others on its thread get a turn.
@@ -44,12 +44,11 @@ impl End {
     }
 
     /// A guest call that trapped or was stopped by the host.
-    pub fn failed(error: &wasmtime::Error) -> Self {
-        let (cause, reason) = describe_failure(error);
+    pub fn failed(failure: GuestFailure) -> Self {
         End {
-            cause,
-            reason,
-            class: StopReason::of(error),
+            cause: failure.cause,
+            reason: failure.reason,
+            class: failure.class,
         }
     }
 
@@ -63,22 +62,22 @@ impl End {
     }
 }
 
-/// Runs the service behind `handle` from instantiation to its end.
-pub(crate) async fn run(
+/// Runs the service behind `handle` from instantiation to its end, as an
+/// instance `G` of `module`.
+pub(crate) async fn run<G: Guest>(
     kernel: Arc<Kernel>,
     handle: Arc<ServiceHandle>,
     mut rx: UnboundedReceiver<Message>,
-    module: Arc<Module>,
+    module: Arc<G::Module>,
     args: Vec<u8>,
     ready: Ready,
 ) {
-    let span = tracing::info_span!(parent: None, "service", address = %handle.address, module = %module.name);
+    let span = tracing::info_span!(parent: None, "service", address = %handle.address, module = %module.name());
     async move {
-        let module_name = module.name.to_string();
-        let mut instance = match Instance::new(&kernel, &handle, &module).await {
+        let module_name = module.name().to_string();
+        let mut instance = match G::instantiate(&kernel, &handle, &module).await {
             Ok(i) => i,
-            Err(e) => {
-                let error = format!("{e:#}");
+            Err(error) => {
                 let end = End::not_started(error.clone());
                 finish(&kernel, &handle, rx, Vec::new(), end);
                 ready.fail(
@@ -112,7 +111,7 @@ pub(crate) async fn run(
                 end
             }
             Err(e) => {
-                let end = End::failed(&e);
+                let end = End::failed(e);
                 ready.fail(
                     &kernel,
                     SpawnError::Init {
@@ -132,10 +131,10 @@ pub(crate) async fn run(
 }
 
 /// Takes batches from the mailbox into `dispatch` until the service ends.
-async fn serve(
+async fn serve<G: Guest>(
     kernel: &Arc<Kernel>,
     handle: &Arc<ServiceHandle>,
-    instance: &mut Instance,
+    instance: &mut G,
     rx: &mut UnboundedReceiver<Message>,
     args: &[u8],
 ) -> End {
@@ -214,7 +213,7 @@ async fn serve(
             );
         }
         if let Err(e) = result {
-            return End::failed(&e);
+            return End::failed(e);
         }
         if instance.exit_requested() {
             return End::exited();
@@ -253,10 +252,10 @@ fn with_trace(kernel: &Kernel, traced: bool, mut m: Message) -> Message {
 /// Runs the upgrade ordered for this service, if any (between two batches).
 /// The messages it kept aside go after those already in `aside` (older);
 /// `Some` when the service must end.
-async fn upgrade_if_ordered(
+async fn upgrade_if_ordered<G: Guest>(
     kernel: &Arc<Kernel>,
     handle: &Arc<ServiceHandle>,
-    instance: &mut Instance,
+    instance: &mut G,
     rx: &mut UnboundedReceiver<Message>,
     args: &[u8],
     aside: &mut VecDeque<Message>,
@@ -277,7 +276,7 @@ async fn upgrade_if_ordered(
 
 /// Messages taken off the mailbox and never dispatched: their requests are
 /// still owed an answer when the service ends.
-fn owe_all(instance: &mut Instance, kept: VecDeque<Message>) {
+fn owe_all<G: Guest>(instance: &mut G, kept: VecDeque<Message>) {
     for m in kept {
         if m.wants_reply() {
             instance.owe(m.source, m.session, m.tenant);

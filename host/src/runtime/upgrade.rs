@@ -29,12 +29,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc::UnboundedReceiver, oneshot};
 
 use super::service::{End, answer_ping};
-use super::{Address, Kernel, Message, ServiceHandle, TenantId, kind};
-use crate::wasm::{Instance, Module, ModuleError, describe_failure};
+use super::{
+    Address, Guest, GuestModule, Kernel, Message, ModuleError, ServiceHandle, TenantId, kind,
+};
 
 /// An upgrade waiting for its service's task to pick it up.
 pub(crate) struct UpgradeOrder {
-    pub module: Arc<Module>,
+    pub module: Arc<dyn GuestModule>,
     /// How long the service may take to become quiescent.
     pub wait: Duration,
     pub reply: oneshot::Sender<Result<Upgraded, UpgradeError>>,
@@ -149,7 +150,7 @@ impl Kernel {
                     .cloned()
                     .collect();
                 handles.sort_by_key(|h| h.address);
-                if handles.is_empty() && !kernel.wasm.has_module(tenant.id, x) {
+                if handles.is_empty() && !kernel.loader.has_module(tenant.id, x) {
                     return Err(no_target());
                 }
                 (handles, Some((tenant.id, x.to_string())))
@@ -163,10 +164,10 @@ impl Kernel {
             .map(|h| h.module.to_string())
             .or_else(|| install.as_ref().map(|(_, m)| m.clone()))
             .unwrap_or_default();
-        let module = kernel.wasm.compile(&name, path.to_path_buf()).await?;
+        let module = kernel.loader.compile(&name, path.to_path_buf()).await?;
         if let Some((tenant, name)) = &install {
             // Spawns from now on get the new version, so none is missed.
-            kernel.wasm.install(*tenant, name, module.clone());
+            kernel.loader.install(*tenant, name, module.clone());
         }
         let mut reports = Vec::with_capacity(handles.len());
         for handle in handles {
@@ -174,7 +175,7 @@ impl Kernel {
             match &result {
                 Ok(u) => tracing::info!(
                     service = %handle.address,
-                    module = %module.name,
+                    module = %module.name(),
                     pause_us = u.pause.as_micros(),
                     waited_ms = u.waited.as_millis(),
                     "upgraded"
@@ -193,7 +194,7 @@ impl Kernel {
 /// Hands `module` to the service behind `handle` and waits for its answer.
 async fn order(
     handle: &ServiceHandle,
-    module: Arc<Module>,
+    module: Arc<dyn GuestModule>,
     wait: Duration,
 ) -> Result<Upgraded, UpgradeError> {
     let (reply, answer) = oneshot::channel();
@@ -218,10 +219,10 @@ async fn order(
 /// Runs an upgrade order inside the service's task (see the module doc).
 /// Returns the messages kept aside, to be dispatched before the mailbox;
 /// `Err` when the service must end.
-pub(crate) async fn perform(
+pub(crate) async fn perform<G: Guest>(
     kernel: &Arc<Kernel>,
     handle: &Arc<ServiceHandle>,
-    instance: &mut Instance,
+    instance: &mut G,
     rx: &mut UnboundedReceiver<Message>,
     args: &[u8],
     order: UpgradeOrder,
@@ -240,7 +241,7 @@ pub(crate) async fn perform(
     let saved = match instance.save_state().await {
         Ok(saved) => saved,
         Err(e) => {
-            let end = End::failed(&e);
+            let end = End::failed(e);
             let _ = order.reply.send(Err(UpgradeError::Ended(format!(
                 "save-state: {}",
                 end.reason
@@ -248,7 +249,14 @@ pub(crate) async fn perform(
             return Err((end, side));
         }
     };
-    match swap(kernel, handle, instance, &order.module, saved, args).await {
+    // A module of another kind than the running one cannot take over.
+    let Ok(module) = order.module.into_any().downcast::<G::Module>() else {
+        let _ = order.reply.send(Err(UpgradeError::Instantiate(
+            "the new module is not of the running module's kind".into(),
+        )));
+        return Ok(side);
+    };
+    match swap(kernel, handle, instance, &module, saved, args).await {
         Ok(state_bytes) => {
             handle.usage.upgrades.fetch_add(1, Ordering::Relaxed);
             let _ = order.reply.send(Ok(Upgraded {
@@ -274,10 +282,10 @@ struct Unquiet {
 
 /// Dispatches answers to the service's own sessions, keeping every other
 /// message in `side`, until it waits on none (or the deadline passes).
-async fn quiesce(
+async fn quiesce<G: Guest>(
     kernel: &Arc<Kernel>,
     handle: &ServiceHandle,
-    instance: &mut Instance,
+    instance: &mut G,
     rx: &mut UnboundedReceiver<Message>,
     side: &mut VecDeque<Message>,
     wait: Duration,
@@ -324,7 +332,7 @@ async fn quiesce(
             handle.mailbox.taken(1);
             answers.push(message);
             if let Err(e) = instance.dispatch(&mut answers).await {
-                let end = End::failed(&e);
+                let end = End::failed(e);
                 return Err(Unquiet {
                     error: UpgradeError::Ended(end.reason.clone()),
                     end: Some(end),
@@ -346,17 +354,17 @@ async fn quiesce(
 
 /// Makes the new instance and moves the service onto it; on any failure
 /// the old instance is left as it was. Returns the bytes of state carried.
-async fn swap(
+async fn swap<G: Guest>(
     kernel: &Arc<Kernel>,
     handle: &Arc<ServiceHandle>,
-    instance: &mut Instance,
-    module: &Module,
+    instance: &mut G,
+    module: &G::Module,
     saved: Option<Vec<u8>>,
     args: &[u8],
 ) -> Result<Option<usize>, UpgradeError> {
-    let mut next = Instance::new(kernel, handle, module)
+    let mut next = G::instantiate(kernel, handle, module)
         .await
-        .map_err(|e| UpgradeError::Instantiate(format!("{e:#}")))?;
+        .map_err(UpgradeError::Instantiate)?;
     instance.hand_over(&mut next);
     let state_bytes = saved.as_ref().map(Vec::len);
     let (step, loaded) = match saved {
@@ -366,7 +374,7 @@ async fn swap(
     let failure = match loaded {
         Ok(Ok(())) => None,
         Ok(Err(reason)) => Some(reason),
-        Err(e) => Some(describe_failure(&e).1),
+        Err(e) => Some(e.reason),
     };
     if let Some(reason) = failure {
         next.hand_over(instance);

@@ -30,7 +30,10 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use crate::config::Limits;
 use crate::runtime::tenant::Tenant;
-use crate::runtime::{Kernel, Message, ServiceHandle, TenantId, kind};
+use crate::runtime::{
+    Address, BoxFuture, Guest, GuestFailure, GuestModule, Kernel, Loader, Message, Ready,
+    ServiceHandle, TenantId, kind,
+};
 /// The WIT `message` record with a shared payload: a multicast payload is
 /// one buffer per node and is copied only into each guest's memory, never
 /// into a per-subscriber buffer first (the generated bindings would take an
@@ -51,52 +54,7 @@ use state::ServiceState;
 
 pub use state::Stop;
 
-/// Why a module could not be made ready to run.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ModuleError {
-    /// The name could escape the module paths or is empty.
-    #[error("invalid module name `{0}`: use letters, digits, `-` and `_`")]
-    InvalidName(String),
-    /// No `<name>.wasm` in any module path.
-    #[error("module `{module}` not found; searched {}", display_paths(searched))]
-    NotFound {
-        /// The module asked for.
-        module: String,
-        /// Every file that was tried.
-        searched: Vec<PathBuf>,
-    },
-    /// The file could not be read.
-    #[error("module `{module}`: reading {path}: {error}")]
-    Read {
-        /// The module asked for.
-        module: String,
-        /// Its file.
-        path: PathBuf,
-        /// What the OS said.
-        error: String,
-    },
-    /// The file is not a valid component, or does not fit the `service` world.
-    #[error("module `{module}` ({path}) cannot be used: {error}")]
-    Invalid {
-        /// The module asked for.
-        module: String,
-        /// Its file.
-        path: PathBuf,
-        /// What wasmtime said.
-        error: String,
-    },
-}
-
-fn display_paths(paths: &[PathBuf]) -> String {
-    if paths.is_empty() {
-        return "no module paths (set `module_paths` in the node file)".into();
-    }
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
+pub use crate::runtime::ModuleError;
 
 /// The wasm side of a node.
 pub(crate) struct WasmRuntime {
@@ -117,6 +75,8 @@ type ModuleCell = Arc<OnceCell<Arc<Module>>>;
 pub(crate) struct Module {
     /// The name it is spawned by.
     pub name: Arc<str>,
+    /// The engine it was compiled for (its instances' stores use it).
+    engine: Engine,
     pre: ServicePre<ServiceState>,
     /// Its `state` exports, when it has them (WIT `stateful-service`).
     state: Option<StateExports>,
@@ -309,6 +269,7 @@ impl WasmRuntime {
         let state = StateExports::of(pre.instance_pre().component());
         Ok(Arc::new(Module {
             name: name.into(),
+            engine: self.engine.clone(),
             pre,
             state,
         }))
@@ -390,7 +351,7 @@ impl Instance {
         handle: &Arc<ServiceHandle>,
         module: &Module,
     ) -> wasmtime::Result<Self> {
-        let mut store = Store::new(&kernel.wasm.engine, ServiceState::new(kernel, handle)?);
+        let mut store = Store::new(&module.engine, ServiceState::new(kernel, handle)?);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(state::on_epoch_deadline);
         store.set_epoch_deadline(1);
@@ -415,7 +376,7 @@ impl Instance {
     }
 
     /// Runs the guest's `init`.
-    pub async fn init(&mut self, args: &[u8]) -> wasmtime::Result<Result<(), String>> {
+    async fn call_init(&mut self, args: &[u8]) -> wasmtime::Result<Result<(), String>> {
         self.store.data_mut().start_work(1);
         self.store.set_epoch_deadline(1);
         let result = self.exports.call_init(&mut self.store, args).await;
@@ -425,7 +386,7 @@ impl Instance {
 
     /// Hands a batch of messages to the guest's `dispatch`; requests in it
     /// are owed a reply from then on.
-    pub async fn dispatch(&mut self, messages: &mut Vec<Message>) -> wasmtime::Result<()> {
+    async fn call_dispatch(&mut self, messages: &mut Vec<Message>) -> wasmtime::Result<()> {
         let state = self.store.data_mut();
         state.took(messages.len());
         // A traced message is always dispatched alone (see the service loop).
@@ -463,14 +424,9 @@ impl Instance {
         result
     }
 
-    /// Records a request the service took and must answer (or fail).
-    pub fn owe(&mut self, caller: crate::runtime::Address, session: u32, tenant: TenantId) {
-        self.store.data_mut().owe(caller, session, tenant);
-    }
-
     /// The state the guest hands to its next version (`save-state`); `None`
     /// when its module has no `state` exports or it saved nothing.
-    pub async fn save_state(&mut self) -> wasmtime::Result<Option<Vec<u8>>> {
+    async fn call_save_state(&mut self) -> wasmtime::Result<Option<Vec<u8>>> {
         let Some(exports) = self.state else {
             return Ok(None);
         };
@@ -485,13 +441,8 @@ impl Instance {
         Ok((!bytes.is_empty()).then_some(bytes))
     }
 
-    /// Whether the module can take over a saved state (`load-state`).
-    pub fn loads_state(&self) -> bool {
-        self.state.is_some()
-    }
-
     /// Runs the guest's `load-state` with what its previous version saved.
-    pub async fn load_state(&mut self, state: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+    async fn call_load_state(&mut self, state: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
         let Some(exports) = self.state else {
             return Ok(Err("the module has no `load-state`".into()));
         };
@@ -504,103 +455,19 @@ impl Instance {
         self.store.data_mut().end_work();
         Ok(result?.0)
     }
-
-    /// Moves what outlives an instance (requests owed, the session counter)
-    /// from `self` to `next`, the service's next version.
-    pub fn hand_over(&mut self, next: &mut Instance) {
-        self.store.data_mut().hand_over(next.store.data_mut());
-    }
-
-    /// How many messages its next batch may hold to fit its CPU budget.
-    pub fn affordable_batch(&self) -> usize {
-        self.store.data().affordable_batch()
-    }
-
-    /// Sessions the service opened and still waits on.
-    pub fn awaiting(&self) -> usize {
-        self.store.data().awaiting_len()
-    }
-
-    /// Whether the service waits on `session` (its answer may be dispatched
-    /// while an upgrade waits for the service to be quiescent).
-    pub fn awaits(&self, session: u32) -> bool {
-        self.store.data().awaits(session)
-    }
-
-    /// Whether the guest called `exit`.
-    pub fn exit_requested(&self) -> bool {
-        self.store.data().exit_requested()
-    }
-
-    /// Sessions the guest received and has not answered.
-    pub fn take_owed(&mut self) -> Vec<(crate::runtime::Address, u32)> {
-        self.store.data_mut().take_owed()
-    }
 }
 
-/// Why a service ended, as the node's stop counters (`/metrics`) class it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StopReason {
-    /// It called `exit`, or its mailbox closed.
-    Exited,
-    /// Someone killed it.
-    Killed,
-    /// Its instantiation or `init` failed.
-    NotStarted,
-    /// A wasm trap (unreachable, out-of-bounds access, stack overflow, ...).
-    Trap,
-    /// A message ran past the CPU budget.
-    CpuBudget,
-    /// Its linear memory hit its limit.
-    MemoryLimit,
-    /// Its tenant's total memory limit was reached.
-    TenantMemory,
-    /// Any other error from a guest call.
-    Error,
-}
+pub(crate) use crate::runtime::StopReason;
 
-impl StopReason {
-    /// Every reason, in the order of [`StopReason::index`].
-    pub const ALL: [StopReason; 8] = [
-        StopReason::Exited,
-        StopReason::Killed,
-        StopReason::NotStarted,
-        StopReason::Trap,
-        StopReason::CpuBudget,
-        StopReason::MemoryLimit,
-        StopReason::TenantMemory,
-        StopReason::Error,
-    ];
-
-    /// Its position in [`StopReason::ALL`].
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// Its label in `/metrics`.
-    pub fn label(self) -> &'static str {
-        match self {
-            StopReason::Exited => "exited",
-            StopReason::Killed => "killed",
-            StopReason::NotStarted => "not_started",
-            StopReason::Trap => "trap",
-            StopReason::CpuBudget => "cpu_budget",
-            StopReason::MemoryLimit => "memory_limit",
-            StopReason::TenantMemory => "tenant_memory",
-            StopReason::Error => "error",
-        }
-    }
-
-    /// The class of a failed guest call.
-    pub fn of(error: &wasmtime::Error) -> Self {
-        match error.downcast_ref::<Stop>() {
-            Some(Stop::Killed) => StopReason::Killed,
-            Some(Stop::CpuBudget(_)) => StopReason::CpuBudget,
-            Some(Stop::MemoryLimit { .. }) => StopReason::MemoryLimit,
-            Some(Stop::TenantMemory { .. }) => StopReason::TenantMemory,
-            None if error.downcast_ref::<wasmtime::Trap>().is_some() => StopReason::Trap,
-            None => StopReason::Error,
-        }
+/// The class of a failed guest call, for the node's stop counters.
+fn stop_reason_of(error: &wasmtime::Error) -> StopReason {
+    match error.downcast_ref::<Stop>() {
+        Some(Stop::Killed) => StopReason::Killed,
+        Some(Stop::CpuBudget(_)) => StopReason::CpuBudget,
+        Some(Stop::MemoryLimit { .. }) => StopReason::MemoryLimit,
+        Some(Stop::TenantMemory { .. }) => StopReason::TenantMemory,
+        None if error.downcast_ref::<wasmtime::Trap>().is_some() => StopReason::Trap,
+        None => StopReason::Error,
     }
 }
 
@@ -619,4 +486,146 @@ pub(crate) fn describe_failure(error: &wasmtime::Error) -> (crate::runtime::Erro
         return (ErrorCause::Trapped, format!("wasm trap: {trap}"));
     }
     (ErrorCause::Trapped, format!("{error:#}"))
+}
+
+/// A guest call's error as the runtime sees it.
+fn failure(error: wasmtime::Error) -> GuestFailure {
+    let (cause, reason) = describe_failure(&error);
+    GuestFailure {
+        cause,
+        reason,
+        class: stop_reason_of(&error),
+    }
+}
+
+impl Guest for Instance {
+    type Module = Module;
+
+    async fn instantiate(
+        kernel: &Arc<Kernel>,
+        handle: &Arc<ServiceHandle>,
+        module: &Module,
+    ) -> Result<Self, String> {
+        Instance::new(kernel, handle, module)
+            .await
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    async fn init(&mut self, args: &[u8]) -> Result<Result<(), String>, GuestFailure> {
+        self.call_init(args).await.map_err(failure)
+    }
+
+    async fn dispatch(&mut self, batch: &mut Vec<Message>) -> Result<(), GuestFailure> {
+        self.call_dispatch(batch).await.map_err(failure)
+    }
+
+    async fn save_state(&mut self) -> Result<Option<Vec<u8>>, GuestFailure> {
+        self.call_save_state().await.map_err(failure)
+    }
+
+    fn loads_state(&self) -> bool {
+        self.state.is_some()
+    }
+
+    async fn load_state(&mut self, state: Vec<u8>) -> Result<Result<(), String>, GuestFailure> {
+        self.call_load_state(state).await.map_err(failure)
+    }
+
+    fn hand_over(&mut self, next: &mut Instance) {
+        self.store.data_mut().hand_over(next.store.data_mut());
+    }
+
+    fn owe(&mut self, caller: Address, session: u32, tenant: TenantId) {
+        self.store.data_mut().owe(caller, session, tenant);
+    }
+
+    fn take_owed(&mut self) -> Vec<(Address, u32)> {
+        self.store.data_mut().take_owed()
+    }
+
+    fn awaiting(&self) -> usize {
+        self.store.data().awaiting_len()
+    }
+
+    fn awaits(&self, session: u32) -> bool {
+        self.store.data().awaits(session)
+    }
+
+    fn exit_requested(&self) -> bool {
+        self.store.data().exit_requested()
+    }
+
+    fn affordable_batch(&self) -> usize {
+        self.store.data().affordable_batch()
+    }
+}
+
+impl GuestModule for Module {
+    fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    fn run(
+        self: Arc<Self>,
+        kernel: Arc<Kernel>,
+        handle: Arc<ServiceHandle>,
+        rx: tokio::sync::mpsc::UnboundedReceiver<Message>,
+        args: Vec<u8>,
+        ready: Ready,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(crate::runtime::service::run::<Instance>(
+            kernel, handle, rx, self, args, ready,
+        ))
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+}
+
+impl Loader for WasmRuntime {
+    fn module<'a>(
+        &'a self,
+        tenant: &'a Tenant,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Arc<dyn GuestModule>, ModuleError>> {
+        Box::pin(async move {
+            let module: Arc<dyn GuestModule> = WasmRuntime::module(self, tenant, name).await?;
+            Ok(module)
+        })
+    }
+
+    fn compile<'a>(
+        &'a self,
+        name: &'a str,
+        path: PathBuf,
+    ) -> BoxFuture<'a, Result<Arc<dyn GuestModule>, ModuleError>> {
+        Box::pin(async move {
+            let module: Arc<dyn GuestModule> = WasmRuntime::compile(self, name, path).await?;
+            Ok(module)
+        })
+    }
+
+    fn install(&self, tenant: TenantId, name: &str, module: Arc<dyn GuestModule>) {
+        match module.into_any().downcast::<Module>() {
+            Ok(module) => WasmRuntime::install(self, tenant, name, module),
+            Err(_) => tracing::error!(module = name, "not a wasm module; not installed"),
+        }
+    }
+
+    fn has_module(&self, tenant: TenantId, name: &str) -> bool {
+        WasmRuntime::has_module(self, tenant, name)
+    }
+
+    fn forget_tenant(&self, tenant: TenantId) {
+        WasmRuntime::forget_tenant(self, tenant);
+    }
+
+    fn interrupt_running(&self) {
+        WasmRuntime::interrupt_running(self);
+    }
+
+    fn compiled(&self) -> u64 {
+        WasmRuntime::compiled(self)
+    }
 }
