@@ -25,6 +25,8 @@ mod names;
 mod sched;
 pub(crate) mod service;
 pub(crate) mod tenant;
+#[cfg(test)]
+mod tests;
 mod timer;
 mod upgrade;
 

@@ -1,0 +1,365 @@
+//! The core tested alone: a fake guest (a Rust closure per message) behind
+//! the runtime's own ports, no wasm and no sockets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::oneshot;
+
+use super::{
+    Address, BoxFuture, CallError, Client, ErrorCause, Guest, GuestFailure, GuestModule, Kernel,
+    Loader, Message, ModuleError, Ready, ServiceHandle, SpawnError, StopReason, TenantId, kind,
+};
+use crate::config::NodeConfig;
+use crate::runtime::tenant::Tenant;
+
+/// What a fake service does with one message: answer it, end, or fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Act {
+    /// Nothing (a request stays owed).
+    Nothing,
+    /// Answer the request with these bytes.
+    Answer(Vec<u8>),
+    /// Call `exit`: requests owed and queued get an `exited` error.
+    Exit,
+    /// Trap: the service stops, its callers get a `trapped` error.
+    Trap,
+}
+
+type Handler = Arc<dyn Fn(&Message) -> Act + Send + Sync>;
+
+/// A module whose services run `handler` for each message.
+struct FakeModule {
+    name: Arc<str>,
+    handler: Handler,
+}
+
+impl GuestModule for FakeModule {
+    fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    fn run(
+        self: Arc<Self>,
+        kernel: Arc<Kernel>,
+        handle: Arc<ServiceHandle>,
+        rx: UnboundedReceiver<Message>,
+        args: Vec<u8>,
+        ready: Ready,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(super::service::run::<FakeGuest>(
+            kernel, handle, rx, self, args, ready,
+        ))
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+}
+
+/// One fake service: the requests it owes, and whether it asked to end.
+struct FakeGuest {
+    kernel: Arc<Kernel>,
+    address: Address,
+    handler: Handler,
+    owed: HashMap<(Address, u32), TenantId>,
+    exit: bool,
+}
+
+impl Guest for FakeGuest {
+    type Module = FakeModule;
+
+    async fn instantiate(
+        kernel: &Arc<Kernel>,
+        handle: &Arc<ServiceHandle>,
+        module: &FakeModule,
+    ) -> Result<Self, String> {
+        Ok(FakeGuest {
+            kernel: kernel.clone(),
+            address: handle.address,
+            handler: module.handler.clone(),
+            owed: HashMap::new(),
+            exit: false,
+        })
+    }
+
+    async fn init(&mut self, _args: &[u8]) -> Result<Result<(), String>, GuestFailure> {
+        Ok(Ok(()))
+    }
+
+    async fn dispatch(&mut self, batch: &mut Vec<Message>) -> Result<(), GuestFailure> {
+        for m in batch.drain(..) {
+            if m.wants_reply() {
+                self.owe(m.source, m.session, m.tenant);
+            }
+            match (self.handler)(&m) {
+                Act::Nothing => {}
+                Act::Answer(bytes) => {
+                    let tenant = self.owed.remove(&(m.source, m.session)).unwrap_or(m.tenant);
+                    let answer = Message {
+                        kind: kind::RESPONSE,
+                        source: self.address,
+                        session: m.session,
+                        tenant,
+                        payload: bytes.into(),
+                        trace: 0,
+                    };
+                    let _ = self.kernel.deliver(m.source, answer);
+                }
+                Act::Exit => self.exit = true,
+                Act::Trap => {
+                    return Err(GuestFailure {
+                        cause: ErrorCause::Trapped,
+                        reason: "fake trap".into(),
+                        class: StopReason::Trap,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn save_state(&mut self) -> Result<Option<Vec<u8>>, GuestFailure> {
+        Ok(None)
+    }
+
+    fn loads_state(&self) -> bool {
+        false
+    }
+
+    async fn load_state(&mut self, _state: Vec<u8>) -> Result<Result<(), String>, GuestFailure> {
+        Ok(Err("no state".into()))
+    }
+
+    fn hand_over(&mut self, next: &mut Self) {
+        next.owed.extend(self.owed.drain());
+    }
+
+    fn owe(&mut self, caller: Address, session: u32, tenant: TenantId) {
+        self.owed.insert((caller, session), tenant);
+    }
+
+    fn take_owed(&mut self) -> Vec<(Address, u32)> {
+        self.owed.drain().map(|(k, _)| k).collect()
+    }
+
+    fn awaiting(&self) -> usize {
+        0
+    }
+
+    fn awaits(&self, _session: u32) -> bool {
+        false
+    }
+
+    fn exit_requested(&self) -> bool {
+        self.exit
+    }
+
+    fn affordable_batch(&self) -> usize {
+        usize::MAX
+    }
+}
+
+/// A loader of fake modules by name.
+#[derive(Default)]
+struct FakeLoader {
+    modules: HashMap<String, Arc<FakeModule>>,
+}
+
+impl FakeLoader {
+    fn with(
+        mut self,
+        name: &str,
+        handler: impl Fn(&Message) -> Act + Send + Sync + 'static,
+    ) -> Self {
+        let module = FakeModule {
+            name: name.into(),
+            handler: Arc::new(handler),
+        };
+        self.modules.insert(name.to_string(), Arc::new(module));
+        self
+    }
+}
+
+impl Loader for FakeLoader {
+    fn module<'a>(
+        &'a self,
+        _tenant: &'a Tenant,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Arc<dyn GuestModule>, ModuleError>> {
+        let found = self.modules.get(name).cloned();
+        Box::pin(async move {
+            let module: Arc<dyn GuestModule> = found.ok_or_else(|| ModuleError::NotFound {
+                module: name.to_string(),
+                searched: Vec::new(),
+            })?;
+            Ok(module)
+        })
+    }
+
+    fn compile<'a>(
+        &'a self,
+        name: &'a str,
+        _path: std::path::PathBuf,
+    ) -> BoxFuture<'a, Result<Arc<dyn GuestModule>, ModuleError>> {
+        self.module(&TEST_TENANT, name)
+    }
+
+    fn install(&self, _tenant: TenantId, _name: &str, _module: Arc<dyn GuestModule>) {}
+
+    fn has_module(&self, _tenant: TenantId, name: &str) -> bool {
+        self.modules.contains_key(name)
+    }
+
+    fn forget_tenant(&self, _tenant: TenantId) {}
+
+    fn interrupt_running(&self) {}
+
+    fn compiled(&self) -> u64 {
+        0
+    }
+}
+
+static TEST_TENANT: std::sync::LazyLock<Tenant> =
+    std::sync::LazyLock::new(|| Tenant::host(&crate::config::Limits::default()));
+
+/// A node core running the fake modules of `loader`.
+fn core(loader: FakeLoader) -> Arc<Kernel> {
+    let config = NodeConfig::default();
+    let limits = config.limits.resolved();
+    Kernel::new(&config, limits, Arc::new(loader)).expect("the core starts")
+}
+
+/// Spawns `module` in the system tenant and waits for its address.
+async fn spawn(kernel: &Arc<Kernel>, module: &str) -> Result<Address, SpawnError> {
+    let system = kernel.tenant(TenantId::SYSTEM).expect("system tenant");
+    let (tx, rx) = oneshot::channel();
+    kernel.spawn_detached(system, module.to_string(), Vec::new(), Ready::Host(tx));
+    rx.await.unwrap_or(Err(SpawnError::Stopped))
+}
+
+fn client(kernel: &Arc<Kernel>) -> Client {
+    let system = kernel.tenant(TenantId::SYSTEM).expect("system tenant");
+    Client::new(kernel.clone(), system)
+}
+
+fn cause(result: Result<Vec<u8>, CallError>) -> Option<ErrorCause> {
+    result.err().and_then(|e| e.cause())
+}
+
+const WITHIN: Duration = Duration::from_secs(5);
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WITHIN, f)
+        .await
+        .expect("the core answered in time")
+}
+
+#[tokio::test]
+async fn a_call_is_answered_and_an_unknown_module_refused() {
+    let kernel = core(FakeLoader::default().with("echo", |m| Act::Answer(m.payload.to_vec())));
+    let echo = within(spawn(&kernel, "echo")).await.expect("spawned");
+    let c = client(&kernel);
+    assert_eq!(
+        within(c.call(echo, b"ping".to_vec())).await,
+        Ok(b"ping".to_vec())
+    );
+    let missing = within(spawn(&kernel, "nope")).await;
+    assert!(
+        matches!(
+            missing,
+            Err(SpawnError::Module(ModuleError::NotFound { .. }))
+        ),
+        "{missing:?}"
+    );
+}
+
+#[tokio::test]
+async fn every_way_a_service_ends_ends_the_sessions_it_owes() {
+    let kernel = core(
+        FakeLoader::default()
+            .with("exits", |m| {
+                if m.payload.as_ref() == b"go" {
+                    Act::Exit
+                } else {
+                    Act::Nothing
+                }
+            })
+            .with("traps", |m| {
+                if m.payload.as_ref() == b"go" {
+                    Act::Trap
+                } else {
+                    Act::Nothing
+                }
+            })
+            .with("holds", |_| Act::Nothing),
+    );
+    let c = client(&kernel);
+    for (module, expect) in [
+        ("exits", ErrorCause::Exited),
+        ("traps", ErrorCause::Trapped),
+    ] {
+        let a = within(spawn(&kernel, module)).await.expect("spawned");
+        let held = c.start_call(a, b"hold".to_vec()).expect("enqueued");
+        let go = c.start_call(a, b"go".to_vec()).expect("enqueued");
+        assert_eq!(
+            cause(within(held).await),
+            Some(expect),
+            "{module}: the held request"
+        );
+        assert_eq!(
+            cause(within(go).await),
+            Some(expect),
+            "{module}: the last request"
+        );
+        // Gone from the table: a new call is refused at once.
+        assert!(
+            c.start_call(a, Vec::new()).is_err(),
+            "{module} still takes calls"
+        );
+    }
+    let held = within(spawn(&kernel, "holds")).await.expect("spawned");
+    let call = c.start_call(held, Vec::new()).expect("enqueued");
+    assert!(kernel.kill(TenantId::HOST, held));
+    assert_eq!(cause(within(call).await), Some(ErrorCause::Killed));
+    let stops = |r: StopReason| kernel.stops[r.index()].load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        (
+            stops(StopReason::Exited),
+            stops(StopReason::Trap),
+            stops(StopReason::Killed)
+        ),
+        (1, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn a_monitor_hears_the_end_of_what_it_watches() {
+    let kernel = core(FakeLoader::default().with("exits", |_| Act::Exit));
+    let mut c = client(&kernel);
+    let a = within(spawn(&kernel, "exits")).await.expect("spawned");
+    c.monitor(a);
+    c.send(a, kind::TEXT, 0, Vec::new()).expect("sent");
+    let notice = within(c.recv()).await.expect("a notice");
+    assert_eq!((notice.kind, notice.source), (kind::EXIT, a));
+}
+
+#[tokio::test(start_paused = true)]
+async fn timers_fire_in_deadline_order_under_paused_time() {
+    let kernel = core(FakeLoader::default());
+    let mut c = client(&kernel);
+    let now = tokio::time::Instant::now();
+    for (session, ms) in [(1, 300), (2, 100), (3, 200)] {
+        kernel.start_timer(now, c.address(), session, ms, 0);
+    }
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        // The timers' answers reach the client as messages of its own.
+        let m = within(c.recv()).await.expect("a timer");
+        assert_eq!(m.kind, kind::RESPONSE);
+        order.push(m.session);
+    }
+    assert_eq!(order, [2, 3, 1]);
+}
