@@ -363,3 +363,63 @@ async fn timers_fire_in_deadline_order_under_paused_time() {
     }
     assert_eq!(order, [2, 3, 1]);
 }
+
+/// A core with tenant `blue` (mailboxes of 2) beside `system`.
+fn core_with_blue(loader: FakeLoader) -> Arc<Kernel> {
+    let mut config = NodeConfig::default();
+    let mut blue = crate::config::TenantConfig::new("blue", Vec::new());
+    blue.limits.mailbox_limit = Some(2);
+    config.tenants.push(blue);
+    let limits = config.limits.resolved();
+    Kernel::new(&config, limits, Arc::new(loader)).expect("the core starts")
+}
+
+async fn spawn_in(kernel: &Arc<Kernel>, tenant: &str, module: &str) -> Address {
+    let t = kernel.tenant_named(tenant).expect("tenant");
+    let (tx, rx) = oneshot::channel();
+    kernel.spawn_detached(t, module.to_string(), Vec::new(), Ready::Host(tx));
+    within(rx).await.expect("answered").expect("spawned")
+}
+
+/// One thread: the sends go in before the service can take any.
+#[tokio::test]
+async fn a_full_mailbox_refuses_with_overloaded() {
+    let kernel = core_with_blue(FakeLoader::default().with("holds", |_| Act::Nothing));
+    let held = spawn_in(&kernel, "blue", "holds").await;
+    let blue = Client::new(kernel.clone(), kernel.tenant_named("blue").expect("blue"));
+    let send = || blue.send(held, kind::TEXT, 0, Vec::new());
+    assert_eq!((send(), send()), (Ok(()), Ok(())));
+    assert_eq!(send(), Err(super::SendError::Overloaded(held)));
+    assert!(
+        kernel
+            .tenant_named("blue")
+            .expect("blue")
+            .counters
+            .refusals
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn tenants_are_sealed_and_names_are_per_tenant_and_go_with_their_service() {
+    let kernel = core_with_blue(FakeLoader::default().with("holds", |_| Act::Nothing));
+    let mine = spawn_in(&kernel, "system", "holds").await;
+    let blue = Client::new(kernel.clone(), kernel.tenant_named("blue").expect("blue"));
+    // Another tenant's service looks exactly like an unknown address.
+    assert_eq!(
+        blue.send(mine, kind::TEXT, 0, Vec::new()),
+        Err(super::SendError::UnknownAddress(mine))
+    );
+    let registered = kernel.with_service(mine, |h| kernel.register_name(".svc", h));
+    assert_eq!(registered, Some(Ok(())));
+    assert_eq!(kernel.query_name(TenantId::SYSTEM, ".svc"), Some(mine));
+    let blue_id = kernel.tenant_named("blue").expect("blue").id;
+    assert_eq!(kernel.query_name(blue_id, ".svc"), None);
+    // The name goes when its service ends.
+    let c = client(&kernel);
+    let call = c.start_call(mine, Vec::new()).expect("enqueued");
+    assert!(kernel.kill(TenantId::HOST, mine));
+    assert_eq!(cause(within(call).await), Some(ErrorCause::Killed));
+    assert_eq!(kernel.query_name(TenantId::SYSTEM, ".svc"), None);
+}
