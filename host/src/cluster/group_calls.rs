@@ -119,7 +119,14 @@ impl Cluster {
         policy: Policy,
     ) -> Result<(), String> {
         let kernel = self.kernel().ok_or("the node is stopping")?;
-        if !kernel.remember_group(member, tenant, group) {
+        let cluster = Arc::downgrade(self);
+        let left = group.to_string();
+        let leave: crate::runtime::ExitHook = Box::new(move || {
+            if let Some(c) = cluster.upgrade() {
+                c.leave_group(tenant, &left, member);
+            }
+        });
+        if !kernel.hold(member, Some(tenant), group_key(group), leave) {
             return Err(format!(
                 "{member} is not a service of this tenant on this node"
             ));
@@ -144,7 +151,7 @@ impl Cluster {
             });
         }
         if let Some(kernel) = self.kernel() {
-            kernel.forget_group(member, group);
+            kernel.forget_held(member, &group_key(group));
         }
     }
 
@@ -238,4 +245,9 @@ impl Cluster {
             waiter.fail(&kernel, e.cause(), &detail);
         }
     }
+}
+
+/// What a member holds in the runtime for `group` (its exit hook's key).
+fn group_key(group: &str) -> String {
+    format!("group:{group}")
 }

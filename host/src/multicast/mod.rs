@@ -174,7 +174,7 @@ impl Multicast {
             return Ok(());
         };
         for sub in owned.local {
-            kernel.forget_channel(sub, channel);
+            kernel.forget_held(sub, &channel_key(channel));
             let _ = kernel.deliver(sub, gone_notice(tenant, channel));
         }
         let t = tenant.0;
@@ -299,7 +299,7 @@ impl Multicast {
                 let owned = self.tables().owned.remove(&(tenant, id));
                 if let (Some(owned), Some(kernel)) = (owned, self.kernel.upgrade()) {
                     for sub in owned.local {
-                        kernel.forget_channel(sub, id);
+                        kernel.forget_held(sub, &channel_key(id));
                         let _ = kernel.deliver(sub, gone_notice(tenant, id));
                     }
                 }
@@ -369,14 +369,20 @@ impl Multicast {
                 return Err(ChannelError::NodeDown(channel));
             }
         }
-        kernel.remember_channel(service, channel);
+        let multicast = self.kernel.clone();
+        let unsubscribe: crate::runtime::ExitHook = Box::new(move || {
+            if let Some(k) = multicast.upgrade() {
+                k.multicast.drop_subscriber(tenant, channel, service);
+            }
+        });
+        kernel.hold(service, None, channel_key(channel), unsubscribe);
         Ok(())
     }
 
     /// Unsubscribes `service` from `channel` (nothing if it was not).
     pub fn unsubscribe(&self, tenant: TenantId, channel: u32, service: Address) {
         if let Some(kernel) = self.kernel.upgrade() {
-            kernel.forget_channel(service, channel);
+            kernel.forget_held(service, &channel_key(channel));
         }
         self.drop_subscriber(tenant, channel, service);
     }
@@ -594,7 +600,7 @@ impl Multicast {
         let subs = self.tables().mirrors.remove(&key).unwrap_or_default();
         if let Some(kernel) = self.kernel.upgrade() {
             for sub in subs {
-                kernel.forget_channel(sub, key.1);
+                kernel.forget_held(sub, &channel_key(key.1));
                 let _ = kernel.deliver(sub, gone_notice(key.0, key.1));
             }
         }
@@ -713,4 +719,9 @@ fn gone_notice(tenant: TenantId, channel: u32) -> Message {
         payload: Bytes::new(),
         trace: 0,
     }
+}
+
+/// What a subscriber holds in the runtime for `channel` (its exit hook's key).
+fn channel_key(channel: u32) -> String {
+    format!("channel:{channel}")
 }

@@ -233,15 +233,19 @@ pub(crate) struct ServiceHandle {
     watch: Mutex<Watch>,
 }
 
+/// What a layer above lets go of when a service ends (a group it joined,
+/// a channel it subscribed to): an exit hook, run once, after the service
+/// is out of the table.
+pub(crate) type ExitHook = Box<dyn FnOnce() + Send>;
+
 /// What changes over a service's life and must be read once at its end.
 #[derive(Default)]
 struct Watch {
     monitors: Vec<Address>,
     names: Vec<String>,
-    /// Multicast channels it is subscribed to.
-    channels: Vec<u32>,
-    /// Cluster groups it joined.
-    groups: Vec<String>,
+    /// What layers above hold for it, by their own keys (`group:…`,
+    /// `channel:…`), and how each lets go.
+    held: Vec<(String, ExitHook)>,
     dead: bool,
 }
 
@@ -535,24 +539,17 @@ impl Kernel {
         if removed {
             handle.tenant.counters.retired.absorb(&handle.usage);
         }
-        let (monitors, names, channels, groups) = {
+        let (monitors, names, held) = {
             let mut w = handle.watch();
             w.dead = true;
             (
                 std::mem::take(&mut w.monitors),
                 std::mem::take(&mut w.names),
-                std::mem::take(&mut w.channels),
-                std::mem::take(&mut w.groups),
+                std::mem::take(&mut w.held),
             )
         };
-        if let Some(cluster) = self.cluster.get() {
-            for group in groups {
-                cluster.leave_group(handle.tenant.id, &group, handle.address);
-            }
-        }
-        for channel in channels {
-            self.multicast
-                .drop_subscriber(handle.tenant.id, channel, handle.address);
+        for (_, release) in held {
+            release();
         }
         if !names.is_empty() {
             let mut table = self.names.lock().unwrap_or_else(|e| e.into_inner());
@@ -653,41 +650,33 @@ impl Kernel {
         .unwrap_or(false)
     }
 
-    /// Records that `service` is subscribed to `channel`, so its end
-    /// unsubscribes it.
-    pub fn remember_channel(&self, service: Address, channel: u32) {
+    /// Records that `service` holds `key` in a layer above, which lets go
+    /// of it through `release` when the service ends (once per key: holding
+    /// a key again keeps the first release). False when the service has
+    /// ended, or is not of `tenant` when one is given.
+    pub(crate) fn hold(
+        &self,
+        service: Address,
+        tenant: Option<TenantId>,
+        key: String,
+        release: ExitHook,
+    ) -> bool {
         self.with_service(service, |h| {
             let mut w = h.watch();
-            if !w.channels.contains(&channel) {
-                w.channels.push(channel);
-            }
-        });
-    }
-
-    /// Records that `service` (of `tenant`) joined `group`, so its end
-    /// makes it leave; false when it has ended or is another tenant's.
-    pub(crate) fn remember_group(&self, service: Address, tenant: TenantId, group: &str) -> bool {
-        self.with_service(service, |h| {
-            let mut w = h.watch();
-            if w.dead || h.tenant.id != tenant {
+            if w.dead || tenant.is_some_and(|t| h.tenant.id != t) {
                 return false;
             }
-            if !w.groups.iter().any(|g| g == group) {
-                w.groups.push(group.to_string());
+            if !w.held.iter().any(|(k, _)| *k == key) {
+                w.held.push((key, release));
             }
             true
         })
         .unwrap_or(false)
     }
 
-    /// Forgets that `service` is in `group`.
-    pub(crate) fn forget_group(&self, service: Address, group: &str) {
-        self.with_service(service, |h| h.watch().groups.retain(|g| g != group));
-    }
-
-    /// Forgets that `service` is subscribed to `channel`.
-    pub fn forget_channel(&self, service: Address, channel: u32) {
-        self.with_service(service, |h| h.watch().channels.retain(|&c| c != channel));
+    /// `service` no longer holds `key`: its release will not run.
+    pub(crate) fn forget_held(&self, service: Address, key: &str) {
+        self.with_service(service, |h| h.watch().held.retain(|(k, _)| k != key));
     }
 
     /// Tells `watcher` with an `exit` message when `target` ends (at once if

@@ -423,3 +423,37 @@ async fn tenants_are_sealed_and_names_are_per_tenant_and_go_with_their_service()
     assert_eq!(cause(within(call).await), Some(ErrorCause::Killed));
     assert_eq!(kernel.query_name(TenantId::SYSTEM, ".svc"), None);
 }
+
+#[tokio::test]
+async fn exit_hooks_run_once_when_their_service_ends_unless_forgotten() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let kernel = core(FakeLoader::default().with("holds", |_| Act::Nothing));
+    let a = within(spawn(&kernel, "holds")).await.expect("spawned");
+    let released = Arc::new(AtomicUsize::new(0));
+    let hook = |n: usize| -> super::ExitHook {
+        let released = released.clone();
+        Box::new(move || {
+            released.fetch_add(n, Ordering::SeqCst);
+        })
+    };
+    assert!(kernel.hold(a, None, "group:g".into(), hook(1)));
+    assert!(
+        !kernel.hold(a, Some(TenantId(7)), "channel:1".into(), hook(10)),
+        "another tenant's"
+    );
+    assert!(kernel.hold(a, None, "channel:2".into(), hook(100)));
+    assert!(
+        kernel.hold(a, None, "group:g".into(), hook(1000)),
+        "held again: the first stays"
+    );
+    kernel.forget_held(a, "channel:2");
+    let c = client(&kernel);
+    let call = c.start_call(a, Vec::new()).expect("enqueued");
+    assert!(kernel.kill(TenantId::HOST, a));
+    assert_eq!(cause(within(call).await), Some(ErrorCause::Killed));
+    assert_eq!(released.load(Ordering::SeqCst), 1);
+    assert!(
+        !kernel.hold(a, None, "group:h".into(), hook(1)),
+        "an ended service holds nothing"
+    );
+}
