@@ -1,7 +1,15 @@
 //! This node's link to the harbor master: joining, the directory and
 //! global names it sends, and rejoining after the master comes back.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::proto::Control;
+use super::{Harbor, retry_delays};
+use crate::runtime::{Address, ErrorCause};
+use crate::transport::{Envelope, LinkHandler, Outgoing};
 
 /// Keeps the link to the master: joins again after a drop, with backoff.
 /// `ready` hears how the first join went; a first join that fails ends

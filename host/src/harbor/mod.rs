@@ -53,14 +53,11 @@ use tracing::Instrument;
 
 use crate::config::HarborConfig;
 pub(crate) use crate::runtime::Waiter;
-use crate::runtime::{
-    Address, ErrorCause, GUEST_SESSIONS, HarborId, Kernel, LateAt, Message, SendError, TenantId,
-    kind,
-};
-use crate::transport::{Connection, Envelope, LinkConfig, LinkHandler, Outgoing};
+use crate::runtime::{Address, ErrorCause, HarborId, Kernel, Message, SendError, TenantId, kind};
+use crate::transport::{Connection, Envelope, LinkConfig, Outgoing};
 use master_link::master_loop;
 use peer::{Inflight, Peer, accept_loop, peer_task};
-use proto::{Control, MASTER_PROTOCOL, PEER_PROTOCOL};
+use proto::{Control, MASTER_PROTOCOL};
 
 /// Why a harbor node could not start or a harbor request failed.
 #[derive(Debug, thiserror::Error)]

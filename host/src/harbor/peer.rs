@@ -3,7 +3,20 @@
 //! owns its connection (dialling, or waiting to be dialled), the listener
 //! that takes the dialled ones, and what arrives on a peer link.
 
-use super::*;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::proto::{Control, PEER_PROTOCOL};
+use super::{Harbor, lock, retry_delays};
+use crate::runtime::{Address, GUEST_SESSIONS, Kernel, LateAt, Message, TenantId, kind};
+use crate::transport::{Connection, Envelope, LinkHandler, Outgoing};
 
 /// One other node of the harbor, as seen from here.
 pub(crate) struct Peer {

@@ -3,9 +3,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::super::bindings::skyhost::service::cluster;
-use super::super::state::ServiceState;
 use crate::runtime::{Address, ErrorCause};
+use crate::wasm::bindings::skyhost::service::cluster;
+use crate::wasm::state::ServiceState;
 
 pub(super) const NOT_IN_A_CLUSTER: &str = "this node is not in a cluster";
 

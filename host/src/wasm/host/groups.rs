@@ -1,9 +1,9 @@
 //! `skyhost:service/groups`: named sets of services across the cluster.
 
-use super::super::bindings::skyhost::service::groups;
-use super::super::state::ServiceState;
 use super::cluster::NOT_IN_A_CLUSTER;
 use crate::runtime::Address;
+use crate::wasm::bindings::skyhost::service::groups;
+use crate::wasm::state::ServiceState;
 
 impl From<groups::Policy> for crate::cluster::proto::Policy {
     fn from(p: groups::Policy) -> Self {

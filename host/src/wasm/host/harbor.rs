@@ -1,9 +1,9 @@
 //! `skyhost:service/harbor`: the nodes that share the address space, and
 //! global names.
 
-use super::super::bindings::skyhost::service::harbor;
-use super::super::state::ServiceState;
 use crate::runtime::{Address, ErrorCause};
+use crate::wasm::bindings::skyhost::service::harbor;
+use crate::wasm::state::ServiceState;
 
 impl ServiceState {
     /// [`part_session`](Self::part_session) for the harbor.

@@ -1,7 +1,7 @@
 //! `skyhost:service/multicast`: channels.
 
-use super::super::bindings::skyhost::service::multicast;
-use super::super::state::ServiceState;
+use crate::wasm::bindings::skyhost::service::multicast;
+use crate::wasm::state::ServiceState;
 
 impl From<crate::multicast::ChannelError> for multicast::ChannelError {
     fn from(e: crate::multicast::ChannelError) -> Self {

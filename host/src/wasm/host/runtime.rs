@@ -1,8 +1,8 @@
 //! `skyhost:service/runtime`: what a service asks of its local node.
 
-use super::super::bindings::skyhost::service::{runtime, types};
-use super::super::state::ServiceState;
 use crate::runtime::{Address, ErrorCause, Message, kind};
+use crate::wasm::bindings::skyhost::service::{runtime, types};
+use crate::wasm::state::ServiceState;
 
 impl runtime::Host for ServiceState {
     fn self_address(&mut self) -> u32 {
