@@ -29,9 +29,9 @@ pub mod transport;
 pub mod wasm;
 
 pub use config::NodeConfig;
-pub use node::{Node, NodeError};
+pub use node::{Client, Node, NodeError};
 pub use runtime::{
-    Address, CallError, Client, ErrorCause, LateAt, Message, SendError, ServiceInfo, SpawnError,
+    Address, CallError, ErrorCause, LateAt, Message, SendError, ServiceInfo, SpawnError,
     TenantError, TenantId, TenantStats, UpgradeError, UpgradeReport, Upgraded, kind,
 };
 

@@ -289,28 +289,16 @@ impl LinkHandler<Control, Header> for AgentHandler {
                     self.cluster.send_undelivered(&self.peer, &shown, &e);
                 }
             }
-            Header::Multicast {
-                tenant,
-                channel,
-                source,
-                compressed,
-            }
-            | Header::Publish {
-                tenant,
-                channel,
-                source,
-                compressed,
-            } => {
-                let publish = matches!(header, Header::Publish { .. });
+            Header::Channel { copy, compressed } => {
                 match self.cluster.settings.unpack(payload, compressed) {
-                    Ok(p) => self.kernel.multicast.cluster_arrived(
-                        &self.peer,
-                        TenantId(tenant),
-                        channel,
-                        Address(source),
-                        p.into(),
-                        publish,
-                    ),
+                    Ok(p) => {
+                        self.cluster.multicast.cluster_arrived(
+                            &self.kernel,
+                            &self.peer,
+                            copy,
+                            p.into(),
+                        );
+                    }
                     Err(e) => tracing::warn!(peer = %self.peer, "multicast dropped: {e}"),
                 }
             }
@@ -335,10 +323,10 @@ impl LinkHandler<Control, Header> for AgentHandler {
                 let _ = self.tx.send(Outgoing::Control(answer));
                 Ok(())
             }
-            c @ (Control::Subscribe { .. }
-            | Control::Unsubscribe { .. }
-            | Control::ChannelGone { .. }) => {
-                self.kernel.multicast.cluster_control(&self.peer, c);
+            Control::Channel(c) => {
+                self.cluster
+                    .multicast
+                    .cluster_control_arrived(&self.kernel, &self.peer, c);
                 Ok(())
             }
             Control::Ping { session, address } => {

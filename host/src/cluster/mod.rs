@@ -33,7 +33,6 @@ pub mod proto;
 mod sender;
 
 mod agent;
-mod client;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -47,6 +46,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::ClusterNodeConfig;
+use crate::multicast::proto::{ChannelControl, ChannelCopy};
+use crate::multicast::{ClusterCarrier, Multicast, NotCarried};
 use crate::runtime::Waiter;
 use crate::runtime::endpoint::HostEndpoint;
 use crate::runtime::tenant::Tenant;
@@ -253,6 +254,8 @@ pub(crate) struct Cluster {
     /// Sends from other nodes that found no service here.
     undelivered: Undelivered,
     cancel: CancellationToken,
+    /// The node's channels, which cluster links carry copies for.
+    multicast: Arc<Multicast>,
 }
 
 /// Counts the cluster sends that reached this node for a service it does
@@ -301,6 +304,7 @@ impl Cluster {
     /// A bad cluster config (file, line, key) or a listener that cannot be bound.
     pub(crate) async fn start(
         kernel: &Arc<Kernel>,
+        multicast: Arc<Multicast>,
         config: &ClusterNodeConfig,
     ) -> Result<Arc<Cluster>, ClusterStartError> {
         let table = match &config.config {
@@ -334,7 +338,13 @@ impl Cluster {
             nodes_out: health::NodesOut::default(),
             undelivered: Undelivered::default(),
             cancel: kernel.shutdown.child_token(),
+            multicast,
         });
+        let links = MulticastLinks {
+            cluster: Arc::downgrade(&cluster),
+            name: config.name.clone(),
+        };
+        cluster.multicast.carry_over_cluster(Arc::new(links));
         let bound = match &config.listen {
             Some(at) => Some(cluster.open(at).map_err(ClusterStartError::Listen)?),
             None => None,
@@ -471,17 +481,12 @@ impl Cluster {
     ///
     /// # Errors
     /// As [`send`](Self::send).
-    pub fn push(
+    fn push(
         self: &Arc<Self>,
         node: &str,
         item: Outgoing<proto::Control, proto::Header>,
     ) -> Result<(), ClusterError> {
         self.route(node, Job::Item(item)).map_err(|(_, e)| e)
-    }
-
-    /// A multicast payload, compressed when the node compresses.
-    pub fn pack(&self, payload: Vec<u8>) -> (Vec<u8>, bool) {
-        self.settings.pack(payload)
     }
 
     /// Asks `node` for the address of a name it registered; `waiter` gets
@@ -931,5 +936,48 @@ mod watch {
             }
         });
         Ok(())
+    }
+}
+
+/// Multicast's way over the cluster links (weak: the cluster holds its
+/// node's `Multicast`).
+struct MulticastLinks {
+    cluster: Weak<Cluster>,
+    name: String,
+}
+
+impl MulticastLinks {
+    fn cluster(&self) -> Result<Arc<Cluster>, NotCarried> {
+        self.cluster.upgrade().ok_or_else(|| NotCarried {
+            cause: ErrorCause::NodeDown,
+            detail: "the node's cluster side has stopped".into(),
+        })
+    }
+}
+
+fn not_carried(e: ClusterError) -> NotCarried {
+    NotCarried {
+        cause: e.cause,
+        detail: e.detail,
+    }
+}
+
+impl ClusterCarrier for MulticastLinks {
+    fn node_name(&self) -> &str {
+        &self.name
+    }
+
+    fn control(&self, node: &str, control: ChannelControl) -> Result<(), NotCarried> {
+        let item = Outgoing::Control(proto::Control::Channel(control));
+        self.cluster()?.push(node, item).map_err(not_carried)
+    }
+
+    fn copy(&self, node: &str, copy: ChannelCopy, payload: bytes::Bytes) -> Result<(), NotCarried> {
+        let cluster = self.cluster()?;
+        let (packed, compressed) = cluster.settings.pack(payload.into());
+        let header = proto::Header::Channel { copy, compressed };
+        cluster
+            .push(node, Outgoing::Message(header, packed))
+            .map_err(not_carried)
     }
 }

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::multicast::proto::{ChannelControl, ChannelCopy};
+
 /// The transport protocol name of a cluster link.
 pub const PROTOCOL: &str = "skyhost-cluster";
 
@@ -67,26 +69,11 @@ pub enum Header {
         /// Trace id of the logical request (0: none).
         trace: u64,
     },
-    /// Owner → subscribing node: a publish on `channel` (the owner's id),
-    /// for the receiving node's subscribers of it.
-    Multicast {
-        /// The tenant the channel belongs to.
-        tenant: u32,
-        /// The channel, as the owner numbers it.
-        channel: u32,
-        /// The publisher, as its node numbers it (0: not known there).
-        source: u32,
-        /// The payload is lz4-compressed.
-        compressed: bool,
-    },
-    /// Node → owner: publish on `channel` (the owner's id).
-    Publish {
-        /// The tenant the channel belongs to.
-        tenant: u32,
-        /// The channel, as the owner numbers it.
-        channel: u32,
-        /// The publisher on the sending node.
-        source: u32,
+    /// A multicast copy: a publish for the channel's owner, or a copy for
+    /// the receiving node's subscribers.
+    Channel {
+        /// Which channel, and from whom.
+        copy: ChannelCopy,
         /// The payload is lz4-compressed.
         compressed: bool,
     },
@@ -111,27 +98,8 @@ pub enum Control {
         /// The name.
         name: String,
     },
-    /// Node → owner: the sending node has subscribers for `channel`.
-    Subscribe {
-        /// The tenant the channel belongs to.
-        tenant: u32,
-        /// The channel, as the owner numbers it.
-        channel: u32,
-    },
-    /// Node → owner: the sending node has no subscribers for `channel` now.
-    Unsubscribe {
-        /// The tenant the channel belongs to.
-        tenant: u32,
-        /// The channel, as the owner numbers it.
-        channel: u32,
-    },
-    /// Owner → node: `channel` was deleted.
-    ChannelGone {
-        /// The tenant the channel belongs to.
-        tenant: u32,
-        /// The channel, as the owner numbers it.
-        channel: u32,
-    },
+    /// A control message about a multicast channel.
+    Channel(ChannelControl),
     /// Node → caller: the answer to a `Query`.
     QueryResult {
         /// The query it answers.

@@ -14,7 +14,8 @@
 //! difference except latency.
 //!
 //! Who owns what:
-//! - `Harbor` (one per harbor node, held by its `Kernel`): the peer
+//! - `Harbor` (one per harbor node; the node's `Kernel` reaches it as its
+//!   `Remote` port): the peer
 //!   table (256 slots), the directory the master sent, the global-name
 //!   replica, waiting `queryname`s and up/down watchers.
 //! - `Peer` (one per other node): the sending side of its queue and the
@@ -24,8 +25,8 @@
 //! - [`master::Master`]: directory and global names, in a standalone node
 //!   or on its own; it tells every node of joins, leaves and names.
 //!
-//! Files by role: `mod.rs` the `Harbor` (peer table, names replica,
-//! watchers, forwarding), `peer.rs` the peer links, `master_link.rs` this
+//! Files by role: `mod.rs` the `Harbor` (peer table, watchers,
+//! forwarding), `names.rs` the global names replica, `peer.rs` the peer links, `master_link.rs` this
 //! node's link to the master, `master.rs` the master itself.
 //!
 //! Every session ends: a request to a node that is down fails at once
@@ -35,10 +36,11 @@
 
 pub mod master;
 mod master_link;
+mod names;
 mod peer;
 pub mod proto;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -52,10 +54,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::HarborConfig;
+use crate::multicast::proto::ChannelControl;
+use crate::multicast::{HarborCarrier, Multicast};
 pub(crate) use crate::runtime::Waiter;
-use crate::runtime::{Address, ErrorCause, HarborId, Kernel, Message, SendError, TenantId, kind};
+use crate::runtime::{
+    Address, ErrorCause, GlobalNameError, HarborId, Kernel, Message, Remote, SendError, TenantId,
+    kind,
+};
 use crate::transport::{Connection, Envelope, LinkConfig, Outgoing};
 use master_link::master_loop;
+use names::Names;
 use peer::{Inflight, Peer, accept_loop, peer_task};
 use proto::{Control, MASTER_PROTOCOL};
 
@@ -114,21 +122,6 @@ pub(crate) enum Watch {
     LinkMaster,
 }
 
-/// The replica of the global names, and who waits on them.
-#[derive(Default)]
-struct Names {
-    /// Every global name, as the master last told.
-    table: HashMap<String, Address>,
-    /// Names held by this node's services (registered again after the
-    /// master comes back).
-    own: HashMap<String, Address>,
-    /// `queryname`s waiting for a name to appear, with their ids.
-    waiting: HashMap<String, Vec<(u64, Waiter)>>,
-    /// `globalname` requests waiting for the master's answer.
-    registering: HashMap<u32, Waiter>,
-    next_id: u64,
-}
-
 /// Bytes waiting for one peer's link (payloads and a small overhead per
 /// message) past which multicast copies for it are dropped, counted and
 /// logged: a slow node cannot make a publisher's node grow without bound.
@@ -159,6 +152,8 @@ pub(crate) struct Harbor {
     cancel: CancellationToken,
     /// The master this node runs, when it is `standalone`.
     master: Mutex<Option<master::Master>>,
+    /// The node's channels, which peer links carry copies for.
+    multicast: Arc<Multicast>,
 }
 
 impl Harbor {
@@ -169,6 +164,7 @@ impl Harbor {
     /// [`HarborError`] when a listener cannot be bound or the join fails.
     pub(crate) async fn start(
         kernel: &Arc<Kernel>,
+        multicast: Arc<Multicast>,
         config: &HarborConfig,
     ) -> Result<Arc<Harbor>, HarborError> {
         let id = config.id;
@@ -239,7 +235,10 @@ impl Harbor {
             refused: AtomicU64::new(0),
             cancel,
             master: Mutex::new(running_master),
+            multicast,
         });
+        let links = Arc::new(MulticastLinks(Arc::downgrade(&harbor)));
+        harbor.multicast.carry_over_harbor(links);
         let join_failed = |reason: String| HarborError::Join {
             id,
             master: harbor.master_address.clone(),
@@ -314,14 +313,14 @@ impl Harbor {
     }
 
     /// Sends a control message to harbor `node`; false if it is not known.
-    pub fn control(&self, node: u8, control: Control) -> bool {
+    fn control(&self, node: u8, control: Control) -> bool {
         self.control_or_message(node, Outgoing::Control(control))
     }
 
-    /// Sends a multicast message for `channel` to harbor `node` (a publish
-    /// for the channel's owner, or a delivery for its subscribers); false if
-    /// the node is not known.
-    pub fn multicast(
+    /// Sends a multicast copy for `channel` to harbor `node` (a publish
+    /// for the channel's owner, or a delivery for its subscribers); false
+    /// when it was dropped (counted).
+    fn multicast_copy(
         &self,
         node: u8,
         (tenant, channel): (TenantId, u32),
@@ -452,165 +451,6 @@ impl Harbor {
             .clone()
     }
 
-    fn names(&self) -> MutexGuard<'_, Names> {
-        self.names.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Registers a global name without waiting for the master's answer.
-    ///
-    /// # Errors
-    /// `Taken` if another service holds it; `Unavailable` when the master
-    /// is unreachable.
-    pub fn register(&self, name: &str, address: Address) -> Result<(), GlobalNameError> {
-        self.claim(name, address)?;
-        self.send_master(Control::Register {
-            request: 0,
-            name: name.to_string(),
-            address: address.0,
-        })
-    }
-
-    /// Registers a global name; `waiter` gets the master's answer.
-    pub fn register_confirmed(&self, name: &str, address: Address, waiter: Waiter) {
-        let Some(kernel) = self.kernel() else { return };
-        if let Err(e) = self.claim(name, address) {
-            let cause = match e {
-                GlobalNameError::Taken { .. } => ErrorCause::Service,
-                GlobalNameError::Unavailable => ErrorCause::NodeDown,
-            };
-            return waiter.fail(&kernel, cause, &e.to_string());
-        }
-        let request = self.next_request.fetch_add(1, Ordering::Relaxed).max(1);
-        self.names().registering.insert(request, waiter);
-        let sent = self.send_master(Control::Register {
-            request,
-            name: name.to_string(),
-            address: address.0,
-        });
-        if let Err(e) = sent
-            && let Some(w) = self.names().registering.remove(&request)
-        {
-            w.fail(&kernel, ErrorCause::NodeDown, &e.to_string());
-        }
-    }
-
-    /// Checks a global name is free (or ours) and records it as ours.
-    fn claim(&self, name: &str, address: Address) -> Result<(), GlobalNameError> {
-        if !self.master_up() {
-            return Err(GlobalNameError::Unavailable);
-        }
-        let mut names = self.names();
-        if let Some(&holder) = names.table.get(name)
-            && holder != address
-        {
-            return Err(GlobalNameError::Taken {
-                name: name.to_string(),
-                holder,
-            });
-        }
-        names.own.insert(name.to_string(), address);
-        names.table.insert(name.to_string(), address);
-        Ok(())
-    }
-
-    /// Drops a global name held by `address`.
-    pub fn unregister(&self, name: &str, address: Address) {
-        {
-            let mut names = self.names();
-            if names.own.get(name) == Some(&address) {
-                names.own.remove(name);
-            }
-            if names.table.get(name) == Some(&address) {
-                names.table.remove(name);
-            }
-        }
-        let _ = self.send_master(Control::Unregister {
-            name: name.to_string(),
-            address: address.0,
-        });
-    }
-
-    fn send_master(&self, control: Control) -> Result<(), GlobalNameError> {
-        match self.master_tx() {
-            Some(tx) if tx.send(Outgoing::Control(control)).is_ok() => Ok(()),
-            _ => Err(GlobalNameError::Unavailable),
-        }
-    }
-
-    /// The address holding a global name, as this node knows it now.
-    pub fn query(&self, name: &str) -> Option<Address> {
-        self.names().table.get(name).copied()
-    }
-
-    /// Answers `waiter` with the address of `name` (4 bytes, little-endian)
-    /// once it exists, or an error after `timeout_ms` (0: wait as long as
-    /// the master is reachable) or when the master is unreachable.
-    pub fn queryname(self: &Arc<Self>, name: &str, timeout_ms: u32, waiter: Waiter) {
-        let Some(kernel) = self.kernel() else { return };
-        let id = {
-            let mut names = self.names();
-            if let Some(&a) = names.table.get(name) {
-                drop(names);
-                return waiter.respond(&kernel, a, a.0.to_le_bytes().to_vec());
-            }
-            if !self.master_up() {
-                drop(names);
-                return waiter.fail(
-                    &kernel,
-                    ErrorCause::NodeDown,
-                    &format!("global name `{name}`: the harbor master is unreachable"),
-                );
-            }
-            names.next_id += 1;
-            let id = names.next_id;
-            names
-                .waiting
-                .entry(name.to_string())
-                .or_default()
-                .push((id, waiter));
-            id
-        };
-        if timeout_ms > 0 {
-            let harbor = Arc::downgrade(self);
-            let name = name.to_string();
-            let cancel = self.cancel.clone();
-            kernel.tasks.spawn(async move {
-                tokio::select! {
-                    () = cancel.cancelled() => {}
-                    () = tokio::time::sleep(Duration::from_millis(timeout_ms.into())) => {
-                        if let Some(h) = harbor.upgrade() {
-                            h.expire_query(&name, id, timeout_ms);
-                        }
-                    }
-                }
-            });
-        }
-    }
-
-    fn expire_query(&self, name: &str, id: u64, timeout_ms: u32) {
-        let waiter = {
-            let mut names = self.names();
-            let Some(list) = names.waiting.get_mut(name) else {
-                return;
-            };
-            let Some(i) = list.iter().position(|(i, _)| *i == id) else {
-                return;
-            };
-            let (_, w) = list.swap_remove(i);
-            if list.is_empty() {
-                names.waiting.remove(name);
-            }
-            w
-        };
-        if let Some(kernel) = self.kernel() {
-            waiter.fail(
-                &kernel,
-                ErrorCause::Timeout,
-                &format!("global name `{name}` did not appear within {timeout_ms} ms"),
-            );
-        }
-    }
-
     /// Tells `waiter` when `watch` holds (at once if it holds now).
     pub fn watch(&self, watch: Watch, waiter: Waiter) {
         let Some(kernel) = self.kernel() else { return };
@@ -703,7 +543,7 @@ impl Harbor {
             peer.gone.cancel();
         }
         if let Some(kernel) = self.kernel() {
-            kernel.multicast.node_down(id);
+            self.multicast.node_down(&kernel, id);
         }
         let gone: Vec<String> = {
             let mut names = self.names();
@@ -830,54 +670,6 @@ impl Harbor {
         self.wake_queries();
     }
 
-    /// Answers the `queryname`s whose name now exists.
-    fn wake_queries(&self) {
-        let Some(kernel) = self.kernel() else { return };
-        let ready: Vec<(Address, Waiter)> = {
-            let mut names = self.names();
-            let found: Vec<String> = names
-                .waiting
-                .keys()
-                .filter(|n| names.table.contains_key(*n))
-                .cloned()
-                .collect();
-            let mut ready = Vec::new();
-            for n in found {
-                let a = names.table[&n];
-                for (_, w) in names.waiting.remove(&n).unwrap_or_default() {
-                    ready.push((a, w));
-                }
-            }
-            ready
-        };
-        for (a, w) in ready {
-            w.respond(&kernel, a, a.0.to_le_bytes().to_vec());
-        }
-    }
-
-    /// The master link dropped: waiting queries and registrations fail.
-    fn master_lost(&self, why: &str) {
-        *self.master_tx.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        let (queries, registrations) = {
-            let mut names = self.names();
-            let q: Vec<Waiter> = names
-                .waiting
-                .drain()
-                .flat_map(|(_, v)| v)
-                .map(|(_, w)| w)
-                .collect();
-            let r: Vec<Waiter> = names.registering.drain().map(|(_, w)| w).collect();
-            (q, r)
-        };
-        if let Some(kernel) = self.kernel() {
-            let detail = format!("the harbor master is unreachable: {why}");
-            for w in queries.into_iter().chain(registrations) {
-                w.fail(&kernel, ErrorCause::NodeDown, &detail);
-            }
-        }
-        self.fire_watchers();
-    }
-
     /// Stops the master this node runs, if any.
     pub async fn stop(&self) {
         self.cancel.cancel();
@@ -893,20 +685,57 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Why a global name could not be registered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GlobalNameError {
-    /// Another service holds it.
-    #[error("global name `{name}` is held by {holder}")]
-    Taken {
-        /// The name.
-        name: String,
-        /// Its holder.
-        holder: Address,
-    },
-    /// The master cannot be reached.
-    #[error("the harbor master is unreachable")]
-    Unavailable,
+/// The core reaches the other nodes through the harbor.
+impl Remote for Harbor {
+    fn forward(&self, dest: Address, message: Message) -> Result<(), SendError> {
+        Harbor::forward(self, dest, message)
+    }
+
+    fn monitor(&self, tenant: TenantId, watcher: Address, target: Address) {
+        Harbor::monitor(self, tenant, watcher, target);
+    }
+
+    fn demonitor(&self, watcher: Address, target: Address) {
+        Harbor::demonitor(self, watcher, target);
+    }
+
+    fn register(&self, key: &str, address: Address) -> Result<(), GlobalNameError> {
+        Harbor::register(self, key, address)
+    }
+
+    fn register_confirmed(&self, key: &str, address: Address, waiter: Waiter) {
+        Harbor::register_confirmed(self, key, address, waiter);
+    }
+
+    fn unregister(&self, key: &str, address: Address) {
+        Harbor::unregister(self, key, address);
+    }
+
+    fn query(&self, key: &str) -> Option<Address> {
+        Harbor::query(self, key)
+    }
+
+    fn queryname(self: Arc<Self>, key: &str, timeout_ms: u32, waiter: Waiter) {
+        Harbor::queryname(&self, key, timeout_ms, waiter);
+    }
+}
+
+/// Multicast's way over the peer links (weak: the harbor holds its
+/// node's `Multicast`).
+struct MulticastLinks(Weak<Harbor>);
+
+impl HarborCarrier for MulticastLinks {
+    fn control(&self, node: u8, control: ChannelControl) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|h| h.control(node, Control::Channel(control)))
+    }
+
+    fn copy(&self, node: u8, key: (TenantId, u32), source: Address, payload: bytes::Bytes) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|h| h.multicast_copy(node, key, source, payload))
+    }
 }
 
 /// Reconnection delays: 50 ms doubling to 1 s, with jitter, for ever.

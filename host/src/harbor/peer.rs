@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use super::proto::{Control, PEER_PROTOCOL};
 use super::{Harbor, lock, retry_delays};
+use crate::multicast::Multicast;
 use crate::runtime::{Address, GUEST_SESSIONS, Kernel, LateAt, Message, TenantId, kind};
 use crate::transport::{Connection, Envelope, LinkHandler, Outgoing};
 
@@ -186,6 +187,7 @@ pub(super) async fn peer_task(
         let Some(kernel) = harbor.kernel() else { break };
         let mut handler = PeerHandler {
             kernel,
+            multicast: harbor.multicast.clone(),
             peer: peer.clone(),
         };
         let why = tokio::select! {
@@ -213,6 +215,7 @@ pub(super) async fn peer_task(
 /// Delivers what a peer sends into this node.
 struct PeerHandler {
     kernel: Arc<Kernel>,
+    multicast: Arc<Multicast>,
     peer: Arc<Peer>,
 }
 
@@ -244,9 +247,8 @@ impl LinkHandler<Control> for PeerHandler {
                 let source = Address(e.source);
                 let payload = payload.into();
                 let key = (TenantId(e.tenant), e.session);
-                self.kernel
-                    .multicast
-                    .arrived(self.peer.id, key, source, payload);
+                self.multicast
+                    .arrived(&self.kernel, self.peer.id, key, source, payload);
                 return;
             }
             _ => {}
@@ -302,9 +304,10 @@ impl LinkHandler<Control> for PeerHandler {
             Control::Demonitor { watcher, target } if local(target) => {
                 self.kernel.demonitor(Address(watcher), Address(target));
             }
-            c @ (Control::Subscribe { .. }
-            | Control::Unsubscribe { .. }
-            | Control::ChannelGone { .. }) => self.kernel.multicast.control(self.peer.id, c),
+            Control::Channel(c) => {
+                self.multicast
+                    .control_arrived(&self.kernel, self.peer.id, c);
+            }
             other => {
                 return Err(format!(
                     "unexpected control message on a peer link: {other:?}"

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::multicast::proto::ChannelControl;
+
 /// The transport protocol name of a node's link to the master.
 pub const MASTER_PROTOCOL: &str = "skyhost-harbor-master";
 /// The transport protocol name of a link between two harbor nodes.
@@ -89,28 +91,8 @@ pub enum Control {
         /// The service watched.
         target: u32,
     },
-    /// Node → node: this node has subscribers for `channel` (made on the
-    /// receiving node); send it every publish.
-    Subscribe {
-        /// The tenant the channel belongs to.
-        tenant: u32,
-        /// The channel.
-        channel: u32,
-    },
-    /// Node → node: this node has no subscribers for `channel` any more.
-    Unsubscribe {
-        /// The tenant the channel belongs to.
-        tenant: u32,
-        /// The channel.
-        channel: u32,
-    },
-    /// Node → node: `channel` (made on the sending node) is gone.
-    ChannelGone {
-        /// The tenant the channel belongs to.
-        tenant: u32,
-        /// The channel.
-        channel: u32,
-    },
+    /// Node → node: a control message about a multicast channel.
+    Channel(ChannelControl),
     /// Node → node: stop a `Monitor`.
     Demonitor {
         /// The service that watched.

@@ -22,18 +22,25 @@
 //! and the publisher as source; source 0 with an empty payload says the
 //! channel was deleted (or its owner's node went down).
 //!
-//! Who owns what: `Multicast` (one per node, in its `Kernel`) owns both
-//! tables. A subscribed service's handle lists its channels, so its end
-//! unsubscribes it everywhere.
+//! Who owns what: `Multicast` (one per node, made by the node and shared
+//! with its harbor, cluster and WIT imports) owns both tables. Each
+//! subscription is held in the runtime with the closure that drops it, so
+//! a service's end unsubscribes it everywhere. Multicast is below harbor
+//! and cluster: it speaks its own messages (`proto.rs`) and reaches other
+//! nodes through the carrier ports they implement (`HarborCarrier`,
+//! `ClusterCarrier`); the calls that deliver take the node's core
+//! (`&Kernel`).
+
+pub mod proto;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use bytes::Bytes;
 
-use crate::harbor::proto::Control;
-use crate::runtime::{Address, HarborId, Kernel, Message, TenantId, kind};
+use crate::runtime::{Address, ErrorCause, HarborId, Kernel, Message, TenantId, kind};
+use proto::{ChannelControl, ChannelCopy};
 
 /// A channel within its tenant: each tenant has its own channels, so two
 /// tenants' channels with one number are two channels.
@@ -59,6 +66,44 @@ pub enum ChannelError {
     NodeDown(u32),
 }
 
+/// Why a message for another node did not leave.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub(crate) struct NotCarried {
+    /// `Overloaded` when the node's queue is full, else why it is unreachable.
+    pub cause: ErrorCause,
+    /// What the carrier said.
+    pub detail: String,
+}
+
+/// The harbor's links, as multicast uses them (implemented by the harbor
+/// over a weak reference: the harbor holds its node's `Multicast`).
+pub(crate) trait HarborCarrier: Send + Sync {
+    /// Sends `control` to harbor node `node`; false when it is not linked.
+    fn control(&self, node: u8, control: ChannelControl) -> bool;
+    /// Sends a copy of a publish on `key` to harbor node `node` (for the
+    /// channel's owner, or for that node's subscribers); false when it was
+    /// dropped (the carrier counts it).
+    fn copy(&self, node: u8, key: (TenantId, u32), source: Address, payload: Bytes) -> bool;
+}
+
+/// The cluster's links, as multicast uses them (implemented by the cluster
+/// over a weak reference: the cluster holds its node's `Multicast`).
+pub(crate) trait ClusterCarrier: Send + Sync {
+    /// This node's name in the cluster.
+    fn node_name(&self) -> &str;
+    /// Sends `control` to cluster node `node`.
+    ///
+    /// # Errors
+    /// When the node is unknown, down, or its queue is full.
+    fn control(&self, node: &str, control: ChannelControl) -> Result<(), NotCarried>;
+    /// Sends one copy (`header` and its payload) to cluster node `node`.
+    ///
+    /// # Errors
+    /// As [`control`](Self::control); `Overloaded` when its queue is full.
+    fn copy(&self, node: &str, header: ChannelCopy, payload: Bytes) -> Result<(), NotCarried>;
+}
+
 /// A channel made on this node (or this node's stand-in for a channel of
 /// another cluster node: see `bound`).
 #[derive(Default)]
@@ -82,20 +127,26 @@ struct Tables {
     stand_ins: HashMap<(String, TenantId, u32), u32>,
 }
 
+/// A publish made on this node for one of its own channels.
+type Publish = (Key, Address, Bytes);
+
 /// The multicast side of one node.
 pub(crate) struct Multicast {
-    kernel: Weak<Kernel>,
     harbor: HarborId,
     next: AtomicU32,
     tables: Mutex<Tables>,
+    /// The harbor's links, on a harbor node.
+    over_harbor: OnceLock<Arc<dyn HarborCarrier>>,
+    /// The cluster's links, on a cluster node.
+    over_cluster: OnceLock<Arc<dyn ClusterCarrier>>,
     /// Copies dropped for nodes whose queue was full.
-    overflow: std::sync::atomic::AtomicU64,
+    overflow: AtomicU64,
     /// Publishes made on this node for its own channels, fanned out by one
     /// task in publish order: the publisher's import returns at once, so
     /// a publisher never runs its subscribers' deliveries on its own time
     /// (and its subscribers then take their messages in batches).
-    fan_out: tokio::sync::mpsc::UnboundedSender<(Key, Address, Bytes)>,
-    fan_out_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Key, Address, Bytes)>>>,
+    fan_out: tokio::sync::mpsc::UnboundedSender<Publish>,
+    fan_out_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Publish>>>,
 }
 
 /// The largest channel number (24 bits, beside the harbor id).
@@ -105,11 +156,18 @@ fn owner(channel: u32) -> u8 {
     (channel & 0xff) as u8
 }
 
+fn not_in_a_cluster() -> NotCarried {
+    NotCarried {
+        cause: ErrorCause::NodeDown,
+        detail: "this node is not in a cluster".into(),
+    }
+}
+
 impl Multicast {
-    pub(crate) fn new(kernel: Weak<Kernel>, harbor: HarborId) -> Self {
+    /// The multicast side of the node with harbor id `harbor`.
+    pub(crate) fn new(harbor: HarborId) -> Self {
         let (fan_out, fan_out_rx) = tokio::sync::mpsc::unbounded_channel();
         Multicast {
-            kernel,
             harbor,
             fan_out,
             fan_out_rx: Mutex::new(Some(fan_out_rx)),
@@ -117,8 +175,35 @@ impl Multicast {
             // so they rarely meet.
             next: AtomicU32::new(1 << 23),
             tables: Mutex::new(Tables::default()),
-            overflow: std::sync::atomic::AtomicU64::new(0),
+            over_harbor: OnceLock::new(),
+            over_cluster: OnceLock::new(),
+            overflow: AtomicU64::new(0),
         }
+    }
+
+    /// Carries copies and control messages for other harbor nodes over `harbor`.
+    pub(crate) fn carry_over_harbor(&self, harbor: Arc<dyn HarborCarrier>) {
+        let _ = self.over_harbor.set(harbor);
+    }
+
+    /// Carries copies and control messages for cluster nodes over `cluster`.
+    pub(crate) fn carry_over_cluster(&self, cluster: Arc<dyn ClusterCarrier>) {
+        let _ = self.over_cluster.set(cluster);
+    }
+
+    fn harbor_links(&self) -> Option<&Arc<dyn HarborCarrier>> {
+        self.over_harbor.get()
+    }
+
+    fn cluster_links(&self) -> Option<&Arc<dyn ClusterCarrier>> {
+        self.over_cluster.get()
+    }
+
+    /// Sends a control message to cluster node `node`.
+    fn cluster_control(&self, node: &str, control: ChannelControl) -> Result<(), NotCarried> {
+        self.cluster_links()
+            .ok_or_else(not_in_a_cluster)?
+            .control(node, control)
     }
 
     fn tables(&self) -> MutexGuard<'_, Tables> {
@@ -161,7 +246,12 @@ impl Multicast {
     ///
     /// # Errors
     /// `NotOwner` for a channel of another node, `NoSuchChannel`.
-    pub fn delete(&self, tenant: TenantId, channel: u32) -> Result<(), ChannelError> {
+    pub fn delete(
+        &self,
+        kernel: &Kernel,
+        tenant: TenantId,
+        channel: u32,
+    ) -> Result<(), ChannelError> {
         if !self.is_mine(channel) {
             return Err(ChannelError::NotOwner(channel));
         }
@@ -170,30 +260,27 @@ impl Multicast {
             .owned
             .remove(&(tenant, channel))
             .ok_or(ChannelError::NoSuchChannel(channel))?;
-        let Some(kernel) = self.kernel.upgrade() else {
-            return Ok(());
-        };
         for sub in owned.local {
             kernel.forget_held(sub, &channel_key(channel));
             let _ = kernel.deliver(sub, gone_notice(tenant, channel));
         }
         let t = tenant.0;
-        if let Some(harbor) = kernel.remote.get() {
+        let gone = ChannelControl::Gone { tenant: t, channel };
+        if let Some(harbor) = self.harbor_links() {
             for node in owned.remote {
-                harbor.control(node, Control::ChannelGone { tenant: t, channel });
+                harbor.control(node, gone);
             }
         }
         for node in owned.cluster {
-            let gone = crate::cluster::proto::Control::ChannelGone { tenant: t, channel };
-            let _ = cluster_control(&kernel, &node, gone);
+            let _ = self.cluster_control(&node, gone);
         }
         if let Some((node, id)) = owned.bound {
             self.tables().stand_ins.remove(&(node.clone(), tenant, id));
-            let unsubscribe = crate::cluster::proto::Control::Unsubscribe {
+            let unsubscribe = ChannelControl::Unsubscribe {
                 tenant: t,
                 channel: id,
             };
-            let _ = cluster_control(&kernel, &node, unsubscribe);
+            let _ = self.cluster_control(&node, unsubscribe);
         }
         Ok(())
     }
@@ -210,15 +297,11 @@ impl Multicast {
         node: &str,
         channel: u32,
     ) -> Result<u32, ChannelError> {
-        let kernel = self
-            .kernel
-            .upgrade()
-            .ok_or(ChannelError::NoSuchChannel(channel))?;
-        let Some(cluster) = kernel.cluster.get() else {
+        let Some(cluster) = self.cluster_links() else {
             return Err(ChannelError::NodeDown(channel));
         };
         let remote = channel;
-        if node == cluster.name {
+        if node == cluster.node_name() {
             return Ok(remote);
         }
         let key = (node.to_string(), tenant, remote);
@@ -234,26 +317,26 @@ impl Multicast {
         Ok(id)
     }
 
-    /// A multicast frame from cluster node `from`: a publish on a channel
-    /// made here (`publish`), or a delivery for a stand-in's subscribers.
+    /// A multicast copy from cluster node `from`: a publish on a channel
+    /// made here, or a delivery for a stand-in's subscribers.
     pub(crate) fn cluster_arrived(
         &self,
+        kernel: &Kernel,
         from: &str,
-        tenant: TenantId,
-        channel: u32,
-        source: Address,
+        copy: ChannelCopy,
         payload: Bytes,
-        publish: bool,
     ) {
-        if publish {
-            if let Err(e) = self.fan_out((tenant, channel), source, payload) {
+        let tenant = TenantId(copy.tenant);
+        let source = Address(copy.source);
+        if copy.publish {
+            if let Err(e) = self.fan_out(kernel, (tenant, copy.channel), source, payload) {
                 tracing::debug!(node = from, "cluster multicast publish dropped: {e}");
             }
             return;
         }
         let (id, subs) = {
             let t = self.tables();
-            let Some(&id) = t.stand_ins.get(&(from.to_string(), tenant, channel)) else {
+            let Some(&id) = t.stand_ins.get(&(from.to_string(), tenant, copy.channel)) else {
                 return;
             };
             (
@@ -264,47 +347,45 @@ impl Multicast {
                     .unwrap_or_default(),
             )
         };
-        if let Some(kernel) = self.kernel.upgrade() {
-            // The source is the publisher's address on its own node.
-            deliver_all(&kernel, &subs, (tenant, id), source, &payload);
-        }
+        // The source is the publisher's address on its own node.
+        deliver_all(kernel, &subs, (tenant, id), source, &payload);
     }
 
     /// A control message about channels from cluster node `from`.
-    pub(crate) fn cluster_control(&self, from: &str, control: crate::cluster::proto::Control) {
-        use crate::cluster::proto::Control as C;
+    pub(crate) fn cluster_control_arrived(
+        &self,
+        kernel: &Kernel,
+        from: &str,
+        control: ChannelControl,
+    ) {
         match control {
-            C::Subscribe { tenant, channel } => {
+            ChannelControl::Subscribe { tenant, channel } => {
                 let known = self
                     .tables()
                     .owned
                     .get_mut(&(TenantId(tenant), channel))
                     .map(|o| o.cluster.insert(from.to_string()))
                     .is_some();
-                if !known && let Some(kernel) = self.kernel.upgrade() {
-                    let gone = C::ChannelGone { tenant, channel };
-                    let _ = cluster_control(&kernel, from, gone);
+                if !known {
+                    let _ = self.cluster_control(from, ChannelControl::Gone { tenant, channel });
                 }
             }
-            C::Unsubscribe { tenant, channel } => {
+            ChannelControl::Unsubscribe { tenant, channel } => {
                 if let Some(o) = self.tables().owned.get_mut(&(TenantId(tenant), channel)) {
                     o.cluster.remove(from);
                 }
             }
-            C::ChannelGone { tenant, channel } => {
+            ChannelControl::Gone { tenant, channel } => {
                 let tenant = TenantId(tenant);
                 let key = (from.to_string(), tenant, channel);
                 let id = self.tables().stand_ins.remove(&key);
                 let Some(id) = id else { return };
                 let owned = self.tables().owned.remove(&(tenant, id));
-                if let (Some(owned), Some(kernel)) = (owned, self.kernel.upgrade()) {
-                    for sub in owned.local {
-                        kernel.forget_held(sub, &channel_key(id));
-                        let _ = kernel.deliver(sub, gone_notice(tenant, id));
-                    }
+                for sub in owned.map(|o| o.local).unwrap_or_default() {
+                    kernel.forget_held(sub, &channel_key(id));
+                    let _ = kernel.deliver(sub, gone_notice(tenant, id));
                 }
             }
-            _ => {}
         }
     }
 
@@ -314,15 +395,12 @@ impl Multicast {
     /// `NoSuchChannel` for a channel of this node that does not exist;
     /// `NodeDown` when the channel's node is not connected.
     pub fn subscribe(
-        &self,
+        self: &Arc<Self>,
+        kernel: &Kernel,
         tenant: TenantId,
         channel: u32,
         service: Address,
     ) -> Result<(), ChannelError> {
-        let kernel = self
-            .kernel
-            .upgrade()
-            .ok_or(ChannelError::NoSuchChannel(channel))?;
         if self.is_mine(channel) {
             let mut t = self.tables();
             let owned = t
@@ -336,20 +414,19 @@ impl Multicast {
             let bound = owned.bound.clone();
             drop(t);
             if first_of_stand_in && let Some((node, id)) = bound {
-                let subscribe = crate::cluster::proto::Control::Subscribe {
+                let subscribe = ChannelControl::Subscribe {
                     tenant: tenant.0,
                     channel: id,
                 };
-                if let Err(e) = cluster_control(&kernel, &node, subscribe) {
+                if let Err(e) = self.cluster_control(&node, subscribe) {
                     self.drop_subscriber(tenant, channel, service);
                     tracing::warn!(%node, "multicast subscribe not sent: {e}");
                     return Err(ChannelError::NodeDown(channel));
                 }
             }
         } else {
-            let harbor = kernel
-                .remote
-                .get()
+            let harbor = self
+                .harbor_links()
                 .ok_or(ChannelError::NoSuchChannel(channel))?;
             let first = {
                 let mut t = self.tables();
@@ -360,7 +437,7 @@ impl Multicast {
                 subs.push(service);
                 subs.len() == 1
             };
-            let subscribe = Control::Subscribe {
+            let subscribe = ChannelControl::Subscribe {
                 tenant: tenant.0,
                 channel,
             };
@@ -369,10 +446,10 @@ impl Multicast {
                 return Err(ChannelError::NodeDown(channel));
             }
         }
-        let multicast = self.kernel.clone();
+        let multicast = Arc::downgrade(self);
         let unsubscribe: crate::runtime::ExitHook = Box::new(move || {
-            if let Some(k) = multicast.upgrade() {
-                k.multicast.drop_subscriber(tenant, channel, service);
+            if let Some(m) = multicast.upgrade() {
+                m.drop_subscriber(tenant, channel, service);
             }
         });
         kernel.hold(service, None, channel_key(channel), unsubscribe);
@@ -380,16 +457,13 @@ impl Multicast {
     }
 
     /// Unsubscribes `service` from `channel` (nothing if it was not).
-    pub fn unsubscribe(&self, tenant: TenantId, channel: u32, service: Address) {
-        if let Some(kernel) = self.kernel.upgrade() {
-            kernel.forget_held(service, &channel_key(channel));
-        }
+    pub fn unsubscribe(&self, kernel: &Kernel, tenant: TenantId, channel: u32, service: Address) {
+        kernel.forget_held(service, &channel_key(channel));
         self.drop_subscriber(tenant, channel, service);
     }
 
-    /// Takes `service` off `channel`'s lists (its handle is updated by the
-    /// caller).
-    pub(crate) fn drop_subscriber(&self, tenant: TenantId, channel: u32, service: Address) {
+    /// Takes `service` off `channel`'s lists.
+    fn drop_subscriber(&self, tenant: TenantId, channel: u32, service: Address) {
         if self.is_mine(channel) {
             let last_of_stand_in = {
                 let mut t = self.tables();
@@ -402,12 +476,12 @@ impl Multicast {
                     .then(|| owned.bound.clone())
                     .flatten()
             };
-            if let (Some((node, id)), Some(kernel)) = (last_of_stand_in, self.kernel.upgrade()) {
-                let unsubscribe = crate::cluster::proto::Control::Unsubscribe {
+            if let Some((node, id)) = last_of_stand_in {
+                let unsubscribe = ChannelControl::Unsubscribe {
                     tenant: tenant.0,
                     channel: id,
                 };
-                let _ = cluster_control(&kernel, &node, unsubscribe);
+                let _ = self.cluster_control(&node, unsubscribe);
             }
         } else {
             self.drop_mirror_subscriber((tenant, channel), service);
@@ -427,9 +501,9 @@ impl Multicast {
             }
             last
         };
-        if last && let Some(harbor) = self.kernel.upgrade().and_then(|k| k.remote.get().cloned()) {
+        if last && let Some(harbor) = self.harbor_links() {
             let (tenant, channel) = key;
-            let unsubscribe = Control::Unsubscribe {
+            let unsubscribe = ChannelControl::Unsubscribe {
                 tenant: tenant.0,
                 channel,
             };
@@ -461,34 +535,23 @@ impl Multicast {
                 return Ok(());
             };
             // Through the owner, like every publisher's: one order for all.
-            let kernel = self
-                .kernel
-                .upgrade()
+            let cluster = self
+                .cluster_links()
                 .ok_or(ChannelError::NoSuchChannel(channel))?;
-            let cluster = kernel
-                .cluster
-                .get()
-                .ok_or(ChannelError::NoSuchChannel(channel))?;
-            let (payload, compressed) = cluster.pack(payload.into());
-            let header = crate::cluster::proto::Header::Publish {
+            let header = ChannelCopy {
                 tenant: tenant.0,
                 channel: id,
                 source: source.0,
-                compressed,
+                publish: true,
             };
             return cluster
-                .push(&node, crate::transport::Outgoing::Message(header, payload))
+                .copy(&node, header, payload)
                 .map_err(|_| ChannelError::NodeDown(channel));
         }
-        let kernel = self
-            .kernel
-            .upgrade()
+        let harbor = self
+            .harbor_links()
             .ok_or(ChannelError::NoSuchChannel(channel))?;
-        let harbor = kernel
-            .remote
-            .get()
-            .ok_or(ChannelError::NoSuchChannel(channel))?;
-        if harbor.multicast(owner(channel), key, source, payload) {
+        if harbor.copy(owner(channel), key, source, payload) {
             Ok(())
         } else {
             Err(ChannelError::NodeDown(channel))
@@ -498,7 +561,13 @@ impl Multicast {
     /// On the owner: every local subscriber and every other node with
     /// subscribers gets the message (the publisher's node too: its
     /// subscribers get their copy in the same order as everyone's).
-    fn fan_out(&self, key: Key, source: Address, payload: Bytes) -> Result<(), ChannelError> {
+    fn fan_out(
+        &self,
+        kernel: &Kernel,
+        key: Key,
+        source: Address,
+        payload: Bytes,
+    ) -> Result<(), ChannelError> {
         let (tenant, channel) = key;
         let (local, remote, cluster_nodes) = {
             let t = self.tables();
@@ -512,25 +581,20 @@ impl Multicast {
                 owned.cluster.iter().cloned().collect::<Vec<String>>(),
             )
         };
-        let Some(kernel) = self.kernel.upgrade() else {
-            return Ok(());
-        };
-        if let Some(cluster) = kernel.cluster.get() {
+        if !cluster_nodes.is_empty()
+            && let Some(cluster) = self.cluster_links()
+        {
+            let header = ChannelCopy {
+                tenant: tenant.0,
+                channel,
+                source: source.0,
+                publish: false,
+            };
             for node in cluster_nodes {
-                let (packed, compressed) = cluster.pack(payload.to_vec());
-                let header = crate::cluster::proto::Header::Multicast {
-                    tenant: tenant.0,
-                    channel,
-                    source: source.0,
-                    compressed,
-                };
-                let item = crate::transport::Outgoing::Message(header, packed);
-                match cluster.push(&node, item) {
+                match cluster.copy(&node, header, payload.clone()) {
                     Ok(()) => {}
                     // A slow node loses this copy (counted), not its place.
-                    Err(e) if e.cause == crate::runtime::ErrorCause::Overloaded => {
-                        self.count_overflow(&node, &e);
-                    }
+                    Err(e) if e.cause == ErrorCause::Overloaded => self.count_overflow(&node, &e),
                     // A node that is gone or offline leaves the channel.
                     Err(e) => {
                         tracing::warn!(%node, channel, "multicast subscriber node dropped: {e}");
@@ -541,74 +605,75 @@ impl Multicast {
                 }
             }
         }
-        if let Some(harbor) = kernel.remote.get() {
+        if !remote.is_empty()
+            && let Some(harbor) = self.harbor_links()
+        {
             for node in remote {
-                harbor.multicast(node, key, source, payload.clone());
+                harbor.copy(node, key, source, payload.clone());
             }
         }
-        deliver_all(&kernel, &local, key, source, &payload);
+        deliver_all(kernel, &local, key, source, &payload);
         Ok(())
     }
 
-    /// A multicast message that arrived from harbor `from`: a publish for a
+    /// A multicast copy that arrived from harbor `from`: a publish for a
     /// channel made here, or a delivery for this node's subscribers.
-    pub(crate) fn arrived(&self, from: u8, key: Key, source: Address, payload: Bytes) {
+    pub(crate) fn arrived(
+        &self,
+        kernel: &Kernel,
+        from: u8,
+        key: Key,
+        source: Address,
+        payload: Bytes,
+    ) {
         if self.is_mine(key.1) {
-            if let Err(e) = self.fan_out(key, source, payload) {
+            if let Err(e) = self.fan_out(kernel, key, source, payload) {
                 tracing::debug!(harbor = from, "multicast publish dropped: {e}");
             }
             return;
         }
         let subs = self.tables().mirrors.get(&key).cloned().unwrap_or_default();
-        if let Some(kernel) = self.kernel.upgrade() {
-            deliver_all(&kernel, &subs, key, source, &payload);
-        }
+        deliver_all(kernel, &subs, key, source, &payload);
     }
 
     /// A control message about channels from harbor `from`.
-    pub(crate) fn control(&self, from: u8, control: Control) {
+    pub(crate) fn control_arrived(&self, kernel: &Kernel, from: u8, control: ChannelControl) {
         match control {
-            Control::Subscribe { tenant, channel } => {
+            ChannelControl::Subscribe { tenant, channel } => {
                 let known = self
                     .tables()
                     .owned
                     .get_mut(&(TenantId(tenant), channel))
                     .map(|o| o.remote.insert(from))
                     .is_some();
-                if !known
-                    && let Some(harbor) =
-                        self.kernel.upgrade().and_then(|k| k.remote.get().cloned())
-                {
-                    harbor.control(from, Control::ChannelGone { tenant, channel });
+                if !known && let Some(harbor) = self.harbor_links() {
+                    harbor.control(from, ChannelControl::Gone { tenant, channel });
                 }
             }
-            Control::Unsubscribe { tenant, channel } => {
+            ChannelControl::Unsubscribe { tenant, channel } => {
                 if let Some(o) = self.tables().owned.get_mut(&(TenantId(tenant), channel)) {
                     o.remote.remove(&from);
                 }
             }
-            Control::ChannelGone { tenant, channel } => {
-                self.mirror_gone((TenantId(tenant), channel));
+            ChannelControl::Gone { tenant, channel } => {
+                self.mirror_gone(kernel, (TenantId(tenant), channel));
             }
-            _ => {}
         }
     }
 
     /// The channel of a mirror is gone (deleted, or its node down): its
     /// subscribers here are told and forget it.
-    fn mirror_gone(&self, key: Key) {
+    fn mirror_gone(&self, kernel: &Kernel, key: Key) {
         let subs = self.tables().mirrors.remove(&key).unwrap_or_default();
-        if let Some(kernel) = self.kernel.upgrade() {
-            for sub in subs {
-                kernel.forget_held(sub, &channel_key(key.1));
-                let _ = kernel.deliver(sub, gone_notice(key.0, key.1));
-            }
+        for sub in subs {
+            kernel.forget_held(sub, &channel_key(key.1));
+            let _ = kernel.deliver(sub, gone_notice(key.0, key.1));
         }
     }
 
     /// Harbor `node` went down: it leaves every channel made here, and the
     /// channels it made are gone for this node's subscribers.
-    pub(crate) fn node_down(&self, node: u8) {
+    pub(crate) fn node_down(&self, kernel: &Kernel, node: u8) {
         let gone: Vec<Key> = {
             let mut t = self.tables();
             for o in t.owned.values_mut() {
@@ -621,13 +686,13 @@ impl Multicast {
                 .collect()
         };
         for channel in gone {
-            self.mirror_gone(channel);
+            self.mirror_gone(kernel, channel);
         }
     }
 
     /// Counts a copy for a cluster node that could not take more; logged
     /// at 1, 2, 4, 8, ... so a stuck node stays readable in the log.
-    fn count_overflow(&self, node: &str, e: &crate::cluster::ClusterError) {
+    fn count_overflow(&self, node: &str, e: &NotCarried) {
         let n = self.overflow.fetch_add(1, Ordering::Relaxed) + 1;
         if n.is_power_of_two() {
             tracing::warn!(%node, dropped_total = n, "multicast copies dropped: {e}");
@@ -639,23 +704,27 @@ impl Multicast {
         self.overflow.load(Ordering::Relaxed)
     }
 
-    /// The task that fans out this node's own publishes, in order; started
-    /// once with the node.
-    pub(crate) fn fan_out_task(&self) -> Option<impl Future<Output = ()> + Send + 'static + use<>> {
+    /// The task that fans out this node's own publishes, in order, until
+    /// the node (`kernel`) is gone; started once with the node.
+    pub(crate) fn fan_out_task(
+        self: &Arc<Self>,
+        kernel: Weak<Kernel>,
+    ) -> Option<impl Future<Output = ()> + Send + 'static + use<>> {
         let mut rx = self
             .fan_out_rx
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()?;
-        let kernel = self.kernel.clone();
+        let multicast = Arc::downgrade(self);
         Some(async move {
             let mut batch = Vec::with_capacity(256);
             while rx.recv_many(&mut batch, 256).await > 0 {
-                let Some(kernel) = kernel.upgrade() else {
+                let (Some(kernel), Some(multicast)) = (kernel.upgrade(), multicast.upgrade())
+                else {
                     return;
                 };
                 for (key, source, payload) in batch.drain(..) {
-                    if let Err(e) = kernel.multicast.fan_out(key, source, payload) {
+                    if let Err(e) = multicast.fan_out(&kernel, key, source, payload) {
                         tracing::debug!("multicast publish dropped: {e}");
                     }
                 }
@@ -673,22 +742,6 @@ impl Multicast {
             .or_else(|| t.mirrors.get(&key).map(Vec::len))
             .unwrap_or(0)
     }
-}
-
-/// Sends a multicast control message to cluster node `node`.
-fn cluster_control(
-    kernel: &Kernel,
-    node: &str,
-    control: crate::cluster::proto::Control,
-) -> Result<(), crate::cluster::ClusterError> {
-    let cluster = kernel
-        .cluster
-        .get()
-        .ok_or_else(|| crate::cluster::ClusterError {
-            cause: crate::runtime::ErrorCause::NodeDown,
-            detail: "this node is not in a cluster".into(),
-        })?;
-    cluster.push(node, crate::transport::Outgoing::Control(control))
 }
 
 /// Puts the same payload in each subscriber's mailbox.

@@ -12,13 +12,18 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::Cluster;
 use crate::config::{Limits, NodeConfig, TenantConfig};
 use crate::harbor::Harbor;
+use crate::multicast::Multicast;
 use crate::runtime::{
-    Address, CallError, Client, HarborId, Kernel, LateAt, Message, Ready, SYSTEM_TENANT,
+    Address, CallError, HarborId, Kernel, LateAt, LocalClient, Message, Ready, SYSTEM_TENANT,
     ServiceInfo, SpawnError, TenantError, TenantId, TenantStats, UpgradeError, UpgradeReport, kind,
 };
-use crate::wasm::WasmRuntime;
+use crate::wasm::{Parts, WasmRuntime};
+
+mod client;
+pub use client::Client;
 
 /// A running node: its services, names and timers.
 ///
@@ -26,6 +31,8 @@ use crate::wasm::WasmRuntime;
 #[derive(Clone)]
 pub struct Node {
     kernel: Arc<Kernel>,
+    /// The layers above the core: harbor, cluster, multicast.
+    parts: Arc<Parts>,
 }
 
 impl Node {
@@ -58,9 +65,10 @@ impl Node {
     pub async fn launch(config: &NodeConfig) -> Result<Node, NodeError> {
         let node = Self::build(config)?;
         if let Some(h) = &config.harbor {
-            match Harbor::start(&node.kernel, h).await {
+            match Harbor::start(&node.kernel, node.parts.multicast.clone(), h).await {
                 Ok(harbor) => {
-                    let _ = node.kernel.remote.set(harbor);
+                    let _ = node.kernel.remote.set(harbor.clone());
+                    let _ = node.parts.harbor.set(harbor);
                 }
                 Err(e) => {
                     node.shutdown().await;
@@ -69,9 +77,9 @@ impl Node {
             }
         }
         if let Some(c) = &config.cluster {
-            match crate::cluster::Cluster::start(&node.kernel, c).await {
+            match Cluster::start(&node.kernel, node.parts.multicast.clone(), c).await {
                 Ok(cluster) => {
-                    let _ = node.kernel.cluster.set(cluster);
+                    let _ = node.parts.cluster.set(cluster);
                 }
                 Err(e) => {
                     node.shutdown().await;
@@ -84,10 +92,23 @@ impl Node {
 
     fn build(config: &NodeConfig) -> Result<Node, NodeError> {
         let limits = config.limits.resolved();
-        let wasm = WasmRuntime::new(&limits, config.cache_dir.clone().or_else(default_cache_dir))
+        let harbor = HarborId(config.harbor.as_ref().map_or(0, |h| h.id));
+        let multicast = Arc::new(Multicast::new(harbor));
+        let parts = Arc::new(Parts::new(multicast.clone()));
+        let cache_dir = config.cache_dir.clone().or_else(default_cache_dir);
+        let wasm = WasmRuntime::new(&limits, cache_dir, parts.clone())
             .map_err(|e| NodeError::Engine(format!("{e:#}")))?;
         let kernel = Kernel::new(config, limits, Arc::new(wasm))?;
-        Ok(Node { kernel })
+        if let Some(fan_out) = multicast.fan_out_task(Arc::downgrade(&kernel)) {
+            let stop = kernel.shutdown.clone();
+            kernel.tasks.spawn(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = fan_out => {}
+                }
+            });
+        }
+        Ok(Node { kernel, parts })
     }
 
     /// Starts a service of `module` and waits until its `init` returned.
@@ -125,14 +146,20 @@ impl Node {
             .kernel
             .tenant(TenantId::SYSTEM)
             .unwrap_or_else(|| self.kernel.host_tenant.clone());
-        Client::new(self.kernel.clone(), system)
+        Client::new(
+            LocalClient::new(self.kernel.clone(), system),
+            self.parts.clone(),
+        )
     }
 
     /// A host endpoint that calls and sends as a service of `tenant` would
     /// (and sees only that tenant); `None` if there is no such tenant.
     pub fn client_in(&self, tenant: &str) -> Option<Client> {
         let t = self.kernel.tenant_named(tenant)?;
-        Some(Client::new(self.kernel.clone(), t))
+        Some(Client::new(
+            LocalClient::new(self.kernel.clone(), t),
+            self.parts.clone(),
+        ))
     }
 
     /// Stops a service of any tenant; false if there is no such service.
@@ -274,12 +301,12 @@ impl Node {
     /// This node's harbor and cluster links, as `netstat` shows them.
     pub fn links(&self) -> Vec<crate::transport::LinkInfo> {
         let mut links = self
-            .kernel
-            .remote
+            .parts
+            .harbor
             .get()
             .map(|h| h.links())
             .unwrap_or_default();
-        if let Some(c) = self.kernel.cluster.get() {
+        if let Some(c) = self.parts.cluster.get() {
             links.extend(c.links());
         }
         links
@@ -354,19 +381,19 @@ impl Node {
 
     /// Where this harbor node accepts links from other nodes.
     pub fn harbor_listen(&self) -> Option<std::net::SocketAddr> {
-        self.kernel.remote.get().map(|h| h.listen)
+        self.parts.harbor.get().map(|h| h.listen)
     }
 
     /// The master this harbor node joined (the bound address when it runs
     /// the master itself).
     pub fn master_address(&self) -> Option<String> {
-        self.kernel.remote.get().map(|h| h.master_address.clone())
+        self.parts.harbor.get().map(|h| h.master_address.clone())
     }
 
     /// The harbor ids this node has a live link to, in order.
     pub fn connected(&self) -> Vec<u8> {
-        self.kernel
-            .remote
+        self.parts
+            .harbor
             .get()
             .map(|h| h.connected())
             .unwrap_or_default()
@@ -374,12 +401,12 @@ impl Node {
 
     /// Whether this harbor node's link to the master is up.
     pub fn master_up(&self) -> bool {
-        self.kernel.remote.get().is_some_and(|h| h.master_up())
+        self.parts.harbor.get().is_some_and(|h| h.master_up())
     }
 
     /// Subscribers on this node of a multicast channel (0 for none).
     pub fn channel_subscribers(&self, channel: u32) -> usize {
-        self.kernel
+        self.parts
             .multicast
             .local_subscribers(TenantId::SYSTEM, channel)
     }
@@ -387,12 +414,12 @@ impl Node {
     /// Multicast copies dropped because a cluster node's queue was full
     /// (harbor nodes' count in [`dropped_to_down_nodes`](Self::dropped_to_down_nodes)).
     pub fn multicast_overflow(&self) -> u64 {
-        self.kernel.multicast.overflow()
+        self.parts.multicast.overflow()
     }
 
     /// Where this cluster node accepts links from other nodes.
     pub fn cluster_listening(&self) -> Vec<std::net::SocketAddr> {
-        self.kernel
+        self.parts
             .cluster
             .get()
             .map(|c| c.listening())
@@ -402,19 +429,19 @@ impl Node {
     /// The cluster table now in force (from the cluster file, a reload or
     /// discovery), or `None` when the node is in no cluster.
     pub fn cluster_table(&self) -> Option<Arc<crate::cluster::ClusterTable>> {
-        self.kernel.cluster.get().map(|c| c.table())
+        self.parts.cluster.get().map(|c| c.table())
     }
 
     /// How many cluster nodes and group members the health checks hold
     /// out now, or `None` when the node is in no cluster.
     pub fn cluster_taken_out(&self) -> Option<(usize, usize)> {
-        self.kernel.cluster.get().map(|c| c.taken_out())
+        self.parts.cluster.get().map(|c| c.taken_out())
     }
 
     /// Cluster sends from other nodes dropped because the service they
     /// named is not here, since start (0 outside a cluster).
     pub fn cluster_sends_undelivered(&self) -> u64 {
-        self.kernel
+        self.parts
             .cluster
             .get()
             .map_or(0, |c| c.sends_undelivered())
@@ -426,7 +453,7 @@ impl Node {
     /// The config's error (line and key), or when the node is in no cluster.
     pub fn cluster_reload(&self, text: &str) -> Result<(), String> {
         let cluster = self
-            .kernel
+            .parts
             .cluster
             .get()
             .ok_or("this node is not in a cluster")?;
@@ -435,7 +462,7 @@ impl Node {
 
     /// Makes `target` known to other cluster nodes as `name`.
     pub fn cluster_register(&self, name: &str, target: Address) {
-        if let Some(c) = self.kernel.cluster.get() {
+        if let Some(c) = self.parts.cluster.get() {
             c.register(TenantId::SYSTEM, name, target);
         }
     }
@@ -444,19 +471,19 @@ impl Node {
     /// sender could be told of (multicast copies, sends queued when a link
     /// dropped).
     pub fn dropped_to_down_nodes(&self) -> u64 {
-        self.kernel.remote.get().map_or(0, |h| h.dropped())
+        self.parts.harbor.get().map_or(0, |h| h.dropped())
     }
 
     /// Sends refused because their node was down, since start: each
     /// sender was answered with node-down.
     pub fn refused_to_down_nodes(&self) -> u64 {
-        self.kernel.remote.get().map_or(0, |h| h.refused())
+        self.parts.harbor.get().map_or(0, |h| h.refused())
     }
 
     /// Stops every service (their pending sessions end with an error) and
     /// waits for every task of the node to finish.
     pub async fn shutdown(&self) {
-        if let Some(harbor) = self.kernel.remote.get() {
+        if let Some(harbor) = self.parts.harbor.get() {
             harbor.stop().await;
         }
         self.kernel.shutdown.cancel();

@@ -15,12 +15,14 @@ use super::{
 
 type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Message>>>>;
 
-/// A host endpoint with its own address. Responses to its calls go to the
-/// waiting caller; every other message arrives through [`Client::recv`].
+/// A host endpoint with its own address, as the core alone provides it
+/// (the node's `Client` adds the cluster side). Responses to its calls go
+/// to the waiting caller; every other message arrives through
+/// [`LocalClient::recv`].
 ///
 /// Dropping the client removes its address; calls to it then fail with
 /// unknown address.
-pub struct Client {
+pub struct LocalClient {
     pub(crate) kernel: Arc<Kernel>,
     handle: Arc<ServiceHandle>,
     /// The tenant it acts as.
@@ -32,7 +34,7 @@ pub struct Client {
     events: mpsc::UnboundedReceiver<Message>,
 }
 
-impl Client {
+impl LocalClient {
     pub(crate) fn new(kernel: Arc<Kernel>, tenant: Arc<Tenant>) -> Self {
         let id = tenant.id;
         let mut endpoint = super::endpoint::HostEndpoint::new(&kernel, "host", tenant);
@@ -69,7 +71,7 @@ impl Client {
                 .unwrap_or_else(|e| e.into_inner())
                 .clear();
         });
-        Client {
+        LocalClient {
             kernel,
             handle,
             tenant: id,
@@ -190,10 +192,15 @@ impl Client {
     /// `Timeout` when it did not appear in time; `NodeDown` when the master
     /// is unreachable or the node is not in a harbor.
     pub async fn queryname(&self, name: &str, timeout: Duration) -> Result<Address, CallError> {
-        let harbor = self.kernel.remote.get().ok_or_else(|| not_in("a harbor"))?;
+        let remote = self
+            .kernel
+            .remote
+            .get()
+            .cloned()
+            .ok_or_else(|| not_in("a harbor"))?;
         let ms = u32::try_from(timeout.as_millis().max(1)).unwrap_or(u32::MAX);
         let (waiter, answer) = self.open_session();
-        harbor.queryname(&super::scoped(self.tenant, name), ms, waiter);
+        remote.queryname(&super::scoped(self.tenant, name), ms, waiter);
         let bytes = answer.await?;
         to_address(&bytes)
     }
@@ -235,7 +242,7 @@ impl Client {
     }
 }
 
-impl Drop for Client {
+impl Drop for LocalClient {
     fn drop(&mut self) {
         super::endpoint::close(&self.kernel, &self.handle);
     }

@@ -40,9 +40,8 @@ impl Kernel {
         }
         let (timers, timer_rx) = timer::Timers::new();
         let harbor = HarborId(config.harbor.as_ref().map_or(0, |h| h.id));
-        let kernel = Arc::new_cyclic(|me| Kernel {
+        let kernel = Arc::new(Kernel {
             harbor,
-            multicast: crate::multicast::Multicast::new(me.clone(), harbor),
             host_tenant: Arc::new(Tenant::host(&limits)),
             limits,
             loader,
@@ -55,7 +54,6 @@ impl Kernel {
             tenants,
             timers,
             remote: OnceLock::new(),
-            cluster: OnceLock::new(),
             control: OnceLock::new(),
             metrics: OnceLock::new(),
             stops: Default::default(),
@@ -66,15 +64,6 @@ impl Kernel {
         });
         let timer_task = timer::run(Arc::downgrade(&kernel), timer_rx, kernel.shutdown.clone());
         kernel.tasks.spawn(timer_task);
-        if let Some(fan_out) = kernel.multicast.fan_out_task() {
-            let stop = kernel.shutdown.clone();
-            kernel.tasks.spawn(async move {
-                tokio::select! {
-                    () = stop.cancelled() => {}
-                    () = fan_out => {}
-                }
-            });
-        }
         Ok(kernel)
     }
 

@@ -1,7 +1,7 @@
 //! The service runtime: the address table, mailboxes, names, timers, spawn,
 //! kill, exit notices, and the scheduler that runs services on tokio.
 //!
-//! Flow: a guest import (or a host [`Client`]) builds a [`Message`] and calls
+//! Flow: a guest import (or a host [`LocalClient`]) builds a [`Message`] and calls
 //! `Kernel::deliver`, which finds the target's `ServiceHandle` in the
 //! address table and pushes the message into its mailbox. Each service is
 //! one tokio task (`service::run::<G>`) that owns the receiving end of its
@@ -11,7 +11,8 @@
 //! flooded service cannot starve others.
 //!
 //! The runtime is the bottom of the host's layers (docs/layers.md): it
-//! reaches what runs services only through its ports (`guest.rs`).
+//! reaches what runs services and the other nodes only through its ports
+//! (`guest.rs`, `remote.rs`).
 //! Files: `mailbox.rs`, `names.rs`, `kernel.rs` (building the core, whole-node
 //! views), `service.rs` (the loop), `upgrade.rs` (hot-swap), `timer.rs`,
 //! `sched.rs`, `client.rs` and `endpoint.rs` (host endpoints).
@@ -30,6 +31,7 @@ mod kernel;
 mod mailbox;
 mod message;
 mod names;
+mod remote;
 mod sched;
 pub(crate) mod service;
 pub(crate) mod tenant;
@@ -48,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use address::{Address, HarborId};
-pub use client::Client;
+pub use client::LocalClient;
 pub(crate) use guest::{BoxFuture, Guest, GuestFailure, GuestModule, Loader};
 pub use guest::{ModuleError, StopReason};
 pub use kernel::TenantError;
@@ -58,13 +60,14 @@ pub use message::{
 };
 pub use names::{MAX_NAME_LEN, NameError};
 pub(crate) use names::{is_name, scoped};
+pub use remote::GlobalNameError;
+pub(crate) use remote::Remote;
 pub use tenant::{SYSTEM_TENANT, TenantId, TenantStats};
 pub use upgrade::{UpgradeError, UpgradeReport, Upgraded};
 
 use tenant::Tenant;
 
 use crate::config::Limits;
-use crate::harbor::Harbor;
 
 /// Why a service could not be started.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -213,7 +216,7 @@ pub struct ServiceInfo {
 /// A service's entry in the address table.
 pub(crate) struct ServiceHandle {
     pub address: Address,
-    /// The module it runs; "host" for a host [`Client`].
+    /// The module it runs; "host" for a host [`LocalClient`].
     pub module: Arc<str>,
     /// Its tenant, fixed at spawn.
     pub tenant: Arc<Tenant>,
@@ -322,12 +325,8 @@ pub(crate) struct Kernel {
     /// The tenant of host endpoints, which take messages of every tenant.
     pub host_tenant: Arc<Tenant>,
     timers: timer::Timers,
-    /// The link to the other nodes, on a harbor node.
-    pub remote: OnceLock<Arc<Harbor>>,
-    /// The cluster side, on a node in a cluster.
-    pub cluster: OnceLock<Arc<crate::cluster::Cluster>>,
-    /// Multicast channels made here, and subscribers of others'.
-    pub multicast: crate::multicast::Multicast,
+    /// The other nodes of its harbor, on a harbor node (the `Remote` port).
+    pub remote: OnceLock<Arc<dyn Remote>>,
     /// Where the control listener is bound, when the node has one.
     pub control: OnceLock<std::net::SocketAddr>,
     /// Where `/metrics` is served, when the node serves it.

@@ -1,10 +1,11 @@
 //! Names: local ones in the node's table (each tenant's under its own key),
-//! global ones through the harbor, and the entries tenants grant each other.
+//! global ones through the `Remote` port (the harbor), and the entries tenants grant each other.
 
 use std::sync::Arc;
 
-use super::{Address, ErrorCause, Kernel, ServiceHandle, TenantId, visible};
-use crate::harbor::{GlobalNameError, Harbor};
+use super::{
+    Address, ErrorCause, GlobalNameError, Kernel, Remote, ServiceHandle, TenantId, visible,
+};
 
 /// The longest a name may be, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
@@ -46,8 +47,8 @@ pub(crate) fn scoped(tenant: TenantId, name: &str) -> std::borrow::Cow<'_, str> 
 }
 
 impl Kernel {
-    /// The harbor, when `name` is global and this node is in one.
-    pub(super) fn global(&self, name: &str) -> Option<&Arc<Harbor>> {
+    /// The other nodes, when `name` is global and this node is in a harbor.
+    pub(super) fn global(&self, name: &str) -> Option<&Arc<dyn Remote>> {
         if name.starts_with('.') {
             None
         } else {
@@ -103,11 +104,14 @@ impl Kernel {
     pub fn register_global_confirmed(
         &self,
         tenant: TenantId,
-        harbor: &Harbor,
         name: &str,
         target: Address,
         waiter: crate::runtime::Waiter,
     ) {
+        let Some(remote) = self.global(name) else {
+            let detail = format!("`{name}` is not a global name on this node");
+            return waiter.fail(self, ErrorCause::NodeDown, &detail);
+        };
         let recorded = self.with_service(target, |handle| {
             let mut w = handle.watch();
             if w.dead || !visible(tenant, handle) {
@@ -123,7 +127,7 @@ impl Kernel {
                 format!("global name `{name}`: {target} is not a live service of this node");
             return waiter.fail(self, ErrorCause::UnknownAddress, &detail);
         }
-        harbor.register_confirmed(&scoped(tenant, name), target, waiter);
+        remote.register_confirmed(&scoped(tenant, name), target, waiter);
     }
 
     /// Removes `name` if the service behind `handle` holds it.

@@ -9,8 +9,9 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::oneshot;
 
 use super::{
-    Address, BoxFuture, CallError, Client, ErrorCause, Guest, GuestFailure, GuestModule, Kernel,
-    Loader, Message, ModuleError, Ready, ServiceHandle, SpawnError, StopReason, TenantId, kind,
+    Address, BoxFuture, CallError, ErrorCause, Guest, GuestFailure, GuestModule, Kernel, Loader,
+    LocalClient, Message, ModuleError, Ready, ServiceHandle, SpawnError, StopReason, TenantId,
+    kind,
 };
 use crate::config::NodeConfig;
 use crate::runtime::tenant::Tenant;
@@ -240,9 +241,9 @@ async fn spawn(kernel: &Arc<Kernel>, module: &str) -> Result<Address, SpawnError
     rx.await.unwrap_or(Err(SpawnError::Stopped))
 }
 
-fn client(kernel: &Arc<Kernel>) -> Client {
+fn client(kernel: &Arc<Kernel>) -> LocalClient {
     let system = kernel.tenant(TenantId::SYSTEM).expect("system tenant");
-    Client::new(kernel.clone(), system)
+    LocalClient::new(kernel.clone(), system)
 }
 
 fn cause(result: Result<Vec<u8>, CallError>) -> Option<ErrorCause> {
@@ -386,7 +387,7 @@ async fn spawn_in(kernel: &Arc<Kernel>, tenant: &str, module: &str) -> Address {
 async fn a_full_mailbox_refuses_with_overloaded() {
     let kernel = core_with_blue(FakeLoader::default().with("holds", |_| Act::Nothing));
     let held = spawn_in(&kernel, "blue", "holds").await;
-    let blue = Client::new(kernel.clone(), kernel.tenant_named("blue").expect("blue"));
+    let blue = LocalClient::new(kernel.clone(), kernel.tenant_named("blue").expect("blue"));
     let send = || blue.send(held, kind::TEXT, 0, Vec::new());
     assert_eq!((send(), send()), (Ok(()), Ok(())));
     assert_eq!(send(), Err(super::SendError::Overloaded(held)));
@@ -405,7 +406,7 @@ async fn a_full_mailbox_refuses_with_overloaded() {
 async fn tenants_are_sealed_and_names_are_per_tenant_and_go_with_their_service() {
     let kernel = core_with_blue(FakeLoader::default().with("holds", |_| Act::Nothing));
     let mine = spawn_in(&kernel, "system", "holds").await;
-    let blue = Client::new(kernel.clone(), kernel.tenant_named("blue").expect("blue"));
+    let blue = LocalClient::new(kernel.clone(), kernel.tenant_named("blue").expect("blue"));
     // Another tenant's service looks exactly like an unknown address.
     assert_eq!(
         blue.send(mine, kind::TEXT, 0, Vec::new()),

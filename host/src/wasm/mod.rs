@@ -15,6 +15,7 @@ pub mod bindings;
 mod cache;
 mod grants;
 mod host;
+mod parts;
 pub(crate) mod state;
 mod stdio;
 
@@ -52,6 +53,7 @@ type DispatchParams<'a> = (&'a [WitMessage],);
 use bindings::{Service, ServicePre};
 use state::ServiceState;
 
+pub(crate) use parts::Parts;
 pub use state::Stop;
 
 pub use crate::runtime::ModuleError;
@@ -66,6 +68,8 @@ pub(crate) struct WasmRuntime {
     /// Modules compiled (or loaded from the disk cache) so far.
     compiled: std::sync::atomic::AtomicU64,
     ticker_stop: Arc<AtomicBool>,
+    /// The layers above the core its services' imports reach.
+    parts: Arc<Parts>,
 }
 
 /// A module compiled once, by whoever asks first.
@@ -80,6 +84,8 @@ pub(crate) struct Module {
     pre: ServicePre<ServiceState>,
     /// Its `state` exports, when it has them (WIT `stateful-service`).
     state: Option<StateExports>,
+    /// What its instances' imports reach beyond the core.
+    parts: Arc<Parts>,
 }
 
 /// The export of the WIT `state` interface.
@@ -105,7 +111,11 @@ impl StateExports {
 
 impl WasmRuntime {
     /// Builds the engine for these limits and starts its epoch ticker.
-    pub fn new(limits: &Limits, cache_dir: Option<PathBuf>) -> wasmtime::Result<Self> {
+    pub fn new(
+        limits: &Limits,
+        cache_dir: Option<PathBuf>,
+        parts: Arc<Parts>,
+    ) -> wasmtime::Result<Self> {
         let memory_bytes = limits.memory_mb << 20;
         let services = limits.max_services;
         check_map_count(services)?;
@@ -159,6 +169,7 @@ impl WasmRuntime {
             modules: Mutex::new(HashMap::new()),
             compiled: Default::default(),
             ticker_stop,
+            parts,
         })
     }
 
@@ -272,6 +283,7 @@ impl WasmRuntime {
             engine: self.engine.clone(),
             pre,
             state,
+            parts: self.parts.clone(),
         }))
     }
 
@@ -351,7 +363,10 @@ impl Instance {
         handle: &Arc<ServiceHandle>,
         module: &Module,
     ) -> wasmtime::Result<Self> {
-        let mut store = Store::new(&module.engine, ServiceState::new(kernel, handle)?);
+        let mut store = Store::new(
+            &module.engine,
+            ServiceState::new(kernel, handle, module.parts.clone())?,
+        );
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(state::on_epoch_deadline);
         store.set_epoch_deadline(1);

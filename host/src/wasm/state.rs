@@ -112,6 +112,8 @@ fn next_in_range(n: u32) -> u32 {
 /// A service as its host imports see it.
 pub(crate) struct ServiceState {
     pub(super) kernel: Arc<Kernel>,
+    /// The node's layers above the core (harbor, cluster, multicast).
+    pub(super) parts: Arc<super::Parts>,
     pub(super) handle: Arc<ServiceHandle>,
     pub(super) address: Address,
     /// Its tenant's id, stamped on everything it sends.
@@ -161,12 +163,17 @@ impl ServiceState {
     ///
     /// # Errors
     /// When a directory its tenant grants cannot be opened.
-    pub fn new(kernel: &Arc<Kernel>, handle: &Arc<ServiceHandle>) -> wasmtime::Result<Self> {
+    pub fn new(
+        kernel: &Arc<Kernel>,
+        handle: &Arc<ServiceHandle>,
+        parts: Arc<super::Parts>,
+    ) -> wasmtime::Result<Self> {
         let address = handle.address;
         let tenant = &handle.tenant;
         let wasi = super::grants::wasi_for(tenant)?;
         Ok(ServiceState {
             kernel: kernel.clone(),
+            parts,
             handle: handle.clone(),
             address,
             tenant: tenant.id,

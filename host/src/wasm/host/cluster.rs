@@ -45,8 +45,8 @@ impl ServiceState {
         &mut self,
         ask: impl FnOnce(&std::sync::Arc<crate::cluster::Cluster>, crate::runtime::Waiter),
     ) -> u32 {
-        let kernel = self.kernel.clone();
-        self.part_session(kernel.cluster.get(), NOT_IN_A_CLUSTER, ask)
+        let parts = self.parts.clone();
+        self.part_session(parts.cluster.get(), NOT_IN_A_CLUSTER, ask)
     }
 }
 
@@ -86,7 +86,7 @@ impl ServiceState {
 
 impl cluster::Host for ServiceState {
     fn node_name(&mut self) -> String {
-        self.kernel
+        self.parts
             .cluster
             .get()
             .map(|c| c.name.clone())
@@ -94,7 +94,7 @@ impl cluster::Host for ServiceState {
     }
 
     fn open(&mut self, at: String) -> Result<String, String> {
-        let cluster = self.kernel.cluster.get().ok_or(NOT_IN_A_CLUSTER)?;
+        let cluster = self.parts.cluster.get().ok_or(NOT_IN_A_CLUSTER)?;
         cluster.open(&at).map(|a| a.to_string())
     }
 
@@ -128,7 +128,7 @@ impl cluster::Host for ServiceState {
             ));
         }
         self.trace_cluster_out(&node, &service, payload.len());
-        let cluster = self.kernel.cluster.get().ok_or(NOT_IN_A_CLUSTER)?;
+        let cluster = self.parts.cluster.get().ok_or(NOT_IN_A_CLUSTER)?;
         cluster
             .send(
                 crate::cluster::Origin {
@@ -143,7 +143,7 @@ impl cluster::Host for ServiceState {
     }
 
     fn proxy(&mut self, node: String, service: cluster::Service) -> u32 {
-        self.kernel
+        self.parts
             .cluster
             .get()
             .and_then(|c| c.proxy(&self.handle.tenant, &node, service.into()))
@@ -151,13 +151,13 @@ impl cluster::Host for ServiceState {
     }
 
     fn register(&mut self, name: String, target: u32) {
-        if let Some(c) = self.kernel.cluster.get() {
+        if let Some(c) = self.parts.cluster.get() {
             c.register(self.tenant, &name, Address(target));
         }
     }
 
     fn unregister(&mut self, name: String) {
-        if let Some(c) = self.kernel.cluster.get() {
+        if let Some(c) = self.parts.cluster.get() {
             c.unregister(self.tenant, &name);
         }
     }
@@ -168,7 +168,7 @@ impl cluster::Host for ServiceState {
     }
 
     fn reload(&mut self, config: String) -> Result<(), String> {
-        let cluster = self.kernel.cluster.get().ok_or(NOT_IN_A_CLUSTER)?;
+        let cluster = self.parts.cluster.get().ok_or(NOT_IN_A_CLUSTER)?;
         cluster.reload(&config).map_err(|e| e.to_string())
     }
 }

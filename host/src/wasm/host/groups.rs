@@ -17,18 +17,18 @@ impl From<groups::Policy> for crate::cluster::proto::Policy {
 
 impl groups::Host for ServiceState {
     fn join(&mut self, group: String, member: u32, policy: groups::Policy) -> Result<(), String> {
-        let cluster = self.kernel.cluster.get().ok_or(NOT_IN_A_CLUSTER)?;
+        let cluster = self.parts.cluster.get().ok_or(NOT_IN_A_CLUSTER)?;
         cluster.join_group(self.tenant, &group, Address(member), policy.into())
     }
 
     fn leave(&mut self, group: String, member: u32) {
-        if let Some(c) = self.kernel.cluster.get() {
+        if let Some(c) = self.parts.cluster.get() {
             c.leave_group(self.tenant, &group, Address(member));
         }
     }
 
     fn members(&mut self, group: String) -> Vec<groups::Member> {
-        let Some(c) = self.kernel.cluster.get() else {
+        let Some(c) = self.parts.cluster.get() else {
             return Vec::new();
         };
         c.group_members(self.tenant, &group)

@@ -12,8 +12,8 @@ impl ServiceState {
         absent: &str,
         ask: impl FnOnce(&std::sync::Arc<crate::harbor::Harbor>, crate::runtime::Waiter),
     ) -> u32 {
-        let kernel = self.kernel.clone();
-        self.part_session(kernel.remote.get(), absent, ask)
+        let parts = self.parts.clone();
+        self.part_session(parts.harbor.get(), absent, ask)
     }
 }
 
@@ -28,12 +28,12 @@ impl harbor::Host for ServiceState {
         let target = Address(target);
         let kernel = self.kernel.clone();
         let tenant = self.tenant;
-        self.harbor_session(NOT_IN_A_HARBOR, move |h, waiter| {
+        self.harbor_session(NOT_IN_A_HARBOR, move |_, waiter| {
             if name.starts_with('.') || !crate::runtime::is_name(&name) {
                 let detail = format!("`{name}` is not a global name");
                 return waiter.fail(&kernel, ErrorCause::Service, &detail);
             }
-            kernel.register_global_confirmed(tenant, h, &name, target, waiter);
+            kernel.register_global_confirmed(tenant, &name, target, waiter);
         })
     }
 

@@ -18,11 +18,12 @@ impl From<crate::multicast::ChannelError> for multicast::ChannelError {
 
 impl multicast::Host for ServiceState {
     fn new(&mut self, number: Option<u32>) -> Result<u32, multicast::ChannelError> {
-        Ok(self.kernel.multicast.create(self.tenant, number)?)
+        Ok(self.parts.multicast.create(self.tenant, number)?)
     }
 
     fn delete(&mut self, channel: u32) -> Result<(), multicast::ChannelError> {
-        Ok(self.kernel.multicast.delete(self.tenant, channel)?)
+        let kernel = &self.kernel;
+        Ok(self.parts.multicast.delete(kernel, self.tenant, channel)?)
     }
 
     fn publish(&mut self, channel: u32, payload: Vec<u8>) -> Result<(), multicast::ChannelError> {
@@ -31,22 +32,22 @@ impl multicast::Host for ServiceState {
             return Err(multicast::ChannelError::Invalid);
         }
         Ok(self
-            .kernel
+            .parts
             .multicast
             .publish(self.tenant, channel, self.address, payload.into())?)
     }
 
     fn subscribe(&mut self, channel: u32) -> Result<(), multicast::ChannelError> {
         Ok(self
-            .kernel
+            .parts
             .multicast
-            .subscribe(self.tenant, channel, self.address)?)
+            .subscribe(&self.kernel, self.tenant, channel, self.address)?)
     }
 
     fn unsubscribe(&mut self, channel: u32) {
-        self.kernel
+        self.parts
             .multicast
-            .unsubscribe(self.tenant, channel, self.address);
+            .unsubscribe(&self.kernel, self.tenant, channel, self.address);
     }
 
     fn cluster_channel(
@@ -55,7 +56,7 @@ impl multicast::Host for ServiceState {
         channel: u32,
     ) -> Result<u32, multicast::ChannelError> {
         Ok(self
-            .kernel
+            .parts
             .multicast
             .cluster_channel(self.tenant, &node, channel)?)
     }

@@ -1,16 +1,48 @@
-//! The host client's cluster side: calls, queries and groups from host code
-//! (tests, benchmarks, the CLI), through this node's cluster.
+//! The node's host client: the core's [`LocalClient`] (an address, calls,
+//! sends, names) with the node's cluster side (calls, queries and groups
+//! across nodes) for host code: tests, benchmarks, the CLI.
 
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::groups::Member;
-use super::proto::{Policy, Target};
-use super::{Cluster, Origin};
+use crate::cluster::groups::Member;
+use crate::cluster::proto::{Policy, Target};
+use crate::cluster::{Cluster, Origin};
 use crate::runtime::client::{not_in, to_address};
-use crate::runtime::{Address, CallError, Client, ErrorCause, Waiter};
+use crate::runtime::{Address, CallError, ErrorCause, LocalClient, Waiter};
+use crate::wasm::Parts;
+
+/// A host endpoint of a node, with its own address: everything a
+/// [`LocalClient`] does (it derefs to one), and calls, queries and groups
+/// across the node's cluster.
+///
+/// Dropping the client removes its address; calls to it then fail with
+/// unknown address.
+pub struct Client {
+    local: LocalClient,
+    parts: Arc<Parts>,
+}
+
+impl Deref for Client {
+    type Target = LocalClient;
+
+    fn deref(&self) -> &LocalClient {
+        &self.local
+    }
+}
+
+impl DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut LocalClient {
+        &mut self.local
+    }
+}
 
 impl Client {
+    pub(crate) fn new(local: LocalClient, parts: Arc<Parts>) -> Self {
+        Client { local, parts }
+    }
+
     /// Opens a session and hands its waiter to `ask` with the node's
     /// cluster side; the future is the session's answer.
     fn cluster_session(
@@ -18,7 +50,7 @@ impl Client {
         ask: impl FnOnce(&Arc<Cluster>, Waiter),
     ) -> Result<impl Future<Output = Result<Vec<u8>, CallError>>, CallError> {
         let cluster = self
-            .kernel
+            .parts
             .cluster
             .get()
             .ok_or_else(|| not_in("a cluster"))?;
@@ -40,7 +72,7 @@ impl Client {
         payload: Vec<u8>,
         timeout: Option<Duration>,
     ) -> impl Future<Output = Result<Vec<u8>, CallError>> + Send + 'static + use<> {
-        let started = self.kernel.cluster.get().map(|cluster| {
+        let started = self.parts.cluster.get().map(|cluster| {
             let (waiter, answer) = self.open_session();
             let origin = Origin::of(self.tenant);
             cluster.call(origin, node, target, payload, waiter, timeout);
@@ -108,13 +140,13 @@ impl Client {
     /// # Errors
     /// When the node is in no cluster or `member` is not such a service.
     pub fn group_join(&self, group: &str, member: Address, policy: Policy) -> Result<(), String> {
-        let cluster = self.kernel.cluster.get().ok_or("not in a cluster")?;
+        let cluster = self.parts.cluster.get().ok_or("not in a cluster")?;
         cluster.join_group(self.tenant, group, member, policy)
     }
 
     /// Every member of cluster group `group` this node knows.
     pub fn group_members(&self, group: &str) -> Vec<Member> {
-        self.kernel
+        self.parts
             .cluster
             .get()
             .map(|c| c.group_members(self.tenant, group))
