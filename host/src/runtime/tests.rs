@@ -458,3 +458,195 @@ async fn exit_hooks_run_once_when_their_service_ends_unless_forgotten() {
         "an ended service holds nothing"
     );
 }
+
+/// The other nodes of a harbor as the core sees them: what it forwards
+/// is kept, global names live in a table here, and "the node goes down"
+/// is a switch.
+#[derive(Default)]
+struct FakeRemote {
+    down: std::sync::atomic::AtomicBool,
+    forwarded: std::sync::Mutex<Vec<(Address, Message)>>,
+    names: std::sync::Mutex<HashMap<String, Address>>,
+    monitors: std::sync::Mutex<Vec<(Address, Address)>>,
+    /// The core it serves, to answer waiters with.
+    kernel: std::sync::OnceLock<std::sync::Weak<Kernel>>,
+}
+
+impl FakeRemote {
+    fn answer(&self, waiter: super::Waiter, found: Result<Address, String>) {
+        let Some(kernel) = self.kernel.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        match found {
+            Ok(a) => waiter.respond(&kernel, a, a.0.to_le_bytes().to_vec()),
+            Err(e) => waiter.fail(&kernel, ErrorCause::Service, &e),
+        }
+    }
+
+    fn take_forwarded(&self) -> Vec<(Address, Message)> {
+        std::mem::take(&mut *self.forwarded.lock().expect("forwarded"))
+    }
+}
+
+impl super::Remote for FakeRemote {
+    fn forward(&self, dest: Address, message: Message) -> Result<(), super::SendError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(super::SendError::NodeDown(dest));
+        }
+        self.forwarded
+            .lock()
+            .expect("forwarded")
+            .push((dest, message));
+        Ok(())
+    }
+
+    fn monitor(&self, _tenant: TenantId, watcher: Address, target: Address) {
+        self.monitors
+            .lock()
+            .expect("monitors")
+            .push((watcher, target));
+    }
+
+    fn demonitor(&self, watcher: Address, target: Address) {
+        self.monitors
+            .lock()
+            .expect("monitors")
+            .retain(|&m| m != (watcher, target));
+    }
+
+    fn register(&self, key: &str, address: Address) -> Result<(), super::GlobalNameError> {
+        let mut names = self.names.lock().expect("names");
+        match names.get(key) {
+            Some(&holder) if holder != address => Err(super::GlobalNameError::Taken {
+                name: key.to_string(),
+                holder,
+            }),
+            _ => {
+                names.insert(key.to_string(), address);
+                Ok(())
+            }
+        }
+    }
+
+    fn register_confirmed(&self, key: &str, address: Address, waiter: super::Waiter) {
+        let result = self.register(key, address).map(|()| address);
+        self.answer(waiter, result.map_err(|e| e.to_string()));
+    }
+
+    fn unregister(&self, key: &str, address: Address) {
+        let mut names = self.names.lock().expect("names");
+        if names.get(key) == Some(&address) {
+            names.remove(key);
+        }
+    }
+
+    fn query(&self, key: &str) -> Option<Address> {
+        self.names.lock().expect("names").get(key).copied()
+    }
+
+    fn queryname(self: Arc<Self>, key: &str, _timeout_ms: u32, waiter: super::Waiter) {
+        let found = self
+            .query(key)
+            .ok_or_else(|| format!("no global name `{key}`"));
+        self.answer(waiter, found);
+    }
+}
+
+/// A core in a harbor whose other nodes are `remote`.
+fn core_in_harbor(loader: FakeLoader, remote: &Arc<FakeRemote>) -> Arc<Kernel> {
+    let kernel = core(loader);
+    let port: Arc<dyn super::Remote> = remote.clone();
+    assert!(kernel.remote.set(port).is_ok());
+    assert!(remote.kernel.set(Arc::downgrade(&kernel)).is_ok());
+    kernel
+}
+
+#[tokio::test]
+async fn a_call_to_another_node_ends_once_node_down_or_answered_and_late_answers_count() {
+    use std::sync::atomic::Ordering;
+    let remote = Arc::new(FakeRemote::default());
+    let kernel = core_in_harbor(FakeLoader::default(), &remote);
+    let c = client(&kernel);
+    let far = Address::new(5, super::HarborId(2));
+    // Forwarded through the port, not looked up here.
+    let pending = c.start_call(far, b"q".to_vec()).expect("forwarded");
+    let (dest, request) = remote.take_forwarded().pop().expect("one message out");
+    assert_eq!((dest, request.kind), (far, kind::REQUEST));
+    // The node goes down: the link layer ends the call with node-down ...
+    let down = Message::error(
+        far,
+        request.session,
+        ErrorCause::NodeDown,
+        "harbor 2 is down",
+    );
+    kernel.deliver(c.address(), down).expect("delivered");
+    assert_eq!(cause(within(pending).await), Some(ErrorCause::NodeDown));
+    // ... and its answer, arriving after, ends nothing and is counted.
+    let late = Message {
+        kind: kind::RESPONSE,
+        source: far,
+        session: request.session,
+        tenant: TenantId::SYSTEM,
+        payload: b"late".to_vec().into(),
+        trace: 0,
+    };
+    kernel.deliver(c.address(), late).expect("delivered");
+    let late_answers =
+        || kernel.late_answers[super::LateAt::Service.index()].load(Ordering::SeqCst);
+    within(async {
+        while late_answers() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // While the port says the node is down, a call fails at once.
+    remote.down.store(true, Ordering::SeqCst);
+    assert_eq!(
+        c.start_call(far, Vec::new()).err(),
+        Some(super::SendError::NodeDown(far))
+    );
+    assert_eq!(late_answers(), 1);
+}
+
+#[tokio::test]
+async fn global_names_and_remote_monitors_go_through_the_remote_port() {
+    let remote = Arc::new(FakeRemote::default());
+    let kernel = core_in_harbor(
+        FakeLoader::default().with("holds", |_| Act::Nothing),
+        &remote,
+    );
+    let a = within(spawn(&kernel, "holds")).await.expect("spawned");
+    let registered = kernel.with_service(a, |h| kernel.register_name("svc", h));
+    assert_eq!(registered, Some(Ok(())));
+    assert_eq!(remote.query("svc"), Some(a), "global: held by the port");
+    let c = client(&kernel);
+    assert_eq!(within(c.queryname("svc", WITHIN)).await, Ok(a));
+    assert_eq!(kernel.query_name(TenantId::SYSTEM, "svc"), Some(a));
+    // A local name (a dot) stays in the node's own table.
+    let local = kernel.with_service(a, |h| kernel.register_name(".here", h));
+    assert_eq!(local, Some(Ok(())));
+    assert_eq!(remote.query(".here"), None);
+    // A name another node's service holds is refused with its holder.
+    let far = Address::new(9, super::HarborId(3));
+    use super::Remote as _;
+    remote.register("other", far).expect("free");
+    let taken = kernel.with_service(a, |h| kernel.register_name("other", h));
+    assert!(
+        matches!(taken, Some(Err(super::NameError::Taken { holder, .. })) if holder == far),
+        "{taken:?}"
+    );
+    // Watching a service of another node is the port's to do.
+    kernel.monitor(TenantId::SYSTEM, c.address(), far);
+    assert_eq!(
+        *remote.monitors.lock().expect("monitors"),
+        [(c.address(), far)]
+    );
+    kernel.demonitor(c.address(), far);
+    assert!(remote.monitors.lock().expect("monitors").is_empty());
+    // The global name goes with its service, through the port.
+    let call = c.start_call(a, Vec::new()).expect("enqueued");
+    assert!(kernel.kill(TenantId::HOST, a));
+    assert_eq!(cause(within(call).await), Some(ErrorCause::Killed));
+    assert_eq!(remote.query("svc"), None);
+    assert_eq!(kernel.query_name(TenantId::SYSTEM, ".here"), None);
+}
