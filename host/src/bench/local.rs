@@ -1,0 +1,410 @@
+//! Workloads inside one node and across harbor nodes: one-way, call round
+//! trips, concurrency, spawn, memory, preemption, the service ceiling.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use skyhost::{Address, Client};
+use skyhost_test_proto::{Command, Reply};
+
+use super::*;
+
+/// One sender service sends `n` 16-byte messages to one receiver service;
+/// the clock stops when the receiver has handled the last one.
+pub(super) async fn local_oneway(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    let sink = b.spawn("testkit").await?;
+    let sender = b.spawn("testkit").await?;
+    oneway(b, sender, sink, n).await
+}
+
+/// `local-oneway` with the receiver on harbor 2.
+pub(super) async fn harbor_oneway(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    let sink = b.spawn_remote("testkit").await?;
+    let sender = b.spawn("testkit").await?;
+    oneway(b, sender, sink, n).await
+}
+
+pub(super) async fn oneway(
+    b: &BenchNode,
+    sender: Address,
+    sink: Address,
+    n: u32,
+) -> anyhow::Result<f64> {
+    let counter = if sink.harbor() == b.node.harbor_id() {
+        &b.client
+    } else {
+        b.peer_client
+            .as_ref()
+            .context("no client on the sink's node")?
+    };
+    let send = |n: u32| Command::SendLoop {
+        target: sink.0,
+        n,
+        payload: vec![0u8; 16],
+    };
+    send_and_count(b, sender, counter, sink, n, send).await
+}
+
+/// Warms up with 1,000 messages, then times `n`: from the first send to the
+/// sink having counted the last.
+pub(super) async fn send_and_count(
+    b: &BenchNode,
+    sender: Address,
+    counter: &Client,
+    sink: Address,
+    n: u32,
+    send: impl Fn(u32) -> Command,
+) -> anyhow::Result<f64> {
+    b.command(sender, &send(1_000)).await?;
+    wait_count(counter, sink, 1_000).await?;
+    let start = Instant::now();
+    b.command(sender, &send(n)).await?;
+    wait_count(counter, sink, 1_000 + u64::from(n)).await?;
+    Ok(f64::from(n) / start.elapsed().as_secs_f64())
+}
+
+pub(super) async fn wait_count(client: &Client, sink: Address, n: u64) -> anyhow::Result<()> {
+    loop {
+        match command_via(client, sink, &Command::Count).await? {
+            Reply::Count(c) if c >= n => return Ok(()),
+            Reply::Count(_) => tokio::time::sleep(Duration::from_micros(200)).await,
+            r => bail!("Count answered {r:?}"),
+        }
+    }
+}
+
+/// One caller service makes `n` sequential `Echo` calls to one testkit service.
+pub(super) async fn local_call_rtt(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    let echo = b.spawn("testkit").await?;
+    let caller = b.spawn("testkit").await?;
+    call_rtt(b, caller, echo, n).await
+}
+
+/// `local-call-rtt` with the server on harbor 2, each call timed by the
+/// caller: the figure is the median; the worst and p99 are logged.
+pub(super) async fn harbor_call_rtt(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    let echo = b.spawn_remote("testkit").await?;
+    let caller = b.spawn("testkit").await?;
+    call_rtt(b, caller, echo, 2_000).await?;
+    let command = Command::CallLoopTimed {
+        target: echo.0,
+        n,
+        payload: vec![0u8; 16],
+    };
+    let Reply::Order(mut times) = b.command(caller, &command).await? else {
+        bail!("CallLoopTimed answered something else");
+    };
+    anyhow::ensure!(
+        times.len() == n as usize,
+        "timed {} of {n} calls",
+        times.len()
+    );
+    times.sort_unstable();
+    eprintln!(
+        "harbor-call-rtt: worst {} µs, p99 {} µs",
+        times[times.len() - 1],
+        times[times.len() * 99 / 100]
+    );
+    Ok(f64::from(times[times.len() / 2]))
+}
+
+pub(super) async fn call_rtt(
+    b: &BenchNode,
+    caller: Address,
+    echo: Address,
+    n: u32,
+) -> anyhow::Result<f64> {
+    let payload = vec![0u8; 16];
+    b.command(
+        caller,
+        &Command::CallLoop {
+            target: echo.0,
+            n: 10_000,
+            payload: payload.clone(),
+        },
+    )
+    .await?;
+    let start = Instant::now();
+    b.command(
+        caller,
+        &Command::CallLoop {
+            target: echo.0,
+            n,
+            payload,
+        },
+    )
+    .await?;
+    Ok(start.elapsed().as_secs_f64() * 1e6 / f64::from(n))
+}
+
+/// `callers` services each make `per_caller` sequential `Echo` calls to one testkit service.
+pub(super) async fn local_concurrent(
+    b: &BenchNode,
+    callers: u32,
+    per_caller: u32,
+) -> anyhow::Result<f64> {
+    let echo = b.spawn("testkit").await?;
+    concurrent(b, echo, callers, per_caller).await
+}
+
+/// `local-concurrent` with the server on harbor 2.
+pub(super) async fn harbor_concurrent(
+    b: &BenchNode,
+    callers: u32,
+    per_caller: u32,
+) -> anyhow::Result<f64> {
+    let echo = b.spawn_remote("testkit").await?;
+    concurrent(b, echo, callers, per_caller).await
+}
+
+pub(super) async fn concurrent(
+    b: &BenchNode,
+    echo: Address,
+    callers: u32,
+    per_caller: u32,
+) -> anyhow::Result<f64> {
+    let command = Command::CallLoop {
+        target: echo.0,
+        n: per_caller,
+        payload: vec![0u8; 16],
+    };
+    callers_loop(b, callers, per_caller, &command).await
+}
+
+/// `callers` testkit services on this node each run `command` (a loop of
+/// `per_caller` calls) at once; the figure is calls per second.
+pub(super) async fn callers_loop(
+    b: &BenchNode,
+    callers: u32,
+    per_caller: u32,
+    command: &Command,
+) -> anyhow::Result<f64> {
+    let mut addrs = Vec::new();
+    for _ in 0..callers {
+        addrs.push(b.spawn("testkit").await?);
+    }
+    let start = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for c in addrs {
+        let client = b.node.client();
+        let command = command.clone();
+        calls.spawn(async move { command_via(&client, c, &command).await });
+    }
+    while let Some(r) = calls.join_next().await {
+        r??;
+    }
+    Ok(f64::from(callers * per_caller) / start.elapsed().as_secs_f64())
+}
+
+/// A service spawns `n` echo services; each spawn ends when the new
+/// service's `init` has returned ("ready").
+pub(super) async fn spawn(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    spawn_of(b, "echo", 100, n).await
+}
+
+/// Microseconds per service to spawn `n` of `module` at once (after
+/// `warm` of them, which compile and warm it), from a testkit.
+pub(super) async fn spawn_of(
+    b: &BenchNode,
+    module: &str,
+    warm: u32,
+    n: u32,
+) -> anyhow::Result<f64> {
+    let spawner = b.spawn("testkit").await?;
+    let many = |n| Command::SpawnMany {
+        module: module.into(),
+        n,
+    };
+    b.command(spawner, &many(warm)).await?;
+    let start = Instant::now();
+    let Reply::Addresses(a) = b.command(spawner, &many(n)).await? else {
+        bail!("SpawnMany answered something else");
+    };
+    let elapsed = start.elapsed();
+    anyhow::ensure!(a.len() == n as usize, "spawned {} of {n}", a.len());
+    Ok(elapsed.as_secs_f64() * 1e6 / f64::from(n))
+}
+
+/// Resident memory growth per idle live echo service, at `n` services.
+pub(super) async fn rss_per_service(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    rss_of(b, "echo", n).await
+}
+
+/// Resident memory growth (KiB) per live service at `n` services of
+/// `module`, each having answered a call.
+pub(super) async fn rss_of(b: &BenchNode, module: &str, n: u32) -> anyhow::Result<f64> {
+    let spawner = b.spawn("testkit").await?;
+    let many = |n| Command::SpawnMany {
+        module: module.into(),
+        n,
+    };
+    b.command(spawner, &many(10)).await?;
+    let before = rss_kib()?;
+    let Reply::Addresses(a) = b.command(spawner, &many(n)).await? else {
+        bail!("SpawnMany answered something else");
+    };
+    // Every service has answered a call, so its instance has run.
+    for &addr in &a {
+        b.client.call(Address(addr), vec![1]).await?;
+    }
+    let after = rss_kib()?;
+    Ok((after - before) / f64::from(n))
+}
+
+/// Round trip (µs) of `n` sequential calls from a testkit service to a
+/// service of `module` (an echo: the payload comes back as it went), after
+/// a warm-up; as `local-call-rtt`, service to service.
+pub(super) async fn call_rtt_of(b: &BenchNode, module: &str, n: u32) -> anyhow::Result<f64> {
+    let echo = b.spawn(module).await?;
+    let caller = b.spawn("testkit").await?;
+    let calls = |n| Command::RawCallLoop {
+        target: echo.0,
+        n,
+        payload: vec![7u8; 16],
+    };
+    let check = |r: Reply| match r {
+        Reply::Unit => Ok(()),
+        r => Err(anyhow::anyhow!("RawCallLoop answered {r:?}")),
+    };
+    check(b.command(caller, &calls(1_000)).await?)?;
+    let start = Instant::now();
+    check(b.command(caller, &calls(n)).await?)?;
+    Ok(start.elapsed().as_secs_f64() * 1e6 / f64::from(n))
+}
+
+pub(super) fn rss_kib() -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    let kib: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?;
+    Ok(kib)
+}
+
+/// The host pings an echo service `pings` times while `spinners` services
+/// spin; the figure is the median round trip (the worst is logged).
+pub(super) async fn ping_under_spin(
+    b: &BenchNode,
+    spinners: u32,
+    pings: u32,
+) -> anyhow::Result<f64> {
+    let target = b.spawn("testkit").await?;
+    let prober = b.spawn("testkit").await?;
+    // The same pings with nothing spinning, for comparison.
+    let idle = ping_times(b, prober, target, pings).await?;
+    let mut spinning = Vec::new();
+    let mut spins = tokio::task::JoinSet::new();
+    for _ in 0..spinners {
+        let s = b.spawn("testkit").await?;
+        let client = b.node.client();
+        spins.spawn(async move { command_via(&client, s, &Command::Spin).await });
+        spinning.push(s);
+    }
+    let times = ping_times(b, prober, target, pings).await?;
+    for s in spinning {
+        b.node.kill(s);
+    }
+    while let Some(r) = spins.join_next().await {
+        anyhow::ensure!(r?.is_err(), "a spinner answered");
+    }
+    let tail = |t: &[f64]| (t[t.len() - 1], t[t.len() * 99 / 100]);
+    let ((worst, p99), (idle_worst, idle_p99)) = (tail(&times), tail(&idle));
+    eprintln!(
+        "ping-under-spin: worst {worst:.0} µs, p99 {p99:.0} µs; \
+         idle: median {:.0} µs, worst {idle_worst:.0} µs, p99 {idle_p99:.0} µs",
+        idle[idle.len() / 2]
+    );
+    Ok(times[times.len() / 2])
+}
+
+/// Round trips (µs, sorted) of `n` sequential calls from service `prober`
+/// to service `target`, each timed by the prober: a ping as a service sees
+/// it (a client on a thread outside the node would also wait for the OS to
+/// give it a CPU that the spinning workers hold).
+pub(super) async fn ping_times(
+    b: &BenchNode,
+    prober: Address,
+    target: Address,
+    n: u32,
+) -> anyhow::Result<Vec<f64>> {
+    let command = Command::CallLoopTimed {
+        target: target.0,
+        n,
+        payload: vec![0u8; 16],
+    };
+    let Reply::Order(times) = b.command(prober, &command).await? else {
+        bail!("CallLoopTimed answered something else");
+    };
+    anyhow::ensure!(times.len() == n as usize, "timed {} of {n}", times.len());
+    let mut times: Vec<f64> = times.into_iter().map(f64::from).collect();
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
+/// Spawns echo services in batches until `target` live or a spawn fails;
+/// the figure is how many were alive at once (each answered a call).
+pub(super) async fn max_services(b: &BenchNode, target: u32) -> anyhow::Result<f64> {
+    let spawner = b.spawn("testkit").await?;
+    let mut alive: Vec<u32> = Vec::new();
+    let rss_before = rss_kib()?;
+    while (alive.len() as u32) < target {
+        let n = 1_000.min(target - alive.len() as u32);
+        match b
+            .command(
+                spawner,
+                &Command::SpawnMany {
+                    module: "echo".into(),
+                    n,
+                },
+            )
+            .await
+        {
+            Ok(Reply::Addresses(a)) => alive.extend(a),
+            Ok(r) => bail!("SpawnMany answered {r:?}"),
+            Err(e) => {
+                eprintln!("max-services: stopped at {} services: {e:#}", alive.len());
+                break;
+            }
+        }
+    }
+    for &a in &alive {
+        b.client.call(Address(a), vec![1]).await?;
+    }
+    let maps = std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count());
+    eprintln!(
+        "max-services: {} alive, RSS grew {:.0} MiB, {maps} memory maps",
+        alive.len(),
+        (rss_kib()? - rss_before) / 1024.0
+    );
+    // Services of a spawn batch that failed part way are alive too.
+    Ok(b.node.service_count().saturating_sub(1) as f64)
+}
+
+/// The pool for `max-services`: automatic (100,000, or what
+/// `vm.max_map_count` allows), saying so when the map count is the limit.
+pub(super) fn pool_size_for_max_services() -> u32 {
+    if let Some((allowed, maps)) = skyhost::config::services_allowed_by_map_count()
+        && allowed < u64::from(skyhost::config::DEFAULT_MAX_SERVICES)
+    {
+        eprintln!(
+            "max-services: vm.max_map_count = {maps} allows about {allowed} services; \
+             raise it (sysctl -w vm.max_map_count={}) to try 100,000",
+            skyhost::config::map_count_for(skyhost::config::DEFAULT_MAX_SERVICES)
+        );
+    }
+    // Automatic: 100,000, or what the map count allows.
+    0
+}
+
+/// `wanted` services, or fewer where `vm.max_map_count` cannot map them.
+pub(super) fn pool_size(wanted: u32) -> u32 {
+    match skyhost::config::services_allowed_by_map_count() {
+        Some((allowed, _)) => u32::try_from(allowed.min(u64::from(wanted))).unwrap_or(wanted),
+        None => wanted,
+    }
+}

@@ -1,0 +1,577 @@
+//! `skyhost bench`: the end-to-end workloads, each run 3 times in a fresh
+//! node, reported as min / median / max.
+//!
+//! A memory figure is what a user sees in a node just started: each run of
+//! a memory workload (`rss-per-service`, `lang-*-rss`) is a fresh `skyhost
+//! bench --once` process, so it never reuses memory an earlier run in the
+//! same process freed (that made `rss-per-service` read 32 KiB where a new
+//! node grows 54-58 KiB per idle echo).
+//!
+//! Every message crosses the wasm boundary as a real service's would: the
+//! workloads are driven by the bundled `testkit` and `echo` services, and
+//! the payloads are copied and decoded for real.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use skyhost::config::Limits;
+use skyhost::{Address, Client, Node, NodeConfig};
+use skyhost_test_proto::{Command, Reply};
+
+mod distributed;
+mod game;
+mod local;
+mod tenants;
+
+use distributed::{cluster_call_rtt, cluster_concurrent, cluster_oneway, group_call, multicast};
+use local::{
+    call_rtt_of, harbor_call_rtt, harbor_concurrent, harbor_oneway, local_call_rtt,
+    local_concurrent, local_oneway, max_services, ping_under_spin, pool_size,
+    pool_size_for_max_services, rss_of, rss_per_service, spawn, spawn_of,
+};
+use tenants::{tenant_fairness, tenant_overhead, upgrade_pause, upgrade_throughput};
+
+/// A workload's measurement: one run against a fresh node.
+type RunFn = fn(
+    &BenchNode,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<f64>> + '_>>;
+
+/// One workload's id, unit and what it measures.
+struct Workload {
+    id: &'static str,
+    unit: &'static str,
+    /// The nodes it runs on.
+    topology: Topology,
+    run: RunFn,
+}
+
+const RUNS: usize = 3;
+
+/// The nodes a workload runs on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    /// One node.
+    Single,
+    /// Harbor 1 (running the master) and harbor 2, linked over loopback.
+    Harbor,
+    /// Cluster nodes `a` and `b`, linked over loopback.
+    Cluster,
+    /// One node with 100 tenants (`t0`..`t99`); the workload's services
+    /// and client are in `t0`.
+    Tenants,
+}
+
+/// Tenants configured for [`Topology::Tenants`].
+const BENCH_TENANTS: usize = 100;
+
+/// The three `lang-<language>-*` rows for the echo service `module`.
+macro_rules! language_rows {
+    ($lang:literal, $module:literal) => {
+        [
+            Workload {
+                id: concat!("lang-", $lang, "-call-rtt"),
+                unit: "µs",
+                topology: Topology::Single,
+                run: |n| Box::pin(call_rtt_of(n, $module, 20_000)),
+            },
+            Workload {
+                id: concat!("lang-", $lang, "-spawn"),
+                unit: "µs per service",
+                topology: Topology::Single,
+                run: |n| Box::pin(spawn_of(n, $module, 10, 200)),
+            },
+            Workload {
+                id: concat!("lang-", $lang, "-rss"),
+                unit: "KiB",
+                topology: Topology::Single,
+                run: |n| Box::pin(rss_of(n, $module, 100)),
+            },
+        ]
+    };
+}
+
+fn workloads() -> Vec<Workload> {
+    let mut all = vec![
+        Workload {
+            id: "tcp-floor",
+            unit: "µs",
+            topology: Topology::Single,
+            run: |_| Box::pin(tcp_floor()),
+        },
+        Workload {
+            id: "local-oneway",
+            unit: "msgs/s",
+            topology: Topology::Single,
+            run: |n| Box::pin(local_oneway(n, 2_000_000)),
+        },
+        Workload {
+            id: "local-call-rtt",
+            unit: "µs",
+            topology: Topology::Single,
+            run: |n| Box::pin(local_call_rtt(n, 300_000)),
+        },
+        Workload {
+            id: "local-concurrent",
+            unit: "calls/s",
+            topology: Topology::Single,
+            run: |n| Box::pin(local_concurrent(n, 100, 10_000)),
+        },
+        Workload {
+            id: "spawn",
+            unit: "µs per service",
+            topology: Topology::Single,
+            run: |n| Box::pin(spawn(n, 10_000)),
+        },
+        Workload {
+            id: "rss-per-service",
+            unit: "KiB",
+            topology: Topology::Single,
+            run: |n| Box::pin(rss_per_service(n, 10_000)),
+        },
+        Workload {
+            id: "max-services",
+            unit: "count",
+            topology: Topology::Single,
+            run: |n| Box::pin(max_services(n, 100_000)),
+        },
+        Workload {
+            id: "ping-under-spin",
+            unit: "µs median",
+            topology: Topology::Single,
+            run: |n| Box::pin(ping_under_spin(n, 16, 2_000)),
+        },
+        Workload {
+            id: "harbor-call-rtt",
+            unit: "µs",
+            topology: Topology::Harbor,
+            run: |n| Box::pin(harbor_call_rtt(n, 50_000)),
+        },
+        Workload {
+            id: "harbor-oneway",
+            unit: "msgs/s",
+            topology: Topology::Harbor,
+            run: |n| Box::pin(harbor_oneway(n, 500_000)),
+        },
+        Workload {
+            id: "harbor-concurrent",
+            unit: "calls/s",
+            topology: Topology::Harbor,
+            run: |n| Box::pin(harbor_concurrent(n, 100, 1_000)),
+        },
+        Workload {
+            id: "multicast-local",
+            unit: "deliveries/s",
+            topology: Topology::Single,
+            run: |n| Box::pin(multicast(n, false, 1_000, 1_000)),
+        },
+        Workload {
+            id: "multicast-harbor",
+            unit: "deliveries/s",
+            topology: Topology::Harbor,
+            run: |n| Box::pin(multicast(n, true, 1_000, 1_000)),
+        },
+        Workload {
+            id: "cluster-call-rtt",
+            unit: "µs",
+            topology: Topology::Cluster,
+            run: |n| Box::pin(cluster_call_rtt(n, 50_000)),
+        },
+        Workload {
+            id: "cluster-oneway",
+            unit: "msgs/s",
+            topology: Topology::Cluster,
+            run: |n| Box::pin(cluster_oneway(n, 500_000)),
+        },
+        Workload {
+            id: "cluster-concurrent",
+            unit: "calls/s",
+            topology: Topology::Cluster,
+            run: |n| Box::pin(cluster_concurrent(n, 100, 1_000)),
+        },
+        Workload {
+            id: "group-call",
+            unit: "ratio (group / direct)",
+            topology: Topology::Cluster,
+            run: |n| Box::pin(group_call(n, 20_000)),
+        },
+        Workload {
+            id: "game-logins",
+            unit: "logins/s",
+            topology: Topology::Single,
+            run: |_| Box::pin(game::logins(10_000)),
+        },
+        Workload {
+            id: "game-chat-fanout",
+            unit: "ms (P50, to all)",
+            topology: Topology::Single,
+            run: |_| Box::pin(game::chat_fanout(1_000, 100)),
+        },
+        Workload {
+            id: "game-battle-rtt",
+            unit: "ms (median)",
+            topology: Topology::Single,
+            run: |_| Box::pin(game::battle_rtt(100, 1_000)),
+        },
+        Workload {
+            id: "tenant-overhead",
+            unit: "ratio (100 tenants / 1)",
+            topology: Topology::Tenants,
+            run: |n| Box::pin(tenant_overhead(n, 100_000, 1_000_000)),
+        },
+        Workload {
+            id: "upgrade-pause",
+            unit: "µs median",
+            topology: Topology::Single,
+            run: |n| Box::pin(upgrade_pause(n, 100)),
+        },
+        Workload {
+            id: "upgrade-throughput",
+            unit: "ratio (upgraded / not)",
+            topology: Topology::Single,
+            run: |n| Box::pin(upgrade_throughput(n, 3_000_000)),
+        },
+        Workload {
+            id: "tenant-fairness",
+            unit: "µs median",
+            topology: Topology::Tenants,
+            run: |n| Box::pin(tenant_fairness(n, 16, 2_000)),
+        },
+    ];
+    all.extend(language_rows!("rust", "echo"));
+    all.extend(language_rows!("c", "echo_c"));
+    all.extend(language_rows!("js", "echo_js"));
+    all.extend(language_rows!("python", "echo_py"));
+    all
+}
+
+/// A fresh node with a client, for one run of one workload; for harbor
+/// workloads it is harbor 1 (running the master) and `peer` is harbor 2.
+struct BenchNode {
+    node: Node,
+    client: Client,
+    /// The tenant its services are spawned in.
+    tenant: String,
+    limits: Limits,
+    peer: Option<Node>,
+    /// A client on the peer node.
+    peer_client: Option<Client>,
+}
+
+impl BenchNode {
+    fn config(limits: Limits) -> anyhow::Result<NodeConfig> {
+        let dir = skyhost::bundled_modules().context("this build has no bundled services")?;
+        Ok(NodeConfig {
+            module_paths: vec![dir],
+            limits,
+            ..NodeConfig::default()
+        })
+    }
+
+    fn start(limits: Limits) -> anyhow::Result<Self> {
+        let node = Node::start(&Self::config(limits.clone())?)?;
+        let client = node.client();
+        Ok(BenchNode {
+            node,
+            client,
+            tenant: skyhost::runtime::SYSTEM_TENANT.into(),
+            limits,
+            peer: None,
+            peer_client: None,
+        })
+    }
+
+    /// One node with [`BENCH_TENANTS`] tenants; services and client in `t0`.
+    fn start_tenants(limits: Limits) -> anyhow::Result<Self> {
+        let mut config = Self::config(limits.clone())?;
+        for i in 0..BENCH_TENANTS {
+            let text = format!("name = \"t{i}\"\n");
+            let mut tenant = skyhost::config::TenantConfig::parse(
+                &text,
+                std::path::Path::new("bench"),
+                &limits,
+            )?;
+            tenant.module_paths.clone_from(&config.module_paths);
+            config.tenants.push(tenant);
+        }
+        let node = Node::start(&config)?;
+        let client = node.client_in("t0").context("tenant t0")?;
+        Ok(BenchNode {
+            node,
+            client,
+            tenant: "t0".into(),
+            limits,
+            peer: None,
+            peer_client: None,
+        })
+    }
+
+    /// Harbor 1 (standalone) and harbor 2, in this process, over loopback.
+    async fn start_harbor(limits: Limits) -> anyhow::Result<Self> {
+        const SECRET: &str = "bench";
+        let mut first = Self::config(limits.clone())?;
+        let mut harbor = skyhost::config::HarborConfig::new(1, SECRET);
+        harbor.standalone = Some("127.0.0.1:0".into());
+        first.harbor = Some(harbor);
+        let node = Node::launch(&first).await?;
+        let master = node.master_address().context("master address")?;
+        let mut second = Self::config(limits)?;
+        let mut harbor = skyhost::config::HarborConfig::new(2, SECRET);
+        harbor.master = Some(master);
+        second.harbor = Some(harbor);
+        let peer = Node::launch(&second).await?;
+        // Harbor 1 hears of harbor 2 a moment after the join: wait for the link.
+        let start = Instant::now();
+        while !node.connected().contains(&2) {
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(10),
+                "harbor 1 never linked to 2"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let client = node.client();
+        Ok(BenchNode {
+            node,
+            client,
+            tenant: skyhost::runtime::SYSTEM_TENANT.into(),
+            limits: Limits::default(),
+            peer_client: Some(peer.client()),
+            peer: Some(peer),
+        })
+    }
+
+    /// Cluster nodes `a` (this one) and `b`, in this process, over loopback.
+    async fn start_cluster(limits: Limits) -> anyhow::Result<Self> {
+        let mut nodes = Vec::new();
+        for name in ["a", "b"] {
+            let mut config = Self::config(limits.clone())?;
+            let mut cluster = skyhost::config::ClusterNodeConfig::new(name, "bench");
+            cluster.listen = Some("127.0.0.1:0".into());
+            config.cluster = Some(cluster);
+            nodes.push(Node::launch(&config).await?);
+        }
+        let b = nodes.pop().context("node b")?;
+        let a = nodes.pop().context("node a")?;
+        let table = format!(
+            "a = \"{}\"\nb = \"{}\"\n",
+            a.cluster_listening()[0],
+            b.cluster_listening()[0]
+        );
+        a.cluster_reload(&table).map_err(anyhow::Error::msg)?;
+        b.cluster_reload(&table).map_err(anyhow::Error::msg)?;
+        Ok(BenchNode {
+            client: a.client(),
+            tenant: skyhost::runtime::SYSTEM_TENANT.into(),
+            limits: Limits::default(),
+            node: a,
+            peer_client: Some(b.client()),
+            peer: Some(b),
+        })
+    }
+
+    /// Spawns on harbor 2.
+    async fn spawn_remote(&self, module: &str) -> anyhow::Result<Address> {
+        let peer = self.peer.as_ref().context("not a harbor workload")?;
+        Ok(peer.spawn(module, &[]).await?)
+    }
+
+    async fn stop(self) {
+        drop(self.peer_client);
+        drop(self.client);
+        if let Some(peer) = &self.peer {
+            peer.shutdown().await;
+        }
+        self.node.shutdown().await;
+    }
+
+    async fn spawn(&self, module: &str) -> anyhow::Result<Address> {
+        Ok(self.node.spawn_in(&self.tenant, module, &[]).await?)
+    }
+
+    async fn command(&self, target: Address, command: &Command) -> anyhow::Result<Reply> {
+        command_via(&self.client, target, command).await
+    }
+}
+
+/// Calls a testkit service and decodes its reply; `Failed` is an error.
+async fn command_via(client: &Client, target: Address, command: &Command) -> anyhow::Result<Reply> {
+    let reply = client.call(target, postcard::to_allocvec(command)?).await?;
+    match postcard::from_bytes(&reply)? {
+        Reply::Failed(e) => bail!("testkit: {e}"),
+        r => Ok(r),
+    }
+}
+
+/// Whether each run of workload `id` needs a process of its own (memory
+/// figures: see the module doc).
+fn runs_in_fresh_process(id: &str) -> bool {
+    id == "rss-per-service" || id.ends_with("-rss")
+}
+
+/// One run of workload `id` in a fresh `skyhost bench --once` process with
+/// the same threads; its figure.
+async fn run_in_fresh_process(id: &str, threads: Option<usize>) -> anyhow::Result<f64> {
+    let exe = std::env::current_exe().context("the skyhost binary's path")?;
+    let mut command = std::process::Command::new(exe);
+    command.args(["bench", "--once", id]);
+    if let Some(t) = threads {
+        command.args(["--threads", &t.to_string()]);
+    }
+    command.stderr(std::process::Stdio::inherit());
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await?
+        .with_context(|| format!("benchmark {id} in a fresh process"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "benchmark {id}: its process failed ({})",
+        out.status
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .with_context(|| format!("benchmark {id}: its process printed {text:?}"))
+}
+
+/// Runs the workloads named in `ids` (all when empty) and prints each
+/// figure. With `once`, runs the one workload in `ids` once in this process
+/// and prints its bare figure (what [`run_in_fresh_process`] reads).
+pub async fn run(
+    ids: &[String],
+    json: bool,
+    once: bool,
+    threads: Option<usize>,
+) -> anyhow::Result<()> {
+    let all = workloads();
+    // `game` stands for every row of the example game.
+    let ids: Vec<String> = ids
+        .iter()
+        .flat_map(|id| match id.as_str() {
+            "game" => all
+                .iter()
+                .filter(|w| w.id.starts_with("game-"))
+                .map(|w| w.id.to_string())
+                .collect(),
+            _ => vec![id.clone()],
+        })
+        .collect();
+    for id in &ids {
+        if !all.iter().any(|w| w.id == id) {
+            let known: Vec<&str> = all.iter().map(|w| w.id).collect();
+            bail!("unknown benchmark `{id}`; known: {}", known.join(", "));
+        }
+    }
+    if once {
+        let [id] = ids.as_slice() else {
+            bail!("--once runs exactly one workload");
+        };
+        let w = all.iter().find(|w| w.id == id).context("known workload")?;
+        println!("{}", run_once(w).await?);
+        return Ok(());
+    }
+    if !json {
+        println!(
+            "{:<20} {:>14} {:>14} {:>14}  unit",
+            "id", "min", "median", "max"
+        );
+    }
+    for w in all
+        .iter()
+        .filter(|w| ids.is_empty() || ids.iter().any(|i| i == w.id))
+    {
+        let mut values = Vec::with_capacity(RUNS);
+        for _ in 0..RUNS {
+            let value = if runs_in_fresh_process(w.id) {
+                run_in_fresh_process(w.id, threads).await?
+            } else {
+                run_once(w).await?
+            };
+            values.push(value);
+        }
+        values.sort_by(f64::total_cmp);
+        let (min, median, max) = (values[0], values[RUNS / 2], values[RUNS - 1]);
+        if json {
+            println!(
+                "{{\"id\": \"{}\", \"unit\": \"{}\", \"min\": {min:.3}, \"median\": {median:.3}, \"max\": {max:.3}, \"n\": {RUNS}}}",
+                w.id, w.unit
+            );
+        } else {
+            println!(
+                "{:<20} {min:>14.2} {median:>14.2} {max:>14.2}  {}",
+                w.id, w.unit
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One run of `w` on a fresh node (in this process); its figure.
+async fn run_once(w: &Workload) -> anyhow::Result<f64> {
+    let max_services = if w.id == "max-services" {
+        pool_size_for_max_services()
+    } else {
+        pool_size(20_000)
+    };
+    let limits = Limits {
+        max_services,
+        cpu_budget_ms: 600_000,
+        ..Limits::default()
+    };
+    let node = match w.topology {
+        Topology::Single => BenchNode::start(limits)?,
+        Topology::Harbor => BenchNode::start_harbor(limits).await?,
+        Topology::Cluster => BenchNode::start_cluster(limits).await?,
+        Topology::Tenants => BenchNode::start_tenants(limits)?,
+    };
+    let value = (w.run)(&node)
+        .await
+        .with_context(|| format!("benchmark {}", w.id))?;
+    node.stop().await;
+    Ok(value)
+}
+
+/// Two threads ping-pong 16 bytes over loopback TCP with blocking reads:
+/// the floor every cross-node round trip is read against.
+async fn tcp_floor() -> anyhow::Result<f64> {
+    tokio::task::spawn_blocking(|| -> anyhow::Result<f64> {
+        const ROUNDS: usize = 50_000;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let server = std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut s, _) = listener.accept()?;
+            s.set_nodelay(true)?;
+            let mut buf = [0u8; 16];
+            for _ in 0..ROUNDS {
+                s.read_exact(&mut buf)?;
+                s.write_all(&buf)?;
+            }
+            Ok(())
+        });
+        let mut c = TcpStream::connect(addr)?;
+        c.set_nodelay(true)?;
+        let mut buf = [7u8; 16];
+        let mut worst = Duration::ZERO;
+        let mut times = Vec::with_capacity(ROUNDS);
+        let start = Instant::now();
+        for _ in 0..ROUNDS {
+            let round = Instant::now();
+            c.write_all(&buf)?;
+            c.read_exact(&mut buf)?;
+            let took = round.elapsed();
+            worst = worst.max(took);
+            times.push(took);
+        }
+        let elapsed = start.elapsed();
+        times.sort_unstable();
+        eprintln!(
+            "tcp-floor: worst {} µs, p99 {} µs",
+            worst.as_micros(),
+            times[ROUNDS * 99 / 100].as_micros()
+        );
+        server
+            .join()
+            .map_err(|_| anyhow::anyhow!("tcp server thread panicked"))??;
+        Ok(elapsed.as_secs_f64() * 1e6 / ROUNDS as f64)
+    })
+    .await?
+}
