@@ -14,17 +14,33 @@
 //! Harbor nodes share one address space: a message for another node's
 //! address leaves through `harbor` and `transport` and arrives at that
 //! node's `Kernel::deliver`. Cluster and multicast build on the same path.
+//!
+//! The modules are layers; each uses its own and those below, never one
+//! above (docs/layers.md; `../shared/tools/layers` checks it):
+//!
+//! ```text
+//!  control metrics        served over a running node
+//!  node                   Node: builds the core, wires the parts below into it
+//!  wasm                   wasmtime: the Loader and Guest for components, the WIT imports
+//!  harbor cluster         the distributed layers (harbor implements the runtime's Remote)
+//!  multicast              channels; its own wire messages, over carrier ports
+//!  runtime                the core: address table, mailboxes, names, sessions, timers,
+//!                         tenants, the service loop; reaches up only through its ports
+//!  transport              the sans-io wire: codec, handshake, link; tokio drivers
+//!  config                 the node file
+//! ```
+//!
+//! The `skyhost` command, fleets and benchmarks are the `skyhost-cli`
+//! package, built on this crate's public API.
 
 pub mod cluster;
 pub mod config;
 pub mod control;
-pub mod fleet;
 pub mod harbor;
 pub mod metrics;
 pub mod multicast;
 pub mod node;
 pub mod runtime;
-pub mod tools;
 pub mod transport;
 pub mod wasm;
 

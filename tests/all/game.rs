@@ -23,8 +23,8 @@ const PLAYERS: u64 = 1_000;
 /// The example fleet, copied with this test's etcd and module directory.
 fn fleet_file(dir: &Path, etcd: &str) -> anyhow::Result<PathBuf> {
     let modules = crate::support::guest_dir().display().to_string();
-    Ok(skyhost::fleet::copy_with(
-        &skyhost::fleet::example_game(),
+    Ok(skyhost_cli::fleet::copy_with(
+        &skyhost_cli::fleet::example_game(),
         dir,
         Some(etcd),
         &[("modules", &modules)],
@@ -126,7 +126,7 @@ fn fleet_warnings(dir: &Path) -> String {
 
 /// The pid of fleet node `name`, from the state `fleet up` recorded.
 fn pid_of(file: &Path, name: &str) -> anyhow::Result<u32> {
-    skyhost::fleet::load_state(file)?
+    skyhost_cli::fleet::load_state(file)?
         .iter()
         .find(|i| i.name == name)
         .map(|i| i.ready.pid)
@@ -374,7 +374,7 @@ async fn the_game_runs_on_a_fleet_and_survives_a_battle_node_and_a_data_restart(
     })
     .await?;
     crate::support::signal_pid(data1, "KILL");
-    let data_file = skyhost::fleet::run_dir(&file).join("data1.toml");
+    let data_file = skyhost_cli::fleet::run_dir(&file).join("data1.toml");
     let mut data = Proc::start([Path::new("run"), &data_file]);
     data.wait_for("published and watching");
     for (uid, _) in &players {

@@ -339,13 +339,13 @@ pub fn debian_tool(tool: &str, package: &str) -> anyhow::Result<PathBuf> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let tools = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tools");
-    Ok(skyhost::tools::debian_tool(tool, package, &tools)?)
+    Ok(skyhost_cli::tools::debian_tool(tool, package, &tools)?)
 }
 
 /// Starts a real etcd for one test (Debian's `etcd-server`, fetched when
 /// missing), on ports the OS picked; it stops when dropped.
-pub fn etcd() -> anyhow::Result<skyhost::tools::Etcd> {
-    Ok(skyhost::tools::Etcd::start(debian_tool(
+pub fn etcd() -> anyhow::Result<skyhost_cli::tools::Etcd> {
+    Ok(skyhost_cli::tools::Etcd::start(debian_tool(
         "etcd",
         "etcd-server",
     )?)?)

@@ -255,7 +255,7 @@ fn ctl(to: &ControlArgs, command: &str) -> anyhow::Result<()> {
 }
 
 fn fleet(action: FleetAction) -> anyhow::Result<()> {
-    use skyhost::fleet;
+    use skyhost_cli::fleet;
     match action {
         FleetAction::Up { file } => {
             let exe = std::env::current_exe().context("the skyhost binary's path")?;
@@ -276,7 +276,7 @@ fn fleet(action: FleetAction) -> anyhow::Result<()> {
 
 /// Writes the ready file `fleet up` waits for (whole, by rename).
 fn write_ready(node: &Node, path: &std::path::Path) -> anyhow::Result<()> {
-    let ready = skyhost::fleet::Ready {
+    let ready = skyhost_cli::fleet::Ready {
         pid: std::process::id(),
         cluster: node
             .cluster_listening()

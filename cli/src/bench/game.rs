@@ -11,8 +11,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use skyhost::cluster::proto::Target;
 use skyhost::config::{ClusterNodeConfig, TenantConfig};
-use skyhost::tools::Etcd;
-use skyhost::{Client, Node, NodeConfig, fleet};
+use skyhost::{Client, Node, NodeConfig};
+use skyhost_cli::fleet;
+use skyhost_cli::tools::Etcd;
 
 /// Players a driver keeps in flight at once.
 const IN_FLIGHT: usize = 200;
@@ -80,7 +81,11 @@ where
 impl Game {
     async fn up() -> anyhow::Result<Game> {
         let tools = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp/tools");
-        let etcd = Etcd::start(skyhost::tools::debian_tool("etcd", "etcd-server", &tools)?)?;
+        let etcd = Etcd::start(skyhost_cli::tools::debian_tool(
+            "etcd",
+            "etcd-server",
+            &tools,
+        )?)?;
         let dir = tempfile::tempdir()?;
         let modules = skyhost::bundled_modules().context("this build has no bundled services")?;
         let file = fleet::copy_with(
