@@ -4,8 +4,8 @@
 //! the control address and metrics sit above it (`control::serve`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -33,6 +33,15 @@ pub struct Node {
     kernel: Arc<Kernel>,
     /// The layers above the core: harbor, cluster, multicast.
     parts: Arc<Parts>,
+    /// Where the layers above the node (control, metrics) were bound.
+    served: Arc<Served>,
+}
+
+/// Where a node's control address and metrics listen, once opened.
+#[derive(Default)]
+struct Served {
+    control: OnceLock<SocketAddr>,
+    metrics: OnceLock<SocketAddr>,
 }
 
 impl Node {
@@ -108,7 +117,11 @@ impl Node {
                 }
             });
         }
-        Ok(Node { kernel, parts })
+        Ok(Node {
+            kernel,
+            parts,
+            served: Arc::default(),
+        })
     }
 
     /// Starts a service of `module` and waits until its `init` returned.
@@ -230,7 +243,7 @@ impl Node {
 
     /// Where this node serves `GET /metrics`, if it does.
     pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
-        self.kernel.metrics.get().copied()
+        self.served.metrics.get().copied()
     }
 
     /// Services ended for the reason at `index` in `StopReason::ALL`.
@@ -250,16 +263,16 @@ impl Node {
     /// Records where this node's control address and metrics were bound.
     pub(crate) fn bound(&self, control: Option<SocketAddr>, metrics: Option<SocketAddr>) {
         if let Some(a) = control {
-            let _ = self.kernel.control.set(a);
+            let _ = self.served.control.set(a);
         }
         if let Some(a) = metrics {
-            let _ = self.kernel.metrics.set(a);
+            let _ = self.served.metrics.set(a);
         }
     }
 
     /// Where this node takes control commands, if it opened a control address.
     pub fn control_address(&self) -> Option<std::net::SocketAddr> {
-        self.kernel.control.get().copied()
+        self.served.control.get().copied()
     }
 
     /// The node's limits (each tenant's quotas start from them).

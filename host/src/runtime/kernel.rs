@@ -54,8 +54,6 @@ impl Kernel {
             tenants,
             timers,
             remote: OnceLock::new(),
-            control: OnceLock::new(),
-            metrics: OnceLock::new(),
             stops: Default::default(),
             late_answers: Default::default(),
             sched: Arc::default(),

@@ -327,10 +327,6 @@ pub(crate) struct Kernel {
     timers: timer::Timers,
     /// The other nodes of its harbor, on a harbor node (the `Remote` port).
     pub remote: OnceLock<Arc<dyn Remote>>,
-    /// Where the control listener is bound, when the node has one.
-    pub control: OnceLock<std::net::SocketAddr>,
-    /// Where `/metrics` is served, when the node serves it.
-    pub metrics: OnceLock<std::net::SocketAddr>,
     pub sched: Arc<sched::Scheduler>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
