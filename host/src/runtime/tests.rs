@@ -27,6 +27,9 @@ enum Act {
     Exit,
     /// Trap: the service stops, its callers get a `trapped` error.
     Trap,
+    /// Run past the CPU budget: stopped as the wasm guest's epoch check
+    /// stops it (a trap of class `CpuBudget`).
+    OverBudget,
 }
 
 type Handler = Arc<dyn Fn(&Message) -> Act + Send + Sync>;
@@ -115,6 +118,13 @@ impl Guest for FakeGuest {
                         cause: ErrorCause::Trapped,
                         reason: "fake trap".into(),
                         class: StopReason::Trap,
+                    });
+                }
+                Act::OverBudget => {
+                    return Err(GuestFailure {
+                        cause: ErrorCause::Trapped,
+                        reason: "used more than its CPU budget".into(),
+                        class: StopReason::CpuBudget,
                     });
                 }
             }
@@ -295,12 +305,26 @@ async fn every_way_a_service_ends_ends_the_sessions_it_owes() {
                     Act::Nothing
                 }
             })
+            .with("spins", |m| {
+                if m.payload.as_ref() == b"go" {
+                    Act::OverBudget
+                } else {
+                    Act::Nothing
+                }
+            })
             .with("holds", |_| Act::Nothing),
     );
     let c = client(&kernel);
+    // An address nothing lives at refuses at once.
+    let nobody = Address::new(4242, super::HarborId(0));
+    assert_eq!(
+        c.start_call(nobody, Vec::new()).err(),
+        Some(super::SendError::UnknownAddress(nobody))
+    );
     for (module, expect) in [
         ("exits", ErrorCause::Exited),
         ("traps", ErrorCause::Trapped),
+        ("spins", ErrorCause::Trapped),
     ] {
         let a = within(spawn(&kernel, module)).await.expect("spawned");
         let held = c.start_call(a, b"hold".to_vec()).expect("enqueued");
@@ -330,9 +354,10 @@ async fn every_way_a_service_ends_ends_the_sessions_it_owes() {
         (
             stops(StopReason::Exited),
             stops(StopReason::Trap),
+            stops(StopReason::CpuBudget),
             stops(StopReason::Killed)
         ),
-        (1, 1, 1)
+        (1, 1, 1, 1)
     );
 }
 
