@@ -51,6 +51,10 @@ enum Command {
         /// Scheduler threads (default: one per core).
         #[arg(long)]
         threads: Option<usize>,
+        /// What runs the services: `tokio` (default) or `workers` (the
+        /// node's own threads, as the node file's `scheduler`).
+        #[arg(long, default_value = "tokio")]
+        scheduler: String,
         /// Run the one workload named once here and print its bare figure
         /// (how a memory workload gets a fresh process for each run).
         #[arg(long, hide = true)]
@@ -139,8 +143,9 @@ fn main() -> ExitCode {
             ids,
             json,
             threads,
+            scheduler,
             once,
-        } => bench_main(&ids, json, once, threads),
+        } => bench_main(&ids, json, once, threads, &scheduler),
         Command::Ctl { to, command } => ctl(&to, &command.join(" ")),
         Command::Console { to } => console(&to),
         Command::Tenant {
@@ -342,7 +347,14 @@ fn bench_main(
     json: bool,
     once: bool,
     threads: Option<usize>,
+    scheduler: &str,
 ) -> anyhow::Result<()> {
+    let scheduler = match scheduler {
+        "tokio" => skyhost::config::Scheduler::Tokio,
+        "workers" => skyhost::config::Scheduler::Workers,
+        other => anyhow::bail!("--scheduler {other}: expected `tokio` or `workers`"),
+    };
+    bench::set_scheduler(scheduler, threads);
     // Mailbox warnings are expected under load; RUST_LOG shows them.
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into());
     tracing_subscriber::fmt()

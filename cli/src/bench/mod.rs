@@ -16,7 +16,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use skyhost::config::Limits;
+use skyhost::config::{Limits, Scheduler};
 use skyhost::{Address, Client, Node, NodeConfig};
 use skyhost_test_proto::{Command, Reply};
 
@@ -259,12 +259,27 @@ struct BenchNode {
     peer_client: Option<Client>,
 }
 
+/// What runs the bench nodes' services (`--scheduler`), and on how many threads.
+static SCHEDULER: std::sync::OnceLock<(Scheduler, Option<usize>)> = std::sync::OnceLock::new();
+
+/// Sets what runs the services of every node the benchmarks start.
+pub fn set_scheduler(scheduler: Scheduler, threads: Option<usize>) {
+    let _ = SCHEDULER.set((scheduler, threads));
+}
+
+fn scheduler() -> (Scheduler, Option<usize>) {
+    SCHEDULER.get().copied().unwrap_or_default()
+}
+
 impl BenchNode {
     fn config(limits: Limits) -> anyhow::Result<NodeConfig> {
         let dir = skyhost::bundled_modules().context("this build has no bundled services")?;
+        let (scheduler, threads) = scheduler();
         Ok(NodeConfig {
             module_paths: vec![dir],
             limits,
+            scheduler,
+            threads,
             ..NodeConfig::default()
         })
     }
@@ -415,6 +430,9 @@ async fn run_in_fresh_process(id: &str, threads: Option<usize>) -> anyhow::Resul
     let exe = std::env::current_exe().context("the skyhost binary's path")?;
     let mut command = std::process::Command::new(exe);
     command.args(["bench", "--once", id]);
+    if scheduler().0 == Scheduler::Workers {
+        command.args(["--scheduler", "workers"]);
+    }
     if let Some(t) = threads {
         command.args(["--threads", &t.to_string()]);
     }

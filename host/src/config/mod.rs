@@ -20,6 +20,17 @@ pub const SYSTEM_TENANT: &str = "system";
 /// test there).
 pub const MAX_LOCAL_SERVICES: u32 = (1 << 24) - 1;
 
+/// What runs a node's services.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    /// Each service is a tokio task.
+    #[default]
+    Tokio,
+    /// The node's own worker threads (`runtime/workers.rs`).
+    Workers,
+}
+
 /// A node's configuration, as read from its node file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +38,11 @@ pub struct NodeConfig {
     /// Scheduler threads; absent means one per core.
     #[serde(default)]
     pub threads: Option<usize>,
+    /// What runs the services: tokio's tasks (`"tokio"`, the default) or
+    /// worker threads of the node's own (`"workers"`, issue 22's scheduler,
+    /// not yet the default: see docs/scheduler.md).
+    #[serde(default)]
+    pub scheduler: Scheduler,
     /// Log filter (`info`, `debug`, `skyhost=trace`, ...).
     #[serde(default = "default_log_level")]
     pub log_level: String,
@@ -209,6 +225,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             threads: None,
+            scheduler: Scheduler::Tokio,
             log_level: default_log_level(),
             module_paths: Vec::new(),
             cache_dir: None,
@@ -508,6 +525,20 @@ mod tests {
         let s = err.to_string();
         assert!(s.starts_with("node.toml:4:"), "{s}");
         assert!(s.contains("memory_mbs"), "{s}");
+    }
+
+    #[test]
+    fn the_scheduler_is_tokio_or_workers() {
+        assert_eq!(parse("").expect("default").scheduler, Scheduler::Tokio);
+        let w = parse("scheduler = \"workers\"\n").expect("workers");
+        assert_eq!(w.scheduler, Scheduler::Workers);
+        let s = parse("threads = 2\nscheduler = \"fast\"\n")
+            .expect_err("no such scheduler")
+            .to_string();
+        assert!(
+            s.starts_with("node.toml:2:") && s.contains("workers"),
+            "{s}"
+        );
     }
 
     #[test]

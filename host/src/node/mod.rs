@@ -503,6 +503,7 @@ impl Node {
         self.kernel.kill_all();
         self.kernel.tasks.close();
         self.kernel.tasks.wait().await;
+        self.kernel.stop_workers();
     }
     /// Replaces the module of live services with the component at `path`.
     ///

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -14,7 +14,7 @@ use super::{
     Address, HarborId, Kernel, LateAt, Loader, SYSTEM_TENANT, ServiceHandle, ServiceInfo,
     SpawnError, TenantId, TenantStats, timer,
 };
-use crate::config::{Limits, NodeConfig, TenantConfig};
+use crate::config::{Limits, NodeConfig, Scheduler, TenantConfig};
 
 /// What the node's facade (`node::Node`) asks of its core.
 impl Kernel {
@@ -40,6 +40,7 @@ impl Kernel {
         }
         let (timers, timer_rx) = timer::Timers::new();
         let harbor = HarborId(config.harbor.as_ref().map_or(0, |h| h.id));
+        let slice = Duration::from_micros(limits.time_slice_us);
         let kernel = Arc::new(Kernel {
             harbor,
             host_tenant: Arc::new(Tenant::host(&limits)),
@@ -57,12 +58,26 @@ impl Kernel {
             stops: Default::default(),
             late_answers: Default::default(),
             sched: Arc::default(),
+            workers: (config.scheduler == Scheduler::Workers).then(|| {
+                let n = config.threads.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+                });
+                super::workers::Workers::start(n, slice)
+            }),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         });
         let timer_task = timer::run(Arc::downgrade(&kernel), timer_rx, kernel.shutdown.clone());
         kernel.tasks.spawn(timer_task);
         Ok(kernel)
+    }
+
+    /// Stops the node's own worker threads, if it has them (after its
+    /// services ended).
+    pub(crate) fn stop_workers(&self) {
+        if let Some(w) = &self.workers {
+            w.stop();
+        }
     }
 
     /// Adds the tenant `config` declares.

@@ -39,6 +39,7 @@ pub(crate) mod tenant;
 mod tests;
 mod timer;
 mod upgrade;
+mod workers;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -328,6 +329,8 @@ pub(crate) struct Kernel {
     /// The other nodes of its harbor, on a harbor node (the `Remote` port).
     pub remote: OnceLock<Arc<dyn Remote>>,
     pub sched: Arc<sched::Scheduler>,
+    /// The node's own worker threads, when they run its services.
+    workers: Option<workers::Workers>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -569,8 +572,13 @@ impl Kernel {
         ready: Ready,
     ) {
         let kernel = self.clone();
-        self.tasks
-            .spawn(async move { kernel.spawn(tenant, module, args, ready).await });
+        let run = async move { kernel.spawn(tenant, module, args, ready).await };
+        match &self.workers {
+            Some(workers) => workers.spawn(self.tasks.track_future(run)),
+            None => {
+                self.tasks.spawn(run);
+            }
+        }
     }
 
     async fn spawn(

@@ -675,3 +675,56 @@ async fn global_names_and_remote_monitors_go_through_the_remote_port() {
     assert_eq!(remote.query("svc"), None);
     assert_eq!(kernel.query_name(TenantId::SYSTEM, ".here"), None);
 }
+
+/// A core whose services run on two of its own worker threads.
+fn core_on_workers(loader: FakeLoader) -> Arc<Kernel> {
+    let config = NodeConfig {
+        scheduler: crate::config::Scheduler::Workers,
+        threads: Some(2),
+        ..NodeConfig::default()
+    };
+    let limits = config.limits.resolved();
+    Kernel::new(&config, limits, Arc::new(loader)).expect("the core starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_node_s_own_workers_calls_are_answered_and_every_end_ends_its_sessions() {
+    let kernel = core_on_workers(
+        FakeLoader::default()
+            .with("echo", |m| Act::Answer(m.payload.to_vec()))
+            .with("traps", |m| {
+                if m.payload.as_ref() == b"go" {
+                    Act::Trap
+                } else {
+                    Act::Nothing
+                }
+            })
+            .with("holds", |_| Act::Nothing),
+    );
+    let c = client(&kernel);
+    let echo = within(spawn(&kernel, "echo")).await.expect("spawned");
+    for i in 0..100u32 {
+        let payload = i.to_le_bytes().to_vec();
+        assert_eq!(within(c.call(echo, payload.clone())).await, Ok(payload));
+    }
+    let traps = within(spawn(&kernel, "traps")).await.expect("spawned");
+    let held = c.start_call(traps, b"hold".to_vec()).expect("enqueued");
+    let go = c.start_call(traps, b"go".to_vec()).expect("enqueued");
+    assert_eq!(cause(within(held).await), Some(ErrorCause::Trapped));
+    assert_eq!(cause(within(go).await), Some(ErrorCause::Trapped));
+    // Killed with requests queued behind one it holds.
+    let holds = within(spawn(&kernel, "holds")).await.expect("spawned");
+    let calls: Vec<_> = (0..10)
+        .map(|_| c.start_call(holds, Vec::new()).expect("enqueued"))
+        .collect();
+    assert!(kernel.kill(TenantId::HOST, holds));
+    for call in calls {
+        assert_eq!(cause(within(call).await), Some(ErrorCause::Killed));
+    }
+    // As the node shuts down: everything ends, then the workers stop.
+    kernel.shutdown.cancel();
+    kernel.kill_all();
+    kernel.tasks.close();
+    within(kernel.tasks.wait()).await;
+    kernel.stop_workers();
+}

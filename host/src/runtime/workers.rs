@@ -1,0 +1,433 @@
+//! Worker threads of the node's own that run its services (issue 22; the
+//! node file's `scheduler = "workers"`, tokio's tasks otherwise).
+//!
+//! ```text
+//!  wake on a worker ──> that worker's `next` (runs next there: no syscall)
+//!  wake from outside ──> injector ──> a parked worker is unparked
+//!  worker picks: next → injector → own fresh → steal fresh → hogs (injector,
+//!                own, steal) → spin ~50 µs → park
+//! ```
+//!
+//! A task is one service's future. One state word per task (idle,
+//! scheduled, running, notified, done) decides who queues it, as Skynet's
+//! `in_global` flag does: a wake while it runs only marks it, and the
+//! worker that ran it queues it again. A poll that ran a whole time slice
+//! makes the task a *hog* until it next returns quickly: a hog waits in a
+//! queue of its own, looked at only when no fresh work is there, so a
+//! woken service never queues behind spinning ones.
+//!
+//! Who owns what: `Workers` (one per node, in its `Kernel`) owns the
+//! threads and the shared queues; each thread owns its `next` slot and its
+//! two local queues (in a thread-local), which other workers steal from.
+//! Tokio keeps the sockets and timers: every worker enters the node's tokio
+//! runtime, so a service's future can await tokio's timers and channels.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Wake, Waker};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_deque::{Injector, Steal, Stealer, Worker};
+
+type Job = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+const IDLE: u8 = 0;
+const SCHEDULED: u8 = 1;
+const RUNNING: u8 = 2;
+const NOTIFIED: u8 = 3;
+const DONE: u8 = 4;
+
+/// Most tasks in a row taken from `next` before the chain goes to the back
+/// of the queue, so a ping-pong pair cannot starve the others.
+const NEXT_BUDGET: u32 = 256;
+
+/// How long an idle worker looks for work before it parks: a reply is
+/// often microseconds away.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// How long a parked worker sleeps before it looks again on its own (a
+/// backstop: every queueing unparks a sleeper).
+const PARK: Duration = Duration::from_millis(10);
+
+/// One task: a service's future and who may queue it.
+struct Task {
+    state: AtomicU8,
+    /// Its last poll ran a whole slice.
+    hog: AtomicBool,
+    future: Mutex<Option<Job>>,
+    shared: Arc<Shared>,
+}
+
+impl Wake for Task {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut s = self.state.load(Ordering::Acquire);
+        loop {
+            let to = match s {
+                IDLE => SCHEDULED,
+                RUNNING => NOTIFIED,
+                _ => return,
+            };
+            match self
+                .state
+                .compare_exchange_weak(s, to, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) if to == SCHEDULED => return self.shared.schedule(self.clone(), true),
+                Ok(_) => return,
+                Err(now) => s = now,
+            }
+        }
+    }
+}
+
+/// A worker's place to sleep.
+struct Sleeper {
+    sleeping: AtomicBool,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+/// What the workers of one pool share.
+struct Shared {
+    /// Fresh work woken outside the pool.
+    injector: Injector<Arc<Task>>,
+    /// Hogs woken outside the pool.
+    hog_injector: Injector<Arc<Task>>,
+    fresh: Vec<Stealer<Arc<Task>>>,
+    hogs: Vec<Stealer<Arc<Task>>>,
+    sleepers: Vec<Sleeper>,
+    asleep: AtomicUsize,
+    stop: AtomicBool,
+    /// A poll this long makes its task a hog.
+    slice: Duration,
+}
+
+/// The thread-local side of a worker.
+struct Local {
+    shared: Arc<Shared>,
+    index: usize,
+    next: Option<Arc<Task>>,
+    fresh: Worker<Arc<Task>>,
+    hogs: Worker<Arc<Task>>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
+}
+
+/// A node's worker threads.
+pub(crate) struct Workers {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Workers {
+    /// Starts `n` workers (at least one) inside the current tokio runtime;
+    /// a poll of `slice` or longer makes a task a hog.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub(crate) fn start(n: usize, slice: Duration) -> Workers {
+        let n = n.max(1);
+        let fresh: Vec<Worker<Arc<Task>>> = (0..n).map(|_| Worker::new_fifo()).collect();
+        let hogs: Vec<Worker<Arc<Task>>> = (0..n).map(|_| Worker::new_fifo()).collect();
+        let shared = Arc::new(Shared {
+            injector: Injector::new(),
+            hog_injector: Injector::new(),
+            fresh: fresh.iter().map(Worker::stealer).collect(),
+            hogs: hogs.iter().map(Worker::stealer).collect(),
+            sleepers: (0..n)
+                .map(|_| Sleeper {
+                    sleeping: AtomicBool::new(false),
+                    thread: OnceLock::new(),
+                })
+                .collect(),
+            asleep: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            slice,
+        });
+        let tokio = tokio::runtime::Handle::current();
+        let threads = fresh
+            .into_iter()
+            .zip(hogs)
+            .enumerate()
+            .filter_map(|(index, (fresh, hogs))| {
+                let shared = shared.clone();
+                let tokio = tokio.clone();
+                let started = std::thread::Builder::new()
+                    .name(format!("skyhost-worker-{index}"))
+                    .spawn(move || {
+                        let _tokio = tokio.enter();
+                        let _ = shared.sleepers[index].thread.set(std::thread::current());
+                        LOCAL.with(|l| {
+                            *l.borrow_mut() = Some(Local {
+                                shared: shared.clone(),
+                                index,
+                                next: None,
+                                fresh,
+                                hogs,
+                            });
+                        });
+                        run(&shared, index);
+                        LOCAL.with(|l| l.borrow_mut().take());
+                    });
+                match started {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        tracing::error!("cannot start worker {index}: {e}");
+                        None
+                    }
+                }
+            })
+            .collect();
+        Workers {
+            shared,
+            threads: Mutex::new(threads),
+        }
+    }
+
+    /// Runs `future` on the workers.
+    pub(crate) fn spawn(&self, future: impl Future<Output = ()> + Send + 'static) {
+        let task = Arc::new(Task {
+            state: AtomicU8::new(SCHEDULED),
+            hog: AtomicBool::new(false),
+            future: Mutex::new(Some(Box::pin(future))),
+            shared: self.shared.clone(),
+        });
+        self.shared.schedule(task, false);
+    }
+
+    /// Stops the workers and waits for their threads; tasks still queued
+    /// are dropped unfinished. Call it after the node's services ended.
+    pub(crate) fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for s in &self.shared.sleepers {
+            if let Some(t) = s.thread.get() {
+                t.unpark();
+            }
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let me = std::thread::current().id();
+        for t in threads {
+            // A worker cannot wait for itself: it leaves when it sees `stop`.
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
+        // Queued tasks hold their futures (and what those hold): let go.
+        while !self.shared.injector.steal().is_empty() {}
+        while !self.shared.hog_injector.steal().is_empty() {}
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Shared {
+    /// Queues a task that was just marked scheduled. `woken`: by a wake
+    /// (it may go to the waking worker's `next`), not a spawn.
+    fn schedule(self: &Arc<Self>, task: Arc<Task>, woken: bool) {
+        if self.stop.load(Ordering::Acquire) {
+            // No worker will run it: let go of its future now.
+            task.state.store(DONE, Ordering::Release);
+            task.future.lock().unwrap_or_else(|e| e.into_inner()).take();
+            return;
+        }
+        let hog = task.hog.load(Ordering::Acquire);
+        let queued_here = LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            let Some(local) = l.as_mut().filter(|l| Arc::ptr_eq(&l.shared, self)) else {
+                return Err(task);
+            };
+            if hog {
+                local.hogs.push(task);
+            } else if woken {
+                if let Some(old) = local.next.replace(task) {
+                    local.fresh.push(old);
+                }
+            } else {
+                local.fresh.push(task);
+            }
+            Ok(!local.fresh.is_empty())
+        });
+        match queued_here {
+            // Work waits behind the running task here: a sleeper may take it.
+            Ok(waiting) => {
+                if waiting {
+                    self.unpark_one();
+                }
+            }
+            Err(task) => {
+                if hog {
+                    self.hog_injector.push(task);
+                } else {
+                    self.injector.push(task);
+                }
+                self.unpark_one();
+            }
+        }
+    }
+
+    fn unpark_one(&self) {
+        if self.asleep.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        for s in &self.sleepers {
+            if s.sleeping
+                .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.asleep.fetch_sub(1, Ordering::AcqRel);
+                if let Some(t) = s.thread.get() {
+                    t.unpark();
+                }
+                return;
+            }
+        }
+    }
+
+    /// The next task for worker `index` after its `next` slot: fresh work
+    /// first, from anywhere, then hogs.
+    fn find(&self, local: &Local) -> Option<Arc<Task>> {
+        steal_one(&self.injector, &local.fresh)
+            .or_else(|| local.fresh.pop())
+            .or_else(|| steal_from(&self.fresh, local.index, &local.fresh))
+            .or_else(|| steal_one(&self.hog_injector, &local.hogs))
+            .or_else(|| local.hogs.pop())
+            .or_else(|| steal_from(&self.hogs, local.index, &local.hogs))
+    }
+}
+
+/// A task from `injector` (and a batch more into `into`).
+fn steal_one(injector: &Injector<Arc<Task>>, into: &Worker<Arc<Task>>) -> Option<Arc<Task>> {
+    loop {
+        match injector.steal_batch_and_pop(into) {
+            Steal::Success(t) => return Some(t),
+            Steal::Empty => return None,
+            Steal::Retry => {}
+        }
+    }
+}
+
+/// A task stolen from another worker than `index` (half its queue into `into`).
+fn steal_from(
+    stealers: &[Stealer<Arc<Task>>],
+    index: usize,
+    into: &Worker<Arc<Task>>,
+) -> Option<Arc<Task>> {
+    let n = stealers.len();
+    for k in 1..n {
+        loop {
+            match stealers[(index + k) % n].steal_batch_and_pop(into) {
+                Steal::Success(t) => return Some(t),
+                Steal::Empty => break,
+                Steal::Retry => {}
+            }
+        }
+    }
+    None
+}
+
+/// The next task for this thread's worker, if any.
+fn next_task(from_next: &mut u32) -> Option<Arc<Task>> {
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        let local = l.as_mut()?;
+        if let Some(t) = local.next.take() {
+            if *from_next < NEXT_BUDGET {
+                *from_next += 1;
+                return Some(t);
+            }
+            local.fresh.push(t);
+        }
+        *from_next = 0;
+        local.shared.find(local)
+    })
+}
+
+/// A worker's loop: run what there is, spin a little, park.
+fn run(shared: &Arc<Shared>, index: usize) {
+    let mut from_next = 0u32;
+    while !shared.stop.load(Ordering::Acquire) {
+        if let Some(t) = next_task(&mut from_next) {
+            poll(t);
+            continue;
+        }
+        let spin_until = Instant::now() + SPIN;
+        let mut found = None;
+        while found.is_none() && Instant::now() < spin_until {
+            std::hint::spin_loop();
+            found = next_task(&mut from_next);
+        }
+        if let Some(t) = found {
+            poll(t);
+            continue;
+        }
+        let me = &shared.sleepers[index];
+        me.sleeping.store(true, Ordering::Release);
+        shared.asleep.fetch_add(1, Ordering::AcqRel);
+        // Checked again after saying so: a task queued before this point
+        // is found now, one queued after it unparks this thread.
+        let found = next_task(&mut from_next);
+        if found.is_none() && !shared.stop.load(Ordering::Acquire) {
+            std::thread::park_timeout(PARK);
+        }
+        if me
+            .sleeping
+            .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            shared.asleep.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(t) = found {
+            poll(t);
+        }
+    }
+}
+
+/// Polls `task` once on this worker, and queues it again if it was woken
+/// while it ran.
+fn poll(task: Arc<Task>) {
+    task.state.store(RUNNING, Ordering::Release);
+    let waker = Waker::from(task.clone());
+    let mut cx = Context::from_waker(&waker);
+    let started = Instant::now();
+    let done = {
+        let mut slot = task.future.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = slot
+            .as_mut()
+            .is_some_and(|f| f.as_mut().poll(&mut cx).is_pending());
+        if !pending {
+            *slot = None;
+        }
+        !pending
+    };
+    if done {
+        task.state.store(DONE, Ordering::Release);
+        return;
+    }
+    task.hog
+        .store(started.elapsed() >= task.shared.slice, Ordering::Release);
+    if task
+        .state
+        .compare_exchange(RUNNING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        // Woken while it ran (a yield): behind what is queued, not in `next`.
+        task.state.store(SCHEDULED, Ordering::Release);
+        let shared = task.shared.clone();
+        shared.schedule(task, false);
+    }
+}
+
+#[cfg(test)]
+mod tests;

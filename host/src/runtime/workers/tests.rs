@@ -1,0 +1,212 @@
+//! The workers alone: plain futures, no services.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::Workers;
+
+const WITHIN: Duration = Duration::from_secs(10);
+
+/// Waits (on tokio) until `done` holds, at most `WITHIN`.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + WITHIN;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {WITHIN:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Many tasks each wait on a channel; senders on many threads race to wake
+/// them. Every message is taken: no wake-up is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_wake_up_is_lost_under_racing_sends() {
+    const TASKS: usize = 64;
+    const SENDERS: usize = 4;
+    const PER_SENDER: usize = 2_000;
+    let workers = Workers::start(2, Duration::from_millis(1));
+    let taken = Arc::new(AtomicUsize::new(0));
+    let mut inboxes = Vec::new();
+    for _ in 0..TASKS {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+        inboxes.push(tx);
+        let taken = taken.clone();
+        workers.spawn(async move {
+            while rx.recv().await.is_some() {
+                taken.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let inboxes = inboxes.clone();
+            std::thread::spawn(move || {
+                for i in 0..PER_SENDER {
+                    let _ = inboxes[(s * 7 + i) % TASKS].send(1);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().expect("sender");
+    }
+    let total = SENDERS * PER_SENDER;
+    until("every message taken", || {
+        taken.load(Ordering::Relaxed) == total
+    })
+    .await;
+    assert_eq!(taken.load(Ordering::Relaxed), total);
+    drop(inboxes);
+    workers.stop();
+}
+
+/// A task woken by a task on a worker runs next on that worker's thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_woken_task_runs_next_on_the_waking_thread() {
+    let workers = Workers::start(2, Duration::from_millis(1));
+    let (ping_tx, mut ping_rx) = tokio::sync::mpsc::unbounded_channel::<std::thread::ThreadId>();
+    let (pong_tx, mut pong_rx) = tokio::sync::mpsc::unbounded_channel::<std::thread::ThreadId>();
+    let same = Arc::new(AtomicUsize::new(0));
+    let seen = same.clone();
+    workers.spawn(async move {
+        while let Some(from) = ping_rx.recv().await {
+            if from == std::thread::current().id() {
+                seen.fetch_add(1, Ordering::Relaxed);
+            }
+            if pong_tx.send(std::thread::current().id()).is_err() {
+                return;
+            }
+        }
+    });
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let counted = rounds.clone();
+    workers.spawn(async move {
+        for _ in 0..1_000 {
+            if ping_tx.send(std::thread::current().id()).is_err() {
+                return;
+            }
+            if pong_rx.recv().await.is_none() {
+                return;
+            }
+            counted.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    until("1,000 rounds", || rounds.load(Ordering::Relaxed) == 1_000).await;
+    // Apart from a steal now and then, the pair shares one thread.
+    assert!(
+        same.load(Ordering::Relaxed) > 900,
+        "{} of 1,000 pings ran on the thread that sent them",
+        same.load(Ordering::Relaxed)
+    );
+    workers.stop();
+}
+
+/// A task that keeps its worker busy leaves the work it queued to the
+/// other worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_s_queue_is_stolen() {
+    let workers = Arc::new(Workers::start(2, Duration::from_secs(1)));
+    let ran_on = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (busy_thread_tx, busy_thread_rx) = std::sync::mpsc::channel();
+    let spawner = workers.clone();
+    let record = ran_on.clone();
+    workers.spawn(async move {
+        let _ = busy_thread_tx.send(std::thread::current().id());
+        for _ in 0..8 {
+            let record = record.clone();
+            spawner.spawn(async move {
+                record
+                    .lock()
+                    .expect("record")
+                    .push(std::thread::current().id());
+            });
+        }
+        // Busy for a while without yielding: the 8 must be run elsewhere.
+        let until = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    });
+    let busy = busy_thread_rx
+        .recv_timeout(WITHIN)
+        .expect("the busy task ran");
+    until("the 8 ran", || ran_on.lock().expect("record").len() == 8).await;
+    assert!(
+        ran_on.lock().expect("record").iter().all(|&t| t != busy),
+        "work waited for the busy worker"
+    );
+    workers.stop();
+}
+
+/// Fresh work never waits behind tasks that keep using whole slices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_work_goes_before_hogs() {
+    let workers = Workers::start(1, Duration::from_millis(2));
+    let hog_polls = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for _ in 0..4 {
+        let polls = hog_polls.clone();
+        let stop = stop.clone();
+        workers.spawn(std::future::poll_fn(move |cx| {
+            if stop.load(Ordering::Relaxed) {
+                return std::task::Poll::Ready(());
+            }
+            // A whole slice, then a yield.
+            let until = Instant::now() + Duration::from_millis(3);
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            polls.fetch_add(1, Ordering::Relaxed);
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }));
+    }
+    until("the hogs run", || hog_polls.load(Ordering::Relaxed) >= 8).await;
+    for _ in 0..5 {
+        let before = Arc::new(AtomicUsize::new(usize::MAX));
+        let at_start = before.clone();
+        let polls = hog_polls.clone();
+        let queued = hog_polls.load(Ordering::Relaxed);
+        workers.spawn(async move {
+            at_start.store(polls.load(Ordering::Relaxed), Ordering::Relaxed);
+        });
+        until("the fresh task ran", || {
+            before.load(Ordering::Relaxed) != usize::MAX
+        })
+        .await;
+        // At most the hog running when it was queued finished its slice first.
+        let waited = before.load(Ordering::Relaxed) - queued;
+        assert!(waited <= 1, "fresh work waited for {waited} hog slices");
+    }
+    stop.store(true, Ordering::Relaxed);
+    workers.stop();
+}
+
+/// Stopping joins the threads and drops what was still queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_joins_the_threads_and_drops_queued_work() {
+    let workers = Workers::start(2, Duration::from_millis(1));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    struct Guard(Arc<AtomicUsize>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let guard = Guard(dropped.clone());
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    workers.spawn(async move {
+        let _guard = guard;
+        let _ = started_tx.send(());
+        let _ = rx.await;
+    });
+    started_rx.recv_timeout(WITHIN).expect("the task started");
+    tokio::task::spawn_blocking(move || workers.stop())
+        .await
+        .expect("stopped");
+    assert_eq!(dropped.load(Ordering::SeqCst), 0, "still waiting");
+    // Woken after the stop: no worker runs it, and its future goes.
+    drop(tx);
+    assert_eq!(dropped.load(Ordering::SeqCst), 1);
+}
