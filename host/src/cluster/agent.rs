@@ -38,7 +38,7 @@ pub(super) async fn accept_loop(cluster: Arc<Cluster>, listener: TcpListener) {
             return;
         };
         let serve = serve(cluster.clone(), kernel.clone(), stream, from);
-        kernel.tasks.spawn(serve.in_current_span());
+        kernel.spawn_link(serve.in_current_span());
     }
 }
 
@@ -84,9 +84,14 @@ async fn serve(
     let settings = cluster.settings.clone();
     let answers_tx = tx.clone();
     let answer_sessions = sessions.clone();
-    let answers = kernel.tasks.spawn(
+    let answers = tokio_util::sync::CancellationToken::new();
+    let stopped = answers.clone();
+    kernel.spawn_link(
         async move {
-            forward_answers(&mut endpoint, &answers_tx, &answer_sessions, &settings).await;
+            tokio::select! {
+                () = stopped.cancelled() => {}
+                () = forward_answers(&mut endpoint, &answers_tx, &answer_sessions, &settings) => {}
+            }
         }
         .in_current_span(),
     );
@@ -99,7 +104,7 @@ async fn serve(
         .await;
     lock(&cluster.inbound).retain(|(_, _, s)| !Arc::ptr_eq(s, &stats));
     cluster.groups.link_closed(&peer, link);
-    answers.abort();
+    answers.cancel();
     match result {
         Ok(()) => tracing::info!(%peer, "cluster link closed"),
         Err(e) => tracing::warn!(%peer, %from, "cluster link closed: {e}"),

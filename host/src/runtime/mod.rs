@@ -563,6 +563,18 @@ impl Kernel {
         monitors
     }
 
+    /// Runs a link's task (harbor peer, cluster sender or agent) where the
+    /// services run: on the node's own workers when it has them, so a
+    /// service and its link hand off on one thread; else on tokio.
+    pub(crate) fn spawn_link(&self, task: impl Future<Output = ()> + Send + 'static) {
+        match &self.workers {
+            Some(workers) => workers.spawn(self.tasks.track_future(task)),
+            None => {
+                self.tasks.spawn(task);
+            }
+        }
+    }
+
     /// Starts a service; `ready` hears when its `init` has returned.
     pub fn spawn_detached(
         self: &Arc<Self>,
