@@ -147,6 +147,43 @@ pub(super) async fn local_concurrent(
     concurrent(b, echo, callers, per_caller).await
 }
 
+/// `pairs` independent caller → server pairs of testkit services; each
+/// caller makes `per_caller` sequential calls to its own server (after
+/// `warm` each, untimed); the figure is calls per second over all pairs.
+pub(super) async fn local_parallel(
+    b: &BenchNode,
+    pairs: u32,
+    warm: u32,
+    per_caller: u32,
+) -> anyhow::Result<f64> {
+    let mut both = Vec::new();
+    for _ in 0..pairs {
+        both.push((b.spawn("testkit").await?, b.spawn("testkit").await?));
+    }
+    pairs_loop(b, &both, warm).await?;
+    let start = Instant::now();
+    pairs_loop(b, &both, per_caller).await?;
+    Ok(f64::from(pairs * per_caller) / start.elapsed().as_secs_f64())
+}
+
+/// Each `(caller, server)` pair at once: the caller makes `n` calls to its server.
+async fn pairs_loop(b: &BenchNode, pairs: &[(Address, Address)], n: u32) -> anyhow::Result<()> {
+    let mut calls = tokio::task::JoinSet::new();
+    for &(caller, server) in pairs {
+        let client = b.node.client();
+        let command = Command::CallLoop {
+            target: server.0,
+            n,
+            payload: vec![0u8; 16],
+        };
+        calls.spawn(async move { command_via(&client, caller, &command).await });
+    }
+    while let Some(r) = calls.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
 /// `local-concurrent` with the server on harbor 2.
 pub(super) async fn harbor_concurrent(
     b: &BenchNode,

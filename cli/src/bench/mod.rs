@@ -28,7 +28,7 @@ mod tenants;
 use distributed::{cluster_call_rtt, cluster_concurrent, cluster_oneway, group_call, multicast};
 use local::{
     call_rtt_of, harbor_call_rtt, harbor_concurrent, harbor_oneway, local_call_rtt,
-    local_concurrent, local_oneway, max_services, ping_under_spin, pool_size,
+    local_concurrent, local_oneway, local_parallel, max_services, ping_under_spin, pool_size,
     pool_size_for_max_services, rss_of, rss_per_service, spawn, spawn_of,
 };
 use tenants::{tenant_fairness, tenant_overhead, upgrade_pause, upgrade_throughput};
@@ -117,6 +117,12 @@ fn workloads() -> Vec<Workload> {
             unit: "calls/s",
             topology: Topology::Single,
             run: |n| Box::pin(local_concurrent(n, 100, 10_000)),
+        },
+        Workload {
+            id: "local-parallel",
+            unit: "calls/s",
+            topology: Topology::Single,
+            run: |n| Box::pin(local_parallel(n, 64, 2_000, 20_000)),
         },
         Workload {
             id: "spawn",
