@@ -23,7 +23,10 @@ pub fn cache_dir() -> PathBuf {
 }
 
 /// A node file for tests: the bundled services and a shared module cache.
+/// `SKYHOST_TEST_SCHEDULER=workers` runs the in-process nodes' services on
+/// their own worker threads (two) instead of tokio's.
 pub fn test_config() -> NodeConfig {
+    let workers = std::env::var("SKYHOST_TEST_SCHEDULER").is_ok_and(|s| s == "workers");
     NodeConfig {
         module_paths: vec![guest_dir()],
         cache_dir: Some(cache_dir()),
@@ -31,6 +34,12 @@ pub fn test_config() -> NodeConfig {
             max_services: 4_096,
             ..Limits::default()
         },
+        scheduler: if workers {
+            skyhost::config::Scheduler::Workers
+        } else {
+            skyhost::config::Scheduler::Tokio
+        },
+        threads: workers.then_some(2),
         ..NodeConfig::default()
     }
 }

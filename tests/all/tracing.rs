@@ -75,6 +75,8 @@ async fn a_traced_call_across_nodes_shows_one_trace_id_in_both_logs() -> anyhow:
     // Node A: this process; its caller service is traced.
     let mut config = test_config();
     config.cluster = Some(skyhost::config::ClusterNodeConfig::new("a", SECRET));
+    // The log is captured on this thread: the services must run on it too.
+    config.scheduler = skyhost::config::Scheduler::Tokio;
     let a = within(skyhost::Node::launch(&config)).await??;
     a.cluster_reload(&format!("b = {b_address:?}\n"))
         .map_err(anyhow::Error::msg)?;

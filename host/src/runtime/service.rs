@@ -359,10 +359,12 @@ fn finish(
         );
         failed += 1;
     }
+    // Counted gone before its watchers hear of it: a watcher that counts
+    // services after the exit notice sees it gone.
+    kernel.service_gone(&handle.tenant);
     for watcher in monitors {
         let _ = kernel.deliver(watcher, exit_notice(address, &end.reason));
     }
-    kernel.service_gone(&handle.tenant);
     match end.cause {
         ErrorCause::Exited => {
             tracing::debug!(failed_sessions = failed, "service ended: {}", end.reason)

@@ -403,9 +403,16 @@ fn poll(task: Arc<Task>) {
     let started = Instant::now();
     let done = {
         let mut slot = task.future.lock().unwrap_or_else(|e| e.into_inner());
-        let pending = slot
-            .as_mut()
-            .is_some_and(|f| f.as_mut().poll(&mut cx).is_pending());
+        // A task that panics ends alone, as a tokio task does: the worker
+        // goes on with the others.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            slot.as_mut()
+                .is_some_and(|f| f.as_mut().poll(&mut cx).is_pending())
+        }));
+        let pending = polled.unwrap_or_else(|_| {
+            tracing::error!("a task on the node's workers panicked; it is dropped");
+            false
+        });
         if !pending {
             *slot = None;
         }

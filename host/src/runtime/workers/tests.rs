@@ -210,3 +210,17 @@ async fn stop_joins_the_threads_and_drops_queued_work() {
     drop(tx);
     assert_eq!(dropped.load(Ordering::SeqCst), 1);
 }
+
+/// A task that panics ends alone; the worker runs the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_task_ends_alone() {
+    let workers = Workers::start(1, Duration::from_millis(1));
+    workers.spawn(async { panic!("a task's own failure") });
+    let ran = Arc::new(AtomicUsize::new(0));
+    let after = ran.clone();
+    workers.spawn(async move {
+        after.fetch_add(1, Ordering::SeqCst);
+    });
+    until("the next task ran", || ran.load(Ordering::SeqCst) == 1).await;
+    workers.stop();
+}
