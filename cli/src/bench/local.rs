@@ -168,20 +168,18 @@ pub(super) async fn local_parallel(
 
 /// Each `(caller, server)` pair at once: the caller makes `n` calls to its server.
 async fn pairs_loop(b: &BenchNode, pairs: &[(Address, Address)], n: u32) -> anyhow::Result<()> {
-    let mut calls = tokio::task::JoinSet::new();
-    for &(caller, server) in pairs {
-        let client = b.node.client();
-        let command = Command::CallLoop {
-            target: server.0,
-            n,
-            payload: vec![0u8; 16],
-        };
-        calls.spawn(async move { command_via(&client, caller, &command).await });
-    }
-    while let Some(r) = calls.join_next().await {
-        r??;
-    }
-    Ok(())
+    let runs = pairs
+        .iter()
+        .map(|&(caller, server)| {
+            let command = Command::CallLoop {
+                target: server.0,
+                n,
+                payload: vec![0u8; 16],
+            };
+            (caller, command)
+        })
+        .collect();
+    run_all(b, runs).await
 }
 
 /// `local-concurrent` with the server on harbor 2.
@@ -216,21 +214,27 @@ pub(super) async fn callers_loop(
     per_caller: u32,
     command: &Command,
 ) -> anyhow::Result<f64> {
-    let mut addrs = Vec::new();
+    let mut runs = Vec::new();
     for _ in 0..callers {
-        addrs.push(b.spawn("testkit").await?);
+        runs.push((b.spawn("testkit").await?, command.clone()));
     }
     let start = Instant::now();
+    run_all(b, runs).await?;
+    Ok(f64::from(callers * per_caller) / start.elapsed().as_secs_f64())
+}
+
+/// Each `(service, command)` at once, through a client each; done when
+/// every command was answered.
+async fn run_all(b: &BenchNode, runs: Vec<(Address, Command)>) -> anyhow::Result<()> {
     let mut calls = tokio::task::JoinSet::new();
-    for c in addrs {
+    for (service, command) in runs {
         let client = b.node.client();
-        let command = command.clone();
-        calls.spawn(async move { command_via(&client, c, &command).await });
+        calls.spawn(async move { command_via(&client, service, &command).await });
     }
     while let Some(r) = calls.join_next().await {
         r??;
     }
-    Ok(f64::from(callers * per_caller) / start.elapsed().as_secs_f64())
+    Ok(())
 }
 
 /// A service spawns `n` echo services; each spawn ends when the new

@@ -38,7 +38,7 @@ pub(super) async fn accept_loop(cluster: Arc<Cluster>, listener: TcpListener) {
             return;
         };
         let serve = serve(cluster.clone(), kernel.clone(), stream, from);
-        kernel.spawn_link(serve.in_current_span());
+        kernel.spawn_beside_services(serve.in_current_span());
     }
 }
 
@@ -86,7 +86,7 @@ async fn serve(
     let answer_sessions = sessions.clone();
     let answers = tokio_util::sync::CancellationToken::new();
     let stopped = answers.clone();
-    kernel.spawn_link(
+    kernel.spawn_beside_services(
         async move {
             tokio::select! {
                 () = stopped.cancelled() => {}

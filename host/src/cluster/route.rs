@@ -157,7 +157,9 @@ impl Cluster {
         if let Some(kernel) = self.kernel() {
             // Its own span, not the one of the service whose call made it.
             let span = tracing::info_span!(parent: None, "cluster", node = %self.name, peer = node);
-            kernel.spawn_link(sender::run(self.clone(), sender.clone(), rx).instrument(span));
+            kernel.spawn_beside_services(
+                sender::run(self.clone(), sender.clone(), rx).instrument(span),
+            );
         }
         sender
     }

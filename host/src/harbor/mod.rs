@@ -529,7 +529,7 @@ impl Harbor {
         // The higher id dials, so each pair has one link.
         let dial = if id < self.id.0 { address } else { None };
         let task = peer_task(self.clone(), peer.clone(), rx, incoming_rx, dial);
-        kernel.spawn_link(task.instrument(tracing::info_span!(
+        kernel.spawn_beside_services(task.instrument(tracing::info_span!(
             "harbor",
             id = self.id.0,
             peer = id

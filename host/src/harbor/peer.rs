@@ -124,7 +124,7 @@ pub(super) async fn accept_loop(harbor: Arc<Harbor>, listener: TcpListener) {
             }
         };
         if let Some(kernel) = harbor.kernel() {
-            kernel.spawn_link(task.in_current_span());
+            kernel.spawn_beside_services(task.in_current_span());
         }
     }
 }

@@ -563,10 +563,11 @@ impl Kernel {
         monitors
     }
 
-    /// Runs a link's task (harbor peer, cluster sender or agent) where the
-    /// services run: on the node's own workers when it has them, so a
-    /// service and its link hand off on one thread; else on tokio.
-    pub(crate) fn spawn_link(&self, task: impl Future<Output = ()> + Send + 'static) {
+    /// Runs a service's task, or a link's (harbor peer, cluster sender or
+    /// agent), where the services run: on the node's own workers when it
+    /// has them, so a service and its link hand off on one thread; else on
+    /// tokio.
+    pub(crate) fn spawn_beside_services(&self, task: impl Future<Output = ()> + Send + 'static) {
         match &self.workers {
             Some(workers) => workers.spawn(self.tasks.track_future(task)),
             None => {
@@ -584,13 +585,7 @@ impl Kernel {
         ready: Ready,
     ) {
         let kernel = self.clone();
-        let run = async move { kernel.spawn(tenant, module, args, ready).await };
-        match &self.workers {
-            Some(workers) => workers.spawn(self.tasks.track_future(run)),
-            None => {
-                self.tasks.spawn(run);
-            }
-        }
+        self.spawn_beside_services(async move { kernel.spawn(tenant, module, args, ready).await });
     }
 
     async fn spawn(

@@ -282,17 +282,26 @@ impl Shared {
             return;
         }
         for s in &self.sleepers {
-            if s.sleeping
-                .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                self.asleep.fetch_sub(1, Ordering::AcqRel);
+            if self.woke(s) {
                 if let Some(t) = s.thread.get() {
                     t.unpark();
                 }
                 return;
             }
         }
+    }
+
+    /// Takes `s`'s sleeping mark (and its count in `asleep`); false when it
+    /// was not asleep or someone else took the mark first.
+    fn woke(&self, s: &Sleeper) -> bool {
+        let took = s
+            .sleeping
+            .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if took {
+            self.asleep.fetch_sub(1, Ordering::AcqRel);
+        }
+        took
     }
 
     /// The next task for worker `index` after its `next` slot: fresh work
@@ -381,13 +390,7 @@ fn run(shared: &Arc<Shared>, index: usize) {
         if found.is_none() && !shared.stop.load(Ordering::Acquire) {
             std::thread::park_timeout(PARK);
         }
-        if me
-            .sleeping
-            .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            shared.asleep.fetch_sub(1, Ordering::AcqRel);
-        }
+        shared.woke(me);
         if let Some(t) = found {
             poll(t);
         }
