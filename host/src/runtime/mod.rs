@@ -27,6 +27,7 @@ mod address;
 pub(crate) mod client;
 pub(crate) mod endpoint;
 pub(crate) mod guest;
+mod inbox;
 mod kernel;
 mod mailbox;
 mod message;

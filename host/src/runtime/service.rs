@@ -2,13 +2,13 @@
 //! mailbox and hand them to `dispatch` until the service exits, traps or is
 //! killed; then end every session it leaves behind.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::Instrument;
 
+use super::inbox::Inbox;
 use super::{
     ErrorCause, Guest, GuestFailure, GuestModule, Kernel, Message, Ready, ServiceHandle,
     SpawnError, StopReason, exit_notice, kind, upgrade,
@@ -67,19 +67,20 @@ impl End {
 pub(crate) async fn run<G: Guest>(
     kernel: Arc<Kernel>,
     handle: Arc<ServiceHandle>,
-    mut rx: UnboundedReceiver<Message>,
+    rx: UnboundedReceiver<Message>,
     module: Arc<G::Module>,
     args: Vec<u8>,
     ready: Ready,
 ) {
     let span = tracing::info_span!(parent: None, "service", address = %handle.address, module = %module.name());
     async move {
+        let mut inbox = Inbox::new(rx, kernel.ticks());
         let module_name = module.name().to_string();
         let mut instance = match G::instantiate(&kernel, &handle, &module).await {
             Ok(i) => i,
             Err(error) => {
                 let end = End::not_started(error.clone());
-                finish(&kernel, &handle, rx, Vec::new(), end);
+                finish(&kernel, &handle, inbox, Vec::new(), end);
                 ready.fail(
                     &kernel,
                     SpawnError::Instantiate {
@@ -96,7 +97,9 @@ pub(crate) async fn run<G: Guest>(
                 if instance.exit_requested() {
                     End::exited()
                 } else {
-                    serve(&kernel, &handle, &mut instance, &mut rx, &args).await
+                    let (end, back) = serve(&kernel, &handle, &mut instance, inbox, &args).await;
+                    inbox = back;
+                    end
                 }
             }
             Ok(Err(reason)) => {
@@ -124,7 +127,7 @@ pub(crate) async fn run<G: Guest>(
         };
         let owed = instance.take_owed();
         drop(instance);
-        finish(&kernel, &handle, rx, owed, end);
+        finish(&kernel, &handle, inbox, owed, end);
     }
     .instrument(span)
     .await
@@ -135,33 +138,25 @@ async fn serve<G: Guest>(
     kernel: &Arc<Kernel>,
     handle: &Arc<ServiceHandle>,
     instance: &mut G,
-    rx: &mut UnboundedReceiver<Message>,
+    mut inbox: Inbox,
     args: &[u8],
-) -> End {
+) -> (End, Inbox) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let slice = std::time::Duration::from_micros(kernel.limits.time_slice_us);
-    // When this service's current turn on its thread began (see below).
-    let mut turn_started = kernel.ticks();
-    // Messages an upgrade kept aside: older than anything in the mailbox.
-    let mut aside: VecDeque<Message> = VecDeque::new();
     loop {
-        let first = match aside.pop_front() {
+        let held = &mut inbox;
+        let first = match held.aside.pop_front() {
             Some(m) => m,
-            None => match rx.recv().await {
+            None => match held.rx.recv().await {
                 Some(m) => m,
-                None => return End::exited(),
+                None => return (End::exited(), inbox),
             },
         };
         handle.mailbox.picked_up(kernel);
         if handle.killed.load(Ordering::Acquire) {
-            // Taken off the queue but never dispatched: still owed an answer.
-            for m in std::iter::once(first).chain(aside.drain(..)) {
-                handle.mailbox.taken(1);
-                if m.wants_reply() {
-                    instance.owe(m.source, m.session, m.tenant);
-                }
-            }
-            return End::killed();
+            // Taken off the queue but never dispatched: still owed an answer
+            // (`finish` answers what is aside).
+            held.aside.push_front(first);
+            return (End::killed(), inbox);
         }
         let mut taken = 1;
         // CPU budget is per dispatch: a batch is kept to what fits in it.
@@ -173,15 +168,15 @@ async fn serve<G: Guest>(
         let alone = first.trace != 0;
         push_unless_wake(kernel, handle, &mut batch, first);
         while !alone && taken < limit {
-            let next = match aside.pop_front() {
+            let next = match held.aside.pop_front() {
                 Some(m) => m,
-                None => match rx.try_recv() {
+                None => match held.rx.try_recv() {
                     Ok(m) => m,
                     Err(_) => break,
                 },
             };
             if next.trace != 0 || (traced && next.kind != kind::SYSTEM) {
-                aside.push_front(next);
+                held.aside.push_front(next);
                 break;
             }
             taken += 1;
@@ -190,10 +185,9 @@ async fn serve<G: Guest>(
         let full = taken == limit;
         handle.mailbox.taken(taken);
         if batch.is_empty() {
-            if let Some(end) =
-                upgrade_if_ordered(kernel, handle, instance, rx, args, &mut aside).await
+            if let Some(end) = upgrade_if_ordered(kernel, handle, instance, &mut inbox, args).await
             {
-                return end;
+                return (end, inbox);
             }
             continue;
         }
@@ -213,29 +207,27 @@ async fn serve<G: Guest>(
             );
         }
         if let Err(e) = result {
-            return End::failed(e);
+            return (End::failed(e), inbox);
         }
         if instance.exit_requested() {
-            return End::exited();
+            return (End::exited(), inbox);
         }
         if handle.killed.load(Ordering::Acquire) {
-            return End::killed();
+            return (End::killed(), inbox);
         }
-        if let Some(end) = upgrade_if_ordered(kernel, handle, instance, rx, args, &mut aside).await
-        {
-            return end;
+        if let Some(end) = upgrade_if_ordered(kernel, handle, instance, &mut inbox, args).await {
+            return (end, inbox);
         }
+        let held = &mut inbox;
         // A service with a backlog keeps its thread for a time slice, as a
         // hog does, unless fresh work waits: yielding after every batch gave
         // it ~40 µs turns against a sender's 1 ms slices, so a fast sender
         // filled its mailbox faster than it could drain it.
         if !full {
-            turn_started = kernel.ticks();
-        } else if kernel.sched.has_waiting()
-            || kernel.ticks_between(turn_started, kernel.ticks()) >= slice
-        {
+            held.turn_started = kernel.ticks();
+        } else if kernel.sched.has_waiting() || held.turn_over(kernel) {
             tokio::task::yield_now().await;
-            turn_started = kernel.ticks();
+            held.turn_started = kernel.ticks();
         }
     }
 }
@@ -250,36 +242,24 @@ fn with_trace(kernel: &Kernel, traced: bool, mut m: Message) -> Message {
 }
 
 /// Runs the upgrade ordered for this service, if any (between two batches).
-/// The messages it kept aside go after those already in `aside` (older);
+/// The messages it kept aside go after those already aside (older);
 /// `Some` when the service must end.
 async fn upgrade_if_ordered<G: Guest>(
     kernel: &Arc<Kernel>,
     handle: &Arc<ServiceHandle>,
     instance: &mut G,
-    rx: &mut UnboundedReceiver<Message>,
+    inbox: &mut Inbox,
     args: &[u8],
-    aside: &mut VecDeque<Message>,
 ) -> Option<End> {
     let order = handle.take_upgrade()?;
-    match upgrade::perform(kernel, handle, instance, rx, args, order).await {
+    match upgrade::perform(kernel, handle, instance, &mut inbox.rx, args, order).await {
         Ok(kept) => {
-            aside.extend(kept);
+            inbox.aside.extend(kept);
             None
         }
         Err((end, kept)) => {
-            aside.extend(kept);
-            owe_all(instance, std::mem::take(aside));
+            inbox.aside.extend(kept);
             Some(end)
-        }
-    }
-}
-
-/// Messages taken off the mailbox and never dispatched: their requests are
-/// still owed an answer when the service ends.
-fn owe_all<G: Guest>(instance: &mut G, kept: VecDeque<Message>) {
-    for m in kept {
-        if m.wants_reply() {
-            instance.owe(m.source, m.session, m.tenant);
         }
     }
 }
@@ -333,17 +313,19 @@ pub(super) fn answer_ping(kernel: &Kernel, handle: &ServiceHandle, m: Message) {
 fn finish(
     kernel: &Kernel,
     handle: &ServiceHandle,
-    mut rx: UnboundedReceiver<Message>,
+    inbox: Inbox,
     owed: Vec<(super::Address, u32)>,
     end: End,
 ) {
     let address = handle.address;
     kernel.stops[end.class.index()].fetch_add(1, Ordering::Relaxed);
     let monitors = kernel.remove_service(handle);
+    let Inbox { mut rx, aside, .. } = inbox;
     rx.close();
     handle.mailbox.close(kernel);
     let mut failed = 0usize;
-    while let Ok(m) = rx.try_recv() {
+    let mut queued = std::iter::from_fn(|| rx.try_recv().ok());
+    for m in aside.into_iter().chain(&mut queued) {
         if m.wants_reply() {
             let _ = kernel.deliver(
                 m.source,
