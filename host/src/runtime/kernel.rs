@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -40,7 +40,6 @@ impl Kernel {
         }
         let (timers, timer_rx) = timer::Timers::new();
         let harbor = HarborId(config.harbor.as_ref().map_or(0, |h| h.id));
-        let slice = Duration::from_micros(limits.time_slice_us);
         let kernel = Arc::new(Kernel {
             harbor,
             host_tenant: Arc::new(Tenant::host(&limits)),
@@ -58,12 +57,22 @@ impl Kernel {
             stops: Default::default(),
             late_answers: Default::default(),
             sched: Arc::default(),
-            workers: (config.scheduler == Scheduler::Workers).then(|| {
-                let n = config.threads.unwrap_or_else(|| {
-                    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-                });
-                super::workers::Workers::start(n, slice)
-            }),
+            workers: std::sync::Mutex::new(
+                (config.scheduler == Scheduler::Workers)
+                    .then(|| {
+                        let n = config.threads.unwrap_or_else(|| {
+                            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+                        });
+                        super::workers::Workers::shared(n)
+                            .inspect_err(|e| {
+                                tracing::error!(
+                                    "cannot start the node's workers ({e}); its services run on tokio"
+                                );
+                            })
+                            .ok()
+                    })
+                    .flatten(),
+            ),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         });
@@ -72,12 +81,16 @@ impl Kernel {
         Ok(kernel)
     }
 
-    /// Stops the node's own worker threads, if it has them (after its
-    /// services ended).
+    /// Lets go of the worker threads that ran its services, if it had
+    /// them (after its services ended): the pool stops when no node of the
+    /// process holds it. Tasks spawned after this run on tokio.
     pub(crate) fn stop_workers(&self) {
-        if let Some(w) = &self.workers {
-            w.stop();
-        }
+        let pool = self
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(pool);
     }
 
     /// Adds the tenant `config` declares.

@@ -330,8 +330,10 @@ pub(crate) struct Kernel {
     /// The other nodes of its harbor, on a harbor node (the `Remote` port).
     pub remote: OnceLock<Arc<dyn Remote>>,
     pub sched: Arc<sched::Scheduler>,
-    /// The node's own worker threads, when they run its services.
-    workers: Option<workers::Workers>,
+    /// The worker threads that run its services, when it has them (the
+    /// process's pool of that size, shared with the other nodes of the
+    /// process); let go of when the node has shut down.
+    workers: Mutex<Option<Arc<workers::Workers>>>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -569,8 +571,16 @@ impl Kernel {
     /// has them, so a service and its link hand off on one thread; else on
     /// tokio.
     pub(crate) fn spawn_beside_services(&self, task: impl Future<Output = ()> + Send + 'static) {
-        match &self.workers {
-            Some(workers) => workers.spawn(self.tasks.track_future(task)),
+        let workers = self
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match workers {
+            Some(workers) => {
+                let slice = Duration::from_micros(self.limits.time_slice_us);
+                workers.spawn(slice, self.tasks.track_future(task));
+            }
             None => {
                 self.tasks.spawn(task);
             }

@@ -2,10 +2,12 @@
 //! node file's `scheduler = "workers"`, tokio's tasks otherwise).
 //!
 //! ```text
-//!  wake on a worker ──> that worker's `next` (runs next there: no syscall)
-//!  wake from outside ──> injector ──> a parked worker is unparked
+//!  wake on a worker ──> its `next` if nothing waits there (no syscall),
+//!                       else the back of its fresh queue
+//!  wake from outside ──> injector ──> a sleeping worker is woken
+//!  socket, timer ──> the worker whose driver holds it
 //!  worker picks: next → injector → own fresh → steal fresh → hogs (injector,
-//!                own, steal) → spin ~50 µs → park
+//!                own, steal) → spin ~50 µs (driver turned) → sleep in driver
 //! ```
 //!
 //! A task is one service's future. One state word per task (idle,
@@ -19,15 +21,20 @@
 //! Who owns what: `Workers` (one per node, in its `Kernel`) owns the
 //! threads and the shared queues; each thread owns its `next` slot and its
 //! two local queues (in a thread-local), which other workers steal from.
-//! Tokio keeps the sockets and timers: every worker enters the node's tokio
-//! runtime, so a service's future can await tokio's timers and channels.
+//!
+//! Each worker runs inside a tokio runtime of its own (one thread, with
+//! its own I/O and timer driver): a socket or timer made by a task on a
+//! worker is that worker's, so its readiness wakes the worker that waits
+//! for it, with no thread in between. An idle worker sleeps in its driver
+//! (epoll), and a busy one turns its driver every [`TURN`] between polls.
+//! Tasks a service spawns with tokio run on its worker's runtime.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Wake, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -53,11 +60,21 @@ const SPIN: Duration = Duration::from_micros(50);
 /// backstop: every queueing unparks a sleeper).
 const PARK: Duration = Duration::from_millis(10);
 
+/// How often a busy worker turns its driver (reads socket readiness and
+/// fires timers): the most a socket or timer of its own waits for it.
+const TURN: Duration = Duration::from_micros(100);
+
+/// How often a spinning worker turns its driver: a reply on one of its
+/// sockets is seen within this.
+const SPIN_TURN: Duration = Duration::from_micros(5);
+
 /// One task: a service's future and who may queue it.
 struct Task {
     state: AtomicU8,
     /// Its last poll ran a whole slice.
     hog: AtomicBool,
+    /// A poll this long makes it a hog (its node's time slice).
+    slice: Duration,
     future: Mutex<Option<Job>>,
     shared: Arc<Shared>,
 }
@@ -90,7 +107,8 @@ impl Wake for Task {
 /// A worker's place to sleep.
 struct Sleeper {
     sleeping: AtomicBool,
-    thread: OnceLock<std::thread::Thread>,
+    /// Wakes the worker's runtime out of its driver.
+    waker: OnceLock<Waker>,
 }
 
 /// What the workers of one pool share.
@@ -103,9 +121,9 @@ struct Shared {
     hogs: Vec<Stealer<Arc<Task>>>,
     sleepers: Vec<Sleeper>,
     asleep: AtomicUsize,
+    /// Workers spinning for work now.
+    spinning: AtomicUsize,
     stop: AtomicBool,
-    /// A poll this long makes its task a hog.
-    slice: Duration,
 }
 
 /// The thread-local side of a worker.
@@ -115,6 +133,9 @@ struct Local {
     next: Option<Arc<Task>>,
     fresh: Worker<Arc<Task>>,
     hogs: Worker<Arc<Task>>,
+    /// The worker is inside its driver (turning it, or asleep in it): a
+    /// task that a socket or timer wakes there must wake the worker's loop.
+    in_driver: bool,
 }
 
 thread_local! {
@@ -128,13 +149,45 @@ pub(crate) struct Workers {
 }
 
 impl Workers {
-    /// Starts `n` workers (at least one) inside the current tokio runtime;
-    /// a poll of `slice` or longer makes a task a hog.
+    /// The process's pool of `n` workers, started by the first node that
+    /// asks for it and shared by every node of the process that asks for
+    /// as many (nodes started in one process, as tests and benchmarks do,
+    /// share their threads as they share tokio's, instead of each pool
+    /// spinning on the same cores). It stops when the last node lets go.
     ///
-    /// # Panics
-    /// Outside a tokio runtime.
-    pub(crate) fn start(n: usize, slice: Duration) -> Workers {
+    /// # Errors
+    /// When it has to be started and cannot be (see [`Workers::start`]).
+    pub(crate) fn shared(n: usize) -> std::io::Result<Arc<Workers>> {
+        static POOLS: Mutex<Vec<(usize, std::sync::Weak<Workers>)>> = Mutex::new(Vec::new());
         let n = n.max(1);
+        let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|(_, pool)| pool.strong_count() > 0);
+        if let Some(pool) = pools
+            .iter()
+            .find(|(threads, _)| *threads == n)
+            .and_then(|(_, pool)| pool.upgrade())
+        {
+            return Ok(pool);
+        }
+        let pool = Arc::new(Workers::start(n)?);
+        pools.push((n, Arc::downgrade(&pool)));
+        Ok(pool)
+    }
+
+    /// Starts a pool of `n` workers (at least one).
+    ///
+    /// # Errors
+    /// When a worker's runtime cannot be made (the OS refused an epoll or
+    /// a thread).
+    pub(crate) fn start(n: usize) -> std::io::Result<Workers> {
+        let n = n.max(1);
+        let runtimes = (0..n)
+            .map(|_| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
         let fresh: Vec<Worker<Arc<Task>>> = (0..n).map(|_| Worker::new_fifo()).collect();
         let hogs: Vec<Worker<Arc<Task>>> = (0..n).map(|_| Worker::new_fifo()).collect();
         let shared = Arc::new(Shared {
@@ -145,58 +198,61 @@ impl Workers {
             sleepers: (0..n)
                 .map(|_| Sleeper {
                     sleeping: AtomicBool::new(false),
-                    thread: OnceLock::new(),
+                    waker: OnceLock::new(),
                 })
                 .collect(),
             asleep: AtomicUsize::new(0),
+            spinning: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
-            slice,
         });
-        let tokio = tokio::runtime::Handle::current();
-        let threads = fresh
-            .into_iter()
-            .zip(hogs)
-            .enumerate()
-            .filter_map(|(index, (fresh, hogs))| {
-                let shared = shared.clone();
-                let tokio = tokio.clone();
-                let started = std::thread::Builder::new()
-                    .name(format!("skyhost-worker-{index}"))
-                    .spawn(move || {
-                        let _tokio = tokio.enter();
-                        let _ = shared.sleepers[index].thread.set(std::thread::current());
-                        LOCAL.with(|l| {
-                            *l.borrow_mut() = Some(Local {
-                                shared: shared.clone(),
-                                index,
-                                next: None,
-                                fresh,
-                                hogs,
-                            });
+        let workers = Workers {
+            shared: shared.clone(),
+            threads: Mutex::new(Vec::new()),
+        };
+        for (index, ((fresh, hogs), runtime)) in
+            fresh.into_iter().zip(hogs).zip(runtimes).enumerate()
+        {
+            let shared = shared.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("skyhost-worker-{index}"))
+                .spawn(move || {
+                    LOCAL.with(|l| {
+                        *l.borrow_mut() = Some(Local {
+                            shared: shared.clone(),
+                            index,
+                            next: None,
+                            fresh,
+                            hogs,
+                            in_driver: false,
                         });
-                        run(&shared, index);
-                        LOCAL.with(|l| l.borrow_mut().take());
                     });
-                match started {
-                    Ok(t) => Some(t),
-                    Err(e) => {
-                        tracing::error!("cannot start worker {index}: {e}");
-                        None
-                    }
+                    runtime.block_on(run(&shared, index));
+                    LOCAL.with(|l| l.borrow_mut().take());
+                    // Tasks spawned on this worker's runtime end with it.
+                    runtime.shutdown_background();
+                });
+            match thread {
+                Ok(t) => workers
+                    .threads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(t),
+                Err(e) => {
+                    // Those started leave when `workers` drops.
+                    return Err(e);
                 }
-            })
-            .collect();
-        Workers {
-            shared,
-            threads: Mutex::new(threads),
+            }
         }
+        Ok(workers)
     }
 
-    /// Runs `future` on the workers.
-    pub(crate) fn spawn(&self, future: impl Future<Output = ()> + Send + 'static) {
+    /// Runs `future` on the workers; a poll of it that takes `slice` or
+    /// longer makes it a hog.
+    pub(crate) fn spawn(&self, slice: Duration, future: impl Future<Output = ()> + Send + 'static) {
         let task = Arc::new(Task {
             state: AtomicU8::new(SCHEDULED),
             hog: AtomicBool::new(false),
+            slice,
             future: Mutex::new(Some(Box::pin(future))),
             shared: self.shared.clone(),
         });
@@ -208,8 +264,8 @@ impl Workers {
     pub(crate) fn stop(&self) {
         self.shared.stop.store(true, Ordering::Release);
         for s in &self.shared.sleepers {
-            if let Some(t) = s.thread.get() {
-                t.unpark();
+            if let Some(w) = s.waker.get() {
+                w.wake_by_ref();
             }
         }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
@@ -257,6 +313,13 @@ impl Shared {
             } else {
                 local.fresh.push(task);
             }
+            if local.in_driver {
+                // Woken by this worker's own socket or timer: its loop
+                // must run again when the driver returns.
+                if let Some(w) = self.sleepers[local.index].waker.get() {
+                    w.wake_by_ref();
+                }
+            }
             Ok(!local.fresh.is_empty())
         });
         match queued_here {
@@ -283,8 +346,8 @@ impl Shared {
         }
         for s in &self.sleepers {
             if self.woke(s) {
-                if let Some(t) = s.thread.get() {
-                    t.unpark();
+                if let Some(w) = s.waker.get() {
+                    w.wake_by_ref();
                 }
                 return;
             }
@@ -363,38 +426,114 @@ fn next_task(from_next: &mut u32) -> Option<Arc<Task>> {
     })
 }
 
-/// A worker's loop: run what there is, spin a little, park.
-fn run(shared: &Arc<Shared>, index: usize) {
+/// A worker's loop (inside its runtime's `block_on`): run what there is,
+/// turning the driver every [`TURN`]; spin a little, turning it every
+/// [`SPIN_TURN`]; then sleep in the driver until a wake, a socket, a timer
+/// or [`PARK`].
+async fn run(shared: &Arc<Shared>, index: usize) {
+    let me = &shared.sleepers[index];
+    std::future::poll_fn(|cx| {
+        let _ = me.waker.set(cx.waker().clone());
+        Poll::Ready(())
+    })
+    .await;
     let mut from_next = 0u32;
+    let mut turned = Instant::now();
     while !shared.stop.load(Ordering::Acquire) {
         if let Some(t) = next_task(&mut from_next) {
             poll(t);
+            if turned.elapsed() >= TURN {
+                in_driver(tokio::task::yield_now()).await;
+                turned = Instant::now();
+            }
             continue;
         }
-        let spin_until = Instant::now() + SPIN;
-        let mut found = None;
-        while found.is_none() && Instant::now() < spin_until {
-            std::hint::spin_loop();
-            found = next_task(&mut from_next);
-        }
+        let found = spin(shared, &mut from_next).await;
+        turned = Instant::now();
         if let Some(t) = found {
             poll(t);
             continue;
         }
-        let me = &shared.sleepers[index];
         me.sleeping.store(true, Ordering::Release);
         shared.asleep.fetch_add(1, Ordering::AcqRel);
         // Checked again after saying so: a task queued before this point
-        // is found now, one queued after it unparks this thread.
+        // is found now, one queued after it wakes this worker's driver.
         let found = next_task(&mut from_next);
         if found.is_none() && !shared.stop.load(Ordering::Acquire) {
-            std::thread::park_timeout(PARK);
+            let _ = in_driver(tokio::time::timeout(PARK, sleep_until_woken())).await;
         }
         shared.woke(me);
+        turned = Instant::now();
         if let Some(t) = found {
             poll(t);
         }
     }
+}
+
+/// Looks for work for [`SPIN`] (see [`spin_for`]), but only
+/// when fewer than half the pool's workers (at least one) spin already: a
+/// spinning worker holds a core that a busy thread may need.
+async fn spin(shared: &Shared, from_next: &mut u32) -> Option<Arc<Task>> {
+    let most = shared.sleepers.len();
+    if shared.spinning.fetch_add(1, Ordering::AcqRel) >= most {
+        shared.spinning.fetch_sub(1, Ordering::AcqRel);
+        return next_task(from_next);
+    }
+    let found = spin_for(from_next).await;
+    shared.spinning.fetch_sub(1, Ordering::AcqRel);
+    found
+}
+
+/// Looks for work for [`SPIN`], turning the driver every [`SPIN_TURN`].
+async fn spin_for(from_next: &mut u32) -> Option<Arc<Task>> {
+    let spin_until = Instant::now() + SPIN;
+    // First a turn of the driver: what this worker just wrote to a socket
+    // of the process (another node on loopback) is often ready already.
+    let mut turn_at = Instant::now();
+    loop {
+        std::hint::spin_loop();
+        if let Some(t) = next_task(from_next) {
+            return Some(t);
+        }
+        let now = Instant::now();
+        if now >= spin_until {
+            return None;
+        }
+        if now >= turn_at {
+            in_driver(tokio::task::yield_now()).await;
+            turn_at = Instant::now() + SPIN_TURN;
+        }
+    }
+}
+
+/// Awaits `f` (which hands the thread to the worker's runtime) marked as
+/// inside the driver (see `Local::in_driver`).
+async fn in_driver<T>(f: impl Future<Output = T>) -> T {
+    let set = |on: bool| {
+        LOCAL.with(|l| {
+            if let Some(local) = l.borrow_mut().as_mut() {
+                local.in_driver = on;
+            }
+        });
+    };
+    set(true);
+    let out = f.await;
+    set(false);
+    out
+}
+
+/// Pending once: the worker's runtime sleeps in its driver until the
+/// worker's waker (see [`Sleeper`]), a socket or a timer wakes it.
+async fn sleep_until_woken() {
+    let mut slept = false;
+    std::future::poll_fn(|_| {
+        if std::mem::replace(&mut slept, true) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
 }
 
 /// Polls `task` once on this worker, and queues it again if it was woken
@@ -426,7 +565,7 @@ fn poll(task: Arc<Task>) {
         return;
     }
     task.hog
-        .store(started.elapsed() >= task.shared.slice, Ordering::Release);
+        .store(started.elapsed() >= task.slice, Ordering::Release);
     if task
         .state
         .compare_exchange(RUNNING, IDLE, Ordering::AcqRel, Ordering::Acquire)

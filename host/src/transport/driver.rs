@@ -139,6 +139,13 @@ impl LinkStats {
     }
 }
 
+/// `stream`, registered with the reactor of the runtime this runs on: on
+/// a node's workers that is the worker's own, so the socket's readiness
+/// wakes the thread that runs the connection (see `runtime::workers`).
+fn rehome(stream: TcpStream) -> std::io::Result<TcpStream> {
+    TcpStream::from_std(stream.into_std()?)
+}
+
 /// A connection whose handshake is done: the socket, its link state, and
 /// bytes already read past the handshake.
 pub struct Connection<C, H = Envelope> {
@@ -287,6 +294,7 @@ where
         cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
         use std::sync::atomic::Ordering;
+        self.stream = rehome(self.stream)?;
         if let Some(s) = &self.stats {
             s.up.store(true, Ordering::Relaxed);
             s.connections.fetch_add(1, Ordering::Relaxed);

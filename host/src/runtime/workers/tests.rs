@@ -24,14 +24,15 @@ async fn no_wake_up_is_lost_under_racing_sends() {
     const TASKS: usize = 64;
     const SENDERS: usize = 4;
     const PER_SENDER: usize = 2_000;
-    let workers = Workers::start(2, Duration::from_millis(1));
+    let slice = Duration::from_millis(1);
+    let workers = Workers::start(2).expect("workers start");
     let taken = Arc::new(AtomicUsize::new(0));
     let mut inboxes = Vec::new();
     for _ in 0..TASKS {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
         inboxes.push(tx);
         let taken = taken.clone();
-        workers.spawn(async move {
+        workers.spawn(slice, async move {
             while rx.recv().await.is_some() {
                 taken.fetch_add(1, Ordering::Relaxed);
             }
@@ -63,12 +64,13 @@ async fn no_wake_up_is_lost_under_racing_sends() {
 /// A task woken by a task on a worker runs next on that worker's thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_woken_task_runs_next_on_the_waking_thread() {
-    let workers = Workers::start(2, Duration::from_millis(1));
+    let slice = Duration::from_millis(1);
+    let workers = Workers::start(2).expect("workers start");
     let (ping_tx, mut ping_rx) = tokio::sync::mpsc::unbounded_channel::<std::thread::ThreadId>();
     let (pong_tx, mut pong_rx) = tokio::sync::mpsc::unbounded_channel::<std::thread::ThreadId>();
     let same = Arc::new(AtomicUsize::new(0));
     let seen = same.clone();
-    workers.spawn(async move {
+    workers.spawn(slice, async move {
         while let Some(from) = ping_rx.recv().await {
             if from == std::thread::current().id() {
                 seen.fetch_add(1, Ordering::Relaxed);
@@ -80,7 +82,7 @@ async fn a_woken_task_runs_next_on_the_waking_thread() {
     });
     let rounds = Arc::new(AtomicUsize::new(0));
     let counted = rounds.clone();
-    workers.spawn(async move {
+    workers.spawn(slice, async move {
         for _ in 0..1_000 {
             if ping_tx.send(std::thread::current().id()).is_err() {
                 return;
@@ -105,16 +107,17 @@ async fn a_woken_task_runs_next_on_the_waking_thread() {
 /// other worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_worker_s_queue_is_stolen() {
-    let workers = Arc::new(Workers::start(2, Duration::from_secs(1)));
+    let slice = Duration::from_secs(1);
+    let workers = Arc::new(Workers::start(2).expect("workers start"));
     let ran_on = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (busy_thread_tx, busy_thread_rx) = std::sync::mpsc::channel();
     let spawner = workers.clone();
     let record = ran_on.clone();
-    workers.spawn(async move {
+    workers.spawn(slice, async move {
         let _ = busy_thread_tx.send(std::thread::current().id());
         for _ in 0..8 {
             let record = record.clone();
-            spawner.spawn(async move {
+            spawner.spawn(slice, async move {
                 record
                     .lock()
                     .expect("record")
@@ -141,25 +144,29 @@ async fn a_busy_worker_s_queue_is_stolen() {
 /// Fresh work never waits behind tasks that keep using whole slices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_work_goes_before_hogs() {
-    let workers = Workers::start(1, Duration::from_millis(2));
+    let slice = Duration::from_millis(2);
+    let workers = Workers::start(1).expect("workers start");
     let hog_polls = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for _ in 0..4 {
         let polls = hog_polls.clone();
         let stop = stop.clone();
-        workers.spawn(std::future::poll_fn(move |cx| {
-            if stop.load(Ordering::Relaxed) {
-                return std::task::Poll::Ready(());
-            }
-            // A whole slice, then a yield.
-            let until = Instant::now() + Duration::from_millis(3);
-            while Instant::now() < until {
-                std::hint::spin_loop();
-            }
-            polls.fetch_add(1, Ordering::Relaxed);
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }));
+        workers.spawn(
+            slice,
+            std::future::poll_fn(move |cx| {
+                if stop.load(Ordering::Relaxed) {
+                    return std::task::Poll::Ready(());
+                }
+                // A whole slice, then a yield.
+                let until = Instant::now() + Duration::from_millis(3);
+                while Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+                polls.fetch_add(1, Ordering::Relaxed);
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }),
+        );
     }
     until("the hogs run", || hog_polls.load(Ordering::Relaxed) >= 8).await;
     for _ in 0..5 {
@@ -167,7 +174,7 @@ async fn fresh_work_goes_before_hogs() {
         let at_start = before.clone();
         let polls = hog_polls.clone();
         let queued = hog_polls.load(Ordering::Relaxed);
-        workers.spawn(async move {
+        workers.spawn(slice, async move {
             at_start.store(polls.load(Ordering::Relaxed), Ordering::Relaxed);
         });
         until("the fresh task ran", || {
@@ -185,7 +192,8 @@ async fn fresh_work_goes_before_hogs() {
 /// Stopping joins the threads and drops what was still queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_joins_the_threads_and_drops_queued_work() {
-    let workers = Workers::start(2, Duration::from_millis(1));
+    let slice = Duration::from_millis(1);
+    let workers = Workers::start(2).expect("workers start");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let dropped = Arc::new(AtomicUsize::new(0));
     struct Guard(Arc<AtomicUsize>);
@@ -196,7 +204,7 @@ async fn stop_joins_the_threads_and_drops_queued_work() {
     }
     let guard = Guard(dropped.clone());
     let (started_tx, started_rx) = std::sync::mpsc::channel();
-    workers.spawn(async move {
+    workers.spawn(slice, async move {
         let _guard = guard;
         let _ = started_tx.send(());
         let _ = rx.await;
@@ -214,11 +222,12 @@ async fn stop_joins_the_threads_and_drops_queued_work() {
 /// A task that panics ends alone; the worker runs the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_task_ends_alone() {
-    let workers = Workers::start(1, Duration::from_millis(1));
-    workers.spawn(async { panic!("a task's own failure") });
+    let slice = Duration::from_millis(1);
+    let workers = Workers::start(1).expect("workers start");
+    workers.spawn(slice, async { panic!("a task's own failure") });
     let ran = Arc::new(AtomicUsize::new(0));
     let after = ran.clone();
-    workers.spawn(async move {
+    workers.spawn(slice, async move {
         after.fetch_add(1, Ordering::SeqCst);
     });
     until("the next task ran", || ran.load(Ordering::SeqCst) == 1).await;
