@@ -123,6 +123,8 @@ struct Shared {
     asleep: AtomicUsize,
     /// Workers spinning for work now.
     spinning: AtomicUsize,
+    /// The longest a worker sleeps without being woken ([`PARK`]).
+    park: Duration,
     stop: AtomicBool,
 }
 
@@ -180,6 +182,12 @@ impl Workers {
     /// When a worker's runtime cannot be made (the OS refused an epoll or
     /// a thread).
     pub(crate) fn start(n: usize) -> std::io::Result<Workers> {
+        Workers::start_with_park(n, PARK)
+    }
+
+    /// [`Workers::start`], with sleeps of at most `park` when not woken
+    /// (tests make it long, so that a lost wake-up shows as a hang).
+    pub(crate) fn start_with_park(n: usize, park: Duration) -> std::io::Result<Workers> {
         let n = n.max(1);
         let runtimes = (0..n)
             .map(|_| {
@@ -203,6 +211,7 @@ impl Workers {
                 .collect(),
             asleep: AtomicUsize::new(0),
             spinning: AtomicUsize::new(0),
+            park,
             stop: AtomicBool::new(false),
         });
         let workers = Workers {
@@ -460,7 +469,7 @@ async fn run(shared: &Arc<Shared>, index: usize) {
         // is found now, one queued after it wakes this worker's driver.
         let found = next_task(&mut from_next);
         if found.is_none() && !shared.stop.load(Ordering::Acquire) {
-            let _ = in_driver(tokio::time::timeout(PARK, sleep_until_woken())).await;
+            let _ = in_driver(tokio::time::timeout(shared.park, sleep_until_woken())).await;
         }
         shared.woke(me);
         turned = Instant::now();

@@ -233,3 +233,69 @@ async fn a_panicking_task_ends_alone() {
     until("the next task ran", || ran.load(Ordering::SeqCst) == 1).await;
     workers.stop();
 }
+
+/// Sockets and timers made on a worker are its own: a worker asleep in its
+/// driver wakes for them, and one that is spinning or busy sees them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_wakes_for_its_own_sockets_and_timers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let slice = Duration::from_millis(1);
+    // No backstop: a wake-up lost in the driver would hang the test.
+    let workers = Workers::start_with_park(1, Duration::from_secs(3600)).expect("workers start");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    let echoed = Arc::new(AtomicUsize::new(0));
+    let counted = echoed.clone();
+    // The worker's task connects (its socket is the worker's), then waits
+    // on a timer and on reads that come while the worker sleeps.
+    workers.spawn(slice, async move {
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut byte = [0u8; 1];
+        for _ in 0..10 {
+            stream.read_exact(&mut byte).await.expect("read");
+            stream.write_all(&byte).await.expect("write");
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let (mut peer, _) = tokio::task::spawn_blocking(move || listener.accept())
+        .await
+        .expect("accept task")
+        .expect("accept");
+    peer.set_read_timeout(Some(WITHIN)).expect("read timeout");
+    for i in 0..10u8 {
+        // Long enough for the worker to stop spinning and sleep.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let mut answer = [0u8; 1];
+        let echoed_byte = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            peer.write_all(&[i]).expect("send");
+            peer.read_exact(&mut answer).expect("answer");
+            (peer, answer[0])
+        })
+        .await
+        .expect("exchange");
+        peer = echoed_byte.0;
+        assert_eq!(echoed_byte.1, i);
+    }
+    until("every byte echoed", || echoed.load(Ordering::SeqCst) == 10).await;
+    workers.stop();
+}
+
+/// Nodes of one process that ask for as many workers share one pool,
+/// which stops when the last lets go.
+#[test]
+fn nodes_of_a_process_share_one_pool_per_size() {
+    let a = Workers::shared(3).expect("pool");
+    let b = Workers::shared(3).expect("pool");
+    assert!(Arc::ptr_eq(&a, &b), "one pool of three");
+    let other = Workers::shared(4).expect("pool");
+    assert!(!Arc::ptr_eq(&a, &other), "another size, another pool");
+    let weak = Arc::downgrade(&a);
+    drop((a, b));
+    assert!(weak.upgrade().is_none(), "the last holder stopped it");
+    let again = Workers::shared(3).expect("a pool started anew");
+    drop(again);
+}
