@@ -1,9 +1,10 @@
-//! Worker threads of the node's own that run its services (issue 22; the
-//! node file's `scheduler = "workers"`, tokio's tasks otherwise).
+//! Worker threads of skyhost's own that run a node's services and links
+//! (issue 22; the node file's `scheduler = "workers"`, tokio's tasks
+//! otherwise).
 //!
 //! ```text
-//!  wake on a worker ──> its `next` if nothing waits there (no syscall),
-//!                       else the back of its fresh queue
+//!  wake on a worker ──> its `next` (no syscall; what was there goes to
+//!                       the back of its fresh queue)
 //!  wake from outside ──> injector ──> a sleeping worker is woken
 //!  socket, timer ──> the worker whose driver holds it
 //!  worker picks: next → injector → own fresh → steal fresh → hogs (injector,
@@ -18,9 +19,10 @@
 //! queue of its own, looked at only when no fresh work is there, so a
 //! woken service never queues behind spinning ones.
 //!
-//! Who owns what: `Workers` (one per node, in its `Kernel`) owns the
-//! threads and the shared queues; each thread owns its `next` slot and its
-//! two local queues (in a thread-local), which other workers steal from.
+//! Who owns what: `Workers` (one pool per process and size, held by the
+//! `Kernel` of every node that runs on it) owns the threads and the shared
+//! queues; each thread owns its `next` slot and its two local queues (in a
+//! thread-local), which other workers steal from.
 //!
 //! Each worker runs inside a tokio runtime of its own (one thread, with
 //! its own I/O and timer driver): a socket or timer made by a task on a
