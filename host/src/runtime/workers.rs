@@ -123,8 +123,6 @@ struct Shared {
     hogs: Vec<Stealer<Arc<Task>>>,
     sleepers: Vec<Sleeper>,
     asleep: AtomicUsize,
-    /// Workers spinning for work now.
-    spinning: AtomicUsize,
     /// The longest a worker sleeps without being woken ([`PARK`]).
     park: Duration,
     stop: AtomicBool,
@@ -212,7 +210,6 @@ impl Workers {
                 })
                 .collect(),
             asleep: AtomicUsize::new(0),
-            spinning: AtomicUsize::new(0),
             park,
             stop: AtomicBool::new(false),
         });
@@ -449,20 +446,24 @@ async fn run(shared: &Arc<Shared>, index: usize) {
     })
     .await;
     let mut from_next = 0u32;
-    let mut turned = Instant::now();
+    // One clock read per poll: where a poll ends the next one starts.
+    let mut now = Instant::now();
+    let mut turned = now;
     while !shared.stop.load(Ordering::Acquire) {
         if let Some(t) = next_task(&mut from_next) {
-            poll(t);
-            if turned.elapsed() >= TURN {
+            now = poll(t, now);
+            if now.duration_since(turned) >= TURN {
                 in_driver(tokio::task::yield_now()).await;
-                turned = Instant::now();
+                now = Instant::now();
+                turned = now;
             }
             continue;
         }
-        let found = spin(shared, &mut from_next).await;
-        turned = Instant::now();
+        let found = spin(&mut from_next).await;
+        now = Instant::now();
+        turned = now;
         if let Some(t) = found {
-            poll(t);
+            now = poll(t, now);
             continue;
         }
         me.sleeping.store(true, Ordering::Release);
@@ -474,29 +475,16 @@ async fn run(shared: &Arc<Shared>, index: usize) {
             let _ = in_driver(tokio::time::timeout(shared.park, sleep_until_woken())).await;
         }
         shared.woke(me);
-        turned = Instant::now();
+        now = Instant::now();
+        turned = now;
         if let Some(t) = found {
-            poll(t);
+            now = poll(t, now);
         }
     }
 }
 
-/// Looks for work for [`SPIN`] (see [`spin_for`]), but only
-/// when fewer than half the pool's workers (at least one) spin already: a
-/// spinning worker holds a core that a busy thread may need.
-async fn spin(shared: &Shared, from_next: &mut u32) -> Option<Arc<Task>> {
-    let most = shared.sleepers.len();
-    if shared.spinning.fetch_add(1, Ordering::AcqRel) >= most {
-        shared.spinning.fetch_sub(1, Ordering::AcqRel);
-        return next_task(from_next);
-    }
-    let found = spin_for(from_next).await;
-    shared.spinning.fetch_sub(1, Ordering::AcqRel);
-    found
-}
-
 /// Looks for work for [`SPIN`], turning the driver every [`SPIN_TURN`].
-async fn spin_for(from_next: &mut u32) -> Option<Arc<Task>> {
+async fn spin(from_next: &mut u32) -> Option<Arc<Task>> {
     let spin_until = Instant::now() + SPIN;
     // First a turn of the driver: what this worker just wrote to a socket
     // of the process (another node on loopback) is often ready already.
@@ -547,13 +535,12 @@ async fn sleep_until_woken() {
     .await;
 }
 
-/// Polls `task` once on this worker, and queues it again if it was woken
-/// while it ran.
-fn poll(task: Arc<Task>) {
+/// Polls `task` once on this worker (starting at `started`), and queues it
+/// again if it was woken while it ran. Returns when the poll ended.
+fn poll(task: Arc<Task>, started: Instant) -> Instant {
     task.state.store(RUNNING, Ordering::Release);
     let waker = Waker::from(task.clone());
     let mut cx = Context::from_waker(&waker);
-    let started = Instant::now();
     let done = {
         let mut slot = task.future.lock().unwrap_or_else(|e| e.into_inner());
         // A task that panics ends alone, as a tokio task does: the worker
@@ -571,12 +558,13 @@ fn poll(task: Arc<Task>) {
         }
         !pending
     };
+    let ended = Instant::now();
     if done {
         task.state.store(DONE, Ordering::Release);
-        return;
+        return ended;
     }
     task.hog
-        .store(started.elapsed() >= task.slice, Ordering::Release);
+        .store(ended - started >= task.slice, Ordering::Release);
     if task
         .state
         .compare_exchange(RUNNING, IDLE, Ordering::AcqRel, Ordering::Acquire)
@@ -587,6 +575,7 @@ fn poll(task: Arc<Task>) {
         let shared = task.shared.clone();
         shared.schedule(task, false);
     }
+    ended
 }
 
 #[cfg(test)]
