@@ -110,7 +110,9 @@ impl Node {
         let kernel = Kernel::new(config, limits, Arc::new(wasm))?;
         if let Some(fan_out) = multicast.fan_out_task(Arc::downgrade(&kernel)) {
             let stop = kernel.shutdown.clone();
-            kernel.tasks.spawn(async move {
+            // Where the services run: on the workers, the subscribers it
+            // wakes queue on its own worker instead of crossing from tokio.
+            kernel.spawn_beside_services(async move {
                 tokio::select! {
                     () = stop.cancelled() => {}
                     () = fan_out => {}

@@ -566,10 +566,10 @@ impl Kernel {
         monitors
     }
 
-    /// Runs a service's task, or a link's (harbor peer, cluster sender or
-    /// agent), where the services run: on the node's own workers when it
-    /// has them, so a service and its link hand off on one thread; else on
-    /// tokio.
+    /// Runs a service's task, a link's (harbor peer, cluster sender or
+    /// agent) or multicast's fan-out, where the services run: on the
+    /// node's workers when it has them, so a service and what wakes it
+    /// hand off on one thread; else on tokio.
     pub(crate) fn spawn_beside_services(&self, task: impl Future<Output = ()> + Send + 'static) {
         let workers = self
             .workers
