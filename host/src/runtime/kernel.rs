@@ -57,22 +57,7 @@ impl Kernel {
             stops: Default::default(),
             late_answers: Default::default(),
             sched: Arc::default(),
-            workers: std::sync::Mutex::new(
-                (config.scheduler == Scheduler::Workers)
-                    .then(|| {
-                        let n = config.threads.unwrap_or_else(|| {
-                            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-                        });
-                        super::workers::Workers::shared(n)
-                            .inspect_err(|e| {
-                                tracing::error!(
-                                    "cannot start the node's workers ({e}); its services run on tokio"
-                                );
-                            })
-                            .ok()
-                    })
-                    .flatten(),
-            ),
+            workers: Mutex::new(workers_for(config)),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         });
@@ -85,12 +70,10 @@ impl Kernel {
     /// them (after its services ended): the pool stops when no node of the
     /// process holds it. Tasks spawned after this run on tokio.
     pub(crate) fn stop_workers(&self) {
-        let pool = self
-            .workers
+        self.workers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        drop(pool);
     }
 
     /// Adds the tenant `config` declares.
@@ -224,6 +207,23 @@ pub enum TenantError {
     /// A bootstrap service failed to start.
     #[error("tenant `{0}`: bootstrap failed: {1}")]
     Bootstrap(String, SpawnError),
+}
+
+/// The worker pool a node of `config` runs its services on: none with
+/// `scheduler = "tokio"`, or when the pool cannot start (the services then
+/// run on tokio, and the log says why).
+fn workers_for(config: &NodeConfig) -> Option<Arc<super::workers::Workers>> {
+    if config.scheduler != Scheduler::Workers {
+        return None;
+    }
+    let n = config
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+    super::workers::Workers::shared(n)
+        .inspect_err(|e| {
+            tracing::error!("cannot start the node's workers ({e}); its services run on tokio");
+        })
+        .ok()
 }
 
 /// Refuses a tenant whose id is reserved or taken by another name.

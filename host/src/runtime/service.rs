@@ -97,9 +97,7 @@ pub(crate) async fn run<G: Guest>(
                 if instance.exit_requested() {
                     End::exited()
                 } else {
-                    let (end, back) = serve(&kernel, &handle, &mut instance, inbox, &args).await;
-                    inbox = back;
-                    end
+                    serve(&kernel, &handle, &mut instance, &mut inbox, &args).await
                 }
             }
             Ok(Err(reason)) => {
@@ -138,25 +136,24 @@ async fn serve<G: Guest>(
     kernel: &Arc<Kernel>,
     handle: &Arc<ServiceHandle>,
     instance: &mut G,
-    mut inbox: Inbox,
+    inbox: &mut Inbox,
     args: &[u8],
-) -> (End, Inbox) {
+) -> End {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
-        let held = &mut inbox;
-        let first = match held.aside.pop_front() {
+        let first = match inbox.aside.pop_front() {
             Some(m) => m,
-            None => match held.rx.recv().await {
+            None => match inbox.rx.recv().await {
                 Some(m) => m,
-                None => return (End::exited(), inbox),
+                None => return End::exited(),
             },
         };
         handle.mailbox.picked_up(kernel);
         if handle.killed.load(Ordering::Acquire) {
             // Taken off the queue but never dispatched: still owed an answer
             // (`finish` answers what is aside).
-            held.aside.push_front(first);
-            return (End::killed(), inbox);
+            inbox.aside.push_front(first);
+            return End::killed();
         }
         let mut taken = 1;
         // CPU budget is per dispatch: a batch is kept to what fits in it.
@@ -168,15 +165,15 @@ async fn serve<G: Guest>(
         let alone = first.trace != 0;
         push_unless_wake(kernel, handle, &mut batch, first);
         while !alone && taken < limit {
-            let next = match held.aside.pop_front() {
+            let next = match inbox.aside.pop_front() {
                 Some(m) => m,
-                None => match held.rx.try_recv() {
+                None => match inbox.rx.try_recv() {
                     Ok(m) => m,
                     Err(_) => break,
                 },
             };
             if next.trace != 0 || (traced && next.kind != kind::SYSTEM) {
-                held.aside.push_front(next);
+                inbox.aside.push_front(next);
                 break;
             }
             taken += 1;
@@ -185,9 +182,8 @@ async fn serve<G: Guest>(
         let full = taken == limit;
         handle.mailbox.taken(taken);
         if batch.is_empty() {
-            if let Some(end) = upgrade_if_ordered(kernel, handle, instance, &mut inbox, args).await
-            {
-                return (end, inbox);
+            if let Some(end) = upgrade_if_ordered(kernel, handle, instance, inbox, args).await {
+                return end;
             }
             continue;
         }
@@ -207,27 +203,26 @@ async fn serve<G: Guest>(
             );
         }
         if let Err(e) = result {
-            return (End::failed(e), inbox);
+            return End::failed(e);
         }
         if instance.exit_requested() {
-            return (End::exited(), inbox);
+            return End::exited();
         }
         if handle.killed.load(Ordering::Acquire) {
-            return (End::killed(), inbox);
+            return End::killed();
         }
-        if let Some(end) = upgrade_if_ordered(kernel, handle, instance, &mut inbox, args).await {
-            return (end, inbox);
+        if let Some(end) = upgrade_if_ordered(kernel, handle, instance, inbox, args).await {
+            return end;
         }
-        let held = &mut inbox;
         // A service with a backlog keeps its thread for a time slice, as a
         // hog does, unless fresh work waits: yielding after every batch gave
         // it ~40 µs turns against a sender's 1 ms slices, so a fast sender
         // filled its mailbox faster than it could drain it.
         if !full {
-            held.turn_started = kernel.ticks();
-        } else if kernel.sched.has_waiting() || held.turn_over(kernel) {
+            inbox.turn_started = kernel.ticks();
+        } else if kernel.sched.has_waiting() || inbox.turn_over(kernel) {
             tokio::task::yield_now().await;
-            held.turn_started = kernel.ticks();
+            inbox.turn_started = kernel.ticks();
         }
     }
 }

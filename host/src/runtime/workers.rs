@@ -213,7 +213,7 @@ impl Workers {
             park,
             stop: AtomicBool::new(false),
         });
-        let workers = Workers {
+        let mut workers = Workers {
             shared: shared.clone(),
             threads: Mutex::new(Vec::new()),
         };
@@ -239,17 +239,13 @@ impl Workers {
                     // Tasks spawned on this worker's runtime end with it.
                     runtime.shutdown_background();
                 });
-            match thread {
-                Ok(t) => workers
-                    .threads
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(t),
-                Err(e) => {
-                    // Those started leave when `workers` drops.
-                    return Err(e);
-                }
-            }
+            // On an error, those started leave when `workers` drops.
+            let thread = thread?;
+            workers
+                .threads
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(thread);
         }
         Ok(workers)
     }
@@ -321,9 +317,10 @@ impl Shared {
             } else {
                 local.fresh.push(task);
             }
-            if local.in_driver {
+            if std::mem::take(&mut local.in_driver) {
                 // Woken by this worker's own socket or timer: its loop
-                // must run again when the driver returns.
+                // must run again when the driver returns (once per turn:
+                // each wake of the loop is an eventfd write).
                 if let Some(w) = self.sleepers[local.index].waker.get() {
                     w.wake_by_ref();
                 }
