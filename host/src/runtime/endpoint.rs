@@ -5,9 +5,8 @@
 //! [`recv`]: HostEndpoint::recv
 //! [`close`]: close
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-
-use tokio::sync::mpsc;
 
 use super::{Address, Kernel, Message, ServiceHandle, Tenant, kind};
 
@@ -16,7 +15,8 @@ use super::{Address, Kernel, Message, ServiceHandle, Tenant, kind};
 pub(crate) struct HostEndpoint {
     kernel: Arc<Kernel>,
     handle: Arc<ServiceHandle>,
-    rx: mpsc::UnboundedReceiver<Message>,
+    /// Taken from the mailbox in one swap, not yet handed out.
+    pending: VecDeque<Message>,
 }
 
 impl HostEndpoint {
@@ -24,11 +24,11 @@ impl HostEndpoint {
     /// (`host`, `cluster-agent`, `cluster-proxy`). It takes messages of
     /// `tenant` only (`kernel.host_tenant`: of every tenant).
     pub fn new(kernel: &Arc<Kernel>, module: &str, tenant: Arc<Tenant>) -> Self {
-        let (handle, rx) = kernel.insert_service(module.into(), tenant, false);
+        let handle = kernel.insert_service(module.into(), tenant, false);
         HostEndpoint {
             kernel: kernel.clone(),
             handle,
-            rx,
+            pending: VecDeque::new(),
         }
     }
 
@@ -44,7 +44,13 @@ impl HostEndpoint {
 
     /// The next message; `None` once it was killed or the node stops.
     pub async fn recv(&mut self) -> Option<Message> {
-        let m = self.rx.recv().await?;
+        if self.pending.is_empty() {
+            self.handle
+                .mailbox
+                .take_into_or_wait(&mut self.pending)
+                .await;
+        }
+        let m = self.pending.pop_front()?;
         self.handle.mailbox.taken(1);
         self.handle.mailbox.picked_up(&self.kernel);
         if m.kind == kind::SYSTEM && m.source == self.handle.address {

@@ -15,8 +15,6 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::sync::mpsc::UnboundedReceiver;
-
 use super::tenant::Tenant;
 use super::{Address, ErrorCause, Kernel, Message, Ready, ServiceHandle, TenantId};
 
@@ -172,7 +170,6 @@ pub(crate) trait GuestModule: Send + Sync + 'static {
         self: Arc<Self>,
         kernel: Arc<Kernel>,
         handle: Arc<ServiceHandle>,
-        rx: UnboundedReceiver<Message>,
         args: Vec<u8>,
         ready: Ready,
     ) -> BoxFuture<'static, ()>;

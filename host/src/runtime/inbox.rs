@@ -1,21 +1,20 @@
-//! A service's receiving side: its mailbox's queue, the messages an
-//! upgrade kept aside, and when its current turn on its thread began.
-//! The service loop takes its batches from it; when the service ends,
-//! every request in it (aside or queued) is answered with an error.
+//! A service's receiving side: the messages it has taken from its mailbox
+//! (or an upgrade kept aside) and not yet dispatched, and when its current
+//! turn on its thread began. The service loop takes its batches from it;
+//! when the service ends, every request in it (taken or still queued) is
+//! answered with an error.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use tokio::sync::mpsc::UnboundedReceiver;
-
-use super::{Kernel, Message};
+use super::{Kernel, Message, ServiceHandle};
 
 /// A service's receiving side (see the module doc).
 pub(crate) struct Inbox {
-    pub(super) rx: UnboundedReceiver<Message>,
-    /// Messages an upgrade kept aside: older than anything in
-    /// the mailbox, taken before it. Still counted in the mailbox's length.
-    pub(super) aside: VecDeque<Message>,
+    /// Taken from the mailbox in one swap, or kept aside by an upgrade:
+    /// older than anything still in the mailbox, so dispatched first.
+    /// Still counted in the mailbox's length.
+    pub(super) pending: VecDeque<Message>,
     /// When this service's current turn on its thread began (in
     /// [`Kernel::ticks`]): a service with a backlog keeps its thread for a
     /// time slice.
@@ -23,11 +22,35 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
-    pub(super) fn new(rx: UnboundedReceiver<Message>, now: u64) -> Self {
+    pub(super) fn new(now: u64) -> Self {
         Inbox {
-            rx,
-            aside: VecDeque::new(),
+            pending: VecDeque::new(),
             turn_started: now,
+        }
+    }
+
+    /// The oldest message not yet dispatched, waiting for one if none is
+    /// queued; `None` once the mailbox is closed and empty.
+    pub(super) async fn next(&mut self, handle: &ServiceHandle) -> Option<Message> {
+        if self.pending.is_empty() {
+            handle.mailbox.take_into_or_wait(&mut self.pending).await;
+        }
+        self.pending.pop_front()
+    }
+
+    /// The oldest message not yet dispatched, if one is queued.
+    pub(super) fn try_next(&mut self, handle: &ServiceHandle) -> Option<Message> {
+        if self.pending.is_empty() {
+            handle.mailbox.take_into(&mut self.pending);
+        }
+        self.pending.pop_front()
+    }
+
+    /// Puts `kept` (taken in this order) back before everything not yet
+    /// dispatched.
+    pub(super) fn put_back(&mut self, kept: VecDeque<Message>) {
+        for m in kept.into_iter().rev() {
+            self.pending.push_front(m);
         }
     }
 

@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -471,19 +471,17 @@ impl Kernel {
         }
         // Marked before the message is visible, so the service's pick-up,
         // which follows it, always clears the mark.
+        // A push that finds the mailbox closed clears the mark itself; one
+        // that goes in before the close is cleared by the service's end,
+        // which closes the mailbox (under its lock) before it clears.
         let interrupt = len == 1 && self.sched.mark_ready(&mailbox.ready);
-        if mailbox.tx.send(message).is_err() {
+        if mailbox.push(message).is_err() {
             mailbox.len.fetch_sub(1, Ordering::Relaxed);
             mailbox.picked_up(self);
             return Err(SendError::UnknownAddress(dest));
         }
         if interrupt {
             self.loader.interrupt_running();
-        }
-        if mailbox.closed.load(Ordering::SeqCst) {
-            // The service ended while this message went in: its end has
-            // answered the message, and no one will clear the mark.
-            mailbox.picked_up(self);
         }
         let warn_at = mailbox.warn_at.load(Ordering::Relaxed);
         if len >= warn_at
@@ -503,14 +501,14 @@ impl Kernel {
         module: Arc<str>,
         tenant: Arc<Tenant>,
         guest: bool,
-    ) -> (Arc<ServiceHandle>, mpsc::UnboundedReceiver<Message>) {
+    ) -> Arc<ServiceHandle> {
         let services = self.services.pin();
         loop {
             let local = self.next_local.fetch_add(1, Ordering::Relaxed) % Address::MAX_LOCAL + 1;
             if services.contains_key(&local) {
                 continue;
             }
-            let (mailbox, rx) = Mailbox::new();
+            let mailbox = Mailbox::new();
             let handle = Arc::new(ServiceHandle {
                 address: Address::new(local, self.harbor),
                 module: module.clone(),
@@ -525,7 +523,7 @@ impl Kernel {
                 watch: Mutex::new(Watch::default()),
             });
             if services.try_insert(local, handle.clone()).is_ok() {
-                return (handle, rx);
+                return handle;
             }
         }
     }
@@ -638,13 +636,13 @@ impl Kernel {
                 return ready.fail(&self, e.into());
             }
         };
-        let (handle, rx) = self.insert_service(module.name().clone(), tenant, true);
+        let handle = self.insert_service(module.name().clone(), tenant, true);
         if self.shutdown.is_cancelled() || handle.tenant.removed.load(Ordering::Acquire) {
             // Shutdown's sweep may have missed it: it went in after the sweep.
             handle.killed.store(true, Ordering::Release);
             handle.mailbox.wake(handle.address);
         }
-        module.run(self, handle, rx, args, ready).await;
+        module.run(self, handle, args, ready).await;
     }
 
     /// A service counted in the node's and `tenant`'s live services ended

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::Instrument;
 
 use super::inbox::Inbox;
@@ -67,14 +66,13 @@ impl End {
 pub(crate) async fn run<G: Guest>(
     kernel: Arc<Kernel>,
     handle: Arc<ServiceHandle>,
-    rx: UnboundedReceiver<Message>,
     module: Arc<G::Module>,
     args: Vec<u8>,
     ready: Ready,
 ) {
     let span = tracing::info_span!(parent: None, "service", address = %handle.address, module = %module.name());
     async move {
-        let mut inbox = Inbox::new(rx, kernel.ticks());
+        let mut inbox = Inbox::new(kernel.ticks());
         let module_name = module.name().to_string();
         let mut instance = match G::instantiate(&kernel, &handle, &module).await {
             Ok(i) => i,
@@ -141,18 +139,14 @@ async fn serve<G: Guest>(
 ) -> End {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
-        let first = match inbox.aside.pop_front() {
-            Some(m) => m,
-            None => match inbox.rx.recv().await {
-                Some(m) => m,
-                None => return End::exited(),
-            },
+        let Some(first) = inbox.next(handle).await else {
+            return End::exited();
         };
         handle.mailbox.picked_up(kernel);
         if handle.killed.load(Ordering::Acquire) {
             // Taken off the queue but never dispatched: still owed an answer
-            // (`finish` answers what is aside).
-            inbox.aside.push_front(first);
+            // (`finish` answers what is pending).
+            inbox.pending.push_front(first);
             return End::killed();
         }
         let mut taken = 1;
@@ -165,15 +159,11 @@ async fn serve<G: Guest>(
         let alone = first.trace != 0;
         push_unless_wake(kernel, handle, &mut batch, first);
         while !alone && taken < limit {
-            let next = match inbox.aside.pop_front() {
-                Some(m) => m,
-                None => match inbox.rx.try_recv() {
-                    Ok(m) => m,
-                    Err(_) => break,
-                },
+            let Some(next) = inbox.try_next(handle) else {
+                break;
             };
             if next.trace != 0 || (traced && next.kind != kind::SYSTEM) {
-                inbox.aside.push_front(next);
+                inbox.pending.push_front(next);
                 break;
             }
             taken += 1;
@@ -237,7 +227,7 @@ fn with_trace(kernel: &Kernel, traced: bool, mut m: Message) -> Message {
 }
 
 /// Runs the upgrade ordered for this service, if any (between two batches).
-/// The messages it kept aside go after those already aside (older);
+/// The messages it kept aside go back before those not yet taken;
 /// `Some` when the service must end.
 async fn upgrade_if_ordered<G: Guest>(
     kernel: &Arc<Kernel>,
@@ -247,13 +237,13 @@ async fn upgrade_if_ordered<G: Guest>(
     args: &[u8],
 ) -> Option<End> {
     let order = handle.take_upgrade()?;
-    match upgrade::perform(kernel, handle, instance, &mut inbox.rx, args, order).await {
+    match upgrade::perform(kernel, handle, instance, inbox, args, order).await {
         Ok(kept) => {
-            inbox.aside.extend(kept);
+            inbox.put_back(kept);
             None
         }
         Err((end, kept)) => {
-            inbox.aside.extend(kept);
+            inbox.put_back(kept);
             Some(end)
         }
     }
@@ -315,12 +305,11 @@ fn finish(
     let address = handle.address;
     kernel.stops[end.class.index()].fetch_add(1, Ordering::Relaxed);
     let monitors = kernel.remove_service(handle);
-    let Inbox { mut rx, aside, .. } = inbox;
-    rx.close();
+    let Inbox { mut pending, .. } = inbox;
     handle.mailbox.close(kernel);
+    handle.mailbox.take_into(&mut pending);
     let mut failed = 0usize;
-    let mut queued = std::iter::from_fn(|| rx.try_recv().ok());
-    for m in aside.into_iter().chain(&mut queued) {
+    for m in pending {
         if m.wants_reply() {
             let _ = kernel.deliver(
                 m.source,

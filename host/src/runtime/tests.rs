@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::oneshot;
 
 use super::{
@@ -49,12 +48,11 @@ impl GuestModule for FakeModule {
         self: Arc<Self>,
         kernel: Arc<Kernel>,
         handle: Arc<ServiceHandle>,
-        rx: UnboundedReceiver<Message>,
         args: Vec<u8>,
         ready: Ready,
     ) -> BoxFuture<'static, ()> {
         Box::pin(super::service::run::<FakeGuest>(
-            kernel, handle, rx, self, args, ready,
+            kernel, handle, self, args, ready,
         ))
     }
 
@@ -175,7 +173,7 @@ impl Guest for FakeGuest {
 
 /// A loader of fake modules by name.
 #[derive(Default)]
-struct FakeLoader {
+pub(super) struct FakeLoader {
     modules: HashMap<String, Arc<FakeModule>>,
 }
 
@@ -237,7 +235,7 @@ static TEST_TENANT: std::sync::LazyLock<Tenant> =
     std::sync::LazyLock::new(|| Tenant::host(&crate::config::Limits::default()));
 
 /// A node core running the fake modules of `loader`.
-fn core(loader: FakeLoader) -> Arc<Kernel> {
+pub(super) fn core(loader: FakeLoader) -> Arc<Kernel> {
     let config = NodeConfig::default();
     let limits = config.limits.resolved();
     Kernel::new(&config, limits, Arc::new(loader)).expect("the core starts")

@@ -26,8 +26,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc::UnboundedReceiver, oneshot};
+use tokio::sync::oneshot;
 
+use super::inbox::Inbox;
 use super::service::{End, answer_ping};
 use super::{
     Address, Guest, GuestModule, Kernel, Message, ModuleError, ServiceHandle, TenantId, kind,
@@ -223,13 +224,13 @@ pub(crate) async fn perform<G: Guest>(
     kernel: &Arc<Kernel>,
     handle: &Arc<ServiceHandle>,
     instance: &mut G,
-    rx: &mut UnboundedReceiver<Message>,
+    inbox: &mut Inbox,
     args: &[u8],
     order: UpgradeOrder,
 ) -> Result<VecDeque<Message>, (End, VecDeque<Message>)> {
     let start = Instant::now();
     let mut side = VecDeque::new();
-    if let Err(outcome) = quiesce(kernel, handle, instance, rx, &mut side, order.wait).await {
+    if let Err(outcome) = quiesce(kernel, handle, instance, inbox, &mut side, order.wait).await {
         let _ = order.reply.send(Err(outcome.error.clone()));
         return match outcome.end {
             Some(end) => Err((end, side)),
@@ -286,14 +287,14 @@ async fn quiesce<G: Guest>(
     kernel: &Arc<Kernel>,
     handle: &ServiceHandle,
     instance: &mut G,
-    rx: &mut UnboundedReceiver<Message>,
+    inbox: &mut Inbox,
     side: &mut VecDeque<Message>,
     wait: Duration,
 ) -> Result<(), Unquiet> {
     let deadline = Instant::now() + wait;
     let mut answers = Vec::new();
     while instance.awaiting() > 0 {
-        let next = tokio::time::timeout_at(deadline.into(), rx.recv()).await;
+        let next = tokio::time::timeout_at(deadline.into(), inbox.next(handle)).await;
         let message = match next {
             Err(_elapsed) => {
                 return Err(Unquiet {

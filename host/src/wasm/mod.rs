@@ -584,12 +584,11 @@ impl GuestModule for Module {
         self: Arc<Self>,
         kernel: Arc<Kernel>,
         handle: Arc<ServiceHandle>,
-        rx: tokio::sync::mpsc::UnboundedReceiver<Message>,
         args: Vec<u8>,
         ready: Ready,
     ) -> BoxFuture<'static, ()> {
         Box::pin(crate::runtime::service::run::<Instance>(
-            kernel, handle, rx, self, args, ready,
+            kernel, handle, self, args, ready,
         ))
     }
 
