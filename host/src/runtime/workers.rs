@@ -3,8 +3,11 @@
 //! otherwise).
 //!
 //! ```text
-//!  wake on a worker ──> its `next` (no syscall; what was there goes to
-//!                       the back of its fresh queue)
+//!  wake on a worker ──> its `next` when the waker is the task that woke
+//!                       it last time (a call's partner; what was there
+//!                       goes to the back of the fresh queue), else the
+//!                       back of its fresh queue (a server many call takes
+//!                       their requests in one batch); no syscall
 //!  wake from outside ──> injector ──> a sleeping worker is woken
 //!  socket, timer ──> the worker whose driver holds it
 //!  worker picks: next → injector → own fresh → steal fresh → hogs (injector,
@@ -77,6 +80,9 @@ struct Task {
     hog: AtomicBool,
     /// A poll this long makes it a hog (its node's time slice).
     slice: Duration,
+    /// The task whose poll last woke it (its address; 0: none yet, or
+    /// woken from outside a poll): see [`Shared::schedule`].
+    woken_by: AtomicUsize,
     future: Mutex<Option<Job>>,
     shared: Arc<Shared>,
 }
@@ -138,6 +144,8 @@ struct Local {
     /// The worker is inside its driver (turning it, or asleep in it): a
     /// task that a socket or timer wakes there must wake the worker's loop.
     in_driver: bool,
+    /// The task being polled (its address; 0 between polls).
+    running: usize,
 }
 
 thread_local! {
@@ -232,6 +240,7 @@ impl Workers {
                             fresh,
                             hogs,
                             in_driver: false,
+                            running: 0,
                         });
                     });
                     runtime.block_on(run(&shared, index));
@@ -257,6 +266,7 @@ impl Workers {
             state: AtomicU8::new(SCHEDULED),
             hog: AtomicBool::new(false),
             slice,
+            woken_by: AtomicUsize::new(0),
             future: Mutex::new(Some(Box::pin(future))),
             shared: self.shared.clone(),
         });
@@ -308,9 +318,17 @@ impl Shared {
             let Some(local) = l.as_mut().filter(|l| Arc::ptr_eq(&l.shared, self)) else {
                 return Err(task);
             };
+            // `next` is for a partner: a task woken by the same task as
+            // last time (a caller and its server, a reply to a call). A task
+            // woken by one task after another (a server many call) goes
+            // behind them instead, so it takes their messages in one batch
+            // rather than one round trip with each.
+            let partner = woken
+                && local.running != 0
+                && task.woken_by.swap(local.running, Ordering::Relaxed) == local.running;
             if hog {
                 local.hogs.push(task);
-            } else if woken {
+            } else if partner {
                 if let Some(old) = local.next.replace(task) {
                     local.fresh.push(old);
                 }
@@ -422,12 +440,15 @@ fn next_task(from_next: &mut u32) -> Option<Arc<Task>> {
         if let Some(t) = local.next.take() {
             if *from_next < NEXT_BUDGET {
                 *from_next += 1;
+                local.running = Arc::as_ptr(&t) as usize;
                 return Some(t);
             }
             local.fresh.push(t);
         }
         *from_next = 0;
-        local.shared.find(local)
+        let t = local.shared.find(local);
+        local.running = t.as_ref().map_or(0, |t| Arc::as_ptr(t) as usize);
+        t
     })
 }
 
@@ -509,6 +530,7 @@ async fn in_driver<T>(f: impl Future<Output = T>) -> T {
         LOCAL.with(|l| {
             if let Some(local) = l.borrow_mut().as_mut() {
                 local.in_driver = on;
+                local.running = 0;
             }
         });
     };

@@ -103,6 +103,55 @@ async fn a_woken_task_runs_next_on_the_waking_thread() {
     workers.stop();
 }
 
+/// A server that many tasks call goes behind its callers, not in `next`:
+/// on one worker, every caller's request is in before it runs, so it takes
+/// them in one batch instead of one round trip per caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_many_call_takes_their_requests_in_one_batch() {
+    const CALLERS: usize = 16;
+    const ROUNDS: usize = 50;
+    let slice = Duration::from_millis(1);
+    let workers = Workers::start(1).expect("workers start");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<tokio::sync::oneshot::Sender<()>>();
+    let batches = Arc::new(AtomicUsize::new(0));
+    let counted = batches.clone();
+    workers.spawn(slice, async move {
+        while let Some(first) = rx.recv().await {
+            counted.fetch_add(1, Ordering::Relaxed);
+            let _ = first.send(());
+            while let Ok(more) = rx.try_recv() {
+                let _ = more.send(());
+            }
+        }
+    });
+    let done = Arc::new(AtomicUsize::new(0));
+    for _ in 0..CALLERS {
+        let tx = tx.clone();
+        let done = done.clone();
+        workers.spawn(slice, async move {
+            for _ in 0..ROUNDS {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                if tx.send(reply).is_err() || answer.await.is_err() {
+                    return;
+                }
+            }
+            done.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+    drop(tx);
+    until("every caller's rounds", || {
+        done.load(Ordering::Relaxed) == CALLERS
+    })
+    .await;
+    let calls = CALLERS * ROUNDS;
+    let batches = batches.load(Ordering::Relaxed);
+    assert!(
+        batches * 4 <= calls,
+        "{calls} calls took {batches} batches: the server ran between its callers"
+    );
+    workers.stop();
+}
+
 /// A task that keeps its worker busy leaves the work it queued to the
 /// other worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
