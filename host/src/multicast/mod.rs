@@ -219,7 +219,16 @@ impl Multicast {
     /// # Errors
     /// `Invalid` or `Exists` for a fixed number.
     pub fn create(&self, tenant: TenantId, fixed: Option<u32>) -> Result<u32, ChannelError> {
-        let mut t = self.tables();
+        self.create_in(&mut self.tables(), tenant, fixed)
+    }
+
+    /// [`create`](Self::create), in tables already locked.
+    fn create_in(
+        &self,
+        t: &mut Tables,
+        tenant: TenantId,
+        fixed: Option<u32>,
+    ) -> Result<u32, ChannelError> {
         let channel = match fixed {
             Some(n) if n == 0 || n > MAX_NUMBER => return Err(ChannelError::Invalid(n)),
             Some(n) => {
@@ -305,11 +314,15 @@ impl Multicast {
             return Ok(remote);
         }
         let key = (node.to_string(), tenant, remote);
-        if let Some(&id) = self.tables().stand_ins.get(&key) {
+        // Looked up and made under one lock: two services binding the same
+        // channel at once must get one stand-in (a second one would take
+        // the first's place in `stand_ins`, and the first's subscribers
+        // would hear nothing).
+        let mut t = self.tables();
+        if let Some(&id) = t.stand_ins.get(&key) {
             return Ok(id);
         }
-        let id = self.create(tenant, None)?;
-        let mut t = self.tables();
+        let id = self.create_in(&mut t, tenant, None)?;
         if let Some(o) = t.owned.get_mut(&(tenant, id)) {
             o.bound = Some((key.0.clone(), key.2));
         }
@@ -777,4 +790,61 @@ fn gone_notice(tenant: TenantId, channel: u32) -> Message {
 /// What a subscriber holds in the runtime for `channel` (its exit hook's key).
 fn channel_key(channel: u32) -> String {
     format!("channel:{channel}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Barrier;
+
+    use super::*;
+
+    /// A cluster link that carries nothing: the stand-in table alone is tested.
+    struct NoTraffic;
+
+    impl ClusterCarrier for NoTraffic {
+        fn node_name(&self) -> &str {
+            "here"
+        }
+        fn control(&self, _: &str, _: ChannelControl) -> Result<(), NotCarried> {
+            Ok(())
+        }
+        fn copy(&self, _: &str, _: ChannelCopy, _: Bytes) -> Result<(), NotCarried> {
+            Ok(())
+        }
+    }
+
+    /// Services binding the same channel of another node at once all get
+    /// one stand-in (with two, the first's subscribers heard nothing).
+    #[test]
+    fn binding_one_remote_channel_at_once_makes_one_stand_in() {
+        const THREADS: usize = 8;
+        let multicast = Arc::new(Multicast::new(HarborId(1)));
+        multicast.carry_over_cluster(Arc::new(NoTraffic));
+        let tenant = TenantId(7);
+        for remote in 1..=200u32 {
+            let start = Arc::new(Barrier::new(THREADS));
+            let ids: Vec<u32> = (0..THREADS)
+                .map(|_| {
+                    let multicast = multicast.clone();
+                    let start = start.clone();
+                    std::thread::spawn(move || {
+                        start.wait();
+                        multicast.cluster_channel(tenant, "there", remote)
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| t.join().expect("thread").expect("a stand-in"))
+                .collect();
+            assert!(
+                ids.iter().all(|&id| id == ids[0]),
+                "remote {remote}: {ids:?}"
+            );
+        }
+        assert_eq!(
+            multicast.tables().owned.len(),
+            200,
+            "one stand-in per remote channel"
+        );
+    }
 }
