@@ -416,6 +416,10 @@ async fn answers_from_a_node_that_was_declared_down_are_dropped_as_late() -> any
         t.command(caller, &Command::HarborId).await?,
         Reply::Count(1)
     );
+    // And node 2 has all 40 requests once it answers what went over the
+    // link after them: none is left in node 1's queue for the link that
+    // will be declared down.
+    assert_eq!(t.command(kit2, &Command::HarborId).await?, Reply::Count(2));
     let responses = || {
         let stats = t.node.tenant_stats();
         let system = stats.iter().find(|s| s.name == "system");
