@@ -51,9 +51,9 @@ enum Command {
         /// Scheduler threads (default: one per core).
         #[arg(long)]
         threads: Option<usize>,
-        /// What runs the services: `tokio` (default) or `workers` (the
-        /// node's own threads, as the node file's `scheduler`).
-        #[arg(long, default_value = "tokio")]
+        /// What runs the services: `workers` (default: the node's own
+        /// threads) or `tokio`, as the node file's `scheduler`.
+        #[arg(long, default_value = "workers")]
         scheduler: String,
         /// Run the one workload named once here and print its bare figure
         /// (how a memory workload gets a fresh process for each run).

@@ -23,10 +23,11 @@ pub fn cache_dir() -> PathBuf {
 }
 
 /// A node file for tests: the bundled services and a shared module cache.
-/// `SKYHOST_TEST_SCHEDULER=workers` runs the in-process nodes' services on
-/// their own worker threads (two) instead of tokio's.
+/// The in-process nodes run their services on two worker threads of their
+/// own (the default scheduler); `SKYHOST_TEST_SCHEDULER=tokio` runs them as
+/// tokio tasks instead.
 pub fn test_config() -> NodeConfig {
-    let workers = std::env::var("SKYHOST_TEST_SCHEDULER").is_ok_and(|s| s == "workers");
+    let workers = std::env::var("SKYHOST_TEST_SCHEDULER").map_or(true, |s| s != "tokio");
     NodeConfig {
         module_paths: vec![guest_dir()],
         cache_dir: Some(cache_dir()),

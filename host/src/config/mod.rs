@@ -25,9 +25,9 @@ pub const MAX_LOCAL_SERVICES: u32 = (1 << 24) - 1;
 #[serde(rename_all = "lowercase")]
 pub enum Scheduler {
     /// Each service is a tokio task.
-    #[default]
     Tokio,
     /// The node's own worker threads (`runtime/workers.rs`).
+    #[default]
     Workers,
 }
 
@@ -225,7 +225,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             threads: None,
-            scheduler: Scheduler::Tokio,
+            scheduler: Scheduler::Workers,
             log_level: default_log_level(),
             module_paths: Vec::new(),
             cache_dir: None,
@@ -529,9 +529,9 @@ mod tests {
 
     #[test]
     fn the_scheduler_is_tokio_or_workers() {
-        assert_eq!(parse("").expect("default").scheduler, Scheduler::Tokio);
-        let w = parse("scheduler = \"workers\"\n").expect("workers");
-        assert_eq!(w.scheduler, Scheduler::Workers);
+        assert_eq!(parse("").expect("default").scheduler, Scheduler::Workers);
+        let t = parse("scheduler = \"tokio\"\n").expect("tokio");
+        assert_eq!(t.scheduler, Scheduler::Tokio);
         let s = parse("threads = 2\nscheduler = \"fast\"\n")
             .expect_err("no such scheduler")
             .to_string();

@@ -234,9 +234,13 @@ impl Loader for FakeLoader {
 static TEST_TENANT: std::sync::LazyLock<Tenant> =
     std::sync::LazyLock::new(|| Tenant::host(&crate::config::Limits::default()));
 
-/// A node core running the fake modules of `loader`.
+/// A node core running the fake modules of `loader`, as tokio tasks (the
+/// workers have `core_on_workers`; the integration tests run on them).
 pub(super) fn core(loader: FakeLoader) -> Arc<Kernel> {
-    let config = NodeConfig::default();
+    let config = NodeConfig {
+        scheduler: crate::config::Scheduler::Tokio,
+        ..NodeConfig::default()
+    };
     let limits = config.limits.resolved();
     Kernel::new(&config, limits, Arc::new(loader)).expect("the core starts")
 }
@@ -390,7 +394,10 @@ async fn timers_fire_in_deadline_order_under_paused_time() {
 
 /// A core with tenant `blue` (mailboxes of 2) beside `system`.
 fn core_with_blue(loader: FakeLoader) -> Arc<Kernel> {
-    let mut config = NodeConfig::default();
+    let mut config = NodeConfig {
+        scheduler: crate::config::Scheduler::Tokio,
+        ..NodeConfig::default()
+    };
     let mut blue = crate::config::TenantConfig::new("blue", Vec::new());
     blue.limits.mailbox_limit = Some(2);
     config.tenants.push(blue);
