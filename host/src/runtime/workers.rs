@@ -321,14 +321,17 @@ impl Shared {
             // `next` is for a partner: a task woken by the same task as
             // last time (a caller and its server, a reply to a call). A task
             // woken by one task after another (a server many call) goes
-            // behind them instead, so it takes their messages in one batch
-            // rather than one round trip with each.
+            // behind the tasks queued here, so it takes their messages in
+            // one batch rather than one round trip with each; with nothing
+            // queued here it goes in `next` all the same (at the back of an
+            // empty queue it would only wake a sleeping worker to steal it).
             let partner = woken
                 && local.running != 0
                 && task.woken_by.swap(local.running, Ordering::Relaxed) == local.running;
+            let alone = woken && local.next.is_none() && local.fresh.is_empty();
             if hog {
                 local.hogs.push(task);
-            } else if partner {
+            } else if partner || alone {
                 if let Some(old) = local.next.replace(task) {
                     local.fresh.push(old);
                 }
@@ -364,6 +367,12 @@ impl Shared {
     }
 
     fn unpark_one(&self) {
+        // Pairs with the fence in `run` after a worker says it sleeps: the
+        // task queued before this fence is seen by that worker's last look,
+        // or this load sees the worker asleep (store-then-load on both
+        // sides needs SeqCst fences; Acquire/Release alone allows both to
+        // miss).
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self.asleep.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -486,8 +495,10 @@ async fn run(shared: &Arc<Shared>, index: usize) {
         }
         me.sleeping.store(true, Ordering::Release);
         shared.asleep.fetch_add(1, Ordering::AcqRel);
+        std::sync::atomic::fence(Ordering::SeqCst);
         // Checked again after saying so: a task queued before this point
-        // is found now, one queued after it wakes this worker's driver.
+        // is found now, one queued after it wakes this worker's driver
+        // (see `unpark_one`).
         let found = next_task(&mut from_next);
         if found.is_none() && !shared.stop.load(Ordering::Acquire) {
             let _ = in_driver(tokio::time::timeout(shared.park, sleep_until_woken())).await;
