@@ -1,11 +1,13 @@
 //! The service runtime: the address table, mailboxes, names, timers, spawn,
-//! kill, exit notices, and the scheduler that runs services on tokio.
+//! kill, exit notices, and the scheduler that runs services (the node's own
+//! workers by default, or tokio's tasks).
 //!
 //! Flow: a guest import (or a host [`LocalClient`]) builds a [`Message`] and calls
 //! `Kernel::deliver`, which finds the target's `ServiceHandle` in the
-//! address table and pushes the message into its mailbox. Each service is
-//! one tokio task (`service::run::<G>`) that owns the receiving end of its
-//! mailbox and its guest (`guest::Guest`: a wasm `Instance` in a node, a
+//! address table and pushes the message into its mailbox (a locked deque the
+//! service empties in one swap). Each service is one task (`service::run::<G>`,
+//! on the workers of `workers.rs` or as a tokio task) that owns its `Inbox`
+//! and its guest (`guest::Guest`: a wasm `Instance` in a node, a
 //! fake in this module's tests); it takes a bounded batch of messages,
 //! hands them to the guest's `dispatch`, and yields after a full batch so a
 //! flooded service cannot starve others.
@@ -13,9 +15,11 @@
 //! The runtime is the bottom of the host's layers (docs/layers.md): it
 //! reaches what runs services and the other nodes only through its ports
 //! (`guest.rs`, `remote.rs`).
-//! Files: `mailbox.rs`, `names.rs`, `kernel.rs` (building the core, whole-node
-//! views), `service.rs` (the loop), `upgrade.rs` (hot-swap), `timer.rs`,
-//! `sched.rs`, `client.rs` and `endpoint.rs` (host endpoints).
+//! Files: `mailbox.rs`, `inbox.rs` (a service's receiving side), `names.rs`,
+//! `kernel.rs` (building the core, whole-node views), `service.rs` (the loop),
+//! `upgrade.rs` (hot-swap), `timer.rs`, `sched.rs` (fresh work first, fair
+//! share), `workers.rs` (the node's own threads), `client.rs` and
+//! `endpoint.rs` (host endpoints).
 //!
 //! Ownership: the runtime owns the service (address, mailbox, names,
 //! monitors, and the sessions it owes); the instance is a replaceable part.
