@@ -173,6 +173,63 @@ async fn a_hundred_upgrades_under_load_lose_no_message_and_keep_the_count() -> a
     Ok(())
 }
 
+/// A service killed while an upgrade is ordered (picked up or not) and
+/// requests wait for it (kept aside by the upgrade, or still queued): the
+/// upgrade ends with an error and so does every request; nothing hangs.
+/// (An order not yet picked up used to wait for ever: its orderer held the
+/// handle that held the order's reply.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_and_the_requests_around_it_end_when_the_service_is_killed() -> anyhow::Result<()>
+{
+    const KEPT: usize = 20;
+    let node = TestNode::start()?;
+    let counter = node.spawn("counter").await?;
+    let target = counter.to_string();
+    let v2 = version_path(2);
+    // Waiting on its own 60 s timer, the counter is not quiescent. A first
+    // upgrade that gives up at once compiles version 2, so the next one
+    // reaches the service without delay.
+    let mut hold = b"h".to_vec();
+    hold.extend_from_slice(&60_000u32.to_le_bytes());
+    let held = node.client.start_call(counter, hold)?;
+    count(&node.client, counter).await?;
+    let first = within(node.node.upgrade(&target, &v2, Duration::from_millis(1))).await??;
+    ensure!(
+        matches!(first[0].result, Err(UpgradeError::NotQuiescent { .. })),
+        "{first:?}"
+    );
+    let upgrade = node.node.upgrade(&target, &v2, DEADLINE);
+    let requests_then_kill = async {
+        tokio::task::yield_now().await;
+        let kept: Vec<_> = (0..KEPT)
+            .map(|_| node.client.start_call(counter, b"g".to_vec()))
+            .collect::<Result<_, _>>()?;
+        eventually("the requests are in", || {
+            node.node.mailbox_len(counter).is_some_and(|n| n >= 1)
+        })
+        .await?;
+        ensure!(node.node.kill(counter), "the counter is there to kill");
+        // Each ends: answered by version 1 if it came before the upgrade
+        // took over, else kept aside and failed with `killed`.
+        for call in kept {
+            if let Err(e) = within(call).await? {
+                assert_eq!(e.cause(), Some(skyhost::ErrorCause::Killed), "{e}");
+            }
+        }
+        anyhow::Ok(())
+    };
+    let (reports, ended) = within(async { tokio::join!(upgrade, requests_then_kill) }).await?;
+    ended?;
+    match &reports?[0].result {
+        Err(UpgradeError::Ended(_)) => {}
+        other => bail!("an upgrade whose service was killed: {other:?}"),
+    }
+    let err = within(held).await?.expect_err("ended by the kill");
+    assert_eq!(err.cause(), Some(skyhost::ErrorCause::Killed), "{err}");
+    node.stop().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_upgrades_are_reported_and_the_old_version_carries_on() -> anyhow::Result<()> {
     let node = TestNode::start()?;

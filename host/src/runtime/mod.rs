@@ -239,6 +239,9 @@ pub(crate) struct ServiceHandle {
     /// after each batch (cheaper than the lock).
     upgrade: Mutex<Option<upgrade::UpgradeOrder>>,
     upgrade_pending: AtomicBool,
+    /// The service has ended: no upgrade can be ordered any more (set under
+    /// the `upgrade` lock, see `upgrade::close_orders`).
+    upgrade_closed: AtomicBool,
     watch: Mutex<Watch>,
 }
 
@@ -524,6 +527,7 @@ impl Kernel {
                 guest,
                 upgrade: Mutex::new(None),
                 upgrade_pending: AtomicBool::new(false),
+                upgrade_closed: AtomicBool::new(false),
                 watch: Mutex::new(Watch::default()),
             });
             if services.try_insert(local, handle.clone()).is_ok() {

@@ -305,6 +305,7 @@ fn finish(
     let address = handle.address;
     kernel.stops[end.class.index()].fetch_add(1, Ordering::Relaxed);
     let monitors = kernel.remove_service(handle);
+    upgrade::close_orders(handle, &end.reason);
     let Inbox { mut pending, .. } = inbox;
     handle.mailbox.close(kernel);
     handle.mailbox.take_into(&mut pending);

@@ -192,6 +192,22 @@ impl Kernel {
     }
 }
 
+/// Called when the service behind `handle` ends: no upgrade can be ordered
+/// from now on, and one ordered and not yet picked up is answered (its
+/// orderer holds the handle, so the order would never be dropped).
+pub(crate) fn close_orders(handle: &ServiceHandle, reason: &str) {
+    let order = {
+        let mut slot = handle.upgrade.lock().unwrap_or_else(|e| e.into_inner());
+        handle.upgrade_closed.store(true, Ordering::Relaxed);
+        slot.take()
+    };
+    if let Some(order) = order {
+        let _ = order
+            .reply
+            .send(Err(UpgradeError::Ended(reason.to_string())));
+    }
+}
+
 /// Hands `module` to the service behind `handle` and waits for its answer.
 async fn order(
     handle: &ServiceHandle,
@@ -201,6 +217,9 @@ async fn order(
     let (reply, answer) = oneshot::channel();
     {
         let mut slot = handle.upgrade.lock().unwrap_or_else(|e| e.into_inner());
+        if handle.upgrade_closed.load(Ordering::Relaxed) {
+            return Err(UpgradeError::Ended("before the upgrade was done".into()));
+        }
         if slot.is_some() {
             return Err(UpgradeError::Busy(handle.address));
         }
