@@ -44,13 +44,7 @@ impl HostEndpoint {
 
     /// The next message; `None` once it was killed or the node stops.
     pub async fn recv(&mut self) -> Option<Message> {
-        if self.pending.is_empty() {
-            self.handle
-                .mailbox
-                .take_into_or_wait(&mut self.pending)
-                .await;
-        }
-        let m = self.pending.pop_front()?;
+        let m = self.handle.mailbox.next(&mut self.pending).await?;
         self.handle.mailbox.taken(1);
         self.handle.mailbox.picked_up(&self.kernel);
         if m.kind == kind::SYSTEM && m.source == self.handle.address {

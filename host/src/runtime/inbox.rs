@@ -32,10 +32,7 @@ impl Inbox {
     /// The oldest message not yet dispatched, waiting for one if none is
     /// queued; `None` once the mailbox is closed and empty.
     pub(super) async fn next(&mut self, handle: &ServiceHandle) -> Option<Message> {
-        if self.pending.is_empty() {
-            handle.mailbox.take_into_or_wait(&mut self.pending).await;
-        }
-        self.pending.pop_front()
+        handle.mailbox.next(&mut self.pending).await
     }
 
     /// The oldest message not yet dispatched, if one is queued.

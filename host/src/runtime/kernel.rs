@@ -57,7 +57,7 @@ impl Kernel {
             stops: Default::default(),
             late_answers: Default::default(),
             sched: Arc::default(),
-            workers: Mutex::new(workers_for(config)),
+            workers: arc_swap::ArcSwapOption::new(workers_for(config)),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         });
@@ -70,10 +70,7 @@ impl Kernel {
     /// them (after its services ended): the pool stops when no node of the
     /// process holds it. Tasks spawned after this run on tokio.
     pub(crate) fn stop_workers(&self) {
-        self.workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        self.workers.store(None);
     }
 
     /// Adds the tenant `config` declares.

@@ -111,6 +111,16 @@ impl Mailbox {
         .await
     }
 
+    /// The oldest of `pending` (taken earlier) and then of the mailbox,
+    /// refilling `pending` in one swap and waiting while both are empty;
+    /// `None` once the mailbox is closed and empty.
+    pub(super) async fn next(&self, pending: &mut VecDeque<Message>) -> Option<Message> {
+        if pending.is_empty() {
+            self.take_into_or_wait(pending).await;
+        }
+        pending.pop_front()
+    }
+
     /// Messages queued and not yet taken by the service.
     pub fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
@@ -263,7 +273,16 @@ mod tests {
                 handle.mailbox.take_into_or_wait(&mut batch).await
             })
         };
-        tokio::task::yield_now().await;
+        // Closed only once the receiver waits (else it would find the
+        // mailbox closed without needing a wake).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while handle.mailbox.lock().waiter.is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the receiver never waited"
+            );
+            tokio::task::yield_now().await;
+        }
         handle.mailbox.close(&kernel);
         let got = tokio::time::timeout(Duration::from_secs(10), waiting)
             .await

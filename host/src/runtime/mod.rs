@@ -340,7 +340,7 @@ pub(crate) struct Kernel {
     /// The worker threads that run its services, when it has them (the
     /// process's pool of that size, shared with the other nodes of the
     /// process); let go of when the node has shut down.
-    workers: Mutex<Option<Arc<workers::Workers>>>,
+    workers: arc_swap::ArcSwapOption<workers::Workers>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
 }
@@ -577,12 +577,7 @@ impl Kernel {
     /// node's workers when it has them, so a service and what wakes it
     /// hand off on one thread; else on tokio.
     pub(crate) fn spawn_beside_services(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let workers = self
-            .workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match workers {
+        match self.workers.load_full() {
             Some(workers) => {
                 let slice = Duration::from_micros(self.limits.time_slice_us);
                 workers.spawn(slice, self.tasks.track_future(task));

@@ -4,10 +4,11 @@
 //!
 //! ```text
 //!  wake on a worker ──> its `next` when the waker is the task that woke
-//!                       it last time (a call's partner; what was there
-//!                       goes to the back of the fresh queue), else the
-//!                       back of its fresh queue (a server many call takes
-//!                       their requests in one batch); no syscall
+//!                       it last time (a call's partner) or nothing is
+//!                       queued there (what was in `next` goes to the back
+//!                       of the fresh queue), else the back of its fresh
+//!                       queue (a server many call takes their requests in
+//!                       one batch); no syscall
 //!  wake from outside ──> injector ──> a sleeping worker is woken
 //!  socket, timer ──> the worker whose driver holds it
 //!  worker picks: next → injector → own fresh → steal fresh → hogs (injector,
@@ -144,7 +145,9 @@ struct Local {
     /// The worker is inside its driver (turning it, or asleep in it): a
     /// task that a socket or timer wakes there must wake the worker's loop.
     in_driver: bool,
-    /// The task being polled (its address; 0 between polls).
+    /// The task this worker last took to poll (its address; 0 when it
+    /// found none, and while it is in its driver, so a socket's or timer's
+    /// wake is nobody's partner).
     running: usize,
 }
 
