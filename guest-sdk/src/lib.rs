@@ -1,7 +1,7 @@
 //! Write skyhost services in Rust.
 //!
 //! A skyhost service is a WebAssembly component that exports `init` and
-//! `dispatch` and imports the node's `runtime`, `harbor`, `cluster` and
+//! `dispatch-batch` (WIT world `batch-service`) and imports the node's `runtime`, `harbor`, `cluster` and
 //! `multicast` interfaces (`wit/service.wit`).
 //! This crate hides that raw interface behind:
 //!
@@ -20,7 +20,7 @@
 //! a task only wakes when the answer to its session arrives.
 //!
 //! ```text
-//!  host ── dispatch([msg, …]) ─▶ runtime ──┬─ response/error for a waited session
+//!  host ── dispatch-batch(buf) ─▶ runtime ──┬─ response/error for a waited session
 //!                                          │     └─▶ wake the task awaiting it
 //!                                          └─ request/text/exit/user kinds
 //!                                                └─▶ new task: Service::handle(msg)
@@ -77,7 +77,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "stateful-service",
+        world: "stateful-batch-service",
         pub_export_macro: true,
         default_bindings_module: "skyhost_sdk::bindings",
     });
@@ -86,6 +86,7 @@ pub mod bindings {
 mod address;
 pub mod batch;
 pub mod cluster;
+mod delivery;
 mod error;
 mod executor;
 #[cfg(test)]
@@ -106,7 +107,7 @@ mod tests;
 
 pub use address::{Address, kind};
 pub use error::{CallError, DecodeError, NameError, SendError};
-pub use message::{Message, Reply, Responder};
+pub use message::{Incoming, Message, Reply, Responder};
 pub use node::{
     call, call_raw, call_timeout, demonitor, exit, fork, kill, monitor, new_session, now, query,
     register, self_address, send, send_raw, send_session, sleep, spawn, spawn_raw, start_trace,
@@ -118,7 +119,7 @@ pub use service::{Service, Stateful};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::runtime::{
-        dispatch, init, load_no_state, load_state, save_no_state, save_state,
+        dispatch_batch, init, load_no_state, load_state, save_no_state, save_state,
     };
 }
 
@@ -152,8 +153,8 @@ macro_rules! export_service {
                     $crate::__private::init::<$service>(args)
                 }
 
-                fn dispatch(messages: ::std::vec::Vec<$crate::bindings::Message>) {
-                    $crate::__private::dispatch::<$service>(messages)
+                fn dispatch_batch(batch: ::std::vec::Vec<u8>) {
+                    $crate::__private::dispatch_batch::<$service>(batch)
                 }
             }
 

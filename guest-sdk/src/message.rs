@@ -85,6 +85,47 @@ impl fmt::Debug for Message {
     }
 }
 
+/// A message read in place from the host's batch, for
+/// [`Service::handle_now`](crate::Service::handle_now): nothing is copied or
+/// allocated to hand it over.
+#[derive(Clone, Copy)]
+pub struct Incoming<'a> {
+    /// The message kind (see [`kind`](crate::kind)).
+    pub kind: u8,
+    /// Who sent it.
+    pub source: Address,
+    /// The sender's session; 0 means no reply is wanted.
+    pub session: u32,
+    /// The payload bytes, in the batch's buffer.
+    pub payload: &'a [u8],
+}
+
+impl<'a> Incoming<'a> {
+    /// Decodes the payload with postcard; the value may borrow from it.
+    ///
+    /// # Errors
+    /// [`DecodeError`] if the payload is not a valid `T`.
+    pub fn decode<T: serde::Deserialize<'a>>(&self) -> Result<T, DecodeError> {
+        Ok(postcard::from_bytes(self.payload)?)
+    }
+
+    /// Whether this is a request whose sender waits for an answer.
+    pub fn is_request(&self) -> bool {
+        self.kind == kind::REQUEST && self.session != 0
+    }
+}
+
+impl fmt::Debug for Incoming<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Incoming")
+            .field("kind", &self.kind)
+            .field("source", &self.source)
+            .field("session", &self.session)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
 /// The right to answer one session, exactly once.
 ///
 /// Dropping it without answering sends the caller an error ("dropped without

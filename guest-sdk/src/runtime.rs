@@ -1,10 +1,10 @@
 //! The in-guest runtime: one executor, one session table, one service.
 //!
 //! It lives in a thread-local (a guest is single-threaded). The exports go
-//! through [`init`] and [`dispatch`]:
+//! through [`init`] and [`dispatch_batch`]:
 //!
 //! ```text
-//! host ── dispatch(batch) ──▶ for each message, in order:
+//! host ── dispatch-batch(buffer) ──▶ for each message, in order:
 //!            response/error, session waited on ──▶ complete session, wake task
 //!            response/error, unknown session     ──▶ dropped
 //!            anything else                       ──▶ new task: handle(msg), then reply
@@ -16,7 +16,7 @@ use std::rc::Rc;
 
 use crate::address::{Address, kind};
 use crate::executor::{Executor, LocalFuture};
-use crate::message::{Message, Reply};
+use crate::message::{Incoming, Message, Reply};
 use crate::service::{Service, Stateful};
 use crate::session::{Completion, Sessions};
 use crate::sys;
@@ -165,28 +165,65 @@ pub fn load_no_state(_bytes: Vec<u8>) -> Result<(), String> {
     Err("this version keeps no state (it does not implement skyhost_sdk::Stateful)".into())
 }
 
-/// The `dispatch` export: delivers each message in order, running ready
-/// tasks after each one.
+/// The `dispatch-batch` export: delivers each message of the batch in
+/// order, running ready tasks after each one.
 #[doc(hidden)]
-pub fn dispatch<S: Service>(messages: Vec<crate::bindings::Message>) {
-    for raw in messages {
-        deliver(raw);
+pub fn dispatch_batch<S: Service>(batch: Vec<u8>) {
+    let service = with(|rt| rt.service.borrow().clone()).and_then(|s| s.downcast::<S>().ok());
+    for m in crate::delivery::messages(&batch) {
+        if let Some(service) = &service
+            && takes_now(m.kind, m.session)
+        {
+            let incoming = Incoming {
+                kind: m.kind,
+                source: Address(m.source),
+                session: m.session,
+                payload: m.payload,
+            };
+            if let Some(reply) = service.handle_now(&incoming) {
+                if incoming.is_request() {
+                    send_reply(incoming.source, incoming.session, &reply);
+                }
+                with(|rt| rt.exec.run_ready());
+                continue;
+            }
+        }
+        deliver(m.kind, m.source, m.session, m.payload.to_vec());
         with(|rt| rt.exec.run_ready());
     }
 }
 
-fn deliver(raw: crate::bindings::Message) {
-    if raw.kind == kind::RESPONSE || raw.kind == kind::ERROR {
-        let completion = Completion {
-            kind: raw.kind,
-            payload: raw.payload,
-        };
+/// Whether a message may go to [`Service::handle_now`]: not an answer to a
+/// session of ours, not a publish its channel's own handler takes.
+fn takes_now(kind: u8, session: u32) -> bool {
+    match kind {
+        kind::RESPONSE | kind::ERROR => false,
+        kind::MULTICAST => with(|rt| !rt.channels.borrow().contains_key(&session)),
+        _ => true,
+    }
+}
+
+/// Sends the answer a handler gave a request (unless it was deferred while exiting).
+fn send_reply(source: Address, session: u32, reply: &Reply) {
+    let answer = match reply {
+        Reply::Bytes(bytes) => Ok(bytes.as_slice()),
+        Reply::Error(text) => Err(text.as_str()),
+        Reply::Deferred if exiting() => return,
+        Reply::Deferred => Err("returned without answering"),
+    };
+    // The caller may be gone; there is no one left to tell.
+    let _ = sys::respond(source.0, session, answer);
+}
+
+fn deliver(kind: u8, source: u32, session: u32, payload: Vec<u8>) {
+    if kind == kind::RESPONSE || kind == kind::ERROR {
+        let completion = Completion { kind, payload };
         // An answer nobody waits for (a late reply after a timeout, a
         // cancelled task) is dropped.
-        with(|rt| rt.sessions.complete(raw.session, completion));
+        with(|rt| rt.sessions.complete(session, completion));
         return;
     }
-    let msg = Message::new(raw.kind, Address(raw.source), raw.session, raw.payload);
+    let msg = Message::new(kind, Address(source), session, payload);
     if msg.kind == kind::MULTICAST {
         let own = with(|rt| rt.channels.borrow().get(&msg.session).cloned());
         if let Some(channel_handler) = own {
@@ -228,14 +265,7 @@ async fn answer(
         }
         return;
     }
-    let answer = match &reply {
-        Reply::Bytes(bytes) => Ok(bytes.as_slice()),
-        Reply::Error(text) => Err(text.as_str()),
-        Reply::Deferred if exiting() => return,
-        Reply::Deferred => Err("returned without answering"),
-    };
-    // The caller may be gone; there is no one left to tell.
-    let _ = sys::respond(source.0, session, answer);
+    send_reply(source, session, &reply);
 }
 
 /// Counts for tests: live tasks and open sessions.

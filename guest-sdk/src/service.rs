@@ -6,12 +6,13 @@ use std::rc::Rc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::message::{Message, Reply};
+use crate::message::{Incoming, Message, Reply};
 
 /// A skyhost service: state built by `init`, behaviour in `handle`.
 ///
 /// Each message gets its own task running `handle`, so while one handler
-/// awaits a call, others run (like Skynet coroutines). The state is shared as
+/// awaits a call, others run (like Skynet coroutines); a message that needs
+/// no waiting can be taken by `handle_now` first, without a task. The state is shared as
 /// `Rc<Self>`; use `Cell`/`RefCell` for what changes, and do not hold a
 /// `RefCell` borrow across an `.await`.
 ///
@@ -30,6 +31,19 @@ pub trait Service: Sized + 'static {
     /// Handles one message. For a request, the returned [`Reply`] is sent
     /// to the caller, unless the handler took the responder.
     fn handle(self: Rc<Self>, msg: Message) -> impl Future<Output = Reply> + 'static;
+
+    /// Handles a message on the spot, when it can be done without awaiting:
+    /// no task, no copy of the payload, no allocation by the SDK. `None`
+    /// (the default) hands it to [`handle`](Service::handle) instead.
+    ///
+    /// For a request, the returned [`Reply`] is sent at once (there is no
+    /// responder to take: return `None` to answer later); for other kinds
+    /// it is ignored. Answers to this service's own sessions, and publishes
+    /// on a channel with its own handler, never come here.
+    fn handle_now(&self, msg: &Incoming<'_>) -> Option<Reply> {
+        let _ = msg;
+        None
+    }
 
     /// Runs once as a task right after a successful `init` (Skynet's
     /// `skynet.start` body): calls, spawns and timers may be awaited here.

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bindings;
 use crate::fake::{self, Effect};
 use crate::runtime;
 use crate::{
@@ -47,11 +46,21 @@ enum Cmd {
     /// Call service `TARGET` on cluster node "db" with 1..=n through one
     /// batcher, all at once; answer the sum of the answers.
     Batched(u32),
+    /// Taken by `handle_now`: answer n + 1 (a request), count it (text).
+    Now(u32),
+    /// Taken by `handle_now`, which answers nothing.
+    NowSilent,
 }
 
 thread_local! {
     /// How many times `Probe::handle` ran on this thread.
     static HANDLED: Cell<u32> = const { Cell::new(0) };
+    /// How many messages `Probe::handle_now` took on this thread.
+    static TAKEN_NOW: Cell<u32> = const { Cell::new(0) };
+}
+
+fn taken_now() -> u32 {
+    TAKEN_NOW.with(Cell::get)
 }
 
 fn handled() -> u32 {
@@ -71,6 +80,16 @@ impl Service for Probe {
         Ok(Probe {
             held: RefCell::new(None),
         })
+    }
+
+    fn handle_now(&self, msg: &crate::Incoming<'_>) -> Option<Reply> {
+        let reply = match msg.decode::<Cmd>() {
+            Ok(Cmd::Now(n)) => Reply::value(&(n + 1)),
+            Ok(Cmd::NowSilent) => Reply::none(),
+            _ => return None,
+        };
+        TAKEN_NOW.with(|t| t.set(t.get() + 1));
+        Some(reply)
     }
 
     async fn handle(self: Rc<Self>, mut msg: Message) -> Reply {
@@ -147,6 +166,7 @@ impl Service for Probe {
                 }
                 Reply::value(&sum)
             }
+            Cmd::Now(_) | Cmd::NowSilent => Reply::error("handle_now takes these"),
             Cmd::Spawn => match spawn_raw("m", b"args").await {
                 Ok(a) => Reply::value(&a.0),
                 Err(e) => Reply::error(e.to_string()),
@@ -162,28 +182,26 @@ fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).expect("encodes")
 }
 
-fn raw(kind: u8, source: u32, session: u32, payload: Vec<u8>) -> bindings::Message {
-    bindings::Message {
-        kind,
-        source,
-        session,
-        payload,
-    }
+/// One message for a test batch: kind, source, session, payload.
+type Raw = (u8, u32, u32, Vec<u8>);
+
+fn raw(kind: u8, source: u32, session: u32, payload: Vec<u8>) -> Raw {
+    (kind, source, session, payload)
 }
 
-fn request(session: u32, cmd: &Cmd) -> bindings::Message {
+fn request(session: u32, cmd: &Cmd) -> Raw {
     raw(kind::REQUEST, CALLER, session, enc(cmd))
 }
 
-fn text(cmd: &Cmd) -> bindings::Message {
+fn text(cmd: &Cmd) -> Raw {
     raw(kind::TEXT, CALLER, 0, enc(cmd))
 }
 
-fn response(session: u32, payload: Vec<u8>) -> bindings::Message {
+fn response(session: u32, payload: Vec<u8>) -> Raw {
     raw(kind::RESPONSE, TARGET, session, payload)
 }
 
-fn error(session: u32, cause: u8) -> bindings::Message {
+fn error(session: u32, cause: u8) -> Raw {
     raw(kind::ERROR, TARGET, session, vec![cause])
 }
 
@@ -192,8 +210,8 @@ fn start() {
     assert!(fake::take_effects().is_empty());
 }
 
-fn deliver(messages: Vec<bindings::Message>) -> Vec<Effect> {
-    runtime::dispatch::<Probe>(messages);
+fn deliver(messages: Vec<Raw>) -> Vec<Effect> {
+    runtime::dispatch_batch::<Probe>(crate::delivery::encode(&messages));
     fake::take_effects()
 }
 
@@ -252,6 +270,48 @@ fn sessions_complete_out_of_order() {
         deliver(vec![response(1, enc(&10u32))]),
         vec![answered(7, Ok(enc(&10u32)))]
     );
+    assert_eq!(runtime::stats(), (0, 0));
+}
+
+#[test]
+fn handle_now_answers_without_a_task_and_in_arrival_order() {
+    start();
+    let (handled_before, now) = (handled(), taken_now());
+    let effects = deliver(vec![
+        request(
+            4,
+            &Cmd::Relay {
+                target: TARGET,
+                value: 1,
+            },
+        ),
+        request(5, &Cmd::Now(41)),
+        text(&Cmd::Now(0)),
+        request(6, &Cmd::Hello),
+        request(7, &Cmd::NowSilent),
+    ]);
+    let hello = enc(&"hello from :00000101".to_owned());
+    assert_eq!(
+        effects,
+        vec![
+            called(1, 1),
+            answered(5, Ok(enc(&42u32))),
+            answered(6, Ok(hello)),
+            answered(7, Err("returned without answering")),
+        ]
+    );
+    assert_eq!(taken_now() - now, 3, "Now, text Now, NowSilent");
+    assert_eq!(handled() - handled_before, 2, "Relay and Hello only");
+    // Only the relay's task is left, waiting on its call.
+    assert_eq!(runtime::stats(), (1, 1));
+
+    // An answer to a session of ours is the waiting task's, whatever it holds.
+    assert_eq!(
+        deliver(vec![response(1, enc(&Cmd::Now(9)))]).len(),
+        1,
+        "the relay answered"
+    );
+    assert_eq!(taken_now() - now, 3);
     assert_eq!(runtime::stats(), (0, 0));
 }
 
@@ -480,19 +540,19 @@ fn spawn_reads_the_address_or_the_failure() {
 /// batch by batch.
 struct Node {
     address: u32,
-    batches: mpsc::Sender<Vec<bindings::Message>>,
+    batches: mpsc::Sender<Vec<Raw>>,
     effects: mpsc::Receiver<Vec<Effect>>,
 }
 
 impl Node {
     fn start(address: u32) -> Node {
-        let (batches, batch_rx) = mpsc::channel::<Vec<bindings::Message>>();
+        let (batches, batch_rx) = mpsc::channel::<Vec<Raw>>();
         let (effect_tx, effects) = mpsc::channel();
         std::thread::spawn(move || {
             fake::host(|h| h.address = address);
             runtime::init::<Probe>(Vec::new()).expect("init");
             while let Ok(batch) = batch_rx.recv() {
-                runtime::dispatch::<Probe>(batch);
+                runtime::dispatch_batch::<Probe>(crate::delivery::encode(&batch));
                 if effect_tx.send(fake::take_effects()).is_err() {
                     break;
                 }
@@ -505,7 +565,7 @@ impl Node {
         }
     }
 
-    fn dispatch(&self, batch: Vec<bindings::Message>) -> Vec<Effect> {
+    fn dispatch(&self, batch: Vec<Raw>) -> Vec<Effect> {
         self.batches.send(batch).expect("node thread alive");
         self.effects
             .recv_timeout(Duration::from_secs(5))
@@ -518,7 +578,7 @@ fn a_calls_b_while_b_calls_a() {
     let a = Node::start(0x0000_0101);
     let b = Node::start(0x0000_0201);
     let outside = 0x0000_0901;
-    let mut queue: VecDeque<(u32, bindings::Message)> = VecDeque::from([
+    let mut queue: VecDeque<(u32, Raw)> = VecDeque::from([
         (
             a.address,
             raw(
@@ -559,10 +619,7 @@ fn a_calls_b_while_b_calls_a() {
                 other => panic!("unexpected effect {other:?}"),
             };
             if to == outside {
-                finals.push((
-                    m.session,
-                    postcard::from_bytes::<String>(&m.payload).expect("string"),
-                ));
+                finals.push((m.2, postcard::from_bytes::<String>(&m.3).expect("string")));
             } else {
                 queue.push_back((to, m));
             }
@@ -660,7 +717,7 @@ fn batched_calls_leave_as_one_request_and_each_caller_gets_its_answer() {
         effects,
         vec![to_self(1, 10), to_self(2, 20), to_self(3, 30)]
     );
-    let back: Vec<bindings::Message> = [(1, 10u32), (2, 20), (3, 30)]
+    let back: Vec<Raw> = [(1, 10u32), (2, 20), (3, 30)]
         .into_iter()
         .map(|(s, v)| raw(kind::RESPONSE, me, s, enc(&v)))
         .collect();

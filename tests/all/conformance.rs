@@ -25,7 +25,11 @@ fn at(address: Address, rest: &[u8]) -> Vec<u8> {
 
 /// Runs the whole suite against the service module `module`.
 async fn conformance(module: &str) -> anyhow::Result<()> {
-    let node = TestNode::start()?;
+    conformance_on(TestNode::start()?, module).await
+}
+
+/// Runs the whole suite against `module` on `node`, and stops the node.
+async fn conformance_on(node: TestNode, module: &str) -> anyhow::Result<()> {
     let service = node.spawn_compiling(module).await?;
     let ask = |payload: Vec<u8>| node.client.call_timeout(service, payload, DEADLINE);
 
@@ -128,6 +132,63 @@ async fn the_rust_service_conforms() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_c_service_conforms() -> anyhow::Result<()> {
     conformance("conform_c").await
+}
+
+/// Components built against `skyhost:service@0.1.0` (world `service`,
+/// `dispatch(list<message>)`), checked in as they were built before 0.1.1.
+fn fixtures() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+/// A node whose services come from the bundled modules and the fixtures.
+fn node_with_fixtures() -> anyhow::Result<TestNode> {
+    let mut config = test_config();
+    config.module_paths.push(fixtures());
+    TestNode::with_config(config)
+}
+
+/// A module built against 0.1.0 still runs, through the whole suite, beside
+/// the bundled services, which speak the batch ABI of 0.1.1 (the suite has
+/// it call and spawn them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_built_against_0_1_0_conforms() -> anyhow::Result<()> {
+    conformance_on(node_with_fixtures()?, "conform_c_0_1_0").await
+}
+
+/// A 0.1.0 module and a 0.1.1 batch module call each other, both ways, with
+/// payloads from empty to 1 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_0_1_0_module_and_a_batch_module_call_each_other() -> anyhow::Result<()> {
+    let node = node_with_fixtures()?;
+    let old = node.spawn_compiling("conform_c_0_1_0").await?;
+    let new = node.spawn("conform").await?;
+    let kit = node.spawn("testkit").await?;
+    for size in [0usize, 5, 1 << 20] {
+        let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+        // The batch module calls the old one (its `e` echoes), which answers.
+        let back = node
+            .client
+            .call_timeout(new, op(b'c', &at(old, &op(b'e', &data))), DEADLINE)
+            .await
+            .context("batch -> 0.1.0")?;
+        ensure!(
+            back == data,
+            "batch -> 0.1.0: {size} bytes came back different"
+        );
+        // The old module calls a batch one (testkit), which answers.
+        let echo = postcard::to_allocvec(&Command::Echo(data.clone()))?;
+        let back = node
+            .client
+            .call_timeout(old, op(b'c', &at(kit, &echo)), DEADLINE)
+            .await
+            .context("0.1.0 -> batch")?;
+        ensure!(
+            postcard::from_bytes::<Reply>(&back)? == Reply::Bytes(data),
+            "0.1.0 -> batch: {size} bytes came back different"
+        );
+    }
+    node.stop().await;
+    Ok(())
 }
 
 /// A language's first service (`hello_<lang>`: the README's) and echo answer.

@@ -5,14 +5,18 @@
 //! What each type is for:
 //! - `WasmRuntime`: the engine, the linker with every host import, the
 //!   module table and the epoch ticker that drives time slices.
-//! - `Module`: one compiled module, ready to instantiate.
+//! - `Module`: one compiled module, ready to instantiate, and which of
+//!   the two dispatch ABIs it speaks (`exports`: `list<message>` or one
+//!   buffer per batch, `batch`).
 //! - `Instance`: one service's `Store` and its bound exports. The runtime
 //!   owns the service; an `Instance` is the replaceable part of it.
 //! - `state::ServiceState`: the store's data: the host imports' view of
 //!   the service (address, sessions it owes, limits).
 
+mod batch;
 pub mod bindings;
 mod cache;
+mod exports;
 mod grants;
 mod host;
 mod parts;
@@ -26,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::OnceCell;
-use wasmtime::component::{ComponentExportIndex, HasSelf, Linker};
+use wasmtime::component::{HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 use crate::config::Limits;
@@ -48,9 +52,12 @@ struct WitMessage {
     payload: bytes::Bytes,
 }
 
-/// The `dispatch` export's Rust signature.
+/// The `dispatch` export's Rust signature (WIT world `service`).
 type DispatchParams<'a> = (&'a [WitMessage],);
-use bindings::{Service, ServicePre};
+/// The `dispatch-batch` export's Rust signature (WIT world `batch-service`).
+type DispatchBatchParams<'a> = (&'a [u8],);
+use bindings::Service;
+use exports::{Abi, Exports};
 use state::ServiceState;
 
 pub(crate) use parts::Parts;
@@ -81,32 +88,11 @@ pub(crate) struct Module {
     pub name: Arc<str>,
     /// The engine it was compiled for (its instances' stores use it).
     engine: Engine,
-    pre: ServicePre<ServiceState>,
-    /// Its `state` exports, when it has them (WIT `stateful-service`).
-    state: Option<StateExports>,
+    pre: InstancePre<ServiceState>,
+    /// The exports the host calls, and which dispatch ABI it speaks.
+    exports: Exports,
     /// What its instances' imports reach beyond the core.
     parts: Arc<Parts>,
-}
-
-/// The export of the WIT `state` interface.
-const STATE_INTERFACE: &str = "skyhost:service/state@0.1.0";
-
-/// Where a module's `save-state` and `load-state` are, found once per module;
-/// their types are checked when an upgrade uses them.
-#[derive(Clone, Copy)]
-struct StateExports {
-    save: ComponentExportIndex,
-    load: ComponentExportIndex,
-}
-
-impl StateExports {
-    fn of(component: &wasmtime::component::Component) -> Option<Self> {
-        let interface = component.get_export_index(None, STATE_INTERFACE)?;
-        Some(StateExports {
-            save: component.get_export_index(Some(&interface), "save-state")?,
-            load: component.get_export_index(Some(&interface), "load-state")?,
-        })
-    }
 }
 
 impl WasmRuntime {
@@ -271,18 +257,17 @@ impl WasmRuntime {
             path: path.clone(),
             error,
         };
+        let exports = Exports::of(&component).map_err(invalid)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .and_then(ServicePre::new)
             .map_err(|e| invalid(format!("{e:#}")))?;
-        tracing::debug!(module = name, path = %path.display(), "module ready");
-        let state = StateExports::of(pre.instance_pre().component());
+        tracing::debug!(module = name, path = %path.display(), abi = ?exports.abi, "module ready");
         Ok(Arc::new(Module {
             name: name.into(),
             engine: self.engine.clone(),
             pre,
-            state,
+            exports,
             parts: self.parts.clone(),
         }))
     }
@@ -344,16 +329,22 @@ fn check_map_count(services: u32) -> wasmtime::Result<()> {
     Ok(())
 }
 
+/// The largest `dispatch-batch` buffer an instance keeps between batches.
+const KEPT_BUFFER: usize = 64 << 10;
+
 /// One service's instance: its `Store` and bound exports.
 pub(crate) struct Instance {
     store: Store<ServiceState>,
-    exports: Service,
-    /// The `dispatch` export, type-checked against [`DispatchParams`].
+    /// The `dispatch` or `dispatch-batch` export, type-checked against
+    /// [`DispatchParams`] or [`DispatchBatchParams`] (as `exports.abi` says).
     dispatch: wasmtime::component::Func,
+    /// The batch being handed to `dispatch` (ABI `Messages`).
     batch: Vec<WitMessage>,
-    /// For the `state` exports, looked up only when an upgrade needs them.
+    /// The batch's buffer for `dispatch-batch`, kept from batch to batch.
+    buffer: Vec<u8>,
+    /// For `init` and the `state` exports.
     instance: wasmtime::component::Instance,
-    state: Option<StateExports>,
+    exports: Exports,
 }
 
 impl Instance {
@@ -370,23 +361,24 @@ impl Instance {
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(state::on_epoch_deadline);
         store.set_epoch_deadline(1);
-        let instance = module
-            .pre
-            .instance_pre()
-            .instantiate_async(&mut store)
-            .await?;
-        let exports = Service::new(&mut store, &instance)?;
+        let instance = module.pre.instantiate_async(&mut store).await?;
+        let exports = module.exports;
         let dispatch = instance
-            .get_func(&mut store, "dispatch")
-            .ok_or_else(|| wasmtime::format_err!("the component exports no `dispatch`"))?;
-        dispatch.typed::<DispatchParams<'_>, ()>(&store)?;
+            .get_func(&mut store, exports.dispatch)
+            .ok_or_else(|| wasmtime::format_err!("the component lost its `dispatch` export"))?;
+        match exports.abi {
+            Abi::Messages => dispatch.typed::<DispatchParams<'_>, ()>(&store).map(drop)?,
+            Abi::Batch => dispatch
+                .typed::<DispatchBatchParams<'_>, ()>(&store)
+                .map(drop)?,
+        }
         Ok(Instance {
             store,
-            exports,
             dispatch,
             batch: Vec::new(),
+            buffer: Vec::new(),
             instance,
-            state: module.state,
+            exports,
         })
     }
 
@@ -394,9 +386,15 @@ impl Instance {
     async fn call_init(&mut self, args: &[u8]) -> wasmtime::Result<Result<(), String>> {
         self.store.data_mut().start_work(1);
         self.store.set_epoch_deadline(1);
-        let result = self.exports.call_init(&mut self.store, args).await;
+        let init = self
+            .instance
+            .get_typed_func::<(&[u8],), (Result<(), String>,)>(
+                &mut self.store,
+                self.exports.init,
+            )?;
+        let result = init.call_async(&mut self.store, (args,)).await;
         self.store.data_mut().end_work();
-        result
+        Ok(result?.0)
     }
 
     /// Hands a batch of messages to the guest's `dispatch`; requests in it
@@ -406,35 +404,65 @@ impl Instance {
         state.took(messages.len());
         // A traced message is always dispatched alone (see the service loop).
         state.set_trace(messages.first().map_or(0, |m| m.trace));
-        self.batch.clear();
-        for m in messages.drain(..) {
+        messages.retain(|m| {
             if m.wants_reply() {
                 state.owe(m.source, m.session, m.tenant);
             } else if matches!(m.kind, kind::RESPONSE | kind::ERROR) && !state.answered(m.session) {
-                state.late_answer(&m);
-                continue;
+                state.late_answer(m);
+                return false;
             }
             state.count_kind(m.kind, &m.payload);
-            self.batch.push(WitMessage {
-                kind: m.kind,
-                source: m.source.0,
-                session: m.session,
-                payload: m.payload,
-            });
-        }
-        if self.batch.is_empty() {
+            true
+        });
+        if messages.is_empty() {
             return Ok(());
         }
-        self.store.data_mut().start_work(self.batch.len());
+        self.store.data_mut().start_work(messages.len());
         self.store.set_epoch_deadline(1);
-        // SAFETY: `dispatch` was type-checked against `DispatchParams` and
-        // `()` when the instance was made, in the same store.
-        let typed = unsafe {
-            wasmtime::component::TypedFunc::<DispatchParams<'_>, ()>::new_unchecked(self.dispatch)
+        let result = match self.exports.abi {
+            Abi::Messages => {
+                self.batch.extend(messages.drain(..).map(|m| WitMessage {
+                    kind: m.kind,
+                    source: m.source.0,
+                    session: m.session,
+                    payload: m.payload,
+                }));
+                // SAFETY: `dispatch` was type-checked against `DispatchParams`
+                // and `()` when the instance was made, in the same store.
+                let typed = unsafe {
+                    wasmtime::component::TypedFunc::<DispatchParams<'_>, ()>::new_unchecked(
+                        self.dispatch,
+                    )
+                };
+                let result = typed.call_async(&mut self.store, (&self.batch,)).await;
+                // Shared payloads go back to their other holders now, not at the next batch.
+                self.batch.clear();
+                result
+            }
+            Abi::Batch => {
+                let encoded = batch::encode(messages, &mut self.buffer);
+                messages.clear();
+                match encoded {
+                    Ok(()) => {
+                        // SAFETY: `dispatch` was type-checked against
+                        // `DispatchBatchParams` and `()` when the instance
+                        // was made, in the same store.
+                        let typed = unsafe {
+                            wasmtime::component::TypedFunc::<DispatchBatchParams<'_>, ()>::new_unchecked(
+                                self.dispatch,
+                            )
+                        };
+                        let result = typed.call_async(&mut self.store, (&self.buffer,)).await;
+                        // An idle service keeps a small buffer, not its largest batch's.
+                        if self.buffer.capacity() > KEPT_BUFFER {
+                            self.buffer = Vec::new();
+                        }
+                        result
+                    }
+                    Err(e) => Err(wasmtime::Error::new(e)),
+                }
+            }
         };
-        let result = typed.call_async(&mut self.store, (&self.batch,)).await;
-        // Shared payloads go back to their other holders now, not at the next batch.
-        self.batch.clear();
         self.store.data_mut().end_work();
         result
     }
@@ -442,7 +470,7 @@ impl Instance {
     /// The state the guest hands to its next version (`save-state`); `None`
     /// when its module has no `state` exports or it saved nothing.
     async fn call_save_state(&mut self) -> wasmtime::Result<Option<Vec<u8>>> {
-        let Some(exports) = self.state else {
+        let Some(exports) = self.exports.state else {
             return Ok(None);
         };
         let save = self
@@ -458,7 +486,7 @@ impl Instance {
 
     /// Runs the guest's `load-state` with what its previous version saved.
     async fn call_load_state(&mut self, state: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
-        let Some(exports) = self.state else {
+        let Some(exports) = self.exports.state else {
             return Ok(Err("the module has no `load-state`".into()));
         };
         let load = self
@@ -539,7 +567,7 @@ impl Guest for Instance {
     }
 
     fn loads_state(&self) -> bool {
-        self.state.is_some()
+        self.exports.state.is_some()
     }
 
     async fn load_state(&mut self, state: Vec<u8>) -> Result<Result<(), String>, GuestFailure> {

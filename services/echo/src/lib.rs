@@ -7,7 +7,7 @@
 
 use std::rc::Rc;
 
-use skyhost_sdk::{Message, Reply, Service, export_service, register};
+use skyhost_sdk::{Incoming, Message, Reply, Service, export_service, register};
 
 /// The echo service; it has no state.
 struct Echo;
@@ -19,6 +19,15 @@ impl Service for Echo {
             register(&name).map_err(|e| format!("echo: register {name}: {e}"))?;
         }
         Ok(Echo)
+    }
+
+    /// Every message is answered on the spot: no task per message.
+    fn handle_now(&self, msg: &Incoming<'_>) -> Option<Reply> {
+        Some(if msg.is_request() {
+            Reply::Bytes(msg.payload.to_vec())
+        } else {
+            Reply::none()
+        })
     }
 
     async fn handle(self: Rc<Self>, msg: Message) -> Reply {

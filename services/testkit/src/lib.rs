@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use skyhost_sdk::{
-    Address, Message, Reply, Service, call, call_timeout, cluster, exit, export_service,
+    Address, Incoming, Message, Reply, Service, call, call_timeout, cluster, exit, export_service,
     group::{self, Policy},
     harbor, kind, monitor,
     multicast::Channel,
@@ -73,20 +73,21 @@ impl Service for Testkit {
         })
     }
 
+    /// One-way messages and echoes need no waiting: they take no task.
+    fn handle_now(&self, msg: &Incoming<'_>) -> Option<Reply> {
+        if !msg.is_request() {
+            self.note(msg.kind, msg.source, msg.payload);
+            return Some(Reply::none());
+        }
+        match msg.decode::<Command>() {
+            Ok(Command::Echo(bytes)) => Some(Reply::value(&Answer::Bytes(bytes))),
+            _ => None,
+        }
+    }
+
     async fn handle(self: Rc<Self>, mut msg: Message) -> Reply {
         if !msg.is_request() {
-            self.counted.set(self.counted.get() + 1);
-            if msg.kind == kind::EXIT {
-                self.exits.borrow_mut().push(msg.source.0);
-            }
-            if msg.kind == kind::MULTICAST {
-                let value = match <[u8; 4]>::try_from(msg.payload.as_slice()) {
-                    _ if msg.source.0 == 0 => u32::MAX,
-                    Ok(bytes) => u32::from_le_bytes(bytes),
-                    Err(_) => u32::MAX - 1,
-                };
-                self.multicast.borrow_mut().push(value);
-            }
+            self.note(msg.kind, msg.source, &msg.payload);
             return Reply::none();
         }
         let command: Command = match msg.decode() {
@@ -111,6 +112,24 @@ impl Service for Testkit {
                 Reply::none()
             }
             command => Reply::value(&run(&self, command).await),
+        }
+    }
+}
+
+impl Testkit {
+    /// Counts a one-way message, and logs exits and publishes.
+    fn note(&self, kind: u8, source: Address, payload: &[u8]) {
+        self.counted.set(self.counted.get() + 1);
+        if kind == kind::EXIT {
+            self.exits.borrow_mut().push(source.0);
+        }
+        if kind == kind::MULTICAST {
+            let value = match <[u8; 4]>::try_from(payload) {
+                _ if source.0 == 0 => u32::MAX,
+                Ok(bytes) => u32::from_le_bytes(bytes),
+                Err(_) => u32::MAX - 1,
+            };
+            self.multicast.borrow_mut().push(value);
         }
     }
 }
