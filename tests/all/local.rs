@@ -532,3 +532,50 @@ async fn a_timed_call_ends_once_and_its_late_answer_is_dropped() -> anyhow::Resu
     t.stop().await;
     Ok(())
 }
+
+/// A service that sends past its time slice (a hog) does not yield to its
+/// receiver once per message: the receiver, woken by it each time, waits
+/// for the sender's slice and takes the messages in batches (on the
+/// workers; tokio's scheduler interrupts the hog for every one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hog_s_one_way_receiver_takes_its_messages_in_batches() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    const N: u32 = 200_000;
+    let mut config = test_config();
+    config.scheduler = skyhost::config::Scheduler::Workers;
+    config.threads = Some(2);
+    let node = TestNode::with_config(config)?;
+    let receiver = node.spawn("testkit").await?;
+    let sender = node.spawn("testkit").await?;
+    let sent = node
+        .command(
+            sender,
+            &Command::SendLoop {
+                target: receiver.0,
+                n: N,
+                payload: vec![7; 16],
+            },
+        )
+        .await?;
+    anyhow::ensure!(sent == Reply::Unit, "SendLoop answered {sent:?}");
+    let start = std::time::Instant::now();
+    while node.command(receiver, &Command::Count).await? != Reply::Count(u64::from(N)) {
+        anyhow::ensure!(
+            start.elapsed() < DEADLINE,
+            "the messages did not all arrive"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let info = node
+        .node
+        .service_info(receiver)
+        .context("the receiver lives")?;
+    // One message per dispatch when the sender yields to each wake.
+    anyhow::ensure!(
+        info.dispatches * 8 <= u64::from(N),
+        "{N} messages took {} dispatches",
+        info.dispatches
+    );
+    node.stop().await;
+    Ok(())
+}

@@ -232,6 +232,7 @@ async fn run(node: &Node, request: Request) -> Answer {
                 format!("tenant {}", i.tenant),
                 format!("state {}", i.state),
                 format!("messages_in {}", i.messages_in),
+                format!("dispatches {}", i.dispatches),
                 format!("messages_out {}", i.messages_out),
                 format!("cpu_us {}", i.cpu_us),
                 format!("mailbox {}", i.mailbox),

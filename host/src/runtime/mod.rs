@@ -215,6 +215,9 @@ pub struct ServiceInfo {
     pub age: Duration,
     /// How many times its module was replaced (`upgrade`).
     pub upgrades: u32,
+    /// Batches of messages handed to it (`messages_in / dispatches` is
+    /// its mean batch).
+    pub dispatches: u64,
     /// `running` (in a dispatch), `ready` (messages not picked up yet) or `idle`.
     pub state: &'static str,
 }
@@ -305,6 +308,7 @@ impl ServiceHandle {
             awaiting: u.awaiting.load(Ordering::Relaxed),
             age: self.started.elapsed(),
             upgrades: u.upgrades.load(Ordering::Relaxed),
+            dispatches: u.dispatches.load(Ordering::Relaxed),
             state,
         }
     }
@@ -462,6 +466,28 @@ impl Kernel {
             .filter(|t| &*t.name == name && !t.removed.load(Ordering::Acquire))
     }
 
+    /// Whether a service just made ready would wait behind hogs unless they
+    /// are interrupted (fresh work first), judged by where its wake put it:
+    /// - in the waking worker's `next`: it runs when the poll running there
+    ///   ends, soon, or, when that poll is a hog's, at the end of the hog's
+    ///   slice: a service a hog keeps waking (a one-way receiver) takes its
+    ///   messages in batches, as a process woken by a running Erlang process
+    ///   waits for that process's reductions, instead of making the hog
+    ///   yield once per message;
+    /// - where any worker can take it: only when no worker is idle;
+    /// - with the hogs, or nowhere (it was running or queued already): no.
+    ///
+    /// On tokio's scheduler (no placement known) it always would.
+    fn ready_waits_for_hogs(&self) -> bool {
+        let Some(workers) = self.workers.load_full() else {
+            return true;
+        };
+        match workers::take_placement() {
+            Some(workers::Placement::Stealable) => !workers.has_idle(),
+            Some(workers::Placement::Next | workers::Placement::Hogs) | None => false,
+        }
+    }
+
     /// Pushes `message` into the mailbox of the service behind `handle`.
     fn enqueue(&self, handle: &ServiceHandle, message: Message) -> Result<(), SendError> {
         let dest = handle.address;
@@ -482,12 +508,13 @@ impl Kernel {
         // that goes in before the close is cleared by the service's end,
         // which closes the mailbox (under its lock) before it clears.
         let interrupt = len == 1 && self.sched.mark_ready(&mailbox.ready);
+        workers::take_placement();
         if mailbox.push(message).is_err() {
             mailbox.len.fetch_sub(1, Ordering::Relaxed);
             mailbox.picked_up(self);
             return Err(SendError::UnknownAddress(dest));
         }
-        if interrupt {
+        if interrupt && self.ready_waits_for_hogs() {
             self.loader.interrupt_running();
         }
         let warn_at = mailbox.warn_at.load(Ordering::Relaxed);

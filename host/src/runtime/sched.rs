@@ -10,7 +10,10 @@
 //!   its batch;
 //! - when a service becomes ready while hogs are running, the engine's
 //!   epoch is advanced at once, so every hog reaches its deadline now rather
-//!   than at the next tick;
+//!   than at the next tick; on the node's workers only when it would wait
+//!   behind them (`Kernel::ready_waits_for_hogs`: not when it went to the
+//!   waking worker's `next`, nor when an idle worker can take it), so a hog
+//!   that keeps waking one receiver does not yield once per message;
 //! - a hog's yield waits (bounded by `HOG_MAX_WAIT` slices) until nothing is
 //!   waiting, so the ready services run first on both threads.
 //!

@@ -183,6 +183,7 @@ async fn serve<G: Guest>(
             }
             std::time::Instant::now()
         });
+        handle.usage.dispatches.fetch_add(1, Ordering::Relaxed);
         let result = instance.dispatch(&mut batch).await;
         if let Some(start) = logged_since {
             tracing::info!(

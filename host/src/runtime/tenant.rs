@@ -94,6 +94,8 @@ pub(crate) struct Usage {
     pub messages_in: AtomicU64,
     pub messages_out: AtomicU64,
     pub cpu_nanos: AtomicU64,
+    /// Batches handed to the guest.
+    pub dispatches: AtomicU64,
     /// Linear memory held, in bytes (not summed into a tenant's retired usage).
     pub memory: AtomicUsize,
     /// In a dispatch now.

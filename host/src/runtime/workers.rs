@@ -23,6 +23,11 @@
 //! queue of its own, looked at only when no fresh work is there, so a
 //! woken service never queues behind spinning ones.
 //!
+//! A wake records where it put its task ([`take_placement`]): the kernel
+//! interrupts running hogs for a service made ready only when it would
+//! wait behind them (queued where any worker may take it, and no worker
+//! idle); a service in the waking worker's `next` runs when that poll ends.
+//!
 //! Who owns what: `Workers` (one pool per process and size, held by the
 //! `Kernel` of every node that runs on it) owns the threads and the shared
 //! queues; each thread owns its `next` slot and its two local queues (in a
@@ -35,7 +40,7 @@
 //! (epoll), and a busy one turns its driver every [`TURN`] between polls.
 //! Tasks a service spawns with tokio run on its worker's runtime.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -130,6 +135,9 @@ struct Shared {
     hogs: Vec<Stealer<Arc<Task>>>,
     sleepers: Vec<Sleeper>,
     asleep: AtomicUsize,
+    /// Workers looking for work or asleep (a hint: one of them takes work
+    /// queued where it can steal it, without anyone yielding to it).
+    idle: AtomicUsize,
     /// The longest a worker sleeps without being woken ([`PARK`]).
     park: Duration,
     stop: AtomicBool,
@@ -153,6 +161,28 @@ struct Local {
 
 thread_local! {
     static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
+    /// Where this thread's last wake put its task (see [`take_placement`]).
+    static PLACED: Cell<Option<Placement>> = const { Cell::new(None) };
+}
+
+/// Where a wake put the task it queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// In the waking worker's `next`: it runs when the task running there
+    /// ends its poll.
+    Next,
+    /// Where any worker can take it (a worker's queue of fresh work, or
+    /// the pool's injector).
+    Stealable,
+    /// With the hogs.
+    Hogs,
+}
+
+/// Where the last wake on this thread put its task, if one was queued
+/// since the last call (a wake of a task that is running or already
+/// queued queues nothing).
+pub(crate) fn take_placement() -> Option<Placement> {
+    PLACED.with(Cell::take)
 }
 
 /// A node's worker threads.
@@ -162,6 +192,11 @@ pub(crate) struct Workers {
 }
 
 impl Workers {
+    /// Whether a worker is looking for work or asleep.
+    pub(crate) fn has_idle(&self) -> bool {
+        self.shared.idle.load(Ordering::Acquire) > 0
+    }
+
     /// The process's pool of `n` workers, started by the first node that
     /// asks for it and shared by every node of the process that asks for
     /// as many (nodes started in one process, as tests and benchmarks do,
@@ -221,6 +256,7 @@ impl Workers {
                 })
                 .collect(),
             asleep: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
             park,
             stop: AtomicBool::new(false),
         });
@@ -332,15 +368,19 @@ impl Shared {
                 && local.running != 0
                 && task.woken_by.swap(local.running, Ordering::Relaxed) == local.running;
             let alone = woken && local.next.is_none() && local.fresh.is_empty();
-            if hog {
+            let placed = if hog {
                 local.hogs.push(task);
+                Placement::Hogs
             } else if partner || alone {
                 if let Some(old) = local.next.replace(task) {
                     local.fresh.push(old);
                 }
+                Placement::Next
             } else {
                 local.fresh.push(task);
-            }
+                Placement::Stealable
+            };
+            PLACED.with(|p| p.set(Some(placed)));
             if std::mem::take(&mut local.in_driver) {
                 // Woken by this worker's own socket or timer: its loop
                 // must run again when the driver returns (once per turn:
@@ -359,6 +399,13 @@ impl Shared {
                 }
             }
             Err(task) => {
+                PLACED.with(|p| {
+                    p.set(Some(if hog {
+                        Placement::Hogs
+                    } else {
+                        Placement::Stealable
+                    }));
+                });
                 if hog {
                     self.hog_injector.push(task);
                 } else {
@@ -489,10 +536,12 @@ async fn run(shared: &Arc<Shared>, index: usize) {
             }
             continue;
         }
+        shared.idle.fetch_add(1, Ordering::AcqRel);
         let found = spin(&mut from_next).await;
         now = Instant::now();
         turned = now;
         if let Some(t) = found {
+            shared.idle.fetch_sub(1, Ordering::AcqRel);
             now = poll(t, now);
             continue;
         }
@@ -507,6 +556,7 @@ async fn run(shared: &Arc<Shared>, index: usize) {
             let _ = in_driver(tokio::time::timeout(shared.park, sleep_until_woken())).await;
         }
         shared.woke(me);
+        shared.idle.fetch_sub(1, Ordering::AcqRel);
         now = Instant::now();
         turned = now;
         if let Some(t) = found {
