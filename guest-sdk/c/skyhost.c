@@ -1,7 +1,7 @@
 /*
  * skyhost.c: the session table and the exports behind skyhost.h.
  *
- * The exports `init` and `dispatch` come here; dispatch hands each answer
+ * The exports `init` and `dispatch-batch` come here; dispatch hands each answer
  * to a session this service waits on to its callback, and everything else
  * to sky_handle. Sessions waited on are few at a time, so a small array is
  * searched (swap-remove on answer).
@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "service.h"
+#include "batch_service.h"
 #include "skyhost.h"
 
 typedef struct {
@@ -55,41 +55,60 @@ __attribute__((weak)) int sky_init(const uint8_t *args, size_t len, const char *
     return 0;
 }
 
-static service_list_u8_t bytes(const void *data, size_t len) {
-    return (service_list_u8_t){(uint8_t *)data, len};
+static batch_service_list_u8_t bytes(const void *data, size_t len) {
+    return (batch_service_list_u8_t){(uint8_t *)data, len};
 }
 
-static service_string_t text(const char *s) {
-    return (service_string_t){(uint8_t *)s, strlen(s)};
+static batch_service_string_t text(const char *s) {
+    return (batch_service_string_t){(uint8_t *)s, strlen(s)};
 }
 
-bool exports_service_init(service_list_u8_t *args, service_string_t *err) {
+bool exports_batch_service_init(batch_service_list_u8_t *args, batch_service_string_t *err) {
     const char *error = NULL;
     int failed = sky_init(args->ptr, args->len, &error);
-    service_list_u8_free(args);
+    batch_service_list_u8_free(args);
     if (failed) {
-        service_string_dup(err, error ? error : "init failed");
+        batch_service_string_dup(err, error ? error : "init failed");
         return false;
     }
     return true;
 }
 
-void exports_service_dispatch(service_list_message_t *messages) {
-    for (size_t i = 0; i < messages->len; i++) {
-        service_message_t *m = &messages->ptr[i];
-        sky_msg msg = {m->kind, m->source, m->session, m->payload.ptr, m->payload.len};
-        bool is_answer = m->kind == SKY_RESPONSE || m->kind == SKY_ERROR;
+/* Reads a little-endian u32 from `p` (the buffer may be unaligned). */
+static uint32_t u32_at(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* The batch buffer (wit/service.wit, `dispatch-batch`): a count, 32-byte
+ * headers from offset 8, then the payloads. Each message is handed over
+ * in place: `data` points into the buffer, valid until sky_handle returns. */
+void exports_batch_service_dispatch_batch(batch_service_list_u8_t *batch) {
+    const uint8_t *b = batch->ptr;
+    size_t len = batch->len;
+    uint32_t count = len >= 8 ? u32_at(b) : 0;
+    for (uint32_t i = 0; i < count; i++) {
+        size_t at = 8 + (size_t)i * 32;
+        if (at + 32 > len) {
+            break;
+        }
+        const uint8_t *h = b + at;
+        size_t offset = u32_at(h + 12), n = u32_at(h + 16);
+        if (offset > len || n > len - offset) {
+            break;
+        }
+        sky_msg msg = {h[0], u32_at(h + 4), u32_at(h + 8), b + offset, n};
+        bool is_answer = msg.kind == SKY_RESPONSE || msg.kind == SKY_ERROR;
         if (!is_answer || !answer(&msg)) {
             sky_handle(&msg);
         }
     }
-    service_list_message_free(messages);
+    batch_service_list_u8_free(batch);
 }
 
 sky_addr sky_self(void) { return skyhost_service_runtime_self_address(); }
 
 int sky_send(sky_addr dest, uint8_t kind, const void *data, size_t len) {
-    service_list_u8_t payload = bytes(data, len);
+    batch_service_list_u8_t payload = bytes(data, len);
     skyhost_service_runtime_send_error_t err;
     if (skyhost_service_runtime_send(dest, kind, 0, &payload, &err)) {
         return SKY_OK;
@@ -98,7 +117,7 @@ int sky_send(sky_addr dest, uint8_t kind, const void *data, size_t len) {
 }
 
 int sky_call(sky_addr dest, const void *data, size_t len, sky_answer_fn fn, void *ctx) {
-    service_list_u8_t payload = bytes(data, len);
+    batch_service_list_u8_t payload = bytes(data, len);
     uint32_t session;
     skyhost_service_runtime_send_error_t err;
     if (!skyhost_service_runtime_call(dest, &payload, &session, &err)) {
@@ -127,26 +146,26 @@ void sky_timeout(uint32_t ms, sky_answer_fn fn, void *ctx) {
 }
 
 void sky_spawn(const char *module, const void *args, size_t len, sky_answer_fn fn, void *ctx) {
-    service_string_t name = text(module);
-    service_list_u8_t a = bytes(args, len);
+    batch_service_string_t name = text(module);
+    batch_service_list_u8_t a = bytes(args, len);
     wait_for(skyhost_service_runtime_spawn(&name, &a), fn, ctx);
 }
 
 int sky_register(const char *name) {
-    service_string_t n = text(name);
+    batch_service_string_t n = text(name);
     skyhost_service_runtime_name_error_t err;
     return skyhost_service_runtime_register(&n, &err) ? SKY_OK : 1 + err;
 }
 
 bool sky_query(const char *name, sky_addr *out) {
-    service_string_t n = text(name);
+    batch_service_string_t n = text(name);
     return skyhost_service_runtime_query(&n, out);
 }
 
 void sky_monitor(sky_addr target) { skyhost_service_runtime_monitor(target); }
 
 void sky_log(const char *line) {
-    service_string_t s = text(line);
+    batch_service_string_t s = text(line);
     skyhost_service_runtime_log(SKYHOST_SERVICE_TYPES_LOG_LEVEL_INFO, &s);
 }
 

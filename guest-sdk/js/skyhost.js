@@ -109,22 +109,44 @@ export function init(args) {
   }
 }
 
-export function dispatch(messages) {
-  for (const m of messages) {
-    if (m.kind === kind.response || m.kind === kind.error) {
-      const w = waiting.get(m.session);
-      if (w) {
-        waiting.delete(m.session);
-        if (m.kind === kind.response) {
-          w.resolve(m.payload);
-        } else {
-          w.reject(new CallError(m.payload[0], decoder.decode(m.payload.subarray(1))));
-        }
-        continue;
-      }
+// The batch buffer (wit/service.wit, `dispatch-batch`): a count, 32-byte
+// headers from offset 8, then the payloads; each payload is a view into it.
+export function dispatchBatch(batch) {
+  const view = new DataView(batch.buffer, batch.byteOffset, batch.byteLength);
+  const count = batch.byteLength >= 8 ? view.getUint32(0, true) : 0;
+  for (let i = 0; i < count; i++) {
+    const at = 8 + i * 32;
+    if (at + 32 > batch.byteLength) {
+      break;
     }
-    handle(m);
+    const offset = view.getUint32(at + 12, true);
+    const len = view.getUint32(at + 16, true);
+    if (offset + len > batch.byteLength) {
+      break;
+    }
+    deliver({
+      kind: view.getUint8(at),
+      source: view.getUint32(at + 4, true),
+      session: view.getUint32(at + 8, true),
+      payload: batch.subarray(offset, offset + len),
+    });
   }
+}
+
+function deliver(m) {
+  if (m.kind === kind.response || m.kind === kind.error) {
+    const w = waiting.get(m.session);
+    if (w) {
+      waiting.delete(m.session);
+      if (m.kind === kind.response) {
+        w.resolve(m.payload);
+      } else {
+        w.reject(new CallError(m.payload[0], decoder.decode(m.payload.subarray(1))));
+      }
+      return;
+    }
+  }
+  handle(m);
 }
 
 function handle(m) {

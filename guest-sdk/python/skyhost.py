@@ -8,11 +8,12 @@ messages are handled. An ``Exception`` raised by a handler answers the
 request with an error; ``skyhost.Trap`` (or any ``BaseException`` that is not
 an ``Exception``) traps the service, as a panic would in Rust.
 
-The build (componentize-py) makes the module a component of the ``service``
-world; this file provides the ``WitWorld`` class it exports.
+The build (componentize-py) makes the module a component of the
+``batch-service`` world; this file provides the ``WitWorld`` class it exports.
 """
 
 import json
+import struct
 from typing import Any, Awaitable, Callable, Optional
 
 import wit_world
@@ -167,8 +168,11 @@ def _respond(message: Message, result) -> None:
         pass  # The caller is gone; nobody is left to tell.
 
 
+_HEADER = struct.Struct("<BBHIIIIIQ")
+
+
 class WitWorld(wit_world.WitWorld):
-    """The component's exports: ``init`` and ``dispatch``."""
+    """The component's exports: ``init`` and ``dispatch-batch``."""
 
     def init(self, args: bytes) -> None:
         if _init is not None:
@@ -177,16 +181,28 @@ class WitWorld(wit_world.WitWorld):
             except Exception as e:
                 raise Err(str(e)) from None
 
-    def dispatch(self, messages) -> None:
-        for m in messages:
-            if m.kind in (RESPONSE, ERROR):
-                waiter = _waiting.pop(m.session, None)
-                if waiter is not None:
-                    if m.kind == RESPONSE:
-                        _step(waiter, m.payload)
-                    else:
-                        detail = m.payload[1:].decode("utf-8", "replace")
-                        cause = m.payload[0] if m.payload else 255
-                        _step(waiter, error=CallError(cause, detail))
-                    continue
-            _step(_serve(m))
+    def dispatch_batch(self, batch: bytes) -> None:
+        """The batch buffer (wit/service.wit): a count, 32-byte headers from
+        offset 8, then the payloads."""
+        size = len(batch)
+        count = min(int.from_bytes(batch[:4], "little"), (size - 8) // 32) if size >= 8 else 0
+        unpack = _HEADER.unpack_from
+        for at in range(8, 8 + 32 * count, 32):
+            kind, _, _, source, session, offset, length, _, _ = unpack(batch, at)
+            if offset + length > size:
+                break
+            _deliver(Message(kind, source, session, batch[offset : offset + length]))
+
+
+def _deliver(m: Message) -> None:
+    if m.kind in (RESPONSE, ERROR):
+        waiter = _waiting.pop(m.session, None)
+        if waiter is not None:
+            if m.kind == RESPONSE:
+                _step(waiter, m.payload)
+            else:
+                detail = m.payload[1:].decode("utf-8", "replace")
+                cause = m.payload[0] if m.payload else 255
+                _step(waiter, error=CallError(cause, detail))
+            return
+    _step(_serve(m))

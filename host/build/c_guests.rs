@@ -43,18 +43,20 @@ pub fn build(root: &Path, work: &Path, out: &Path) {
     }
 }
 
-/// Writes the C bindings of the `service` world into `dir`.
+/// Writes the C bindings of the `batch-service` world into `dir`.
 fn generate_bindings(wit: &Path, dir: &Path) {
     let mut resolve = Resolve::default();
     let (package, _) = resolve.push_dir(wit).expect("parsing wit/");
     let world = resolve
-        .select_world(&[package], Some("service"))
-        .expect("the service world");
+        .select_world(&[package], Some("batch-service"))
+        .expect("the batch-service world");
     let mut files = wit_bindgen_core::Files::default();
     wit_bindgen_c::Opts::default()
         .build()
         .generate(&mut resolve, world, &mut files)
         .expect("generating the C bindings");
+    // What another world's bindings left there must not be compiled in.
+    let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).expect("creating the bindings directory");
     for (name, contents) in files.iter() {
         std::fs::write(dir.join(name), contents).expect("writing a C binding file");
@@ -79,8 +81,8 @@ fn compile(root: &Path, bindings: &Path, source: &Path, core: &Path) {
         .arg(&sdk)
         .arg(source)
         .arg(sdk.join("skyhost.c"))
-        .arg(bindings.join("service.c"))
-        .arg(bindings.join("service_component_type.o"))
+        .arg(bindings.join("batch_service.c"))
+        .arg(bindings.join("batch_service_component_type.o"))
         .arg("-o")
         .arg(core)
         .status()

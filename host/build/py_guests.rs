@@ -39,7 +39,7 @@ pub fn build(root: &Path, work: &Path, out: &Path) {
         let status = Command::new(&tool)
             .arg("-d")
             .arg(&wit)
-            .args(["-w", "service", "componentize", stem, "-p"])
+            .args(["-w", "batch-service", "componentize", stem, "-p"])
             .arg(&app)
             .arg("-o")
             .arg(&target)

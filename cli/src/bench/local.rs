@@ -313,6 +313,39 @@ pub(super) async fn call_rtt_of(b: &BenchNode, module: &str, n: u32) -> anyhow::
     Ok(start.elapsed().as_secs_f64() * 1e6 / f64::from(n))
 }
 
+/// One-way messages a testkit sends the echo service `module` (in any
+/// language) per second, until the echo has taken them all: a call from
+/// the same sender, queued behind them, is answered after the last.
+pub(super) async fn oneway_of(b: &BenchNode, module: &str, n: u32) -> anyhow::Result<f64> {
+    let echo = b.spawn(module).await?;
+    let sender = b.spawn("testkit").await?;
+    let payload = vec![7u8; 16];
+    let last_call = Command::RawCallLoop {
+        target: echo.0,
+        n: 1,
+        payload: payload.clone(),
+    };
+    anyhow::ensure!(
+        b.command(sender, &last_call).await? == Reply::Unit,
+        "the echo answers"
+    );
+    let start = Instant::now();
+    let sends = Command::SendLoop {
+        target: echo.0,
+        n,
+        payload,
+    };
+    anyhow::ensure!(
+        b.command(sender, &sends).await? == Reply::Unit,
+        "SendLoop failed"
+    );
+    anyhow::ensure!(
+        b.command(sender, &last_call).await? == Reply::Unit,
+        "the last call failed"
+    );
+    Ok(f64::from(n) / start.elapsed().as_secs_f64())
+}
+
 pub(super) fn rss_kib() -> anyhow::Result<f64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let line = status

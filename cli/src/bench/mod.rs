@@ -28,8 +28,8 @@ mod tenants;
 use distributed::{cluster_call_rtt, cluster_concurrent, cluster_oneway, group_call, multicast};
 use local::{
     call_rtt_of, harbor_call_rtt, harbor_concurrent, harbor_oneway, local_call_rtt,
-    local_concurrent, local_oneway, local_parallel, max_services, ping_under_spin, pool_size,
-    pool_size_for_max_services, rss_of, rss_per_service, spawn, spawn_of,
+    local_concurrent, local_oneway, local_parallel, max_services, oneway_of, ping_under_spin,
+    pool_size, pool_size_for_max_services, rss_of, rss_per_service, spawn, spawn_of,
 };
 use tenants::{tenant_fairness, tenant_overhead, upgrade_pause, upgrade_throughput};
 
@@ -66,7 +66,7 @@ enum Topology {
 /// Tenants configured for [`Topology::Tenants`].
 const BENCH_TENANTS: usize = 100;
 
-/// The three `lang-<language>-*` rows for the echo service `module`.
+/// The four `lang-<language>-*` rows for the echo service `module`.
 macro_rules! language_rows {
     ($lang:literal, $module:literal) => {
         [
@@ -75,6 +75,12 @@ macro_rules! language_rows {
                 unit: "µs",
                 topology: Topology::Single,
                 run: |n| Box::pin(call_rtt_of(n, $module, 20_000)),
+            },
+            Workload {
+                id: concat!("lang-", $lang, "-oneway"),
+                unit: "msgs/s",
+                topology: Topology::Single,
+                run: |n| Box::pin(oneway_of(n, $module, 200_000)),
             },
             Workload {
                 id: concat!("lang-", $lang, "-spawn"),
