@@ -168,7 +168,10 @@ def _respond(message: Message, result) -> None:
         pass  # The caller is gone; nobody is left to tell.
 
 
-_HEADER = struct.Struct("<BBHIIIIIQ")
+# The fields of a batch header a handler needs: kind, source, session,
+# payload offset and length (flags, reserved words and the trace skipped).
+_HEADER = struct.Struct("<B3xIIII")
+_COUNT = struct.Struct("<I")
 
 
 class WitWorld(wit_world.WitWorld):
@@ -185,24 +188,20 @@ class WitWorld(wit_world.WitWorld):
         """The batch buffer (wit/service.wit): a count, 32-byte headers from
         offset 8, then the payloads."""
         size = len(batch)
-        count = min(int.from_bytes(batch[:4], "little"), (size - 8) // 32) if size >= 8 else 0
+        count = min(_COUNT.unpack_from(batch)[0], (size - 8) // 32) if size >= 8 else 0
         unpack = _HEADER.unpack_from
         for at in range(8, 8 + 32 * count, 32):
-            kind, _, _, source, session, offset, length, _, _ = unpack(batch, at)
+            kind, source, session, offset, length = unpack(batch, at)
             if offset + length > size:
                 break
-            _deliver(Message(kind, source, session, batch[offset : offset + length]))
-
-
-def _deliver(m: Message) -> None:
-    if m.kind in (RESPONSE, ERROR):
-        waiter = _waiting.pop(m.session, None)
-        if waiter is not None:
-            if m.kind == RESPONSE:
-                _step(waiter, m.payload)
-            else:
-                detail = m.payload[1:].decode("utf-8", "replace")
-                cause = m.payload[0] if m.payload else 255
-                _step(waiter, error=CallError(cause, detail))
-            return
-    _step(_serve(m))
+            payload = batch[offset : offset + length]
+            if kind == RESPONSE or kind == ERROR:
+                waiter = _waiting.pop(session, None)
+                if waiter is not None:
+                    if kind == RESPONSE:
+                        _step(waiter, payload)
+                    else:
+                        detail = payload[1:].decode("utf-8", "replace")
+                        _step(waiter, error=CallError(payload[0] if payload else 255, detail))
+                    continue
+            _step(_serve(Message(kind, source, session, payload)))

@@ -80,7 +80,7 @@ macro_rules! language_rows {
                 id: concat!("lang-", $lang, "-oneway"),
                 unit: "msgs/s",
                 topology: Topology::Single,
-                run: |n| Box::pin(oneway_of(n, $module, 200_000)),
+                run: |n| Box::pin(oneway_of(n, $module, 1_000_000)),
             },
             Workload {
                 id: concat!("lang-", $lang, "-spawn"),
