@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use crate::sys::{LogLevel, RawNameError, RawSendError};
+use crate::sys::{LogLevel, RawBatchSendError, RawNameError, RawSendError};
 
 /// Something the service asked of the host.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,6 +131,29 @@ pub(crate) fn send(dest: u32, kind: u8, session: u32, payload: &[u8]) -> Result<
         session,
         payload: payload.to_vec(),
     });
+    Ok(())
+}
+
+/// `send-batch`: each record sent as `send` would, stopping at the first
+/// refused (the host's walk; a malformed buffer panics, as the host traps).
+pub(crate) fn send_batch(batch: &[u8]) -> Result<(), RawBatchSendError> {
+    let mut at = 0;
+    let mut index = 0;
+    while at < batch.len() {
+        let word = |i: usize| {
+            u32::from_le_bytes(
+                batch[at + i..at + i + 4]
+                    .try_into()
+                    .expect("a whole record"),
+            )
+        };
+        let len = word(12) as usize;
+        let payload = &batch[at + 16..at + 16 + len];
+        send(word(0), batch[at + 4], word(8), payload)
+            .map_err(|error| RawBatchSendError { index, error })?;
+        at += 16 + len;
+        index += 1;
+    }
     Ok(())
 }
 

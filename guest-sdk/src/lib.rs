@@ -98,6 +98,7 @@ pub mod log;
 mod message;
 pub mod multicast;
 mod node;
+mod outbox;
 mod runtime;
 mod service;
 mod session;
@@ -113,6 +114,7 @@ pub use node::{
     register, self_address, send, send_raw, send_session, sleep, spawn, spawn_raw, start_trace,
     tenant, unregister, wait_session, wall_time,
 };
+pub use outbox::{BatchSendError, Outbox};
 pub use service::{Service, Stateful};
 
 /// What [`export_service!`] expands to; not a stable API.

@@ -8,10 +8,14 @@ pub(crate) use crate::bindings::skyhost::service::types::{
     LogLevel, NameError as RawNameError, SendError as RawSendError,
 };
 
+#[cfg(test)]
+pub(crate) use crate::bindings::skyhost::service::types::BatchSendError as RawBatchSendError;
+
 #[cfg(not(test))]
 pub(crate) use crate::bindings::skyhost::service::runtime::{
     call, call_timeout, demonitor, exit, kill, log, monitor, new_session, now, query, register,
-    respond, self_address, send, spawn, start_trace, tenant, timeout, unregister, wall_time,
+    respond, self_address, send, send_batch, spawn, start_trace, tenant, timeout, unregister,
+    wall_time,
 };
 
 #[cfg(not(test))]
@@ -23,5 +27,6 @@ pub(crate) use crate::fake::{cluster, groups, harbor, multicast};
 #[cfg(test)]
 pub(crate) use crate::fake::{
     call, call_timeout, demonitor, exit, kill, log, monitor, new_session, now, query, register,
-    respond, self_address, send, spawn, start_trace, tenant, timeout, unregister, wall_time,
+    respond, self_address, send, send_batch, spawn, start_trace, tenant, timeout, unregister,
+    wall_time,
 };

@@ -579,3 +579,64 @@ async fn a_hog_s_one_way_receiver_takes_its_messages_in_batches() -> anyhow::Res
     node.stop().await;
     Ok(())
 }
+
+/// A service's sends in bulk (`send-batch`, the SDK's `Outbox`) arrive in
+/// order, and a batch stops at the first message refused: the error names
+/// it; the ones before it arrived, the ones after did not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_batch_arrives_in_order_and_stops_at_the_first_refused() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use skyhost::runtime::kind;
+    let t = TestNode::start()?;
+    let mut inbox = t.node.client();
+    let sender = t.spawn("testkit").await?;
+    let batched = |targets: Vec<u32>, n: u32| Command::SendLoopBatched {
+        targets,
+        n,
+        payload: b"!".to_vec(),
+        per_flush: 64,
+    };
+    // 150 messages: two full flushes and a last one of 22.
+    let sent = t
+        .command(sender, &batched(vec![inbox.address().0], 150))
+        .await?;
+    anyhow::ensure!(sent == Reply::Unit, "SendLoopBatched answered {sent:?}");
+    for i in 0..150u32 {
+        let m = within(inbox.recv()).await?.context("the inbox closed")?;
+        anyhow::ensure!(
+            (m.kind, m.source) == (kind::TEXT, sender),
+            "message {i}: kind {} from {}",
+            m.kind,
+            m.source
+        );
+        let mut expected = i.to_le_bytes().to_vec();
+        expected.push(b'!');
+        anyhow::ensure!(m.payload[..] == expected[..], "message {i} out of order");
+    }
+
+    let unknown = Address(0x00ff_ff00);
+    let targets = vec![inbox.address().0, unknown.0, inbox.address().0];
+    match t.command(sender, &batched(targets, 3)).await? {
+        Reply::Failed(text) => anyhow::ensure!(
+            text.contains("message 1 of the batch: unknown address"),
+            "{text}"
+        ),
+        r => anyhow::bail!("a batch with an unknown address answered {r:?}"),
+    }
+    let first = within(inbox.recv()).await?.context("the inbox closed")?;
+    anyhow::ensure!(
+        first.payload[..4] == 0u32.to_le_bytes(),
+        "the message before the refused one"
+    );
+    // The one after the refused message was not sent: a probe comes next.
+    t.client
+        .send(inbox.address(), kind::TEXT, 0, b"probe".to_vec())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let next = within(inbox.recv()).await?.context("the inbox closed")?;
+    anyhow::ensure!(
+        &next.payload[..] == b"probe",
+        "a message after the refused one arrived"
+    );
+    t.stop().await;
+    Ok(())
+}

@@ -17,6 +17,20 @@ pub(super) async fn local_oneway(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
     oneway(b, sender, sink, n).await
 }
 
+/// `local-oneway` with the sender's messages going out through an outbox
+/// (`send-batch`), 64 per host call.
+pub(super) async fn local_oneway_batched(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    let sink = b.spawn("testkit").await?;
+    let sender = b.spawn("testkit").await?;
+    let send = |n: u32| Command::SendLoopBatched {
+        targets: vec![sink.0],
+        n,
+        payload: vec![0u8; 12],
+        per_flush: 64,
+    };
+    send_and_count(b, sender, &b.client, sink, n, send).await
+}
+
 /// `local-oneway` with the receiver on harbor 2.
 pub(super) async fn harbor_oneway(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
     let sink = b.spawn_remote("testkit").await?;

@@ -28,8 +28,9 @@ mod tenants;
 use distributed::{cluster_call_rtt, cluster_concurrent, cluster_oneway, group_call, multicast};
 use local::{
     call_rtt_of, harbor_call_rtt, harbor_concurrent, harbor_oneway, local_call_rtt,
-    local_concurrent, local_oneway, local_parallel, max_services, oneway_of, ping_under_spin,
-    pool_size, pool_size_for_max_services, rss_of, rss_per_service, spawn, spawn_of,
+    local_concurrent, local_oneway, local_oneway_batched, local_parallel, max_services, oneway_of,
+    ping_under_spin, pool_size, pool_size_for_max_services, rss_of, rss_per_service, spawn,
+    spawn_of,
 };
 use tenants::{tenant_fairness, tenant_overhead, upgrade_pause, upgrade_throughput};
 
@@ -111,6 +112,12 @@ fn workloads() -> Vec<Workload> {
             unit: "msgs/s",
             topology: Topology::Single,
             run: |n| Box::pin(local_oneway(n, 2_000_000)),
+        },
+        Workload {
+            id: "local-oneway-batched",
+            unit: "msgs/s",
+            topology: Topology::Single,
+            run: |n| Box::pin(local_oneway_batched(n, 2_000_000)),
         },
         Workload {
             id: "local-call-rtt",

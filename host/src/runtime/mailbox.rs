@@ -84,6 +84,26 @@ impl Mailbox {
         Ok(())
     }
 
+    /// Queues every message of `run` (left empty) in order and wakes the
+    /// service once; false, with the messages dropped, when the mailbox is
+    /// closed.
+    pub(super) fn push_run(&self, run: &mut Vec<Message>) -> bool {
+        let waiter = {
+            let mut queue = self.lock();
+            if queue.closed {
+                drop(queue);
+                run.clear();
+                return false;
+            }
+            queue.messages.extend(run.drain(..));
+            queue.waiter.take()
+        };
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
+        true
+    }
+
     /// Moves every queued message to the back of `into` (one swap when
     /// `into` is empty). False when nothing was queued.
     pub(super) fn take_into(&self, into: &mut VecDeque<Message>) -> bool {

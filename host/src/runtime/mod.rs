@@ -29,6 +29,7 @@
 
 mod address;
 pub(crate) mod client;
+mod delivery;
 pub(crate) mod endpoint;
 pub(crate) mod guest;
 mod inbox;
@@ -399,62 +400,6 @@ impl Kernel {
         rand::random::<u64>().max(1)
     }
 
-    /// Enqueues `message` for `dest`.
-    ///
-    /// # Errors
-    /// `UnknownAddress` when no such service is alive here; `Overloaded`
-    /// when its mailbox is at its limit.
-    pub fn deliver(&self, dest: Address, message: Message) -> Result<(), SendError> {
-        if dest.harbor() != self.harbor
-            && let Some(harbor) = self.remote.get()
-        {
-            return harbor.forward(dest, message);
-        }
-        self.with_service(dest, |handle| {
-            if handle.tenant.id != message.tenant
-                && message.tenant != TenantId::HOST
-                && handle.tenant.id != TenantId::HOST
-                && !self.through_grant(handle, &message)
-            {
-                // Exactly what an unknown address answers: no oracle.
-                return Err(SendError::UnknownAddress(dest));
-            }
-            self.enqueue(handle, message)
-        })
-        .unwrap_or(Err(SendError::UnknownAddress(dest)))
-    }
-
-    /// Whether `message`, from another tenant than the target's, is a
-    /// request through a grant: the sender's tenant may call an entry that
-    /// the target's tenant exports, and that entry names the target now.
-    fn through_grant(&self, target: &ServiceHandle, message: &Message) -> bool {
-        if message.kind != kind::REQUEST {
-            return false;
-        }
-        let Some(caller) = self.tenant(message.tenant) else {
-            return false;
-        };
-        let owner = &target.tenant;
-        let granted = caller.grants.iter().any(|(t, entry)| {
-            *t == owner.id
-                && owner
-                    .exports
-                    .get(entry)
-                    .is_some_and(|name| self.query_name(owner.id, name) == Some(target.address))
-        });
-        if granted {
-            caller.counters.grant_calls.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(
-                from = %message.source,
-                to = %target.address,
-                caller = %caller.name,
-                owner = %owner.name,
-                "call through a grant"
-            );
-        }
-        granted
-    }
-
     /// The tenant with this id, if this node has it.
     pub fn tenant(&self, id: TenantId) -> Option<Arc<Tenant>> {
         self.tenants.pin().get(&id).cloned()
@@ -464,69 +409,6 @@ impl Kernel {
     pub fn tenant_named(&self, name: &str) -> Option<Arc<Tenant>> {
         self.tenant(TenantId::of(name))
             .filter(|t| &*t.name == name && !t.removed.load(Ordering::Acquire))
-    }
-
-    /// Whether a service just made ready would wait behind hogs unless they
-    /// are interrupted (fresh work first), judged by where its wake put it:
-    /// - in the waking worker's `next`: it runs when the poll running there
-    ///   ends, soon, or, when that poll is a hog's, at the end of the hog's
-    ///   slice: a service a hog keeps waking (a one-way receiver) takes its
-    ///   messages in batches, as a process woken by a running Erlang process
-    ///   waits for that process's reductions, instead of making the hog
-    ///   yield once per message;
-    /// - where any worker can take it: only when no worker is idle;
-    /// - with the hogs, or nowhere (it was running or queued already): no.
-    ///
-    /// On tokio's scheduler (no placement known) it always would.
-    fn ready_waits_for_hogs(&self) -> bool {
-        let Some(workers) = self.workers.load_full() else {
-            return true;
-        };
-        match workers::take_placement() {
-            Some(workers::Placement::Stealable) => !workers.has_idle(),
-            Some(workers::Placement::Next | workers::Placement::Hogs) | None => false,
-        }
-    }
-
-    /// Pushes `message` into the mailbox of the service behind `handle`.
-    fn enqueue(&self, handle: &ServiceHandle, message: Message) -> Result<(), SendError> {
-        let dest = handle.address;
-        let mailbox = &handle.mailbox;
-        let limit = handle.tenant.quotas.mailbox_limit;
-        let len = mailbox.len.fetch_add(1, Ordering::Relaxed) + 1;
-        if limit != 0 && len > limit {
-            mailbox.len.fetch_sub(1, Ordering::Relaxed);
-            handle.tenant.refused();
-            return Err(SendError::Overloaded(dest));
-        }
-        if len > mailbox.peak.load(Ordering::Relaxed) {
-            mailbox.peak.fetch_max(len, Ordering::Relaxed);
-        }
-        // Marked before the message is visible, so the service's pick-up,
-        // which follows it, always clears the mark.
-        // A push that finds the mailbox closed clears the mark itself; one
-        // that goes in before the close is cleared by the service's end,
-        // which closes the mailbox (under its lock) before it clears.
-        let interrupt = len == 1 && self.sched.mark_ready(&mailbox.ready);
-        workers::take_placement();
-        if mailbox.push(message).is_err() {
-            mailbox.len.fetch_sub(1, Ordering::Relaxed);
-            mailbox.picked_up(self);
-            return Err(SendError::UnknownAddress(dest));
-        }
-        if interrupt && self.ready_waits_for_hogs() {
-            self.loader.interrupt_running();
-        }
-        let warn_at = mailbox.warn_at.load(Ordering::Relaxed);
-        if len >= warn_at
-            && mailbox
-                .warn_at
-                .compare_exchange(warn_at, warn_at * 2, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::warn!(service = %dest, queued = len, "mailbox is growing");
-        }
-        Ok(())
     }
 
     /// Puts a new handle in the address table under a free local id.

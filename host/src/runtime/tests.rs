@@ -432,6 +432,56 @@ async fn a_full_mailbox_refuses_with_overloaded() {
     );
 }
 
+/// A run (`send-batch`'s messages for one target) keeps `deliver`'s checks
+/// per message: the ones past the mailbox's limit and every one across a
+/// tenant boundary are refused, by their place in the run.
+#[tokio::test]
+async fn a_run_is_refused_where_its_messages_would_be() {
+    let kernel = core_with_blue(FakeLoader::default().with("holds", |_| Act::Nothing));
+    let held = spawn_in(&kernel, "blue", "holds").await;
+    let system = spawn_in(&kernel, "system", "holds").await;
+    let blue = kernel.tenant_named("blue").expect("blue").id;
+    let run = |n: usize| -> Vec<Message> {
+        (0..n)
+            .map(|i| Message {
+                kind: kind::TEXT,
+                source: Address(0),
+                session: 0,
+                tenant: blue,
+                payload: vec![u8::try_from(i).unwrap_or(0)].into(),
+                trace: 0,
+            })
+            .collect()
+    };
+    let mut three = run(3);
+    assert_eq!(
+        kernel.deliver_run(held, &mut three),
+        Err((2, super::SendError::Overloaded(held)))
+    );
+    assert!(three.is_empty());
+    assert_eq!(
+        kernel.with_service(held, |h| h.mailbox.len()),
+        Some(2),
+        "the two before the limit went in"
+    );
+    let mut more = run(1);
+    assert_eq!(
+        kernel.deliver_run(held, &mut more),
+        Err((0, super::SendError::Overloaded(held)))
+    );
+    let mut across = run(2);
+    assert_eq!(
+        kernel.deliver_run(system, &mut across),
+        Err((0, super::SendError::UnknownAddress(system))),
+        "another tenant's service looks unknown"
+    );
+    let unknown = Address(0x00ff_ff00);
+    assert_eq!(
+        kernel.deliver_run(unknown, &mut run(1)),
+        Err((0, super::SendError::UnknownAddress(unknown)))
+    );
+}
+
 #[tokio::test]
 async fn tenants_are_sealed_and_names_are_per_tenant_and_go_with_their_service() {
     let kernel = core_with_blue(FakeLoader::default().with("holds", |_| Act::Nothing));

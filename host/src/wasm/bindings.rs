@@ -5,4 +5,6 @@ wasmtime::component::bindgen!({
     world: "service",
     path: "../wit",
     exports: { default: async },
+    // A malformed batch buffer is a bug in the guest's SDK: it traps.
+    imports: { "skyhost:service/runtime.send-batch": trappable },
 });

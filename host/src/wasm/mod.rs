@@ -19,6 +19,7 @@ mod cache;
 mod exports;
 mod grants;
 mod host;
+mod outbox;
 mod parts;
 pub(crate) mod state;
 mod stdio;

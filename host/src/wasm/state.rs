@@ -367,13 +367,12 @@ impl ServiceState {
         }
         self.kernel
             .deliver(Address(dest), message)
-            .map_err(|e| match e {
-                SendError::UnknownAddress(_) => types::SendError::UnknownAddress,
-                SendError::Overloaded(_) => types::SendError::Overloaded,
-                SendError::TooLarge { .. } => types::SendError::TooLarge,
-                SendError::ReservedKind(_) => types::SendError::ReservedKind,
-                SendError::NodeDown(_) => types::SendError::NodeDown,
-            })
+            .map_err(wire_error)
+    }
+
+    /// Whether what this service sends is traced (each message logged).
+    pub(super) fn traced(&self) -> bool {
+        self.current_trace != 0 || self.handle.usage.traced.load(Ordering::Relaxed)
     }
 
     pub(super) fn check_size(&self, payload: &[u8]) -> Result<(), types::SendError> {
@@ -382,6 +381,17 @@ impl ServiceState {
             return Err(types::SendError::TooLarge);
         }
         Ok(())
+    }
+}
+
+/// The WIT's `send-error` for the kernel's.
+pub(super) fn wire_error(e: SendError) -> types::SendError {
+    match e {
+        SendError::UnknownAddress(_) => types::SendError::UnknownAddress,
+        SendError::Overloaded(_) => types::SendError::Overloaded,
+        SendError::TooLarge { .. } => types::SendError::TooLarge,
+        SendError::ReservedKind(_) => types::SendError::ReservedKind,
+        SendError::NodeDown(_) => types::SendError::NodeDown,
     }
 }
 

@@ -10,7 +10,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use skyhost_sdk::{
-    Address, Incoming, Message, Reply, Service, call, call_timeout, cluster, exit, export_service,
+    Address, Incoming, Message, Outbox, Reply, Service, call, call_timeout, cluster, exit,
+    export_service,
     group::{self, Policy},
     harbor, kind, monitor,
     multicast::Channel,
@@ -189,6 +190,12 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
             }
             Answer::Unit
         }
+        Command::SendLoopBatched {
+            targets,
+            n,
+            payload,
+            per_flush,
+        } => send_loop_batched(&targets, n, &payload, per_flush),
         Command::SpawnMany { module, n } => {
             // Every spawn starts here, before the first await: they run
             // concurrently on the host and are collected in spawn order.
@@ -584,3 +591,25 @@ where
 }
 
 export_service!(Testkit);
+
+/// `Command::SendLoopBatched`.
+fn send_loop_batched(targets: &[u32], n: u32, payload: &[u8], per_flush: u32) -> Answer {
+    if targets.is_empty() {
+        return Answer::Failed("no targets".into());
+    }
+    let mut outbox = Outbox::new();
+    let mut message = Vec::with_capacity(4 + payload.len());
+    for i in 0..n {
+        message.clear();
+        message.extend_from_slice(&i.to_le_bytes());
+        message.extend_from_slice(payload);
+        let target = targets[i as usize % targets.len()];
+        outbox.push_raw(Address(target), kind::TEXT, &message);
+        if (outbox.len() as u32 >= per_flush || i + 1 == n)
+            && let Err(e) = outbox.flush()
+        {
+            return Answer::Failed(format!("flush ending at send {i}: {e}"));
+        }
+    }
+    Answer::Unit
+}

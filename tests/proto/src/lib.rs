@@ -304,6 +304,20 @@ pub enum Command {
         /// The host's limit on the call.
         timeout_ms: u32,
     },
+    /// `n` sends of kind text through an `Outbox`, the i-th to
+    /// `targets[i % len]` with payload `i` (u32, little-endian) then
+    /// `payload`, flushed every `per_flush` sends and at the end. Answers
+    /// `Unit`, or `Failed` with the first flush's error.
+    SendLoopBatched {
+        /// Where the sends go, in turn.
+        targets: Vec<u32>,
+        /// How many sends.
+        n: u32,
+        /// What follows each send's index.
+        payload: Vec<u8>,
+        /// Sends per flush (0 is taken as 1).
+        per_flush: u32,
+    },
 }
 
 /// A service on a cluster node: by name or by address there.

@@ -2,7 +2,8 @@
 
 use crate::runtime::{Address, ErrorCause, Message, kind};
 use crate::wasm::bindings::skyhost::service::{runtime, types};
-use crate::wasm::state::ServiceState;
+use crate::wasm::outbox;
+use crate::wasm::state::{ServiceState, wire_error};
 
 impl runtime::Host for ServiceState {
     fn self_address(&mut self) -> u32 {
@@ -35,6 +36,45 @@ impl runtime::Host for ServiceState {
                 trace: self.current_trace,
             },
         )
+    }
+
+    fn send_batch(
+        &mut self,
+        batch: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), types::BatchSendError>> {
+        outbox::check(&batch)?;
+        // One buffer for the batch; each message's payload is a view of it.
+        let batch = bytes::Bytes::from(batch);
+        let traced = self.traced();
+        // Messages for one target back to back go in as one run.
+        let mut run = Vec::new();
+        let mut run_dest = 0;
+        let mut run_start = 0;
+        for (index, record) in outbox::records(&batch).flatten().enumerate() {
+            let refused = if kind::is_reserved(record.kind) {
+                Some(types::SendError::ReservedKind)
+            } else {
+                self.check_size(&batch[record.payload.clone()]).err()
+            };
+            if refused.is_some() || record.dest != run_dest || traced {
+                if let Err(e) = self.deliver_run(run_dest, &mut run, run_start) {
+                    return Ok(Err(e));
+                }
+                if let Some(error) = refused {
+                    return Ok(Err(batch_error(index, error)));
+                }
+                (run_dest, run_start) = (record.dest, index);
+            }
+            run.push(Message {
+                kind: record.kind,
+                source: self.address,
+                session: record.session,
+                tenant: self.tenant,
+                payload: batch.slice(record.payload),
+                trace: self.current_trace,
+            });
+        }
+        Ok(self.deliver_run(run_dest, &mut run, run_start))
     }
 
     fn call(&mut self, dest: u32, payload: Vec<u8>) -> Result<u32, types::SendError> {
@@ -209,5 +249,39 @@ impl runtime::Host for ServiceState {
                 tracing::error!(target: "skyhost::guest", "{message}")
             }
         }
+    }
+}
+
+impl ServiceState {
+    /// Sends `run` (messages for `dest`, the first of them message `start`
+    /// of its batch; left empty) with `send`'s accounting and tracing.
+    fn deliver_run(
+        &mut self,
+        dest: u32,
+        run: &mut Vec<Message>,
+        start: usize,
+    ) -> Result<(), types::BatchSendError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        if run.len() == 1 || self.traced() {
+            for (i, message) in run.drain(..).enumerate() {
+                self.deliver(dest, message)
+                    .map_err(|error| batch_error(start + i, error))?;
+            }
+            return Ok(());
+        }
+        self.sent += run.len() as u64;
+        self.kernel
+            .deliver_run(Address(dest), run)
+            .map_err(|(i, error)| batch_error(start + i, wire_error(error)))
+    }
+}
+
+/// Message `index` of a batch was refused for `error`.
+fn batch_error(index: usize, error: types::SendError) -> types::BatchSendError {
+    types::BatchSendError {
+        index: u32::try_from(index).unwrap_or(u32::MAX),
+        error,
     }
 }
