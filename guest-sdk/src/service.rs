@@ -54,7 +54,11 @@ pub trait Service: Sized + 'static {
 }
 
 /// A service whose state survives an upgrade of its module (`upgrade` on
-/// the node's control address).
+/// the node's control address) and a hibernation (on a node with
+/// `hibernate_after_ms`, an idle service gives up its instance and is
+/// restored from its state on its next message; a service that is not
+/// `Stateful` stays awake). A service with no state says so with
+/// `type State = ()`.
 ///
 /// The running version's [`save`](Stateful::save) is encoded with postcard
 /// and handed to the new version's [`restore`](Stateful::restore), which

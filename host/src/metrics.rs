@@ -103,6 +103,13 @@ pub fn render(node: &Node) -> String {
         &[],
         node.service_count() as f64,
     );
+    m.gauge(
+        "skyhost_hibernated_services",
+        "Live wasm services hibernated now (idle, their instances given up)",
+        Unit::Count,
+        &[],
+        node.hibernated_count() as f64,
+    );
     if let Some((nodes, members)) = node.cluster_taken_out() {
         for (what, n) in [("node", nodes), ("group_member", members)] {
             m.gauge(

@@ -9,6 +9,7 @@ mod game;
 mod groups;
 mod harbor;
 mod health;
+mod hibernation;
 mod local;
 mod metrics;
 mod multicast;

@@ -68,6 +68,7 @@ async fn metrics_pass_promtool_and_count_what_happened() -> anyhow::Result<()> {
 
     let expected = [
         ("skyhost_services", 1.0),
+        ("skyhost_hibernated_services", 0.0),
         (r#"skyhost_service_stops_total{reason="trap"}"#, 1.0),
         (
             r#"skyhost_messages_total{tenant="system",kind="request"}"#,

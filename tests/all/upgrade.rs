@@ -15,14 +15,14 @@ use crate::support::*;
 
 /// What the `counter` service answers to `g`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Count {
-    version: u8,
-    total: u64,
-    gaps: u64,
-    calls: u64,
+pub(crate) struct Count {
+    pub version: u8,
+    pub total: u64,
+    pub gaps: u64,
+    pub calls: u64,
 }
 
-async fn count(client: &Client, counter: Address) -> anyhow::Result<Count> {
+pub(crate) async fn count(client: &Client, counter: Address) -> anyhow::Result<Count> {
     let bytes = client
         .call_timeout(counter, b"g".to_vec(), DEADLINE)
         .await
@@ -42,14 +42,18 @@ async fn count(client: &Client, counter: Address) -> anyhow::Result<Count> {
 }
 
 /// Sequenced text message `seq` from `sender`.
-fn numbered(sender: u8, seq: u32) -> Vec<u8> {
+pub(crate) fn numbered(sender: u8, seq: u32) -> Vec<u8> {
     let mut payload = vec![sender];
     payload.extend_from_slice(&seq.to_le_bytes());
     payload
 }
 
 /// Polls the counter until it has counted `total` messages.
-async fn counted(client: &Client, counter: Address, total: u64) -> anyhow::Result<Count> {
+pub(crate) async fn counted(
+    client: &Client,
+    counter: Address,
+    total: u64,
+) -> anyhow::Result<Count> {
     let start = std::time::Instant::now();
     loop {
         let c = count(client, counter).await?;
@@ -64,7 +68,7 @@ async fn counted(client: &Client, counter: Address, total: u64) -> anyhow::Resul
     }
 }
 
-fn version_path(version: u8) -> std::path::PathBuf {
+pub(crate) fn version_path(version: u8) -> std::path::PathBuf {
     guest_dir().join(if version == 1 {
         "counter.wasm"
     } else {

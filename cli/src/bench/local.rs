@@ -31,6 +31,49 @@ pub(super) async fn local_oneway_batched(b: &BenchNode, n: u32) -> anyhow::Resul
     send_and_count(b, sender, &b.client, sink, n, send).await
 }
 
+/// `n` echo services left to hibernate, then called twice each by a
+/// testkit (each call timed inside the node): the median round trip of a
+/// call that wakes its service (the second call's, right after, is logged).
+pub(super) async fn wake_rtt(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    let caller = b.spawn("testkit").await?;
+    let mut echoes = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        echoes.push(b.spawn("echo").await?);
+    }
+    let start = Instant::now();
+    while b.node.hibernated_count() < echoes.len() {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} of {n} echoes hibernated",
+            b.node.hibernated_count()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut first = Vec::with_capacity(echoes.len());
+    let mut second = Vec::with_capacity(echoes.len());
+    for &echo in &echoes {
+        let command = Command::RawCallLoopTimed {
+            target: echo.0,
+            n: 2,
+            payload: vec![0u8; 16],
+        };
+        match b.command(caller, &command).await? {
+            Reply::Order(times) if times.len() == 2 => {
+                first.push(times[0]);
+                second.push(times[1]);
+            }
+            r => bail!("RawCallLoopTimed answered {r:?}"),
+        }
+    }
+    first.sort_unstable();
+    second.sort_unstable();
+    eprintln!(
+        "wake-rtt: second call to a woken echo {} µs (median)",
+        second[second.len() / 2]
+    );
+    Ok(f64::from(first[first.len() / 2]))
+}
+
 /// `local-oneway` with the receiver on harbor 2.
 pub(super) async fn harbor_oneway(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
     let sink = b.spawn_remote("testkit").await?;

@@ -30,7 +30,7 @@ use local::{
     call_rtt_of, harbor_call_rtt, harbor_concurrent, harbor_oneway, local_call_rtt,
     local_concurrent, local_oneway, local_oneway_batched, local_parallel, max_services, oneway_of,
     ping_under_spin, pool_size, pool_size_for_max_services, rss_of, rss_per_service, spawn,
-    spawn_of,
+    spawn_of, wake_rtt,
 };
 use tenants::{tenant_fairness, tenant_overhead, upgrade_pause, upgrade_throughput};
 
@@ -118,6 +118,12 @@ fn workloads() -> Vec<Workload> {
             unit: "msgs/s",
             topology: Topology::Single,
             run: |n| Box::pin(local_oneway_batched(n, 2_000_000)),
+        },
+        Workload {
+            id: "wake-rtt",
+            unit: "µs",
+            topology: Topology::Single,
+            run: |n| Box::pin(wake_rtt(n, 500)),
         },
         Workload {
             id: "local-call-rtt",
@@ -542,6 +548,9 @@ pub async fn run(
     Ok(())
 }
 
+/// How long services stay awake idle in `wake-rtt`'s node.
+const WAKE_RTT_IDLE_MS: u64 = 50;
+
 /// One run of `w` on a fresh node (in this process); its figure.
 async fn run_once(w: &Workload) -> anyhow::Result<f64> {
     let max_services = if w.id == "max-services" {
@@ -552,6 +561,11 @@ async fn run_once(w: &Workload) -> anyhow::Result<f64> {
     let limits = Limits {
         max_services,
         cpu_budget_ms: 600_000,
+        hibernate_after_ms: if w.id == "wake-rtt" {
+            WAKE_RTT_IDLE_MS
+        } else {
+            0
+        },
         ..Limits::default()
     };
     let node = match w.topology {

@@ -155,6 +155,10 @@ pub struct Limits {
     /// Most services alive at once (sizes the instance pool); 0 means
     /// 100,000, or fewer if the kernel's `vm.max_map_count` cannot map them.
     pub max_services: u32,
+    /// A service idle this long (ms) gives up its instance and keeps its
+    /// state outside it until its next message (docs/hibernation.md);
+    /// 0, the default, keeps every service awake.
+    pub hibernate_after_ms: u64,
 }
 
 impl Default for Limits {
@@ -166,6 +170,7 @@ impl Default for Limits {
             mailbox_limit: 0,
             max_payload: 64 << 20,
             max_services: 0,
+            hibernate_after_ms: 0,
         }
     }
 }

@@ -82,6 +82,9 @@ pub struct TenantLimits {
     pub max_payload: Option<usize>,
     /// Services it may spawn per second (with a burst of as many); absent: no limit.
     pub spawn_rate: Option<u32>,
+    /// Idle time (ms) after which its services hibernate; 0: never;
+    /// absent: the node's `hibernate_after_ms`.
+    pub hibernate_after_ms: Option<u64>,
 }
 
 impl TenantConfig {

@@ -240,6 +240,7 @@ async fn run(node: &Node, request: Request) -> Answer {
                 format!("memory {}", i.memory_bytes),
                 format!("awaiting {}", i.awaiting),
                 format!("upgrades {}", i.upgrades),
+                format!("hibernations {}", i.hibernations),
                 format!("age_ms {}", i.age.as_millis()),
             ]),
             None => Answer::Error(format!("no service {address}")),

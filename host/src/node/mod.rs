@@ -304,6 +304,11 @@ impl Node {
         self.kernel.service_count()
     }
 
+    /// Live services hibernated now (their instances given up while idle).
+    pub fn hibernated_count(&self) -> usize {
+        self.kernel.hibernated_services()
+    }
+
     /// Logs (target `skyhost::trace`, level info) each message the service
     /// at `address` takes and sends, and how long each batch took; false if
     /// there is no such service.

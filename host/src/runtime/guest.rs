@@ -177,6 +177,16 @@ pub(crate) trait GuestModule: Send + Sync + 'static {
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
 
+/// What outlives a guest's instance while its service hibernates: the
+/// requests it owes (with each caller's tenant) and its session counters
+/// (the host range and the guest range), so numbers are not reused.
+#[derive(Debug, Default)]
+pub(crate) struct Carried {
+    pub owed: std::collections::HashMap<(Address, u32), TenantId>,
+    pub next_session: u32,
+    pub next_guest_session: u32,
+}
+
 /// One instance of a module, as the service loop drives it.
 pub(crate) trait Guest: Send + Sized + 'static {
     /// The module type it is an instance of.
@@ -208,6 +218,11 @@ pub(crate) trait Guest: Send + Sized + 'static {
     ) -> impl Future<Output = Result<Result<(), String>, GuestFailure>> + Send;
     /// Moves what outlives an instance (requests owed, sessions) to `next`.
     fn hand_over(&mut self, next: &mut Self);
+    /// Takes what outlives an instance (requests owed, session counters)
+    /// out of it, for a later instance of the service (hibernation).
+    fn carry_out(&mut self) -> Carried;
+    /// Takes over what an earlier instance of the service carried out.
+    fn carry_in(&mut self, carried: Carried);
     /// Records a request taken and not dispatched: it is owed an answer.
     fn owe(&mut self, caller: Address, session: u32, tenant: TenantId);
     /// The requests it owes, taken.

@@ -29,6 +29,14 @@ impl Inbox {
         }
     }
 
+    /// Lets go of the buffer's memory when it holds nothing (a service
+    /// going to sleep).
+    pub(super) fn release_buffers(&mut self) {
+        if self.pending.is_empty() {
+            self.pending = VecDeque::new();
+        }
+    }
+
     /// The oldest message not yet dispatched, waiting for one if none is
     /// queued; `None` once the mailbox is closed and empty.
     pub(super) async fn next(&mut self, handle: &ServiceHandle) -> Option<Message> {

@@ -50,6 +50,7 @@ impl Kernel {
             services: papaya::HashMap::new(),
             next_local: AtomicU32::new(0),
             live: AtomicUsize::new(0),
+            hibernated: AtomicUsize::new(0),
             names: Mutex::new(HashMap::new()),
             tenants,
             timers,
@@ -63,6 +64,8 @@ impl Kernel {
         });
         let timer_task = timer::run(Arc::downgrade(&kernel), timer_rx, kernel.shutdown.clone());
         kernel.tasks.spawn(timer_task);
+        let sweeper = super::hibernate::sweeper(Arc::downgrade(&kernel), kernel.shutdown.clone());
+        kernel.tasks.spawn(sweeper);
         Ok(kernel)
     }
 

@@ -32,6 +32,7 @@ pub(crate) mod client;
 mod delivery;
 pub(crate) mod endpoint;
 pub(crate) mod guest;
+mod hibernate;
 mod inbox;
 mod kernel;
 mod mailbox;
@@ -58,7 +59,7 @@ use tokio_util::task::TaskTracker;
 
 pub use address::{Address, HarborId};
 pub use client::LocalClient;
-pub(crate) use guest::{BoxFuture, Guest, GuestFailure, GuestModule, Loader};
+pub(crate) use guest::{BoxFuture, Carried, Guest, GuestFailure, GuestModule, Loader};
 pub use guest::{ModuleError, StopReason};
 pub use kernel::TenantError;
 pub(crate) use mailbox::Mailbox;
@@ -219,7 +220,10 @@ pub struct ServiceInfo {
     /// Batches of messages handed to it (`messages_in / dispatches` is
     /// its mean batch).
     pub dispatches: u64,
-    /// `running` (in a dispatch), `ready` (messages not picked up yet) or `idle`.
+    /// Times it hibernated (gave up its instance while idle).
+    pub hibernations: u32,
+    /// `running` (in a dispatch), `ready` (messages not picked up yet),
+    /// `idle`, or `hibernated` (idle, its instance given up).
     pub state: &'static str,
 }
 
@@ -292,6 +296,8 @@ impl ServiceHandle {
             "running"
         } else if self.mailbox.ready.load(Ordering::Relaxed) {
             "ready"
+        } else if u.rest.is_hibernated() {
+            "hibernated"
         } else {
             "idle"
         };
@@ -310,6 +316,7 @@ impl ServiceHandle {
             age: self.started.elapsed(),
             upgrades: u.upgrades.load(Ordering::Relaxed),
             dispatches: u.dispatches.load(Ordering::Relaxed),
+            hibernations: u.hibernations.load(Ordering::Relaxed),
             state,
         }
     }
@@ -328,6 +335,8 @@ pub(crate) struct Kernel {
     next_local: AtomicU32,
     /// Live wasm services (host clients not counted).
     live: AtomicUsize,
+    /// Services hibernated now (see [`hibernate`]).
+    hibernated: AtomicUsize,
     /// Services ended, by `StopReason::index`.
     pub stops: [std::sync::atomic::AtomicU64; StopReason::ALL.len()],
     /// Answers dropped because their session had ended, by [`LateAt::index`].

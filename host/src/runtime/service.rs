@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use tracing::Instrument;
 
+use super::hibernate::{self, Woken};
 use super::inbox::Inbox;
 use super::{
     ErrorCause, Guest, GuestFailure, GuestModule, Kernel, Message, Ready, ServiceHandle,
@@ -89,13 +90,13 @@ pub(crate) async fn run<G: Guest>(
                 return;
             }
         };
-        let end = match instance.init(&args).await {
+        let (end, owed) = match instance.init(&args).await {
             Ok(Ok(())) => {
                 ready.succeed(&kernel, handle.address);
                 if instance.exit_requested() {
-                    End::exited()
+                    (End::exited(), instance.take_owed())
                 } else {
-                    serve(&kernel, &handle, &mut instance, &mut inbox, &args).await
+                    live(&kernel, &handle, module, instance, &mut inbox, &args).await
                 }
             }
             Ok(Err(reason)) => {
@@ -107,7 +108,7 @@ pub(crate) async fn run<G: Guest>(
                         reason,
                     },
                 );
-                end
+                (end, instance.take_owed())
             }
             Err(e) => {
                 let end = End::failed(e);
@@ -118,36 +119,69 @@ pub(crate) async fn run<G: Guest>(
                         reason: end.reason.clone(),
                     },
                 );
-                end
+                (end, instance.take_owed())
             }
         };
-        let owed = instance.take_owed();
-        drop(instance);
         finish(&kernel, &handle, inbox, owed, end);
     }
     .instrument(span)
     .await
 }
 
-/// Takes batches from the mailbox into `dispatch` until the service ends.
+/// Serves the service until it ends, letting it hibernate between batches
+/// when asked (`hibernate`): how it ended, and the requests it still owes.
+async fn live<G: Guest>(
+    kernel: &Arc<Kernel>,
+    handle: &Arc<ServiceHandle>,
+    mut module: Arc<G::Module>,
+    mut instance: G,
+    inbox: &mut Inbox,
+    args: &[u8],
+) -> (End, Vec<(super::Address, u32)>) {
+    loop {
+        match serve(kernel, handle, &mut module, &mut instance, inbox, args).await {
+            Served::Ended(end) => return (end, instance.take_owed()),
+            Served::Idle => {
+                match hibernate::sleep(kernel, handle, module.as_ref(), instance, inbox).await {
+                    Woken::Awake(awake) => instance = awake,
+                    Woken::Ended(end, owed) => return (end, owed),
+                }
+            }
+        }
+    }
+}
+
+/// Why [`serve`] returned.
+enum Served {
+    /// The service ended.
+    Ended(End),
+    /// It was asked to hibernate and is between batches.
+    Idle,
+}
+
+/// Takes batches from the mailbox into `dispatch` until the service ends
+/// or is asked to hibernate. `module` is what its instance runs (an
+/// upgrade replaces it).
 async fn serve<G: Guest>(
     kernel: &Arc<Kernel>,
     handle: &Arc<ServiceHandle>,
+    module: &mut Arc<G::Module>,
     instance: &mut G,
     inbox: &mut Inbox,
     args: &[u8],
-) -> End {
+) -> Served {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    handle.usage.rest.touch(kernel.ticks());
     loop {
         let Some(first) = inbox.next(handle).await else {
-            return End::exited();
+            return Served::Ended(End::exited());
         };
         handle.mailbox.picked_up(kernel);
         if handle.killed.load(Ordering::Acquire) {
             // Taken off the queue but never dispatched: still owed an answer
             // (`finish` answers what is pending).
             inbox.pending.push_front(first);
-            return End::killed();
+            return Served::Ended(End::killed());
         }
         let mut taken = 1;
         // CPU budget is per dispatch: a batch is kept to what fits in it.
@@ -172,8 +206,17 @@ async fn serve<G: Guest>(
         let full = taken == limit;
         handle.mailbox.taken(taken);
         if batch.is_empty() {
-            if let Some(end) = upgrade_if_ordered(kernel, handle, instance, inbox, args).await {
-                return end;
+            if let Some(end) =
+                upgrade_if_ordered(kernel, handle, module, instance, inbox, args).await
+            {
+                return Served::Ended(end);
+            }
+            if handle
+                .usage
+                .rest
+                .take_ask(kernel, handle.tenant.quotas.hibernate_after)
+            {
+                return Served::Idle;
             }
             continue;
         }
@@ -194,23 +237,25 @@ async fn serve<G: Guest>(
             );
         }
         if let Err(e) = result {
-            return End::failed(e);
+            return Served::Ended(End::failed(e));
         }
         if instance.exit_requested() {
-            return End::exited();
+            return Served::Ended(End::exited());
         }
         if handle.killed.load(Ordering::Acquire) {
-            return End::killed();
+            return Served::Ended(End::killed());
         }
-        if let Some(end) = upgrade_if_ordered(kernel, handle, instance, inbox, args).await {
-            return end;
+        if let Some(end) = upgrade_if_ordered(kernel, handle, module, instance, inbox, args).await {
+            return Served::Ended(end);
         }
         // A service with a backlog keeps its thread for a time slice, as a
         // hog does, unless fresh work waits: yielding after every batch gave
         // it ~40 µs turns against a sender's 1 ms slices, so a fast sender
         // filled its mailbox faster than it could drain it.
+        let now = kernel.ticks();
+        handle.usage.rest.touch(now);
         if !full {
-            inbox.turn_started = kernel.ticks();
+            inbox.turn_started = now;
         } else if kernel.sched.has_waiting() || inbox.turn_over(kernel) {
             tokio::task::yield_now().await;
             inbox.turn_started = kernel.ticks();
@@ -233,12 +278,13 @@ fn with_trace(kernel: &Kernel, traced: bool, mut m: Message) -> Message {
 async fn upgrade_if_ordered<G: Guest>(
     kernel: &Arc<Kernel>,
     handle: &Arc<ServiceHandle>,
+    module: &mut Arc<G::Module>,
     instance: &mut G,
     inbox: &mut Inbox,
     args: &[u8],
 ) -> Option<End> {
     let order = handle.take_upgrade()?;
-    match upgrade::perform(kernel, handle, instance, inbox, args, order).await {
+    match upgrade::perform(kernel, handle, module, instance, inbox, args, order).await {
         Ok(kept) => {
             inbox.put_back(kept);
             None

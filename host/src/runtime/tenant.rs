@@ -67,6 +67,8 @@ pub(crate) struct Quotas {
     /// 0 = unbounded.
     pub mailbox_limit: usize,
     pub max_payload: usize,
+    /// How long its services stay awake idle; `None`: always.
+    pub hibernate_after: Option<std::time::Duration>,
 }
 
 impl Quotas {
@@ -80,6 +82,9 @@ impl Quotas {
             weight: t.weight.unwrap_or(1),
             mailbox_limit: t.mailbox_limit.unwrap_or(node.mailbox_limit),
             max_payload: t.max_payload.unwrap_or(node.max_payload),
+            hibernate_after: Some(t.hibernate_after_ms.unwrap_or(node.hibernate_after_ms))
+                .filter(|&ms| ms > 0)
+                .map(std::time::Duration::from_millis),
         }
     }
 }
@@ -106,6 +111,11 @@ pub(crate) struct Usage {
     pub awaiting: AtomicUsize,
     /// Times its module was replaced.
     pub upgrades: std::sync::atomic::AtomicU32,
+    /// Times it hibernated.
+    pub hibernations: std::sync::atomic::AtomicU32,
+    /// Where it stands with hibernation (written after each batch: kept
+    /// on this line, away from what senders write).
+    pub rest: super::hibernate::Rest,
     /// Messages taken, by [`kind_slot`].
     pub kinds: [AtomicU64; KIND_LABELS.len()],
     /// `error` messages taken (sessions that ended in an error), by cause byte.

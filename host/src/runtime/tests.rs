@@ -37,6 +37,8 @@ type Handler = Arc<dyn Fn(&Message) -> Act + Send + Sync>;
 struct FakeModule {
     name: Arc<str>,
     handler: Handler,
+    /// Its services keep a state (`save-state` gives one), so they hibernate.
+    stateful: bool,
 }
 
 impl GuestModule for FakeModule {
@@ -68,6 +70,7 @@ struct FakeGuest {
     handler: Handler,
     owed: HashMap<(Address, u32), TenantId>,
     exit: bool,
+    stateful: bool,
 }
 
 impl Guest for FakeGuest {
@@ -84,6 +87,7 @@ impl Guest for FakeGuest {
             handler: module.handler.clone(),
             owed: HashMap::new(),
             exit: false,
+            stateful: module.stateful,
         })
     }
 
@@ -131,19 +135,34 @@ impl Guest for FakeGuest {
     }
 
     async fn save_state(&mut self) -> Result<Option<Vec<u8>>, GuestFailure> {
-        Ok(None)
+        Ok(self.stateful.then(|| b"state".to_vec()))
     }
 
     fn loads_state(&self) -> bool {
-        false
+        self.stateful
     }
 
-    async fn load_state(&mut self, _state: Vec<u8>) -> Result<Result<(), String>, GuestFailure> {
-        Ok(Err("no state".into()))
+    async fn load_state(&mut self, state: Vec<u8>) -> Result<Result<(), String>, GuestFailure> {
+        Ok(if self.stateful && state == b"state" {
+            Ok(())
+        } else {
+            Err("no state".into())
+        })
     }
 
     fn hand_over(&mut self, next: &mut Self) {
         next.owed.extend(self.owed.drain());
+    }
+
+    fn carry_out(&mut self) -> super::guest::Carried {
+        super::guest::Carried {
+            owed: std::mem::take(&mut self.owed),
+            ..Default::default()
+        }
+    }
+
+    fn carry_in(&mut self, carried: super::guest::Carried) {
+        self.owed.extend(carried.owed);
     }
 
     fn owe(&mut self, caller: Address, session: u32, tenant: TenantId) {
@@ -186,6 +205,23 @@ impl FakeLoader {
         let module = FakeModule {
             name: name.into(),
             handler: Arc::new(handler),
+            stateful: false,
+        };
+        self.modules.insert(name.to_string(), Arc::new(module));
+        self
+    }
+
+    /// [`with`](Self::with), for services that keep a state (and so may
+    /// hibernate).
+    fn with_state(
+        mut self,
+        name: &str,
+        handler: impl Fn(&Message) -> Act + Send + Sync + 'static,
+    ) -> Self {
+        let module = FakeModule {
+            name: name.into(),
+            handler: Arc::new(handler),
+            stateful: true,
         };
         self.modules.insert(name.to_string(), Arc::new(module));
         self
@@ -782,4 +818,36 @@ async fn on_the_node_s_own_workers_calls_are_answered_and_every_end_ends_its_ses
     kernel.tasks.close();
     within(kernel.tasks.wait()).await;
     kernel.stop_workers();
+}
+
+/// A request owed across a hibernation is still owed after it: when the
+/// service is killed asleep, its caller gets `killed` instead of waiting
+/// for ever; a request to it afterwards wakes nothing (it is gone).
+#[tokio::test]
+async fn a_request_owed_across_a_hibernation_ends_when_the_service_is_killed() {
+    let config = NodeConfig {
+        scheduler: crate::config::Scheduler::Tokio,
+        limits: crate::config::Limits {
+            hibernate_after_ms: 5,
+            ..crate::config::Limits::default()
+        },
+        ..NodeConfig::default()
+    };
+    let limits = config.limits.resolved();
+    let loader = FakeLoader::default().with_state("keeper", |_| Act::Nothing);
+    let kernel = Kernel::new(&config, limits, Arc::new(loader)).expect("the core starts");
+    let keeper = spawn(&kernel, "keeper").await.expect("spawned");
+    let c = client(&kernel);
+    let answer = c.start_call(keeper, b"hold".to_vec()).expect("sent");
+    let asleep = async {
+        while kernel.service_info(keeper).map(|i| i.state) != Some("hibernated") {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    within(asleep).await;
+    assert_eq!(kernel.hibernated_services(), 1);
+    assert!(kernel.kill(TenantId::HOST, keeper));
+    let ended = within(answer).await;
+    assert_eq!(cause(ended), Some(ErrorCause::Killed));
+    assert_eq!(kernel.hibernated_services(), 0);
 }

@@ -242,6 +242,7 @@ async fn order(
 pub(crate) async fn perform<G: Guest>(
     kernel: &Arc<Kernel>,
     handle: &Arc<ServiceHandle>,
+    current: &mut Arc<G::Module>,
     instance: &mut G,
     inbox: &mut Inbox,
     args: &[u8],
@@ -279,6 +280,9 @@ pub(crate) async fn perform<G: Guest>(
     match swap(kernel, handle, instance, &module, saved, args).await {
         Ok(state_bytes) => {
             handle.usage.upgrades.fetch_add(1, Ordering::Relaxed);
+            *current = module;
+            // The new version may keep a state where the old one had none.
+            handle.usage.rest.may_hibernate_again();
             let _ = order.reply.send(Ok(Upgraded {
                 pause: swap_start.elapsed(),
                 waited,

@@ -37,7 +37,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::config::Limits;
 use crate::runtime::tenant::Tenant;
 use crate::runtime::{
-    Address, BoxFuture, Guest, GuestFailure, GuestModule, Kernel, Loader, Message, Ready,
+    Address, BoxFuture, Carried, Guest, GuestFailure, GuestModule, Kernel, Loader, Message, Ready,
     ServiceHandle, TenantId, kind,
 };
 /// The WIT `message` record with a shared payload: a multicast payload is
@@ -577,6 +577,14 @@ impl Guest for Instance {
 
     fn hand_over(&mut self, next: &mut Instance) {
         self.store.data_mut().hand_over(next.store.data_mut());
+    }
+
+    fn carry_out(&mut self) -> Carried {
+        self.store.data_mut().carry_out()
+    }
+
+    fn carry_in(&mut self, carried: Carried) {
+        self.store.data_mut().carry_in(carried);
     }
 
     fn owe(&mut self, caller: Address, session: u32, tenant: TenantId) {

@@ -12,8 +12,8 @@ use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 use super::bindings::skyhost::service::types;
 use crate::runtime::tenant::{ERROR_LABELS, KIND_LABELS, Tenant, kind_slot};
 use crate::runtime::{
-    Address, ErrorCause, GUEST_SESSIONS, Kernel, LateAt, Message, SendError, ServiceHandle,
-    TenantId, kind,
+    Address, Carried, ErrorCause, GUEST_SESSIONS, Kernel, LateAt, Message, SendError,
+    ServiceHandle, TenantId, kind,
 };
 
 /// Why the host stopped a guest: raised as a trap from a host callback.
@@ -321,6 +321,22 @@ impl ServiceState {
         next.next_session = self.next_session;
         next.next_guest_session = self.next_guest_session;
         next.awaiting.extend(self.awaiting.drain());
+    }
+
+    /// What outlives this store (see [`Carried`]), taken out of it.
+    pub fn carry_out(&mut self) -> Carried {
+        Carried {
+            owed: std::mem::take(&mut self.owed),
+            next_session: self.next_session,
+            next_guest_session: self.next_guest_session,
+        }
+    }
+
+    /// Takes over what an earlier store of the service carried out.
+    pub fn carry_in(&mut self, carried: Carried) {
+        self.owed.extend(carried.owed);
+        self.next_session = carried.next_session;
+        self.next_guest_session = carried.next_guest_session;
     }
 
     pub fn awaiting_len(&self) -> usize {

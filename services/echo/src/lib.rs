@@ -4,10 +4,14 @@
 //! stays small (it is the module spawn benchmarks start). Non-request
 //! messages are ignored. If spawned with non-empty args, they are a name
 //! (utf-8) the service registers itself under, e.g. `.echo`.
+//!
+//! Its state is empty, and it says so (`Stateful` with `()`): it can be
+//! upgraded without running `init` again, and it hibernates when idle on a
+//! node that lets services hibernate.
 
 use std::rc::Rc;
 
-use skyhost_sdk::{Incoming, Message, Reply, Service, export_service, register};
+use skyhost_sdk::{Incoming, Message, Reply, Service, Stateful, export_service, register};
 
 /// The echo service; it has no state.
 struct Echo;
@@ -39,4 +43,14 @@ impl Service for Echo {
     }
 }
 
-export_service!(Echo);
+impl Stateful for Echo {
+    type State = ();
+
+    fn save(&self) -> Self::State {}
+
+    fn restore((): Self::State) -> Result<Self, String> {
+        Ok(Echo)
+    }
+}
+
+export_service!(Echo, stateful);

@@ -338,14 +338,16 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
         Command::Tenant => Answer::Bytes(skyhost_sdk::tenant().into_bytes()),
         Command::StartTrace => Answer::Count(skyhost_sdk::start_trace()),
         Command::RawCallLoop { target, n, payload } => {
-            for i in 0..n {
-                match skyhost_sdk::call_raw(Address(target), &payload).await {
-                    Ok(bytes) if bytes == payload => {}
-                    Ok(_) => return Answer::Failed(format!("call {i} of {n}: other bytes")),
-                    Err(e) => return Answer::Failed(format!("call {i} of {n}: {e}")),
-                }
+            match raw_call_loop(Address(target), n, &payload, false).await {
+                Ok(_) => Answer::Unit,
+                Err(e) => Answer::Failed(e),
             }
-            Answer::Unit
+        }
+        Command::RawCallLoopTimed { target, n, payload } => {
+            match raw_call_loop(Address(target), n, &payload, true).await {
+                Ok(times) => Answer::Order(times),
+                Err(e) => Answer::Failed(e),
+            }
         }
         Command::GroupJoin {
             group: name,
@@ -612,4 +614,28 @@ fn send_loop_batched(targets: &[u32], n: u32, payload: &[u8], per_flush: u32) ->
         }
     }
     Answer::Unit
+}
+
+/// `n` raw calls of `payload` to an echo, checking each answer; each
+/// round trip in µs when `timed`.
+async fn raw_call_loop(
+    target: Address,
+    n: u32,
+    payload: &[u8],
+    timed: bool,
+) -> Result<Vec<u32>, String> {
+    let mut times = Vec::with_capacity(if timed { n as usize } else { 0 });
+    for i in 0..n {
+        let start = timed.then(skyhost_sdk::now);
+        match skyhost_sdk::call_raw(target, payload).await {
+            Ok(bytes) if bytes == payload => {}
+            Ok(_) => return Err(format!("call {i} of {n}: other bytes")),
+            Err(e) => return Err(format!("call {i} of {n}: {e}")),
+        }
+        if let Some(start) = start {
+            let micros = (skyhost_sdk::now() - start).as_micros();
+            times.push(u32::try_from(micros).unwrap_or(u32::MAX));
+        }
+    }
+    Ok(times)
 }

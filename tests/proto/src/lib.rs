@@ -318,6 +318,16 @@ pub enum Command {
         /// Sends per flush (0 is taken as 1).
         per_flush: u32,
     },
+    /// `RawCallLoop`, timing each call with the host clock: answers `Order`
+    /// with each round trip in µs, or `Failed`.
+    RawCallLoopTimed {
+        /// The service to call (an echo).
+        target: u32,
+        /// How many calls.
+        n: u32,
+        /// The raw payload echoed.
+        payload: Vec<u8>,
+    },
 }
 
 /// A service on a cluster node: by name or by address there.

@@ -1,0 +1,229 @@
+//! Hibernation (issue 24, `docs/hibernation.md`): a service idle past its
+//! tenant's `hibernate_after` gives up its instance (its pool slot, fiber
+//! stack and memory) and keeps its state outside it until its next message.
+//!
+//! ```text
+//!  sweeper (one task per node, every quarter of the shortest idle time)
+//!    a service idle that long, its mailbox empty, awake, not known to stay
+//!    awake ──> asked (a flag) and woken (a `system` wake in its mailbox)
+//!  service loop, between batches, asked ──> sleep():
+//!    waits on a session of its own: stays awake (asked again later)
+//!    save-state; nothing saved (no `state` export, or no state): stays
+//!      awake for good, the sweeper passes it by
+//!    carry out what outlives the instance (requests owed, session counters),
+//!    drop the instance, wait for the mailbox; killed meanwhile: end;
+//!    else a new instance of the same module, load-state, carry in
+//! ```
+//!
+//! The handle (address, names, monitors, subscriptions, mailbox) is not
+//! touched: messages stay in order and nothing is lost; a caller sees only
+//! the wake-up time. A wake that fails (the instance cannot be made, or
+//! `load-state` refuses) ends the service with that error, and every
+//! session it leaves behind with it.
+
+use std::sync::Arc;
+use std::sync::Weak;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::inbox::Inbox;
+use super::service::End;
+use super::{Address, ErrorCause, Guest, GuestFailure, Kernel, ServiceHandle, StopReason};
+
+/// How often the sweeper looks when no tenant hibernates its services.
+const LOOK_WHEN_OFF: Duration = Duration::from_secs(1);
+
+/// A service's standing with hibernation, in its handle.
+#[derive(Debug, Default)]
+pub(crate) struct Rest {
+    /// When it last handled a batch (kernel ticks).
+    last_active: AtomicU64,
+    /// The sweeper asked it to hibernate.
+    asked: AtomicBool,
+    /// It has no instance now.
+    hibernated: AtomicBool,
+    /// It cannot hibernate (nothing to keep): not asked again.
+    stays_awake: AtomicBool,
+}
+
+impl Rest {
+    /// Whether it has given up its instance.
+    pub fn is_hibernated(&self) -> bool {
+        self.hibernated.load(Ordering::Relaxed)
+    }
+
+    /// It has just handled a batch: idle from `ticks` on, and any ask
+    /// made before is void.
+    pub(super) fn touch(&self, ticks: u64) {
+        self.last_active.store(ticks, Ordering::Relaxed);
+        if self.asked.load(Ordering::Relaxed) {
+            self.asked.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether it was asked to hibernate (the ask is taken) and is still
+    /// idle past `after`: a batch it handled after the sweeper read its
+    /// time voids the ask.
+    pub(super) fn take_ask(&self, kernel: &Kernel, after: Option<Duration>) -> bool {
+        if !(self.asked.load(Ordering::Relaxed) && self.asked.swap(false, Ordering::Acquire)) {
+            return false;
+        }
+        after.is_some_and(|after| self.idle_past(kernel, kernel.ticks(), after))
+    }
+
+    /// Whether it has handled no batch for `after` as of `now` (ticks).
+    fn idle_past(&self, kernel: &Kernel, now: u64, after: Duration) -> bool {
+        let since = self.last_active.load(Ordering::Relaxed);
+        // Touched after `now` was read: not idle.
+        since < now && kernel.ticks_between(since, now) >= after
+    }
+
+    /// Its module changed: it may have a state to keep now.
+    pub(super) fn may_hibernate_again(&self) {
+        self.stays_awake.store(false, Ordering::Relaxed);
+    }
+}
+
+/// What became of a service asked to hibernate.
+pub(super) enum Woken<G> {
+    /// It is awake: the instance it had, or a new one it woke in.
+    Awake(G),
+    /// It ended while asleep or waking: how, and the requests it owed.
+    Ended(End, Vec<(Address, u32)>),
+}
+
+/// Hibernates the service behind `handle` (see the module doc) and wakes
+/// it when a message comes.
+pub(super) async fn sleep<G: Guest>(
+    kernel: &Arc<Kernel>,
+    handle: &Arc<ServiceHandle>,
+    module: &G::Module,
+    mut instance: G,
+    inbox: &mut Inbox,
+) -> Woken<G> {
+    if instance.awaiting() > 0 {
+        return Woken::Awake(instance);
+    }
+    if !instance.loads_state() {
+        handle.usage.rest.stays_awake.store(true, Ordering::Relaxed);
+        return Woken::Awake(instance);
+    }
+    let state = match instance.save_state().await {
+        Ok(Some(state)) => state,
+        Ok(None) => {
+            handle.usage.rest.stays_awake.store(true, Ordering::Relaxed);
+            return Woken::Awake(instance);
+        }
+        Err(failure) => {
+            let owed = instance.take_owed();
+            return Woken::Ended(End::failed(failure), owed);
+        }
+    };
+    let carried = instance.carry_out();
+    drop(instance);
+    let rest = &handle.usage.rest;
+    handle.usage.memory.store(0, Ordering::Relaxed);
+    handle.usage.hibernations.fetch_add(1, Ordering::Relaxed);
+    rest.hibernated.store(true, Ordering::Relaxed);
+    kernel.hibernated.fetch_add(1, Ordering::Relaxed);
+    inbox.release_buffers();
+    tracing::debug!(service = %handle.address, state_bytes = state.len(), "hibernated");
+
+    let next = inbox.next(handle).await;
+    rest.hibernated.store(false, Ordering::Relaxed);
+    kernel.hibernated.fetch_sub(1, Ordering::Relaxed);
+    let owed = || carried.owed.keys().copied().collect::<Vec<_>>();
+    let Some(next) = next else {
+        return Woken::Ended(End::exited(), owed());
+    };
+    inbox.pending.push_front(next);
+    if handle.killed.load(Ordering::Acquire) {
+        return Woken::Ended(End::killed(), owed());
+    }
+    let mut instance = match G::instantiate(kernel, handle, module).await {
+        Ok(instance) => instance,
+        Err(error) => return Woken::Ended(wake_failed(format!("instantiating: {error}")), owed()),
+    };
+    instance.carry_in(carried);
+    match instance.load_state(state).await {
+        Ok(Ok(())) => Woken::Awake(instance),
+        Ok(Err(refused)) => {
+            let owed = instance.take_owed();
+            Woken::Ended(
+                wake_failed(format!("load-state refused its state: {refused}")),
+                owed,
+            )
+        }
+        Err(failure) => {
+            let owed = instance.take_owed();
+            Woken::Ended(End::failed(failure), owed)
+        }
+    }
+}
+
+/// The end of a service that could not wake.
+fn wake_failed(reason: String) -> End {
+    End::failed(GuestFailure {
+        cause: ErrorCause::Exited,
+        reason: format!("waking from hibernation failed: {reason}"),
+        class: StopReason::Error,
+    })
+}
+
+/// The node's sweeper: asks the services idle past their tenant's limit to
+/// hibernate, until `shutdown`.
+pub(super) async fn sweeper(kernel: Weak<Kernel>, shutdown: CancellationToken) {
+    loop {
+        let Some(next_look) = kernel.upgrade().map(|k| k.sweep()) else {
+            return;
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(next_look) => {}
+        }
+    }
+}
+
+impl Kernel {
+    /// One look of the sweeper; how long until the next.
+    fn sweep(&self) -> Duration {
+        // From the tenants, not the services: a node's first services
+        // come after its first look.
+        let shortest = self
+            .tenants
+            .pin()
+            .values()
+            .filter_map(|t| t.quotas.hibernate_after)
+            .min();
+        let Some(shortest) = shortest else {
+            return LOOK_WHEN_OFF;
+        };
+        let now = self.ticks();
+        for handle in self.services.pin().values() {
+            let Some(after) = handle.tenant.quotas.hibernate_after else {
+                continue;
+            };
+            let rest = &handle.usage.rest;
+            if !handle.guest
+                || rest.stays_awake.load(Ordering::Relaxed)
+                || rest.hibernated.load(Ordering::Relaxed)
+                || rest.asked.load(Ordering::Relaxed)
+                || handle.mailbox.len() > 0
+            {
+                continue;
+            }
+            if rest.idle_past(self, now, after) {
+                rest.asked.store(true, Ordering::Release);
+                handle.mailbox.wake(handle.address);
+            }
+        }
+        (shortest / 4).clamp(Duration::from_millis(5), LOOK_WHEN_OFF)
+    }
+
+    /// Services hibernated now.
+    pub(crate) fn hibernated_services(&self) -> usize {
+        self.hibernated.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,153 @@
+//! Hibernation (docs/hibernation.md): an idle service with a state gives up
+//! its instance and wakes on its next message with its state, its messages
+//! in order; one without a state, or waiting on a session, stays awake; a
+//! hibernated service can be killed and upgraded.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use skyhost::runtime::kind;
+use skyhost::{Address, ServiceInfo};
+
+use crate::support::*;
+use crate::upgrade::{count, counted, numbered, version_path};
+
+/// A node whose services hibernate after `ms` idle.
+fn node_hibernating_after(ms: u64) -> anyhow::Result<TestNode> {
+    let mut config = test_config();
+    config.limits.hibernate_after_ms = ms;
+    TestNode::with_config(config)
+}
+
+fn info(node: &TestNode, service: Address) -> anyhow::Result<ServiceInfo> {
+    node.node.service_info(service).context("the service lives")
+}
+
+/// Waits until `service` is hibernated.
+async fn hibernated(node: &TestNode, service: Address) -> anyhow::Result<ServiceInfo> {
+    let start = Instant::now();
+    loop {
+        let i = info(node, service)?;
+        if i.state == "hibernated" {
+            return Ok(i);
+        }
+        ensure!(
+            start.elapsed() < DEADLINE,
+            "{service} did not hibernate: {i:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn send_numbered(node: &TestNode, counter: Address, seqs: std::ops::RangeInclusive<u32>) {
+    for seq in seqs {
+        node.client
+            .send(counter, kind::TEXT, 0, numbered(1, seq))
+            .expect("the counter takes messages");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stateful_service_hibernates_and_wakes_with_its_state() -> anyhow::Result<()> {
+    let node = node_hibernating_after(30)?;
+    let counter = node.spawn("counter").await?;
+    let stateless = node.spawn("testkit").await?;
+    send_numbered(&node, counter, 1..=5);
+    counted(&node.client, counter, 5).await?;
+
+    let asleep = hibernated(&node, counter).await?;
+    ensure!(
+        asleep.memory_bytes == 0,
+        "a hibernated service holds memory: {asleep:?}"
+    );
+    ensure!(
+        node.node.hibernated_count() >= 1,
+        "the node counts no hibernated service"
+    );
+    // The sweeper asked both at once: the testkit keeps no state, so it stays awake.
+    let awake = info(&node, stateless)?;
+    ensure!(
+        awake.state != "hibernated" && awake.hibernations == 0,
+        "a service without a state hibernated: {awake:?}"
+    );
+    ensure!(node.command(stateless, &Command::Count).await? == Reply::Count(0));
+
+    // Messages sent while it sleeps wake it, in order after the earlier ones.
+    send_numbered(&node, counter, 6..=8);
+    let c = counted(&node.client, counter, 8).await?;
+    ensure!(
+        (c.version, c.total, c.gaps) == (1, 8, 0),
+        "after waking: {c:?}"
+    );
+    ensure!(c.calls >= 2, "the count of calls was not kept: {c:?}");
+    let woken = info(&node, counter)?;
+    ensure!(woken.hibernations >= 1, "{woken:?}");
+    // It sleeps again once idle, and wakes again.
+    hibernated(&node, counter).await?;
+    let again = count(&node.client, counter).await?;
+    ensure!(again.total == 8 && again.calls == c.calls + 1, "{again:?}");
+    node.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_waiting_on_its_timer_stays_awake_until_it_fires() -> anyhow::Result<()> {
+    let node = node_hibernating_after(10)?;
+    let counter = node.spawn("counter").await?;
+    let mut hold = b"h".to_vec();
+    hold.extend_from_slice(&300u32.to_le_bytes());
+    let mut held = Box::pin(node.client.call_timeout(counter, hold, DEADLINE));
+    // Until the timer fires the counter waits on a session of its own: it
+    // must not give up its instance (its task lives in it).
+    loop {
+        tokio::select! {
+            answer = &mut held => {
+                answer.context("the held call")?;
+                break;
+            }
+            () = tokio::time::sleep(Duration::from_millis(5)) => {
+                let i = info(&node, counter)?;
+                ensure!(i.state != "hibernated", "hibernated while waiting on its timer: {i:?}");
+            }
+        }
+    }
+    drop(held);
+    hibernated(&node, counter).await?;
+    node.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hibernated_service_can_be_killed_and_upgraded() -> anyhow::Result<()> {
+    let node = node_hibernating_after(20)?;
+    let upgraded = node.spawn("counter").await?;
+    let killed = node.spawn("counter").await?;
+    send_numbered(&node, upgraded, 1..=3);
+    counted(&node.client, upgraded, 3).await?;
+    hibernated(&node, upgraded).await?;
+    hibernated(&node, killed).await?;
+
+    let reports = within(
+        node.node
+            .upgrade(&upgraded.to_string(), &version_path(2), DEADLINE),
+    )
+    .await??;
+    ensure!(reports[0].result.is_ok(), "{reports:?}");
+    let c = count(&node.client, upgraded).await?;
+    ensure!((c.version, c.total) == (2, 3), "after the upgrade: {c:?}");
+
+    let mut watcher = node.node.client();
+    watcher.monitor(killed);
+    ensure!(node.node.kill(killed), "no service to kill");
+    let notice = within(watcher.recv()).await?.context("an exit notice")?;
+    ensure!(
+        (notice.kind, notice.source) == (kind::EXIT, killed),
+        "{notice:?}"
+    );
+    ensure!(
+        node.client.call(killed, b"g".to_vec()).await.is_err(),
+        "a killed service answered"
+    );
+    node.stop().await;
+    Ok(())
+}
