@@ -151,3 +151,45 @@ async fn a_hibernated_service_can_be_killed_and_upgraded() -> anyhow::Result<()>
     node.stop().await;
     Ok(())
 }
+
+/// More live services than instance slots: when every slot is taken, the
+/// services idle the longest hibernate to make room, so 20,000 echoes live
+/// on a pool of 1,000 and each one answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_services_live_on_a_thousand_slots() -> anyhow::Result<()> {
+    const SERVICES: u32 = 20_000;
+    let mut config = test_config();
+    config.limits.max_services = SERVICES + 100;
+    config.limits.resident_services = 1_000;
+    // Long enough that only a full pool makes them hibernate.
+    config.limits.hibernate_after_ms = 600_000;
+    let node = TestNode::with_config(config)?;
+    let spawner = node.spawn("testkit").await?;
+    let mut echoes = Vec::with_capacity(SERVICES as usize);
+    while echoes.len() < SERVICES as usize {
+        let spawn = Command::SpawnMany {
+            module: "echo".into(),
+            n: 1_000,
+        };
+        match node.command(spawner, &spawn).await? {
+            Reply::Addresses(a) => echoes.extend(a.into_iter().map(Address)),
+            r => anyhow::bail!("SpawnMany answered {r:?} after {} echoes", echoes.len()),
+        }
+    }
+    ensure!(
+        node.node.hibernated_count() >= (SERVICES - 1_000) as usize,
+        "{} of {SERVICES} echoes hibernated with 1,000 slots",
+        node.node.hibernated_count()
+    );
+    for (i, &echo) in echoes.iter().enumerate() {
+        let payload = u32::try_from(i)?.to_le_bytes().to_vec();
+        let answer = node
+            .client
+            .call_timeout(echo, payload.clone(), DEADLINE)
+            .await
+            .with_context(|| format!("echo {i} ({echo})"))?;
+        ensure!(answer == payload, "echo {i} answered {answer:?}");
+    }
+    node.stop().await;
+    Ok(())
+}

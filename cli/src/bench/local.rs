@@ -477,14 +477,41 @@ pub(super) async fn ping_times(
     Ok(times)
 }
 
-/// Spawns echo services in batches until `target` live or a spawn fails;
-/// the figure is how many were alive at once (each answered a call).
-pub(super) async fn max_services(b: &BenchNode, target: u32) -> anyhow::Result<f64> {
+/// What `max-services` reports: the count, or the memory it took.
+#[derive(Clone, Copy)]
+pub(super) enum ServicesFigure {
+    /// Live services that answered a ping.
+    Count,
+    /// Growth of the process's RSS, in MiB.
+    Rss,
+    /// RSS per hibernated service, in KiB: the growth from the resident
+    /// set alone to all `target` services, over the services added.
+    IdleRss,
+}
+
+/// Spawns `target` echo services (1,000 per `SpawnMany`) on a node whose
+/// pool holds its resident set, the rest hibernated to make room, then
+/// pings each one; `figure` says what it reports.
+pub(super) async fn max_services(
+    b: &BenchNode,
+    target: u32,
+    figure: ServicesFigure,
+) -> anyhow::Result<f64> {
     let spawner = b.spawn("testkit").await?;
+    let resident = b.limits.resident_services.min(target);
     let mut alive: Vec<u32> = Vec::new();
     let rss_before = rss_kib()?;
+    let mut rss_resident = rss_before;
     while (alive.len() as u32) < target {
-        let n = 1_000.min(target - alive.len() as u32);
+        if alive.len() as u32 == resident {
+            rss_resident = rss_kib()?;
+        }
+        let left = if (alive.len() as u32) < resident {
+            resident - alive.len() as u32
+        } else {
+            target - alive.len() as u32
+        };
+        let n = 1_000.min(left);
         match b
             .command(
                 spawner,
@@ -503,33 +530,26 @@ pub(super) async fn max_services(b: &BenchNode, target: u32) -> anyhow::Result<f
             }
         }
     }
+    let rss_all = rss_kib()?;
     for &a in &alive {
         b.client.call(Address(a), vec![1]).await?;
     }
     let maps = std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count());
+    let grown_mib = (rss_kib()? - rss_before) / 1024.0;
+    let added = alive.len().saturating_sub(resident as usize).max(1);
+    let idle_kib = (rss_all - rss_resident) / added as f64;
     eprintln!(
-        "max-services: {} alive, RSS grew {:.0} MiB, {maps} memory maps",
+        "max-services: {} alive ({} hibernated, {resident} resident slots), RSS grew {grown_mib:.0} \
+         MiB, {idle_kib:.2} KiB per service beyond the resident set, {maps} memory maps",
         alive.len(),
-        (rss_kib()? - rss_before) / 1024.0
+        b.node.hibernated_count()
     );
-    // Services of a spawn batch that failed part way are alive too.
-    Ok(b.node.service_count().saturating_sub(1) as f64)
-}
-
-/// The pool for `max-services`: automatic (100,000, or what
-/// `vm.max_map_count` allows), saying so when the map count is the limit.
-pub(super) fn pool_size_for_max_services() -> u32 {
-    if let Some((allowed, maps)) = skyhost::config::services_allowed_by_map_count()
-        && allowed < u64::from(skyhost::config::DEFAULT_MAX_SERVICES)
-    {
-        eprintln!(
-            "max-services: vm.max_map_count = {maps} allows about {allowed} services; \
-             raise it (sysctl -w vm.max_map_count={}) to try 100,000",
-            skyhost::config::map_count_for(skyhost::config::DEFAULT_MAX_SERVICES)
-        );
-    }
-    // Automatic: 100,000, or what the map count allows.
-    0
+    Ok(match figure {
+        // Services of a spawn batch that failed part way are alive too.
+        ServicesFigure::Count => b.node.service_count().saturating_sub(1) as f64,
+        ServicesFigure::Rss => grown_mib,
+        ServicesFigure::IdleRss => idle_kib,
+    })
 }
 
 /// `wanted` services, or fewer where `vm.max_map_count` cannot map them.

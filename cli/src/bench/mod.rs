@@ -27,10 +27,9 @@ mod tenants;
 
 use distributed::{cluster_call_rtt, cluster_concurrent, cluster_oneway, group_call, multicast};
 use local::{
-    call_rtt_of, harbor_call_rtt, harbor_concurrent, harbor_oneway, local_call_rtt,
+    ServicesFigure, call_rtt_of, harbor_call_rtt, harbor_concurrent, harbor_oneway, local_call_rtt,
     local_concurrent, local_oneway, local_oneway_batched, local_parallel, max_services, oneway_of,
-    ping_under_spin, pool_size, pool_size_for_max_services, rss_of, rss_per_service, spawn,
-    spawn_of, wake_rtt,
+    ping_under_spin, pool_size, rss_of, rss_per_service, spawn, spawn_of, wake_rtt,
 };
 use tenants::{tenant_fairness, tenant_overhead, upgrade_pause, upgrade_throughput};
 
@@ -159,7 +158,25 @@ fn workloads() -> Vec<Workload> {
             id: "max-services",
             unit: "count",
             topology: Topology::Single,
-            run: |n| Box::pin(max_services(n, 100_000)),
+            run: |n| Box::pin(max_services(n, MAX_SERVICES_TARGET, ServicesFigure::Count)),
+        },
+        Workload {
+            id: "max-services-rss",
+            unit: "MiB",
+            topology: Topology::Single,
+            run: |n| Box::pin(max_services(n, MAX_SERVICES_TARGET, ServicesFigure::Rss)),
+        },
+        Workload {
+            id: "idle-rss-per-service",
+            unit: "KiB",
+            topology: Topology::Single,
+            run: |n| {
+                Box::pin(max_services(
+                    n,
+                    MAX_SERVICES_TARGET,
+                    ServicesFigure::IdleRss,
+                ))
+            },
         },
         Workload {
             id: "ping-under-spin",
@@ -446,7 +463,7 @@ async fn command_via(client: &Client, target: Address, command: &Command) -> any
 /// Whether each run of workload `id` needs a process of its own (memory
 /// figures: see the module doc).
 fn runs_in_fresh_process(id: &str) -> bool {
-    id == "rss-per-service" || id.ends_with("-rss")
+    id.ends_with("rss-per-service") || id.ends_with("-rss")
 }
 
 /// One run of workload `id` in a fresh `skyhost bench --once` process with
@@ -548,25 +565,39 @@ pub async fn run(
     Ok(())
 }
 
+/// Live echo services `max-services` spawns and calls.
+const MAX_SERVICES_TARGET: u32 = 100_000;
+
+/// Instances `max-services` keeps at once (fewer where vm.max_map_count
+/// cannot map them).
+const MAX_SERVICES_RESIDENT: u32 = 10_000;
+
 /// How long services stay awake idle in `wake-rtt`'s node.
 const WAKE_RTT_IDLE_MS: u64 = 50;
 
 /// One run of `w` on a fresh node (in this process); its figure.
 async fn run_once(w: &Workload) -> anyhow::Result<f64> {
-    let max_services = if w.id == "max-services" {
-        pool_size_for_max_services()
+    let limits = if w.id.starts_with("max-services") || w.id == "idle-rss-per-service" {
+        // Every service live, a resident set that fits a default
+        // vm.max_map_count, and the rest hibernated to make room.
+        Limits {
+            max_services: MAX_SERVICES_TARGET + 100,
+            resident_services: pool_size(MAX_SERVICES_RESIDENT),
+            hibernate_after_ms: 600_000,
+            cpu_budget_ms: 600_000,
+            ..Limits::default()
+        }
     } else {
-        pool_size(20_000)
-    };
-    let limits = Limits {
-        max_services,
-        cpu_budget_ms: 600_000,
-        hibernate_after_ms: if w.id == "wake-rtt" {
-            WAKE_RTT_IDLE_MS
-        } else {
-            0
-        },
-        ..Limits::default()
+        Limits {
+            max_services: pool_size(20_000),
+            cpu_budget_ms: 600_000,
+            hibernate_after_ms: if w.id == "wake-rtt" {
+                WAKE_RTT_IDLE_MS
+            } else {
+                0
+            },
+            ..Limits::default()
+        }
     };
     let node = match w.topology {
         Topology::Single => BenchNode::start(limits)?,

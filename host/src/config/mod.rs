@@ -152,9 +152,15 @@ pub struct Limits {
     pub mailbox_limit: usize,
     /// Largest payload a service may send, in bytes.
     pub max_payload: usize,
-    /// Most services alive at once (sizes the instance pool); 0 means
-    /// 100,000, or fewer if the kernel's `vm.max_map_count` cannot map them.
+    /// Most services alive at once; 0 means 100,000, or, when
+    /// `resident_services` is 0 too, fewer if the kernel's
+    /// `vm.max_map_count` cannot map them.
     pub max_services: u32,
+    /// Instances held at once (sizes the instance pool; each costs kernel
+    /// maps); 0: as many as `max_services`. Fewer than `max_services` only
+    /// pays with `hibernate_after_ms`: when every slot is taken, the
+    /// services idle the longest hibernate to make room.
+    pub resident_services: u32,
     /// A service idle this long (ms) gives up its instance and keeps its
     /// state outside it until its next message (docs/hibernation.md);
     /// 0, the default, keeps every service awake.
@@ -170,6 +176,7 @@ impl Default for Limits {
             mailbox_limit: 0,
             max_payload: 64 << 20,
             max_services: 0,
+            resident_services: 0,
             hibernate_after_ms: 0,
         }
     }
@@ -204,10 +211,15 @@ pub fn map_count_for(services: u32) -> u64 {
 }
 
 impl Limits {
-    /// These limits with `max_services` resolved: 0 becomes
-    /// [`DEFAULT_MAX_SERVICES`], or what `vm.max_map_count` leaves room for.
+    /// These limits with `max_services` and `resident_services` resolved:
+    /// `max_services` 0 becomes [`DEFAULT_MAX_SERVICES`] (or, when every
+    /// live service is resident, what `vm.max_map_count` leaves room for);
+    /// `resident_services` 0 becomes `max_services`, and it is at most that.
     pub fn resolved(&self) -> Limits {
         let mut limits = self.clone();
+        if limits.resident_services > 0 && limits.max_services == 0 {
+            limits.max_services = DEFAULT_MAX_SERVICES;
+        }
         if limits.max_services == 0 {
             limits.max_services = match services_allowed_by_map_count() {
                 Some((allowed, max_maps)) if allowed < u64::from(DEFAULT_MAX_SERVICES) => {
@@ -221,6 +233,9 @@ impl Limits {
                 }
                 _ => DEFAULT_MAX_SERVICES,
             };
+        }
+        if limits.resident_services == 0 || limits.resident_services > limits.max_services {
+            limits.resident_services = limits.max_services;
         }
         limits
     }

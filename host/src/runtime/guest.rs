@@ -177,6 +177,17 @@ pub(crate) trait GuestModule: Send + Sync + 'static {
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
 
+/// Why an instance could not be made.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum InstantiateError {
+    /// Every instance slot of the node is taken (`resident_services`).
+    #[error("{0}")]
+    NoSlot(String),
+    /// Anything else (the module does not link, a start function trapped).
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// What outlives a guest's instance while its service hibernates: the
 /// requests it owes (with each caller's tenant) and its session counters
 /// (the host range and the guest range), so numbers are not reused.
@@ -196,7 +207,7 @@ pub(crate) trait Guest: Send + Sized + 'static {
         kernel: &Arc<Kernel>,
         handle: &Arc<ServiceHandle>,
         module: &Self::Module,
-    ) -> impl Future<Output = Result<Self, String>> + Send;
+    ) -> impl Future<Output = Result<Self, InstantiateError>> + Send;
     /// Runs its `init`.
     fn init(
         &mut self,

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::inbox::Inbox;
 use super::service::End;
-use super::{Address, ErrorCause, Guest, GuestFailure, Kernel, ServiceHandle, StopReason};
+use super::{Address, Carried, ErrorCause, Guest, GuestFailure, Kernel, ServiceHandle, StopReason};
 
 /// How often the sweeper looks when no tenant hibernates its services.
 const LOOK_WHEN_OFF: Duration = Duration::from_secs(1);
@@ -39,13 +39,18 @@ const LOOK_WHEN_OFF: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub(crate) struct Rest {
     /// When it last handled a batch (kernel ticks).
-    last_active: AtomicU64,
+    pub(super) last_active: AtomicU64,
     /// The sweeper asked it to hibernate.
-    asked: AtomicBool,
+    pub(super) asked: AtomicBool,
+    /// The ask is to make room in the pool: it need not be idle long.
+    pub(super) forced: AtomicBool,
+    /// It holds an instance now (between instantiation and its end or
+    /// hibernation).
+    pub(super) resident: AtomicBool,
     /// It has no instance now.
-    hibernated: AtomicBool,
+    pub(super) hibernated: AtomicBool,
     /// It cannot hibernate (nothing to keep): not asked again.
-    stays_awake: AtomicBool,
+    pub(super) stays_awake: AtomicBool,
 }
 
 impl Rest {
@@ -60,6 +65,7 @@ impl Rest {
         self.last_active.store(ticks, Ordering::Relaxed);
         if self.asked.load(Ordering::Relaxed) {
             self.asked.store(false, Ordering::Relaxed);
+            self.forced.store(false, Ordering::Relaxed);
         }
     }
 
@@ -70,7 +76,8 @@ impl Rest {
         if !(self.asked.load(Ordering::Relaxed) && self.asked.swap(false, Ordering::Acquire)) {
             return false;
         }
-        after.is_some_and(|after| self.idle_past(kernel, kernel.ticks(), after))
+        self.forced.swap(false, Ordering::Relaxed)
+            || after.is_some_and(|after| self.idle_past(kernel, kernel.ticks(), after))
     }
 
     /// Whether it has handled no batch for `after` as of `now` (ticks).
@@ -110,7 +117,8 @@ pub(super) async fn sleep<G: Guest>(
         handle.usage.rest.stays_awake.store(true, Ordering::Relaxed);
         return Woken::Awake(instance);
     }
-    let state = match instance.save_state().await {
+    // Boxed, as the wake below: this future is what a sleeping service keeps.
+    let state = match Box::pin(instance.save_state()).await {
         Ok(Some(state)) => state,
         Ok(None) => {
             handle.usage.rest.stays_awake.store(true, Ordering::Relaxed);
@@ -124,6 +132,7 @@ pub(super) async fn sleep<G: Guest>(
     let carried = instance.carry_out();
     drop(instance);
     let rest = &handle.usage.rest;
+    rest.resident.store(false, Ordering::Relaxed);
     handle.usage.memory.store(0, Ordering::Relaxed);
     handle.usage.hibernations.fetch_add(1, Ordering::Relaxed);
     rest.hibernated.store(true, Ordering::Relaxed);
@@ -142,9 +151,24 @@ pub(super) async fn sleep<G: Guest>(
     if handle.killed.load(Ordering::Acquire) {
         return Woken::Ended(End::killed(), owed());
     }
-    let mut instance = match G::instantiate(kernel, handle, module).await {
+    Box::pin(wake(kernel, handle, module, carried, state)).await
+}
+
+/// A new instance of `module` for the service behind `handle`, given what
+/// the last one carried out and its saved state.
+async fn wake<G: Guest>(
+    kernel: &Arc<Kernel>,
+    handle: &Arc<ServiceHandle>,
+    module: &G::Module,
+    carried: Carried,
+    state: Vec<u8>,
+) -> Woken<G> {
+    let mut instance = match super::resident::instantiate::<G>(kernel, handle, module).await {
         Ok(instance) => instance,
-        Err(error) => return Woken::Ended(wake_failed(format!("instantiating: {error}")), owed()),
+        Err(error) => {
+            let owed = carried.owed.into_keys().collect();
+            return Woken::Ended(wake_failed(format!("instantiating: {error}")), owed);
+        }
     };
     instance.carry_in(carried);
     match instance.load_state(state).await {

@@ -39,6 +39,7 @@ mod mailbox;
 mod message;
 mod names;
 mod remote;
+mod resident;
 mod sched;
 pub(crate) mod service;
 pub(crate) mod tenant;
@@ -59,7 +60,9 @@ use tokio_util::task::TaskTracker;
 
 pub use address::{Address, HarborId};
 pub use client::LocalClient;
-pub(crate) use guest::{BoxFuture, Carried, Guest, GuestFailure, GuestModule, Loader};
+pub(crate) use guest::{
+    BoxFuture, Carried, Guest, GuestFailure, GuestModule, InstantiateError, Loader,
+};
 pub use guest::{ModuleError, StopReason};
 pub use kernel::TenantError;
 pub(crate) use mailbox::Mailbox;
@@ -337,6 +340,8 @@ pub(crate) struct Kernel {
     live: AtomicUsize,
     /// Services hibernated now (see [`hibernate`]).
     hibernated: AtomicUsize,
+    /// A scan for services to hibernate is under way (see [`resident`]).
+    making_room: AtomicBool,
     /// Services ended, by `StopReason::index`.
     pub stops: [std::sync::atomic::AtomicU64; StopReason::ALL.len()],
     /// Answers dropped because their session had ended, by [`LateAt::index`].

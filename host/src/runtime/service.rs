@@ -9,6 +9,7 @@ use tracing::Instrument;
 
 use super::hibernate::{self, Woken};
 use super::inbox::Inbox;
+use super::resident;
 use super::{
     ErrorCause, Guest, GuestFailure, GuestModule, Kernel, Message, Ready, ServiceHandle,
     SpawnError, StopReason, exit_notice, kind, upgrade,
@@ -75,22 +76,26 @@ pub(crate) async fn run<G: Guest>(
     async move {
         let mut inbox = Inbox::new(kernel.ticks());
         let module_name = module.name().to_string();
-        let mut instance = match G::instantiate(&kernel, &handle, &module).await {
-            Ok(i) => i,
-            Err(error) => {
-                let end = End::not_started(error.clone());
-                finish(&kernel, &handle, inbox, Vec::new(), end);
-                ready.fail(
-                    &kernel,
-                    SpawnError::Instantiate {
-                        module: module_name,
-                        error,
-                    },
-                );
-                return;
-            }
-        };
-        let (end, owed) = match instance.init(&args).await {
+        // The task's future is allocated once and kept while the service
+        // hibernates: the steps that run once or now and then are boxed, so
+        // it holds only what it waits on (docs/hibernation.md).
+        let mut instance =
+            match Box::pin(resident::instantiate::<G>(&kernel, &handle, &module)).await {
+                Ok(i) => i,
+                Err(error) => {
+                    let end = End::not_started(error.clone());
+                    finish(&kernel, &handle, inbox, Vec::new(), end);
+                    ready.fail(
+                        &kernel,
+                        SpawnError::Instantiate {
+                            module: module_name,
+                            error,
+                        },
+                    );
+                    return;
+                }
+            };
+        let (end, owed) = match Box::pin(instance.init(&args)).await {
             Ok(Ok(())) => {
                 ready.succeed(&kernel, handle.address);
                 if instance.exit_requested() {
@@ -139,10 +144,27 @@ async fn live<G: Guest>(
     args: &[u8],
 ) -> (End, Vec<(super::Address, u32)>) {
     loop {
-        match serve(kernel, handle, &mut module, &mut instance, inbox, args).await {
+        match Box::pin(serve(
+            kernel,
+            handle,
+            &mut module,
+            &mut instance,
+            inbox,
+            args,
+        ))
+        .await
+        {
             Served::Ended(end) => return (end, instance.take_owed()),
             Served::Idle => {
-                match hibernate::sleep(kernel, handle, module.as_ref(), instance, inbox).await {
+                match Box::pin(hibernate::sleep(
+                    kernel,
+                    handle,
+                    module.as_ref(),
+                    instance,
+                    inbox,
+                ))
+                .await
+                {
                     Woken::Awake(awake) => instance = awake,
                     Woken::Ended(end, owed) => return (end, owed),
                 }

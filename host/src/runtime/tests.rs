@@ -80,7 +80,7 @@ impl Guest for FakeGuest {
         kernel: &Arc<Kernel>,
         handle: &Arc<ServiceHandle>,
         module: &FakeModule,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, super::InstantiateError> {
         Ok(FakeGuest {
             kernel: kernel.clone(),
             address: handle.address,

@@ -386,7 +386,7 @@ async fn swap<G: Guest>(
     saved: Option<Vec<u8>>,
     args: &[u8],
 ) -> Result<Option<usize>, UpgradeError> {
-    let mut next = G::instantiate(kernel, handle, module)
+    let mut next = super::resident::instantiate::<G>(kernel, handle, module)
         .await
         .map_err(UpgradeError::Instantiate)?;
     instance.hand_over(&mut next);

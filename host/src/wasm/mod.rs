@@ -37,8 +37,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::config::Limits;
 use crate::runtime::tenant::Tenant;
 use crate::runtime::{
-    Address, BoxFuture, Carried, Guest, GuestFailure, GuestModule, Kernel, Loader, Message, Ready,
-    ServiceHandle, TenantId, kind,
+    Address, BoxFuture, Carried, Guest, GuestFailure, GuestModule, InstantiateError, Kernel,
+    Loader, Message, Ready, ServiceHandle, TenantId, kind,
 };
 /// The WIT `message` record with a shared payload: a multicast payload is
 /// one buffer per node and is copied only into each guest's memory, never
@@ -104,7 +104,7 @@ impl WasmRuntime {
         parts: Arc<Parts>,
     ) -> wasmtime::Result<Self> {
         let memory_bytes = limits.memory_mb << 20;
-        let services = limits.max_services;
+        let services = limits.resident_services;
         check_map_count(services)?;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(services)
@@ -321,9 +321,10 @@ fn check_map_count(services: u32) -> wasmtime::Result<()> {
     if u64::from(services) > allowed {
         let needed = u64::from(services) * MAPS_PER_SERVICE + MAPS_RESERVED;
         wasmtime::bail!(
-            "max_services = {services} needs about {needed} memory maps but vm.max_map_count is \
-             {max_maps}, enough for about {allowed} services; lower max_services or raise the \
-             limit (as root: sysctl -w vm.max_map_count={})",
+            "resident_services = {services} needs about {needed} memory maps but \
+             vm.max_map_count is {max_maps}, enough for about {allowed} instances; lower \
+             resident_services (services beyond it can hibernate: hibernate_after_ms) or raise \
+             the limit (as root: sysctl -w vm.max_map_count={})",
             map_count_for(services)
         );
     }
@@ -549,10 +550,17 @@ impl Guest for Instance {
         kernel: &Arc<Kernel>,
         handle: &Arc<ServiceHandle>,
         module: &Module,
-    ) -> Result<Self, String> {
-        Instance::new(kernel, handle, module)
-            .await
-            .map_err(|e| format!("{e:#}"))
+    ) -> Result<Self, InstantiateError> {
+        Instance::new(kernel, handle, module).await.map_err(|e| {
+            let no_slot = e
+                .chain()
+                .any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>());
+            if no_slot {
+                InstantiateError::NoSlot(format!("{e:#}"))
+            } else {
+                InstantiateError::Failed(format!("{e:#}"))
+            }
+        })
     }
 
     async fn init(&mut self, args: &[u8]) -> Result<Result<(), String>, GuestFailure> {
