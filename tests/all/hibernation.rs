@@ -193,3 +193,25 @@ async fn twenty_thousand_services_live_on_a_thousand_slots() -> anyhow::Result<(
     node.stop().await;
     Ok(())
 }
+
+/// A name stays with its service through a hibernation (it is the
+/// handle's): found while it sleeps, and a call to what it names wakes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hibernated_service_keeps_its_name() -> anyhow::Result<()> {
+    let node = node_hibernating_after(10)?;
+    let echo = within(node.node.spawn("echo", b".sleeper")).await??;
+    hibernated(&node, echo).await?;
+    let named = node
+        .node
+        .query(".sleeper")
+        .context("the name while it sleeps")?;
+    ensure!(named == echo, "the name points at {named}, not {echo}");
+    let answer = node
+        .client
+        .call_timeout(named, b"hi".to_vec(), DEADLINE)
+        .await?;
+    ensure!(answer == b"hi", "answered {answer:?}");
+    ensure!(info(&node, echo)?.hibernations >= 1);
+    node.stop().await;
+    Ok(())
+}
