@@ -197,31 +197,25 @@ pub(super) struct FakeLoader {
 }
 
 impl FakeLoader {
-    fn with(
-        mut self,
-        name: &str,
-        handler: impl Fn(&Message) -> Act + Send + Sync + 'static,
-    ) -> Self {
-        let module = FakeModule {
-            name: name.into(),
-            handler: Arc::new(handler),
-            stateful: false,
-        };
-        self.modules.insert(name.to_string(), Arc::new(module));
-        self
+    fn with(self, name: &str, handler: impl Fn(&Message) -> Act + Send + Sync + 'static) -> Self {
+        self.module(name, Arc::new(handler), false)
     }
 
     /// [`with`](Self::with), for services that keep a state (and so may
     /// hibernate).
     fn with_state(
-        mut self,
+        self,
         name: &str,
         handler: impl Fn(&Message) -> Act + Send + Sync + 'static,
     ) -> Self {
+        self.module(name, Arc::new(handler), true)
+    }
+
+    fn module(mut self, name: &str, handler: Handler, stateful: bool) -> Self {
         let module = FakeModule {
             name: name.into(),
-            handler: Arc::new(handler),
-            stateful: true,
+            handler,
+            stateful,
         };
         self.modules.insert(name.to_string(), Arc::new(module));
         self
