@@ -134,35 +134,8 @@ impl Kernel {
 
     /// Pushes `message` into the mailbox of the service behind `handle`.
     fn enqueue(&self, handle: &ServiceHandle, message: Message) -> Result<(), SendError> {
-        let dest = handle.address;
-        let mailbox = &handle.mailbox;
-        let limit = handle.tenant.quotas.mailbox_limit;
-        let len = mailbox.len.fetch_add(1, Ordering::Relaxed) + 1;
-        if limit != 0 && len > limit {
-            mailbox.len.fetch_sub(1, Ordering::Relaxed);
-            handle.tenant.refused();
-            return Err(SendError::Overloaded(dest));
-        }
-        if len > mailbox.peak.load(Ordering::Relaxed) {
-            mailbox.peak.fetch_max(len, Ordering::Relaxed);
-        }
-        // Marked before the message is visible, so the service's pick-up,
-        // which follows it, always clears the mark.
-        // A push that finds the mailbox closed clears the mark itself; one
-        // that goes in before the close is cleared by the service's end,
-        // which closes the mailbox (under its lock) before it clears.
-        let interrupt = len == 1 && self.sched.mark_ready(&mailbox.ready);
-        workers::take_placement();
-        if mailbox.push(message).is_err() {
-            mailbox.len.fetch_sub(1, Ordering::Relaxed);
-            mailbox.picked_up(self);
-            return Err(SendError::UnknownAddress(dest));
-        }
-        if interrupt && self.ready_waits_for_hogs() {
-            self.loader.interrupt_running();
-        }
-        warn_if_growing(handle, len);
-        Ok(())
+        self.admit(handle, 1, |_| handle.mailbox.push(message).is_ok())
+            .map(drop)
     }
 
     /// [`enqueue`](Self::enqueue) for a run of messages (left empty): the
@@ -173,43 +146,65 @@ impl Kernel {
         handle: &ServiceHandle,
         run: &mut Vec<Message>,
     ) -> Result<(), (usize, SendError)> {
-        let dest = handle.address;
-        let mailbox = &handle.mailbox;
-        let limit = handle.tenant.quotas.mailbox_limit;
         let asked = run.len();
         if asked == 0 {
             return Ok(());
         }
+        let admitted = self.admit(handle, asked, |room| {
+            run.truncate(room);
+            handle.mailbox.push_run(run)
+        });
+        run.clear();
+        match admitted {
+            Ok(room) if room < asked => Err((room, SendError::Overloaded(handle.address))),
+            Ok(_) => Ok(()),
+            Err(e) => Err((0, e)),
+        }
+    }
+
+    /// Counts `asked` messages into the mailbox behind `handle`, as many as
+    /// its limit leaves room for, and has `push` put that many in: how many
+    /// went in, or why none did.
+    fn admit(
+        &self,
+        handle: &ServiceHandle,
+        asked: usize,
+        push: impl FnOnce(usize) -> bool,
+    ) -> Result<usize, SendError> {
+        let dest = handle.address;
+        let mailbox = &handle.mailbox;
+        let limit = handle.tenant.quotas.mailbox_limit;
         let before = mailbox.len.fetch_add(asked, Ordering::Relaxed);
-        let mut over = None;
+        let mut room = asked;
         if limit != 0 && before + asked > limit {
-            let room = limit.saturating_sub(before).min(asked);
+            room = limit.saturating_sub(before).min(asked);
             mailbox.len.fetch_sub(asked - room, Ordering::Relaxed);
             handle.tenant.refused();
-            run.truncate(room);
-            over = Some((room, SendError::Overloaded(dest)));
             if room == 0 {
-                return Err((0, SendError::Overloaded(dest)));
+                return Err(SendError::Overloaded(dest));
             }
         }
-        let n = run.len();
-        let len = before + n;
+        let len = before + room;
         if len > mailbox.peak.load(Ordering::Relaxed) {
             mailbox.peak.fetch_max(len, Ordering::Relaxed);
         }
-        // As in `enqueue`: marked before the messages are visible.
+        // Marked before the messages are visible, so the service's pick-up,
+        // which follows it, always clears the mark.
+        // A push that finds the mailbox closed clears the mark itself; one
+        // that goes in before the close is cleared by the service's end,
+        // which closes the mailbox (under its lock) before it clears.
         let interrupt = before == 0 && self.sched.mark_ready(&mailbox.ready);
         workers::take_placement();
-        if !mailbox.push_run(run) {
-            mailbox.len.fetch_sub(n, Ordering::Relaxed);
+        if !push(room) {
+            mailbox.len.fetch_sub(room, Ordering::Relaxed);
             mailbox.picked_up(self);
-            return Err((0, SendError::UnknownAddress(dest)));
+            return Err(SendError::UnknownAddress(dest));
         }
         if interrupt && self.ready_waits_for_hogs() {
             self.loader.interrupt_running();
         }
         warn_if_growing(handle, len);
-        over.map_or(Ok(()), Err)
+        Ok(room)
     }
 }
 

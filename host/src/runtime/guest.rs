@@ -188,14 +188,24 @@ pub(crate) enum InstantiateError {
     Failed(String),
 }
 
-/// What outlives a guest's instance while its service hibernates: the
-/// requests it owes (with each caller's tenant) and its session counters
-/// (the host range and the guest range), so numbers are not reused.
+/// What outlives a guest's instance, for the service's next one (an
+/// upgrade's, or a wake from hibernation): the requests it owes (with each
+/// caller's tenant), its session counters (the host range and the guest
+/// range, so numbers are not reused) and the sessions it waits on.
 #[derive(Debug, Default)]
 pub(crate) struct Carried {
     pub owed: std::collections::HashMap<(Address, u32), TenantId>,
     pub next_session: u32,
     pub next_guest_session: u32,
+    pub awaiting: Vec<u32>,
+}
+
+impl Carried {
+    /// The requests owed: what a service that ends with this carried part
+    /// must answer.
+    pub fn into_owed(self) -> Vec<(Address, u32)> {
+        self.owed.into_keys().collect()
+    }
 }
 
 /// One instance of a module, as the service loop drives it.
@@ -227,10 +237,8 @@ pub(crate) trait Guest: Send + Sized + 'static {
         &mut self,
         state: Vec<u8>,
     ) -> impl Future<Output = Result<Result<(), String>, GuestFailure>> + Send;
-    /// Moves what outlives an instance (requests owed, sessions) to `next`.
-    fn hand_over(&mut self, next: &mut Self);
-    /// Takes what outlives an instance (requests owed, session counters)
-    /// out of it, for a later instance of the service (hibernation).
+    /// Takes what outlives an instance out of it, for the service's next
+    /// instance (see [`Carried`]).
     fn carry_out(&mut self) -> Carried;
     /// Takes over what an earlier instance of the service carried out.
     fn carry_in(&mut self, carried: Carried);

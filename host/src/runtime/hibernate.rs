@@ -87,6 +87,30 @@ impl Rest {
         since < now && kernel.ticks_between(since, now) >= after
     }
 
+    /// The idle time after which the service behind `handle` is asked to
+    /// hibernate, if it may be asked now: a guest in a tenant that
+    /// hibernates, holding an instance, not known to stay awake, not asked
+    /// already, with nothing queued.
+    pub(super) fn askable(handle: &ServiceHandle) -> Option<Duration> {
+        let rest = &handle.usage.rest;
+        let askable = handle.guest
+            && rest.resident.load(Ordering::Relaxed)
+            && !rest.stays_awake.load(Ordering::Relaxed)
+            && !rest.asked.load(Ordering::Relaxed)
+            && handle.mailbox.len() == 0;
+        handle.tenant.quotas.hibernate_after.filter(|_| askable)
+    }
+
+    /// Asks the service behind `handle` to hibernate between its next two
+    /// batches (`forced`: to make room, idle or not): a flag, and a `system`
+    /// wake through its mailbox so it looks.
+    pub(super) fn ask(handle: &ServiceHandle, forced: bool) {
+        let rest = &handle.usage.rest;
+        rest.forced.store(forced, Ordering::Relaxed);
+        rest.asked.store(true, Ordering::Release);
+        handle.mailbox.wake(handle.address);
+    }
+
     /// Its module changed: it may have a state to keep now.
     pub(super) fn may_hibernate_again(&self) {
         self.stays_awake.store(false, Ordering::Relaxed);
@@ -143,13 +167,12 @@ pub(super) async fn sleep<G: Guest>(
     let next = inbox.next(handle).await;
     rest.hibernated.store(false, Ordering::Relaxed);
     kernel.hibernated.fetch_sub(1, Ordering::Relaxed);
-    let owed = || carried.owed.keys().copied().collect::<Vec<_>>();
     let Some(next) = next else {
-        return Woken::Ended(End::exited(), owed());
+        return Woken::Ended(End::exited(), carried.into_owed());
     };
     inbox.pending.push_front(next);
     if handle.killed.load(Ordering::Acquire) {
-        return Woken::Ended(End::killed(), owed());
+        return Woken::Ended(End::killed(), carried.into_owed());
     }
     Box::pin(wake(kernel, handle, module, carried, state)).await
 }
@@ -166,8 +189,8 @@ async fn wake<G: Guest>(
     let mut instance = match super::resident::instantiate::<G>(kernel, handle, module).await {
         Ok(instance) => instance,
         Err(error) => {
-            let owed = carried.owed.into_keys().collect();
-            return Woken::Ended(wake_failed(format!("instantiating: {error}")), owed);
+            let end = wake_failed(format!("instantiating: {error}"));
+            return Woken::Ended(end, carried.into_owed());
         }
     };
     instance.carry_in(carried);
@@ -213,37 +236,29 @@ pub(super) async fn sweeper(kernel: Weak<Kernel>, shutdown: CancellationToken) {
 impl Kernel {
     /// One look of the sweeper; how long until the next.
     fn sweep(&self) -> Duration {
-        // From the tenants, not the services: a node's first services
-        // come after its first look.
-        let shortest = self
-            .tenants
-            .pin()
-            .values()
-            .filter_map(|t| t.quotas.hibernate_after)
-            .min();
-        let Some(shortest) = shortest else {
+        let Some(shortest) = self.shortest_hibernate_after() else {
             return LOOK_WHEN_OFF;
         };
         let now = self.ticks();
         for handle in self.services.pin().values() {
-            let Some(after) = handle.tenant.quotas.hibernate_after else {
-                continue;
-            };
-            let rest = &handle.usage.rest;
-            if !handle.guest
-                || rest.stays_awake.load(Ordering::Relaxed)
-                || rest.hibernated.load(Ordering::Relaxed)
-                || rest.asked.load(Ordering::Relaxed)
-                || handle.mailbox.len() > 0
+            if let Some(after) = Rest::askable(handle)
+                && handle.usage.rest.idle_past(self, now, after)
             {
-                continue;
-            }
-            if rest.idle_past(self, now, after) {
-                rest.asked.store(true, Ordering::Release);
-                handle.mailbox.wake(handle.address);
+                Rest::ask(handle, false);
             }
         }
         (shortest / 4).clamp(Duration::from_millis(5), LOOK_WHEN_OFF)
+    }
+
+    /// The shortest idle time of the tenants that hibernate their services
+    /// (from the tenants, not the services: a node's first services come
+    /// after the sweeper's first look); `None` when none does.
+    pub(super) fn shortest_hibernate_after(&self) -> Option<Duration> {
+        self.tenants
+            .pin()
+            .values()
+            .filter_map(|t| t.quotas.hibernate_after)
+            .min()
     }
 
     /// Services hibernated now.

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::hibernate::Rest;
 use super::{Guest, InstantiateError, Kernel, ServiceHandle};
 
 /// How long an instantiation waits for a slot to be made.
@@ -41,7 +42,7 @@ pub(super) async fn instantiate<G: Guest>(
                 return Ok(instance);
             }
             Err(InstantiateError::NoSlot(error)) => {
-                if !kernel.hibernates() || Instant::now() >= deadline {
+                if kernel.shortest_hibernate_after().is_none() || Instant::now() >= deadline {
                     return Err(format!(
                         "{error}: all {} instance slots are taken (raise [limits] \
                          resident_services, or let idle services hibernate: hibernate_after_ms)",
@@ -58,14 +59,6 @@ pub(super) async fn instantiate<G: Guest>(
 }
 
 impl Kernel {
-    /// Whether any tenant lets its services hibernate.
-    fn hibernates(&self) -> bool {
-        self.tenants
-            .pin()
-            .values()
-            .any(|t| t.quotas.hibernate_after.is_some())
-    }
-
     /// Asks the services idle the longest to hibernate now (see the module
     /// doc); returns at once if another scan is under way.
     fn make_room(&self) {
@@ -77,15 +70,7 @@ impl Kernel {
             .services
             .pin()
             .values()
-            .filter(|h| {
-                let rest = &h.usage.rest;
-                h.guest
-                    && h.tenant.quotas.hibernate_after.is_some()
-                    && rest.resident.load(Ordering::Relaxed)
-                    && !rest.stays_awake.load(Ordering::Relaxed)
-                    && !rest.asked.load(Ordering::Relaxed)
-                    && h.mailbox.len() == 0
-            })
+            .filter(|h| Rest::askable(h).is_some())
             .map(|h| (h.usage.rest.last_active.load(Ordering::Relaxed), h.clone()))
             .collect();
         if idle.len() > want {
@@ -93,10 +78,7 @@ impl Kernel {
             idle.truncate(want);
         }
         for (_, handle) in idle {
-            let rest = &handle.usage.rest;
-            rest.forced.store(true, Ordering::Relaxed);
-            rest.asked.store(true, Ordering::Release);
-            handle.mailbox.wake(handle.address);
+            Rest::ask(&handle, true);
         }
         self.making_room.store(false, Ordering::Release);
     }

@@ -37,8 +37,19 @@ type Handler = Arc<dyn Fn(&Message) -> Act + Send + Sync>;
 struct FakeModule {
     name: Arc<str>,
     handler: Handler,
-    /// Its services keep a state (`save-state` gives one), so they hibernate.
-    stateful: bool,
+    /// What its services keep across instances.
+    state: FakeState,
+}
+
+/// What a fake module's services keep across instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FakeState {
+    /// Nothing (`save-state` gives none): they never hibernate.
+    None,
+    /// A state, taken back by their next instance: they hibernate.
+    Kept,
+    /// A state their next instance refuses: a wake fails.
+    Refused,
 }
 
 impl GuestModule for FakeModule {
@@ -70,7 +81,7 @@ struct FakeGuest {
     handler: Handler,
     owed: HashMap<(Address, u32), TenantId>,
     exit: bool,
-    stateful: bool,
+    state: FakeState,
 }
 
 impl Guest for FakeGuest {
@@ -87,7 +98,7 @@ impl Guest for FakeGuest {
             handler: module.handler.clone(),
             owed: HashMap::new(),
             exit: false,
-            stateful: module.stateful,
+            state: module.state,
         })
     }
 
@@ -135,23 +146,19 @@ impl Guest for FakeGuest {
     }
 
     async fn save_state(&mut self) -> Result<Option<Vec<u8>>, GuestFailure> {
-        Ok(self.stateful.then(|| b"state".to_vec()))
+        Ok((self.state != FakeState::None).then(|| b"state".to_vec()))
     }
 
     fn loads_state(&self) -> bool {
-        self.stateful
+        self.state != FakeState::None
     }
 
     async fn load_state(&mut self, state: Vec<u8>) -> Result<Result<(), String>, GuestFailure> {
-        Ok(if self.stateful && state == b"state" {
+        Ok(if self.state == FakeState::Kept && state == b"state" {
             Ok(())
         } else {
             Err("no state".into())
         })
-    }
-
-    fn hand_over(&mut self, next: &mut Self) {
-        next.owed.extend(self.owed.drain());
     }
 
     fn carry_out(&mut self) -> super::guest::Carried {
@@ -198,24 +205,24 @@ pub(super) struct FakeLoader {
 
 impl FakeLoader {
     fn with(self, name: &str, handler: impl Fn(&Message) -> Act + Send + Sync + 'static) -> Self {
-        self.module(name, Arc::new(handler), false)
+        self.module(name, Arc::new(handler), FakeState::None)
     }
 
-    /// [`with`](Self::with), for services that keep a state (and so may
-    /// hibernate).
+    /// [`with`](Self::with), for services that keep `state` across instances.
     fn with_state(
         self,
         name: &str,
+        state: FakeState,
         handler: impl Fn(&Message) -> Act + Send + Sync + 'static,
     ) -> Self {
-        self.module(name, Arc::new(handler), true)
+        self.module(name, Arc::new(handler), state)
     }
 
-    fn module(mut self, name: &str, handler: Handler, stateful: bool) -> Self {
+    fn module(mut self, name: &str, handler: Handler, state: FakeState) -> Self {
         let module = FakeModule {
             name: name.into(),
             handler,
-            stateful,
+            state,
         };
         self.modules.insert(name.to_string(), Arc::new(module));
         self
@@ -814,11 +821,10 @@ async fn on_the_node_s_own_workers_calls_are_answered_and_every_end_ends_its_ses
     kernel.stop_workers();
 }
 
-/// A request owed across a hibernation is still owed after it: when the
-/// service is killed asleep, its caller gets `killed` instead of waiting
-/// for ever; a request to it afterwards wakes nothing (it is gone).
-#[tokio::test]
-async fn a_request_owed_across_a_hibernation_ends_when_the_service_is_killed() {
+/// A core whose services hibernate after 5 ms idle, with module `keeper`
+/// (a kept state) and `forgetful` (a state its next instance refuses), both
+/// holding every request unanswered.
+fn core_that_hibernates() -> Arc<Kernel> {
     let config = NodeConfig {
         scheduler: crate::config::Scheduler::Tokio,
         limits: crate::config::Limits {
@@ -828,20 +834,57 @@ async fn a_request_owed_across_a_hibernation_ends_when_the_service_is_killed() {
         ..NodeConfig::default()
     };
     let limits = config.limits.resolved();
-    let loader = FakeLoader::default().with_state("keeper", |_| Act::Nothing);
-    let kernel = Kernel::new(&config, limits, Arc::new(loader)).expect("the core starts");
-    let keeper = spawn(&kernel, "keeper").await.expect("spawned");
-    let c = client(&kernel);
-    let answer = c.start_call(keeper, b"hold".to_vec()).expect("sent");
+    let loader = FakeLoader::default()
+        .with_state("keeper", FakeState::Kept, |_| Act::Nothing)
+        .with_state("forgetful", FakeState::Refused, |_| Act::Nothing);
+    Kernel::new(&config, limits, Arc::new(loader)).expect("the core starts")
+}
+
+async fn hibernated(kernel: &Kernel, service: Address) {
     let asleep = async {
-        while kernel.service_info(keeper).map(|i| i.state) != Some("hibernated") {
+        while kernel.service_info(service).map(|i| i.state) != Some("hibernated") {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     };
     within(asleep).await;
+}
+
+/// A request owed across a hibernation is still owed after it: when the
+/// service is killed asleep, its caller gets `killed` instead of waiting
+/// for ever.
+#[tokio::test]
+async fn a_request_owed_across_a_hibernation_ends_when_the_service_is_killed() {
+    let kernel = core_that_hibernates();
+    let keeper = spawn(&kernel, "keeper").await.expect("spawned");
+    let c = client(&kernel);
+    let answer = c.start_call(keeper, b"hold".to_vec()).expect("sent");
+    hibernated(&kernel, keeper).await;
     assert_eq!(kernel.hibernated_services(), 1);
     assert!(kernel.kill(TenantId::HOST, keeper));
-    let ended = within(answer).await;
-    assert_eq!(cause(ended), Some(ErrorCause::Killed));
+    assert_eq!(cause(within(answer).await), Some(ErrorCause::Killed));
     assert_eq!(kernel.hibernated_services(), 0);
+}
+
+/// A wake that fails (here `load-state` refuses the state) ends the
+/// service: the request it owed and the one that woke it end with an error
+/// instead of waiting, and the stop is counted as an error.
+#[tokio::test]
+async fn a_failed_wake_ends_the_service_and_its_sessions() {
+    let kernel = core_that_hibernates();
+    let forgetful = spawn(&kernel, "forgetful").await.expect("spawned");
+    let c = client(&kernel);
+    let owed = c.start_call(forgetful, b"hold".to_vec()).expect("sent");
+    hibernated(&kernel, forgetful).await;
+    let waking = c.start_call(forgetful, b"wake".to_vec()).expect("sent");
+    assert_eq!(cause(within(owed).await), Some(ErrorCause::Exited));
+    assert!(
+        within(waking).await.is_err(),
+        "the waking call was answered"
+    );
+    assert!(
+        kernel.service_info(forgetful).is_none(),
+        "the service lives on"
+    );
+    let errors = &kernel.stops[StopReason::Error.index()];
+    assert_eq!(errors.load(std::sync::atomic::Ordering::Relaxed), 1);
 }

@@ -389,7 +389,7 @@ async fn swap<G: Guest>(
     let mut next = super::resident::instantiate::<G>(kernel, handle, module)
         .await
         .map_err(UpgradeError::Instantiate)?;
-    instance.hand_over(&mut next);
+    next.carry_in(instance.carry_out());
     let state_bytes = saved.as_ref().map(Vec::len);
     let (step, loaded) = match saved {
         Some(state) if next.loads_state() => ("load-state", next.load_state(state).await),
@@ -401,7 +401,7 @@ async fn swap<G: Guest>(
         Err(e) => Some(e.reason),
     };
     if let Some(reason) = failure {
-        next.hand_over(instance);
+        instance.carry_in(next.carry_out());
         return Err(UpgradeError::Load { step, reason });
     }
     std::mem::swap(instance, &mut next);

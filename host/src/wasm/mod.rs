@@ -583,10 +583,6 @@ impl Guest for Instance {
         self.call_load_state(state).await.map_err(failure)
     }
 
-    fn hand_over(&mut self, next: &mut Instance) {
-        self.store.data_mut().hand_over(next.store.data_mut());
-    }
-
     fn carry_out(&mut self) -> Carried {
         self.store.data_mut().carry_out()
     }

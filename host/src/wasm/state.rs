@@ -314,21 +314,13 @@ impl ServiceState {
         self.exit_requested
     }
 
-    /// Moves the requests owed and the session counter to `next`, the
-    /// store of the service's next version (or back, when it failed).
-    pub fn hand_over(&mut self, next: &mut ServiceState) {
-        next.owed.extend(self.owed.drain());
-        next.next_session = self.next_session;
-        next.next_guest_session = self.next_guest_session;
-        next.awaiting.extend(self.awaiting.drain());
-    }
-
     /// What outlives this store (see [`Carried`]), taken out of it.
     pub fn carry_out(&mut self) -> Carried {
         Carried {
             owed: std::mem::take(&mut self.owed),
             next_session: self.next_session,
             next_guest_session: self.next_guest_session,
+            awaiting: self.awaiting.drain().collect(),
         }
     }
 
@@ -337,6 +329,7 @@ impl ServiceState {
         self.owed.extend(carried.owed);
         self.next_session = carried.next_session;
         self.next_guest_session = carried.next_guest_session;
+        self.awaiting.extend(carried.awaiting);
     }
 
     pub fn awaiting_len(&self) -> usize {

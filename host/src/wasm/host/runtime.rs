@@ -45,7 +45,6 @@ impl runtime::Host for ServiceState {
         outbox::check(&batch)?;
         // One buffer for the batch; each message's payload is a view of it.
         let batch = bytes::Bytes::from(batch);
-        let traced = self.traced();
         // Messages for one target back to back go in as one run.
         let mut run = Vec::new();
         let mut run_dest = 0;
@@ -56,7 +55,7 @@ impl runtime::Host for ServiceState {
             } else {
                 self.check_size(&batch[record.payload.clone()]).err()
             };
-            if refused.is_some() || record.dest != run_dest || traced {
+            if refused.is_some() || record.dest != run_dest {
                 if let Err(e) = self.deliver_run(run_dest, &mut run, run_start) {
                     return Ok(Err(e));
                 }
@@ -264,7 +263,8 @@ impl ServiceState {
         if run.is_empty() {
             return Ok(());
         }
-        if run.len() == 1 || self.traced() {
+        if self.traced() {
+            // Each message logged, as `send` logs it.
             for (i, message) in run.drain(..).enumerate() {
                 self.deliver(dest, message)
                     .map_err(|error| batch_error(start + i, error))?;
