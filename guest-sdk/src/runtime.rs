@@ -36,7 +36,10 @@ pub(crate) struct Runtime {
     handler: RefCell<Option<Handler>>,
     /// The service's state, for `save-state` (an `Rc<S>`).
     service: RefCell<Option<Rc<dyn std::any::Any>>>,
-    channels: RefCell<std::collections::HashMap<u32, ChannelHandler>>,
+    /// Keyed without a random seed, as the session map: a seed is a
+    /// `wasi:random` call in every service's `init`, which makes it impure
+    /// (no template spawn).
+    channels: RefCell<std::collections::HashMap<u32, ChannelHandler, crate::session::FixedState>>,
     exiting: Cell<bool>,
 }
 

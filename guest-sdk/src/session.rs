@@ -47,7 +47,7 @@ enum Entry {
 
 /// A fixed-key hasher: session numbers come from the host, and a random
 /// seed would make every guest import `wasi:random` just for this map.
-type FixedState = BuildHasherDefault<DefaultHasher>;
+pub(crate) type FixedState = BuildHasherDefault<DefaultHasher>;
 
 /// Sessions this service waits on.
 #[derive(Default)]

@@ -110,6 +110,12 @@ pub fn render(node: &Node) -> String {
         &[],
         node.hibernated_count() as f64,
     );
+    m.counter(
+        "skyhost_template_spawns_total",
+        "Services born hibernated on the state an earlier pure init left (template spawn)",
+        &[],
+        node.template_spawns(),
+    );
     if let Some((nodes, members)) = node.cluster_taken_out() {
         for (what, n) in [("node", nodes), ("group_member", members)] {
             m.gauge(

@@ -215,3 +215,44 @@ async fn a_hibernated_service_keeps_its_name() -> anyhow::Result<()> {
     node.stop().await;
     Ok(())
 }
+
+/// Template spawn (docs/hibernation.md): on a node where nothing
+/// hibernates when idle, a second echo with the same (empty) args is born
+/// hibernated on the state the first one's pure `init` left: no instance
+/// and no memory until its first message, which it answers. An echo
+/// spawned with a name registers it in `init` (an import), so it is never
+/// born that way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawn_like_an_earlier_pure_one_is_born_hibernated() -> anyhow::Result<()> {
+    let node = TestNode::with_config(test_config())?;
+    let first = node.spawn("echo").await?;
+    ensure!(info(&node, first)?.state != "hibernated");
+    let born = node.spawn("echo").await?;
+    let asleep = info(&node, born)?;
+    ensure!(
+        asleep.state == "hibernated" && asleep.memory_bytes == 0,
+        "{asleep:?}"
+    );
+    ensure!(node.node.template_spawns() == 1);
+    let answer = node
+        .client
+        .call_timeout(born, b"hi".to_vec(), DEADLINE)
+        .await?;
+    ensure!(answer == b"hi", "answered {answer:?}");
+    let awake = info(&node, born)?;
+    ensure!(
+        awake.state != "hibernated" && awake.memory_bytes > 0,
+        "{awake:?}"
+    );
+    for name in [".first", ".second"] {
+        let named = within(node.node.spawn("echo", name.as_bytes())).await??;
+        ensure!(info(&node, named)?.state != "hibernated");
+        ensure!(
+            node.node.query(name) == Some(named),
+            "{name} not registered"
+        );
+    }
+    ensure!(node.node.template_spawns() == 1);
+    node.stop().await;
+    Ok(())
+}

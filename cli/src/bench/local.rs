@@ -323,6 +323,39 @@ pub(super) async fn spawn_of(
     Ok(elapsed.as_secs_f64() * 1e6 / f64::from(n))
 }
 
+/// Microseconds per service to spawn `n` echoes at once and then call
+/// each once (after a warm-up of 100): `spawn` with the first message's
+/// cost, which a service born hibernated on a template pays at its wake.
+pub(super) async fn spawn_then_call(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    let spawner = b.spawn("testkit").await?;
+    let many = |n| Command::SpawnMany {
+        module: "echo".into(),
+        n,
+    };
+    let call_each = |targets| Command::CallEach {
+        targets,
+        payload: vec![7u8; 16],
+    };
+    let Reply::Addresses(warm) = b.command(spawner, &many(100)).await? else {
+        bail!("SpawnMany answered something else");
+    };
+    b.command(spawner, &call_each(warm)).await?;
+    let start = Instant::now();
+    let Reply::Addresses(a) = b.command(spawner, &many(n)).await? else {
+        bail!("SpawnMany answered something else");
+    };
+    anyhow::ensure!(a.len() == n as usize, "spawned {} of {n}", a.len());
+    let spawned = start.elapsed();
+    b.command(spawner, &call_each(a)).await?;
+    let elapsed = start.elapsed();
+    eprintln!(
+        "spawn-then-call: spawns {:.1} µs, first calls {:.1} µs per service",
+        spawned.as_secs_f64() * 1e6 / f64::from(n),
+        (elapsed - spawned).as_secs_f64() * 1e6 / f64::from(n)
+    );
+    Ok(elapsed.as_secs_f64() * 1e6 / f64::from(n))
+}
+
 /// Resident memory growth per idle live echo service, at `n` services.
 pub(super) async fn rss_per_service(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
     rss_of(b, "echo", n).await

@@ -29,7 +29,8 @@ use distributed::{cluster_call_rtt, cluster_concurrent, cluster_oneway, group_ca
 use local::{
     ServicesFigure, call_rtt_of, harbor_call_rtt, harbor_concurrent, harbor_oneway, local_call_rtt,
     local_concurrent, local_oneway, local_oneway_batched, local_parallel, max_services, oneway_of,
-    ping_under_spin, pool_size, rss_of, rss_per_service, spawn, spawn_of, wake_rtt,
+    ping_under_spin, pool_size, rss_of, rss_per_service, spawn, spawn_of, spawn_then_call,
+    wake_rtt,
 };
 use tenants::{tenant_fairness, tenant_overhead, upgrade_pause, upgrade_throughput};
 
@@ -147,6 +148,12 @@ fn workloads() -> Vec<Workload> {
             unit: "µs per service",
             topology: Topology::Single,
             run: |n| Box::pin(spawn(n, 10_000)),
+        },
+        Workload {
+            id: "spawn-then-call",
+            unit: "µs per service",
+            topology: Topology::Single,
+            run: |n| Box::pin(spawn_then_call(n, 10_000)),
         },
         Workload {
             id: "rss-per-service",

@@ -165,6 +165,10 @@ pub struct Limits {
     /// state outside it until its next message (docs/hibernation.md);
     /// 0, the default, keeps every service awake.
     pub hibernate_after_ms: u64,
+    /// A spawn whose module and args match an earlier spawn whose `init`
+    /// called no import is born hibernated on the state that `init` left,
+    /// without running it (docs/hibernation.md, template spawn).
+    pub template_spawn: bool,
 }
 
 impl Default for Limits {
@@ -178,6 +182,7 @@ impl Default for Limits {
             max_services: 0,
             resident_services: 0,
             hibernate_after_ms: 0,
+            template_spawn: true,
         }
     }
 }

@@ -309,6 +309,12 @@ impl Node {
         self.kernel.hibernated_services()
     }
 
+    /// Services born hibernated on a template since the node started
+    /// (docs/hibernation.md, template spawn).
+    pub fn template_spawns(&self) -> u64 {
+        self.kernel.template_spawns()
+    }
+
     /// Logs (target `skyhost::trace`, level info) each message the service
     /// at `address` takes and sends, and how long each batch took; false if
     /// there is no such service.

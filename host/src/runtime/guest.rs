@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use super::template::Templates;
 use super::tenant::Tenant;
 use super::{Address, ErrorCause, Kernel, Message, Ready, ServiceHandle, TenantId};
 
@@ -175,6 +176,8 @@ pub(crate) trait GuestModule: Send + Sync + 'static {
     ) -> BoxFuture<'static, ()>;
     /// Itself, to be taken back as its concrete type by an upgrade.
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+    /// The states its pure `init`s left, by args (template spawn).
+    fn templates(&self) -> &Templates;
 }
 
 /// Why an instance could not be made.
@@ -252,6 +255,9 @@ pub(crate) trait Guest: Send + Sized + 'static {
     fn awaits(&self, session: u32) -> bool;
     /// Whether it asked to end.
     fn exit_requested(&self) -> bool;
+    /// Whether it has called no import since it was made: what it did
+    /// depended on its module and inputs alone, and nothing outside it saw.
+    fn called_no_import(&self) -> bool;
     /// How many messages its next batch may hold to fit its CPU budget.
     fn affordable_batch(&self) -> usize;
 }

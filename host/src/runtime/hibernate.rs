@@ -155,15 +155,36 @@ pub(super) async fn sleep<G: Guest>(
     };
     let carried = instance.carry_out();
     drop(instance);
+    handle.usage.hibernations.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(service = %handle.address, state_bytes = state.len(), "hibernated");
+    fall_asleep(kernel, handle, inbox);
+    rest(kernel, handle, module, carried, state.into(), inbox).await
+}
+
+/// Marks the service behind `handle` hibernated (it holds no instance now)
+/// and lets go of its batch buffers.
+pub(super) fn fall_asleep(kernel: &Kernel, handle: &ServiceHandle, inbox: &mut Inbox) {
     let rest = &handle.usage.rest;
     rest.resident.store(false, Ordering::Relaxed);
     handle.usage.memory.store(0, Ordering::Relaxed);
-    handle.usage.hibernations.fetch_add(1, Ordering::Relaxed);
     rest.hibernated.store(true, Ordering::Relaxed);
     kernel.hibernated.fetch_add(1, Ordering::Relaxed);
     inbox.release_buffers();
-    tracing::debug!(service = %handle.address, state_bytes = state.len(), "hibernated");
+}
 
+/// A service fallen asleep ([`fall_asleep`]), holding `state` and what its
+/// last instance `carried` out: waits for its mailbox, then wakes (a new
+/// instance of `module`, `load-state`, carry in). Where a hibernation ends,
+/// and where a service born on a template starts.
+pub(super) async fn rest<G: Guest>(
+    kernel: &Arc<Kernel>,
+    handle: &Arc<ServiceHandle>,
+    module: &G::Module,
+    carried: Carried,
+    state: Arc<[u8]>,
+    inbox: &mut Inbox,
+) -> Woken<G> {
+    let rest = &handle.usage.rest;
     let next = inbox.next(handle).await;
     rest.hibernated.store(false, Ordering::Relaxed);
     kernel.hibernated.fetch_sub(1, Ordering::Relaxed);
@@ -184,7 +205,7 @@ async fn wake<G: Guest>(
     handle: &Arc<ServiceHandle>,
     module: &G::Module,
     carried: Carried,
-    state: Vec<u8>,
+    state: Arc<[u8]>,
 ) -> Woken<G> {
     let mut instance = match super::resident::instantiate::<G>(kernel, handle, module).await {
         Ok(instance) => instance,
@@ -194,7 +215,7 @@ async fn wake<G: Guest>(
         }
     };
     instance.carry_in(carried);
-    match instance.load_state(state).await {
+    match instance.load_state(state.to_vec()).await {
         Ok(Ok(())) => Woken::Awake(instance),
         Ok(Err(refused)) => {
             let owed = instance.take_owed();
@@ -264,5 +285,10 @@ impl Kernel {
     /// Services hibernated now.
     pub(crate) fn hibernated_services(&self) -> usize {
         self.hibernated.load(Ordering::Relaxed)
+    }
+
+    /// Services born hibernated on a template since the node started.
+    pub(crate) fn template_spawns(&self) -> u64 {
+        self.template_spawns.load(Ordering::Relaxed)
     }
 }

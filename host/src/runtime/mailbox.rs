@@ -156,6 +156,16 @@ impl Mailbox {
         kernel.sched.clear_ready(&self.ready);
     }
 
+    /// Called when its service, a hog, steps aside in the middle of a
+    /// dispatch: what is queued here waits for that dispatch to end, not
+    /// for a thread, so it stops counting as fresh work waiting (else the
+    /// hog would wait for itself at its yield, up to its bound, every
+    /// slice). A push before the service takes its next batch does not
+    /// mark it again: the mailbox is not empty.
+    pub fn stepped_aside(&self, kernel: &Kernel) {
+        kernel.sched.clear_ready(&self.ready);
+    }
+
     /// Wakes the service through its queue without counting against its
     /// limit: `kill` and a dropped [`Client`](super::Client) use it; the service drops it.
     pub fn wake(&self, address: Address) {

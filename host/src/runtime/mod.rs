@@ -17,7 +17,8 @@
 //! (`guest.rs`, `remote.rs`).
 //! Files: `mailbox.rs`, `inbox.rs` (a service's receiving side), `names.rs`,
 //! `kernel.rs` (building the core, whole-node views), `service.rs` (the loop),
-//! `upgrade.rs` (hot-swap), `timer.rs`, `sched.rs` (fresh work first, fair
+//! `upgrade.rs` (hot-swap), `hibernate.rs`, `resident.rs` and `template.rs`
+//! (services without an instance), `timer.rs`, `sched.rs` (fresh work first, fair
 //! share), `workers.rs` (the node's own threads), `client.rs` and
 //! `endpoint.rs` (host endpoints).
 //!
@@ -42,6 +43,7 @@ mod remote;
 mod resident;
 mod sched;
 pub(crate) mod service;
+pub(crate) mod template;
 pub(crate) mod tenant;
 #[cfg(test)]
 mod tests;
@@ -340,6 +342,8 @@ pub(crate) struct Kernel {
     live: AtomicUsize,
     /// Services hibernated now (see [`hibernate`]).
     hibernated: AtomicUsize,
+    /// Services born hibernated on a template (see [`template`]).
+    template_spawns: std::sync::atomic::AtomicU64,
     /// A scan for services to hibernate is under way (see [`resident`]).
     making_room: AtomicBool,
     /// Services ended, by `StopReason::index`.

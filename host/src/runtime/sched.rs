@@ -242,6 +242,32 @@ mod tests {
         );
     }
 
+    /// A hog whose own mailbox filled while it ran (the answers to calls it
+    /// made, say) steps aside (`Mailbox::stepped_aside` clears its mark):
+    /// its yield waits for the others' messages, never for its own, which
+    /// only the end of its dispatch can take.
+    #[tokio::test(start_paused = true)]
+    async fn a_hog_does_not_wait_for_its_own_messages() {
+        let s = Arc::new(Scheduler::default());
+        let t = tenant("t", 1);
+        let (own, other) = (AtomicBool::new(false), AtomicBool::new(false));
+        s.hog_started(&t);
+        s.mark_ready(&own);
+        s.clear_ready(&own);
+        let started = tokio::time::Instant::now();
+        s.clone()
+            .hog_yield(t.clone(), Duration::from_millis(1))
+            .await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "no wait for itself");
+        // Another service's messages are still waited for.
+        s.mark_ready(&other);
+        let waiter = tokio::spawn(s.clone().hog_yield(t, Duration::from_millis(1)));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        s.clear_ready(&other);
+        waiter.await.expect("hog resumed");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_tenant_ahead_of_its_weighted_share_waits_for_the_others() {
         let s = Arc::new(Scheduler::default());

@@ -75,6 +75,29 @@ pub(crate) async fn run<G: Guest>(
     let span = tracing::info_span!(parent: None, "service", address = %handle.address, module = %module.name());
     async move {
         let mut inbox = Inbox::new(kernel.ticks());
+        if let Some(state) = template_for(&kernel, module.as_ref(), &args) {
+            // Asleep before its spawn is answered: whoever spawned it sees
+            // it hibernated from the start.
+            hibernate::fall_asleep(&kernel, &handle, &mut inbox);
+            kernel.template_spawns.fetch_add(1, Ordering::Relaxed);
+            ready.succeed(&kernel, handle.address);
+            let born = Box::pin(hibernate::rest::<G>(
+                &kernel,
+                &handle,
+                module.as_ref(),
+                Default::default(),
+                state,
+                &mut inbox,
+            ));
+            let (end, owed) = match born.await {
+                Woken::Awake(instance) => {
+                    live(&kernel, &handle, module, instance, &mut inbox, &args).await
+                }
+                Woken::Ended(end, owed) => (end, owed),
+            };
+            finish(&kernel, &handle, inbox, owed, end);
+            return;
+        }
         let module_name = module.name().to_string();
         // The task's future is allocated once and kept while the service
         // hibernates: the steps that run once or now and then are boxed, so
@@ -100,6 +123,15 @@ pub(crate) async fn run<G: Guest>(
                 ready.succeed(&kernel, handle.address);
                 if instance.exit_requested() {
                     (End::exited(), instance.take_owed())
+                } else if let Err(failure) = Box::pin(keep_template(
+                    &kernel,
+                    module.as_ref(),
+                    &mut instance,
+                    &args,
+                ))
+                .await
+                {
+                    (End::failed(failure), instance.take_owed())
                 } else {
                     live(&kernel, &handle, module, instance, &mut inbox, &args).await
                 }
@@ -131,6 +163,39 @@ pub(crate) async fn run<G: Guest>(
     }
     .instrument(span)
     .await
+}
+
+/// The state a spawn of `module` with `args` is born on, when the node
+/// spawns from templates and an earlier pure `init` left one.
+fn template_for<M: GuestModule>(kernel: &Kernel, module: &M, args: &[u8]) -> Option<Arc<[u8]>> {
+    if !kernel.limits.template_spawn {
+        return None;
+    }
+    module.templates().state(args)
+}
+
+/// After a successful `init`: when it called no import and the module has
+/// no template for `args` yet, keeps the state it left as one (see
+/// `template.rs`). A `save-state` that fails ends the service, as it would
+/// at its first hibernation.
+async fn keep_template<G: Guest>(
+    kernel: &Kernel,
+    module: &G::Module,
+    instance: &mut G,
+    args: &[u8],
+) -> Result<(), GuestFailure> {
+    let templates = module.templates();
+    if !kernel.limits.template_spawn
+        || !instance.loads_state()
+        || !instance.called_no_import()
+        || instance.awaiting() > 0
+        || !templates.wants(args)
+    {
+        return Ok(());
+    }
+    let state = instance.save_state().await?;
+    templates.keep(args, state);
+    Ok(())
 }
 
 /// Serves the service until it ends, letting it hibernate between batches

@@ -94,6 +94,8 @@ pub(crate) struct Module {
     exports: Exports,
     /// What its instances' imports reach beyond the core.
     parts: Arc<Parts>,
+    /// The states its pure `init`s left (template spawn).
+    templates: crate::runtime::template::Templates,
 }
 
 impl WasmRuntime {
@@ -135,7 +137,7 @@ impl WasmRuntime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        Service::add_to_linker::<_, HasSelf<ServiceState>>(&mut linker, |s| s)?;
+        Service::add_to_linker::<_, HasSelf<ServiceState>>(&mut linker, ServiceState::imported)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let tick = Duration::from_micros(limits.time_slice_us);
@@ -270,6 +272,7 @@ impl WasmRuntime {
             pre,
             exports,
             parts: self.parts.clone(),
+            templates: Default::default(),
         }))
     }
 
@@ -611,6 +614,10 @@ impl Guest for Instance {
         self.store.data().exit_requested()
     }
 
+    fn called_no_import(&self) -> bool {
+        self.store.data().imports_called == 0
+    }
+
     fn affordable_batch(&self) -> usize {
         self.store.data().affordable_batch()
     }
@@ -635,6 +642,10 @@ impl GuestModule for Module {
 
     fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
         self
+    }
+
+    fn templates(&self) -> &crate::runtime::template::Templates {
+        &self.templates
     }
 }
 

@@ -141,6 +141,9 @@ pub(crate) struct ServiceState {
     /// cluster requests): one `response` or `error` ends each.
     pub(super) awaiting: HashSet<u32, std::hash::BuildHasherDefault<fnv::FnvHasher>>,
     pub(super) exit_requested: bool,
+    /// Imports (`skyhost` and WASI) it has called: none since it was made
+    /// means its `init` was pure (template spawn).
+    pub(super) imports_called: u64,
     /// CPU time this piece of work has used, and how much it may use.
     pub(super) cpu_used: Duration,
     /// Messages in this piece of work (1 for `init` and the `state` calls).
@@ -195,6 +198,7 @@ impl ServiceState {
             current_trace: 0,
             awaiting: HashSet::default(),
             exit_requested: false,
+            imports_called: 0,
             cpu_used: Duration::ZERO,
             work_messages: 1,
             // Instantiation runs under one message's budget.
@@ -312,6 +316,13 @@ impl ServiceState {
 
     pub fn exit_requested(&self) -> bool {
         self.exit_requested
+    }
+
+    /// The state a `skyhost` import works on: every call of one comes
+    /// through here, and is counted.
+    pub fn imported(&mut self) -> &mut Self {
+        self.imports_called += 1;
+        self
     }
 
     /// What outlives this store (see [`Carried`]), taken out of it.
@@ -454,6 +465,7 @@ pub(crate) fn on_epoch_deadline(
             .sched
             .charge(&state.handle.tenant, state.cpu_used);
     }
+    state.handle.mailbox.stepped_aside(&state.kernel);
     let kernel = state.kernel.clone();
     let tenant = state.handle.tenant.clone();
     let resumed_at = state.resumed_at.clone();
@@ -467,7 +479,9 @@ pub(crate) fn on_epoch_deadline(
 }
 
 impl WasiView for ServiceState {
+    /// Every WASI import reaches its context through here.
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        self.imports_called += 1;
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,

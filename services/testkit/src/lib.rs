@@ -209,6 +209,21 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
             }
             Answer::Addresses(addresses)
         }
+        Command::CallEach { targets, payload } => {
+            let calls: Vec<_> = targets
+                .iter()
+                .map(|&a| skyhost_sdk::call_raw(Address(a), &payload))
+                .collect();
+            let n = calls.len();
+            for (i, call) in calls.into_iter().enumerate() {
+                match call.await {
+                    Ok(bytes) if bytes == payload => {}
+                    Ok(_) => return Answer::Failed(format!("call {i} of {n}: other bytes")),
+                    Err(e) => return Answer::Failed(format!("call {i} of {n}: {e}")),
+                }
+            }
+            Answer::Unit
+        }
         Command::Spin => spin(),
         Command::GlobalName(name) => match harbor::globalname(&name, self_address()).await {
             Ok(()) => Answer::Unit,

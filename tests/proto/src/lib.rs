@@ -328,6 +328,15 @@ pub enum Command {
         /// The raw payload echoed.
         payload: Vec<u8>,
     },
+    /// One call to each of `targets` with the raw `payload` (all started
+    /// before any is awaited), each checked to come back the same: answers
+    /// `Unit` or `Failed`.
+    CallEach {
+        /// The services to call (echoes).
+        targets: Vec<u32>,
+        /// The raw payload echoed.
+        payload: Vec<u8>,
+    },
 }
 
 /// A service on a cluster node: by name or by address there.

@@ -39,6 +39,11 @@ struct FakeModule {
     handler: Handler,
     /// What its services keep across instances.
     state: FakeState,
+    /// Whether its `init` calls an import (and so is never a template).
+    init_imports: bool,
+    /// Instances made of it.
+    instances: std::sync::atomic::AtomicUsize,
+    templates: super::template::Templates,
 }
 
 /// What a fake module's services keep across instances.
@@ -72,6 +77,10 @@ impl GuestModule for FakeModule {
     fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
         self
     }
+
+    fn templates(&self) -> &super::template::Templates {
+        &self.templates
+    }
 }
 
 /// One fake service: the requests it owes, and whether it asked to end.
@@ -82,6 +91,9 @@ struct FakeGuest {
     owed: HashMap<(Address, u32), TenantId>,
     exit: bool,
     state: FakeState,
+    /// Imports called since it was made.
+    imports: usize,
+    init_imports: bool,
 }
 
 impl Guest for FakeGuest {
@@ -92,6 +104,9 @@ impl Guest for FakeGuest {
         handle: &Arc<ServiceHandle>,
         module: &FakeModule,
     ) -> Result<Self, super::InstantiateError> {
+        module
+            .instances
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(FakeGuest {
             kernel: kernel.clone(),
             address: handle.address,
@@ -99,10 +114,15 @@ impl Guest for FakeGuest {
             owed: HashMap::new(),
             exit: false,
             state: module.state,
+            imports: 0,
+            init_imports: module.init_imports,
         })
     }
 
     async fn init(&mut self, _args: &[u8]) -> Result<Result<(), String>, GuestFailure> {
+        if self.init_imports {
+            self.imports += 1;
+        }
         Ok(Ok(()))
     }
 
@@ -192,6 +212,10 @@ impl Guest for FakeGuest {
         self.exit
     }
 
+    fn called_no_import(&self) -> bool {
+        self.imports == 0
+    }
+
     fn affordable_batch(&self) -> usize {
         usize::MAX
     }
@@ -218,11 +242,34 @@ impl FakeLoader {
         self.module(name, Arc::new(handler), state)
     }
 
+    /// [`with_state`](Self::with_state), for services whose `init` calls
+    /// an import.
+    fn with_impure_init(
+        self,
+        name: &str,
+        state: FakeState,
+        handler: impl Fn(&Message) -> Act + Send + Sync + 'static,
+    ) -> Self {
+        let mut loader = self.module(name, Arc::new(handler), state);
+        if let Some(m) = loader.modules.get_mut(name).and_then(Arc::get_mut) {
+            m.init_imports = true;
+        }
+        loader
+    }
+
+    /// Module `name`, to count its instances after the loader is the core's.
+    fn get(&self, name: &str) -> Arc<FakeModule> {
+        self.modules[name].clone()
+    }
+
     fn module(mut self, name: &str, handler: Handler, state: FakeState) -> Self {
         let module = FakeModule {
             name: name.into(),
             handler,
             state,
+            init_imports: false,
+            instances: Default::default(),
+            templates: Default::default(),
         };
         self.modules.insert(name.to_string(), Arc::new(module));
         self
@@ -821,70 +868,4 @@ async fn on_the_node_s_own_workers_calls_are_answered_and_every_end_ends_its_ses
     kernel.stop_workers();
 }
 
-/// A core whose services hibernate after 5 ms idle, with module `keeper`
-/// (a kept state) and `forgetful` (a state its next instance refuses), both
-/// holding every request unanswered.
-fn core_that_hibernates() -> Arc<Kernel> {
-    let config = NodeConfig {
-        scheduler: crate::config::Scheduler::Tokio,
-        limits: crate::config::Limits {
-            hibernate_after_ms: 5,
-            ..crate::config::Limits::default()
-        },
-        ..NodeConfig::default()
-    };
-    let limits = config.limits.resolved();
-    let loader = FakeLoader::default()
-        .with_state("keeper", FakeState::Kept, |_| Act::Nothing)
-        .with_state("forgetful", FakeState::Refused, |_| Act::Nothing);
-    Kernel::new(&config, limits, Arc::new(loader)).expect("the core starts")
-}
-
-async fn hibernated(kernel: &Kernel, service: Address) {
-    let asleep = async {
-        while kernel.service_info(service).map(|i| i.state) != Some("hibernated") {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    };
-    within(asleep).await;
-}
-
-/// A request owed across a hibernation is still owed after it: when the
-/// service is killed asleep, its caller gets `killed` instead of waiting
-/// for ever.
-#[tokio::test]
-async fn a_request_owed_across_a_hibernation_ends_when_the_service_is_killed() {
-    let kernel = core_that_hibernates();
-    let keeper = spawn(&kernel, "keeper").await.expect("spawned");
-    let c = client(&kernel);
-    let answer = c.start_call(keeper, b"hold".to_vec()).expect("sent");
-    hibernated(&kernel, keeper).await;
-    assert_eq!(kernel.hibernated_services(), 1);
-    assert!(kernel.kill(TenantId::HOST, keeper));
-    assert_eq!(cause(within(answer).await), Some(ErrorCause::Killed));
-    assert_eq!(kernel.hibernated_services(), 0);
-}
-
-/// A wake that fails (here `load-state` refuses the state) ends the
-/// service: the request it owed and the one that woke it end with an error
-/// instead of waiting, and the stop is counted as an error.
-#[tokio::test]
-async fn a_failed_wake_ends_the_service_and_its_sessions() {
-    let kernel = core_that_hibernates();
-    let forgetful = spawn(&kernel, "forgetful").await.expect("spawned");
-    let c = client(&kernel);
-    let owed = c.start_call(forgetful, b"hold".to_vec()).expect("sent");
-    hibernated(&kernel, forgetful).await;
-    let waking = c.start_call(forgetful, b"wake".to_vec()).expect("sent");
-    assert_eq!(cause(within(owed).await), Some(ErrorCause::Exited));
-    assert!(
-        within(waking).await.is_err(),
-        "the waking call was answered"
-    );
-    assert!(
-        kernel.service_info(forgetful).is_none(),
-        "the service lives on"
-    );
-    let errors = &kernel.stops[StopReason::Error.index()];
-    assert_eq!(errors.load(std::sync::atomic::Ordering::Relaxed), 1);
-}
+mod rest;
