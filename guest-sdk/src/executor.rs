@@ -181,14 +181,10 @@ impl Executor {
         polls
     }
 
-    /// How many tasks exist (parked, queued or running).
-    #[cfg(test)]
+    /// How many tasks exist (parked, queued or running): every slot not
+    /// on the free list.
     pub(crate) fn live_tasks(&self) -> usize {
-        self.slots
-            .borrow()
-            .iter()
-            .filter(|s| !matches!(s, Slot::Vacant(_)))
-            .count()
+        self.slots.borrow().len() - self.free.borrow().len()
     }
 }
 

@@ -41,6 +41,8 @@ pub(crate) enum Effect {
         args: Vec<u8>,
     },
     Exit,
+    /// `stay-awake`: whether the instance must be kept.
+    StayAwake(bool),
     Kill(u32),
     Monitor(u32),
     Demonitor(u32),
@@ -228,6 +230,10 @@ pub(crate) fn spawn(module: &str, args: &[u8]) -> u32 {
 
 pub(crate) fn exit() {
     record(Effect::Exit);
+}
+
+pub(crate) fn stay_awake(on: bool) {
+    record(Effect::StayAwake(on));
 }
 
 pub(crate) fn kill(target: u32) -> bool {

@@ -142,6 +142,7 @@ impl Responder {
     /// A responder for a session that `dest` opened, for protocols built on
     /// [`send`](crate::send) with a [`new_session`](crate::new_session).
     pub fn new(dest: Address, session: u32) -> Self {
+        runtime::responder_opened();
         Responder {
             dest,
             session,
@@ -206,6 +207,7 @@ impl fmt::Debug for Responder {
 
 impl Drop for Responder {
     fn drop(&mut self) {
+        runtime::responder_closed();
         if !self.answered && !runtime::exiting() {
             // The caller may be gone already; nothing more to do then.
             let _ = sys::respond(self.dest.0, self.session, Err("dropped without reply"));

@@ -41,6 +41,10 @@ pub(crate) struct Runtime {
     /// (no template spawn).
     channels: RefCell<std::collections::HashMap<u32, ChannelHandler, crate::session::FixedState>>,
     exiting: Cell<bool>,
+    /// Responders not dropped yet: requests this instance means to answer.
+    responders: Cell<usize>,
+    /// What it last told the host through `stay-awake`.
+    said_awake: Cell<bool>,
 }
 
 thread_local! {
@@ -68,6 +72,38 @@ pub(crate) fn set_exiting() {
     with(|rt| rt.exiting.set(true));
 }
 
+/// A [`Responder`](crate::Responder) was made.
+pub(crate) fn responder_opened() {
+    let _ = RUNTIME.try_with(|rt| rt.responders.set(rt.responders.get() + 1));
+}
+
+/// A [`Responder`](crate::Responder) was dropped (answered or not).
+pub(crate) fn responder_closed() {
+    let _ = RUNTIME.try_with(|rt| rt.responders.set(rt.responders.get().saturating_sub(1)));
+}
+
+/// Tells the host, when it changed, whether this instance holds what only
+/// its memory can keep and a saved state does not carry: a handler per
+/// channel, a responder (a request it means to answer), a task waiting on
+/// something other than a session. A hibernation would lose them
+/// (`stay-awake`).
+/// Called at the end of every export that runs the service's code.
+fn report_hold() {
+    with(|rt| {
+        if rt.exiting.get() {
+            return;
+        }
+        // While it waits on a session the host keeps it awake anyway; the
+        // end of the dispatch that ends the last one looks again.
+        let holds = !rt.channels.borrow().is_empty()
+            || (rt.sessions.len() == 0 && (rt.responders.get() > 0 || rt.exec.live_tasks() > 0));
+        if holds != rt.said_awake.get() {
+            rt.said_awake.set(holds);
+            sys::stay_awake(holds);
+        }
+    });
+}
+
 /// Sets (or with `None` removes) the handler of a multicast channel.
 pub(crate) fn set_channel_handler(channel: u32, handler: Option<ChannelHandler>) {
     with(|rt| {
@@ -91,6 +127,7 @@ pub fn init<S: Service>(args: Vec<u8>) -> Result<(), String> {
     let state = install(S::init(args)?);
     spawn_task(Box::pin(S::start(state)));
     with(|rt| rt.exec.run_ready());
+    report_hold();
     Ok(())
 }
 
@@ -149,6 +186,7 @@ pub fn load_state<S: Stateful>(bytes: Vec<u8>) -> Result<(), String> {
         .map_err(|e| format!("the saved state does not decode as this version's state: {e}"))?;
     install(S::restore(state)?);
     with(|rt| rt.exec.run_ready());
+    report_hold();
     Ok(())
 }
 
@@ -194,6 +232,7 @@ pub fn dispatch_batch<S: Service>(batch: Vec<u8>) {
         deliver(m.kind, m.source, m.session, m.payload.to_vec());
         with(|rt| rt.exec.run_ready());
     }
+    report_hold();
 }
 
 /// Whether a message may go to [`Service::handle_now`]: not an answer to a

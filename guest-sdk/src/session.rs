@@ -100,7 +100,6 @@ impl Sessions {
     }
 
     /// How many sessions are open.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.map.borrow().len()
     }

@@ -14,8 +14,8 @@ pub(crate) use crate::bindings::skyhost::service::types::BatchSendError as RawBa
 #[cfg(not(test))]
 pub(crate) use crate::bindings::skyhost::service::runtime::{
     call, call_timeout, demonitor, exit, kill, log, monitor, new_session, now, query, register,
-    respond, self_address, send, send_batch, spawn, start_trace, tenant, timeout, unregister,
-    wall_time,
+    respond, self_address, send, send_batch, spawn, start_trace, stay_awake, tenant, timeout,
+    unregister, wall_time,
 };
 
 #[cfg(not(test))]
@@ -27,6 +27,6 @@ pub(crate) use crate::fake::{cluster, groups, harbor, multicast};
 #[cfg(test)]
 pub(crate) use crate::fake::{
     call, call_timeout, demonitor, exit, kill, log, monitor, new_session, now, query, register,
-    respond, self_address, send, send_batch, spawn, start_trace, tenant, timeout, unregister,
-    wall_time,
+    respond, self_address, send, send_batch, spawn, start_trace, stay_awake, tenant, timeout,
+    unregister, wall_time,
 };

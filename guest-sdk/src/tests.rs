@@ -50,6 +50,10 @@ enum Cmd {
     Now(u32),
     /// Taken by `handle_now`, which answers nothing.
     NowSilent,
+    /// (text) Subscribe to channel n with a handler of its own.
+    Listen(u32),
+    /// (text) Unsubscribe from channel n.
+    Unlisten(u32),
 }
 
 thread_local! {
@@ -167,6 +171,14 @@ impl Service for Probe {
                 Reply::value(&sum)
             }
             Cmd::Now(_) | Cmd::NowSilent => Reply::error("handle_now takes these"),
+            Cmd::Listen(n) => {
+                let subscribed = crate::multicast::Channel(n).subscribe_with(|_| {});
+                subscribed.map_or_else(|e| Reply::error(e.to_string()), |()| Reply::none())
+            }
+            Cmd::Unlisten(n) => {
+                crate::multicast::Channel(n).unsubscribe();
+                Reply::none()
+            }
             Cmd::Spawn => match spawn_raw("m", b"args").await {
                 Ok(a) => Reply::value(&a.0),
                 Err(e) => Reply::error(e.to_string()),
@@ -382,22 +394,59 @@ fn a_batch_is_handled_in_order_within_one_dispatch() {
     );
 }
 
+/// A held responder answers when dropped; while one is held the host is
+/// told to keep the instance (a hibernation would lose it), and let go of
+/// after.
 #[test]
 fn a_dropped_responder_answers_with_an_error() {
     start();
-    assert!(
-        deliver(vec![request(9, &Cmd::Hold)]).is_empty(),
+    assert_eq!(
+        deliver(vec![request(9, &Cmd::Hold)]),
+        vec![Effect::StayAwake(true)],
         "held: no answer yet"
     );
     assert_eq!(
         deliver(vec![text(&Cmd::Release)]),
-        vec![answered(9, Err("dropped without reply"))]
+        vec![
+            answered(9, Err("dropped without reply")),
+            Effect::StayAwake(false)
+        ]
     );
 
-    assert!(deliver(vec![request(10, &Cmd::Hold)]).is_empty());
+    assert_eq!(
+        deliver(vec![request(10, &Cmd::Hold)]),
+        vec![Effect::StayAwake(true)]
+    );
     assert_eq!(
         deliver(vec![text(&Cmd::AnswerHeld(42))]),
-        vec![answered(10, Ok(enc(&42u32)))]
+        vec![answered(10, Ok(enc(&42u32))), Effect::StayAwake(false)]
+    );
+}
+
+/// A handler per channel lives only in the instance's memory: the host is
+/// told to keep the instance while one is set, once per change; calls in
+/// flight say nothing (the host sees the sessions).
+#[test]
+fn a_channel_handler_keeps_the_instance_and_a_call_in_flight_says_nothing() {
+    start();
+    assert_eq!(
+        deliver(vec![text(&Cmd::Listen(1 << 8))]),
+        vec![Effect::StayAwake(true)]
+    );
+    assert!(deliver(vec![text(&Cmd::Listen(2 << 8))]).is_empty());
+    assert!(deliver(vec![text(&Cmd::Unlisten(1 << 8))]).is_empty());
+    assert_eq!(
+        deliver(vec![text(&Cmd::Unlisten(2 << 8))]),
+        vec![Effect::StayAwake(false)]
+    );
+    let relay = Cmd::Relay {
+        target: TARGET,
+        value: 7,
+    };
+    assert_eq!(deliver(vec![request(3, &relay)]), vec![called(1, 7)]);
+    assert_eq!(
+        deliver(vec![response(1, enc(&8u32))]),
+        vec![answered(3, Ok(enc(&8u32)))]
     );
 }
 
@@ -415,7 +464,10 @@ fn returning_none_without_answering_sends_an_error() {
 #[test]
 fn after_exit_the_sdk_leaves_answers_to_the_host() {
     start();
-    assert!(deliver(vec![request(1, &Cmd::Hold)]).is_empty());
+    assert_eq!(
+        deliver(vec![request(1, &Cmd::Hold)]),
+        vec![Effect::StayAwake(true)]
+    );
     assert_eq!(deliver(vec![request(2, &Cmd::Exit)]), vec![Effect::Exit]);
     assert!(
         deliver(vec![text(&Cmd::Release)]).is_empty(),

@@ -256,3 +256,103 @@ async fn a_spawn_like_an_earlier_pure_one_is_born_hibernated() -> anyhow::Result
     node.stop().await;
     Ok(())
 }
+
+/// Multicast across a hibernation: a subscriber whose publishes go to its
+/// `handle` hibernates (the subscription is its handle's, not its
+/// instance's), and a publish wakes it and is taken. One with a handler of
+/// the channel's own (a closure only its instance holds) tells the host to
+/// keep its instance (`stay-awake`): asked to hibernate, it stays awake,
+/// and its handler takes every publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hibernated_subscriber_gets_every_publish_and_a_channel_handler_stays_awake()
+-> anyhow::Result<()> {
+    let node = node_hibernating_after(10)?;
+    let publisher = node.spawn("testkit").await?;
+    let Reply::Count(channel) = node.command(publisher, &Command::McNew(None)).await? else {
+        anyhow::bail!("McNew answered something else");
+    };
+    let subscribe = |op: u8| {
+        let mut request = vec![op];
+        request.extend_from_slice(&u32::try_from(channel).expect("a channel id").to_le_bytes());
+        request
+    };
+    let with_handler = node.spawn("counter").await?;
+    node.client
+        .call_timeout(with_handler, subscribe(b'l'), DEADLINE)
+        .await?;
+    let plain = node.spawn("counter").await?;
+    node.client
+        .call_timeout(plain, subscribe(b's'), DEADLINE)
+        .await?;
+    hibernated(&node, plain).await?;
+    // Idle longer than `plain`, it was asked no later; its ask is in its
+    // mailbox before this call.
+    count(&node.client, with_handler).await?;
+    let kept = info(&node, with_handler)?;
+    ensure!(
+        kept.hibernations == 0,
+        "a channel handler hibernated: {kept:?}"
+    );
+
+    let publish = Command::McPublishSeq {
+        channel: u32::try_from(channel)?,
+        tag: 1,
+        n: 5,
+    };
+    ensure!(node.command(publisher, &publish).await? == Reply::Unit);
+    ensure!(counted(&node.client, plain, 5).await?.total == 5);
+    ensure!(counted(&node.client, with_handler, 5).await?.total == 5);
+    ensure!(info(&node, plain)?.hibernations >= 1);
+    ensure!(info(&node, with_handler)?.hibernations == 0);
+    node.stop().await;
+    Ok(())
+}
+
+/// A tenant's quotas count its hibernated services: they still count
+/// against its service limit (a spawn past it is refused), and hold none
+/// of its memory until a message wakes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_counts_its_hibernated_services_but_not_their_memory() -> anyhow::Result<()> {
+    use skyhost::config::{TenantConfig, TenantLimits};
+    let mut config = test_config();
+    config.tenants = vec![TenantConfig {
+        limits: TenantLimits {
+            max_services: Some(2),
+            hibernate_after_ms: Some(10),
+            ..Default::default()
+        },
+        ..TenantConfig::new("few", vec![guest_dir()])
+    }];
+    let node = TestNode::with_config(config)?;
+    let few = |node: &TestNode| {
+        node.node
+            .tenant_stats()
+            .into_iter()
+            .find(|t| t.name == "few")
+            .context("tenant few")
+    };
+    let mut counters = Vec::new();
+    for _ in 0..2 {
+        counters.push(within(node.node.spawn_in("few", "counter", &[])).await??);
+    }
+    for &c in &counters {
+        hibernated(&node, c).await?;
+    }
+    let asleep = few(&node)?;
+    ensure!(
+        asleep.services == 2 && asleep.memory_bytes == 0,
+        "asleep: {asleep:?}"
+    );
+    let third = within(node.node.spawn_in("few", "counter", &[])).await?;
+    let refused = third.expect_err("a third service in `few`").to_string();
+    ensure!(refused.contains("at its limit of 2 services"), "{refused}");
+    let client = node.node.client_in("few").context("a client in few")?;
+    count(&client, counters[0]).await?;
+    let woken = few(&node)?;
+    ensure!(
+        woken.services == 2 && woken.memory_bytes > 0,
+        "one woken: {woken:?}"
+    );
+    node.stop().await;
+    Ok(())
+}

@@ -255,6 +255,9 @@ pub(crate) trait Guest: Send + Sized + 'static {
     fn awaits(&self, session: u32) -> bool;
     /// Whether it asked to end.
     fn exit_requested(&self) -> bool;
+    /// Whether it holds what only this instance can keep (the guest said so):
+    /// it must not hibernate.
+    fn stays_awake(&self) -> bool;
     /// Whether it has called no import since it was made: what it did
     /// depended on its module and inputs alone, and nothing outside it saw.
     fn called_no_import(&self) -> bool;

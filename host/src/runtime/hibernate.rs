@@ -7,7 +7,8 @@
 //!    a service idle that long, its mailbox empty, awake, not known to stay
 //!    awake ──> asked (a flag) and woken (a `system` wake in its mailbox)
 //!  service loop, between batches, asked ──> sleep():
-//!    waits on a session of its own: stays awake (asked again later)
+//!    waits on a session of its own, or the guest holds what only its
+//!      instance can keep (`stay-awake`): stays awake (asked again later)
 //!    save-state; nothing saved (no `state` export, or no state): stays
 //!      awake for good, the sweeper passes it by
 //!    carry out what outlives the instance (requests owed, session counters),
@@ -134,7 +135,7 @@ pub(super) async fn sleep<G: Guest>(
     mut instance: G,
     inbox: &mut Inbox,
 ) -> Woken<G> {
-    if instance.awaiting() > 0 {
+    if instance.awaiting() > 0 || instance.stays_awake() {
         return Woken::Awake(instance);
     }
     if !instance.loads_state() {

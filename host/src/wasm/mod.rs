@@ -618,6 +618,10 @@ impl Guest for Instance {
         self.store.data().imports_called == 0
     }
 
+    fn stays_awake(&self) -> bool {
+        self.store.data().stays_awake
+    }
+
     fn affordable_batch(&self) -> usize {
         self.store.data().affordable_batch()
     }

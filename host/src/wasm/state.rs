@@ -144,6 +144,8 @@ pub(crate) struct ServiceState {
     /// Imports (`skyhost` and WASI) it has called: none since it was made
     /// means its `init` was pure (template spawn).
     pub(super) imports_called: u64,
+    /// The guest holds what only this instance can keep (`stay-awake`).
+    pub(super) stays_awake: bool,
     /// CPU time this piece of work has used, and how much it may use.
     pub(super) cpu_used: Duration,
     /// Messages in this piece of work (1 for `init` and the `state` calls).
@@ -199,6 +201,7 @@ impl ServiceState {
             awaiting: HashSet::default(),
             exit_requested: false,
             imports_called: 0,
+            stays_awake: false,
             cpu_used: Duration::ZERO,
             work_messages: 1,
             // Instantiation runs under one message's budget.

@@ -9,7 +9,11 @@
 //! - request `p` / `c`: poison / clear the state (version 2's `restore`
 //!   traps on a poisoned state); answers empty;
 //! - request `h[ms u32 le]`: sleeps `ms` on a timer, then answers empty
-//!   (a service waiting on a timer cannot be upgraded until it fires).
+//!   (a service waiting on a timer cannot be upgraded until it fires);
+//! - request `s[channel u32 le]`: subscribes to a multicast channel, its
+//!   publishes arriving at `handle`; `l[channel u32 le]`: the same with a
+//!   handler of the channel's own. Either way each publish is counted in
+//!   `total`. Answers empty.
 //!
 //! The same source is built twice: as `counter` (version 1) and as
 //! `counter_v2` (version 2), by the crate name it is compiled in.
@@ -19,7 +23,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use skyhost_sdk::{Message, Reply, Service, Stateful, export_service, sleep};
+use skyhost_sdk::multicast::Channel;
+use skyhost_sdk::{Message, Reply, Service, Stateful, export_service, kind, sleep};
 
 /// 1 for `counter`, 2 for `counter_v2`.
 const VERSION: u8 = match env!("CARGO_PKG_NAME").as_bytes() {
@@ -59,6 +64,10 @@ impl Service for Counter {
     }
 
     async fn handle(self: Rc<Self>, msg: Message) -> Reply {
+        if msg.kind == kind::MULTICAST {
+            self.total.set(self.total.get() + 1);
+            return Reply::none();
+        }
         if !msg.is_request() {
             if let [sender, seq @ ..] = msg.payload.as_slice()
                 && let Ok(seq) = <[u8; 4]>::try_from(seq)
@@ -95,6 +104,19 @@ impl Service for Counter {
                 let ms = u32::from_le_bytes([ms[0], ms[1], ms[2], ms[3]]);
                 sleep(Duration::from_millis(u64::from(ms))).await;
                 Reply::Bytes(Vec::new())
+            }
+            [op @ (b's' | b'l'), id @ ..] if id.len() == 4 => {
+                let channel = Channel(u32::from_le_bytes([id[0], id[1], id[2], id[3]]));
+                let subscribed = if *op == b's' {
+                    channel.subscribe()
+                } else {
+                    let me = Rc::clone(&self);
+                    channel.subscribe_with(move |_| me.total.set(me.total.get() + 1))
+                };
+                match subscribed {
+                    Ok(()) => Reply::Bytes(Vec::new()),
+                    Err(e) => Reply::error(format!("counter: subscribe: {e:?}")),
+                }
             }
             _ => Reply::error("counter: unknown request"),
         }

@@ -216,6 +216,10 @@ impl Guest for FakeGuest {
         self.imports == 0
     }
 
+    fn stays_awake(&self) -> bool {
+        false
+    }
+
     fn affordable_batch(&self) -> usize {
         usize::MAX
     }

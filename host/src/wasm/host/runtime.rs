@@ -190,6 +190,10 @@ impl runtime::Host for ServiceState {
         self.exit_requested = true;
     }
 
+    fn stay_awake(&mut self, on: bool) {
+        self.stays_awake = on;
+    }
+
     fn kill(&mut self, target: u32) -> bool {
         if target == self.address.0 {
             self.exit_requested = true;
