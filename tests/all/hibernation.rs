@@ -356,3 +356,45 @@ async fn a_tenant_counts_its_hibernated_services_but_not_their_memory() -> anyho
     node.stop().await;
     Ok(())
 }
+
+/// A wake that fails ends the service and the session that woke it with
+/// an error naming why: here the tenant's total memory (2 MiB) holds one
+/// counter's instance (1.06 MiB) but not a second, so a counter born
+/// hibernated beside an awake one cannot wake. The awake one carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_past_the_tenant_memory_limit_ends_the_service_with_its_cause() -> anyhow::Result<()>
+{
+    use skyhost::config::{TenantConfig, TenantLimits};
+    let mut config = test_config();
+    config.tenants = vec![TenantConfig {
+        limits: TenantLimits {
+            total_memory_mb: Some(2),
+            ..Default::default()
+        },
+        ..TenantConfig::new("tight", vec![guest_dir()])
+    }];
+    let node = TestNode::with_config(config)?;
+    let awake = within(node.node.spawn_in("tight", "counter", &[])).await??;
+    let born = within(node.node.spawn_in("tight", "counter", &[])).await??;
+    ensure!(
+        info(&node, born)?.state == "hibernated",
+        "not born hibernated"
+    );
+    let client = node.node.client_in("tight").context("a client in tight")?;
+    let failed = client
+        .call_timeout(born, b"g".to_vec(), DEADLINE)
+        .await
+        .expect_err("a wake past the tenant's memory");
+    let text = failed.to_string();
+    ensure!(
+        text.contains("waking from hibernation failed") && text.contains("total memory limit"),
+        "{text}"
+    );
+    ensure!(
+        node.node.service_info(born).is_none(),
+        "the service lives on"
+    );
+    count(&client, awake).await?;
+    node.stop().await;
+    Ok(())
+}

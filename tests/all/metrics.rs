@@ -66,9 +66,14 @@ async fn metrics_pass_promtool_and_count_what_happened() -> anyhow::Result<()> {
         r => bail!("a call to a trapping service answered {r:?}"),
     }
 
+    // Two echoes: the second is born hibernated on the first's template.
+    within(node.spawn("echo", &[])).await??;
+    within(node.spawn("echo", &[])).await??;
+
     let expected = [
-        ("skyhost_services", 1.0),
-        ("skyhost_hibernated_services", 0.0),
+        ("skyhost_services", 3.0),
+        ("skyhost_hibernated_services", 1.0),
+        ("skyhost_template_spawns_total", 1.0),
         (r#"skyhost_service_stops_total{reason="trap"}"#, 1.0),
         (
             r#"skyhost_messages_total{tenant="system",kind="request"}"#,
@@ -94,7 +99,7 @@ async fn metrics_pass_promtool_and_count_what_happened() -> anyhow::Result<()> {
             r#"skyhost_sessions_ended_total{tenant="system",cause="timeout"}"#,
             0.0,
         ),
-        (r#"skyhost_tenant_services{tenant="system"}"#, 1.0),
+        (r#"skyhost_tenant_services{tenant="system"}"#, 3.0),
     ];
     // The services flush their counts when their batch ends, just after
     // their answers went out: wait for the scrape to show them.
