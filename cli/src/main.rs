@@ -55,6 +55,10 @@ enum Command {
         /// threads) or `tokio`, as the node file's `scheduler`.
         #[arg(long, default_value = "workers")]
         scheduler: String,
+        /// Live echoes the `max-services` rows spawn and call (default
+        /// 100,000).
+        #[arg(long)]
+        services: Option<u32>,
         /// Run the one workload named once here and print its bare figure
         /// (how a memory workload gets a fresh process for each run).
         #[arg(long, hide = true)]
@@ -145,7 +149,8 @@ fn main() -> ExitCode {
             threads,
             scheduler,
             once,
-        } => bench_main(&ids, json, once, threads, &scheduler),
+            services,
+        } => bench_main(&ids, json, once, threads, &scheduler, services),
         Command::Ctl { to, command } => ctl(&to, &command.join(" ")),
         Command::Console { to } => console(&to),
         Command::Tenant {
@@ -348,6 +353,7 @@ fn bench_main(
     once: bool,
     threads: Option<usize>,
     scheduler: &str,
+    services: Option<u32>,
 ) -> anyhow::Result<()> {
     let scheduler = match scheduler {
         "tokio" => skyhost::config::Scheduler::Tokio,
@@ -355,6 +361,7 @@ fn bench_main(
         other => anyhow::bail!("--scheduler {other}: expected `tokio` or `workers`"),
     };
     bench::set_scheduler(scheduler, threads);
+    bench::set_max_services(services);
     // Mailbox warnings are expected under load; RUST_LOG shows them.
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into());
     tracing_subscriber::fmt()

@@ -165,13 +165,19 @@ fn workloads() -> Vec<Workload> {
             id: "max-services",
             unit: "count",
             topology: Topology::Single,
-            run: |n| Box::pin(max_services(n, MAX_SERVICES_TARGET, ServicesFigure::Count)),
+            run: |n| {
+                Box::pin(max_services(
+                    n,
+                    max_services_target(),
+                    ServicesFigure::Count,
+                ))
+            },
         },
         Workload {
             id: "max-services-rss",
             unit: "MiB",
             topology: Topology::Single,
-            run: |n| Box::pin(max_services(n, MAX_SERVICES_TARGET, ServicesFigure::Rss)),
+            run: |n| Box::pin(max_services(n, max_services_target(), ServicesFigure::Rss)),
         },
         Workload {
             id: "idle-rss-per-service",
@@ -180,7 +186,7 @@ fn workloads() -> Vec<Workload> {
             run: |n| {
                 Box::pin(max_services(
                     n,
-                    MAX_SERVICES_TARGET,
+                    max_services_target(),
                     ServicesFigure::IdleRss,
                 ))
             },
@@ -485,6 +491,9 @@ async fn run_in_fresh_process(id: &str, threads: Option<usize>) -> anyhow::Resul
     if let Some(t) = threads {
         command.args(["--threads", &t.to_string()]);
     }
+    if let Some(n) = MAX_SERVICES.get() {
+        command.args(["--services", &n.to_string()]);
+    }
     command.stderr(std::process::Stdio::inherit());
     let out = tokio::task::spawn_blocking(move || command.output())
         .await?
@@ -572,8 +581,23 @@ pub async fn run(
     Ok(())
 }
 
-/// Live echo services `max-services` spawns and calls.
+/// Live echo services `max-services` spawns and calls, unless `--services`
+/// says otherwise.
 const MAX_SERVICES_TARGET: u32 = 100_000;
+
+/// `--services`: the `max-services` rows' target, when given.
+static MAX_SERVICES: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Sets the `max-services` rows' target (`None`: the default).
+pub fn set_max_services(services: Option<u32>) {
+    if let Some(n) = services {
+        let _ = MAX_SERVICES.set(n);
+    }
+}
+
+fn max_services_target() -> u32 {
+    MAX_SERVICES.get().copied().unwrap_or(MAX_SERVICES_TARGET)
+}
 
 /// Instances `max-services` keeps at once (fewer where vm.max_map_count
 /// cannot map them).
@@ -588,7 +612,7 @@ async fn run_once(w: &Workload) -> anyhow::Result<f64> {
         // Every service live, a resident set that fits a default
         // vm.max_map_count, and the rest hibernated to make room.
         Limits {
-            max_services: MAX_SERVICES_TARGET + 100,
+            max_services: max_services_target() + 100,
             resident_services: pool_size(MAX_SERVICES_RESIDENT),
             hibernate_after_ms: 600_000,
             cpu_budget_ms: 600_000,
