@@ -171,6 +171,7 @@ pub(super) fn fall_asleep(kernel: &Kernel, handle: &ServiceHandle, inbox: &mut I
     rest.hibernated.store(true, Ordering::Relaxed);
     kernel.hibernated.fetch_add(1, Ordering::Relaxed);
     inbox.release_buffers();
+    handle.mailbox.release_buffer();
 }
 
 /// A service fallen asleep ([`fall_asleep`]), holding `state` and what its
