@@ -51,7 +51,7 @@ pub(crate) struct Rest {
     /// It has no instance now.
     pub(super) hibernated: AtomicBool,
     /// It cannot hibernate (nothing to keep): not asked again.
-    pub(super) stays_awake: AtomicBool,
+    pub(super) nothing_to_keep: AtomicBool,
 }
 
 impl Rest {
@@ -60,8 +60,8 @@ impl Rest {
         self.hibernated.load(Ordering::Relaxed)
     }
 
-    /// It has just handled a batch: idle from `ticks` on, and any ask
-    /// made before is void.
+    /// It has just handled a batch (or turned an ask down): idle from
+    /// `ticks` on, and any ask made before is void.
     pub(super) fn touch(&self, ticks: u64) {
         self.last_active.store(ticks, Ordering::Relaxed);
         if self.asked.load(Ordering::Relaxed) {
@@ -96,7 +96,7 @@ impl Rest {
         let rest = &handle.usage.rest;
         let askable = handle.guest
             && rest.resident.load(Ordering::Relaxed)
-            && !rest.stays_awake.load(Ordering::Relaxed)
+            && !rest.nothing_to_keep.load(Ordering::Relaxed)
             && !rest.asked.load(Ordering::Relaxed)
             && handle.mailbox.len() == 0;
         handle.tenant.quotas.hibernate_after.filter(|_| askable)
@@ -114,7 +114,7 @@ impl Rest {
 
     /// Its module changed: it may have a state to keep now.
     pub(super) fn may_hibernate_again(&self) {
-        self.stays_awake.store(false, Ordering::Relaxed);
+        self.nothing_to_keep.store(false, Ordering::Relaxed);
     }
 }
 
@@ -136,17 +136,28 @@ pub(super) async fn sleep<G: Guest>(
     inbox: &mut Inbox,
 ) -> Woken<G> {
     if instance.awaiting() > 0 || instance.stays_awake() {
+        // Not asked again before another idle time has passed (the sweeper
+        // cannot see what keeps it awake).
+        handle.usage.rest.touch(kernel.ticks());
         return Woken::Awake(instance);
     }
     if !instance.loads_state() {
-        handle.usage.rest.stays_awake.store(true, Ordering::Relaxed);
+        handle
+            .usage
+            .rest
+            .nothing_to_keep
+            .store(true, Ordering::Relaxed);
         return Woken::Awake(instance);
     }
     // Boxed, as the wake below: this future is what a sleeping service keeps.
     let state = match Box::pin(instance.save_state()).await {
         Ok(Some(state)) => state,
         Ok(None) => {
-            handle.usage.rest.stays_awake.store(true, Ordering::Relaxed);
+            handle
+                .usage
+                .rest
+                .nothing_to_keep
+                .store(true, Ordering::Relaxed);
             return Woken::Awake(instance);
         }
         Err(failure) => {

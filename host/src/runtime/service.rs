@@ -188,7 +188,6 @@ async fn keep_template<G: Guest>(
     if !kernel.limits.template_spawn
         || !instance.loads_state()
         || !instance.called_no_import()
-        || instance.awaiting() > 0
         || !templates.wants(args)
     {
         return Ok(());
