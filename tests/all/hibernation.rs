@@ -398,3 +398,45 @@ async fn a_wake_past_the_tenant_memory_limit_ends_the_service_with_its_cause() -
     node.stop().await;
     Ok(())
 }
+
+/// Freed slots that keep the pages their instance wrote (`[limits]
+/// slot_keep_resident_kib`) hand each new instance a clean memory: many
+/// counters taking turns on a few slots each keep exactly their own count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_taking_turns_on_slots_that_keep_their_pages_keep_their_own_state()
+-> anyhow::Result<()> {
+    const COUNTERS: u32 = 48;
+    let mut config = test_config();
+    config.limits.max_services = COUNTERS + 16;
+    config.limits.resident_services = 6;
+    config.limits.slot_keep_resident_kib = 256;
+    // Long enough that only a full pool makes them hibernate.
+    config.limits.hibernate_after_ms = 600_000;
+    let node = TestNode::with_config(config)?;
+    let mut counters = Vec::new();
+    for _ in 0..COUNTERS {
+        counters.push(node.spawn("counter").await?);
+    }
+    for round in 0..2 {
+        for (i, &counter) in counters.iter().enumerate() {
+            let n = u32::try_from(i)? + 1;
+            send_numbered(&node, counter, round * n + 1..=(round + 1) * n);
+            let want = u64::from((round + 1) * n);
+            let c = counted(&node.client, counter, want).await?;
+            ensure!(
+                (c.total, c.gaps) == (want, 0),
+                "counter {i} in round {round}: {c:?}"
+            );
+        }
+    }
+    let slept: u32 = counters
+        .iter()
+        .map(|&c| info(&node, c).map(|i| i.hibernations))
+        .sum::<anyhow::Result<u32>>()?;
+    ensure!(
+        slept >= COUNTERS,
+        "the counters hibernated {slept} times on 6 slots"
+    );
+    node.stop().await;
+    Ok(())
+}

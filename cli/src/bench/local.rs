@@ -31,23 +31,31 @@ pub(super) async fn local_oneway_batched(b: &BenchNode, n: u32) -> anyhow::Resul
     send_and_count(b, sender, &b.client, sink, n, send).await
 }
 
+/// Which slots the woken services of `wake-rtt` find.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Slots {
+    /// Never used: the first wakes in a fresh node.
+    Cold,
+    /// Used before: each echo was woken once and hibernated again, as on a
+    /// node that has run a while.
+    Warm,
+}
+
 /// `n` echo services left to hibernate, then called twice each by a
 /// testkit (each call timed inside the node): the median round trip of a
 /// call that wakes its service (the second call's, right after, is logged).
-pub(super) async fn wake_rtt(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+pub(super) async fn wake_rtt(b: &BenchNode, n: u32, slots: Slots) -> anyhow::Result<f64> {
     let caller = b.spawn("testkit").await?;
     let mut echoes = Vec::with_capacity(n as usize);
     for _ in 0..n {
         echoes.push(b.spawn("echo").await?);
     }
-    let start = Instant::now();
-    while b.node.hibernated_count() < echoes.len() {
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(30),
-            "{} of {n} echoes hibernated",
-            b.node.hibernated_count()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    all_hibernated(b, echoes.len()).await?;
+    if slots == Slots::Warm {
+        for &echo in &echoes {
+            b.client.call(echo, vec![0u8; 16]).await?;
+        }
+        all_hibernated(b, echoes.len()).await?;
     }
     let mut first = Vec::with_capacity(echoes.len());
     let mut second = Vec::with_capacity(echoes.len());
@@ -72,6 +80,20 @@ pub(super) async fn wake_rtt(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
         second[second.len() / 2]
     );
     Ok(f64::from(first[first.len() / 2]))
+}
+
+/// Waits until `n` services are hibernated.
+async fn all_hibernated(b: &BenchNode, n: usize) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while b.node.hibernated_count() < n {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} of {n} echoes hibernated",
+            b.node.hibernated_count()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
 }
 
 /// `local-oneway` with the receiver on harbor 2.

@@ -27,10 +27,10 @@ mod tenants;
 
 use distributed::{cluster_call_rtt, cluster_concurrent, cluster_oneway, group_call, multicast};
 use local::{
-    ServicesFigure, call_rtt_of, harbor_call_rtt, harbor_concurrent, harbor_oneway, local_call_rtt,
-    local_concurrent, local_oneway, local_oneway_batched, local_parallel, max_services, oneway_of,
-    ping_under_spin, pool_size, rss_of, rss_per_service, spawn, spawn_of, spawn_then_call,
-    wake_rtt,
+    ServicesFigure, Slots, call_rtt_of, harbor_call_rtt, harbor_concurrent, harbor_oneway,
+    local_call_rtt, local_concurrent, local_oneway, local_oneway_batched, local_parallel,
+    max_services, oneway_of, ping_under_spin, pool_size, rss_of, rss_per_service, spawn, spawn_of,
+    spawn_then_call, wake_rtt,
 };
 use tenants::{tenant_fairness, tenant_overhead, upgrade_pause, upgrade_throughput};
 
@@ -123,7 +123,19 @@ fn workloads() -> Vec<Workload> {
             id: "wake-rtt",
             unit: "µs",
             topology: Topology::Single,
-            run: |n| Box::pin(wake_rtt(n, 500)),
+            run: |n| Box::pin(wake_rtt(n, 500, Slots::Cold)),
+        },
+        Workload {
+            id: "wake-rtt-warm",
+            unit: "µs",
+            topology: Topology::Single,
+            run: |n| Box::pin(wake_rtt(n, 500, Slots::Warm)),
+        },
+        Workload {
+            id: "wake-rtt-kept",
+            unit: "µs",
+            topology: Topology::Single,
+            run: |n| Box::pin(wake_rtt(n, 500, Slots::Warm)),
         },
         Workload {
             id: "local-call-rtt",
@@ -606,6 +618,10 @@ const MAX_SERVICES_RESIDENT: u32 = 10_000;
 /// How long services stay awake idle in `wake-rtt`'s node.
 const WAKE_RTT_IDLE_MS: u64 = 50;
 
+/// The pages a freed slot keeps in `wake-rtt-kept`'s node (KiB per memory
+/// and per table): the echo writes about 8 pages of its memory.
+const WAKE_RTT_KEPT_KIB: u32 = 32;
+
 /// One run of `w` on a fresh node (in this process); its figure.
 async fn run_once(w: &Workload) -> anyhow::Result<f64> {
     let limits = if w.id.starts_with("max-services") || w.id == "idle-rss-per-service" {
@@ -622,8 +638,13 @@ async fn run_once(w: &Workload) -> anyhow::Result<f64> {
         Limits {
             max_services: pool_size(20_000),
             cpu_budget_ms: 600_000,
-            hibernate_after_ms: if w.id == "wake-rtt" {
+            hibernate_after_ms: if w.id.starts_with("wake-rtt") {
                 WAKE_RTT_IDLE_MS
+            } else {
+                0
+            },
+            slot_keep_resident_kib: if w.id == "wake-rtt-kept" {
+                WAKE_RTT_KEPT_KIB
             } else {
                 0
             },

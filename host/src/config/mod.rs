@@ -169,6 +169,12 @@ pub struct Limits {
     /// called no import is born hibernated on the state that `init` left,
     /// without running it (docs/hibernation.md, template spawn).
     pub template_spawn: bool,
+    /// KiB of the pages an instance wrote that its pool slot keeps when the
+    /// instance goes (per linear memory and per table), reset in place
+    /// instead of given back to the kernel: the next instance in that slot
+    /// (a spawn, a wake) takes no page fault on them, and a free slot holds
+    /// that much memory; 0, the default, gives every page back.
+    pub slot_keep_resident_kib: u32,
 }
 
 impl Default for Limits {
@@ -183,6 +189,7 @@ impl Default for Limits {
             resident_services: 0,
             hibernate_after_ms: 0,
             template_spawn: true,
+            slot_keep_resident_kib: 0,
         }
     }
 }

@@ -108,6 +108,9 @@ impl WasmRuntime {
         let memory_bytes = limits.memory_mb << 20;
         let services = limits.resident_services;
         check_map_count(services)?;
+        let kept = usize::try_from(limits.slot_keep_resident_kib)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(1 << 10);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(services)
             // A Rust wasm32-wasip2 component holds a few core instances,
@@ -119,7 +122,12 @@ impl WasmRuntime {
             .max_memory_size(usize::try_from(memory_bytes).unwrap_or(usize::MAX))
             // Freed slots are returned to the kernel in batches: one TLB
             // shoot-down per batch instead of one per slot.
-            .decommit_batch_size(32);
+            .decommit_batch_size(32)
+            // With pages kept, only those written are reset (PAGEMAP_SCAN,
+            // Linux 6.7+; elsewhere the lowest ones are).
+            .pagemap_scan(wasmtime::Enabled::Auto)
+            .linear_memory_keep_resident(kept)
+            .table_keep_resident(kept);
         let mut config = Config::new();
         config
             .epoch_interruption(true)
