@@ -1,6 +1,6 @@
-//! Hibernation (docs/hibernation.md): an idle service with a state gives up
-//! its instance and wakes on its next message with its state, its messages
-//! in order; one without a state, or waiting on a session, stays awake; a
+//! Hibernation (docs/hibernation.md): an idle service gives up its instance
+//! and wakes on its next message with its state (or, without a state, its
+//! memory), its messages in order; one waiting on a session stays awake; a
 //! hibernated service can be killed and upgraded.
 
 use std::time::{Duration, Instant};
@@ -64,12 +64,9 @@ async fn an_idle_stateful_service_hibernates_and_wakes_with_its_state() -> anyho
         node.node.hibernated_count() >= 1,
         "the node counts no hibernated service"
     );
-    // The sweeper asked both at once: the testkit keeps no state, so it stays awake.
-    let awake = info(&node, stateless)?;
-    ensure!(
-        awake.state != "hibernated" && awake.hibernations == 0,
-        "a service without a state hibernated: {awake:?}"
-    );
+    // The testkit keeps no state: it hibernates as an image of its memory.
+    let imaged = hibernated(&node, stateless).await?;
+    ensure!(imaged.memory_bytes == 0, "{imaged:?}");
     ensure!(node.command(stateless, &Command::Count).await? == Reply::Count(0));
 
     // Messages sent while it sleeps wake it, in order after the earlier ones.
@@ -437,6 +434,69 @@ async fn services_taking_turns_on_slots_that_keep_their_pages_keep_their_own_sta
         slept >= COUNTERS,
         "the counters hibernated {slept} times on 6 slots"
     );
+    node.stop().await;
+    Ok(())
+}
+
+/// A service with no state of its own (the Rust testkit: no `state`
+/// export) hibernates as an image of its memory and wakes with what its
+/// memory held: the count of text messages it was sent, again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_without_a_state_hibernates_as_its_memory_and_keeps_it() -> anyhow::Result<()> {
+    let node = node_hibernating_after(30)?;
+    let kit = node.spawn("testkit").await?;
+    let mut sent = 0;
+    for round in 1..=3u32 {
+        for _ in 0..round {
+            node.client.send(kit, kind::TEXT, 0, b"hi".to_vec())?;
+            sent += 1;
+        }
+        let start = Instant::now();
+        while node.command(kit, &Command::Count).await? != Reply::Count(sent) {
+            ensure!(start.elapsed() < DEADLINE, "round {round}: not counted");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let asleep = hibernated(&node, kit).await?;
+        ensure!(
+            asleep.memory_bytes == 0 && asleep.hibernations >= round,
+            "round {round}: {asleep:?}"
+        );
+        ensure!(
+            node.command(kit, &Command::Count).await? == Reply::Count(sent),
+            "round {round}: the count in its memory was lost"
+        );
+    }
+    node.stop().await;
+    Ok(())
+}
+
+/// A C service (the echo: one memory, no WASI adapter) hibernates as its
+/// memory, and wakes to answer, also after its memory grew past its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_c_service_hibernates_as_its_memory_and_wakes_to_answer() -> anyhow::Result<()> {
+    let node = node_hibernating_after(30)?;
+    let echo = node.spawn_compiling("echo_c").await?;
+    let big: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    for round in 1..=2u32 {
+        ensure!(
+            node.client
+                .call_timeout(echo, b"ping".to_vec(), DEADLINE)
+                .await?
+                == b"ping"
+        );
+        let asleep = hibernated(&node, echo).await?;
+        ensure!(
+            asleep.memory_bytes == 0 && asleep.hibernations >= round,
+            "round {round}: {asleep:?}"
+        );
+        ensure!(
+            node.client
+                .call_timeout(echo, big.clone(), DEADLINE)
+                .await?
+                == big,
+            "round {round}: the echo of 1 MiB came back different"
+        );
+    }
     node.stop().await;
     Ok(())
 }

@@ -50,12 +50,12 @@ pub(super) async fn wake_rtt(b: &BenchNode, n: u32, slots: Slots) -> anyhow::Res
     for _ in 0..n {
         echoes.push(b.spawn("echo").await?);
     }
-    all_hibernated(b, echoes.len()).await?;
+    all_hibernated(b, &echoes).await?;
     if slots == Slots::Warm {
         for &echo in &echoes {
             b.client.call(echo, vec![0u8; 16]).await?;
         }
-        all_hibernated(b, echoes.len()).await?;
+        all_hibernated(b, &echoes).await?;
     }
     let mut first = Vec::with_capacity(echoes.len());
     let mut second = Vec::with_capacity(echoes.len());
@@ -82,18 +82,26 @@ pub(super) async fn wake_rtt(b: &BenchNode, n: u32, slots: Slots) -> anyhow::Res
     Ok(f64::from(first[first.len() / 2]))
 }
 
-/// Waits until `n` services are hibernated.
-async fn all_hibernated(b: &BenchNode, n: usize) -> anyhow::Result<()> {
+/// Waits until every service of `services` is hibernated.
+async fn all_hibernated(b: &BenchNode, services: &[Address]) -> anyhow::Result<()> {
     let start = Instant::now();
-    while b.node.hibernated_count() < n {
+    let asleep = |a: &Address| {
+        b.node
+            .service_info(*a)
+            .is_some_and(|i| i.state == "hibernated")
+    };
+    loop {
+        let awake = services.iter().filter(|a| !asleep(a)).count();
+        if awake == 0 {
+            return Ok(());
+        }
         anyhow::ensure!(
             start.elapsed() < Duration::from_secs(30),
-            "{} of {n} echoes hibernated",
-            b.node.hibernated_count()
+            "{awake} of {} services did not hibernate",
+            services.len()
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok(())
 }
 
 /// `local-oneway` with the receiver on harbor 2.
@@ -400,6 +408,32 @@ pub(super) async fn rss_of(b: &BenchNode, module: &str, n: u32) -> anyhow::Resul
     for &addr in &a {
         b.client.call(Address(addr), vec![1]).await?;
     }
+    let after = rss_kib()?;
+    Ok((after - before) / f64::from(n))
+}
+
+/// Resident memory growth (KiB) per service at `n` services of `module`,
+/// each having answered a call and hibernated since.
+pub(super) async fn hibernated_rss_of(b: &BenchNode, module: &str, n: u32) -> anyhow::Result<f64> {
+    let spawner = b.spawn("testkit").await?;
+    let many = |n| Command::SpawnMany {
+        module: module.into(),
+        n,
+    };
+    let spawn_and_call = async |n| -> anyhow::Result<Vec<Address>> {
+        let Reply::Addresses(a) = b.command(spawner, &many(n)).await? else {
+            bail!("SpawnMany answered something else");
+        };
+        let a: Vec<Address> = a.into_iter().map(Address).collect();
+        for &addr in &a {
+            b.client.call(addr, vec![1]).await?;
+        }
+        all_hibernated(b, &a).await?;
+        Ok(a)
+    };
+    spawn_and_call(10).await?;
+    let before = rss_kib()?;
+    spawn_and_call(n).await?;
     let after = rss_kib()?;
     Ok((after - before) / f64::from(n))
 }

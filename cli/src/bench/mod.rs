@@ -28,9 +28,9 @@ mod tenants;
 use distributed::{cluster_call_rtt, cluster_concurrent, cluster_oneway, group_call, multicast};
 use local::{
     ServicesFigure, Slots, call_rtt_of, harbor_call_rtt, harbor_concurrent, harbor_oneway,
-    local_call_rtt, local_concurrent, local_oneway, local_oneway_batched, local_parallel,
-    max_services, oneway_of, ping_under_spin, pool_size, rss_of, rss_per_service, spawn, spawn_of,
-    spawn_then_call, wake_rtt,
+    hibernated_rss_of, local_call_rtt, local_concurrent, local_oneway, local_oneway_batched,
+    local_parallel, max_services, oneway_of, ping_under_spin, pool_size, rss_of, rss_per_service,
+    spawn, spawn_of, spawn_then_call, wake_rtt,
 };
 use tenants::{tenant_fairness, tenant_overhead, upgrade_pause, upgrade_throughput};
 
@@ -310,6 +310,22 @@ fn workloads() -> Vec<Workload> {
     all.extend(language_rows!("c", "echo_c"));
     all.extend(language_rows!("js", "echo_js"));
     all.extend(language_rows!("python", "echo_py"));
+    // The languages whose echo hibernates: Rust through its `state`, C as
+    // an image of its memory (JavaScript and Python: docs/hibernation.md).
+    all.extend([
+        Workload {
+            id: "lang-rust-hibernated-rss",
+            unit: "KiB",
+            topology: Topology::Single,
+            run: |n| Box::pin(hibernated_rss_of(n, "echo", 1_000)),
+        },
+        Workload {
+            id: "lang-c-hibernated-rss",
+            unit: "KiB",
+            topology: Topology::Single,
+            run: |n| Box::pin(hibernated_rss_of(n, "echo_c", 1_000)),
+        },
+    ]);
     all
 }
 
@@ -638,7 +654,8 @@ async fn run_once(w: &Workload) -> anyhow::Result<f64> {
         Limits {
             max_services: pool_size(20_000),
             cpu_budget_ms: 600_000,
-            hibernate_after_ms: if w.id.starts_with("wake-rtt") {
+            hibernate_after_ms: if w.id.starts_with("wake-rtt") || w.id.ends_with("hibernated-rss")
+            {
                 WAKE_RTT_IDLE_MS
             } else {
                 0

@@ -211,6 +211,17 @@ impl Carried {
     }
 }
 
+/// What a guest's memory snapshot came to (hibernation without a `state`).
+#[derive(Debug)]
+pub(crate) enum Snapshot {
+    /// Its memory, as an image its module's next instance can take.
+    Image(Vec<u8>),
+    /// It holds something outside its memory (a WASI resource) now.
+    NotNow,
+    /// Its module cannot hand its memory out.
+    Never,
+}
+
 /// One instance of a module, as the service loop drives it.
 pub(crate) trait Guest: Send + Sized + 'static {
     /// The module type it is an instance of.
@@ -239,6 +250,14 @@ pub(crate) trait Guest: Send + Sized + 'static {
     fn load_state(
         &mut self,
         state: Vec<u8>,
+    ) -> impl Future<Output = Result<Result<(), String>, GuestFailure>> + Send;
+    /// Its memory as an image, for a service with no state of its own to
+    /// hibernate (see [`Snapshot`]).
+    fn snapshot(&mut self) -> impl Future<Output = Result<Snapshot, GuestFailure>> + Send;
+    /// Takes over the memory an earlier instance's [`Guest::snapshot`] kept.
+    fn restore(
+        &mut self,
+        image: &[u8],
     ) -> impl Future<Output = Result<Result<(), String>, GuestFailure>> + Send;
     /// Takes what outlives an instance out of it, for the service's next
     /// instance (see [`Carried`]).

@@ -9,11 +9,13 @@
 //!  service loop, between batches, asked ──> sleep():
 //!    waits on a session of its own, or the guest holds what only its
 //!      instance can keep (`stay-awake`): stays awake (asked again later)
-//!    save-state; nothing saved (no `state` export, or no state): stays
-//!      awake for good, the sweeper passes it by
+//!    save-state; nothing saved (no `state` export, or no state): an image
+//!      of its memory (`Guest::snapshot`); neither can be kept: stays awake
+//!      for good, the sweeper passes it by
 //!    carry out what outlives the instance (requests owed, session counters),
 //!    drop the instance, wait for the mailbox; killed meanwhile: end;
-//!    else a new instance of the same module, load-state, carry in
+//!    else a new instance of the same module, carry in, load-state (or the
+//!      memory image written back)
 //! ```
 //!
 //! The handle (address, names, monitors, subscriptions, mailbox) is not
@@ -31,7 +33,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::inbox::Inbox;
 use super::service::End;
-use super::{Address, Carried, ErrorCause, Guest, GuestFailure, Kernel, ServiceHandle, StopReason};
+use super::{
+    Address, Carried, ErrorCause, Guest, GuestFailure, Kernel, ServiceHandle, Snapshot, StopReason,
+};
 
 /// How often the sweeper looks when no tenant hibernates its services.
 const LOOK_WHEN_OFF: Duration = Duration::from_secs(1);
@@ -141,18 +145,10 @@ pub(super) async fn sleep<G: Guest>(
         handle.usage.rest.touch(kernel.ticks());
         return Woken::Awake(instance);
     }
-    if !instance.loads_state() {
-        handle
-            .usage
-            .rest
-            .nothing_to_keep
-            .store(true, Ordering::Relaxed);
-        return Woken::Awake(instance);
-    }
     // Boxed, as the wake below: this future is what a sleeping service keeps.
-    let state = match Box::pin(instance.save_state()).await {
-        Ok(Some(state)) => state,
-        Ok(None) => {
+    let kept = match Box::pin(keep(&mut instance)).await {
+        Keeping::Kept(kept) => kept,
+        Keeping::Never => {
             handle
                 .usage
                 .rest
@@ -160,7 +156,11 @@ pub(super) async fn sleep<G: Guest>(
                 .store(true, Ordering::Relaxed);
             return Woken::Awake(instance);
         }
-        Err(failure) => {
+        Keeping::NotNow => {
+            handle.usage.rest.touch(kernel.ticks());
+            return Woken::Awake(instance);
+        }
+        Keeping::Failed(failure) => {
             let owed = instance.take_owed();
             return Woken::Ended(End::failed(failure), owed);
         }
@@ -168,9 +168,56 @@ pub(super) async fn sleep<G: Guest>(
     let carried = instance.carry_out();
     drop(instance);
     handle.usage.hibernations.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(service = %handle.address, state_bytes = state.len(), "hibernated");
+    tracing::debug!(service = %handle.address, kept = ?kept, "hibernated");
     fall_asleep(kernel, handle, inbox);
-    rest(kernel, handle, module, carried, state.into(), inbox).await
+    rest(kernel, handle, module, carried, kept, inbox).await
+}
+
+/// What a hibernated service keeps of its last instance.
+pub(super) enum Kept {
+    /// The state its `save-state` gave (or a template's).
+    State(Arc<[u8]>),
+    /// An image of its memory (it has no state of its own).
+    Memory(Arc<[u8]>),
+}
+
+impl std::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kept::State(s) => write!(f, "state of {} bytes", s.len()),
+            Kept::Memory(m) => write!(f, "memory image of {} bytes", m.len()),
+        }
+    }
+}
+
+/// What came of trying to keep an instance's state or memory.
+enum Keeping {
+    /// What it keeps.
+    Kept(Kept),
+    /// It has neither a state nor a memory it can hand out: it never will.
+    Never,
+    /// It holds something it cannot keep outside its instance now.
+    NotNow,
+    /// The guest call failed.
+    Failed(GuestFailure),
+}
+
+/// What `instance` keeps when it hibernates: its state if it saves one,
+/// else an image of its memory.
+async fn keep<G: Guest>(instance: &mut G) -> Keeping {
+    if instance.loads_state() {
+        match instance.save_state().await {
+            Ok(Some(state)) => return Keeping::Kept(Kept::State(state.into())),
+            Ok(None) => {}
+            Err(failure) => return Keeping::Failed(failure),
+        }
+    }
+    match instance.snapshot().await {
+        Ok(Snapshot::Image(image)) => Keeping::Kept(Kept::Memory(image.into())),
+        Ok(Snapshot::NotNow) => Keeping::NotNow,
+        Ok(Snapshot::Never) => Keeping::Never,
+        Err(failure) => Keeping::Failed(failure),
+    }
 }
 
 /// Marks the service behind `handle` hibernated (it holds no instance now)
@@ -194,7 +241,7 @@ pub(super) async fn rest<G: Guest>(
     handle: &Arc<ServiceHandle>,
     module: &G::Module,
     carried: Carried,
-    state: Arc<[u8]>,
+    kept: Kept,
     inbox: &mut Inbox,
 ) -> Woken<G> {
     let rest = &handle.usage.rest;
@@ -208,17 +255,17 @@ pub(super) async fn rest<G: Guest>(
     if handle.killed.load(Ordering::Acquire) {
         return Woken::Ended(End::killed(), carried.into_owed());
     }
-    Box::pin(wake(kernel, handle, module, carried, state)).await
+    Box::pin(wake(kernel, handle, module, carried, kept)).await
 }
 
 /// A new instance of `module` for the service behind `handle`, given what
-/// the last one carried out and its saved state.
+/// the last one carried out and what it kept.
 async fn wake<G: Guest>(
     kernel: &Arc<Kernel>,
     handle: &Arc<ServiceHandle>,
     module: &G::Module,
     carried: Carried,
-    state: Arc<[u8]>,
+    kept: Kept,
 ) -> Woken<G> {
     let mut instance = match super::resident::instantiate::<G>(kernel, handle, module).await {
         Ok(instance) => instance,
@@ -228,14 +275,21 @@ async fn wake<G: Guest>(
         }
     };
     instance.carry_in(carried);
-    match instance.load_state(state.to_vec()).await {
+    let taken = match &kept {
+        Kept::State(state) => instance
+            .load_state(state.to_vec())
+            .await
+            .map(|r| r.map_err(|refused| format!("load-state refused its state: {refused}"))),
+        Kept::Memory(image) => instance
+            .restore(image)
+            .await
+            .map(|r| r.map_err(|refused| format!("its memory image was refused: {refused}"))),
+    };
+    match taken {
         Ok(Ok(())) => Woken::Awake(instance),
         Ok(Err(refused)) => {
             let owed = instance.take_owed();
-            Woken::Ended(
-                wake_failed(format!("load-state refused its state: {refused}")),
-                owed,
-            )
+            Woken::Ended(wake_failed(refused), owed)
         }
         Err(failure) => {
             let owed = instance.take_owed();

@@ -86,7 +86,7 @@ pub(crate) async fn run<G: Guest>(
                 &handle,
                 module.as_ref(),
                 Default::default(),
-                state,
+                hibernate::Kept::State(state),
                 &mut inbox,
             ));
             let (end, owed) = match born.await {

@@ -19,8 +19,10 @@ mod cache;
 mod exports;
 mod grants;
 mod host;
+mod memory;
 mod outbox;
 mod parts;
+mod snapshot;
 pub(crate) mod state;
 mod stdio;
 
@@ -38,7 +40,7 @@ use crate::config::Limits;
 use crate::runtime::tenant::Tenant;
 use crate::runtime::{
     Address, BoxFuture, Carried, Guest, GuestFailure, GuestModule, InstantiateError, Kernel,
-    Loader, Message, Ready, ServiceHandle, TenantId, kind,
+    Loader, Message, Ready, ServiceHandle, Snapshot, TenantId, kind,
 };
 /// The WIT `message` record with a shared payload: a multicast payload is
 /// one buffer per node and is copied only into each guest's memory, never
@@ -92,6 +94,8 @@ pub(crate) struct Module {
     pre: InstancePre<ServiceState>,
     /// The exports the host calls, and which dispatch ABI it speaks.
     exports: Exports,
+    /// How its instances' memory is kept and restored, if it can be.
+    memory: Option<Arc<memory::MemoryAccess>>,
     /// What its instances' imports reach beyond the core.
     parts: Arc<Parts>,
     /// The states its pure `init`s left (template spawn).
@@ -114,8 +118,9 @@ impl WasmRuntime {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(services)
             // A Rust wasm32-wasip2 component holds a few core instances,
-            // memories and tables (the adapter's among them).
-            .total_core_instances(services.saturating_mul(4))
+            // memories and tables (the adapter's among them); a C one five,
+            // the memory access the loader adds (wasm/snapshot.rs) among them.
+            .total_core_instances(services.saturating_mul(8))
             .total_memories(services.saturating_mul(2))
             .total_tables(services.saturating_mul(4))
             .total_stacks(services)
@@ -241,13 +246,21 @@ impl WasmRuntime {
             if is_core_module(&bytes) {
                 return Err((false, CORE_MODULE.to_string()));
             }
+            let (bytes, initial) = match snapshot::instrument(&bytes) {
+                Ok(instrumented) => (instrumented.bytes, Some(instrumented.initial)),
+                Err(why) => {
+                    tracing::debug!(path = %file.display(), "no memory snapshots: {why}");
+                    (bytes, None)
+                }
+            };
             cache::load_or_compile(&engine, &bytes, cache_dir.as_deref())
+                .map(|component| (component, initial))
                 .map_err(|e| (false, format!("{e:#}")))
         })
         .await
         .map_err(|e| (false, e.to_string()))
         .and_then(|r| r);
-        let component = compiled.map_err(|(read, error)| {
+        let (component, initial) = compiled.map_err(|(read, error)| {
             let (module, path) = (name.to_string(), path.clone());
             if read {
                 ModuleError::Read {
@@ -273,12 +286,20 @@ impl WasmRuntime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| invalid(format!("{e:#}")))?;
-        tracing::debug!(module = name, path = %path.display(), abi = ?exports.abi, "module ready");
+        let memory = initial.and_then(|initial| memory::MemoryAccess::of(&component, initial));
+        tracing::debug!(
+            module = name,
+            path = %path.display(),
+            abi = ?exports.abi,
+            memory_snapshots = memory.is_some(),
+            "module ready"
+        );
         Ok(Arc::new(Module {
             name: name.into(),
             engine: self.engine.clone(),
             pre,
             exports,
+            memory,
             parts: self.parts.clone(),
             templates: Default::default(),
         }))
@@ -358,6 +379,8 @@ pub(crate) struct Instance {
     /// For `init` and the `state` exports.
     instance: wasmtime::component::Instance,
     exports: Exports,
+    /// How its memory is kept and restored, if it can be.
+    memory: Option<Arc<memory::MemoryAccess>>,
 }
 
 impl Instance {
@@ -392,6 +415,7 @@ impl Instance {
             buffer: Vec::new(),
             instance,
             exports,
+            memory: module.memory.clone(),
         })
     }
 
@@ -592,6 +616,14 @@ impl Guest for Instance {
 
     async fn load_state(&mut self, state: Vec<u8>) -> Result<Result<(), String>, GuestFailure> {
         self.call_load_state(state).await.map_err(failure)
+    }
+
+    async fn snapshot(&mut self) -> Result<Snapshot, GuestFailure> {
+        self.call_snapshot().await.map_err(failure)
+    }
+
+    async fn restore(&mut self, image: &[u8]) -> Result<Result<(), String>, GuestFailure> {
+        self.call_restore(image).await.map_err(failure)
     }
 
     fn carry_out(&mut self) -> Carried {

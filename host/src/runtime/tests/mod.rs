@@ -220,6 +220,14 @@ impl Guest for FakeGuest {
         false
     }
 
+    async fn snapshot(&mut self) -> Result<crate::runtime::Snapshot, GuestFailure> {
+        Ok(crate::runtime::Snapshot::Never)
+    }
+
+    async fn restore(&mut self, _image: &[u8]) -> Result<Result<(), String>, GuestFailure> {
+        Ok(Err("a fake guest keeps no memory image".into()))
+    }
+
     fn affordable_batch(&self) -> usize {
         usize::MAX
     }
