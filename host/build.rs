@@ -146,6 +146,9 @@ fn ensure_packages(needed: &[(&str, &str)]) {
     );
     let apt = |args: &[&str]| {
         Command::new("apt-get")
+            // Another apt-get (an unattended upgrade, a parallel build)
+            // may hold the lock: wait for it rather than fail.
+            .args(["-o", "DPkg::Lock::Timeout=600"])
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()

@@ -49,7 +49,8 @@ pub fn debian_tool(tool: &str, package: &str, dir: &Path) -> Result<PathBuf, Too
     if !download()?.success() {
         // A fresh machine may have no package lists yet.
         let updated = Command::new("apt-get")
-            .args(["update", "-q"])
+            // Wait for another apt-get holding the lock rather than fail.
+            .args(["-o", "DPkg::Lock::Timeout=600", "update", "-q"])
             .status()
             .map_err(|e| fail(format_args!("apt-get: {e}")))?;
         if !updated.success() || !download()?.success() {

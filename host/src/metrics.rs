@@ -110,6 +110,13 @@ pub fn render(node: &Node) -> String {
         &[],
         node.hibernated_count() as f64,
     );
+    m.gauge(
+        "skyhost_hibernated_bytes",
+        "Bytes the hibernated services keep outside any instance (saved states, memory images)",
+        Unit::Bytes,
+        &[],
+        node.hibernated_bytes() as f64,
+    );
     m.counter(
         "skyhost_template_spawns_total",
         "Services born hibernated on the state an earlier pure init left (template spawn)",

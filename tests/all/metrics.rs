@@ -120,6 +120,11 @@ async fn metrics_pass_promtool_and_count_what_happened() -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     };
     ensure!(text.contains("# HELP skyhost_messages_total"), "{text}");
+    // The echo born hibernated keeps its template's state.
+    ensure!(
+        sample(&text, "skyhost_hibernated_bytes").is_some_and(|b| b > 0.0),
+        "{text}"
+    );
 
     tokio::task::spawn_blocking(move || promtool_check(&text)).await??;
     drop(client);

@@ -309,6 +309,12 @@ impl Node {
         self.kernel.hibernated_services()
     }
 
+    /// Bytes the hibernated services keep now: their saved states and the
+    /// images of their memories.
+    pub fn hibernated_bytes(&self) -> usize {
+        self.kernel.hibernated_bytes()
+    }
+
     /// Services born hibernated on a template since the node started
     /// (docs/hibernation.md, template spawn).
     pub fn template_spawns(&self) -> u64 {

@@ -181,6 +181,15 @@ pub(super) enum Kept {
     Memory(Arc<[u8]>),
 }
 
+impl Kept {
+    /// Its size in bytes.
+    fn len(&self) -> usize {
+        match self {
+            Kept::State(bytes) | Kept::Memory(bytes) => bytes.len(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Kept {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -245,7 +254,13 @@ pub(super) async fn rest<G: Guest>(
     inbox: &mut Inbox,
 ) -> Woken<G> {
     let rest = &handle.usage.rest;
+    kernel
+        .hibernated_bytes
+        .fetch_add(kept.len(), Ordering::Relaxed);
     let next = inbox.next(handle).await;
+    kernel
+        .hibernated_bytes
+        .fetch_sub(kept.len(), Ordering::Relaxed);
     rest.hibernated.store(false, Ordering::Relaxed);
     kernel.hibernated.fetch_sub(1, Ordering::Relaxed);
     let Some(next) = next else {
@@ -352,6 +367,11 @@ impl Kernel {
     /// Services hibernated now.
     pub(crate) fn hibernated_services(&self) -> usize {
         self.hibernated.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the hibernated services keep now (states and memory images).
+    pub(crate) fn hibernated_bytes(&self) -> usize {
+        self.hibernated_bytes.load(Ordering::Relaxed)
     }
 
     /// Services born hibernated on a template since the node started.

@@ -51,6 +51,7 @@ impl Kernel {
             next_local: AtomicU32::new(0),
             live: AtomicUsize::new(0),
             hibernated: AtomicUsize::new(0),
+            hibernated_bytes: AtomicUsize::new(0),
             template_spawns: Default::default(),
             making_room: std::sync::atomic::AtomicBool::new(false),
             names: Mutex::new(HashMap::new()),

@@ -342,6 +342,8 @@ pub(crate) struct Kernel {
     live: AtomicUsize,
     /// Services hibernated now (see [`hibernate`]).
     hibernated: AtomicUsize,
+    /// Bytes the hibernated services keep: their states and memory images.
+    hibernated_bytes: AtomicUsize,
     /// Services born hibernated on a template (see [`template`]).
     template_spawns: std::sync::atomic::AtomicU64,
     /// A scan for services to hibernate is under way (see [`resident`]).

@@ -120,17 +120,23 @@ pub(crate) async fn run<G: Guest>(
             };
         let (end, owed) = match Box::pin(instance.init(&args)).await {
             Ok(Ok(())) => {
+                let kept = if instance.exit_requested() {
+                    Ok(())
+                } else {
+                    Box::pin(keep_template(
+                        &kernel,
+                        module.as_ref(),
+                        &mut instance,
+                        &args,
+                    ))
+                    .await
+                };
+                // Kept before the spawn is answered: a spawn made after this
+                // one has answered finds the template.
                 ready.succeed(&kernel, handle.address);
                 if instance.exit_requested() {
                     (End::exited(), instance.take_owed())
-                } else if let Err(failure) = Box::pin(keep_template(
-                    &kernel,
-                    module.as_ref(),
-                    &mut instance,
-                    &args,
-                ))
-                .await
-                {
+                } else if let Err(failure) = kept {
                     (End::failed(failure), instance.take_owed())
                 } else {
                     live(&kernel, &handle, module, instance, &mut inbox, &args).await

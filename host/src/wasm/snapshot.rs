@@ -48,7 +48,10 @@ pub(crate) const WRITE: &str = "skyhost-memory-write";
 pub(crate) const GROW_TO: &str = "skyhost-memory-grow-to";
 
 /// A module's linear memory as a new instance has it: its active data
-/// segments, by 4 KiB page (every other page is zero).
+/// segments, by 4 KiB page (every other page is zero). A start function
+/// could write more; an image keeps every page unlike this one, so the
+/// only page it could miss is one a start function wrote and the service
+/// later put back to its data segment's bytes.
 #[derive(Debug, Default)]
 pub(crate) struct InitialImage {
     pages: HashMap<u32, Box<[u8]>>,
@@ -170,14 +173,18 @@ fn eligible(component: &[u8]) -> Result<InitialImage, Ineligible> {
 
 impl InitialImage {
     /// Lays `data` at `offset`.
-    fn put(&mut self, offset: u32, data: &[u8]) {
-        for (i, byte) in data.iter().enumerate() {
-            let at = offset as usize + i;
+    fn put(&mut self, offset: u32, mut data: &[u8]) {
+        let mut at = offset as usize;
+        while !data.is_empty() {
+            let within = at % PAGE;
+            let n = data.len().min(PAGE - within);
             let page = self
                 .pages
                 .entry((at / PAGE) as u32)
                 .or_insert_with(|| vec![0; PAGE].into_boxed_slice());
-            page[at % PAGE] = *byte;
+            page[within..within + n].copy_from_slice(&data[..n]);
+            data = &data[n..];
+            at += n;
         }
     }
 }
@@ -622,6 +629,15 @@ mod tests {
         writer.take(&initial, &head(&memory), &memory[8..]);
         let image = Image::read(&writer.finish()).expect("reads back");
         assert_eq!(image.runs, vec![(0, memory[..PAGE].to_vec())]);
+    }
+
+    #[test]
+    fn data_across_a_page_boundary_lands_on_both_pages() {
+        let mut initial = InitialImage::default();
+        initial.put(PAGE as u32 - 2, b"abcd");
+        assert_eq!(&initial.page(0).expect("page 0")[PAGE - 2..], b"ab");
+        assert_eq!(&initial.page(1).expect("page 1")[..2], b"cd");
+        assert!(initial.page(2).is_none());
     }
 
     #[test]

@@ -166,6 +166,11 @@ impl Guest for FakeGuest {
     }
 
     async fn save_state(&mut self) -> Result<Option<Vec<u8>>, GuestFailure> {
+        // A real guest call can be suspended part way, more than once:
+        // whoever waits on the service, and what they do next, run meanwhile.
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
         Ok((self.state != FakeState::None).then(|| b"state".to_vec()))
     }
 
