@@ -470,8 +470,10 @@ async fn a_service_without_a_state_hibernates_as_its_memory_and_keeps_it() -> an
     Ok(())
 }
 
-/// A C service (the echo: one memory, no WASI adapter) hibernates as its
-/// memory, and wakes to answer, also after its memory grew past its start.
+/// A C service (the echo: one memory, no WASI adapter) hibernates as an
+/// image of its memory, and wakes to answer, also after its memory grew
+/// past its start. (The echo keeps nothing between calls; that what a
+/// memory held comes back is the testkit's test above, on the same path.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_c_service_hibernates_as_its_memory_and_wakes_to_answer() -> anyhow::Result<()> {
     let node = node_hibernating_after(30)?;
@@ -488,6 +490,10 @@ async fn a_c_service_hibernates_as_its_memory_and_wakes_to_answer() -> anyhow::R
         ensure!(
             asleep.memory_bytes == 0 && asleep.hibernations >= round,
             "round {round}: {asleep:?}"
+        );
+        ensure!(
+            node.node.hibernated_bytes() > 0,
+            "round {round}: no image kept"
         );
         ensure!(
             node.client

@@ -394,6 +394,18 @@ pub(super) async fn rss_per_service(b: &BenchNode, n: u32) -> anyhow::Result<f64
 /// Resident memory growth (KiB) per live service at `n` services of
 /// `module`, each having answered a call.
 pub(super) async fn rss_of(b: &BenchNode, module: &str, n: u32) -> anyhow::Result<f64> {
+    rss_after(b, module, n, false).await
+}
+
+/// Resident memory growth (KiB) per service at `n` services of `module`,
+/// each having answered a call and hibernated since.
+pub(super) async fn hibernated_rss_of(b: &BenchNode, module: &str, n: u32) -> anyhow::Result<f64> {
+    rss_after(b, module, n, true).await
+}
+
+/// Resident memory growth (KiB) per service at `n` services of `module`,
+/// each having answered a call (and, if `hibernated`, hibernated since).
+async fn rss_after(b: &BenchNode, module: &str, n: u32, hibernated: bool) -> anyhow::Result<f64> {
     let spawner = b.spawn("testkit").await?;
     let many = |n| Command::SpawnMany {
         module: module.into(),
@@ -405,35 +417,13 @@ pub(super) async fn rss_of(b: &BenchNode, module: &str, n: u32) -> anyhow::Resul
         bail!("SpawnMany answered something else");
     };
     // Every service has answered a call, so its instance has run.
+    let a: Vec<Address> = a.into_iter().map(Address).collect();
     for &addr in &a {
-        b.client.call(Address(addr), vec![1]).await?;
+        b.client.call(addr, vec![1]).await?;
     }
-    let after = rss_kib()?;
-    Ok((after - before) / f64::from(n))
-}
-
-/// Resident memory growth (KiB) per service at `n` services of `module`,
-/// each having answered a call and hibernated since.
-pub(super) async fn hibernated_rss_of(b: &BenchNode, module: &str, n: u32) -> anyhow::Result<f64> {
-    let spawner = b.spawn("testkit").await?;
-    let many = |n| Command::SpawnMany {
-        module: module.into(),
-        n,
-    };
-    let spawn_and_call = async |n| -> anyhow::Result<Vec<Address>> {
-        let Reply::Addresses(a) = b.command(spawner, &many(n)).await? else {
-            bail!("SpawnMany answered something else");
-        };
-        let a: Vec<Address> = a.into_iter().map(Address).collect();
-        for &addr in &a {
-            b.client.call(addr, vec![1]).await?;
-        }
+    if hibernated {
         all_hibernated(b, &a).await?;
-        Ok(a)
-    };
-    spawn_and_call(10).await?;
-    let before = rss_kib()?;
-    spawn_and_call(n).await?;
+    }
     let after = rss_kib()?;
     Ok((after - before) / f64::from(n))
 }

@@ -139,12 +139,6 @@ pub(super) async fn sleep<G: Guest>(
     mut instance: G,
     inbox: &mut Inbox,
 ) -> Woken<G> {
-    if instance.awaiting() > 0 || instance.stays_awake() {
-        // Not asked again before another idle time has passed (the sweeper
-        // cannot see what keeps it awake).
-        handle.usage.rest.touch(kernel.ticks());
-        return Woken::Awake(instance);
-    }
     // Boxed, as the wake below: this future is what a sleeping service keeps.
     let kept = match Box::pin(keep(&mut instance)).await {
         Keeping::Kept(kept) => kept,
@@ -157,6 +151,8 @@ pub(super) async fn sleep<G: Guest>(
             return Woken::Awake(instance);
         }
         Keeping::NotNow => {
+            // Not asked again before another idle time has passed (the
+            // sweeper cannot see what keeps it awake).
             handle.usage.rest.touch(kernel.ticks());
             return Woken::Awake(instance);
         }
@@ -205,7 +201,8 @@ enum Keeping {
     Kept(Kept),
     /// It has neither a state nor a memory it can hand out: it never will.
     Never,
-    /// It holds something it cannot keep outside its instance now.
+    /// It waits on a session of its own, or holds something it cannot keep
+    /// outside its instance, now.
     NotNow,
     /// The guest call failed.
     Failed(GuestFailure),
@@ -214,6 +211,9 @@ enum Keeping {
 /// What `instance` keeps when it hibernates: its state if it saves one,
 /// else an image of its memory.
 async fn keep<G: Guest>(instance: &mut G) -> Keeping {
+    if instance.awaiting() > 0 || instance.stays_awake() {
+        return Keeping::NotNow;
+    }
     if instance.loads_state() {
         match instance.save_state().await {
             Ok(Some(state)) => return Keeping::Kept(Kept::State(state.into())),

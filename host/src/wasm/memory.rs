@@ -43,7 +43,7 @@ impl Instance {
         let Some(memory) = self.memory.clone() else {
             return Ok(Snapshot::Never);
         };
-        if self.store.data_mut().holds_resources() {
+        if self.store.data().holds_resources() {
             return Ok(Snapshot::NotNow);
         }
         self.store.data_mut().start_work(1);

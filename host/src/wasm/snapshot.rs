@@ -98,12 +98,9 @@ pub(crate) enum Ineligible {
 /// Makes `component` able to hand out its memory (see the module doc), if
 /// what it keeps between calls is all in that memory.
 pub(crate) fn instrument(component: &[u8]) -> Result<Instrumented, Ineligible> {
-    let initial = eligible(component)?;
-    let types = Validator::new_with_features(WasmFeatures::all())
-        .validate_all(component)
-        .map_err(|e| Ineligible::Invalid(e.to_string()))?;
+    let (initial, memory) = survey(component)?;
+    let types = Validator::new_with_features(WasmFeatures::all()).validate_all(component)?;
     let types = types.as_ref();
-    let memory = lift_memory(component)?;
     let counts = Counts {
         modules: types.module_count(),
         core_instances: types.core_instance_count(),
@@ -113,24 +110,36 @@ pub(crate) fn instrument(component: &[u8]) -> Result<Instrumented, Ineligible> {
     };
     let mut bytes = component.to_vec();
     bytes.extend_from_slice(&added_sections(memory, &counts));
+    // A mistake here would otherwise fail the module's compile, not just
+    // its snapshots.
     Validator::new_with_features(WasmFeatures::all())
         .validate_all(&bytes)
         .map_err(|e| Ineligible::Invalid(format!("after adding memory access: {e}")))?;
     Ok(Instrumented { bytes, initial })
 }
 
-/// Checks the component's core modules (one memory, at most one mutable
-/// global, data at constant places) and collects its initial image.
-fn eligible(component: &[u8]) -> Result<InitialImage, Ineligible> {
+impl From<wasmparser::BinaryReaderError> for Ineligible {
+    fn from(e: wasmparser::BinaryReaderError) -> Self {
+        Ineligible::Invalid(e.to_string())
+    }
+}
+
+/// One pass over the component: checks its core modules (one memory, at
+/// most one mutable global, data at constant places), collects its initial
+/// image, and finds the core memory its top-level lifts use.
+fn survey(component: &[u8]) -> Result<(InitialImage, u32), Ineligible> {
     let mut memories = 0;
     let mut mutable_globals = 0;
     let mut initial = InitialImage::default();
+    let mut lift_memory = None;
+    let mut depth = 0u32;
     for payload in Parser::new(0).parse_all(component) {
-        let payload = payload.map_err(|e| Ineligible::Invalid(e.to_string()))?;
-        match payload {
+        match payload? {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
             Payload::MemorySection(reader) => {
                 for memory in reader {
-                    let memory = memory.map_err(|e| Ineligible::Invalid(e.to_string()))?;
+                    let memory = memory?;
                     if memory.memory64 || memory.shared {
                         return Err(Ineligible::MemoryKind);
                     }
@@ -139,23 +148,38 @@ fn eligible(component: &[u8]) -> Result<InitialImage, Ineligible> {
             }
             Payload::GlobalSection(reader) => {
                 for global in reader {
-                    let global = global.map_err(|e| Ineligible::Invalid(e.to_string()))?;
-                    mutable_globals += usize::from(global.ty.mutable);
+                    mutable_globals += usize::from(global?.ty.mutable);
                 }
             }
             Payload::DataSection(reader) => {
                 for data in reader {
-                    let data = data.map_err(|e| Ineligible::Invalid(e.to_string()))?;
+                    let data = data?;
                     if let DataKind::Active {
                         offset_expr,
                         memory_index: 0,
                     } = data.kind
                     {
-                        let mut ops = offset_expr.get_operators_reader();
-                        let Ok(Operator::I32Const { value }) = ops.read() else {
+                        let Ok(Operator::I32Const { value }) =
+                            offset_expr.get_operators_reader().read()
+                        else {
                             return Err(Ineligible::DataOffset);
                         };
                         initial.put(value as u32, data.data);
+                    }
+                }
+            }
+            Payload::ComponentCanonicalSection(reader) if depth == 0 => {
+                for canon in reader {
+                    let CanonicalFunction::Lift { options, .. } = canon? else {
+                        continue;
+                    };
+                    for option in options.iter() {
+                        if let ParsedOption::Memory(m) = option {
+                            match lift_memory {
+                                Some(seen) if seen != *m => return Err(Ineligible::LiftMemory),
+                                _ => lift_memory = Some(*m),
+                            }
+                        }
                     }
                 }
             }
@@ -168,7 +192,7 @@ fn eligible(component: &[u8]) -> Result<InitialImage, Ineligible> {
     if mutable_globals > 1 {
         return Err(Ineligible::Globals(mutable_globals));
     }
-    Ok(initial)
+    Ok((initial, lift_memory.ok_or(Ineligible::LiftMemory)?))
 }
 
 impl InitialImage {
@@ -187,37 +211,6 @@ impl InitialImage {
             at += n;
         }
     }
-}
-
-/// The core memory index the top-level lifts read and write through.
-fn lift_memory(component: &[u8]) -> Result<u32, Ineligible> {
-    let mut memory = None;
-    let mut depth = 0u32;
-    for payload in Parser::new(0).parse_all(component) {
-        let payload = payload.map_err(|e| Ineligible::Invalid(e.to_string()))?;
-        match payload {
-            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
-            Payload::End(_) => depth = depth.saturating_sub(1),
-            Payload::ComponentCanonicalSection(reader) if depth == 0 => {
-                for canon in reader {
-                    let canon = canon.map_err(|e| Ineligible::Invalid(e.to_string()))?;
-                    let CanonicalFunction::Lift { options, .. } = canon else {
-                        continue;
-                    };
-                    for option in options.iter() {
-                        if let ParsedOption::Memory(m) = option {
-                            match memory {
-                                Some(seen) if seen != *m => return Err(Ineligible::LiftMemory),
-                                _ => memory = Some(*m),
-                            }
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    memory.ok_or(Ineligible::LiftMemory)
 }
 
 /// The sizes of the component's index spaces before the added sections.

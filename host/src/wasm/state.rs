@@ -165,8 +165,8 @@ pub(crate) struct ServiceState {
 impl ServiceState {
     /// Whether its guest holds a WASI resource (a stream, a pollable): a
     /// handle a new instance would not have.
-    pub(super) fn holds_resources(&mut self) -> bool {
-        self.table.iter_mut().next().is_some()
+    pub(super) fn holds_resources(&self) -> bool {
+        !self.table.is_empty()
     }
 
     /// The state of the service behind `handle`, with the WASI its tenant
