@@ -28,8 +28,24 @@ async fn conformance(module: &str) -> anyhow::Result<()> {
     conformance_on(TestNode::start()?, module).await
 }
 
+/// Runs the whole suite against `module` on a node whose services
+/// hibernate after 2 ms idle, so the service sleeps and wakes between the
+/// suite's steps (it keeps a name, a monitor and an exit notice across
+/// them); checks it did.
+async fn conformance_hibernating(module: &str) -> anyhow::Result<()> {
+    let mut config = test_config();
+    config.limits.hibernate_after_ms = 2;
+    suite(TestNode::with_config(config)?, module, true).await
+}
+
 /// Runs the whole suite against `module` on `node`, and stops the node.
 async fn conformance_on(node: TestNode, module: &str) -> anyhow::Result<()> {
+    suite(node, module, false).await
+}
+
+/// The suite against `module` on `node` (`hibernating`: checks the service
+/// hibernated along the way), then stops the node.
+async fn suite(node: TestNode, module: &str, hibernating: bool) -> anyhow::Result<()> {
     let service = node.spawn_compiling(module).await?;
     let ask = |payload: Vec<u8>| node.client.call_timeout(service, payload, DEADLINE);
 
@@ -114,6 +130,14 @@ async fn conformance_on(node: TestNode, module: &str) -> anyhow::Result<()> {
     while ask(op(b'n', b"")).await? != short.0.to_le_bytes() {
         ensure!(start.elapsed() < DEADLINE, "{module}: no exit notice");
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    if hibernating {
+        let info = node.node.service_info(service).context("it lives")?;
+        ensure!(
+            info.hibernations > 0,
+            "{module}: never hibernated: {info:?}"
+        );
     }
 
     // Its own trap: its caller gets the trapped error, the node goes on.
@@ -226,6 +250,18 @@ async fn the_javascript_service_conforms() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_service_conforms() -> anyhow::Result<()> {
     conformance("conform_py").await
+}
+
+/// Each language's conformance service keeps every promise of the suite
+/// while it hibernates between the steps: Rust and C as images of their
+/// memory (C with the WASI preview-1 adapter's globals), JavaScript and
+/// Python as images of their memory and globals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_language_conforms_while_hibernating() -> anyhow::Result<()> {
+    for module in ["conform", "conform_c", "conform_js", "conform_py"] {
+        conformance_hibernating(module).await?;
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

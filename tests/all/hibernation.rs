@@ -506,3 +506,52 @@ async fn a_c_service_hibernates_as_its_memory_and_wakes_to_answer() -> anyhow::R
     node.stop().await;
     Ok(())
 }
+
+/// A service whose module keeps state in mutable globals beside its memory
+/// hibernates as an image of both and wakes to answer, again: `module`'s
+/// echo, called, hibernated and called twice.
+async fn an_echo_hibernates_as_its_memory_and_globals(module: &str) -> anyhow::Result<()> {
+    let node = node_hibernating_after(30)?;
+    let echo = node.spawn_compiling(module).await?;
+    for round in 1..=2u32 {
+        let payload = format!("ping {round}").into_bytes();
+        ensure!(
+            node.client
+                .call_timeout(echo, payload.clone(), DEADLINE)
+                .await?
+                == payload,
+            "round {round}: the echo answered something else"
+        );
+        let asleep = hibernated(&node, echo).await?;
+        ensure!(
+            asleep.memory_bytes == 0 && asleep.hibernations >= round,
+            "round {round}: {asleep:?}"
+        );
+        ensure!(
+            node.node.hibernated_bytes() > 0,
+            "round {round}: no image kept"
+        );
+    }
+    ensure!(
+        node.client
+            .call_timeout(echo, b"last".to_vec(), DEADLINE)
+            .await?
+            == b"last"
+    );
+    node.stop().await;
+    Ok(())
+}
+
+/// JavaScript (StarlingMonkey: a second mutable global, an i64, beside the
+/// stack pointer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_javascript_service_hibernates_as_its_memory_and_globals() -> anyhow::Result<()> {
+    an_echo_hibernates_as_its_memory_and_globals("echo_js").await
+}
+
+/// Python (componentize-py: libpython's hundreds of GOT globals, the WASI
+/// preview-1 adapter's globals).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_service_hibernates_as_its_memory_and_globals() -> anyhow::Result<()> {
+    an_echo_hibernates_as_its_memory_and_globals("echo_py").await
+}

@@ -310,8 +310,10 @@ fn workloads() -> Vec<Workload> {
     all.extend(language_rows!("c", "echo_c"));
     all.extend(language_rows!("js", "echo_js"));
     all.extend(language_rows!("python", "echo_py"));
-    // The languages whose echo hibernates: Rust through its `state`, C as
-    // an image of its memory (JavaScript and Python: docs/hibernation.md).
+    // Each language's echo, hibernated: Rust through its `state`, C as an
+    // image of its memory, JavaScript and Python of their memory and
+    // globals (docs/hibernation.md). 100 of the last two, as their `-rss`
+    // rows: each is 3 and 11 MB awake before it sleeps.
     all.extend([
         Workload {
             id: "lang-rust-hibernated-rss",
@@ -324,6 +326,18 @@ fn workloads() -> Vec<Workload> {
             unit: "KiB",
             topology: Topology::Single,
             run: |n| Box::pin(hibernated_rss_of(n, "echo_c", 1_000)),
+        },
+        Workload {
+            id: "lang-js-hibernated-rss",
+            unit: "KiB",
+            topology: Topology::Single,
+            run: |n| Box::pin(hibernated_rss_of(n, "echo_js", 100)),
+        },
+        Workload {
+            id: "lang-python-hibernated-rss",
+            unit: "KiB",
+            topology: Topology::Single,
+            run: |n| Box::pin(hibernated_rss_of(n, "echo_py", 100)),
         },
     ]);
     all

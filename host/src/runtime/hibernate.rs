@@ -56,6 +56,9 @@ pub(crate) struct Rest {
     pub(super) hibernated: AtomicBool,
     /// It cannot hibernate (nothing to keep): not asked again.
     pub(super) nothing_to_keep: AtomicBool,
+    /// It is keeping its state or memory to hibernate: an ask now would
+    /// leave a wake in its mailbox that woke it as soon as it slept.
+    pub(super) sleeping: AtomicBool,
 }
 
 impl Rest {
@@ -102,6 +105,7 @@ impl Rest {
             && rest.resident.load(Ordering::Relaxed)
             && !rest.nothing_to_keep.load(Ordering::Relaxed)
             && !rest.asked.load(Ordering::Relaxed)
+            && !rest.sleeping.load(Ordering::Relaxed)
             && handle.mailbox.len() == 0;
         handle.tenant.quotas.hibernate_after.filter(|_| askable)
     }
@@ -139,8 +143,14 @@ pub(super) async fn sleep<G: Guest>(
     mut instance: G,
     inbox: &mut Inbox,
 ) -> Woken<G> {
+    let sleeping = &handle.usage.rest.sleeping;
+    sleeping.store(true, Ordering::Relaxed);
     // Boxed, as the wake below: this future is what a sleeping service keeps.
-    let kept = match Box::pin(keep(&mut instance)).await {
+    let keeping = Box::pin(keep(&mut instance)).await;
+    if !matches!(keeping, Keeping::Kept(_)) {
+        sleeping.store(false, Ordering::Relaxed);
+    }
+    let kept = match keeping {
         Keeping::Kept(kept) => kept,
         Keeping::Never => {
             handle
@@ -234,6 +244,7 @@ async fn keep<G: Guest>(instance: &mut G) -> Keeping {
 pub(super) fn fall_asleep(kernel: &Kernel, handle: &ServiceHandle, inbox: &mut Inbox) {
     let rest = &handle.usage.rest;
     rest.resident.store(false, Ordering::Relaxed);
+    rest.sleeping.store(false, Ordering::Relaxed);
     handle.usage.memory.store(0, Ordering::Relaxed);
     rest.hibernated.store(true, Ordering::Relaxed);
     kernel.hibernated.fetch_add(1, Ordering::Relaxed);

@@ -1,44 +1,78 @@
 //! A service's linear memory kept while it hibernates and written back when
 //! it wakes, through the exports `snapshot::instrument` added to its module
-//! (see `snapshot.rs` for the flow and the image's layout).
+//! (see `snapshot/mod.rs` for the flow, `snapshot/image.rs` for the layout).
 
 use std::sync::Arc;
 
 use wasmtime::component::{Component, ComponentExportIndex, WasmList};
 
 use super::Instance;
-use super::snapshot::{self, Image, ImageWriter, InitialImage};
+use super::snapshot::{self, GLOBALS_PER_CALL, Image, ImageWriter, InitialImage};
 use crate::runtime::Snapshot;
 
 /// What a module's instances need to keep and restore their memory.
 pub(crate) struct MemoryAccess {
     /// The memory as a new instance has it.
     initial: InitialImage,
+    /// How many mutable globals an image carries.
+    globals: u32,
     size: ComponentExportIndex,
     read: ComponentExportIndex,
     seek: ComponentExportIndex,
     write: ComponentExportIndex,
     grow_to: ComponentExportIndex,
+    globals_out: ComponentExportIndex,
+    globals_in: ComponentExportIndex,
 }
+
+/// The values one `globals-in` call takes: the chunk's index, then its
+/// values (zero past the last global).
+type GlobalsIn = (
+    u32,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+);
 
 impl MemoryAccess {
     /// The access `component` gives, if it was instrumented.
-    pub fn of(component: &Component, initial: InitialImage) -> Option<Arc<MemoryAccess>> {
+    pub fn of(
+        component: &Component,
+        initial: InitialImage,
+        globals: u32,
+    ) -> Option<Arc<MemoryAccess>> {
         let index = |name| component.get_export_index(None, name);
         Some(Arc::new(MemoryAccess {
             initial,
+            globals,
             size: index(snapshot::SIZE)?,
             read: index(snapshot::READ)?,
             seek: index(snapshot::SEEK)?,
             write: index(snapshot::WRITE)?,
             grow_to: index(snapshot::GROW_TO)?,
+            globals_out: index(snapshot::GLOBALS_OUT)?,
+            globals_in: index(snapshot::GLOBALS_IN)?,
         }))
     }
 }
 
 impl Instance {
-    /// Its memory as an image, if its module can hand it out and it holds
-    /// nothing outside it (a WASI resource: a stream, a pollable).
+    /// Its memory and globals as an image, if its module can hand them out
+    /// and it holds nothing outside them (a WASI resource: a stream, a
+    /// pollable). The instance is only fit to be dropped after an image:
+    /// `globals-out` wrote over the start of its memory.
     pub(super) async fn call_snapshot(&mut self) -> wasmtime::Result<Snapshot> {
         let Some(memory) = self.memory.clone() else {
             return Ok(Snapshot::Never);
@@ -74,6 +108,17 @@ impl Instance {
             .await?;
         let mut image = ImageWriter::new(pages);
         image.take(&memory.initial, &head, rest.as_le_slice(&self.store));
+        if memory.globals > 0 {
+            let out = self
+                .instance
+                .get_typed_func::<(), (WasmList<u8>,)>(&mut self.store, &memory.globals_out)?;
+            let (values,) = out.call_async(&mut self.store, ()).await?;
+            let values = values.as_le_slice(&self.store);
+            if values.len() != 8 * memory.globals as usize {
+                wasmtime::bail!("`globals-out` answered {} bytes", values.len());
+            }
+            image.take_globals(values);
+        }
         Ok(image.finish())
     }
 
@@ -111,6 +156,42 @@ impl Instance {
         for (address, bytes) in &image.runs {
             seek.call_async(&mut *store, (*address,)).await?;
             write.call_async(&mut *store, (bytes.as_slice(),)).await?;
+        }
+        if image.globals.len() != memory.globals as usize {
+            wasmtime::bail!(
+                "an image of {} globals for a module of {}",
+                image.globals.len(),
+                memory.globals
+            );
+        }
+        if image.globals.is_empty() {
+            return Ok(());
+        }
+        let globals_in = self
+            .instance
+            .get_typed_func::<GlobalsIn, ()>(&mut *store, &memory.globals_in)?;
+        for (chunk, values) in image.globals.chunks(GLOBALS_PER_CALL).enumerate() {
+            let mut v = [0u64; GLOBALS_PER_CALL];
+            v[..values.len()].copy_from_slice(values);
+            let args = (
+                chunk as u32,
+                v[0],
+                v[1],
+                v[2],
+                v[3],
+                v[4],
+                v[5],
+                v[6],
+                v[7],
+                v[8],
+                v[9],
+                v[10],
+                v[11],
+                v[12],
+                v[13],
+                v[14],
+            );
+            globals_in.call_async(&mut *store, args).await?;
         }
         Ok(())
     }

@@ -119,7 +119,7 @@ impl WasmRuntime {
         pool.total_component_instances(services)
             // A Rust wasm32-wasip2 component holds a few core instances,
             // memories and tables (the adapter's among them); a C one five,
-            // the memory access the loader adds (wasm/snapshot.rs) among them.
+            // the memory access the loader adds (wasm/snapshot/) among them.
             .total_core_instances(services.saturating_mul(8))
             .total_memories(services.saturating_mul(2))
             .total_tables(services.saturating_mul(4))
@@ -246,16 +246,30 @@ impl WasmRuntime {
             if is_core_module(&bytes) {
                 return Err((false, CORE_MODULE.to_string()));
             }
-            let (bytes, initial) = match snapshot::instrument(&bytes) {
-                Ok(instrumented) => (instrumented.bytes, Some(instrumented.initial)),
+            let compile = |bytes: &[u8]| {
+                cache::load_or_compile(&engine, bytes, cache_dir.as_deref())
+                    .map_err(|e| (false, format!("{e:#}")))
+            };
+            match snapshot::instrument(&bytes) {
+                Ok(instrumented) => match compile(&instrumented.bytes) {
+                    Ok(component) => {
+                        let access = (instrumented.initial, instrumented.globals);
+                        Ok((component, Some(access)))
+                    }
+                    Err((_, error)) => {
+                        // What the loader added is wrong, not the module.
+                        tracing::warn!(
+                            path = %file.display(),
+                            "no memory snapshots: with memory access added it does not compile: {error}"
+                        );
+                        compile(&bytes).map(|component| (component, None))
+                    }
+                },
                 Err(why) => {
                     tracing::debug!(path = %file.display(), "no memory snapshots: {why}");
-                    (bytes, None)
+                    compile(&bytes).map(|component| (component, None))
                 }
-            };
-            cache::load_or_compile(&engine, &bytes, cache_dir.as_deref())
-                .map(|component| (component, initial))
-                .map_err(|e| (false, format!("{e:#}")))
+            }
         })
         .await
         .map_err(|e| (false, e.to_string()))
@@ -286,7 +300,8 @@ impl WasmRuntime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| invalid(format!("{e:#}")))?;
-        let memory = initial.and_then(|initial| memory::MemoryAccess::of(&component, initial));
+        let memory = initial
+            .and_then(|(initial, globals)| memory::MemoryAccess::of(&component, initial, globals));
         tracing::debug!(
             module = name,
             path = %path.display(),

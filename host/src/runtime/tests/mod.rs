@@ -55,7 +55,13 @@ enum FakeState {
     Kept,
     /// A state their next instance refuses: a wake fails.
     Refused,
+    /// A state, kept, whose saving takes [`SLOW_SAVE`] (longer than the
+    /// sweeper's looks).
+    Slow,
 }
+
+/// How long a [`FakeState::Slow`] guest takes to save its state.
+pub(super) const SLOW_SAVE: Duration = Duration::from_millis(30);
 
 impl GuestModule for FakeModule {
     fn name(&self) -> &Arc<str> {
@@ -171,6 +177,9 @@ impl Guest for FakeGuest {
         for _ in 0..4 {
             tokio::task::yield_now().await;
         }
+        if self.state == FakeState::Slow {
+            tokio::time::sleep(SLOW_SAVE).await;
+        }
         Ok((self.state != FakeState::None).then(|| b"state".to_vec()))
     }
 
@@ -179,7 +188,8 @@ impl Guest for FakeGuest {
     }
 
     async fn load_state(&mut self, state: Vec<u8>) -> Result<Result<(), String>, GuestFailure> {
-        Ok(if self.state == FakeState::Kept && state == b"state" {
+        let keeps = matches!(self.state, FakeState::Kept | FakeState::Slow);
+        Ok(if keeps && state == b"state" {
             Ok(())
         } else {
             Err("no state".into())

@@ -18,7 +18,8 @@ fn core_that_hibernates() -> Arc<Kernel> {
     let limits = config.limits.resolved();
     let loader = FakeLoader::default()
         .with_state("keeper", FakeState::Kept, |_| Act::Nothing)
-        .with_state("forgetful", FakeState::Refused, |_| Act::Nothing);
+        .with_state("forgetful", FakeState::Refused, |_| Act::Nothing)
+        .with_state("slow", FakeState::Slow, |_| Act::Nothing);
     Kernel::new(&config, limits, Arc::new(loader)).expect("the core starts")
 }
 
@@ -45,6 +46,22 @@ async fn a_request_owed_across_a_hibernation_ends_when_the_service_is_killed() {
     assert!(kernel.kill(TenantId::HOST, keeper));
     assert_eq!(cause(within(answer).await), Some(ErrorCause::Killed));
     assert_eq!(kernel.hibernated_services(), 0);
+}
+
+/// A service that takes longer to keep its state than the sweeper takes
+/// between looks is asked once: an ask while it was keeping left a wake in
+/// its mailbox that woke it as soon as it slept, again and again (found on
+/// JavaScript, whose memory image takes milliseconds).
+#[tokio::test]
+async fn a_service_slow_to_keep_its_state_hibernates_once() {
+    let kernel = core_that_hibernates();
+    let slow = spawn(&kernel, "slow").await.expect("spawned");
+    hibernated(&kernel, slow).await;
+    // Nothing should happen now: several of the sweeper's looks (every
+    // 5 ms) pass while the service stays asleep.
+    tokio::time::sleep(4 * SLOW_SAVE).await;
+    let info = kernel.service_info(slow).expect("it lives");
+    assert_eq!((info.state, info.hibernations), ("hibernated", 1));
 }
 
 /// A wake that fails (here `load-state` refuses the state) ends the
