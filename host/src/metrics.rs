@@ -119,7 +119,7 @@ pub fn render(node: &Node) -> String {
     );
     m.counter(
         "skyhost_template_spawns_total",
-        "Services born hibernated on the state an earlier pure init left (template spawn)",
+        "Services born hibernated on what an earlier pure init left, a state or a memory image (template spawn)",
         &[],
         node.template_spawns(),
     );

@@ -254,6 +254,37 @@ async fn a_spawn_like_an_earlier_pure_one_is_born_hibernated() -> anyhow::Result
     Ok(())
 }
 
+/// A module without a state of its own is a template too, as an image of
+/// its memory and globals: a second echo of C and JavaScript with the same
+/// (empty) args is born hibernated on the image the first one's pure
+/// `init` left, and answers; the first, whose image was taken while it
+/// served on, answers too (1 MiB, after the second). (Python's `init`
+/// calls a WASI import inside its runtime: it is never a template.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_without_state_is_a_template_as_its_memory() -> anyhow::Result<()> {
+    let node = TestNode::with_config(test_config())?;
+    let big: Vec<u8> = (0..1 << 20).map(|i| (i % 249) as u8).collect();
+    for (i, module) in ["echo_c", "echo_js"].into_iter().enumerate() {
+        let first = node.spawn_compiling(module).await?;
+        let born = node.spawn(module).await?;
+        let asleep = info(&node, born)?;
+        ensure!(
+            asleep.state == "hibernated" && asleep.memory_bytes == 0,
+            "{module}: {asleep:?}"
+        );
+        ensure!(node.node.template_spawns() == i as u64 + 1, "{module}");
+        for (service, payload) in [(born, b"hi".to_vec()), (first, big.clone())] {
+            let answer = node
+                .client
+                .call_timeout(service, payload.clone(), DEADLINE)
+                .await?;
+            ensure!(answer == payload, "{module}: {service} answered otherwise");
+        }
+    }
+    node.stop().await;
+    Ok(())
+}
+
 /// Multicast across a hibernation: a subscriber whose publishes go to its
 /// `handle` hibernates (the subscription is its handle's, not its
 /// instance's), and a publish wakes it and is taken. One with a handler of

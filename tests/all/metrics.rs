@@ -44,6 +44,8 @@ async fn metrics_pass_promtool_and_count_what_happened() -> anyhow::Result<()> {
     let address = node.metrics_address().context("metrics address")?;
     let client = node.client();
     let a = within(node.spawn("testkit", &[])).await??;
+    // Born hibernated on the image of a's memory (template spawn), woken by
+    // its first call below.
     let b = within(node.spawn("testkit", &[])).await??;
 
     // a: 1 request, then 5 responses from b; b: 5 requests.
@@ -73,7 +75,7 @@ async fn metrics_pass_promtool_and_count_what_happened() -> anyhow::Result<()> {
     let expected = [
         ("skyhost_services", 3.0),
         ("skyhost_hibernated_services", 1.0),
-        ("skyhost_template_spawns_total", 1.0),
+        ("skyhost_template_spawns_total", 2.0),
         (r#"skyhost_service_stops_total{reason="trap"}"#, 1.0),
         (
             r#"skyhost_messages_total{tenant="system",kind="request"}"#,

@@ -166,8 +166,9 @@ pub struct Limits {
     /// 0, the default, keeps every service awake.
     pub hibernate_after_ms: u64,
     /// A spawn whose module and args match an earlier spawn whose `init`
-    /// called no import is born hibernated on the state that `init` left,
-    /// without running it (docs/hibernation.md, template spawn).
+    /// called no import is born hibernated on what that `init` left (its
+    /// state, or an image of its memory), without running it
+    /// (docs/hibernation.md, template spawn).
     pub template_spawn: bool,
     /// KiB of the pages an instance wrote that its pool slot keeps when the
     /// instance goes (per linear memory and per table), reset in place

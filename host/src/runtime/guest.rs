@@ -222,6 +222,16 @@ pub(crate) enum Snapshot {
     Never,
 }
 
+/// What becomes of an instance after [`Guest::snapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Afterwards {
+    /// It is dropped (hibernation): taking the image may leave it unfit to
+    /// run.
+    Dropped,
+    /// It goes on serving (a template): it is left as it was.
+    Serves,
+}
+
 /// One instance of a module, as the service loop drives it.
 pub(crate) trait Guest: Send + Sized + 'static {
     /// The module type it is an instance of.
@@ -252,8 +262,12 @@ pub(crate) trait Guest: Send + Sized + 'static {
         state: Vec<u8>,
     ) -> impl Future<Output = Result<Result<(), String>, GuestFailure>> + Send;
     /// Its memory as an image, for a service with no state of its own to
-    /// hibernate (see [`Snapshot`]).
-    fn snapshot(&mut self) -> impl Future<Output = Result<Snapshot, GuestFailure>> + Send;
+    /// hibernate or to be a template (see [`Snapshot`]), the instance
+    /// dropped or serving `afterwards`.
+    fn snapshot(
+        &mut self,
+        afterwards: Afterwards,
+    ) -> impl Future<Output = Result<Snapshot, GuestFailure>> + Send;
     /// Takes over the memory an earlier instance's [`Guest::snapshot`] kept.
     fn restore(
         &mut self,

@@ -34,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 use super::inbox::Inbox;
 use super::service::End;
 use super::{
-    Address, Carried, ErrorCause, Guest, GuestFailure, Kernel, ServiceHandle, Snapshot, StopReason,
+    Address, Afterwards, Carried, ErrorCause, Guest, GuestFailure, Kernel, ServiceHandle, Snapshot,
+    StopReason,
 };
 
 /// How often the sweeper looks when no tenant hibernates its services.
@@ -180,10 +181,11 @@ pub(super) async fn sleep<G: Guest>(
 }
 
 /// What a hibernated service keeps of its last instance.
-pub(super) enum Kept {
+#[derive(Clone)]
+pub(crate) enum Kept {
     /// The state its `save-state` gave (or a template's).
     State(Arc<[u8]>),
-    /// An image of its memory (it has no state of its own).
+    /// An image of its memory (it has no state of its own; or a template's).
     Memory(Arc<[u8]>),
 }
 
@@ -231,7 +233,7 @@ async fn keep<G: Guest>(instance: &mut G) -> Keeping {
             Err(failure) => return Keeping::Failed(failure),
         }
     }
-    match instance.snapshot().await {
+    match instance.snapshot(Afterwards::Dropped).await {
         Ok(Snapshot::Image(image)) => Keeping::Kept(Kept::Memory(image.into())),
         Ok(Snapshot::NotNow) => Keeping::NotNow,
         Ok(Snapshot::Never) => Keeping::Never,

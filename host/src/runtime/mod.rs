@@ -63,7 +63,8 @@ use tokio_util::task::TaskTracker;
 pub use address::{Address, HarborId};
 pub use client::LocalClient;
 pub(crate) use guest::{
-    BoxFuture, Carried, Guest, GuestFailure, GuestModule, InstantiateError, Loader, Snapshot,
+    Afterwards, BoxFuture, Carried, Guest, GuestFailure, GuestModule, InstantiateError, Loader,
+    Snapshot,
 };
 pub use guest::{ModuleError, StopReason};
 pub use kernel::TenantError;

@@ -7,12 +7,12 @@ use std::sync::atomic::Ordering;
 
 use tracing::Instrument;
 
-use super::hibernate::{self, Woken};
+use super::hibernate::{self, Kept, Woken};
 use super::inbox::Inbox;
 use super::resident;
 use super::{
-    ErrorCause, Guest, GuestFailure, GuestModule, Kernel, Message, Ready, ServiceHandle,
-    SpawnError, StopReason, exit_notice, kind, upgrade,
+    Afterwards, ErrorCause, Guest, GuestFailure, GuestModule, Kernel, Message, Ready,
+    ServiceHandle, Snapshot, SpawnError, StopReason, exit_notice, kind, upgrade,
 };
 
 /// Most messages handed to one `dispatch` call; after a full batch the
@@ -75,7 +75,7 @@ pub(crate) async fn run<G: Guest>(
     let span = tracing::info_span!(parent: None, "service", address = %handle.address, module = %module.name());
     async move {
         let mut inbox = Inbox::new(kernel.ticks());
-        if let Some(state) = template_for(&kernel, module.as_ref(), &args) {
+        if let Some(kept) = template_for(&kernel, module.as_ref(), &args) {
             // Asleep before its spawn is answered: whoever spawned it sees
             // it hibernated from the start.
             hibernate::fall_asleep(&kernel, &handle, &mut inbox);
@@ -86,7 +86,7 @@ pub(crate) async fn run<G: Guest>(
                 &handle,
                 module.as_ref(),
                 Default::default(),
-                hibernate::Kept::State(state),
+                kept,
                 &mut inbox,
             ));
             let (end, owed) = match born.await {
@@ -171,19 +171,20 @@ pub(crate) async fn run<G: Guest>(
     .await
 }
 
-/// The state a spawn of `module` with `args` is born on, when the node
-/// spawns from templates and an earlier pure `init` left one.
-fn template_for<M: GuestModule>(kernel: &Kernel, module: &M, args: &[u8]) -> Option<Arc<[u8]>> {
+/// What a spawn of `module` with `args` is born on, when the node spawns
+/// from templates and an earlier pure `init` left a state or an image.
+fn template_for<M: GuestModule>(kernel: &Kernel, module: &M, args: &[u8]) -> Option<Kept> {
     if !kernel.limits.template_spawn {
         return None;
     }
-    module.templates().state(args)
+    module.templates().born_on(args)
 }
 
 /// After a successful `init`: when it called no import and the module has
-/// no template for `args` yet, keeps the state it left as one (see
-/// `template.rs`). A `save-state` that fails ends the service, as it would
-/// at its first hibernation.
+/// no template for `args` yet, keeps what it left as one (see
+/// `template.rs`): the state it saves, else an image of its memory, the
+/// instance left as it was. A `save-state` or image that fails ends the
+/// service, as it would at its first hibernation.
 async fn keep_template<G: Guest>(
     kernel: &Kernel,
     module: &G::Module,
@@ -191,15 +192,19 @@ async fn keep_template<G: Guest>(
     args: &[u8],
 ) -> Result<(), GuestFailure> {
     let templates = module.templates();
-    if !kernel.limits.template_spawn
-        || !instance.loads_state()
-        || !instance.called_no_import()
-        || !templates.wants(args)
-    {
+    if !kernel.limits.template_spawn || !instance.called_no_import() || !templates.wants(args) {
         return Ok(());
     }
-    let state = instance.save_state().await?;
-    templates.keep(args, state);
+    let mut kept = None;
+    if instance.loads_state() {
+        kept = instance.save_state().await?.map(|s| Kept::State(s.into()));
+    }
+    if kept.is_none()
+        && let Snapshot::Image(image) = instance.snapshot(Afterwards::Serves).await?
+    {
+        kept = Some(Kept::Memory(image.into()));
+    }
+    templates.keep(args, kept);
     Ok(())
 }
 

@@ -1,11 +1,13 @@
 //! Template spawn (issue 24, `docs/hibernation.md` slice 4): a module keeps
-//! the state its pure `init` produced for given args, and later spawns with
-//! those args are born hibernated on it instead of running `init` again.
+//! what its pure `init` left for given args (the state it saves, or else an
+//! image of its memory), and later spawns with those args are born
+//! hibernated on it instead of running `init` again.
 //!
 //! ```text
-//!  spawn(module, args) ── templates.state(args) ──> born asleep on it
-//!    └─ none ──> instantiate, init; no import called and a state saved
-//!                ──> templates.keep(args, state)
+//!  spawn(module, args) ── templates.born_on(args) ──> born asleep on it
+//!    └─ none ──> instantiate, init; no import called ──> save-state, or
+//!                an image of the memory (the instance serves on)
+//!                ──> templates.keep(args, kept)
 //! ```
 //!
 //! An `init` that called no import (no `skyhost` call, no WASI call: no
@@ -14,7 +16,9 @@
 //! is the service that running it again would give.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+
+use super::hibernate::Kept;
 
 /// Most argument lists a module keeps a template for.
 const MAX_KEYS: usize = 64;
@@ -23,27 +27,28 @@ const MAX_KEYS: usize = 64;
 const MAX_ARGS: usize = 4 << 10;
 
 /// What a module knows about spawns with one argument list.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Entry {
-    /// `init` was pure and left this state.
-    State(Arc<[u8]>),
-    /// `init` was pure and left no state: nothing to be born on.
-    Stateless,
+    /// `init` was pure and left this state or memory image.
+    Born(Kept),
+    /// `init` was pure and left nothing that could be kept: nothing to be
+    /// born on.
+    Nothing,
 }
 
 /// One module's templates, by args.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Templates {
     entries: Mutex<HashMap<Box<[u8]>, Entry>>,
 }
 
 impl Templates {
-    /// The state a spawn with `args` is born on, if a pure `init` left one.
-    pub fn state(&self, args: &[u8]) -> Option<Arc<[u8]>> {
+    /// What a spawn with `args` is born on, if a pure `init` left it.
+    pub fn born_on(&self, args: &[u8]) -> Option<Kept> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         match entries.get(args)? {
-            Entry::State(state) => Some(state.clone()),
-            Entry::Stateless => None,
+            Entry::Born(kept) => Some(kept.clone()),
+            Entry::Nothing => None,
         }
     }
 
@@ -57,12 +62,12 @@ impl Templates {
         entries.len() < MAX_KEYS && !entries.contains_key(args)
     }
 
-    /// Keeps what a pure `init` with `args` left: its state, or `None`
-    /// when it saved none.
-    pub fn keep(&self, args: &[u8], state: Option<Vec<u8>>) {
-        let entry = match state {
-            Some(state) => Entry::State(state.into()),
-            None => Entry::Stateless,
+    /// Keeps what a pure `init` with `args` left: its state or memory
+    /// image, or `None` when neither could be kept.
+    pub fn keep(&self, args: &[u8], kept: Option<Kept>) {
+        let entry = match kept {
+            Some(kept) => Entry::Born(kept),
+            None => Entry::Nothing,
         };
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() < MAX_KEYS {
@@ -75,13 +80,17 @@ impl Templates {
 mod tests {
     use super::*;
 
+    fn state(bytes: &[u8]) -> Kept {
+        Kept::State(bytes.into())
+    }
+
     #[test]
     fn a_kept_state_is_found_by_its_args_alone() {
         let t = Templates::default();
         assert!(t.wants(b"a"));
-        t.keep(b"a", Some(b"state".to_vec()));
-        assert_eq!(t.state(b"a").as_deref(), Some(&b"state"[..]));
-        assert_eq!(t.state(b"b"), None);
+        t.keep(b"a", Some(state(b"state")));
+        assert!(matches!(t.born_on(b"a"), Some(Kept::State(s)) if &s[..] == b"state"));
+        assert!(t.born_on(b"b").is_none());
         assert!(!t.wants(b"a"));
         assert!(t.wants(b"b"));
     }
@@ -91,7 +100,7 @@ mod tests {
         let t = Templates::default();
         t.keep(b"", None);
         assert!(!t.wants(b""));
-        assert_eq!(t.state(b""), None);
+        assert!(t.born_on(b"").is_none());
     }
 
     #[test]
@@ -99,10 +108,10 @@ mod tests {
         let t = Templates::default();
         assert!(!t.wants(&vec![0; MAX_ARGS + 1]));
         for i in 0..MAX_KEYS + 10 {
-            t.keep(&i.to_le_bytes(), Some(vec![1]));
+            t.keep(&i.to_le_bytes(), Some(state(&[1])));
         }
-        assert!(t.state(&(MAX_KEYS - 1).to_le_bytes()).is_some());
-        assert!(t.state(&MAX_KEYS.to_le_bytes()).is_none());
+        assert!(t.born_on(&(MAX_KEYS - 1).to_le_bytes()).is_some());
+        assert!(t.born_on(&MAX_KEYS.to_le_bytes()).is_none());
         assert!(!t.wants(b"new"));
     }
 }

@@ -8,7 +8,7 @@ use wasmtime::component::{Component, ComponentExportIndex, WasmList};
 
 use super::Instance;
 use super::snapshot::{self, GLOBALS_PER_CALL, Image, ImageWriter, InitialImage};
-use crate::runtime::Snapshot;
+use crate::runtime::{Afterwards, Snapshot};
 
 /// What a module's instances need to keep and restore their memory.
 pub(crate) struct MemoryAccess {
@@ -71,9 +71,12 @@ impl MemoryAccess {
 impl Instance {
     /// Its memory and globals as an image, if its module can hand them out
     /// and it holds nothing outside them (a WASI resource: a stream, a
-    /// pollable). The instance is only fit to be dropped after an image:
-    /// `globals-out` wrote over the start of its memory.
-    pub(super) async fn call_snapshot(&mut self) -> wasmtime::Result<Snapshot> {
+    /// pollable). `globals-out` writes over the start of the memory: an
+    /// instance that serves `afterwards` has those bytes written back.
+    pub(super) async fn call_snapshot(
+        &mut self,
+        afterwards: Afterwards,
+    ) -> wasmtime::Result<Snapshot> {
         let Some(memory) = self.memory.clone() else {
             return Ok(Snapshot::Never);
         };
@@ -82,12 +85,18 @@ impl Instance {
         }
         self.store.data_mut().start_work(1);
         self.store.set_epoch_deadline(1);
-        let image = self.read_memory(&memory).await;
+        let image = self.read_memory(&memory, afterwards).await;
         self.store.data_mut().end_work();
-        Ok(Snapshot::Image(image?))
+        Ok(image?.map_or(Snapshot::Never, Snapshot::Image))
     }
 
-    async fn read_memory(&mut self, memory: &MemoryAccess) -> wasmtime::Result<Vec<u8>> {
+    /// The image; `None` when an instance that serves on could not be left
+    /// as it was (a memory smaller than its globals' values).
+    async fn read_memory(
+        &mut self,
+        memory: &MemoryAccess,
+        afterwards: Afterwards,
+    ) -> wasmtime::Result<Option<Vec<u8>>> {
         let size = self
             .instance
             .get_typed_func::<(), (u32,)>(&mut self.store, &memory.size)?;
@@ -107,7 +116,16 @@ impl Instance {
             .call_async(&mut self.store, (8, bytes.saturating_sub(8)))
             .await?;
         let mut image = ImageWriter::new(pages);
-        image.take(&memory.initial, &head, rest.as_le_slice(&self.store));
+        let rest = rest.as_le_slice(&self.store);
+        image.take(&memory.initial, &head, rest);
+        // What `globals-out` will write over, for an instance that serves on.
+        let overwritten = 8 + 8 * memory.globals as usize;
+        let mut start = head.to_vec();
+        start.extend_from_slice(&rest[..rest.len().min(overwritten.saturating_sub(8))]);
+        if memory.globals > 0 && afterwards == Afterwards::Serves && start.len() < overwritten {
+            // `globals-out` would grow the memory: not left as it was.
+            return Ok(None);
+        }
         if memory.globals > 0 {
             let out = self
                 .instance
@@ -118,8 +136,11 @@ impl Instance {
                 wasmtime::bail!("`globals-out` answered {} bytes", values.len());
             }
             image.take_globals(values);
+            if afterwards == Afterwards::Serves {
+                self.write_at(memory, 0, &start[..overwritten]).await?;
+            }
         }
-        Ok(image.finish())
+        Ok(Some(image.finish()))
     }
 
     /// Writes a kept image into this new instance's memory.
@@ -146,17 +167,11 @@ impl Instance {
         let grow_to = self
             .instance
             .get_typed_func::<(u32,), ()>(&mut *store, &memory.grow_to)?;
-        let seek = self
-            .instance
-            .get_typed_func::<(u32,), ()>(&mut *store, &memory.seek)?;
-        let write = self
-            .instance
-            .get_typed_func::<(&[u8],), ()>(&mut *store, &memory.write)?;
         grow_to.call_async(&mut *store, (image.pages,)).await?;
         for (address, bytes) in &image.runs {
-            seek.call_async(&mut *store, (*address,)).await?;
-            write.call_async(&mut *store, (bytes.as_slice(),)).await?;
+            self.write_at(memory, *address, bytes).await?;
         }
+        let store = &mut self.store;
         if image.globals.len() != memory.globals as usize {
             wasmtime::bail!(
                 "an image of {} globals for a module of {}",
@@ -193,6 +208,26 @@ impl Instance {
             );
             globals_in.call_async(&mut *store, args).await?;
         }
+        Ok(())
+    }
+
+    /// Writes `bytes` into the memory at `address` (`seek`, then `write`,
+    /// whose lowering copies them in place).
+    async fn write_at(
+        &mut self,
+        memory: &MemoryAccess,
+        address: u32,
+        bytes: &[u8],
+    ) -> wasmtime::Result<()> {
+        let store = &mut self.store;
+        let seek = self
+            .instance
+            .get_typed_func::<(u32,), ()>(&mut *store, &memory.seek)?;
+        let write = self
+            .instance
+            .get_typed_func::<(&[u8],), ()>(&mut *store, &memory.write)?;
+        seek.call_async(&mut *store, (address,)).await?;
+        write.call_async(&mut *store, (bytes,)).await?;
         Ok(())
     }
 }

@@ -39,8 +39,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use crate::config::Limits;
 use crate::runtime::tenant::Tenant;
 use crate::runtime::{
-    Address, BoxFuture, Carried, Guest, GuestFailure, GuestModule, InstantiateError, Kernel,
-    Loader, Message, Ready, ServiceHandle, Snapshot, TenantId, kind,
+    Address, Afterwards, BoxFuture, Carried, Guest, GuestFailure, GuestModule, InstantiateError,
+    Kernel, Loader, Message, Ready, ServiceHandle, Snapshot, TenantId, kind,
 };
 /// The WIT `message` record with a shared payload: a multicast payload is
 /// one buffer per node and is copied only into each guest's memory, never
@@ -633,8 +633,8 @@ impl Guest for Instance {
         self.call_load_state(state).await.map_err(failure)
     }
 
-    async fn snapshot(&mut self) -> Result<Snapshot, GuestFailure> {
-        self.call_snapshot().await.map_err(failure)
+    async fn snapshot(&mut self, afterwards: Afterwards) -> Result<Snapshot, GuestFailure> {
+        self.call_snapshot(afterwards).await.map_err(failure)
     }
 
     async fn restore(&mut self, image: &[u8]) -> Result<Result<(), String>, GuestFailure> {

@@ -235,7 +235,10 @@ impl Guest for FakeGuest {
         false
     }
 
-    async fn snapshot(&mut self) -> Result<crate::runtime::Snapshot, GuestFailure> {
+    async fn snapshot(
+        &mut self,
+        _afterwards: crate::runtime::Afterwards,
+    ) -> Result<crate::runtime::Snapshot, GuestFailure> {
         Ok(crate::runtime::Snapshot::Never)
     }
 
