@@ -411,20 +411,34 @@ async fn rss_after(b: &BenchNode, module: &str, n: u32, hibernated: bool) -> any
         module: module.into(),
         n,
     };
-    b.command(spawner, &many(10)).await?;
-    let before = rss_kib()?;
-    let Reply::Addresses(a) = b.command(spawner, &many(n)).await? else {
-        bail!("SpawnMany answered something else");
+    // Ten first, in the state the others will be in when measured: the
+    // first spawn's instance (a template's maker) is not counted.
+    let called = |n| async move {
+        let Reply::Addresses(a) = b.command(spawner, &many(n)).await? else {
+            bail!("SpawnMany answered something else");
+        };
+        // Every service has answered a call, so its instance has run.
+        let a: Vec<Address> = a.into_iter().map(Address).collect();
+        for &addr in &a {
+            b.client.call(addr, vec![1]).await?;
+        }
+        if hibernated {
+            all_hibernated(b, &a).await?;
+        }
+        anyhow::Ok(a)
     };
-    // Every service has answered a call, so its instance has run.
-    let a: Vec<Address> = a.into_iter().map(Address).collect();
-    for &addr in &a {
-        b.client.call(addr, vec![1]).await?;
-    }
-    if hibernated {
-        all_hibernated(b, &a).await?;
-    }
+    called(10).await?;
+    let before = rss_kib()?;
+    let kept_before = b.node.hibernated_bytes();
+    called(n).await?;
     let after = rss_kib()?;
+    if hibernated {
+        let kept = b.node.hibernated_bytes().saturating_sub(kept_before);
+        eprintln!(
+            "{module}: {:.1} KiB kept per hibernated service (state or image)",
+            kept as f64 / f64::from(n) / 1024.0
+        );
+    }
     Ok((after - before) / f64::from(n))
 }
 

@@ -312,8 +312,9 @@ fn workloads() -> Vec<Workload> {
     all.extend(language_rows!("python", "echo_py"));
     // Each language's echo, hibernated: Rust through its `state`, C as an
     // image of its memory, JavaScript and Python of their memory and
-    // globals (docs/hibernation.md). 100 of the last two, as their `-rss`
-    // rows: each is 3 and 11 MB awake before it sleeps.
+    // globals (docs/hibernation.md). Each also logs what it keeps (a freed
+    // slot's pages can stay resident until a batch of them is given back:
+    // a few MB for JavaScript and Python, spread over the services).
     all.extend([
         Workload {
             id: "lang-rust-hibernated-rss",
@@ -331,13 +332,13 @@ fn workloads() -> Vec<Workload> {
             id: "lang-js-hibernated-rss",
             unit: "KiB",
             topology: Topology::Single,
-            run: |n| Box::pin(hibernated_rss_of(n, "echo_js", 100)),
+            run: |n| Box::pin(hibernated_rss_of(n, "echo_js", 1_000)),
         },
         Workload {
             id: "lang-python-hibernated-rss",
             unit: "KiB",
             topology: Topology::Single,
-            run: |n| Box::pin(hibernated_rss_of(n, "echo_py", 100)),
+            run: |n| Box::pin(hibernated_rss_of(n, "echo_py", 1_000)),
         },
     ]);
     all
