@@ -259,7 +259,7 @@ async fn a_spawn_like_an_earlier_pure_one_is_born_hibernated() -> anyhow::Result
 /// (empty) args is born hibernated on the image the first one's pure
 /// `init` left, and answers; the first, whose image was taken while it
 /// served on, answers too (1 MiB, after the second). (Python's `init`
-/// calls a WASI import inside its runtime: it is never a template.)
+/// asks `wasi:random` for bytes inside its runtime: never a template.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_without_state_is_a_template_as_its_memory() -> anyhow::Result<()> {
     let node = TestNode::with_config(test_config())?;
