@@ -285,6 +285,26 @@ async fn a_module_without_state_is_a_template_as_its_memory() -> anyhow::Result<
     Ok(())
 }
 
+/// A memory image taken as a template leaves the instance that goes on
+/// serving as it was: `globals-out` writes the globals' values over the
+/// lowest bytes of the memory, and they are written back. The testkit's
+/// `low=<n>` puts n there in its (pure) `init`: the first testkit still
+/// reads it after its image was taken, and the second, born on the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_image_leaves_its_serving_instance_as_it_was() -> anyhow::Result<()> {
+    let node = TestNode::with_config(test_config())?;
+    let args = b"low=1234567";
+    let first = within(node.node.spawn("testkit", args)).await??;
+    let born = within(node.node.spawn("testkit", args)).await??;
+    ensure!(info(&node, born)?.state == "hibernated", "not a template");
+    for kit in [first, born] {
+        let low = node.command(kit, &Command::Low).await?;
+        ensure!(low == Reply::Count(1_234_567), "{kit}: {low:?}");
+    }
+    node.stop().await;
+    Ok(())
+}
+
 /// Multicast across a hibernation: a subscriber whose publishes go to its
 /// `handle` hibernates (the subscription is its handle's, not its
 /// instance's), and a publish wakes it and is taken. One with a handler of

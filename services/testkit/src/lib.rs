@@ -19,6 +19,9 @@ use skyhost_sdk::{
 };
 use skyhost_test_proto::{ClusterTarget, Command, Reply as Answer, TrapKind};
 
+/// The 8 bytes at address 8 of the linear memory (`low=<n>`, `Command::Low`).
+const LOW: *mut u64 = core::ptr::without_provenance_mut(8);
+
 /// Counters the commands read back.
 struct Testkit {
     /// Non-request messages received so far.
@@ -57,6 +60,15 @@ impl Service for Testkit {
                 Channel(id)
                     .subscribe()
                     .map_err(|e| format!("mc_sub: {e:?}"))?;
+            }
+            if let Some(n) = word.strip_prefix("low=") {
+                let n: u64 = n.parse().map_err(|e| format!("low: {e}"))?;
+                // SAFETY: address 8 of a wasm32 linear memory is always
+                // there, and nothing of Rust's lives that low (its data
+                // and stack start at 1 MiB): a test can see whether a
+                // memory image taken from this serving instance left these
+                // bytes as they were (`globals-out` writes over them).
+                unsafe { LOW.write_volatile(n) };
             }
             if let Some(spec) = word.strip_prefix("mc_join=") {
                 // node:id — subscribe to a channel made on a cluster node.
@@ -394,6 +406,8 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
             })
             .await
         }
+        // SAFETY: see `LOW`.
+        Command::Low => Answer::Count(unsafe { LOW.read_volatile() }),
         Command::WhoAmI => {
             Answer::Bytes(format!("{}/{}", cluster::node_name(), self_address().0).into_bytes())
         }

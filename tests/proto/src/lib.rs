@@ -337,6 +337,9 @@ pub enum Command {
         /// The raw payload echoed.
         payload: Vec<u8>,
     },
+    /// Answer `Reply::Count` with the 8 bytes at address 8 of the testkit's
+    /// linear memory (set by its `low=<n>` init argument).
+    Low,
 }
 
 /// A service on a cluster node: by name or by address there.
