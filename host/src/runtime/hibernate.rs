@@ -144,14 +144,9 @@ pub(super) async fn sleep<G: Guest>(
     mut instance: G,
     inbox: &mut Inbox,
 ) -> Woken<G> {
-    let sleeping = &handle.usage.rest.sleeping;
-    sleeping.store(true, Ordering::Relaxed);
-    // Boxed, as the wake below: this future is what a sleeping service keeps.
-    let keeping = Box::pin(keep(&mut instance)).await;
-    if !matches!(keeping, Keeping::Kept(_)) {
-        sleeping.store(false, Ordering::Relaxed);
-    }
-    let kept = match keeping {
+    // Boxed, as the wake below: this future is what a sleeping service
+    // keeps, so nothing of the keeping lives in it.
+    let kept = match Box::pin(keep_flagged(&handle.usage.rest, &mut instance)).await {
         Keeping::Kept(kept) => kept,
         Keeping::Never => {
             handle
@@ -218,6 +213,17 @@ enum Keeping {
     NotNow,
     /// The guest call failed.
     Failed(GuestFailure),
+}
+
+/// [`keep`], with the service marked `sleeping` meanwhile (and after, if
+/// it kept something: until it has fallen asleep).
+async fn keep_flagged<G: Guest>(rest: &Rest, instance: &mut G) -> Keeping {
+    rest.sleeping.store(true, Ordering::Relaxed);
+    let keeping = keep(instance).await;
+    if !matches!(keeping, Keeping::Kept(_)) {
+        rest.sleeping.store(false, Ordering::Relaxed);
+    }
+    keeping
 }
 
 /// What `instance` keeps when it hibernates: its state if it saves one,
