@@ -120,11 +120,14 @@ impl Instance {
         image.take(&memory.initial, &head, rest);
         // What `globals-out` will write over, for an instance that serves on.
         let overwritten = 8 + 8 * memory.globals as usize;
-        let mut start = head.to_vec();
-        start.extend_from_slice(&rest[..rest.len().min(overwritten.saturating_sub(8))]);
-        if memory.globals > 0 && afterwards == Afterwards::Serves && start.len() < overwritten {
-            // `globals-out` would grow the memory: not left as it was.
-            return Ok(None);
+        let mut start = Vec::new();
+        if memory.globals > 0 && afterwards == Afterwards::Serves {
+            start.extend_from_slice(&head);
+            start.extend_from_slice(&rest[..rest.len().min(overwritten - 8)]);
+            if start.len() < overwritten {
+                // `globals-out` would grow the memory: not left as it was.
+                return Ok(None);
+            }
         }
         if memory.globals > 0 {
             let out = self
