@@ -123,6 +123,19 @@ pub fn render(node: &Node) -> String {
         &[],
         node.template_spawns(),
     );
+    m.gauge(
+        "skyhost_instances_ahead",
+        "Instances made ahead of the wakes that take them (each holds a pool slot)",
+        Unit::Count,
+        &[],
+        node.instances_ahead() as f64,
+    );
+    m.counter(
+        "skyhost_wakes_ahead_total",
+        "Wakes that took an instance made ahead instead of making one",
+        &[],
+        node.wakes_ahead(),
+    );
     if let Some((nodes, members)) = node.cluster_taken_out() {
         for (what, n) in [("node", nodes), ("group_member", members)] {
             m.gauge(

@@ -489,6 +489,61 @@ async fn services_taking_turns_on_slots_that_keep_their_pages_keep_their_own_sta
     Ok(())
 }
 
+/// A wake takes an instance made ahead by the node when an earlier wake of
+/// the module's services left a worker idle (docs/hibernation.md): the
+/// woken service is itself in it (its own address, its memory counted as
+/// its own) and answers; instances made ahead hold none of their tenant's
+/// memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wake_takes_an_instance_made_ahead_as_its_own() -> anyhow::Result<()> {
+    let node = node_hibernating_after(10)?;
+    let (a, b) = (node.spawn("testkit").await?, node.spawn("testkit").await?);
+    hibernated(&node, a).await?;
+    hibernated(&node, b).await?;
+    // The first wake of the module makes instances ahead for the next.
+    ensure!(node.command(a, &Command::Count).await? == Reply::Count(0));
+    let start = Instant::now();
+    while node.node.instances_ahead() == 0 {
+        ensure!(start.elapsed() < DEADLINE, "no instance was made ahead");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    hibernated(&node, a).await?;
+    let system = |node: &TestNode| {
+        node.node
+            .tenant_stats()
+            .into_iter()
+            .find(|t| t.name == "system")
+            .context("tenant system")
+    };
+    let asleep = system(&node)?;
+    ensure!(
+        asleep.memory_bytes == 0,
+        "instances made ahead count in their tenant's memory: {asleep:?}"
+    );
+    let before = node.node.wakes_ahead();
+    let who = node.command(b, &Command::WhoAmI).await?;
+    ensure!(
+        node.node.wakes_ahead() == before + 1,
+        "the wake made its own instance"
+    );
+    let Reply::Bytes(who) = who else {
+        anyhow::bail!("WhoAmI answered {who:?}");
+    };
+    let address = String::from_utf8(who)?;
+    ensure!(
+        address.ends_with(&format!("/{}", b.0)),
+        "{b} answered as {address}"
+    );
+    let woken = info(&node, b)?;
+    ensure!(
+        woken.memory_bytes > 0,
+        "its memory is not its own: {woken:?}"
+    );
+    ensure!(system(&node)?.memory_bytes >= woken.memory_bytes);
+    node.stop().await;
+    Ok(())
+}
+
 /// A service with no state of its own (the Rust testkit: no `state`
 /// export) hibernates as an image of its memory and wakes with what its
 /// memory held: the count of text messages it was sent, again and again.

@@ -57,6 +57,7 @@ pub(super) async fn wake_rtt(b: &BenchNode, n: u32, slots: Slots) -> anyhow::Res
         }
         all_hibernated(b, &echoes).await?;
     }
+    let ahead_before = b.node.wakes_ahead();
     let mut first = Vec::with_capacity(echoes.len());
     let mut second = Vec::with_capacity(echoes.len());
     for &echo in &echoes {
@@ -76,8 +77,10 @@ pub(super) async fn wake_rtt(b: &BenchNode, n: u32, slots: Slots) -> anyhow::Res
     first.sort_unstable();
     second.sort_unstable();
     eprintln!(
-        "wake-rtt: second call to a woken echo {} µs (median)",
-        second[second.len() / 2]
+        "wake-rtt: second call to a woken echo {} µs (median); {} of {} wakes took an instance made ahead",
+        second[second.len() / 2],
+        b.node.wakes_ahead() - ahead_before,
+        echoes.len()
     );
     Ok(f64::from(first[first.len() / 2]))
 }

@@ -176,6 +176,10 @@ pub struct Limits {
     /// (a spawn, a wake) takes no page fault on them, and a free slot holds
     /// that much memory; 0, the default, gives every page back.
     pub slot_keep_resident_kib: u32,
+    /// Instances the node makes ahead of the wakes that take them, at most
+    /// one per module and tenant whose services wake (each holds a pool
+    /// slot and its memory; docs/hibernation.md); 0: none.
+    pub instances_ahead: u32,
 }
 
 impl Default for Limits {
@@ -191,6 +195,7 @@ impl Default for Limits {
             hibernate_after_ms: 0,
             template_spawn: true,
             slot_keep_resident_kib: 0,
+            instances_ahead: 16,
         }
     }
 }

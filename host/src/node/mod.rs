@@ -321,6 +321,17 @@ impl Node {
         self.kernel.template_spawns()
     }
 
+    /// Instances made ahead of the wakes that take them, kept now
+    /// (docs/hibernation.md, instances made ahead).
+    pub fn instances_ahead(&self) -> usize {
+        self.kernel.ahead.len()
+    }
+
+    /// Wakes that took an instance made ahead, since the node started.
+    pub fn wakes_ahead(&self) -> u64 {
+        self.kernel.wakes_ahead()
+    }
+
     /// Logs (target `skyhost::trace`, level info) each message the service
     /// at `address` takes and sends, and how long each batch took; false if
     /// there is no such service.
@@ -522,6 +533,7 @@ impl Node {
         self.kernel.kill_all();
         self.kernel.tasks.close();
         self.kernel.tasks.wait().await;
+        self.kernel.ahead.clear();
         self.kernel.stop_workers();
     }
     /// Replaces the module of live services with the component at `path`.

@@ -242,6 +242,17 @@ pub(crate) trait Guest: Send + Sized + 'static {
         handle: &Arc<ServiceHandle>,
         module: &Self::Module,
     ) -> impl Future<Output = Result<Self, InstantiateError>> + Send;
+    /// An instance of `module` made ahead for `tenant`, bound to no service
+    /// until [`Guest::bind`] (see `ahead.rs`): it must have called no import.
+    fn instantiate_ahead(
+        kernel: &Arc<Kernel>,
+        tenant: &Arc<Tenant>,
+        module: &Self::Module,
+    ) -> impl Future<Output = Result<Self, InstantiateError>> + Send;
+    /// Makes an instance made ahead the instance of the service behind
+    /// `handle` (its address, its usage, its memory counted in its
+    /// tenant's); false when its tenant's memory cannot take it.
+    fn bind(&mut self, handle: &Arc<ServiceHandle>) -> bool;
     /// Runs its `init`.
     fn init(
         &mut self,

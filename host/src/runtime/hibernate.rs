@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::ahead::Ahead;
 use super::inbox::Inbox;
 use super::service::End;
 use super::{
@@ -140,7 +141,7 @@ pub(super) enum Woken<G> {
 pub(super) async fn sleep<G: Guest>(
     kernel: &Arc<Kernel>,
     handle: &Arc<ServiceHandle>,
-    module: &G::Module,
+    module: &Arc<G::Module>,
     mut instance: G,
     inbox: &mut Inbox,
 ) -> Woken<G> {
@@ -267,7 +268,7 @@ pub(super) fn fall_asleep(kernel: &Kernel, handle: &ServiceHandle, inbox: &mut I
 pub(super) async fn rest<G: Guest>(
     kernel: &Arc<Kernel>,
     handle: &Arc<ServiceHandle>,
-    module: &G::Module,
+    module: &Arc<G::Module>,
     carried: Carried,
     kept: Kept,
     inbox: &mut Inbox,
@@ -297,11 +298,26 @@ pub(super) async fn rest<G: Guest>(
 async fn wake<G: Guest>(
     kernel: &Arc<Kernel>,
     handle: &Arc<ServiceHandle>,
-    module: &G::Module,
+    module: &Arc<G::Module>,
     carried: Carried,
     kept: Kept,
 ) -> Woken<G> {
-    let mut instance = match super::resident::instantiate::<G>(kernel, handle, module).await {
+    let made = kernel
+        .ahead
+        .take::<G>(module, handle.tenant.id)
+        .and_then(|mut made| made.bind(handle).then_some(made));
+    let instance = match made {
+        Some(instance) => {
+            handle.usage.rest.resident.store(true, Ordering::Relaxed);
+            kernel.woken_ahead.fetch_add(1, Ordering::Relaxed);
+            Ok(instance)
+        }
+        None => super::resident::instantiate::<G>(kernel, handle, module).await,
+    };
+    // Services of this module wake: the next wake need not wait for its
+    // instance (made when a worker is idle).
+    Ahead::refill::<G>(kernel, module, &handle.tenant);
+    let mut instance = match instance {
         Ok(instance) => instance,
         Err(error) => {
             let end = wake_failed(format!("instantiating: {error}"));
@@ -358,6 +374,7 @@ pub(super) async fn sweeper(kernel: Weak<Kernel>, shutdown: CancellationToken) {
 impl Kernel {
     /// One look of the sweeper; how long until the next.
     fn sweep(&self) -> Duration {
+        self.ahead.expire(super::ahead::AHEAD_KEPT);
         let Some(shortest) = self.shortest_hibernate_after() else {
             return LOOK_WHEN_OFF;
         };
@@ -391,6 +408,11 @@ impl Kernel {
     /// Bytes the hibernated services keep now (states and memory images).
     pub(crate) fn hibernated_bytes(&self) -> usize {
         self.hibernated_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Wakes that took an instance made ahead, since the node started.
+    pub(crate) fn wakes_ahead(&self) -> u64 {
+        self.woken_ahead.load(Ordering::Relaxed)
     }
 
     /// Services born hibernated on a template since the node started.

@@ -40,6 +40,7 @@ impl Kernel {
         }
         let (timers, timer_rx) = timer::Timers::new();
         let harbor = HarborId(config.harbor.as_ref().map_or(0, |h| h.id));
+        let ahead = super::ahead::Ahead::new(limits.instances_ahead as usize);
         let kernel = Arc::new(Kernel {
             harbor,
             host_tenant: Arc::new(Tenant::host(&limits)),
@@ -54,6 +55,8 @@ impl Kernel {
             hibernated_bytes: AtomicUsize::new(0),
             template_spawns: Default::default(),
             making_room: std::sync::atomic::AtomicBool::new(false),
+            ahead,
+            woken_ahead: Default::default(),
             names: Mutex::new(HashMap::new()),
             tenants,
             timers,
@@ -128,6 +131,7 @@ impl Kernel {
             ended.await;
         }
         self.tenants.pin().remove(&tenant.id);
+        self.ahead.forget_tenant(tenant.id);
         self.loader.forget_tenant(tenant.id);
         Ok(())
     }

@@ -29,6 +29,7 @@
 //! the cause (exited, trapped, killed).
 
 mod address;
+mod ahead;
 pub(crate) mod client;
 mod delivery;
 pub(crate) mod endpoint;
@@ -276,6 +277,28 @@ struct Watch {
 }
 
 impl ServiceHandle {
+    fn new(address: Address, module: Arc<str>, tenant: Arc<Tenant>, guest: bool) -> Self {
+        ServiceHandle {
+            address,
+            module,
+            tenant,
+            usage: tenant::Usage::default(),
+            started: Instant::now(),
+            mailbox: Mailbox::new(),
+            killed: AtomicBool::new(false),
+            guest,
+            upgrade: Mutex::new(None),
+            upgrade_pending: AtomicBool::new(false),
+            upgrade_closed: AtomicBool::new(false),
+            watch: Mutex::new(Watch::default()),
+        }
+    }
+
+    /// The handle of an instance made ahead (see [`ahead`]): in no table.
+    fn unbound(address: Address, module: Arc<str>, tenant: Arc<Tenant>) -> Self {
+        ServiceHandle::new(address, module, tenant, true)
+    }
+
     /// The upgrade ordered for this service, if any.
     fn take_upgrade(&self) -> Option<upgrade::UpgradeOrder> {
         if !self.upgrade_pending.swap(false, Ordering::Acquire) {
@@ -349,6 +372,10 @@ pub(crate) struct Kernel {
     template_spawns: std::sync::atomic::AtomicU64,
     /// A scan for services to hibernate is under way (see [`resident`]).
     making_room: AtomicBool,
+    /// Instances made ahead of the wakes that take them.
+    pub(crate) ahead: ahead::Ahead,
+    /// Wakes that took an instance made ahead.
+    woken_ahead: std::sync::atomic::AtomicU64,
     /// Services ended, by `StopReason::index`.
     pub stops: [std::sync::atomic::AtomicU64; StopReason::ALL.len()],
     /// Answers dropped because their session had ended, by [`LateAt::index`].
@@ -445,21 +472,12 @@ impl Kernel {
             if services.contains_key(&local) {
                 continue;
             }
-            let mailbox = Mailbox::new();
-            let handle = Arc::new(ServiceHandle {
-                address: Address::new(local, self.harbor),
-                module: module.clone(),
-                tenant: tenant.clone(),
-                usage: tenant::Usage::default(),
-                started: Instant::now(),
-                mailbox,
-                killed: AtomicBool::new(false),
+            let handle = Arc::new(ServiceHandle::new(
+                Address::new(local, self.harbor),
+                module.clone(),
+                tenant.clone(),
                 guest,
-                upgrade: Mutex::new(None),
-                upgrade_pending: AtomicBool::new(false),
-                upgrade_closed: AtomicBool::new(false),
-                watch: Mutex::new(Watch::default()),
-            });
+            ));
             if services.try_insert(local, handle.clone()).is_ok() {
                 return handle;
             }
@@ -511,6 +529,20 @@ impl Kernel {
             Some(workers) => {
                 let slice = Duration::from_micros(self.limits.time_slice_us);
                 workers.spawn(slice, self.tasks.track_future(task));
+            }
+            None => {
+                self.tasks.spawn(task);
+            }
+        }
+    }
+
+    /// Runs `task` when a worker of the node has nothing else to run (on
+    /// tokio where the node has no workers).
+    pub(crate) fn spawn_when_idle(&self, task: impl Future<Output = ()> + Send + 'static) {
+        match self.workers.load_full() {
+            Some(workers) => {
+                let slice = Duration::from_micros(self.limits.time_slice_us);
+                workers.spawn_when_idle(slice, self.tasks.track_future(task));
             }
             None => {
                 self.tasks.spawn(task);

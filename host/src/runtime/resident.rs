@@ -42,6 +42,10 @@ pub(super) async fn instantiate<G: Guest>(
                 return Ok(instance);
             }
             Err(InstantiateError::NoSlot(error)) => {
+                // Instances made ahead give their slots back first.
+                if kernel.ahead.clear() > 0 {
+                    continue;
+                }
                 if kernel.shortest_hibernate_after().is_none() || Instant::now() >= deadline {
                     return Err(format!(
                         "{error}: all {} instance slots are taken (raise [limits] \

@@ -84,7 +84,7 @@ pub(crate) async fn run<G: Guest>(
             let born = Box::pin(hibernate::rest::<G>(
                 &kernel,
                 &handle,
-                module.as_ref(),
+                &module,
                 Default::default(),
                 kept,
                 &mut inbox,
@@ -231,15 +231,7 @@ async fn live<G: Guest>(
         {
             Served::Ended(end) => return (end, instance.take_owed()),
             Served::Idle => {
-                match Box::pin(hibernate::sleep(
-                    kernel,
-                    handle,
-                    module.as_ref(),
-                    instance,
-                    inbox,
-                ))
-                .await
-                {
+                match Box::pin(hibernate::sleep(kernel, handle, &module, instance, inbox)).await {
                     Woken::Awake(awake) => instance = awake,
                     Woken::Ended(end, owed) => return (end, owed),
                 }

@@ -131,6 +131,9 @@ struct Shared {
     injector: Injector<Arc<Task>>,
     /// Hogs woken outside the pool.
     hog_injector: Injector<Arc<Task>>,
+    /// Work for a worker that has nothing else to run (see
+    /// [`Workers::spawn_when_idle`]).
+    when_idle: Injector<Arc<Task>>,
     fresh: Vec<Stealer<Arc<Task>>>,
     hogs: Vec<Stealer<Arc<Task>>>,
     sleepers: Vec<Sleeper>,
@@ -247,6 +250,7 @@ impl Workers {
         let shared = Arc::new(Shared {
             injector: Injector::new(),
             hog_injector: Injector::new(),
+            when_idle: Injector::new(),
             fresh: fresh.iter().map(Worker::stealer).collect(),
             hogs: hogs.iter().map(Worker::stealer).collect(),
             sleepers: (0..n)
@@ -310,6 +314,25 @@ impl Workers {
             shared: self.shared.clone(),
         });
         self.shared.schedule(task, false);
+    }
+
+    /// Runs `future` when a worker has nothing else to run: before it
+    /// spins or sleeps, so it never delays a service (it wakes no worker;
+    /// after its first poll it is a task as any other).
+    pub(crate) fn spawn_when_idle(
+        &self,
+        slice: Duration,
+        future: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let task = Arc::new(Task {
+            state: AtomicU8::new(SCHEDULED),
+            hog: AtomicBool::new(false),
+            slice,
+            woken_by: AtomicUsize::new(0),
+            future: Mutex::new(Some(Box::pin(future))),
+            shared: self.shared.clone(),
+        });
+        self.shared.when_idle.push(task);
     }
 
     /// Stops the workers and waits for their threads; tasks still queued
@@ -461,6 +484,17 @@ impl Shared {
     }
 }
 
+/// A task queued for when a worker is idle, if any.
+fn steal_when_idle(shared: &Shared) -> Option<Arc<Task>> {
+    loop {
+        match shared.when_idle.steal() {
+            Steal::Success(t) => return Some(t),
+            Steal::Empty => return None,
+            Steal::Retry => {}
+        }
+    }
+}
+
 /// A task from `injector` (and a batch more into `into`).
 fn steal_one(injector: &Injector<Arc<Task>>, into: &Worker<Arc<Task>>) -> Option<Arc<Task>> {
     loop {
@@ -534,6 +568,10 @@ async fn run(shared: &Arc<Shared>, index: usize) {
                 now = Instant::now();
                 turned = now;
             }
+            continue;
+        }
+        if let Some(t) = steal_when_idle(shared) {
+            now = poll(t, now);
             continue;
         }
         shared.idle.fetch_add(1, Ordering::AcqRel);

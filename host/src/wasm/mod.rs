@@ -399,16 +399,17 @@ pub(crate) struct Instance {
 }
 
 impl Instance {
-    /// Instantiates `module` for the service behind `handle`.
-    pub async fn new(
+    /// Instantiates `module` for the service behind `handle`, its memory
+    /// `counted` in its tenant's (not for an instance made ahead).
+    async fn make(
         kernel: &Arc<Kernel>,
         handle: &Arc<ServiceHandle>,
         module: &Module,
+        counted: bool,
     ) -> wasmtime::Result<Self> {
-        let mut store = Store::new(
-            &module.engine,
-            ServiceState::new(kernel, handle, module.parts.clone())?,
-        );
+        let mut state = ServiceState::new(kernel, handle, module.parts.clone())?;
+        state.limiter.counted = counted;
+        let mut store = Store::new(&module.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(state::on_epoch_deadline);
         store.set_epoch_deadline(1);
@@ -601,16 +602,30 @@ impl Guest for Instance {
         handle: &Arc<ServiceHandle>,
         module: &Module,
     ) -> Result<Self, InstantiateError> {
-        Instance::new(kernel, handle, module).await.map_err(|e| {
-            let no_slot = e
-                .chain()
-                .any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>());
-            if no_slot {
-                InstantiateError::NoSlot(format!("{e:#}"))
-            } else {
-                InstantiateError::Failed(format!("{e:#}"))
-            }
-        })
+        Instance::make(kernel, handle, module, true)
+            .await
+            .map_err(instantiate_error)
+    }
+
+    async fn instantiate_ahead(
+        kernel: &Arc<Kernel>,
+        tenant: &Arc<crate::runtime::tenant::Tenant>,
+        module: &Module,
+    ) -> Result<Self, InstantiateError> {
+        let unbound = kernel.unbound_handle(tenant.clone(), module.name.clone());
+        let instance = Instance::make(kernel, &unbound, module, false)
+            .await
+            .map_err(instantiate_error)?;
+        if instance.store.data().imports_called > 0 {
+            return Err(InstantiateError::Failed(
+                "its instantiation called an import: it cannot be made ahead of its service".into(),
+            ));
+        }
+        Ok(instance)
+    }
+
+    fn bind(&mut self, handle: &Arc<ServiceHandle>) -> bool {
+        self.store.data_mut().bind(handle)
     }
 
     async fn init(&mut self, args: &[u8]) -> Result<Result<(), String>, GuestFailure> {
@@ -679,6 +694,19 @@ impl Guest for Instance {
 
     fn affordable_batch(&self) -> usize {
         self.store.data().affordable_batch()
+    }
+}
+
+/// An instantiation's error as the runtime classes it: no slot in the
+/// pool, or anything else.
+fn instantiate_error(e: wasmtime::Error) -> InstantiateError {
+    let no_slot = e
+        .chain()
+        .any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>());
+    if no_slot {
+        InstantiateError::NoSlot(format!("{e:#}"))
+    } else {
+        InstantiateError::Failed(format!("{e:#}"))
     }
 }
 

@@ -46,10 +46,12 @@ pub enum Stop {
 
 impl Drop for MemoryLimiter {
     fn drop(&mut self) {
-        self.tenant
-            .counters
-            .memory
-            .fetch_sub(self.held, Ordering::AcqRel);
+        if self.counted {
+            self.tenant
+                .counters
+                .memory
+                .fetch_sub(self.held, Ordering::AcqRel);
+        }
     }
 }
 
@@ -61,6 +63,10 @@ pub(crate) struct MemoryLimiter {
     handle: Arc<ServiceHandle>,
     /// Bytes of linear memory this service holds, counted in its tenant's.
     held: usize,
+    /// Whether `held` is counted in its tenant's memory: not while the
+    /// instance is made ahead of its service (until [`ServiceState::bind`]),
+    /// so instances made ahead never take a tenant's quota from its services.
+    pub(super) counted: bool,
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
@@ -71,13 +77,19 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.limit {
-            self.tenant.refused();
+            if self.counted {
+                self.tenant.refused();
+            }
             return Err(wasmtime::Error::new(Stop::MemoryLimit {
                 limit: self.limit,
                 desired,
             }));
         }
         let grow = desired.saturating_sub(current);
+        if !self.counted {
+            self.held += grow;
+            return Ok(true);
+        }
         let total = &self.tenant.counters.memory;
         let before = total.fetch_add(grow, Ordering::AcqRel);
         let quota = self.tenant.quotas.total_memory;
@@ -163,6 +175,26 @@ pub(crate) struct ServiceState {
 }
 
 impl ServiceState {
+    /// Makes the state of an instance made ahead the state of the service
+    /// behind `handle` (same tenant): its address, and its memory counted in
+    /// its tenant's; false when the tenant's total memory cannot take it.
+    pub(super) fn bind(&mut self, handle: &Arc<ServiceHandle>) -> bool {
+        debug_assert_eq!(handle.tenant.id, self.tenant);
+        let limiter = &mut self.limiter;
+        let total = &limiter.tenant.counters.memory;
+        let before = total.fetch_add(limiter.held, Ordering::AcqRel);
+        if before.saturating_add(limiter.held) > limiter.tenant.quotas.total_memory {
+            total.fetch_sub(limiter.held, Ordering::AcqRel);
+            return false;
+        }
+        limiter.counted = true;
+        handle.usage.memory.store(limiter.held, Ordering::Relaxed);
+        limiter.handle = handle.clone();
+        self.address = handle.address;
+        self.handle = handle.clone();
+        true
+    }
+
     /// Whether its guest holds a WASI resource (a stream, a pollable): a
     /// handle a new instance would not have.
     pub(super) fn holds_resources(&self) -> bool {
@@ -195,6 +227,7 @@ impl ServiceState {
                 tenant: tenant.clone(),
                 handle: handle.clone(),
                 held: 0,
+                counted: true,
             },
             next_session: 0,
             next_guest_session: 0,

@@ -41,8 +41,9 @@ struct FakeModule {
     state: FakeState,
     /// Whether its `init` calls an import (and so is never a template).
     init_imports: bool,
-    /// Instances made of it.
+    /// Instances made of it for a service, and made ahead of one.
     instances: std::sync::atomic::AtomicUsize,
+    made_ahead: std::sync::atomic::AtomicUsize,
     templates: super::template::Templates,
 }
 
@@ -123,6 +124,31 @@ impl Guest for FakeGuest {
             imports: 0,
             init_imports: module.init_imports,
         })
+    }
+
+    async fn instantiate_ahead(
+        kernel: &Arc<Kernel>,
+        _tenant: &Arc<Tenant>,
+        module: &FakeModule,
+    ) -> Result<Self, super::InstantiateError> {
+        module
+            .made_ahead
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(FakeGuest {
+            kernel: kernel.clone(),
+            address: Address::new(0, kernel.harbor),
+            handler: module.handler.clone(),
+            owed: HashMap::new(),
+            exit: false,
+            state: module.state,
+            imports: 0,
+            init_imports: module.init_imports,
+        })
+    }
+
+    fn bind(&mut self, handle: &Arc<ServiceHandle>) -> bool {
+        self.address = handle.address;
+        true
     }
 
     async fn init(&mut self, _args: &[u8]) -> Result<Result<(), String>, GuestFailure> {
@@ -299,6 +325,7 @@ impl FakeLoader {
             state,
             init_imports: false,
             instances: Default::default(),
+            made_ahead: Default::default(),
             templates: Default::default(),
         };
         self.modules.insert(name.to_string(), Arc::new(module));

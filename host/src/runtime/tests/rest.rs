@@ -94,6 +94,65 @@ impl FakeModule {
     }
 }
 
+/// A wake takes an instance made ahead after an earlier wake of its
+/// module, with no instantiation on its path, bound to the service (its
+/// answer comes back); removing the tenant drops what was made for it.
+#[tokio::test]
+async fn a_wake_takes_an_instance_made_ahead_by_an_earlier_one() {
+    let config = NodeConfig {
+        scheduler: crate::config::Scheduler::Tokio,
+        limits: crate::config::Limits {
+            hibernate_after_ms: 5,
+            template_spawn: false,
+            ..crate::config::Limits::default()
+        },
+        ..NodeConfig::default()
+    };
+    let limits = config.limits.resolved();
+    let loader = FakeLoader::default().with_state("answerer", FakeState::Kept, |m| {
+        Act::Answer(m.payload.to_vec())
+    });
+    let answerer = loader.get("answerer");
+    let kernel = Kernel::new(&config, limits, Arc::new(loader)).expect("the core starts");
+    let (first, second) = (
+        spawn(&kernel, "answerer").await.expect("spawned"),
+        spawn(&kernel, "answerer").await.expect("spawned"),
+    );
+    hibernated(&kernel, first).await;
+    hibernated(&kernel, second).await;
+    let c = client(&kernel);
+    assert_eq!(
+        within(c.call(first, b"1".to_vec())).await,
+        Ok(b"1".to_vec())
+    );
+    within(async {
+        while kernel.ahead.len() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    let instances = answerer.instances();
+    assert_eq!(
+        within(c.call(second, b"2".to_vec())).await,
+        Ok(b"2".to_vec())
+    );
+    assert_eq!(answerer.instances(), instances, "the wake made an instance");
+    assert_eq!(kernel.wakes_ahead(), 1);
+    // Taken, and made again for the next wake.
+    within(async {
+        while kernel.ahead.len() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    let made = answerer
+        .made_ahead
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(made, 2);
+    kernel.ahead.forget_tenant(TenantId::SYSTEM);
+    assert_eq!(kernel.ahead.len(), 0);
+}
+
 /// A core (hibernation off) with module `pure` (a kept state, a pure
 /// `init`) and `impure` (a kept state, an `init` that calls an import),
 /// both answering with the payload; the two modules, to count instances.
