@@ -129,14 +129,17 @@ impl Ahead {
                     .iter()
                     .position(|m| m.module == key && m.tenant == tenant.id && m.instance.is_none());
                 match (made, at) {
-                    (Ok(instance), Some(at)) if !kernel.shutdown.is_cancelled() => {
+                    (Ok(instance), Some(at))
+                        if !kernel.shutdown.is_cancelled()
+                            && !tenant.removed.load(Ordering::Acquire) =>
+                    {
                         let entry = &mut kept[at];
                         entry.since = Instant::now();
                         entry.instance = Some(Box::new((Arc::downgrade(&module), instance)));
                         None
                     }
-                    // The node is going, or the instance could not be made
-                    // (it is not tried again before another wake).
+                    // The node or the tenant is going, or the instance could
+                    // not be made (it is not tried again before another wake).
                     (made, Some(at)) => {
                         kept.swap_remove(at);
                         made.ok()

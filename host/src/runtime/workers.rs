@@ -317,8 +317,9 @@ impl Workers {
     }
 
     /// Runs `future` when a worker has nothing else to run: before it
-    /// spins or sleeps, so it never delays a service (it wakes no worker;
-    /// after its first poll it is a task as any other).
+    /// spins or sleeps (it wakes no worker; after its first poll it is a
+    /// task as any other). Work that comes while it runs goes to another
+    /// worker, or waits for that poll to end.
     pub(crate) fn spawn_when_idle(
         &self,
         slice: Duration,
