@@ -576,6 +576,39 @@ async fn a_service_without_a_state_hibernates_as_its_memory_and_keeps_it() -> an
     Ok(())
 }
 
+/// A service whose state lives in a mutable wasm global of its own, not
+/// in its memory (`global_count_c`: the count of text messages it was
+/// sent) hibernates as an image of its memory and globals and wakes with
+/// the global's value, again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_whose_state_is_a_wasm_global_keeps_it_across_hibernations() -> anyhow::Result<()>
+{
+    let node = node_hibernating_after(30)?;
+    let counter = node.spawn("global_count_c").await?;
+    let mut sent = 0u32;
+    for round in 1..=3u32 {
+        for _ in 0..round {
+            node.client.send(counter, kind::TEXT, 0, b"one".to_vec())?;
+            sent += 1;
+        }
+        let asleep = hibernated(&node, counter).await?;
+        ensure!(
+            asleep.memory_bytes == 0 && asleep.hibernations >= round,
+            "round {round}: {asleep:?}"
+        );
+        let count = node
+            .client
+            .call_timeout(counter, Vec::new(), DEADLINE)
+            .await?;
+        ensure!(
+            count == sent.to_le_bytes(),
+            "round {round}: woke counting {count:?}, sent {sent}"
+        );
+    }
+    node.stop().await;
+    Ok(())
+}
+
 /// `module`'s echo hibernates as an image of its memory (and its core
 /// modules' mutable globals), and wakes to answer, again and again, also
 /// after its memory grew past its start (a 1 MiB echo). The echo keeps

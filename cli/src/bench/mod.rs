@@ -67,7 +67,12 @@ enum Topology {
 /// Tenants configured for [`Topology::Tenants`].
 const BENCH_TENANTS: usize = 100;
 
-/// The four `lang-<language>-*` rows for the echo service `module`.
+/// The five `lang-<language>-*` rows for the echo service `module`.
+/// `-hibernated-rss`: each language's echo hibernated (Rust through its
+/// `state`, C as an image of its memory, JavaScript and Python of their
+/// memory and globals; docs/hibernation.md), and it logs what each keeps (a
+/// freed slot's pages can stay resident until a batch of them is given
+/// back: a few MB for JavaScript and Python, spread over the services).
 macro_rules! language_rows {
     ($lang:literal, $module:literal) => {
         [
@@ -94,6 +99,12 @@ macro_rules! language_rows {
                 unit: "KiB",
                 topology: Topology::Single,
                 run: |n| Box::pin(rss_of(n, $module, 100)),
+            },
+            Workload {
+                id: concat!("lang-", $lang, "-hibernated-rss"),
+                unit: "KiB",
+                topology: Topology::Single,
+                run: |n| Box::pin(hibernated_rss_of(n, $module, 1_000)),
             },
         ]
     };
@@ -310,37 +321,6 @@ fn workloads() -> Vec<Workload> {
     all.extend(language_rows!("c", "echo_c"));
     all.extend(language_rows!("js", "echo_js"));
     all.extend(language_rows!("python", "echo_py"));
-    // Each language's echo, hibernated: Rust through its `state`, C as an
-    // image of its memory, JavaScript and Python of their memory and
-    // globals (docs/hibernation.md). Each also logs what it keeps (a freed
-    // slot's pages can stay resident until a batch of them is given back:
-    // a few MB for JavaScript and Python, spread over the services).
-    all.extend([
-        Workload {
-            id: "lang-rust-hibernated-rss",
-            unit: "KiB",
-            topology: Topology::Single,
-            run: |n| Box::pin(hibernated_rss_of(n, "echo", 1_000)),
-        },
-        Workload {
-            id: "lang-c-hibernated-rss",
-            unit: "KiB",
-            topology: Topology::Single,
-            run: |n| Box::pin(hibernated_rss_of(n, "echo_c", 1_000)),
-        },
-        Workload {
-            id: "lang-js-hibernated-rss",
-            unit: "KiB",
-            topology: Topology::Single,
-            run: |n| Box::pin(hibernated_rss_of(n, "echo_js", 1_000)),
-        },
-        Workload {
-            id: "lang-python-hibernated-rss",
-            unit: "KiB",
-            topology: Topology::Single,
-            run: |n| Box::pin(hibernated_rss_of(n, "echo_py", 1_000)),
-        },
-    ]);
     all
 }
 
