@@ -84,6 +84,12 @@ pub mod bindings {
 }
 
 mod address;
+#[cfg(all(
+    feature = "talc",
+    target_family = "wasm",
+    not(target_feature = "atomics")
+))]
+mod alloc;
 pub mod batch;
 pub mod cluster;
 mod delivery;
@@ -178,23 +184,14 @@ macro_rules! export_service {
     };
 }
 
-/// The guest's allocator: talc, which takes and frees the small blocks every
-/// message needs (its payload, its task) in fewer steps than wasi-libc's
-/// dlmalloc (cluster-oneway and local-oneway +8 % in alternating runs of
-/// the same host with and without it). It takes its memory
-/// from dlmalloc in 16 KiB blocks, so a new service uses the heap its module
-/// starts with instead of growing its memory (one `memory.grow` per 64 KiB
-/// page would cost every spawn an `mprotect`).
+/// The guest's allocator (see `alloc.rs`): small blocks kept by size class
+/// in front of talc, which takes and frees the rest in fewer steps than
+/// wasi-libc's dlmalloc (cluster-oneway and local-oneway +8 % in
+/// alternating runs of the same host with and without it).
 #[cfg(all(
     feature = "talc",
     target_family = "wasm",
     not(target_feature = "atomics")
 ))]
 #[global_allocator]
-static ALLOCATOR: talc::cell::TalcSyncCell<
-    talc::source::GlobalAllocSource<std::alloc::System>,
-    talc::wasm::WasmBinning,
-> = talc::cell::TalcSyncCell::new_wasm(talc::source::GlobalAllocSource::with_block_size(
-    std::alloc::System,
-    16 * 1024,
-));
+static ALLOCATOR: alloc::ClassCache = alloc::ClassCache::new();

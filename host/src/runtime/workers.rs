@@ -305,15 +305,23 @@ impl Workers {
     /// Runs `future` on the workers; a poll of it that takes `slice` or
     /// longer makes it a hog.
     pub(crate) fn spawn(&self, slice: Duration, future: impl Future<Output = ()> + Send + 'static) {
-        let task = Arc::new(Task {
+        self.shared.schedule(self.task(slice, future), false);
+    }
+
+    /// A task of this pool, scheduled (queued by the caller).
+    fn task(
+        &self,
+        slice: Duration,
+        future: impl Future<Output = ()> + Send + 'static,
+    ) -> Arc<Task> {
+        Arc::new(Task {
             state: AtomicU8::new(SCHEDULED),
             hog: AtomicBool::new(false),
             slice,
             woken_by: AtomicUsize::new(0),
             future: Mutex::new(Some(Box::pin(future))),
             shared: self.shared.clone(),
-        });
-        self.shared.schedule(task, false);
+        })
     }
 
     /// Runs `future` when a worker has nothing else to run: before it
@@ -325,15 +333,7 @@ impl Workers {
         slice: Duration,
         future: impl Future<Output = ()> + Send + 'static,
     ) {
-        let task = Arc::new(Task {
-            state: AtomicU8::new(SCHEDULED),
-            hog: AtomicBool::new(false),
-            slice,
-            woken_by: AtomicUsize::new(0),
-            future: Mutex::new(Some(Box::pin(future))),
-            shared: self.shared.clone(),
-        });
-        self.shared.when_idle.push(task);
+        self.shared.when_idle.push(self.task(slice, future));
     }
 
     /// Stops the workers and waits for their threads; tasks still queued

@@ -103,6 +103,22 @@ struct FakeGuest {
     init_imports: bool,
 }
 
+impl FakeGuest {
+    /// A new instance of `module`, at `address`.
+    fn of(kernel: &Arc<Kernel>, address: Address, module: &FakeModule) -> Self {
+        FakeGuest {
+            kernel: kernel.clone(),
+            address,
+            handler: module.handler.clone(),
+            owed: HashMap::new(),
+            exit: false,
+            state: module.state,
+            imports: 0,
+            init_imports: module.init_imports,
+        }
+    }
+}
+
 impl Guest for FakeGuest {
     type Module = FakeModule;
 
@@ -114,16 +130,7 @@ impl Guest for FakeGuest {
         module
             .instances
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(FakeGuest {
-            kernel: kernel.clone(),
-            address: handle.address,
-            handler: module.handler.clone(),
-            owed: HashMap::new(),
-            exit: false,
-            state: module.state,
-            imports: 0,
-            init_imports: module.init_imports,
-        })
+        Ok(FakeGuest::of(kernel, handle.address, module))
     }
 
     async fn instantiate_ahead(
@@ -134,16 +141,11 @@ impl Guest for FakeGuest {
         module
             .made_ahead
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(FakeGuest {
-            kernel: kernel.clone(),
-            address: Address::new(0, kernel.harbor),
-            handler: module.handler.clone(),
-            owed: HashMap::new(),
-            exit: false,
-            state: module.state,
-            imports: 0,
-            init_imports: module.init_imports,
-        })
+        Ok(FakeGuest::of(
+            kernel,
+            Address::new(0, kernel.harbor),
+            module,
+        ))
     }
 
     fn bind(&mut self, handle: &Arc<ServiceHandle>) -> bool {
