@@ -1,5 +1,6 @@
 //! The control address as an operator console: list, stat, mem, kill,
-//! spawn and ping answer quickly on a busy node; a wrong secret is refused.
+//! spawn and ping answer quickly on a busy node; a wrong secret is refused;
+//! call and send poke a service.
 
 use std::time::{Duration, Instant};
 
@@ -174,4 +175,63 @@ async fn json_exchange(control: &str, commands: &[&str]) -> anyhow::Result<Vec<s
         answers.push(serde_json::from_str(&line)?);
     }
     Ok(answers)
+}
+
+/// `call` and `send` reach a service by address or by name, from the
+/// tenant named before a `/` (`system` without one), with the rest of the
+/// line as the payload: `call` prints the answer, and a name the tenant
+/// does not have, or a service that is gone, is an error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_and_send_poke_a_service_from_the_console() -> anyhow::Result<()> {
+    let mut config = test_config();
+    config.control = Some(ControlConfig::new(SECRET));
+    let node = within(skyhost::Node::launch(&config)).await??;
+    within(skyhost::control::serve(&node, &config)).await??;
+    let control = node.control_address().expect("control address").to_string();
+    let echo = within(node.spawn("echo", b".echo")).await??;
+    let kit = within(node.spawn("testkit", b"name=.kit")).await??;
+
+    let (answer, _) = ask(&control, "call .echo hello, world").await;
+    assert_eq!(lines(answer), vec!["hello, world".to_string()]);
+    let (answer, _) = ask(&control, &format!("call system/{echo} by address")).await;
+    assert_eq!(lines(answer), vec!["by address".to_string()]);
+
+    let (answer, _) = ask(&control, "send .kit one").await;
+    assert_eq!(lines(answer), vec![format!("sent to {kit}")]);
+    let client = node.client();
+    let counted = async {
+        loop {
+            let reply = command_via(&client, kit, &Command::Count).await;
+            if reply == Ok(Reply::Count(1)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    within(counted).await?;
+
+    let (answer, _) = ask(&control, "call .nobody x").await;
+    assert_eq!(
+        answer,
+        Answer::Error("no service named `.nobody` in tenant `system`".into())
+    );
+    let (answer, _) = ask(&control, "call blue/.echo x").await;
+    assert_eq!(
+        answer,
+        Answer::Error("no tenant `blue` on this node".into())
+    );
+    assert!(node.kill(echo));
+    let gone = async {
+        while node.service_info(echo).is_some() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    within(gone).await?;
+    let (answer, _) = ask(&control, &format!("call {echo} x")).await;
+    let Answer::Error(error) = answer else {
+        panic!("a call to a dead service answered");
+    };
+    assert!(error.starts_with(&format!("call {echo}: ")), "{error}");
+    within(node.shutdown()).await?;
+    Ok(())
 }

@@ -19,7 +19,8 @@ use tracing::Instrument;
 
 use crate::config::{ControlConfig, NodeConfig, TenantConfig};
 use crate::node::{Node, NodeError};
-use proto::{Answer, Request};
+use crate::runtime::{Address, kind};
+use proto::{Answer, Poke, Request, Target};
 
 /// Opens what a node file asks for above the node itself: its control
 /// address and its `/metrics` (the CLI's `run` does this after
@@ -168,6 +169,45 @@ fn same_secret(given: &str, secret: &str) -> bool {
 /// How long `ping` waits for a service to pick its message up.
 const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long `call` waits for its answer.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A client in the tenant of `poke` and the address of its target.
+///
+/// # Errors
+/// No such tenant, or no service of that name in it.
+fn reach(node: &Node, poke: &Poke) -> Result<(crate::Client, Address), String> {
+    let client = node
+        .client_in(&poke.tenant)
+        .ok_or_else(|| format!("no tenant `{}` on this node", poke.tenant))?;
+    let address = match &poke.target {
+        Target::Address(a) => *a,
+        Target::Name(name) => node
+            .query_in(&poke.tenant, name)
+            .ok_or_else(|| format!("no service named `{name}` in tenant `{}`", poke.tenant))?,
+    };
+    Ok((client, address))
+}
+
+/// Calls the target of `poke` and prints its answer: its lines when it is
+/// text, else its bytes in hex.
+async fn call(node: &Node, poke: Poke) -> Answer {
+    let (client, address) = match reach(node, &poke) {
+        Ok(reached) => reached,
+        Err(e) => return Answer::Error(e),
+    };
+    match client
+        .call_timeout(address, poke.payload.into_bytes(), CALL_TIMEOUT)
+        .await
+    {
+        Ok(answer) => Answer::Ok(match String::from_utf8(answer) {
+            Ok(text) => text.lines().map(str::to_string).collect(),
+            Err(bytes) => vec![format!("hex {}", hex::encode(bytes.as_bytes()))],
+        }),
+        Err(e) => Answer::Error(format!("call {}: {e}", poke.target)),
+    }
+}
+
 /// Runs one authenticated request.
 async fn run(node: &Node, request: Request) -> Answer {
     match request {
@@ -275,6 +315,16 @@ async fn run(node: &Node, request: Request) -> Answer {
         Request::Ping(address) => match node.ping(address, PING_TIMEOUT).await {
             Ok(took) => Answer::Ok(vec![format!("pong from {address} in {} µs", took.as_micros())]),
             Err(e) => Answer::Error(format!("ping {address}: {e}")),
+        },
+        Request::Call(poke) => call(node, poke).await,
+        Request::Send(poke) => match reach(node, &poke) {
+            Ok((client, address)) => {
+                match client.send(address, kind::TEXT, 0, poke.payload.into_bytes()) {
+                    Ok(()) => Answer::Ok(vec![format!("sent to {address}")]),
+                    Err(e) => Answer::Error(format!("send to {}: {e}", poke.target)),
+                }
+            }
+            Err(e) => Answer::Error(e),
         },
         Request::Netstat => Answer::Ok(
             node.links()

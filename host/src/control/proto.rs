@@ -57,6 +57,13 @@ pub enum Request {
     },
     /// `ping <addr>`: how long the service takes to pick up a message.
     Ping(Address),
+    /// `call [tenant/]<addr|name> [payload]`: call a service with the rest
+    /// of the line as its payload, as a service of that tenant would, and
+    /// print its answer.
+    Call(Poke),
+    /// `send [tenant/]<addr|name> [payload]`: send it the rest of the line
+    /// as a text message.
+    Send(Poke),
     /// `netstat`: harbor and cluster links.
     Netstat,
     /// `trace <addr> on|off`: log each message in and out of a service.
@@ -71,6 +78,37 @@ pub enum Request {
         /// How long each service may take to finish its own sessions.
         wait_ms: u64,
     },
+}
+
+/// What `call` and `send` reach, and with what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Poke {
+    /// The tenant the message is sent from (`system` when not given): a
+    /// name is looked up in its namespace, and its sealing applies.
+    pub tenant: String,
+    /// The service.
+    pub target: Target,
+    /// The payload: the rest of the line, as bytes.
+    pub payload: String,
+}
+
+/// A service, by address or by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `:0000010a` or decimal.
+    Address(Address),
+    /// A name registered in the tenant (`.hello`, or `other/entry` for an
+    /// entry another tenant grants).
+    Name(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Address(a) => write!(f, "{a}"),
+            Target::Name(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 /// How long `upgrade` lets a service finish its own sessions by default.
@@ -105,6 +143,8 @@ pub const HELP: &[&str] = &[
     "kill <addr>              stop a service (its pending sessions end with an error)",
     "spawn [tenant/]<module> [args]  start a service",
     "ping <addr>              how long a service takes to pick up a message",
+    "call [tenant/]<addr|name> [payload]  call a service with the rest of the line; print its answer",
+    "send [tenant/]<addr|name> [payload]  send a service the rest of the line as a text message",
     "netstat                  harbor and cluster links: peer, state, bytes, frames, queued, RTT",
     "trace <addr> on|off      log each message in and out (source, kind, session, size, time)",
     "upgrade <addr|name|module> <path.wasm> [wait_ms]  replace a service's module, keeping its state",
@@ -178,6 +218,8 @@ impl Request {
             "stat" => address(rest, "stat <addr>").map(Request::Stat),
             "kill" => address(rest, "kill <addr>").map(Request::Kill),
             "ping" => address(rest, "ping <addr>").map(Request::Ping),
+            "call" => poke(rest, "call [tenant/]<addr|name> [payload]").map(Request::Call),
+            "send" => poke(rest, "send [tenant/]<addr|name> [payload]").map(Request::Send),
             "spawn" => {
                 let (target, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
                 let (tenant, module) = target.split_once('/').unwrap_or(("system", target));
@@ -215,6 +257,29 @@ impl Request {
             other => Err(ParseError::Unknown(other.to_string())),
         }
     }
+}
+
+/// `[tenant/]<addr|name> [payload]`: what comes before the first `/` is
+/// the tenant (`blue/other/entry`: the entry `other` grants `blue`).
+fn poke(rest: &str, usage: &'static str) -> Result<Poke, ParseError> {
+    let (target, payload) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    if target.is_empty() {
+        return Err(ParseError::Usage(usage));
+    }
+    let (tenant, service) = match target.split_once('/') {
+        Some((tenant, service)) if !tenant.is_empty() && !service.is_empty() => (tenant, service),
+        Some(_) => return Err(ParseError::Usage(usage)),
+        None => (crate::runtime::SYSTEM_TENANT, target),
+    };
+    let target = match service.parse::<Address>() {
+        Ok(a) => Target::Address(a),
+        Err(_) => Target::Name(service.to_string()),
+    };
+    Ok(Poke {
+        tenant: tenant.to_string(),
+        target,
+        payload: payload.trim_start().to_string(),
+    })
 }
 
 /// The one argument of `usage` as an address (`:0000010a` or decimal).
@@ -310,6 +375,45 @@ impl Answer {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn call_and_send_take_a_tenant_a_target_and_the_rest_as_payload() {
+        let poke = |tenant: &str, target: Target, payload: &str| Poke {
+            tenant: tenant.into(),
+            target,
+            payload: payload.into(),
+        };
+        assert_eq!(
+            Request::parse("call .hello  hello world "),
+            Ok(Request::Call(poke(
+                "system",
+                Target::Name(".hello".into()),
+                "hello world"
+            )))
+        );
+        assert_eq!(
+            Request::parse("send blue/:0000010a x"),
+            Ok(Request::Send(poke(
+                "blue",
+                Target::Address(Address(0x10a)),
+                "x"
+            )))
+        );
+        assert_eq!(
+            Request::parse("call blue/other/entry"),
+            Ok(Request::Call(poke(
+                "blue",
+                Target::Name("other/entry".into()),
+                ""
+            )))
+        );
+        for bad in ["call", "call /x y", "send blue/ y"] {
+            assert!(
+                matches!(Request::parse(bad), Err(ParseError::Usage(_))),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn commands_parse_with_their_arguments() {
