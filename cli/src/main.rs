@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use skyhost::{Node, NodeConfig};
 
 mod bench;
+mod wit;
 
 /// mimalloc instead of glibc's allocator: messages, frames and guest calls
 /// allocate and free small buffers on every thread (see BENCHMARKS.md).
@@ -63,6 +64,13 @@ enum Command {
         /// (how a memory workload gets a fresh process for each run).
         #[arg(long, hide = true)]
         once: bool,
+    },
+    /// Write the WIT package this skyhost runs components against
+    /// (`service.wit`) into DIR, for any bindings generator.
+    Wit {
+        /// Where to write it (made if missing).
+        #[arg(default_value = "wit")]
+        dir: PathBuf,
     },
     /// Run one command on a running node's control address and print its
     /// answer; exits non-zero when the node answers an error.
@@ -151,6 +159,9 @@ fn main() -> ExitCode {
             once,
             services,
         } => bench_main(&ids, json, once, threads, &scheduler, services),
+        Command::Wit { dir } => wit::write(&dir).map(|file| {
+            println!("wrote {} ({})", file.display(), wit::package());
+        }),
         Command::Ctl { to, command } => ctl(&to, &command.join(" ")),
         Command::Console { to } => console(&to),
         Command::Tenant {

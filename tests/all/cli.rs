@@ -129,3 +129,44 @@ fn the_demo_node_runs_and_stops_cleanly_on_sigint() {
     let exit = node.wait_exit();
     assert!(exit.success(), "skyhost exited with {exit}");
 }
+
+/// `skyhost wit DIR` writes the WIT package the binary runs components
+/// against, as the repository has it, and names its version; a DIR that is
+/// a file is an error naming it.
+#[test]
+fn wit_writes_the_package_the_binary_speaks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wit = dir.path().join("deep").join("wit");
+    let out = skyhost()
+        .arg("wit")
+        .arg(&wit)
+        .output()
+        .expect("run skyhost");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/service.wit");
+    let ours = std::fs::read_to_string(&repo).expect("the repository's WIT");
+    let written = std::fs::read_to_string(wit.join("service.wit")).expect("written");
+    assert_eq!(written, ours);
+    let package = ours
+        .lines()
+        .find_map(|l| l.strip_prefix("package "))
+        .expect("a package line")
+        .trim_end_matches(';');
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(package), "{stdout}");
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").expect("write");
+    let out = skyhost()
+        .arg("wit")
+        .arg(&file)
+        .output()
+        .expect("run skyhost");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("a-file"), "{stderr}");
+}
