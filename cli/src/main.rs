@@ -162,7 +162,7 @@ fn main() -> ExitCode {
         Command::Wit { dir } => wit::write(&dir).map(|file| {
             println!("wrote {} ({})", file.display(), wit::package());
         }),
-        Command::Ctl { to, command } => ctl(&to, &command.join(" ")),
+        Command::Ctl { to, command } => payload_from_file(command).and_then(|c| ctl(&to, &c)),
         Command::Console { to } => console(&to),
         Command::Tenant {
             action: TenantAction::Apply { file, to },
@@ -261,6 +261,20 @@ fn print_out(text: &str) -> anyhow::Result<()> {
 }
 
 /// Sends `command` to a node's control address and prints the answer.
+/// The command line for `ctl`: its words joined, and for `call` and `send`
+/// a payload `@file` made `hex:` of the file's bytes (the protocol is
+/// lines, so bytes go as hex).
+fn payload_from_file(command: Vec<String>) -> anyhow::Result<String> {
+    match command.as_slice() {
+        [verb, target, file] if (verb == "call" || verb == "send") && file.starts_with('@') => {
+            let path = &file[1..];
+            let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+            Ok(format!("{verb} {target} hex:{}", hex::encode(bytes)))
+        }
+        _ => Ok(command.join(" ")),
+    }
+}
+
 fn ctl(to: &ControlArgs, command: &str) -> anyhow::Result<()> {
     let secret = control_secret(to)?;
     let runtime = tokio::runtime::Builder::new_current_thread()

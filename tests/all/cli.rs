@@ -170,3 +170,35 @@ fn wit_writes_the_package_the_binary_speaks() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("a-file"), "{stderr}");
 }
+
+/// `skyhost ctl call <target> @file` sends the file's bytes (any bytes:
+/// they cross the line protocol as hex) and prints the answer: here to the
+/// demo node's `.echo`.
+#[test]
+fn ctl_call_sends_a_file_as_the_payload() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo.toml");
+    let mut node = Proc::start([Path::new("run"), &demo]);
+    node.wait_for("demo: done");
+    let line = node.wait_for("control listening");
+    let control = crate::support::log_field(&line, "address").expect("control address");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let payload = dir.path().join("payload.txt");
+    std::fs::write(&payload, "line one\nline two\n").expect("write payload");
+    let out = skyhost()
+        .env("SKYHOST_SECRET", "demo")
+        .args(["ctl", "-c", &control, "call", ".echo"])
+        .arg(format!("@{}", payload.display()))
+        .output()
+        .expect("run skyhost ctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        "line one\nline two"
+    );
+    node.signal("INT");
+    node.wait_exit();
+}

@@ -197,7 +197,7 @@ async fn call(node: &Node, poke: Poke) -> Answer {
         Err(e) => return Answer::Error(e),
     };
     match client
-        .call_timeout(address, poke.payload.into_bytes(), CALL_TIMEOUT)
+        .call_timeout(address, poke.payload, CALL_TIMEOUT)
         .await
     {
         Ok(answer) => Answer::Ok(match String::from_utf8(answer) {
@@ -319,7 +319,7 @@ async fn run(node: &Node, request: Request) -> Answer {
         Request::Call(poke) => call(node, poke).await,
         Request::Send(poke) => match reach(node, &poke) {
             Ok((client, address)) => {
-                match client.send(address, kind::TEXT, 0, poke.payload.into_bytes()) {
+                match client.send(address, kind::TEXT, 0, poke.payload) {
                     Ok(()) => Answer::Ok(vec![format!("sent to {address}")]),
                     Err(e) => Answer::Error(format!("send to {}: {e}", poke.target)),
                 }

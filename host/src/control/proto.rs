@@ -88,8 +88,9 @@ pub struct Poke {
     pub tenant: String,
     /// The service.
     pub target: Target,
-    /// The payload: the rest of the line, as bytes.
-    pub payload: String,
+    /// The payload: the rest of the line as text, or the bytes of
+    /// `hex:<hex>` (what `skyhost ctl call <target> @file` sends).
+    pub payload: Vec<u8>,
 }
 
 /// A service, by address or by name.
@@ -143,7 +144,7 @@ pub const HELP: &[&str] = &[
     "kill <addr>              stop a service (its pending sessions end with an error)",
     "spawn [tenant/]<module> [args]  start a service",
     "ping <addr>              how long a service takes to pick up a message",
-    "call [tenant/]<addr|name> [payload]  call a service with the rest of the line; print its answer",
+    "call [tenant/]<addr|name> [payload|hex:<hex>]  call a service with the rest of the line; print its answer",
     "send [tenant/]<addr|name> [payload]  send a service the rest of the line as a text message",
     "netstat                  harbor and cluster links: peer, state, bytes, frames, queued, RTT",
     "trace <addr> on|off      log each message in and out (source, kind, session, size, time)",
@@ -275,10 +276,15 @@ fn poke(rest: &str, usage: &'static str) -> Result<Poke, ParseError> {
         Ok(a) => Target::Address(a),
         Err(_) => Target::Name(service.to_string()),
     };
+    let payload = payload.trim_start();
+    let payload = match payload.strip_prefix("hex:") {
+        Some(digits) => hex::decode(digits).map_err(|_| ParseError::Usage(usage))?,
+        None => payload.as_bytes().to_vec(),
+    };
     Ok(Poke {
         tenant: tenant.to_string(),
         target,
-        payload: payload.trim_start().to_string(),
+        payload,
     })
 }
 
@@ -381,7 +387,7 @@ mod tests {
         let poke = |tenant: &str, target: Target, payload: &str| Poke {
             tenant: tenant.into(),
             target,
-            payload: payload.into(),
+            payload: payload.as_bytes().to_vec(),
         };
         assert_eq!(
             Request::parse("call .hello  hello world "),
@@ -407,7 +413,15 @@ mod tests {
                 ""
             )))
         );
-        for bad in ["call", "call /x y", "send blue/ y"] {
+        assert_eq!(
+            Request::parse("call .x hex:00ff0a"),
+            Ok(Request::Call(Poke {
+                tenant: "system".into(),
+                target: Target::Name(".x".into()),
+                payload: vec![0, 0xff, b'\n'],
+            }))
+        );
+        for bad in ["call", "call /x y", "send blue/ y", "call .x hex:0g"] {
             assert!(
                 matches!(Request::parse(bad), Err(ParseError::Usage(_))),
                 "{bad}"
