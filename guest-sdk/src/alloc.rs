@@ -1,4 +1,5 @@
-//! The guest's allocator: small blocks kept by size class in front of talc.
+//! The guest's allocator: small blocks kept by size class in front of talc
+//! (any [`GlobalAlloc`] behind it: the host's tests put `System` there).
 //!
 //! Every message takes and frees a few small blocks (its payload, the
 //! typed value decoded from it, the answer encoded, its task). A freed block
@@ -23,11 +24,6 @@ const CLASSES: usize = LARGEST / STEP;
 /// The most blocks one class keeps.
 const KEPT: u16 = 32;
 
-type Talc = talc::cell::TalcSyncCell<
-    talc::source::GlobalAllocSource<std::alloc::System>,
-    talc::wasm::WasmBinning,
->;
-
 /// One class's free blocks: a list threaded through the blocks themselves.
 #[derive(Clone, Copy)]
 struct FreeList {
@@ -35,24 +31,23 @@ struct FreeList {
     len: u16,
 }
 
-/// talc, with a free list per size class in front of it.
-pub(crate) struct ClassCache {
-    talc: Talc,
+/// `A` (talc in a guest), with a free list per size class in front of it.
+pub(crate) struct ClassCache<A> {
+    inner: A,
     lists: UnsafeCell<[FreeList; CLASSES]>,
 }
 
-// SAFETY: built only for wasm without the `atomics` feature (see the
-// `#[cfg]` where it is the global allocator): one thread, so the lists are
-// never touched from two at once.
-unsafe impl Sync for ClassCache {}
+// SAFETY: only where it is the global allocator, wasm without the `atomics`
+// feature (see the `#[cfg]`): one thread, so the lists are never touched
+// from two at once.
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+unsafe impl<A: Sync> Sync for ClassCache<A> {}
 
-impl ClassCache {
-    /// An allocator with empty lists.
-    pub(crate) const fn new() -> Self {
+impl<A> ClassCache<A> {
+    /// `inner` with empty lists in front.
+    pub(crate) const fn new(inner: A) -> Self {
         ClassCache {
-            talc: talc::cell::TalcSyncCell::new_wasm(
-                talc::source::GlobalAllocSource::with_block_size(std::alloc::System, 16 * 1024),
-            ),
+            inner,
             lists: UnsafeCell::new(
                 [FreeList {
                     head: ptr::null_mut(),
@@ -68,7 +63,7 @@ impl ClassCache {
         (size <= LARGEST && layout.align() <= STEP).then(|| size.saturating_sub(1) / STEP)
     }
 
-    /// The layout talc gives and takes for every block of `class`.
+    /// The layout `A` gives and takes for every block of `class`.
     fn class_layout(class: usize) -> Layout {
         // SAFETY: the size is a non-zero multiple of 16 and at most 256; 16
         // is a power of two.
@@ -88,21 +83,21 @@ impl ClassCache {
     }
 }
 
-// SAFETY: every block handed out is either a talc block of the class's
-// layout (size and alignment at least the request's) or a talc block of the
-// request's own layout; each goes back to talc with the layout it was taken
+// SAFETY: every block handed out is either an `A` block of the class's
+// layout (size and alignment at least the request's) or an `A` block of the
+// request's own layout; each goes back to `A` with the layout it was taken
 // with, and a block on a free list is owned by the list alone.
-unsafe impl GlobalAlloc for ClassCache {
+unsafe impl<A: GlobalAlloc> GlobalAlloc for ClassCache<A> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let Some(class) = Self::class(layout) else {
             // SAFETY: forwarded as the caller gave it.
-            return unsafe { self.talc.alloc(layout) };
+            return unsafe { self.inner.alloc(layout) };
         };
         // SAFETY: the only reference to the lists while it lives.
         let list = unsafe { self.list(class) };
         if list.head.is_null() {
             // SAFETY: a valid non-zero layout.
-            return unsafe { self.talc.alloc(Self::class_layout(class)) };
+            return unsafe { self.inner.alloc(Self::class_layout(class)) };
         }
         let block = list.head;
         // SAFETY: a block on the list holds the next block's address in its
@@ -114,14 +109,14 @@ unsafe impl GlobalAlloc for ClassCache {
 
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
         let Some(class) = Self::class(layout) else {
-            // SAFETY: taken from talc with this layout.
-            return unsafe { self.talc.dealloc(block, layout) };
+            // SAFETY: taken from `A` with this layout.
+            return unsafe { self.inner.dealloc(block, layout) };
         };
         // SAFETY: the only reference to the lists while it lives.
         let list = unsafe { self.list(class) };
         if list.len >= KEPT {
-            // SAFETY: taken from talc (or a list) with the class's layout.
-            return unsafe { self.talc.dealloc(block, Self::class_layout(class)) };
+            // SAFETY: taken from `A` (or a list) with the class's layout.
+            return unsafe { self.inner.dealloc(block, Self::class_layout(class)) };
         }
         // SAFETY: the block is at least 16 bytes, 16-aligned and ours now.
         unsafe { block.cast::<*mut u8>().write(list.head) };
@@ -134,8 +129,8 @@ unsafe impl GlobalAlloc for ClassCache {
         // alignment, does not overflow `isize`.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         match (Self::class(layout), Self::class(new_layout)) {
-            // SAFETY: taken from talc with `layout`; the caller's promises.
-            (None, None) => unsafe { self.talc.realloc(block, layout, new_size) },
+            // SAFETY: taken from `A` with `layout`; the caller's promises.
+            (None, None) => unsafe { self.inner.realloc(block, layout, new_size) },
             (Some(old), Some(new)) if old == new => block,
             _ => {
                 // SAFETY: a valid non-zero layout.
@@ -150,6 +145,100 @@ unsafe impl GlobalAlloc for ClassCache {
                 }
                 moved
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    use super::{ClassCache, KEPT};
+
+    /// `System`, counting the blocks taken from it.
+    #[derive(Default)]
+    struct Counting {
+        taken: Cell<usize>,
+    }
+
+    // SAFETY: every call goes to `System` as it came.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            self.taken.set(self.taken.get() + 1);
+            // SAFETY: forwarded.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
+            // SAFETY: forwarded.
+            unsafe { System.dealloc(block, layout) }
+        }
+    }
+
+    fn layout(size: usize, align: usize) -> Layout {
+        Layout::from_size_align(size, align).expect("a valid layout")
+    }
+
+    #[test]
+    fn a_freed_small_block_serves_the_next_of_its_class_only() {
+        let cache = ClassCache::new(Counting::default());
+        // SAFETY: each block is freed once, with the layout it was taken with.
+        unsafe {
+            let a = cache.alloc(layout(24, 8));
+            cache.dealloc(a, layout(24, 8));
+            // 17..=32 bytes are one class; 33 is the next.
+            let b = cache.alloc(layout(33, 8));
+            assert_ne!(a, b);
+            let c = cache.alloc(layout(32, 16));
+            assert_eq!(a, c, "the freed block of the class");
+            assert_eq!(cache.inner.taken.get(), 2);
+            // Larger or more aligned than the classes: always the inner allocator.
+            for l in [layout(300, 8), layout(16, 32)] {
+                let big = cache.alloc(l);
+                cache.dealloc(big, l);
+            }
+            assert_eq!(cache.inner.taken.get(), 4);
+            cache.dealloc(b, layout(33, 8));
+            cache.dealloc(c, layout(32, 16));
+        }
+    }
+
+    #[test]
+    fn a_class_keeps_at_most_kept_blocks() {
+        let cache = ClassCache::new(Counting::default());
+        let l = layout(64, 8);
+        let n = usize::from(KEPT) + 8;
+        // SAFETY: each block is freed once, with the layout it was taken with.
+        unsafe {
+            let blocks: Vec<*mut u8> = (0..n).map(|_| cache.alloc(l)).collect();
+            for &b in &blocks {
+                cache.dealloc(b, l);
+            }
+            let again: Vec<*mut u8> = (0..n).map(|_| cache.alloc(l)).collect();
+            // KEPT came back from the list, the rest from the inner allocator.
+            assert_eq!(cache.inner.taken.get(), 2 * n - usize::from(KEPT));
+            for b in again {
+                cache.dealloc(b, l);
+            }
+        }
+    }
+
+    #[test]
+    fn realloc_keeps_the_bytes_across_classes_and_in_place_within_one() {
+        let cache = ClassCache::new(Counting::default());
+        let bytes: Vec<u8> = (0..=255).collect();
+        // SAFETY: each block is used within its size and freed once with its layout.
+        unsafe {
+            let a = cache.alloc(layout(20, 1));
+            a.copy_from_nonoverlapping(bytes.as_ptr(), 20);
+            assert_eq!(cache.realloc(a, layout(20, 1), 30), a, "same class");
+            let grown = cache.realloc(a, layout(30, 1), 1_000);
+            grown.add(30).copy_from_nonoverlapping(bytes.as_ptr(), 200);
+            let shrunk = cache.realloc(grown, layout(1_000, 1), 100);
+            assert_eq!(std::slice::from_raw_parts(shrunk, 20), &bytes[..20]);
+            assert_eq!(std::slice::from_raw_parts(shrunk.add(30), 70), &bytes[..70]);
+            cache.dealloc(shrunk, layout(100, 1));
         }
     }
 }

@@ -84,10 +84,13 @@ pub mod bindings {
 }
 
 mod address;
-#[cfg(all(
-    feature = "talc",
-    target_family = "wasm",
-    not(target_feature = "atomics")
+#[cfg(any(
+    test,
+    all(
+        feature = "talc",
+        target_family = "wasm",
+        not(target_feature = "atomics")
+    )
 ))]
 mod alloc;
 pub mod batch;
@@ -194,4 +197,11 @@ macro_rules! export_service {
     not(target_feature = "atomics")
 ))]
 #[global_allocator]
-static ALLOCATOR: alloc::ClassCache = alloc::ClassCache::new();
+static ALLOCATOR: alloc::ClassCache<
+    talc::cell::TalcSyncCell<
+        talc::source::GlobalAllocSource<std::alloc::System>,
+        talc::wasm::WasmBinning,
+    >,
+> = alloc::ClassCache::new(talc::cell::TalcSyncCell::new_wasm(
+    talc::source::GlobalAllocSource::with_block_size(std::alloc::System, 16 * 1024),
+));

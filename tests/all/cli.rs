@@ -70,17 +70,22 @@ fn a_core_module_is_refused_with_how_to_make_a_component() {
     );
 }
 
-#[test]
-fn the_demo_node_runs_and_stops_cleanly_on_sigint() {
+/// The demo node (`examples/demo.toml`) once its own calls through its echo
+/// services were answered, and its control address.
+fn demo_node() -> (Proc, String) {
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo.toml");
     let mut node = Proc::start([Path::new("run"), &demo]);
     node.wait_for("bootstrap service started");
-    // The demo's own log line once its calls through its echo services
-    // were answered.
     node.wait_for("demo: done");
-    // The README's console steps, on the demo node.
     let line = node.wait_for("control listening");
     let control = crate::support::log_field(&line, "address").expect("control address");
+    (node, control)
+}
+
+#[test]
+fn the_demo_node_runs_and_stops_cleanly_on_sigint() {
+    // The README's console steps, on the demo node.
+    let (mut node, control) = demo_node();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_skyhost"))
         .args(["ctl", "-c", &control, "list"])
         .env("SKYHOST_SECRET", "demo")
@@ -176,11 +181,7 @@ fn wit_writes_the_package_the_binary_speaks() {
 /// demo node's `.echo`.
 #[test]
 fn ctl_call_sends_a_file_as_the_payload() {
-    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo.toml");
-    let mut node = Proc::start([Path::new("run"), &demo]);
-    node.wait_for("demo: done");
-    let line = node.wait_for("control listening");
-    let control = crate::support::log_field(&line, "address").expect("control address");
+    let (mut node, control) = demo_node();
     let dir = tempfile::tempdir().expect("temp dir");
     let payload = dir.path().join("payload.txt");
     std::fs::write(&payload, "line one\nline two\n").expect("write payload");

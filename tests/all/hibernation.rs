@@ -19,6 +19,15 @@ fn node_hibernating_after(ms: u64) -> anyhow::Result<TestNode> {
     TestNode::with_config(config)
 }
 
+/// Tenant `name`'s accounting on `node`.
+fn stats_of(node: &TestNode, name: &str) -> anyhow::Result<skyhost::TenantStats> {
+    node.node
+        .tenant_stats()
+        .into_iter()
+        .find(|t| t.name == name)
+        .with_context(|| format!("tenant {name}"))
+}
+
 fn info(node: &TestNode, service: Address) -> anyhow::Result<ServiceInfo> {
     node.node.service_info(service).context("the service lives")
 }
@@ -372,13 +381,6 @@ async fn a_tenant_counts_its_hibernated_services_but_not_their_memory() -> anyho
         ..TenantConfig::new("few", vec![guest_dir()])
     }];
     let node = TestNode::with_config(config)?;
-    let few = |node: &TestNode| {
-        node.node
-            .tenant_stats()
-            .into_iter()
-            .find(|t| t.name == "few")
-            .context("tenant few")
-    };
     let mut counters = Vec::new();
     for _ in 0..2 {
         counters.push(within(node.node.spawn_in("few", "counter", &[])).await??);
@@ -386,7 +388,7 @@ async fn a_tenant_counts_its_hibernated_services_but_not_their_memory() -> anyho
     for &c in &counters {
         hibernated(&node, c).await?;
     }
-    let asleep = few(&node)?;
+    let asleep = stats_of(&node, "few")?;
     ensure!(
         asleep.services == 2 && asleep.memory_bytes == 0,
         "asleep: {asleep:?}"
@@ -396,7 +398,7 @@ async fn a_tenant_counts_its_hibernated_services_but_not_their_memory() -> anyho
     ensure!(refused.contains("at its limit of 2 services"), "{refused}");
     let client = node.node.client_in("few").context("a client in few")?;
     count(&client, counters[0]).await?;
-    let woken = few(&node)?;
+    let woken = stats_of(&node, "few")?;
     ensure!(
         woken.services == 2 && woken.memory_bytes > 0,
         "one woken: {woken:?}"
@@ -508,14 +510,7 @@ async fn a_wake_takes_an_instance_made_ahead_as_its_own() -> anyhow::Result<()> 
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     hibernated(&node, a).await?;
-    let system = |node: &TestNode| {
-        node.node
-            .tenant_stats()
-            .into_iter()
-            .find(|t| t.name == "system")
-            .context("tenant system")
-    };
-    let asleep = system(&node)?;
+    let asleep = stats_of(&node, "system")?;
     ensure!(
         asleep.memory_bytes == 0,
         "instances made ahead count in their tenant's memory: {asleep:?}"
@@ -539,7 +534,7 @@ async fn a_wake_takes_an_instance_made_ahead_as_its_own() -> anyhow::Result<()> 
         woken.memory_bytes > 0,
         "its memory is not its own: {woken:?}"
     );
-    ensure!(system(&node)?.memory_bytes >= woken.memory_bytes);
+    ensure!(stats_of(&node, "system")?.memory_bytes >= woken.memory_bytes);
     node.stop().await;
     Ok(())
 }

@@ -177,7 +177,7 @@ pub struct Limits {
     /// that much memory; 0, the default, gives every page back.
     pub slot_keep_resident_kib: u32,
     /// Instances the node makes ahead of the wakes that take them, at most
-    /// one per module and tenant whose services wake (each holds a pool
+    /// two per module and tenant whose services wake (each holds a pool
     /// slot and its memory; docs/hibernation.md); 0: none.
     pub instances_ahead: u32,
 }

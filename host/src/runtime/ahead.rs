@@ -5,16 +5,17 @@
 //!
 //! ```text
 //!  wake ── take(module, tenant): one made? ──> Guest::bind to the service
-//!       └─ refill(module, tenant): none made or being made for the pair, the
-//!          cap not reached, room in the pool ──> a task makes one
-//!          (Guest::instantiate_ahead) and keeps it
+//!       └─ refill(module, tenant): fewer than PER_MODULE made or being made
+//!          for the pair, the cap not reached, room in the pool ──> a worker
+//!          with nothing else to run makes one (Guest::instantiate_ahead)
+//!          and it is kept
 //!  dropped: unused for AHEAD_KEPT (the sweeper), every slot taken (an
-//!  instantiation found no slot), its tenant removed, the node gone
+//!  instantiation found no slot), its tenant removed, the node shut down
 //! ```
 //!
 //! Each kept instance holds a pool slot and its memory (counted in its
-//! tenant's), so only wakes make them, one per (module, tenant), at most
-//! `[limits] instances_ahead` per node.
+//! tenant's only once bound), so only wakes make them, [`PER_MODULE`] per
+//! (module, tenant), at most `[limits] instances_ahead` per node.
 
 use std::any::Any;
 use std::sync::atomic::Ordering;
@@ -122,46 +123,37 @@ impl Ahead {
         kernel.spawn_when_idle(async move {
             let kernel = made_by;
             let made = G::instantiate_ahead(&kernel, &tenant, &module).await;
-            // Whatever is not kept is dropped after the lock is let go.
-            let _unkept = {
-                let mut kept = kernel.ahead.made();
-                let at = kept
-                    .iter()
-                    .position(|m| m.module == key && m.tenant == tenant.id && m.instance.is_none());
-                match (made, at) {
-                    (Ok(instance), Some(at))
-                        if !kernel.shutdown.is_cancelled()
-                            && !tenant.removed.load(Ordering::Acquire) =>
-                    {
-                        let entry = &mut kept[at];
-                        entry.since = Instant::now();
-                        entry.instance = Some(Box::new((Arc::downgrade(&module), instance)));
-                        None
-                    }
-                    // The node or the tenant is going, or the instance could
-                    // not be made (it is not tried again before another wake).
-                    (made, Some(at)) => {
-                        kept.swap_remove(at);
-                        made.ok()
-                    }
-                    (made, None) => made.ok(),
-                }
+            let going = kernel.shutdown.is_cancelled() || tenant.removed.load(Ordering::Acquire);
+            let mut kept = kernel.ahead.made();
+            // Its entry: only this task takes it out (the drops take kept ones).
+            let Some(at) = kept
+                .iter()
+                .position(|m| m.module == key && m.tenant == tenant.id && m.instance.is_none())
+            else {
+                return;
             };
+            match made {
+                Ok(instance) if !going => {
+                    let entry = &mut kept[at];
+                    entry.since = Instant::now();
+                    entry.instance = Some(Box::new((Arc::downgrade(&module), instance)));
+                }
+                // The node or the tenant is going, or the instance could not
+                // be made (tried again at the next wake): dropped after the
+                // lock is let go.
+                unkept => {
+                    kept.swap_remove(at);
+                    drop(kept);
+                    drop(unkept);
+                }
+            }
         });
     }
 
     /// Drops every instance kept (their slots go back to the pool); returns
     /// how many.
     pub(crate) fn clear(&self) -> usize {
-        let dropped: Vec<Made> = {
-            let mut made = self.made();
-            let (kept, making) = std::mem::take(&mut *made)
-                .into_iter()
-                .partition(|m| m.instance.is_some());
-            *made = making;
-            kept
-        };
-        dropped.len()
+        self.drop_where(|_| true)
     }
 
     /// Drops the instances kept for `tenant` (it is being removed).
@@ -175,8 +167,8 @@ impl Ahead {
     }
 
     /// Drops the kept instances `doomed` picks, outside the lock (dropping a
-    /// store gives its slot back, a syscall).
-    fn drop_where(&self, doomed: impl Fn(&Made) -> bool) {
+    /// store gives its slot back, a syscall); returns how many.
+    fn drop_where(&self, doomed: impl Fn(&Made) -> bool) -> usize {
         let dropped: Vec<Made> = {
             let mut made = self.made();
             let (gone, stay) = std::mem::take(&mut *made)
@@ -185,7 +177,7 @@ impl Ahead {
             *made = stay;
             gone
         };
-        drop(dropped);
+        dropped.len()
     }
 }
 
@@ -209,10 +201,11 @@ impl Kernel {
         tenant: Arc<Tenant>,
         module: Arc<str>,
     ) -> Arc<ServiceHandle> {
-        Arc::new(ServiceHandle::unbound(
+        Arc::new(ServiceHandle::new(
             super::Address::new(0, self.harbor),
             module,
             tenant,
+            true,
         ))
     }
 }

@@ -277,6 +277,7 @@ struct Watch {
 }
 
 impl ServiceHandle {
+    /// A fresh handle (in no table yet).
     fn new(address: Address, module: Arc<str>, tenant: Arc<Tenant>, guest: bool) -> Self {
         ServiceHandle {
             address,
@@ -292,11 +293,6 @@ impl ServiceHandle {
             upgrade_closed: AtomicBool::new(false),
             watch: Mutex::new(Watch::default()),
         }
-    }
-
-    /// The handle of an instance made ahead (see [`ahead`]): in no table.
-    fn unbound(address: Address, module: Arc<str>, tenant: Arc<Tenant>) -> Self {
-        ServiceHandle::new(address, module, tenant, true)
     }
 
     /// The upgrade ordered for this service, if any.
@@ -525,28 +521,28 @@ impl Kernel {
     /// node's workers when it has them, so a service and what wakes it
     /// hand off on one thread; else on tokio.
     pub(crate) fn spawn_beside_services(&self, task: impl Future<Output = ()> + Send + 'static) {
-        match self.workers.load_full() {
-            Some(workers) => {
-                let slice = Duration::from_micros(self.limits.time_slice_us);
-                workers.spawn(slice, self.tasks.track_future(task));
-            }
-            None => {
-                self.tasks.spawn(task);
-            }
-        }
+        self.spawn_on_workers(task, false);
     }
 
     /// Runs `task` when a worker of the node has nothing else to run (on
     /// tokio where the node has no workers).
     pub(crate) fn spawn_when_idle(&self, task: impl Future<Output = ()> + Send + 'static) {
-        match self.workers.load_full() {
-            Some(workers) => {
-                let slice = Duration::from_micros(self.limits.time_slice_us);
-                workers.spawn_when_idle(slice, self.tasks.track_future(task));
-            }
-            None => {
-                self.tasks.spawn(task);
-            }
+        self.spawn_on_workers(task, true);
+    }
+
+    /// Runs `task` on the node's workers (in their idle queue when
+    /// `when_idle`), or on tokio where it has none; tracked for shutdown.
+    fn spawn_on_workers(&self, task: impl Future<Output = ()> + Send + 'static, when_idle: bool) {
+        let Some(workers) = self.workers.load_full() else {
+            self.tasks.spawn(task);
+            return;
+        };
+        let slice = Duration::from_micros(self.limits.time_slice_us);
+        let task = self.tasks.track_future(task);
+        if when_idle {
+            workers.spawn_when_idle(slice, task);
+        } else {
+            workers.spawn(slice, task);
         }
     }
 

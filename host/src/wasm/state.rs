@@ -69,6 +69,20 @@ pub(crate) struct MemoryLimiter {
     pub(super) counted: bool,
 }
 
+impl MemoryLimiter {
+    /// Counts `bytes` more in its tenant's memory; false (nothing counted)
+    /// when that would pass the tenant's total.
+    fn charge_tenant(&self, bytes: usize) -> bool {
+        let total = &self.tenant.counters.memory;
+        let before = total.fetch_add(bytes, Ordering::AcqRel);
+        if before.saturating_add(bytes) > self.tenant.quotas.total_memory {
+            total.fetch_sub(bytes, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+}
+
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
@@ -90,15 +104,11 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             self.held += grow;
             return Ok(true);
         }
-        let total = &self.tenant.counters.memory;
-        let before = total.fetch_add(grow, Ordering::AcqRel);
-        let quota = self.tenant.quotas.total_memory;
-        if before.saturating_add(grow) > quota {
-            total.fetch_sub(grow, Ordering::AcqRel);
+        if !self.charge_tenant(grow) {
             self.tenant.refused();
             return Err(wasmtime::Error::new(Stop::TenantMemory {
                 tenant: self.tenant.name.to_string(),
-                limit: quota,
+                limit: self.tenant.quotas.total_memory,
             }));
         }
         self.held += grow;
@@ -181,10 +191,7 @@ impl ServiceState {
     pub(super) fn bind(&mut self, handle: &Arc<ServiceHandle>) -> bool {
         debug_assert_eq!(handle.tenant.id, self.tenant);
         let limiter = &mut self.limiter;
-        let total = &limiter.tenant.counters.memory;
-        let before = total.fetch_add(limiter.held, Ordering::AcqRel);
-        if before.saturating_add(limiter.held) > limiter.tenant.quotas.total_memory {
-            total.fetch_sub(limiter.held, Ordering::AcqRel);
+        if !limiter.charge_tenant(limiter.held) {
             return false;
         }
         limiter.counted = true;
