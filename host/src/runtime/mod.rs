@@ -229,6 +229,7 @@ pub struct ServiceInfo {
     pub dispatches: u64,
     /// Times it hibernated (gave up its instance while idle).
     pub hibernations: u32,
+    /// `upgrading` (waiting to be quiescent for an upgrade, or swapping),
     /// `running` (in a dispatch), `ready` (messages not picked up yet),
     /// `idle`, or `hibernated` (idle, its instance given up).
     pub state: &'static str,
@@ -317,7 +318,9 @@ impl ServiceHandle {
     /// What the console shows of it.
     fn info(&self) -> ServiceInfo {
         let u = &self.usage;
-        let state = if u.running.load(Ordering::Relaxed) {
+        let state = if u.upgrading.load(Ordering::Relaxed) {
+            "upgrading"
+        } else if u.running.load(Ordering::Relaxed) {
             "running"
         } else if self.mailbox.ready.load(Ordering::Relaxed) {
             "ready"

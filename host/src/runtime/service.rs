@@ -373,7 +373,11 @@ async fn upgrade_if_ordered<G: Guest>(
     args: &[u8],
 ) -> Option<End> {
     let order = handle.take_upgrade()?;
-    match upgrade::perform(kernel, handle, module, instance, inbox, args, order).await {
+    let upgrading = &handle.usage.upgrading;
+    upgrading.store(true, Ordering::Relaxed);
+    let done = upgrade::perform(kernel, handle, module, instance, inbox, args, order).await;
+    upgrading.store(false, Ordering::Relaxed);
+    match done {
         Ok(kept) => {
             inbox.put_back(kept);
             None

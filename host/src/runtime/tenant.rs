@@ -105,6 +105,8 @@ pub(crate) struct Usage {
     pub memory: AtomicUsize,
     /// In a dispatch now.
     pub running: AtomicBool,
+    /// Picked up an upgrade order and not done with it yet.
+    pub upgrading: AtomicBool,
     /// Each message in and out is logged (`trace <addr> on`).
     pub traced: AtomicBool,
     /// Sessions it opened and waits on, as of its last dispatch.
