@@ -5,12 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-#[path = "build/c_guests.rs"]
-mod c_guests;
-#[path = "build/js_guests.rs"]
-mod js_guests;
-#[path = "build/py_guests.rs"]
-mod py_guests;
+use skyhost_guest_build as guest_build;
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -18,18 +13,18 @@ fn main() {
         .parent()
         .expect("host/ is inside the workspace")
         .to_path_buf();
-    println!(
-        "cargo:rerun-if-changed={}",
-        manifest_dir.join("build").display()
-    );
-    for dir in ["services", "guest-sdk", "wit", "tests/proto"] {
+    for dir in ["services", "guest-sdk", "guest-build", "wit", "tests/proto"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-env-changed=SKYHOST_SKIP_GUESTS");
     if std::env::var_os("SKYHOST_SKIP_GUESTS").is_some() {
+        carry(None);
         return;
     }
-    ensure_wasm_target();
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").ok();
+    guest_build::ensure_wasm_target(&rustc, toolchain.as_deref())
+        .expect("the wasm32-wasip2 target");
     let target_dir = root.join("target").join("wasm");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -70,103 +65,35 @@ fn main() {
         "building the wasm services in services/ failed"
     );
     let guests = target_dir.join("wasm32-wasip2").join("release");
-    c_guests::build(&root, &target_dir.join("c"), &guests);
-    js_guests::build(&root, &target_dir.join("js"), &guests);
-    py_guests::build(&root, &target_dir.join("python"), &guests);
-    println!(
-        "cargo:rustc-env=SKYHOST_GUEST_DIR={}",
-        target_dir.join("wasm32-wasip2").join("release").display()
-    );
-}
-
-/// Adds the wasm32-wasip2 target to the active toolchain when it is missing:
-/// rustup does not add targets listed in rust-toolchain.toml to a toolchain
-/// that is already installed.
-fn ensure_wasm_target() {
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let sysroot = Command::new(&rustc)
-        .args(["--print", "sysroot"])
-        .output()
-        .ok()
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-    let present = |root: &Path| root.join("lib/rustlib/wasm32-wasip2").is_dir();
-    if sysroot.as_deref().is_some_and(present) {
-        return;
+    let say = |line: &str| println!("cargo:warning={line}");
+    let (wit, sdk) = (root.join("wit"), root.join("guest-sdk"));
+    for (language, extension, build) in [
+        ("c", "c", guest_build::c::build_all as guest_build::BuildAll),
+        ("js", "js", guest_build::js::build_all),
+        ("python", "py", guest_build::python::build_all),
+    ] {
+        let sources =
+            guest_build::files_with_extension(&root.join("services").join(language), extension);
+        let work = target_dir.join(language);
+        if let Err(e) = build(&wit, &sdk.join(language), &sources, &work, &guests, &say) {
+            panic!("building the {language} services: {e}");
+        }
     }
-    let mut cmd = Command::new("rustup");
-    cmd.args(["target", "add", "wasm32-wasip2"]);
-    if let Ok(toolchain) = std::env::var("RUSTUP_TOOLCHAIN") {
-        cmd.args(["--toolchain", &toolchain]);
+    carry(Some(&guests));
+    println!("cargo:rustc-env=SKYHOST_GUEST_DIR={}", guests.display());
+}
+
+/// Copies the modules the binary carries (`skyhost::CARRIED`) from `guests`
+/// into `OUT_DIR/carried`, or writes them empty when the build skips the
+/// guests.
+fn carry(guests: Option<&Path>) {
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo")).join("carried");
+    std::fs::create_dir_all(&out).expect("making OUT_DIR/carried");
+    for name in ["demo", "echo"] {
+        let file = format!("{name}.wasm");
+        let bytes = guests.map_or_else(Vec::new, |g| {
+            std::fs::read(g.join(&file)).expect("reading a carried module")
+        });
+        std::fs::write(out.join(&file), bytes).expect("writing a carried module");
     }
-    let status = cmd
-        .status()
-        .expect("running rustup to add the wasm32-wasip2 target");
-    assert!(status.success(), "`rustup target add wasm32-wasip2` failed");
-}
-
-/// The files in `dir` ending in `.<extension>`, sorted.
-fn files_with_extension(dir: &Path, extension: &str) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == extension))
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files
-}
-
-/// Whether `target` exists and is newer than every one of `inputs`.
-fn up_to_date(target: &Path, inputs: &[PathBuf]) -> bool {
-    let Some(built) = modified(target) else {
-        return false;
-    };
-    inputs
-        .iter()
-        .all(|i| modified(i).is_some_and(|m| m < built))
-}
-
-/// Installs, with apt-get, the Debian package of each file that is missing
-/// (`(file, package)` pairs); needs root on a machine without them.
-fn ensure_packages(needed: &[(&str, &str)]) {
-    let missing: Vec<&str> = needed
-        .iter()
-        .filter(|(file, _)| !Path::new(file).exists())
-        .map(|(_, package)| *package)
-        .collect();
-    if missing.is_empty() {
-        return;
-    }
-    println!(
-        "cargo:warning=installing {} for the guest services",
-        missing.join(" ")
-    );
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            // Another apt-get (an unattended upgrade, a parallel build)
-            // may hold the lock: wait for it rather than fail.
-            .args(["-o", "DPkg::Lock::Timeout=600"])
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
-    install.extend(&missing);
-    if !apt(&install) {
-        // A fresh machine may have no package lists yet.
-        assert!(
-            apt(&["update", "-q"]) && apt(&install),
-            "could not install {} with apt-get (run as root, or install them)",
-            missing.join(" ")
-        );
-    }
-}
-
-/// When `path` was last written.
-fn modified(path: &Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }

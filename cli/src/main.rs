@@ -1,7 +1,7 @@
 //! The `skyhost` command: run a node from its node file.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use skyhost::{Node, NodeConfig};
 
 mod bench;
+mod project;
 mod wit;
 
 /// mimalloc instead of glibc's allocator: messages, frames and guest calls
@@ -27,14 +28,39 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a node: start its bootstrap service and serve until SIGINT or SIGTERM.
+    /// Run a node: start its bootstrap service and serve until SIGINT or
+    /// SIGTERM. Without a node file: `./skyhost.toml` (a project's, from
+    /// `skyhost new`), else the demo.
     Run {
         /// The node file (TOML).
-        node_file: PathBuf,
+        node_file: Option<PathBuf>,
         /// Once the node runs (listeners bound, bootstrap started), write
         /// its pid and addresses here as JSON (what `fleet up` waits for).
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// Build the project beside the node file first, then rebuild it on
+        /// each change to its sources and hot-swap it into the node.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Run the demo node (the demo service this binary carries), with a
+    /// console on 127.0.0.1 (secret `demo`).
+    Demo,
+    /// Make a service project in ./NAME: a first service that registers
+    /// `.NAME` and answers `hello, <payload>`, its manifest and a node file.
+    New {
+        /// The project's name, which is its service's module name.
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: project::Lang,
+    },
+    /// Build the service project in DIR into components in DIR/build,
+    /// installing the language's pinned toolchain when missing.
+    Build {
+        /// The project (default: here).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
     },
     /// Start, stop or show a fleet: every node of the node types in a
     /// fleet file, each its own process on this machine.
@@ -117,10 +143,13 @@ enum FleetAction {
 /// Where a node's control address is and how to authenticate.
 #[derive(clap::Args)]
 struct ControlArgs {
-    /// The node's control address (`host:port`, from its `[control]` table).
+    /// The node's control address (`host:port`, from its `[control]`
+    /// table); default: the node `skyhost run` runs from this directory
+    /// (`.skyhost/node.json`).
     #[arg(long, short = 'c', env = "SKYHOST_CONTROL")]
-    control: String,
-    /// A file holding the control secret (else `SKYHOST_SECRET`).
+    control: Option<String>,
+    /// A file holding the control secret (else `SKYHOST_SECRET`, else the
+    /// `[control]` secret of `./skyhost.toml`).
     #[arg(long)]
     secret_file: Option<PathBuf>,
 }
@@ -149,7 +178,21 @@ fn main() -> ExitCode {
         Command::Run {
             node_file,
             ready_file,
-        } => run(&node_file, ready_file.as_deref()),
+            watch,
+        } => run_here(node_file, ready_file.as_deref(), watch),
+        Command::Demo => demo(),
+        Command::New { name, lang } => project::new(Path::new("."), &name, lang).map(|dir| {
+            println!(
+                "made {} ({lang:?}); next, in it: `skyhost build`, `skyhost run`, \
+                 then `skyhost ctl call .{name} world`",
+                dir.display()
+            );
+        }),
+        Command::Build { dir } => project::build(&dir).map(|built| {
+            for file in built {
+                println!("built {}", file.display());
+            }
+        }),
         Command::Fleet { action } => fleet(action),
         Command::Bench {
             ids,
@@ -182,40 +225,74 @@ fn main() -> ExitCode {
     }
 }
 
-/// The control secret from `--secret-file` or `SKYHOST_SECRET`.
+/// The control secret from `--secret-file` or `SKYHOST_SECRET`, else the
+/// one `./skyhost.toml` gives its node.
 fn control_secret(to: &ControlArgs) -> anyhow::Result<String> {
-    match &to.secret_file {
-        Some(f) => Ok(std::fs::read_to_string(f)
+    if let Some(f) = &to.secret_file {
+        return Ok(std::fs::read_to_string(f)
             .with_context(|| format!("secret file {}", f.display()))?
             .trim_end_matches(['\n', '\r'])
-            .to_string()),
-        None => std::env::var("SKYHOST_SECRET").context("give --secret-file or set SKYHOST_SECRET"),
+            .to_string());
     }
+    if let Ok(secret) = std::env::var("SKYHOST_SECRET") {
+        return Ok(secret);
+    }
+    let here = Path::new(PROJECT_NODE_FILE);
+    if here.is_file() {
+        let config = NodeConfig::load(here)?;
+        if let Some(secret) = config.control.and_then(|c| c.secret) {
+            return Ok(secret);
+        }
+    }
+    anyhow::bail!("give --secret-file or set SKYHOST_SECRET")
 }
+
+/// The control address asked for, else the one of the node `skyhost run`
+/// runs from this directory.
+fn control_address(to: &ControlArgs) -> anyhow::Result<String> {
+    if let Some(address) = &to.control {
+        return Ok(address.clone());
+    }
+    let ready = Path::new(RUNNING_NODE_FILE);
+    let text = std::fs::read(ready).with_context(|| {
+        format!(
+            "give -c <address> (no node runs here: {} is missing)",
+            ready.display()
+        )
+    })?;
+    let ready: skyhost_cli::fleet::Ready =
+        serde_json::from_slice(&text).with_context(|| format!("{}", ready.display()))?;
+    ready
+        .control
+        .with_context(|| format!("the node of {RUNNING_NODE_FILE} has no control address"))
+}
+
+/// A project's node file, which `skyhost run` runs when given none.
+const PROJECT_NODE_FILE: &str = "skyhost.toml";
+/// Where `skyhost run` of a project's node file writes its pid and
+/// addresses (beside the node file), for `skyhost ctl` run there.
+const RUNNING_NODE_FILE: &str = ".skyhost/node.json";
 
 /// Reads commands with line editing and history (`~/.skyhost_history`),
 /// runs each on the node and prints its answer, until end of input or `quit`.
 fn console(to: &ControlArgs) -> anyhow::Result<()> {
     use rustyline::error::ReadlineError;
     use skyhost::control::proto::Answer;
-    let secret = control_secret(to)?;
+    let (address, secret) = (control_address(to)?, control_secret(to)?);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let mut client = runtime
-        .block_on(skyhost::control::ControlClient::connect(
-            &to.control,
-            &secret,
-        ))
-        .with_context(|| format!("control address {}", to.control))?;
+        .block_on(skyhost::control::ControlClient::connect(&address, &secret))
+        .with_context(|| format!("control address {address}"))?;
     let mut editor = rustyline::DefaultEditor::new()?;
     let history = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".skyhost_history"));
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }
-    println!("connected to {}; `help` lists the commands", to.control);
+    println!("connected to {address}; `help` lists the commands");
     loop {
-        let line = match editor.readline(&format!("{}> ", to.control)) {
+        let line = match editor.readline(&format!("{address}> ")) {
             Ok(l) => l,
             Err(ReadlineError::Interrupted | ReadlineError::Eof) => break,
             Err(e) => return Err(e.into()),
@@ -276,13 +353,13 @@ fn payload_from_file(command: Vec<String>) -> anyhow::Result<String> {
 }
 
 fn ctl(to: &ControlArgs, command: &str) -> anyhow::Result<()> {
-    let secret = control_secret(to)?;
+    let (address, secret) = (control_address(to)?, control_secret(to)?);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let answer = runtime
-        .block_on(skyhost::control::request(&to.control, &secret, command))
-        .with_context(|| format!("control address {}", to.control))?;
+        .block_on(skyhost::control::request(&address, &secret, command))
+        .with_context(|| format!("control address {address}"))?;
     match answer {
         skyhost::control::proto::Answer::Ok(lines) => print_out(&lines.join("\n")),
         skyhost::control::proto::Answer::Error(e) => anyhow::bail!("{e}"),
@@ -310,7 +387,7 @@ fn fleet(action: FleetAction) -> anyhow::Result<()> {
 }
 
 /// Writes the ready file `fleet up` waits for (whole, by rename).
-fn write_ready(node: &Node, path: &std::path::Path) -> anyhow::Result<()> {
+fn write_ready(node: &Node, path: &Path) -> anyhow::Result<()> {
     let ready = skyhost_cli::fleet::Ready {
         pid: std::process::id(),
         cluster: node
@@ -327,8 +404,71 @@ fn write_ready(node: &Node, path: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("ready file {}", path.display()))
 }
 
-fn run(node_file: &std::path::Path, ready_file: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let config = NodeConfig::load(node_file)?;
+/// `skyhost run [NODE_FILE]`: the file given, else `./skyhost.toml`, else
+/// the demo. A project's node file (`skyhost.toml`) gets
+/// `.skyhost/node.json` beside it while its node runs.
+fn run_here(
+    node_file: Option<PathBuf>,
+    ready_file: Option<&Path>,
+    watch: bool,
+) -> anyhow::Result<()> {
+    let node_file = match node_file {
+        Some(file) => file,
+        None if Path::new(PROJECT_NODE_FILE).is_file() => PROJECT_NODE_FILE.into(),
+        None if watch => {
+            anyhow::bail!("--watch: no {PROJECT_NODE_FILE} here (`skyhost new` makes a project)")
+        }
+        None => return demo(),
+    };
+    let dir = match node_file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let watched = if watch {
+        for file in project::build(&dir)? {
+            eprintln!("built {}", file.display());
+        }
+        Some(dir.clone())
+    } else {
+        None
+    };
+    let config = NodeConfig::load(&node_file)?;
+    let running = (node_file.file_name() == Some(PROJECT_NODE_FILE.as_ref()))
+        .then(|| dir.join(RUNNING_NODE_FILE));
+    run(&config, ready_file, running.as_deref(), watched)
+}
+
+/// The demo node file (`examples/demo.toml`) as this binary carries it,
+/// its modules taken from the ones it carries.
+fn demo() -> anyhow::Result<()> {
+    let text = include_str!("../../examples/demo.toml");
+    let mut config = NodeConfig::parse(text, Path::new("examples/demo.toml"))?;
+    let modules = project::home()?
+        .join(env!("CARGO_PKG_VERSION"))
+        .join("modules");
+    let mut carried = 0;
+    for (name, bytes) in skyhost::carried_modules() {
+        project::sdk::write_if_changed(&modules.join(format!("{name}.wasm")), bytes)?;
+        carried += 1;
+    }
+    anyhow::ensure!(
+        carried > 0,
+        "this build carries no modules (SKYHOST_SKIP_GUESTS)"
+    );
+    config.module_paths = vec![modules];
+    run(&config, None, None, None)
+}
+
+/// Runs a node from `config` until SIGINT or SIGTERM; `ready_file` and
+/// `running` get its pid and addresses once it runs (`running` is removed
+/// when it stops); the project in `watched` is rebuilt and swapped in on
+/// each change.
+fn run(
+    config: &NodeConfig,
+    ready_file: Option<&Path>,
+    running: Option<&Path>,
+    watched: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log_level.clone());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("log filter")?)
@@ -341,8 +481,8 @@ fn run(node_file: &std::path::Path, ready_file: Option<&std::path::Path>) -> any
     }
     let runtime = runtime.enable_all().thread_name("skyhost-worker").build()?;
     runtime.block_on(async {
-        let node = Node::launch(&config).await?;
-        if let Err(e) = skyhost::control::serve(&node, &config).await {
+        let node = Node::launch(config).await?;
+        if let Err(e) = skyhost::control::serve(&node, config).await {
             node.shutdown().await;
             return Err(e.into());
         }
@@ -360,12 +500,27 @@ fn run(node_file: &std::path::Path, ready_file: Option<&std::path::Path>) -> any
         if let Some(path) = ready_file {
             write_ready(&node, path)?;
         }
+        if let Some(path) = running {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+            }
+            write_ready(&node, path)?;
+        }
         tracing::info!(
             pid = std::process::id(),
             "node running; SIGINT or SIGTERM stops it"
         );
-        wait_for_signal().await?;
+        match watched {
+            Some(dir) => tokio::select! {
+                signal = wait_for_signal() => signal?,
+                () = project::watch::rebuild_on_change(&node, dir) => {}
+            },
+            None => wait_for_signal().await?,
+        }
         tracing::info!("stopping");
+        if let Some(path) = running {
+            let _ = std::fs::remove_file(path);
+        }
         node.shutdown().await;
         tracing::info!("stopped");
         anyhow::Ok(())

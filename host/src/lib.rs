@@ -51,6 +51,24 @@ pub use runtime::{
     TenantError, TenantId, TenantStats, UpgradeError, UpgradeReport, Upgraded, kind,
 };
 
+/// The bundled services this binary carries inside it, as
+/// `(module name, component)`: what the demo needs (`demo`, `echo`), so an
+/// installed `skyhost` runs it with no repository beside it. Empty in a
+/// build made with `SKYHOST_SKIP_GUESTS`.
+pub fn carried_modules() -> impl Iterator<Item = (&'static str, &'static [u8])> {
+    const CARRIED: [(&str, &[u8]); 2] = [
+        (
+            "demo",
+            include_bytes!(concat!(env!("OUT_DIR"), "/carried/demo.wasm")),
+        ),
+        (
+            "echo",
+            include_bytes!(concat!(env!("OUT_DIR"), "/carried/echo.wasm")),
+        ),
+    ];
+    CARRIED.into_iter().filter(|(_, bytes)| !bytes.is_empty())
+}
+
 /// Where the build put the bundled services (`services/` built for
 /// `wasm32-wasip2`), unless it was built with `SKYHOST_SKIP_GUESTS`.
 pub fn bundled_modules() -> Option<std::path::PathBuf> {

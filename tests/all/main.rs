@@ -13,6 +13,7 @@ mod hibernation;
 mod local;
 mod metrics;
 mod multicast;
+mod projects;
 mod support;
 mod tenants;
 mod tracing;

@@ -188,9 +188,16 @@ impl Proc {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skyhost"));
+        cmd.args(args);
+        Proc::spawn(cmd)
+    }
+
+    /// Runs `cmd` (a `skyhost` command with its own directory or
+    /// environment) as [`Proc::start`] does.
+    pub fn spawn(mut cmd: std::process::Command) -> Proc {
         use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_skyhost"))
-            .args(args)
+        let mut child = cmd
             .env_remove("RUST_LOG")
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
@@ -220,10 +227,16 @@ impl Proc {
     /// Waits (up to [`DEADLINE`]) for a stderr line containing `needle`
     /// and returns it; fails showing every line seen.
     pub fn wait_for(&mut self, needle: &str) -> String {
+        self.wait_for_within(needle, DEADLINE)
+    }
+
+    /// [`Proc::wait_for`] with a deadline of its own, for a step known to
+    /// take long (compiling a JavaScript or Python module the first time).
+    pub fn wait_for_within(&mut self, needle: &str, within: Duration) -> String {
         if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
             return line.clone();
         }
-        let deadline = std::time::Instant::now() + DEADLINE;
+        let deadline = std::time::Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
