@@ -305,15 +305,28 @@ fn console(to: &ControlArgs) -> anyhow::Result<()> {
         if matches!(line, "quit" | "exit") {
             break;
         }
-        match runtime.block_on(client.run(line))? {
-            Answer::Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
-            Answer::Error(e) => eprintln!("error: {e}"),
+        // Line by line as they come: `watch` streams until Ctrl-C.
+        let answer = runtime.block_on(client.stream(line, |l| {
+            println!("{l}");
+            true
+        }))?;
+        if let Answer::Error(e) = answer {
+            eprintln!("error: {e}");
         }
     }
     if let Some(h) = &history {
         let _ = editor.save_history(h);
     }
     Ok(())
+}
+
+/// Prints `line` and a newline on stdout; false when the reader has gone
+/// (`| head`), which ends the output quietly, as it does for other
+/// command-line tools.
+fn print_line(line: &str) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
 }
 
 /// Prints `text` and a newline on stdout. A reader that has gone (`| head`)
@@ -357,11 +370,15 @@ fn ctl(to: &ControlArgs, command: &str) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Each line printed as it comes (`watch` streams until Ctrl-C).
     let answer = runtime
-        .block_on(skyhost::control::request(&address, &secret, command))
+        .block_on(async {
+            let mut client = skyhost::control::ControlClient::connect(&address, &secret).await?;
+            client.stream(command, print_line).await
+        })
         .with_context(|| format!("control address {address}"))?;
     match answer {
-        skyhost::control::proto::Answer::Ok(lines) => print_out(&lines.join("\n")),
+        skyhost::control::proto::Answer::Ok(_) => Ok(()),
         skyhost::control::proto::Answer::Error(e) => anyhow::bail!("{e}"),
     }
 }

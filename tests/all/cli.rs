@@ -203,3 +203,69 @@ fn ctl_call_sends_a_file_as_the_payload() {
     node.signal("INT");
     node.wait_exit();
 }
+
+/// `skyhost ctl watch .echo` prints each message the demo's echo takes and
+/// sends as it passes, until it is stopped; the echo answers on after.
+#[test]
+fn ctl_watch_shows_a_service_s_messages_as_they_pass() {
+    use std::io::BufRead;
+    let (_node, control) = demo_node();
+    let mut watcher = skyhost()
+        .env("SKYHOST_SECRET", "demo")
+        .args(["ctl", "-c", &control, "watch", ".echo"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run skyhost ctl watch");
+    let stdout = watcher.stdout.take().expect("piped stdout");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let call = |payload: &str| {
+        let out = skyhost()
+            .env("SKYHOST_SECRET", "demo")
+            .args(["ctl", "-c", &control, "call", ".echo", payload])
+            .output()
+            .expect("run skyhost ctl call");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+    };
+    // The watch starts when the node has its line: until then calls may
+    // pass unseen, so call until one is seen.
+    let deadline = std::time::Instant::now() + crate::support::DEADLINE;
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|l: &String| l.starts_with("out") && l.contains("\"watched\""))
+    {
+        assert!(std::time::Instant::now() < deadline, "saw: {seen:?}");
+        assert_eq!(call("watched"), "watched");
+        while let Ok(line) = lines.recv_timeout(std::time::Duration::from_millis(200)) {
+            seen.push(line);
+        }
+    }
+    let incoming = seen
+        .iter()
+        .find(|l| l.starts_with("in ") && l.contains("request") && l.contains("\"watched\""))
+        .unwrap_or_else(|| panic!("no request in: {seen:?}"));
+    assert!(incoming.contains("size=7"), "{incoming}");
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("out") && l.contains("response")),
+        "{seen:?}"
+    );
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert_eq!(call("after"), "after");
+}

@@ -145,9 +145,54 @@ async fn serve_connection(node: &Node, secret: &str, stream: TcpStream) -> std::
                 json = true;
                 Answer::Ok(Vec::new())
             }
+            Ok(Request::Watch(poke)) => watch(node, &poke, &mut lines, &mut write, json).await?,
             Ok(r) => run(node, r).await,
         };
         write.write_all(answer.encode(json).as_bytes()).await?;
+    }
+}
+
+/// `watch`: writes a line for each message the target takes and sends,
+/// until the client sends a line (any: it is not run) or the service ends;
+/// then the answer. In JSON mode each line goes as `{"event": "..."}`.
+async fn watch(
+    node: &Node,
+    poke: &Poke,
+    client: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    json: bool,
+) -> std::io::Result<Answer> {
+    let address = match reach(node, poke) {
+        Ok((_, address)) => address,
+        Err(e) => return Ok(Answer::Error(e)),
+    };
+    let Some(mut events) = node.tap(address) else {
+        return Ok(Answer::Error(format!("no service {address}")));
+    };
+    let mut stop = Vec::new();
+    loop {
+        // The bytes a cancelled read took stay in `stop`.
+        let event = tokio::select! {
+            e = events.recv() => e,
+            read = client.read_until(b'\n', &mut stop) => {
+                return match read? {
+                    0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    _ => Ok(Answer::Ok(Vec::new())),
+                };
+            }
+        };
+        let Some(event) = event else {
+            return Ok(Answer::Ok(vec![format!("{address} ended")]));
+        };
+        let line = proto::watch_line(&event);
+        let text = if json {
+            let mut j = serde_json::json!({ "event": line }).to_string();
+            j.push('\n');
+            j
+        } else {
+            format!("{line}\n")
+        };
+        write.write_all(text.as_bytes()).await?;
     }
 }
 
@@ -368,6 +413,8 @@ async fn run(node: &Node, request: Request) -> Answer {
         // A second `auth` changes nothing; `json` and `quit` act on the
         // connection and are handled by `serve` before this.
         Request::Auth(_) | Request::Json | Request::Quit => Answer::Ok(Vec::new()),
+        // Served by the connection itself: it streams.
+        Request::Watch(_) => Answer::Error("watch needs a connection".into()),
     }
 }
 
@@ -424,6 +471,37 @@ impl ControlClient {
             return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, e));
         }
         Ok(client)
+    }
+
+    /// Runs one command, handing each line of its answer to `each` as it
+    /// arrives (what `watch` needs); `each` returns false to stop reading
+    /// (drop the client then: closing the connection ends a `watch`).
+    ///
+    /// # Errors
+    /// When the connection fails or the node closes it before answering.
+    pub async fn stream(
+        &mut self,
+        command: &str,
+        mut each: impl FnMut(&str) -> bool,
+    ) -> std::io::Result<Answer> {
+        let command = command.replace(['\n', '\r'], " ");
+        self.write
+            .write_all(format!("{command}\n").as_bytes())
+            .await?;
+        loop {
+            let Some(line) = self.lines.next_line().await? else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the node closed the control connection",
+                ));
+            };
+            if let Some(answer) = Answer::decode_text(std::slice::from_ref(&line)) {
+                return Ok(answer);
+            }
+            if !each(line.strip_prefix(' ').unwrap_or(&line)) {
+                return Ok(Answer::Ok(Vec::new()));
+            }
+        }
     }
 
     /// Runs one command and reads its answer.

@@ -64,6 +64,10 @@ pub enum Request {
     /// `send [tenant/]<addr|name> [payload]`: send it the rest of the line
     /// as a text message.
     Send(Poke),
+    /// `watch [tenant/]<addr|name>`: each message the service takes and
+    /// sends, a line each as it passes, until the client sends a line or
+    /// the service ends.
+    Watch(Poke),
     /// `netstat`: harbor and cluster links.
     Netstat,
     /// `trace <addr> on|off`: log each message in and out of a service.
@@ -146,6 +150,7 @@ pub const HELP: &[&str] = &[
     "ping <addr>              how long a service takes to pick up a message",
     "call [tenant/]<addr|name> [payload|hex:<hex>]  call a service with the rest of the line; print its answer",
     "send [tenant/]<addr|name> [payload]  send a service the rest of the line as a text message",
+    "watch [tenant/]<addr|name>  each message in and out as it passes, until you send a line",
     "netstat                  harbor and cluster links: peer, state, bytes, frames, queued, RTT",
     "trace <addr> on|off      log each message in and out (source, kind, session, size, time)",
     "upgrade <addr|name|module> <path.wasm> [wait_ms]  replace a service's module, keeping its state",
@@ -221,6 +226,14 @@ impl Request {
             "ping" => address(rest, "ping <addr>").map(Request::Ping),
             "call" => poke(rest, "call [tenant/]<addr|name> [payload]").map(Request::Call),
             "send" => poke(rest, "send [tenant/]<addr|name> [payload]").map(Request::Send),
+            "watch" => {
+                let usage = "watch [tenant/]<addr|name>";
+                let watched = poke(rest, usage)?;
+                if !watched.payload.is_empty() {
+                    return Err(ParseError::Usage(usage));
+                }
+                Ok(Request::Watch(watched))
+            }
             "spawn" => {
                 let (target, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
                 let (tenant, module) = target.split_once('/').unwrap_or(("system", target));
@@ -286,6 +299,43 @@ fn poke(rest: &str, usage: &'static str) -> Result<Poke, ParseError> {
         target,
         payload,
     })
+}
+
+/// One line of `watch`: direction, peer, kind, session, size and the
+/// payload's head (quoted text, else hex), e.g.
+/// `in  :00000100 request session=3 size=5 "world"`.
+pub fn watch_line(t: &crate::runtime::tap::Tapped) -> String {
+    use crate::runtime::tap::Direction;
+    use crate::runtime::tenant::{KIND_LABELS, kind_slot};
+    let direction = match t.direction {
+        Direction::In => "in ",
+        Direction::Out => "out",
+    };
+    let kind = match KIND_LABELS[kind_slot(t.kind)] {
+        "user" | "other" => format!("kind={}", t.kind),
+        label => label.to_string(),
+    };
+    let more = if t.size > t.head.len() { "..." } else { "" };
+    let head = match std::str::from_utf8(&t.head) {
+        Ok(text) => format!("{text:?}{more}"),
+        // Cut inside a character: the whole characters before the cut.
+        Err(e) if more == "..." && e.error_len().is_none() => {
+            format!(
+                "{:?}...",
+                String::from_utf8_lossy(&t.head[..e.valid_up_to()])
+            )
+        }
+        Err(_) => format!("hex:{}{more}", hex::encode(&t.head)),
+    };
+    let lost = if t.lost > 0 {
+        format!("({} lost) ", t.lost)
+    } else {
+        String::new()
+    };
+    format!(
+        "{lost}{direction} {} {kind} session={} size={} {head}",
+        t.peer, t.session, t.size
+    )
 }
 
 /// The one argument of `usage` as an address (`:0000010a` or decimal).
@@ -383,6 +433,33 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn a_watch_line_shows_text_hex_and_what_was_cut() {
+        use crate::runtime::tap::{Direction, Tapped};
+        let tapped = |direction, kind, payload: &[u8], size, lost| Tapped {
+            direction,
+            peer: Address(0x100),
+            kind,
+            session: 3,
+            size,
+            head: payload.to_vec(),
+            lost,
+        };
+        assert_eq!(
+            watch_line(&tapped(Direction::In, 10, b"world", 5, 0)),
+            "in  :00000100 request session=3 size=5 \"world\""
+        );
+        assert_eq!(
+            watch_line(&tapped(Direction::Out, 1, &[0, 0xff], 2, 2)),
+            "(2 lost) out :00000100 response session=3 size=2 hex:00ff"
+        );
+        // Cut in the middle of a two-byte character.
+        assert_eq!(
+            watch_line(&tapped(Direction::In, 16, &[b'a', 0xc3], 100, 0)),
+            "in  :00000100 kind=16 session=3 size=100 \"a\"..."
+        );
+    }
+
+    #[test]
     fn call_and_send_take_a_tenant_a_target_and_the_rest_as_payload() {
         let poke = |tenant: &str, target: Target, payload: &str| Poke {
             tenant: tenant.into(),
@@ -421,7 +498,18 @@ mod tests {
                 payload: vec![0, 0xff, b'\n'],
             }))
         );
-        for bad in ["call", "call /x y", "send blue/ y", "call .x hex:0g"] {
+        assert_eq!(
+            Request::parse("watch blue/.x"),
+            Ok(Request::Watch(poke("blue", Target::Name(".x".into()), "")))
+        );
+        for bad in [
+            "call",
+            "call /x y",
+            "send blue/ y",
+            "call .x hex:0g",
+            "watch",
+            "watch .x y",
+        ] {
             assert!(
                 matches!(Request::parse(bad), Err(ParseError::Usage(_))),
                 "{bad}"

@@ -341,6 +341,18 @@ impl Node {
             .is_some()
     }
 
+    /// A copy of each message the service at `address` takes and sends
+    /// (its payload's head), from now until it ends or the receiver is
+    /// dropped; `None` if there is no such service. A receiver that falls
+    /// behind loses events (counted in the next one); the service never
+    /// waits for it.
+    pub fn tap(
+        &self,
+        address: Address,
+    ) -> Option<tokio::sync::mpsc::Receiver<crate::runtime::tap::Tapped>> {
+        self.kernel.with_service(address, |h| h.usage.taps.add())
+    }
+
     /// This node's harbor and cluster links, as `netstat` shows them.
     pub fn links(&self) -> Vec<crate::transport::LinkInfo> {
         let mut links = self

@@ -44,6 +44,7 @@ mod remote;
 mod resident;
 mod sched;
 pub(crate) mod service;
+pub mod tap;
 pub(crate) mod template;
 pub(crate) mod tenant;
 #[cfg(test)]

@@ -10,6 +10,7 @@ use tracing::Instrument;
 use super::hibernate::{self, Kept, Woken};
 use super::inbox::Inbox;
 use super::resident;
+use super::tap;
 use super::{
     Afterwards, ErrorCause, Guest, GuestFailure, GuestModule, Kernel, Message, Ready,
     ServiceHandle, Snapshot, SpawnError, StopReason, exit_notice, kind, upgrade,
@@ -309,6 +310,11 @@ async fn serve<G: Guest>(
             }
             continue;
         }
+        if handle.usage.taps.is_on() {
+            for m in &batch {
+                handle.usage.taps.send(tap::Direction::In, m.source, m);
+            }
+        }
         let logged_since = (traced || batch[0].trace != 0).then(|| {
             for m in &batch {
                 trace_message("in", m.source, m);
@@ -446,6 +452,7 @@ fn finish(
     kernel.stops[end.class.index()].fetch_add(1, Ordering::Relaxed);
     let monitors = kernel.remove_service(handle);
     upgrade::close_orders(handle, &end.reason);
+    handle.usage.taps.close();
     let Inbox { mut pending, .. } = inbox;
     handle.mailbox.close(kernel);
     handle.mailbox.take_into(&mut pending);

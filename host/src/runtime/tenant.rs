@@ -109,6 +109,9 @@ pub(crate) struct Usage {
     pub upgrading: AtomicBool,
     /// Each message in and out is logged (`trace <addr> on`).
     pub traced: AtomicBool,
+    /// Who watches its messages (`watch <target>`): its flag is read beside
+    /// `traced`, on the same line.
+    pub taps: super::tap::Taps,
     /// Sessions it opened and waits on, as of its last dispatch.
     pub awaiting: AtomicUsize,
     /// Times its module was replaced.

@@ -434,6 +434,10 @@ impl ServiceState {
         if message.trace != 0 || self.handle.usage.traced.load(Ordering::Relaxed) {
             crate::runtime::service::trace_message("out", Address(dest), &message);
         }
+        if self.handle.usage.taps.is_on() {
+            let out = crate::runtime::tap::Direction::Out;
+            self.handle.usage.taps.send(out, Address(dest), &message);
+        }
         self.kernel
             .deliver(Address(dest), message)
             .map_err(wire_error)

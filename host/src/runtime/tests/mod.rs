@@ -928,3 +928,4 @@ async fn on_the_node_s_own_workers_calls_are_answered_and_every_end_ends_its_ses
 }
 
 mod rest;
+mod tap;
