@@ -62,6 +62,14 @@ enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+    /// Build the service project in DIR, run the node of its skyhost.toml
+    /// and the calls of its tests/*.toml, each checked against the answer
+    /// it must give; exits non-zero when one fails.
+    Test {
+        /// The project (default: here).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Start, stop or show a fleet: every node of the node types in a
     /// fleet file, each its own process on this machine.
     Fleet {
@@ -188,6 +196,7 @@ fn main() -> ExitCode {
                 dir.display()
             );
         }),
+        Command::Test { dir } => test_project(&dir),
         Command::Build { dir } => project::build(&dir).map(|built| {
             for file in built {
                 println!("built {}", file.display());
@@ -503,16 +512,9 @@ fn run(
             node.shutdown().await;
             return Err(e.into());
         }
-        if let Some(boot) = &config.bootstrap {
-            let address = node
-                .spawn(&boot.module, boot.args.as_bytes())
-                .await
-                .with_context(|| format!("bootstrap service `{}`", boot.module))?;
-            tracing::info!(%address, module = %boot.module, "bootstrap service started");
-        }
-        for tenant in &config.tenants {
-            let started = node.start_tenant(&tenant.name).await?;
-            tracing::info!(tenant = %tenant.name, services = ?started, "tenant started");
+        if let Err(e) = start_services(&node, config).await {
+            node.shutdown().await;
+            return Err(e);
         }
         if let Some(path) = ready_file {
             write_ready(&node, path)?;
@@ -542,6 +544,69 @@ fn run(
         tracing::info!("stopped");
         anyhow::Ok(())
     })
+}
+
+/// Starts what the node file asks a node to run: its bootstrap service,
+/// then each tenant's.
+async fn start_services(node: &Node, config: &NodeConfig) -> anyhow::Result<()> {
+    if let Some(boot) = &config.bootstrap {
+        let address = node
+            .spawn(&boot.module, boot.args.as_bytes())
+            .await
+            .with_context(|| format!("bootstrap service `{}`", boot.module))?;
+        tracing::info!(%address, module = %boot.module, "bootstrap service started");
+    }
+    for tenant in &config.tenants {
+        let started = node.start_tenant(&tenant.name).await?;
+        tracing::info!(tenant = %tenant.name, services = ?started, "tenant started");
+    }
+    Ok(())
+}
+
+/// `skyhost test [DIR]`: builds the project, runs its node in this process
+/// and each of its cases (`project::cases`), printing each; fails when one
+/// fails.
+fn test_project(dir: &Path) -> anyhow::Result<()> {
+    let cases = project::cases::load(dir)?;
+    anyhow::ensure!(
+        !cases.is_empty(),
+        "{}: no test cases (tests/*.toml with [[call]] tables)",
+        dir.display()
+    );
+    for file in project::build(dir)? {
+        eprintln!("built {}", file.display());
+    }
+    let config = NodeConfig::load(&dir.join(PROJECT_NODE_FILE))?;
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("log filter")?)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let failed = runtime.block_on(async {
+        let node = Node::launch(&config).await?;
+        let started = start_services(&node, &config).await;
+        let mut failed = 0;
+        if started.is_ok() {
+            for case in &cases {
+                match project::cases::run(&node, case).await {
+                    Ok(()) => println!("test {} ... ok", case.name),
+                    Err(why) => {
+                        println!("test {} ... FAILED: {why}", case.name);
+                        failed += 1;
+                    }
+                }
+            }
+        }
+        node.shutdown().await;
+        started.map(|()| failed)
+    })?;
+    println!("{} passed, {failed} failed", cases.len() - failed);
+    anyhow::ensure!(failed == 0, "{failed} of {} cases failed", cases.len());
+    Ok(())
 }
 
 fn bench_main(

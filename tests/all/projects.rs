@@ -65,6 +65,11 @@ fn a_new_project_answers(lang: &str) {
     let built = succeeds(skyhost_in(&project, &home).arg("build"));
     assert!(built.contains("hello.wasm"), "{built}");
     assert!(project.join("build/hello.wasm").is_file());
+    let tested = succeeds(skyhost_in(&project, &home).arg("test"));
+    assert!(
+        tested.contains("test tests/hello.toml#1 ... ok") && tested.contains("1 passed, 0 failed"),
+        "{tested}"
+    );
 
     let mut node = Proc::spawn({
         let mut run = skyhost_in(&project, &home);
@@ -182,4 +187,39 @@ fn run_watch_rebuilds_and_swaps_in_an_edited_service() {
     node.signal("INT");
     let exit = node.wait_exit();
     assert!(exit.success(), "{exit}: {}", node.log());
+}
+
+/// `skyhost test` reports a case that fails, with what it got and what was
+/// expected, and exits non-zero; the others still run.
+#[test]
+fn skyhost_test_reports_a_failing_case() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let home = dir.path().join("home");
+    succeeds(skyhost_in(dir.path(), &home).args(["new", "hello", "--lang", "c"]));
+    let project = dir.path().join("hello");
+    let cases = project.join("tests/hello.toml");
+    let mut text = std::fs::read_to_string(&cases).expect("the first case");
+    text.push_str(
+        "\n[[call]]\nto = \".hello\"\npayload = \"you\"\nanswer = \"bye, you\"\n\n\
+         [[call]]\nto = \".nobody\"\nerror = \"x\"\n",
+    );
+    std::fs::write(&cases, text).expect("more cases");
+    let out = skyhost_in(&project, &home)
+        .arg("test")
+        .output()
+        .expect("run skyhost test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("tests/hello.toml#1 ... ok"), "{stdout}");
+    assert!(
+        stdout.contains(
+            r#"tests/hello.toml#2 ... FAILED: answered "hello, you", expected "bye, you""#
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("#3 ... FAILED: no service named `.nobody`"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 passed, 2 failed"), "{stdout}");
 }

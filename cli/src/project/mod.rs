@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use skyhost_guest_build as guest_build;
 
+pub mod cases;
 pub mod sdk;
 mod templates;
 pub mod watch;

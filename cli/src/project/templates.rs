@@ -1,6 +1,6 @@
 //! The files `skyhost new` writes for each language: the language's own
 //! manifest, a first service that registers `.<name>` and answers a
-//! request `x` with `hello, x`, and the node file that runs it.
+//! request `x` with `hello, x`, the node file that runs it and a test case.
 
 use std::path::Path;
 
@@ -16,6 +16,7 @@ pub fn files(lang: Lang, name: &str, sdk: &Path) -> Vec<(String, String)> {
         Lang::Python => python(name),
     };
     files.push(("skyhost.toml".into(), node_file(name)));
+    files.push((format!("tests/{name}.toml"), test_cases(name)));
     files.push((".gitignore".into(), gitignore(lang)));
     files
 }
@@ -41,6 +42,20 @@ max_services = 1000
 [control]
 address = "127.0.0.1:0"
 secret = "dev"
+"#
+    )
+}
+
+/// The project's first test case (`skyhost test`).
+fn test_cases(name: &str) -> String {
+    format!(
+        r#"# `skyhost test` builds the project, runs the node of skyhost.toml and makes
+# each call below, checking its answer (`answer`, `answer_hex`, or a part of
+# the `error` it must end with).
+[[call]]
+to = ".{name}"
+payload = "world"
+answer = "hello, world"
 "#
     )
 }
