@@ -70,6 +70,11 @@ enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+    /// Make TLS certificates for a fleet: a CA, then one per node.
+    Cert {
+        #[command(subcommand)]
+        action: CertAction,
+    },
     /// Start, stop or show a fleet: every node of the node types in a
     /// fleet file, each its own process on this machine.
     Fleet {
@@ -125,6 +130,29 @@ enum Command {
     Tenant {
         #[command(subcommand)]
         action: TenantAction,
+    },
+}
+
+/// Which certificate to make.
+#[derive(Subcommand)]
+enum CertAction {
+    /// A CA for a fleet: DIR/ca.pem and DIR/ca.key (kept secret).
+    Ca {
+        /// Where to put it.
+        dir: PathBuf,
+    },
+    /// A certificate for each node named, signed by the CA: NAME.pem and
+    /// NAME.key, naming the node (its `[cluster] name`).
+    Node {
+        /// The node names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// The CA's directory (from `skyhost cert ca`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Where to write them (default: the CA's directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -203,6 +231,7 @@ fn main() -> ExitCode {
             }
         }),
         Command::Fleet { action } => fleet(action),
+        Command::Cert { action } => cert(action),
         Command::Bench {
             ids,
             json,
@@ -390,6 +419,24 @@ fn ctl(to: &ControlArgs, command: &str) -> anyhow::Result<()> {
         skyhost::control::proto::Answer::Ok(_) => Ok(()),
         skyhost::control::proto::Answer::Error(e) => anyhow::bail!("{e}"),
     }
+}
+
+fn cert(action: CertAction) -> anyhow::Result<()> {
+    use skyhost_cli::cert;
+    match action {
+        CertAction::Ca { dir } => {
+            let (cert, key) = cert::make_ca(&dir)?;
+            println!("made {} and {}", cert.display(), key.display());
+        }
+        CertAction::Node { names, ca, out } => {
+            let out = out.unwrap_or_else(|| ca.clone());
+            for name in names {
+                let (cert, key) = cert::make_node(&ca, &name, &out)?;
+                println!("made {} and {}", cert.display(), key.display());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn fleet(action: FleetAction) -> anyhow::Result<()> {

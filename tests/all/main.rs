@@ -16,5 +16,6 @@ mod multicast;
 mod projects;
 mod support;
 mod tenants;
+mod tls;
 mod tracing;
 mod upgrade;

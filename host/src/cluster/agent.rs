@@ -52,7 +52,8 @@ async fn serve(
     from: std::net::SocketAddr,
 ) {
     let config = cluster.settings.link(&cluster.name);
-    let conn = match Connection::<Control, Header>::accept(stream, config).await {
+    let tls = cluster.settings.tls.as_ref();
+    let conn = match Connection::<Control, Header>::accept_secured(stream, config, tls).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%from, "cluster link refused: {e}");

@@ -71,6 +71,9 @@ pub enum ClusterStartError {
     /// The listener named by `listen` could not be opened.
     #[error("{0}")]
     Listen(String),
+    /// `tls`: a certificate, key or CA that cannot be used.
+    #[error("[cluster] tls: {0}")]
+    Tls(#[from] crate::transport::tls::TlsError),
     /// The cluster config file cannot be watched for changes.
     #[error("cluster config {}: cannot watch it: {source}", file.display())]
     Watch {
@@ -179,6 +182,8 @@ pub(crate) struct Settings {
     compress_above: Option<usize>,
     /// Messages queued for a peer that is down, before new ones are refused.
     queue_limit: usize,
+    /// TLS for every link, when the node file asks for it.
+    tls: Option<crate::transport::tls::Tls>,
 }
 
 impl Settings {
@@ -324,6 +329,10 @@ impl Cluster {
                 max_payload: kernel.limits.max_payload,
                 compress_above: config.compression.then_some(config.compress_threshold),
                 queue_limit: config.queue_limit,
+                tls: match &config.tls {
+                    Some(files) => Some(crate::transport::tls::Tls::load(files)?),
+                    None => None,
+                },
             },
             table: ArcSwap::from_pointee(table),
             senders: papaya::HashMap::new(),

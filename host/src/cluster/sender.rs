@@ -482,7 +482,11 @@ pub(super) async fn run(
         let attempt = tokio::select! {
             () = sender.gone.cancelled() => break,
             () = sender.retarget.notified() => continue,
-            c = Connection::<Control, Header>::connect(&address, config) => c,
+            c = Connection::<Control, Header>::connect_secured(
+                &address,
+                config,
+                cluster.settings.tls.as_ref().map(|t| (t, sender.node.as_str())),
+            ) => c,
         };
         let why = match attempt {
             Ok(mut conn) => {

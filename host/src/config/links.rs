@@ -1,7 +1,7 @@
 //! The node file's link tables: `[cluster]` (with its health checks and
 //! discovery URL) and `[harbor]`, and the checks both share.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -106,6 +106,11 @@ pub struct ClusterNodeConfig {
     /// nodes that have a backup are checked, with the default settings.
     #[serde(default)]
     pub health: Option<HealthConfig>,
+    /// Links under TLS 1.3, both ways authenticated: `{ cert, key, ca }`
+    /// (PEM files; this node's certificate names it). Absent: plain TCP.
+    /// A TLS node takes no plain peer, and a plain node reaches no TLS one.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
 }
 
 /// The `[cluster.health]` table: how often and how patiently other nodes
@@ -178,6 +183,7 @@ impl ClusterNodeConfig {
             lease_ttl_s: default_lease_ttl_s(),
             backup: None,
             health: None,
+            tls: None,
         }
     }
 
@@ -291,4 +297,28 @@ pub(super) fn check_link(
         ));
     }
     Ok(())
+}
+
+/// Where a node's certificate, key and the fleet's CA are (`tls = { cert,
+/// key, ca }` in `[cluster]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// This node's certificate chain (PEM), naming the node.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The CA certificates peers' certificates must chain to (PEM).
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    /// Paths relative to `base` (the node file's directory) made whole.
+    pub fn resolve(&mut self, base: &Path) {
+        for p in [&mut self.cert, &mut self.key, &mut self.ca] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
 }

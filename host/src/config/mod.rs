@@ -9,7 +9,7 @@ mod links;
 mod tenant;
 
 use links::check_link;
-pub use links::{ClusterNodeConfig, EtcdUrl, HarborConfig, HealthConfig};
+pub use links::{ClusterNodeConfig, EtcdUrl, HarborConfig, HealthConfig, TlsFiles};
 pub use tenant::{DirGrant, TenantConfig, TenantLimits, is_tenant_name};
 
 /// The node's own tenant's name.
@@ -352,6 +352,9 @@ impl NodeConfig {
             {
                 *conf = base.join(&*conf);
             }
+            if let Some(tls) = &mut c.tls {
+                tls.resolve(base);
+            }
         }
         for t in &mut config.tenants {
             t.resolve_paths(base);
@@ -577,6 +580,33 @@ mod tests {
             s.starts_with("node.toml:2:") && s.contains("workers"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn cluster_tls_files_are_taken_beside_the_node_file() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "[cluster]\nname = \"a\"\nsecret = \"s\"\n\
+             tls = { cert = \"a.pem\", key = \"/keys/a.key\", ca = \"ca.pem\" }\n",
+        )?;
+        let tls = NodeConfig::load(&file)?
+            .cluster
+            .and_then(|c| c.tls)
+            .ok_or("tls")?;
+        assert_eq!(tls.cert, dir.path().join("a.pem"));
+        assert_eq!(tls.key, Path::new("/keys/a.key"));
+        let typo =
+            parse("[cluster]\nname = \"a\"\ntls = { cert = \"a\", key = \"k\", cas = \"c\" }\n")
+                .expect_err("unknown key")
+                .to_string();
+        assert!(
+            typo.starts_with("node.toml:3:") && typo.contains("cas"),
+            "{typo}"
+        );
+        Ok(())
     }
 
     #[test]

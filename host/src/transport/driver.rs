@@ -7,11 +7,12 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::tls::{Stream, Tls, TlsError};
 use super::{Envelope, Link, LinkConfig, LinkError, LinkEvent, PeerInfo, Role};
 
 /// How many bytes the driver gathers before each write: small messages
@@ -68,6 +69,10 @@ pub enum DriverError {
     /// Our layer refused what the peer sent.
     #[error("{0}")]
     Refused(String),
+    /// TLS failed under the link, or the peer is not who its certificate
+    /// or this end says it must be.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
 }
 
 /// What a connection has carried, shared with whoever reports on it
@@ -142,14 +147,14 @@ impl LinkStats {
 /// `stream`, registered with the reactor of the runtime this runs on: on
 /// a node's workers that is the worker's own, so the socket's readiness
 /// wakes the thread that runs the connection (see `runtime::workers`).
-fn rehome(stream: TcpStream) -> std::io::Result<TcpStream> {
-    TcpStream::from_std(stream.into_std()?)
+fn rehome(stream: Stream) -> std::io::Result<Stream> {
+    stream.rehome()
 }
 
 /// A connection whose handshake is done: the socket, its link state, and
 /// bytes already read past the handshake.
 pub struct Connection<C, H = Envelope> {
-    stream: TcpStream,
+    stream: Stream,
     link: Link<C, H>,
     /// Counts items waiting in the outgoing channel, when the owner keeps one.
     backlog: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
@@ -169,8 +174,32 @@ where
     /// # Errors
     /// The socket's error, or the handshake's (refused, wrong secret, timeout).
     pub async fn connect(address: &str, config: LinkConfig) -> Result<Self, DriverError> {
+        Self::connect_secured(address, config, None).await
+    }
+
+    /// Connects to `address` as the client, under TLS when `tls` gives it
+    /// with the name of the node meant (its certificate must name it, and
+    /// so must the link handshake), then completes the link handshake.
+    ///
+    /// # Errors
+    /// The socket's error, TLS's, or the handshake's.
+    pub async fn connect_secured(
+        address: &str,
+        config: LinkConfig,
+        tls: Option<(&Tls, &str)>,
+    ) -> Result<Self, DriverError> {
         let stream = TcpStream::connect(address).await?;
-        Self::handshake(stream, Role::Client, config).await
+        stream.set_nodelay(true)?;
+        let deadline = config.dead_after;
+        let (stream, expected) = match tls {
+            Some((tls, peer)) => {
+                let secured = tokio::time::timeout(deadline, tls.connect(stream, peer)).await;
+                let secured = secured.map_err(|_| DriverError::HandshakeTimeout(deadline))??;
+                (secured, Some(peer))
+            }
+            None => (Stream::Plain(stream), None),
+        };
+        Self::handshake(stream, Role::Client, config, expected).await
     }
 
     /// Completes the handshake on an accepted socket as the server.
@@ -178,15 +207,67 @@ where
     /// # Errors
     /// The socket's error, or the handshake's (refused, wrong secret, timeout).
     pub async fn accept(stream: TcpStream, config: LinkConfig) -> Result<Self, DriverError> {
-        Self::handshake(stream, Role::Server, config).await
+        Self::accept_secured(stream, config, None).await
+    }
+
+    /// Completes TLS (when `tls` is given: the client's certificate must
+    /// chain to the CA and name the node it says it is) and the link
+    /// handshake on an accepted socket as the server.
+    ///
+    /// # Errors
+    /// The socket's error, TLS's, or the handshake's.
+    pub async fn accept_secured(
+        stream: TcpStream,
+        config: LinkConfig,
+        tls: Option<&Tls>,
+    ) -> Result<Self, DriverError> {
+        stream.set_nodelay(true)?;
+        let deadline = config.dead_after;
+        let stream = match tls {
+            Some(tls) => {
+                let mut first = [0u8; 1];
+                let peeked = tokio::time::timeout(deadline, stream.peek(&mut first)).await;
+                let peeked = peeked.map_err(|_| DriverError::HandshakeTimeout(deadline))??;
+                if peeked == 1 && first[0] != super::tls::HANDSHAKE_RECORD {
+                    return Err(Self::refuse_plain(stream, config).await);
+                }
+                tokio::time::timeout(deadline, tls.accept(stream))
+                    .await
+                    .map_err(|_| DriverError::HandshakeTimeout(deadline))??
+            }
+            None => Stream::Plain(stream),
+        };
+        Self::handshake(stream, Role::Server, config, None).await
+    }
+
+    /// Tells a plain peer, in its own protocol, that this node takes TLS
+    /// links only, and closes.
+    async fn refuse_plain(stream: TcpStream, config: LinkConfig) -> DriverError {
+        let reason = format!(
+            "node `{}` takes TLS links only: give this node `tls` to reach it",
+            config.name
+        );
+        let nonce: [u8; 32] = rand::random();
+        let mut conn = Connection::<C, H> {
+            stream: Stream::Plain(stream),
+            link: Link::new(Role::Server, config, std::time::Instant::now(), nonce),
+            backlog: None,
+            stats: None,
+            inbuf: BytesMut::new(),
+            outbuf: BytesMut::new(),
+        };
+        conn.link.close(reason);
+        conn.say_goodbye().await;
+        conn.linger().await;
+        TlsError::PeerIsPlain.into()
     }
 
     async fn handshake(
-        stream: TcpStream,
+        stream: Stream,
         role: Role,
         config: LinkConfig,
+        expected: Option<&str>,
     ) -> Result<Self, DriverError> {
-        stream.set_nodelay(true)?;
         let deadline = config.dead_after;
         let nonce: [u8; 32] = rand::random();
         let mut conn = Connection {
@@ -198,10 +279,19 @@ where
             outbuf: BytesMut::new(),
         };
         match tokio::time::timeout(deadline, conn.shake()).await {
-            Ok(Ok(())) => Ok(conn),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(DriverError::HandshakeTimeout(deadline)),
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(DriverError::HandshakeTimeout(deadline)),
         }
+        let claimed = conn.link.peer().map(|p| p.name.clone()).unwrap_or_default();
+        if let Err(e) = conn.stream.check_peer(&claimed, expected) {
+            // Told why, the peer's side of the link ends with the reason.
+            conn.link.close(e.to_string());
+            conn.say_goodbye().await;
+            conn.linger().await;
+            return Err(e.into());
+        }
+        Ok(conn)
     }
 
     async fn shake(&mut self) -> Result<(), DriverError> {
@@ -210,6 +300,7 @@ where
                 .poll_transmit(std::time::Instant::now(), &mut self.outbuf, WRITE_BATCH);
             if !self.outbuf.is_empty() {
                 self.stream.write_all(&self.outbuf).await?;
+                self.stream.flush().await?;
                 self.outbuf.clear();
             }
             if self.link.is_up() {
@@ -218,6 +309,9 @@ where
             self.inbuf.reserve(READ_CHUNK);
             if self.stream.read_buf(&mut self.inbuf).await? == 0 {
                 return Err(DriverError::Closed);
+            }
+            if matches!(self.stream, Stream::Plain(_)) && super::tls::is_tls_record(&self.inbuf) {
+                return Err(TlsError::PeerSpeaksTls.into());
             }
             if let Err(e) = self
                 .link
@@ -237,9 +331,27 @@ where
         self.link
             .poll_transmit(std::time::Instant::now(), &mut self.outbuf, WRITE_BATCH);
         if !self.outbuf.is_empty() {
-            let write = self.stream.write_all(&self.outbuf);
+            let stream = &mut self.stream;
+            let outbuf = &self.outbuf;
+            let write = async move {
+                stream.write_all(outbuf).await?;
+                stream.flush().await
+            };
             let _ = tokio::time::timeout(Duration::from_millis(200), write).await;
         }
+    }
+
+    /// Closes this end's writing and reads until the peer closes (briefly):
+    /// a socket closed with bytes unread resets the connection, and a reset
+    /// can destroy the refusal just written before the peer reads it.
+    async fn linger(&mut self) {
+        let stream = &mut self.stream;
+        let drain = async move {
+            let _ = stream.shutdown().await;
+            let mut sink = [0u8; 4096];
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
     }
 
     /// The peer, as it named itself in the handshake.
@@ -249,7 +361,7 @@ where
 
     /// The peer's socket address.
     pub fn peer_address(&self) -> Option<std::net::SocketAddr> {
-        self.stream.peer_addr().ok()
+        self.stream.tcp().peer_addr().ok()
     }
 
     /// Keeps `backlog` down by the [`weight`](Outgoing::weight) of each item
@@ -323,9 +435,60 @@ where
         handler: &mut L,
         cancel: &CancellationToken,
     ) -> Result<(), DriverError> {
+        let mut parts = Parts {
+            link: &mut self.link,
+            backlog: self.backlog.as_deref(),
+            stats: self.stats.as_deref(),
+            inbuf: &mut self.inbuf,
+            outbuf: &mut self.outbuf,
+        };
+        match &mut self.stream {
+            Stream::Plain(tcp) => {
+                let (reader, writer) = tcp.split();
+                parts
+                    .pump(reader, writer, false, outgoing, handler, cancel)
+                    .await
+            }
+            Stream::Tls(tls) => {
+                let (reader, writer) = tokio::io::split(&mut **tls);
+                parts
+                    .pump(reader, writer, true, outgoing, handler, cancel)
+                    .await
+            }
+        }
+    }
+}
+
+/// A running connection's state beside its socket, so the socket's two
+/// halves and the rest can be borrowed at once.
+struct Parts<'a, C, H> {
+    link: &'a mut Link<C, H>,
+    backlog: Option<&'a std::sync::atomic::AtomicUsize>,
+    stats: Option<&'a LinkStats>,
+    inbuf: &'a mut BytesMut,
+    outbuf: &'a mut BytesMut,
+}
+
+impl<C, H> Parts<'_, C, H>
+where
+    C: Serialize + DeserializeOwned,
+    H: Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    /// Moves bytes until the connection ends. Under TLS (`flushing`) what
+    /// was written is flushed once the buffer is empty: rustls keeps
+    /// records until then.
+    async fn pump<L: LinkHandler<C, H>>(
+        &mut self,
+        mut reader: impl AsyncRead + Unpin,
+        mut writer: impl AsyncWrite + Unpin,
+        flushing: bool,
+        outgoing: &mut mpsc::UnboundedReceiver<Outgoing<C, H>>,
+        handler: &mut L,
+        cancel: &CancellationToken,
+    ) -> Result<(), DriverError> {
         let mut batch = Vec::with_capacity(RECV_BATCH);
         let mut frames_counted = self.link.frames_in();
-        let (mut reader, mut writer) = self.stream.split();
+        let mut unflushed = false;
         loop {
             while let Some(event) = self.link.poll_event() {
                 match event {
@@ -338,27 +501,31 @@ where
             }
             if self.outbuf.len() < WRITE_BATCH && self.link.has_transmit() {
                 self.link
-                    .poll_transmit(std::time::Instant::now(), &mut self.outbuf, WRITE_BATCH);
+                    .poll_transmit(std::time::Instant::now(), self.outbuf, WRITE_BATCH);
             }
             let timeout = self.link.poll_timeout().map(tokio::time::Instant::from_std);
             self.inbuf.reserve(READ_CHUNK);
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => return Ok(()),
-                written = writer.write(&self.outbuf), if !self.outbuf.is_empty() => {
-                    let n = written?;
-                    self.outbuf.advance(n);
-                    if let Some(s) = &self.stats {
-                        s.bytes_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                written = write_or_flush(&mut writer, self.outbuf), if !self.outbuf.is_empty() || unflushed => {
+                    if let Some(n) = written? {
+                        self.outbuf.advance(n);
+                        unflushed = flushing;
+                        if let Some(s) = self.stats {
+                            s.bytes_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    } else {
+                        unflushed = false;
                     }
                 }
-                read = reader.read_buf(&mut self.inbuf) => {
+                read = reader.read_buf(self.inbuf) => {
                     let n = read?;
                     if n == 0 {
                         return Err(DriverError::Closed);
                     }
-                    self.link.handle_bytes(std::time::Instant::now(), &mut self.inbuf)?;
-                    if let Some(s) = &self.stats {
+                    self.link.handle_bytes(std::time::Instant::now(), self.inbuf)?;
+                    if let Some(s) = self.stats {
                         use std::sync::atomic::Ordering::Relaxed;
                         s.bytes_in.fetch_add(n as u64, Relaxed);
                         let frames = self.link.frames_in();
@@ -375,10 +542,10 @@ where
                         return Ok(());
                     }
                     for item in batch.drain(..) {
-                        if let Some(b) = &self.backlog {
+                        if let Some(b) = self.backlog {
                             b.fetch_sub(item.weight(), std::sync::atomic::Ordering::Relaxed);
                         }
-                        push(&mut self.link, item);
+                        push(self.link, item);
                     }
                 }
                 () = sleep_until(timeout), if timeout.is_some() => {
@@ -398,6 +565,19 @@ where
     match item {
         Outgoing::Message(header, payload) => link.send_message(header, payload),
         Outgoing::Control(c) => link.send_control(c),
+    }
+}
+
+/// Writes some of `outbuf`, or flushes when it is empty; the bytes
+/// written, `None` for a flush.
+async fn write_or_flush(
+    writer: &mut (impl AsyncWrite + Unpin),
+    outbuf: &[u8],
+) -> std::io::Result<Option<usize>> {
+    if outbuf.is_empty() {
+        writer.flush().await.map(|()| None)
+    } else {
+        writer.write(outbuf).await.map(Some)
     }
 }
 

@@ -12,13 +12,16 @@
 //! (one connection's state: handshake, chunking of large payloads so small
 //! messages keep flowing beside them, heartbeat). [`driver`] is the one
 //! small tokio task per connection that moves bytes between the socket and a
-//! [`Link`]; it is the only code here that touches a socket.
+//! [`Link`]; it is the only code here that touches a socket. [`tls`] puts
+//! TLS 1.3 (rustls, both sides authenticated) between the socket and the
+//! driver when a node file asks for it.
 
 pub mod codec;
 pub mod driver;
 pub mod frame;
 pub mod handshake;
 pub mod link;
+pub mod tls;
 
 pub use driver::{Connection, DriverError, LinkHandler, LinkInfo, LinkStats, Outgoing};
 pub use frame::{Envelope, Frame};
