@@ -59,6 +59,8 @@ enum Topology {
     Harbor,
     /// Cluster nodes `a` and `b`, linked over loopback.
     Cluster,
+    /// The same, their link under TLS 1.3 (certificates from a throwaway CA).
+    ClusterTls,
     /// One node with 100 tenants (`t0`..`t99`); the workload's services
     /// and client are in `t0`.
     Tenants,
@@ -269,6 +271,24 @@ fn workloads() -> Vec<Workload> {
             run: |n| Box::pin(cluster_concurrent(n, 100, 1_000)),
         },
         Workload {
+            id: "cluster-call-rtt-tls",
+            unit: "µs",
+            topology: Topology::ClusterTls,
+            run: |n| Box::pin(cluster_call_rtt(n, 50_000)),
+        },
+        Workload {
+            id: "cluster-oneway-tls",
+            unit: "msgs/s",
+            topology: Topology::ClusterTls,
+            run: |n| Box::pin(cluster_oneway(n, 500_000)),
+        },
+        Workload {
+            id: "cluster-concurrent-tls",
+            unit: "calls/s",
+            topology: Topology::ClusterTls,
+            run: |n| Box::pin(cluster_concurrent(n, 100, 1_000)),
+        },
+        Workload {
             id: "group-call",
             unit: "ratio (group / direct)",
             topology: Topology::Cluster,
@@ -435,12 +455,22 @@ impl BenchNode {
     }
 
     /// Cluster nodes `a` (this one) and `b`, in this process, over loopback.
-    async fn start_cluster(limits: Limits) -> anyhow::Result<Self> {
+    async fn start_cluster(limits: Limits, tls: bool) -> anyhow::Result<Self> {
+        // Read at launch only: the files may go once the nodes run.
+        let certs = tempfile::tempdir()?;
+        if tls {
+            skyhost_cli::cert::make_ca(certs.path())?;
+        }
         let mut nodes = Vec::new();
         for name in ["a", "b"] {
             let mut config = Self::config(limits.clone())?;
             let mut cluster = skyhost::config::ClusterNodeConfig::new(name, "bench");
             cluster.listen = Some("127.0.0.1:0".into());
+            if tls {
+                let (cert, key) = skyhost_cli::cert::make_node(certs.path(), name, certs.path())?;
+                let ca = certs.path().join("ca.pem");
+                cluster.tls = Some(skyhost::config::TlsFiles { cert, key, ca });
+            }
             config.cluster = Some(cluster);
             nodes.push(Node::launch(&config).await?);
         }
@@ -666,7 +696,8 @@ async fn run_once(w: &Workload) -> anyhow::Result<f64> {
     let node = match w.topology {
         Topology::Single => BenchNode::start(limits)?,
         Topology::Harbor => BenchNode::start_harbor(limits).await?,
-        Topology::Cluster => BenchNode::start_cluster(limits).await?,
+        Topology::Cluster => BenchNode::start_cluster(limits, false).await?,
+        Topology::ClusterTls => BenchNode::start_cluster(limits, true).await?,
         Topology::Tenants => BenchNode::start_tenants(limits)?,
     };
     let value = (w.run)(&node)

@@ -361,7 +361,7 @@ where
 
     /// The peer's socket address.
     pub fn peer_address(&self) -> Option<std::net::SocketAddr> {
-        self.stream.tcp().peer_addr().ok()
+        self.stream.tcp().and_then(|t| t.peer_addr()).ok()
     }
 
     /// Keeps `backlog` down by the [`weight`](Outgoing::weight) of each item

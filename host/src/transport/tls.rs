@@ -141,7 +141,7 @@ impl Tls {
         })?;
         let tls = self
             .connector
-            .connect(name, stream)
+            .connect(name, Socket(Some(stream)))
             .await
             .map_err(TlsError::Handshake)?;
         Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))))
@@ -152,22 +152,28 @@ impl Tls {
     /// # Errors
     /// [`TlsError::Handshake`].
     pub async fn accept(&self, stream: TcpStream) -> Result<Stream, TlsError> {
-        let tls = self.acceptor.accept(stream).await.map_err(|e| {
-            let plain = e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                .is_some_and(|r| {
-                    matches!(
-                        r,
-                        rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
-                    )
-                });
-            if plain {
-                TlsError::PeerIsPlain
-            } else {
-                TlsError::Handshake(e)
-            }
-        })?;
+        let tls = self
+            .acceptor
+            .accept(Socket(Some(stream)))
+            .await
+            .map_err(|e| {
+                let plain = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .is_some_and(|r| {
+                        matches!(
+                            r,
+                            rustls::Error::InvalidMessage(
+                                rustls::InvalidMessage::InvalidContentType
+                            )
+                        )
+                    });
+                if plain {
+                    TlsError::PeerIsPlain
+                } else {
+                    TlsError::Handshake(e)
+                }
+            })?;
         Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))))
     }
 }
@@ -221,15 +227,88 @@ pub enum Stream {
     /// TCP as it is (loopback development, or links with no `tls`).
     Plain(TcpStream),
     /// TCP under TLS 1.3.
-    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::TlsStream<Socket>>),
+}
+
+/// The TCP socket under a TLS stream, which can be moved to another
+/// runtime's reactor in place (tokio-rustls gives the socket back only
+/// with the session, and takes no pair to rebuild from).
+pub struct Socket(Option<TcpStream>);
+
+impl Socket {
+    fn tcp(&self) -> std::io::Result<&TcpStream> {
+        self.0.as_ref().ok_or_else(moved)
+    }
+
+    fn tcp_mut(&mut self) -> std::io::Result<&mut TcpStream> {
+        self.0.as_mut().ok_or_else(moved)
+    }
+
+    /// Registers the socket with the reactor of the runtime this runs on.
+    fn rehome(&mut self) -> std::io::Result<()> {
+        let tcp = self.0.take().ok_or_else(moved)?;
+        self.0 = Some(TcpStream::from_std(tcp.into_std()?)?);
+        Ok(())
+    }
+}
+
+/// What a [`Socket`] says if it lost its TCP socket (a failed rehome).
+fn moved() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "the socket was lost moving it",
+    )
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut().tcp_mut() {
+            Ok(s) => Pin::new(s).poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut().tcp_mut() {
+            Ok(s) => Pin::new(s).poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut().tcp_mut() {
+            Ok(s) => Pin::new(s).poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut().tcp_mut() {
+            Ok(s) => Pin::new(s).poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
 }
 
 impl Stream {
     /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    ///
+    /// # Errors
+    /// When a failed move lost it.
+    pub fn tcp(&self) -> std::io::Result<&TcpStream> {
         match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(t) => t.get_ref().0,
+            Stream::Plain(s) => Ok(s),
+            Stream::Tls(t) => t.get_ref().0.tcp(),
         }
     }
 
@@ -266,13 +345,14 @@ impl Stream {
     }
 
     /// The same stream registered with the reactor of the runtime this runs
-    /// on (see `driver::rehome`). A TLS stream stays where it is: its socket
-    /// cannot be taken out and put back (readiness then wakes the thread
-    /// that accepted or connected it, which wakes the connection's).
+    /// on (see `driver::rehome`).
     pub(super) fn rehome(self) -> std::io::Result<Self> {
         Ok(match self {
             Stream::Plain(s) => Stream::Plain(TcpStream::from_std(s.into_std()?)?),
-            tls @ Stream::Tls(_) => tls,
+            Stream::Tls(mut t) => {
+                t.get_mut().0.rehome()?;
+                Stream::Tls(t)
+            }
         })
     }
 }
