@@ -142,9 +142,12 @@ enum CertAction {
         dir: PathBuf,
     },
     /// A certificate for each node named, signed by the CA: NAME.pem and
-    /// NAME.key, naming the node (its `[cluster] name`).
+    /// NAME.key, naming the node (its `[cluster] name`; `harbor-N` for
+    /// harbor id N, `harbor-master` for the master; an operator's name for
+    /// the control address).
     Node {
-        /// The node names.
+        /// The node names; `a,b` makes one certificate naming both (files
+        /// named after the first), e.g. `harbor-1,harbor-master`.
         #[arg(required = true)]
         names: Vec<String>,
         /// The CA's directory (from `skyhost cert ca`).
@@ -188,6 +191,49 @@ struct ControlArgs {
     /// `[control]` secret of `./skyhost.toml`).
     #[arg(long)]
     secret_file: Option<PathBuf>,
+    /// Reach a control address under TLS with this certificate (from
+    /// `skyhost cert node OPERATOR`); with `--tls-key` and `--tls-ca`.
+    #[arg(long, env = "SKYHOST_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key.
+    #[arg(long, env = "SKYHOST_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The fleet's CA: the node's certificate must chain to it.
+    #[arg(long, env = "SKYHOST_TLS_CA", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
+    /// The name the node's certificate must hold (default: any the CA
+    /// signed).
+    #[arg(long, requires = "tls_cert")]
+    tls_name: Option<String>,
+}
+
+impl ControlArgs {
+    /// The operator's TLS, when asked for.
+    fn tls(&self) -> anyhow::Result<Option<skyhost::transport::tls::Tls>> {
+        let (Some(cert), Some(key), Some(ca)) = (&self.tls_cert, &self.tls_key, &self.tls_ca)
+        else {
+            return Ok(None);
+        };
+        let files = skyhost::config::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        };
+        Ok(Some(match self.tls_name {
+            Some(_) => skyhost::transport::tls::Tls::load(&files)?,
+            None => skyhost::transport::tls::Tls::load_operator(&files)?,
+        }))
+    }
+
+    /// Connects to the control address and authenticates.
+    async fn connect(&self) -> anyhow::Result<skyhost::control::ControlClient> {
+        let (address, secret) = (control_address(self)?, control_secret(self)?);
+        let tls = self.tls()?;
+        let tls = tls.as_ref().map(|t| (t, self.tls_name.as_deref()));
+        skyhost::control::ControlClient::connect_secured(&address, &secret, tls)
+            .await
+            .with_context(|| format!("control address {address}"))
+    }
 }
 
 #[derive(Subcommand)]
@@ -282,6 +328,10 @@ fn control_secret(to: &ControlArgs) -> anyhow::Result<String> {
             return Ok(secret);
         }
     }
+    if to.tls_cert.is_some() {
+        // The certificate may be all the node asks for.
+        return Ok(String::new());
+    }
     anyhow::bail!("give --secret-file or set SKYHOST_SECRET")
 }
 
@@ -316,13 +366,11 @@ const RUNNING_NODE_FILE: &str = ".skyhost/node.json";
 fn console(to: &ControlArgs) -> anyhow::Result<()> {
     use rustyline::error::ReadlineError;
     use skyhost::control::proto::Answer;
-    let (address, secret) = (control_address(to)?, control_secret(to)?);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut client = runtime
-        .block_on(skyhost::control::ControlClient::connect(&address, &secret))
-        .with_context(|| format!("control address {address}"))?;
+    let mut client = runtime.block_on(to.connect())?;
+    let address = control_address(to)?;
     let mut editor = rustyline::DefaultEditor::new()?;
     let history = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".skyhost_history"));
     if let Some(h) = &history {
@@ -404,17 +452,14 @@ fn payload_from_file(command: Vec<String>) -> anyhow::Result<String> {
 }
 
 fn ctl(to: &ControlArgs, command: &str) -> anyhow::Result<()> {
-    let (address, secret) = (control_address(to)?, control_secret(to)?);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     // Each line printed as it comes (`watch` streams until Ctrl-C).
-    let answer = runtime
-        .block_on(async {
-            let mut client = skyhost::control::ControlClient::connect(&address, &secret).await?;
-            client.stream(command, print_line).await
-        })
-        .with_context(|| format!("control address {address}"))?;
+    let answer = runtime.block_on(async {
+        let mut client = to.connect().await?;
+        anyhow::Ok(client.stream(command, print_line).await?)
+    })?;
     match answer {
         skyhost::control::proto::Answer::Ok(_) => Ok(()),
         skyhost::control::proto::Answer::Error(e) => anyhow::bail!("{e}"),

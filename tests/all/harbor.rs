@@ -290,7 +290,7 @@ async fn unknown_remote_addresses_fail_and_sends_to_down_nodes_are_refused() -> 
 async fn the_harbor_outlives_its_master_and_names_come_back() -> anyhow::Result<()> {
     let secret: std::sync::Arc<[u8]> = SECRET.as_bytes().into();
     let timing = (Duration::from_millis(200), Duration::from_millis(2_000));
-    let master = Master::start("127.0.0.1:0", secret.clone(), timing.0, timing.1).await?;
+    let master = Master::start("127.0.0.1:0", secret.clone(), timing.0, timing.1, None).await?;
     let address = master.address().to_string();
     let n2 = launch(2, Some(&address)).await?;
     let n3 = launch(3, Some(&address)).await?;
@@ -327,7 +327,7 @@ async fn the_harbor_outlives_its_master_and_names_come_back() -> anyhow::Result<
 
     // The master comes back on the same address: nodes rejoin with backoff
     // and register their names again.
-    let master = Master::start(&address, secret, timing.0, timing.1).await?;
+    let master = Master::start(&address, secret, timing.0, timing.1, None).await?;
     eventually("nodes rejoined", || {
         n2.node.master_up() && n3.node.master_up()
     })
@@ -493,22 +493,89 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_real_processes_share_one_address_space() -> anyhow::Result<()> {
+    real_processes(false).await
+}
+
+/// The same over TLS links (docs/tls.md): calls, refusals, kill -9 and a
+/// restart behave as on plain links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_real_processes_share_one_address_space_over_tls() -> anyhow::Result<()> {
+    real_processes(true).await
+}
+
+/// Certificates for harbor ids 1 to 5 in `dir` (1 also names the master),
+/// from a CA made there.
+fn harbor_certs(dir: &std::path::Path) -> anyhow::Result<()> {
+    skyhost_cli::cert::make_ca(dir)?;
+    skyhost_cli::cert::make_node(dir, "harbor-1,harbor-master", dir)?;
+    for id in 2..=5 {
+        skyhost_cli::cert::make_node(dir, &format!("harbor-{id}"), dir)?;
+    }
+    Ok(())
+}
+
+/// Harbor id `id`'s files among [`harbor_certs`]'.
+fn harbor_tls(dir: &std::path::Path, id: u8) -> skyhost::transport::tls::TlsFiles {
+    skyhost::transport::tls::TlsFiles {
+        cert: dir.join(format!("harbor-{id}.pem")),
+        key: dir.join(format!("harbor-{id}.key")),
+        ca: dir.join("ca.pem"),
+    }
+}
+
+/// [`harbor_node_file`], under TLS with [`harbor_tls`]'s files when `certs`
+/// is given (the `[harbor]` table is the file's last).
+fn node_file(
+    dir: &std::path::Path,
+    (id, master): (u8, Option<&str>),
+    secret: &str,
+    name: &str,
+    certs: Option<&std::path::Path>,
+) -> anyhow::Result<std::path::PathBuf> {
+    use std::io::Write;
+    let path = harbor_node_file(dir, id, master, secret, name);
+    if let Some(certs) = certs {
+        let f = harbor_tls(certs, id);
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path)?;
+        writeln!(
+            file,
+            "tls = {{ cert = {:?}, key = {:?}, ca = {:?} }}",
+            f.cert, f.key, f.ca
+        )?;
+    }
+    Ok(path)
+}
+
+async fn real_processes(tls: bool) -> anyhow::Result<()> {
     use crate::support::{Proc, log_field};
     let dir = tempfile::tempdir()?;
-    let file1 = harbor_node_file(dir.path(), 1, None, SECRET, "kit1");
+    let certs = dir.path().join("certs");
+    if tls {
+        harbor_certs(&certs)?;
+    }
+    let certs = tls.then_some(certs.as_path());
+    let file1 = node_file(dir.path(), (1, None), SECRET, "kit1", certs)?;
     let mut p1 = Proc::start([std::path::Path::new("run"), &file1]);
     let line = p1.wait_for("harbor master listening");
     let master = log_field(&line, "address").context("master address in the log")?;
     p1.wait_for("bootstrap service started");
-    let file2 = harbor_node_file(dir.path(), 2, Some(&master), SECRET, "kit2");
-    let file3 = harbor_node_file(dir.path(), 3, Some(&master), SECRET, "kit3");
+    let file2 = node_file(dir.path(), (2, Some(&master)), SECRET, "kit2", certs)?;
+    let file3 = node_file(dir.path(), (3, Some(&master)), SECRET, "kit3", certs)?;
     let mut p2 = Proc::start([std::path::Path::new("run"), &file2]);
     let mut p3 = Proc::start([std::path::Path::new("run"), &file3]);
     p2.wait_for("bootstrap service started");
     p3.wait_for("bootstrap service started");
 
     // This test process joins as harbor 4 to drive and watch the others.
-    let t = launch(4, Some(&master)).await?;
+    let mut config = harbor_config(4, Some(&master), SECRET);
+    if let (Some(h), Some(certs)) = (&mut config.harbor, certs) {
+        h.tls = Some(harbor_tls(certs, 4));
+    }
+    let node = within(Node::launch(&config)).await??;
+    let t = TestNode {
+        client: node.client(),
+        node,
+    };
     let kit2 = t.client.queryname("kit2", DEADLINE).await?;
     let kit3 = t.client.queryname("kit3", DEADLINE).await?;
     assert_eq!((kit2.0 & 0xff, kit3.0 & 0xff), (2, 3), "{kit2} {kit3}");
@@ -529,11 +596,11 @@ async fn three_real_processes_share_one_address_space() -> anyhow::Result<()> {
 
     // A second harbor 2 and a node with the wrong secret are refused, and
     // say why; the master logs the wrong secret too.
-    let dup_file = harbor_node_file(dir.path(), 2, Some(&master), SECRET, "dup");
+    let dup_file = node_file(dir.path(), (2, Some(&master)), SECRET, "dup", certs)?;
     let mut dup = Proc::start([std::path::Path::new("run"), &dup_file]);
     assert!(!dup.wait_exit().success());
     assert!(dup.log().contains("harbor id 2 is in use"), "{}", dup.log());
-    let bad_file = harbor_node_file(dir.path(), 5, Some(&master), "wrong", "bad");
+    let bad_file = node_file(dir.path(), (5, Some(&master)), "wrong", "bad", certs)?;
     let mut bad = Proc::start([std::path::Path::new("run"), &bad_file]);
     assert!(!bad.wait_exit().success());
     assert!(bad.log().contains("wrong secret"), "{}", bad.log());

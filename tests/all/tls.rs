@@ -13,7 +13,9 @@ use skyhost::transport::tls::TlsFiles;
 use skyhost_cli::cert;
 use skyhost_test_proto::{Command, Reply};
 
-use crate::support::{DEADLINE, TestNode, cluster_node};
+use anyhow::Context;
+
+use crate::support::{DEADLINE, Proc, TestNode, cluster_node, log_field, within};
 
 const SECRET: &str = "tls test secret";
 
@@ -80,7 +82,7 @@ async fn tls_links_carry_calls_and_refuse_plain_foreign_and_false_peers() -> any
         let why = match who {
             "plain" => "node `a` takes TLS links only",
             "foreign" => "invalid peer certificate",
-            _ => "peer claims to be `e`: its certificate does not name it",
+            _ => "peer claims to be `e`: its certificate does not name `e`",
         };
         assert!(err.to_string().contains(why), "{who}: {err}");
     }
@@ -105,5 +107,249 @@ fn cert_refuses_to_replace_a_ca_or_name_the_unnameable() -> anyhow::Result<()> {
         format!("{bad:#}").contains("not a name a certificate can hold"),
         "{bad:#}"
     );
+    Ok(())
+}
+
+/// A harbor node under TLS with the certificate `cert` (made by the CA in
+/// `ca`), joining `master` or running it.
+fn harbor_config(
+    id: u8,
+    master: Option<&str>,
+    ca: &Path,
+    cert: &str,
+    dir: &Path,
+) -> anyhow::Result<skyhost::NodeConfig> {
+    let mut harbor = skyhost::config::HarborConfig::new(id, SECRET);
+    match master {
+        Some(m) => harbor.master = Some(m.to_string()),
+        None => harbor.standalone = Some("127.0.0.1:0".into()),
+    }
+    harbor.tls = Some(files(ca, cert, dir)?);
+    let mut config = crate::support::test_config();
+    config.harbor = Some(harbor);
+    // Few slots: several nodes share this process's memory maps.
+    config.limits.max_services = 256;
+    Ok(config)
+}
+
+async fn launch(config: &skyhost::NodeConfig) -> anyhow::Result<Result<TestNode, String>> {
+    Ok(match within(skyhost::Node::launch(config)).await? {
+        Ok(node) => Ok(TestNode {
+            client: node.client(),
+            node,
+        }),
+        Err(e) => Err(e.to_string()),
+    })
+}
+
+/// Harbor links under TLS: a call crosses them; a node of another CA, a
+/// plain node, a certificate that does not name the node's id (or the
+/// master's), and a link claiming an id its certificate does not hold are
+/// refused, each naming why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harbor_links_under_tls_carry_calls_and_refuse_false_nodes() -> anyhow::Result<()> {
+    use skyhost::harbor::proto::{Control, MASTER_PROTOCOL};
+    use skyhost::transport::{Connection, LinkConfig, tls::Tls};
+    let dir = tempfile::tempdir()?;
+    let (ca, other_ca) = (dir.path().join("ca"), dir.path().join("other"));
+    cert::make_ca(&ca)?;
+    cert::make_ca(&other_ca)?;
+    let certs = dir.path().join("certs");
+
+    // A master's certificate must name `harbor-master` as well.
+    let no_master = launch(&harbor_config(1, None, &ca, "harbor-1", &certs)?)
+        .await?
+        .err()
+        .context("a master without its name")?;
+    assert!(
+        no_master.contains("does not name `harbor-master`"),
+        "{no_master}"
+    );
+    let n1 = launch(&harbor_config(
+        1,
+        None,
+        &ca,
+        "harbor-1,harbor-master",
+        &dir.path().join("m"),
+    )?)
+    .await?
+    .map_err(anyhow::Error::msg)?;
+    let master = n1.node.master_address().context("master address")?;
+    let n2 = launch(&harbor_config(2, Some(&master), &ca, "harbor-2", &certs)?)
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    crate::support::wait_for_mesh(&[&n1, &n2]).await?;
+    let kit1 = n1.spawn("testkit").await?;
+    let echoed = n2
+        .command(kit1, &Command::Echo(b"harbor tls".to_vec()))
+        .await?;
+    assert_eq!(echoed, Reply::Bytes(b"harbor tls".to_vec()));
+
+    // Refused at the join, each saying why.
+    let mut plain = crate::support::test_config();
+    let mut h = skyhost::config::HarborConfig::new(3, SECRET);
+    h.master = Some(master.clone());
+    plain.harbor = Some(h);
+    plain.limits.max_services = 256;
+    let foreign = harbor_config(4, Some(&master), &other_ca, "harbor-4", &certs)?;
+    let misnamed = harbor_config(5, Some(&master), &ca, "harbor-6", &certs)?;
+    for (who, config, why) in [
+        ("plain", &plain, "takes TLS links only"),
+        ("foreign", &foreign, "invalid peer certificate"),
+        (
+            "misnamed",
+            &misnamed,
+            "own certificate does not name `harbor-5`",
+        ),
+    ] {
+        let err = launch(config).await?.err().context(who)?;
+        assert!(err.contains(why), "{who}: {err}");
+    }
+
+    // A link that names itself harbor 3 with harbor 2's certificate.
+    let tls = Tls::load(&files(&ca, "harbor-2", &dir.path().join("again"))?)?.for_harbor();
+    let link = LinkConfig::new(MASTER_PROTOCOL, "3", SECRET.as_bytes().into());
+    let posing = Connection::<Control>::connect_secured(&master, link, Some((&tls, "master")))
+        .await
+        .map(|_| ())
+        .expect_err("posing as harbor 3");
+    assert!(
+        posing.to_string().contains("does not name `harbor-3`"),
+        "{posing}"
+    );
+    // The node under TLS still answers.
+    let echoed = n2.command(kit1, &Command::Echo(b"still".to_vec())).await?;
+    assert_eq!(echoed, Reply::Bytes(b"still".to_vec()));
+    for n in [n2, n1] {
+        n.stop().await;
+    }
+    Ok(())
+}
+
+/// A real node whose control address is under TLS (`[control] tls`), with
+/// `secret` when given; its control address.
+fn control_node(dir: &Path, ca: &Path, secret: Option<&str>) -> anyhow::Result<(Proc, String)> {
+    let server = files(ca, "n1", &dir.join("n1"))?;
+    let secret = secret
+        .map(|s| format!("secret = {s:?}\n"))
+        .unwrap_or_default();
+    let text = format!(
+        "module_paths = [{modules:?}]\ncache_dir = {cache:?}\nlog_level = \"info\"\n\n\
+         [control]\naddress = \"127.0.0.1:0\"\n{secret}\
+         tls = {{ cert = {:?}, key = {:?}, ca = {:?} }}\n",
+        server.cert,
+        server.key,
+        server.ca,
+        modules = crate::support::guest_dir().display().to_string(),
+        cache = crate::support::cache_dir().display().to_string(),
+    );
+    let file = dir.join("node.toml");
+    std::fs::write(&file, text)?;
+    let mut node = Proc::start([Path::new("run"), &file]);
+    let line = node.wait_for("control listening");
+    let control = log_field(&line, "address").context("control address")?;
+    Ok((node, control))
+}
+
+/// `skyhost ctl -c <control> list` with `tls` (certificate, key, CA and
+/// the name the node's must hold) and `secret` when given: whether it
+/// succeeded, and its stderr.
+fn ctl_list(
+    control: &str,
+    tls: Option<(&TlsFiles, Option<&str>)>,
+    secret: Option<&str>,
+) -> (bool, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skyhost"));
+    cmd.env_remove("RUST_LOG")
+        .env_remove("SKYHOST_SECRET")
+        .args(["ctl", "-c", control]);
+    if let Some((f, name)) = tls {
+        if let Some(name) = name {
+            cmd.args(["--tls-name", name]);
+        }
+        cmd.env("SKYHOST_TLS_CERT", &f.cert)
+            .env("SKYHOST_TLS_KEY", &f.key)
+            .env("SKYHOST_TLS_CA", &f.ca);
+    }
+    if let Some(s) = secret {
+        cmd.env("SKYHOST_SECRET", s);
+    }
+    let out = cmd.arg("list").output().expect("run skyhost ctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The control address under TLS takes an operator by a certificate of the
+/// fleet's CA (and the secret too when one is set); a plain client, an
+/// operator of another CA, and a node whose certificate the operator's CA
+/// did not sign are refused.
+#[test]
+fn the_control_address_under_tls_takes_operators_by_certificate() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ca, other_ca) = (dir.path().join("ca"), dir.path().join("other"));
+    cert::make_ca(&ca)?;
+    cert::make_ca(&other_ca)?;
+    let alice = files(&ca, "alice", &dir.path().join("ops"))?;
+    // Mallory's certificate is from another CA; she trusts the node's.
+    let mallory = TlsFiles {
+        ca: ca.join("ca.pem"),
+        ..files(&other_ca, "mallory", &dir.path().join("ops"))?
+    };
+    // Alice's own files, trusting the other CA for the node.
+    let misled = TlsFiles {
+        ca: other_ca.join("ca.pem"),
+        ..alice.clone()
+    };
+
+    let (mut node, control) = control_node(dir.path(), &ca, None)?;
+    for name in [None, Some("n1")] {
+        let (ok, err) = ctl_list(&control, Some((&alice, name)), None);
+        assert!(ok, "alice: {err}");
+    }
+    for (who, tls, secret, why) in [
+        (
+            "plain",
+            None,
+            Some("guess"),
+            "closed the control connection",
+        ),
+        (
+            "mallory",
+            Some((&mallory, None)),
+            None,
+            "the node refused this certificate",
+        ),
+        (
+            "misled",
+            Some((&misled, None)),
+            None,
+            "invalid peer certificate",
+        ),
+        (
+            "another node meant",
+            Some((&alice, Some("n2"))),
+            None,
+            "not valid for name \"n2\"",
+        ),
+    ] {
+        let (ok, err) = ctl_list(&control, tls, secret);
+        assert!(!ok && err.contains(why), "{who}: {err}");
+    }
+    node.wait_for("control connection refused");
+    node.signal("INT");
+    assert!(node.wait_exit().success(), "{}", node.log());
+
+    // With a secret as well, the certificate alone is not enough.
+    let again = dir.path().join("again");
+    std::fs::create_dir_all(&again)?;
+    let (mut node, control) = control_node(&again, &ca, Some("s3"))?;
+    let (ok, err) = ctl_list(&control, Some((&alice, None)), None);
+    assert!(!ok && err.contains("not authenticated"), "{err}");
+    let (ok, err) = ctl_list(&control, Some((&alice, None)), Some("s3"));
+    assert!(ok, "{err}");
+    node.signal("INT");
+    assert!(node.wait_exit().success(), "{}", node.log());
     Ok(())
 }

@@ -57,6 +57,8 @@ enum Topology {
     Single,
     /// Harbor 1 (running the master) and harbor 2, linked over loopback.
     Harbor,
+    /// The same, their links under TLS 1.3 (certificates from a throwaway CA).
+    HarborTls,
     /// Cluster nodes `a` and `b`, linked over loopback.
     Cluster,
     /// The same, their link under TLS 1.3 (certificates from a throwaway CA).
@@ -226,6 +228,12 @@ fn workloads() -> Vec<Workload> {
             id: "harbor-call-rtt",
             unit: "µs",
             topology: Topology::Harbor,
+            run: |n| Box::pin(harbor_call_rtt(n, 50_000)),
+        },
+        Workload {
+            id: "harbor-call-rtt-tls",
+            unit: "µs",
+            topology: Topology::HarborTls,
             run: |n| Box::pin(harbor_call_rtt(n, 50_000)),
         },
         Workload {
@@ -421,17 +429,32 @@ impl BenchNode {
     }
 
     /// Harbor 1 (standalone) and harbor 2, in this process, over loopback.
-    async fn start_harbor(limits: Limits) -> anyhow::Result<Self> {
+    async fn start_harbor(limits: Limits, tls: bool) -> anyhow::Result<Self> {
         const SECRET: &str = "bench";
+        // Read at launch only: the files may go once the nodes run.
+        let certs = tempfile::tempdir()?;
+        let files = |names: &str| -> anyhow::Result<Option<skyhost::config::TlsFiles>> {
+            if !tls {
+                return Ok(None);
+            }
+            if !certs.path().join("ca.pem").exists() {
+                skyhost_cli::cert::make_ca(certs.path())?;
+            }
+            let (cert, key) = skyhost_cli::cert::make_node(certs.path(), names, certs.path())?;
+            let ca = certs.path().join("ca.pem");
+            Ok(Some(skyhost::config::TlsFiles { cert, key, ca }))
+        };
         let mut first = Self::config(limits.clone())?;
         let mut harbor = skyhost::config::HarborConfig::new(1, SECRET);
         harbor.standalone = Some("127.0.0.1:0".into());
+        harbor.tls = files("harbor-1,harbor-master")?;
         first.harbor = Some(harbor);
         let node = Node::launch(&first).await?;
         let master = node.master_address().context("master address")?;
         let mut second = Self::config(limits)?;
         let mut harbor = skyhost::config::HarborConfig::new(2, SECRET);
         harbor.master = Some(master);
+        harbor.tls = files("harbor-2")?;
         second.harbor = Some(harbor);
         let peer = Node::launch(&second).await?;
         // Harbor 1 hears of harbor 2 a moment after the join: wait for the link.
@@ -695,7 +718,8 @@ async fn run_once(w: &Workload) -> anyhow::Result<f64> {
     };
     let node = match w.topology {
         Topology::Single => BenchNode::start(limits)?,
-        Topology::Harbor => BenchNode::start_harbor(limits).await?,
+        Topology::Harbor => BenchNode::start_harbor(limits, false).await?,
+        Topology::HarborTls => BenchNode::start_harbor(limits, true).await?,
         Topology::Cluster => BenchNode::start_cluster(limits, false).await?,
         Topology::ClusterTls => BenchNode::start_cluster(limits, true).await?,
         Topology::Tenants => BenchNode::start_tenants(limits)?,

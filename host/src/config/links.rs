@@ -221,6 +221,12 @@ pub struct HarborConfig {
     /// A link silent for this long is down, in ms.
     #[serde(default = "default_dead_after_ms")]
     pub dead_after_ms: u64,
+    /// Links (to the master and to peers) under TLS 1.3, both ways
+    /// authenticated: `{ cert, key, ca }`. Harbor id N's certificate names
+    /// `harbor-N`; a node running the master (`standalone`) also names
+    /// `harbor-master`. Absent: plain TCP.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
 }
 
 fn default_listen() -> String {
@@ -251,6 +257,7 @@ impl HarborConfig {
             secret_file: None,
             heartbeat_ms: default_heartbeat_ms(),
             dead_after_ms: default_dead_after_ms(),
+            tls: None,
         }
     }
 
@@ -300,7 +307,7 @@ pub(super) fn check_link(
 }
 
 /// Where a node's certificate, key and the fleet's CA are (`tls = { cert,
-/// key, ca }` in `[cluster]`).
+/// key, ca }` in `[cluster]`, `[harbor]` or `[control]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {

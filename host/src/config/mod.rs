@@ -110,6 +110,12 @@ pub struct ControlConfig {
     /// A file holding the secret (trailing newline ignored).
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
+    /// The control address under TLS 1.3: `{ cert, key, ca }`. An operator
+    /// must present a certificate the CA signed (`skyhost cert node NAME`);
+    /// without a secret that certificate alone lets them in, with one they
+    /// send it as well.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
 }
 
 fn default_control() -> String {
@@ -123,6 +129,7 @@ impl ControlConfig {
             address: default_control(),
             secret: Some(secret.to_string()),
             secret_file: None,
+            tls: None,
         }
     }
 }
@@ -338,10 +345,13 @@ impl NodeConfig {
                     message: format!("key `secret_file`: {}: {e}", file.display()),
                 })
         };
-        if let Some(h) = &mut config.harbor
-            && let Some(file) = &h.secret_file
-        {
-            h.secret = Some(read_secret(file)?);
+        if let Some(h) = &mut config.harbor {
+            if let Some(file) = &h.secret_file {
+                h.secret = Some(read_secret(file)?);
+            }
+            if let Some(tls) = &mut h.tls {
+                tls.resolve(base);
+            }
         }
         if let Some(c) = &mut config.cluster {
             if let Some(file) = &c.secret_file {
@@ -359,10 +369,13 @@ impl NodeConfig {
         for t in &mut config.tenants {
             t.resolve_paths(base);
         }
-        if let Some(c) = &mut config.control
-            && let Some(file) = &c.secret_file
-        {
-            c.secret = Some(read_secret(file)?);
+        if let Some(c) = &mut config.control {
+            if let Some(file) = &c.secret_file {
+                c.secret = Some(read_secret(file)?);
+            }
+            if let Some(tls) = &mut c.tls {
+                tls.resolve(base);
+            }
         }
         Ok(config)
     }
@@ -493,10 +506,10 @@ impl NodeConfig {
                         "give either `secret` or `secret_file`, not both".into(),
                     ));
                 }
-                (None, None) => {
+                (None, None) if c.tls.is_none() => {
                     return Err(invalid(
                         "address",
-                        "[control] needs `secret` or `secret_file`".into(),
+                        "[control] needs `secret`, `secret_file` or `tls`".into(),
                     ));
                 }
                 (Some(s), None) if s.is_empty() => {

@@ -9,17 +9,21 @@
 //! else closes the connection. The handlers run on host tasks, not in a
 //! guest service, so a flooded node still answers.
 
+mod client;
 pub mod proto;
+
+pub use client::{ControlClient, request};
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
 use crate::config::{ControlConfig, NodeConfig, TenantConfig};
 use crate::node::{Node, NodeError};
 use crate::runtime::{Address, kind};
+use crate::transport::tls::{Stream, Tls, TlsError};
 use proto::{Answer, Poke, Request, Target};
 
 /// Opens what a node file asks for above the node itself: its control
@@ -30,10 +34,13 @@ use proto::{Answer, Poke, Request, Target};
 /// When either address cannot be bound.
 pub async fn serve(node: &Node, config: &NodeConfig) -> Result<(), NodeError> {
     let control = match &config.control {
-        Some(c) => Some(start(node, c).await.map_err(|source| NodeError::Listen {
-            what: "control",
-            address: c.address.clone(),
-            source,
+        Some(c) => Some(start(node, c).await.map_err(|e| match e {
+            StartError::Tls(e) => NodeError::ControlTls(e),
+            StartError::Listen(source) => NodeError::Listen {
+                what: "control",
+                address: c.address.clone(),
+                source,
+            },
         })?),
         None => None,
     };
@@ -55,16 +62,43 @@ pub async fn serve(node: &Node, config: &NodeConfig) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// Why the control address could not open.
+enum StartError {
+    Tls(TlsError),
+    Listen(std::io::Error),
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        StartError::Listen(e)
+    }
+}
+
+/// How a connection proves it is an operator's.
+struct Gate {
+    /// The secret its `auth` line must give; none: a TLS client
+    /// certificate is enough.
+    secret: Option<String>,
+    tls: Option<Tls>,
+}
+
 /// Opens the control listener of `node`; connections are served until the
 /// node shuts down.
 ///
 /// # Errors
-/// When the address cannot be bound.
-pub(crate) async fn start(node: &Node, config: &ControlConfig) -> std::io::Result<SocketAddr> {
+/// When the TLS files cannot be used or the address cannot be bound.
+async fn start(node: &Node, config: &ControlConfig) -> Result<SocketAddr, StartError> {
+    let tls = match &config.tls {
+        Some(files) => Some(Tls::load(files).map_err(StartError::Tls)?),
+        None => None,
+    };
     let listener = TcpListener::bind(&config.address).await?;
     let bound = listener.local_addr()?;
-    tracing::info!(address = %bound, "control listening");
-    let secret: std::sync::Arc<str> = config.secret.clone().unwrap_or_default().into();
+    tracing::info!(address = %bound, tls = tls.is_some(), "control listening");
+    let gate = std::sync::Arc::new(Gate {
+        secret: config.secret.clone(),
+        tls,
+    });
     let node = node.clone();
     let (tasks, stop) = node.task_tracker();
     let spawner = tasks.clone();
@@ -77,13 +111,13 @@ pub(crate) async fn start(node: &Node, config: &ControlConfig) -> std::io::Resul
                 };
                 match accepted {
                     Ok((stream, from)) => {
-                        let (node, secret, stop) = (node.clone(), secret.clone(), stop.clone());
+                        let (node, gate, stop) = (node.clone(), gate.clone(), stop.clone());
                         let span = tracing::info_span!("control", %from);
                         spawner.spawn(
                             async move {
                                 tokio::select! {
                                     () = stop.cancelled() => {}
-                                    r = serve_connection(&node, &secret, stream) => if let Err(e) = r {
+                                    r = open_connection(&node, &gate, stream) => if let Err(e) = r {
                                         tracing::debug!("control connection ended: {e}");
                                     },
                                 }
@@ -100,11 +134,57 @@ pub(crate) async fn start(node: &Node, config: &ControlConfig) -> std::io::Resul
     Ok(bound)
 }
 
+/// Completes TLS on a connection when the gate has it (a client without
+/// a certificate the CA signed goes no further), then serves it.
+async fn open_connection(node: &Node, gate: &Gate, stream: TcpStream) -> std::io::Result<()> {
+    let stream = match &gate.tls {
+        Some(tls) => {
+            let secured = tokio::time::timeout(TLS_HANDSHAKE, tls.accept(stream)).await;
+            match secured {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::warn!("control connection refused: {e}");
+                    return Ok(());
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "control connection refused: no TLS handshake within {TLS_HANDSHAKE:?}"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        None => Stream::Plain(stream),
+    };
+    // A verified client certificate stands for the secret when none is set.
+    let cert_only = gate.tls.is_some() && gate.secret.is_none();
+    let (read, write) = tokio::io::split(stream);
+    serve_connection(
+        node,
+        gate.secret.as_deref(),
+        cert_only,
+        BufReader::new(read),
+        write,
+    )
+    .await
+}
+
+/// How long a control client has to complete TLS.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves one connection until it quits, fails to authenticate, sends a
 /// line that is too long, or closes.
-async fn serve_connection(node: &Node, secret: &str, stream: TcpStream) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read);
+async fn serve_connection<R, W>(
+    node: &Node,
+    secret: Option<&str>,
+    cert_only: bool,
+    mut lines: BufReader<R>,
+    mut write: W,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut line = Vec::new();
     let mut json = false;
     let mut authenticated = false;
@@ -124,7 +204,13 @@ async fn serve_connection(node: &Node, secret: &str, stream: TcpStream) -> std::
         let text = String::from_utf8_lossy(&line);
         let request = Request::parse(&text);
         if !authenticated {
-            let ok = matches!(&request, Ok(Request::Auth(s)) if same_secret(s, secret));
+            let ok = match (&request, secret) {
+                (Ok(Request::Auth(s)), Some(secret)) => same_secret(s, secret),
+                // No secret: the TLS certificate let it in (see
+                // `open_connection`); a plain node always has one.
+                (Ok(Request::Auth(_)), None) => cert_only,
+                _ => false,
+            };
             let answer = if ok {
                 Answer::Ok(Vec::new())
             } else {
@@ -158,8 +244,8 @@ async fn serve_connection(node: &Node, secret: &str, stream: TcpStream) -> std::
 async fn watch(
     node: &Node,
     poke: &Poke,
-    client: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    client: &mut BufReader<impl AsyncRead + Unpin>,
+    write: &mut (impl AsyncWrite + Unpin),
     json: bool,
 ) -> std::io::Result<Answer> {
     let address = match reach(node, poke) {
@@ -445,101 +531,4 @@ fn upgrade_answer(target: &str, reports: &[crate::runtime::UpgradeReport]) -> An
         return Answer::Error(lines.join("; "));
     }
     Answer::Ok(lines)
-}
-
-/// A client of a node's control address: one authenticated connection,
-/// one command at a time (`skyhost ctl`, `skyhost tenant`, `skyhost console`).
-pub struct ControlClient {
-    write: tokio::net::tcp::OwnedWriteHalf,
-    lines: tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
-}
-
-impl ControlClient {
-    /// Connects and authenticates with `secret`.
-    ///
-    /// # Errors
-    /// When the node cannot be reached, or refuses the secret (the error
-    /// says so).
-    pub async fn connect(address: &str, secret: &str) -> std::io::Result<Self> {
-        let stream = TcpStream::connect(address).await?;
-        let (read, write) = stream.into_split();
-        let mut client = ControlClient {
-            write,
-            lines: BufReader::new(read).lines(),
-        };
-        if let Answer::Error(e) = client.run(&format!("auth {secret}")).await? {
-            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, e));
-        }
-        Ok(client)
-    }
-
-    /// Runs one command, handing each line of its answer to `each` as it
-    /// arrives (what `watch` needs); `each` returns false to stop reading
-    /// (drop the client then: closing the connection ends a `watch`).
-    ///
-    /// # Errors
-    /// When the connection fails or the node closes it before answering.
-    pub async fn stream(
-        &mut self,
-        command: &str,
-        mut each: impl FnMut(&str) -> bool,
-    ) -> std::io::Result<Answer> {
-        let command = command.replace(['\n', '\r'], " ");
-        self.write
-            .write_all(format!("{command}\n").as_bytes())
-            .await?;
-        loop {
-            let Some(line) = self.lines.next_line().await? else {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the node closed the control connection",
-                ));
-            };
-            if let Some(answer) = Answer::decode_text(std::slice::from_ref(&line)) {
-                return Ok(answer);
-            }
-            if !each(line.strip_prefix(' ').unwrap_or(&line)) {
-                return Ok(Answer::Ok(Vec::new()));
-            }
-        }
-    }
-
-    /// Runs one command and reads its answer.
-    ///
-    /// # Errors
-    /// When the connection fails or the node closes it before answering.
-    pub async fn run(&mut self, command: &str) -> std::io::Result<Answer> {
-        let command = command.replace(['\n', '\r'], " ");
-        self.write
-            .write_all(format!("{command}\n").as_bytes())
-            .await?;
-        let mut got = Vec::new();
-        loop {
-            let Some(line) = self.lines.next_line().await? else {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the node closed the control connection",
-                ));
-            };
-            got.push(line);
-            if let Some(a) = Answer::decode_text(&got) {
-                return Ok(a);
-            }
-        }
-    }
-}
-
-/// Connects to a control address, authenticates, runs `command` and
-/// returns its answer; a refused secret is an [`Answer::Error`].
-///
-/// # Errors
-/// When the node cannot be reached or closes the connection early.
-pub async fn request(address: &str, secret: &str, command: &str) -> std::io::Result<Answer> {
-    match ControlClient::connect(address, secret).await {
-        Ok(mut c) => c.run(command).await,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            Ok(Answer::Error(e.to_string()))
-        }
-        Err(e) => Err(e),
-    }
 }

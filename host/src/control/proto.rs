@@ -180,9 +180,10 @@ impl Request {
         };
         match word {
             "" => Err(ParseError::Empty),
-            // The secret is the rest of the line: it may hold spaces.
-            "auth" if !rest.is_empty() => Ok(Request::Auth(rest.to_string())),
-            "auth" => Err(ParseError::Usage("auth <secret>")),
+            // The secret is the rest of the line: it may hold spaces. A
+            // bare `auth` is an operator whose TLS certificate is all it
+            // shows (a node with a secret refuses it).
+            "auth" => Ok(Request::Auth(rest.to_string())),
             "help" => none(Request::Help, "help"),
             "json" => none(Request::Json, "json"),
             "quit" | "exit" => none(Request::Quit, "quit"),

@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::proto::{Control, MASTER_PROTOCOL};
+use super::proto::{Control, MASTER_NAME, MASTER_PROTOCOL};
 use crate::runtime::Address;
+use crate::transport::tls::Tls;
 use crate::transport::{Connection, Envelope, LinkConfig, LinkHandler, Outgoing};
 
 /// A running master.
@@ -64,6 +65,7 @@ impl Master {
         secret: Arc<[u8]>,
         heartbeat: Duration,
         dead_after: Duration,
+        tls: Option<Tls>,
     ) -> std::io::Result<Master> {
         let listener = TcpListener::bind(listen).await?;
         let address = listener.local_addr()?;
@@ -75,7 +77,7 @@ impl Master {
         };
         let directory = Arc::new(Mutex::new(Directory::default()));
         let config = move || {
-            let mut c = LinkConfig::new(MASTER_PROTOCOL, "master", secret.clone());
+            let mut c = LinkConfig::new(MASTER_PROTOCOL, MASTER_NAME, secret.clone());
             c.heartbeat = heartbeat;
             c.dead_after = dead_after;
             c
@@ -96,8 +98,13 @@ impl Master {
                             }
                         },
                     };
-                    let serve =
-                        serve_node(stream, from, config(), directory.clone(), cancel.clone());
+                    let serve = serve_node(
+                        stream,
+                        from,
+                        (config(), tls.clone()),
+                        directory.clone(),
+                        cancel.clone(),
+                    );
                     tasks.spawn(serve.in_current_span());
                 }
             }
@@ -122,11 +129,11 @@ impl Master {
 async fn serve_node(
     stream: tokio::net::TcpStream,
     from: SocketAddr,
-    config: LinkConfig,
+    (config, tls): (LinkConfig, Option<Tls>),
     directory: Arc<Mutex<Directory>>,
     cancel: CancellationToken,
 ) {
-    let conn = match Connection::<Control>::accept(stream, config).await {
+    let conn = match Connection::<Control>::accept_secured(stream, config, tls.as_ref()).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%from, "node link refused: {e}");
@@ -138,6 +145,7 @@ async fn serve_node(
         directory: directory.clone(),
         tx,
         joined: None,
+        claimed: conn.peer().map(|p| p.name.clone()).unwrap_or_default(),
     };
     let result = conn.run(&mut rx, &mut handler, &cancel).await;
     let Some((id, connection)) = handler.joined else {
@@ -175,6 +183,8 @@ struct NodeHandler {
     tx: mpsc::UnboundedSender<Outgoing<Control>>,
     /// The harbor id and connection number once joined.
     joined: Option<(u8, u64)>,
+    /// The name the node gave in the link handshake (its id).
+    claimed: String,
 }
 
 impl NodeHandler {
@@ -196,6 +206,19 @@ impl LinkHandler<Control> for NodeHandler {
             };
             if id == 0 {
                 let reason = "harbor id 0 cannot join (it means a single node)".to_string();
+                self.reply(Control::JoinRefused {
+                    reason: reason.clone(),
+                });
+                return Err(reason);
+            }
+            if self.claimed != id.to_string() {
+                // Under TLS the certificate proved the link's name: a node
+                // cannot join under another id than the one it holds.
+                let reason = format!(
+                    "joining as harbor id {id} on a link that named itself `{}`",
+                    self.claimed
+                );
+                tracing::warn!("join refused: {reason}");
                 self.reply(Control::JoinRefused {
                     reason: reason.clone(),
                 });

@@ -61,11 +61,12 @@ use crate::runtime::{
     Address, ErrorCause, GlobalNameError, HarborId, Kernel, Message, Remote, SendError, TenantId,
     kind,
 };
+use crate::transport::tls::Tls;
 use crate::transport::{Connection, Envelope, LinkConfig, Outgoing};
 use master_link::master_loop;
 use names::Names;
 use peer::{Inflight, Peer, accept_loop, peer_task};
-use proto::{Control, MASTER_PROTOCOL};
+use proto::{Control, MASTER_NAME, MASTER_PROTOCOL};
 
 /// Why a harbor node could not start or a harbor request failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +91,10 @@ pub enum HarborError {
         /// Why.
         reason: String,
     },
+    /// `tls`: a certificate, key or CA that cannot be used, or a
+    /// certificate that does not name this node.
+    #[error("[harbor] tls: {0}")]
+    Tls(#[from] crate::transport::tls::TlsError),
 }
 
 /// The settings every link of a harbor node is made with.
@@ -99,6 +104,8 @@ struct LinkSettings {
     heartbeat: Duration,
     dead_after: Duration,
     max_payload: usize,
+    /// TLS for every link (master and peers), named for harbor.
+    tls: Option<Tls>,
 }
 
 impl LinkSettings {
@@ -168,11 +175,23 @@ impl Harbor {
         config: &HarborConfig,
     ) -> Result<Arc<Harbor>, HarborError> {
         let id = config.id;
+        let tls = match &config.tls {
+            Some(files) => {
+                let tls = Tls::load(files)?.for_harbor();
+                tls.check_own_name(&id.to_string())?;
+                if config.standalone.is_some() {
+                    tls.check_own_name(MASTER_NAME)?;
+                }
+                Some(tls)
+            }
+            None => None,
+        };
         let links = LinkSettings {
             secret: config.secret_bytes().into(),
             heartbeat: Duration::from_millis(config.heartbeat_ms),
             dead_after: Duration::from_millis(config.dead_after_ms),
             max_payload: kernel.limits.max_payload,
+            tls,
         };
         let cancel = kernel.shutdown.child_token();
         let mut running_master = None;
@@ -183,6 +202,7 @@ impl Harbor {
                     links.secret.clone(),
                     links.heartbeat,
                     links.dead_after,
+                    links.tls.clone(),
                 )
                 .await
                 .map_err(|source| HarborError::Listen {
@@ -625,7 +645,8 @@ impl Harbor {
     /// Connects to the master, joins, and returns the link for its loop.
     async fn join(&self) -> Result<Connection<Control>, String> {
         let config = self.links.config(MASTER_PROTOCOL, self.name());
-        let mut conn = Connection::connect(&self.master_address, config)
+        let tls = self.links.tls.as_ref().map(|t| (t, MASTER_NAME));
+        let mut conn = Connection::connect_secured(&self.master_address, config, tls)
             .await
             .map_err(|e| e.to_string())?;
         conn.send_control(Control::Join {

@@ -104,7 +104,8 @@ pub(super) async fn accept_loop(harbor: Arc<Harbor>, listener: TcpListener) {
         let h = harbor.clone();
         let config = harbor.links.config(PEER_PROTOCOL, harbor.name());
         let task = async move {
-            let conn = match Connection::<Control>::accept(stream, config).await {
+            let tls = h.links.tls.as_ref();
+            let conn = match Connection::<Control>::accept_secured(stream, config, tls).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(%from, "peer link refused: {e}");
@@ -147,7 +148,9 @@ pub(super) async fn peer_task(
                     match &dial {
                         Some(address) => {
                             let config = harbor.links.config(PEER_PROTOCOL, harbor.name());
-                            Connection::connect(address, config)
+                            let name = peer.id.to_string();
+                            let tls = harbor.links.tls.as_ref().map(|t| (t, name.as_str()));
+                            Connection::connect_secured(address, config, tls)
                                 .await
                                 .map_err(|e| e.to_string())
                         }

@@ -7,6 +7,9 @@ use crate::multicast::proto::ChannelControl;
 
 /// The transport protocol name of a node's link to the master.
 pub const MASTER_PROTOCOL: &str = "skyhost-harbor-master";
+/// The name the master gives in its link handshake (its certificate,
+/// under TLS, names `harbor-master`).
+pub const MASTER_NAME: &str = "master";
 /// The transport protocol name of a link between two harbor nodes.
 pub const PEER_PROTOCOL: &str = "skyhost-harbor";
 

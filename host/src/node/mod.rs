@@ -597,6 +597,9 @@ pub enum NodeError {
     /// A tenant of the node file cannot be used.
     #[error("{0}")]
     Tenant(#[from] TenantError),
+    /// The control address's TLS files cannot be used.
+    #[error("[control] tls: {0}")]
+    ControlTls(crate::transport::tls::TlsError),
     /// The control address or `/metrics` could not be bound.
     #[error("{what} {address}: {source}")]
     Listen {

@@ -191,15 +191,14 @@ where
         let stream = TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
         let deadline = config.dead_after;
-        let (stream, expected) = match tls {
+        let stream = match tls {
             Some((tls, peer)) => {
                 let secured = tokio::time::timeout(deadline, tls.connect(stream, peer)).await;
-                let secured = secured.map_err(|_| DriverError::HandshakeTimeout(deadline))??;
-                (secured, Some(peer))
+                secured.map_err(|_| DriverError::HandshakeTimeout(deadline))??
             }
-            None => (Stream::Plain(stream), None),
+            None => Stream::Plain(stream),
         };
-        Self::handshake(stream, Role::Client, config, expected).await
+        Self::handshake(stream, Role::Client, config, tls).await
     }
 
     /// Completes the handshake on an accepted socket as the server.
@@ -237,7 +236,7 @@ where
             }
             None => Stream::Plain(stream),
         };
-        Self::handshake(stream, Role::Server, config, None).await
+        Self::handshake(stream, Role::Server, config, tls.map(|t| (t, None))).await
     }
 
     /// Tells a plain peer, in its own protocol, that this node takes TLS
@@ -262,11 +261,14 @@ where
         TlsError::PeerIsPlain.into()
     }
 
-    async fn handshake(
+    /// The link handshake over `stream`, then (under TLS) the check that
+    /// the name the peer gave is one its certificate holds and, for a
+    /// client, the node it meant.
+    async fn handshake<'a>(
         stream: Stream,
         role: Role,
         config: LinkConfig,
-        expected: Option<&str>,
+        tls: Option<(&Tls, impl Into<Option<&'a str>>)>,
     ) -> Result<Self, DriverError> {
         let deadline = config.dead_after;
         let nonce: [u8; 32] = rand::random();
@@ -284,7 +286,11 @@ where
             Err(_) => return Err(DriverError::HandshakeTimeout(deadline)),
         }
         let claimed = conn.link.peer().map(|p| p.name.clone()).unwrap_or_default();
-        if let Err(e) = conn.stream.check_peer(&claimed, expected) {
+        let checked = match tls {
+            Some((tls, expected)) => tls.check_peer(&conn.stream, &claimed, expected.into()),
+            None => Ok(()),
+        };
+        if let Err(e) = checked {
             // Told why, the peer's side of the link ends with the reason.
             conn.link.close(e.to_string());
             conn.say_goodbye().await;

@@ -68,7 +68,17 @@ pub enum TlsError {
 pub struct Tls {
     connector: tokio_rustls::TlsConnector,
     acceptor: tokio_rustls::TlsAcceptor,
+    /// This node's own certificate, to check which names it holds.
+    own: CertificateDer<'static>,
+    /// Put before a link name to make the name a certificate must hold:
+    /// empty for cluster nodes (their names are DNS names already),
+    /// `harbor-` for harbor links, whose names are ids (`3`, `master`).
+    prefix: &'static str,
 }
+
+/// What a harbor link name becomes in a certificate: `harbor-3` for harbor
+/// id 3, `harbor-master` for the master.
+pub const HARBOR_PREFIX: &str = "harbor-";
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -84,7 +94,22 @@ impl Tls {
     /// # Errors
     /// A file that cannot be read or parsed, or settings rustls refuses.
     pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
+        Self::load_checking(files, true)
+    }
+
+    /// [`Tls::load`] for an operator reaching a control address: as a
+    /// client it takes a server certificate of any name the CA signed
+    /// (an operator dials an address, and may not know the node's name).
+    ///
+    /// # Errors
+    /// As [`Tls::load`].
+    pub fn load_operator(files: &TlsFiles) -> Result<Self, TlsError> {
+        Self::load_checking(files, false)
+    }
+
+    fn load_checking(files: &TlsFiles, server_names: bool) -> Result<Self, TlsError> {
         let certs = read_certs("certificate", &files.cert)?;
+        let own = certs[0].clone();
         let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::File {
             what: "key",
             path: files.key.clone(),
@@ -109,8 +134,21 @@ impl Tls {
         let setup = |e: rustls::Error| TlsError::Setup(e.to_string());
         let client = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(setup)?
-            .with_root_certificates(roots.clone())
+            .map_err(setup)?;
+        let client = if server_names {
+            client.with_root_certificates(roots.clone())
+        } else {
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                roots.clone(),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| TlsError::Setup(e.to_string()))?;
+            client
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyNameOfTheCa(inner)))
+        };
+        let client = client
             .with_client_auth_cert(certs.clone(), key.clone_key())
             .map_err(setup)?;
         let verifier =
@@ -126,6 +164,36 @@ impl Tls {
         Ok(Tls {
             connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            own,
+            prefix: "",
+        })
+    }
+
+    /// The same identity for harbor links: link names are harbor ids, and
+    /// the certificate of id N names `harbor-N` (the master's,
+    /// `harbor-master`).
+    #[must_use]
+    pub fn for_harbor(mut self) -> Self {
+        self.prefix = HARBOR_PREFIX;
+        self
+    }
+
+    /// The name a certificate must hold for the link name `link_name`.
+    pub fn certificate_name(&self, link_name: &str) -> String {
+        format!("{}{link_name}", self.prefix)
+    }
+
+    /// Checks that this node's own certificate names `link_name` (as
+    /// [`Tls::certificate_name`] spells it), so a misnamed certificate
+    /// fails at start and not at every peer.
+    ///
+    /// # Errors
+    /// [`TlsError::Name`] saying which name is missing.
+    pub fn check_own_name(&self, link_name: &str) -> Result<(), TlsError> {
+        let wanted = self.certificate_name(link_name);
+        names_in(&self.own, &wanted).map_err(|why| TlsError::Name {
+            claimed: link_name.to_string(),
+            why: format!("this node's own certificate {why}"),
         })
     }
 
@@ -135,10 +203,11 @@ impl Tls {
     /// # Errors
     /// [`TlsError::Handshake`], or a `peer` that is no DNS name.
     pub async fn connect(&self, stream: TcpStream, peer: &str) -> Result<Stream, TlsError> {
-        let name = ServerName::try_from(peer.to_string()).map_err(|e| TlsError::Name {
-            claimed: peer.to_string(),
-            why: format!("not a name a certificate can hold: {e}"),
-        })?;
+        let name =
+            ServerName::try_from(self.certificate_name(peer)).map_err(|e| TlsError::Name {
+                claimed: peer.to_string(),
+                why: format!("not a name a certificate can hold: {e}"),
+            })?;
         let tls = self
             .connector
             .connect(name, Socket(Some(stream)))
@@ -176,6 +245,101 @@ impl Tls {
             })?;
         Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))))
     }
+    /// Checks that `claimed`, the name the peer gave in the link handshake
+    /// on `stream`, is one its certificate names (as
+    /// [`Tls::certificate_name`] spells it), and (a client's `expected`) the
+    /// node this end meant to reach. A plain stream has nothing to check.
+    ///
+    /// # Errors
+    /// [`TlsError::Name`] saying which check failed.
+    pub fn check_peer(
+        &self,
+        stream: &Stream,
+        claimed: &str,
+        expected: Option<&str>,
+    ) -> Result<(), TlsError> {
+        let Stream::Tls(tls) = stream else {
+            return Ok(());
+        };
+        let refused = |why: String| TlsError::Name {
+            claimed: claimed.to_string(),
+            why,
+        };
+        if let Some(expected) = expected
+            && expected != claimed
+        {
+            return Err(refused(format!("this node meant to reach `{expected}`")));
+        }
+        let cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| refused("it showed no certificate".into()))?;
+        names_in(cert, &self.certificate_name(claimed))
+            .map_err(|why| refused(format!("its certificate {why}")))
+    }
+}
+
+/// Verifies a server's certificate as webpki does (chain to the CA,
+/// validity, signatures) except for the name it holds.
+#[derive(Debug)]
+struct AnyNameOfTheCa(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyNameOfTheCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            // Name checks come after the chain's in webpki: a certificate
+            // refused only for its name chained to the CA and is valid.
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// Whether `cert` is valid for the DNS name `wanted`; the error completes
+/// "its certificate ...".
+fn names_in(cert: &CertificateDer<'_>, wanted: &str) -> Result<(), String> {
+    let name = ServerName::try_from(wanted)
+        .map_err(|e| format!("cannot name `{wanted}`: not a DNS name ({e})"))?;
+    webpki::EndEntityCert::try_from(cert)
+        .and_then(|c| c.verify_is_valid_for_subject_name(&name))
+        .map_err(|e| format!("does not name `{wanted}` ({e:?})"))
 }
 
 fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -310,38 +474,6 @@ impl Stream {
             Stream::Plain(s) => Ok(s),
             Stream::Tls(t) => t.get_ref().0.tcp(),
         }
-    }
-
-    /// Checks that `claimed`, the name the peer gave in the link handshake,
-    /// is one its certificate names, and (a client's `expected`) the node
-    /// this end meant to reach. A plain stream has nothing to check.
-    ///
-    /// # Errors
-    /// [`TlsError::Name`] saying which check failed.
-    pub fn check_peer(&self, claimed: &str, expected: Option<&str>) -> Result<(), TlsError> {
-        let Stream::Tls(tls) = self else {
-            return Ok(());
-        };
-        let refused = |why: String| TlsError::Name {
-            claimed: claimed.to_string(),
-            why,
-        };
-        if let Some(expected) = expected
-            && expected != claimed
-        {
-            return Err(refused(format!("this node meant to reach `{expected}`")));
-        }
-        let cert = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .ok_or_else(|| refused("it showed no certificate".into()))?;
-        let name = ServerName::try_from(claimed)
-            .map_err(|e| refused(format!("not a name a certificate can hold: {e}")))?;
-        webpki::EndEntityCert::try_from(cert)
-            .and_then(|c| c.verify_is_valid_for_subject_name(&name))
-            .map_err(|e| refused(format!("its certificate does not name it ({e:?})")))
     }
 
     /// The same stream registered with the reactor of the runtime this runs
