@@ -22,7 +22,10 @@
 //! is late, every node started is stopped and its log's end is shown.
 //! The state file (`fleet.state`, JSON) lists name, type, pid and addresses;
 //! `down` stops those still running (SIGTERM, then SIGKILL after a grace
-//! period) and removes it; `status` shows which are alive.
+//! period) and removes it; `status` shows which are alive. With `tls =
+//! true` in the fleet file, `up` keeps a CA in the run directory's `tls/`,
+//! makes a certificate per node naming it (and `operator.pem` for `skyhost
+//! ctl`), and fills `{tls}`, `{cert}`, `{key}` and `{ca}`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -40,6 +43,13 @@ pub struct FleetFile {
     /// built-in ones (`{dir}`, ...).
     #[serde(default)]
     pub vars: std::collections::BTreeMap<String, String>,
+    /// Make certificates for the fleet's TLS (docs/tls.md): a CA in the
+    /// run directory's `tls/` (kept across runs), a certificate per node
+    /// naming it, and `operator.pem` for `skyhost ctl`; the templates get
+    /// `{tls}` (an inline `{ cert, key, ca }` table for `[cluster]` or
+    /// `[control]`), `{cert}`, `{key}` and `{ca}`.
+    #[serde(default)]
+    pub tls: bool,
     /// The node types, started in this order.
     #[serde(rename = "type")]
     pub types: Vec<NodeType>,
@@ -286,6 +296,10 @@ pub fn up(path: &Path, exe: &Path, deadline: Duration) -> Result<Vec<Instance>, 
         .unwrap_or_else(|_| base.to_owned())
         .display()
         .to_string();
+    let tls_dir = dir.join("tls");
+    if fleet.tls {
+        issue(&tls_dir, "operator")?;
+    }
     let mut starting: Vec<Starting> = Vec::new();
     let result = (|| {
         for t in &fleet.types {
@@ -299,11 +313,17 @@ pub fn up(path: &Path, exe: &Path, deadline: Duration) -> Result<Vec<Instance>, 
                 let state_dir = dir.join(&name);
                 std::fs::create_dir_all(&state_dir).map_err(|e| file_error(&state_dir, e))?;
                 let state_text = state_dir.display().to_string();
-                let vars: Vec<(&str, &str)> = fleet
+                let mut vars: Vec<(&str, &str)> = fleet
                     .vars
                     .iter()
                     .map(|(k, v)| (k.as_str(), v.as_str()))
                     .collect();
+                let tls = if fleet.tls {
+                    issue(&tls_dir, &name)?
+                } else {
+                    Vec::new()
+                };
+                vars.extend(tls.iter().map(|(k, v)| (*k, v.as_str())));
                 // The vars first: their values may hold built-in placeholders.
                 let text = render(
                     &render(&template, &vars),
@@ -364,6 +384,37 @@ pub fn up(path: &Path, exe: &Path, deadline: Duration) -> Result<Vec<Instance>, 
             Err(e)
         }
     }
+}
+
+/// Makes the fleet's CA in `dir` when it has none, and a certificate for
+/// `name` when there is none yet; the placeholders that name its files.
+fn issue(dir: &Path, name: &str) -> Result<Vec<(&'static str, String)>, FleetError> {
+    let tls_error = |e: anyhow::Error| FleetError::Io(format!("{}: {e:#}", dir.display()));
+    if !dir.join("ca.pem").exists() {
+        crate::cert::make_ca(dir).map_err(tls_error)?;
+    }
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    if !(cert.exists() && key.exists()) {
+        let _ = std::fs::remove_file(&cert);
+        let _ = std::fs::remove_file(&key);
+        crate::cert::make_node(dir, name, dir).map_err(tls_error)?;
+    }
+    let ca = dir.join("ca.pem");
+    let inline = format!(
+        "{{ cert = {:?}, key = {:?}, ca = {:?} }}",
+        cert.display().to_string(),
+        key.display().to_string(),
+        ca.display().to_string()
+    );
+    Ok(vec![
+        ("tls", inline),
+        ("cert", cert.display().to_string()),
+        ("key", key.display().to_string()),
+        ("ca", ca.display().to_string()),
+    ])
 }
 
 /// Waits until every starting node wrote its ready file.

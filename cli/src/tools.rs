@@ -89,6 +89,19 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     data: tempfile::TempDir,
+    tls: Option<EtcdServerTls>,
+}
+
+/// TLS for an [`Etcd`]'s clients: its certificate and key, and the CA its
+/// clients' certificates must chain to (`--client-cert-auth`).
+#[derive(Debug, Clone)]
+pub struct EtcdServerTls {
+    /// etcd's certificate (PEM).
+    pub cert: PathBuf,
+    /// Its key (PEM).
+    pub key: PathBuf,
+    /// The CA of the clients' certificates (PEM).
+    pub ca: PathBuf,
 }
 
 fn free_port() -> Result<u16, ToolError> {
@@ -104,6 +117,14 @@ impl Etcd {
     /// # Errors
     /// When it cannot start, exits, or does not serve within 20 s.
     pub fn start(binary: PathBuf) -> Result<Etcd, ToolError> {
+        Self::start_with(binary, None)
+    }
+
+    /// [`Etcd::start`], serving clients over TLS with `tls` when given.
+    ///
+    /// # Errors
+    /// As [`Etcd::start`].
+    pub fn start_with(binary: PathBuf, tls: Option<EtcdServerTls>) -> Result<Etcd, ToolError> {
         // A port found free can be taken by another process before etcd
         // binds it (tests start many servers at once): try fresh ports.
         let mut attempts = 3;
@@ -115,6 +136,7 @@ impl Etcd {
                 peer_port: free_port()?,
                 data: tempfile::tempdir()
                     .map_err(|e| fail(format_args!("a data directory: {e}")))?,
+                tls: tls.clone(),
             };
             match etcd.restart() {
                 Ok(()) => return Ok(etcd),
@@ -146,9 +168,18 @@ impl Etcd {
     /// As [`start`](Self::start).
     pub fn restart(&mut self) -> Result<(), ToolError> {
         self.stop();
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cert-file={}", tls.cert.display()))
+                .arg(format!("--key-file={}", tls.key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg("--client-cert-auth");
+        }
+        let mut child = command
             .arg("--name=local")
             .arg(format!("--data-dir={}", self.data.path().display()))
             .arg(format!("--listen-client-urls={client}"))

@@ -159,6 +159,17 @@ pub async fn cluster_node(
     secret: &str,
     edit: impl FnOnce(&mut skyhost::config::ClusterNodeConfig),
 ) -> anyhow::Result<TestNode> {
+    cluster_node_of(name, secret, 4_096, edit).await
+}
+
+/// [`cluster_node`] with room for `max_services`: a test that runs many
+/// nodes in this process keeps their instance pools (memory maps) small.
+pub async fn cluster_node_of(
+    name: &str,
+    secret: &str,
+    max_services: u32,
+    edit: impl FnOnce(&mut skyhost::config::ClusterNodeConfig),
+) -> anyhow::Result<TestNode> {
     let mut cluster = skyhost::config::ClusterNodeConfig::new(name, secret);
     cluster.listen = Some("127.0.0.1:0".into());
     cluster.heartbeat_ms = 200;
@@ -166,6 +177,7 @@ pub async fn cluster_node(
     edit(&mut cluster);
     let mut config = test_config();
     config.cluster = Some(cluster);
+    config.limits.max_services = max_services;
     let node = within(Node::launch(&config))
         .await?
         .with_context(|| format!("launch cluster node {name}"))?;

@@ -15,7 +15,7 @@ use skyhost_test_proto::{Command, Reply};
 
 use anyhow::Context;
 
-use crate::support::{DEADLINE, Proc, TestNode, cluster_node, log_field, within};
+use crate::support::{DEADLINE, Proc, TestNode, cluster_node, cluster_node_of, log_field, within};
 
 const SECRET: &str = "tls test secret";
 
@@ -31,7 +31,8 @@ fn files(ca: &Path, node: &str, dir: &Path) -> anyhow::Result<TlsFiles> {
 
 /// A cluster node named `name`, under TLS with `tls` when given.
 async fn node(name: &str, tls: Option<TlsFiles>) -> anyhow::Result<TestNode> {
-    cluster_node(name, SECRET, |c| c.tls = tls).await
+    // Small: the test runs seven nodes in this process.
+    cluster_node_of(name, SECRET, 256, |c| c.tls = tls).await
 }
 
 /// Calls `.kit` on node `a` from `from`, which knows it at `at`.
@@ -70,10 +71,35 @@ async fn tls_links_carry_calls_and_refuse_plain_foreign_and_false_peers() -> any
     let foreign = node("d", Some(files(&other_ca, "d", &certs)?)).await?;
     // A certificate of the right CA, for another node's name.
     let impostor = node("e", Some(files(&ca, "x", &certs)?)).await?;
+    // The right CA and name, expiring in two seconds: the node starts,
+    // and once the date is past, its links are refused. A node whose
+    // certificate has expired already does not start.
+    let now = cert::now();
+    let expiring = |name: &str, until| -> anyhow::Result<TlsFiles> {
+        let (cert, key) = cert::make_node_valid(&ca, name, &certs, now - cert::HOUR, until)?;
+        Ok(TlsFiles {
+            cert,
+            key,
+            ca: ca.join("ca.pem"),
+        })
+    };
+    let late = Duration::from_secs(2);
+    let expired = node("f", Some(expiring("f", now + late)?)).await?;
+    let stale = node("g", Some(expiring("g", now - cert::DAY)?))
+        .await
+        .map(|_| ())
+        .expect_err("an expired certificate");
+    assert!(
+        format!("{stale:#}").contains("g.pem: it has expired"),
+        "{stale:#}"
+    );
+    // Its date is what is waited for.
+    tokio::time::sleep(late + Duration::from_secs(1)).await;
     for (who, peer) in [
         ("plain", &plain),
         ("foreign", &foreign),
         ("impostor", &impostor),
+        ("expired", &expired),
     ] {
         let err = tokio::time::timeout(DEADLINE + Duration::from_secs(5), call_a(peer, &at))
             .await??
@@ -82,13 +108,14 @@ async fn tls_links_carry_calls_and_refuse_plain_foreign_and_false_peers() -> any
         let why = match who {
             "plain" => "node `a` takes TLS links only",
             "foreign" => "invalid peer certificate",
+            "expired" => "CertificateExpired",
             _ => "peer claims to be `e`: its certificate does not name `e`",
         };
         assert!(err.to_string().contains(why), "{who}: {err}");
     }
     // The TLS link still carries calls.
     assert!(call_a(&b, &at).await?.is_ok());
-    for n in [b, plain, foreign, impostor, a] {
+    for n in [b, plain, foreign, impostor, expired, a] {
         n.stop().await;
     }
     Ok(())
@@ -352,4 +379,190 @@ fn the_control_address_under_tls_takes_operators_by_certificate() -> anyhow::Res
     node.signal("INT");
     assert!(node.wait_exit().success(), "{}", node.log());
     Ok(())
+}
+
+/// Discovery through an etcd that serves clients over TLS and asks for
+/// their certificates: nodes with `discovery_tls` find each other (their
+/// own links under TLS too) and call; a node whose certificate is from
+/// another CA is refused by etcd and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_through_an_etcd_under_tls() -> anyhow::Result<()> {
+    use skyhost::config::EtcdTls;
+    let dir = tempfile::tempdir()?;
+    let (ca, other_ca) = (dir.path().join("ca"), dir.path().join("other"));
+    cert::make_ca(&ca)?;
+    cert::make_ca(&other_ca)?;
+    let certs = dir.path().join("certs");
+    let server = files(&ca, "etcd", &certs)?;
+    let etcd = skyhost_cli::tools::Etcd::start_with(
+        crate::support::debian_tool("etcd", "etcd-server")?,
+        Some(skyhost_cli::tools::EtcdServerTls {
+            cert: server.cert,
+            key: server.key,
+            ca: server.ca,
+        }),
+    )?;
+    let url = etcd.url("tls");
+    let to_etcd = |own: &TlsFiles, ca: &Path| EtcdTls {
+        ca: ca.join("ca.pem"),
+        cert: Some(own.cert.clone()),
+        key: Some(own.key.clone()),
+        name: Some("etcd".into()),
+    };
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let own = files(&ca, name, &certs)?;
+        let node = cluster_node(name, SECRET, |c| {
+            c.discovery = Some(url.clone());
+            c.lease_ttl_s = 2;
+            c.discovery_tls = Some(to_etcd(&own, &ca));
+            c.tls = Some(own.clone());
+        })
+        .await?;
+        nodes.push(node);
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.node.cluster_register("kit", a.spawn("testkit").await?);
+    let echo = postcard::to_allocvec(&Command::Echo(b"found".to_vec()))?;
+    let start = std::time::Instant::now();
+    loop {
+        let r = b
+            .client
+            .cluster_call(
+                "a",
+                Target::Name("kit".into()),
+                echo.clone(),
+                Some(DEADLINE),
+            )
+            .await;
+        match r {
+            Ok(answer) => {
+                assert_eq!(
+                    postcard::from_bytes::<Reply>(&answer)?,
+                    Reply::Bytes(b"found".to_vec())
+                );
+                break;
+            }
+            Err(e) => anyhow::ensure!(start.elapsed() < DEADLINE, "b never reached a: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Its client certificate from another CA: etcd refuses the node.
+    let stranger = files(&other_ca, "c", &certs)?;
+    let text = format!(
+        "log_level = \"info\"\n\n[cluster]\nname = \"c\"\nlisten = \"127.0.0.1:0\"\n\
+         secret = {SECRET:?}\ndiscovery = {url:?}\n\
+         discovery_tls = {{ ca = {:?}, cert = {:?}, key = {:?}, name = \"etcd\" }}\n",
+        ca.join("ca.pem"),
+        stranger.cert,
+        stranger.key,
+    );
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, text)?;
+    let mut c = Proc::start([Path::new("run"), &file]);
+    let refused = c.wait_for("etcd discovery:");
+    // etcd's alert, or (when the client wrote first) the closed stream.
+    assert!(
+        refused.contains("BadCertificate") || refused.contains("broken pipe"),
+        "{refused}"
+    );
+    c.signal("INT");
+    c.wait_exit();
+    for n in nodes {
+        n.stop().await;
+    }
+    drop(etcd);
+    Ok(())
+}
+
+/// `fleet up` of a fleet file with `tls = true` issues a CA and a
+/// certificate per node: the nodes link under TLS through discovery, a
+/// driver with a certificate of that CA calls each, and the fleet's
+/// `operator.pem` opens their control addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_up_issues_the_certificates_of_a_tls_fleet() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let etcd = crate::support::etcd()?;
+    let url = etcd.url("fleet-tls");
+    std::fs::write(
+        dir.path().join("n.toml"),
+        "log_level = \"info\"\nmodule_paths = [\"{modules}\"]\n\n\
+         [bootstrap]\nmodule = \"testkit\"\nargs = \"cluster=kit\"\n\n\
+         [cluster]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\ndiscovery = \"{etcd}\"\n\
+         secret = \"fleet tls\"\ntls = {tls}\n\n\
+         [control]\naddress = \"127.0.0.1:0\"\ntls = {tls}\n",
+    )?;
+    let fleet_file = dir.path().join("f.toml");
+    std::fs::write(
+        &fleet_file,
+        format!(
+            "etcd = {url:?}\ntls = true\n\n[vars]\nmodules = {:?}\n\n\
+             [[type]]\nname = \"n\"\ntemplate = \"n.toml\"\ninstances = 2\n",
+            crate::support::guest_dir().display().to_string()
+        ),
+    )?;
+    let fleet = |action: &str| -> anyhow::Result<()> {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_skyhost"))
+            .args(["fleet", action])
+            .arg(&fleet_file)
+            .env_remove("RUST_LOG")
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "fleet {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    fleet("up")?;
+    let result = async {
+        let tls_dir = skyhost_cli::fleet::run_dir(&fleet_file).join("tls");
+        let driver = files(&tls_dir, "driver", &dir.path().join("driver"))?;
+        let node = cluster_node("driver", "fleet tls", |c| {
+            c.discovery = Some(url.clone());
+            c.tls = Some(driver);
+        })
+        .await?;
+        let echo = postcard::to_allocvec(&Command::Echo(b"fleet".to_vec()))?;
+        for n in ["n1", "n2"] {
+            let start = std::time::Instant::now();
+            loop {
+                let r = node
+                    .client
+                    .cluster_call(n, Target::Name("kit".into()), echo.clone(), Some(DEADLINE))
+                    .await;
+                match r {
+                    Ok(a) => {
+                        assert_eq!(
+                            postcard::from_bytes::<Reply>(&a)?,
+                            Reply::Bytes(b"fleet".to_vec())
+                        );
+                        break;
+                    }
+                    Err(e) => {
+                        anyhow::ensure!(start.elapsed() < DEADLINE, "{n} never answered: {e}")
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        node.stop().await;
+        let ready: skyhost_cli::fleet::Ready = serde_json::from_slice(&std::fs::read(
+            skyhost_cli::fleet::run_dir(&fleet_file).join("n1.ready"),
+        )?)?;
+        let control = ready.control.context("n1's control address")?;
+        let operator = TlsFiles {
+            cert: tls_dir.join("operator.pem"),
+            key: tls_dir.join("operator.key"),
+            ca: tls_dir.join("ca.pem"),
+        };
+        let (ok, err) = ctl_list(&control, Some((&operator, Some("n1"))), None);
+        anyhow::ensure!(ok, "operator: {err}");
+        anyhow::Ok(())
+    }
+    .await;
+    fleet("down")?;
+    drop(etcd);
+    result
 }

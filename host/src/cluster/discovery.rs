@@ -25,7 +25,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions, WatchResponse,
+    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, PutOptions, TlsOptions,
+    WatchOptions, WatchResponse,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -92,6 +93,8 @@ enum SessionEnd {
 /// client of the session now open (for cluster-wide name lookups).
 pub(crate) struct Discovery {
     url: EtcdUrl,
+    /// TLS to etcd (`discovery_tls`), its files read at start.
+    tls: Option<TlsOptions>,
     node: String,
     entry: NodeEntry,
     ttl: Duration,
@@ -103,7 +106,7 @@ impl Discovery {
     /// Starts discovery for `cluster`: this node is published at `advertise`.
     pub(super) fn start(
         cluster: &Arc<Cluster>,
-        url: EtcdUrl,
+        (url, tls): (EtcdUrl, Option<TlsOptions>),
         advertise: String,
         backup: Option<String>,
         ttl: Duration,
@@ -111,6 +114,7 @@ impl Discovery {
         let (names, rx) = mpsc::unbounded_channel();
         let discovery = Arc::new(Discovery {
             url,
+            tls,
             node: cluster.name.clone(),
             entry: NodeEntry {
                 address: advertise,
@@ -295,6 +299,23 @@ fn apply(cluster: &Weak<Cluster>, view: &View) {
     }
 }
 
+/// etcd's TLS settings from the node file's `discovery_tls`, its files
+/// read now so a missing one fails the node at start.
+///
+/// # Errors
+/// A file that cannot be read, named.
+pub(super) fn etcd_tls(files: &crate::config::EtcdTls) -> Result<TlsOptions, String> {
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(&files.ca)?));
+    if let (Some(cert), Some(key)) = (&files.cert, &files.key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    if let Some(name) = &files.name {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(tls)
+}
+
 /// One etcd session: publish, read, then follow changes until an error or
 /// the node's stop (`Ok`). `healthy` is set once it reached the watch.
 async fn session(
@@ -306,10 +327,19 @@ async fn session(
     healthy: &mut bool,
 ) -> Result<(), SessionEnd> {
     let url = &discovery.url;
-    let options = ConnectOptions::new()
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5));
-    let mut client = Client::connect(&url.endpoints, Some(options)).await?;
+    let mut endpoints = url.endpoints.clone();
+    if let Some(tls) = &discovery.tls {
+        options = options.with_tls(tls.clone());
+        for e in &mut endpoints {
+            if let Some(host) = e.strip_prefix("http://") {
+                *e = format!("https://{host}");
+            }
+        }
+    }
+    let mut client = Client::connect(&endpoints, Some(options)).await?;
     let ttl = i64::try_from(discovery.ttl.as_secs()).unwrap_or(i64::MAX);
     let lease = client.lease_grant(ttl, None).await?.id();
     let with_lease = || Some(PutOptions::new().with_lease(lease));

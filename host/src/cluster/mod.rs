@@ -73,7 +73,7 @@ pub enum ClusterStartError {
     Listen(String),
     /// `tls`: a certificate, key or CA that cannot be used.
     #[error("[cluster] tls: {0}")]
-    Tls(#[from] crate::transport::tls::TlsError),
+    Tls(crate::transport::tls::TlsError),
     /// The cluster config file cannot be watched for changes.
     #[error("cluster config {}: cannot watch it: {source}", file.display())]
     Watch {
@@ -330,7 +330,9 @@ impl Cluster {
                 compress_above: config.compression.then_some(config.compress_threshold),
                 queue_limit: config.queue_limit,
                 tls: match &config.tls {
-                    Some(files) => Some(crate::transport::tls::Tls::load(files)?),
+                    Some(files) => Some(
+                        crate::transport::tls::Tls::load(files).map_err(ClusterStartError::Tls)?,
+                    ),
                     None => None,
                 },
             },
@@ -362,6 +364,13 @@ impl Cluster {
         };
         if let (Some(url), Some(bound)) = (&config.discovery, bound) {
             let url = discovery::EtcdUrl::parse(url).map_err(ClusterStartError::Discovery)?;
+            let tls = match &config.discovery_tls {
+                Some(files) => Some(
+                    discovery::etcd_tls(files)
+                        .map_err(|e| ClusterStartError::Discovery(format!("discovery_tls: {e}")))?,
+                ),
+                None => None,
+            };
             let advertise = config.advertise.clone().unwrap_or_else(|| {
                 let mut at = bound;
                 if at.ip().is_unspecified() {
@@ -375,7 +384,7 @@ impl Cluster {
             let ttl = Duration::from_secs(config.lease_ttl_s);
             let _ = cluster.discovery.set(discovery::Discovery::start(
                 &cluster,
-                url,
+                (url, tls),
                 advertise,
                 config.backup.clone(),
                 ttl,

@@ -111,6 +111,44 @@ pub struct ClusterNodeConfig {
     /// A TLS node takes no plain peer, and a plain node reaches no TLS one.
     #[serde(default)]
     pub tls: Option<TlsFiles>,
+    /// With discovery: etcd is reached over TLS, its certificate checked
+    /// against `ca` (`{ ca, cert, key, name }`; `cert` and `key` when etcd
+    /// asks clients for one, `name` when its certificate does not name the
+    /// endpoints' host).
+    #[serde(default)]
+    pub discovery_tls: Option<EtcdTls>,
+}
+
+/// How a node reaches an etcd served over TLS (`[cluster] discovery_tls`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    /// The CA etcd's certificate must chain to (PEM).
+    pub ca: PathBuf,
+    /// The node's client certificate, for an etcd run with
+    /// `--client-cert-auth`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Its private key.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// The name etcd's certificate holds (default: the endpoint's host).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl EtcdTls {
+    /// Paths relative to `base` (the node file's directory) made whole.
+    pub fn resolve(&mut self, base: &Path) {
+        for p in [Some(&mut self.ca), self.cert.as_mut(), self.key.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
 }
 
 /// The `[cluster.health]` table: how often and how patiently other nodes
@@ -179,6 +217,7 @@ impl ClusterNodeConfig {
             heartbeat_ms: default_heartbeat_ms(),
             dead_after_ms: default_dead_after_ms(),
             discovery: None,
+            discovery_tls: None,
             advertise: None,
             lease_ttl_s: default_lease_ttl_s(),
             backup: None,

@@ -9,7 +9,7 @@ mod links;
 mod tenant;
 
 use links::check_link;
-pub use links::{ClusterNodeConfig, EtcdUrl, HarborConfig, HealthConfig, TlsFiles};
+pub use links::{ClusterNodeConfig, EtcdTls, EtcdUrl, HarborConfig, HealthConfig, TlsFiles};
 pub use tenant::{DirGrant, TenantConfig, TenantLimits, is_tenant_name};
 
 /// The node's own tenant's name.
@@ -365,6 +365,9 @@ impl NodeConfig {
             if let Some(tls) = &mut c.tls {
                 tls.resolve(base);
             }
+            if let Some(tls) = &mut c.discovery_tls {
+                tls.resolve(base);
+            }
         }
         for t in &mut config.tenants {
             t.resolve_paths(base);
@@ -486,6 +489,20 @@ impl NodeConfig {
                 EtcdUrl::parse(url).map_err(|e| invalid("discovery", e))?;
                 if c.lease_ttl_s < 2 {
                     return Err(invalid("lease_ttl_s", "must be at least 2".into()));
+                }
+            }
+            if let Some(t) = &c.discovery_tls {
+                if c.discovery.is_none() {
+                    return Err(invalid(
+                        "discovery_tls",
+                        "is for etcd: give `discovery` too".into(),
+                    ));
+                }
+                if t.cert.is_some() != t.key.is_some() {
+                    return Err(invalid(
+                        "discovery_tls",
+                        "give both `cert` and `key`, or neither".into(),
+                    ));
                 }
             }
             if let Some(h) = &c.health

@@ -94,7 +94,7 @@ pub enum HarborError {
     /// `tls`: a certificate, key or CA that cannot be used, or a
     /// certificate that does not name this node.
     #[error("[harbor] tls: {0}")]
-    Tls(#[from] crate::transport::tls::TlsError),
+    Tls(crate::transport::tls::TlsError),
 }
 
 /// The settings every link of a harbor node is made with.
@@ -177,10 +177,11 @@ impl Harbor {
         let id = config.id;
         let tls = match &config.tls {
             Some(files) => {
-                let tls = Tls::load(files)?.for_harbor();
-                tls.check_own_name(&id.to_string())?;
+                let tls = Tls::load(files).map_err(HarborError::Tls)?.for_harbor();
+                tls.check_own_name(&id.to_string())
+                    .map_err(HarborError::Tls)?;
                 if config.standalone.is_some() {
-                    tls.check_own_name(MASTER_NAME)?;
+                    tls.check_own_name(MASTER_NAME).map_err(HarborError::Tls)?;
                 }
                 Some(tls)
             }

@@ -132,21 +132,24 @@ impl Tls {
         )]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let setup = |e: rustls::Error| TlsError::Setup(e.to_string());
+        let any_name = AnyNameOfTheCa(
+            rustls::client::WebPkiServerVerifier::builder_with_provider(
+                roots.clone(),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| TlsError::Setup(e.to_string()))?,
+        );
+        any_name.check_dates(&certs, &files.cert)?;
         let client = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(setup)?;
         let client = if server_names {
             client.with_root_certificates(roots.clone())
         } else {
-            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-                roots.clone(),
-                provider.clone(),
-            )
-            .build()
-            .map_err(|e| TlsError::Setup(e.to_string()))?;
             client
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyNameOfTheCa(inner)))
+                .with_custom_certificate_verifier(Arc::new(any_name))
         };
         let client = client
             .with_client_auth_cert(certs.clone(), key.clone_key())
@@ -285,6 +288,37 @@ impl Tls {
 /// validity, signatures) except for the name it holds.
 #[derive(Debug)]
 struct AnyNameOfTheCa(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl AnyNameOfTheCa {
+    /// Refuses this node's own certificate when it has expired or is not
+    /// valid yet: every peer would refuse it, so the node says so at start.
+    /// Other faults are the peers' to judge (a CA file may hold only the
+    /// peers' CA).
+    fn check_dates(&self, chain: &[CertificateDer<'static>], path: &Path) -> Result<(), TlsError> {
+        use rustls::CertificateError as E;
+        use rustls::client::danger::ServerCertVerifier;
+        let Some((own, intermediates)) = chain.split_first() else {
+            return Ok(());
+        };
+        let any = ServerName::try_from("node").map_err(|e| TlsError::Setup(e.to_string()))?;
+        let now = rustls::pki_types::UnixTime::now();
+        match self.verify_server_cert(own, intermediates, &any, &[], now) {
+            Err(rustls::Error::InvalidCertificate(e)) => {
+                let why = match e {
+                    E::Expired | E::ExpiredContext { .. } => "it has expired",
+                    E::NotValidYet | E::NotValidYetContext { .. } => "it is not valid yet",
+                    _ => return Ok(()),
+                };
+                Err(TlsError::File {
+                    what: "certificate",
+                    path: path.to_path_buf(),
+                    why: format!("{why} (make a new one: skyhost cert node)"),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
 
 impl rustls::client::danger::ServerCertVerifier for AnyNameOfTheCa {
     fn verify_server_cert(
