@@ -605,6 +605,28 @@ async fn real_processes(tls: bool) -> anyhow::Result<()> {
     assert!(!bad.wait_exit().success());
     assert!(bad.log().contains("wrong secret"), "{}", bad.log());
     p1.wait_for("wrong secret");
+    if certs.is_some() {
+        // A plain node, and one whose certificates come from another CA,
+        // are refused at the join and say why.
+        let plain = node_file(dir.path(), (5, Some(&master)), SECRET, "plain", None)?;
+        let foreign_certs = dir.path().join("foreign");
+        harbor_certs(&foreign_certs)?;
+        let foreign = node_file(
+            dir.path(),
+            (5, Some(&master)),
+            SECRET,
+            "foreign",
+            Some(&foreign_certs),
+        )?;
+        for (file, why) in [
+            (plain, "takes TLS links only"),
+            (foreign, "invalid peer certificate"),
+        ] {
+            let mut refused = Proc::start([std::path::Path::new("run"), &file]);
+            assert!(!refused.wait_exit().success());
+            assert!(refused.log().contains(why), "{}", refused.log());
+        }
+    }
 
     // kill -9 of harbor 3 with 100 calls in flight: 50 from a service on
     // harbor 2, 50 from here. Every one ends with an error within 1 s.
