@@ -71,6 +71,7 @@ fn main() {
         ("c", "c", guest_build::c::build_all as guest_build::BuildAll),
         ("js", "js", guest_build::js::build_all),
         ("python", "py", guest_build::python::build_all),
+        ("zig", "zig", guest_build::zig::build_all),
     ] {
         let sources =
             guest_build::files_with_extension(&root.join("services").join(language), extension);

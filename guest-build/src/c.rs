@@ -54,7 +54,7 @@ pub fn build_all(
 }
 
 /// Writes the C bindings of the `batch-service` world into `dir`.
-fn generate_bindings(wit: &Path, dir: &Path) -> Result<(), BuildError> {
+pub(crate) fn generate_bindings(wit: &Path, dir: &Path) -> Result<(), BuildError> {
     let invalid = |what: &str, e: &dyn std::fmt::Display| {
         BuildError::Invalid(format!("{what} {}: {e:#}", wit.display()))
     };
@@ -106,7 +106,7 @@ fn compile(sdk: &Path, bindings: &Path, source: &Path, core: &Path) -> Result<()
 }
 
 /// The core module made a component, with the WASI preview-1 adapter.
-fn componentize(core: &Path) -> Result<Vec<u8>, BuildError> {
+pub(crate) fn componentize(core: &Path) -> Result<Vec<u8>, BuildError> {
     let module = std::fs::read(core).map_err(BuildError::io("reading", core))?;
     wit_component::ComponentEncoder::default()
         .module(&module)

@@ -1,8 +1,9 @@
 //! Builds skyhost services into WebAssembly components, in each language
 //! the project supports, with the toolchains pinned by `guest-sdk/`:
 //! Rust (`cargo` for `wasm32-wasip2`), C (Debian's clang and wasi-libc, then
-//! `wit-component`), JavaScript (componentize-js from npm) and Python
-//! (componentize-py from PyPI). What is missing is installed on first use.
+//! `wit-component`), JavaScript (componentize-js from npm), Python
+//! (componentize-py from PyPI) and Zig (on the C SDK, Zig from PyPI). What
+//! is missing is installed on first use.
 //!
 //! Shared by the repository's own build (`host/build.rs` builds the bundled
 //! services) and by `skyhost build` (a user's project), so both use the
@@ -16,6 +17,7 @@ pub mod c;
 pub mod js;
 pub mod python;
 pub mod rust;
+pub mod zig;
 
 /// Where progress lines go (a build script's `cargo:warning`, a terminal).
 pub type Say<'a> = &'a dyn Fn(&str);

@@ -61,6 +61,23 @@ pub fn build_all(
 /// componentize-py in a virtual environment under `work`, installed (again)
 /// when the pinned requirements changed.
 fn install_tool(sdk: &Path, work: &Path, say: Say) -> Result<PathBuf, BuildError> {
+    let venv = pip_install(&sdk.join("requirements.txt"), &work.join("venv"), say)?;
+    Ok(venv.join("bin/componentize-py"))
+}
+
+/// A virtual environment at `venv` holding what `requirements` pins,
+/// installed (again) when the pinned requirements changed; the environment.
+/// Installs Python with apt-get when it is missing.
+pub(crate) fn pip_install(
+    requirements: &Path,
+    venv: &Path,
+    say: Say,
+) -> Result<PathBuf, BuildError> {
+    let stamp = venv.join(".skyhost-requirements");
+    let wanted = std::fs::read(requirements).map_err(BuildError::io("reading", requirements))?;
+    if std::fs::read(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(venv.to_path_buf());
+    }
     let python = match crate::which("python3") {
         Some(p) => p,
         None => {
@@ -74,28 +91,21 @@ fn install_tool(sdk: &Path, work: &Path, say: Say) -> Result<PathBuf, BuildError
             PathBuf::from("/usr/bin/python3")
         }
     };
-    let venv = work.join("venv");
-    let tool = venv.join("bin/componentize-py");
-    let stamp = venv.join(".skyhost-requirements");
-    let requirements = sdk.join("requirements.txt");
-    let wanted = std::fs::read(&requirements).map_err(BuildError::io("reading", &requirements))?;
-    if tool.is_file() && std::fs::read(&stamp).is_ok_and(|s| s == wanted) {
-        return Ok(tool);
-    }
     say(&format!(
-        "installing componentize-py into {}",
+        "installing what {} pins into {}",
+        requirements.display(),
         venv.display()
     ));
     crate::run(
-        Command::new(&python).args(["-m", "venv"]).arg(&venv),
-        "creating the Python build environment",
+        Command::new(&python).args(["-m", "venv"]).arg(venv),
+        "creating a Python environment for the build",
     )?;
     crate::run(
         Command::new(venv.join("bin/pip"))
             .args(["install", "-q", "--disable-pip-version-check", "-r"])
-            .arg(&requirements),
-        "installing componentize-py",
+            .arg(requirements),
+        format!("pip install -r {}", requirements.display()),
     )?;
     std::fs::write(&stamp, wanted).map_err(BuildError::io("writing", &stamp))?;
-    Ok(tool)
+    Ok(venv.to_path_buf())
 }

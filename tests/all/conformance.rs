@@ -238,6 +238,16 @@ async fn the_c_first_service_and_echo_answer() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_zig_service_conforms() -> anyhow::Result<()> {
+    conformance("conform_zig").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_zig_first_service_and_echo_answer() -> anyhow::Result<()> {
+    first_service_and_echo("zig").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_javascript_first_service_and_echo_answer() -> anyhow::Result<()> {
     first_service_and_echo("js").await
 }
@@ -254,11 +264,17 @@ async fn the_python_service_conforms() -> anyhow::Result<()> {
 
 /// Each language's conformance service keeps every promise of the suite
 /// while it hibernates between the steps: Rust and C as images of their
-/// memory (C with the WASI preview-1 adapter's globals), JavaScript and
-/// Python as images of their memory and globals.
+/// memory (C and Zig with the WASI preview-1 adapter's globals), JavaScript
+/// and Python as images of their memory and globals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_language_conforms_while_hibernating() -> anyhow::Result<()> {
-    for module in ["conform", "conform_c", "conform_js", "conform_py"] {
+    for module in [
+        "conform",
+        "conform_c",
+        "conform_zig",
+        "conform_js",
+        "conform_py",
+    ] {
         conformance_hibernating(module).await?;
     }
     Ok(())
