@@ -4,7 +4,7 @@
 //! of its own whose `go.mod` points `skyhost` at the SDK (no download: the
 //! proxy is off and the toolchain local), built by `go build -buildmode=
 //! c-shared` for `GOOS=wasip1 GOARCH=wasm` into a reactor core module, then
-//! given the `batch-service` world's component type (Go's linker takes no
+//! given the `stateful-batch-service` world's component type (Go's linker takes no
 //! custom section from outside) and made a component with the SDK's own
 //! preview-1 adapter (`adapter.wat`: why not the general one is said there).
 
@@ -59,7 +59,7 @@ pub fn build_all(
             compile(&venv, work, &app, &core)?;
             let mut module = std::fs::read(&core).map_err(BuildError::io("reading", &core))?;
             let (mut resolve, package) = read_wit(wit)?;
-            embed_world(&mut resolve, package, "batch-service", &mut module)?;
+            embed_world(&mut resolve, package, "stateful-batch-service", &mut module)?;
             let adapter = match &adapter {
                 Some(a) => a,
                 None => adapter.insert(build_adapter(wit, &sdk)?),

@@ -207,3 +207,52 @@ func exportPostInit(uint32) {
 func exportDispatchBatch(at, n uint32) {
 	dispatch(take(at, n))
 }
+
+// The `state` interface (world `stateful-batch-service`): what carries a
+// service across an upgrade.
+
+// saveResult is what save-state returns through memory: the state's
+// pointer and length.
+var saveResult retArea
+
+// savedState keeps the state until its post-return.
+var savedState []byte
+
+//go:wasmexport skyhost:service/state@0.1.2#save-state
+func exportSaveState() uint32 {
+	savedState = nil
+	if saveFn != nil {
+		savedState = saveFn()
+	}
+	saveResult = retArea{addr(ptr(savedState)), uint32(len(savedState))}
+	return addr(saveResult.p())
+}
+
+//go:wasmexport cabi_post_skyhost:service/state@0.1.2#save-state
+func exportPostSaveState(uint32) {
+	savedState = nil
+}
+
+// loadResult is what load-state returns through memory, as init's.
+var loadResult retArea
+
+// loadError keeps the error text until its post-return.
+var loadError []byte
+
+//go:wasmexport skyhost:service/state@0.1.2#load-state
+func exportLoadState(at, n uint32) uint32 {
+	state := take(at, n)
+	loadResult = retArea{}
+	if err := runLoad(state); err != nil {
+		loadError = []byte(err.Error())
+		loadResult[0] = 1
+		loadResult[1] = addr(ptr(loadError))
+		loadResult[2] = uint32(len(loadError))
+	}
+	return addr(loadResult.p())
+}
+
+//go:wasmexport cabi_post_skyhost:service/state@0.1.2#load-state
+func exportPostLoadState(uint32) {
+	loadError = nil
+}

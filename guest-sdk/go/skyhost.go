@@ -106,6 +106,8 @@ type Handler func(m *Msg) ([]byte, error)
 var (
 	handler Handler
 	initFn  func(args []byte) error
+	saveFn  func() []byte
+	loadFn  func(state []byte) error
 )
 
 // Serve sets the service's handler (call it from an init function).
@@ -115,6 +117,30 @@ func Serve(h Handler) { handler = h }
 // an error fails the spawn. It must not wait on a session (start a
 // goroutine with Go for that).
 func OnInit(f func(args []byte) error) { initFn = f }
+
+// OnSave sets what hands this version's state to the next one when the
+// service is upgraded (called between batches; it must not change the
+// service). Without it, nothing is handed over, and a hibernating service
+// is kept as an image of its memory.
+func OnSave(f func() []byte) { saveFn = f }
+
+// OnLoad sets what takes over the state the previous version saved, in
+// place of the OnInit function; an error cancels the upgrade (the previous
+// version runs on).
+func OnLoad(f func(state []byte) error) { loadFn = f }
+
+func runLoad(state []byte) error {
+	if loadFn == nil {
+		if len(state) > 0 {
+			return errors.New("this version has no OnLoad to take the previous version's state")
+		}
+		return runInit(nil)
+	}
+	err := loadFn(state)
+	settle()
+	collectIfDue()
+	return err
+}
 
 func runInit(args []byte) error {
 	if initFn == nil {

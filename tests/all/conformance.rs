@@ -247,6 +247,64 @@ async fn the_go_first_service_and_echo_answer() -> anyhow::Result<()> {
     first_service_and_echo("go").await
 }
 
+/// A Go service's state crosses an upgrade (`OnSave`, `OnLoad`): the count
+/// counter_go kept is counter_go_v2's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_service_keeps_its_state_across_an_upgrade() -> anyhow::Result<()> {
+    let node = TestNode::start()?;
+    let counter = node.spawn_compiling("counter_go").await?;
+    for _ in 0..5 {
+        node.client.send(counter, 0, 0, Vec::new())?;
+    }
+    // A request queued behind the texts sees all of them.
+    let v1 = within(node.client.call(counter, Vec::new()))
+        .await
+        .context("v1's answer")??;
+    ensure!(v1 == b"v1:5", "{}", String::from_utf8_lossy(&v1));
+    // Compiled ahead (seconds for a Go module in a debug build), so the
+    // upgrade's deadline measures the swap alone.
+    node.spawn_compiling("counter_go_v2").await?;
+    let v2 = crate::support::guest_dir().join("counter_go_v2.wasm");
+    let reports = within(node.node.upgrade(&counter.to_string(), &v2, DEADLINE))
+        .await
+        .context("the upgrade")??;
+    let upgraded = reports
+        .first()
+        .and_then(|r| r.result.clone().ok())
+        .context("the upgrade")?;
+    ensure!(upgraded.state_bytes == Some(8), "{upgraded:?}");
+    node.client.send(counter, 0, 0, Vec::new())?;
+    let after = within(node.client.call(counter, Vec::new()))
+        .await
+        .context("v2's answer")??;
+    ensure!(after == b"v2:6", "{}", String::from_utf8_lossy(&after));
+    node.stop().await;
+    Ok(())
+}
+
+/// The Go SDK's cluster, group and multicast calls, on a cluster node
+/// (features_go calls itself through each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_service_calls_through_the_cluster_a_group_and_a_channel() -> anyhow::Result<()> {
+    let node = crate::support::cluster_node("gonode", "go features", |_| {}).await?;
+    let at = node.node.cluster_listening()[0];
+    node.node
+        .cluster_reload(&format!("gonode = \"{at}\"\n"))
+        .map_err(anyhow::Error::msg)?;
+    let features = node.spawn_compiling("features_go").await?;
+    let ask = |op: u8, payload: &[u8]| {
+        let mut request = vec![op];
+        request.extend_from_slice(payload);
+        node.client.call_timeout(features, request, DEADLINE)
+    };
+    ensure!(ask(b'n', b"").await? == b"gonode/0");
+    ensure!(ask(b'c', b"through the cluster").await? == b"through the cluster");
+    ensure!(ask(b'g', b"through a group").await? == b"through a group");
+    ensure!(ask(b'm', b"on a channel").await? == b"on a channel");
+    node.stop().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_zig_service_conforms() -> anyhow::Result<()> {
     conformance("conform_zig").await
