@@ -13,7 +13,7 @@ use crate::support::{
     Command, DEADLINE, Proc, Reply, TestNode, command_via, log_field, test_config, within,
 };
 
-const SECRET: &str = "cluster test secret";
+pub(crate) const SECRET: &str = "cluster test secret";
 
 /// A node in a cluster, listening on an OS-picked port, reading `config`.
 async fn launch(name: &str, config: Option<&Path>, compression: bool) -> anyhow::Result<TestNode> {

@@ -552,3 +552,82 @@ async fn fleet_up_issues_the_certificates_of_a_tls_fleet() -> anyhow::Result<()>
     drop(etcd);
     result
 }
+
+/// A real TLS peer killed with calls in flight and restarted behaves as a
+/// plain one does: every call ends with an error naming the node within
+/// 1 s, exactly once, and the restarted peer answers the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_peer_killed_and_restarted_behaves_as_a_plain_one() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = dir.path().join("ca");
+    cert::make_ca(&ca)?;
+    let certs = dir.path().join("certs");
+    let two = files(&ca, "two", &certs)?;
+    let conf = dir.path().join("cluster.conf");
+    std::fs::write(&conf, "-- nobody: two only answers\n")?;
+    let file = |listen: &str| -> anyhow::Result<std::path::PathBuf> {
+        let path = crate::cluster::node_file_with(dir.path(), "two", &conf, listen, "cluster=kit");
+        let mut text = std::fs::read_to_string(&path)?;
+        text.push_str(&format!(
+            "tls = {{ cert = {:?}, key = {:?}, ca = {:?} }}\n",
+            two.cert.display().to_string(),
+            two.key.display().to_string(),
+            two.ca.display().to_string()
+        ));
+        std::fs::write(&path, text)?;
+        Ok(path)
+    };
+    let (mut p, at) = crate::cluster::start_proc(&file("127.0.0.1:0")?);
+    let here_tls = files(&ca, "here", &certs)?;
+    let here = cluster_node_of("here", crate::cluster::SECRET, 256, |c| {
+        c.tls = Some(here_tls)
+    })
+    .await?;
+    here.node
+        .cluster_reload(&format!("two = \"{at}\"\n"))
+        .map_err(anyhow::Error::msg)?;
+    echo_until_answered(&here, "two", b"before").await?;
+
+    let slow = postcard::to_allocvec(&Command::SleepThenEcho {
+        ms: 60_000,
+        payload: Vec::new(),
+    })?;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let client = here.node.client();
+        let payload = slow.clone();
+        calls.spawn(async move {
+            client
+                .cluster_call("two", Target::Name("kit".into()), payload, None)
+                .await
+        });
+    }
+    // The calls are on the link once a later call on it is answered.
+    echo_until_answered(&here, "two", b"in flight").await?;
+    p.signal("KILL");
+    let _ = p.wait_exit();
+    let mut ended = 0;
+    while let Some(r) = tokio::time::timeout(Duration::from_secs(1), calls.join_next())
+        .await
+        .context("a call still hung 1 s after kill -9")?
+    {
+        match r? {
+            Err(skyhost::CallError::Failed {
+                cause: ErrorCause::NodeDown,
+                detail,
+            }) => anyhow::ensure!(detail.contains("`two`"), "{detail}"),
+            other => anyhow::bail!("expected node down, got {other:?}"),
+        }
+        ended += 1;
+    }
+    assert_eq!(ended, 200);
+
+    // Restarted on the same address with the same certificate: answered
+    // again, no change to the cluster table.
+    let (mut p, _) = crate::cluster::start_proc(&file(&at)?);
+    echo_until_answered(&here, "two", b"after").await?;
+    here.stop().await;
+    p.signal("INT");
+    assert!(p.wait_exit().success(), "{}", p.log());
+    Ok(())
+}
