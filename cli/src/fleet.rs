@@ -147,9 +147,21 @@ impl FleetFile {
     /// [`FleetError::File`] naming the file, and the line and key where TOML says.
     pub fn load(path: &Path) -> Result<FleetFile, FleetError> {
         let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
-        let fleet: FleetFile = toml::from_str(&text).map_err(|e| {
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks fleet-file text; `path` only names it in errors.
+    ///
+    /// # Errors
+    /// [`FleetError::File`] naming the file, and the line and key where TOML says.
+    pub fn parse(text: &str, path: &Path) -> Result<FleetFile, FleetError> {
+        let fleet: FleetFile = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(0, |s| {
-                text[..s.start.min(text.len())].matches('\n').count() + 1
+                text.as_bytes()[..s.start.min(text.len())]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+                    + 1
             });
             file_error(
                 path,
@@ -239,6 +251,24 @@ pub fn run_dir(path: &Path) -> PathBuf {
 
 fn state_file(path: &Path) -> PathBuf {
     run_dir(path).join("fleet.state")
+}
+
+/// Fuzz target (fuzz/): a fleet file, and each of its types' names and
+/// the fleet's variables filled into a template made of the input.
+#[doc(hidden)]
+pub fn fuzz_fleet_file(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(fleet) = FleetFile::parse(text, Path::new("fleet.toml")) {
+        let values: Vec<(&str, &str)> = fleet
+            .vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(fleet.types.iter().map(|t| ("type", t.name.as_str())))
+            .collect();
+        let _ = render(text, &values);
+    }
 }
 
 /// Fills a template's placeholders.
@@ -563,6 +593,20 @@ pub fn table(instances: &[Instance]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fleet file's fuzz corpus (docs/fuzzing.md) replays without a panic.
+    #[test]
+    fn the_fleet_file_fuzz_corpus_replays() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../host/fuzz/corpus/fleet_file");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("the fleet_file corpus") {
+            let path = entry.expect("a corpus entry").path();
+            println!("{}", path.display());
+            fuzz_fleet_file(&std::fs::read(&path).expect("a corpus file"));
+            n += 1;
+        }
+        assert!(n > 0, "{}: an empty corpus", dir.display());
+    }
 
     #[test]
     fn an_instance_runs_while_a_process_started_with_its_ready_file_lives() {

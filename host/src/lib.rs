@@ -36,6 +36,8 @@
 pub mod cluster;
 pub mod config;
 pub mod control;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod harbor;
 pub mod metrics;
 pub mod multicast;

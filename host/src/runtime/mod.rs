@@ -39,7 +39,7 @@ mod inbox;
 mod kernel;
 mod mailbox;
 mod message;
-mod names;
+pub(crate) mod names;
 mod remote;
 mod resident;
 mod sched;

@@ -20,9 +20,9 @@ mod exports;
 mod grants;
 mod host;
 mod memory;
-mod outbox;
+pub(crate) mod outbox;
 mod parts;
-mod snapshot;
+pub(crate) mod snapshot;
 pub(crate) mod state;
 mod stdio;
 
