@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::tls::{Stream, Tls, TlsError};
+use super::tls::{ByteStream, Stream, Tls, TlsError};
 use super::{Envelope, Link, LinkConfig, LinkError, LinkEvent, PeerInfo, Role};
 
 /// How many bytes the driver gathers before each write: small messages
@@ -144,6 +144,14 @@ impl LinkStats {
     }
 }
 
+/// The time the links are told: tokio's clock, which is the system's on a
+/// normal runtime and the simulated one under a paused or simulated clock
+/// (docs/simulation.md), so a link's heartbeat and silence deadlines run
+/// on the same clock as the timers that wake it.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// `stream`, registered with the reactor of the runtime this runs on: on
 /// a node's workers that is the worker's own, so the socket's readiness
 /// wakes the thread that runs the connection (see `runtime::workers`).
@@ -239,6 +247,25 @@ where
         Self::handshake(stream, Role::Server, config, tls.map(|t| (t, None))).await
     }
 
+    /// Completes the handshake as `role` over a byte stream that is not a
+    /// TCP socket (a simulated network's, an in-memory pipe): a plain link.
+    ///
+    /// # Errors
+    /// The stream's error, or the handshake's (refused, wrong secret, timeout).
+    pub async fn over(
+        stream: Box<dyn ByteStream>,
+        role: Role,
+        config: LinkConfig,
+    ) -> Result<Self, DriverError> {
+        Self::handshake(
+            Stream::Pipe(stream),
+            role,
+            config,
+            None::<(&Tls, Option<&str>)>,
+        )
+        .await
+    }
+
     /// Tells a plain peer, in its own protocol, that this node takes TLS
     /// links only, and closes.
     async fn refuse_plain(stream: TcpStream, config: LinkConfig) -> DriverError {
@@ -249,7 +276,7 @@ where
         let nonce: [u8; 32] = rand::random();
         let mut conn = Connection::<C, H> {
             stream: Stream::Plain(stream),
-            link: Link::new(Role::Server, config, std::time::Instant::now(), nonce),
+            link: Link::new(Role::Server, config, now(), nonce),
             backlog: None,
             stats: None,
             inbuf: BytesMut::new(),
@@ -274,7 +301,7 @@ where
         let nonce: [u8; 32] = rand::random();
         let mut conn = Connection {
             stream,
-            link: Link::new(role, config, std::time::Instant::now(), nonce),
+            link: Link::new(role, config, now(), nonce),
             backlog: None,
             stats: None,
             inbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -303,7 +330,7 @@ where
     async fn shake(&mut self) -> Result<(), DriverError> {
         loop {
             self.link
-                .poll_transmit(std::time::Instant::now(), &mut self.outbuf, WRITE_BATCH);
+                .poll_transmit(now(), &mut self.outbuf, WRITE_BATCH);
             if !self.outbuf.is_empty() {
                 self.stream.write_all(&self.outbuf).await?;
                 self.stream.flush().await?;
@@ -316,13 +343,10 @@ where
             if self.stream.read_buf(&mut self.inbuf).await? == 0 {
                 return Err(DriverError::Closed);
             }
-            if matches!(self.stream, Stream::Plain(_)) && super::tls::is_tls_record(&self.inbuf) {
+            if !matches!(self.stream, Stream::Tls(_)) && super::tls::is_tls_record(&self.inbuf) {
                 return Err(TlsError::PeerSpeaksTls.into());
             }
-            if let Err(e) = self
-                .link
-                .handle_bytes(std::time::Instant::now(), &mut self.inbuf)
-            {
+            if let Err(e) = self.link.handle_bytes(now(), &mut self.inbuf) {
                 self.say_goodbye().await;
                 return Err(e.into());
             }
@@ -335,7 +359,7 @@ where
         // What is left of a partly written frame goes first, so the peer
         // reads the refusal as a whole frame.
         self.link
-            .poll_transmit(std::time::Instant::now(), &mut self.outbuf, WRITE_BATCH);
+            .poll_transmit(now(), &mut self.outbuf, WRITE_BATCH);
         if !self.outbuf.is_empty() {
             let stream = &mut self.stream;
             let outbuf = &self.outbuf;
@@ -461,6 +485,12 @@ where
                     .pump(reader, writer, true, outgoing, handler, cancel)
                     .await
             }
+            Stream::Pipe(pipe) => {
+                let (reader, writer) = tokio::io::split(&mut **pipe);
+                parts
+                    .pump(reader, writer, true, outgoing, handler, cancel)
+                    .await
+            }
         }
     }
 }
@@ -506,8 +536,7 @@ where
                 }
             }
             if self.outbuf.len() < WRITE_BATCH && self.link.has_transmit() {
-                self.link
-                    .poll_transmit(std::time::Instant::now(), self.outbuf, WRITE_BATCH);
+                self.link.poll_transmit(now(), self.outbuf, WRITE_BATCH);
             }
             let timeout = self.link.poll_timeout().map(tokio::time::Instant::from_std);
             self.inbuf.reserve(READ_CHUNK);
@@ -530,7 +559,7 @@ where
                     if n == 0 {
                         return Err(DriverError::Closed);
                     }
-                    self.link.handle_bytes(std::time::Instant::now(), self.inbuf)?;
+                    self.link.handle_bytes(now(), self.inbuf)?;
                     if let Some(s) = self.stats {
                         use std::sync::atomic::Ordering::Relaxed;
                         s.bytes_in.fetch_add(n as u64, Relaxed);
@@ -555,7 +584,7 @@ where
                     }
                 }
                 () = sleep_until(timeout), if timeout.is_some() => {
-                    self.link.handle_timeout(std::time::Instant::now())?;
+                    self.link.handle_timeout(now())?;
                 }
             }
         }
@@ -591,5 +620,138 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Hands each message's payload to a channel.
+    struct Collect(mpsc::UnboundedSender<Vec<u8>>);
+
+    impl LinkHandler<String> for Collect {
+        fn on_message(&mut self, _: Envelope, payload: Vec<u8>) {
+            let _ = self.0.send(payload);
+        }
+
+        fn on_control(&mut self, _: String) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn config(name: &str) -> LinkConfig {
+        LinkConfig::new("skyhost-test", name, Arc::from(&b"pipe secret"[..]))
+    }
+
+    /// The silence deadline of [`pair`]'s links.
+    const SILENT_AFTER: Duration = Duration::from_secs(60);
+
+    /// Two connections whose handshake is done over an in-memory pipe.
+    async fn pair() -> (Connection<String>, Connection<String>) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let config = |name| LinkConfig {
+            dead_after: SILENT_AFTER,
+            ..config(name)
+        };
+        let (client, server) = tokio::join!(
+            Connection::<String>::over(Box::new(a), Role::Client, config("a")),
+            Connection::<String>::over(Box::new(b), Role::Server, config("b")),
+        );
+        match (client, server) {
+            (Ok(c), Ok(s)) => (c, s),
+            (c, s) => panic!("handshake over a pipe: {:?} / {:?}", c.err(), s.err()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_link_runs_over_any_byte_stream() {
+        let (client, server) = pair().await;
+        assert_eq!(client.peer().map(|p| p.name.as_str()), Some("b"));
+        assert!(
+            client.peer_address().is_none(),
+            "a pipe has no socket address"
+        );
+        let cancel = CancellationToken::new();
+        let (got_tx, mut got) = mpsc::unbounded_channel();
+        let serving = tokio::spawn({
+            let cancel = cancel.clone();
+            async move {
+                let (_keep, mut none) = mpsc::unbounded_channel();
+                server.run(&mut none, &mut Collect(got_tx), &cancel).await
+            }
+        });
+        let (to_server, mut outgoing) = mpsc::unbounded_channel();
+        let sending = tokio::spawn({
+            let cancel = cancel.clone();
+            async move {
+                let (ignored, _) = mpsc::unbounded_channel();
+                client
+                    .run(&mut outgoing, &mut Collect(ignored), &cancel)
+                    .await
+            }
+        });
+        let envelope = Envelope {
+            dest: 2,
+            source: 1,
+            session: 0,
+            kind: 0,
+            tenant: 0,
+            trace: 0,
+        };
+        // One small and one chunked payload, in order.
+        let large = vec![7u8; 3 * LinkConfig::DEFAULT_CHUNK_SIZE];
+        for payload in [b"over a pipe".to_vec(), large.clone()] {
+            let _ = to_server.send(Outgoing::Message(envelope, payload));
+        }
+        let deadline = Duration::from_secs(10);
+        let first = tokio::time::timeout(deadline, got.recv()).await;
+        assert_eq!(first.ok().flatten().as_deref(), Some(&b"over a pipe"[..]));
+        let second = tokio::time::timeout(deadline, got.recv()).await;
+        assert_eq!(second.ok().flatten(), Some(large));
+        cancel.cancel();
+        assert!(matches!(serving.await, Ok(Ok(()))));
+        assert!(matches!(sending.await, Ok(Ok(()))));
+    }
+
+    /// The link's silence deadline runs on tokio's clock: with the clock
+    /// paused, a peer that stops answering is found dead after exactly
+    /// `dead_after` of simulated time, and without waiting for it on the
+    /// system's clock (which a link on the system's clock has to: it spins
+    /// until the real minute has passed).
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_dead_after_dead_after_on_tokios_clock() {
+        let (client, server) = pair().await;
+        let start = tokio::time::Instant::now();
+        let real = std::time::Instant::now();
+        let cancel = CancellationToken::new();
+        let (_keep, mut outgoing) = mpsc::unbounded_channel();
+        let (ignored, _) = mpsc::unbounded_channel();
+        // The server's end stays open but nothing runs it: it reads nothing
+        // and answers no heartbeat.
+        let ran = tokio::time::timeout(
+            Duration::from_secs(600),
+            client.run(&mut outgoing, &mut Collect(ignored), &cancel),
+        )
+        .await;
+        let after = start.elapsed();
+        match ran {
+            Ok(Err(DriverError::Link(LinkError::PeerSilent { .. }))) => {}
+            Ok(other) => panic!("expected a silent peer, got {other:?}"),
+            Err(_) => panic!("the silence deadline never fired on tokio's clock"),
+        }
+        let dead_after = SILENT_AFTER;
+        assert!(
+            after >= dead_after && after < dead_after + LinkConfig::DEFAULT_HEARTBEAT,
+            "dead after {after:?}"
+        );
+        assert!(
+            real.elapsed() < dead_after / 2,
+            "the link waited {:?} of the system's clock",
+            real.elapsed()
+        );
+        drop(server);
     }
 }

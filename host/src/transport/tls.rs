@@ -426,7 +426,15 @@ pub enum Stream {
     Plain(TcpStream),
     /// TCP under TLS 1.3.
     Tls(Box<tokio_rustls::TlsStream<Socket>>),
+    /// A byte stream that is not a TCP socket: a simulated network's
+    /// (docs/simulation.md) or an in-memory pipe; plain, and never moved.
+    Pipe(Box<dyn ByteStream>),
 }
+
+/// What a link can run over besides TCP: any ordered, reliable byte stream.
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
 
 /// The TCP socket under a TLS stream, which can be moved to another
 /// runtime's reactor in place (tokio-rustls gives the socket back only
@@ -507,6 +515,10 @@ impl Stream {
         match self {
             Stream::Plain(s) => Ok(s),
             Stream::Tls(t) => t.get_ref().0.tcp(),
+            Stream::Pipe(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "the link runs over a pipe, not a TCP socket",
+            )),
         }
     }
 
@@ -519,6 +531,7 @@ impl Stream {
                 t.get_mut().0.rehome()?;
                 Stream::Tls(t)
             }
+            Stream::Pipe(p) => Stream::Pipe(p),
         })
     }
 }
@@ -532,6 +545,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(t) => Pin::new(&mut **t).poll_read(cx, buf),
+            Stream::Pipe(p) => Pin::new(&mut **p).poll_read(cx, buf),
         }
     }
 }
@@ -545,6 +559,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(t) => Pin::new(&mut **t).poll_write(cx, buf),
+            Stream::Pipe(p) => Pin::new(&mut **p).poll_write(cx, buf),
         }
     }
 
@@ -552,6 +567,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(t) => Pin::new(&mut **t).poll_flush(cx),
+            Stream::Pipe(p) => Pin::new(&mut **p).poll_flush(cx),
         }
     }
 
@@ -559,6 +575,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(t) => Pin::new(&mut **t).poll_shutdown(cx),
+            Stream::Pipe(p) => Pin::new(&mut **p).poll_shutdown(cx),
         }
     }
 }
