@@ -589,7 +589,7 @@ fn run(
 ) -> anyhow::Result<()> {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log_level.clone());
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("log filter")?)
+        .with_env_filter(skyhost::config::log_filter(&filter).context("log filter")?)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -671,7 +671,7 @@ fn test_project(dir: &Path) -> anyhow::Result<()> {
     let config = NodeConfig::load(&dir.join(PROJECT_NODE_FILE))?;
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("log filter")?)
+        .with_env_filter(skyhost::config::log_filter(&filter).context("log filter")?)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -719,7 +719,7 @@ fn bench_main(
     // Mailbox warnings are expected under load; RUST_LOG shows them.
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into());
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("log filter")?)
+        .with_env_filter(skyhost::config::log_filter(&filter).context("log filter")?)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
