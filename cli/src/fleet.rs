@@ -156,13 +156,9 @@ impl FleetFile {
     /// [`FleetError::File`] naming the file, and the line and key where TOML says.
     pub fn parse(text: &str, path: &Path) -> Result<FleetFile, FleetError> {
         let fleet: FleetFile = toml::from_str(text).map_err(|e| {
-            let line = e.span().map_or(0, |s| {
-                text.as_bytes()[..s.start.min(text.len())]
-                    .iter()
-                    .filter(|&&b| b == b'\n')
-                    .count()
-                    + 1
-            });
+            let line = e
+                .span()
+                .map_or(0, |s| skyhost::config::line_of(text, s.start));
             file_error(
                 path,
                 format_args!("line {line}: {}", e.message().trim_end()),

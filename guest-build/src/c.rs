@@ -108,12 +108,26 @@ fn compile(sdk: &Path, bindings: &Path, source: &Path, core: &Path) -> Result<()
 /// The core module made a component, with the WASI preview-1 adapter.
 pub(crate) fn componentize(core: &Path) -> Result<Vec<u8>, BuildError> {
     let module = std::fs::read(core).map_err(BuildError::io("reading", core))?;
+    componentize_with(
+        &module,
+        core,
+        wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+    )
+}
+
+/// `module` (read from `core`, which names it in errors) made a component,
+/// with `adapter` as its WASI preview-1.
+pub(crate) fn componentize_with(
+    module: &[u8],
+    core: &Path,
+    adapter: &[u8],
+) -> Result<Vec<u8>, BuildError> {
     wit_component::ComponentEncoder::default()
-        .module(&module)
+        .module(module)
         .and_then(|e| {
             e.validate(true).adapter(
                 wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
-                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+                adapter,
             )
         })
         .and_then(|mut e| e.encode())

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use wit_bindgen_core::wit_parser::Resolve;
+use wit_bindgen_core::wit_parser::{Resolve, WorldId};
 
 use crate::{BuildError, Say};
 
@@ -35,10 +35,11 @@ pub fn build_all(
     let sdk = std::path::absolute(sdk).map_err(BuildError::io("finding", sdk))?;
     let mut inputs_sdk = crate::files_with_extension(&sdk, "go");
     inputs_sdk.push(wit.join("service.wit"));
+    inputs_sdk.push(sdk.join("adapter.wat"));
     crate::make_dir(out)?;
     let mut built = Vec::with_capacity(sources.len());
-    let mut adapter = None;
-    inputs_sdk.push(sdk.join("adapter.wat"));
+    // The WIT package and the adapter, once something is to be built.
+    let mut made: Option<(Resolve, WorldId, Vec<u8>)> = None;
     for source in sources {
         let stem = crate::module_name(source)?;
         let target = out.join(format!("{stem}.wasm"));
@@ -58,19 +59,12 @@ pub fn build_all(
             let core = work.join(format!("{stem}.core.wasm"));
             compile(&venv, work, &app, &core)?;
             let mut module = std::fs::read(&core).map_err(BuildError::io("reading", &core))?;
-            let (mut resolve, package) = read_wit(wit)?;
-            embed_world(&mut resolve, package, "stateful-batch-service", &mut module)?;
-            let adapter = match &adapter {
-                Some(a) => a,
-                None => adapter.insert(build_adapter(wit, &sdk)?),
+            let (resolve, world, adapter) = match &made {
+                Some(m) => m,
+                None => made.insert(prepare(wit, &sdk)?),
             };
-            let component = wit_component::ComponentEncoder::default()
-                .module(&module)
-                .and_then(|e| e.validate(true).adapter("wasi_snapshot_preview1", adapter))
-                .and_then(|mut e| e.encode())
-                .map_err(|e| {
-                    BuildError::Invalid(format!("making {} a component: {e:#}", core.display()))
-                })?;
+            embed_world(resolve, *world, &mut module)?;
+            let component = crate::c::componentize_with(&module, &core, adapter)?;
             std::fs::write(&target, component).map_err(BuildError::io("writing", &target))?;
         }
         built.push(target);
@@ -97,34 +91,45 @@ fn compile(venv: &Path, work: &Path, app: &Path, core: &Path) -> Result<(), Buil
     crate::run(&mut go, format!("go build of {}", app.display()))
 }
 
-/// The WIT package in `wit`, parsed.
-fn read_wit(wit: &Path) -> Result<(Resolve, wit_bindgen_core::wit_parser::PackageId), BuildError> {
+/// The WIT package in `wit` with the adapter's world added, the services'
+/// world in it, and the SDK's adapter assembled with its component type.
+fn prepare(wit: &Path, sdk: &Path) -> Result<(Resolve, WorldId, Vec<u8>), BuildError> {
+    let invalid = |what: &str, e: &dyn std::fmt::Display| {
+        BuildError::Invalid(format!("{what} {}: {e:#}", wit.display()))
+    };
     let mut resolve = Resolve::default();
     let (package, _) = resolve
         .push_dir(wit)
-        .map_err(|e| BuildError::Invalid(format!("the WIT package in {}: {e:#}", wit.display())))?;
-    Ok((resolve, package))
+        .map_err(|e| invalid("the WIT package in", &e))?;
+    let service = resolve
+        .select_world(&[package], Some("stateful-batch-service"))
+        .map_err(|e| invalid("the stateful-batch-service world of", &e))?;
+    resolve
+        .push_str("wasi-random.wit", ADAPTER_WIT)
+        .map_err(|e| invalid("the Go adapter's WIT beside", &e))?;
+    let adapter_package = resolve
+        .push_str("go-adapter.wit", ADAPTER_WORLD)
+        .map_err(|e| invalid("the Go adapter's world beside", &e))?;
+    let adapter_world = resolve
+        .select_world(&[adapter_package], Some("adapter"))
+        .map_err(|e| invalid("the Go adapter's world beside", &e))?;
+    let file = sdk.join("adapter.wat");
+    let text = std::fs::read_to_string(&file).map_err(BuildError::io("reading", &file))?;
+    let mut adapter = wat::parse_str(&text)
+        .map_err(|e| BuildError::Invalid(format!("{}: {e}", file.display())))?;
+    embed_world(&resolve, adapter_world, &mut adapter)?;
+    Ok((resolve, service, adapter))
 }
 
-/// Adds the component type of `world` (of `package`) to `module`.
-fn embed_world(
-    resolve: &mut Resolve,
-    package: wit_bindgen_core::wit_parser::PackageId,
-    world: &str,
-    module: &mut Vec<u8>,
-) -> Result<(), BuildError> {
-    let invalid =
-        |e: &dyn std::fmt::Display| BuildError::Invalid(format!("world `{world}`: {e:#}"));
-    let id = resolve
-        .select_world(&[package], Some(world))
-        .map_err(|e| invalid(&e))?;
+/// Adds the component type of `world` to `module`.
+fn embed_world(resolve: &Resolve, world: WorldId, module: &mut Vec<u8>) -> Result<(), BuildError> {
     wit_component::embed_component_metadata(
         module,
         resolve,
-        id,
+        world,
         wit_component::StringEncoding::UTF8,
     )
-    .map_err(|e| invalid(&e))
+    .map_err(|e| BuildError::Invalid(format!("embedding `{}`: {e:#}", resolve.worlds[world].name)))
 }
 
 /// What the adapter imports besides `skyhost:service/runtime`.
@@ -134,23 +139,3 @@ const ADAPTER_WIT: &str = "package wasi:random@0.2.0;\n\n\
 /// The adapter's world.
 const ADAPTER_WORLD: &str = "package skyhost:go-adapter;\n\n\
     world adapter {\n    import skyhost:service/runtime@0.1.2;\n    import wasi:random/random@0.2.0;\n}\n";
-
-/// The SDK's preview-1 adapter (`adapter.wat`) assembled, with the
-/// component type of what it imports.
-fn build_adapter(wit: &Path, sdk: &Path) -> Result<Vec<u8>, BuildError> {
-    let file = sdk.join("adapter.wat");
-    let text = std::fs::read_to_string(&file).map_err(BuildError::io("reading", &file))?;
-    let mut bytes = wat::parse_str(&text)
-        .map_err(|e| BuildError::Invalid(format!("{}: {e}", file.display())))?;
-    let (mut resolve, _) = read_wit(wit)?;
-    let invalid =
-        |e: &dyn std::fmt::Display| BuildError::Invalid(format!("the Go adapter's WIT: {e:#}"));
-    resolve
-        .push_str("wasi-random.wit", ADAPTER_WIT)
-        .map_err(|e| invalid(&e))?;
-    let package = resolve
-        .push_str("go-adapter.wit", ADAPTER_WORLD)
-        .map_err(|e| invalid(&e))?;
-    embed_world(&mut resolve, package, "adapter", &mut bytes)?;
-    Ok(bytes)
-}

@@ -185,17 +185,20 @@ var initResult retArea
 // initError keeps the error text until cabi_post_init.
 var initError []byte
 
+// lowerResult lowers a result<_, string> into r, keeping err's text in
+// *text until the export's post-return; the address of r.
+func lowerResult(r *retArea, text *[]byte, err error) uint32 {
+	*r = retArea{}
+	if err != nil {
+		*text = []byte(err.Error())
+		*r = retArea{1, addr(ptr(*text)), uint32(len(*text))}
+	}
+	return addr(r.p())
+}
+
 //go:wasmexport init
 func exportInit(at, n uint32) uint32 {
-	args := take(at, n)
-	initResult = retArea{}
-	if err := runInit(args); err != nil {
-		initError = []byte(err.Error())
-		initResult[0] = 1
-		initResult[1] = addr(ptr(initError))
-		initResult[2] = uint32(len(initError))
-	}
-	return addr(initResult.p())
+	return lowerResult(&initResult, &initError, runInit(take(at, n)))
 }
 
 //go:wasmexport cabi_post_init
@@ -241,15 +244,7 @@ var loadError []byte
 
 //go:wasmexport skyhost:service/state@0.1.2#load-state
 func exportLoadState(at, n uint32) uint32 {
-	state := take(at, n)
-	loadResult = retArea{}
-	if err := runLoad(state); err != nil {
-		loadError = []byte(err.Error())
-		loadResult[0] = 1
-		loadResult[1] = addr(ptr(loadError))
-		loadResult[2] = uint32(len(loadError))
-	}
-	return addr(loadResult.p())
+	return lowerResult(&loadResult, &loadError, runLoad(take(at, n)))
 }
 
 //go:wasmexport cabi_post_skyhost:service/state@0.1.2#load-state

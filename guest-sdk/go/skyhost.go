@@ -280,6 +280,27 @@ func answer(m *Msg) ([]byte, error) {
 // Self is this service's own address.
 func Self() Addr { return Addr(rtSelfAddress()) }
 
+// textResult is a result<_, string> the host wrote into r.
+func textResult(r *retArea) error {
+	if r.tag() == 0 {
+		return nil
+	}
+	return errors.New(takeString(r.at(1), r.at(2)))
+}
+
+// addressAnswer waits for session, whose answer is an address (what says
+// which call it answers).
+func addressAnswer(session uint32, what string) (Addr, error) {
+	reply, err := answer(wait(session))
+	if err != nil {
+		return 0, err
+	}
+	if len(reply) < 4 {
+		return 0, errors.New(what + " answered without an address")
+	}
+	return Addr(le32(reply)), nil
+}
+
 func sent(r *retArea) error {
 	if r.tag() == 0 {
 		return nil
@@ -350,14 +371,7 @@ func Spawn(module string, args []byte) (Addr, error) {
 	session := rtSpawn(sptr(module), uint32(len(module)), ptr(args), uint32(len(args)))
 	runtime.KeepAlive(module)
 	runtime.KeepAlive(args)
-	reply, err := answer(wait(session))
-	if err != nil {
-		return 0, err
-	}
-	if len(reply) < 4 {
-		return 0, errors.New("spawn answered without an address")
-	}
-	return Addr(le32(reply)), nil
+	return addressAnswer(session, "spawn")
 }
 
 // Register gives this service a name (`.name`: this node only).
@@ -425,14 +439,7 @@ func GlobalName(name string, target Addr) error {
 func QueryName(name string, ms uint32) (Addr, error) {
 	session := hbQueryname(sptr(name), uint32(len(name)), ms)
 	runtime.KeepAlive(name)
-	reply, err := answer(wait(session))
-	if err != nil {
-		return 0, err
-	}
-	if len(reply) < 4 {
-		return 0, errors.New("queryname answered without an address")
-	}
-	return Addr(le32(reply)), nil
+	return addressAnswer(session, "queryname")
 }
 
 // Cluster: named nodes.
@@ -478,10 +485,7 @@ func ClusterSend(node string, service Service, payload []byte) error {
 	runtime.KeepAlive(node)
 	runtime.KeepAlive(service)
 	runtime.KeepAlive(payload)
-	if r.tag() == 0 {
-		return nil
-	}
-	return errors.New(takeString(r.at(1), r.at(2)))
+	return textResult(&r)
 }
 
 // ClusterRegister makes target known to other nodes as name.
@@ -495,14 +499,7 @@ func ClusterQuery(node, name string) (Addr, error) {
 	session := clQuery(sptr(node), uint32(len(node)), sptr(name), uint32(len(name)))
 	runtime.KeepAlive(node)
 	runtime.KeepAlive(name)
-	reply, err := answer(wait(session))
-	if err != nil {
-		return 0, err
-	}
-	if len(reply) < 4 {
-		return 0, errors.New("query answered without an address")
-	}
-	return Addr(le32(reply)), nil
+	return addressAnswer(session, "query")
 }
 
 // Multicast channels.
@@ -575,10 +572,7 @@ func Join(group string, member Addr, policy uint32) error {
 	var r retArea
 	grJoin(sptr(group), uint32(len(group)), uint32(member), policy, r.p())
 	runtime.KeepAlive(group)
-	if r.tag() == 0 {
-		return nil
-	}
-	return errors.New(takeString(r.at(1), r.at(2)))
+	return textResult(&r)
 }
 
 // Leave takes member out of group.

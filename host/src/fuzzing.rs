@@ -48,8 +48,9 @@ fn link_config(name: &str) -> LinkConfig {
 }
 
 /// Feeds `data` to `link` as bytes from its peer, in pieces whose size the
-/// first byte picks, turning the clock between pieces; checks that a failed
-/// link stays dead and writes at most its refusal.
+/// first byte picks, turning the clock between pieces; checks that every
+/// control decoded encodes again, and that a failed link stays dead: it
+/// takes no more bytes and writes nothing after its last words.
 fn feed<C, H>(link: &mut Link<C, H>, now: &mut Instant, data: &[u8])
 where
     C: Serialize + DeserializeOwned + std::fmt::Debug,
@@ -66,8 +67,7 @@ where
         let result = link.handle_bytes(*now, &mut input);
         while let Some(event) = link.poll_event() {
             if let LinkEvent::Control(c) = &event {
-                // A control decoded from the wire encodes again.
-                let _ = postcard::to_allocvec(c);
+                assert!(postcard::to_allocvec(c).is_ok(), "{c:?} does not encode");
             }
         }
         out.clear();
@@ -78,6 +78,9 @@ where
                 link.handle_bytes(*now, &mut input).is_err(),
                 "a dead link takes no more bytes"
             );
+            out.clear();
+            link.poll_transmit(*now, &mut out, 64 * 1024);
+            assert!(out.is_empty(), "a dead link wrote after its last words");
             return;
         }
         *now += Duration::from_millis(u64::from(bytes[0] % 4) * 300);
@@ -112,11 +115,12 @@ where
             break;
         }
         client.poll_transmit(now, &mut wire, usize::MAX);
-        // The handshake of two links of one config cannot fail.
         let _ = server.handle_bytes(now, &mut wire);
         server.poll_transmit(now, &mut wire, usize::MAX);
         let _ = client.handle_bytes(now, &mut wire);
     }
+    // Else the target would fuzz the handshake again, not an up link.
+    assert!(server.is_up(), "the in-memory handshake did not finish");
     while server.poll_event().is_some() {}
     server
 }

@@ -67,7 +67,10 @@ fn reply(bytes: &[u8]) -> anyhow::Result<Reply> {
     Ok(postcard::from_bytes(bytes)?)
 }
 
-fn failed_with<T: std::fmt::Debug>(result: Result<T, CallError>, cause: ErrorCause) -> String {
+pub(crate) fn failed_with<T: std::fmt::Debug>(
+    result: Result<T, CallError>,
+    cause: ErrorCause,
+) -> String {
     match result {
         Err(CallError::Failed { cause: c, detail }) if c == cause => detail,
         other => panic!("expected an error with cause {cause:?}, got {other:?}"),

@@ -99,7 +99,7 @@ pub fn parse(text: &str, file: &str) -> anyhow::Result<Vec<Case>> {
     let parsed: File = toml::from_str(text).map_err(|e| {
         let line = e
             .span()
-            .map_or(0, |s| text[..s.start].matches('\n').count() + 1);
+            .map_or(0, |s| skyhost::config::line_of(text, s.start));
         anyhow::anyhow!("{file}:{line}: {}", e.message())
     })?;
     parsed

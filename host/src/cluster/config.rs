@@ -82,7 +82,9 @@ impl ClusterTable {
             message,
         };
         let table: toml::Table = toml::from_str(&toml_text).map_err(|e| {
-            let line = e.span().map_or(0, |s| line_of(&toml_text, s.start));
+            let line = e
+                .span()
+                .map_or(0, |s| crate::config::line_of(&toml_text, s.start));
             error(line, e.message().trim_end().to_string())
         })?;
         let mut out = ClusterTable::default();
@@ -225,10 +227,6 @@ fn lua_comments_to_toml(text: &str) -> String {
         }
     }
     out
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
 /// The line where `key` is assigned, for errors found after parsing.

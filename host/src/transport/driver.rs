@@ -479,14 +479,9 @@ where
                     .pump(reader, writer, false, outgoing, handler, cancel)
                     .await
             }
-            Stream::Tls(tls) => {
-                let (reader, writer) = tokio::io::split(&mut **tls);
-                parts
-                    .pump(reader, writer, true, outgoing, handler, cancel)
-                    .await
-            }
-            Stream::Pipe(pipe) => {
-                let (reader, writer) = tokio::io::split(&mut **pipe);
+            // TLS, or a pipe that may buffer what it is given: flushed.
+            other => {
+                let (reader, writer) = tokio::io::split(other);
                 parts
                     .pump(reader, writer, true, outgoing, handler, cancel)
                     .await
@@ -510,7 +505,8 @@ where
     C: Serialize + DeserializeOwned,
     H: Serialize + DeserializeOwned + Clone + std::fmt::Debug,
 {
-    /// Moves bytes until the connection ends. Under TLS (`flushing`) what
+    /// Moves bytes until the connection ends. Under TLS or over a pipe
+    /// (`flushing`) what
     /// was written is flushed once the buffer is empty: rustls keeps
     /// records until then.
     async fn pump<L: LinkHandler<C, H>>(
