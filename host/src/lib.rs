@@ -43,6 +43,8 @@ pub mod metrics;
 pub mod multicast;
 pub mod node;
 pub mod runtime;
+#[cfg(test)]
+mod sim;
 pub mod transport;
 pub mod wasm;
 

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use skyhost::config::HarborConfig;
 use skyhost::harbor::master::Master;
+use skyhost::transport::Tcp;
 use skyhost::{Address, CallError, ErrorCause, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -290,7 +291,15 @@ async fn unknown_remote_addresses_fail_and_sends_to_down_nodes_are_refused() -> 
 async fn the_harbor_outlives_its_master_and_names_come_back() -> anyhow::Result<()> {
     let secret: std::sync::Arc<[u8]> = SECRET.as_bytes().into();
     let timing = (Duration::from_millis(200), Duration::from_millis(2_000));
-    let master = Master::start("127.0.0.1:0", secret.clone(), timing.0, timing.1, None).await?;
+    let master = Master::start(
+        &Tcp,
+        "127.0.0.1:0",
+        secret.clone(),
+        timing.0,
+        timing.1,
+        None,
+    )
+    .await?;
     let address = master.address().to_string();
     let n2 = launch(2, Some(&address)).await?;
     let n3 = launch(3, Some(&address)).await?;
@@ -327,7 +336,7 @@ async fn the_harbor_outlives_its_master_and_names_come_back() -> anyhow::Result<
 
     // The master comes back on the same address: nodes rejoin with backoff
     // and register their names again.
-    let master = Master::start(&address, secret, timing.0, timing.1, None).await?;
+    let master = Master::start(&Tcp, &address, secret, timing.0, timing.1, None).await?;
     eventually("nodes rejoined", || {
         n2.node.master_up() && n3.node.master_up()
     })

@@ -176,7 +176,7 @@ async fn launch(config: &skyhost::NodeConfig) -> anyhow::Result<Result<TestNode,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn harbor_links_under_tls_carry_calls_and_refuse_false_nodes() -> anyhow::Result<()> {
     use skyhost::harbor::proto::{Control, MASTER_PROTOCOL};
-    use skyhost::transport::{Connection, LinkConfig, tls::Tls};
+    use skyhost::transport::{Connection, LinkConfig, Tcp, tls::Tls};
     let dir = tempfile::tempdir()?;
     let (ca, other_ca) = (dir.path().join("ca"), dir.path().join("other"));
     cert::make_ca(&ca)?;
@@ -236,10 +236,11 @@ async fn harbor_links_under_tls_carry_calls_and_refuse_false_nodes() -> anyhow::
     // A link that names itself harbor 3 with harbor 2's certificate.
     let tls = Tls::load(&files(&ca, "harbor-2", &dir.path().join("again"))?)?.for_harbor();
     let link = LinkConfig::new(MASTER_PROTOCOL, "3", SECRET.as_bytes().into());
-    let posing = Connection::<Control>::connect_secured(&master, link, Some((&tls, "master")))
-        .await
-        .map(|_| ())
-        .expect_err("posing as harbor 3");
+    let posing =
+        Connection::<Control>::connect_secured(&Tcp, &master, link, Some((&tls, "master")))
+            .await
+            .map(|_| ())
+            .expect_err("posing as harbor 3");
     assert!(
         posing.to_string().contains("does not name `harbor-3`"),
         "{posing}"

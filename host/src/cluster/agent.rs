@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -15,12 +14,12 @@ use super::proto::{Control, Header, Target};
 use super::{Cluster, Settings, lock};
 use crate::runtime::endpoint::HostEndpoint;
 use crate::runtime::{Address, Kernel, Message, TenantId, kind};
-use crate::transport::{Connection, LinkHandler, Outgoing};
+use crate::transport::{Connection, LinkHandler, Listener, Outgoing, Socket};
 
 type Item = Outgoing<Control, Header>;
 
 /// Accepts cluster links and serves each with an agent.
-pub(super) async fn accept_loop(cluster: Arc<Cluster>, listener: TcpListener) {
+pub(super) async fn accept_loop(cluster: Arc<Cluster>, listener: Box<dyn Listener>) {
     loop {
         let accepted = tokio::select! {
             () = cluster.cancel.cancelled() => return,
@@ -48,7 +47,7 @@ type Sessions = Arc<Mutex<HashMap<u32, u32>>>;
 async fn serve(
     cluster: Arc<Cluster>,
     kernel: Arc<Kernel>,
-    stream: tokio::net::TcpStream,
+    stream: Socket,
     from: std::net::SocketAddr,
 ) {
     let config = cluster.settings.link(&cluster.name);

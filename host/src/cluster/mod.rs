@@ -43,7 +43,6 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -54,7 +53,7 @@ use crate::runtime::Waiter;
 use crate::runtime::endpoint::HostEndpoint;
 use crate::runtime::tenant::Tenant;
 use crate::runtime::{Address, ErrorCause, Kernel, TenantId, kind};
-use crate::transport::{LinkConfig, Outgoing};
+use crate::transport::{LinkConfig, Net, Outgoing};
 pub use config::{ClusterConfigError, ClusterTable, NodeAddress};
 use proto::Target;
 use sender::Sender;
@@ -184,6 +183,8 @@ pub(crate) struct Settings {
     queue_limit: usize,
     /// TLS for every link, when the node file asks for it.
     tls: Option<crate::transport::tls::Tls>,
+    /// Where the links' sockets come from.
+    net: Arc<dyn Net>,
 }
 
 impl Settings {
@@ -313,6 +314,7 @@ impl Cluster {
         kernel: &Arc<Kernel>,
         multicast: Arc<Multicast>,
         config: &ClusterNodeConfig,
+        net: Arc<dyn Net>,
     ) -> Result<Arc<Cluster>, ClusterStartError> {
         let table = match &config.config {
             Some(path) => ClusterTable::load(path)?,
@@ -335,6 +337,7 @@ impl Cluster {
                     ),
                     None => None,
                 },
+                net,
             },
             table: ArcSwap::from_pointee(table),
             senders: papaya::HashMap::new(),
@@ -435,13 +438,11 @@ impl Cluster {
                 ));
             }
         };
-        // Bound with std (binding does not wait), so a guest import can
-        // open without awaiting.
-        let listener = std::net::TcpListener::bind(&address)
-            .and_then(|l| {
-                l.set_nonblocking(true)?;
-                TcpListener::from_std(l)
-            })
+        // Binding does not wait, so a guest import can open without awaiting.
+        let listener = self
+            .settings
+            .net
+            .bind(&address)
             .map_err(|e| format!("cluster open: cannot listen on {address}: {e}"))?;
         let bound = listener
             .local_addr()

@@ -483,6 +483,7 @@ pub(super) async fn run(
             () = sender.gone.cancelled() => break,
             () = sender.retarget.notified() => continue,
             c = Connection::<Control, Header>::connect_secured(
+                cluster.settings.net.as_ref(),
                 &address,
                 config,
                 cluster.settings.tls.as_ref().map(|t| (t, sender.node.as_str())),

@@ -7,12 +7,11 @@
 //! are first come, first served; the holder must live on the node that
 //! registers it.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,7 +20,7 @@ use tracing::Instrument;
 use super::proto::{Control, MASTER_NAME, MASTER_PROTOCOL};
 use crate::runtime::Address;
 use crate::transport::tls::Tls;
-use crate::transport::{Connection, Envelope, LinkConfig, LinkHandler, Outgoing};
+use crate::transport::{Connection, Envelope, LinkConfig, LinkHandler, Net, Outgoing, Socket};
 
 /// A running master.
 pub struct Master {
@@ -40,8 +39,10 @@ struct Member {
 
 #[derive(Default)]
 struct Directory {
-    nodes: HashMap<u8, Member>,
-    names: HashMap<String, u32>,
+    // Ordered, so what the master says (the node list, names, broadcasts)
+    // comes in the same order every time: a simulated run replays exactly.
+    nodes: BTreeMap<u8, Member>,
+    names: BTreeMap<String, u32>,
     next_connection: u64,
 }
 
@@ -61,13 +62,14 @@ impl Master {
     /// # Errors
     /// When the address cannot be bound.
     pub async fn start(
+        net: &dyn Net,
         listen: &str,
         secret: Arc<[u8]>,
         heartbeat: Duration,
         dead_after: Duration,
         tls: Option<Tls>,
     ) -> std::io::Result<Master> {
-        let listener = TcpListener::bind(listen).await?;
+        let listener = net.bind(listen)?;
         let address = listener.local_addr()?;
         tracing::info!(%address, "harbor master listening");
         let master = Master {
@@ -88,6 +90,7 @@ impl Master {
             async move {
                 loop {
                     let (stream, from) = tokio::select! {
+                        biased;
                         () = cancel.cancelled() => return,
                         a = listener.accept() => match a {
                             Ok(a) => a,
@@ -127,7 +130,7 @@ impl Master {
 }
 
 async fn serve_node(
-    stream: tokio::net::TcpStream,
+    stream: Socket,
     from: SocketAddr,
     (config, tls): (LinkConfig, Option<Tls>),
     directory: Arc<Mutex<Directory>>,
@@ -146,6 +149,7 @@ async fn serve_node(
         tx,
         joined: None,
         claimed: conn.peer().map(|p| p.name.clone()).unwrap_or_default(),
+        from,
     };
     let result = conn.run(&mut rx, &mut handler, &cancel).await;
     let Some((id, connection)) = handler.joined else {
@@ -185,6 +189,8 @@ struct NodeHandler {
     joined: Option<(u8, u64)>,
     /// The name the node gave in the link handshake (its id).
     claimed: String,
+    /// Where the node's link came from.
+    from: SocketAddr,
 }
 
 impl NodeHandler {
@@ -204,6 +210,9 @@ impl LinkHandler<Control> for NodeHandler {
             let Control::Join { id, address } = control else {
                 return Err(format!("expected Join first, got {control:?}"));
             };
+            // A node listening on every interface is told to its peers at
+            // the address its link to the master came from.
+            let address = crate::transport::net::reachable_at(&address, self.from.ip());
             if id == 0 {
                 let reason = "harbor id 0 cannot join (it means a single node)".to_string();
                 self.reply(Control::JoinRefused {

@@ -19,6 +19,7 @@ pub(super) async fn master_loop(harbor: Arc<Harbor>, ready: oneshot::Sender<Resu
     let mut ready = Some(ready);
     loop {
         let conn = tokio::select! {
+            biased;
             () = harbor.cancel.cancelled() => return,
             c = harbor.join() => c,
         };
@@ -63,6 +64,7 @@ pub(super) async fn master_loop(harbor: Arc<Harbor>, ready: oneshot::Sender<Resu
         }
         let delay = backoff.next().unwrap_or(Duration::from_secs(1));
         tokio::select! {
+            biased;
             () = harbor.cancel.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }

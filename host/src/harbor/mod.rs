@@ -39,6 +39,7 @@ mod master_link;
 mod names;
 mod peer;
 pub mod proto;
+mod resume;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -48,7 +49,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use backon::BackoffBuilder;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -62,7 +62,7 @@ use crate::runtime::{
     kind,
 };
 use crate::transport::tls::Tls;
-use crate::transport::{Connection, Envelope, LinkConfig, Outgoing};
+use crate::transport::{Connection, Envelope, LinkConfig, Net, Outgoing};
 use master_link::master_loop;
 use names::Names;
 use peer::{Inflight, Peer, accept_loop, peer_task};
@@ -106,6 +106,8 @@ struct LinkSettings {
     max_payload: usize,
     /// TLS for every link (master and peers), named for harbor.
     tls: Option<Tls>,
+    /// Where the links' sockets come from.
+    net: Arc<dyn Net>,
 }
 
 impl LinkSettings {
@@ -141,6 +143,9 @@ pub(crate) struct Harbor {
     links: LinkSettings,
     /// Where this node accepts peer links.
     pub listen: SocketAddr,
+    /// Where its peers are told to dial it: the configured address, with
+    /// the port bound when it asked for port 0.
+    advertised: String,
     /// The master's address.
     pub master_address: String,
     peers: Vec<ArcSwapOption<Peer>>,
@@ -173,6 +178,7 @@ impl Harbor {
         kernel: &Arc<Kernel>,
         multicast: Arc<Multicast>,
         config: &HarborConfig,
+        net: Arc<dyn Net>,
     ) -> Result<Arc<Harbor>, HarborError> {
         let id = config.id;
         let tls = match &config.tls {
@@ -193,12 +199,14 @@ impl Harbor {
             dead_after: Duration::from_millis(config.dead_after_ms),
             max_payload: kernel.limits.max_payload,
             tls,
+            net,
         };
         let cancel = kernel.shutdown.child_token();
         let mut running_master = None;
         let master_address = match (&config.master, &config.standalone) {
             (_, Some(listen)) => {
                 let m = master::Master::start(
+                    links.net.as_ref(),
                     listen,
                     links.secret.clone(),
                     links.heartbeat,
@@ -211,7 +219,10 @@ impl Harbor {
                     address: listen.clone(),
                     source,
                 })?;
-                let address = m.address().to_string();
+                // A master on every interface is dialled on this host's own.
+                let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+                let address =
+                    crate::transport::net::reachable_at(&m.address().to_string(), loopback);
                 running_master = Some(m);
                 address
             }
@@ -224,14 +235,14 @@ impl Harbor {
                 });
             }
         };
-        let listener =
-            TcpListener::bind(&config.address)
-                .await
-                .map_err(|source| HarborError::Listen {
-                    id,
-                    address: config.address.clone(),
-                    source,
-                })?;
+        let listener = links
+            .net
+            .bind(&config.address)
+            .map_err(|source| HarborError::Listen {
+                id,
+                address: config.address.clone(),
+                source,
+            })?;
         let listen = listener
             .local_addr()
             .map_err(|source| HarborError::Listen {
@@ -245,6 +256,7 @@ impl Harbor {
             kernel: Arc::downgrade(kernel),
             links,
             listen,
+            advertised: crate::transport::net::with_port(&config.address, listen.port()),
             master_address,
             peers: (0..256).map(|_| ArcSwapOption::empty()).collect(),
             peer_lock: Mutex::new(()),
@@ -314,6 +326,7 @@ impl Harbor {
             kind: message.kind,
             tenant: message.tenant.0,
             trace: message.trace,
+            seq: 0,
         };
         let item = Outgoing::Message(envelope, message.payload.into());
         if message.kind == kind::REQUEST && message.session != 0 {
@@ -355,6 +368,7 @@ impl Harbor {
             kind: kind::MULTICAST,
             tenant: tenant.0,
             trace: 0,
+            seq: 0,
         };
         let slot = self.peers[usize::from(node)].load();
         let Some(peer) = slot.as_deref() else {
@@ -545,6 +559,9 @@ impl Harbor {
             stats: Arc::default(),
             address: Mutex::new(address.clone()),
             gone: self.cancel.child_token(),
+            outbox: Mutex::new(resume::Outbox::new(rand::random())),
+            inbox: Mutex::new(resume::Inbox::default()),
+            duplicates: AtomicU64::new(0),
         });
         slot.store(Some(peer.clone()));
         // The higher id dials, so each pair has one link.
@@ -601,10 +618,22 @@ impl Harbor {
         let (calls, dropped) = {
             let mut inflight = peer.inflight();
             inflight.closed |= close;
+            // Kept for the next link; none comes for a peer that left.
+            let kept = if close {
+                lock(&peer.outbox).drop_kept() as u64
+            } else {
+                0
+            };
             let calls = std::mem::take(&mut inflight.calls);
+            #[cfg(test)]
+            let calls = if crate::sim::broken(crate::sim::Break::KeepCallsInFlight) {
+                std::collections::HashMap::new()
+            } else {
+                calls
+            };
             // Drained under the lock: a request queued after this point is
             // in the next set, never dropped unanswered.
-            let mut dropped = 0;
+            let mut dropped = kept;
             while let Ok(item) = rx.try_recv() {
                 peer.backlog.fetch_sub(item.weight(), Ordering::Relaxed);
                 if let Outgoing::Message(e, _) = item
@@ -633,6 +662,9 @@ impl Harbor {
             );
         }
         let detail = format!("harbor {} is down: {why}", peer.id);
+        // In order: a simulated run replays exactly.
+        let mut calls: Vec<_> = calls.into_iter().collect();
+        calls.sort_unstable();
         for ((caller, session), n) in calls {
             for _ in 0..n {
                 let _ = kernel.deliver(
@@ -647,12 +679,13 @@ impl Harbor {
     async fn join(&self) -> Result<Connection<Control>, String> {
         let config = self.links.config(MASTER_PROTOCOL, self.name());
         let tls = self.links.tls.as_ref().map(|t| (t, MASTER_NAME));
-        let mut conn = Connection::connect_secured(&self.master_address, config, tls)
+        let net = self.links.net.as_ref();
+        let mut conn = Connection::connect_secured(net, &self.master_address, config, tls)
             .await
             .map_err(|e| e.to_string())?;
         conn.send_control(Control::Join {
             id: self.id.0,
-            address: self.listen.to_string(),
+            address: self.advertised.clone(),
         });
         Ok(conn)
     }

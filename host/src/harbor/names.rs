@@ -152,6 +152,7 @@ impl Harbor {
             let cancel = self.cancel.clone();
             kernel.tasks.spawn(async move {
                 tokio::select! {
+                    biased;
                     () = cancel.cancelled() => {}
                     () = tokio::time::sleep(Duration::from_millis(timeout_ms.into())) => {
                         if let Some(h) = harbor.upgrade() {

@@ -4,20 +4,21 @@
 //! that takes the dialled ones, and what arrives on a peer link.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::proto::{Control, PEER_PROTOCOL};
+use super::resume::{Arrival, Inbox, Outbox};
 use super::{Harbor, lock, retry_delays};
 use crate::multicast::Multicast;
 use crate::runtime::{Address, GUEST_SESSIONS, Kernel, LateAt, Message, TenantId, kind};
-use crate::transport::{Connection, Envelope, LinkHandler, Outgoing};
+use crate::transport::driver::Keep;
+use crate::transport::{Connection, Envelope, LinkHandler, Listener, Outgoing};
 
 /// One other node of the harbor, as seen from here.
 pub(crate) struct Peer {
@@ -36,6 +37,14 @@ pub(crate) struct Peer {
     pub(super) address: Mutex<Option<String>>,
     /// Cancelled when the master says the node is gone.
     pub(super) gone: CancellationToken,
+    /// This node's one-way messages to the peer: numbers, and what its
+    /// links wrote and the peer has not acknowledged.
+    pub(super) outbox: Mutex<Outbox>,
+    /// The peer's one-way messages that arrived.
+    pub(super) inbox: Mutex<Inbox>,
+    /// One-way messages that arrived twice (sent again after a link
+    /// dropped) and were dropped.
+    pub(super) duplicates: AtomicU64,
 }
 
 /// Requests sent to a peer and not answered yet: `(caller, session)` and
@@ -74,6 +83,58 @@ impl Peer {
         self.inflight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// What this end says first on a new link: where its sending session
+    /// and its receiving side stand.
+    fn resume_offer(&self) -> Control {
+        let (session, next) = lock(&self.outbox).offer();
+        let (known, floor) = lock(&self.inbox).offer();
+        // Broken on purpose: a receiver that keeps no record of what arrived.
+        #[cfg(test)]
+        let floor = if crate::sim::broken(crate::sim::Break::NoDedupe) {
+            0
+        } else {
+            floor
+        };
+        Control::Resume {
+            session,
+            next,
+            known,
+            floor,
+        }
+    }
+
+    /// Takes the peer's first word on a new link: the messages to send
+    /// again on it, in order; kept messages the peer cannot want (it does
+    /// not know this session) are counted dropped.
+    fn resume(&self, harbor: &Harbor, theirs: Control) -> Result<Vec<(Envelope, Vec<u8>)>, String> {
+        let Control::Resume {
+            session,
+            next,
+            known,
+            floor,
+        } = theirs
+        else {
+            return Err(format!(
+                "expected Resume first on a peer link, got {theirs:?}"
+            ));
+        };
+        lock(&self.inbox).resume(session, next);
+        #[cfg(test)]
+        if crate::sim::broken(crate::sim::Break::NoResend) {
+            lock(&self.outbox).received(u64::MAX);
+        }
+        let again = lock(&self.outbox).resume(known, floor);
+        match again {
+            Ok(again) => Ok(again),
+            Err(dropped) => {
+                if dropped > 0 {
+                    harbor.count_dropped(self.id, dropped as u64);
+                }
+                Ok(Vec::new())
+            }
+        }
+    }
+
     /// Queues an item for the peer's link, counting it in the backlog.
     pub(super) fn send(&self, item: Outgoing<Control>) -> bool {
         let weight = item.weight();
@@ -86,10 +147,24 @@ impl Peer {
     }
 }
 
+/// Numbers and keeps a peer's one-way messages as its links write them.
+struct PeerKeep(Arc<Peer>);
+
+impl Keep<Envelope> for PeerKeep {
+    fn number(&mut self, header: &mut Envelope) -> bool {
+        lock(&self.0.outbox).number(header)
+    }
+
+    fn keep(&mut self, header: Envelope, payload: Vec<u8>) {
+        lock(&self.0.outbox).keep(header, payload);
+    }
+}
+
 /// Accepts links from other nodes and hands each to its peer's task.
-pub(super) async fn accept_loop(harbor: Arc<Harbor>, listener: TcpListener) {
+pub(super) async fn accept_loop(harbor: Arc<Harbor>, listener: Box<dyn Listener>) {
     loop {
         let accepted = tokio::select! {
+            biased;
             () = harbor.cancel.cancelled() => return,
             a = listener.accept() => a,
         };
@@ -150,7 +225,8 @@ pub(super) async fn peer_task(
                             let config = harbor.links.config(PEER_PROTOCOL, harbor.name());
                             let name = peer.id.to_string();
                             let tls = harbor.links.tls.as_ref().map(|t| (t, name.as_str()));
-                            Connection::connect_secured(address, config, tls)
+                            let net = harbor.links.net.as_ref();
+                            Connection::connect_secured(net, address, config, tls)
                                 .await
                                 .map_err(|e| e.to_string())
                         }
@@ -158,6 +234,7 @@ pub(super) async fn peer_task(
                     }
                 };
                 tokio::select! {
+                    biased;
                     () = peer.gone.cancelled() => break,
                     c = incoming.recv() => match c {
                         Some(c) => c,
@@ -170,6 +247,7 @@ pub(super) async fn peer_task(
                             harbor.fail_inflight(&peer, &mut rx, false, &format!("cannot connect: {e}"));
                             let delay = backoff.next().unwrap_or(Duration::from_secs(1));
                             tokio::select! {
+                                biased;
                                 () = peer.gone.cancelled() => break,
                                 () = tokio::time::sleep(delay) => {}
                             }
@@ -183,6 +261,29 @@ pub(super) async fn peer_task(
                 }
             }
         };
+        let mut conn = conn;
+        let offer = peer.resume_offer();
+        let resumed = match conn.exchange(offer, harbor.links.dead_after).await {
+            Ok(theirs) => peer.resume(&harbor, theirs),
+            Err(e) => Err(e.to_string()),
+        };
+        match resumed {
+            Ok(again) => {
+                for (header, payload) in again {
+                    conn.send(Outgoing::Message(header, payload));
+                }
+            }
+            Err(why) => {
+                tracing::warn!(peer = peer.id, "peer link failed as it began: {why}");
+                harbor.fail_inflight(&peer, &mut rx, false, &why);
+                let delay = backoff.next().unwrap_or(Duration::from_secs(1));
+                tokio::select! {
+                    biased;
+                    () = peer.gone.cancelled() => break,
+                    () = tokio::time::sleep(delay) => continue,
+                }
+            }
+        }
         backoff = retry_delays();
         tracing::info!(peer = peer.id, address = ?conn.peer_address(), "peer link up");
         peer.up.store(true, Ordering::Release);
@@ -194,7 +295,12 @@ pub(super) async fn peer_task(
             peer: peer.clone(),
         };
         let why = tokio::select! {
-            r = conn.with_backlog(peer.backlog.clone()).with_stats(peer.stats.clone()).run(&mut rx, &mut handler, &peer.gone) => match r {
+            biased;
+            r = conn
+                .with_backlog(peer.backlog.clone())
+                .with_stats(peer.stats.clone())
+                .with_keep(Box::new(PeerKeep(peer.clone())))
+                .run(&mut rx, &mut handler, &peer.gone) => match r {
                 Ok(()) => "closed".to_string(),
                 Err(e) => e.to_string(),
             },
@@ -224,6 +330,22 @@ struct PeerHandler {
 
 impl LinkHandler<Control> for PeerHandler {
     fn on_message(&mut self, e: Envelope, payload: Vec<u8>) {
+        if e.seq != 0 {
+            let arrival = lock(&self.peer.inbox).arrived(e.seq, payload.len());
+            match arrival {
+                #[cfg(test)]
+                Arrival::Duplicate if crate::sim::broken(crate::sim::Break::NoDedupe) => {}
+                Arrival::Duplicate => {
+                    self.peer.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Arrival::Fresh(Some(floor)) => {
+                    self.peer
+                        .send(Outgoing::Control(Control::Received { floor }));
+                }
+                Arrival::Fresh(None) => {}
+            }
+        }
         // An answer ends its request in flight; one with none is late (its
         // request was failed when the link dropped). Host-import sessions
         // only: a guest's protocol on `send` may be answered with `respond`
@@ -282,6 +404,10 @@ impl LinkHandler<Control> for PeerHandler {
             tracing::debug!(%dest, "message for another harbor id dropped (no relaying)");
             return;
         }
+        #[cfg(test)]
+        if crate::sim::broken(crate::sim::Break::AnswerTwice) && message.kind == kind::RESPONSE {
+            let _ = self.kernel.deliver(dest, message.clone());
+        }
         if let Err(err) = self.kernel.deliver(dest, message) {
             if wants_reply {
                 let reply = Message::error(dest, e.session, err.cause(), &err.to_string());
@@ -311,6 +437,7 @@ impl LinkHandler<Control> for PeerHandler {
                 self.multicast
                     .control_arrived(&self.kernel, self.peer.id, c);
             }
+            Control::Received { floor } => lock(&self.peer.outbox).received(floor),
             other => {
                 return Err(format!(
                     "unexpected control message on a peer link: {other:?}"

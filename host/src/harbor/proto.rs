@@ -103,4 +103,23 @@ pub enum Control {
         /// The service watched.
         target: u32,
     },
+    /// Node → node, first on every peer link, both ways: where this end's
+    /// numbered one-way messages stand, so what a dropped link lost is
+    /// sent again once, and nothing twice.
+    Resume {
+        /// This end's sending session (one per peer, for its life here).
+        session: u64,
+        /// The number its next one-way message will get.
+        next: u64,
+        /// The other end's sending session this end knows (0: none).
+        known: u64,
+        /// Every message of `known` up to this number has arrived here.
+        floor: u64,
+    },
+    /// Node → node: every numbered message up to `floor` has arrived;
+    /// the sender stops keeping them.
+    Received {
+        /// The number every message up to which has arrived.
+        floor: u64,
+    },
 }

@@ -20,6 +20,7 @@ use crate::runtime::{
     Address, CallError, HarborId, Kernel, LateAt, LocalClient, Message, Ready, SYSTEM_TENANT,
     ServiceInfo, SpawnError, TenantError, TenantId, TenantStats, UpgradeError, UpgradeReport, kind,
 };
+use crate::transport::Tcp;
 use crate::wasm::{Parts, WasmRuntime};
 
 mod client;
@@ -74,7 +75,8 @@ impl Node {
     pub async fn launch(config: &NodeConfig) -> Result<Node, NodeError> {
         let node = Self::build(config)?;
         if let Some(h) = &config.harbor {
-            match Harbor::start(&node.kernel, node.parts.multicast.clone(), h).await {
+            match Harbor::start(&node.kernel, node.parts.multicast.clone(), h, Arc::new(Tcp)).await
+            {
                 Ok(harbor) => {
                     let _ = node.kernel.remote.set(harbor.clone());
                     let _ = node.parts.harbor.set(harbor);
@@ -86,7 +88,8 @@ impl Node {
             }
         }
         if let Some(c) = &config.cluster {
-            match Cluster::start(&node.kernel, node.parts.multicast.clone(), c).await {
+            match Cluster::start(&node.kernel, node.parts.multicast.clone(), c, Arc::new(Tcp)).await
+            {
                 Ok(cluster) => {
                     let _ = node.parts.cluster.set(cluster);
                 }

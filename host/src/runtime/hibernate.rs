@@ -365,6 +365,7 @@ pub(super) async fn sweeper(kernel: Weak<Kernel>, shutdown: CancellationToken) {
             return;
         };
         tokio::select! {
+            biased;
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(next_look) => {}
         }

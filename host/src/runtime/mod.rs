@@ -48,7 +48,7 @@ pub mod tap;
 pub(crate) mod template;
 pub(crate) mod tenant;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod timer;
 mod upgrade;
 mod workers;

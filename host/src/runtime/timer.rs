@@ -68,6 +68,7 @@ pub(crate) async fn run(
     loop {
         let next = heap.peek().map(|Reverse(t)| t.deadline);
         tokio::select! {
+            biased;
             () = shutdown.cancelled() => return,
             new = rx.recv() => match new {
                 Some((deadline, dest, session, trace, expires_call)) => {

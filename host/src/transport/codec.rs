@@ -225,16 +225,19 @@ pub(super) mod tests {
             any::<u32>(),
             any::<u8>(),
             any::<u32>(),
-            any::<u64>(),
+            (any::<u64>(), any::<u64>()),
         )
-            .prop_map(|(dest, source, session, kind, tenant, trace)| Envelope {
-                dest,
-                source,
-                session,
-                kind,
-                tenant,
-                trace,
-            })
+            .prop_map(
+                |(dest, source, session, kind, tenant, (trace, seq))| Envelope {
+                    dest,
+                    source,
+                    session,
+                    kind,
+                    tenant,
+                    trace,
+                    seq,
+                },
+            )
     }
 
     fn arb_control() -> impl Strategy<Value = TestControl> {
@@ -437,6 +440,7 @@ pub(super) mod tests {
             kind: 4,
             tenant: 5,
             trace: 6,
+            seq: 0,
         };
         let mut a = BytesMut::new();
         let mut b = BytesMut::new();

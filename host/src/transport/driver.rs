@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::net::{Net, Socket};
 use super::tls::{ByteStream, Stream, Tls, TlsError};
 use super::{Envelope, Link, LinkConfig, LinkError, LinkEvent, PeerInfo, Role};
 
@@ -49,6 +50,19 @@ pub trait LinkHandler<C, H = Envelope> {
     /// A control message arrived; an `Err` closes the link with that reason
     /// (control messages the handler queued first are still sent).
     fn on_control(&mut self, control: C) -> Result<(), String>;
+}
+
+/// What an owner keeps of the messages its connections write, to send
+/// again on the next connection what the peer may not have got (harbor's
+/// peers: one-way messages survive a dropped link). The driver numbers a
+/// message as it takes it off the outgoing channel, so numbers follow the
+/// channel's order.
+pub trait Keep<H>: Send {
+    /// Numbers `header` when its message is one to keep (a message sent
+    /// again keeps its number); whether it is.
+    fn number(&mut self, header: &mut H) -> bool;
+    /// Keeps a numbered message, as it was written.
+    fn keep(&mut self, header: H, payload: Vec<u8>);
 }
 
 /// How a connection ended or failed to start.
@@ -168,6 +182,8 @@ pub struct Connection<C, H = Envelope> {
     backlog: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     /// Kept current while it runs, when the owner keeps them.
     stats: Option<std::sync::Arc<LinkStats>>,
+    /// Keeps what it writes, when the owner asks.
+    keep: Option<Box<dyn Keep<H>>>,
     inbuf: BytesMut,
     outbuf: BytesMut,
 }
@@ -182,29 +198,35 @@ where
     /// # Errors
     /// The socket's error, or the handshake's (refused, wrong secret, timeout).
     pub async fn connect(address: &str, config: LinkConfig) -> Result<Self, DriverError> {
-        Self::connect_secured(address, config, None).await
+        Self::connect_secured(&super::Tcp, address, config, None).await
     }
 
-    /// Connects to `address` as the client, under TLS when `tls` gives it
-    /// with the name of the node meant (its certificate must name it, and
-    /// so must the link handshake), then completes the link handshake.
+    /// Connects to `address` through `net` as the client, under TLS when
+    /// `tls` gives it with the name of the node meant (its certificate must
+    /// name it, and so must the link handshake), then completes the link
+    /// handshake.
     ///
     /// # Errors
     /// The socket's error, TLS's, or the handshake's.
     pub async fn connect_secured(
+        net: &dyn Net,
         address: &str,
         config: LinkConfig,
         tls: Option<(&Tls, &str)>,
     ) -> Result<Self, DriverError> {
-        let stream = TcpStream::connect(address).await?;
-        stream.set_nodelay(true)?;
         let deadline = config.dead_after;
-        let stream = match tls {
-            Some((tls, peer)) => {
+        let stream = match (net.connect(address).await?, tls) {
+            (Socket::Tcp(stream), Some((tls, peer))) => {
+                stream.set_nodelay(true)?;
                 let secured = tokio::time::timeout(deadline, tls.connect(stream, peer)).await;
                 secured.map_err(|_| DriverError::HandshakeTimeout(deadline))??
             }
-            None => Stream::Plain(stream),
+            (Socket::Tcp(stream), None) => {
+                stream.set_nodelay(true)?;
+                Stream::Plain(stream)
+            }
+            (Socket::Stream(_), Some(_)) => return Err(TlsError::NotTcp.into()),
+            (Socket::Stream(stream), None) => Stream::Pipe(stream),
         };
         Self::handshake(stream, Role::Client, config, tls).await
     }
@@ -214,7 +236,7 @@ where
     /// # Errors
     /// The socket's error, or the handshake's (refused, wrong secret, timeout).
     pub async fn accept(stream: TcpStream, config: LinkConfig) -> Result<Self, DriverError> {
-        Self::accept_secured(stream, config, None).await
+        Self::accept_secured(Socket::Tcp(stream), config, None).await
     }
 
     /// Completes TLS (when `tls` is given: the client's certificate must
@@ -224,10 +246,15 @@ where
     /// # Errors
     /// The socket's error, TLS's, or the handshake's.
     pub async fn accept_secured(
-        stream: TcpStream,
+        socket: Socket,
         config: LinkConfig,
         tls: Option<&Tls>,
     ) -> Result<Self, DriverError> {
+        let stream = match socket {
+            Socket::Tcp(stream) => stream,
+            Socket::Stream(_) if tls.is_some() => return Err(TlsError::NotTcp.into()),
+            Socket::Stream(stream) => return Self::over(stream, Role::Server, config).await,
+        };
         stream.set_nodelay(true)?;
         let deadline = config.dead_after;
         let stream = match tls {
@@ -279,6 +306,7 @@ where
             link: Link::new(Role::Server, config, now(), nonce),
             backlog: None,
             stats: None,
+            keep: None,
             inbuf: BytesMut::new(),
             outbuf: BytesMut::new(),
         };
@@ -304,6 +332,7 @@ where
             link: Link::new(role, config, now(), nonce),
             backlog: None,
             stats: None,
+            keep: None,
             inbuf: BytesMut::with_capacity(READ_CHUNK),
             outbuf: BytesMut::new(),
         };
@@ -410,6 +439,55 @@ where
         self
     }
 
+    /// Numbers and keeps, through `keep`, the messages [`run`](Self::run)
+    /// writes that `keep` asks for.
+    #[must_use]
+    pub fn with_keep(mut self, keep: Box<dyn Keep<H>>) -> Self {
+        self.keep = Some(keep);
+        self
+    }
+
+    /// Sends `control` and waits for the peer's first control message,
+    /// within `within`: both ends of a layer that says something before
+    /// any message (harbor's resume) call this before [`run`](Self::run).
+    ///
+    /// # Errors
+    /// The socket's, the link's, a message before the control, a silent
+    /// peer.
+    pub async fn exchange(&mut self, control: C, within: Duration) -> Result<C, DriverError> {
+        self.link.send_control(control);
+        let exchange = async {
+            loop {
+                self.link
+                    .poll_transmit(now(), &mut self.outbuf, WRITE_BATCH);
+                if !self.outbuf.is_empty() {
+                    self.stream.write_all(&self.outbuf).await?;
+                    self.stream.flush().await?;
+                    self.outbuf.clear();
+                }
+                while let Some(event) = self.link.poll_event() {
+                    match event {
+                        LinkEvent::Control(c) => return Ok(c),
+                        LinkEvent::Message { .. } => {
+                            return Err(DriverError::Refused(
+                                "a message came before the peer's first control".into(),
+                            ));
+                        }
+                        LinkEvent::Up(_) => {}
+                    }
+                }
+                self.inbuf.reserve(READ_CHUNK);
+                if self.stream.read_buf(&mut self.inbuf).await? == 0 {
+                    return Err(DriverError::Closed);
+                }
+                self.link.handle_bytes(now(), &mut self.inbuf)?;
+            }
+        };
+        tokio::time::timeout(within, exchange)
+            .await
+            .map_err(|_| DriverError::HandshakeTimeout(within))?
+    }
+
     /// Queues a control message to go out first once [`run`](Self::run) starts.
     pub fn send_control(&mut self, control: C) {
         self.link.send_control(control);
@@ -469,6 +547,7 @@ where
             link: &mut self.link,
             backlog: self.backlog.as_deref(),
             stats: self.stats.as_deref(),
+            keep: self.keep.as_deref_mut(),
             inbuf: &mut self.inbuf,
             outbuf: &mut self.outbuf,
         };
@@ -496,6 +575,7 @@ struct Parts<'a, C, H> {
     link: &'a mut Link<C, H>,
     backlog: Option<&'a std::sync::atomic::AtomicUsize>,
     stats: Option<&'a LinkStats>,
+    keep: Option<&'a mut (dyn Keep<H> + 'static)>,
     inbuf: &'a mut BytesMut,
     outbuf: &'a mut BytesMut,
 }
@@ -576,7 +656,10 @@ where
                         if let Some(b) = self.backlog {
                             b.fetch_sub(item.weight(), std::sync::atomic::Ordering::Relaxed);
                         }
-                        push(self.link, item);
+                        match self.keep.as_deref_mut() {
+                            Some(keep) => push_keeping(self.link, item, keep),
+                            None => push(self.link, item),
+                        }
                     }
                 }
                 () = sleep_until(timeout), if timeout.is_some() => {
@@ -594,8 +677,32 @@ where
     H: Serialize + DeserializeOwned + Clone + std::fmt::Debug,
 {
     match item {
-        Outgoing::Message(header, payload) => link.send_message(header, payload),
+        Outgoing::Message(header, payload) => {
+            link.send_message(header, payload);
+        }
         Outgoing::Control(c) => link.send_control(c),
+    }
+}
+
+/// [`push`], numbering and keeping the messages `keep` asks for: a payload
+/// the link copies into a frame is kept as it comes back, one the link
+/// holds until it is written in chunks is kept as a copy.
+fn push_keeping<C, H>(link: &mut Link<C, H>, item: Outgoing<C, H>, keep: &mut dyn Keep<H>)
+where
+    C: Serialize + DeserializeOwned,
+    H: Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    let Outgoing::Message(mut header, payload) = item else {
+        return push(link, item);
+    };
+    if !keep.number(&mut header) {
+        link.send_message(header, payload);
+        return;
+    }
+    let copy = link.holds(payload.len()).then(|| payload.clone());
+    let kept = header.clone();
+    if let Some(payload) = link.send_message(header, payload).or(copy) {
+        keep.keep(kept, payload);
     }
 }
 
@@ -696,6 +803,7 @@ mod tests {
             kind: 0,
             tenant: 0,
             trace: 0,
+            seq: 0,
         };
         // One small and one chunked payload, in order.
         let large = vec![7u8; 3 * LinkConfig::DEFAULT_CHUNK_SIZE];

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the wire protocol, exchanged in the handshake; both ends must
 /// speak the same one.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// Header of one service message between nodes: harbor's, and the default
 /// `H` of [`Frame`] and [`super::Link`].
@@ -28,6 +28,11 @@ pub struct Envelope {
     pub tenant: u32,
     /// Trace id of the logical request it belongs to (0: none).
     pub trace: u64,
+    /// Its number among the one-way messages its sender's link session has
+    /// sent (0: not numbered): the receiver delivers each number once, and
+    /// the sender sends again, on the next connection, what was not
+    /// acknowledged (harbor's `peer` module).
+    pub seq: u64,
 }
 
 /// One frame on the wire; `C` is the layer's own control protocol and `H`
@@ -224,6 +229,7 @@ mod tests {
             kind: 2,
             tenant: u32::MAX,
             trace: u64::MAX,
+            seq: u64::MAX,
         }
     }
 

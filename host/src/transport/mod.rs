@@ -21,8 +21,10 @@ pub mod driver;
 pub mod frame;
 pub mod handshake;
 pub mod link;
+pub mod net;
 pub mod tls;
 
 pub use driver::{Connection, DriverError, LinkHandler, LinkInfo, LinkStats, Outgoing};
 pub use frame::{Envelope, Frame};
 pub use link::{Link, LinkConfig, LinkError, LinkEvent, PeerInfo, Role};
+pub use net::{Listener, Net, Socket, Tcp};

@@ -52,6 +52,10 @@ pub enum TlsError {
         "the peer does not speak TLS (a node without `tls`?), and this node takes TLS links only"
     )]
     PeerIsPlain,
+    /// TLS was asked for over a socket that is not TCP (a simulated
+    /// network's): TLS is tested over real sockets.
+    #[error("TLS runs over TCP sockets only, and this link's socket is not one")]
+    NotTcp,
     /// The node name a peer gave in the link handshake is not one its
     /// certificate names, or not the node this end meant to reach.
     #[error("peer claims to be `{claimed}`: {why}")]

@@ -17,7 +17,7 @@ use crate::runtime::tenant::Tenant;
 
 /// What a fake service does with one message: answer it, end, or fail.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Act {
+pub(crate) enum Act {
     /// Nothing (a request stays owed).
     Nothing,
     /// Answer the request with these bytes.
@@ -281,12 +281,16 @@ impl Guest for FakeGuest {
 
 /// A loader of fake modules by name.
 #[derive(Default)]
-pub(super) struct FakeLoader {
+pub(crate) struct FakeLoader {
     modules: HashMap<String, Arc<FakeModule>>,
 }
 
 impl FakeLoader {
-    fn with(self, name: &str, handler: impl Fn(&Message) -> Act + Send + Sync + 'static) -> Self {
+    pub(crate) fn with(
+        self,
+        name: &str,
+        handler: impl Fn(&Message) -> Act + Send + Sync + 'static,
+    ) -> Self {
         self.module(name, Arc::new(handler), FakeState::None)
     }
 

@@ -488,20 +488,25 @@ where
     ///
     /// A payload above `max_payload` (which the peer would refuse) is
     /// dropped with an error log; so is anything sent on a dead link.
-    pub fn send_message(&mut self, envelope: H, payload: Vec<u8>) {
+    ///
+    /// Gives the payload back when the link does not hold on to it (it was
+    /// copied into a frame, or dropped), so the caller may keep it.
+    pub fn send_message(&mut self, envelope: H, payload: Vec<u8>) -> Option<Vec<u8>> {
         if self.state == State::Dead {
             tracing::debug!(?envelope, "message dropped: link closed");
-            return;
+            return Some(payload);
         }
         if payload.len() <= self.chunk_size {
             let start = self.small.len();
             match codec::encode_message(&envelope, &payload, &mut self.small) {
-                Ok(()) if self.small.len() - start <= LEN_PREFIX + self.config.max_frame => return,
+                Ok(()) if self.small.len() - start <= LEN_PREFIX + self.config.max_frame => {
+                    return Some(payload);
+                }
                 // Too large for one frame (a large header): chunk it below.
                 Ok(()) => self.small.truncate(start),
                 Err(e) => {
                     tracing::error!(?envelope, "cannot encode message: {e}");
-                    return;
+                    return Some(payload);
                 }
             }
         }
@@ -514,7 +519,7 @@ where
                     max_payload = self.config.max_payload,
                     "message dropped: payload larger than max_payload"
                 );
-                return;
+                return Some(payload);
             }
         };
         let stream = self.next_stream;
@@ -529,6 +534,13 @@ where
             started: false,
         });
         self.promote();
+        None
+    }
+
+    /// Whether a payload of `len` bytes is kept by the link until it is
+    /// written (it goes in chunks) rather than copied into a frame at once.
+    pub fn holds(&self, len: usize) -> bool {
+        len > self.chunk_size
     }
 
     /// Queue a control frame; same ordering rules as small messages.

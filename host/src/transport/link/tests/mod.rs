@@ -24,6 +24,7 @@ fn env(session: u32) -> Envelope {
         kind: 1,
         tenant: 3,
         trace: 0,
+        seq: 0,
     }
 }
 

@@ -1,0 +1,318 @@
+//! One-way messages that outlive a dropped peer link: each is delivered
+//! once, or counted as dropped when the node it was for is gone.
+//!
+//! ```text
+//!  sender's Peer                                   receiver's Peer
+//!  Outbox: number (seq 1, 2, 3 …), keep ──frames──> Inbox: deliver each seq once
+//!          drop kept ≤ floor        <──Received{floor} every 256 messages / 256 KiB
+//!  on a new link, both ends first:  ──Resume{session, next, known, floor}──>
+//!          known == my session: send again what is kept above floor
+//!          known != my session: the peer is new; what is kept is dropped (counted)
+//! ```
+//!
+//! A link that drops loses what was written to it and not read (a
+//! partition, a peer that hung until it was found dead). Requests and
+//! answers need nothing here: a request in flight fails with `NodeDown`
+//! when its link drops, and its answer, if one comes, is late. Every other
+//! message (sends, multicast copies, exit notices) is numbered by its
+//! sender's [`Outbox`] in the order its link takes it, kept until the peer
+//! says it arrived, and sent again on the next link of the same two
+//! sessions. The receiver's [`Inbox`] delivers each number once: numbers at
+//! or below its floor, or seen above it (a large message arrives after
+//! smaller ones sent later), are duplicates.
+//!
+//! A session is one `Peer` on one node: a restarted node, or a node that
+//! forgot a peer the master said was gone, starts a new one, and the other
+//! end then drops what it kept for the old one (the node it was for is
+//! gone) and starts numbering for the new.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use crate::runtime::kind;
+use crate::transport::Envelope;
+
+/// Messages received between two acknowledgements, at most.
+pub(super) const ACK_EVERY: u32 = 256;
+/// Payload bytes received between two acknowledgements, at most.
+pub(super) const ACK_BYTES: usize = 256 << 10;
+
+/// Whether a message is numbered and kept: everything but requests that
+/// wait for an answer and the answers themselves.
+pub(super) fn numbered(e: &Envelope) -> bool {
+    let answer = matches!(e.kind, kind::RESPONSE | kind::ERROR);
+    let request = e.kind == kind::REQUEST && e.session != 0;
+    !(answer || request)
+}
+
+/// The sending side of one peer: numbers and what is kept.
+pub(super) struct Outbox {
+    /// This side's session with the peer.
+    session: u64,
+    /// The number the next message gets.
+    next: u64,
+    /// Messages written and not yet acknowledged, in number order.
+    kept: VecDeque<(Envelope, Vec<u8>)>,
+}
+
+impl Outbox {
+    /// A new session, `session` (not 0).
+    pub(super) fn new(session: u64) -> Self {
+        Outbox {
+            session: session.max(1),
+            next: 1,
+            kept: VecDeque::new(),
+        }
+    }
+
+    /// Numbers `e` if it is [`numbered`] and has no number yet (one sent
+    /// again keeps its own); whether it is to be kept.
+    pub(super) fn number(&mut self, e: &mut Envelope) -> bool {
+        if !numbered(e) {
+            return false;
+        }
+        if e.seq == 0 {
+            e.seq = self.next;
+            self.next += 1;
+        }
+        true
+    }
+
+    /// Keeps a numbered message until it is acknowledged.
+    pub(super) fn keep(&mut self, e: Envelope, payload: Vec<u8>) {
+        if self.kept.back().is_some_and(|(last, _)| last.seq >= e.seq) {
+            // Sent again: kept already.
+            return;
+        }
+        self.kept.push_back((e, payload));
+    }
+
+    /// The peer has every message up to `floor`.
+    pub(super) fn received(&mut self, floor: u64) {
+        while self.kept.front().is_some_and(|(e, _)| e.seq <= floor) {
+            self.kept.pop_front();
+        }
+    }
+
+    /// What this side tells the peer first on a new link: its session and
+    /// next number (the peer's inbox half comes from [`Inbox::offer`]).
+    pub(super) fn offer(&self) -> (u64, u64) {
+        (self.session, self.next)
+    }
+
+    /// The peer's word on a new link: it knows session `known` and has
+    /// every message of it up to `floor`. What to send again, in order;
+    /// or, when the peer does not know this session, how many kept
+    /// messages are dropped (the node they were for is gone).
+    pub(super) fn resume(
+        &mut self,
+        known: u64,
+        floor: u64,
+    ) -> Result<Vec<(Envelope, Vec<u8>)>, usize> {
+        if known != self.session {
+            let dropped = self.kept.len();
+            self.kept.clear();
+            return Err(dropped);
+        }
+        self.received(floor);
+        Ok(self.kept.iter().cloned().collect())
+    }
+
+    /// Messages kept now.
+    #[cfg(test)]
+    pub(super) fn kept(&self) -> usize {
+        self.kept.len()
+    }
+
+    /// Drops everything kept (the peer left the harbor); how many.
+    pub(super) fn drop_kept(&mut self) -> usize {
+        let n = self.kept.len();
+        self.kept.clear();
+        n
+    }
+}
+
+/// What the inbox makes of a numbered message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Arrival {
+    /// First time: deliver it, and acknowledge `floor` when given.
+    Fresh(Option<u64>),
+    /// Delivered before: drop it.
+    Duplicate,
+}
+
+/// The receiving side of one peer: which numbers arrived.
+#[derive(Default)]
+pub(super) struct Inbox {
+    /// The peer's session these numbers belong to (0: none yet).
+    session: u64,
+    /// Every number up to here arrived.
+    floor: u64,
+    /// Numbers above `floor + 1` that arrived.
+    above: BTreeSet<u64>,
+    unacked: u32,
+    unacked_bytes: usize,
+}
+
+impl Inbox {
+    /// What this side tells the peer first on a new link: the session it
+    /// knows, and how far it has it.
+    pub(super) fn offer(&self) -> (u64, u64) {
+        (self.session, self.floor)
+    }
+
+    /// The peer's word on a new link: its session, and the number of its
+    /// next message. A session not known here starts anew: nothing of it
+    /// arrived before `next`.
+    pub(super) fn resume(&mut self, session: u64, next: u64) {
+        if session != self.session {
+            *self = Inbox {
+                session,
+                floor: next.saturating_sub(1),
+                ..Inbox::default()
+            };
+        }
+    }
+
+    /// Message `seq` of `len` payload bytes arrived.
+    pub(super) fn arrived(&mut self, seq: u64, len: usize) -> Arrival {
+        if seq <= self.floor || !self.above.insert(seq) {
+            return Arrival::Duplicate;
+        }
+        while self.above.remove(&(self.floor + 1)) {
+            self.floor += 1;
+        }
+        self.unacked += 1;
+        self.unacked_bytes += len;
+        if self.unacked >= ACK_EVERY || self.unacked_bytes >= ACK_BYTES {
+            self.unacked = 0;
+            self.unacked_bytes = 0;
+            return Arrival::Fresh(Some(self.floor));
+        }
+        Arrival::Fresh(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(seq: u64) -> Envelope {
+        Envelope {
+            dest: 0x101,
+            source: 0x102,
+            session: 0,
+            kind: kind::TEXT,
+            tenant: 0,
+            trace: 0,
+            seq,
+        }
+    }
+
+    /// Numbers and keeps `n` sends.
+    fn write(out: &mut Outbox, n: u64) -> Vec<Envelope> {
+        (0..n)
+            .map(|_| {
+                let mut e = send(0);
+                assert!(out.number(&mut e));
+                out.keep(e, vec![1, 2, 3]);
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn requests_and_answers_are_not_numbered() {
+        let mut out = Outbox::new(7);
+        let mut request = send(0);
+        request.kind = kind::REQUEST;
+        request.session = 3;
+        assert!(!out.number(&mut request));
+        let mut answer = send(0);
+        answer.kind = kind::RESPONSE;
+        assert!(!out.number(&mut answer));
+        let mut one_way_request = send(0);
+        one_way_request.kind = kind::REQUEST;
+        assert!(
+            out.number(&mut one_way_request),
+            "a request wanting no answer is a send"
+        );
+        assert_eq!(one_way_request.seq, 1);
+    }
+
+    #[test]
+    fn what_a_dropped_link_lost_arrives_once_on_the_next() {
+        let (mut out, mut inbox) = (Outbox::new(7), Inbox::default());
+        let (session, next) = out.offer();
+        inbox.resume(session, next);
+        let sent = write(&mut out, 10);
+        // The first link carried 1..=4 and 7; the rest were lost with it.
+        for e in sent.iter().filter(|e| e.seq <= 4 || e.seq == 7) {
+            assert!(matches!(inbox.arrived(e.seq, 3), Arrival::Fresh(_)));
+        }
+        let (known, floor) = inbox.offer();
+        assert_eq!((known, floor), (7, 4));
+        let again = out
+            .resume(known, floor)
+            .expect("the peer knows this session");
+        assert_eq!(again.len(), 6, "5..=10 are sent again");
+        let delivered: Vec<u64> = again
+            .iter()
+            .filter(|(e, _)| inbox.arrived(e.seq, 3) != Arrival::Duplicate)
+            .map(|(e, _)| e.seq)
+            .collect();
+        assert_eq!(delivered, vec![5, 6, 8, 9, 10], "7 had arrived");
+        assert_eq!(inbox.offer().1, 10);
+        out.received(10);
+        assert_eq!(out.kept(), 0);
+    }
+
+    #[test]
+    fn a_peer_that_forgot_this_session_drops_what_was_kept() {
+        let mut out = Outbox::new(7);
+        write(&mut out, 3);
+        assert_eq!(out.resume(0, 0), Err(3));
+        assert_eq!(out.kept(), 0);
+        // Its inbox starts at the next number: nothing before it is owed.
+        let mut inbox = Inbox::default();
+        let (session, next) = out.offer();
+        inbox.resume(session, next);
+        assert_eq!(inbox.offer(), (7, 3));
+        let mut e = send(0);
+        out.number(&mut e);
+        assert_eq!(inbox.arrived(e.seq, 3), Arrival::Fresh(None));
+        assert_eq!(inbox.offer().1, 4);
+    }
+
+    #[test]
+    fn the_receiver_acknowledges_every_few_hundred_messages() {
+        let mut inbox = Inbox::default();
+        inbox.resume(9, 1);
+        let acks: Vec<u64> = (1..=1000u64)
+            .filter_map(|seq| match inbox.arrived(seq, 10) {
+                Arrival::Fresh(ack) => ack,
+                Arrival::Duplicate => panic!("{seq} is new"),
+            })
+            .collect();
+        assert_eq!(acks, vec![256, 512, 768]);
+        assert_eq!(inbox.arrived(999, 10), Arrival::Duplicate);
+        let mut big = Inbox::default();
+        big.resume(9, 1);
+        assert_eq!(big.arrived(1, ACK_BYTES), Arrival::Fresh(Some(1)));
+    }
+
+    #[test]
+    fn a_message_sent_again_keeps_its_number_and_is_kept_once() {
+        let mut out = Outbox::new(7);
+        let sent = write(&mut out, 2);
+        let again = out.resume(7, 0).expect("known");
+        for (mut e, payload) in again {
+            assert!(out.number(&mut e));
+            out.keep(e, payload);
+        }
+        assert_eq!(out.kept(), 2);
+        assert_eq!(sent.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+        let mut fresh = send(0);
+        out.number(&mut fresh);
+        assert_eq!(fresh.seq, 3);
+    }
+}

@@ -1,0 +1,547 @@
+//! A harbor of 2–6 nodes under faults drawn from a seed.
+//!
+//! Node 1 runs the master (`standalone`); every node runs an `echo` fake
+//! service and a caller that, all through the run, calls and sends to the
+//! echo of a random node. The step loop applies the seed's faults, then
+//! repairs everything, lets the links settle, and has every node call
+//! every node once more: after the last repair traffic must flow with no
+//! one's help. The model then checks every promise (`model::Model::check`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::SimNet;
+use super::model::{Id, Model, Outcome};
+use crate::config::{HarborConfig, NodeConfig, Scheduler};
+use crate::harbor::Harbor;
+use crate::multicast::Multicast;
+use crate::runtime::endpoint::HostEndpoint;
+use crate::runtime::tests::{Act, FakeLoader};
+use crate::runtime::{Address, HarborId, Kernel, Message, Ready, TenantId, kind};
+
+const PEER_PORT: u16 = 2527;
+const MASTER_PORT: u16 = 2526;
+const HEARTBEAT: Duration = Duration::from_millis(250);
+const DEAD_AFTER: Duration = Duration::from_millis(1000);
+/// How long a caller waits before it counts a call as hung: a call must
+/// end well before (a node that hangs is dead after `DEAD_AFTER`).
+const CALL_DEADLINE: Duration = Duration::from_secs(5);
+/// Start-up: every node joins before traffic and faults begin.
+const WARM_UP: Duration = Duration::from_secs(1);
+/// From the last repair until the calls that must be answered: links
+/// found dead, redialled (backoff ≤ 1 s) and joined again.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// A fault the step loop applies at its time.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// No traffic between the two nodes: what was in flight is lost.
+    Partition(u8, u8),
+    /// The link between the two carries again (new connections work; an
+    /// old one may have lost frames mid-way).
+    Repair(u8, u8),
+    /// Traffic between the two is held (a hung peer: sockets open).
+    Hold(u8, u8),
+    /// What was held goes on.
+    Release(u8, u8),
+    /// The node's process dies: everything it held is lost.
+    Crash(u8),
+    /// The crashed node starts again, at the same address and harbor id.
+    Restart(u8),
+    /// Every message takes up to this long (0: back to normal).
+    Latency(Duration),
+}
+
+/// What one seed runs.
+struct Plan {
+    nodes: u8,
+    traffic: Duration,
+    faults: Vec<(Duration, Fault)>,
+}
+
+impl Plan {
+    /// The plan seed `seed` draws.
+    fn draw(seed: u64) -> Plan {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let nodes = rng.random_range(2..=6u8);
+        let traffic = Duration::from_millis(rng.random_range(2_000..=6_000));
+        let mut faults = Vec::new();
+        for _ in 0..rng.random_range(0..=4) {
+            let at = WARM_UP + traffic.mul_f64(rng.random_range(0.0..0.9));
+            let lasts = Duration::from_millis(rng.random_range(100..=3_000));
+            let a = rng.random_range(1..=nodes);
+            let b = loop {
+                let b = rng.random_range(1..=nodes);
+                if b != a {
+                    break b;
+                }
+            };
+            let (start, end) = match rng.random_range(0..4) {
+                0 => (Fault::Partition(a, b), Fault::Repair(a, b)),
+                1 => (Fault::Hold(a, b), Fault::Release(a, b)),
+                2 => (Fault::Crash(a), Fault::Restart(a)),
+                _ => (
+                    Fault::Latency(Duration::from_millis(rng.random_range(20..=400))),
+                    Fault::Latency(Duration::ZERO),
+                ),
+            };
+            faults.push((at, start));
+            faults.push((at + lasts, end));
+        }
+        faults.sort_by_key(|(at, _)| *at);
+        Plan {
+            nodes,
+            traffic,
+            faults,
+        }
+    }
+}
+
+/// Where the run is, as the nodes' callers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Phase {
+    /// Calls and sends at random, faults happening.
+    Traffic = 0,
+    /// Everything repaired: no new traffic while the links settle.
+    Settle = 1,
+    /// Each node calls every node once; every call must be answered.
+    Last = 2,
+}
+
+/// What the hosts share with each other and the step loop.
+struct Shared {
+    nodes: u8,
+    seed: u64,
+    model: Mutex<Model>,
+    /// Each node's echo, while its node runs.
+    echoes: Mutex<BTreeMap<u8, Address>>,
+    phase: AtomicU8,
+    /// Per node: told when its process is to die, so it closes its
+    /// sockets in order first ([`SimNet::close_all`]).
+    dying: BTreeMap<u8, Arc<tokio::sync::Notify>>,
+}
+
+impl Shared {
+    fn model(&self) -> MutexGuard<'_, Model> {
+        self.model.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn echo(&self, node: u8) -> Option<Address> {
+        let echoes = self.echoes.lock().unwrap_or_else(|e| e.into_inner());
+        echoes.get(&node).copied()
+    }
+
+    fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Relaxed) {
+            0 => Phase::Traffic,
+            1 => Phase::Settle,
+            _ => Phase::Last,
+        }
+    }
+}
+
+/// A payload naming call or send `id`: a tag byte, then the id.
+fn encode(tag: u8, (node, incarnation, n): Id) -> Vec<u8> {
+    let mut p = vec![tag, node];
+    p.extend_from_slice(&incarnation.to_le_bytes());
+    p.extend_from_slice(&n.to_le_bytes());
+    p
+}
+
+fn decode(payload: &[u8]) -> Option<(u8, Id)> {
+    let [tag, node, rest @ ..] = payload else {
+        return None;
+    };
+    let incarnation = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?);
+    let n = u64::from_le_bytes(rest.get(4..12)?.try_into().ok()?);
+    Some((*tag, (*node, incarnation, n)))
+}
+
+const CALL: u8 = b'C';
+const SEND: u8 = b'S';
+
+fn host(node: u8) -> String {
+    format!("n{node}")
+}
+
+/// One node's software: the core with an echo, its harbor, its caller.
+async fn node(shared: Arc<Shared>, id: u8) -> turmoil::Result {
+    let incarnation = shared.model().started(id);
+    let echo = {
+        let shared = shared.clone();
+        move |m: &Message| match decode(&m.payload) {
+            Some((CALL, _)) if m.wants_reply() => Act::Answer(m.payload.to_vec()),
+            Some((SEND, sent)) if !m.wants_reply() => {
+                shared.model().delivered(sent);
+                Act::Nothing
+            }
+            _ => {
+                shared.model().stray(format!("echo {id} got {m:?}"));
+                Act::Nothing
+            }
+        }
+    };
+    let mut harbor_config = HarborConfig::new(id, "simulated");
+    harbor_config.address = format!("{}:{PEER_PORT}", host(id));
+    harbor_config.heartbeat_ms = HEARTBEAT.as_millis() as u64;
+    harbor_config.dead_after_ms = DEAD_AFTER.as_millis() as u64;
+    if id == 1 {
+        harbor_config.standalone = Some(format!("{}:{MASTER_PORT}", host(1)));
+    } else {
+        harbor_config.master = Some(format!("{}:{MASTER_PORT}", host(1)));
+    }
+    let mut config = NodeConfig {
+        scheduler: Scheduler::Tokio,
+        harbor: Some(harbor_config.clone()),
+        ..NodeConfig::default()
+    };
+    // A service's turn is measured on the CPU's clock, which simulated
+    // time does not move: turns that never end make a run replay exactly.
+    config.limits.time_slice_us = u64::from(u32::MAX);
+    let limits = config.limits.resolved();
+    let loader = FakeLoader::default().with("echo", echo);
+    let kernel = Kernel::new(&config, limits, Arc::new(loader)).map_err(|e| e.to_string())?;
+    // A node that starts while the master is away tries again, as a
+    // supervisor restarting it would.
+    let net = Arc::new(SimNet::default());
+    if let Some(dying) = shared.dying.get(&id).cloned() {
+        let net = net.clone();
+        kernel.tasks.spawn(async move {
+            dying.notified().await;
+            net.close_all();
+        });
+    }
+    let harbor = loop {
+        let multicast = Arc::new(Multicast::new(HarborId(id)));
+        match Harbor::start(&kernel, multicast, &harbor_config, net.clone()).await {
+            Ok(h) => break h,
+            Err(e) => {
+                tracing::debug!("node {id}: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let _ = kernel.remote.set(harbor.clone());
+    let system = kernel.tenant(TenantId::SYSTEM).ok_or("no system tenant")?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    kernel.spawn_detached(system.clone(), "echo".into(), Vec::new(), Ready::Host(tx));
+    let echo = rx.await.map_err(|e| e.to_string())??;
+    shared
+        .echoes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, echo);
+    caller(&shared, &kernel, &harbor, (id, incarnation)).await
+}
+
+/// The caller's sessions: each one's call number (kept for good, so a
+/// second answer is seen as one), and whether it is still waiting.
+#[derive(Default)]
+struct Sessions {
+    numbers: HashMap<u32, u64>,
+    waiting: HashSet<u32>,
+}
+
+type Open = Arc<Mutex<Sessions>>;
+
+/// The node's caller: random calls and sends all through the traffic
+/// phase, one call to every node in the last.
+async fn caller(
+    shared: &Arc<Shared>,
+    kernel: &Arc<Kernel>,
+    harbor: &Harbor,
+    (id, incarnation): (u8, u32),
+) -> turmoil::Result {
+    let mut endpoint = HostEndpoint::new(kernel, "caller", kernel.host_tenant.clone());
+    let me = endpoint.address();
+    let open: Open = Arc::default();
+    let answers = {
+        let (shared, open) = (shared.clone(), open.clone());
+        async move {
+            while let Some(m) = endpoint.recv().await {
+                let number = {
+                    let mut sessions = open.lock().unwrap_or_else(|e| e.into_inner());
+                    sessions.waiting.remove(&m.session);
+                    sessions.numbers.get(&m.session).copied()
+                };
+                let mut model = shared.model();
+                let Some(number) = number else {
+                    model.stray(format!("{me} got an answer to no open call: {m:?}"));
+                    continue;
+                };
+                let call = (id, incarnation, number);
+                match m.kind {
+                    kind::RESPONSE if decode(&m.payload) == Some((CALL, call)) => {
+                        model.ended(call, Outcome::Reply);
+                    }
+                    kind::ERROR => {
+                        let cause = m.payload.first().copied().unwrap_or(0);
+                        let detail = String::from_utf8_lossy(m.payload.get(1..).unwrap_or(&[]));
+                        model.ended(call, Outcome::Failed(cause, detail.into_owned()));
+                    }
+                    _ => model.stray(format!("call {call:?} answered with another's: {m:?}")),
+                }
+            }
+        }
+    };
+    kernel.tasks.spawn(answers);
+    let seed = shared.seed ^ (u64::from(id) << 40) ^ (u64::from(incarnation) << 48);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut number = 0u64;
+    let mut last_round_done = false;
+    loop {
+        shared
+            .model()
+            .dropped_so_far(id, incarnation, harbor.dropped());
+        match shared.phase() {
+            Phase::Traffic => {}
+            Phase::Settle => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Phase::Last if last_round_done => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Phase::Last => {
+                last_round_done = true;
+                for target in 1..=shared.nodes {
+                    number += 1;
+                    let call = (id, incarnation, number);
+                    call_echo(shared, kernel, me, &open, call, target, true);
+                }
+                continue;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1..=20))).await;
+        let target = rng.random_range(1..=shared.nodes);
+        number += 1;
+        let made = (id, incarnation, number);
+        if rng.random_bool(0.6) {
+            call_echo(shared, kernel, me, &open, made, target, false);
+        } else if let Some(echo) = shared.echo(target) {
+            let refused = kernel
+                .deliver(echo, message(kind::TEXT, me, 0, encode(SEND, made)))
+                .is_err();
+            shared.model().sent(made, target, refused);
+        }
+    }
+}
+
+fn message(kind: u8, source: Address, session: u32, payload: Vec<u8>) -> Message {
+    Message {
+        kind,
+        source,
+        session,
+        tenant: TenantId::SYSTEM,
+        payload: payload.into(),
+        trace: 0,
+    }
+}
+
+/// Calls `target`'s echo as call `call`, and counts it hung if no answer
+/// or error came by [`CALL_DEADLINE`].
+fn call_echo(
+    shared: &Arc<Shared>,
+    kernel: &Arc<Kernel>,
+    me: Address,
+    open: &Open,
+    call: Id,
+    target: u8,
+    after_repair: bool,
+) {
+    let Some(echo) = shared.echo(target) else {
+        return;
+    };
+    let session = u32::try_from(call.2).unwrap_or(u32::MAX);
+    shared.model().called(call, target, after_repair);
+    {
+        let mut sessions = open.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.numbers.insert(session, call.2);
+        sessions.waiting.insert(session);
+    }
+    let request = message(kind::REQUEST, me, session, encode(CALL, call));
+    if let Err(e) = kernel.deliver(echo, request) {
+        open.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiting
+            .remove(&session);
+        shared
+            .model()
+            .ended(call, Outcome::Failed(e.cause() as u8, e.to_string()));
+        return;
+    }
+    let (shared, open) = (shared.clone(), open.clone());
+    kernel.tasks.spawn(async move {
+        tokio::time::sleep(CALL_DEADLINE).await;
+        let waiting = open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiting
+            .remove(&session);
+        if waiting {
+            shared.model().ended(call, Outcome::Timeout);
+        }
+    });
+}
+
+/// Runs seed `seed`: its plan, then the checks. Returns the model's event
+/// log, or every broken promise.
+fn run(seed: u64) -> Result<Vec<String>, String> {
+    let plan = Plan::draw(seed);
+    let shared = Arc::new(Shared {
+        nodes: plan.nodes,
+        seed,
+        model: Mutex::default(),
+        echoes: Mutex::default(),
+        phase: AtomicU8::new(Phase::Traffic as u8),
+        dying: (1..=plan.nodes).map(|n| (n, Arc::default())).collect(),
+    });
+    fastrand::seed(seed);
+    let end_of_traffic = WARM_UP + plan.traffic;
+    let last_round = end_of_traffic + SETTLE;
+    let end = last_round + CALL_DEADLINE + Duration::from_secs(1);
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .simulation_duration(end + Duration::from_secs(10))
+        .tick_duration(Duration::from_millis(1))
+        .build();
+    for n in 1..=plan.nodes {
+        let shared = shared.clone();
+        sim.host(host(n), move || node(shared.clone(), n));
+    }
+    let mut faults = plan.faults.iter().peekable();
+    let mut crashed = std::collections::BTreeSet::new();
+    // Nodes told to die, and when their process goes (a tick later, once
+    // they closed their sockets).
+    let mut dying: Vec<(Duration, u8)> = Vec::new();
+    let mut repaired = false;
+    while sim.elapsed() < end {
+        let now = sim.elapsed();
+        while let Some((_, fault)) = faults.next_if(|(at, _)| *at <= now) {
+            shared
+                .model()
+                .log
+                .push(format!("{:>8.3} fault {fault:?}", now.as_secs_f64()));
+            match *fault {
+                Fault::Partition(a, b) => sim.partition(host(a), host(b)),
+                Fault::Repair(a, b) => sim.repair(host(a), host(b)),
+                Fault::Hold(a, b) => sim.hold(host(a), host(b)),
+                Fault::Release(a, b) => sim.release(host(a), host(b)),
+                Fault::Crash(n) if crashed.insert(n) => {
+                    forget_echo(&shared, n);
+                    shared.dying[&n].notify_one();
+                    dying.push((now + Duration::from_millis(1), n));
+                }
+                Fault::Restart(n) if crashed.remove(&n) => sim.bounce(host(n)),
+                Fault::Crash(_) | Fault::Restart(_) => {}
+                Fault::Latency(d) => sim.set_max_message_latency(d),
+            }
+        }
+        for (_, n) in dying.extract_if(.., |(at, _)| *at <= now) {
+            sim.crash(host(n));
+            shared.model().crashed(n, now);
+        }
+        if !repaired && now >= end_of_traffic {
+            repaired = true;
+            shared.phase.store(Phase::Settle as u8, Ordering::Relaxed);
+            for a in 1..=plan.nodes {
+                for b in a + 1..=plan.nodes {
+                    sim.release(host(a), host(b));
+                    sim.repair(host(a), host(b));
+                }
+            }
+            sim.set_max_message_latency(Duration::ZERO);
+            for n in std::mem::take(&mut crashed) {
+                sim.bounce(host(n));
+            }
+            shared
+                .model()
+                .log
+                .push(format!("{:>8.3} all repaired", now.as_secs_f64()));
+        }
+        if now >= last_round && shared.phase() == Phase::Settle {
+            shared.phase.store(Phase::Last as u8, Ordering::Relaxed);
+        }
+        sim.step().map_err(|e| format!("a node failed: {e}"))?;
+    }
+    let model = shared.model();
+    let broken = model.check();
+    if broken.is_empty() {
+        return Ok(model.log.clone());
+    }
+    let (calls, sends) = model.counts();
+    Err(format!(
+        "{} nodes, {calls} calls, {sends} sends, faults {:?}\n{}",
+        plan.nodes,
+        plan.faults,
+        broken.join("\n")
+    ))
+}
+
+fn forget_echo(shared: &Shared, node: u8) {
+    let mut echoes = shared.echoes.lock().unwrap_or_else(|e| e.into_inner());
+    echoes.remove(&node);
+}
+
+/// Seeds the suite runs (`SKYHOST_SIM_SEEDS` runs more).
+const SEEDS: u64 = 300;
+
+#[test]
+fn a_harbor_keeps_its_promises_under_faults() {
+    super::for_each_seed(
+        "sim::harbor::a_harbor_keeps_its_promises_under_faults",
+        SEEDS,
+        |seed| run(seed).map(|_| ()),
+    );
+}
+
+/// Two runs of one seed give the same events at the same simulated times
+/// (seeds with partitions, hangs, crashes of a node and of the master).
+#[test]
+fn a_seed_replays_the_same_run() {
+    for seed in [4, 11, 26, 84] {
+        let first = run(seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let again = run(seed).unwrap_or_else(|e| panic!("seed {seed} again: {e}"));
+        let differs = (0..first.len().max(again.len())).find(|&i| first.get(i) != again.get(i));
+        if let Some(i) = differs {
+            panic!(
+                "seed {seed}: the runs part at event {i}: {:?} against {:?}",
+                first.get(i),
+                again.get(i)
+            );
+        }
+    }
+}
+
+/// The first of seeds 1..=60 whose run breaks a promise, and what broke.
+fn first_failure() -> Option<(u64, String)> {
+    (1..=60).find_map(|seed| run(seed).err().map(|why| (seed, why)))
+}
+
+/// Each invariant can fail: the harbor broken on purpose, the model
+/// names the promise broken.
+#[test]
+fn the_model_catches_a_harbor_broken_on_purpose() {
+    use super::{Break, with_broken};
+    let cases = [
+        (Break::AnswerTwice, "ended more than once"),
+        (Break::KeepCallsInFlight, "hung"),
+        (Break::NoResend, "silently lost"),
+        (Break::NoDedupe, "delivered more than once"),
+    ];
+    for (what, promise) in cases {
+        let failure = with_broken(what, first_failure);
+        let (seed, why) = failure.unwrap_or_else(|| panic!("{what:?}: no seed failed"));
+        assert!(
+            why.lines().any(|l| l.starts_with(promise)),
+            "{what:?} (seed {seed}) should break `{promise}`:\n{why}"
+        );
+    }
+}
