@@ -175,6 +175,12 @@ async fn serve_node(
             Err(e) => tracing::warn!(harbor = id, "node left: {e}"),
         }
         d.broadcast(id, &Control::NodeDown { id });
+        #[cfg(test)]
+        let gone = if crate::sim::broken(crate::sim::Break::KeepNames) {
+            Vec::new()
+        } else {
+            gone
+        };
         for name in gone {
             d.broadcast(id, &Control::NameGone { name });
         }

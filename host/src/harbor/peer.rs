@@ -152,7 +152,8 @@ struct PeerKeep(Arc<Peer>);
 
 impl Keep<Envelope> for PeerKeep {
     fn number(&mut self, header: &mut Envelope) -> bool {
-        lock(&self.0.outbox).number(header)
+        // Requests and answers, the round trips, take no lock.
+        super::resume::numbered(header) && lock(&self.0.outbox).number(header)
     }
 
     fn keep(&mut self, header: Envelope, payload: Vec<u8>) {

@@ -67,8 +67,14 @@ struct Plan {
 impl Plan {
     /// The plan seed `seed` draws.
     fn draw(seed: u64) -> Plan {
+        let nodes = StdRng::seed_from_u64(seed).random_range(2..=6u8);
+        Plan::draw_for(seed, nodes)
+    }
+
+    /// The plan seed `seed` draws for `nodes` nodes.
+    fn draw_for(seed: u64, nodes: u8) -> Plan {
         let mut rng = StdRng::seed_from_u64(seed);
-        let nodes = rng.random_range(2..=6u8);
+        let _ = rng.random_range(2..=6u8);
         let traffic = Duration::from_millis(rng.random_range(2_000..=6_000));
         let mut faults = Vec::new();
         for _ in 0..rng.random_range(0..=4) {
@@ -102,6 +108,111 @@ impl Plan {
     }
 }
 
+/// When a dead node's name must be gone, and from which nodes.
+struct Probe {
+    at: Duration,
+    dead: u8,
+    observers: Vec<u8>,
+}
+
+impl Plan {
+    /// When each node is down: `(node, from, to)`, as the step loop
+    /// applies crashes and restarts (a crash of a node that is down does
+    /// nothing; every node is up again when the traffic ends).
+    fn downs(&self) -> Vec<(u8, Duration, Duration)> {
+        let end = WARM_UP + self.traffic;
+        let mut down: BTreeMap<u8, Duration> = BTreeMap::new();
+        let mut spans = Vec::new();
+        for &(at, fault) in &self.faults {
+            match fault {
+                Fault::Crash(n) if !down.contains_key(&n) => {
+                    down.insert(n, at);
+                }
+                Fault::Restart(n) => {
+                    if let Some(from) = down.remove(&n) {
+                        spans.push((n, from, at.min(end)));
+                    }
+                }
+                _ => {}
+            }
+        }
+        spans.extend(down.into_iter().map(|(n, from)| (n, from, end)));
+        spans
+    }
+
+    /// When the link between two nodes is cut or held: `(a, b, from, to)`;
+    /// and every latency fault as `(0, 0, from, to)`.
+    fn disturbances(&self) -> Vec<(u8, u8, Duration, Duration)> {
+        let end = WARM_UP + self.traffic;
+        let mut open: Vec<(u8, u8, Duration)> = Vec::new();
+        let mut spans = Vec::new();
+        for &(at, fault) in &self.faults {
+            match fault {
+                Fault::Partition(a, b) | Fault::Hold(a, b) => open.push((a, b, at)),
+                Fault::Repair(a, b) | Fault::Release(a, b) => {
+                    if let Some(i) = open.iter().position(|&(x, y, _)| (x, y) == (a, b)) {
+                        let (_, _, from) = open.remove(i);
+                        spans.push((a, b, from, at.min(end)));
+                    }
+                }
+                Fault::Latency(d) if !d.is_zero() => open.push((0, 0, at)),
+                Fault::Latency(_) => {
+                    if let Some(i) = open.iter().position(|&(x, y, _)| (x, y) == (0, 0)) {
+                        let (_, _, from) = open.remove(i);
+                        spans.push((0, 0, from, at.min(end)));
+                    }
+                }
+                _ => {}
+            }
+        }
+        spans.extend(open.into_iter().map(|(a, b, from)| (a, b, from, end)));
+        spans
+    }
+
+    /// The looks at global names the run can judge: a crashed node's name
+    /// must be gone from every node that heard from the master all along,
+    /// within the master's silence deadline and two heartbeats. Judged
+    /// only while the master's node runs undisturbed, with no latency
+    /// fault, and the node is still down.
+    fn probes(&self) -> Vec<Probe> {
+        let (downs, disturbed) = (self.downs(), self.disturbances());
+        let overlaps = |from: Duration, to: Duration, a: Duration, b: Duration| from < b && a < to;
+        let mut probes = Vec::new();
+        for &(dead, from, to) in &downs {
+            let at = from + Duration::from_millis(1) + DEAD_AFTER + HEARTBEAT * 2;
+            let since = from.saturating_sub(Duration::from_secs(3));
+            let master_ok = !downs
+                .iter()
+                .any(|&(n, a, b)| n == 1 && overlaps(since, at, a, b))
+                && !disturbed
+                    .iter()
+                    .any(|&(x, _, a, b)| x == 0 && overlaps(since, at, a, b));
+            if dead == 1 || at >= to || !master_ok {
+                continue;
+            }
+            let observers = (1..=self.nodes)
+                .filter(|&m| m != dead)
+                .filter(|&m| {
+                    !downs
+                        .iter()
+                        .any(|&(n, a, b)| n == m && overlaps(since, at, a, b))
+                        && !disturbed.iter().any(|&(x, y, a, b)| {
+                            (x, y) != (0, 0)
+                                && (x == 1 || y == 1 || x == m || y == m)
+                                && overlaps(since, at, a, b)
+                        })
+                })
+                .collect();
+            probes.push(Probe {
+                at,
+                dead,
+                observers,
+            });
+        }
+        probes
+    }
+}
+
 /// Where the run is, as the nodes' callers see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -125,6 +236,8 @@ struct Shared {
     /// Per node: told when its process is to die, so it closes its
     /// sockets in order first ([`SimNet::close_all`]).
     dying: BTreeMap<u8, Arc<tokio::sync::Notify>>,
+    /// Each node's harbor, while its node runs, to look at its names.
+    harbors: Mutex<BTreeMap<u8, std::sync::Weak<Harbor>>>,
 }
 
 impl Shared {
@@ -168,6 +281,11 @@ const SEND: u8 = b'S';
 
 fn host(node: u8) -> String {
     format!("n{node}")
+}
+
+/// The global name of node `node`'s echo.
+fn echo_name(node: u8) -> String {
+    format!("echo-{node}")
 }
 
 /// One node's software: the core with an echo, its harbor, its caller.
@@ -232,6 +350,16 @@ async fn node(shared: Arc<Shared>, id: u8) -> turmoil::Result {
     let (tx, rx) = tokio::sync::oneshot::channel();
     kernel.spawn_detached(system.clone(), "echo".into(), Vec::new(), Ready::Host(tx));
     let echo = rx.await.map_err(|e| e.to_string())??;
+    // Its echo's global name; refused while the master is away, or while
+    // it still holds the name for this node's last life.
+    while harbor.register(&echo_name(id), echo).is_err() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shared
+        .harbors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, Arc::downgrade(&harbor));
     shared
         .echoes
         .lock()
@@ -394,7 +522,12 @@ fn call_echo(
 /// Runs seed `seed`: its plan, then the checks. Returns the model's event
 /// log, or every broken promise.
 fn run(seed: u64) -> Result<Vec<String>, String> {
-    let plan = Plan::draw(seed);
+    run_plan(seed, &Plan::draw(seed))
+}
+
+/// Runs `plan` with seed `seed`.
+fn run_plan(seed: u64, plan: &Plan) -> Result<Vec<String>, String> {
+    super::log_if_asked();
     let shared = Arc::new(Shared {
         nodes: plan.nodes,
         seed,
@@ -402,6 +535,7 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
         echoes: Mutex::default(),
         phase: AtomicU8::new(Phase::Traffic as u8),
         dying: (1..=plan.nodes).map(|n| (n, Arc::default())).collect(),
+        harbors: Mutex::default(),
     });
     fastrand::seed(seed);
     let end_of_traffic = WARM_UP + plan.traffic;
@@ -416,6 +550,9 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
         let shared = shared.clone();
         sim.host(host(n), move || node(shared.clone(), n));
     }
+    let mut probes = plan.probes();
+    probes.sort_by_key(|p| p.at);
+    let mut probes = probes.into_iter().peekable();
     let mut faults = plan.faults.iter().peekable();
     let mut crashed = std::collections::BTreeSet::new();
     // Nodes told to die, and when their process goes (a tick later, once
@@ -466,12 +603,47 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
                 .log
                 .push(format!("{:>8.3} all repaired", now.as_secs_f64()));
         }
+        while let Some(probe) = probes.next_if(|p| p.at <= now) {
+            for m in probe.observers {
+                let name = echo_name(probe.dead);
+                if let Some(held) = harbor_of(&shared, m).and_then(|h| h.query(&name)) {
+                    shared.model().name_wrong(
+                        now,
+                        format!(
+                            "node {m} still names {name} ({held}), dead since before {:?}",
+                            probe.at - DEAD_AFTER - HEARTBEAT * 2
+                        ),
+                    );
+                }
+            }
+        }
         if now >= last_round && shared.phase() == Phase::Settle {
             shared.phase.store(Phase::Last as u8, Ordering::Relaxed);
         }
         sim.step().map_err(|e| format!("a node failed: {e}"))?;
     }
+    // After the last repair every node knows every echo by its name.
+    for m in 1..=plan.nodes {
+        let Some(harbor) = harbor_of(&shared, m) else {
+            continue;
+        };
+        for k in 1..=plan.nodes {
+            let (name, echo) = (echo_name(k), shared.echo(k));
+            if harbor.query(&name) != echo {
+                let held = harbor.query(&name);
+                shared.model().name_wrong(
+                    end,
+                    format!(
+                        "after the last repair node {m} names {name} {held:?}, its echo is {echo:?}"
+                    ),
+                );
+            }
+        }
+    }
     let model = shared.model();
+    if std::env::var_os("SKYHOST_SIM_LOG").is_some() {
+        eprintln!("{}", model.log.join("\n"));
+    }
     let broken = model.check();
     if broken.is_empty() {
         return Ok(model.log.clone());
@@ -483,6 +655,12 @@ fn run(seed: u64) -> Result<Vec<String>, String> {
         plan.faults,
         broken.join("\n")
     ))
+}
+
+/// Node `node`'s harbor, while its node runs.
+fn harbor_of(shared: &Shared, node: u8) -> Option<Arc<Harbor>> {
+    let harbors = shared.harbors.lock().unwrap_or_else(|e| e.into_inner());
+    harbors.get(&node).and_then(std::sync::Weak::upgrade)
 }
 
 fn forget_echo(shared: &Shared, node: u8) {
@@ -535,6 +713,7 @@ fn the_model_catches_a_harbor_broken_on_purpose() {
         (Break::KeepCallsInFlight, "hung"),
         (Break::NoResend, "silently lost"),
         (Break::NoDedupe, "delivered more than once"),
+        (Break::KeepNames, "names"),
     ];
     for (what, promise) in cases {
         let failure = with_broken(what, first_failure);
@@ -544,4 +723,22 @@ fn the_model_catches_a_harbor_broken_on_purpose() {
             "{what:?} (seed {seed}) should break `{promise}`:\n{why}"
         );
     }
+}
+
+/// Scale: every harbor id of one address space (255 nodes, a link between
+/// every pair: 32,385), with traffic between random pairs and faults.
+/// Not in the suite (minutes); its time and memory are in BENCHMARKS.md.
+/// `SKYHOST_SIM_SEED` picks the faults (default 1).
+#[test]
+#[ignore = "a scale run: cargo test --release -p skyhost --lib sim::harbor::all_255 -- --ignored"]
+fn all_255_harbor_ids_in_one_address_space() {
+    let seed = super::seeds(1)[0];
+    let started = std::time::Instant::now();
+    let log =
+        run_plan(seed, &Plan::draw_for(seed, 255)).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    eprintln!(
+        "255 nodes, seed {seed}: {} events in {:.1} s",
+        log.len(),
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -219,6 +219,21 @@ pub(crate) fn for_each_seed(
     }
 }
 
+/// With `SKYHOST_SIM_LOG` set (a log filter, e.g. `skyhost=debug`), the
+/// nodes' logs go to stderr: how a replayed seed is looked into.
+pub(crate) fn log_if_asked() {
+    let Ok(filter) = std::env::var("SKYHOST_SIM_LOG") else {
+        return;
+    };
+    if let Ok(filter) = crate::config::log_filter(&filter) {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .without_time()
+            .try_init();
+    }
+}
+
 /// A promise the harbor code breaks on purpose, in a test that shows the
 /// model catches it (each invariant can fail).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +244,9 @@ pub(crate) enum Break {
     KeepCallsInFlight,
     /// What a dropped link lost is not sent again.
     NoResend,
+    /// A node's global names outlive it: the master does not say they are
+    /// gone, and the other nodes keep them when told the node left.
+    KeepNames,
     /// A receiver keeps no record of the one-way messages that arrived:
     /// it asks for everything kept again and delivers what comes twice.
     NoDedupe,

@@ -58,6 +58,8 @@ pub(crate) struct Model {
     incarnation: BTreeMap<u8, u32>,
     /// Messages each node's harbor counted as dropped, as it last said.
     dropped: BTreeMap<(u8, u32), u64>,
+    /// Global names that were wrong when looked at.
+    names: Vec<String>,
 }
 
 fn now() -> Duration {
@@ -151,6 +153,13 @@ impl Model {
         self.strays.push(what);
     }
 
+    /// A node's global names were not what they must be, at `at`.
+    pub fn name_wrong(&mut self, at: Duration, what: String) {
+        self.log
+            .push(format!("{:>8.3} name {what}", at.as_secs_f64()));
+        self.names.push(what);
+    }
+
     /// What `(node, incarnation)`'s harbor has counted as dropped so far.
     pub fn dropped_so_far(&mut self, node: u8, incarnation: u32, dropped: u64) {
         self.dropped.insert((node, incarnation), dropped);
@@ -166,6 +175,7 @@ impl Model {
     /// Every promise the run broke, each named.
     pub fn check(&self) -> Vec<String> {
         let mut broken: Vec<String> = self.strays.iter().map(|s| format!("stray: {s}")).collect();
+        broken.extend(self.names.iter().map(|n| format!("names: {n}")));
         for (&id, call) in &self.calls {
             let caller_alive = !self.dead.contains(&(id.0, id.1));
             let answers = call
@@ -278,6 +288,10 @@ mod tests {
         let mut m = Model::default();
         m.stray("a reply for another caller".into());
         assert!(named(&m.check(), "stray"));
+
+        let mut m = Model::default();
+        m.name_wrong(Duration::ZERO, "node 2 still names echo-3".into());
+        assert!(named(&m.check(), "names"));
     }
 
     #[test]
