@@ -356,22 +356,34 @@ where
         Ok(conn)
     }
 
+    /// Writes out all the link has to send now (before [`run`](Self::run)).
+    async fn transmit(&mut self) -> std::io::Result<()> {
+        self.link
+            .poll_transmit(now(), &mut self.outbuf, WRITE_BATCH);
+        if !self.outbuf.is_empty() {
+            self.stream.write_all(&self.outbuf).await?;
+            self.stream.flush().await?;
+            self.outbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads what the peer sent next into `inbuf` (before [`run`](Self::run)).
+    async fn read_more(&mut self) -> Result<(), DriverError> {
+        self.inbuf.reserve(READ_CHUNK);
+        if self.stream.read_buf(&mut self.inbuf).await? == 0 {
+            return Err(DriverError::Closed);
+        }
+        Ok(())
+    }
+
     async fn shake(&mut self) -> Result<(), DriverError> {
         loop {
-            self.link
-                .poll_transmit(now(), &mut self.outbuf, WRITE_BATCH);
-            if !self.outbuf.is_empty() {
-                self.stream.write_all(&self.outbuf).await?;
-                self.stream.flush().await?;
-                self.outbuf.clear();
-            }
+            self.transmit().await?;
             if self.link.is_up() {
                 return Ok(());
             }
-            self.inbuf.reserve(READ_CHUNK);
-            if self.stream.read_buf(&mut self.inbuf).await? == 0 {
-                return Err(DriverError::Closed);
-            }
+            self.read_more().await?;
             if !matches!(self.stream, Stream::Tls(_)) && super::tls::is_tls_record(&self.inbuf) {
                 return Err(TlsError::PeerSpeaksTls.into());
             }
@@ -458,13 +470,7 @@ where
         self.link.send_control(control);
         let exchange = async {
             loop {
-                self.link
-                    .poll_transmit(now(), &mut self.outbuf, WRITE_BATCH);
-                if !self.outbuf.is_empty() {
-                    self.stream.write_all(&self.outbuf).await?;
-                    self.stream.flush().await?;
-                    self.outbuf.clear();
-                }
+                self.transmit().await?;
                 while let Some(event) = self.link.poll_event() {
                     match event {
                         LinkEvent::Control(c) => return Ok(c),
@@ -476,10 +482,7 @@ where
                         LinkEvent::Up(_) => {}
                     }
                 }
-                self.inbuf.reserve(READ_CHUNK);
-                if self.stream.read_buf(&mut self.inbuf).await? == 0 {
-                    return Err(DriverError::Closed);
-                }
+                self.read_more().await?;
                 self.link.handle_bytes(now(), &mut self.inbuf)?;
             }
         };
