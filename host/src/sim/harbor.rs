@@ -62,6 +62,8 @@ struct Plan {
     nodes: u8,
     traffic: Duration,
     faults: Vec<(Duration, Fault)>,
+    /// Whether a host that is no node writes garbage to the nodes' ports.
+    garbage: bool,
 }
 
 impl Plan {
@@ -104,6 +106,7 @@ impl Plan {
             nodes,
             traffic,
             faults,
+            garbage: rng.random_bool(0.5),
         }
     }
 }
@@ -473,6 +476,67 @@ fn message(kind: u8, source: Address, session: u32, payload: Vec<u8>) -> Message
     }
 }
 
+/// What a peer that is no node writes: the fuzz corpora's handshakes
+/// and harbor link streams, and random bytes.
+fn garbage_inputs() -> Vec<Vec<u8>> {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let mut inputs: Vec<(std::path::PathBuf, Vec<u8>)> = ["handshake", "harbor_link"]
+        .iter()
+        .filter_map(|target| std::fs::read_dir(corpus.join(target)).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| Some((entry.path(), std::fs::read(entry.path()).ok()?)))
+        .collect();
+    inputs.sort();
+    inputs.into_iter().map(|(_, bytes)| bytes).collect()
+}
+
+/// A host that is no node: all through the traffic, it connects to a
+/// random node's peer or master port, writes garbage, and waits for the
+/// node to close the connection. A node that leaves it open past twice
+/// its handshake deadline breaks a promise (a malformed peer costs one
+/// connection and no more); what the garbage does to everything else is
+/// what the other promises check.
+async fn garbage(shared: Arc<Shared>, until: Duration) -> turmoil::Result {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let inputs = garbage_inputs();
+    let mut rng = StdRng::seed_from_u64(shared.seed ^ 0x6a72_6261_6765);
+    while turmoil::sim_elapsed().unwrap_or_default() < until {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..=500))).await;
+        let node = rng.random_range(1..=shared.nodes);
+        let port = if node == 1 && rng.random_bool(0.3) {
+            MASTER_PORT
+        } else {
+            PEER_PORT
+        };
+        let junk = match inputs.len() {
+            n if n > 0 && rng.random_bool(0.7) => inputs[rng.random_range(0..n)].clone(),
+            _ => (0..rng.random_range(1..=2_000))
+                .map(|_| rng.random())
+                .collect(),
+        };
+        let Ok(mut stream) = turmoil::net::TcpStream::connect((host(node).as_str(), port)).await
+        else {
+            continue;
+        };
+        if stream.write_all(&junk).await.is_err() {
+            continue;
+        }
+        let mut sink = [0u8; 4096];
+        let closed = tokio::time::timeout(DEAD_AFTER * 2, async {
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        if closed.is_err() {
+            shared.model().stray(format!(
+                "node {node} kept a garbage connection on port {port} open ({} bytes written)",
+                junk.len()
+            ));
+        }
+    }
+    std::future::pending().await
+}
+
 /// Calls `target`'s echo as call `call`, and counts it hung if no answer
 /// or error came by [`CALL_DEADLINE`].
 fn call_echo(
@@ -551,6 +615,10 @@ fn run_plan(seed: u64, plan: &Plan) -> Result<Vec<String>, String> {
     for n in 1..=plan.nodes {
         let shared = shared.clone();
         sim.host(host(n), move || node(shared.clone(), n));
+    }
+    if plan.garbage {
+        let shared = shared.clone();
+        sim.host("garbage", move || garbage(shared.clone(), end_of_traffic));
     }
     let mut probes = plan.probes();
     probes.sort_by_key(|p| p.at);
@@ -722,6 +790,7 @@ fn the_model_catches_a_harbor_broken_on_purpose() {
         (Break::NoResend, "silently lost"),
         (Break::NoDedupe, "delivered more than once"),
         (Break::KeepNames, "names"),
+        (Break::WaitForHandshakes, "stray: node"),
     ];
     for (what, promise) in cases {
         let failure = with_broken(what, first_failure);

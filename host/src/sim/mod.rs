@@ -247,6 +247,9 @@ pub(crate) enum Break {
     /// A node's global names outlive it: the master does not say they are
     /// gone, and the other nodes keep them when told the node left.
     KeepNames,
+    /// A link waits for a handshake that never finishes as long as its
+    /// peer keeps the connection (a malformed peer ties it up).
+    WaitForHandshakes,
     /// A receiver keeps no record of the one-way messages that arrived:
     /// it asks for everything kept again and delivers what comes twice.
     NoDedupe,

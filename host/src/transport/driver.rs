@@ -326,6 +326,14 @@ where
         tls: Option<(&Tls, impl Into<Option<&'a str>>)>,
     ) -> Result<Self, DriverError> {
         let deadline = config.dead_after;
+        // Broken on purpose: a peer that never finishes its handshake is
+        // waited for (almost) for ever.
+        #[cfg(test)]
+        let deadline = if crate::sim::broken(crate::sim::Break::WaitForHandshakes) {
+            deadline * 1000
+        } else {
+            deadline
+        };
         let nonce: [u8; 32] = rand::random();
         let mut conn = Connection {
             stream,
