@@ -706,7 +706,9 @@ where
     let Outgoing::Message(mut header, payload) = item else {
         return push(link, item);
     };
-    if !keep.number(&mut header) {
+    // A payload the link refuses takes no number: the peer could never
+    // acknowledge it, and every number after it would be kept for good.
+    if link.refuses(payload.len()) || !keep.number(&mut header) {
         link.send_message(header, payload);
         return;
     }
@@ -829,6 +831,94 @@ mod tests {
         cancel.cancel();
         assert!(matches!(serving.await, Ok(Ok(()))));
         assert!(matches!(sending.await, Ok(Ok(()))));
+    }
+
+    /// Numbers every message and records what it keeps.
+    struct Recorder {
+        next: u64,
+        kept: Arc<std::sync::Mutex<Vec<(u64, usize)>>>,
+    }
+
+    impl Keep<Envelope> for Recorder {
+        fn number(&mut self, header: &mut Envelope) -> bool {
+            self.next += 1;
+            header.seq = self.next;
+            true
+        }
+
+        fn keep(&mut self, header: Envelope, payload: Vec<u8>) {
+            let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            kept.push((header.seq, payload.len()));
+        }
+    }
+
+    /// Both ends say their first word, and each hears the other's.
+    #[tokio::test]
+    async fn both_ends_exchange_a_first_control() {
+        let (mut client, mut server) = pair().await;
+        let within = Duration::from_secs(10);
+        let (heard_by_client, heard_by_server) = tokio::join!(
+            client.exchange("from a".to_string(), within),
+            server.exchange("from b".to_string(), within),
+        );
+        assert_eq!(heard_by_client.ok().as_deref(), Some("from b"));
+        assert_eq!(heard_by_server.ok().as_deref(), Some("from a"));
+    }
+
+    /// The owner's keeper numbers messages in the order the link takes
+    /// them and keeps each as written (a chunked one as a copy); a payload
+    /// the link refuses takes no number.
+    #[tokio::test]
+    async fn kept_messages_are_numbered_in_order_and_a_refused_one_is_not() {
+        let (client, server) = pair().await;
+        let kept = Arc::default();
+        let client = client.with_keep(Box::new(Recorder {
+            next: 0,
+            kept: Arc::clone(&kept),
+        }));
+        let cancel = CancellationToken::new();
+        let (got_tx, mut got) = mpsc::unbounded_channel();
+        let serving = tokio::spawn({
+            let cancel = cancel.clone();
+            async move {
+                let (_keep, mut none) = mpsc::unbounded_channel();
+                server.run(&mut none, &mut Collect(got_tx), &cancel).await
+            }
+        });
+        let (to_server, mut outgoing) = mpsc::unbounded_channel();
+        let sending = tokio::spawn({
+            let cancel = cancel.clone();
+            async move {
+                let (ignored, _) = mpsc::unbounded_channel();
+                client
+                    .run(&mut outgoing, &mut Collect(ignored), &cancel)
+                    .await
+            }
+        });
+        let envelope = Envelope {
+            dest: 2,
+            source: 1,
+            session: 0,
+            kind: 0,
+            tenant: 0,
+            trace: 0,
+            seq: 0,
+        };
+        let refused = vec![0u8; LinkConfig::new("p", "n", Arc::from(&b""[..])).max_payload + 1];
+        let large = vec![7u8; 3 * LinkConfig::DEFAULT_CHUNK_SIZE];
+        for payload in [b"small".to_vec(), refused, large.clone()] {
+            let _ = to_server.send(Outgoing::Message(envelope, payload));
+        }
+        let deadline = Duration::from_secs(10);
+        let first = tokio::time::timeout(deadline, got.recv()).await;
+        assert_eq!(first.ok().flatten().as_deref(), Some(&b"small"[..]));
+        let second = tokio::time::timeout(deadline, got.recv()).await;
+        assert_eq!(second.ok().flatten(), Some(large.clone()));
+        cancel.cancel();
+        assert!(matches!(serving.await, Ok(Ok(()))));
+        assert!(matches!(sending.await, Ok(Ok(()))));
+        let kept = kept.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(kept, vec![(1, 5), (2, large.len())]);
     }
 
     /// The link's silence deadline runs on tokio's clock: with the clock

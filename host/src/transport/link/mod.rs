@@ -537,6 +537,12 @@ where
         None
     }
 
+    /// Whether a payload of `len` bytes is refused (dropped with an error
+    /// log) rather than sent: larger than `max_payload`.
+    pub fn refuses(&self, len: usize) -> bool {
+        len > self.config.max_payload
+    }
+
     /// Whether a payload of `len` bytes is kept by the link until it is
     /// written (it goes in chunks) rather than copied into a frame at once.
     pub fn holds(&self, len: usize) -> bool {
