@@ -782,16 +782,19 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_link_runs_over_any_byte_stream() {
-        let (client, server) = pair().await;
-        assert_eq!(client.peer().map(|p| p.name.as_str()), Some("b"));
-        assert!(
-            client.peer_address().is_none(),
-            "a pipe has no socket address"
-        );
+    /// Both ends of [`pair`] running: what is sent to the client's channel
+    /// arrives in `got`, on the server; `cancel` ends both.
+    struct Running {
+        to_server: mpsc::UnboundedSender<Outgoing<String>>,
+        got: mpsc::UnboundedReceiver<Vec<u8>>,
+        cancel: CancellationToken,
+        serving: tokio::task::JoinHandle<Result<(), DriverError>>,
+        sending: tokio::task::JoinHandle<Result<(), DriverError>>,
+    }
+
+    fn run_both(client: Connection<String>, server: Connection<String>) -> Running {
         let cancel = CancellationToken::new();
-        let (got_tx, mut got) = mpsc::unbounded_channel();
+        let (got_tx, got) = mpsc::unbounded_channel();
         let serving = tokio::spawn({
             let cancel = cancel.clone();
             async move {
@@ -809,28 +812,57 @@ mod tests {
                     .await
             }
         });
-        let envelope = Envelope {
-            dest: 2,
-            source: 1,
-            session: 0,
-            kind: 0,
-            tenant: 0,
-            trace: 0,
-            seq: 0,
-        };
+        Running {
+            to_server,
+            got,
+            cancel,
+            serving,
+            sending,
+        }
+    }
+
+    impl Running {
+        /// The next payload the server got, within 10 s.
+        async fn next(&mut self) -> Option<Vec<u8>> {
+            let got = tokio::time::timeout(Duration::from_secs(10), self.got.recv()).await;
+            got.ok().flatten()
+        }
+
+        /// Ends both; each ended as asked.
+        async fn stop(self) {
+            self.cancel.cancel();
+            assert!(matches!(self.serving.await, Ok(Ok(()))));
+            assert!(matches!(self.sending.await, Ok(Ok(()))));
+        }
+    }
+
+    const TO_2: Envelope = Envelope {
+        dest: 2,
+        source: 1,
+        session: 0,
+        kind: 0,
+        tenant: 0,
+        trace: 0,
+        seq: 0,
+    };
+
+    #[tokio::test]
+    async fn a_link_runs_over_any_byte_stream() {
+        let (client, server) = pair().await;
+        assert_eq!(client.peer().map(|p| p.name.as_str()), Some("b"));
+        assert!(
+            client.peer_address().is_none(),
+            "a pipe has no socket address"
+        );
+        let mut running = run_both(client, server);
         // One small and one chunked payload, in order.
         let large = vec![7u8; 3 * LinkConfig::DEFAULT_CHUNK_SIZE];
         for payload in [b"over a pipe".to_vec(), large.clone()] {
-            let _ = to_server.send(Outgoing::Message(envelope, payload));
+            let _ = running.to_server.send(Outgoing::Message(TO_2, payload));
         }
-        let deadline = Duration::from_secs(10);
-        let first = tokio::time::timeout(deadline, got.recv()).await;
-        assert_eq!(first.ok().flatten().as_deref(), Some(&b"over a pipe"[..]));
-        let second = tokio::time::timeout(deadline, got.recv()).await;
-        assert_eq!(second.ok().flatten(), Some(large));
-        cancel.cancel();
-        assert!(matches!(serving.await, Ok(Ok(()))));
-        assert!(matches!(sending.await, Ok(Ok(()))));
+        assert_eq!(running.next().await.as_deref(), Some(&b"over a pipe"[..]));
+        assert_eq!(running.next().await, Some(large));
+        running.stop().await;
     }
 
     /// Numbers every message and records what it keeps.
@@ -876,47 +908,15 @@ mod tests {
             next: 0,
             kept: Arc::clone(&kept),
         }));
-        let cancel = CancellationToken::new();
-        let (got_tx, mut got) = mpsc::unbounded_channel();
-        let serving = tokio::spawn({
-            let cancel = cancel.clone();
-            async move {
-                let (_keep, mut none) = mpsc::unbounded_channel();
-                server.run(&mut none, &mut Collect(got_tx), &cancel).await
-            }
-        });
-        let (to_server, mut outgoing) = mpsc::unbounded_channel();
-        let sending = tokio::spawn({
-            let cancel = cancel.clone();
-            async move {
-                let (ignored, _) = mpsc::unbounded_channel();
-                client
-                    .run(&mut outgoing, &mut Collect(ignored), &cancel)
-                    .await
-            }
-        });
-        let envelope = Envelope {
-            dest: 2,
-            source: 1,
-            session: 0,
-            kind: 0,
-            tenant: 0,
-            trace: 0,
-            seq: 0,
-        };
+        let mut running = run_both(client, server);
         let refused = vec![0u8; LinkConfig::new("p", "n", Arc::from(&b""[..])).max_payload + 1];
         let large = vec![7u8; 3 * LinkConfig::DEFAULT_CHUNK_SIZE];
         for payload in [b"small".to_vec(), refused, large.clone()] {
-            let _ = to_server.send(Outgoing::Message(envelope, payload));
+            let _ = running.to_server.send(Outgoing::Message(TO_2, payload));
         }
-        let deadline = Duration::from_secs(10);
-        let first = tokio::time::timeout(deadline, got.recv()).await;
-        assert_eq!(first.ok().flatten().as_deref(), Some(&b"small"[..]));
-        let second = tokio::time::timeout(deadline, got.recv()).await;
-        assert_eq!(second.ok().flatten(), Some(large.clone()));
-        cancel.cancel();
-        assert!(matches!(serving.await, Ok(Ok(()))));
-        assert!(matches!(sending.await, Ok(Ok(()))));
+        assert_eq!(running.next().await.as_deref(), Some(&b"small"[..]));
+        assert_eq!(running.next().await, Some(large.clone()));
+        running.stop().await;
         let kept = kept.lock().unwrap_or_else(|e| e.into_inner()).clone();
         assert_eq!(kept, vec![(1, 5), (2, large.len())]);
     }
