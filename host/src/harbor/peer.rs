@@ -87,7 +87,7 @@ impl Peer {
     /// and its receiving side stand.
     fn resume_offer(&self) -> Control {
         let (session, next) = lock(&self.outbox).offer();
-        let (known, floor) = lock(&self.inbox).offer();
+        let (known, floor, since) = lock(&self.inbox).offer();
         // Broken on purpose: a receiver that keeps no record of what arrived.
         #[cfg(test)]
         let floor = if crate::sim::broken(crate::sim::Break::NoDedupe) {
@@ -100,6 +100,7 @@ impl Peer {
             next,
             known,
             floor,
+            since,
         }
     }
 
@@ -112,6 +113,7 @@ impl Peer {
             next,
             known,
             floor,
+            since,
         } = theirs
         else {
             return Err(format!(
@@ -123,16 +125,11 @@ impl Peer {
         if crate::sim::broken(crate::sim::Break::NoResend) {
             lock(&self.outbox).received(u64::MAX);
         }
-        let again = lock(&self.outbox).resume(known, floor);
-        match again {
-            Ok(again) => Ok(again),
-            Err(dropped) => {
-                if dropped > 0 {
-                    harbor.count_dropped(self.id, dropped as u64);
-                }
-                Ok(Vec::new())
-            }
+        let (again, dropped) = lock(&self.outbox).resume(known, floor, since);
+        if dropped > 0 {
+            harbor.count_dropped(self.id, dropped as u64);
         }
+        Ok(again)
     }
 
     /// Queues an item for the peer's link, counting it in the backlog.

@@ -113,8 +113,12 @@ pub enum Control {
         next: u64,
         /// The other end's sending session this end knows (0: none).
         known: u64,
-        /// Every message of `known` up to this number has arrived here.
+        /// Every message of `known` up to this number has arrived here
+        /// (or was never owed).
         floor: u64,
+        /// Messages of `known` up to this number were never owed here:
+        /// this end took the session up after them.
+        since: u64,
     },
     /// Node → node: every numbered message up to `floor` has arrived;
     /// the sender stops keeping them.

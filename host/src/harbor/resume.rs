@@ -99,22 +99,26 @@ impl Outbox {
         (self.session, self.next)
     }
 
-    /// The peer's word on a new link: it knows session `known` and has
-    /// every message of it up to `floor`. What to send again, in order;
-    /// or, when the peer does not know this session, how many kept
-    /// messages are dropped (the node they were for is gone).
+    /// The peer's word on a new link: it knows session `known`, has every
+    /// message of it up to `floor`, and was never owed those up to
+    /// `since` (it took the session up there). What to send again, in
+    /// order, and how many kept messages are dropped: those the peer was
+    /// never owed, or all of them when it does not know this session (the
+    /// node they were for is gone).
     pub(super) fn resume(
         &mut self,
         known: u64,
         floor: u64,
-    ) -> Result<Vec<(Envelope, Vec<u8>)>, usize> {
+        since: u64,
+    ) -> (Vec<(Envelope, Vec<u8>)>, usize) {
         if known != self.session {
-            let dropped = self.kept.len();
-            self.kept.clear();
-            return Err(dropped);
+            return (Vec::new(), self.drop_kept());
         }
+        let before = self.kept.len();
+        self.received(since);
+        let dropped = before - self.kept.len();
         self.received(floor);
-        Ok(self.kept.iter().cloned().collect())
+        (self.kept.iter().cloned().collect(), dropped)
     }
 
     /// Messages kept now.
@@ -145,8 +149,12 @@ pub(super) enum Arrival {
 pub(super) struct Inbox {
     /// The peer's session these numbers belong to (0: none yet).
     session: u64,
-    /// Every number up to here arrived.
+    /// Every number up to here arrived, or was never owed.
     floor: u64,
+    /// Numbers up to here were never owed: the session was new here at
+    /// that number (whatever the sender kept below it was for a node that
+    /// forgot it, and is dropped, not delivered).
+    since: u64,
     /// Numbers above `floor + 1` that arrived.
     above: BTreeSet<u64>,
     unacked: u32,
@@ -155,9 +163,9 @@ pub(super) struct Inbox {
 
 impl Inbox {
     /// What this side tells the peer first on a new link: the session it
-    /// knows, and how far it has it.
-    pub(super) fn offer(&self) -> (u64, u64) {
-        (self.session, self.floor)
+    /// knows, how far it has it, and below which number it never had it.
+    pub(super) fn offer(&self) -> (u64, u64, u64) {
+        (self.session, self.floor, self.since)
     }
 
     /// The peer's word on a new link: its session, and the number of its
@@ -168,6 +176,7 @@ impl Inbox {
             *self = Inbox {
                 session,
                 floor: next.saturating_sub(1),
+                since: next.saturating_sub(1),
                 ..Inbox::default()
             };
         }
@@ -249,11 +258,10 @@ mod tests {
         for e in sent.iter().filter(|e| e.seq <= 4 || e.seq == 7) {
             assert!(matches!(inbox.arrived(e.seq, 3), Arrival::Fresh(_)));
         }
-        let (known, floor) = inbox.offer();
-        assert_eq!((known, floor), (7, 4));
-        let again = out
-            .resume(known, floor)
-            .expect("the peer knows this session");
+        let (known, floor, since) = inbox.offer();
+        assert_eq!((known, floor, since), (7, 4, 0));
+        let (again, dropped) = out.resume(known, floor, since);
+        assert_eq!(dropped, 0, "the peer knows this session");
         assert_eq!(again.len(), 6, "5..=10 are sent again");
         let delivered: Vec<u64> = again
             .iter()
@@ -270,17 +278,34 @@ mod tests {
     fn a_peer_that_forgot_this_session_drops_what_was_kept() {
         let mut out = Outbox::new(7);
         write(&mut out, 3);
-        assert_eq!(out.resume(0, 0), Err(3));
+        let (again, dropped) = out.resume(0, 0, 0);
+        assert_eq!((again.len(), dropped), (0, 3));
         assert_eq!(out.kept(), 0);
         // Its inbox starts at the next number: nothing before it is owed.
         let mut inbox = Inbox::default();
         let (session, next) = out.offer();
         inbox.resume(session, next);
-        assert_eq!(inbox.offer(), (7, 3));
+        assert_eq!(inbox.offer(), (7, 3, 3));
         let mut e = send(0);
         out.number(&mut e);
         assert_eq!(inbox.arrived(e.seq, 3), Arrival::Fresh(None));
         assert_eq!(inbox.offer().1, 4);
+    }
+
+    /// A receiver took this session up at a later number (it heard this
+    /// side's first word on a link that then failed): what was kept below
+    /// that number is dropped and counted, not taken as delivered.
+    #[test]
+    fn what_a_receiver_was_never_owed_is_dropped_not_acknowledged() {
+        let mut out = Outbox::new(7);
+        write(&mut out, 5);
+        let mut inbox = Inbox::default();
+        let (session, next) = out.offer();
+        inbox.resume(session, next);
+        assert_eq!(inbox.offer(), (7, 5, 5));
+        let (again, dropped) = out.resume(7, 5, 5);
+        assert_eq!((again.len(), dropped), (0, 5));
+        assert_eq!(out.kept(), 0);
     }
 
     #[test]
@@ -304,7 +329,7 @@ mod tests {
     fn a_message_sent_again_keeps_its_number_and_is_kept_once() {
         let mut out = Outbox::new(7);
         let sent = write(&mut out, 2);
-        let again = out.resume(7, 0).expect("known");
+        let (again, _) = out.resume(7, 0, 0);
         for (mut e, payload) in again {
             assert!(out.number(&mut e));
             out.keep(e, payload);
