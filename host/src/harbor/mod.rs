@@ -561,7 +561,6 @@ impl Harbor {
             gone: self.cancel.child_token(),
             outbox: Mutex::new(resume::Outbox::new(rand::random())),
             inbox: Mutex::new(resume::Inbox::default()),
-            duplicates: AtomicU64::new(0),
         });
         slot.store(Some(peer.clone()));
         // The higher id dials, so each pair has one link.

@@ -4,7 +4,7 @@
 //! that takes the dialled ones, and what arrives on a peer link.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -42,9 +42,6 @@ pub(crate) struct Peer {
     pub(super) outbox: Mutex<Outbox>,
     /// The peer's one-way messages that arrived.
     pub(super) inbox: Mutex<Inbox>,
-    /// One-way messages that arrived twice (sent again after a link
-    /// dropped) and were dropped.
-    pub(super) duplicates: AtomicU64,
 }
 
 /// Requests sent to a peer and not answered yet: `(caller, session)` and
@@ -334,7 +331,7 @@ impl LinkHandler<Control> for PeerHandler {
                 #[cfg(test)]
                 Arrival::Duplicate if crate::sim::broken(crate::sim::Break::NoDedupe) => {}
                 Arrival::Duplicate => {
-                    self.peer.duplicates.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(seq = e.seq, "a message sent again had arrived; dropped");
                     return;
                 }
                 Arrival::Fresh(Some(floor)) => {
