@@ -171,6 +171,13 @@ pub fn render(node: &Node) -> String {
         &[],
         node.cluster_sends_undelivered(),
     );
+    m.counter(
+        "skyhost_cluster_sends_dropped_total",
+        "One-way messages to other cluster nodes this node took and then dropped: \
+         their node went offline or left the config, or its queue overflowed while it was down",
+        &[],
+        node.cluster_sends_dropped(),
+    );
     let infos = node.service_infos();
     for t in node.tenant_stats() {
         let tenant = t.name.as_str();

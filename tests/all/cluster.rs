@@ -368,6 +368,11 @@ async fn interned_names_hold_once_defined_on_their_link() -> anyhow::Result<()> 
         compressed: false,
         trace: 0,
     };
+    // A sender's first word on every link: its session and next number.
+    conn.send(Outgoing::Control(Control::Offer {
+        session: 1,
+        next: 1,
+    }));
     conn.send(Outgoing::Message(request(1), echo(b"early")?));
     conn.send(Outgoing::Control(Control::Name {
         id: 5,

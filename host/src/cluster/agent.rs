@@ -14,6 +14,7 @@ use super::proto::{Control, Header, Target};
 use super::{Cluster, Settings, lock};
 use crate::runtime::endpoint::HostEndpoint;
 use crate::runtime::{Address, Kernel, Message, TenantId, kind};
+use crate::transport::resume::{Arrival, Inbox};
 use crate::transport::{Connection, LinkHandler, Listener, Outgoing, Socket};
 
 type Item = Outgoing<Control, Header>;
@@ -22,6 +23,7 @@ type Item = Outgoing<Control, Header>;
 pub(super) async fn accept_loop(cluster: Arc<Cluster>, listener: Box<dyn Listener>) {
     loop {
         let accepted = tokio::select! {
+            biased;
             () = cluster.cancel.cancelled() => return,
             a = listener.accept() => a,
         };
@@ -52,7 +54,7 @@ async fn serve(
 ) {
     let config = cluster.settings.link(&cluster.name);
     let tls = cluster.settings.tls.as_ref();
-    let conn = match Connection::<Control, Header>::accept_secured(stream, config, tls).await {
+    let mut conn = match Connection::<Control, Header>::accept_secured(stream, config, tls).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(%from, "cluster link refused: {e}");
@@ -60,6 +62,37 @@ async fn serve(
         }
     };
     let peer = conn.peer().map(|p| p.name.clone()).unwrap_or_default();
+    let inbox = lock(&cluster.inboxes)
+        .entry(peer.clone())
+        .or_default()
+        .clone();
+    let (known, floor, since) = lock(&inbox).offer();
+    // Broken on purpose: a receiver that keeps no record of what arrived.
+    #[cfg(test)]
+    let floor = if crate::sim::broken(crate::sim::Break::NoDedupe) {
+        0
+    } else {
+        floor
+    };
+    let have = Control::Have {
+        known,
+        floor,
+        since,
+    };
+    let session = match conn.exchange(have, cluster.settings.dead_after).await {
+        Ok(Control::Offer { session, next }) => {
+            lock(&inbox).resume(session, next);
+            session
+        }
+        Ok(other) => {
+            tracing::warn!(%peer, %from, "cluster link refused: expected Offer first, got {other:?}");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(%peer, %from, "cluster link refused: {e}");
+            return;
+        }
+    };
     let mut endpoint = HostEndpoint::new(&kernel, "cluster-agent", kernel.host_tenant.clone());
     let agent = endpoint.address();
     tracing::info!(%peer, %from, %agent, "cluster link accepted");
@@ -78,6 +111,8 @@ async fn serve(
         sessions: sessions.clone(),
         next: 0,
         names: HashMap::default(),
+        inbox,
+        session,
     };
     // Its own task: an answer then wakes the link's task once, from
     // outside, instead of the link's task waking itself.
@@ -89,6 +124,7 @@ async fn serve(
     kernel.spawn_beside_services(
         async move {
             tokio::select! {
+                biased;
                 () = stopped.cancelled() => {}
                 () = forward_answers(&mut endpoint, &answers_tx, &answer_sessions, &settings) => {}
             }
@@ -167,6 +203,10 @@ struct AgentHandler {
     next: u32,
     /// The names the peer interned on this link ([`Control::Name`]).
     names: HashMap<u32, String, fnv::FnvBuildHasher>,
+    /// What arrived of the peer's one-way messages, over all its links.
+    inbox: Arc<Mutex<Inbox>>,
+    /// The peer's sending session this link resumed.
+    session: u64,
 }
 
 /// Most names a peer may define on one link (its senders stop at 4,096).
@@ -232,8 +272,41 @@ impl AgentHandler {
     }
 }
 
+impl AgentHandler {
+    /// Whether one-way message `seq` (`len` bytes) is to be delivered: not
+    /// if it arrived before, on this link or an earlier one. Acknowledges
+    /// what arrived every few hundred messages.
+    fn first_arrival(&self, seq: u64, len: usize) -> bool {
+        let mut inbox = lock(&self.inbox);
+        // Numbered by an older sender (a link that outlived its
+        // session), or by none: nothing here can tell a duplicate.
+        if seq == 0 || inbox.session() != self.session {
+            return true;
+        }
+        match inbox.arrived(seq, len) {
+            Arrival::Fresh(ack) => {
+                if let Some(floor) = ack {
+                    let _ = self.tx.send(Outgoing::Control(Control::Received { floor }));
+                }
+                true
+            }
+            #[cfg(test)]
+            Arrival::Duplicate if crate::sim::broken(crate::sim::Break::NoDedupe) => true,
+            Arrival::Duplicate => {
+                tracing::debug!(peer = %self.peer, seq, "a one-way message sent again had arrived: dropped");
+                false
+            }
+        }
+    }
+}
+
 impl LinkHandler<Control, Header> for AgentHandler {
     fn on_message(&mut self, header: Header, payload: Vec<u8>) {
+        if let Header::Push { seq, .. } | Header::Channel { seq, .. } = &header
+            && !self.first_arrival(*seq, payload.len())
+        {
+            return;
+        }
         match header {
             Header::Request {
                 session,
@@ -274,6 +347,7 @@ impl LinkHandler<Control, Header> for AgentHandler {
                 target,
                 compressed,
                 trace,
+                seq: _,
             } => {
                 self.trace_in(trace, &target, 0);
                 let tenant = TenantId(tenant);
@@ -294,19 +368,19 @@ impl LinkHandler<Control, Header> for AgentHandler {
                     self.cluster.send_undelivered(&self.peer, &shown, &e);
                 }
             }
-            Header::Channel { copy, compressed } => {
-                match self.cluster.settings.unpack(payload, compressed) {
-                    Ok(p) => {
-                        self.cluster.multicast.cluster_arrived(
-                            &self.kernel,
-                            &self.peer,
-                            copy,
-                            p.into(),
-                        );
-                    }
-                    Err(e) => tracing::warn!(peer = %self.peer, "multicast dropped: {e}"),
+            Header::Channel {
+                copy, compressed, ..
+            } => match self.cluster.settings.unpack(payload, compressed) {
+                Ok(p) => {
+                    self.cluster.multicast.cluster_arrived(
+                        &self.kernel,
+                        &self.peer,
+                        copy,
+                        p.into(),
+                    );
                 }
-            }
+                Err(e) => tracing::warn!(peer = %self.peer, "multicast dropped: {e}"),
+            },
             other => tracing::warn!("unexpected {other:?} on an inbound cluster link"),
         }
     }

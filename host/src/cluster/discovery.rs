@@ -205,6 +205,7 @@ async fn run(
         }
         let delay = delays.next().unwrap_or(Duration::from_secs(2));
         tokio::select! {
+            biased;
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }
@@ -388,6 +389,7 @@ async fn session(
     let mut keep_alive = tokio::time::interval(discovery.ttl / 3);
     loop {
         tokio::select! {
+            biased;
             () = cancel.cancelled() => {
                 // Leave at once rather than when the lease would expire.
                 let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;

@@ -83,6 +83,7 @@ impl Relay {
             let cancel = cluster.cancel.clone();
             kernel.tasks.spawn(async move {
                 tokio::select! {
+                    biased;
                     () = cancel.cancelled() => {}
                     () = tokio::time::sleep(t) => {
                         let Some(call) = lock(&me.calls).remove(&session) else { return };

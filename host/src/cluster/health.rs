@@ -91,6 +91,7 @@ async fn run(
     let mut endpoint: Option<HostEndpoint> = None;
     loop {
         tokio::select! {
+            biased;
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
@@ -124,6 +125,7 @@ async fn run(
         let mut answered = Vec::new();
         while !asked.is_empty() {
             let m = tokio::select! {
+                biased;
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep_until(deadline) => break,
                 m = endpoint.recv() => match m { Some(m) => m, None => return },

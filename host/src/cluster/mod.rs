@@ -151,13 +151,15 @@ pub(crate) enum Job {
 }
 
 impl Job {
-    /// Ends the job's session with an error (a send has none: it is counted).
-    fn fail(self, kernel: &Kernel, error: &ClusterError) {
+    /// Ends the job's session with an error; a send has none to end, so it
+    /// is counted in `dropped`.
+    fn fail(self, kernel: &Kernel, error: &ClusterError, dropped: &AtomicU64) {
         match self {
             Job::Call { waiter, .. } | Job::Query { waiter, .. } | Job::Ping { waiter, .. } => {
                 waiter.fail(kernel, error.cause, &error.detail);
             }
             Job::Send { .. } | Job::Item(_) => {
+                dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("cluster send dropped: {}", error.detail);
             }
         }
@@ -246,6 +248,9 @@ pub(crate) struct Cluster {
     next_waiting: AtomicU64,
     /// Names registered with `cluster.register`, for other nodes' queries.
     names: Mutex<HashMap<String, Address>>,
+    /// What arrived from each peer node's sender (by its name), across
+    /// its links: one-way messages are delivered once (`transport::resume`).
+    inboxes: Mutex<HashMap<String, Arc<Mutex<crate::transport::resume::Inbox>>>>,
     /// Links from other nodes now open: their name, address and counters.
     pub(crate) inbound: Mutex<Vec<(String, SocketAddr, Arc<crate::transport::LinkStats>)>>,
     listening: Mutex<Vec<SocketAddr>>,
@@ -261,6 +266,10 @@ pub(crate) struct Cluster {
     nodes_out: health::NodesOut,
     /// Sends from other nodes that found no service here.
     undelivered: Undelivered,
+    /// One-way messages (sends, multicast copies) this node took and then
+    /// dropped: their node went offline or away, or its queue overflowed
+    /// while it was down. Shared with the senders.
+    dropped: Arc<AtomicU64>,
     cancel: CancellationToken,
     /// The node's channels, which cluster links carry copies for.
     multicast: Arc<Multicast>,
@@ -345,6 +354,7 @@ impl Cluster {
             waiting: Mutex::new(HashMap::new()),
             next_waiting: AtomicU64::new(1),
             names: Mutex::new(HashMap::new()),
+            inboxes: Mutex::new(HashMap::new()),
             inbound: Mutex::new(Vec::new()),
             listening: Mutex::new(Vec::new()),
             discovery: OnceLock::new(),
@@ -353,6 +363,7 @@ impl Cluster {
             next_link: AtomicU64::new(1),
             nodes_out: health::NodesOut::default(),
             undelivered: Undelivered::default(),
+            dropped: Arc::default(),
             cancel: kernel.shutdown.child_token(),
             multicast,
         });
@@ -568,12 +579,15 @@ impl Cluster {
     pub fn apply(self: &Arc<Self>, table: ClusterTable) {
         let table = Arc::new(table);
         self.table.store(table.clone());
-        let senders: Vec<(String, Arc<Sender>)> = self
+        // In name order: the links a reload touches wake in the same order
+        // on every run (a simulated run replays exactly).
+        let mut senders: Vec<(String, Arc<Sender>)> = self
             .senders
             .pin()
             .iter()
             .map(|(n, s)| (n.clone(), s.clone()))
             .collect();
+        senders.sort_by(|a, b| a.0.cmp(&b.0));
         for (node, sender) in senders {
             match table.get(&node) {
                 Some(NodeAddress::At(address)) => {
@@ -602,11 +616,12 @@ impl Cluster {
         }
         let ready: Vec<(String, Vec<(u64, Job)>)> = {
             let mut waiting = lock(&self.waiting);
-            let nodes: Vec<String> = waiting
+            let mut nodes: Vec<String> = waiting
                 .keys()
                 .filter(|n| table.get(n).is_some() || table.nowaiting)
                 .cloned()
                 .collect();
+            nodes.sort();
             nodes
                 .into_iter()
                 .filter_map(|n| waiting.remove(&n).map(|jobs| (n, jobs)))
@@ -629,6 +644,12 @@ impl Cluster {
     /// Sends from other nodes dropped for want of their service, since start.
     pub fn sends_undelivered(&self) -> u64 {
         self.undelivered.total.load(Ordering::Relaxed)
+    }
+
+    /// One-way messages (sends, multicast copies) to other nodes that this
+    /// node took and then dropped, since start: no sender could be told.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Parses `text` as a cluster config and applies it.
@@ -768,7 +789,11 @@ impl ClusterCarrier for MulticastLinks {
     fn copy(&self, node: &str, copy: ChannelCopy, payload: bytes::Bytes) -> Result<(), NotCarried> {
         let cluster = self.cluster()?;
         let (packed, compressed) = cluster.settings.pack(payload.into());
-        let header = proto::Header::Channel { copy, compressed };
+        let header = proto::Header::Channel {
+            copy,
+            compressed,
+            seq: 0,
+        };
         cluster
             .push(node, Outgoing::Message(header, packed))
             .map_err(not_carried)

@@ -59,6 +59,9 @@ pub enum Header {
         compressed: bool,
         /// Trace id of the logical request (0: none).
         trace: u64,
+        /// Its number in the sender's session (`transport::resume`): sent
+        /// again on the next link when this one drops, delivered once.
+        seq: u64,
     },
     /// The answer to a `Request`.
     Response {
@@ -76,6 +79,8 @@ pub enum Header {
         copy: ChannelCopy,
         /// The payload is lz4-compressed.
         compressed: bool,
+        /// Its number in the sender's session, as a `Push`'s.
+        seq: u64,
     },
     /// A `Request` failed; the payload is the detail text.
     Error {
@@ -151,6 +156,50 @@ pub enum Control {
         /// The service name it stands for.
         name: String,
     },
+    /// Sender → receiver, first on every link: the sender's session and
+    /// the number its next one-way message gets (`transport::resume`).
+    Offer {
+        /// The sender's session (one `Sender`'s life).
+        session: u64,
+        /// The number of its next one-way message.
+        next: u64,
+    },
+    /// Receiver → sender, first on every link: the sender's session it
+    /// knows, every number of it up to `floor` arrived, and it was never
+    /// owed those up to `since`.
+    Have {
+        /// The session it has numbers of (0: none).
+        known: u64,
+        /// Every number up to here arrived.
+        floor: u64,
+        /// Numbers up to here were never owed.
+        since: u64,
+    },
+    /// Receiver → sender: every one-way message up to `floor` arrived;
+    /// the sender stops keeping them.
+    Received {
+        /// The highest number below which all arrived.
+        floor: u64,
+    },
+}
+
+impl crate::transport::resume::Numbered for Header {
+    fn one_way(&self) -> bool {
+        matches!(self, Header::Push { .. } | Header::Channel { .. })
+    }
+
+    fn seq(&self) -> u64 {
+        match self {
+            Header::Push { seq, .. } | Header::Channel { seq, .. } => *seq,
+            _ => 0,
+        }
+    }
+
+    fn set_seq(&mut self, number: u64) {
+        if let Header::Push { seq, .. } | Header::Channel { seq, .. } = self {
+            *seq = number;
+        }
+    }
 }
 
 /// How a group's callers pick a member.

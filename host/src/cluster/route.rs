@@ -18,7 +18,7 @@ impl Cluster {
         if let Err((job, error)) = self.route(node, job)
             && let Some(kernel) = self.kernel()
         {
-            job.fail(&kernel, &error);
+            job.fail(&kernel, &error, &self.dropped);
         }
     }
 
@@ -110,6 +110,7 @@ impl Cluster {
             let cancel = self.cancel.clone();
             kernel.tasks.spawn(async move {
                 tokio::select! {
+                    biased;
                     () = cancel.cancelled() => {}
                     () = tokio::time::sleep(t) => if let Some(c) = me.upgrade() {
                         c.expire_parked(&node, id, t);
@@ -133,7 +134,8 @@ impl Cluster {
         if let Some(kernel) = self.kernel() {
             let detail =
                 format!("cluster node `{node}` did not appear in the config within {after:?}");
-            job.fail(&kernel, &ClusterError::new(ErrorCause::Timeout, detail));
+            let error = ClusterError::new(ErrorCause::Timeout, detail);
+            job.fail(&kernel, &error, &self.dropped);
         }
     }
 
@@ -152,6 +154,7 @@ impl Cluster {
             address,
             self.cancel.child_token(),
             self.kernel.clone(),
+            self.dropped.clone(),
         );
         senders.insert(node.to_string(), sender.clone());
         if let Some(kernel) = self.kernel() {

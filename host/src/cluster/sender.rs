@@ -11,18 +11,21 @@
 //! A table reload or a discovery change cuts the wait too.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use backon::BackoffBuilder;
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::proto::{Control, Header, Target};
 use super::{Cluster, ClusterError, Job, Settings, respond};
 use crate::runtime::Waiter;
 use crate::runtime::{ErrorCause, Kernel};
+use crate::transport::driver::Keep;
+use crate::transport::resume::{Numbered, Outbox};
 use crate::transport::{Connection, LinkHandler, Outgoing};
 
 type Item = Outgoing<Control, Header>;
@@ -72,6 +75,12 @@ pub(crate) struct Sender {
     retry_now: Notify,
     gone: CancellationToken,
     kernel: std::sync::Weak<Kernel>,
+    /// The node's count of one-way messages dropped.
+    dropped: Arc<AtomicU64>,
+    /// Numbers this sender's one-way messages and keeps them until the
+    /// peer says they arrived: what a dropped link lost goes again on the
+    /// next (`transport::resume`).
+    outbox: Mutex<Outbox<Header>>,
     /// Weight (bytes) waiting in `tx` (counted up here, down by the driver).
     backlog: Arc<std::sync::atomic::AtomicUsize>,
     /// What its connections carried.
@@ -91,6 +100,7 @@ impl Sender {
         address: &str,
         gone: CancellationToken,
         kernel: std::sync::Weak<Kernel>,
+        dropped: Arc<AtomicU64>,
     ) -> (Arc<Sender>, mpsc::UnboundedReceiver<Item>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let sender = Arc::new(Sender {
@@ -104,6 +114,8 @@ impl Sender {
             retry_now: Notify::new(),
             gone,
             kernel,
+            dropped,
+            outbox: Mutex::new(Outbox::new(rand::random())),
             backlog: Arc::default(),
             stats: Arc::default(),
             names: papaya::HashMap::with_hasher(fnv::FnvBuildHasher::default()),
@@ -151,6 +163,7 @@ impl Sender {
                     target: self.intern(target),
                     compressed,
                     trace: origin.trace,
+                    seq: 0,
                 };
                 self.queue(Outgoing::Message(header, payload));
                 return Ok(());
@@ -210,8 +223,16 @@ impl Sender {
     fn queue(&self, item: Item) {
         let weight = item.weight();
         self.backlog.fetch_add(weight, Ordering::Relaxed);
-        if self.tx.send(item).is_err() {
+        if let Err(mpsc::error::SendError(item)) = self.tx.send(item) {
             self.backlog.fetch_sub(weight, Ordering::Relaxed);
+            // The link's task has ended (the sender was closed): a call
+            // fails by its waiter's entry, a one-way message is counted.
+            if matches!(
+                item,
+                Outgoing::Message(Header::Push { .. } | Header::Channel { .. }, _)
+            ) {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -302,6 +323,7 @@ impl Sender {
                     target: self.intern(target),
                     compressed,
                     trace: origin.trace,
+                    seq: 0,
                 };
                 Outgoing::Message(header, payload)
             }
@@ -334,6 +356,7 @@ impl Sender {
         let gone = self.gone.clone();
         tokio::spawn(async move {
             tokio::select! {
+                biased;
                 () = gone.cancelled() => {}
                 () = tokio::time::sleep(t) => if let Some(s) = me.upgrade() {
                     s.expire(session, t);
@@ -370,6 +393,36 @@ impl Sender {
         }
     }
 
+    fn outbox(&self) -> MutexGuard<'_, Outbox<Header>> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the peer's first word on a new link: the one-way messages
+    /// to send again on it, in order; kept ones the peer cannot want (it
+    /// does not know this session: it restarted) are counted dropped.
+    fn resume(&self, theirs: Control) -> Result<Vec<(Header, Vec<u8>)>, String> {
+        let Control::Have {
+            known,
+            floor,
+            since,
+        } = theirs
+        else {
+            return Err(format!(
+                "expected Have first on a cluster link, got {theirs:?}"
+            ));
+        };
+        #[cfg(test)]
+        if crate::sim::broken(crate::sim::Break::NoResend) {
+            self.outbox().received(u64::MAX);
+        }
+        let (again, dropped) = self.outbox().resume(known, floor, since);
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
+            tracing::warn!(peer = %self.node, dropped, "cluster sends dropped: the node restarted before they arrived");
+        }
+        Ok(again)
+    }
+
     /// Closes the sender for good: what it carries fails with `why`.
     pub(super) fn close(&self, why: &str) {
         self.waiting().closed = Some(why.to_string());
@@ -402,6 +455,12 @@ impl Sender {
         let (calls, queries, kept, dropped) = {
             let mut w = self.waiting();
             let calls = std::mem::take(&mut w.calls);
+            #[cfg(test)]
+            let calls = if crate::sim::broken(crate::sim::Break::KeepCallsInFlight) {
+                HashMap::new()
+            } else {
+                calls
+            };
             let queries = std::mem::take(&mut w.queries);
             let mut kept = VecDeque::new();
             let mut dropped = 0usize;
@@ -438,6 +497,7 @@ impl Sender {
             (calls, queries, kept, dropped)
         };
         if dropped > 0 {
+            self.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
             tracing::warn!(peer = %self.node, dropped, "cluster sends dropped: {why}");
         }
         let Some(kernel) = self.kernel.upgrade() else {
@@ -446,10 +506,20 @@ impl Sender {
         if !calls.is_empty() {
             tracing::warn!(peer = %self.node, calls = calls.len(), "failing cluster calls: {why}");
         }
-        let detail = format!("cluster node `{}`: {why}", self.node);
+        let detail = if why.starts_with("cluster node") {
+            why.to_string()
+        } else {
+            format!("cluster node `{}`: {why}", self.node)
+        };
+        // In session order: the callers hear in the order they asked (and
+        // a simulated run replays exactly).
+        let mut calls: Vec<(u32, Waiter)> = calls.into_iter().collect();
+        calls.sort_unstable_by_key(|(session, _)| *session);
         for (_, w) in calls {
             w.fail(&kernel, ErrorCause::NodeDown, &detail);
         }
+        let mut queries: Vec<(u32, (String, Waiter))> = queries.into_iter().collect();
+        queries.sort_unstable_by_key(|(request, _)| *request);
         for (_, (_, w)) in queries {
             w.fail(&kernel, ErrorCause::NodeDown, &detail);
         }
@@ -470,6 +540,7 @@ pub(super) async fn run(
         if held.is_empty() {
             // Lazy: no link until there is something to carry.
             tokio::select! {
+                biased;
                 () = sender.gone.cancelled() => break,
                 item = rx.recv() => match item {
                     Some(item) => held.push_back(item),
@@ -480,6 +551,7 @@ pub(super) async fn run(
         let address = sender.address();
         let config = cluster.settings.link(&cluster.name);
         let attempt = tokio::select! {
+            biased;
             () = sender.gone.cancelled() => break,
             () = sender.retarget.notified() => continue,
             c = Connection::<Control, Header>::connect_secured(
@@ -489,8 +561,25 @@ pub(super) async fn run(
                 cluster.settings.tls.as_ref().map(|t| (t, sender.node.as_str())),
             ) => c,
         };
-        let why = match attempt {
+        // Both ends' first word: where the sender's numbering stands and
+        // what the peer has of it.
+        let attempt = match attempt {
             Ok(mut conn) => {
+                let (session, next) = sender.outbox().offer();
+                let offer = Control::Offer { session, next };
+                let within = cluster.settings.dead_after;
+                match conn.exchange(offer, within).await {
+                    Ok(theirs) => sender
+                        .resume(theirs)
+                        .map(|again| (conn, again))
+                        .map_err(crate::transport::DriverError::Refused),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let why = match attempt {
+            Ok((mut conn, again)) => {
                 backoff = retry_delays();
                 {
                     let mut w = sender.waiting();
@@ -509,6 +598,10 @@ pub(super) async fn run(
                     held.retain(|i| !matches!(i, Outgoing::Control(Control::GroupSync { .. })));
                     conn.send(Outgoing::Control(sync));
                 }
+                // What the last link lost goes first, with its numbers.
+                for (header, payload) in again {
+                    conn.send(Outgoing::Message(header, payload));
+                }
                 for item in held.drain(..) {
                     conn.send(item);
                 }
@@ -521,7 +614,12 @@ pub(super) async fn run(
                     settings: cluster.settings.clone(),
                 };
                 let why = tokio::select! {
-                    r = conn.with_backlog(sender.backlog.clone()).with_stats(sender.stats.clone()).run(&mut rx, &mut handler, &sender.gone) => match r {
+                    biased;
+                    r = conn
+                        .with_backlog(sender.backlog.clone())
+                        .with_stats(sender.stats.clone())
+                        .with_keep(Box::new(SenderKeep(sender.clone())))
+                        .run(&mut rx, &mut handler, &sender.gone) => match r {
                         Ok(()) => "link closed".to_string(),
                         Err(e) => format!("link to {address} down: {e}"),
                     },
@@ -545,6 +643,7 @@ pub(super) async fn run(
                 // wait at once: the gap still holds between attempts.
                 tokio::time::sleep(RETRY_GAP.min(delay)).await;
                 tokio::select! {
+                    biased;
                     () = sender.gone.cancelled() => break,
                     () = sender.retarget.notified() => {}
                     () = sender.retry_now.notified() => {}
@@ -569,6 +668,28 @@ pub(super) async fn run(
         .unwrap_or_else(|| "the node is stopping".to_string());
     sender.waiting().closed = Some(why.clone());
     sender.drop_link(&mut rx, held, &why, 0);
+    // What was written and not acknowledged may have arrived before the
+    // link closed; no link will tell, so it counts as dropped.
+    let unacknowledged = sender.outbox().drop_kept();
+    if unacknowledged > 0 {
+        sender
+            .dropped
+            .fetch_add(unacknowledged as u64, Ordering::Relaxed);
+    }
+}
+
+/// Numbers and keeps a sender's one-way messages as its links write them.
+struct SenderKeep(Arc<Sender>);
+
+impl Keep<Header> for SenderKeep {
+    fn number(&mut self, header: &mut Header) -> bool {
+        // Requests, the round trips, take no lock.
+        header.one_way() && self.0.outbox().number(header)
+    }
+
+    fn keep(&mut self, header: Header, payload: Vec<u8>) {
+        self.0.outbox().keep(header, payload);
+    }
 }
 
 /// Hands the peer's answers to the callers waiting for them.
@@ -597,6 +718,14 @@ impl LinkHandler<Control, Header> for SenderHandler {
                 trace,
             } => {
                 let Some(waiter) = take(session) else { return };
+                #[cfg(test)]
+                if crate::sim::broken(crate::sim::Break::AnswerTwice) {
+                    let again = Waiter {
+                        to: waiter.to,
+                        session: waiter.session,
+                    };
+                    again.respond(&self.kernel, crate::runtime::Address(0), payload.clone());
+                }
                 match self.settings.unpack(payload, compressed) {
                     Ok(payload) => waiter.respond_traced(
                         &self.kernel,
@@ -620,6 +749,10 @@ impl LinkHandler<Control, Header> for SenderHandler {
 
     fn on_control(&mut self, control: Control) -> Result<(), String> {
         match control {
+            Control::Received { floor } => {
+                self.sender.outbox().received(floor);
+                Ok(())
+            }
             Control::QueryResult { request, address } => {
                 let Some((name, waiter)) = self.sender.waiting().queries.remove(&request) else {
                     self.kernel

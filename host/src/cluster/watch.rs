@@ -41,6 +41,7 @@ pub(super) fn start(cluster: &Arc<Cluster>, path: PathBuf) -> notify::Result<()>
         let _watcher = watcher;
         loop {
             tokio::select! {
+                biased;
                 () = cancel.cancelled() => return,
                 e = rx.recv() => if e.is_none() { return },
             }

@@ -39,7 +39,6 @@ mod master_link;
 mod names;
 mod peer;
 pub mod proto;
-mod resume;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -61,6 +60,7 @@ use crate::runtime::{
     Address, ErrorCause, GlobalNameError, HarborId, Kernel, Message, Remote, SendError, TenantId,
     kind,
 };
+use crate::transport::resume::{Inbox, Outbox};
 use crate::transport::tls::Tls;
 use crate::transport::{Connection, Envelope, LinkConfig, Net, Outgoing};
 use master_link::master_loop;
@@ -559,8 +559,8 @@ impl Harbor {
             stats: Arc::default(),
             address: Mutex::new(address.clone()),
             gone: self.cancel.child_token(),
-            outbox: Mutex::new(resume::Outbox::new(rand::random())),
-            inbox: Mutex::new(resume::Inbox::default()),
+            outbox: Mutex::new(Outbox::new(rand::random())),
+            inbox: Mutex::new(Inbox::default()),
         });
         slot.store(Some(peer.clone()));
         // The higher id dials, so each pair has one link.

@@ -13,11 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::proto::{Control, PEER_PROTOCOL};
-use super::resume::{Arrival, Inbox, Outbox};
 use super::{Harbor, lock, retry_delays};
 use crate::multicast::Multicast;
 use crate::runtime::{Address, GUEST_SESSIONS, Kernel, LateAt, Message, TenantId, kind};
 use crate::transport::driver::Keep;
+use crate::transport::resume::{Arrival, Inbox, Numbered, Outbox};
 use crate::transport::{Connection, Envelope, LinkHandler, Listener, Outgoing};
 
 /// One other node of the harbor, as seen from here.
@@ -39,7 +39,7 @@ pub(crate) struct Peer {
     pub(super) gone: CancellationToken,
     /// This node's one-way messages to the peer: numbers, and what its
     /// links wrote and the peer has not acknowledged.
-    pub(super) outbox: Mutex<Outbox>,
+    pub(super) outbox: Mutex<Outbox<Envelope>>,
     /// The peer's one-way messages that arrived.
     pub(super) inbox: Mutex<Inbox>,
 }
@@ -141,13 +141,32 @@ impl Peer {
     }
 }
 
+/// A harbor message is one-way unless it is a request that waits for an
+/// answer, or an answer: sends, multicast copies and exit notices are
+/// numbered, kept and sent again on the next link.
+impl Numbered for Envelope {
+    fn one_way(&self) -> bool {
+        let answer = matches!(self.kind, kind::RESPONSE | kind::ERROR);
+        let request = self.kind == kind::REQUEST && self.session != 0;
+        !(answer || request)
+    }
+
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+}
+
 /// Numbers and keeps a peer's one-way messages as its links write them.
 struct PeerKeep(Arc<Peer>);
 
 impl Keep<Envelope> for PeerKeep {
     fn number(&mut self, header: &mut Envelope) -> bool {
         // Requests and answers, the round trips, take no lock.
-        super::resume::numbered(header) && lock(&self.0.outbox).number(header)
+        header.one_way() && lock(&self.0.outbox).number(header)
     }
 
     fn keep(&mut self, header: Envelope, payload: Vec<u8>) {
@@ -445,7 +464,7 @@ impl LinkHandler<Control> for PeerHandler {
 
 #[cfg(test)]
 mod tests {
-    use super::Inflight;
+    use super::*;
 
     /// One answer ends one request; an answer with none in flight is late.
     #[test]
@@ -459,5 +478,29 @@ mod tests {
         assert!(inflight.close(key));
         assert!(!inflight.close(key), "a third answer is late");
         assert!(inflight.calls.is_empty());
+    }
+
+    fn message(kind: u8, session: u32) -> Envelope {
+        Envelope {
+            dest: 0x101,
+            source: 0x102,
+            session,
+            kind,
+            tenant: 0,
+            trace: 0,
+            seq: 0,
+        }
+    }
+
+    #[test]
+    fn requests_and_answers_are_not_numbered() {
+        assert!(!message(kind::REQUEST, 3).one_way());
+        assert!(!message(kind::RESPONSE, 3).one_way());
+        assert!(!message(kind::ERROR, 3).one_way());
+        assert!(message(kind::TEXT, 0).one_way());
+        assert!(
+            message(kind::REQUEST, 0).one_way(),
+            "a request wanting no answer is a send"
+        );
     }
 }

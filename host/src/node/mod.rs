@@ -505,6 +505,12 @@ impl Node {
             .map_or(0, |c| c.sends_undelivered())
     }
 
+    /// One-way messages to other cluster nodes this node took and then
+    /// dropped, since start (0 outside a cluster).
+    pub fn cluster_sends_dropped(&self) -> u64 {
+        self.parts.cluster.get().map_or(0, |c| c.dropped())
+    }
+
     /// Replaces this node's cluster config with `text` (as `cluster.reload`).
     ///
     /// # Errors

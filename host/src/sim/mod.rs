@@ -24,8 +24,10 @@
 //! Seeds: `SKYHOST_SIM_SEEDS=N` runs seeds 1..=N, `SKYHOST_SIM_SEED=S`
 //! runs exactly S; a failure names its seed and the command that replays it.
 
+mod cluster;
 mod harbor;
 mod model;
+mod world;
 
 use std::cell::Cell;
 
@@ -210,8 +212,17 @@ pub(crate) fn for_each_seed(
     });
     let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
     if let Some((seed, why)) = failures.iter().min_by_key(|(seed, _)| *seed) {
+        // Which promises broke, over every failed seed: one cause or several.
+        let mut promises = std::collections::BTreeMap::<&str, usize>::new();
+        for (_, why) in &failures {
+            for line in why.lines().skip(1) {
+                let promise = line.split_once(':').map_or(line, |(p, _)| p);
+                *promises.entry(promise).or_default() += 1;
+            }
+        }
         panic!(
-            "{} of {} simulation seeds failed; the first, {seed}:\n{why}\nreplay: \
+            "{} of {} simulation seeds failed (promises broken: {promises:?}); the first, \
+             {seed}:\n{why}\nreplay: \
              SKYHOST_SIM_SEED={seed} cargo test -p skyhost --lib {test} -- --exact",
             failures.len(),
             seeds.len()
@@ -234,8 +245,8 @@ pub(crate) fn log_if_asked() {
     }
 }
 
-/// A promise the harbor code breaks on purpose, in a test that shows the
-/// model catches it (each invariant can fail).
+/// A promise the harbor or cluster code breaks on purpose, in a test that
+/// shows the model catches it (each invariant can fail).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Break {
     /// A peer delivers every answer it receives twice.

@@ -224,7 +224,7 @@ impl Model {
             if ids.len() as u64 > counted {
                 broken.push(format!(
                     "silently lost: {} sends of node {}.{} to live nodes were never \
-                     delivered, and its harbor counted {counted} dropped (first: {:?})",
+                     delivered, and its node counted {counted} dropped (first: {:?})",
                     ids.len(),
                     sender.0,
                     sender.1,

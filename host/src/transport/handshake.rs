@@ -557,7 +557,7 @@ mod tests {
     fn version_and_protocol_mismatch_name_both_values() {
         let (_, mut s) = pair(b"k", b"k");
         let hello = F::Hello {
-            version: 7,
+            version: 99,
             protocol: "skyhost-harbor".into(),
             name: "alpha".into(),
             nonce: [0; 32],
@@ -565,11 +565,11 @@ mod tests {
         let err = s.handle(hello).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("peer alpha speaks protocol version 7, expected {PROTOCOL_VERSION}")
+            format!("peer alpha speaks protocol version 99, expected {PROTOCOL_VERSION}")
         );
         assert_eq!(
             err.refusal().as_deref(),
-            Some(format!("protocol version 7, expected {PROTOCOL_VERSION}").as_str())
+            Some(format!("protocol version 99, expected {PROTOCOL_VERSION}").as_str())
         );
 
         let (_, mut s) = pair(b"k", b"k");

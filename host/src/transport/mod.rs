@@ -22,6 +22,7 @@ pub mod frame;
 pub mod handshake;
 pub mod link;
 pub mod net;
+pub mod resume;
 pub mod tls;
 
 pub use driver::{Connection, DriverError, LinkHandler, LinkInfo, LinkStats, Outgoing};

@@ -1,11 +1,14 @@
-//! One-way messages that outlive a dropped peer link: each is delivered
-//! once, or counted as dropped when the node it was for is gone.
+//! One-way messages that outlive a dropped link: each is delivered once,
+//! or counted as dropped when the node it was for is gone. Harbor and
+//! cluster links both use it; each layer says which of its messages are
+//! one-way ([`Numbered`]) and carries the words below in its own controls.
 //!
 //! ```text
-//!  sender's Peer                                   receiver's Peer
+//!  sender                                          receiver
 //!  Outbox: number (seq 1, 2, 3 …), keep ──frames──> Inbox: deliver each seq once
 //!          drop kept ≤ floor        <──Received{floor} every 256 messages / 256 KiB
-//!  on a new link, both ends first:  ──Resume{session, next, known, floor}──>
+//!  on a new link, first:            ──{session, next}──>
+//!                                   <──{known, floor, since}──
 //!          known == my session: send again what is kept above floor
 //!          known != my session: the peer is new; what is kept is dropped (counted)
 //! ```
@@ -21,42 +24,43 @@
 //! or below its floor, or seen above it (a large message arrives after
 //! smaller ones sent later), are duplicates.
 //!
-//! A session is one `Peer` on one node: a restarted node, or a node that
-//! forgot a peer the master said was gone, starts a new one, and the other
-//! end then drops what it kept for the old one (the node it was for is
-//! gone) and starts numbering for the new.
+//! A session is one sender's life on one node (a harbor `Peer`, a cluster
+//! `Sender`): a restarted node, or a node that forgot its peer, starts a
+//! new one, and the other end then drops what it kept for the old one (the
+//! node it was for is gone) and starts numbering for the new.
 
 use std::collections::{BTreeSet, VecDeque};
 
-use crate::runtime::kind;
-use crate::transport::Envelope;
-
 /// Messages received between two acknowledgements, at most.
-pub(super) const ACK_EVERY: u32 = 256;
+pub const ACK_EVERY: u32 = 256;
 /// Payload bytes received between two acknowledgements, at most.
-pub(super) const ACK_BYTES: usize = 256 << 10;
+pub const ACK_BYTES: usize = 256 << 10;
 
-/// Whether a message is numbered and kept: everything but requests that
-/// wait for an answer and the answers themselves.
-pub(super) fn numbered(e: &Envelope) -> bool {
-    let answer = matches!(e.kind, kind::RESPONSE | kind::ERROR);
-    let request = e.kind == kind::REQUEST && e.session != 0;
-    !(answer || request)
+/// A message header that can carry a number: what a layer tells the
+/// outbox of its messages.
+pub trait Numbered: Clone {
+    /// Whether the message is one-way, numbered and kept: everything but
+    /// requests that wait for an answer and the answers themselves.
+    fn one_way(&self) -> bool;
+    /// Its number (0: none yet).
+    fn seq(&self) -> u64;
+    /// Gives it its number.
+    fn set_seq(&mut self, seq: u64);
 }
 
 /// The sending side of one peer: numbers and what is kept.
-pub(super) struct Outbox {
+pub struct Outbox<H> {
     /// This side's session with the peer.
     session: u64,
     /// The number the next message gets.
     next: u64,
     /// Messages written and not yet acknowledged, in number order.
-    kept: VecDeque<(Envelope, Vec<u8>)>,
+    kept: VecDeque<(H, Vec<u8>)>,
 }
 
-impl Outbox {
+impl<H: Numbered> Outbox<H> {
     /// A new session, `session` (not 0).
-    pub(super) fn new(session: u64) -> Self {
+    pub fn new(session: u64) -> Self {
         Outbox {
             session: session.max(1),
             next: 1,
@@ -66,20 +70,24 @@ impl Outbox {
 
     /// Numbers `e` if it is [`numbered`] and has no number yet (one sent
     /// again keeps its own); whether it is to be kept.
-    pub(super) fn number(&mut self, e: &mut Envelope) -> bool {
-        if !numbered(e) {
+    pub fn number(&mut self, e: &mut H) -> bool {
+        if !e.one_way() {
             return false;
         }
-        if e.seq == 0 {
-            e.seq = self.next;
+        if e.seq() == 0 {
+            e.set_seq(self.next);
             self.next += 1;
         }
         true
     }
 
     /// Keeps a numbered message until it is acknowledged.
-    pub(super) fn keep(&mut self, e: Envelope, payload: Vec<u8>) {
-        if self.kept.back().is_some_and(|(last, _)| last.seq >= e.seq) {
+    pub fn keep(&mut self, e: H, payload: Vec<u8>) {
+        if self
+            .kept
+            .back()
+            .is_some_and(|(last, _)| last.seq() >= e.seq())
+        {
             // Sent again: kept already.
             return;
         }
@@ -87,15 +95,15 @@ impl Outbox {
     }
 
     /// The peer has every message up to `floor`.
-    pub(super) fn received(&mut self, floor: u64) {
-        while self.kept.front().is_some_and(|(e, _)| e.seq <= floor) {
+    pub fn received(&mut self, floor: u64) {
+        while self.kept.front().is_some_and(|(e, _)| e.seq() <= floor) {
             self.kept.pop_front();
         }
     }
 
     /// What this side tells the peer first on a new link: its session and
     /// next number (the peer's inbox half comes from [`Inbox::offer`]).
-    pub(super) fn offer(&self) -> (u64, u64) {
+    pub fn offer(&self) -> (u64, u64) {
         (self.session, self.next)
     }
 
@@ -105,12 +113,7 @@ impl Outbox {
     /// order, and how many kept messages are dropped: those the peer was
     /// never owed, or all of them when it does not know this session (the
     /// node they were for is gone).
-    pub(super) fn resume(
-        &mut self,
-        known: u64,
-        floor: u64,
-        since: u64,
-    ) -> (Vec<(Envelope, Vec<u8>)>, usize) {
+    pub fn resume(&mut self, known: u64, floor: u64, since: u64) -> (Vec<(H, Vec<u8>)>, usize) {
         if known != self.session {
             return (Vec::new(), self.drop_kept());
         }
@@ -123,12 +126,12 @@ impl Outbox {
 
     /// Messages kept now.
     #[cfg(test)]
-    pub(super) fn kept(&self) -> usize {
+    pub fn kept(&self) -> usize {
         self.kept.len()
     }
 
-    /// Drops everything kept (the peer left the harbor); how many.
-    pub(super) fn drop_kept(&mut self) -> usize {
+    /// Drops everything kept (the peer left); how many.
+    pub fn drop_kept(&mut self) -> usize {
         let n = self.kept.len();
         self.kept.clear();
         n
@@ -137,7 +140,7 @@ impl Outbox {
 
 /// What the inbox makes of a numbered message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Arrival {
+pub enum Arrival {
     /// First time: deliver it, and acknowledge `floor` when given.
     Fresh(Option<u64>),
     /// Delivered before: drop it.
@@ -146,7 +149,7 @@ pub(super) enum Arrival {
 
 /// The receiving side of one peer: which numbers arrived.
 #[derive(Default)]
-pub(super) struct Inbox {
+pub struct Inbox {
     /// The peer's session these numbers belong to (0: none yet).
     session: u64,
     /// Every number up to here arrived, or was never owed.
@@ -162,16 +165,21 @@ pub(super) struct Inbox {
 }
 
 impl Inbox {
+    /// The peer's session these numbers belong to (0: none yet).
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
     /// What this side tells the peer first on a new link: the session it
     /// knows, how far it has it, and below which number it never had it.
-    pub(super) fn offer(&self) -> (u64, u64, u64) {
+    pub fn offer(&self) -> (u64, u64, u64) {
         (self.session, self.floor, self.since)
     }
 
     /// The peer's word on a new link: its session, and the number of its
     /// next message. A session not known here starts anew: nothing of it
     /// arrived before `next`.
-    pub(super) fn resume(&mut self, session: u64, next: u64) {
+    pub fn resume(&mut self, session: u64, next: u64) {
         if session != self.session {
             *self = Inbox {
                 session,
@@ -183,7 +191,7 @@ impl Inbox {
     }
 
     /// Message `seq` of `len` payload bytes arrived.
-    pub(super) fn arrived(&mut self, seq: u64, len: usize) -> Arrival {
+    pub fn arrived(&mut self, seq: u64, len: usize) -> Arrival {
         if seq <= self.floor || !self.above.insert(seq) {
             return Arrival::Duplicate;
         }
@@ -205,20 +213,31 @@ impl Inbox {
 mod tests {
     use super::*;
 
-    fn send(seq: u64) -> Envelope {
-        Envelope {
-            dest: 0x101,
-            source: 0x102,
-            session: 0,
-            kind: kind::TEXT,
-            tenant: 0,
-            trace: 0,
-            seq,
+    /// A header of a layer: one-way, or a request or an answer.
+    #[derive(Debug, Clone, Copy)]
+    struct Msg {
+        one_way: bool,
+        seq: u64,
+    }
+
+    impl Numbered for Msg {
+        fn one_way(&self) -> bool {
+            self.one_way
+        }
+        fn seq(&self) -> u64 {
+            self.seq
+        }
+        fn set_seq(&mut self, seq: u64) {
+            self.seq = seq;
         }
     }
 
+    fn send(seq: u64) -> Msg {
+        Msg { one_way: true, seq }
+    }
+
     /// Numbers and keeps `n` sends.
-    fn write(out: &mut Outbox, n: u64) -> Vec<Envelope> {
+    fn write(out: &mut Outbox<Msg>, n: u64) -> Vec<Msg> {
         (0..n)
             .map(|_| {
                 let mut e = send(0);
@@ -230,22 +249,17 @@ mod tests {
     }
 
     #[test]
-    fn requests_and_answers_are_not_numbered() {
+    fn what_is_not_one_way_takes_no_number() {
         let mut out = Outbox::new(7);
-        let mut request = send(0);
-        request.kind = kind::REQUEST;
-        request.session = 3;
+        let mut request = Msg {
+            one_way: false,
+            seq: 0,
+        };
         assert!(!out.number(&mut request));
-        let mut answer = send(0);
-        answer.kind = kind::RESPONSE;
-        assert!(!out.number(&mut answer));
-        let mut one_way_request = send(0);
-        one_way_request.kind = kind::REQUEST;
-        assert!(
-            out.number(&mut one_way_request),
-            "a request wanting no answer is a send"
-        );
-        assert_eq!(one_way_request.seq, 1);
+        assert_eq!(request.seq, 0);
+        let mut e = send(0);
+        assert!(out.number(&mut e));
+        assert_eq!(e.seq, 1);
     }
 
     #[test]
