@@ -26,7 +26,7 @@ use crate::runtime::Waiter;
 use crate::runtime::{ErrorCause, Kernel};
 use crate::transport::driver::Keep;
 use crate::transport::resume::{Numbered, Outbox};
-use crate::transport::{Connection, LinkHandler, Outgoing};
+use crate::transport::{Connection, DriverError, LinkHandler, Outgoing};
 
 type Item = Outgoing<Control, Header>;
 
@@ -550,33 +550,22 @@ pub(super) async fn run(
         }
         let address = sender.address();
         let config = cluster.settings.link(&cluster.name);
+        // Connect, handshake and first word within one `dead_after`: the
+        // calls waiting for this link wait no longer than for a silent one.
+        let within = cluster.settings.dead_after;
+        #[cfg(test)]
+        let within = if crate::sim::broken(crate::sim::Break::WaitForConnects) {
+            within * 1000
+        } else {
+            within
+        };
         let attempt = tokio::select! {
             biased;
             () = sender.gone.cancelled() => break,
             () = sender.retarget.notified() => continue,
-            c = Connection::<Control, Header>::connect_secured(
-                cluster.settings.net.as_ref(),
-                &address,
-                config,
-                cluster.settings.tls.as_ref().map(|t| (t, sender.node.as_str())),
-            ) => c,
-        };
-        // Both ends' first word: where the sender's numbering stands and
-        // what the peer has of it.
-        let attempt = match attempt {
-            Ok(mut conn) => {
-                let (session, next) = sender.outbox().offer();
-                let offer = Control::Offer { session, next };
-                let within = cluster.settings.dead_after;
-                match conn.exchange(offer, within).await {
-                    Ok(theirs) => sender
-                        .resume(theirs)
-                        .map(|again| (conn, again))
-                        .map_err(crate::transport::DriverError::Refused),
-                    Err(e) => Err(e),
-                }
+            a = tokio::time::timeout(within, establish(&cluster, &sender, &address, config)) => {
+                a.unwrap_or(Err(DriverError::HandshakeTimeout(within)))
             }
-            Err(e) => Err(e),
         };
         let why = match attempt {
             Ok((mut conn, again)) => {
@@ -676,6 +665,33 @@ pub(super) async fn run(
             .dropped
             .fetch_add(unacknowledged as u64, Ordering::Relaxed);
     }
+}
+
+/// Makes a link to the sender's peer at `address`, and exchanges both
+/// ends' first word: where the sender's numbering stands and what the peer
+/// has of it. Gives the link and what to send again first on it.
+async fn establish(
+    cluster: &Cluster,
+    sender: &Sender,
+    address: &str,
+    config: crate::transport::LinkConfig,
+) -> Result<(Connection<Control, Header>, Vec<(Header, Vec<u8>)>), DriverError> {
+    let mut conn = Connection::<Control, Header>::connect_secured(
+        cluster.settings.net.as_ref(),
+        address,
+        config,
+        cluster
+            .settings
+            .tls
+            .as_ref()
+            .map(|t| (t, sender.node.as_str())),
+    )
+    .await?;
+    let (session, next) = sender.outbox().offer();
+    let offer = Control::Offer { session, next };
+    let theirs = conn.exchange(offer, cluster.settings.dead_after).await?;
+    let again = sender.resume(theirs).map_err(DriverError::Refused)?;
+    Ok((conn, again))
 }
 
 /// Numbers and keeps a sender's one-way messages as its links write them.

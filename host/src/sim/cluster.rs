@@ -24,6 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::world::{
     self, DEAD_AFTER, Fault, Faults, HEARTBEAT, Plan, Reach, Shared, Times, host, lock,
@@ -114,6 +115,15 @@ impl Reach for ByName<'_> {
     fn dropped(&self) -> u64 {
         self.cluster.dropped()
     }
+
+    fn queries(&self) -> bool {
+        true
+    }
+
+    fn query(&self, target: u8, waiter: Waiter) {
+        self.cluster
+            .query(TenantId::SYSTEM, &host(target), "echo".into(), waiter);
+    }
 }
 
 /// One node's software: the core with an echo, its cluster side, its caller.
@@ -171,7 +181,11 @@ impl Configs<'_> {
         lock(&self.files).reload[&node].notify_one();
     }
 
-    fn edit(&self, node: u8, other: u8, edit: Option<Edit>) {
+    fn edit(&self, at: Duration, node: u8, other: u8, edit: Option<Edit>) {
+        match edit {
+            Some(Edit::Forgotten) => self.shared.model().waits_from(at, node, other),
+            _ => self.shared.model().waits_until(at, node, other),
+        }
         {
             let mut files = lock(&self.files);
             let edits = files.edits.entry(node).or_default();
@@ -185,11 +199,12 @@ impl Configs<'_> {
 }
 
 impl world::World for Configs<'_> {
-    fn fault(&mut self, _sim: &mut turmoil::Sim<'_>, fault: Fault) {
+    fn fault(&mut self, sim: &mut turmoil::Sim<'_>, fault: Fault) {
+        let at = sim.elapsed();
         match fault {
-            Fault::Offline(a, b) => self.edit(a, b, Some(Edit::Offline)),
-            Fault::Forget(a, b) => self.edit(a, b, Some(Edit::Forgotten)),
-            Fault::Online(a, b) => self.edit(a, b, None),
+            Fault::Offline(a, b) => self.edit(at, a, b, Some(Edit::Offline)),
+            Fault::Forget(a, b) => self.edit(at, a, b, Some(Edit::Forgotten)),
+            Fault::Online(a, b) => self.edit(at, a, b, None),
             Fault::Reload(n) => self.reload(n),
             _ => {}
         }
@@ -204,8 +219,14 @@ impl world::World for Configs<'_> {
         sim.bounce(host(node));
     }
 
-    fn repaired(&mut self, _sim: &mut turmoil::Sim<'_>) {
-        lock(&self.files).edits.clear();
+    fn repaired(&mut self, sim: &mut turmoil::Sim<'_>) {
+        let at = sim.elapsed();
+        let edits = std::mem::take(&mut lock(&self.files).edits);
+        for (node, edits) in edits {
+            for other in edits.keys() {
+                self.shared.model().waits_until(at, node, *other);
+            }
+        }
         for n in 1..=self.shared.nodes {
             self.reload(n);
         }
@@ -269,6 +290,7 @@ fn the_model_catches_a_cluster_broken_on_purpose() {
         (Break::KeepCallsInFlight, "hung"),
         (Break::NoResend, "silently lost"),
         (Break::NoDedupe, "delivered more than once"),
+        (Break::WaitForConnects, "slow"),
     ];
     for (what, promise) in cases {
         let failure = with_broken(what, || {

@@ -264,6 +264,9 @@ pub(crate) enum Break {
     /// A receiver keeps no record of the one-way messages that arrived:
     /// it asks for everything kept again and delivers what comes twice.
     NoDedupe,
+    /// A link to a host that does not answer is waited for as long as
+    /// the system's connect takes (the calls waiting for it with it).
+    WaitForConnects,
 }
 
 thread_local! {

@@ -9,6 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use super::world::ENDS_WITHIN;
+
 /// A call's or a send's id: node, incarnation, number.
 pub(crate) type Id = (u8, u32, u64);
 
@@ -26,6 +28,9 @@ pub(crate) enum Outcome {
 #[derive(Debug)]
 struct Call {
     target: u8,
+    /// When it was made, and how long until it first ended.
+    at: Duration,
+    took: Option<Duration>,
     /// Made after the last fault was repaired: it must be answered.
     after_repair: bool,
     outcomes: Vec<Outcome>,
@@ -60,6 +65,10 @@ pub(crate) struct Model {
     dropped: BTreeMap<(u8, u32), u64>,
     /// Global names that were wrong when looked at.
     names: Vec<String>,
+    /// When calls from one node to another wait on purpose, `(from, to,
+    /// since, until)`: the caller's cluster config does not name the
+    /// target, and calls wait for the reload that does (`None`: not yet).
+    waits: Vec<(u8, u8, Duration, Option<Duration>)>,
 }
 
 fn now() -> Duration {
@@ -104,6 +113,8 @@ impl Model {
             id,
             Call {
                 target,
+                at: now(),
+                took: None,
                 after_repair,
                 outcomes: Vec::new(),
             },
@@ -114,7 +125,12 @@ impl Model {
     pub fn ended(&mut self, id: Id, outcome: Outcome) {
         self.note(format!("end {id:?} {outcome:?}"));
         match self.calls.get_mut(&id) {
-            Some(call) => call.outcomes.push(outcome),
+            Some(call) => {
+                if call.outcomes.is_empty() && outcome != Outcome::Timeout {
+                    call.took = Some(now().saturating_sub(call.at));
+                }
+                call.outcomes.push(outcome);
+            }
             None => self
                 .strays
                 .push(format!("an end of call {id:?}, never made")),
@@ -153,6 +169,38 @@ impl Model {
         self.strays.push(what);
     }
 
+    /// From `at` (the step loop's time), node `from`'s calls to node `to`
+    /// wait on purpose.
+    pub fn waits_from(&mut self, at: Duration, from: u8, to: u8) {
+        self.log.push(format!(
+            "{:>8.3} calls from {from} to {to} wait",
+            at.as_secs_f64()
+        ));
+        self.waits.push((from, to, at, None));
+    }
+
+    /// From `at`, node `from`'s calls to node `to` go again.
+    pub fn waits_until(&mut self, at: Duration, from: u8, to: u8) {
+        for w in &mut self.waits {
+            if (w.0, w.1) == (from, to) && w.3.is_none() {
+                w.3 = Some(at);
+            }
+        }
+    }
+
+    /// When call `id` to `target`, made at `at`, could go: at once, or
+    /// when the wait it was made in ended.
+    fn could_go(&self, id: Id, target: u8, at: Duration) -> Duration {
+        self.waits
+            .iter()
+            .filter(|&&(from, to, since, until)| {
+                (from, to) == (id.0, target) && since <= at && until.is_none_or(|u| at <= u)
+            })
+            .map(|&(.., until)| until.unwrap_or(Duration::MAX))
+            .max()
+            .unwrap_or(at)
+    }
+
     /// A node's global names were not what they must be, at `at`.
     pub fn name_wrong(&mut self, at: Duration, what: String) {
         self.log
@@ -188,6 +236,16 @@ impl Model {
                     "ended more than once: call {id:?} to {}: {:?}",
                     call.target, call.outcomes
                 ));
+            }
+            if let Some(took) = call.took {
+                let could_go = self.could_go(id, call.target, call.at);
+                if call.at + took > could_go.saturating_add(ENDS_WITHIN) {
+                    broken.push(format!(
+                        "slow: call {id:?} to {} ended {took:?} after it was made ({:?}), \
+                         more than {ENDS_WITHIN:?} after it could go",
+                        call.target, call.outcomes[0]
+                    ));
+                }
             }
             if call.outcomes.first() == Some(&Outcome::Timeout) {
                 broken.push(format!(
@@ -233,6 +291,14 @@ impl Model {
             }
         }
         broken
+    }
+
+    /// The call that took longest to end, how long, and how it ended.
+    pub fn slowest(&self) -> Option<(Id, Duration, &Outcome)> {
+        self.calls
+            .iter()
+            .filter_map(|(id, c)| Some((*id, c.took?, c.outcomes.first()?)))
+            .max_by_key(|(_, took, _)| *took)
     }
 
     /// How many calls and sends the run made, for the report.

@@ -21,10 +21,21 @@ use rand::{Rng, SeedableRng};
 
 use super::model::{Id, Model, Outcome};
 use crate::runtime::endpoint::HostEndpoint;
-use crate::runtime::{Address, Kernel, Message, TenantId, kind};
+use crate::runtime::{Address, Kernel, Message, TenantId, Waiter, kind};
 
 pub(super) const HEARTBEAT: Duration = Duration::from_millis(250);
 pub(super) const DEAD_AFTER: Duration = Duration::from_millis(1000);
+/// The most latency a plan gives every message.
+pub(super) const MAX_LATENCY: Duration = Duration::from_millis(400);
+/// How soon a call must end once it can go: a peer that went silent is
+/// found dead (`DEAD_AFTER`, checked every heartbeat), a link that cannot
+/// be made fails within `DEAD_AFTER`, and an answer takes a round trip at
+/// the worst latency.
+pub(super) const ENDS_WITHIN: Duration = Duration::from_millis(
+    DEAD_AFTER.as_millis() as u64
+        + 2 * HEARTBEAT.as_millis() as u64
+        + 2 * MAX_LATENCY.as_millis() as u64,
+);
 /// How long a caller waits before it counts a call as hung: a call must
 /// end well before (a node that hangs is dead after `DEAD_AFTER`).
 pub(super) const CALL_DEADLINE: Duration = Duration::from_secs(5);
@@ -116,7 +127,9 @@ impl Plan {
                 1 => (Fault::Hold(a, b), Fault::Release(a, b)),
                 2 => (Fault::Crash(a), Fault::Restart(a)),
                 3 => (
-                    Fault::Latency(Duration::from_millis(rng.random_range(20..=400))),
+                    Fault::Latency(Duration::from_millis(
+                        rng.random_range(20..=MAX_LATENCY.as_millis() as u64),
+                    )),
                     Fault::Latency(Duration::ZERO),
                 ),
                 4 => (Fault::Offline(a, b), Fault::Online(a, b)),
@@ -332,13 +345,29 @@ pub(super) trait Reach {
     fn send(&self, target: u8, message: Message) -> Option<bool>;
     /// One-way messages the node took and then dropped, so far.
     fn dropped(&self) -> u64;
+    /// Whether the world has name queries that end like calls (cluster).
+    fn queries(&self) -> bool {
+        false
+    }
+    /// Asks node `target` where its `echo` is; the answer (4 bytes) or an
+    /// error comes to `waiter`.
+    fn query(&self, _target: u8, _waiter: Waiter) {}
+}
+
+/// What a caller's session waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// An echo's answer: the call's own payload.
+    Call,
+    /// A name's address: 4 bytes.
+    Query,
 }
 
 /// The caller's sessions: each one's call number (kept for good, so a
 /// second answer is seen as one), and whether it is still waiting.
 #[derive(Default)]
 struct Sessions {
-    numbers: HashMap<u32, u64>,
+    numbers: HashMap<u32, (u64, Ask)>,
     waiting: HashSet<u32>,
 }
 
@@ -365,13 +394,18 @@ pub(super) async fn caller<P: Send + Sync + 'static>(
                     sessions.numbers.get(&m.session).copied()
                 };
                 let mut model = shared.model();
-                let Some(number) = number else {
+                let Some((number, ask)) = number else {
                     model.stray(format!("{me} got an answer to no open call: {m:?}"));
                     continue;
                 };
                 let call = (id, incarnation, number);
                 match m.kind {
-                    kind::RESPONSE if decode(&m.payload) == Some((CALL, call)) => {
+                    kind::RESPONSE
+                        if ask == Ask::Call && decode(&m.payload) == Some((CALL, call)) =>
+                    {
+                        model.ended(call, Outcome::Reply);
+                    }
+                    kind::RESPONSE if ask == Ask::Query && m.payload.len() == 4 => {
                         model.ended(call, Outcome::Reply);
                     }
                     kind::ERROR => {
@@ -426,7 +460,10 @@ pub(super) async fn caller<P: Send + Sync + 'static>(
         tokio::time::sleep(Duration::from_millis(rng.random_range(1..=20))).await;
         let target = rng.random_range(1..=shared.nodes);
         number += 1;
-        if rng.random_bool(0.6) {
+        if reach.queries() && rng.random_bool(0.1) {
+            let query = (id, incarnation, number);
+            query_echo(shared, kernel, reach, (me, &open), query, target);
+        } else if rng.random_bool(0.6) {
             call(number, target, false);
         } else {
             let made = (id, incarnation, number);
@@ -460,12 +497,7 @@ fn call_echo<P: Send + Sync + 'static>(
     target: u8,
     after_repair: bool,
 ) {
-    let session = u32::try_from(call.2).unwrap_or(u32::MAX);
-    {
-        let mut sessions = lock(open);
-        sessions.numbers.insert(session, call.2);
-        sessions.waiting.insert(session);
-    }
+    let session = open_session(open, call, Ask::Call);
     let request = message(kind::REQUEST, me, session, encode(CALL, call));
     // Answers are read by another task, after this one yields: the model
     // hears of the call first.
@@ -485,6 +517,42 @@ fn call_echo<P: Send + Sync + 'static>(
         }
         Some(Ok(())) => {}
     }
+    watch_deadline(shared, kernel, open, session, call);
+}
+
+/// Opens the caller's session for `call`.
+fn open_session(open: &Open, call: Id, ask: Ask) -> u32 {
+    let session = u32::try_from(call.2).unwrap_or(u32::MAX);
+    let mut sessions = lock(open);
+    sessions.numbers.insert(session, (call.2, ask));
+    sessions.waiting.insert(session);
+    session
+}
+
+/// Asks `target` where its echo is, as call `call`: an answer or an error
+/// must end it, once, by [`CALL_DEADLINE`].
+fn query_echo<P: Send + Sync + 'static>(
+    shared: &Arc<Shared<P>>,
+    kernel: &Kernel,
+    reach: &dyn Reach,
+    (me, open): (Address, &Open),
+    call: Id,
+    target: u8,
+) {
+    let session = open_session(open, call, Ask::Query);
+    shared.model().called(call, target, false);
+    reach.query(target, Waiter { to: me, session });
+    watch_deadline(shared, kernel, open, session, call);
+}
+
+/// Counts call `call` hung if its session is still open after [`CALL_DEADLINE`].
+fn watch_deadline<P: Send + Sync + 'static>(
+    shared: &Arc<Shared<P>>,
+    kernel: &Kernel,
+    open: &Open,
+    session: u32,
+    call: Id,
+) {
     let (shared, open) = (shared.clone(), open.clone());
     kernel.tasks.spawn(async move {
         tokio::time::sleep(CALL_DEADLINE).await;
@@ -682,6 +750,9 @@ pub(super) fn drive<P>(
     }
     world.end(times.end);
     let model = shared.model();
+    if std::env::var_os("SKYHOST_SIM_SLOWEST").is_some() {
+        eprintln!("slowest {:?} faults {:?}", model.slowest(), plan.faults);
+    }
     if std::env::var_os("SKYHOST_SIM_LOG").is_some() {
         eprintln!("{}", model.log.join("\n"));
     }

@@ -80,6 +80,10 @@ pub enum DriverError {
     /// The handshake did not finish in time.
     #[error("handshake not finished within {0:?}")]
     HandshakeTimeout(Duration),
+    /// The peer's host did not take the connection in time (its machine is
+    /// down, or a network drops what goes to it).
+    #[error("no connection within {0:?}")]
+    ConnectTimeout(Duration),
     /// Our layer refused what the peer sent.
     #[error("{0}")]
     Refused(String),
@@ -215,7 +219,19 @@ where
         tls: Option<(&Tls, &str)>,
     ) -> Result<Self, DriverError> {
         let deadline = config.dead_after;
-        let stream = match (net.connect(address).await?, tls) {
+        #[cfg(test)]
+        let deadline = if crate::sim::broken(crate::sim::Break::WaitForConnects) {
+            deadline * 1000
+        } else {
+            deadline
+        };
+        // A host that is down answers nothing: without a deadline the
+        // system's own (minutes of SYN retries) would hold every call
+        // waiting for this link.
+        let socket = tokio::time::timeout(deadline, net.connect(address))
+            .await
+            .map_err(|_| DriverError::ConnectTimeout(deadline))??;
+        let stream = match (socket, tls) {
             (Socket::Tcp(stream), Some((tls, peer))) => {
                 stream.set_nodelay(true)?;
                 let secured = tokio::time::timeout(deadline, tls.connect(stream, peer)).await;
