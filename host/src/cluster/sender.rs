@@ -411,10 +411,6 @@ impl Sender {
                 "expected Have first on a cluster link, got {theirs:?}"
             ));
         };
-        #[cfg(test)]
-        if crate::sim::broken(crate::sim::Break::NoResend) {
-            self.outbox().received(u64::MAX);
-        }
         let (again, dropped) = self.outbox().resume(known, floor, since);
         if dropped > 0 {
             self.dropped.fetch_add(dropped as u64, Ordering::Relaxed);

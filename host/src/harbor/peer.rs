@@ -118,10 +118,6 @@ impl Peer {
             ));
         };
         lock(&self.inbox).resume(session, next);
-        #[cfg(test)]
-        if crate::sim::broken(crate::sim::Break::NoResend) {
-            lock(&self.outbox).received(u64::MAX);
-        }
         let (again, dropped) = lock(&self.outbox).resume(known, floor, since);
         if dropped > 0 {
             harbor.count_dropped(self.id, dropped as u64);

@@ -284,24 +284,17 @@ fn a_cluster_keeps_its_promises_under_faults() {
 /// names the promise broken.
 #[test]
 fn the_model_catches_a_cluster_broken_on_purpose() {
-    use super::{Break, with_broken};
-    let cases = [
-        (Break::AnswerTwice, "ended more than once"),
-        (Break::KeepCallsInFlight, "hung"),
-        (Break::NoResend, "silently lost"),
-        (Break::NoDedupe, "delivered more than once"),
-        (Break::WaitForConnects, "slow"),
-    ];
-    for (what, promise) in cases {
-        let failure = with_broken(what, || {
-            (1..=60).find_map(|seed| run(seed).err().map(|why| (seed, why)))
-        });
-        let (seed, why) = failure.unwrap_or_else(|| panic!("{what:?}: no seed failed"));
-        assert!(
-            why.lines().any(|l| l.starts_with(promise)),
-            "{what:?} (seed {seed}) should break `{promise}`:\n{why}"
-        );
-    }
+    use super::Break;
+    super::breaks_are_caught(
+        run,
+        &[
+            (Break::AnswerTwice, "ended more than once"),
+            (Break::KeepCallsInFlight, "hung"),
+            (Break::NoResend, "silently lost"),
+            (Break::NoDedupe, "delivered more than once"),
+            (Break::WaitForConnects, "slow"),
+        ],
+    );
 }
 
 /// Every config fault class is drawn by some seed of the suite's.
@@ -340,18 +333,7 @@ fn a_cluster_seed_replays_the_same_run() {
     });
     let seeds: Vec<u64> = moved.take(2).chain(edited.take(2)).collect();
     assert_eq!(seeds.len(), 4, "the suite's seeds draw these faults");
-    for seed in seeds {
-        let first = run(seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        let again = run(seed).unwrap_or_else(|e| panic!("seed {seed} again: {e}"));
-        let differs = (0..first.len().max(again.len())).find(|&i| first.get(i) != again.get(i));
-        if let Some(i) = differs {
-            panic!(
-                "seed {seed}: the runs part at event {i}: {:?} against {:?}",
-                first.get(i),
-                again.get(i)
-            );
-        }
-    }
+    super::replays(run, &seeds);
 }
 
 /// Scale: a cluster of 100 nodes (each calls and sends to random nodes, so

@@ -297,46 +297,25 @@ fn a_harbor_keeps_its_promises_under_faults() {
 /// (seeds with partitions, hangs, crashes of a node and of the master).
 #[test]
 fn a_seed_replays_the_same_run() {
-    for seed in [4, 11, 26, 84] {
-        let first = run(seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        let again = run(seed).unwrap_or_else(|e| panic!("seed {seed} again: {e}"));
-        let differs = (0..first.len().max(again.len())).find(|&i| first.get(i) != again.get(i));
-        if let Some(i) = differs {
-            panic!(
-                "seed {seed}: the runs part at event {i}: {:?} against {:?}",
-                first.get(i),
-                again.get(i)
-            );
-        }
-    }
-}
-
-/// The first of seeds 1..=60 whose run breaks a promise, and what broke.
-fn first_failure() -> Option<(u64, String)> {
-    (1..=60).find_map(|seed| run(seed).err().map(|why| (seed, why)))
+    super::replays(run, &[4, 11, 26, 84]);
 }
 
 /// Each invariant can fail: the harbor broken on purpose, the model
 /// names the promise broken.
 #[test]
 fn the_model_catches_a_harbor_broken_on_purpose() {
-    use super::{Break, with_broken};
-    let cases = [
-        (Break::AnswerTwice, "ended more than once"),
-        (Break::KeepCallsInFlight, "hung"),
-        (Break::NoResend, "silently lost"),
-        (Break::NoDedupe, "delivered more than once"),
-        (Break::KeepNames, "names"),
-        (Break::WaitForHandshakes, "stray: node"),
-    ];
-    for (what, promise) in cases {
-        let failure = with_broken(what, first_failure);
-        let (seed, why) = failure.unwrap_or_else(|| panic!("{what:?}: no seed failed"));
-        assert!(
-            why.lines().any(|l| l.starts_with(promise)),
-            "{what:?} (seed {seed}) should break `{promise}`:\n{why}"
-        );
-    }
+    use super::Break;
+    super::breaks_are_caught(
+        run,
+        &[
+            (Break::AnswerTwice, "ended more than once"),
+            (Break::KeepCallsInFlight, "hung"),
+            (Break::NoResend, "silently lost"),
+            (Break::NoDedupe, "delivered more than once"),
+            (Break::KeepNames, "names"),
+            (Break::WaitForHandshakes, "stray: node"),
+        ],
+    );
 }
 
 /// Scale: every harbor id of one address space (255 nodes, a link between

@@ -269,6 +269,39 @@ pub(crate) enum Break {
     WaitForConnects,
 }
 
+/// Each case's break makes a seed of 1..=60 fail, naming its promise.
+pub(crate) fn breaks_are_caught(
+    run: impl Fn(u64) -> Result<Vec<String>, String>,
+    cases: &[(Break, &str)],
+) {
+    for &(what, promise) in cases {
+        let failure = with_broken(what, || {
+            (1..=60).find_map(|seed| run(seed).err().map(|why| (seed, why)))
+        });
+        let (seed, why) = failure.unwrap_or_else(|| panic!("{what:?}: no seed failed"));
+        assert!(
+            why.lines().any(|l| l.starts_with(promise)),
+            "{what:?} (seed {seed}) should break `{promise}`:\n{why}"
+        );
+    }
+}
+
+/// Two runs of each seed give the same events at the same simulated times.
+pub(crate) fn replays(run: impl Fn(u64) -> Result<Vec<String>, String>, seeds: &[u64]) {
+    for &seed in seeds {
+        let first = run(seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let again = run(seed).unwrap_or_else(|e| panic!("seed {seed} again: {e}"));
+        let differs = (0..first.len().max(again.len())).find(|&i| first.get(i) != again.get(i));
+        if let Some(i) = differs {
+            panic!(
+                "seed {seed}: the runs part at event {i}: {:?} against {:?}",
+                first.get(i),
+                again.get(i)
+            );
+        }
+    }
+}
+
 thread_local! {
     /// The break in force on this thread (turmoil runs a whole simulation
     /// on the test's thread).
