@@ -372,6 +372,7 @@ async fn interned_names_hold_once_defined_on_their_link() -> anyhow::Result<()> 
     conn.send(Outgoing::Control(Control::Offer {
         session: 1,
         next: 1,
+        first: 1,
     }));
     conn.send(Outgoing::Message(request(1), echo(b"early")?));
     conn.send(Outgoing::Control(Control::Name {

@@ -78,10 +78,11 @@ async fn serve(
         known,
         floor,
         since,
+        boot: cluster.boot,
     };
     let session = match conn.exchange(have, cluster.settings.dead_after).await {
-        Ok(Control::Offer { session, next }) => {
-            lock(&inbox).resume(session, next);
+        Ok(Control::Offer { session, first, .. }) => {
+            lock(&inbox).resume(session, first);
             session
         }
         Ok(other) => {
@@ -294,6 +295,10 @@ impl AgentHandler {
             Arrival::Duplicate if crate::sim::broken(crate::sim::Break::NoDedupe) => true,
             Arrival::Duplicate => {
                 tracing::debug!(peer = %self.peer, seq, "a one-way message sent again had arrived: dropped");
+                false
+            }
+            Arrival::TooFar => {
+                tracing::warn!(peer = %self.peer, seq, "a one-way message numbered far past what arrived: dropped");
                 false
             }
         }

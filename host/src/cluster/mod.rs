@@ -251,6 +251,9 @@ pub(crate) struct Cluster {
     /// What arrived from each peer node's sender (by its name), across
     /// its links: one-way messages are delivered once (`transport::resume`).
     inboxes: Mutex<HashMap<String, Arc<Mutex<crate::transport::resume::Inbox>>>>,
+    /// This life of the node (random at start), told to senders first on
+    /// every link (`Control::Have`).
+    boot: u64,
     /// Links from other nodes now open: their name, address and counters.
     pub(crate) inbound: Mutex<Vec<(String, SocketAddr, Arc<crate::transport::LinkStats>)>>,
     listening: Mutex<Vec<SocketAddr>>,
@@ -355,6 +358,7 @@ impl Cluster {
             next_waiting: AtomicU64::new(1),
             names: Mutex::new(HashMap::new()),
             inboxes: Mutex::new(HashMap::new()),
+            boot: rand::random(),
             inbound: Mutex::new(Vec::new()),
             listening: Mutex::new(Vec::new()),
             discovery: OnceLock::new(),

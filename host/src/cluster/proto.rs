@@ -163,6 +163,9 @@ pub enum Control {
         session: u64,
         /// The number of its next one-way message.
         next: u64,
+        /// The lowest number it still keeps (`next` when none): a
+        /// receiver new to the session is owed everything from here.
+        first: u64,
     },
     /// Receiver → sender, first on every link: the sender's session it
     /// knows, every number of it up to `floor` arrived, and it was never
@@ -174,6 +177,11 @@ pub enum Control {
         floor: u64,
         /// Numbers up to here were never owed.
         since: u64,
+        /// Which life of the receiving node this is (random at its start):
+        /// a sender whose session it does not know can tell a receiver
+        /// that restarted (what was kept is for a node that is gone) from
+        /// one that never heard the session (what was kept is owed).
+        boot: u64,
     },
     /// Receiver → sender: every one-way message up to `floor` arrived;
     /// the sender stops keeping them.

@@ -81,6 +81,9 @@ pub(crate) struct Sender {
     /// peer says they arrived: what a dropped link lost goes again on the
     /// next (`transport::resume`).
     outbox: Mutex<Outbox<Header>>,
+    /// The life of the peer node this sender last exchanged first words
+    /// with (`Control::Have`'s `boot`).
+    peer_boot: Mutex<Option<u64>>,
     /// Weight (bytes) waiting in `tx` (counted up here, down by the driver).
     backlog: Arc<std::sync::atomic::AtomicUsize>,
     /// What its connections carried.
@@ -116,6 +119,7 @@ impl Sender {
             kernel,
             dropped,
             outbox: Mutex::new(Outbox::new(rand::random())),
+            peer_boot: Mutex::new(None),
             backlog: Arc::default(),
             stats: Arc::default(),
             names: papaya::HashMap::with_hasher(fnv::FnvBuildHasher::default()),
@@ -405,13 +409,20 @@ impl Sender {
             known,
             floor,
             since,
+            boot,
         } = theirs
         else {
             return Err(format!(
                 "expected Have first on a cluster link, got {theirs:?}"
             ));
         };
-        let (again, dropped) = self.outbox().resume(known, floor, since);
+        let last_boot = self
+            .peer_boot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(boot);
+        let same_life = last_boot == Some(boot);
+        let (again, dropped) = self.outbox().resume_knowing(known, floor, since, same_life);
         if dropped > 0 {
             self.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
             tracing::warn!(peer = %self.node, dropped, "cluster sends dropped: the node restarted before they arrived");
@@ -564,7 +575,10 @@ pub(super) async fn run(
             }
         };
         let why = match attempt {
-            Ok((mut conn, again)) => {
+            Ok((conn, again)) => {
+                // Numbers and keeps from the first message on: what waited
+                // for this link is written first, and may be lost with it.
+                let mut conn = conn.with_keep(Box::new(SenderKeep(sender.clone())));
                 backoff = retry_delays();
                 {
                     let mut w = sender.waiting();
@@ -603,7 +617,6 @@ pub(super) async fn run(
                     r = conn
                         .with_backlog(sender.backlog.clone())
                         .with_stats(sender.stats.clone())
-                        .with_keep(Box::new(SenderKeep(sender.clone())))
                         .run(&mut rx, &mut handler, &sender.gone) => match r {
                         Ok(()) => "link closed".to_string(),
                         Err(e) => format!("link to {address} down: {e}"),
@@ -683,8 +696,16 @@ async fn establish(
             .map(|t| (t, sender.node.as_str())),
     )
     .await?;
-    let (session, next) = sender.outbox().offer();
-    let offer = Control::Offer { session, next };
+    let offer = {
+        let outbox = sender.outbox();
+        let (session, next) = outbox.offer();
+        let first = outbox.first();
+        Control::Offer {
+            session,
+            next,
+            first,
+        }
+    };
     let theirs = conn.exchange(offer, cluster.settings.dead_after).await?;
     let again = sender.resume(theirs).map_err(DriverError::Refused)?;
     Ok((conn, again))

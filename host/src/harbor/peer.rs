@@ -354,6 +354,14 @@ impl LinkHandler<Control> for PeerHandler {
                         .send(Outgoing::Control(Control::Received { floor }));
                 }
                 Arrival::Fresh(None) => {}
+                Arrival::TooFar => {
+                    tracing::warn!(
+                        seq = e.seq,
+                        peer = self.peer.id,
+                        "a message numbered far past what arrived; dropped"
+                    );
+                    return;
+                }
             }
         }
         // An answer ends its request in flight; one with none is late (its

@@ -522,7 +522,12 @@ where
 
     /// Queues a message or control to go out once [`run`](Self::run) starts.
     pub fn send(&mut self, item: Outgoing<C, H>) {
-        push(&mut self.link, item);
+        // Numbered and kept as `run` does, once a keeper is set: what
+        // an owner queues first may be lost with the link too.
+        match self.keep.as_deref_mut() {
+            Some(keep) => push_keeping(&mut self.link, item, keep),
+            None => push(&mut self.link, item),
+        }
     }
 
     /// Carries messages both ways until the peer closes, the link fails,

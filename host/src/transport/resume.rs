@@ -35,6 +35,11 @@ use std::collections::{BTreeSet, VecDeque};
 pub const ACK_EVERY: u32 = 256;
 /// Payload bytes received between two acknowledgements, at most.
 pub const ACK_BYTES: usize = 256 << 10;
+/// How far past the first number not yet arrived a number may be. A link
+/// carries numbers in order but for a large (chunked) message overtaken by
+/// small ones sent after it, so a real sender stays far below; the bound
+/// keeps what a receiver records of a misbehaving peer's numbers small.
+pub const MAX_AHEAD: u64 = 1 << 16;
 
 /// A message header that can carry a number: what a layer tells the
 /// outbox of its messages.
@@ -107,6 +112,12 @@ impl<H: Numbered> Outbox<H> {
         (self.session, self.next)
     }
 
+    /// The lowest number still kept (`next` when none): a receiver that
+    /// takes this session up anew is owed everything from here.
+    pub fn first(&self) -> u64 {
+        self.kept.front().map_or(self.next, |(e, _)| e.seq())
+    }
+
     /// The peer's word on a new link: it knows session `known`, has every
     /// message of it up to `floor`, and was never owed those up to
     /// `since` (it took the session up there). What to send again, in
@@ -114,7 +125,24 @@ impl<H: Numbered> Outbox<H> {
     /// never owed, or all of them when it does not know this session (the
     /// node they were for is gone).
     pub fn resume(&mut self, known: u64, floor: u64, since: u64) -> (Vec<(H, Vec<u8>)>, usize) {
+        self.resume_knowing(known, floor, since, false)
+    }
+
+    /// [`resume`](Self::resume), told whether the peer is the same life
+    /// of its node that took this session's messages before: one that does
+    /// not know the session then never took it up (the link that would
+    /// have told it failed), and is owed everything kept.
+    pub fn resume_knowing(
+        &mut self,
+        known: u64,
+        floor: u64,
+        since: u64,
+        same_life: bool,
+    ) -> (Vec<(H, Vec<u8>)>, usize) {
         if known != self.session {
+            if same_life {
+                return (self.kept.iter().cloned().collect(), 0);
+            }
             return (Vec::new(), self.drop_kept());
         }
         // Broken on purpose: what the last link lost is taken as delivered.
@@ -150,6 +178,9 @@ pub enum Arrival {
     Fresh(Option<u64>),
     /// Delivered before: drop it.
     Duplicate,
+    /// Further ahead than any sender goes ([`MAX_AHEAD`]): the peer is
+    /// misbehaving; drop it unrecorded.
+    TooFar,
 }
 
 /// The receiving side of one peer: which numbers arrived.
@@ -197,6 +228,9 @@ impl Inbox {
 
     /// Message `seq` of `len` payload bytes arrived.
     pub fn arrived(&mut self, seq: u64, len: usize) -> Arrival {
+        if seq > self.floor.saturating_add(MAX_AHEAD) {
+            return Arrival::TooFar;
+        }
         if seq <= self.floor || !self.above.insert(seq) {
             return Arrival::Duplicate;
         }
@@ -334,7 +368,7 @@ mod tests {
         let acks: Vec<u64> = (1..=1000u64)
             .filter_map(|seq| match inbox.arrived(seq, 10) {
                 Arrival::Fresh(ack) => ack,
-                Arrival::Duplicate => panic!("{seq} is new"),
+                other => panic!("{seq} is new: {other:?}"),
             })
             .collect();
         assert_eq!(acks, vec![256, 512, 768]);
@@ -342,6 +376,63 @@ mod tests {
         let mut big = Inbox::default();
         big.resume(9, 1);
         assert_eq!(big.arrived(1, ACK_BYTES), Arrival::Fresh(Some(1)));
+    }
+
+    /// A receiver that never took this session up (the link that would
+    /// have told it failed after this side's half of the first word), in
+    /// the same life: everything kept is owed, from the first kept number.
+    #[test]
+    fn a_receiver_that_never_heard_the_session_is_owed_all_that_is_kept() {
+        let mut out = Outbox::new(7);
+        write(&mut out, 5);
+        out.received(2);
+        assert_eq!(out.first(), 3);
+        let mut inbox = Inbox::default();
+        inbox.resume(4, 9);
+        let (known, floor, since) = inbox.offer();
+        let (again, dropped) = out.resume_knowing(known, floor, since, true);
+        assert_eq!(dropped, 0);
+        assert_eq!(
+            again.iter().map(|(e, _)| e.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        inbox.resume(7, out.first());
+        for (e, _) in &again {
+            assert!(matches!(inbox.arrived(e.seq, 3), Arrival::Fresh(_)));
+        }
+        assert_eq!(inbox.offer(), (7, 5, 2));
+    }
+
+    #[test]
+    fn numbers_far_ahead_are_refused_unrecorded() {
+        let mut inbox = Inbox::default();
+        inbox.resume(9, 1);
+        assert_eq!(inbox.arrived(u64::MAX, 1), Arrival::TooFar);
+        assert_eq!(inbox.arrived(MAX_AHEAD + 1, 1), Arrival::TooFar);
+        assert_eq!(inbox.arrived(MAX_AHEAD, 1), Arrival::Fresh(None));
+        assert_eq!(inbox.offer().1, 0, "the gap below is still owed");
+        assert_eq!(inbox.arrived(1, 1), Arrival::Fresh(None));
+        assert_eq!(inbox.offer().1, 1);
+    }
+
+    proptest::proptest! {
+        /// Whatever numbers a peer sends, each is taken at most once, the
+        /// floor only rises, and what is recorded above it stays bounded.
+        #[test]
+        fn any_numbers_are_taken_at_most_once(seqs in proptest::collection::vec(0u64..200_000, 0..400)) {
+            let mut inbox = Inbox::default();
+            inbox.resume(3, 1);
+            let mut taken = std::collections::BTreeSet::new();
+            let mut floor = 0;
+            for seq in seqs {
+                if let Arrival::Fresh(_) = inbox.arrived(seq, 8) {
+                    proptest::prop_assert!(taken.insert(seq), "{} taken twice", seq);
+                }
+                proptest::prop_assert!(inbox.floor >= floor);
+                floor = inbox.floor;
+                proptest::prop_assert!(inbox.above.len() as u64 <= MAX_AHEAD);
+            }
+        }
     }
 
     #[test]
