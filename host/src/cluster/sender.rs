@@ -696,6 +696,10 @@ async fn establish(
             .map(|t| (t, sender.node.as_str())),
     )
     .await?;
+    // The receiver speaks first: whether it is the life of its node this
+    // sender spoke to decides what it is owed, and so the offer.
+    let theirs = conn.first_control(cluster.settings.dead_after).await?;
+    let again = sender.resume(theirs).map_err(DriverError::Refused)?;
     let offer = {
         let outbox = sender.outbox();
         let (session, next) = outbox.offer();
@@ -706,8 +710,7 @@ async fn establish(
             first,
         }
     };
-    let theirs = conn.exchange(offer, cluster.settings.dead_after).await?;
-    let again = sender.resume(theirs).map_err(DriverError::Refused)?;
+    conn.send_control(offer);
     Ok((conn, again))
 }
 

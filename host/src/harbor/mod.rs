@@ -331,7 +331,9 @@ impl Harbor {
         let item = Outgoing::Message(envelope, message.payload.into());
         if message.kind == kind::REQUEST && message.session != 0 {
             let mut inflight = peer.inflight();
-            if inflight.closed {
+            // Closed, or the last attempt to link failed and the next waits
+            // for its backoff: the call fails now rather than waiting.
+            if inflight.closed || inflight.unreachable.is_some() {
                 return Err(SendError::NodeDown(dest));
             }
             inflight.open((message.source.0, message.session));

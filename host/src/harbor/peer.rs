@@ -51,6 +51,10 @@ pub(crate) struct Peer {
 #[derive(Default)]
 pub(super) struct Inflight {
     pub(super) closed: bool,
+    /// Why the last attempt to link failed, while this node waits to try
+    /// again: a request then fails at once instead of waiting for the
+    /// backoff and the next attempt (a call ends within `dead_after`).
+    pub(super) unreachable: Option<String>,
     pub(super) calls: HashMap<(u32, u32), u32>,
 }
 
@@ -226,12 +230,16 @@ pub(super) async fn peer_task(
     let mut backoff = retry_delays();
     let mut next: Option<Connection<Control>> = None;
     loop {
+        // Connect, handshake and first word within one `dead_after`: the
+        // calls waiting for this link wait no longer than for a silent one.
+        let mut began = tokio::time::Instant::now();
         let conn = match next.take() {
             Some(c) => c,
             None => {
                 let attempt = async {
                     match &dial {
-                        Some(address) => {
+                        // Connect and handshake within one `dead_after`.
+                        Some(address) => tokio::time::timeout(harbor.links.dead_after, async {
                             let config = harbor.links.config(PEER_PROTOCOL, harbor.name());
                             let name = peer.id.to_string();
                             let tls = harbor.links.tls.as_ref().map(|t| (t, name.as_str()));
@@ -239,7 +247,11 @@ pub(super) async fn peer_task(
                             Connection::connect_secured(net, address, config, tls)
                                 .await
                                 .map_err(|e| e.to_string())
-                        }
+                        })
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(format!("no link within {:?}", harbor.links.dead_after))
+                        }),
                         None => std::future::pending().await,
                     }
                 };
@@ -247,20 +259,26 @@ pub(super) async fn peer_task(
                     biased;
                     () = peer.gone.cancelled() => break,
                     c = incoming.recv() => match c {
-                        Some(c) => c,
+                        Some(c) => {
+                            began = tokio::time::Instant::now();
+                            c
+                        }
                         None => break,
                     },
                     r = attempt => match r {
                         Ok(c) => c,
                         Err(e) => {
                             tracing::debug!("dialling harbor {}: {e}", peer.id);
-                            harbor.fail_inflight(&peer, &mut rx, false, &format!("cannot connect: {e}"));
+                            let why = format!("cannot connect: {e}");
+                            peer.inflight().unreachable = Some(why.clone());
+                            harbor.fail_inflight(&peer, &mut rx, false, &why);
                             let delay = backoff.next().unwrap_or(Duration::from_secs(1));
                             tokio::select! {
                                 biased;
                                 () = peer.gone.cancelled() => break,
                                 () = tokio::time::sleep(delay) => {}
                             }
+                            peer.inflight().unreachable = None;
                             continue;
                         }
                     },
@@ -273,7 +291,12 @@ pub(super) async fn peer_task(
         };
         let mut conn = conn;
         let offer = peer.resume_offer();
-        let resumed = match conn.exchange(offer, harbor.links.dead_after).await {
+        let within = harbor
+            .links
+            .dead_after
+            .saturating_sub(began.elapsed())
+            .max(harbor.links.dead_after / 4);
+        let resumed = match conn.exchange(offer, within).await {
             Ok(theirs) => peer.resume(&harbor, theirs),
             Err(e) => Err(e.to_string()),
         };
@@ -285,13 +308,16 @@ pub(super) async fn peer_task(
             }
             Err(why) => {
                 tracing::warn!(peer = peer.id, "peer link failed as it began: {why}");
+                peer.inflight().unreachable = Some(why.clone());
                 harbor.fail_inflight(&peer, &mut rx, false, &why);
                 let delay = backoff.next().unwrap_or(Duration::from_secs(1));
                 tokio::select! {
                     biased;
                     () = peer.gone.cancelled() => break,
-                    () = tokio::time::sleep(delay) => continue,
+                    () = tokio::time::sleep(delay) => {}
                 }
+                peer.inflight().unreachable = None;
+                continue;
             }
         }
         backoff = retry_delays();

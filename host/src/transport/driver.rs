@@ -492,6 +492,16 @@ where
     /// peer.
     pub async fn exchange(&mut self, control: C, within: Duration) -> Result<C, DriverError> {
         self.link.send_control(control);
+        self.first_control(within).await
+    }
+
+    /// Waits for the peer's first control message, within `within`, what
+    /// this end queued going out meanwhile: a layer whose first word
+    /// depends on the peer's calls this, then [`send_control`](Self::send_control).
+    ///
+    /// # Errors
+    /// As [`exchange`](Self::exchange).
+    pub async fn first_control(&mut self, within: Duration) -> Result<C, DriverError> {
         let exchange = async {
             loop {
                 self.transmit().await?;
