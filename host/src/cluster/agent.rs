@@ -271,9 +271,7 @@ impl AgentHandler {
             other => other.to_string(),
         }
     }
-}
 
-impl AgentHandler {
     /// Whether one-way message `seq` (`len` bytes) is to be delivered: not
     /// if it arrived before, on this link or an earlier one. Acknowledges
     /// what arrived every few hundred messages.

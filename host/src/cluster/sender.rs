@@ -81,9 +81,6 @@ pub(crate) struct Sender {
     /// peer says they arrived: what a dropped link lost goes again on the
     /// next (`transport::resume`).
     outbox: Mutex<Outbox<Header>>,
-    /// The life of the peer node this sender last exchanged first words
-    /// with (`Control::Have`'s `boot`).
-    peer_boot: Mutex<Option<u64>>,
     /// Weight (bytes) waiting in `tx` (counted up here, down by the driver).
     backlog: Arc<std::sync::atomic::AtomicUsize>,
     /// What its connections carried.
@@ -119,7 +116,6 @@ impl Sender {
             kernel,
             dropped,
             outbox: Mutex::new(Outbox::new(rand::random())),
-            peer_boot: Mutex::new(None),
             backlog: Arc::default(),
             stats: Arc::default(),
             names: papaya::HashMap::with_hasher(fnv::FnvBuildHasher::default()),
@@ -231,10 +227,9 @@ impl Sender {
             self.backlog.fetch_sub(weight, Ordering::Relaxed);
             // The link's task has ended (the sender was closed): a call
             // fails by its waiter's entry, a one-way message is counted.
-            if matches!(
-                item,
-                Outgoing::Message(Header::Push { .. } | Header::Channel { .. }, _)
-            ) {
+            if let Outgoing::Message(header, _) = &item
+                && header.one_way()
+            {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -401,10 +396,29 @@ impl Sender {
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Counts `n` one-way messages as dropped, and says why.
+    fn count_dropped(&self, n: usize, why: &str) {
+        if n > 0 {
+            self.dropped.fetch_add(n as u64, Ordering::Relaxed);
+            tracing::warn!(peer = %self.node, dropped = n, "cluster sends dropped: {why}");
+        }
+    }
+
+    /// What a caller hears when this peer's link fails for `why`.
+    fn about(&self, why: &str) -> String {
+        format!("cluster node `{}`: {why}", self.node)
+    }
+
     /// Takes the peer's first word on a new link: the one-way messages
     /// to send again on it, in order; kept ones the peer cannot want (it
     /// does not know this session: it restarted) are counted dropped.
-    fn resume(&self, theirs: Control) -> Result<Vec<(Header, Vec<u8>)>, String> {
+    /// `peer_boot` is the life of the peer node the last first word came
+    /// from, and becomes this one's.
+    fn resume(
+        &self,
+        theirs: Control,
+        peer_boot: &mut Option<u64>,
+    ) -> Result<Vec<(Header, Vec<u8>)>, String> {
         let Control::Have {
             known,
             floor,
@@ -416,17 +430,9 @@ impl Sender {
                 "expected Have first on a cluster link, got {theirs:?}"
             ));
         };
-        let last_boot = self
-            .peer_boot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(boot);
-        let same_life = last_boot == Some(boot);
+        let same_life = peer_boot.replace(boot) == Some(boot);
         let (again, dropped) = self.outbox().resume_knowing(known, floor, since, same_life);
-        if dropped > 0 {
-            self.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
-            tracing::warn!(peer = %self.node, dropped, "cluster sends dropped: the node restarted before they arrived");
-        }
+        self.count_dropped(dropped, "the node restarted before they arrived");
         Ok(again)
     }
 
@@ -450,8 +456,8 @@ fn retry_delays() -> impl Iterator<Item = Duration> {
 
 impl Sender {
     /// After a link dropped or could not be made: fails every call and
-    /// query waiting on it, and keeps the sends still queued (up to the
-    /// queue limit) for the next link.
+    /// query waiting on it with `why` (naming the node), and keeps the
+    /// sends still queued (up to the queue limit) for the next link.
     fn drop_link(
         &self,
         rx: &mut mpsc::UnboundedReceiver<Item>,
@@ -503,32 +509,24 @@ impl Sender {
             w.queued_while_down = kept.len();
             (calls, queries, kept, dropped)
         };
-        if dropped > 0 {
-            self.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
-            tracing::warn!(peer = %self.node, dropped, "cluster sends dropped: {why}");
-        }
+        self.count_dropped(dropped, why);
         let Some(kernel) = self.kernel.upgrade() else {
             return kept;
         };
         if !calls.is_empty() {
             tracing::warn!(peer = %self.node, calls = calls.len(), "failing cluster calls: {why}");
         }
-        let detail = if why.starts_with("cluster node") {
-            why.to_string()
-        } else {
-            format!("cluster node `{}`: {why}", self.node)
-        };
         // In session order: the callers hear in the order they asked (and
         // a simulated run replays exactly).
         let mut calls: Vec<(u32, Waiter)> = calls.into_iter().collect();
         calls.sort_unstable_by_key(|(session, _)| *session);
         for (_, w) in calls {
-            w.fail(&kernel, ErrorCause::NodeDown, &detail);
+            w.fail(&kernel, ErrorCause::NodeDown, why);
         }
         let mut queries: Vec<(u32, (String, Waiter))> = queries.into_iter().collect();
         queries.sort_unstable_by_key(|(request, _)| *request);
         for (_, (_, w)) in queries {
-            w.fail(&kernel, ErrorCause::NodeDown, &detail);
+            w.fail(&kernel, ErrorCause::NodeDown, why);
         }
         kept
     }
@@ -543,6 +541,8 @@ pub(super) async fn run(
     let limit = cluster.settings.queue_limit;
     let mut backoff = retry_delays();
     let mut held: VecDeque<Item> = VecDeque::new();
+    // The life of the peer node the last link's first word came from.
+    let mut peer_boot = None;
     loop {
         if held.is_empty() {
             // Lazy: no link until there is something to carry.
@@ -570,7 +570,7 @@ pub(super) async fn run(
             biased;
             () = sender.gone.cancelled() => break,
             () = sender.retarget.notified() => continue,
-            a = tokio::time::timeout(within, establish(&cluster, &sender, &address, config)) => {
+            a = tokio::time::timeout(within, establish(&cluster, &sender, &address, config, &mut peer_boot)) => {
                 a.unwrap_or(Err(DriverError::HandshakeTimeout(within)))
             }
         };
@@ -636,7 +636,12 @@ pub(super) async fn run(
                 tracing::debug!(peer = %sender.node, "{why}");
                 let delay = backoff.next().unwrap_or(Duration::from_secs(1));
                 sender.waiting().unreachable = Some((Instant::now(), e.to_string()));
-                held = sender.drop_link(&mut rx, std::mem::take(&mut held), &why, limit);
+                held = sender.drop_link(
+                    &mut rx,
+                    std::mem::take(&mut held),
+                    &sender.about(&why),
+                    limit,
+                );
                 // A stale permit (traffic during the attempt) would cut this
                 // wait at once: the gap still holds between attempts.
                 tokio::time::sleep(RETRY_GAP.min(delay)).await;
@@ -650,7 +655,12 @@ pub(super) async fn run(
                 continue;
             }
         };
-        held = sender.drop_link(&mut rx, std::mem::take(&mut held), &why, limit);
+        held = sender.drop_link(
+            &mut rx,
+            std::mem::take(&mut held),
+            &sender.about(&why),
+            limit,
+        );
         // A node with group members links again at once, so the peer
         // learns them back (the sync goes first on the new link).
         if held.is_empty()
@@ -663,17 +673,16 @@ pub(super) async fn run(
         .waiting()
         .closed
         .clone()
-        .unwrap_or_else(|| "the node is stopping".to_string());
+        .unwrap_or_else(|| sender.about("the node is stopping"));
     sender.waiting().closed = Some(why.clone());
     sender.drop_link(&mut rx, held, &why, 0);
     // What was written and not acknowledged may have arrived before the
     // link closed; no link will tell, so it counts as dropped.
     let unacknowledged = sender.outbox().drop_kept();
-    if unacknowledged > 0 {
-        sender
-            .dropped
-            .fetch_add(unacknowledged as u64, Ordering::Relaxed);
-    }
+    sender.count_dropped(
+        unacknowledged,
+        "written, not acknowledged, and the sender closed",
+    );
 }
 
 /// Makes a link to the sender's peer at `address`, and exchanges both
@@ -684,6 +693,7 @@ async fn establish(
     sender: &Sender,
     address: &str,
     config: crate::transport::LinkConfig,
+    peer_boot: &mut Option<u64>,
 ) -> Result<(Connection<Control, Header>, Vec<(Header, Vec<u8>)>), DriverError> {
     let mut conn = Connection::<Control, Header>::connect_secured(
         cluster.settings.net.as_ref(),
@@ -699,7 +709,9 @@ async fn establish(
     // The receiver speaks first: whether it is the life of its node this
     // sender spoke to decides what it is owed, and so the offer.
     let theirs = conn.first_control(cluster.settings.dead_after).await?;
-    let again = sender.resume(theirs).map_err(DriverError::Refused)?;
+    let again = sender
+        .resume(theirs, peer_boot)
+        .map_err(DriverError::Refused)?;
     let offer = {
         let outbox = sender.outbox();
         let (session, next) = outbox.offer();

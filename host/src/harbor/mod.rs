@@ -333,7 +333,7 @@ impl Harbor {
             let mut inflight = peer.inflight();
             // Closed, or the last attempt to link failed and the next waits
             // for its backoff: the call fails now rather than waiting.
-            if inflight.closed || inflight.unreachable.is_some() {
+            if inflight.closed || inflight.unreachable {
                 return Err(SendError::NodeDown(dest));
             }
             inflight.open((message.source.0, message.session));

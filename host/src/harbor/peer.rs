@@ -51,10 +51,10 @@ pub(crate) struct Peer {
 #[derive(Default)]
 pub(super) struct Inflight {
     pub(super) closed: bool,
-    /// Why the last attempt to link failed, while this node waits to try
-    /// again: a request then fails at once instead of waiting for the
-    /// backoff and the next attempt (a call ends within `dead_after`).
-    pub(super) unreachable: Option<String>,
+    /// The last attempt to link failed and this node waits to try again:
+    /// a request then fails at once instead of waiting for the backoff and
+    /// the next attempt (a call ends within `dead_after`).
+    pub(super) unreachable: bool,
     pub(super) calls: HashMap<(u32, u32), u32>,
 }
 
@@ -219,6 +219,28 @@ pub(super) async fn accept_loop(harbor: Arc<Harbor>, listener: Box<dyn Listener>
     }
 }
 
+/// After a failed attempt to link: fails what waits for the link, and
+/// waits out the backoff with the peer marked unreachable (a request then
+/// fails at once). False when the peer is gone meanwhile.
+async fn back_off(
+    harbor: &Harbor,
+    peer: &Peer,
+    rx: &mut mpsc::UnboundedReceiver<Outgoing<Control>>,
+    backoff: &mut impl Iterator<Item = Duration>,
+    why: &str,
+) -> bool {
+    peer.inflight().unreachable = true;
+    harbor.fail_inflight(peer, rx, false, why);
+    let delay = backoff.next().unwrap_or(Duration::from_secs(1));
+    let waited = tokio::select! {
+        biased;
+        () = peer.gone.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    };
+    peer.inflight().unreachable = false;
+    waited
+}
+
 /// Owns one peer's queue and connection for the peer's whole life.
 pub(super) async fn peer_task(
     harbor: Arc<Harbor>,
@@ -270,16 +292,10 @@ pub(super) async fn peer_task(
                         Err(e) => {
                             tracing::debug!("dialling harbor {}: {e}", peer.id);
                             let why = format!("cannot connect: {e}");
-                            peer.inflight().unreachable = Some(why.clone());
-                            harbor.fail_inflight(&peer, &mut rx, false, &why);
-                            let delay = backoff.next().unwrap_or(Duration::from_secs(1));
-                            tokio::select! {
-                                biased;
-                                () = peer.gone.cancelled() => break,
-                                () = tokio::time::sleep(delay) => {}
+                            if back_off(&harbor, &peer, &mut rx, &mut backoff, &why).await {
+                                continue;
                             }
-                            peer.inflight().unreachable = None;
-                            continue;
+                            break;
                         }
                     },
                     () = tokio::time::sleep(harbor.links.dead_after) => {
@@ -291,6 +307,9 @@ pub(super) async fn peer_task(
         };
         let mut conn = conn;
         let offer = peer.resume_offer();
+        // What the attempt left of `dead_after`, but never less than a
+        // quarter of it: a link whose handshake took nearly all of it still
+        // gets a round trip for the first word.
         let within = harbor
             .links
             .dead_after
@@ -308,16 +327,10 @@ pub(super) async fn peer_task(
             }
             Err(why) => {
                 tracing::warn!(peer = peer.id, "peer link failed as it began: {why}");
-                peer.inflight().unreachable = Some(why.clone());
-                harbor.fail_inflight(&peer, &mut rx, false, &why);
-                let delay = backoff.next().unwrap_or(Duration::from_secs(1));
-                tokio::select! {
-                    biased;
-                    () = peer.gone.cancelled() => break,
-                    () = tokio::time::sleep(delay) => {}
+                if back_off(&harbor, &peer, &mut rx, &mut backoff, &why).await {
+                    continue;
                 }
-                peer.inflight().unreachable = None;
-                continue;
+                break;
             }
         }
         backoff = retry_delays();

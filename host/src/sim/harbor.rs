@@ -308,10 +308,6 @@ fn the_model_catches_a_harbor_broken_on_purpose() {
     super::breaks_are_caught(
         run,
         &[
-            (Break::AnswerTwice, "ended more than once"),
-            (Break::KeepCallsInFlight, "hung"),
-            (Break::NoResend, "silently lost"),
-            (Break::NoDedupe, "delivered more than once"),
             (Break::KeepNames, "names"),
             (Break::WaitForHandshakes, "stray: node"),
         ],

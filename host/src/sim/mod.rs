@@ -269,12 +269,22 @@ pub(crate) enum Break {
     WaitForConnects,
 }
 
-/// Each case's break makes a seed of 1..=60 fail, naming its promise.
+/// The breaks both harbor and cluster links can have, and the promise each
+/// breaks.
+const LINK_BREAKS: [(Break, &str); 4] = [
+    (Break::AnswerTwice, "ended more than once"),
+    (Break::KeepCallsInFlight, "hung"),
+    (Break::NoResend, "silently lost"),
+    (Break::NoDedupe, "delivered more than once"),
+];
+
+/// Each link break, and each of a world's own `cases`, makes a seed of
+/// 1..=60 fail, naming its promise.
 pub(crate) fn breaks_are_caught(
     run: impl Fn(u64) -> Result<Vec<String>, String>,
     cases: &[(Break, &str)],
 ) {
-    for &(what, promise) in cases {
+    for &(what, promise) in LINK_BREAKS.iter().chain(cases) {
         let failure = with_broken(what, || {
             (1..=60).find_map(|seed| run(seed).err().map(|why| (seed, why)))
         });

@@ -915,6 +915,29 @@ mod tests {
         }
     }
 
+    /// What an owner queues with `send` before `run` (what waited for the
+    /// link) is numbered and kept as what `run` takes is, once a keeper is
+    /// set: it may be lost with the link as well.
+    #[tokio::test]
+    async fn what_is_queued_before_run_is_numbered_too() {
+        let (client, server) = pair().await;
+        let kept = Arc::default();
+        let mut client = client.with_keep(Box::new(Recorder {
+            next: 0,
+            kept: Arc::clone(&kept),
+        }));
+        client.send(Outgoing::Message(TO_2, b"waited".to_vec()));
+        let mut running = run_both(client, server);
+        let _ = running
+            .to_server
+            .send(Outgoing::Message(TO_2, b"later".to_vec()));
+        assert_eq!(running.next().await.as_deref(), Some(&b"waited"[..]));
+        assert_eq!(running.next().await.as_deref(), Some(&b"later"[..]));
+        running.stop().await;
+        let kept = kept.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(kept, vec![(1, 6), (2, 5)]);
+    }
+
     /// Both ends say their first word, and each hears the other's.
     #[tokio::test]
     async fn both_ends_exchange_a_first_control() {
