@@ -95,6 +95,7 @@ pub fn call_raw<S: Into<Service>>(
 
 fn start(node: &str, service: Service, payload: &[u8], timeout: Option<Duration>) -> SessionWait {
     let ms = timeout.map_or(0, |t| crate::node::timer_ms(t).max(1));
+    crate::queued::flush_quietly();
     SessionWait::open(sys::cluster::call(node, &service.into_raw(), payload, ms))
 }
 
@@ -118,6 +119,7 @@ pub fn send<T: Serialize + ?Sized>(
 /// # Errors
 /// As [`send`].
 pub fn send_raw(node: &str, service: impl Into<Service>, payload: &[u8]) -> Result<(), String> {
+    crate::queued::flush_quietly();
     sys::cluster::send(node, &service.into().into_raw(), payload)
 }
 

@@ -2,9 +2,10 @@
 
 use std::fmt;
 
+use crate::Address;
 use crate::sys;
 
-/// Why a message could not be sent (returned at once, before anything left).
+/// Why a message could not be sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SendError {
     /// No such service: it never existed, has exited, or is not visible.
@@ -47,6 +48,34 @@ impl fmt::Display for SendError {
 }
 
 impl std::error::Error for SendError {}
+
+/// Queued messages the host refused at a flush (see [`flush`](crate::flush)):
+/// the first, and how many in all. Every other queued message was sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// Where the first refused message was going.
+    pub to: Address,
+    /// Why the host refused it.
+    pub error: SendError,
+    /// How many messages of the flush the host refused.
+    pub count: usize,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a queued send to {} was refused: {}",
+            self.to, self.error
+        )?;
+        if self.count > 1 {
+            write!(f, " ({} refused in this flush)", self.count)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Refused {}
 
 /// Why a name could not be registered.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -107,5 +107,6 @@ pub fn call_raw(
 
 fn start(group: &str, key: &[u8], payload: &[u8], timeout: Option<Duration>) -> SessionWait {
     let ms = timeout.map_or(0, |t| crate::node::timer_ms(t).max(1));
+    crate::queued::flush_quietly();
     SessionWait::open(sys::groups::call(group, key, payload, ms))
 }

@@ -108,6 +108,7 @@ mod message;
 pub mod multicast;
 mod node;
 mod outbox;
+mod queued;
 mod runtime;
 mod service;
 mod session;
@@ -116,12 +117,12 @@ mod sys;
 mod tests;
 
 pub use address::{Address, kind};
-pub use error::{CallError, DecodeError, NameError, SendError};
+pub use error::{CallError, DecodeError, NameError, Refused, SendError};
 pub use message::{Incoming, Message, Reply, Responder};
 pub use node::{
-    call, call_raw, call_timeout, demonitor, exit, fork, kill, monitor, new_session, now, query,
-    register, self_address, send, send_raw, send_session, sleep, spawn, spawn_raw, start_trace,
-    tenant, unregister, wait_session, wall_time,
+    call, call_raw, call_timeout, demonitor, exit, flush, fork, kill, monitor, new_session, now,
+    query, register, self_address, send, send_raw, send_session, sleep, spawn, spawn_raw,
+    start_trace, tenant, unregister, wait_session, wall_time,
 };
 pub use outbox::{BatchSendError, Outbox};
 pub use service::{Service, Stateful};

@@ -71,6 +71,7 @@ impl Channel {
     /// # Errors
     /// As the host says.
     pub fn publish_raw(self, payload: &[u8]) -> Result<(), ChannelError> {
+        crate::queued::flush_quietly();
         sys::multicast::publish(self.0, payload)
     }
 

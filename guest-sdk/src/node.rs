@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::address::Address;
-use crate::error::{CallError, DecodeError, NameError, SendError};
+use crate::error::{CallError, DecodeError, NameError, Refused, SendError};
 use crate::runtime;
 use crate::session::SessionWait;
 use crate::sys;
@@ -123,34 +123,52 @@ where
 
 /// Sends `value` (postcard) with `kind` to `addr`, wanting no reply.
 ///
+/// The message is queued and goes out with the service's other sends in one
+/// host call: when 64 are queued, before the service calls, answers,
+/// publishes, spawns, kills or exits (so what it sends one service arrives
+/// in order), when its handlers have all returned or wait, or at [`flush`].
+/// A payload of 4 KiB or more goes at once (after what is queued).
+///
 /// # Errors
-/// [`SendError`] at once: unknown address, full mailbox, too large, reserved
-/// kind, or the value did not encode.
+/// [`SendError`] at once when the value did not encode or the kind is
+/// reserved. What the host refuses (unknown address, full mailbox, too
+/// large, node down) it refuses at the flush: [`flush`] returns it, and any
+/// other flush logs it.
 pub fn send<T: Serialize + ?Sized>(addr: Address, kind: u8, value: &T) -> Result<(), SendError> {
     send_raw(addr, kind, &encode(value)?)
 }
 
-/// Sends raw bytes with `kind` to `addr`, wanting no reply.
+/// Sends raw bytes with `kind` to `addr`, wanting no reply; queued as
+/// [`send`] says.
 ///
 /// # Errors
-/// [`SendError`] at once: unknown address, full mailbox, too large, or
-/// reserved kind.
+/// As [`send`].
 pub fn send_raw(addr: Address, kind: u8, payload: &[u8]) -> Result<(), SendError> {
-    Ok(sys::send(addr.0, kind, 0, payload)?)
+    crate::queued::push(addr, kind, 0, payload)
 }
 
 /// Sends raw bytes with `kind` and an explicit `session` (for protocols
-/// built on `send`; pair with [`new_session`] and [`wait_session`]).
+/// built on `send`; pair with [`new_session`] and [`wait_session`]); queued
+/// as [`send`] says.
 ///
 /// # Errors
-/// As [`send_raw`].
+/// As [`send`].
 pub fn send_session(
     addr: Address,
     kind: u8,
     session: u32,
     payload: &[u8],
 ) -> Result<(), SendError> {
-    Ok(sys::send(addr.0, kind, session, payload)?)
+    crate::queued::push(addr, kind, session, payload)
+}
+
+/// Sends every message [`send`] queued now, in one host call.
+///
+/// # Errors
+/// The first message the host refused and how many it refused ([`Refused`]);
+/// every other queued message was sent.
+pub fn flush() -> Result<(), Refused> {
+    crate::queued::flush()
 }
 
 /// A fresh session number, for protocols built on [`send_session`].

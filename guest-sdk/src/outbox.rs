@@ -99,6 +99,8 @@ impl Outbox {
         if self.queued == 0 {
             return Ok(());
         }
+        // What `send` queued before these goes first.
+        crate::queued::flush_quietly();
         let sent = sys::send_batch(&self.buffer);
         self.buffer.clear();
         self.queued = 0;

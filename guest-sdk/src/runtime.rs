@@ -125,8 +125,10 @@ pub(crate) fn spawn_task(future: LocalFuture<()>) {
 #[doc(hidden)]
 pub fn init<S: Service>(args: Vec<u8>) -> Result<(), String> {
     let state = install(S::init(args)?);
+    crate::queued::flush_on_panic();
     spawn_task(Box::pin(S::start(state)));
     with(|rt| rt.exec.run_ready());
+    crate::queued::flush_quietly();
     report_hold();
     Ok(())
 }
@@ -184,8 +186,10 @@ pub fn load_state<S: Stateful>(bytes: Vec<u8>) -> Result<(), String> {
     };
     let state: S::State = postcard::from_bytes(body)
         .map_err(|e| format!("the saved state does not decode as this version's state: {e}"))?;
+    crate::queued::flush_on_panic();
     install(S::restore(state)?);
     with(|rt| rt.exec.run_ready());
+    crate::queued::flush_quietly();
     report_hold();
     Ok(())
 }
@@ -232,6 +236,7 @@ pub fn dispatch_batch<S: Service>(batch: Vec<u8>) {
         deliver(m.kind, m.source, m.session, m.payload.to_vec());
         with(|rt| rt.exec.run_ready());
     }
+    crate::queued::flush_quietly();
     report_hold();
 }
 

@@ -3,6 +3,13 @@
 //! Normally these are the imports `wit-bindgen` generated. Under `cfg(test)`
 //! they are a thread-local fake host (see `fake`) that records what the
 //! service did, so the executor and session logic run in native unit tests.
+//!
+//! The imports that send a message some other way than `send` (a call, an
+//! answer, a spawn, a kill, an exit; in the other interfaces a publish, a
+//! cluster or group call) flush the service's queued sends first
+//! (`queued`), so that what it sends one service arrives in the order it
+//! was sent. Their wrappers are here; the other interfaces' at their one
+//! call site each.
 
 pub(crate) use crate::bindings::skyhost::service::types::{
     LogLevel, NameError as RawNameError, SendError as RawSendError,
@@ -13,10 +20,12 @@ pub(crate) use crate::bindings::skyhost::service::types::BatchSendError as RawBa
 
 #[cfg(not(test))]
 pub(crate) use crate::bindings::skyhost::service::runtime::{
-    call, call_timeout, demonitor, exit, kill, log, monitor, new_session, now, query, register,
-    respond, self_address, send, send_batch, spawn, start_trace, stay_awake, tenant, timeout,
-    unregister, wall_time,
+    demonitor, log, monitor, new_session, now, query, register, self_address, send, send_batch,
+    start_trace, stay_awake, tenant, timeout, unregister, wall_time,
 };
+
+#[cfg(not(test))]
+use crate::bindings::skyhost::service::runtime as raw;
 
 #[cfg(not(test))]
 pub(crate) use crate::bindings::skyhost::service::{cluster, groups, harbor, multicast};
@@ -26,7 +35,51 @@ pub(crate) use crate::fake::{cluster, groups, harbor, multicast};
 
 #[cfg(test)]
 pub(crate) use crate::fake::{
-    call, call_timeout, demonitor, exit, kill, log, monitor, new_session, now, query, register,
-    respond, self_address, send, send_batch, spawn, start_trace, stay_awake, tenant, timeout,
-    unregister, wall_time,
+    demonitor, log, monitor, new_session, now, query, register, self_address, send, send_batch,
+    start_trace, stay_awake, tenant, timeout, unregister, wall_time,
 };
+
+#[cfg(test)]
+use crate::fake as raw;
+
+use crate::queued::flush_quietly;
+
+/// `call`, after the queued sends.
+pub(crate) fn call(dest: u32, payload: &[u8]) -> Result<u32, RawSendError> {
+    flush_quietly();
+    raw::call(dest, payload)
+}
+
+/// `call-timeout`, after the queued sends.
+pub(crate) fn call_timeout(dest: u32, payload: &[u8], ms: u32) -> Result<u32, RawSendError> {
+    flush_quietly();
+    raw::call_timeout(dest, payload, ms)
+}
+
+/// `respond`, after the queued sends.
+pub(crate) fn respond(
+    dest: u32,
+    session: u32,
+    reply: Result<&[u8], &str>,
+) -> Result<(), RawSendError> {
+    flush_quietly();
+    raw::respond(dest, session, reply)
+}
+
+/// `spawn`, after the queued sends.
+pub(crate) fn spawn(module: &str, args: &[u8]) -> u32 {
+    flush_quietly();
+    raw::spawn(module, args)
+}
+
+/// `kill`, after the queued sends.
+pub(crate) fn kill(target: u32) -> bool {
+    flush_quietly();
+    raw::kill(target)
+}
+
+/// `exit`, after the queued sends.
+pub(crate) fn exit() {
+    flush_quietly();
+    raw::exit();
+}

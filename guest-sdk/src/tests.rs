@@ -54,6 +54,9 @@ enum Cmd {
     Listen(u32),
     /// (text) Unsubscribe from channel n.
     Unlisten(u32),
+    /// Send 0..n (u32) to `target` as text; then, if `call`, call it with n
+    /// and answer what it said, else answer n.
+    Tell { target: u32, n: u32, call: bool },
 }
 
 thread_local! {
@@ -178,6 +181,24 @@ impl Service for Probe {
             Cmd::Unlisten(n) => {
                 crate::multicast::Channel(n).unsubscribe();
                 Reply::none()
+            }
+            Cmd::Tell {
+                target,
+                n,
+                call: then_call,
+            } => {
+                for i in 0..n {
+                    if let Err(e) = crate::send(Address(target), kind::TEXT, &i) {
+                        return Reply::error(e.to_string());
+                    }
+                }
+                if !then_call {
+                    return Reply::value(&n);
+                }
+                match call::<u32, u32>(Address(target), &n).await {
+                    Ok(v) => Reply::value(&v),
+                    Err(e) => Reply::error(e.to_string()),
+                }
             }
             Cmd::Spawn => match spawn_raw("m", b"args").await {
                 Ok(a) => Reply::value(&a.0),
@@ -784,4 +805,39 @@ fn ready_now<F: std::future::Future>(f: F) -> F::Output {
         std::task::Poll::Ready(v) => v,
         std::task::Poll::Pending => panic!("the future waited"),
     }
+}
+
+fn told(value: u32) -> Effect {
+    Effect::Send {
+        dest: TARGET,
+        kind: kind::TEXT,
+        session: 0,
+        payload: enc(&value),
+    }
+}
+
+#[test]
+fn sends_leave_before_a_call_an_answer_and_the_end_of_the_dispatch() {
+    start();
+    let tell = |n, call| Cmd::Tell {
+        target: TARGET,
+        n,
+        call,
+    };
+    // Before a call to the same service, in the order sent.
+    assert_eq!(
+        deliver(vec![request(1, &tell(3, true))]),
+        vec![told(0), told(1), told(2), called(1, 3)]
+    );
+    assert_eq!(
+        deliver(vec![response(1, enc(&7u32))]),
+        vec![answered(1, Ok(enc(&7u32)))]
+    );
+    // Before the answer to the request that sent them.
+    assert_eq!(
+        deliver(vec![request(2, &tell(2, false))]),
+        vec![told(0), told(1), answered(2, Ok(enc(&2u32)))]
+    );
+    // A text handler answers nobody: they leave as the dispatch ends.
+    assert_eq!(deliver(vec![text(&tell(1, false))]), vec![told(0)]);
 }

@@ -34,6 +34,7 @@ pub const FILES: &[(&str, &str)] = carried![
     "guest-sdk/src/multicast.rs",
     "guest-sdk/src/node.rs",
     "guest-sdk/src/outbox.rs",
+    "guest-sdk/src/queued.rs",
     "guest-sdk/src/runtime.rs",
     "guest-sdk/src/service.rs",
     "guest-sdk/src/session.rs",

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use skyhost_sdk::{
-    Address, CallError, Message, Reply, SendError, Service, call_raw, export_service, kind,
+    Address, CallError, Message, Reply, SendError, Service, call_raw, export_service, flush, kind,
     monitor, query, register, send_raw, sleep, spawn_raw,
 };
 
@@ -72,8 +72,12 @@ impl Service for Conform {
                 Err(e) => Reply::error(call_error(&e)),
             },
             b'u' => match address(args) {
+                // A send is queued; the host's refusal comes at the flush.
                 Some((to, _)) => match send_raw(to, kind::TEXT, b"") {
-                    Ok(()) => Reply::bytes(Vec::new()),
+                    Ok(()) => match flush() {
+                        Ok(()) => Reply::bytes(Vec::new()),
+                        Err(refused) => Reply::bytes(send_error(&refused.error).into_bytes()),
+                    },
                     Err(e) => Reply::bytes(send_error(&e).into_bytes()),
                 },
                 None => Reply::error("u: no address"),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use skyhost_sdk::{
     Address, Incoming, Message, Outbox, Reply, Service, call, call_timeout, cluster, exit,
-    export_service,
+    export_service, flush,
     group::{self, Policy},
     harbor, kind, monitor,
     multicast::Channel,
@@ -200,7 +200,11 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
                     return Answer::Failed(format!("send {i} of {n}: {e}"));
                 }
             }
-            Answer::Unit
+            // What the host refuses it refuses at the flush.
+            match flush() {
+                Ok(()) => Answer::Unit,
+                Err(refused) => Answer::Failed(format!("{n} sends: {refused}")),
+            }
         }
         Command::SendLoopBatched {
             targets,
