@@ -152,6 +152,26 @@ async fn a_trapping_service_fails_its_caller_and_the_node_serves_on() -> anyhow:
     Ok(())
 }
 
+/// A Rust service's sends are queued (up to 64): a panic sends them before
+/// the instance traps, so none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_service_sent_before_it_panicked_arrives() -> anyhow::Result<()> {
+    let t = TestNode::start()?;
+    let sink = t.spawn("testkit").await?;
+    let sender = t.spawn("testkit").await?;
+    let command = Command::SendThenTrap {
+        target: sink.0,
+        n: 10,
+        trap: TrapKind::Panic,
+    };
+    failed_with(t.command(sender, &command).await, ErrorCause::Trapped);
+    // The sends went into the sink's mailbox before the trap was answered,
+    // so the sink (which takes its mail in order) counts them first.
+    assert_eq!(t.command(sink, &Command::Count).await?, Reply::Count(10));
+    t.stop().await;
+    Ok(())
+}
+
 /// One scheduler thread: the spinning service must yield at its time slice
 /// for the echo service to answer at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

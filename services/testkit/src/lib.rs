@@ -169,6 +169,18 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
             }
         }
         Command::Trap(how) => trap(how),
+        Command::SendThenTrap {
+            target,
+            n,
+            trap: how,
+        } => {
+            for i in 0..n {
+                if let Err(e) = send_raw(Address(target), kind::TEXT, &[]) {
+                    return Answer::Failed(format!("send {i} of {n}: {e}"));
+                }
+            }
+            trap(how)
+        }
         Command::Spawn { module, args } => match spawn_raw(&module, &args).await {
             Ok(address) => Answer::Address(address.0),
             Err(e) => Answer::Failed(e.to_string()),

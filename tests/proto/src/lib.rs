@@ -340,6 +340,16 @@ pub enum Command {
     /// Answer `Reply::Count` with the 8 bytes at address 8 of the testkit's
     /// linear memory (set by its `low=<n>` init argument).
     Low,
+    /// Send `n` empty texts to `target` (queued, as `send` does), then die
+    /// in the given way; never answers.
+    SendThenTrap {
+        /// Where the texts go.
+        target: u32,
+        /// How many.
+        n: u32,
+        /// How it dies.
+        trap: TrapKind,
+    },
 }
 
 /// A service on a cluster node: by name or by address there.
