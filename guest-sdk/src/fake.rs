@@ -62,6 +62,8 @@ pub(crate) struct FakeHost {
     pub(crate) logs: Vec<(LogLevel, String)>,
     /// Services that exist, for `call`/`send` (unknown addresses fail at once).
     pub(crate) known: Vec<u32>,
+    /// What `now` answers (microseconds); tests move it.
+    pub(crate) now: u64,
 }
 
 impl Default for FakeHost {
@@ -73,6 +75,7 @@ impl Default for FakeHost {
             names: HashMap::new(),
             logs: Vec::new(),
             known: Vec::new(),
+            now: 0,
         }
     }
 }
@@ -256,7 +259,7 @@ pub(crate) fn demonitor(target: u32) {
 }
 
 pub(crate) fn now() -> u64 {
-    0
+    host(|h| h.now)
 }
 
 pub(crate) fn wall_time() -> u64 {

@@ -136,11 +136,35 @@ pub(crate) fn flush() -> Result<(), Refused> {
 }
 
 /// [`flush`], for the flushes the service did not ask for: a refusal is
-/// logged, since no caller is left to hear it.
+/// logged, since no caller is left to hear it. A stream into a full
+/// mailbox is refused at every flush, so it logs at most once a second
+/// and counts what it did not log.
 pub(crate) fn flush_quietly() {
     if let Err(refused) = flush() {
-        crate::warn!("{refused}");
+        let _ = WARNED.try_with(|w| {
+            let now = sys::now();
+            let (last, unlogged) = w.get();
+            if last.is_some_and(|at| now.saturating_sub(at) < WARN_EVERY_US) {
+                w.set((last, unlogged + refused.count));
+                return;
+            }
+            w.set((Some(now), 0));
+            if unlogged > 0 {
+                crate::warn!("{refused}; {unlogged} more refused since the last warning");
+            } else {
+                crate::warn!("{refused}");
+            }
+        });
     }
+}
+
+/// Microseconds between two warnings of refused sends.
+const WARN_EVERY_US: u64 = 1_000_000;
+
+thread_local! {
+    /// When refused sends were last logged (host microseconds), and how
+    /// many were refused since without a line.
+    static WARNED: std::cell::Cell<(Option<u64>, usize)> = const { std::cell::Cell::new((None, 0)) };
 }
 
 /// Sends every record of `records`, going on past each refused one.
@@ -297,13 +321,25 @@ mod tests {
     }
 
     #[test]
-    fn a_flush_nobody_asked_for_logs_what_was_refused() {
+    fn a_flush_nobody_asked_for_logs_what_was_refused_once_a_second() {
         reset();
-        assert_eq!(push(Address(7), 0, 0, b"x"), Ok(()));
-        flush_quietly();
-        let logs = host(|h| std::mem::take(&mut h.logs));
+        let refuse = |n: usize| {
+            for _ in 0..n {
+                assert_eq!(push(Address(7), 0, 0, b"x"), Ok(()));
+            }
+            flush_quietly();
+            host(|h| std::mem::take(&mut h.logs))
+        };
+        let logs = refuse(1);
         assert_eq!(logs.len(), 1, "{logs:?}");
         assert!(logs[0].1.contains("unknown address"), "{logs:?}");
+        // The fake host's clock stands still: within the second, counted.
+        assert!(refuse(2).is_empty());
+        assert!(refuse(3).is_empty());
+        host(|h| h.now += WARN_EVERY_US);
+        let logs = refuse(1);
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        assert!(logs[0].1.contains("5 more refused"), "{logs:?}");
     }
 
     #[test]
