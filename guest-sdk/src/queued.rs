@@ -21,12 +21,12 @@
 //!
 //! The host refuses a message (unknown address, full mailbox, too large,
 //! node down) only at the flush. A flush the service asked for
-//! ([`flush`](crate::flush)) returns the first refusal; any other logs one
-//! warning per flush, naming the first and counting them all. A service
+//! ([`flush`](crate::flush)) returns the first refusal; any other logs it,
+//! at most once a second, counting the refusals it did not log. A service
 //! that traps loses what it queued and had not flushed (at most 63
 //! messages); a panic flushes first.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use crate::address::{Address, kind};
 use crate::error::{Refused, SendError};
@@ -45,17 +45,12 @@ pub const DIRECT: usize = 4 * 1024;
 /// A record's header: dest, kind, flags, reserved, session, length.
 const HEADER: usize = 16;
 
-/// What the queue keeps between flushes.
-#[derive(Default)]
-struct Queue {
-    /// Records back to back, as `send-batch` reads them.
-    records: Vec<u8>,
-    /// How many records `records` holds.
-    count: u32,
-}
-
 thread_local! {
-    static QUEUE: RefCell<Queue> = RefCell::new(Queue::default());
+    /// The queued records back to back, as `send-batch` reads them.
+    static QUEUE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// How many records `QUEUE` holds: what every other import looks at
+    /// first, so a plain cell.
+    static QUEUED: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Queues a message (or, at [`DIRECT`] bytes and above, sends it now).
@@ -71,19 +66,23 @@ pub(crate) fn push(dest: Address, kind: u8, session: u32, payload: &[u8]) -> Res
         flush_quietly();
         return Ok(sys::send(dest.0, kind, session, payload)?);
     }
-    let full = QUEUE.with(|q| {
-        let mut q = q.borrow_mut();
+    let bytes = QUEUE.with(|q| {
+        let mut records = q.borrow_mut();
         // A wasm32 slice is shorter than 4 GiB, so its length fits.
         let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-        q.records.reserve(HEADER + payload.len());
-        q.records.extend_from_slice(&dest.0.to_le_bytes());
-        q.records.extend_from_slice(&[kind, 0, 0, 0]);
-        q.records.extend_from_slice(&session.to_le_bytes());
-        q.records.extend_from_slice(&len.to_le_bytes());
-        q.records.extend_from_slice(payload);
-        q.count += 1;
-        q.count >= MAX_QUEUED || q.records.len() >= MAX_BYTES
+        records.reserve(HEADER + payload.len());
+        records.extend_from_slice(&dest.0.to_le_bytes());
+        records.extend_from_slice(&[kind, 0, 0, 0]);
+        records.extend_from_slice(&session.to_le_bytes());
+        records.extend_from_slice(&len.to_le_bytes());
+        records.extend_from_slice(payload);
+        records.len()
     });
+    let count = QUEUED.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    let full = count >= MAX_QUEUED || bytes >= MAX_BYTES;
     if full {
         flush_quietly();
     }
@@ -101,7 +100,7 @@ fn is_reserved(k: u8) -> bool {
 /// How many messages wait for the next flush.
 #[cfg(test)]
 fn len() -> u32 {
-    QUEUE.with(|q| q.borrow().count)
+    QUEUED.with(Cell::get)
 }
 
 /// Sends what is queued.
@@ -110,25 +109,25 @@ fn len() -> u32 {
 /// The first message the host refused, and how many it refused; every
 /// other message was sent.
 pub(crate) fn flush() -> Result<(), Refused> {
+    if QUEUED.try_with(Cell::get).unwrap_or(0) == 0 {
+        return Ok(());
+    }
     // Taken out, so that nothing here holds the queue while the host runs.
-    let taken = QUEUE.try_with(|q| {
-        let mut q = q.try_borrow_mut().ok()?;
-        (q.count > 0).then(|| std::mem::take(&mut *q))
-    });
-    let Ok(Some(mut queue)) = taken else {
+    let taken = QUEUE.try_with(|q| q.try_borrow_mut().ok().map(|mut q| std::mem::take(&mut *q)));
+    let Ok(Some(mut records)) = taken else {
         return Ok(());
     };
-    let refused = send_all(&queue.records);
-    queue.records.clear();
-    queue.count = 0;
+    QUEUED.with(|c| c.set(0));
+    let refused = send_all(&records);
+    records.clear();
     // The buffer is kept for the next flush unless a burst grew it past
     // what a flush takes.
-    if queue.records.capacity() <= 2 * MAX_BYTES {
+    if records.capacity() <= 2 * MAX_BYTES {
         let _ = QUEUE.try_with(|q| {
             if let Ok(mut q) = q.try_borrow_mut()
-                && q.count == 0
+                && q.is_empty()
             {
-                q.records = queue.records;
+                *q = records;
             }
         });
     }
@@ -139,7 +138,11 @@ pub(crate) fn flush() -> Result<(), Refused> {
 /// logged, since no caller is left to hear it. A stream into a full
 /// mailbox is refused at every flush, so it logs at most once a second
 /// and counts what it did not log.
+#[inline]
 pub(crate) fn flush_quietly() {
+    if QUEUED.try_with(Cell::get).unwrap_or(0) == 0 {
+        return;
+    }
     if let Err(refused) = flush() {
         let _ = WARNED.try_with(|w| {
             let now = sys::now();
@@ -164,7 +167,7 @@ const WARN_EVERY_US: u64 = 1_000_000;
 thread_local! {
     /// When refused sends were last logged (host microseconds), and how
     /// many were refused since without a line.
-    static WARNED: std::cell::Cell<(Option<u64>, usize)> = const { std::cell::Cell::new((None, 0)) };
+    static WARNED: Cell<(Option<u64>, usize)> = const { Cell::new((None, 0)) };
 }
 
 /// Sends every record of `records`, going on past each refused one.
