@@ -89,6 +89,16 @@ pub(crate) fn host<R>(f: impl FnOnce(&mut FakeHost) -> R) -> R {
     HOST.with(|h| f(&mut h.borrow_mut()))
 }
 
+/// The effect of a `send` (or of one record of a `send-batch`).
+pub(crate) fn sent(dest: u32, kind: u8, session: u32, payload: &[u8]) -> Effect {
+    Effect::Send {
+        dest,
+        kind,
+        session,
+        payload: payload.to_vec(),
+    }
+}
+
 /// Takes the effects recorded so far.
 pub(crate) fn take_effects() -> Vec<Effect> {
     host(|h| std::mem::take(&mut h.effects))

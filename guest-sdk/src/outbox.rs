@@ -120,16 +120,7 @@ impl Drop for Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::{Effect, host, take_effects};
-
-    fn sent(dest: u32, kind: u8, session: u32, payload: &[u8]) -> Effect {
-        Effect::Send {
-            dest,
-            kind,
-            session,
-            payload: payload.to_vec(),
-        }
-    }
+    use crate::fake::{host, sent, take_effects};
 
     #[test]
     fn a_flush_sends_in_order_and_stops_at_the_first_refused() {

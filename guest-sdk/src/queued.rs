@@ -243,16 +243,7 @@ pub(crate) fn flush_on_panic() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::{Effect, host, take_effects};
-
-    fn sent(dest: u32, kind: u8, session: u32, payload: &[u8]) -> Effect {
-        Effect::Send {
-            dest,
-            kind,
-            session,
-            payload: payload.to_vec(),
-        }
-    }
+    use crate::fake::{host, sent, take_effects};
 
     fn reset() {
         let _ = flush();

@@ -808,12 +808,7 @@ fn ready_now<F: std::future::Future>(f: F) -> F::Output {
 }
 
 fn told(value: u32) -> Effect {
-    Effect::Send {
-        dest: TARGET,
-        kind: kind::TEXT,
-        session: 0,
-        payload: enc(&value),
-    }
+    fake::sent(TARGET, kind::TEXT, 0, &enc(&value))
 }
 
 #[test]
