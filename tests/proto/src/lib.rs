@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Answer `Reply::Bytes` with the same bytes.
-    Echo(Vec<u8>),
+    Echo(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Call `target` with `command` and answer with the target's `Reply`; a
     /// failed call answers `Reply::Failed` with the error's text.
     Call {
@@ -382,7 +382,7 @@ pub enum Reply {
     /// Done, nothing to report.
     Unit,
     /// Some bytes.
-    Bytes(Vec<u8>),
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A service's address.
     Address(u32),
     /// A name lookup's result.
