@@ -24,8 +24,11 @@
 //!                                          │     └─▶ wake the task awaiting it
 //!                                          └─ request/text/exit/user kinds
 //!                                                └─▶ new task: Service::handle(msg)
-//!  tasks ── call/send/sleep/spawn ─▶ host imports (return at once; answers come
-//!                                     back later through dispatch)
+//!  tasks ── call/sleep/spawn ─▶ host imports (return at once; answers come
+//!                                back later through dispatch)
+//!        ── send ─▶ the service's queue ─▶ one send-batch import per flush
+//!                   (at 64, before a call, an answer or other sends, when the
+//!                   handlers return or wait; see [`send`] and [`flush`])
 //! ```
 //!
 //! # Example
