@@ -9,7 +9,8 @@
 //!                   │            another arrives in the order it was sent)
 //!                   │          when the export that ran the service's code
 //!                   │            returns (dispatch-batch, init, load-state)
-//!                   │          on a panic, before the instance traps
+//!                   │          on a panic, before the instance traps (a
+//!                   │            hook the first send sets)
 //!                   │          at `flush()`
 //!                   ▼
 //!              send-batch ─ refused at index i ─▶ noted; the rest goes on from i + 1
@@ -82,6 +83,11 @@ pub(crate) fn push(dest: Address, kind: u8, session: u32, payload: &[u8]) -> Res
         c.set(c.get() + 1);
         c.get()
     });
+    if count == 1 {
+        // Set by the first send, not at `init`: a service that never sends
+        // keeps std's hook and the memory it would take.
+        flush_on_panic();
+    }
     let full = count >= MAX_QUEUED || bytes >= MAX_BYTES;
     if full {
         flush_quietly();
@@ -229,7 +235,7 @@ fn record(records: &[u8]) -> (u32, u8, u32, &[u8], &[u8]) {
 
 /// Makes a panic flush the queue before the instance traps (once per
 /// instance; the hook that was there runs after it).
-pub(crate) fn flush_on_panic() {
+fn flush_on_panic() {
     static SET: std::sync::Once = std::sync::Once::new();
     SET.call_once(|| {
         let before = std::panic::take_hook();

@@ -125,7 +125,6 @@ pub(crate) fn spawn_task(future: LocalFuture<()>) {
 #[doc(hidden)]
 pub fn init<S: Service>(args: Vec<u8>) -> Result<(), String> {
     let state = install(S::init(args)?);
-    crate::queued::flush_on_panic();
     spawn_task(Box::pin(S::start(state)));
     with(|rt| rt.exec.run_ready());
     crate::queued::flush_quietly();
@@ -186,7 +185,6 @@ pub fn load_state<S: Stateful>(bytes: Vec<u8>) -> Result<(), String> {
     };
     let state: S::State = postcard::from_bytes(body)
         .map_err(|e| format!("the saved state does not decode as this version's state: {e}"))?;
-    crate::queued::flush_on_panic();
     install(S::restore(state)?);
     with(|rt| rt.exec.run_ready());
     crate::queued::flush_quietly();
