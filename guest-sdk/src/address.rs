@@ -77,6 +77,11 @@ pub mod kind {
     pub const fn is_user(kind: u8) -> bool {
         kind >= USER_MIN
     }
+
+    /// Whether the host keeps `kind` for itself: `send` refuses it.
+    pub const fn is_reserved(kind: u8) -> bool {
+        matches!(kind, RESPONSE | MULTICAST | EXIT | SYSTEM | ERROR)
+    }
 }
 
 #[cfg(test)]

@@ -136,7 +136,7 @@ pub(crate) fn start_trace() -> u64 {
 }
 
 pub(crate) fn send(dest: u32, kind: u8, session: u32, payload: &[u8]) -> Result<(), RawSendError> {
-    if matches!(kind, 1..=4 | 7) {
+    if crate::kind::is_reserved(kind) {
         return Err(RawSendError::ReservedKind);
     }
     host(|h| check_dest(h, dest))?;

@@ -55,14 +55,7 @@ impl Outbox {
     /// Queues raw bytes with `kind` and an explicit `session` (see
     /// [`send_session`](crate::send_session)).
     pub fn push_session(&mut self, addr: Address, kind: u8, session: u32, payload: &[u8]) {
-        // A wasm32 slice is shorter than 4 GiB, so its length fits.
-        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-        self.buffer.reserve(16 + payload.len());
-        self.buffer.extend_from_slice(&addr.0.to_le_bytes());
-        self.buffer.extend_from_slice(&[kind, 0, 0, 0]);
-        self.buffer.extend_from_slice(&session.to_le_bytes());
-        self.buffer.extend_from_slice(&len.to_le_bytes());
-        self.buffer.extend_from_slice(payload);
+        put_record(&mut self.buffer, addr, kind, session, payload);
         self.queued += 1;
     }
 
@@ -109,6 +102,25 @@ impl Outbox {
             error: e.error.into(),
         })
     }
+}
+
+/// Appends one `send-batch` record: the 16-byte header (dest, kind, flags
+/// 0, reserved 0, session, length), then the payload.
+pub(crate) fn put_record(
+    records: &mut Vec<u8>,
+    addr: Address,
+    kind: u8,
+    session: u32,
+    payload: &[u8],
+) {
+    // A wasm32 slice is shorter than 4 GiB, so its length fits.
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    records.reserve(16 + payload.len());
+    records.extend_from_slice(&addr.0.to_le_bytes());
+    records.extend_from_slice(&[kind, 0, 0, 0]);
+    records.extend_from_slice(&session.to_le_bytes());
+    records.extend_from_slice(&len.to_le_bytes());
+    records.extend_from_slice(payload);
 }
 
 impl Drop for Outbox {
