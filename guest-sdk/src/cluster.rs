@@ -37,7 +37,7 @@ impl From<Address> for Service {
 
 impl Service {
     /// The import's form, taking the name over (no copy per message).
-    fn into_raw(self) -> sys::cluster::Service {
+    pub(crate) fn into_raw(self) -> sys::cluster::Service {
         match self {
             Service::Name(n) => sys::cluster::Service::Name(n),
             Service::Address(a) => sys::cluster::Service::Address(a.0),
@@ -102,9 +102,18 @@ fn start(node: &str, service: Service, payload: &[u8], timeout: Option<Duration>
 /// Sends `value` (postcard) to `service` on `node`; it arrives as a `text`
 /// message.
 ///
+/// The send is queued, as a local [`send`](crate::send) is: sends to one
+/// service on one node in a row go out in one host call and cross the link
+/// as one frame. They leave when 64 messages or 16 KiB wait, before a
+/// call, an answer or a send to another service, when the handler's batch
+/// ends, and at [`flush`](crate::flush). What the host refuses (the node is
+/// offline, unknown with `__nowaiting`, or down with its queue full; a
+/// payload over the limit) it refuses at the flush: [`flush`](crate::flush)
+/// returns it, any other flush logs it. A payload of 4 KiB or more goes at
+/// once, on its own, and reports at once.
+///
 /// # Errors
-/// At once: the node is offline, unknown (with `__nowaiting`), or down with
-/// its queue full, or the value did not encode.
+/// The value did not encode, or a payload sent on its own was refused.
 pub fn send<T: Serialize + ?Sized>(
     node: &str,
     service: impl Into<Service>,
@@ -119,8 +128,7 @@ pub fn send<T: Serialize + ?Sized>(
 /// # Errors
 /// As [`send`].
 pub fn send_raw(node: &str, service: impl Into<Service>, payload: &[u8]) -> Result<(), String> {
-    crate::queued::flush_quietly();
-    sys::cluster::send(node, &service.into().into_raw(), payload)
+    crate::queued::push_cluster(node, service.into(), payload)
 }
 
 /// A local address whose requests and text messages go to `service` on

@@ -20,6 +20,10 @@ pub enum SendError {
     NodeDown,
     /// The value did not encode with postcard (the detail says why).
     Encode(String),
+    /// The cluster refused a send to another node (the detail says why:
+    /// the node is offline, unknown, or down with its queue full, or the
+    /// payload is over the limit).
+    Cluster(String),
 }
 
 impl From<sys::RawSendError> for SendError {
@@ -43,6 +47,7 @@ impl fmt::Display for SendError {
             SendError::ReservedKind => f.write_str("kind is reserved for the host"),
             SendError::NodeDown => f.write_str("target's node is down"),
             SendError::Encode(detail) => write!(f, "message did not encode: {detail}"),
+            SendError::Cluster(detail) => f.write_str(detail),
         }
     }
 }
@@ -54,7 +59,7 @@ impl std::error::Error for SendError {}
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refused {
     /// Where the first refused message was going.
-    pub to: Address,
+    pub to: Destination,
     /// Why the host refused it.
     pub error: SendError,
     /// How many messages of the flush the host refused.
@@ -76,6 +81,34 @@ impl fmt::Display for Refused {
 }
 
 impl std::error::Error for Refused {}
+
+/// Where a queued message was going.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// A service of this node (or of its harbor).
+    Address(Address),
+    /// A service on another node of the cluster.
+    Cluster {
+        /// The node's cluster name.
+        node: String,
+        /// The service there.
+        service: crate::cluster::Service,
+    },
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Address(a) => write!(f, "{a}"),
+            Destination::Cluster { node, service } => match service {
+                crate::cluster::Service::Name(name) => {
+                    write!(f, "`{name}` on cluster node `{node}`")
+                }
+                crate::cluster::Service::Address(a) => write!(f, "{a} on cluster node `{node}`"),
+            },
+        }
+    }
+}
 
 /// Why a name could not be registered.
 #[derive(Clone, Debug, PartialEq, Eq)]

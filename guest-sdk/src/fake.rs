@@ -51,6 +51,18 @@ pub(crate) enum Effect {
         session: u32,
         request: String,
     },
+    /// A `cluster.send`: the node, the service (as debug text), the payload.
+    ClusterSend {
+        node: String,
+        service: String,
+        payload: Vec<u8>,
+    },
+    /// A `cluster.send-batch`: the node, the service, each payload.
+    ClusterBatch {
+        node: String,
+        service: String,
+        payloads: Vec<Vec<u8>>,
+    },
 }
 
 /// The fake host's state for the current thread (one service per thread).
@@ -319,7 +331,7 @@ pub(crate) mod harbor {
 pub(crate) mod cluster {
     use super::{Effect, fresh_session, host, record};
 
-    pub(crate) use crate::bindings::skyhost::service::cluster::Service;
+    pub(crate) use crate::bindings::skyhost::service::cluster::{BatchRefused, Service};
 
     fn ask(request: String) -> u32 {
         let session = host(fresh_session);
@@ -342,7 +354,44 @@ pub(crate) mod cluster {
         ))
     }
 
-    pub(crate) fn send(_node: &str, _service: &Service, _payload: &[u8]) -> Result<(), String> {
+    /// The node the fake refuses every send to.
+    pub(crate) const DOWN: &str = "down";
+
+    pub(crate) fn send(node: &str, service: &Service, payload: &[u8]) -> Result<(), String> {
+        if node == DOWN {
+            return Err(format!("cluster node `{node}` is offline"));
+        }
+        record(Effect::ClusterSend {
+            node: node.to_string(),
+            service: format!("{service:?}"),
+            payload: payload.to_vec(),
+        });
+        Ok(())
+    }
+
+    pub(crate) fn send_batch(
+        node: &str,
+        service: &Service,
+        batch: &[u8],
+    ) -> Result<(), BatchRefused> {
+        let mut payloads = Vec::new();
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let len = u32::from_le_bytes(rest[..4].try_into().expect("a whole record")) as usize;
+            payloads.push(rest[4..4 + len].to_vec());
+            rest = &rest[4 + len..];
+        }
+        if node == DOWN {
+            return Err(BatchRefused {
+                count: u32::try_from(payloads.len()).expect("a small batch"),
+                reason: format!("cluster node `{node}` is offline"),
+            });
+        }
+        record(Effect::ClusterBatch {
+            node: node.to_string(),
+            service: format!("{service:?}"),
+            payloads,
+        });
         Ok(())
     }
 

@@ -120,7 +120,7 @@ mod sys;
 mod tests;
 
 pub use address::{Address, kind};
-pub use error::{CallError, DecodeError, NameError, Refused, SendError};
+pub use error::{CallError, DecodeError, Destination, NameError, Refused, SendError};
 pub use message::{Incoming, Message, Reply, Responder};
 pub use node::{
     call, call_raw, call_timeout, demonitor, exit, flush, fork, kill, monitor, new_session, now,

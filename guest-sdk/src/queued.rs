@@ -1,8 +1,13 @@
 //! The service's own outbox: every [`send`](crate::send) is queued here and
-//! goes out with the others in one host call (`send-batch`).
+//! goes out with the others in one host call (`send-batch`). A cluster
+//! send ([`cluster::send`](crate::cluster::send)) is queued beside them, in
+//! a run of sends to one service on one node that goes out in one
+//! `cluster.send-batch` (and crosses the link as one frame); a send to
+//! another service or node flushes the run first.
 //!
 //! ```text
 //! send ── push ─▶ queue (records as send-batch reads them)
+//! cluster::send ── push_cluster ─▶ run (one node, one service)
 //!                   │ flushed: 64 messages or 16 KiB queued
 //!                   │          before a call, an answer, a publish, a spawn,
 //!                   │            a kill or an exit (what one service sends
@@ -14,6 +19,8 @@
 //!                   │          at `flush()`
 //!                   ▼
 //!              send-batch ─ refused at index i ─▶ noted; the rest goes on from i + 1
+//!              cluster.send-batch ─ refused ─▶ noted (all of the run, or
+//!                                   those over the payload limit)
 //! ```
 //!
 //! A payload of [`DIRECT`] bytes or more is not copied into the queue: what
@@ -30,7 +37,8 @@
 use std::cell::{Cell, RefCell};
 
 use crate::address::{Address, kind};
-use crate::error::{Refused, SendError};
+use crate::cluster::Service;
+use crate::error::{Destination, Refused, SendError};
 use crate::outbox::put_record;
 use crate::sys;
 
@@ -52,16 +60,40 @@ const HEADER: usize = 16;
 struct Queue {
     /// Records back to back, as `send-batch` reads them.
     records: RefCell<Vec<u8>>,
-    /// How many records `records` holds. Every other import looks at it
-    /// before it calls the host, so it is a plain cell: behind the
-    /// `RefCell` that look cost local-call-rtt 2–4 % (session 22).
+    /// Cluster sends to one service on one node.
+    cluster: RefCell<ClusterRun>,
+    /// How many messages wait, in `records` and `cluster`. Every other
+    /// import looks at it before it calls the host, so it is a plain
+    /// cell: behind the `RefCell` that look cost local-call-rtt 2–4 %
+    /// (session 22).
     count: Cell<u32>,
+}
+
+/// Cluster sends to one service on one node, as `cluster.send-batch`
+/// reads them: each a `u32` length and the payload.
+struct ClusterRun {
+    /// Where they go (`None`: the run is empty).
+    to: Option<(String, Service)>,
+    records: Vec<u8>,
+}
+
+impl ClusterRun {
+    /// Whether the run goes to `service` on `node`.
+    fn goes_to(&self, node: &str, service: &Service) -> bool {
+        self.to
+            .as_ref()
+            .is_some_and(|(n, s)| n == node && s == service)
+    }
 }
 
 thread_local! {
     static QUEUE: Queue = const {
         Queue {
             records: RefCell::new(Vec::new()),
+            cluster: RefCell::new(ClusterRun {
+                to: None,
+                records: Vec::new(),
+            }),
             count: Cell::new(0),
         }
     };
@@ -86,6 +118,43 @@ pub(crate) fn push(dest: Address, kind: u8, session: u32, payload: &[u8]) -> Res
         q.count.set(q.count.get() + 1);
         (q.count.get(), records.len())
     });
+    queued_one(count, bytes);
+    Ok(())
+}
+
+/// Queues a cluster send to `service` on `node` (or, at [`DIRECT`] bytes
+/// and above, sends it now). A run to another service or node is flushed
+/// first.
+///
+/// # Errors
+/// A payload sent on its own reports what the host said of it.
+pub(crate) fn push_cluster(node: &str, service: Service, payload: &[u8]) -> Result<(), String> {
+    if payload.len() >= DIRECT {
+        flush_quietly();
+        return sys::cluster::send(node, &service.into_raw(), payload);
+    }
+    let same = QUEUE.with(|q| q.cluster.borrow().goes_to(node, &service));
+    if !same {
+        flush_quietly();
+    }
+    let (count, bytes) = QUEUE.with(|q| {
+        let mut run = q.cluster.borrow_mut();
+        if run.to.is_none() {
+            run.to = Some((node.to_string(), service));
+        }
+        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        run.records.extend_from_slice(&len.to_le_bytes());
+        run.records.extend_from_slice(payload);
+        q.count.set(q.count.get() + 1);
+        (q.count.get(), run.records.len())
+    });
+    queued_one(count, bytes);
+    Ok(())
+}
+
+/// After a message was queued: `count` wait in all, one buffer holds
+/// `bytes`.
+fn queued_one(count: u32, bytes: usize) {
     if count == 1 {
         // Set by the first send, not at `init`: a service that never sends
         // keeps std's hook and the memory it would take.
@@ -94,7 +163,6 @@ pub(crate) fn push(dest: Address, kind: u8, session: u32, payload: &[u8]) -> Res
     if count >= MAX_QUEUED || bytes >= MAX_BYTES {
         flush_quietly();
     }
-    Ok(())
 }
 
 /// Whether a send is queued (false while a flush has the queue).
@@ -119,27 +187,60 @@ pub(crate) fn flush() -> Result<(), Refused> {
         return Ok(());
     }
     // Taken out, so that nothing here holds the queue while the host runs.
-    let Ok(Some(mut records)) = QUEUE.try_with(|q| {
-        let taken = std::mem::take(&mut *q.records.try_borrow_mut().ok()?);
+    let Ok(Some((mut records, run))) = QUEUE.try_with(|q| {
+        let records = std::mem::take(&mut *q.records.try_borrow_mut().ok()?);
+        let mut cluster = q.cluster.try_borrow_mut().ok()?;
+        let run = (cluster.to.take(), std::mem::take(&mut cluster.records));
         q.count.set(0);
-        Some(taken)
+        Some((records, run))
     }) else {
         return Ok(());
     };
-    let refused = send_all(&records);
-    records.clear();
-    // The buffer is kept for the next flush unless a burst grew it past
-    // what a flush takes.
-    if records.capacity() <= 2 * MAX_BYTES {
-        let _ = QUEUE.try_with(|q| {
-            if let Ok(mut kept) = q.records.try_borrow_mut()
-                && kept.is_empty()
-            {
-                *kept = records;
+    let mut refused = if records.is_empty() {
+        None
+    } else {
+        send_all(&records)
+    };
+    let (to, mut cluster_records) = run;
+    if let Some((node, service)) = to {
+        let theirs = send_run(node, service, &cluster_records);
+        refused = match (refused, theirs) {
+            (Some(mut first), Some(then)) => {
+                first.count += then.count;
+                Some(first)
             }
-        });
+            (first, then) => first.or(then),
+        };
     }
+    records.clear();
+    cluster_records.clear();
+    // The buffers are kept for the next flush unless a burst grew them
+    // past what a flush takes.
+    let _ = QUEUE.try_with(|q| {
+        if records.capacity() <= 2 * MAX_BYTES
+            && let Ok(mut kept) = q.records.try_borrow_mut()
+            && kept.is_empty()
+        {
+            *kept = records;
+        }
+        if cluster_records.capacity() <= 2 * MAX_BYTES
+            && let Ok(mut kept) = q.cluster.try_borrow_mut()
+            && kept.records.is_empty()
+        {
+            kept.records = cluster_records;
+        }
+    });
     refused.map_or(Ok(()), Err)
+}
+
+/// One `cluster.send-batch` of a run's records.
+fn send_run(node: String, service: Service, records: &[u8]) -> Option<Refused> {
+    let refused = sys::cluster::send_batch(&node, &service.clone().into_raw(), records).err()?;
+    Some(Refused {
+        to: Destination::Cluster { node, service },
+        error: SendError::Cluster(refused.reason),
+        count: refused.count as usize,
+    })
 }
 
 /// [`flush`], for the flushes the service did not ask for: a refusal is
@@ -197,7 +298,7 @@ fn send_all(records: &[u8]) -> Option<Refused> {
             Some(r) => r.count += 1,
             None => {
                 refused = Some(Refused {
-                    to: Address(dest),
+                    to: Destination::Address(Address(dest)),
                     error: error.into(),
                     count: 1,
                 })
@@ -253,7 +354,7 @@ fn flush_on_panic() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::{host, sent, take_effects};
+    use crate::fake::{Effect, host, sent, take_effects};
 
     fn reset() {
         let _ = flush();
@@ -304,7 +405,7 @@ mod tests {
         assert_eq!(
             flush(),
             Err(Refused {
-                to: Address(7),
+                to: Destination::Address(Address(7)),
                 error: SendError::UnknownAddress,
                 count: 2,
             })
@@ -320,7 +421,10 @@ mod tests {
         // The last record refused: nothing is left to send after it.
         assert_eq!(push(Address(5), 0, 0, b"6"), Ok(()));
         assert_eq!(push(Address(9), 0, 0, b"7"), Ok(()));
-        assert_eq!(flush().map_err(|r| (r.to, r.count)), Err((Address(9), 1)));
+        assert_eq!(
+            flush().map_err(|r| (r.to, r.count)),
+            Err((Destination::Address(Address(9)), 1))
+        );
         assert_eq!(take_effects(), vec![sent(5, 0, 0, b"6")]);
     }
 
@@ -344,6 +448,91 @@ mod tests {
         let logs = refuse(1);
         assert_eq!(logs.len(), 1, "{logs:?}");
         assert!(logs[0].1.contains("5 more refused"), "{logs:?}");
+    }
+
+    fn batch(node: &str, name: &str, payloads: &[&[u8]]) -> Effect {
+        Effect::ClusterBatch {
+            node: node.to_string(),
+            service: format!("{:?}", Service::from(name).into_raw()),
+            payloads: payloads.iter().map(|p| p.to_vec()).collect(),
+        }
+    }
+
+    #[test]
+    fn cluster_sends_to_one_service_go_as_one_batch_and_another_target_flushes_them() {
+        reset();
+        assert_eq!(push_cluster("b", "sink".into(), b"1"), Ok(()));
+        assert_eq!(push(Address(5), 0, 0, b"local"), Ok(()));
+        assert_eq!(push_cluster("b", "sink".into(), b"2"), Ok(()));
+        assert_eq!(len(), 3);
+        assert!(take_effects().is_empty(), "nothing leaves before the flush");
+        assert_eq!(push_cluster("c", "sink".into(), b"3"), Ok(()));
+        assert_eq!(
+            take_effects(),
+            vec![sent(5, 0, 0, b"local"), batch("b", "sink", &[b"1", b"2"])],
+            "another node's send flushed what was queued"
+        );
+        assert_eq!(push_cluster("c", "other".into(), b"4"), Ok(()));
+        assert_eq!(take_effects(), vec![batch("c", "sink", &[b"3"])]);
+        // A call flushes the run before it goes.
+        let _call = crate::cluster::call_raw("c", "other", b"?", None);
+        let effects = take_effects();
+        assert_eq!(effects[0], batch("c", "other", &[b"4"]));
+        assert!(
+            matches!(&effects[1], Effect::Harbor { request, .. } if request.starts_with("cluster call c")),
+            "{effects:?}"
+        );
+        for i in 0..MAX_QUEUED {
+            assert_eq!(push_cluster("b", "sink".into(), &[i as u8]), Ok(()));
+        }
+        assert_eq!(len(), 0, "a full run flushes itself");
+        assert!(
+            matches!(&take_effects()[..], [Effect::ClusterBatch { payloads, .. }] if payloads.len() == MAX_QUEUED as usize)
+        );
+    }
+
+    #[test]
+    fn a_refused_cluster_run_is_reported_with_its_node_and_the_local_sends_still_go() {
+        reset();
+        assert_eq!(
+            push_cluster(sys::cluster::DOWN, "sink".into(), b"1"),
+            Ok(())
+        );
+        assert_eq!(
+            push_cluster(sys::cluster::DOWN, "sink".into(), b"2"),
+            Ok(())
+        );
+        assert_eq!(push(Address(5), 0, 0, b"local"), Ok(()));
+        let refused = flush().expect_err("the node is down");
+        assert_eq!(
+            refused.to,
+            Destination::Cluster {
+                node: sys::cluster::DOWN.to_string(),
+                service: "sink".into()
+            }
+        );
+        assert_eq!(refused.count, 2);
+        assert_eq!(
+            refused.to_string(),
+            "a queued send to `sink` on cluster node `down` was refused: cluster node `down` is offline (2 refused in this flush)"
+        );
+        assert_eq!(take_effects(), vec![sent(5, 0, 0, b"local")]);
+        // A large payload goes on its own, and reports at once.
+        let large = vec![1u8; DIRECT];
+        assert!(push_cluster(sys::cluster::DOWN, "sink".into(), &large).is_err());
+        assert_eq!(push_cluster("b", "sink".into(), b"small"), Ok(()));
+        assert_eq!(push_cluster("b", "sink".into(), &large), Ok(()));
+        assert_eq!(
+            take_effects(),
+            vec![
+                batch("b", "sink", &[b"small"]),
+                Effect::ClusterSend {
+                    node: "b".into(),
+                    service: format!("{:?}", Service::from("sink").into_raw()),
+                    payload: large
+                }
+            ]
+        );
     }
 
     #[test]

@@ -16,7 +16,11 @@ use crate::support::{
 pub(crate) const SECRET: &str = "cluster test secret";
 
 /// A node in a cluster, listening on an OS-picked port, reading `config`.
-async fn launch(name: &str, config: Option<&Path>, compression: bool) -> anyhow::Result<TestNode> {
+pub(crate) async fn launch(
+    name: &str,
+    config: Option<&Path>,
+    compression: bool,
+) -> anyhow::Result<TestNode> {
     launch_at(name, "127.0.0.1:0", config, compression).await
 }
 
@@ -43,12 +47,12 @@ async fn launch_at(
     Ok(TestNode { node, client })
 }
 
-fn listen_of(t: &TestNode) -> String {
+pub(crate) fn listen_of(t: &TestNode) -> String {
     t.node.cluster_listening()[0].to_string()
 }
 
 /// A cluster config naming each node at its address.
-fn table(nodes: &[(&str, &TestNode)]) -> String {
+pub(crate) fn table(nodes: &[(&str, &TestNode)]) -> String {
     nodes
         .iter()
         .map(|(n, t)| format!("{n} = \"{}\"\n", listen_of(t)))
@@ -329,7 +333,9 @@ async fn a_malformed_frame_closes_only_its_own_cluster_link() -> anyhow::Result<
 }
 
 /// What a raw link hears back, for tests that speak the wire themselves.
-struct Heard(tokio::sync::mpsc::UnboundedSender<(skyhost::cluster::proto::Header, Vec<u8>)>);
+pub(crate) struct Heard(
+    pub(crate) tokio::sync::mpsc::UnboundedSender<(skyhost::cluster::proto::Header, Vec<u8>)>,
+);
 
 impl
     skyhost::transport::LinkHandler<

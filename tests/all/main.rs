@@ -2,6 +2,7 @@
 
 mod cli;
 mod cluster;
+mod cluster_batch;
 mod conformance;
 mod console;
 mod discovery;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::batch;
 use super::proto::{Control, Header, Target};
 use super::{Cluster, Settings, lock};
 use crate::runtime::endpoint::HostEndpoint;
@@ -247,6 +248,44 @@ impl AgentHandler {
         })
     }
 
+    /// Delivers the sends of one `Pushes` frame to `dest`, each payload a
+    /// view of `records`, in one run. A message the mailbox refuses is
+    /// counted undelivered and the rest go on; a batch that does not parse
+    /// is dropped whole (its sender's host checked it: the frame is bad).
+    fn deliver_batch(
+        &self,
+        dest: Address,
+        target: &Target,
+        tenant: TenantId,
+        trace: u64,
+        records: bytes::Bytes,
+    ) {
+        let Ok(payloads) = batch::payloads(&records).collect::<Result<Vec<_>, _>>() else {
+            tracing::warn!(peer = %self.peer, "a batch of cluster sends that does not parse: dropped");
+            return;
+        };
+        let mut rest = payloads.as_slice();
+        while !rest.is_empty() {
+            let mut run: Vec<Message> = rest
+                .iter()
+                .map(|payload| Message {
+                    kind: kind::TEXT,
+                    source: self.agent,
+                    session: 0,
+                    tenant,
+                    payload: records.slice(payload.clone()),
+                    trace,
+                })
+                .collect();
+            let Err((refused, e)) = self.kernel.deliver_run(dest, &mut run) else {
+                return;
+            };
+            self.cluster
+                .send_undelivered(&self.peer, &self.shown(target), &e.to_string());
+            rest = rest.get(refused + 1..).unwrap_or_default();
+        }
+    }
+
     /// Logs a traced request or send arriving from a peer node.
     fn trace_in(&self, trace: u64, target: &Target, session: u32) {
         if trace != 0 {
@@ -305,7 +344,8 @@ impl AgentHandler {
 
 impl LinkHandler<Control, Header> for AgentHandler {
     fn on_message(&mut self, header: Header, payload: Vec<u8>) {
-        if let Header::Push { seq, .. } | Header::Channel { seq, .. } = &header
+        if let Header::Push { seq, .. } | Header::Pushes { seq, .. } | Header::Channel { seq, .. } =
+            &header
             && !self.first_arrival(*seq, payload.len())
         {
             return;
@@ -369,6 +409,28 @@ impl LinkHandler<Control, Header> for AgentHandler {
                 if let Err(e) = delivered {
                     let shown = self.shown(&target);
                     self.cluster.send_undelivered(&self.peer, &shown, &e);
+                }
+            }
+            Header::Pushes {
+                tenant,
+                target,
+                compressed,
+                trace,
+                count,
+                seq: _,
+            } => {
+                self.trace_in(trace, &target, 0);
+                let tenant = TenantId(tenant);
+                let delivered = self.target(tenant, &target).and_then(|dest| {
+                    let records = self.cluster.settings.unpack(payload, compressed)?;
+                    self.deliver_batch(dest, &target, tenant, trace, records.into());
+                    Ok(())
+                });
+                if let Err(e) = delivered {
+                    let shown = self.shown(&target);
+                    for _ in 0..count {
+                        self.cluster.send_undelivered(&self.peer, &shown, &e);
+                    }
                 }
             }
             Header::Channel {

@@ -35,6 +35,7 @@ mod sender;
 mod watch;
 
 mod agent;
+pub(crate) mod batch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -130,11 +131,13 @@ pub(crate) enum Job {
         waiter: Waiter,
         timeout: Option<Duration>,
     },
-    /// A send.
+    /// A send: one message, or with `batched` the records of that many
+    /// for one target (`batch`), sent as one frame.
     Send {
         origin: Origin,
         target: Target,
         payload: Vec<u8>,
+        batched: Option<u32>,
     },
     /// A name lookup; `waiter` gets the address (4 bytes, little-endian).
     Query { name: String, waiter: Waiter },
@@ -151,12 +154,28 @@ pub(crate) enum Job {
 }
 
 impl Job {
+    /// How many messages it carries (a queue's bound counts them).
+    fn messages(&self) -> usize {
+        match self {
+            Job::Send {
+                batched: Some(n), ..
+            } => *n as usize,
+            _ => 1,
+        }
+    }
+
     /// Ends the job's session with an error; a send has none to end, so it
     /// is counted in `dropped`.
     fn fail(self, kernel: &Kernel, error: &ClusterError, dropped: &AtomicU64) {
         match self {
             Job::Call { waiter, .. } | Job::Query { waiter, .. } | Job::Ping { waiter, .. } => {
                 waiter.fail(kernel, error.cause, &error.detail);
+            }
+            Job::Send {
+                batched: Some(n), ..
+            } => {
+                dropped.fetch_add(u64::from(n), Ordering::Relaxed);
+                tracing::debug!("cluster sends dropped ({n}): {}", error.detail);
             }
             Job::Send { .. } | Job::Item(_) => {
                 dropped.fetch_add(1, Ordering::Relaxed);
@@ -509,6 +528,29 @@ impl Cluster {
             origin,
             target,
             payload,
+            batched: None,
+        };
+        self.route(node, job).map_err(|(_, e)| e)
+    }
+
+    /// Sends the `count` messages whose payloads `records` holds
+    /// ([`batch`]) to `target` on `node`, as one frame.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), for all of them.
+    pub fn send_batch(
+        self: &Arc<Self>,
+        origin: Origin,
+        node: &str,
+        target: Target,
+        records: Vec<u8>,
+        count: u32,
+    ) -> Result<(), ClusterError> {
+        let job = Job::Send {
+            origin,
+            target,
+            payload: records,
+            batched: Some(count),
         };
         self.route(node, job).map_err(|(_, e)| e)
     }

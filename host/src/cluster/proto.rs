@@ -91,6 +91,22 @@ pub enum Header {
         /// Trace id of the logical request (0: none).
         trace: u64,
     },
+    /// Several sends to one target: the payload holds their records
+    /// (`cluster::batch`). Numbered and kept as one message.
+    Pushes {
+        /// The sender's tenant; the target must be of the same tenant.
+        tenant: u32,
+        /// Whom they are for.
+        target: Target,
+        /// The payload (the whole buffer of records) is lz4-compressed.
+        compressed: bool,
+        /// Trace id of the logical request (0: none).
+        trace: u64,
+        /// Its number in the sender's session, as a `Push`'s.
+        seq: u64,
+        /// How many records the payload holds.
+        count: u32,
+    },
 }
 
 /// A control message on a cluster link.
@@ -193,18 +209,32 @@ pub enum Control {
 
 impl crate::transport::resume::Numbered for Header {
     fn one_way(&self) -> bool {
-        matches!(self, Header::Push { .. } | Header::Channel { .. })
+        matches!(
+            self,
+            Header::Push { .. } | Header::Pushes { .. } | Header::Channel { .. }
+        )
     }
 
     fn seq(&self) -> u64 {
         match self {
-            Header::Push { seq, .. } | Header::Channel { seq, .. } => *seq,
+            Header::Push { seq, .. } | Header::Pushes { seq, .. } | Header::Channel { seq, .. } => {
+                *seq
+            }
             _ => 0,
         }
     }
 
+    fn messages(&self) -> usize {
+        match self {
+            Header::Pushes { count, .. } => *count as usize,
+            _ => 1,
+        }
+    }
+
     fn set_seq(&mut self, number: u64) {
-        if let Header::Push { seq, .. } | Header::Channel { seq, .. } = self {
+        if let Header::Push { seq, .. } | Header::Pushes { seq, .. } | Header::Channel { seq, .. } =
+            self
+        {
             *seq = number;
         }
     }

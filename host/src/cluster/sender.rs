@@ -30,6 +30,15 @@ use crate::transport::{Connection, DriverError, LinkHandler, Outgoing};
 
 type Item = Outgoing<Control, Header>;
 
+/// How many messages `item` carries (a batch several, a control none that
+/// a drop counts, but one by the queue's bound).
+fn messages(item: &Item) -> usize {
+    match item {
+        Outgoing::Message(header, _) => header.messages(),
+        Outgoing::Control(_) => 1,
+    }
+}
+
 /// Most target names one sender interns; beyond, names travel as text (a
 /// sender to ever-new names must not grow without bound).
 const MAX_INTERNED: u32 = 4096;
@@ -154,28 +163,54 @@ impl Sender {
             origin,
             target,
             payload,
+            batched,
         } = job
         {
             if self.up.load(Ordering::Acquire) && !self.closed.load(Ordering::Acquire) {
-                let (payload, compressed) = settings.pack(payload);
-                let header = Header::Push {
-                    tenant: origin.tenant.0,
-                    target: self.intern(target),
-                    compressed,
-                    trace: origin.trace,
-                    seq: 0,
-                };
-                self.queue(Outgoing::Message(header, payload));
+                self.queue(self.push(settings, origin, target, payload, batched));
                 return Ok(());
             }
             let job = Job::Send {
                 origin,
                 target,
                 payload,
+                batched,
             };
             return self.submit_locked(settings, job);
         }
         self.submit_locked(settings, job)
+    }
+
+    /// The frame of a send: one message (`Push`) or a batch (`Pushes`).
+    fn push(
+        &self,
+        settings: &Settings,
+        origin: super::Origin,
+        target: Target,
+        payload: Vec<u8>,
+        batched: Option<u32>,
+    ) -> Item {
+        let (payload, compressed) = settings.pack(payload);
+        let (tenant, trace, target) = (origin.tenant.0, origin.trace, self.intern(target));
+        let header = if let Some(count) = batched {
+            Header::Pushes {
+                tenant,
+                target,
+                compressed,
+                trace,
+                seq: 0,
+                count,
+            }
+        } else {
+            Header::Push {
+                tenant,
+                target,
+                compressed,
+                trace,
+                seq: 0,
+            }
+        };
+        Outgoing::Message(header, payload)
     }
 
     /// `target` as it goes on the wire: a name as its number on this
@@ -230,7 +265,8 @@ impl Sender {
             if let Outgoing::Message(header, _) = &item
                 && header.one_way()
             {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.dropped
+                    .fetch_add(header.messages() as u64, Ordering::Relaxed);
             }
         }
     }
@@ -271,7 +307,7 @@ impl Sender {
                 );
                 return Err((job, e));
             }
-            w.queued_while_down += 1;
+            w.queued_while_down += job.messages();
         }
         if let Some((failed_at, why)) = &w.unreachable {
             if failed_at.elapsed() < RETRY_GAP {
@@ -315,17 +351,8 @@ impl Sender {
                 origin,
                 target,
                 payload,
-            } => {
-                let (payload, compressed) = settings.pack(payload);
-                let header = Header::Push {
-                    tenant: origin.tenant.0,
-                    target: self.intern(target),
-                    compressed,
-                    trace: origin.trace,
-                    seq: 0,
-                };
-                Outgoing::Message(header, payload)
-            }
+                batched,
+            } => self.push(settings, origin, target, payload, batched),
             Job::Item(item) => item,
             Job::Query { name, waiter } => {
                 let request = w.session();
@@ -477,6 +504,7 @@ impl Sender {
             let queries = std::mem::take(&mut w.queries);
             let mut kept = VecDeque::new();
             let mut dropped = 0usize;
+            let mut kept_messages = 0usize;
             // Drained under the lock, so nothing submitted after this is lost.
             let backlog = &self.backlog;
             let queued = std::iter::from_fn(|| {
@@ -500,13 +528,15 @@ impl Sender {
                 if answered_or_resent {
                     continue;
                 }
-                if kept.len() < keep {
+                let n = messages(&item);
+                if kept_messages + n <= keep {
+                    kept_messages += n;
                     kept.push_back(item);
                 } else {
-                    dropped += 1;
+                    dropped += n;
                 }
             }
-            w.queued_while_down = kept.len();
+            w.queued_while_down = kept_messages;
             (calls, queries, kept, dropped)
         };
         self.count_dropped(dropped, why);

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the wire protocol, exchanged in the handshake; both ends must
 /// speak the same one.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// Header of one service message between nodes: harbor's, and the default
 /// `H` of [`Frame`] and [`super::Link`].

@@ -51,6 +51,11 @@ pub trait Numbered: Clone {
     fn seq(&self) -> u64;
     /// Gives it its number.
     fn set_seq(&mut self, seq: u64);
+    /// How many messages it carries (a batch carries several under one
+    /// number): what a drop counts.
+    fn messages(&self) -> usize {
+        1
+    }
 }
 
 /// The sending side of one peer: numbers and what is kept.
@@ -101,9 +106,16 @@ impl<H: Numbered> Outbox<H> {
 
     /// The peer has every message up to `floor`.
     pub fn received(&mut self, floor: u64) {
+        self.forget_through(floor);
+    }
+
+    /// Stops keeping the messages up to `floor`; how many there were.
+    fn forget_through(&mut self, floor: u64) -> usize {
+        let mut forgotten = 0;
         while self.kept.front().is_some_and(|(e, _)| e.seq() <= floor) {
-            self.kept.pop_front();
+            forgotten += self.kept.pop_front().map_or(0, |(e, _)| e.messages());
         }
+        forgotten
     }
 
     /// What this side tells the peer first on a new link: its session and
@@ -150,9 +162,7 @@ impl<H: Numbered> Outbox<H> {
         if crate::sim::broken(crate::sim::Break::NoResend) {
             self.received(u64::MAX);
         }
-        let before = self.kept.len();
-        self.received(since);
-        let dropped = before - self.kept.len();
+        let dropped = self.forget_through(since);
         self.received(floor);
         (self.kept.iter().cloned().collect(), dropped)
     }
@@ -165,9 +175,7 @@ impl<H: Numbered> Outbox<H> {
 
     /// Drops everything kept (the peer left); how many.
     pub fn drop_kept(&mut self) -> usize {
-        let n = self.kept.len();
-        self.kept.clear();
-        n
+        self.kept.drain(..).map(|(e, _)| e.messages()).sum()
     }
 }
 

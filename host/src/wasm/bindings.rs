@@ -6,5 +6,8 @@ wasmtime::component::bindgen!({
     path: "../wit",
     exports: { default: async },
     // A malformed batch buffer is a bug in the guest's SDK: it traps.
-    imports: { "skyhost:service/runtime.send-batch": trappable },
+    imports: {
+        "skyhost:service/runtime.send-batch": trappable,
+        "skyhost:service/cluster.send-batch": trappable,
+    },
 });

@@ -111,6 +111,7 @@ fn send_error(e: &SendError) -> String {
         SendError::ReservedKind => "reserved-kind",
         SendError::NodeDown => "node-down",
         SendError::Encode(_) => "encode",
+        SendError::Cluster(_) => "cluster",
     }
     .to_string()
 }

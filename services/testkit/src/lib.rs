@@ -17,7 +17,7 @@ use skyhost_sdk::{
     multicast::Channel,
     query, register, self_address, send_raw, sleep, spawn_raw,
 };
-use skyhost_test_proto::{ClusterTarget, Command, Reply as Answer, TrapKind};
+use skyhost_test_proto::{ClusterTarget, Command, Reply as Answer, SEQ_TAG, TrapKind};
 
 /// The 8 bytes at address 8 of the linear memory (`low=<n>`, `Command::Low`).
 const LOW: *mut u64 = core::ptr::without_provenance_mut(8);
@@ -32,6 +32,8 @@ struct Testkit {
     multicast: RefCell<Vec<u32>>,
     /// Memory kept for `Hold`.
     held: RefCell<Vec<Vec<u8>>>,
+    /// The numbers of the `SEQ_TAG` texts received, in order.
+    seq: RefCell<Vec<u32>>,
 }
 
 impl Service for Testkit {
@@ -83,6 +85,7 @@ impl Service for Testkit {
             exits: RefCell::new(Vec::new()),
             multicast: RefCell::new(Vec::new()),
             held: RefCell::new(Vec::new()),
+            seq: RefCell::new(Vec::new()),
         })
     }
 
@@ -135,6 +138,12 @@ impl Testkit {
         self.counted.set(self.counted.get() + 1);
         if kind == kind::EXIT {
             self.exits.borrow_mut().push(source.0);
+        }
+        if kind == kind::TEXT
+            && let Some(number) = payload.strip_prefix(&SEQ_TAG)
+            && let Ok(number) = <[u8; 4]>::try_from(number)
+        {
+            self.seq.borrow_mut().push(u32::from_le_bytes(number));
         }
         if kind == kind::MULTICAST {
             let value = match <[u8; 4]>::try_from(payload) {
@@ -292,10 +301,15 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
             node,
             target,
             payload,
-        } => match cluster::send_raw(&node, service(target), &payload) {
-            Ok(()) => Answer::Unit,
-            Err(e) => Answer::Failed(format!("cluster send {node}: {e}")),
-        },
+        } => {
+            // Queued: what the host refuses it refuses at the flush.
+            let sent = cluster::send_raw(&node, service(target), &payload)
+                .and_then(|()| flush().map_err(|e| e.to_string()));
+            match sent {
+                Ok(()) => Answer::Unit,
+                Err(e) => Answer::Failed(format!("cluster send {node}: {e}")),
+            }
+        }
         Command::ClusterProxy { node, target } => {
             Answer::Address(cluster::proxy(&node, service(target)).0)
         }
@@ -330,7 +344,10 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
                     return Answer::Failed(format!("cluster send {i} of {n}: {e}"));
                 }
             }
-            Answer::Unit
+            match flush() {
+                Ok(()) => Answer::Unit,
+                Err(e) => Answer::Failed(format!("cluster sends to {node}: {e}")),
+            }
         }
         Command::McNew(number) => {
             let made = match number {
@@ -364,6 +381,21 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
             Answer::Unit
         }
         Command::McLog => Answer::Order(kit.multicast.borrow().clone()),
+        Command::ClusterSendSeq { node, target, n } => {
+            let target = service(target);
+            for i in 0..n {
+                let mut payload = SEQ_TAG.to_vec();
+                payload.extend_from_slice(&i.to_le_bytes());
+                if let Err(e) = cluster::send_raw(&node, target.clone(), &payload) {
+                    return Answer::Failed(format!("cluster send {i} of {n}: {e}"));
+                }
+            }
+            match flush() {
+                Ok(()) => Answer::Unit,
+                Err(e) => Answer::Failed(format!("cluster sends to {node}: {e}")),
+            }
+        }
+        Command::SeqLog => Answer::Order(kit.seq.borrow().clone()),
         Command::McPublishBig { channel, n, size } => {
             let payload = vec![7u8; size as usize];
             for i in 0..n {

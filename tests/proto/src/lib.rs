@@ -350,7 +350,24 @@ pub enum Command {
         /// How it dies.
         trap: TrapKind,
     },
+    /// `n` cluster sends to `target` on `node`, the i-th carrying
+    /// [`SEQ_TAG`] and `i` (u32 little-endian), then a flush. Answers
+    /// `Unit`, or `Failed` with what the flush was refused.
+    ClusterSendSeq {
+        /// The cluster node.
+        node: String,
+        /// The service there.
+        target: ClusterTarget,
+        /// How many sends.
+        n: u32,
+    },
+    /// The numbers of the [`SEQ_TAG`] texts received so far, in arrival
+    /// order. Answers `Order`.
+    SeqLog,
 }
+
+/// What starts a numbered text (`ClusterSendSeq`, `SeqLog`).
+pub const SEQ_TAG: [u8; 4] = *b"seq:";
 
 /// A service on a cluster node: by name or by address there.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

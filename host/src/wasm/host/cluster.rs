@@ -142,6 +142,44 @@ impl cluster::Host for ServiceState {
             .map_err(|e| e.to_string())
     }
 
+    fn send_batch(
+        &mut self,
+        node: String,
+        service: cluster::Service,
+        batch: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), cluster::BatchRefused>> {
+        let total = crate::cluster::batch::check(&batch)?;
+        if total == 0 {
+            return Ok(Ok(()));
+        }
+        // A payload over the limit is refused alone.
+        let (records, too_large) =
+            crate::cluster::batch::keep_fitting(batch, |p| self.check_size(p).is_ok());
+        let sending = total - too_large;
+        let refused = |count, reason| Ok(Err(cluster::BatchRefused { count, reason }));
+        let Some(cluster) = self.parts.cluster.get() else {
+            return refused(total, NOT_IN_A_CLUSTER.to_string());
+        };
+        if sending > 0 {
+            self.trace_cluster_out(&node, &service, records.len());
+            let origin = crate::cluster::Origin {
+                tenant: self.tenant,
+                trace: self.current_trace,
+            };
+            if let Err(e) = cluster.send_batch(origin, &node, service.into(), records, sending) {
+                return refused(total, e.to_string());
+            }
+        }
+        if too_large > 0 {
+            let limit = self.handle.tenant.quotas.max_payload;
+            return refused(
+                too_large,
+                format!("payload larger than the limit of {limit} bytes"),
+            );
+        }
+        Ok(Ok(()))
+    }
+
     fn proxy(&mut self, node: String, service: cluster::Service) -> u32 {
         self.parts
             .cluster
