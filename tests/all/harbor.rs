@@ -31,7 +31,7 @@ fn harbor_config(id: u8, master: Option<&str>, secret: &str) -> skyhost::NodeCon
     config
 }
 
-async fn launch(id: u8, master: Option<&str>) -> anyhow::Result<TestNode> {
+pub(crate) async fn launch(id: u8, master: Option<&str>) -> anyhow::Result<TestNode> {
     let node = within(Node::launch(&harbor_config(id, master, SECRET)))
         .await?
         .with_context(|| format!("launch harbor {id}"))?;

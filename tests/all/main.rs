@@ -1,8 +1,8 @@
 //! skyhost's integration tests: one binary of modules, so the machine links once.
 
+mod batches;
 mod cli;
 mod cluster;
-mod cluster_batch;
 mod conformance;
 mod console;
 mod discovery;

@@ -10,11 +10,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::batch;
 use super::proto::{Control, Header, Target};
 use super::{Cluster, Settings, lock};
 use crate::runtime::endpoint::HostEndpoint;
 use crate::runtime::{Address, Kernel, Message, TenantId, kind};
+use crate::transport::batch;
 use crate::transport::resume::{Arrival, Inbox};
 use crate::transport::{Connection, LinkHandler, Listener, Outgoing, Socket};
 

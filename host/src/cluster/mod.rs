@@ -35,7 +35,6 @@ mod sender;
 mod watch;
 
 mod agent;
-pub(crate) mod batch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -534,7 +533,7 @@ impl Cluster {
     }
 
     /// Sends the `count` messages whose payloads `records` holds
-    /// ([`batch`]) to `target` on `node`, as one frame.
+    /// ([`batch`](crate::transport::batch)) to `target` on `node`, as one frame.
     ///
     /// # Errors
     /// As [`send`](Self::send), for all of them.

@@ -92,7 +92,7 @@ pub enum Header {
         trace: u64,
     },
     /// Several sends to one target: the payload holds their records
-    /// (`cluster::batch`). Numbered and kept as one message.
+    /// (`transport::batch`). Numbered and kept as one message.
     Pushes {
         /// The sender's tenant; the target must be of the same tenant.
         tenant: u32,

@@ -60,7 +60,8 @@ use crate::runtime::{
     Address, ErrorCause, GlobalNameError, HarborId, Kernel, Message, Remote, SendError, TenantId,
     kind,
 };
-use crate::transport::resume::{Inbox, Outbox};
+use crate::transport::batch;
+use crate::transport::resume::{Inbox, Numbered, Outbox};
 use crate::transport::tls::Tls;
 use crate::transport::{Connection, Envelope, LinkConfig, Net, Outgoing};
 use master_link::master_loop;
@@ -327,6 +328,7 @@ impl Harbor {
             tenant: message.tenant.0,
             trace: message.trace,
             seq: 0,
+            batched: 0,
         };
         let item = Outgoing::Message(envelope, message.payload.into());
         if message.kind == kind::REQUEST && message.session != 0 {
@@ -342,6 +344,76 @@ impl Harbor {
                 return Err(SendError::NodeDown(dest));
             }
         } else if !peer.send(item) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(SendError::NodeDown(dest));
+        }
+        Ok(())
+    }
+
+    /// Sends `run` (from one sender, all for `dest`) in order: one-way
+    /// messages alike in all but their payload go as one batched envelope
+    /// (one frame, one number, one entry kept until acknowledged); the
+    /// others one by one, as [`forward`](Self::forward) sends them.
+    ///
+    /// # Errors
+    /// `NodeDown` for the first message that could not go, by its place in
+    /// the run; the ones after it did not go either.
+    pub fn forward_run(
+        &self,
+        dest: Address,
+        run: &mut Vec<Message>,
+    ) -> Result<(), (usize, SendError)> {
+        let mut sent = 0;
+        let mut messages = run.drain(..).peekable();
+        while let Some(first) = messages.next() {
+            let mut alike = Vec::new();
+            while let Some(next) = messages.next_if(|m| batches_with(&first, m)) {
+                alike.push(next);
+            }
+            let count = 1 + alike.len();
+            let result = if alike.is_empty() {
+                self.forward(dest, first)
+            } else {
+                self.forward_batch(dest, first, alike)
+            };
+            result.map_err(|e| (sent, e))?;
+            sent += count;
+        }
+        Ok(())
+    }
+
+    /// Sends `first` and `rest` (alike: [`batches_with`]) as one envelope.
+    fn forward_batch(
+        &self,
+        dest: Address,
+        first: Message,
+        rest: Vec<Message>,
+    ) -> Result<(), SendError> {
+        let slot = self.peers[usize::from(dest.harbor().0)].load();
+        let Some(peer) = slot.as_deref() else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(SendError::NodeDown(dest));
+        };
+        let size = rest
+            .iter()
+            .map(|m| m.payload.len() + batch::HEADER)
+            .sum::<usize>();
+        let mut records = Vec::with_capacity(first.payload.len() + batch::HEADER + size);
+        batch::push(&mut records, &first.payload);
+        for m in &rest {
+            batch::push(&mut records, &m.payload);
+        }
+        let envelope = Envelope {
+            dest: dest.0,
+            source: first.source.0,
+            session: first.session,
+            kind: first.kind,
+            tenant: first.tenant.0,
+            trace: first.trace,
+            seq: 0,
+            batched: u32::try_from(1 + rest.len()).unwrap_or(u32::MAX),
+        };
+        if !peer.send(Outgoing::Message(envelope, records)) {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(SendError::NodeDown(dest));
         }
@@ -371,6 +443,7 @@ impl Harbor {
             tenant: tenant.0,
             trace: 0,
             seq: 0,
+            batched: 0,
         };
         let slot = self.peers[usize::from(node)].load();
         let Some(peer) = slot.as_deref() else {
@@ -646,7 +719,7 @@ impl Harbor {
                 if let Outgoing::Message(e, _) = item
                     && !(e.kind == kind::REQUEST && e.session != 0)
                 {
-                    dropped += 1;
+                    dropped += e.messages() as u64;
                 }
             }
             (calls, dropped)
@@ -748,9 +821,38 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The core reaches the other nodes through the harbor.
+/// Whether a message of `kind` with `session` may travel in a batched
+/// envelope: a kind a guest may send, with no answer awaited.
+fn batchable(kind: u8, session: u32) -> bool {
+    !(kind::is_reserved(kind) || kind == kind::REQUEST && session != 0)
+}
+
+/// Whether `next` can share `first`'s batched envelope: both batchable and
+/// alike in all but their payload.
+fn batches_with(first: &Message, next: &Message) -> bool {
+    batchable(first.kind, first.session)
+        && (
+            first.kind,
+            first.source,
+            first.session,
+            first.tenant,
+            first.trace,
+        ) == (
+            next.kind,
+            next.source,
+            next.session,
+            next.tenant,
+            next.trace,
+        )
+}
+
 impl Remote for Harbor {
     fn forward(&self, dest: Address, message: Message) -> Result<(), SendError> {
         Harbor::forward(self, dest, message)
+    }
+
+    fn forward_run(&self, dest: Address, run: &mut Vec<Message>) -> Result<(), (usize, SendError)> {
+        Harbor::forward_run(self, dest, run)
     }
 
     fn monitor(&self, tenant: TenantId, watcher: Address, target: Address) {

@@ -16,6 +16,7 @@ use super::proto::{Control, PEER_PROTOCOL};
 use super::{Harbor, lock, retry_delays};
 use crate::multicast::Multicast;
 use crate::runtime::{Address, GUEST_SESSIONS, Kernel, LateAt, Message, TenantId, kind};
+use crate::transport::batch;
 use crate::transport::driver::Keep;
 use crate::transport::resume::{Arrival, Inbox, Numbered, Outbox};
 use crate::transport::{Connection, Envelope, LinkHandler, Listener, Outgoing};
@@ -157,6 +158,10 @@ impl Numbered for Envelope {
 
     fn set_seq(&mut self, seq: u64) {
         self.seq = seq;
+    }
+
+    fn messages(&self) -> usize {
+        (self.batched as usize).max(1)
     }
 }
 
@@ -377,6 +382,55 @@ struct PeerHandler {
     peer: Arc<Peer>,
 }
 
+impl PeerHandler {
+    /// Delivers the one-way messages of a batched envelope to its `dest`,
+    /// each payload a view of `records`, in one run. One the mailbox refuses
+    /// is dropped (a send has no one to tell) and the rest go on; a batch
+    /// that could not have been sent (a kind that is not one-way, records
+    /// that do not parse) is dropped whole.
+    fn deliver_batch(&self, e: Envelope, records: Vec<u8>) {
+        let dest = Address(e.dest);
+        let one_way = super::batchable(e.kind, e.session);
+        let payloads = batch::payloads(&records).collect::<Result<Vec<_>, _>>();
+        let (true, Ok(payloads), true) = (one_way, payloads, dest.harbor() == self.kernel.harbor)
+        else {
+            tracing::warn!(peer = self.peer.id, %dest, kind = e.kind, "a batch that could not have been sent: dropped");
+            return;
+        };
+        if e.trace != 0 {
+            tracing::info!(
+                target: "skyhost::trace",
+                trace = format_args!("{:016x}", e.trace),
+                source = %Address(e.source),
+                %dest,
+                kind = e.kind,
+                count = payloads.len(),
+                "trace harbor in"
+            );
+        }
+        let records = bytes::Bytes::from(records);
+        let mut rest = payloads.as_slice();
+        while !rest.is_empty() {
+            let mut run: Vec<Message> = rest
+                .iter()
+                .map(|payload| Message {
+                    kind: e.kind,
+                    source: Address(e.source),
+                    session: e.session,
+                    tenant: TenantId(e.tenant),
+                    payload: records.slice(payload.clone()),
+                    trace: e.trace,
+                })
+                .collect();
+            let Err((refused, err)) = self.kernel.deliver_run(dest, &mut run) else {
+                return;
+            };
+            tracing::debug!(%dest, "message from harbor {} not delivered: {err}", self.peer.id);
+            rest = rest.get(refused + 1..).unwrap_or_default();
+        }
+    }
+}
+
 impl LinkHandler<Control> for PeerHandler {
     fn on_message(&mut self, e: Envelope, payload: Vec<u8>) {
         if e.seq != 0 {
@@ -402,6 +456,9 @@ impl LinkHandler<Control> for PeerHandler {
                     return;
                 }
             }
+        }
+        if e.batched > 0 {
+            return self.deliver_batch(e, payload);
         }
         // An answer ends its request in flight; one with none is late (its
         // request was failed when the link dropped). Host-import sessions
@@ -532,6 +589,7 @@ mod tests {
             tenant: 0,
             trace: 0,
             seq: 0,
+            batched: 0,
         }
     }
 

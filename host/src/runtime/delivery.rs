@@ -48,10 +48,7 @@ impl Kernel {
         if dest.harbor() != self.harbor
             && let Some(harbor) = self.remote.get()
         {
-            for (i, message) in run.drain(..).enumerate() {
-                harbor.forward(dest, message).map_err(|e| (i, e))?;
-            }
-            return Ok(());
+            return harbor.forward_run(dest, run);
         }
         self.with_service(dest, |handle| {
             let allowed = run

@@ -34,6 +34,18 @@ pub(crate) trait Remote: Send + Sync + 'static {
     /// # Errors
     /// `NodeDown` when there is no link to its node.
     fn forward(&self, dest: Address, message: Message) -> Result<(), SendError>;
+    /// Sends `run` (messages from one sender, all for `dest`, left empty)
+    /// in order, as [`forward`](Self::forward) would each.
+    ///
+    /// # Errors
+    /// The first message refused, by its place in the run; the ones before
+    /// it went, it and the ones after did not.
+    fn forward_run(&self, dest: Address, run: &mut Vec<Message>) -> Result<(), (usize, SendError)> {
+        for (i, message) in run.drain(..).enumerate() {
+            self.forward(dest, message).map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
     /// Tells `watcher` when `target` (on another node) ends; at once if its
     /// node is down.
     fn monitor(&self, tenant: TenantId, watcher: Address, target: Address);

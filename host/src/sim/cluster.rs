@@ -112,6 +112,20 @@ impl Reach for ByName<'_> {
         Some(sent.is_err())
     }
 
+    fn send_run(&self, target: u8, run: Vec<Message>) -> Option<Vec<bool>> {
+        let origin = Origin::of(TenantId::SYSTEM);
+        let mut records = Vec::new();
+        for m in &run {
+            crate::transport::batch::push(&mut records, &m.payload);
+        }
+        let n = u32::try_from(run.len()).ok()?;
+        let echo = Target::Name("echo".into());
+        let sent = self
+            .cluster
+            .send_batch(origin, &host(target), echo, records, n);
+        Some(vec![sent.is_err(); run.len()])
+    }
+
     fn dropped(&self) -> u64 {
         self.cluster.dropped()
     }

@@ -103,6 +103,16 @@ impl Reach for ByAddress<'_> {
         Some(self.kernel.deliver(echo, message).is_err())
     }
 
+    fn send_run(&self, target: u8, mut run: Vec<Message>) -> Option<Vec<bool>> {
+        let echo = self.shared.echo(target)?;
+        let n = run.len();
+        let went = match self.kernel.deliver_run(echo, &mut run) {
+            Ok(()) => n,
+            Err((refused, _)) => refused,
+        };
+        Some((0..n).map(|i| i >= went).collect())
+    }
+
     fn dropped(&self) -> u64 {
         self.harbor.dropped()
     }

@@ -343,6 +343,12 @@ pub(super) trait Reach {
     /// Sends `message` to node `target`'s echo. `None`: not sent;
     /// `Some(refused)`: sent, or refused at once.
     fn send(&self, target: u8, message: Message) -> Option<bool>;
+    /// Sends `run` (from the caller, in order) to node `target`'s echo as
+    /// the node sends a guest's batch. `None`: not sent; else whether each
+    /// was refused at once.
+    fn send_run(&self, target: u8, run: Vec<Message>) -> Option<Vec<bool>> {
+        run.into_iter().map(|m| self.send(target, m)).collect()
+    }
     /// One-way messages the node took and then dropped, so far.
     fn dropped(&self) -> u64;
     /// Whether the world has name queries that end like calls (cluster).
@@ -465,11 +471,26 @@ pub(super) async fn caller<P: Send + Sync + 'static>(
             query_echo(shared, kernel, reach, (me, &open), query, target);
         } else if rng.random_bool(0.6) {
             call(number, target, false);
-        } else {
+        } else if rng.random_bool(0.5) {
             let made = (id, incarnation, number);
             let message = message(kind::TEXT, me, 0, encode(SEND, made));
             if let Some(refused) = reach.send(target, message) {
                 shared.model().sent(made, target, refused);
+            }
+        } else {
+            // A run, as a guest's batch of sends leaves: one frame.
+            let made: Vec<_> = (0..rng.random_range(2..=4))
+                .map(|i| (id, incarnation, number + i))
+                .collect();
+            number += made.len() as u64 - 1;
+            let run = made
+                .iter()
+                .map(|&m| message(kind::TEXT, me, 0, encode(SEND, m)))
+                .collect();
+            if let Some(refused) = reach.send_run(target, run) {
+                for (m, refused) in made.into_iter().zip(refused) {
+                    shared.model().sent(m, target, refused);
+                }
             }
         }
     }

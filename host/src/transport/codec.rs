@@ -225,10 +225,10 @@ pub(super) mod tests {
             any::<u32>(),
             any::<u8>(),
             any::<u32>(),
-            (any::<u64>(), any::<u64>()),
+            (any::<u64>(), any::<u64>(), any::<u32>()),
         )
             .prop_map(
-                |(dest, source, session, kind, tenant, (trace, seq))| Envelope {
+                |(dest, source, session, kind, tenant, (trace, seq, batched))| Envelope {
                     dest,
                     source,
                     session,
@@ -236,6 +236,7 @@ pub(super) mod tests {
                     tenant,
                     trace,
                     seq,
+                    batched,
                 },
             )
     }
@@ -441,6 +442,7 @@ pub(super) mod tests {
             tenant: 5,
             trace: 6,
             seq: 0,
+            batched: 0,
         };
         let mut a = BytesMut::new();
         let mut b = BytesMut::new();

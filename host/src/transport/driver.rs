@@ -875,6 +875,7 @@ mod tests {
         tenant: 0,
         trace: 0,
         seq: 0,
+        batched: 0,
     };
 
     #[tokio::test]

@@ -33,6 +33,10 @@ pub struct Envelope {
     /// the sender sends again, on the next connection, what was not
     /// acknowledged (harbor's `peer` module).
     pub seq: u64,
+    /// 0: the payload is the message. `n`: it holds the records of `n`
+    /// one-way messages ([`batch`](super::batch)), each with this envelope's
+    /// addresses, session, kind, tenant and trace; numbered as one.
+    pub batched: u32,
 }
 
 /// One frame on the wire; `C` is the layer's own control protocol and `H`
@@ -230,6 +234,7 @@ mod tests {
             tenant: u32::MAX,
             trace: u64::MAX,
             seq: u64::MAX,
+            batched: 0,
         }
     }
 

@@ -14,8 +14,10 @@
 //! small tokio task per connection that moves bytes between the socket and a
 //! [`Link`]; it is the only code here that touches a socket. [`tls`] puts
 //! TLS 1.3 (rustls, both sides authenticated) between the socket and the
-//! driver when a node file asks for it.
+//! driver when a node file asks for it. [`batch`] is the layout of several
+//! one-way payloads carried as one message.
 
+pub mod batch;
 pub mod codec;
 pub mod driver;
 pub mod frame;

@@ -156,6 +156,13 @@ impl Testkit {
     }
 }
 
+/// The payload of the `i`-th numbered text (`SEQ_TAG`, then `i`).
+fn numbered(i: u32) -> Vec<u8> {
+    let mut payload = SEQ_TAG.to_vec();
+    payload.extend_from_slice(&i.to_le_bytes());
+    payload
+}
+
 /// Runs a command that answers when it returns.
 async fn run(kit: &Testkit, command: Command) -> Answer {
     match command {
@@ -384,15 +391,24 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
         Command::ClusterSendSeq { node, target, n } => {
             let target = service(target);
             for i in 0..n {
-                let mut payload = SEQ_TAG.to_vec();
-                payload.extend_from_slice(&i.to_le_bytes());
-                if let Err(e) = cluster::send_raw(&node, target.clone(), &payload) {
+                if let Err(e) = cluster::send_raw(&node, target.clone(), &numbered(i)) {
                     return Answer::Failed(format!("cluster send {i} of {n}: {e}"));
                 }
             }
             match flush() {
                 Ok(()) => Answer::Unit,
                 Err(e) => Answer::Failed(format!("cluster sends to {node}: {e}")),
+            }
+        }
+        Command::SendSeq { target, n } => {
+            for i in 0..n {
+                if let Err(e) = send_raw(Address(target), kind::TEXT, &numbered(i)) {
+                    return Answer::Failed(format!("send {i} of {n}: {e}"));
+                }
+            }
+            match flush() {
+                Ok(()) => Answer::Unit,
+                Err(e) => Answer::Failed(format!("sends to {}: {e}", Address(target))),
             }
         }
         Command::SeqLog => Answer::Order(kit.seq.borrow().clone()),

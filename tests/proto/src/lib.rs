@@ -361,6 +361,15 @@ pub enum Command {
         /// How many sends.
         n: u32,
     },
+    /// `n` sends (queued, as `send` does) of texts to `target`, the i-th
+    /// carrying [`SEQ_TAG`] and `i` (u32 little-endian), then a flush.
+    /// Answers `Unit`, or `Failed` with what the flush was refused.
+    SendSeq {
+        /// Where they go.
+        target: u32,
+        /// How many.
+        n: u32,
+    },
     /// The numbers of the [`SEQ_TAG`] texts received so far, in arrival
     /// order. Answers `Order`.
     SeqLog,

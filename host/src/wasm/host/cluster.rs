@@ -148,13 +148,13 @@ impl cluster::Host for ServiceState {
         service: cluster::Service,
         batch: Vec<u8>,
     ) -> wasmtime::Result<Result<(), cluster::BatchRefused>> {
-        let total = crate::cluster::batch::check(&batch)?;
+        let total = crate::transport::batch::check(&batch)?;
         if total == 0 {
             return Ok(Ok(()));
         }
         // A payload over the limit is refused alone.
         let (records, too_large) =
-            crate::cluster::batch::keep_fitting(batch, |p| self.check_size(p).is_ok());
+            crate::transport::batch::keep_fitting(batch, |p| self.check_size(p).is_ok());
         let sending = total - too_large;
         let refused = |count, reason| Ok(Err(cluster::BatchRefused { count, reason }));
         let Some(cluster) = self.parts.cluster.get() else {

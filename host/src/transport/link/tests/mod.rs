@@ -25,6 +25,7 @@ fn env(session: u32) -> Envelope {
         tenant: 3,
         trace: 0,
         seq: 0,
+        batched: 0,
     }
 }
 

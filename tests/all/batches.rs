@@ -1,7 +1,8 @@
-//! Cluster sends in batches: a service's run of sends to one service on one
-//! node crosses the link as one `Pushes` frame and enters the mailbox as one
-//! run.
+//! Sends between nodes in batches: a service's run of sends to one service
+//! on another node crosses the link as one frame (a cluster `Pushes`, a
+//! batched harbor envelope) and enters the mailbox as one run.
 
+use anyhow::Context;
 use skyhost::cluster::proto::{Control, Header, PROTOCOL, Target};
 use skyhost::transport::{Connection, LinkConfig, Outgoing};
 use skyhost_test_proto::{ClusterTarget, SEQ_TAG};
@@ -79,6 +80,45 @@ async fn a_stream_of_cluster_sends_arrives_whole_and_in_order_in_few_frames() ->
     );
     b.stop().await;
     a.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_sends_to_another_harbor_node_arrives_whole_and_in_order_in_few_frames()
+-> anyhow::Result<()> {
+    let one = crate::harbor::launch(1, None).await?;
+    let master = one.node.master_address().context("master address")?;
+    let two = crate::harbor::launch(2, Some(&master)).await?;
+    crate::support::wait_for_mesh(&[&one, &two]).await?;
+    let sink = two.spawn("testkit").await?;
+    let sender = one.spawn("testkit").await?;
+    let n = 1_000;
+    let stream = Command::SendSeq { target: sink.0, n };
+    assert_eq!(one.command(sender, &stream).await?, Reply::Unit);
+    let log = seq_log_of(&two, sink, n as usize).await?;
+    assert_eq!(log, (0..n).collect::<Vec<_>>());
+    // 64 sends a flush, each flush one frame: far fewer than one a message.
+    let frames = two
+        .node
+        .links()
+        .into_iter()
+        .find(|l| l.kind == "harbor" && l.peer == "1")
+        .map(|l| l.frames_in);
+    assert!(
+        frames.is_some_and(|f| f < u64::from(n) / 10),
+        "frames in: {frames:?}"
+    );
+    // A call between them still goes on its own and is answered.
+    let echo = Command::Call {
+        target: sink.0,
+        command: Box::new(Command::Echo(b"after".to_vec())),
+    };
+    assert_eq!(
+        one.command(sender, &echo).await?,
+        Reply::Bytes(b"after".to_vec())
+    );
+    two.stop().await;
+    one.stop().await;
     Ok(())
 }
 

@@ -1,17 +1,19 @@
-//! The records of a cluster batch: several payloads for one service on
-//! another node, in one buffer. A pure codec.
+//! The records of a batch: several payloads for one service on another
+//! node, in one buffer, carried as one message between nodes. A pure codec.
 //!
 //! ```text
-//! guest ── cluster.send-batch(node, service, records) ──▶ host: checks, one Job
-//!        ──▶ one Header::Pushes frame (one number, one name, one buffer)
-//!        ──▶ peer's agent: one lookup, each record a view of the buffer,
-//!            into the mailbox as one run (Kernel::deliver_run)
+//! cluster: guest ── cluster.send-batch(node, service, records) ──▶ one Job
+//!          ──▶ one Header::Pushes frame (one number, one name, one buffer)
+//! harbor:  a run of one-way sends to one address (send-batch) ──▶ one
+//!          Envelope with `batched: n` (one number, one buffer)
+//!    ──▶ the peer: one lookup, each record a view of the buffer, into the
+//!        mailbox as one run (Kernel::deliver_run)
 //! ```
 //!
-//! The same layout in the WIT import and on the wire: records back to
-//! back, each a little-endian `u32` payload length and then the payload.
-//! A record that runs past the end is a bug in whoever built the buffer:
-//! the import traps the guest, the agent drops the frame.
+//! The layout, the same in the WIT import and on the wire: records back to
+//! back, each a little-endian `u32` payload length and then the payload. A
+//! record that runs past the end is a bug in whoever built the buffer: the
+//! import traps the guest, a receiving node drops the frame.
 
 use std::ops::Range;
 
