@@ -3,11 +3,11 @@
 //! batched harbor envelope) and enters the mailbox as one run.
 
 use anyhow::Context;
-use skyhost::cluster::proto::{Control, Header, PROTOCOL, Target};
-use skyhost::transport::{Connection, LinkConfig, Outgoing};
+use skyhost::cluster::proto::{Control, Header, Target};
+use skyhost::transport::Outgoing;
 use skyhost_test_proto::{ClusterTarget, SEQ_TAG};
 
-use crate::cluster::{Heard, SECRET, launch, listen_of, table};
+use crate::cluster::{Heard, launch, table};
 use crate::support::{Command, Reply, TestNode, eventually, within};
 
 /// The numbers of the tagged texts `kit` on `t` has received.
@@ -140,15 +140,7 @@ fn tagged(i: u32) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_frame_is_delivered_once_and_a_bad_one_is_dropped_alone() -> anyhow::Result<()> {
-    let b = launch("b", None, false).await?;
-    let kit = b.spawn("testkit").await?;
-    b.node.cluster_register("kit", kit);
-    let config = LinkConfig::new(PROTOCOL, "raw", SECRET.as_bytes().into());
-    let mut conn = within(Connection::<Control, Header>::connect(
-        &listen_of(&b),
-        config,
-    ))
-    .await??;
+    let (b, kit, mut conn) = crate::cluster::node_with_a_raw_link().await?;
     let pushes = |target: Target, seq, count| Header::Pushes {
         tenant: skyhost::runtime::TenantId::SYSTEM.0,
         target,

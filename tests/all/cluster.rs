@@ -332,6 +332,30 @@ async fn a_malformed_frame_closes_only_its_own_cluster_link() -> anyhow::Result<
     Ok(())
 }
 
+/// Node `b` with a testkit registered as `kit` (its address), and a link
+/// to it that the test speaks itself.
+pub(crate) async fn node_with_a_raw_link() -> anyhow::Result<(
+    TestNode,
+    skyhost::Address,
+    skyhost::transport::Connection<
+        skyhost::cluster::proto::Control,
+        skyhost::cluster::proto::Header,
+    >,
+)> {
+    use skyhost::cluster::proto::{Control, Header, PROTOCOL};
+    use skyhost::transport::{Connection, LinkConfig};
+    let b = launch("b", None, false).await?;
+    let kit = b.spawn("testkit").await?;
+    b.node.cluster_register("kit", kit);
+    let config = LinkConfig::new(PROTOCOL, "raw", SECRET.as_bytes().into());
+    let conn = within(Connection::<Control, Header>::connect(
+        &listen_of(&b),
+        config,
+    ))
+    .await??;
+    Ok((b, kit, conn))
+}
+
 /// What a raw link hears back, for tests that speak the wire themselves.
 pub(crate) struct Heard(
     pub(crate) tokio::sync::mpsc::UnboundedSender<(skyhost::cluster::proto::Header, Vec<u8>)>,
@@ -356,17 +380,9 @@ impl
 /// reaches the named service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interned_names_hold_once_defined_on_their_link() -> anyhow::Result<()> {
-    use skyhost::cluster::proto::{Control, Header, PROTOCOL};
-    use skyhost::transport::{Connection, LinkConfig, Outgoing};
-    let b = launch("b", None, false).await?;
-    let kit = b.spawn("testkit").await?;
-    b.node.cluster_register("kit", kit);
-    let config = LinkConfig::new(PROTOCOL, "raw", SECRET.as_bytes().into());
-    let mut conn = within(Connection::<Control, Header>::connect(
-        &listen_of(&b),
-        config,
-    ))
-    .await??;
+    use skyhost::cluster::proto::{Control, Header};
+    use skyhost::transport::Outgoing;
+    let (b, _kit, mut conn) = node_with_a_raw_link().await?;
     let request = |session| Header::Request {
         tenant: skyhost::runtime::TenantId::SYSTEM.0,
         session,

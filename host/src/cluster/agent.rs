@@ -248,6 +248,42 @@ impl AgentHandler {
         })
     }
 
+    /// Delivers what a `Push` (one send) or a `Pushes` (`batched`: that
+    /// many records) carries to `target`; each send that cannot be
+    /// delivered is counted.
+    fn sends_arrived(
+        &self,
+        tenant: TenantId,
+        target: &Target,
+        trace: u64,
+        (payload, compressed): (Vec<u8>, bool),
+        batched: Option<u32>,
+    ) {
+        self.trace_in(trace, target, 0);
+        let delivered = self.target(tenant, target).and_then(|dest| {
+            let payload = self.cluster.settings.unpack(payload, compressed)?;
+            if batched.is_some() {
+                self.deliver_batch(dest, target, tenant, trace, payload.into());
+                return Ok(());
+            }
+            let m = Message {
+                kind: kind::TEXT,
+                source: self.agent,
+                session: 0,
+                tenant,
+                payload: payload.into(),
+                trace,
+            };
+            self.kernel.deliver(dest, m).map_err(|e| e.to_string())
+        });
+        if let Err(e) = delivered {
+            let shown = self.shown(target);
+            for _ in 0..batched.unwrap_or(1) {
+                self.cluster.send_undelivered(&self.peer, &shown, &e);
+            }
+        }
+    }
+
     /// Delivers the sends of one `Pushes` frame to `dest`, each payload a
     /// view of `records`, in one run. A message the mailbox refuses is
     /// counted undelivered and the rest go on; a batch that does not parse
@@ -391,26 +427,13 @@ impl LinkHandler<Control, Header> for AgentHandler {
                 compressed,
                 trace,
                 seq: _,
-            } => {
-                self.trace_in(trace, &target, 0);
-                let tenant = TenantId(tenant);
-                let delivered = self.target(tenant, &target).and_then(|dest| {
-                    let payload = self.cluster.settings.unpack(payload, compressed)?;
-                    let m = Message {
-                        kind: kind::TEXT,
-                        source: self.agent,
-                        session: 0,
-                        tenant,
-                        payload: payload.into(),
-                        trace,
-                    };
-                    self.kernel.deliver(dest, m).map_err(|e| e.to_string())
-                });
-                if let Err(e) = delivered {
-                    let shown = self.shown(&target);
-                    self.cluster.send_undelivered(&self.peer, &shown, &e);
-                }
-            }
+            } => self.sends_arrived(
+                TenantId(tenant),
+                &target,
+                trace,
+                (payload, compressed),
+                None,
+            ),
             Header::Pushes {
                 tenant,
                 target,
@@ -419,19 +442,8 @@ impl LinkHandler<Control, Header> for AgentHandler {
                 count,
                 seq: _,
             } => {
-                self.trace_in(trace, &target, 0);
-                let tenant = TenantId(tenant);
-                let delivered = self.target(tenant, &target).and_then(|dest| {
-                    let records = self.cluster.settings.unpack(payload, compressed)?;
-                    self.deliver_batch(dest, &target, tenant, trace, records.into());
-                    Ok(())
-                });
-                if let Err(e) = delivered {
-                    let shown = self.shown(&target);
-                    for _ in 0..count {
-                        self.cluster.send_undelivered(&self.peer, &shown, &e);
-                    }
-                }
+                let payload = (payload, compressed);
+                self.sends_arrived(TenantId(tenant), &target, trace, payload, Some(count));
             }
             Header::Channel {
                 copy, compressed, ..

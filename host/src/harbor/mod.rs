@@ -320,16 +320,7 @@ impl Harbor {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(SendError::NodeDown(dest));
         };
-        let envelope = Envelope {
-            dest: dest.0,
-            source: message.source.0,
-            session: message.session,
-            kind: message.kind,
-            tenant: message.tenant.0,
-            trace: message.trace,
-            seq: 0,
-            batched: 0,
-        };
+        let envelope = envelope_of(dest, &message, 0);
         let item = Outgoing::Message(envelope, message.payload.into());
         if message.kind == kind::REQUEST && message.session != 0 {
             let mut inflight = peer.inflight();
@@ -403,16 +394,8 @@ impl Harbor {
         for m in &rest {
             batch::push(&mut records, &m.payload);
         }
-        let envelope = Envelope {
-            dest: dest.0,
-            source: first.source.0,
-            session: first.session,
-            kind: first.kind,
-            tenant: first.tenant.0,
-            trace: first.trace,
-            seq: 0,
-            batched: u32::try_from(1 + rest.len()).unwrap_or(u32::MAX),
-        };
+        let batched = u32::try_from(1 + rest.len()).unwrap_or(u32::MAX);
+        let envelope = envelope_of(dest, &first, batched);
         if !peer.send(Outgoing::Message(envelope, records)) {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(SendError::NodeDown(dest));
@@ -821,6 +804,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The core reaches the other nodes through the harbor.
+/// The envelope `message` travels in to `dest`, the first of `batched`
+/// records (0: the payload is the message).
+fn envelope_of(dest: Address, message: &Message, batched: u32) -> Envelope {
+    Envelope {
+        dest: dest.0,
+        source: message.source.0,
+        session: message.session,
+        kind: message.kind,
+        tenant: message.tenant.0,
+        trace: message.trace,
+        seq: 0,
+        batched,
+    }
+}
+
 /// Whether a message of `kind` with `session` may travel in a batched
 /// envelope: a kind a guest may send, with no answer awaited.
 fn batchable(kind: u8, session: u32) -> bool {
