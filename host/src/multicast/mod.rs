@@ -342,7 +342,7 @@ impl Multicast {
         let tenant = TenantId(copy.tenant);
         let source = Address(copy.source);
         if copy.publish {
-            if let Err(e) = self.fan_out(kernel, (tenant, copy.channel), source, payload) {
+            if let Err(e) = self.fan_out(kernel, (tenant, copy.channel), &[(source, payload)]) {
                 tracing::debug!(node = from, "cluster multicast publish dropped: {e}");
             }
             return;
@@ -361,7 +361,7 @@ impl Multicast {
             )
         };
         // The source is the publisher's address on its own node.
-        deliver_all(kernel, &subs, (tenant, id), source, &payload);
+        deliver_all(kernel, &subs, (tenant, id), &[(source, payload)]);
     }
 
     /// A control message about channels from cluster node `from`.
@@ -578,8 +578,7 @@ impl Multicast {
         &self,
         kernel: &Kernel,
         key: Key,
-        source: Address,
-        payload: Bytes,
+        run: &[(Address, Bytes)],
     ) -> Result<(), ChannelError> {
         let (tenant, channel) = key;
         let (local, remote, cluster_nodes) = {
@@ -597,22 +596,27 @@ impl Multicast {
         if !cluster_nodes.is_empty()
             && let Some(cluster) = self.cluster_links()
         {
-            let header = ChannelCopy {
-                tenant: tenant.0,
-                channel,
-                source: source.0,
-                publish: false,
-            };
-            for node in cluster_nodes {
-                match cluster.copy(&node, header, payload.clone()) {
-                    Ok(()) => {}
-                    // A slow node loses this copy (counted), not its place.
-                    Err(e) if e.cause == ErrorCause::Overloaded => self.count_overflow(&node, &e),
-                    // A node that is gone or offline leaves the channel.
-                    Err(e) => {
-                        tracing::warn!(%node, channel, "multicast subscriber node dropped: {e}");
-                        if let Some(o) = self.tables().owned.get_mut(&key) {
-                            o.cluster.remove(&node);
+            'nodes: for node in cluster_nodes {
+                for (source, payload) in run {
+                    let header = ChannelCopy {
+                        tenant: tenant.0,
+                        channel,
+                        source: source.0,
+                        publish: false,
+                    };
+                    match cluster.copy(&node, header, payload.clone()) {
+                        Ok(()) => {}
+                        // A slow node loses this copy (counted), not its place.
+                        Err(e) if e.cause == ErrorCause::Overloaded => {
+                            self.count_overflow(&node, &e);
+                        }
+                        // A node that is gone or offline leaves the channel.
+                        Err(e) => {
+                            tracing::warn!(%node, channel, "multicast subscriber node dropped: {e}");
+                            if let Some(o) = self.tables().owned.get_mut(&key) {
+                                o.cluster.remove(&node);
+                            }
+                            continue 'nodes;
                         }
                     }
                 }
@@ -622,10 +626,12 @@ impl Multicast {
             && let Some(harbor) = self.harbor_links()
         {
             for node in remote {
-                harbor.copy(node, key, source, payload.clone());
+                for (source, payload) in run {
+                    harbor.copy(node, key, *source, payload.clone());
+                }
             }
         }
-        deliver_all(kernel, &local, key, source, &payload);
+        deliver_all(kernel, &local, key, run);
         Ok(())
     }
 
@@ -640,13 +646,13 @@ impl Multicast {
         payload: Bytes,
     ) {
         if self.is_mine(key.1) {
-            if let Err(e) = self.fan_out(kernel, key, source, payload) {
+            if let Err(e) = self.fan_out(kernel, key, &[(source, payload)]) {
                 tracing::debug!(harbor = from, "multicast publish dropped: {e}");
             }
             return;
         }
         let subs = self.tables().mirrors.get(&key).cloned().unwrap_or_default();
-        deliver_all(kernel, &subs, key, source, &payload);
+        deliver_all(kernel, &subs, key, &[(source, payload)]);
     }
 
     /// A control message about channels from harbor `from`.
@@ -731,15 +737,24 @@ impl Multicast {
         let multicast = Arc::downgrade(self);
         Some(async move {
             let mut batch = Vec::with_capacity(256);
+            let mut run = Vec::with_capacity(256);
             while rx.recv_many(&mut batch, 256).await > 0 {
                 let (Some(kernel), Some(multicast)) = (kernel.upgrade(), multicast.upgrade())
                 else {
                     return;
                 };
-                for (key, source, payload) in batch.drain(..) {
-                    if let Err(e) = multicast.fan_out(&kernel, key, source, payload) {
+                // Publishes to one channel in a row go out as one run: each
+                // subscriber takes them with one lookup, one lock and one wake.
+                let mut publishes = batch.drain(..).peekable();
+                while let Some((key, source, payload)) = publishes.next() {
+                    run.push((source, payload));
+                    while let Some((_, source, payload)) = publishes.next_if(|(k, ..)| *k == key) {
+                        run.push((source, payload));
+                    }
+                    if let Err(e) = multicast.fan_out(&kernel, key, &run) {
                         tracing::debug!("multicast publish dropped: {e}");
                     }
+                    run.clear();
                 }
             }
         })
@@ -757,21 +772,42 @@ impl Multicast {
     }
 }
 
-/// Puts the same payload in each subscriber's mailbox.
-fn deliver_all(kernel: &Kernel, subs: &[Address], key: Key, source: Address, payload: &Bytes) {
+/// Puts the messages of `run` (source, payload), in order, in each
+/// subscriber's mailbox: one message with one delivery, more as one run
+/// (one lookup, one lock and one wake for the subscriber).
+fn deliver_all(kernel: &Kernel, subs: &[Address], key: Key, run: &[(Address, Bytes)]) {
     let (tenant, channel) = key;
-    for &sub in subs {
-        let m = Message {
-            kind: kind::MULTICAST,
-            source,
-            session: channel,
-            tenant,
-            payload: payload.clone(),
-            trace: 0,
-        };
-        if let Err(e) = kernel.deliver(sub, m) {
-            tracing::debug!(%sub, "multicast delivery dropped: {e}");
+    let message = |(source, payload): &(Address, Bytes)| Message {
+        kind: kind::MULTICAST,
+        source: *source,
+        session: channel,
+        tenant,
+        payload: payload.clone(),
+        trace: 0,
+    };
+    if let [one] = run {
+        for &sub in subs {
+            if let Err(e) = kernel.deliver(sub, message(one)) {
+                tracing::debug!(%sub, "multicast delivery dropped: {e}");
+            }
         }
+        return;
+    }
+    let mut messages = Vec::with_capacity(run.len());
+    for &sub in subs {
+        messages.extend(run.iter().map(message));
+        // A refused message (a full mailbox) is dropped, the rest go on.
+        let mut at = 0;
+        while let Err((refused, e)) = kernel.deliver_run(sub, &mut messages) {
+            tracing::debug!(%sub, "multicast delivery dropped: {e}");
+            at += refused + 1;
+            if at >= run.len() {
+                break;
+            }
+            messages.clear();
+            messages.extend(run[at..].iter().map(message));
+        }
+        messages.clear();
     }
 }
 
@@ -810,6 +846,39 @@ mod tests {
         }
         fn copy(&self, _: &str, _: ChannelCopy, _: Bytes) -> Result<(), NotCarried> {
             Ok(())
+        }
+    }
+
+    /// One thread: every delivery goes in before a subscriber takes any.
+    #[tokio::test]
+    async fn a_run_reaches_each_subscriber_in_order_past_a_dead_one_and_a_full_mailbox() {
+        use crate::runtime::tests::{Act, FakeLoader, core_with_blue, spawn_in};
+        let kernel = core_with_blue(FakeLoader::default().with("holds", |_| Act::Nothing));
+        let (first, second) = (
+            spawn_in(&kernel, "blue", "holds").await,
+            spawn_in(&kernel, "blue", "holds").await,
+        );
+        let blue = kernel.tenant_named("blue").expect("blue").id;
+        let dead = Address(0x00ff_ff00);
+        let run: Vec<(Address, Bytes)> = (0..3u8)
+            .map(|i| (Address(0x100 + u32::from(i)), Bytes::from(vec![i])))
+            .collect();
+        deliver_all(&kernel, &[first, dead, second], (blue, 9), &run);
+        for sub in [first, second] {
+            let queued = kernel.with_service(sub, |h| h.mailbox.queued());
+            let got: Vec<_> = queued
+                .unwrap_or_default()
+                .iter()
+                .map(|m| (m.kind, m.source, m.session, m.payload.to_vec()))
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    (kind::MULTICAST, Address(0x100), 9, vec![0]),
+                    (kind::MULTICAST, Address(0x101), 9, vec![1]),
+                ],
+                "{sub}: the two its mailbox holds, in order; the third dropped"
+            );
         }
     }
 

@@ -114,6 +114,12 @@ impl Mailbox {
         }
     }
 
+    /// A copy of what is queued, in order (tests look into mailboxes).
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> Vec<Message> {
+        self.lock().messages.iter().cloned().collect()
+    }
+
     /// Moves every queued message to the back of `into` (one swap when
     /// `into` is empty). False when nothing was queued.
     pub(super) fn take_into(&self, into: &mut VecDeque<Message>) -> bool {

@@ -540,7 +540,7 @@ async fn timers_fire_in_deadline_order_under_paused_time() {
 }
 
 /// A core with tenant `blue` (mailboxes of 2) beside `system`.
-fn core_with_blue(loader: FakeLoader) -> Arc<Kernel> {
+pub(crate) fn core_with_blue(loader: FakeLoader) -> Arc<Kernel> {
     let mut config = NodeConfig {
         scheduler: crate::config::Scheduler::Tokio,
         ..NodeConfig::default()
@@ -552,7 +552,7 @@ fn core_with_blue(loader: FakeLoader) -> Arc<Kernel> {
     Kernel::new(&config, limits, Arc::new(loader)).expect("the core starts")
 }
 
-async fn spawn_in(kernel: &Arc<Kernel>, tenant: &str, module: &str) -> Address {
+pub(crate) async fn spawn_in(kernel: &Arc<Kernel>, tenant: &str, module: &str) -> Address {
     let t = kernel.tenant_named(tenant).expect("tenant");
     let (tx, rx) = oneshot::channel();
     kernel.spawn_detached(t, module.to_string(), Vec::new(), Ready::Host(tx));
