@@ -34,6 +34,8 @@ struct Testkit {
     held: RefCell<Vec<Vec<u8>>>,
     /// The numbers of the `SEQ_TAG` texts received, in order.
     seq: RefCell<Vec<u32>>,
+    /// Who hears when the count reaches what (`NotifyAt`).
+    notify: Cell<Option<(u64, u32)>>,
 }
 
 impl Service for Testkit {
@@ -86,6 +88,7 @@ impl Service for Testkit {
             multicast: RefCell::new(Vec::new()),
             held: RefCell::new(Vec::new()),
             seq: RefCell::new(Vec::new()),
+            notify: Cell::new(None),
         })
     }
 
@@ -136,6 +139,12 @@ impl Testkit {
     /// Counts a one-way message, and logs exits and publishes.
     fn note(&self, kind: u8, source: Address, payload: &[u8]) {
         self.counted.set(self.counted.get() + 1);
+        if let Some((count, to)) = self.notify.get()
+            && self.counted.get() >= count
+        {
+            self.notify.set(None);
+            let _ = send_raw(Address(to), kind::TEXT, &[]);
+        }
         if kind == kind::EXIT {
             self.exits.borrow_mut().push(source.0);
         }
@@ -216,6 +225,16 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
         }
         Command::ExitNotices => Answer::Addresses(kit.exits.borrow().clone()),
         Command::Count => Answer::Count(kit.counted.get()),
+        Command::NotifyAt { count, to } => {
+            if kit.counted.get() >= count {
+                if let Err(e) = send_raw(Address(to), kind::TEXT, &[]) {
+                    return Answer::Failed(format!("notify {}: {e}", Address(to)));
+                }
+            } else {
+                kit.notify.set(Some((count, to)));
+            }
+            Answer::Unit
+        }
         Command::CallLoop { target, n, payload } => {
             call_loop(Address(target), n, payload, false).await
         }

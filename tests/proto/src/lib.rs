@@ -373,6 +373,14 @@ pub enum Command {
     /// The numbers of the [`SEQ_TAG`] texts received so far, in arrival
     /// order. Answers `Order`.
     SeqLog,
+    /// Send an empty text to `to` once `count` non-request messages have
+    /// been received (at once if they have). Answers `Unit`.
+    NotifyAt {
+        /// The count to wait for.
+        count: u64,
+        /// Who hears it.
+        to: u32,
+    },
 }
 
 /// What starts a numbered text (`ClusterSendSeq`, `SeqLog`).
