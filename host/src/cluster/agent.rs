@@ -277,17 +277,17 @@ impl AgentHandler {
             self.kernel.deliver(dest, m).map_err(|e| e.to_string())
         });
         if let Err(e) = delivered {
-            let shown = self.shown(target);
-            for _ in 0..batched.unwrap_or(1) {
-                self.cluster.send_undelivered(&self.peer, &shown, &e);
-            }
+            let n = batched.map_or(1, u64::from);
+            self.cluster
+                .send_undelivered(&self.peer, &self.shown(target), &e, n);
         }
     }
 
     /// Delivers the sends of one `Pushes` frame to `dest`, each payload a
-    /// view of `records`, in one run. A message the mailbox refuses is
-    /// counted undelivered and the rest go on; a batch that does not parse
-    /// is dropped whole (its sender's host checked it: the frame is bad).
+    /// view of `records`, in one run. Where the mailbox refuses one (full,
+    /// gone) it refuses the rest too: they are counted undelivered. A batch
+    /// that does not parse is dropped whole (its sender's host checked it:
+    /// the frame is bad).
     fn deliver_batch(
         &self,
         dest: Address,
@@ -296,29 +296,27 @@ impl AgentHandler {
         trace: u64,
         records: bytes::Bytes,
     ) {
-        let Ok(payloads) = batch::payloads(&records).collect::<Result<Vec<_>, _>>() else {
+        let Ok(payloads) = batch::views(&records) else {
             tracing::warn!(peer = %self.peer, "a batch of cluster sends that does not parse: dropped");
             return;
         };
-        let mut rest = payloads.as_slice();
-        while !rest.is_empty() {
-            let mut run: Vec<Message> = rest
-                .iter()
-                .map(|payload| Message {
-                    kind: kind::TEXT,
-                    source: self.agent,
-                    session: 0,
-                    tenant,
-                    payload: records.slice(payload.clone()),
-                    trace,
-                })
-                .collect();
-            let Err((refused, e)) = self.kernel.deliver_run(dest, &mut run) else {
-                return;
-            };
+        let n = payloads.len();
+        let mut run: Vec<Message> = payloads
+            .into_iter()
+            .map(|payload| Message {
+                kind: kind::TEXT,
+                source: self.agent,
+                session: 0,
+                tenant,
+                payload,
+                trace,
+            })
+            .collect();
+        if let Err((went, e)) = self.kernel.deliver_run(dest, &mut run) {
+            let shown = self.shown(target);
+            let refused = (n - went) as u64;
             self.cluster
-                .send_undelivered(&self.peer, &self.shown(target), &e.to_string());
-            rest = rest.get(refused + 1..).unwrap_or_default();
+                .send_undelivered(&self.peer, &shown, &e.to_string(), refused);
         }
     }
 

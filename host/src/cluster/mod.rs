@@ -166,19 +166,14 @@ impl Job {
     /// Ends the job's session with an error; a send has none to end, so it
     /// is counted in `dropped`.
     fn fail(self, kernel: &Kernel, error: &ClusterError, dropped: &AtomicU64) {
+        let messages = self.messages();
         match self {
             Job::Call { waiter, .. } | Job::Query { waiter, .. } | Job::Ping { waiter, .. } => {
                 waiter.fail(kernel, error.cause, &error.detail);
             }
-            Job::Send {
-                batched: Some(n), ..
-            } => {
-                dropped.fetch_add(u64::from(n), Ordering::Relaxed);
-                tracing::debug!("cluster sends dropped ({n}): {}", error.detail);
-            }
             Job::Send { .. } | Job::Item(_) => {
-                dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("cluster send dropped: {}", error.detail);
+                dropped.fetch_add(messages as u64, Ordering::Relaxed);
+                tracing::debug!("cluster sends dropped ({messages}): {}", error.detail);
             }
         }
     }
@@ -307,21 +302,22 @@ struct Undelivered {
 }
 
 impl Undelivered {
-    fn count(&self, from: &str, target: &str, why: &str) {
-        self.total.fetch_add(1, Ordering::Relaxed);
+    fn count(&self, from: &str, target: &str, why: &str, n: u64) {
+        self.total.fetch_add(n, Ordering::Relaxed);
         let now = std::time::Instant::now();
         let mut logged = lock(&self.logged);
         match &mut *logged {
             Some((at, unlogged)) if now.duration_since(*at) < Duration::from_secs(1) => {
-                *unlogged += 1;
+                *unlogged += n;
             }
             _ => {
-                let unlogged = logged.map_or(0, |(_, n)| n);
+                let unlogged = logged.map_or(0, |(_, unlogged)| unlogged);
                 *logged = Some((now, 0));
                 drop(logged);
                 tracing::warn!(
                     from,
                     target,
+                    sends = n,
                     also_dropped_since_last_line = unlogged,
                     "cluster send dropped: {why}"
                 );
@@ -680,10 +676,10 @@ impl Cluster {
         self.groups_follow_table();
     }
 
-    /// Counts (and logs, at most once a second) a send from node `from` for
-    /// `target`, a service this node does not have.
-    pub(crate) fn send_undelivered(&self, from: &str, target: &str, why: &str) {
-        self.undelivered.count(from, target, why);
+    /// Counts (and logs, at most once a second) `n` sends from node `from`
+    /// for `target` that this node could not deliver.
+    pub(crate) fn send_undelivered(&self, from: &str, target: &str, why: &str, n: u64) {
+        self.undelivered.count(from, target, why, n);
     }
 
     /// Sends from other nodes dropped for want of their service, since start.

@@ -30,8 +30,8 @@ use crate::transport::{Connection, DriverError, LinkHandler, Outgoing};
 
 type Item = Outgoing<Control, Header>;
 
-/// How many messages `item` carries (a batch several, a control none that
-/// a drop counts, but one by the queue's bound).
+/// How many messages `item` counts as in the down-queue's bound and in
+/// its drops: a batch its records, anything else one.
 fn messages(item: &Item) -> usize {
     match item {
         Outgoing::Message(header, _) => header.messages(),

@@ -803,7 +803,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The core reaches the other nodes through the harbor.
 /// The envelope `message` travels in to `dest`, the first of `batched`
 /// records (0: the payload is the message).
 fn envelope_of(dest: Address, message: &Message, batched: u32) -> Envelope {
@@ -844,6 +843,7 @@ fn batches_with(first: &Message, next: &Message) -> bool {
         )
 }
 
+/// The core reaches the other nodes through the harbor.
 impl Remote for Harbor {
     fn forward(&self, dest: Address, message: Message) -> Result<(), SendError> {
         Harbor::forward(self, dest, message)

@@ -384,14 +384,15 @@ struct PeerHandler {
 
 impl PeerHandler {
     /// Delivers the one-way messages of a batched envelope to its `dest`,
-    /// each payload a view of `records`, in one run. One the mailbox refuses
-    /// is dropped (a send has no one to tell) and the rest go on; a batch
-    /// that could not have been sent (a kind that is not one-way, records
-    /// that do not parse) is dropped whole.
+    /// each payload a view of `records`, in one run. Where the mailbox
+    /// refuses one (full, gone) it refuses the rest too: they are dropped (a
+    /// send has no one to tell). A batch that could not have been sent (a
+    /// kind that is not one-way, records that do not parse) is dropped whole.
     fn deliver_batch(&self, e: Envelope, records: Vec<u8>) {
         let dest = Address(e.dest);
         let one_way = super::batchable(e.kind, e.session);
-        let payloads = batch::payloads(&records).collect::<Result<Vec<_>, _>>();
+        let records = bytes::Bytes::from(records);
+        let payloads = batch::views(&records);
         let (true, Ok(payloads), true) = (one_way, payloads, dest.harbor() == self.kernel.harbor)
         else {
             tracing::warn!(peer = self.peer.id, %dest, kind = e.kind, "a batch that could not have been sent: dropped");
@@ -408,25 +409,20 @@ impl PeerHandler {
                 "trace harbor in"
             );
         }
-        let records = bytes::Bytes::from(records);
-        let mut rest = payloads.as_slice();
-        while !rest.is_empty() {
-            let mut run: Vec<Message> = rest
-                .iter()
-                .map(|payload| Message {
-                    kind: e.kind,
-                    source: Address(e.source),
-                    session: e.session,
-                    tenant: TenantId(e.tenant),
-                    payload: records.slice(payload.clone()),
-                    trace: e.trace,
-                })
-                .collect();
-            let Err((refused, err)) = self.kernel.deliver_run(dest, &mut run) else {
-                return;
-            };
-            tracing::debug!(%dest, "message from harbor {} not delivered: {err}", self.peer.id);
-            rest = rest.get(refused + 1..).unwrap_or_default();
+        let n = payloads.len();
+        let mut run: Vec<Message> = payloads
+            .into_iter()
+            .map(|payload| Message {
+                kind: e.kind,
+                source: Address(e.source),
+                session: e.session,
+                tenant: TenantId(e.tenant),
+                payload,
+                trace: e.trace,
+            })
+            .collect();
+        if let Err((went, err)) = self.kernel.deliver_run(dest, &mut run) {
+            tracing::debug!(%dest, dropped = n - went, "messages from harbor {} not delivered: {err}", self.peer.id);
         }
     }
 }

@@ -773,8 +773,9 @@ impl Multicast {
 }
 
 /// Puts the messages of `run` (source, payload), in order, in each
-/// subscriber's mailbox: one message with one delivery, more as one run
-/// (one lookup, one lock and one wake for the subscriber).
+/// subscriber's mailbox as one run (one lookup, one lock and one wake for
+/// the subscriber). Where a mailbox refuses one (full, gone) it refuses the
+/// rest of the run too; the other subscribers are not held up.
 fn deliver_all(kernel: &Kernel, subs: &[Address], key: Key, run: &[(Address, Bytes)]) {
     let (tenant, channel) = key;
     let message = |(source, payload): &(Address, Bytes)| Message {
@@ -785,27 +786,12 @@ fn deliver_all(kernel: &Kernel, subs: &[Address], key: Key, run: &[(Address, Byt
         payload: payload.clone(),
         trace: 0,
     };
-    if let [one] = run {
-        for &sub in subs {
-            if let Err(e) = kernel.deliver(sub, message(one)) {
-                tracing::debug!(%sub, "multicast delivery dropped: {e}");
-            }
-        }
-        return;
-    }
+    // One buffer for every subscriber's run: `deliver_run` leaves it empty.
     let mut messages = Vec::with_capacity(run.len());
     for &sub in subs {
         messages.extend(run.iter().map(message));
-        // A refused message (a full mailbox) is dropped, the rest go on.
-        let mut at = 0;
-        while let Err((refused, e)) = kernel.deliver_run(sub, &mut messages) {
-            tracing::debug!(%sub, "multicast delivery dropped: {e}");
-            at += refused + 1;
-            if at >= run.len() {
-                break;
-            }
-            messages.clear();
-            messages.extend(run[at..].iter().map(message));
+        if let Err((went, e)) = kernel.deliver_run(sub, &mut messages) {
+            tracing::debug!(%sub, dropped = run.len() - went, "multicast delivery dropped: {e}");
         }
         messages.clear();
     }

@@ -22,7 +22,7 @@ pub(crate) const HEADER: usize = 4;
 
 /// A record that does not fit in its buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("cluster batch: record {index} runs past the end of its {len}-byte buffer")]
+#[error("batch: record {index} runs past the end of its {len}-byte buffer")]
 pub(crate) struct Truncated {
     /// Its index (0-based).
     pub index: usize,
@@ -43,6 +43,14 @@ pub(crate) fn payloads(batch: &[u8]) -> Payloads<'_> {
 /// Checks that every record of `batch` lies inside it; the number of records.
 pub(crate) fn check(batch: &[u8]) -> Result<u32, Truncated> {
     payloads(batch).try_fold(0, |n, record| record.map(|_| n + 1))
+}
+
+/// Each payload of `batch` as a view of it (no copy), in order.
+///
+/// # Errors
+/// The first record that runs past the end.
+pub(crate) fn views(batch: &bytes::Bytes) -> Result<Vec<bytes::Bytes>, Truncated> {
+    payloads(batch).map(|r| r.map(|r| batch.slice(r))).collect()
 }
 
 /// Appends one record to `batch`.

@@ -165,11 +165,20 @@ impl Testkit {
     }
 }
 
-/// The payload of the `i`-th numbered text (`SEQ_TAG`, then `i`).
-fn numbered(i: u32) -> Vec<u8> {
-    let mut payload = SEQ_TAG.to_vec();
-    payload.extend_from_slice(&i.to_le_bytes());
-    payload
+/// Sends `n` numbered texts (`SEQ_TAG`, then `i`) with `send`, then
+/// flushes: `Unit`, or what was refused, at once or at the flush.
+fn send_numbered(n: u32, send: impl Fn(&[u8]) -> Result<(), String>) -> Answer {
+    for i in 0..n {
+        let mut payload = SEQ_TAG.to_vec();
+        payload.extend_from_slice(&i.to_le_bytes());
+        if let Err(e) = send(&payload) {
+            return Answer::Failed(format!("send {i} of {n}: {e}"));
+        }
+    }
+    match flush() {
+        Ok(()) => Answer::Unit,
+        Err(e) => Answer::Failed(format!("{n} sends: {e}")),
+    }
 }
 
 /// Runs a command that answers when it returns.
@@ -409,27 +418,13 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
         Command::McLog => Answer::Order(kit.multicast.borrow().clone()),
         Command::ClusterSendSeq { node, target, n } => {
             let target = service(target);
-            for i in 0..n {
-                if let Err(e) = cluster::send_raw(&node, target.clone(), &numbered(i)) {
-                    return Answer::Failed(format!("cluster send {i} of {n}: {e}"));
-                }
-            }
-            match flush() {
-                Ok(()) => Answer::Unit,
-                Err(e) => Answer::Failed(format!("cluster sends to {node}: {e}")),
-            }
+            send_numbered(n, |payload| {
+                cluster::send_raw(&node, target.clone(), payload)
+            })
         }
-        Command::SendSeq { target, n } => {
-            for i in 0..n {
-                if let Err(e) = send_raw(Address(target), kind::TEXT, &numbered(i)) {
-                    return Answer::Failed(format!("send {i} of {n}: {e}"));
-                }
-            }
-            match flush() {
-                Ok(()) => Answer::Unit,
-                Err(e) => Answer::Failed(format!("sends to {}: {e}", Address(target))),
-            }
-        }
+        Command::SendSeq { target, n } => send_numbered(n, |payload| {
+            send_raw(Address(target), kind::TEXT, payload).map_err(|e| e.to_string())
+        }),
         Command::SeqLog => Answer::Order(kit.seq.borrow().clone()),
         Command::McPublishBig { channel, n, size } => {
             let payload = vec![7u8; size as usize];

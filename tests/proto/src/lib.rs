@@ -383,7 +383,7 @@ pub enum Command {
     },
 }
 
-/// What starts a numbered text (`ClusterSendSeq`, `SeqLog`).
+/// What starts a numbered text (`SendSeq`, `ClusterSendSeq`, `SeqLog`).
 pub const SEQ_TAG: [u8; 4] = *b"seq:";
 
 /// A service on a cluster node: by name or by address there.
