@@ -10,7 +10,7 @@ use anyhow::Context;
 /// node runs components against.
 pub const SERVICE_WIT: &str = include_str!("../../wit/service.wit");
 
-/// The package's name and version (`skyhost:service@0.1.3`), from its
+/// The package's name and version (`skyhost:service@0.1.4`), from its
 /// `package` line.
 pub fn package() -> &'static str {
     SERVICE_WIT

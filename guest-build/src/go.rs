@@ -138,4 +138,4 @@ const ADAPTER_WIT: &str = "package wasi:random@0.2.0;\n\n\
 
 /// The adapter's world.
 const ADAPTER_WORLD: &str = "package skyhost:go-adapter;\n\n\
-    world adapter {\n    import skyhost:service/runtime@0.1.3;\n    import wasi:random/random@0.2.0;\n}\n";
+    world adapter {\n    import skyhost:service/runtime@0.1.4;\n    import wasi:random/random@0.2.0;\n}\n";

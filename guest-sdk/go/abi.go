@@ -79,103 +79,103 @@ func (r *retArea) at(i int) uint32   { return r[i] }
 func le32(b []byte) uint32 { return binary.LittleEndian.Uint32(b) }
 func le64(b []byte) uint64 { return binary.LittleEndian.Uint64(b) }
 
-//go:wasmimport skyhost:service/runtime@0.1.3 self-address
+//go:wasmimport skyhost:service/runtime@0.1.4 self-address
 func rtSelfAddress() uint32
 
-//go:wasmimport skyhost:service/runtime@0.1.3 send
+//go:wasmimport skyhost:service/runtime@0.1.4 send
 func rtSend(dest, kind, session uint32, p unsafe.Pointer, n uint32, ret unsafe.Pointer)
 
-//go:wasmimport skyhost:service/runtime@0.1.3 call
+//go:wasmimport skyhost:service/runtime@0.1.4 call
 func rtCall(dest uint32, p unsafe.Pointer, n uint32, ret unsafe.Pointer)
 
-//go:wasmimport skyhost:service/runtime@0.1.3 call-timeout
+//go:wasmimport skyhost:service/runtime@0.1.4 call-timeout
 func rtCallTimeout(dest uint32, p unsafe.Pointer, n uint32, ms uint32, ret unsafe.Pointer)
 
-//go:wasmimport skyhost:service/runtime@0.1.3 respond
+//go:wasmimport skyhost:service/runtime@0.1.4 respond
 func rtRespond(dest, session, isErr uint32, p unsafe.Pointer, n uint32, ret unsafe.Pointer)
 
-//go:wasmimport skyhost:service/runtime@0.1.3 register
+//go:wasmimport skyhost:service/runtime@0.1.4 register
 func rtRegister(p unsafe.Pointer, n uint32, ret unsafe.Pointer)
 
-//go:wasmimport skyhost:service/runtime@0.1.3 unregister
+//go:wasmimport skyhost:service/runtime@0.1.4 unregister
 func rtUnregister(p unsafe.Pointer, n uint32)
 
-//go:wasmimport skyhost:service/runtime@0.1.3 query
+//go:wasmimport skyhost:service/runtime@0.1.4 query
 func rtQuery(p unsafe.Pointer, n uint32, ret unsafe.Pointer)
 
-//go:wasmimport skyhost:service/runtime@0.1.3 spawn
+//go:wasmimport skyhost:service/runtime@0.1.4 spawn
 func rtSpawn(mp unsafe.Pointer, mn uint32, ap unsafe.Pointer, an uint32) uint32
 
-//go:wasmimport skyhost:service/runtime@0.1.3 exit
+//go:wasmimport skyhost:service/runtime@0.1.4 exit
 func rtExit()
 
-//go:wasmimport skyhost:service/runtime@0.1.3 kill
+//go:wasmimport skyhost:service/runtime@0.1.4 kill
 func rtKill(target uint32) uint32
 
-//go:wasmimport skyhost:service/runtime@0.1.3 timeout
+//go:wasmimport skyhost:service/runtime@0.1.4 timeout
 func rtTimeout(ms uint32) uint32
 
-//go:wasmimport skyhost:service/runtime@0.1.3 monitor
+//go:wasmimport skyhost:service/runtime@0.1.4 monitor
 func rtMonitor(target uint32)
 
-//go:wasmimport skyhost:service/runtime@0.1.3 demonitor
+//go:wasmimport skyhost:service/runtime@0.1.4 demonitor
 func rtDemonitor(target uint32)
 
-//go:wasmimport skyhost:service/runtime@0.1.3 now
+//go:wasmimport skyhost:service/runtime@0.1.4 now
 func rtNow() uint64
 
-//go:wasmimport skyhost:service/runtime@0.1.3 log
+//go:wasmimport skyhost:service/runtime@0.1.4 log
 func rtLog(level uint32, p unsafe.Pointer, n uint32)
 
-//go:wasmimport skyhost:service/harbor@0.1.3 id
+//go:wasmimport skyhost:service/harbor@0.1.4 id
 func hbID() uint32
 
-//go:wasmimport skyhost:service/harbor@0.1.3 globalname
+//go:wasmimport skyhost:service/harbor@0.1.4 globalname
 func hbGlobalname(p unsafe.Pointer, n uint32, target uint32) uint32
 
-//go:wasmimport skyhost:service/harbor@0.1.3 queryname
+//go:wasmimport skyhost:service/harbor@0.1.4 queryname
 func hbQueryname(p unsafe.Pointer, n uint32, ms uint32) uint32
 
-//go:wasmimport skyhost:service/cluster@0.1.3 node-name
+//go:wasmimport skyhost:service/cluster@0.1.4 node-name
 func clNodeName(ret unsafe.Pointer)
 
 // The service variant goes flat as (tag, name's address or the address,
 // name's length): its middle word is a plain number.
 
-//go:wasmimport skyhost:service/cluster@0.1.3 call
+//go:wasmimport skyhost:service/cluster@0.1.4 call
 func clCall(np unsafe.Pointer, nn uint32, tag uint32, sp uint32, sn uint32, p unsafe.Pointer, n uint32, ms uint32) uint32
 
-//go:wasmimport skyhost:service/cluster@0.1.3 send
+//go:wasmimport skyhost:service/cluster@0.1.4 send
 func clSend(np unsafe.Pointer, nn uint32, tag uint32, sp uint32, sn uint32, p unsafe.Pointer, n uint32, ret unsafe.Pointer)
 
-//go:wasmimport skyhost:service/cluster@0.1.3 register
+//go:wasmimport skyhost:service/cluster@0.1.4 register
 func clRegister(p unsafe.Pointer, n uint32, target uint32)
 
-//go:wasmimport skyhost:service/cluster@0.1.3 query
+//go:wasmimport skyhost:service/cluster@0.1.4 query
 func clQuery(np unsafe.Pointer, nn uint32, p unsafe.Pointer, n uint32) uint32
 
-//go:wasmimport skyhost:service/multicast@0.1.3 new
+//go:wasmimport skyhost:service/multicast@0.1.4 new
 func mcNew(some, number uint32, ret unsafe.Pointer)
 
-//go:wasmimport skyhost:service/multicast@0.1.3 delete
+//go:wasmimport skyhost:service/multicast@0.1.4 delete
 func mcDelete(channel uint32, ret unsafe.Pointer)
 
-//go:wasmimport skyhost:service/multicast@0.1.3 publish
+//go:wasmimport skyhost:service/multicast@0.1.4 publish
 func mcPublish(channel uint32, p unsafe.Pointer, n uint32, ret unsafe.Pointer)
 
-//go:wasmimport skyhost:service/multicast@0.1.3 subscribe
+//go:wasmimport skyhost:service/multicast@0.1.4 subscribe
 func mcSubscribe(channel uint32, ret unsafe.Pointer)
 
-//go:wasmimport skyhost:service/multicast@0.1.3 unsubscribe
+//go:wasmimport skyhost:service/multicast@0.1.4 unsubscribe
 func mcUnsubscribe(channel uint32)
 
-//go:wasmimport skyhost:service/groups@0.1.3 join
+//go:wasmimport skyhost:service/groups@0.1.4 join
 func grJoin(p unsafe.Pointer, n uint32, member uint32, policy uint32, ret unsafe.Pointer)
 
-//go:wasmimport skyhost:service/groups@0.1.3 leave
+//go:wasmimport skyhost:service/groups@0.1.4 leave
 func grLeave(p unsafe.Pointer, n uint32, member uint32)
 
-//go:wasmimport skyhost:service/groups@0.1.3 call
+//go:wasmimport skyhost:service/groups@0.1.4 call
 func grCall(gp unsafe.Pointer, gn uint32, kp unsafe.Pointer, kn uint32, p unsafe.Pointer, n uint32, ms uint32) uint32
 
 // initResult is what `init` returns through memory: a tag at 0, an error
@@ -221,7 +221,7 @@ var saveResult retArea
 // savedState keeps the state until its post-return.
 var savedState []byte
 
-//go:wasmexport skyhost:service/state@0.1.3#save-state
+//go:wasmexport skyhost:service/state@0.1.4#save-state
 func exportSaveState() uint32 {
 	savedState = nil
 	if saveFn != nil {
@@ -231,7 +231,7 @@ func exportSaveState() uint32 {
 	return addr(saveResult.p())
 }
 
-//go:wasmexport cabi_post_skyhost:service/state@0.1.3#save-state
+//go:wasmexport cabi_post_skyhost:service/state@0.1.4#save-state
 func exportPostSaveState(uint32) {
 	savedState = nil
 }
@@ -242,12 +242,12 @@ var loadResult retArea
 // loadError keeps the error text until its post-return.
 var loadError []byte
 
-//go:wasmexport skyhost:service/state@0.1.3#load-state
+//go:wasmexport skyhost:service/state@0.1.4#load-state
 func exportLoadState(at, n uint32) uint32 {
 	return lowerResult(&loadResult, &loadError, runLoad(take(at, n)))
 }
 
-//go:wasmexport cabi_post_skyhost:service/state@0.1.3#load-state
+//go:wasmexport cabi_post_skyhost:service/state@0.1.4#load-state
 func exportPostLoadState(uint32) {
 	loadError = nil
 }

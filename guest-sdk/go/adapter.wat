@@ -15,9 +15,9 @@
 ;; (EBADF, ENOSYS, ENOTSUP): a service has no file system.
 (module
   (import "env" "memory" (memory 0))
-  (import "skyhost:service/runtime@0.1.3" "log" (func $log (param i32 i32 i32)))
-  (import "skyhost:service/runtime@0.1.3" "now" (func $now (result i64)))
-  (import "skyhost:service/runtime@0.1.3" "wall-time" (func $wall (result i64)))
+  (import "skyhost:service/runtime@0.1.4" "log" (func $log (param i32 i32 i32)))
+  (import "skyhost:service/runtime@0.1.4" "now" (func $now (result i64)))
+  (import "skyhost:service/runtime@0.1.4" "wall-time" (func $wall (result i64)))
   (import "wasi:random/random@0.2.0" "get-random-u64" (func $random (result i64)))
 
   (func (export "args_sizes_get") (param i32 i32) (result i32)

@@ -9,7 +9,7 @@
 // A handler returns the reply (a Uint8Array, or a Promise of one) for a
 // request; a rejected Promise answers with an error; a synchronous throw
 // traps the service, as a panic would in Rust.
-import * as runtime from 'skyhost:service/runtime@0.1.3';
+import * as runtime from 'skyhost:service/runtime@0.1.4';
 
 export const kind = { text: 0, response: 1, multicast: 2, exit: 3, error: 7, request: 10, user: 16 };
 

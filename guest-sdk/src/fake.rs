@@ -4,7 +4,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use crate::sys::{LogLevel, RawBatchSendError, RawNameError, RawSendError};
+use crate::session::Completion;
+use crate::sys::{CallStarted, LogLevel, RawBatchSendError, RawNameError, RawSendError};
 
 /// Something the service asked of the host.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +77,9 @@ pub(crate) struct FakeHost {
     pub(crate) known: Vec<u32>,
     /// What `now` answers (microseconds); tests move it.
     pub(crate) now: u64,
+    /// Answers (kind, payload) the next `call-now`s get at once, in order,
+    /// as a callee run inside the call would give them.
+    pub(crate) answers_now: std::collections::VecDeque<(u8, Vec<u8>)>,
 }
 
 impl Default for FakeHost {
@@ -88,6 +92,7 @@ impl Default for FakeHost {
             logs: Vec::new(),
             known: Vec::new(),
             now: 0,
+            answers_now: Default::default(),
         }
     }
 }
@@ -184,23 +189,25 @@ pub(crate) fn send_batch(batch: &[u8]) -> Result<(), RawBatchSendError> {
     Ok(())
 }
 
-pub(crate) fn call(dest: u32, payload: &[u8]) -> Result<u32, RawSendError> {
-    let session = host(|h| {
+/// `call-now`: recorded as a `call` (and its limit, when it has one);
+/// answered at once when a test queued an answer (`answers_now`).
+pub(crate) fn call_now(dest: u32, payload: &[u8], ms: u32) -> Result<CallStarted, RawSendError> {
+    let (session, answer) = host(|h| {
         check_dest(h, dest)?;
-        Ok(fresh_session(h))
+        Ok((fresh_session(h), h.answers_now.pop_front()))
     })?;
     record(Effect::Call {
         dest,
         session,
         payload: payload.to_vec(),
     });
-    Ok(session)
-}
-
-pub(crate) fn call_timeout(dest: u32, payload: &[u8], ms: u32) -> Result<u32, RawSendError> {
-    let session = call(dest, payload)?;
-    record(Effect::CallTimeout { dest, session, ms });
-    Ok(session)
+    if ms > 0 && answer.is_none() {
+        record(Effect::CallTimeout { dest, session, ms });
+    }
+    Ok(CallStarted {
+        session,
+        answer: answer.map(|(kind, payload)| Completion { kind, payload }),
+    })
 }
 
 pub(crate) fn respond(

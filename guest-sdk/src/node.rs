@@ -49,8 +49,19 @@ pub(crate) fn timer_ms(d: Duration) -> u32 {
 }
 
 pub(crate) fn start_call(addr: Address, payload: &[u8]) -> Result<SessionWait, CallError> {
-    let session = sys::call(addr.0, payload).map_err(SendError::from)?;
-    Ok(SessionWait::open(session))
+    start_call_timeout(addr, payload, 0)
+}
+
+/// Sends `payload` as a request to `addr`, ended by the host after `ms`
+/// (0: never): the wait for its answer, already complete when the callee
+/// answered inside the call (the direct hand-off).
+fn start_call_timeout(addr: Address, payload: &[u8], ms: u32) -> Result<SessionWait, CallError> {
+    let started = sys::call_now(addr.0, payload, ms).map_err(SendError::from)?;
+    let wait = SessionWait::open(started.session);
+    if let Some(answer) = started.answer {
+        runtime::with(|rt| rt.sessions.complete(started.session, answer));
+    }
+    Ok(wait)
 }
 
 /// Encodes `req` and sends it as a request now.
@@ -109,12 +120,11 @@ where
     Req: Serialize + ?Sized,
     Resp: DeserializeOwned,
 {
-    let started = encode(req).and_then(|payload| {
-        // 0 would mean no limit: a zero timeout still times out.
-        let ms = timer_ms(timeout).max(1);
-        let session = sys::call_timeout(addr.0, &payload, ms).map_err(SendError::from)?;
-        Ok(SessionWait::open(session))
-    });
+    // 0 would mean no limit: a zero timeout still times out.
+    let ms = timer_ms(timeout).max(1);
+    let started = encode(req)
+        .map_err(CallError::from)
+        .and_then(|payload| start_call_timeout(addr, &payload, ms));
     async move {
         let answer = started?.await.into_result()?;
         decode(&answer)

@@ -43,17 +43,35 @@ pub(crate) use crate::fake::{
 use crate::fake as raw;
 
 use crate::queued::flush_quietly;
+use crate::session::Completion;
 
-/// `call`, after the queued sends.
-pub(crate) fn call(dest: u32, payload: &[u8]) -> Result<u32, RawSendError> {
-    flush_quietly();
-    raw::call(dest, payload)
+/// What a `call-now` started: its session, and the answer when the
+/// callee gave it inside the call.
+pub(crate) struct CallStarted {
+    pub(crate) session: u32,
+    pub(crate) answer: Option<Completion>,
 }
 
-/// `call-timeout`, after the queued sends.
-pub(crate) fn call_timeout(dest: u32, payload: &[u8], ms: u32) -> Result<u32, RawSendError> {
+/// `call-now`, after the queued sends.
+pub(crate) fn call_now(
+    dest: u32,
+    payload: &[u8],
+    timeout_ms: u32,
+) -> Result<CallStarted, RawSendError> {
     flush_quietly();
-    raw::call_timeout(dest, payload, ms)
+    #[cfg(not(test))]
+    {
+        let started = raw::call_now(dest, payload, timeout_ms)?;
+        Ok(CallStarted {
+            session: started.session,
+            answer: started.answer.map(|m| Completion {
+                kind: m.kind,
+                payload: m.payload,
+            }),
+        })
+    }
+    #[cfg(test)]
+    raw::call_now(dest, payload, timeout_ms)
 }
 
 /// `respond`, after the queued sends.

@@ -836,3 +836,54 @@ fn sends_leave_before_a_call_an_answer_and_the_end_of_the_dispatch() {
     // A text handler answers nobody: they leave as the dispatch ends.
     assert_eq!(deliver(vec![text(&tell(1, false))]), vec![told(0)]);
 }
+
+#[test]
+fn an_answer_given_inside_the_call_completes_it_in_the_same_dispatch() {
+    start();
+    fake::host(|h| {
+        h.answers_now.push_back((kind::RESPONSE, enc(&11u32)));
+        h.answers_now.push_back((kind::ERROR, vec![0, b'n', b'o']));
+    });
+    let relay = |caller, value| {
+        request(
+            caller,
+            &Cmd::Relay {
+                target: TARGET,
+                value,
+            },
+        )
+    };
+    // Answered by the call itself: the handler answers its own caller in
+    // the same dispatch, and no session stays open.
+    assert_eq!(
+        deliver(vec![relay(7, 1)]),
+        vec![called(1, 1), answered(7, Ok(enc(&11u32)))]
+    );
+    assert_eq!(runtime::stats(), (0, 0));
+    // An error given inside the call fails it as one that arrived would.
+    assert_eq!(
+        deliver(vec![relay(8, 2)]),
+        vec![called(2, 2), answered(8, Err("service error: no"))]
+    );
+    assert_eq!(runtime::stats(), (0, 0));
+    // A later answer for that session finds nobody waiting.
+    assert!(deliver(vec![response(1, enc(&99u32))]).is_empty());
+}
+
+#[test]
+fn a_timed_call_answered_inside_the_call_asks_for_no_timer() {
+    start();
+    fake::host(|h| h.answers_now.push_back((kind::RESPONSE, enc(&5u32))));
+    let timed = request(
+        1,
+        &Cmd::Timed {
+            target: TARGET,
+            ms: 50,
+        },
+    );
+    assert_eq!(
+        deliver(vec![timed]),
+        vec![called(1, 0), answered(1, Ok(enc(&5u32)))]
+    );
+    assert_eq!(runtime::stats(), (0, 0));
+}

@@ -123,6 +123,12 @@ pub fn render(node: &Node) -> String {
         &[],
         node.template_spawns(),
     );
+    m.counter(
+        "skyhost_direct_calls_total",
+        "Calls run inside their caller's call, on its thread, with the answer handed straight back (direct hand-off)",
+        &[],
+        node.direct_calls(),
+    );
     m.gauge(
         "skyhost_instances_ahead",
         "Instances made ahead of the wakes that take them (each holds a pool slot)",

@@ -5,6 +5,7 @@ mod cli;
 mod cluster;
 mod conformance;
 mod console;
+mod direct;
 mod discovery;
 mod game;
 mod groups;

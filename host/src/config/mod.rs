@@ -187,6 +187,11 @@ pub struct Limits {
     /// two per module and tenant whose services wake (each holds a pool
     /// slot and its memory; docs/hibernation.md); 0: none.
     pub instances_ahead: u32,
+    /// A call to an idle service of the same tenant on this node runs the
+    /// callee's `dispatch` inside the caller's `call` and hands its answer
+    /// straight back (the direct hand-off, docs/scheduler.md); false sends
+    /// every call through the callee's mailbox.
+    pub direct_calls: bool,
 }
 
 impl Default for Limits {
@@ -203,6 +208,7 @@ impl Default for Limits {
             template_spawn: true,
             slot_keep_resident_kib: 0,
             instances_ahead: 16,
+            direct_calls: true,
         }
     }
 }

@@ -324,6 +324,12 @@ impl Node {
         self.kernel.template_spawns()
     }
 
+    /// Calls run inside their caller's `call` since the node started (the
+    /// direct hand-off, docs/scheduler.md).
+    pub fn direct_calls(&self) -> u64 {
+        self.kernel.direct_calls()
+    }
+
     /// Instances made ahead of the wakes that take them, kept now
     /// (docs/hibernation.md, instances made ahead).
     pub fn instances_ahead(&self) -> usize {

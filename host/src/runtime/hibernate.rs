@@ -71,7 +71,7 @@ impl Rest {
 
     /// It has just handled a batch (or turned an ask down): idle from
     /// `ticks` on, and any ask made before is void.
-    pub(super) fn touch(&self, ticks: u64) {
+    pub(crate) fn touch(&self, ticks: u64) {
         self.last_active.store(ticks, Ordering::Relaxed);
         if self.asked.load(Ordering::Relaxed) {
             self.asked.store(false, Ordering::Relaxed);

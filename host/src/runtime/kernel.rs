@@ -54,6 +54,7 @@ impl Kernel {
             hibernated: AtomicUsize::new(0),
             hibernated_bytes: AtomicUsize::new(0),
             template_spawns: Default::default(),
+            direct_calls: Default::default(),
             making_room: std::sync::atomic::AtomicBool::new(false),
             ahead,
             woken_ahead: Default::default(),

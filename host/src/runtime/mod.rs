@@ -37,6 +37,7 @@ pub(crate) mod guest;
 mod hibernate;
 mod inbox;
 mod kernel;
+pub(crate) mod lease;
 mod mailbox;
 mod message;
 pub(crate) mod names;
@@ -260,6 +261,8 @@ pub(crate) struct ServiceHandle {
     /// the `upgrade` lock, see `upgrade::close_orders`).
     upgrade_closed: AtomicBool,
     watch: Mutex<Watch>,
+    /// Its instance, lent to callers while it waits for mail.
+    pub lease: lease::Lease,
 }
 
 /// What a layer above lets go of when a service ends (a group it joined,
@@ -294,6 +297,7 @@ impl ServiceHandle {
             upgrade_pending: AtomicBool::new(false),
             upgrade_closed: AtomicBool::new(false),
             watch: Mutex::new(Watch::default()),
+            lease: lease::Lease::default(),
         }
     }
 
@@ -306,6 +310,11 @@ impl ServiceHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
+    }
+
+    /// Whether an upgrade is ordered that its task has not picked up.
+    pub(crate) fn upgrade_ordered(&self) -> bool {
+        self.upgrade_pending.load(Ordering::Acquire)
     }
 
     fn is_host_endpoint(&self) -> bool {
@@ -370,6 +379,8 @@ pub(crate) struct Kernel {
     hibernated_bytes: AtomicUsize,
     /// Services born hibernated on a template (see [`template`]).
     template_spawns: std::sync::atomic::AtomicU64,
+    /// Calls run inside their caller's `call` (see [`lease`]).
+    direct_calls: std::sync::atomic::AtomicU64,
     /// A scan for services to hibernate is under way (see [`resident`]).
     making_room: AtomicBool,
     /// Instances made ahead of the wakes that take them.
@@ -423,7 +434,7 @@ impl Kernel {
 
     /// Runs `f` on the live service at `address`, if there is one.
     /// The handle of the live service (or host endpoint) at `address`.
-    fn service(&self, address: Address) -> Option<Arc<ServiceHandle>> {
+    pub(crate) fn service(&self, address: Address) -> Option<Arc<ServiceHandle>> {
         self.services
             .pin()
             .get(&address.local())

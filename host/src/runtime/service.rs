@@ -215,25 +215,20 @@ async fn live<G: Guest>(
     kernel: &Arc<Kernel>,
     handle: &Arc<ServiceHandle>,
     mut module: Arc<G::Module>,
-    mut instance: G,
+    instance: G,
     inbox: &mut Inbox,
     args: &[u8],
 ) -> (End, Vec<(super::Address, u32)>) {
+    // Boxed, so that it can be lent between batches (`lease.rs`).
+    let mut instance = Box::new(instance);
     loop {
-        match Box::pin(serve(
-            kernel,
-            handle,
-            &mut module,
-            &mut instance,
-            inbox,
-            args,
-        ))
-        .await
-        {
-            Served::Ended(end) => return (end, instance.take_owed()),
+        let (served, mut back) =
+            Box::pin(serve(kernel, handle, &mut module, instance, inbox, args)).await;
+        match served {
+            Served::Ended(end) => return (end, back.take_owed()),
             Served::Idle => {
-                match Box::pin(hibernate::sleep(kernel, handle, &module, instance, inbox)).await {
-                    Woken::Awake(awake) => instance = awake,
+                match Box::pin(hibernate::sleep(kernel, handle, &module, *back, inbox)).await {
+                    Woken::Awake(awake) => instance = Box::new(awake),
                     Woken::Ended(end, owed) => return (end, owed),
                 }
             }
@@ -250,28 +245,38 @@ enum Served {
 }
 
 /// Takes batches from the mailbox into `dispatch` until the service ends
-/// or is asked to hibernate. `module` is what its instance runs (an
-/// upgrade replaces it).
+/// or is asked to hibernate; hands its instance back with why it stopped.
+/// `module` is what its instance runs (an upgrade replaces it).
 async fn serve<G: Guest>(
     kernel: &Arc<Kernel>,
     handle: &Arc<ServiceHandle>,
     module: &mut Arc<G::Module>,
-    instance: &mut G,
+    mut instance: Box<G>,
     inbox: &mut Inbox,
     args: &[u8],
-) -> Served {
+) -> (Served, Box<G>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     handle.usage.rest.touch(kernel.ticks());
     loop {
-        let Some(first) = inbox.next(handle).await else {
-            return Served::Ended(End::exited());
+        let next = if kernel.limits.direct_calls && inbox.pending.is_empty() {
+            let (back, next) = lend_while_waiting(handle, instance, inbox).await;
+            instance = back;
+            match next {
+                Ok(next) => next,
+                Err(end) => return (Served::Ended(end), instance),
+            }
+        } else {
+            inbox.next(handle).await
+        };
+        let Some(first) = next else {
+            return (Served::Ended(End::exited()), instance);
         };
         handle.mailbox.picked_up(kernel);
         if handle.killed.load(Ordering::Acquire) {
             // Taken off the queue but never dispatched: still owed an answer
             // (`finish` answers what is pending).
             inbox.pending.push_front(first);
-            return Served::Ended(End::killed());
+            return (Served::Ended(End::killed()), instance);
         }
         let mut taken = 1;
         // CPU budget is per dispatch: a batch is kept to what fits in it.
@@ -297,16 +302,16 @@ async fn serve<G: Guest>(
         handle.mailbox.taken(taken);
         if batch.is_empty() {
             if let Some(end) =
-                upgrade_if_ordered(kernel, handle, module, instance, inbox, args).await
+                upgrade_if_ordered(kernel, handle, module, &mut *instance, inbox, args).await
             {
-                return Served::Ended(end);
+                return (Served::Ended(end), instance);
             }
             if handle
                 .usage
                 .rest
                 .take_ask(kernel, handle.tenant.quotas.hibernate_after)
             {
-                return Served::Idle;
+                return (Served::Idle, instance);
             }
             continue;
         }
@@ -332,16 +337,18 @@ async fn serve<G: Guest>(
             );
         }
         if let Err(e) = result {
-            return Served::Ended(End::failed(e));
+            return (Served::Ended(End::failed(e)), instance);
         }
         if instance.exit_requested() {
-            return Served::Ended(End::exited());
+            return (Served::Ended(End::exited()), instance);
         }
         if handle.killed.load(Ordering::Acquire) {
-            return Served::Ended(End::killed());
+            return (Served::Ended(End::killed()), instance);
         }
-        if let Some(end) = upgrade_if_ordered(kernel, handle, module, instance, inbox, args).await {
-            return Served::Ended(end);
+        if let Some(end) =
+            upgrade_if_ordered(kernel, handle, module, &mut *instance, inbox, args).await
+        {
+            return (Served::Ended(end), instance);
         }
         // A service with a backlog keeps its thread for a time slice, as a
         // hog does, unless fresh work waits: yielding after every batch gave
@@ -356,6 +363,30 @@ async fn serve<G: Guest>(
             inbox.turn_started = kernel.ticks();
         }
     }
+}
+
+/// Waits for the next message with the instance offered to callers (the
+/// direct hand-off, `lease.rs`), and takes it back. `Err` when a caller's
+/// dispatch of it trapped or asked it to exit; the message, if any, goes
+/// back to the inbox for `finish` to answer.
+async fn lend_while_waiting<G: Guest>(
+    handle: &ServiceHandle,
+    instance: Box<G>,
+    inbox: &mut Inbox,
+) -> (Box<G>, Result<Option<Message>, End>) {
+    // Moved into the lease: a task dropped while it is lent leaves it there.
+    handle.lease.offer(instance);
+    let next = inbox.next(handle).await;
+    let instance = handle.lease.reclaim::<G>().await;
+    let end = match handle.lease.take_failure() {
+        Some(failure) => End::failed(failure),
+        None if instance.exit_requested() => End::exited(),
+        None => return (instance, Ok(next)),
+    };
+    if let Some(m) = next {
+        inbox.pending.push_front(m);
+    }
+    (instance, Err(end))
 }
 
 /// `m`, with a fresh trace id when its service is traced (`trace <addr>

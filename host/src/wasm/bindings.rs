@@ -9,5 +9,6 @@ wasmtime::component::bindgen!({
     imports: {
         "skyhost:service/runtime.send-batch": trappable,
         "skyhost:service/cluster.send-batch": trappable,
+        "skyhost:service/runtime.call-now": async,
     },
 });

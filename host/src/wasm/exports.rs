@@ -47,7 +47,7 @@ pub(crate) struct StateExports {
 /// The export of the WIT `state` interface. A module built against 0.1.0
 /// exports it as `@0.1.0` (0.1.1 as `@0.1.1`): wasmtime finds semver-compatible
 /// names either way.
-const STATE_INTERFACE: &str = "skyhost:service/state@0.1.3";
+const STATE_INTERFACE: &str = "skyhost:service/state@0.1.4";
 
 impl Exports {
     /// Finds the exports in `component` and checks their types, or says

@@ -18,6 +18,7 @@ pub mod bindings;
 mod cache;
 mod exports;
 mod grants;
+mod handoff;
 mod host;
 mod memory;
 pub(crate) mod outbox;

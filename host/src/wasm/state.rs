@@ -153,6 +153,8 @@ pub(crate) struct ServiceState {
     /// Messages taken and sent since the counts last went to the tenant.
     pub(super) taken: u64,
     pub(super) sent: u64,
+    /// Calls it made that ran inside its `call-now`, since the last count.
+    pub(super) direct_calls: u64,
     /// Messages taken by kind slot, and errors by cause, since the last flush.
     pub(super) kinds: [u64; KIND_LABELS.len()],
     pub(super) errors: [u64; ERROR_LABELS.len()],
@@ -182,6 +184,9 @@ pub(crate) struct ServiceState {
     /// When the current piece of work started: the "now" its timers count from,
     /// so timers set together fire in deadline order.
     pub(super) work_started: Option<tokio::time::Instant>,
+    /// Set while a caller runs this instance inside its `call-now` (see
+    /// `handoff.rs`).
+    pub(super) lent: Option<super::handoff::Lent>,
 }
 
 impl ServiceState {
@@ -241,6 +246,7 @@ impl ServiceState {
             owed: HashMap::new(),
             taken: 0,
             sent: 0,
+            direct_calls: 0,
             kinds: [0; KIND_LABELS.len()],
             errors: [0; ERROR_LABELS.len()],
             current_trace: 0,
@@ -255,6 +261,7 @@ impl ServiceState {
             resumed_at: Arc::new(AtomicU64::new(kernel.ticks())),
             hog: false,
             work_started: None,
+            lent: None,
         })
     }
 
@@ -273,6 +280,21 @@ impl ServiceState {
         self.work_started = None;
         self.resumed_at
             .store(self.kernel.ticks(), Ordering::Relaxed);
+    }
+
+    /// Stops the guest's clock while a callee runs inside its `call-now`:
+    /// the time until [`resume_clock`](Self::resume_clock) is not its own.
+    /// The reading it stopped at.
+    pub(super) fn pause_clock(&self) -> u64 {
+        self.kernel.ticks()
+    }
+
+    /// Starts the guest's clock again after [`pause_clock`](Self::pause_clock)
+    /// stopped it at `paused`: its run so far keeps counting from a start
+    /// moved on by the pause.
+    pub(super) fn resume_clock(&self, paused: u64) {
+        let pause = self.kernel.ticks().saturating_sub(paused);
+        self.resumed_at.fetch_add(pause, Ordering::Relaxed);
     }
 
     /// The piece of work returned or trapped: its CPU time and message
@@ -295,6 +317,10 @@ impl ServiceState {
         u.messages_out
             .fetch_add(std::mem::take(&mut self.sent), Ordering::Relaxed);
         u.awaiting.store(self.awaiting.len(), Ordering::Relaxed);
+        if self.direct_calls != 0 {
+            self.kernel
+                .count_direct_calls(std::mem::take(&mut self.direct_calls));
+        }
         flush(&mut self.kinds, &u.kinds);
         flush(&mut self.errors, &u.errors);
     }
@@ -431,6 +457,7 @@ impl ServiceState {
 
     pub(super) fn deliver(&mut self, dest: u32, message: Message) -> Result<(), types::SendError> {
         self.sent += 1;
+        super::handoff::passed(self, Address(dest));
         if message.trace != 0 || self.handle.usage.traced.load(Ordering::Relaxed) {
             crate::runtime::service::trace_message("out", Address(dest), &message);
         }

@@ -426,6 +426,12 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
             send_raw(Address(target), kind::TEXT, payload).map_err(|e| e.to_string())
         }),
         Command::SeqLog => Answer::Order(kit.seq.borrow().clone()),
+        Command::CallThenSeqLog { target, command } => {
+            match call::<Command, Answer>(Address(target), &*command).await {
+                Ok(_) => Answer::Order(kit.seq.borrow().clone()),
+                Err(e) => Answer::Failed(e.to_string()),
+            }
+        }
         Command::McPublishBig { channel, n, size } => {
             let payload = vec![7u8; size as usize];
             for i in 0..n {

@@ -381,6 +381,15 @@ pub enum Command {
         /// Who hears it.
         to: u32,
     },
+    /// Call `target` with `command`; once the call has ended, answer
+    /// `Order` with the numbers of the [`SEQ_TAG`] texts received by then
+    /// (as `SeqLog`), or `Failed` if the call failed.
+    CallThenSeqLog {
+        /// The service to call.
+        target: u32,
+        /// What to ask it.
+        command: Box<Command>,
+    },
 }
 
 /// What starts a numbered text (`SendSeq`, `ClusterSendSeq`, `SeqLog`).

@@ -2,8 +2,8 @@
 
 use crate::runtime::{Address, ErrorCause, Message, kind};
 use crate::wasm::bindings::skyhost::service::{runtime, types};
-use crate::wasm::outbox;
 use crate::wasm::state::{ServiceState, wire_error};
+use crate::wasm::{handoff, outbox};
 
 impl runtime::Host for ServiceState {
     fn self_address(&mut self) -> u32 {
@@ -138,7 +138,53 @@ impl runtime::Host for ServiceState {
                 ..Message::error(self.address, session, ErrorCause::Service, &text)
             },
         };
-        self.deliver(dest, message)
+        if let Some(message) = handoff::capture(self, dest, message) {
+            self.deliver(dest, message)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn call_now(
+        &mut self,
+        dest: u32,
+        payload: Vec<u8>,
+        timeout_ms: u32,
+    ) -> Result<types::CallStarted, types::SendError> {
+        self.check_size(&payload)?;
+        let session = self.awaited_session();
+        let request = Message {
+            kind: kind::REQUEST,
+            source: self.address,
+            session,
+            tenant: self.tenant,
+            payload: payload.into(),
+            trace: self.current_trace,
+        };
+        let request = match handoff::call(self, Address(dest), request).await {
+            Ok(Some(answer)) => {
+                return Ok(types::CallStarted {
+                    session,
+                    answer: Some(answer),
+                });
+            }
+            Ok(None) => None,
+            Err(request) => Some(request),
+        };
+        if let Some(request) = request
+            && let Err(e) = self.deliver(dest, request)
+        {
+            self.awaiting.remove(&session);
+            return Err(e);
+        }
+        if timeout_ms > 0 {
+            self.kernel
+                .expire_call(self.address, session, timeout_ms, self.current_trace);
+        }
+        Ok(types::CallStarted {
+            session,
+            answer: None,
+        })
     }
 
     fn start_trace(&mut self) -> u64 {
@@ -276,6 +322,7 @@ impl ServiceState {
             return Ok(());
         }
         self.sent += run.len() as u64;
+        handoff::passed(self, Address(dest));
         self.kernel
             .deliver_run(Address(dest), run)
             .map_err(|(i, error)| batch_error(start + i, wire_error(error)))

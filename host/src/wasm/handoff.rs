@@ -1,0 +1,146 @@
+//! The direct hand-off (docs/scheduler.md): a `call-now` to a service of
+//! the caller's tenant on this node, waiting for mail with nothing queued,
+//! runs the callee's `dispatch` with the request inside the caller's
+//! import, on the caller's thread, and hands the answer back as the
+//! import's result. A call then costs one guest entry instead of two, and
+//! wakes no task on either side.
+//!
+//! - The callee's instance is borrowed from its lease
+//!   (`runtime/lease.rs`); its task takes it back when the dispatch ends.
+//! - The callee's dispatch is its own piece of work: its CPU budget, its
+//!   time slice and its counts, as if its task had run it. The caller's
+//!   clock stops meanwhile, as it does when the caller is suspended.
+//! - The answer is caught in `respond` ([`capture`]) when it is the first
+//!   thing the callee sends the caller during the dispatch; anything sent
+//!   to the caller before it ([`passed`]) sends the answer through the
+//!   mailbox too, behind it, so what one service sends another arrives in
+//!   order.
+//! - A callee that does not answer inside the dispatch owes the answer as
+//!   usual (the session ends later, by mailbox). One that traps or exits
+//!   there leaves its end to its task: the failure goes into the lease and
+//!   a wake into its mailbox.
+//! - No hand-off from inside a hand-off, for traced or tapped services, or
+//!   across tenants: those calls go through the mailbox.
+
+use std::sync::atomic::Ordering;
+
+use super::Instance;
+use super::bindings::skyhost::service::types;
+use super::state::ServiceState;
+use crate::runtime::{Address, Message};
+
+/// What an instance running inside a caller's `call-now` keeps for it.
+pub(crate) struct Lent {
+    /// The caller, and the session of the request being handled.
+    caller: Address,
+    session: u32,
+    /// The answer, once the callee gave it.
+    answer: Option<Message>,
+    /// Cleared when the callee sent the caller something else first: the
+    /// answer then goes by mailbox.
+    open: bool,
+}
+
+/// Runs `request`, from `caller` to `dest`, inside the callee's instance
+/// when the hand-off applies: `Ok(Some(answer))` when the callee answered
+/// there, `Ok(None)` when it owes the answer; `Err(request)` when the call
+/// must go through the mailbox.
+pub(super) async fn call(
+    caller: &mut ServiceState,
+    dest: Address,
+    request: Message,
+) -> Result<Option<types::Message>, Message> {
+    let kernel = caller.kernel.clone();
+    if !kernel.limits.direct_calls
+        || caller.lent.is_some()
+        || request.trace != 0
+        || caller.traced()
+        || caller.handle.usage.taps.is_on()
+    {
+        return Err(request);
+    }
+    let Some(callee) = kernel.service(dest) else {
+        return Err(request);
+    };
+    if !callee.guest
+        || callee.tenant.id != request.tenant
+        || callee.usage.traced.load(Ordering::Relaxed)
+        || callee.usage.taps.is_on()
+    {
+        return Err(request);
+    }
+    let Some(mut lent) = callee.lease.borrow::<Instance>() else {
+        return Err(request);
+    };
+    // Checked with the instance in hand: its task cannot be taking a
+    // message meanwhile, and what the caller sent it before is counted
+    // here until it is dispatched.
+    if callee.mailbox.len() != 0
+        || callee.killed.load(Ordering::Acquire)
+        || callee.upgrade_ordered()
+    {
+        return Err(request);
+    }
+    let now = caller.pause_clock();
+    let instance = lent.get();
+    instance.store.data_mut().lent = Some(Lent {
+        caller: request.source,
+        session: request.session,
+        answer: None,
+        open: true,
+    });
+    callee.usage.dispatches.fetch_add(1, Ordering::Relaxed);
+    callee.usage.rest.touch(now);
+    caller.direct_calls += 1;
+    let mut batch = vec![request];
+    let result = instance.call_dispatch(&mut batch).await;
+    let state = instance.store.data_mut();
+    let answer = state.lent.take().and_then(|l| l.answer);
+    let exited = state.exit_requested;
+    caller.resume_clock(now);
+    let ended = result.is_err() || exited;
+    if let Err(e) = result {
+        lent.failed(super::failure(e));
+    }
+    drop(lent);
+    if ended || callee.killed.load(Ordering::Acquire) {
+        // Its task ends it when it takes its instance back.
+        callee.mailbox.wake(callee.address);
+    }
+    Ok(answer.map(|m| {
+        // Taken and counted as if it had come through the mailbox.
+        caller.awaiting.remove(&m.session);
+        caller.took(1);
+        caller.count_kind(m.kind, &m.payload);
+        types::Message {
+            kind: m.kind,
+            source: m.source.0,
+            session: m.session,
+            payload: Vec::from(m.payload),
+        }
+    }))
+}
+
+/// An answer the callee gives to `dest`: kept for the caller when it is
+/// the one a hand-off waits for (`None`), else handed back to be sent.
+pub(super) fn capture(state: &mut ServiceState, dest: u32, answer: Message) -> Option<Message> {
+    match &mut state.lent {
+        Some(lent) if lent.open && lent.caller.0 == dest && lent.session == answer.session => {
+            lent.open = false;
+            state.sent += 1;
+            lent.answer = Some(answer);
+            None
+        }
+        _ => Some(answer),
+    }
+}
+
+/// The callee sends `dest` something: when that is its caller, the answer
+/// must follow it through the mailbox.
+pub(super) fn passed(state: &mut ServiceState, dest: Address) {
+    if let Some(lent) = &mut state.lent
+        && lent.caller == dest
+    {
+        lent.open = false;
+    }
+}

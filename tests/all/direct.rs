@@ -1,0 +1,192 @@
+//! The direct hand-off (docs/scheduler.md): a call to an idle service on
+//! the node runs inside the caller's `call`, and everything a call promises
+//! holds there: the answer, the order of what the callee sent first, a
+//! trap, a kill, the budget.
+
+use std::time::Duration;
+
+use crate::support::{Command, DEADLINE, Reply, TestNode, TrapKind, test_config, within};
+use skyhost::Address;
+
+/// `caller` calls `target` `n` times (a testkit `CallLoop`).
+async fn call_loop(t: &TestNode, caller: Address, target: Address, n: u32) -> anyhow::Result<()> {
+    let command = Command::CallLoop {
+        target: target.0,
+        n,
+        payload: vec![7; 16],
+    };
+    match t.command(caller, &command).await? {
+        Reply::Unit => Ok(()),
+        r => anyhow::bail!("CallLoop answered {r:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_an_idle_service_run_inside_the_caller() -> anyhow::Result<()> {
+    let t = TestNode::start()?;
+    let server = t.spawn("testkit").await?;
+    let caller = t.spawn("testkit").await?;
+    let before = t.node.direct_calls();
+    call_loop(&t, caller, server, 200).await?;
+    // The server waits for mail between the calls, so each is handed off
+    // (the caller's own command came from a host client: not one).
+    let direct = t.node.direct_calls() - before;
+    assert!(direct >= 200, "{direct} of 200 calls handed off");
+    t.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_direct_calls_off_every_call_goes_through_the_mailbox() -> anyhow::Result<()> {
+    let mut config = test_config();
+    config.limits.direct_calls = false;
+    let t = TestNode::with_config(config)?;
+    let server = t.spawn("testkit").await?;
+    let caller = t.spawn("testkit").await?;
+    call_loop(&t, caller, server, 200).await?;
+    assert_eq!(t.node.direct_calls(), 0);
+    t.stop().await;
+    Ok(())
+}
+
+/// What the callee sends its caller before it answers reaches the caller
+/// before the answer: the answer then goes through the mailbox behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_callee_sent_its_caller_first_arrives_before_the_answer() -> anyhow::Result<()> {
+    let t = TestNode::start()?;
+    let server = t.spawn("testkit").await?;
+    let caller = t.spawn("testkit").await?;
+    let before = t.node.direct_calls();
+    let command = Command::CallThenSeqLog {
+        target: server.0,
+        command: Box::new(Command::SendSeq {
+            target: caller.0,
+            n: 3,
+        }),
+    };
+    assert_eq!(
+        t.command(caller, &command).await?,
+        Reply::Order(vec![0, 1, 2])
+    );
+    assert!(
+        t.node.direct_calls() > before,
+        "the call was not handed off"
+    );
+    t.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callee_that_traps_inside_the_call_ends_alone() -> anyhow::Result<()> {
+    let t = TestNode::start()?;
+    let server = t.spawn("testkit").await?;
+    let caller = t.spawn("testkit").await?;
+    let before = t.node.direct_calls();
+    let command = Command::Call {
+        target: server.0,
+        command: Box::new(Command::Trap(TrapKind::Unreachable)),
+    };
+    match t.command(caller, &command).await? {
+        Reply::Failed(e) => assert!(e.contains("trapped"), "{e}"),
+        r => panic!("a call to a trapping service answered {r:?}"),
+    }
+    assert!(
+        t.node.direct_calls() > before,
+        "the call was not handed off"
+    );
+    wait_gone(&t, server).await;
+    // The caller serves on, and calls another server directly.
+    let other = t.spawn("testkit").await?;
+    call_loop(&t, caller, other, 10).await?;
+    t.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callee_that_spins_inside_the_call_is_stopped_at_its_budget() -> anyhow::Result<()> {
+    let mut config = test_config();
+    config.limits.cpu_budget_ms = 300;
+    let t = TestNode::with_config(config)?;
+    let server = t.spawn("testkit").await?;
+    let caller = t.spawn("testkit").await?;
+    let echo = t.spawn("echo").await?;
+    let command = Command::Call {
+        target: server.0,
+        command: Box::new(Command::Spin),
+    };
+    let client = std::sync::Arc::new(t.node.client());
+    let spin = {
+        let client = client.clone();
+        tokio::spawn(async move { crate::support::command_via(&client, caller, &command).await })
+    };
+    // The node answers while the callee spins on the caller's thread.
+    assert_eq!(
+        within(t.client.call(echo, b"ping".to_vec())).await??,
+        b"ping"
+    );
+    // Stopped at its budget: a spin never ends otherwise.
+    match within(spin).await??? {
+        Reply::Failed(e) => assert!(e.contains("trapped"), "{e}"),
+        r => panic!("a call to a spinning service answered {r:?}"),
+    }
+    wait_gone(&t, server).await;
+    // The caller's budget did not pay for the callee's spin.
+    let other = t.spawn("testkit").await?;
+    call_loop(&t, caller, other, 10).await?;
+    t.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callee_killed_inside_the_call_answers_its_caller_killed() -> anyhow::Result<()> {
+    let t = TestNode::start()?;
+    let server = t.spawn("testkit").await?;
+    let caller = t.spawn("testkit").await?;
+    let before = t.node.direct_calls();
+    let command = Command::Call {
+        target: server.0,
+        command: Box::new(Command::Spin),
+    };
+    let client = std::sync::Arc::new(t.node.client());
+    let spin = {
+        let client = client.clone();
+        tokio::spawn(async move { crate::support::command_via(&client, caller, &command).await })
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while t
+        .node
+        .service_info(server)
+        .is_none_or(|i| i.state != "running")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never ran");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(t.node.kill(server));
+    match within(spin).await??? {
+        Reply::Failed(e) => assert!(e.contains("killed"), "{e}"),
+        r => panic!("a call to a killed service answered {r:?}"),
+    }
+    wait_gone(&t, server).await;
+    // It spun inside the caller's call (counted when the caller's batch ends).
+    assert!(
+        t.node.direct_calls() > before,
+        "the call was not handed off"
+    );
+    // Exactly once: the caller's next calls are answered, not by a stray error.
+    let other = t.spawn("testkit").await?;
+    call_loop(&t, caller, other, 10).await?;
+    t.stop().await;
+    Ok(())
+}
+
+/// Waits until `service` is out of the node's table.
+async fn wait_gone(t: &TestNode, service: Address) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while t.node.services().iter().any(|(a, _)| *a == service) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{service} never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
