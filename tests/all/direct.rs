@@ -30,8 +30,7 @@ async fn calls_to_an_idle_service_run_inside_the_caller() -> anyhow::Result<()> 
     call_loop(&t, caller, server, 200).await?;
     // The server waits for mail between the calls, so each is handed off
     // (the caller's own command came from a host client: not one).
-    let direct = t.node.direct_calls() - before;
-    assert!(direct >= 200, "{direct} of 200 calls handed off");
+    handed_off(&t, before + 200).await;
     t.stop().await;
     Ok(())
 }
@@ -68,10 +67,7 @@ async fn what_the_callee_sent_its_caller_first_arrives_before_the_answer() -> an
         t.command(caller, &command).await?,
         Reply::Order(vec![0, 1, 2])
     );
-    assert!(
-        t.node.direct_calls() > before,
-        "the call was not handed off"
-    );
+    handed_off(&t, before + 1).await;
     t.stop().await;
     Ok(())
 }
@@ -90,10 +86,7 @@ async fn a_callee_that_traps_inside_the_call_ends_alone() -> anyhow::Result<()> 
         Reply::Failed(e) => assert!(e.contains("trapped"), "{e}"),
         r => panic!("a call to a trapping service answered {r:?}"),
     }
-    assert!(
-        t.node.direct_calls() > before,
-        "the call was not handed off"
-    );
+    handed_off(&t, before + 1).await;
     wait_gone(&t, server).await;
     // The caller serves on, and calls another server directly.
     let other = t.spawn("testkit").await?;
@@ -167,16 +160,27 @@ async fn a_callee_killed_inside_the_call_answers_its_caller_killed() -> anyhow::
         r => panic!("a call to a killed service answered {r:?}"),
     }
     wait_gone(&t, server).await;
-    // It spun inside the caller's call (counted when the caller's batch ends).
-    assert!(
-        t.node.direct_calls() > before,
-        "the call was not handed off"
-    );
+    // It spun inside the caller's call.
+    handed_off(&t, before + 1).await;
     // Exactly once: the caller's next calls are answered, not by a stray error.
     let other = t.spawn("testkit").await?;
     call_loop(&t, caller, other, 10).await?;
     t.stop().await;
     Ok(())
+}
+
+/// Waits until the node has counted `calls` direct calls: each caller
+/// counts its own when its batch ends, just after its answer went out.
+async fn handed_off(t: &TestNode, calls: u64) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while t.node.direct_calls() < calls {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} direct calls counted, {calls} expected",
+            t.node.direct_calls()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Waits until `service` is out of the node's table.
