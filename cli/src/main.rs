@@ -99,6 +99,11 @@ enum Command {
         /// 100,000).
         #[arg(long)]
         services: Option<u32>,
+        /// Whether calls to idle services run inside their caller's call
+        /// (`on`, the default) or all go through mailboxes (`off`), as the
+        /// node file's `direct_calls`.
+        #[arg(long, default_value = "on")]
+        direct_calls: String,
         /// Run the one workload named once here and print its bare figure
         /// (how a memory workload gets a fresh process for each run).
         #[arg(long, hide = true)]
@@ -285,7 +290,16 @@ fn main() -> ExitCode {
             scheduler,
             once,
             services,
-        } => bench_main(&ids, json, once, threads, &scheduler, services),
+            direct_calls,
+        } => bench_main(
+            &ids,
+            json,
+            once,
+            threads,
+            &scheduler,
+            services,
+            &direct_calls,
+        ),
         Command::Wit { dir } => wit::write(&dir).map(|file| {
             println!("wrote {} ({})", file.display(), wit::package());
         }),
@@ -708,7 +722,13 @@ fn bench_main(
     threads: Option<usize>,
     scheduler: &str,
     services: Option<u32>,
+    direct_calls: &str,
 ) -> anyhow::Result<()> {
+    match direct_calls {
+        "on" => bench::set_direct_calls(true),
+        "off" => bench::set_direct_calls(false),
+        other => anyhow::bail!("--direct-calls {other}: expected `on` or `off`"),
+    }
     let scheduler = match scheduler {
         "tokio" => skyhost::config::Scheduler::Tokio,
         "workers" => skyhost::config::Scheduler::Workers,

@@ -379,13 +379,29 @@ fn scheduler() -> (Scheduler, Option<usize>) {
     SCHEDULER.get().copied().unwrap_or_default()
 }
 
+/// Whether the bench nodes hand calls off (`--direct-calls`; default on).
+static DIRECT_CALLS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Sets whether the bench nodes hand calls to idle services off
+/// (`limits.direct_calls`).
+pub fn set_direct_calls(on: bool) {
+    let _ = DIRECT_CALLS.set(on);
+}
+
+fn direct_calls() -> bool {
+    DIRECT_CALLS.get().copied().unwrap_or(true)
+}
+
 impl BenchNode {
     fn config(limits: Limits) -> anyhow::Result<NodeConfig> {
         let dir = skyhost::bundled_modules().context("this build has no bundled services")?;
         let (scheduler, threads) = scheduler();
         Ok(NodeConfig {
             module_paths: vec![dir],
-            limits,
+            limits: Limits {
+                direct_calls: direct_calls(),
+                ..limits
+            },
             scheduler,
             threads,
             ..NodeConfig::default()
@@ -571,6 +587,9 @@ async fn run_in_fresh_process(id: &str, threads: Option<usize>) -> anyhow::Resul
     }
     if let Some(n) = MAX_SERVICES.get() {
         command.args(["--services", &n.to_string()]);
+    }
+    if !direct_calls() {
+        command.args(["--direct-calls", "off"]);
     }
     command.stderr(std::process::Stdio::inherit());
     let out = tokio::task::spawn_blocking(move || command.output())

@@ -107,6 +107,12 @@ impl Lease {
         })
     }
 
+    /// Whether an instance is offered now (a hint: it may be taken before
+    /// a [`borrow`](Self::borrow)).
+    pub(crate) fn offered(&self) -> bool {
+        !self.slot.load(Ordering::Relaxed).is_null()
+    }
+
     /// A lent dispatch's failure, for the task.
     pub(crate) fn take_failure(&self) -> Option<GuestFailure> {
         self.failure

@@ -434,11 +434,26 @@ impl Kernel {
 
     /// Runs `f` on the live service at `address`, if there is one.
     /// The handle of the live service (or host endpoint) at `address`.
-    pub(crate) fn service(&self, address: Address) -> Option<Arc<ServiceHandle>> {
+    fn service(&self, address: Address) -> Option<Arc<ServiceHandle>> {
         self.services
             .pin()
             .get(&address.local())
             .filter(|h| h.address == address)
+            .cloned()
+    }
+
+    /// The service at `address` when `wanted` says so of it: a clone of
+    /// its handle only then (a clone is a write other threads' clones of
+    /// a busy service contend on).
+    pub(crate) fn service_if(
+        &self,
+        address: Address,
+        wanted: impl FnOnce(&ServiceHandle) -> bool,
+    ) -> Option<Arc<ServiceHandle>> {
+        self.services
+            .pin()
+            .get(&address.local())
+            .filter(|h| h.address == address && wanted(h))
             .cloned()
     }
 

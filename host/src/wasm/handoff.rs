@@ -59,16 +59,16 @@ pub(super) async fn call(
     {
         return Err(request);
     }
-    let Some(callee) = kernel.service(dest) else {
+    let callee = kernel.service_if(dest, |callee| {
+        callee.lease.offered()
+            && callee.guest
+            && callee.tenant.id == request.tenant
+            && !callee.usage.traced.load(Ordering::Relaxed)
+            && !callee.usage.taps.is_on()
+    });
+    let Some(callee) = callee else {
         return Err(request);
     };
-    if !callee.guest
-        || callee.tenant.id != request.tenant
-        || callee.usage.traced.load(Ordering::Relaxed)
-        || callee.usage.taps.is_on()
-    {
-        return Err(request);
-    }
     let Some(mut lent) = callee.lease.borrow::<Instance>() else {
         return Err(request);
     };
