@@ -8,6 +8,27 @@ use std::time::Duration;
 use crate::support::{Command, DEADLINE, Reply, TestNode, TrapKind, test_config, within};
 use skyhost::Address;
 
+/// A testkit to call and a testkit that calls it.
+async fn server_and_caller(t: &TestNode) -> anyhow::Result<(Address, Address)> {
+    Ok((t.spawn("testkit").await?, t.spawn("testkit").await?))
+}
+
+/// Has `caller` call `server` with `command`, from a host client in the
+/// background: the caller's answer (`Reply::Failed` when its call failed).
+fn call_in_background(
+    t: &TestNode,
+    caller: Address,
+    server: Address,
+    command: Command,
+) -> tokio::task::JoinHandle<Result<Reply, skyhost::CallError>> {
+    let client = t.node.client();
+    let command = Command::Call {
+        target: server.0,
+        command: Box::new(command),
+    };
+    tokio::spawn(async move { crate::support::command_via(&client, caller, &command).await })
+}
+
 /// `caller` calls `target` `n` times (a testkit `CallLoop`).
 async fn call_loop(t: &TestNode, caller: Address, target: Address, n: u32) -> anyhow::Result<()> {
     let command = Command::CallLoop {
@@ -24,8 +45,7 @@ async fn call_loop(t: &TestNode, caller: Address, target: Address, n: u32) -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_to_an_idle_service_run_inside_the_caller() -> anyhow::Result<()> {
     let t = TestNode::start()?;
-    let server = t.spawn("testkit").await?;
-    let caller = t.spawn("testkit").await?;
+    let (server, caller) = server_and_caller(&t).await?;
     let before = t.node.direct_calls();
     call_loop(&t, caller, server, 200).await?;
     // The server waits for mail between the calls, so each is handed off
@@ -40,8 +60,7 @@ async fn with_direct_calls_off_every_call_goes_through_the_mailbox() -> anyhow::
     let mut config = test_config();
     config.limits.direct_calls = false;
     let t = TestNode::with_config(config)?;
-    let server = t.spawn("testkit").await?;
-    let caller = t.spawn("testkit").await?;
+    let (server, caller) = server_and_caller(&t).await?;
     call_loop(&t, caller, server, 200).await?;
     assert_eq!(t.node.direct_calls(), 0);
     t.stop().await;
@@ -53,8 +72,7 @@ async fn with_direct_calls_off_every_call_goes_through_the_mailbox() -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_callee_sent_its_caller_first_arrives_before_the_answer() -> anyhow::Result<()> {
     let t = TestNode::start()?;
-    let server = t.spawn("testkit").await?;
-    let caller = t.spawn("testkit").await?;
+    let (server, caller) = server_and_caller(&t).await?;
     let before = t.node.direct_calls();
     let command = Command::CallThenSeqLog {
         target: server.0,
@@ -75,22 +93,15 @@ async fn what_the_callee_sent_its_caller_first_arrives_before_the_answer() -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callee_that_traps_inside_the_call_ends_alone() -> anyhow::Result<()> {
     let t = TestNode::start()?;
-    let server = t.spawn("testkit").await?;
-    let caller = t.spawn("testkit").await?;
+    let (server, caller) = server_and_caller(&t).await?;
     let before = t.node.direct_calls();
-    let command = Command::Call {
-        target: server.0,
-        command: Box::new(Command::Trap(TrapKind::Unreachable)),
-    };
-    match t.command(caller, &command).await? {
+    let trap = call_in_background(&t, caller, server, Command::Trap(TrapKind::Unreachable));
+    match within(trap).await??? {
         Reply::Failed(e) => assert!(e.contains("trapped"), "{e}"),
         r => panic!("a call to a trapping service answered {r:?}"),
     }
     handed_off(&t, before + 1).await;
-    wait_gone(&t, server).await;
-    // The caller serves on, and calls another server directly.
-    let other = t.spawn("testkit").await?;
-    call_loop(&t, caller, other, 10).await?;
+    ended_and_the_caller_serves_on(&t, server, caller).await?;
     t.stop().await;
     Ok(())
 }
@@ -100,18 +111,9 @@ async fn a_callee_that_spins_inside_the_call_is_stopped_at_its_budget() -> anyho
     let mut config = test_config();
     config.limits.cpu_budget_ms = 300;
     let t = TestNode::with_config(config)?;
-    let server = t.spawn("testkit").await?;
-    let caller = t.spawn("testkit").await?;
+    let (server, caller) = server_and_caller(&t).await?;
     let echo = t.spawn("echo").await?;
-    let command = Command::Call {
-        target: server.0,
-        command: Box::new(Command::Spin),
-    };
-    let client = std::sync::Arc::new(t.node.client());
-    let spin = {
-        let client = client.clone();
-        tokio::spawn(async move { crate::support::command_via(&client, caller, &command).await })
-    };
+    let spin = call_in_background(&t, caller, server, Command::Spin);
     // The node answers while the callee spins on the caller's thread.
     assert_eq!(
         within(t.client.call(echo, b"ping".to_vec())).await??,
@@ -122,10 +124,8 @@ async fn a_callee_that_spins_inside_the_call_is_stopped_at_its_budget() -> anyho
         Reply::Failed(e) => assert!(e.contains("trapped"), "{e}"),
         r => panic!("a call to a spinning service answered {r:?}"),
     }
-    wait_gone(&t, server).await;
     // The caller's budget did not pay for the callee's spin.
-    let other = t.spawn("testkit").await?;
-    call_loop(&t, caller, other, 10).await?;
+    ended_and_the_caller_serves_on(&t, server, caller).await?;
     t.stop().await;
     Ok(())
 }
@@ -133,18 +133,9 @@ async fn a_callee_that_spins_inside_the_call_is_stopped_at_its_budget() -> anyho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callee_killed_inside_the_call_answers_its_caller_killed() -> anyhow::Result<()> {
     let t = TestNode::start()?;
-    let server = t.spawn("testkit").await?;
-    let caller = t.spawn("testkit").await?;
+    let (server, caller) = server_and_caller(&t).await?;
     let before = t.node.direct_calls();
-    let command = Command::Call {
-        target: server.0,
-        command: Box::new(Command::Spin),
-    };
-    let client = std::sync::Arc::new(t.node.client());
-    let spin = {
-        let client = client.clone();
-        tokio::spawn(async move { crate::support::command_via(&client, caller, &command).await })
-    };
+    let spin = call_in_background(&t, caller, server, Command::Spin);
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while t
         .node
@@ -159,12 +150,10 @@ async fn a_callee_killed_inside_the_call_answers_its_caller_killed() -> anyhow::
         Reply::Failed(e) => assert!(e.contains("killed"), "{e}"),
         r => panic!("a call to a killed service answered {r:?}"),
     }
-    wait_gone(&t, server).await;
     // It spun inside the caller's call.
     handed_off(&t, before + 1).await;
     // Exactly once: the caller's next calls are answered, not by a stray error.
-    let other = t.spawn("testkit").await?;
-    call_loop(&t, caller, other, 10).await?;
+    ended_and_the_caller_serves_on(&t, server, caller).await?;
     t.stop().await;
     Ok(())
 }
@@ -183,14 +172,26 @@ async fn handed_off(t: &TestNode, calls: u64) {
     }
 }
 
-/// Waits until `service` is out of the node's table.
-async fn wait_gone(t: &TestNode, service: Address) {
+/// Waits until `server` is out of the node's table, then has `caller`
+/// call a fresh server: it serves on, with its calls handed off.
+async fn ended_and_the_caller_serves_on(
+    t: &TestNode,
+    server: Address,
+    caller: Address,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + DEADLINE;
-    while t.node.services().iter().any(|(a, _)| *a == service) {
+    while t.node.services().iter().any(|(a, _)| *a == server) {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{service} never ended"
+            "{server} never ended"
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    let before = t.node.direct_calls();
+    let other = t.spawn("testkit").await?;
+    call_loop(t, caller, other, 10).await?;
+    // The fresh server is born hibernated (template spawn): the call that
+    // wakes it goes by mailbox, the nine after it are handed off.
+    handed_off(t, before + 9).await;
+    Ok(())
 }

@@ -470,6 +470,35 @@ impl ServiceState {
             .map_err(wire_error)
     }
 
+    /// A request carrying `payload`, on a fresh session the service waits
+    /// on.
+    pub(super) fn request(&mut self, payload: Vec<u8>) -> Result<Message, types::SendError> {
+        self.check_size(&payload)?;
+        Ok(Message {
+            kind: kind::REQUEST,
+            source: self.address,
+            session: self.awaited_session(),
+            tenant: self.tenant,
+            payload: payload.into(),
+            trace: self.current_trace,
+        })
+    }
+
+    /// Sends `request` to `dest`: its session, or why it was refused (the
+    /// session is then closed).
+    pub(super) fn send_request(
+        &mut self,
+        dest: u32,
+        request: Message,
+    ) -> Result<u32, types::SendError> {
+        let session = request.session;
+        let sent = self.deliver(dest, request);
+        if sent.is_err() {
+            self.awaiting.remove(&session);
+        }
+        sent.map(|()| session)
+    }
+
     /// Whether what this service sends is traced (each message logged).
     pub(super) fn traced(&self) -> bool {
         self.current_trace != 0 || self.handle.usage.traced.load(Ordering::Relaxed)

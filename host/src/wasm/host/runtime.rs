@@ -77,21 +77,8 @@ impl runtime::Host for ServiceState {
     }
 
     fn call(&mut self, dest: u32, payload: Vec<u8>) -> Result<u32, types::SendError> {
-        self.check_size(&payload)?;
-        let session = self.awaited_session();
-        let message = Message {
-            kind: kind::REQUEST,
-            source: self.address,
-            session,
-            tenant: self.tenant,
-            payload: payload.into(),
-            trace: self.current_trace,
-        };
-        let sent = self.deliver(dest, message);
-        if sent.is_err() {
-            self.awaiting.remove(&session);
-        }
-        sent.map(|()| session)
+        let request = self.request(payload)?;
+        self.send_request(dest, request)
     }
 
     fn call_timeout(
@@ -151,31 +138,19 @@ impl runtime::Host for ServiceState {
         payload: Vec<u8>,
         timeout_ms: u32,
     ) -> Result<types::CallStarted, types::SendError> {
-        self.check_size(&payload)?;
-        let session = self.awaited_session();
-        let request = Message {
-            kind: kind::REQUEST,
-            source: self.address,
-            session,
-            tenant: self.tenant,
-            payload: payload.into(),
-            trace: self.current_trace,
-        };
-        let request = match handoff::call(self, Address(dest), request).await {
+        let request = self.request(payload)?;
+        let session = request.session;
+        match handoff::call(self, Address(dest), request).await {
             Ok(Some(answer)) => {
                 return Ok(types::CallStarted {
                     session,
                     answer: Some(answer),
                 });
             }
-            Ok(None) => None,
-            Err(request) => Some(request),
-        };
-        if let Some(request) = request
-            && let Err(e) = self.deliver(dest, request)
-        {
-            self.awaiting.remove(&session);
-            return Err(e);
+            Ok(None) => {}
+            Err(request) => {
+                self.send_request(dest, request)?;
+            }
         }
         if timeout_ms > 0 {
             self.kernel
