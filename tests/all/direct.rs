@@ -67,6 +67,36 @@ async fn with_direct_calls_off_every_call_goes_through_the_mailbox() -> anyhow::
     Ok(())
 }
 
+/// A callee run inside a call hands its own calls off too, down to four
+/// services deep; deeper calls go by mailbox, and every answer comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_calls_is_handed_off_four_services_deep() -> anyhow::Result<()> {
+    let t = TestNode::start()?;
+    let mut chain = Vec::new();
+    for _ in 0..6 {
+        let service = t.spawn("testkit").await?;
+        // Woken now: a service born hibernated takes its first call by mail.
+        t.command(service, &Command::Echo(Vec::new())).await?;
+        chain.push(service);
+    }
+    // chain[0] calls chain[1], which calls chain[2], ... chain[5] echoes.
+    let mut command = Command::Echo(vec![5]);
+    for service in chain[1..].iter().rev() {
+        command = Command::Call {
+            target: service.0,
+            command: Box::new(command),
+        };
+    }
+    let before = t.node.direct_calls();
+    assert_eq!(t.command(chain[0], &command).await?, Reply::Bytes(vec![5]));
+    // chain[1..=3] ran inside chain[0]'s call; chain[4] took its request by
+    // mail, on its own thread, and chain[5] ran inside its call.
+    handed_off(&t, before + 4).await;
+    assert_eq!(t.node.direct_calls(), before + 4);
+    t.stop().await;
+    Ok(())
+}
+
 /// What the callee sends its caller before it answers reaches the caller
 /// before the answer: the answer then goes through the mailbox behind it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

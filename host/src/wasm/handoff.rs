@@ -19,8 +19,10 @@
 //!   usual (the session ends later, by mailbox). One that traps or exits
 //!   there leaves its end to its task: the failure goes into the lease and
 //!   a wake into its mailbox.
-//! - No hand-off from inside a hand-off, for traced or tapped services, or
-//!   across tenants: those calls go through the mailbox.
+//! - A callee run inside a call may hand its own calls off in turn, down
+//!   to [`MAX_DEPTH`] services deep (each runs on its own fiber's stack);
+//!   deeper calls, calls from or to traced or tapped services and calls
+//!   across tenants go through the mailbox.
 
 use std::sync::atomic::Ordering;
 
@@ -29,8 +31,14 @@ use super::bindings::skyhost::service::types;
 use super::state::ServiceState;
 use crate::runtime::{Address, Message};
 
+/// How many services deep a chain of hand-offs may run (a caller and the
+/// callees run inside it).
+pub(crate) const MAX_DEPTH: u32 = 4;
+
 /// What an instance running inside a caller's `call-now` keeps for it.
 pub(crate) struct Lent {
+    /// How many callers it runs inside (1: inside one service's call).
+    depth: u32,
     /// The caller, and the session of the request being handled.
     caller: Address,
     session: u32,
@@ -51,8 +59,9 @@ pub(super) async fn call(
     request: Message,
 ) -> Result<Option<types::Message>, Message> {
     let kernel = caller.kernel.clone();
+    let depth = caller.lent.as_ref().map_or(1, |lent| lent.depth + 1);
     if !kernel.limits.direct_calls
-        || caller.lent.is_some()
+        || depth >= MAX_DEPTH
         || request.trace != 0
         || caller.traced()
         || caller.handle.usage.taps.is_on()
@@ -84,6 +93,7 @@ pub(super) async fn call(
     let now = caller.pause_clock();
     let instance = lent.get();
     instance.store.data_mut().lent = Some(Lent {
+        depth,
         caller: request.source,
         session: request.session,
         answer: None,
@@ -93,11 +103,11 @@ pub(super) async fn call(
     callee.usage.rest.touch(now);
     caller.direct_calls += 1;
     let mut batch = vec![request];
-    let result = instance.call_dispatch(&mut batch).await;
+    let (result, ended) = instance.dispatch_from(&mut batch, now).await;
     let state = instance.store.data_mut();
     let answer = state.lent.take().and_then(|l| l.answer);
     let exited = state.exit_requested;
-    caller.resume_clock(now);
+    caller.resume_clock(now, ended);
     let ended = result.is_err() || exited;
     if let Err(e) = result {
         lent.failed(super::failure(e));

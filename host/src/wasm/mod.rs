@@ -454,6 +454,17 @@ impl Instance {
     /// Hands a batch of messages to the guest's `dispatch`; requests in it
     /// are owed a reply from then on.
     async fn call_dispatch(&mut self, messages: &mut Vec<Message>) -> wasmtime::Result<()> {
+        let now = self.store.data().kernel.ticks();
+        self.dispatch_from(messages, now).await.0
+    }
+
+    /// [`call_dispatch`](Self::call_dispatch) starting at `start` (a
+    /// `Kernel::ticks` reading): also the reading it ended at.
+    async fn dispatch_from(
+        &mut self,
+        messages: &mut Vec<Message>,
+        start: u64,
+    ) -> (wasmtime::Result<()>, u64) {
         let state = self.store.data_mut();
         state.took(messages.len());
         // A traced message is always dispatched alone (see the service loop).
@@ -469,9 +480,9 @@ impl Instance {
             true
         });
         if messages.is_empty() {
-            return Ok(());
+            return (Ok(()), start);
         }
-        self.store.data_mut().start_work(messages.len());
+        self.store.data_mut().start_work_at(messages.len(), start);
         self.store.set_epoch_deadline(1);
         let result = match self.exports.abi {
             Abi::Messages => {
@@ -517,8 +528,8 @@ impl Instance {
                 }
             }
         };
-        self.store.data_mut().end_work();
-        result
+        let ended = self.store.data_mut().end_work();
+        (result, ended)
     }
 
     /// The state the guest hands to its next version (`save-state`); `None`

@@ -272,14 +272,19 @@ impl ServiceState {
     /// service loop keeps a batch small enough to fit (see
     /// [`affordable_batch`](Self::affordable_batch)).
     pub fn start_work(&mut self, messages: usize) {
+        self.start_work_at(messages, self.kernel.ticks());
+    }
+
+    /// [`start_work`](Self::start_work) at `now` (a [`Kernel::ticks`]
+    /// reading the caller already took).
+    pub fn start_work_at(&mut self, messages: usize, now: u64) {
         self.cpu_used = Duration::ZERO;
         self.work_messages = messages;
         self.handle.usage.running.store(true, Ordering::Relaxed);
         self.cpu_budget = Duration::from_millis(self.handle.tenant.quotas.cpu_budget_ms);
         // Read when its first timer is set: most work sets none.
         self.work_started = None;
-        self.resumed_at
-            .store(self.kernel.ticks(), Ordering::Relaxed);
+        self.resumed_at.store(now, Ordering::Relaxed);
     }
 
     /// Stops the guest's clock while a callee runs inside its `call-now`:
@@ -289,24 +294,26 @@ impl ServiceState {
         self.kernel.ticks()
     }
 
-    /// Starts the guest's clock again after [`pause_clock`](Self::pause_clock)
-    /// stopped it at `paused`: its run so far keeps counting from a start
-    /// moved on by the pause.
-    pub(super) fn resume_clock(&self, paused: u64) {
-        let pause = self.kernel.ticks().saturating_sub(paused);
-        self.resumed_at.fetch_add(pause, Ordering::Relaxed);
+    /// Starts the guest's clock again at `now` after
+    /// [`pause_clock`](Self::pause_clock) stopped it at `paused`: its run
+    /// so far keeps counting from a start moved on by the pause.
+    pub(super) fn resume_clock(&self, paused: u64, now: u64) {
+        self.resumed_at
+            .fetch_add(now.saturating_sub(paused), Ordering::Relaxed);
     }
 
     /// The piece of work returned or trapped: its CPU time and message
     /// counts go to the tenant (once per batch, not per message).
-    pub fn end_work(&mut self) {
+    /// The [`Kernel::ticks`] reading it ended at.
+    pub fn end_work(&mut self) -> u64 {
         if std::mem::take(&mut self.hog) {
             self.kernel.sched.hog_ended(&self.handle.tenant);
         }
         // Since the last epoch deadline, which counted what ran before it.
+        let now = self.kernel.ticks();
         let ran = self
             .kernel
-            .ticks_between(self.resumed_at.load(Ordering::Relaxed), self.kernel.ticks());
+            .ticks_between(self.resumed_at.load(Ordering::Relaxed), now);
         self.cpu_used += ran;
         let ran = u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX);
         let u = &self.handle.usage;
@@ -323,6 +330,7 @@ impl ServiceState {
         }
         flush(&mut self.kinds, &u.kinds);
         flush(&mut self.errors, &u.errors);
+        now
     }
 
     /// How many messages the next batch may hold so that, at what the last
