@@ -57,11 +57,10 @@ pub(crate) fn start_call(addr: Address, payload: &[u8]) -> Result<SessionWait, C
 /// answered inside the call (the direct hand-off).
 fn start_call_timeout(addr: Address, payload: &[u8], ms: u32) -> Result<SessionWait, CallError> {
     let started = sys::call_now(addr.0, payload, ms).map_err(SendError::from)?;
-    let wait = SessionWait::open(started.session);
-    if let Some(answer) = started.answer {
-        runtime::with(|rt| rt.sessions.complete(started.session, answer));
-    }
-    Ok(wait)
+    Ok(match started.answer {
+        Some(answer) => SessionWait::answered(started.session, answer),
+        None => SessionWait::open(started.session),
+    })
 }
 
 /// Encodes `req` and sends it as a request now.

@@ -111,6 +111,9 @@ impl Sessions {
 pub(crate) struct SessionWait {
     session: u32,
     finished: bool,
+    /// The answer, when it came with the call (the session never entered
+    /// the table).
+    answered: Option<Completion>,
 }
 
 impl SessionWait {
@@ -120,6 +123,16 @@ impl SessionWait {
         SessionWait {
             session,
             finished: false,
+            answered: None,
+        }
+    }
+
+    /// A waiter for `session`, which has ended with `answer` already.
+    pub(crate) fn answered(session: u32, answer: Completion) -> Self {
+        SessionWait {
+            session,
+            finished: false,
+            answered: Some(answer),
         }
     }
 }
@@ -133,6 +146,10 @@ impl Future for SessionWait {
             "session {} polled after it completed",
             self.session
         );
+        if let Some(answer) = self.answered.take() {
+            self.finished = true;
+            return Poll::Ready(answer);
+        }
         let session = self.session;
         let polled = runtime::with(|rt| rt.sessions.poll(session, cx));
         if polled.is_ready() {
@@ -144,7 +161,7 @@ impl Future for SessionWait {
 
 impl Drop for SessionWait {
     fn drop(&mut self) {
-        if !self.finished {
+        if !self.finished && self.answered.is_none() {
             let session = self.session;
             runtime::try_with(|rt| rt.sessions.cancel(session));
         }

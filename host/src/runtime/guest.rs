@@ -191,13 +191,22 @@ pub(crate) enum InstantiateError {
     Failed(String),
 }
 
+/// The requests a service owes an answer, with each caller's tenant: one
+/// insert and one removal per call it takes, keyed by numbers it was given
+/// (no seeded hash needed).
+pub(crate) type Owed = std::collections::HashMap<
+    (Address, u32),
+    TenantId,
+    std::hash::BuildHasherDefault<fnv::FnvHasher>,
+>;
+
 /// What outlives a guest's instance, for the service's next one (an
 /// upgrade's, or a wake from hibernation): the requests it owes (with each
 /// caller's tenant), its session counters (the host range and the guest
 /// range, so numbers are not reused) and the sessions it waits on.
 #[derive(Debug, Default)]
 pub(crate) struct Carried {
-    pub owed: std::collections::HashMap<(Address, u32), TenantId>,
+    pub owed: Owed,
     pub next_session: u32,
     pub next_guest_session: u32,
     pub awaiting: Vec<u32>,

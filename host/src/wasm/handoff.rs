@@ -102,8 +102,12 @@ pub(super) async fn call(
     callee.usage.dispatches.fetch_add(1, Ordering::Relaxed);
     callee.usage.rest.touch(now);
     caller.direct_calls += 1;
-    let mut batch = vec![request];
+    // The caller's buffer, kept from call to call.
+    let mut batch = std::mem::take(&mut caller.handoff_batch);
+    batch.push(request);
     let (result, ended) = instance.dispatch_from(&mut batch, now).await;
+    batch.clear();
+    caller.handoff_batch = batch;
     let state = instance.store.data_mut();
     let answer = state.lent.take().and_then(|l| l.answer);
     let exited = state.exit_requested;

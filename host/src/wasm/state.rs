@@ -1,6 +1,6 @@
 //! The data of a service's `Store`: what the host imports see and change.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -149,7 +149,7 @@ pub(crate) struct ServiceState {
     pub(super) next_guest_session: u32,
     /// Requests delivered and not answered yet: (caller, session) and the
     /// caller's tenant, which the answer carries back.
-    pub(super) owed: HashMap<(Address, u32), TenantId>,
+    pub(super) owed: crate::runtime::guest::Owed,
     /// Messages taken and sent since the counts last went to the tenant.
     pub(super) taken: u64,
     pub(super) sent: u64,
@@ -187,6 +187,8 @@ pub(crate) struct ServiceState {
     /// Set while a caller runs this instance inside its `call-now` (see
     /// `handoff.rs`).
     pub(super) lent: Option<super::handoff::Lent>,
+    /// The batch of one a `call-now` hands its callee, kept between calls.
+    pub(super) handoff_batch: Vec<Message>,
 }
 
 impl ServiceState {
@@ -243,7 +245,7 @@ impl ServiceState {
             },
             next_session: 0,
             next_guest_session: 0,
-            owed: HashMap::new(),
+            owed: Default::default(),
             taken: 0,
             sent: 0,
             direct_calls: 0,
@@ -262,6 +264,7 @@ impl ServiceState {
             hog: false,
             work_started: None,
             lent: None,
+            handoff_batch: Vec::new(),
         })
     }
 

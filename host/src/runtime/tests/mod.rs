@@ -95,7 +95,7 @@ struct FakeGuest {
     kernel: Arc<Kernel>,
     address: Address,
     handler: Handler,
-    owed: HashMap<(Address, u32), TenantId>,
+    owed: crate::runtime::guest::Owed,
     exit: bool,
     state: FakeState,
     /// Imports called since it was made.
@@ -110,7 +110,7 @@ impl FakeGuest {
             kernel: kernel.clone(),
             address,
             handler: module.handler.clone(),
-            owed: HashMap::new(),
+            owed: Default::default(),
             exit: false,
             state: module.state,
             imports: 0,
