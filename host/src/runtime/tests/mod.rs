@@ -931,5 +931,6 @@ async fn on_the_node_s_own_workers_calls_are_answered_and_every_end_ends_its_ses
     kernel.stop_workers();
 }
 
+mod lease;
 mod rest;
 mod tap;
