@@ -160,6 +160,31 @@ async fn a_callee_that_spins_inside_the_call_is_stopped_at_its_budget() -> anyho
     Ok(())
 }
 
+/// A timed call's clock starts when it is made, not when a callee run
+/// inside it returns: a callee that spins to its budget inside the call
+/// leaves its caller a timeout, which came first, not its trap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_call_counts_from_before_the_callee_runs() -> anyhow::Result<()> {
+    let mut config = test_config();
+    config.limits.cpu_budget_ms = 300;
+    let t = TestNode::with_config(config)?;
+    let (server, caller) = server_and_caller(&t).await?;
+    let before = t.node.direct_calls();
+    let command = Command::CallWithin {
+        target: server.0,
+        command: Box::new(Command::Spin),
+        timeout_ms: 20,
+    };
+    match t.command(caller, &command).await? {
+        Reply::Failed(e) => assert!(e.contains("timed out"), "{e}"),
+        r => panic!("a timed call to a spinning service answered {r:?}"),
+    }
+    handed_off(&t, before + 1).await;
+    ended_and_the_caller_serves_on(&t, server, caller).await?;
+    t.stop().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callee_killed_inside_the_call_answers_its_caller_killed() -> anyhow::Result<()> {
     let t = TestNode::start()?;

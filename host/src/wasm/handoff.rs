@@ -52,11 +52,13 @@ pub(crate) struct Lent {
 /// Runs `request`, from `caller` to `dest`, inside the callee's instance
 /// when the hand-off applies: `Ok(Some(answer))` when the callee answered
 /// there, `Ok(None)` when it owes the answer; `Err(request)` when the call
-/// must go through the mailbox.
+/// must go through the mailbox. A call timed out after `timeout_ms` (0:
+/// never) counts its time from before the callee runs.
 pub(super) async fn call(
     caller: &mut ServiceState,
     dest: Address,
     request: Message,
+    timeout_ms: u32,
 ) -> Result<Option<types::Message>, Message> {
     let kernel = caller.kernel.clone();
     let depth = caller.lent.as_ref().map_or(1, |lent| lent.depth + 1);
@@ -90,6 +92,8 @@ pub(super) async fn call(
     {
         return Err(request);
     }
+    caller.sent += 1;
+    caller.expire_after(request.session, timeout_ms);
     let now = caller.pause_clock();
     let instance = lent.get();
     instance.store.data_mut().lent = Some(Lent {

@@ -510,6 +510,15 @@ impl ServiceState {
         sent.map(|()| session)
     }
 
+    /// Has the host end `session` with a timeout error after `ms` (0: never)
+    /// unless it ends first (`call-timeout`).
+    pub(super) fn expire_after(&self, session: u32, ms: u32) {
+        if ms > 0 {
+            self.kernel
+                .expire_call(self.address, session, ms, self.current_trace);
+        }
+    }
+
     /// Whether what this service sends is traced (each message logged).
     pub(super) fn traced(&self) -> bool {
         self.current_trace != 0 || self.handle.usage.traced.load(Ordering::Relaxed)

@@ -88,10 +88,7 @@ impl runtime::Host for ServiceState {
         timeout_ms: u32,
     ) -> Result<u32, types::SendError> {
         let session = runtime::Host::call(self, dest, payload)?;
-        if timeout_ms > 0 {
-            self.kernel
-                .expire_call(self.address, session, timeout_ms, self.current_trace);
-        }
+        self.expire_after(session, timeout_ms);
         Ok(session)
     }
 
@@ -140,26 +137,15 @@ impl runtime::Host for ServiceState {
     ) -> Result<types::CallStarted, types::SendError> {
         let request = self.request(payload)?;
         let session = request.session;
-        match handoff::call(self, Address(dest), request).await {
-            Ok(Some(answer)) => {
-                return Ok(types::CallStarted {
-                    session,
-                    answer: Some(answer),
-                });
-            }
-            Ok(None) => {}
+        let answer = match handoff::call(self, Address(dest), request, timeout_ms).await {
+            Ok(answer) => answer,
             Err(request) => {
                 self.send_request(dest, request)?;
+                self.expire_after(session, timeout_ms);
+                None
             }
-        }
-        if timeout_ms > 0 {
-            self.kernel
-                .expire_call(self.address, session, timeout_ms, self.current_trace);
-        }
-        Ok(types::CallStarted {
-            session,
-            answer: None,
-        })
+        };
+        Ok(types::CallStarted { session, answer })
     }
 
     fn start_trace(&mut self) -> u64 {
