@@ -8,9 +8,28 @@ use std::time::Duration;
 use crate::support::{Command, DEADLINE, Reply, TestNode, TrapKind, test_config, within};
 use skyhost::Address;
 
-/// A testkit to call and a testkit that calls it.
+/// A testkit to call and a testkit that calls it, once the first's
+/// instance is on offer.
 async fn server_and_caller(t: &TestNode) -> anyhow::Result<(Address, Address)> {
-    Ok((t.spawn("testkit").await?, t.spawn("testkit").await?))
+    let (server, caller) = (t.spawn("testkit").await?, t.spawn("testkit").await?);
+    until_handed_off(t, caller, server).await?;
+    Ok((server, caller))
+}
+
+/// Has `caller` call `server` until a call is handed off: a service offers
+/// its instance once its task first waits for mail (after its spawn, or
+/// the call that woke it from hibernation).
+async fn until_handed_off(t: &TestNode, caller: Address, server: Address) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let before = t.node.direct_calls();
+    while t.node.direct_calls() == before {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no call to {server} was handed off"
+        );
+        call_loop(t, caller, server, 1).await?;
+    }
+    Ok(())
 }
 
 /// Has `caller` call `server` with `command`, from a host client in the
@@ -50,7 +69,7 @@ async fn calls_to_an_idle_service_run_inside_the_caller() -> anyhow::Result<()> 
     call_loop(&t, caller, server, 200).await?;
     // The server waits for mail between the calls, so each is handed off
     // (the caller's own command came from a host client: not one).
-    handed_off(&t, before + 200).await;
+    assert_eq!(t.node.direct_calls(), before + 200);
     t.stop().await;
     Ok(())
 }
@@ -60,7 +79,7 @@ async fn with_direct_calls_off_every_call_goes_through_the_mailbox() -> anyhow::
     let mut config = test_config();
     config.limits.direct_calls = false;
     let t = TestNode::with_config(config)?;
-    let (server, caller) = server_and_caller(&t).await?;
+    let (server, caller) = (t.spawn("testkit").await?, t.spawn("testkit").await?);
     call_loop(&t, caller, server, 200).await?;
     assert_eq!(t.node.direct_calls(), 0);
     t.stop().await;
@@ -74,10 +93,10 @@ async fn a_chain_of_calls_is_handed_off_four_services_deep() -> anyhow::Result<(
     let t = TestNode::start()?;
     let mut chain = Vec::new();
     for _ in 0..6 {
-        let service = t.spawn("testkit").await?;
-        // Woken now: a service born hibernated takes its first call by mail.
-        t.command(service, &Command::Echo(Vec::new())).await?;
-        chain.push(service);
+        chain.push(t.spawn("testkit").await?);
+    }
+    for &service in &chain[1..] {
+        until_handed_off(&t, chain[0], service).await?;
     }
     // chain[0] calls chain[1], which calls chain[2], ... chain[5] echoes.
     let mut command = Command::Echo(vec![5]);
@@ -91,7 +110,6 @@ async fn a_chain_of_calls_is_handed_off_four_services_deep() -> anyhow::Result<(
     assert_eq!(t.command(chain[0], &command).await?, Reply::Bytes(vec![5]));
     // chain[1..=3] ran inside chain[0]'s call; chain[4] took its request by
     // mail, on its own thread, and chain[5] ran inside its call.
-    handed_off(&t, before + 4).await;
     assert_eq!(t.node.direct_calls(), before + 4);
     t.stop().await;
     Ok(())
@@ -115,7 +133,7 @@ async fn what_the_callee_sent_its_caller_first_arrives_before_the_answer() -> an
         t.command(caller, &command).await?,
         Reply::Order(vec![0, 1, 2])
     );
-    handed_off(&t, before + 1).await;
+    assert_eq!(t.node.direct_calls(), before + 1);
     t.stop().await;
     Ok(())
 }
@@ -130,7 +148,7 @@ async fn a_callee_that_traps_inside_the_call_ends_alone() -> anyhow::Result<()> 
         Reply::Failed(e) => assert!(e.contains("trapped"), "{e}"),
         r => panic!("a call to a trapping service answered {r:?}"),
     }
-    handed_off(&t, before + 1).await;
+    assert_eq!(t.node.direct_calls(), before + 1);
     ended_and_the_caller_serves_on(&t, server, caller).await?;
     t.stop().await;
     Ok(())
@@ -179,7 +197,7 @@ async fn a_timed_call_counts_from_before_the_callee_runs() -> anyhow::Result<()>
         Reply::Failed(e) => assert!(e.contains("timed out"), "{e}"),
         r => panic!("a timed call to a spinning service answered {r:?}"),
     }
-    handed_off(&t, before + 1).await;
+    assert_eq!(t.node.direct_calls(), before + 1);
     ended_and_the_caller_serves_on(&t, server, caller).await?;
     t.stop().await;
     Ok(())
@@ -206,25 +224,11 @@ async fn a_callee_killed_inside_the_call_answers_its_caller_killed() -> anyhow::
         r => panic!("a call to a killed service answered {r:?}"),
     }
     // It spun inside the caller's call.
-    handed_off(&t, before + 1).await;
+    assert_eq!(t.node.direct_calls(), before + 1);
     // Exactly once: the caller's next calls are answered, not by a stray error.
     ended_and_the_caller_serves_on(&t, server, caller).await?;
     t.stop().await;
     Ok(())
-}
-
-/// Waits until the node has counted `calls` direct calls: each caller
-/// counts its own when its batch ends, just after its answer went out.
-async fn handed_off(t: &TestNode, calls: u64) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while t.node.direct_calls() < calls {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} direct calls counted, {calls} expected",
-            t.node.direct_calls()
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 }
 
 /// Waits until `server` is out of the node's table, then has `caller`
@@ -242,11 +246,6 @@ async fn ended_and_the_caller_serves_on(
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let before = t.node.direct_calls();
     let other = t.spawn("testkit").await?;
-    call_loop(t, caller, other, 10).await?;
-    // The fresh server is born hibernated (template spawn): the call that
-    // wakes it goes by mailbox, the nine after it are handed off.
-    handed_off(t, before + 9).await;
-    Ok(())
+    until_handed_off(t, caller, other).await
 }

@@ -379,8 +379,10 @@ pub(crate) struct Kernel {
     hibernated_bytes: AtomicUsize,
     /// Services born hibernated on a template (see [`template`]).
     template_spawns: std::sync::atomic::AtomicU64,
-    /// Calls run inside their caller's `call` (see [`lease`]).
+    /// Calls run inside their caller's `call` by services that have ended
+    /// (see [`lease`]), and the most [`Kernel::direct_calls`] has answered.
     direct_calls: std::sync::atomic::AtomicU64,
+    direct_calls_told: std::sync::atomic::AtomicU64,
     /// A scan for services to hibernate is under way (see [`resident`]).
     making_room: AtomicBool,
     /// Instances made ahead of the wakes that take them.

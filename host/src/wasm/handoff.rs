@@ -105,7 +105,11 @@ pub(super) async fn call(
     });
     callee.usage.dispatches.fetch_add(1, Ordering::Relaxed);
     callee.usage.rest.touch(now);
-    caller.direct_calls += 1;
+    caller
+        .handle
+        .usage
+        .direct_calls
+        .fetch_add(1, Ordering::Relaxed);
     // The caller's buffer, kept from call to call.
     let mut batch = std::mem::take(&mut caller.handoff_batch);
     batch.push(request);
@@ -116,12 +120,12 @@ pub(super) async fn call(
     let answer = state.lent.take().and_then(|l| l.answer);
     let exited = state.exit_requested;
     caller.resume_clock(now, ended);
-    let ended = result.is_err() || exited;
+    let ends = result.is_err() || exited;
     if let Err(e) = result {
         lent.failed(super::failure(e));
     }
     drop(lent);
-    if ended || callee.killed.load(Ordering::Acquire) {
+    if ends || callee.killed.load(Ordering::Acquire) {
         // Its task ends it when it takes its instance back.
         callee.mailbox.wake(callee.address);
     }

@@ -153,8 +153,6 @@ pub(crate) struct ServiceState {
     /// Messages taken and sent since the counts last went to the tenant.
     pub(super) taken: u64,
     pub(super) sent: u64,
-    /// Calls it made that ran inside its `call-now`, since the last count.
-    pub(super) direct_calls: u64,
     /// Messages taken by kind slot, and errors by cause, since the last flush.
     pub(super) kinds: [u64; KIND_LABELS.len()],
     pub(super) errors: [u64; ERROR_LABELS.len()],
@@ -248,7 +246,6 @@ impl ServiceState {
             owed: Default::default(),
             taken: 0,
             sent: 0,
-            direct_calls: 0,
             kinds: [0; KIND_LABELS.len()],
             errors: [0; ERROR_LABELS.len()],
             current_trace: 0,
@@ -327,10 +324,6 @@ impl ServiceState {
         u.messages_out
             .fetch_add(std::mem::take(&mut self.sent), Ordering::Relaxed);
         u.awaiting.store(self.awaiting.len(), Ordering::Relaxed);
-        if self.direct_calls != 0 {
-            self.kernel
-                .count_direct_calls(std::mem::take(&mut self.direct_calls));
-        }
         flush(&mut self.kinds, &u.kinds);
         flush(&mut self.errors, &u.errors);
         now
