@@ -22,6 +22,26 @@ async fn offered_echo() -> (Arc<Kernel>, Address, Arc<ServiceHandle>) {
     (kernel, echo, handle)
 }
 
+/// A host client's call to `echo` with `payload`, once it is in the
+/// service's mailbox.
+async fn queue_call(
+    kernel: &Arc<Kernel>,
+    echo: Address,
+    handle: &ServiceHandle,
+    payload: &[u8],
+) -> tokio::task::JoinHandle<Result<Vec<u8>, crate::runtime::CallError>> {
+    let client = client(kernel);
+    let payload = payload.to_vec();
+    let call = tokio::spawn(async move { client.call(echo, payload).await });
+    within(async {
+        while handle.mailbox.len() != 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    call
+}
+
 #[tokio::test]
 async fn mail_waits_while_the_instance_is_lent_and_is_served_after() {
     let (kernel, echo, handle) = offered_echo().await;
@@ -29,15 +49,8 @@ async fn mail_waits_while_the_instance_is_lent_and_is_served_after() {
         .lease
         .borrow::<FakeGuest>()
         .expect("offered while idle");
-    let client = client(&kernel);
-    let call = tokio::spawn(async move { client.call(echo, b"after".to_vec()).await });
+    let call = queue_call(&kernel, echo, &handle, b"after").await;
     // Queued, not dispatched: the task cannot run its instance while lent.
-    within(async {
-        while handle.mailbox.len() != 1 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
     for _ in 0..100 {
         tokio::task::yield_now().await;
     }
@@ -61,14 +74,7 @@ async fn a_failure_left_in_the_lease_ends_the_service_and_answers_its_mail() {
         .lease
         .borrow::<FakeGuest>()
         .expect("offered while idle");
-    let client = client(&kernel);
-    let call = tokio::spawn(async move { client.call(echo, b"queued".to_vec()).await });
-    within(async {
-        while handle.mailbox.len() != 1 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    let call = queue_call(&kernel, echo, &handle, b"queued").await;
     // As a caller's dispatch of it that trapped leaves it.
     lent.failed(GuestFailure {
         cause: ErrorCause::Trapped,
