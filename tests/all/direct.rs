@@ -162,6 +162,7 @@ async fn a_callee_that_spins_inside_the_call_is_stopped_at_its_budget() -> anyho
     let (server, caller) = server_and_caller(&t).await?;
     let echo = t.spawn("echo").await?;
     let spin = call_in_background(&t, caller, server, Command::Spin);
+    until_running(&t, server).await;
     // The node answers while the callee spins on the caller's thread.
     assert_eq!(
         within(t.client.call(echo, b"ping".to_vec())).await??,
@@ -209,15 +210,7 @@ async fn a_callee_killed_inside_the_call_answers_its_caller_killed() -> anyhow::
     let (server, caller) = server_and_caller(&t).await?;
     let before = t.node.direct_calls();
     let spin = call_in_background(&t, caller, server, Command::Spin);
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while t
-        .node
-        .service_info(server)
-        .is_none_or(|i| i.state != "running")
-    {
-        assert!(tokio::time::Instant::now() < deadline, "never ran");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    until_running(&t, server).await;
     assert!(t.node.kill(server));
     match within(spin).await??? {
         Reply::Failed(e) => assert!(e.contains("killed"), "{e}"),
@@ -229,6 +222,22 @@ async fn a_callee_killed_inside_the_call_answers_its_caller_killed() -> anyhow::
     ended_and_the_caller_serves_on(&t, server, caller).await?;
     t.stop().await;
     Ok(())
+}
+
+/// Waits until `service` is in a dispatch.
+async fn until_running(t: &TestNode, service: Address) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while t
+        .node
+        .service_info(service)
+        .is_none_or(|i| i.state != "running")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{service} never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Waits until `server` is out of the node's table, then has `caller`

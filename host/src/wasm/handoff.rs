@@ -60,9 +60,8 @@ pub(super) async fn call(
     request: Message,
     timeout_ms: u32,
 ) -> Result<Option<types::Message>, Message> {
-    let kernel = caller.kernel.clone();
     let depth = caller.lent.as_ref().map_or(1, |lent| lent.depth + 1);
-    if !kernel.limits.direct_calls
+    if !caller.kernel.limits.direct_calls
         || depth >= MAX_DEPTH
         || request.trace != 0
         || caller.traced()
@@ -70,7 +69,7 @@ pub(super) async fn call(
     {
         return Err(request);
     }
-    let callee = kernel.service_if(dest, |callee| {
+    let callee = caller.kernel.service_if(dest, |callee| {
         callee.lease.offered()
             && callee.guest
             && callee.tenant.id == request.tenant
