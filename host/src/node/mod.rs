@@ -327,7 +327,7 @@ impl Node {
     /// Calls run inside their caller's `call` since the node started (the
     /// direct hand-off, docs/scheduler.md).
     pub fn direct_calls(&self) -> u64 {
-        self.kernel.direct_calls()
+        self.kernel.direct_calls.sum()
     }
 
     /// Instances made ahead of the wakes that take them, kept now

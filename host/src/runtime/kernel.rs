@@ -55,7 +55,6 @@ impl Kernel {
             hibernated_bytes: AtomicUsize::new(0),
             template_spawns: Default::default(),
             direct_calls: Default::default(),
-            direct_calls_told: Default::default(),
             making_room: std::sync::atomic::AtomicBool::new(false),
             ahead,
             woken_ahead: Default::default(),

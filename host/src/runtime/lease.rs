@@ -20,33 +20,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::task::{Poll, Waker};
 
-use super::{GuestFailure, Kernel};
-
-impl Kernel {
-    /// Keeps the count of calls `handle`'s service ran inside its `call`
-    /// (direct hand-offs), now that it ends.
-    pub(crate) fn keep_direct_calls(&self, handle: &super::ServiceHandle) {
-        let n = handle.usage.direct_calls.load(Ordering::Relaxed);
-        self.direct_calls.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Calls run inside their caller's `call` since the node started: each
-    /// live service counts its own (no line shared between callers). Never
-    /// less than it answered before: a service ending between the two reads
-    /// is counted in neither for a moment.
-    pub(crate) fn direct_calls(&self) -> u64 {
-        let live: u64 = self
-            .services
-            .pin()
-            .values()
-            .map(|h| h.usage.direct_calls.load(Ordering::Relaxed))
-            .sum();
-        let now = self.direct_calls.load(Ordering::Relaxed) + live;
-        self.direct_calls_told
-            .fetch_max(now, Ordering::Relaxed)
-            .max(now)
-    }
-}
+use super::GuestFailure;
 
 /// The type an instance was offered as, and how to drop one.
 struct Kind {

@@ -45,6 +45,7 @@ mod remote;
 mod resident;
 mod sched;
 pub(crate) mod service;
+mod spread;
 pub mod tap;
 pub(crate) mod template;
 pub(crate) mod tenant;
@@ -379,10 +380,9 @@ pub(crate) struct Kernel {
     hibernated_bytes: AtomicUsize,
     /// Services born hibernated on a template (see [`template`]).
     template_spawns: std::sync::atomic::AtomicU64,
-    /// Calls run inside their caller's `call` by services that have ended
-    /// (see [`lease`]), and the most [`Kernel::direct_calls`] has answered.
-    direct_calls: std::sync::atomic::AtomicU64,
-    direct_calls_told: std::sync::atomic::AtomicU64,
+    /// Calls run inside their caller's `call` (see [`lease`]), counted by
+    /// the caller's thread at the hand-off.
+    pub(crate) direct_calls: spread::SpreadCount,
     /// A scan for services to hibernate is under way (see [`resident`]).
     making_room: AtomicBool,
     /// Instances made ahead of the wakes that take them.

@@ -482,7 +482,6 @@ fn finish(
     let address = handle.address;
     kernel.stops[end.class.index()].fetch_add(1, Ordering::Relaxed);
     let monitors = kernel.remove_service(handle);
-    kernel.keep_direct_calls(handle);
     upgrade::close_orders(handle, &end.reason);
     handle.usage.taps.close();
     let Inbox { mut pending, .. } = inbox;

@@ -101,8 +101,6 @@ pub(crate) struct Usage {
     pub cpu_nanos: AtomicU64,
     /// Batches handed to the guest.
     pub dispatches: AtomicU64,
-    /// Calls it made that ran inside its `call-now` (direct hand-offs).
-    pub direct_calls: AtomicU64,
     /// Linear memory held, in bytes (not summed into a tenant's retired usage).
     pub memory: AtomicUsize,
     /// In a dispatch now.

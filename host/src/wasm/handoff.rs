@@ -104,11 +104,7 @@ pub(super) async fn call(
     });
     callee.usage.dispatches.fetch_add(1, Ordering::Relaxed);
     callee.usage.rest.touch(now);
-    caller
-        .handle
-        .usage
-        .direct_calls
-        .fetch_add(1, Ordering::Relaxed);
+    caller.kernel.direct_calls.add(1);
     // The caller's buffer, kept from call to call.
     let mut batch = std::mem::take(&mut caller.handoff_batch);
     batch.push(request);
