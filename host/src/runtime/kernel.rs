@@ -48,7 +48,9 @@ impl Kernel {
             loader,
             started: Instant::now(),
             cpu_clock: quanta::Clock::new(),
-            services: papaya::HashMap::new(),
+            // Keys are ids the node hands out, not a peer's choice: a fixed
+            // hash is safe, cheaper than SipHash and the same every run.
+            services: papaya::HashMap::with_hasher(foldhash::fast::FixedState::default()),
             next_local: AtomicU32::new(0),
             live: AtomicUsize::new(0),
             hibernated: AtomicUsize::new(0),

@@ -370,7 +370,7 @@ pub(crate) struct Kernel {
     pub started: Instant,
     /// The clock services' CPU time is read from.
     cpu_clock: quanta::Clock,
-    services: papaya::HashMap<u32, Arc<ServiceHandle>>,
+    services: papaya::HashMap<u32, Arc<ServiceHandle>, foldhash::fast::FixedState>,
     next_local: AtomicU32,
     /// Live wasm services (host clients not counted).
     live: AtomicUsize,

@@ -74,7 +74,8 @@ pub(crate) async fn run<G: Guest>(
     ready: Ready,
 ) {
     let span = tracing::info_span!(parent: None, "service", address = %handle.address, module = %module.name());
-    async move {
+    let table = kernel.clone();
+    let service = async move {
         let mut inbox = Inbox::new(kernel.ticks());
         if let Some(kept) = template_for(&kernel, module.as_ref(), &args) {
             // Asleep before its spawn is answered: whoever spawned it sees
@@ -168,7 +169,15 @@ pub(crate) async fn run<G: Guest>(
         };
         finish(&kernel, &handle, inbox, owed, end);
     }
-    .instrument(span)
+    .instrument(span);
+    let mut service = std::pin::pin!(service);
+    // Each poll holds the address table's pin: the lookups it makes (a
+    // message sent, a call handed off) nest in it, a count instead of an
+    // epoch entered and left with a fence each.
+    std::future::poll_fn(|cx| {
+        let _pinned = table.services.pin();
+        service.as_mut().poll(cx)
+    })
     .await
 }
 
