@@ -10,7 +10,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -46,8 +45,10 @@ enum Entry {
 }
 
 /// A fixed-key hasher: session numbers come from the host, and a random
-/// seed would make every guest import `wasi:random` just for this map.
-pub(crate) type FixedState = BuildHasherDefault<DefaultHasher>;
+/// seed would make every guest import `wasi:random` just for this map. Fx
+/// (a multiply a key) rather than SipHash: no peer picks the keys, and a
+/// call in a busy service goes through this map four times.
+pub(crate) type FixedState = rustc_hash::FxBuildHasher;
 
 /// Sessions this service waits on.
 #[derive(Default)]
@@ -85,6 +86,12 @@ impl Sessions {
     /// Takes the completion if it arrived, or remembers the waker.
     fn poll(&self, session: u32, cx: &mut Context<'_>) -> Poll<Completion> {
         let mut map = self.map.borrow_mut();
+        if let Some(Entry::Waiting(waker)) = map.get_mut(&session) {
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
         match map.remove(&session) {
             Some(Entry::Done(completion)) => Poll::Ready(completion),
             Some(Entry::Waiting(_)) | None => {

@@ -57,6 +57,9 @@ enum Cmd {
     /// Send 0..n (u32) to `target` as text; then, if `call`, call it with n
     /// and answer what it said, else answer n.
     Tell { target: u32, n: u32, call: bool },
+    /// Call `a` and `b` at once and await both together (each answer's
+    /// wake polls the other call again); answer the sum.
+    Both { a: u32, b: u32 },
 }
 
 thread_local! {
@@ -116,6 +119,33 @@ impl Service for Probe {
                 match (first.await, second.await) {
                     (Ok(x), Ok(y)) => Reply::value(&(x + y)),
                     (Err(e), _) | (_, Err(e)) => Reply::error(e.to_string()),
+                }
+            }
+            Cmd::Both { a, b } => {
+                let mut first = std::pin::pin!(call::<u32, u32>(Address(a), &1));
+                let mut second = std::pin::pin!(call::<u32, u32>(Address(b), &2));
+                let (mut x, mut y) = (None, None);
+                std::future::poll_fn(|cx| {
+                    if x.is_none()
+                        && let std::task::Poll::Ready(v) = first.as_mut().poll(cx)
+                    {
+                        x = Some(v);
+                    }
+                    if y.is_none()
+                        && let std::task::Poll::Ready(v) = second.as_mut().poll(cx)
+                    {
+                        y = Some(v);
+                    }
+                    if x.is_some() && y.is_some() {
+                        std::task::Poll::Ready(())
+                    } else {
+                        std::task::Poll::Pending
+                    }
+                })
+                .await;
+                match (x, y) {
+                    (Some(Ok(x)), Some(Ok(y))) => Reply::value(&(x + y)),
+                    _ => Reply::error("a call failed"),
                 }
             }
             Cmd::Hold => {
@@ -345,6 +375,30 @@ fn handle_now_answers_without_a_task_and_in_arrival_order() {
         "the relay answered"
     );
     assert_eq!(taken_now() - now, 3);
+    assert_eq!(runtime::stats(), (0, 0));
+}
+
+/// A call polled again while it waits (woken by the other) keeps its
+/// waker: its own answer still wakes the task.
+#[test]
+fn a_call_polled_again_while_it_waits_is_still_woken_by_its_answer() {
+    start();
+    let both = Cmd::Both {
+        a: TARGET,
+        b: TARGET,
+    };
+    assert_eq!(
+        deliver(vec![request(3, &both)]),
+        vec![called(1, 1), called(2, 2)]
+    );
+    assert!(
+        deliver(vec![response(2, enc(&5u32))]).is_empty(),
+        "the second's answer wakes the task, which polls the first again"
+    );
+    assert_eq!(
+        deliver(vec![response(1, enc(&3u32))]),
+        vec![answered(3, Ok(enc(&8u32)))]
+    );
     assert_eq!(runtime::stats(), (0, 0));
 }
 
