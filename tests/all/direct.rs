@@ -138,6 +138,40 @@ async fn what_the_callee_sent_its_caller_first_arrives_before_the_answer() -> an
     Ok(())
 }
 
+/// What the callee sent in an earlier dispatch, still queued for the
+/// caller, arrives before the answer to a later call: a caller with mail
+/// queued calls by mailbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_callee_sent_earlier_and_is_queued_arrives_before_the_answer() -> anyhow::Result<()>
+{
+    let t = TestNode::start()?;
+    let (server, caller) = server_and_caller(&t).await?;
+    let relay = t.spawn("testkit").await?;
+    // Each callee's last run is a hand-off, so its instance is back on
+    // offer before the caller's command (a run by its own task could still
+    // be ending when the command comes).
+    until_handed_off(&t, relay, server).await?;
+    until_handed_off(&t, caller, relay).await?;
+    let before = t.node.direct_calls();
+    // Inside the caller's first call, the relay calls the server, which
+    // sends the caller a numbered text: it waits in the caller's mailbox
+    // while the caller's dispatch goes on to call the server again.
+    let sends = Command::CallThenSeqLog {
+        target: server.0,
+        command: Box::new(Command::SendSeq {
+            target: caller.0,
+            n: 1,
+        }),
+    };
+    let command =
+        Command::CallsThenSeqLog(vec![(relay.0, sends), (server.0, Command::Echo(vec![1]))]);
+    assert_eq!(t.command(caller, &command).await?, Reply::Order(vec![0]));
+    // The first two calls ran inside their callers; the last went by mail.
+    assert_eq!(t.node.direct_calls(), before + 2);
+    t.stop().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callee_that_traps_inside_the_call_ends_alone() -> anyhow::Result<()> {
     let t = TestNode::start()?;

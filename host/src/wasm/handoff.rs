@@ -14,7 +14,8 @@
 //!   thing the callee sends the caller during the dispatch; anything sent
 //!   to the caller before it ([`passed`]) sends the answer through the
 //!   mailbox too, behind it, so what one service sends another arrives in
-//!   order.
+//!   order. For the same reason a caller with mail queued (something the
+//!   callee sent in an earlier dispatch may be there) calls by mailbox.
 //! - A callee that does not answer inside the dispatch owes the answer as
 //!   usual (the session ends later, by mailbox). One that traps or exits
 //!   there leaves its end to its task: the failure goes into the lease and
@@ -61,11 +62,14 @@ pub(super) async fn call(
     timeout_ms: u32,
 ) -> Result<Option<types::Message>, Message> {
     let depth = caller.lent.as_ref().map_or(1, |lent| lent.depth + 1);
+    // A caller with mail queued may hold something the callee sent it
+    // earlier: an answer handed back now would overtake it.
     if !caller.kernel.limits.direct_calls
         || depth >= MAX_DEPTH
         || request.trace != 0
         || caller.traced()
         || caller.handle.usage.taps.is_on()
+        || caller.handle.mailbox.len() != 0
     {
         return Err(request);
     }

@@ -432,6 +432,14 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
                 Err(e) => Answer::Failed(e.to_string()),
             }
         }
+        Command::CallsThenSeqLog(calls) => {
+            for (target, command) in &calls {
+                if let Err(e) = call::<Command, Answer>(Address(*target), command).await {
+                    return Answer::Failed(format!("call to {}: {e}", Address(*target)));
+                }
+            }
+            Answer::Order(kit.seq.borrow().clone())
+        }
         Command::McPublishBig { channel, n, size } => {
             let payload = vec![7u8; size as usize];
             for i in 0..n {

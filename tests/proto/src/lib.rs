@@ -390,6 +390,9 @@ pub enum Command {
         /// What to ask it.
         command: Box<Command>,
     },
+    /// `CallThenSeqLog` with several calls, one after the other, in one
+    /// dispatch when each is answered inside the call.
+    CallsThenSeqLog(Vec<(u32, Command)>),
 }
 
 /// What starts a numbered text (`SendSeq`, `ClusterSendSeq`, `SeqLog`).
