@@ -94,7 +94,8 @@ impl Sessions {
         }
         match map.remove(&session) {
             Some(Entry::Done(completion)) => Poll::Ready(completion),
-            Some(Entry::Waiting(_)) | None => {
+            // Not in the table (a waiting entry returned above): wait on it.
+            _ => {
                 map.insert(session, Entry::Waiting(Some(cx.waker().clone())));
                 Poll::Pending
             }

@@ -62,15 +62,17 @@ pub(super) async fn call(
     timeout_ms: u32,
 ) -> Result<Option<types::Message>, Message> {
     let depth = caller.lent.as_ref().map_or(1, |lent| lent.depth + 1);
-    // A caller with mail queued may hold something the callee sent it
-    // earlier: an answer handed back now would overtake it.
     if !caller.kernel.limits.direct_calls
         || depth >= MAX_DEPTH
         || request.trace != 0
         || caller.traced()
         || caller.handle.usage.taps.is_on()
-        || caller.handle.mailbox.len() != 0
     {
+        return Err(request);
+    }
+    // A caller with mail queued may hold something the callee sent it
+    // earlier: an answer handed back now would overtake it.
+    if caller.handle.mailbox.len() != 0 {
         return Err(request);
     }
     let callee = caller.kernel.service_if(dest, |callee| {
