@@ -130,6 +130,13 @@ pub fn render(node: &Node) -> String {
         node.direct_calls(),
     );
     m.gauge(
+        "skyhost_timers_pending",
+        "Timers set and not fired: sleeps, and the timeouts of timed calls still waiting for their answer",
+        Unit::Count,
+        &[],
+        node.timers_pending() as f64,
+    );
+    m.gauge(
         "skyhost_instances_ahead",
         "Instances made ahead of the wakes that take them (each holds a pool slot)",
         Unit::Count,

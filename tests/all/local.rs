@@ -248,6 +248,33 @@ async fn a_killed_service_fails_every_queued_caller() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A timed call answered in time leaves no timer behind, whether it was
+/// answered inside the call (its timer is never set) or by mailbox (the
+/// answer cancels it): with 60 s timeouts, every one would still be pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_calls_answered_in_time_leave_no_timer_behind() -> anyhow::Result<()> {
+    for direct_calls in [true, false] {
+        let mut config = test_config();
+        config.limits.direct_calls = direct_calls;
+        let t = TestNode::with_config(config)?;
+        let (server, caller) = (t.spawn("testkit").await?, t.spawn("testkit").await?);
+        let command = Command::CallLoopWithin {
+            target: server.0,
+            n: 100,
+            payload: vec![1; 16],
+            timeout_ms: 60_000,
+        };
+        assert_eq!(t.command(caller, &command).await?, Reply::Unit);
+        assert_eq!(
+            t.node.timers_pending(),
+            0,
+            "timers left with direct calls {direct_calls}"
+        );
+        t.stop().await;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timers_fire_in_deadline_order() -> anyhow::Result<()> {
     let t = TestNode::start()?;

@@ -170,6 +170,24 @@ pub(super) async fn local_call_rtt(b: &BenchNode, n: u32) -> anyhow::Result<f64>
     call_rtt(b, caller, echo, n).await
 }
 
+/// `local-call-rtt` with each call timed out after 5 s, as Erlang's
+/// `gen_server:call` is by default: Erlang's `local-call-rtt` is the figure
+/// to read it against.
+pub(super) async fn local_call_timeout_rtt(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
+    let echo = b.spawn("testkit").await?;
+    let caller = b.spawn("testkit").await?;
+    let command = |n| Command::CallLoopWithin {
+        target: echo.0,
+        n,
+        payload: vec![0u8; 16],
+        timeout_ms: 5_000,
+    };
+    b.command(caller, &command(10_000)).await?;
+    let start = Instant::now();
+    b.command(caller, &command(n)).await?;
+    Ok(start.elapsed().as_secs_f64() * 1e6 / f64::from(n))
+}
+
 /// `local-call-rtt` with the server on harbor 2, each call timed by the
 /// caller: the figure is the median; the worst and p99 are logged.
 pub(super) async fn harbor_call_rtt(b: &BenchNode, n: u32) -> anyhow::Result<f64> {

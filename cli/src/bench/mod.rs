@@ -28,9 +28,9 @@ mod tenants;
 use distributed::{cluster_call_rtt, cluster_concurrent, cluster_oneway, group_call, multicast};
 use local::{
     ServicesFigure, Slots, call_rtt_of, harbor_call_rtt, harbor_concurrent, harbor_oneway,
-    hibernated_rss_of, local_call_rtt, local_concurrent, local_oneway, local_oneway_batched,
-    local_parallel, max_services, oneway_of, ping_under_spin, pool_size, rss_of, rss_per_service,
-    spawn, spawn_of, spawn_then_call, wake_rtt,
+    hibernated_rss_of, local_call_rtt, local_call_timeout_rtt, local_concurrent, local_oneway,
+    local_oneway_batched, local_parallel, max_services, oneway_of, ping_under_spin, pool_size,
+    rss_of, rss_per_service, spawn, spawn_of, spawn_then_call, wake_rtt,
 };
 use tenants::{tenant_fairness, tenant_overhead, upgrade_pause, upgrade_throughput};
 
@@ -157,6 +157,12 @@ fn workloads() -> Vec<Workload> {
             unit: "µs",
             topology: Topology::Single,
             run: |n| Box::pin(local_call_rtt(n, 300_000)),
+        },
+        Workload {
+            id: "local-call-timeout-rtt",
+            unit: "µs",
+            topology: Topology::Single,
+            run: |n| Box::pin(local_call_timeout_rtt(n, 300_000)),
         },
         Workload {
             id: "local-concurrent",

@@ -330,6 +330,12 @@ impl Node {
         self.kernel.direct_calls.sum()
     }
 
+    /// Timers set and not fired yet: sleeps (`timeout`), and the timeouts
+    /// of timed calls whose answer has not come.
+    pub fn timers_pending(&self) -> usize {
+        self.kernel.timers_pending()
+    }
+
     /// Instances made ahead of the wakes that take them, kept now
     /// (docs/hibernation.md, instances made ahead).
     pub fn instances_ahead(&self) -> usize {

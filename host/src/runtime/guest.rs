@@ -203,13 +203,15 @@ pub(crate) type Owed = std::collections::HashMap<
 /// What outlives a guest's instance, for the service's next one (an
 /// upgrade's, or a wake from hibernation): the requests it owes (with each
 /// caller's tenant), its session counters (the host range and the guest
-/// range, so numbers are not reused) and the sessions it waits on.
+/// range, so numbers are not reused), the sessions it waits on and the
+/// timers that end its timed calls among them.
 #[derive(Debug, Default)]
 pub(crate) struct Carried {
     pub owed: Owed,
     pub next_session: u32,
     pub next_guest_session: u32,
     pub awaiting: Vec<u32>,
+    pub expiring: Vec<(u32, super::TimerKey)>,
 }
 
 impl Carried {

@@ -38,7 +38,7 @@ impl Kernel {
                 table.insert(tenant.id, Arc::new(tenant));
             }
         }
-        let (timers, timer_rx) = timer::Timers::new();
+        let (timers, timers_shared) = timer::Timers::new();
         let harbor = HarborId(config.harbor.as_ref().map_or(0, |h| h.id));
         let ahead = super::ahead::Ahead::new(limits.instances_ahead as usize);
         let kernel = Arc::new(Kernel {
@@ -71,7 +71,11 @@ impl Kernel {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         });
-        let timer_task = timer::run(Arc::downgrade(&kernel), timer_rx, kernel.shutdown.clone());
+        let timer_task = timer::run(
+            Arc::downgrade(&kernel),
+            timers_shared,
+            kernel.shutdown.clone(),
+        );
         kernel.tasks.spawn(timer_task);
         let sweeper = super::hibernate::sweeper(Arc::downgrade(&kernel), kernel.shutdown.clone());
         kernel.tasks.spawn(sweeper);

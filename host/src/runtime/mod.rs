@@ -81,6 +81,7 @@ pub(crate) use names::{is_name, scoped};
 pub use remote::GlobalNameError;
 pub(crate) use remote::Remote;
 pub use tenant::{SYSTEM_TENANT, TenantId, TenantStats};
+pub use timer::TimerKey;
 pub use upgrade::{UpgradeError, UpgradeReport, Upgraded};
 
 use tenant::Tenant;
@@ -748,16 +749,34 @@ impl Kernel {
     }
 
     /// Ends `dest`'s call `session` with a `Timeout` error `ms` milliseconds
-    /// from now, unless its answer comes first (then the service drops the
-    /// error: its session has ended).
-    pub fn expire_call(&self, dest: Address, session: Session, ms: u32, trace: u64) {
-        self.timers.start(
-            tokio::time::Instant::now() + Duration::from_millis(ms.into()),
-            dest,
-            session,
-            trace,
-            Some(ms),
-        );
+    /// after `from`, unless its answer comes first: the service then cancels
+    /// it with the key ([`Kernel::cancel_timer`]), or drops the error as late
+    /// when it fired first. A deadline already past delivers the error now,
+    /// ahead of anything sent to `dest` after this (no key).
+    pub fn expire_call(
+        &self,
+        from: tokio::time::Instant,
+        dest: Address,
+        session: Session,
+        ms: u32,
+        trace: u64,
+    ) -> Option<TimerKey> {
+        let deadline = from + Duration::from_millis(ms.into());
+        if deadline <= tokio::time::Instant::now() {
+            let _ = self.deliver(dest, timer::expiry(session, ms, trace));
+            return None;
+        }
+        Some(self.timers.start(deadline, dest, session, trace, Some(ms)))
+    }
+
+    /// Drops a timer that has not fired yet (a call answered in time).
+    pub fn cancel_timer(&self, key: TimerKey) {
+        self.timers.cancel(key);
+    }
+
+    /// How many timers are pending (sleeps and calls' timeouts).
+    pub fn timers_pending(&self) -> usize {
+        self.timers.len()
     }
 }
 

@@ -54,7 +54,8 @@ pub(crate) struct Lent {
 /// when the hand-off applies: `Ok(Some(answer))` when the callee answered
 /// there, `Ok(None)` when it owes the answer; `Err(request)` when the call
 /// must go through the mailbox. A call timed out after `timeout_ms` (0:
-/// never) counts its time from before the callee runs.
+/// never) counts its time from before the callee runs; its timer is set
+/// only when the callee owes the answer.
 pub(super) async fn call(
     caller: &mut ServiceState,
     dest: Address,
@@ -98,7 +99,13 @@ pub(super) async fn call(
         return Err(request);
     }
     caller.sent += 1;
-    caller.expire_after(request.session, timeout_ms);
+    // The timeout counts from here, but its timer is set only when the
+    // callee did not answer inside the call: most timed calls then never
+    // touch the node's timers. Nothing is lost by setting it late: the
+    // caller cannot take a timeout before this import returns, and one due
+    // by then is delivered before the callee's task can answer (below).
+    let asked_at = (timeout_ms > 0).then(tokio::time::Instant::now);
+    let session = request.session;
     let now = caller.pause_clock();
     let instance = lent.get();
     instance.store.data_mut().lent = Some(Lent {
@@ -121,6 +128,11 @@ pub(super) async fn call(
     let answer = state.lent.take().and_then(|l| l.answer);
     let exited = state.exit_requested;
     caller.resume_clock(now, ended);
+    if answer.is_none()
+        && let Some(asked_at) = asked_at
+    {
+        caller.expire_after(asked_at, session, timeout_ms);
+    }
     let ends = result.is_err() || exited;
     if let Err(e) = result {
         lent.failed(super::failure(e));

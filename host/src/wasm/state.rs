@@ -1,6 +1,6 @@
 //! The data of a service's `Store`: what the host imports see and change.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
@@ -13,7 +13,7 @@ use super::bindings::skyhost::service::types;
 use crate::runtime::tenant::{ERROR_LABELS, KIND_LABELS, Tenant, kind_slot};
 use crate::runtime::{
     Address, Carried, ErrorCause, GUEST_SESSIONS, Kernel, LateAt, Message, SendError,
-    ServiceHandle, TenantId, kind,
+    ServiceHandle, TenantId, TimerKey, kind,
 };
 
 /// Why the host stopped a guest: raised as a trap from a host callback.
@@ -162,6 +162,9 @@ pub(crate) struct ServiceState {
     /// Sessions it opened and waits on (calls, spawns, timers, harbor and
     /// cluster requests): one `response` or `error` ends each.
     pub(super) awaiting: HashSet<u32, std::hash::BuildHasherDefault<fnv::FnvHasher>>,
+    /// The timers of its timed calls still waiting (a subset of
+    /// `awaiting`), cancelled when the answer comes first.
+    pub(super) expiring: HashMap<u32, TimerKey, std::hash::BuildHasherDefault<fnv::FnvHasher>>,
     pub(super) exit_requested: bool,
     /// Imports (`skyhost` and WASI) it has called: none since it was made
     /// means its `init` was pure (template spawn).
@@ -250,6 +253,7 @@ impl ServiceState {
             errors: [0; ERROR_LABELS.len()],
             current_trace: 0,
             awaiting: HashSet::default(),
+            expiring: HashMap::default(),
             exit_requested: false,
             imports_called: 0,
             stays_awake: false,
@@ -411,6 +415,7 @@ impl ServiceState {
             next_session: self.next_session,
             next_guest_session: self.next_guest_session,
             awaiting: self.awaiting.drain().collect(),
+            expiring: self.expiring.drain().collect(),
         }
     }
 
@@ -420,6 +425,7 @@ impl ServiceState {
         self.next_session = carried.next_session;
         self.next_guest_session = carried.next_guest_session;
         self.awaiting.extend(carried.awaiting);
+        self.expiring.extend(carried.expiring);
     }
 
     pub fn awaiting_len(&self) -> usize {
@@ -444,7 +450,17 @@ impl ServiceState {
     /// dropped. Sessions from `new-session` belong to the guest's own
     /// protocol on `send`; their answers always pass.
     pub fn answered(&mut self, session: u32) -> bool {
-        session & GUEST_SESSIONS != 0 || session == 0 || self.awaiting.remove(&session)
+        if session & GUEST_SESSIONS != 0 || session == 0 {
+            return true;
+        }
+        let ended = self.awaiting.remove(&session);
+        if ended
+            && !self.expiring.is_empty()
+            && let Some(key) = self.expiring.remove(&session)
+        {
+            self.kernel.cancel_timer(key);
+        }
+        ended
     }
 
     /// The next session of the host range (1 to `GUEST_SESSIONS - 1`).
@@ -503,12 +519,15 @@ impl ServiceState {
         sent.map(|()| session)
     }
 
-    /// Has the host end `session` with a timeout error after `ms` (0: never)
-    /// unless it ends first (`call-timeout`).
-    pub(super) fn expire_after(&self, session: u32, ms: u32) {
-        if ms > 0 {
-            self.kernel
-                .expire_call(self.address, session, ms, self.current_trace);
+    /// Has the host end `session` with a timeout error `ms` (0: never)
+    /// after `from`, unless it ends first (`call-timeout`).
+    pub(super) fn expire_after(&mut self, from: tokio::time::Instant, session: u32, ms: u32) {
+        if ms > 0
+            && let Some(key) =
+                self.kernel
+                    .expire_call(from, self.address, session, ms, self.current_trace)
+        {
+            self.expiring.insert(session, key);
         }
     }
 

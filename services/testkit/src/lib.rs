@@ -245,10 +245,19 @@ async fn run(kit: &Testkit, command: Command) -> Answer {
             Answer::Unit
         }
         Command::CallLoop { target, n, payload } => {
-            call_loop(Address(target), n, payload, false).await
+            call_loop(Address(target), n, payload, false, None).await
         }
         Command::CallLoopTimed { target, n, payload } => {
-            call_loop(Address(target), n, payload, true).await
+            call_loop(Address(target), n, payload, true, None).await
+        }
+        Command::CallLoopWithin {
+            target,
+            n,
+            payload,
+            timeout_ms,
+        } => {
+            let within = Duration::from_millis(timeout_ms.into());
+            call_loop(Address(target), n, payload, false, Some(within)).await
         }
         Command::SendLoop { target, n, payload } => {
             for i in 0..n {
@@ -582,7 +591,13 @@ async fn cluster_call_loop(
 
 /// `n` sequential calls of `Echo(payload)`, each answer checked; `timed`
 /// answers each round trip in µs.
-async fn call_loop(target: Address, n: u32, payload: Vec<u8>, timed: bool) -> Answer {
+async fn call_loop(
+    target: Address,
+    n: u32,
+    payload: Vec<u8>,
+    timed: bool,
+    within: Option<Duration>,
+) -> Answer {
     let command = Command::Echo(payload);
     let Command::Echo(expected) = &command else {
         unreachable!("built just above")
@@ -590,7 +605,11 @@ async fn call_loop(target: Address, n: u32, payload: Vec<u8>, timed: bool) -> An
     let mut times = Vec::with_capacity(if timed { n as usize } else { 0 });
     for i in 0..n {
         let start = timed.then(skyhost_sdk::now);
-        match call::<Command, Answer>(target, &command).await {
+        let answer = match within {
+            Some(within) => call_timeout::<Command, Answer>(target, &command, within).await,
+            None => call::<Command, Answer>(target, &command).await,
+        };
+        match answer {
             Ok(Answer::Bytes(bytes)) if bytes == *expected => {}
             Ok(other) => return Answer::Failed(format!("call {i} of {n}: answered {other:?}")),
             Err(e) => return Answer::Failed(format!("call {i} of {n}: {e}")),

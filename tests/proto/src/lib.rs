@@ -393,6 +393,18 @@ pub enum Command {
     /// `CallThenSeqLog` with several calls, one after the other, in one
     /// dispatch when each is answered inside the call.
     CallsThenSeqLog(Vec<(u32, Command)>),
+    /// `CallLoop` with each call timed out after `timeout_ms` (as an
+    /// Erlang `gen_server:call` is, after 5 s by default).
+    CallLoopWithin {
+        /// The testkit service called.
+        target: u32,
+        /// How many calls.
+        n: u32,
+        /// The payload echoed.
+        payload: Vec<u8>,
+        /// Each call's timeout, in milliseconds.
+        timeout_ms: u32,
+    },
 }
 
 /// What starts a numbered text (`SendSeq`, `ClusterSendSeq`, `SeqLog`).

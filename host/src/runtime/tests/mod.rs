@@ -539,6 +539,42 @@ async fn timers_fire_in_deadline_order_under_paused_time() {
     assert_eq!(order, [2, 3, 1]);
 }
 
+/// A timer due before the one the timer task sleeps to wakes it; a
+/// cancelled timer never fires; a call's deadline already past delivers its
+/// expiry at once.
+#[tokio::test(start_paused = true)]
+async fn an_earlier_timer_wakes_the_task_and_a_cancelled_one_never_fires() {
+    let kernel = core(FakeLoader::default());
+    let mut c = client(&kernel);
+    let start = tokio::time::Instant::now();
+    kernel.start_timer(start, c.address(), 1, 500, 0);
+    // The timer task now sleeps until 500 ms.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let cancelled = kernel
+        .expire_call(start, c.address(), 2, 300, 0)
+        .expect("a deadline ahead is pending");
+    kernel.start_timer(start, c.address(), 3, 100, 0);
+    assert_eq!(kernel.timers_pending(), 3);
+    kernel.cancel_timer(cancelled);
+    assert_eq!(kernel.timers_pending(), 2);
+    let first = within(c.recv()).await.expect("a timer");
+    assert_eq!(first.session, 3);
+    assert_eq!(start.elapsed(), Duration::from_millis(100), "fired late");
+    let second = within(c.recv()).await.expect("a timer");
+    assert_eq!((second.kind, second.session), (kind::RESPONSE, 1));
+    assert_eq!(start.elapsed(), Duration::from_millis(500));
+    assert_eq!(kernel.timers_pending(), 0);
+
+    // 500 ms in: a call asked at the start with 100 ms has expired.
+    assert!(kernel.expire_call(start, c.address(), 4, 100, 0).is_none());
+    let expiry = within(c.recv()).await.expect("the expiry");
+    assert_eq!((expiry.kind, expiry.session), (kind::ERROR, 4));
+    assert_eq!(start.elapsed(), Duration::from_millis(500), "not at once");
+    assert_eq!(kernel.timers_pending(), 0);
+}
+
 /// A core with tenant `blue` (mailboxes of 2) beside `system`.
 pub(crate) fn core_with_blue(loader: FakeLoader) -> Arc<Kernel> {
     let mut config = NodeConfig {

@@ -88,7 +88,7 @@ impl runtime::Host for ServiceState {
         timeout_ms: u32,
     ) -> Result<u32, types::SendError> {
         let session = runtime::Host::call(self, dest, payload)?;
-        self.expire_after(session, timeout_ms);
+        self.expire_after(tokio::time::Instant::now(), session, timeout_ms);
         Ok(session)
     }
 
@@ -141,7 +141,7 @@ impl runtime::Host for ServiceState {
             Ok(answer) => answer,
             Err(request) => {
                 self.send_request(dest, request)?;
-                self.expire_after(session, timeout_ms);
+                self.expire_after(tokio::time::Instant::now(), session, timeout_ms);
                 None
             }
         };
