@@ -4,7 +4,9 @@
  * The exports `init` and `dispatch-batch` come here; dispatch hands each answer
  * to a session this service waits on to its callback, and everything else
  * to sky_handle. Sessions waited on are few at a time, so a small array is
- * searched (swap-remove on answer).
+ * searched (swap-remove on answer). Calls go through `call-now`: a callee
+ * that answers inside the call leaves its answer in a queue whose callbacks
+ * run after the current handler.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +49,44 @@ static bool answer(const sky_msg *msg) {
     return false;
 }
 
+/* Answers a callee gave inside sky_call (it ran on this service's thread,
+ * the direct hand-off): each callback runs once the handler or callback
+ * that made the call has returned, in the order the calls were made, as an
+ * answer from the mailbox would; never inside sky_call itself. */
+typedef struct {
+    sky_answer_fn fn;
+    void *ctx;
+    skyhost_service_types_message_t msg;
+} answered;
+
+static answered *ready;
+static size_t ready_next, ready_len, ready_cap;
+
+static void answer_later(sky_answer_fn fn, void *ctx, skyhost_service_types_message_t msg) {
+    if (ready_len == ready_cap) {
+        size_t cap = ready_cap ? ready_cap * 2 : 8;
+        answered *grown = realloc(ready, cap * sizeof *grown);
+        if (!grown) {
+            abort();
+        }
+        ready = grown;
+        ready_cap = cap;
+    }
+    ready[ready_len++] = (answered){fn, ctx, msg};
+}
+
+/* Runs the callbacks of the answers given inside calls, including those of
+ * calls their callbacks make. */
+static void run_answered(void) {
+    while (ready_next < ready_len) {
+        answered a = ready[ready_next++];
+        sky_msg m = {a.msg.kind, a.msg.source, a.msg.session, a.msg.payload.ptr, a.msg.payload.len};
+        a.fn(a.ctx, &m);
+        skyhost_service_types_message_free(&a.msg);
+    }
+    ready_next = ready_len = 0;
+}
+
 /* The init of a service that has none of its own. */
 __attribute__((weak)) int sky_init(const uint8_t *args, size_t len, const char **error) {
     (void)args;
@@ -66,6 +106,7 @@ static batch_service_string_t text(const char *s) {
 bool exports_batch_service_init(batch_service_list_u8_t *args, batch_service_string_t *err) {
     const char *error = NULL;
     int failed = sky_init(args->ptr, args->len, &error);
+    run_answered();
     batch_service_list_u8_free(args);
     if (failed) {
         batch_service_string_dup(err, error ? error : "init failed");
@@ -101,6 +142,7 @@ void exports_batch_service_dispatch_batch(batch_service_list_u8_t *batch) {
         if (!is_answer || !answer(&msg)) {
             sky_handle(&msg);
         }
+        run_answered();
     }
     batch_service_list_u8_free(batch);
 }
@@ -118,12 +160,16 @@ int sky_send(sky_addr dest, uint8_t kind, const void *data, size_t len) {
 
 int sky_call(sky_addr dest, const void *data, size_t len, sky_answer_fn fn, void *ctx) {
     batch_service_list_u8_t payload = bytes(data, len);
-    uint32_t session;
+    skyhost_service_runtime_call_started_t started;
     skyhost_service_runtime_send_error_t err;
-    if (!skyhost_service_runtime_call(dest, &payload, &session, &err)) {
+    if (!skyhost_service_runtime_call_now(dest, &payload, 0, &started, &err)) {
         return 1 + err;
     }
-    wait_for(session, fn, ctx);
+    if (started.answer.is_some) {
+        answer_later(fn, ctx, started.answer.val);
+    } else {
+        wait_for(started.session, fn, ctx);
+    }
     return SKY_OK;
 }
 

@@ -68,7 +68,9 @@ sky_addr sky_self(void);
 /* Send a message (kind SKY_TEXT or >= SKY_USER); 0 or a send error. */
 int sky_send(sky_addr dest, uint8_t kind, const void *data, size_t len);
 /* Call `dest`; `fn(ctx, answer)` runs when it answers. 0 or a send error
- * (then `fn` never runs). */
+ * (then `fn` never runs). An idle callee on this node may run inside the
+ * call and answer at once; `fn` then runs right after the handler or
+ * callback that called returns, never inside sky_call. */
 int sky_call(sky_addr dest, const void *data, size_t len, sky_answer_fn fn, void *ctx);
 /* Answer a request. */
 int sky_respond(sky_addr dest, uint32_t session, const void *data, size_t len);

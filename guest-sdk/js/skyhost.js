@@ -56,15 +56,27 @@ export function send(dest, payload, messageKind = kind.text) {
   }
 }
 
-/** Calls `dest`; resolves with the reply bytes, rejects with CallError or SendError. */
+/**
+ * Calls `dest`; resolves with the reply bytes, rejects with CallError or SendError.
+ * An idle callee on this node may run inside the call (`call-now`) and answer
+ * at once: the Promise is then settled already.
+ */
 export function call(dest, payload) {
-  let session;
+  let started;
   try {
-    session = runtime.call(dest, payload);
+    started = runtime.callNow(dest, payload, 0);
   } catch (e) {
     return Promise.reject(sendError(e));
   }
-  return wait(session);
+  if (started.answer != null) {
+    const m = started.answer;
+    return m.kind === kind.response ? Promise.resolve(m.payload) : Promise.reject(callError(m.payload));
+  }
+  return wait(started.session);
+}
+
+function callError(payload) {
+  return new CallError(payload[0], decoder.decode(payload.subarray(1)));
 }
 
 /** Resolves after `ms` milliseconds (a host timer). */
@@ -141,7 +153,7 @@ function deliver(m) {
       if (m.kind === kind.response) {
         w.resolve(m.payload);
       } else {
-        w.reject(new CallError(m.payload[0], decoder.decode(m.payload.subarray(1))));
+        w.reject(callError(m.payload));
       }
       return;
     }

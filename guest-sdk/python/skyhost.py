@@ -57,6 +57,25 @@ class _Session:
         return answer
 
 
+class _Answered:
+    """What a coroutine awaits for a call answered inside ``call-now``:
+    the answer, at once."""
+
+    def __init__(self, answer: Message):
+        self.answer = answer
+
+    def __await__(self):
+        if self.answer.kind == ERROR:
+            raise _call_error(self.answer.payload)
+        return self.answer.payload
+        yield  # An awaitable's __await__ is a generator; this one never waits.
+
+
+def _call_error(payload: bytes) -> "CallError":
+    detail = payload[1:].decode("utf-8", "replace")
+    return CallError(payload[0] if payload else 255, detail)
+
+
 _waiting = {}
 _handle: Callable[[Message], Awaitable[Optional[bytes]]] = None
 _init: Optional[Callable[[bytes], None]] = None
@@ -81,11 +100,16 @@ def send(dest: int, payload: bytes, kind: int = TEXT) -> None:
 
 
 def call(dest: int, payload: bytes) -> Awaitable[bytes]:
-    """Calls ``dest``; the answer's bytes, or ``CallError``/``SendError``."""
+    """Calls ``dest``; the answer's bytes, or ``CallError``/``SendError``.
+    An idle callee on this node may run inside the call (``call-now``) and
+    answer at once; awaiting the call then does not wait."""
     try:
-        return _Session(runtime.call(dest, payload))
+        started = runtime.call_now(dest, payload, 0)
     except Err as e:
         raise _send_error(e) from None
+    if started.answer is not None:
+        return _Answered(started.answer)
+    return _Session(started.session)
 
 
 def sleep(ms: int) -> Awaitable[bytes]:
@@ -201,7 +225,6 @@ class WitWorld(wit_world.WitWorld):
                     if kind == RESPONSE:
                         _step(waiter, payload)
                     else:
-                        detail = payload[1:].decode("utf-8", "replace")
-                        _step(waiter, error=CallError(payload[0] if payload else 255, detail))
+                        _step(waiter, error=_call_error(payload))
                     continue
             _step(_serve(Message(kind, source, session, payload)))

@@ -111,7 +111,8 @@ pub fn send(dest: Addr, k: u8, data: []const u8) SendError!void {
 }
 
 /// Calls `dest`; `f(ctx, answer)` runs when it answers (never when this
-/// returns an error).
+/// returns an error; an answer given inside the call runs `f` right after
+/// the handler or callback that called returns, never inside `call`).
 pub fn call(dest: Addr, data: []const u8, f: AnswerFn, ctx: ?*anyopaque) SendError!void {
     return sent(sky_call(dest, data.ptr, data.len, f, ctx));
 }

@@ -27,8 +27,14 @@ static pending *remember(const sky_msg *request) {
     return p;
 }
 
+/* Set while sky_call runs: its callback must not run inside it. */
+static bool calling;
+
 /* Forwards an answer: the reply, or `cause=<n>`. */
 static void forward(void *ctx, const sky_msg *answer) {
+    if (calling) {
+        abort(); /* skyhost.h: an answer given at once runs after the handler. */
+    }
     pending *p = ctx;
     if (answer->kind == SKY_RESPONSE) {
         sky_respond(p->caller, p->session, answer->data, answer->len);
@@ -97,7 +103,9 @@ void sky_handle(const sky_msg *m) {
     }
     case 'c': {
         pending *p = remember(m);
+        calling = true;
         int err = sky_call(address(args), args + 4, n - 4, forward, p);
+        calling = false;
         if (err) {
             char text[48];
             snprintf(text, sizeof text, "send=%s", sky_send_error_name(err));
