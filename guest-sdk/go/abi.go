@@ -85,11 +85,33 @@ func rtSelfAddress() uint32
 //go:wasmimport skyhost:service/runtime@0.1.4 send
 func rtSend(dest, kind, session uint32, p unsafe.Pointer, n uint32, ret unsafe.Pointer)
 
-//go:wasmimport skyhost:service/runtime@0.1.4 call
-func rtCall(dest uint32, p unsafe.Pointer, n uint32, ret unsafe.Pointer)
+//go:wasmimport skyhost:service/runtime@0.1.4 call-now
+func rtCallNow(dest uint32, p unsafe.Pointer, n uint32, ms uint32, ret unsafe.Pointer)
 
-//go:wasmimport skyhost:service/runtime@0.1.4 call-timeout
-func rtCallTimeout(dest uint32, p unsafe.Pointer, n uint32, ms uint32, ret unsafe.Pointer)
+// callNowRet receives call-now's result<call-started, send-error>: the
+// tag at byte 0; for ok the session at 4, then option<message> at 8 (its
+// tag), the message's kind at 12, source at 16, session at 20 and payload
+// (address, length) at 24 and 28; for err the send-error at 4.
+type callNowRet [8]uint32
+
+func (r *callNowRet) p() unsafe.Pointer { return unsafe.Pointer(r) }
+
+// started is what call-now started: the session, and the answer when the
+// callee gave it inside the call (else nil).
+func (r *callNowRet) started() (uint32, *Msg, error) {
+	if uint8(r[0]) != 0 {
+		return 0, nil, SendError(uint8(r[1]))
+	}
+	if uint8(r[2]) == 0 {
+		return r[1], nil, nil
+	}
+	return r[1], &Msg{
+		Kind:    uint8(r[3]),
+		Source:  Addr(r[4]),
+		Session: r[5],
+		Payload: take(r[6], r[7]),
+	}, nil
+}
 
 //go:wasmimport skyhost:service/runtime@0.1.4 respond
 func rtRespond(dest, session, isErr uint32, p unsafe.Pointer, n uint32, ret unsafe.Pointer)

@@ -317,27 +317,27 @@ func Send(dest Addr, kind uint8, payload []byte) error {
 }
 
 // Call sends a request to dest and blocks this goroutine until it answers:
-// the reply, a SendError, or a *CallError.
+// the reply, a SendError, or a *CallError. An idle callee on this node may
+// run inside the call (call-now) and answer at once: the goroutine then
+// does not block.
 func Call(dest Addr, payload []byte) ([]byte, error) {
-	var r retArea
-	rtCall(uint32(dest), ptr(payload), uint32(len(payload)), r.p())
-	runtime.KeepAlive(payload)
-	if err := sent(&r); err != nil {
-		return nil, err
-	}
-	return answer(wait(r.at(1)))
+	return CallTimeout(dest, payload, 0)
 }
 
-// CallTimeout is Call with a deadline: past ms milliseconds the call ends
-// with a *CallError (timeout).
+// CallTimeout is Call with a deadline: past ms milliseconds (0: none) the
+// call ends with a *CallError (timeout).
 func CallTimeout(dest Addr, payload []byte, ms uint32) ([]byte, error) {
-	var r retArea
-	rtCallTimeout(uint32(dest), ptr(payload), uint32(len(payload)), ms, r.p())
+	var r callNowRet
+	rtCallNow(uint32(dest), ptr(payload), uint32(len(payload)), ms, r.p())
 	runtime.KeepAlive(payload)
-	if err := sent(&r); err != nil {
+	session, now, err := r.started()
+	if err != nil {
 		return nil, err
 	}
-	return answer(wait(r.at(1)))
+	if now != nil {
+		return answer(now)
+	}
+	return answer(wait(session))
 }
 
 func respond(dest Addr, session uint32, isErr uint32, data unsafe.Pointer, n int) error {

@@ -90,12 +90,10 @@ async fn suite(node: TestNode, module: &str, hibernating: bool) -> anyhow::Resul
     ensure!(answer == Reply::Bytes(b"late".to_vec()), "{answer:?}");
 
     // A call to an idle service on the node runs inside the caller's call
-    // (the direct hand-off) in every SDK that calls with `call-now` (Go's
-    // calls, and a 0.1.0 module's, go by mailbox). The kit offers its
-    // instance once its task waits for mail again, so a first call may
-    // still queue.
-    let calls_now = !module.starts_with("conform_go") && !module.ends_with("_0_1_0");
-    if calls_now && !hibernating {
+    // (the direct hand-off) in every SDK (a 0.1.0 module's calls go by
+    // mailbox). The kit offers its instance once its task waits for mail
+    // again, so a first call may still queue.
+    if !module.ends_with("_0_1_0") && !hibernating {
         let echo = postcard::to_allocvec(&Command::Echo(b"now".to_vec()))?;
         let before = node.node.direct_calls();
         let start = Instant::now();
