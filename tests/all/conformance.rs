@@ -103,7 +103,10 @@ async fn suite(node: TestNode, module: &str, hibernating: bool) -> anyhow::Resul
                 "{module}: no call was handed off"
             );
             let answer: Reply = postcard::from_bytes(&ask(op(b'c', &at(kit, &echo))).await?)?;
-            ensure!(answer == Reply::Bytes(b"now".to_vec()), "{module}: {answer:?}");
+            ensure!(
+                answer == Reply::Bytes(b"now".to_vec()),
+                "{module}: {answer:?}"
+            );
         }
     }
 
