@@ -754,6 +754,12 @@ async fn run_once(w: &Workload) -> anyhow::Result<f64> {
     let value = (w.run)(&node)
         .await
         .with_context(|| format!("benchmark {}", w.id))?;
+    // How many calls ran inside their caller's (warm-ups included): which
+    // mode a local row ran in.
+    let handed_off = node.node.direct_calls();
+    if handed_off > 0 {
+        eprintln!("{}: {handed_off} calls handed off", w.id);
+    }
     node.stop().await;
     Ok(value)
 }
