@@ -167,7 +167,7 @@ impl Responder {
     /// The caller is gone ([`SendError::UnknownAddress`]) or the answer is
     /// too large, or `value` did not encode.
     pub fn ok<T: Serialize + ?Sized>(self, value: &T) -> Result<(), SendError> {
-        match postcard::to_allocvec(value) {
+        match crate::node::to_bytes(value) {
             Ok(bytes) => self.ok_bytes(&bytes),
             Err(e) => {
                 let detail = format!("reply did not encode: {e}");
@@ -231,7 +231,7 @@ pub enum Reply {
 impl Reply {
     /// Answer with `value` encoded by postcard (an error if it does not encode).
     pub fn value<T: Serialize + ?Sized>(value: &T) -> Self {
-        match postcard::to_allocvec(value) {
+        match crate::node::to_bytes(value) {
             Ok(bytes) => Reply::Bytes(bytes),
             Err(e) => Reply::Error(format!("reply did not encode: {e}")),
         }

@@ -19,7 +19,17 @@ use crate::session::SessionWait;
 use crate::sys;
 
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, SendError> {
-    postcard::to_allocvec(value).map_err(|e| SendError::Encode(e.to_string()))
+    to_bytes(value).map_err(|e| SendError::Encode(e.to_string()))
+}
+
+/// How many bytes an encoding starts with: most messages fit, so encoding
+/// one allocates once instead of growing from 8 bytes (postcard writes a
+/// byte at a time).
+const FIRST_CAPACITY: usize = 64;
+
+/// `value` encoded by postcard.
+pub(crate) fn to_bytes<T: Serialize + ?Sized>(value: &T) -> postcard::Result<Vec<u8>> {
+    postcard::to_extend(value, Vec::with_capacity(FIRST_CAPACITY))
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CallError> {
