@@ -50,10 +50,11 @@ pub(crate) struct Lent {
     open: bool,
 }
 
-/// Runs `request`, from `caller` to `dest`, inside the callee's instance
-/// when the hand-off applies: `Ok(Some(answer))` when the callee answered
-/// there, `Ok(None)` when it owes the answer; `Err(request)` when the call
-/// must go through the mailbox. A call timed out after `timeout_ms` (0:
+/// Runs `request` (its session not yet among those `caller` waits on),
+/// from `caller` to `dest`, inside the callee's instance when the hand-off
+/// applies: `Ok(Some(answer))` when the callee answered there, `Ok(None)`
+/// when it owes the answer (the session is then waited on);
+/// `Err(request)` when the call must go through the mailbox. A call timed out after `timeout_ms` (0:
 /// never) counts its time from before the callee runs; its timer is set
 /// only when the callee owes the answer.
 pub(super) async fn call(
@@ -128,10 +129,13 @@ pub(super) async fn call(
     let answer = state.lent.take().and_then(|l| l.answer);
     let exited = state.exit_requested;
     caller.resume_clock(now, ended);
-    if answer.is_none()
-        && let Some(asked_at) = asked_at
-    {
-        caller.expire_after(asked_at, session, timeout_ms);
+    if answer.is_none() {
+        // The session ends later, by mailbox: from here the caller waits on
+        // it (an answer given inside the call never enters the set).
+        caller.awaiting.insert(session);
+        if let Some(asked_at) = asked_at {
+            caller.expire_after(asked_at, session, timeout_ms);
+        }
     }
     let ends = result.is_err() || exited;
     if let Err(e) = result {
@@ -144,7 +148,6 @@ pub(super) async fn call(
     }
     Ok(answer.map(|m| {
         // Taken and counted as if it had come through the mailbox.
-        caller.awaiting.remove(&m.session);
         caller.took(1);
         caller.count_kind(m.kind, &m.payload);
         types::Message {

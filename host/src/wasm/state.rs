@@ -493,11 +493,23 @@ impl ServiceState {
     /// A request carrying `payload`, on a fresh session the service waits
     /// on.
     pub(super) fn request(&mut self, payload: Vec<u8>) -> Result<Message, types::SendError> {
+        let request = self.request_unawaited(payload)?;
+        self.awaiting.insert(request.session);
+        Ok(request)
+    }
+
+    /// A request on a fresh session not yet among those the service waits
+    /// on: `call-now` adds it only when the call did not end inside the
+    /// import (see `handoff::call`).
+    pub(super) fn request_unawaited(
+        &mut self,
+        payload: Vec<u8>,
+    ) -> Result<Message, types::SendError> {
         self.check_size(&payload)?;
         Ok(Message {
             kind: kind::REQUEST,
             source: self.address,
-            session: self.awaited_session(),
+            session: self.fresh_session(),
             tenant: self.tenant,
             payload: payload.into(),
             trace: self.current_trace,

@@ -135,11 +135,12 @@ impl runtime::Host for ServiceState {
         payload: Vec<u8>,
         timeout_ms: u32,
     ) -> Result<types::CallStarted, types::SendError> {
-        let request = self.request(payload)?;
+        let request = self.request_unawaited(payload)?;
         let session = request.session;
         let answer = match handoff::call(self, Address(dest), request, timeout_ms).await {
             Ok(answer) => answer,
             Err(request) => {
+                self.awaiting.insert(session);
                 self.send_request(dest, request)?;
                 self.expire_after(tokio::time::Instant::now(), session, timeout_ms);
                 None
