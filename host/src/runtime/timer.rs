@@ -10,7 +10,7 @@
 //! nobody), so a node that makes a million timed calls a second holds
 //! timers only for the calls still waiting, and no expiry is delivered for a
 //! call that has ended. A timer that fired before its cancel came is
-//! dropped by the service as a late answer, as before.
+//! dropped by the service as a late answer.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
