@@ -8,9 +8,13 @@
 //	'm' makes a channel, subscribes, publishes the payload and answers
 //	    what arrived on it
 //	'e' answers the payload
+//	't' calls the address in the payload's first 4 bytes (little-endian)
+//	    with the rest, timed out after 50 ms (CallTimeout), and answers
+//	    its reply or fails with its error
 package main
 
 import (
+	"encoding/binary"
 	"errors"
 	"strconv"
 
@@ -33,6 +37,12 @@ func handle(m *skyhost.Msg) ([]byte, error) {
 	switch op {
 	case 'e':
 		return rest, nil
+	case 't':
+		if len(rest) < 4 {
+			return nil, errors.New("'t' wants an address")
+		}
+		dest := skyhost.Addr(binary.LittleEndian.Uint32(rest))
+		return skyhost.CallTimeout(dest, rest[4:], 50)
 	case 'n':
 		return []byte(skyhost.NodeName() + "/" + strconv.Itoa(int(skyhost.HarborID()))), nil
 	case 'c':

@@ -304,7 +304,7 @@ async fn a_go_service_keeps_its_state_across_an_upgrade() -> anyhow::Result<()> 
 }
 
 /// The Go SDK's cluster, group and multicast calls, on a cluster node
-/// (features_go calls itself through each).
+/// (features_go calls itself through each), and its timed call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_go_service_calls_through_the_cluster_a_group_and_a_channel() -> anyhow::Result<()> {
     let node = crate::support::cluster_node("gonode", "go features", |_| {}).await?;
@@ -322,6 +322,25 @@ async fn a_go_service_calls_through_the_cluster_a_group_and_a_channel() -> anyho
     ensure!(ask(b'c', b"through the cluster").await? == b"through the cluster");
     ensure!(ask(b'g', b"through a group").await? == b"through a group");
     ensure!(ask(b'm', b"on a channel").await? == b"on a channel");
+
+    // A timed call (`CallTimeout`, 50 ms) gets its answer in time, and a
+    // callee that answers after 300 ms leaves the caller a timeout.
+    let kit = node.spawn("testkit").await?;
+    let within = |command: &Command| -> anyhow::Result<Vec<u8>> {
+        let mut payload = kit.0.to_le_bytes().to_vec();
+        payload.extend(postcard::to_allocvec(command)?);
+        Ok(payload)
+    };
+    let echo = ask(b't', &within(&Command::Echo(b"in time".to_vec()))?).await?;
+    ensure!(postcard::from_bytes::<Reply>(&echo)? == Reply::Bytes(b"in time".to_vec()));
+    let slow = Command::SleepThenEcho {
+        ms: 300,
+        payload: b"late".to_vec(),
+    };
+    let timed_out = ask(b't', &within(&slow)?)
+        .await
+        .expect_err("a 300 ms answer to a 50 ms call");
+    ensure!(timed_out.to_string().contains("cause 5"), "{timed_out}");
     node.stop().await;
     Ok(())
 }
