@@ -176,16 +176,7 @@ pub(super) async fn local_call_rtt(b: &BenchNode, n: u32) -> anyhow::Result<f64>
 pub(super) async fn local_call_timeout_rtt(b: &BenchNode, n: u32) -> anyhow::Result<f64> {
     let echo = b.spawn("testkit").await?;
     let caller = b.spawn("testkit").await?;
-    let command = |n| Command::CallLoopWithin {
-        target: echo.0,
-        n,
-        payload: vec![0u8; 16],
-        timeout_ms: 5_000,
-    };
-    b.command(caller, &command(10_000)).await?;
-    let start = Instant::now();
-    b.command(caller, &command(n)).await?;
-    Ok(start.elapsed().as_secs_f64() * 1e6 / f64::from(n))
+    call_rtt_within(b, caller, echo, n, Some(5_000)).await
 }
 
 /// `local-call-rtt` with the server on harbor 2, each call timed by the
@@ -222,26 +213,33 @@ pub(super) async fn call_rtt(
     echo: Address,
     n: u32,
 ) -> anyhow::Result<f64> {
-    let payload = vec![0u8; 16];
-    b.command(
-        caller,
-        &Command::CallLoop {
-            target: echo.0,
-            n: 10_000,
-            payload: payload.clone(),
-        },
-    )
-    .await?;
+    call_rtt_within(b, caller, echo, n, None).await
+}
+
+/// `caller` calls `echo` 10,000 times to warm up, then `n` times: µs a
+/// call; each call timed out after `timeout_ms` when given.
+async fn call_rtt_within(
+    b: &BenchNode,
+    caller: Address,
+    echo: Address,
+    n: u32,
+    timeout_ms: Option<u32>,
+) -> anyhow::Result<f64> {
+    let command = |n| {
+        let (target, payload) = (echo.0, vec![0u8; 16]);
+        match timeout_ms {
+            Some(timeout_ms) => Command::CallLoopWithin {
+                target,
+                n,
+                payload,
+                timeout_ms,
+            },
+            None => Command::CallLoop { target, n, payload },
+        }
+    };
+    b.command(caller, &command(10_000)).await?;
     let start = Instant::now();
-    b.command(
-        caller,
-        &Command::CallLoop {
-            target: echo.0,
-            n,
-            payload,
-        },
-    )
-    .await?;
+    b.command(caller, &command(n)).await?;
     Ok(start.elapsed().as_secs_f64() * 1e6 / f64::from(n))
 }
 

@@ -54,9 +54,9 @@ pub(crate) struct Lent {
 /// from `caller` to `dest`, inside the callee's instance when the hand-off
 /// applies: `Ok(Some(answer))` when the callee answered there, `Ok(None)`
 /// when it owes the answer (the session is then waited on);
-/// `Err(request)` when the call must go through the mailbox. A call timed out after `timeout_ms` (0:
-/// never) counts its time from before the callee runs; its timer is set
-/// only when the callee owes the answer.
+/// `Err(request)` when the call must go through the mailbox. A call timed
+/// out after `timeout_ms` (0: never) counts its time from before the callee
+/// runs; its timer is set only when the callee owes the answer.
 pub(super) async fn call(
     caller: &mut ServiceState,
     dest: Address,
