@@ -258,6 +258,40 @@ async fn a_callee_killed_inside_the_call_answers_its_caller_killed() -> anyhow::
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callee_that_answers_later_owes_the_answer_when_killed() -> anyhow::Result<()> {
+    let t = TestNode::start()?;
+    let (server, caller) = server_and_caller(&t).await?;
+    let before = t.node.direct_calls();
+    // It runs inside the call, sets a timer and returns without answering:
+    // the request is owed from the end of the hand-off.
+    let asked = call_in_background(
+        &t,
+        caller,
+        server,
+        Command::SleepThenEcho {
+            ms: 600_000,
+            payload: vec![1],
+        },
+    );
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while t.node.direct_calls() == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call was never handed off"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(t.node.kill(server));
+    match within(asked).await??? {
+        Reply::Failed(e) => assert!(e.contains("killed"), "{e}"),
+        r => panic!("a call owed by a killed service answered {r:?}"),
+    }
+    ended_and_the_caller_serves_on(&t, server, caller).await?;
+    t.stop().await;
+    Ok(())
+}
+
 /// Waits until `service` is in a dispatch.
 async fn until_running(t: &TestNode, service: Address) {
     let deadline = tokio::time::Instant::now() + DEADLINE;

@@ -16,7 +16,7 @@
 
 use std::any::TypeId;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::task::{Poll, Waker};
 
@@ -50,6 +50,9 @@ pub(crate) struct Lease {
     waiter: Mutex<Option<Waker>>,
     /// A lent dispatch that failed: the task ends the service with it.
     failure: Mutex<Option<GuestFailure>>,
+    /// Set with `failure`, so the task's check after each wait for mail
+    /// takes no lock when nothing failed.
+    failed: AtomicBool,
 }
 
 impl Lease {
@@ -103,6 +106,10 @@ impl Lease {
 
     /// A lent dispatch's failure, for the task.
     pub(crate) fn take_failure(&self) -> Option<GuestFailure> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.failed.store(false, Ordering::Relaxed);
         self.failure
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -162,6 +169,7 @@ impl<G> Borrowed<'_, G> {
     /// Ends the service that lent it: its task ends it on taking it back.
     pub(crate) fn failed(&self, failure: GuestFailure) {
         *self.lease.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure);
+        self.lease.failed.store(true, Ordering::Release);
     }
 }
 

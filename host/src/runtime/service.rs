@@ -11,6 +11,7 @@ use super::hibernate::{self, Kept, Woken};
 use super::inbox::Inbox;
 use super::resident;
 use super::tap;
+use super::tenant::add_owned;
 use super::{
     Afterwards, ErrorCause, Guest, GuestFailure, GuestModule, Kernel, Message, Ready,
     ServiceHandle, Snapshot, SpawnError, StopReason, exit_notice, kind, upgrade,
@@ -335,7 +336,7 @@ async fn serve<G: Guest>(
             }
             std::time::Instant::now()
         });
-        handle.usage.dispatches.fetch_add(1, Ordering::Relaxed);
+        add_owned(&handle.usage.dispatches, 1);
         let result = instance.dispatch(&mut batch).await;
         if let Some(start) = logged_since {
             tracing::info!(

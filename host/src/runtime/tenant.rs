@@ -89,8 +89,8 @@ impl Quotas {
     }
 }
 
-/// What one service has used: written by the service's own task only (so
-/// no two threads share the cache line on the message path), summed per
+/// What one service has used: written by the holder of its instance only
+/// (so no two threads share the cache line on the message path), summed per
 /// tenant when stats are read. Aligned to its own cache line: senders
 /// write the mailbox counters beside it in the service's handle.
 #[derive(Debug, Default)]
@@ -125,6 +125,17 @@ pub(crate) struct Usage {
     pub kinds: [AtomicU64; KIND_LABELS.len()],
     /// `error` messages taken (sessions that ended in an error), by cause byte.
     pub errors: [AtomicU64; ERROR_LABELS.len()],
+}
+
+/// Adds `n` to one of a service's [`Usage`] counters. Only the holder of
+/// the service's instance writes them (its task, or a caller running it
+/// inside a call), so a load and a store do, without a locked
+/// read-modify-write; a reader sees the value before or after.
+pub(crate) fn add_owned(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
 }
 
 /// The message kinds `/metrics` counts apart, in [`kind_slot`] order.

@@ -30,7 +30,8 @@ use std::sync::atomic::Ordering;
 use super::Instance;
 use super::bindings::skyhost::service::types;
 use super::state::ServiceState;
-use crate::runtime::{Address, Message};
+use crate::runtime::tenant::add_owned;
+use crate::runtime::{Address, Message, TenantId};
 
 /// How many services deep a chain of hand-offs may run (a caller and the
 /// callees run inside it).
@@ -43,11 +44,18 @@ pub(crate) struct Lent {
     /// The caller, and the session of the request being handled.
     caller: Address,
     session: u32,
+    /// The request's tenant (the callee's own: calls across tenants are not
+    /// handed off).
+    tenant: TenantId,
     /// The answer, once the callee gave it.
     answer: Option<Message>,
     /// Cleared when the callee sent the caller something else first: the
     /// answer then goes by mailbox.
     open: bool,
+    /// The callee answered the request, here or by mailbox. The request
+    /// enters its owed set only when it did not: most hand-offs never
+    /// touch that set.
+    answered: bool,
 }
 
 /// Runs `request` (its session not yet among those `caller` waits on),
@@ -106,17 +114,19 @@ pub(super) async fn call(
     // caller cannot take a timeout before this import returns, and one due
     // by then is delivered before the callee's task can answer (below).
     let asked_at = (timeout_ms > 0).then(tokio::time::Instant::now);
-    let session = request.session;
+    let (session, source, tenant) = (request.session, request.source, request.tenant);
     let now = caller.pause_clock();
     let instance = lent.get();
     instance.store.data_mut().lent = Some(Lent {
         depth,
-        caller: request.source,
-        session: request.session,
+        caller: source,
+        session,
+        tenant,
         answer: None,
         open: true,
+        answered: false,
     });
-    callee.usage.dispatches.fetch_add(1, Ordering::Relaxed);
+    add_owned(&callee.usage.dispatches, 1);
     callee.usage.rest.touch(now);
     caller.kernel.direct_calls.add(1);
     // The caller's buffer, kept from call to call.
@@ -126,7 +136,15 @@ pub(super) async fn call(
     batch.clear();
     caller.handoff_batch = batch;
     let state = instance.store.data_mut();
-    let answer = state.lent.take().and_then(|l| l.answer);
+    let (answer, answered) = state
+        .lent
+        .take()
+        .map_or((None, false), |l| (l.answer, l.answered));
+    if !answered {
+        // Owed from here, before the lease is given back: a callee that
+        // failed inside the call has its task answer it with the error.
+        state.owe(source, session, tenant);
+    }
     let exited = state.exit_requested;
     caller.resume_clock(now, ended);
     if answer.is_none() {
@@ -157,6 +175,28 @@ pub(super) async fn call(
             payload: Vec::from(m.payload),
         }
     }))
+}
+
+/// Whether `(source, session)` is the request a hand-off runs the callee
+/// for: it is not entered in the callee's owed set (see [`Lent::answered`]).
+pub(super) fn is_lent_request(state: &ServiceState, source: Address, session: u32) -> bool {
+    state
+        .lent
+        .as_ref()
+        .is_some_and(|lent| lent.caller == source && lent.session == session)
+}
+
+/// The tenant of the request the callee answers to `(dest, session)` when
+/// it is the one a hand-off runs it for and still unanswered (then marked
+/// answered); `None` for any other answer, whose tenant is in the owed set.
+pub(super) fn answering(state: &mut ServiceState, dest: u32, session: u32) -> Option<TenantId> {
+    match &mut state.lent {
+        Some(lent) if !lent.answered && lent.caller.0 == dest && lent.session == session => {
+            lent.answered = true;
+            Some(lent.tenant)
+        }
+        _ => None,
+    }
 }
 
 /// An answer the callee gives to `dest`: kept for the caller when it is

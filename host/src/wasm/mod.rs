@@ -471,7 +471,9 @@ impl Instance {
         state.set_trace(messages.first().map_or(0, |m| m.trace));
         messages.retain(|m| {
             if m.wants_reply() {
-                state.owe(m.source, m.session, m.tenant);
+                if !handoff::is_lent_request(state, m.source, m.session) {
+                    state.owe(m.source, m.session, m.tenant);
+                }
             } else if matches!(m.kind, kind::RESPONSE | kind::ERROR) && !state.answered(m.session) {
                 state.late_answer(m);
                 return false;

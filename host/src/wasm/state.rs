@@ -10,7 +10,7 @@ use wasmtime::{StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::skyhost::service::types;
-use crate::runtime::tenant::{ERROR_LABELS, KIND_LABELS, Tenant, kind_slot};
+use crate::runtime::tenant::{ERROR_LABELS, KIND_LABELS, Tenant, add_owned, kind_slot};
 use crate::runtime::{
     Address, Carried, ErrorCause, GUEST_SESSIONS, Kernel, LateAt, Message, SendError,
     ServiceHandle, TenantId, TimerKey, kind,
@@ -322,11 +322,9 @@ impl ServiceState {
         let ran = u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX);
         let u = &self.handle.usage;
         u.running.store(false, Ordering::Relaxed);
-        u.cpu_nanos.fetch_add(ran, Ordering::Relaxed);
-        u.messages_in
-            .fetch_add(std::mem::take(&mut self.taken), Ordering::Relaxed);
-        u.messages_out
-            .fetch_add(std::mem::take(&mut self.sent), Ordering::Relaxed);
+        add_owned(&u.cpu_nanos, ran);
+        add_owned(&u.messages_in, std::mem::take(&mut self.taken));
+        add_owned(&u.messages_out, std::mem::take(&mut self.sent));
         u.awaiting.store(self.awaiting.len(), Ordering::Relaxed);
         flush(&mut self.kinds, &u.kinds);
         flush(&mut self.errors, &u.errors);
@@ -572,7 +570,7 @@ pub(super) fn wire_error(e: SendError) -> types::SendError {
 fn flush<const N: usize>(local: &mut [u64; N], shared: &[AtomicU64; N]) {
     for (n, total) in local.iter_mut().zip(shared) {
         if *n != 0 {
-            total.fetch_add(std::mem::take(n), Ordering::Relaxed);
+            add_owned(total, std::mem::take(n));
         }
     }
 }
@@ -594,9 +592,9 @@ pub(crate) fn on_epoch_deadline(
         .ticks_between(state.resumed_at.swap(now, Ordering::Relaxed), now);
     state.cpu_used += ran;
     let tenant = &state.handle.tenant;
-    state.handle.usage.cpu_nanos.fetch_add(
+    add_owned(
+        &state.handle.usage.cpu_nanos,
         u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX),
-        Ordering::Relaxed,
     );
     if state.hog {
         state.kernel.sched.charge(tenant, ran);

@@ -100,10 +100,11 @@ impl runtime::Host for ServiceState {
     ) -> Result<(), types::SendError> {
         // An answer to a session it owes goes back to the caller's tenant
         // (a call through a grant); any other reaches its own tenant only.
-        let tenant = self
-            .owed
-            .remove(&(Address(dest), session))
-            .unwrap_or(self.tenant);
+        let tenant = handoff::answering(self, dest, session).unwrap_or_else(|| {
+            self.owed
+                .remove(&(Address(dest), session))
+                .unwrap_or(self.tenant)
+        });
         let message = match reply {
             Ok(payload) => {
                 self.check_size(&payload)?;
