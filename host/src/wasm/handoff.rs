@@ -31,7 +31,7 @@ use super::Instance;
 use super::bindings::skyhost::service::types;
 use super::state::ServiceState;
 use crate::runtime::tenant::add_owned;
-use crate::runtime::{Address, Message, TenantId};
+use crate::runtime::{Address, Message};
 
 /// How many services deep a chain of hand-offs may run (a caller and the
 /// callees run inside it).
@@ -44,9 +44,6 @@ pub(crate) struct Lent {
     /// The caller, and the session of the request being handled.
     caller: Address,
     session: u32,
-    /// The request's tenant (the callee's own: calls across tenants are not
-    /// handed off).
-    tenant: TenantId,
     /// The answer, once the callee gave it.
     answer: Option<Message>,
     /// Cleared when the callee sent the caller something else first: the
@@ -121,7 +118,6 @@ pub(super) async fn call(
         depth,
         caller: source,
         session,
-        tenant,
         answer: None,
         open: true,
         answered: false,
@@ -186,25 +182,27 @@ pub(super) fn is_lent_request(state: &ServiceState, source: Address, session: u3
         .is_some_and(|lent| lent.caller == source && lent.session == session)
 }
 
-/// The tenant of the request the callee answers to `(dest, session)` when
-/// it is the one a hand-off runs it for and still unanswered (then marked
-/// answered); `None` for any other answer, whose tenant is in the owed set.
-pub(super) fn answering(state: &mut ServiceState, dest: u32, session: u32) -> Option<TenantId> {
+/// Whether the callee's answer to `(dest, session)` is the first answer to
+/// the request a hand-off runs it for (then marked answered). Such an
+/// answer goes to the callee's own tenant (calls across tenants are not
+/// handed off) and has no entry in the owed set.
+pub(super) fn answers_lent(state: &mut ServiceState, dest: u32, session: u32) -> bool {
     match &mut state.lent {
         Some(lent) if !lent.answered && lent.caller.0 == dest && lent.session == session => {
             lent.answered = true;
-            Some(lent.tenant)
+            true
         }
-        _ => None,
+        _ => false,
     }
 }
 
-/// An answer the callee gives to `dest`: kept for the caller when it is
-/// the one a hand-off waits for (`None`), else handed back to be sent.
-pub(super) fn capture(state: &mut ServiceState, dest: u32, answer: Message) -> Option<Message> {
+/// The answer to the request a hand-off runs the callee for
+/// ([`answers_lent`]): kept for the caller (`None`), unless the callee sent
+/// the caller something else first; then handed back, to go behind it
+/// through the mailbox.
+pub(super) fn capture(state: &mut ServiceState, answer: Message) -> Option<Message> {
     match &mut state.lent {
-        Some(lent) if lent.open && lent.caller.0 == dest && lent.session == answer.session => {
-            lent.open = false;
+        Some(lent) if lent.open => {
             state.sent += 1;
             lent.answer = Some(answer);
             None

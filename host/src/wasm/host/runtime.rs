@@ -100,11 +100,14 @@ impl runtime::Host for ServiceState {
     ) -> Result<(), types::SendError> {
         // An answer to a session it owes goes back to the caller's tenant
         // (a call through a grant); any other reaches its own tenant only.
-        let tenant = handoff::answering(self, dest, session).unwrap_or_else(|| {
+        let lent = handoff::answers_lent(self, dest, session);
+        let tenant = if lent {
+            self.tenant
+        } else {
             self.owed
                 .remove(&(Address(dest), session))
                 .unwrap_or(self.tenant)
-        });
+        };
         let message = match reply {
             Ok(payload) => {
                 self.check_size(&payload)?;
@@ -123,10 +126,14 @@ impl runtime::Host for ServiceState {
                 ..Message::error(self.address, session, ErrorCause::Service, &text)
             },
         };
-        if let Some(message) = handoff::capture(self, dest, message) {
-            self.deliver(dest, message)
+        let message = if lent {
+            handoff::capture(self, message)
         } else {
-            Ok(())
+            Some(message)
+        };
+        match message {
+            Some(message) => self.deliver(dest, message),
+            None => Ok(()),
         }
     }
 
